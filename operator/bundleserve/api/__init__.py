@@ -1,0 +1,52 @@
+"""Typed models of the Endpoint resource and the shared request/response/error types. Imports nothing else of ours."""
+
+from bundleserve.api.endpoint import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    RESOURCE,
+    VERSION,
+    AsyncSettings,
+    Bundle,
+    Condition,
+    ConditionStatus,
+    Endpoint,
+    EndpointSpec,
+    EndpointStatus,
+    Invocation,
+    Mode,
+    PythonBundle,
+    Routes,
+    Scaling,
+)
+from bundleserve.api.invocation import InvocationResponse, PredictRequest, TaskResponse, TaskStatus
+from bundleserve.api.manifest import ManifestError, load_endpoints, parse_endpoint
+
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "RESOURCE",
+    "VERSION",
+    "AsyncSettings",
+    "Bundle",
+    "Condition",
+    "ConditionStatus",
+    "Endpoint",
+    "EndpointSpec",
+    "EndpointStatus",
+    "Invocation",
+    "InvocationResponse",
+    "ManifestError",
+    "Mode",
+    "PredictRequest",
+    "PythonBundle",
+    "Routes",
+    "Scaling",
+    "TaskResponse",
+    "TaskStatus",
+    "load_endpoints",
+    "parse_endpoint",
+]

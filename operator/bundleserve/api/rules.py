@@ -1,0 +1,137 @@
+"""Cross-field rules of the Endpoint spec: one table, two enforcers.
+
+Each rule carries a CEL expression (placed in the CRD as an `x-kubernetes-validations` entry at `scope`, so
+`kubectl apply` rejects a bad Endpoint) and a Python predicate over the typed model (so local mode rejects the
+same documents with the same message). Tests evaluate both on a corpus and prove they agree.
+Rules use only standard CEL (`has`, `in`, `size`, `startsWith`, `all`) so any CEL library can evaluate them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bundleserve.api.endpoint import EndpointSpec
+
+
+@dataclass(frozen=True)
+class Rule:
+    scope: str  # dotted path below the resource root where the CEL rule is attached ("spec", "spec.scaling", ...)
+    cel: str
+    message: str
+    holds: Callable[[EndpointSpec], bool]
+
+
+def _has_async(spec: EndpointSpec) -> bool:
+    return "async" in spec.modes
+
+
+def _allowed_callback(spec: EndpointSpec) -> bool:
+    callback = spec.async_.callback if spec.async_ else None
+    return callback is None or callback.url.startswith(("https://", "http://"))
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        scope="spec",
+        cel="self.modes.all(m, self.modes.exists_one(n, n == m))",
+        message="spec.modes must not repeat a mode",
+        holds=lambda s: len(set(s.modes)) == len(s.modes),
+    ),
+    Rule(
+        scope="spec",
+        cel="!has(self.scaling) || !has(self.scaling.maxReplicas) || "
+        "(has(self.scaling.minReplicas) ? self.scaling.minReplicas : 1) <= self.scaling.maxReplicas",
+        message="spec.scaling.minReplicas must be less than or equal to spec.scaling.maxReplicas",
+        holds=lambda s: s.scaling.max_replicas is None or s.scaling.min_replicas <= s.scaling.max_replicas,
+    ),
+    Rule(
+        scope="spec",
+        cel="!has(self.scaling) || !has(self.scaling.minReplicas) || self.scaling.minReplicas > 0 || "
+        "(size(self.modes) == 1 && self.modes[0] == 'async')",
+        message="spec.scaling.minReplicas 0 (scale to zero) needs an async-only endpoint: "
+        "sync and streaming requests need a running replica",
+        holds=lambda s: s.scaling.min_replicas > 0 or list(s.modes) == ["async"],
+    ),
+    Rule(
+        scope="spec.bundle",
+        cel="!(has(self.python) && has(self.command))",
+        message="spec.bundle: set either python (a Python bundle run by bundleserve's runtime) "
+        "or command (a runnable image), not both",
+        holds=lambda s: not (s.bundle.python is not None and s.bundle.command is not None),
+    ),
+    Rule(
+        scope="spec.bundle",
+        cel="!(has(self.python) && has(self.routes))",
+        message="spec.bundle.routes is only for runnable images: a Python bundle uses the runtime's routes",
+        holds=lambda s: not (s.bundle.python is not None and s.bundle.routes is not None),
+    ),
+    Rule(
+        scope="spec.bundle",
+        cel="has(self.python) || has(self.image) || has(self.command)",
+        message="spec.bundle needs python (a Python bundle) or image/command (a runnable image)",
+        holds=lambda s: s.bundle.python is not None or s.bundle.image is not None or s.bundle.command is not None,
+    ),
+    Rule(
+        scope="spec",
+        cel="has(self.bundle.image) || (has(self.localOnly) && self.localOnly)",
+        message="spec.bundle.image is required (only an Endpoint with spec.localOnly: true may omit it)",
+        holds=lambda s: s.bundle.image is not None or s.local_only,
+    ),
+    Rule(
+        scope="spec",
+        cel="!has(self.async) || 'async' in self.modes",
+        message="spec.async settings need the async mode in spec.modes",
+        holds=lambda s: s.async_ is None or _has_async(s),
+    ),
+    Rule(
+        scope="spec",
+        cel="!('streaming' in self.modes) || has(self.bundle.python) || "
+        "(has(self.bundle.routes) && has(self.bundle.routes.stream))",
+        message="the streaming mode needs a Python bundle or spec.bundle.routes.stream",
+        holds=lambda s: "streaming" not in s.modes
+        or s.bundle.python is not None
+        or (s.bundle.routes is not None and s.bundle.routes.stream is not None),
+    ),
+    Rule(
+        scope="spec.async.callback",
+        cel="self.url.startsWith('https://') || self.url.startsWith('http://')",
+        message="spec.async.callback.url must be an http:// or https:// URL",
+        holds=_allowed_callback,
+    ),
+    Rule(
+        scope="spec.resources",
+        cel="!has(self.gpuType) || (has(self.gpus) && self.gpus > 0)",
+        message="spec.resources.gpuType needs spec.resources.gpus greater than 0",
+        holds=lambda s: s.resources.gpu_type is None or s.resources.gpus > 0,
+    ),
+    Rule(
+        scope="spec.invocation",
+        cel="!has(self.maxQueued) || self.maxQueued <= 1000 * (has(self.concurrency) ? self.concurrency : 8)",
+        message="spec.invocation.maxQueued must be at most 1000 times spec.invocation.concurrency",
+        holds=lambda s: s.invocation.max_queued <= 1000 * s.invocation.concurrency,
+    ),
+    Rule(
+        scope="spec",
+        cel="!has(self.bundle.env) || self.bundle.env.all(e, !(has(e.value) && has(e.valueFrom)))",
+        message="spec.bundle.env: an entry may set value or valueFrom, not both",
+        holds=lambda s: all(not (e.value is not None and e.value_from is not None) for e in s.bundle.env),
+    ),
+)
+
+
+class SpecRuleError(ValueError):
+    """A cross-field rule failed; the message is the same text the CRD's CEL rule reports."""
+
+
+def check_spec(spec: EndpointSpec) -> None:
+    failures = [rule.message for rule in RULES if not rule.holds(spec)]
+    if failures:
+        raise SpecRuleError("; ".join(failures))
+
+
+def rules_at(scope: str) -> list[dict[str, Any]]:
+    """The `x-kubernetes-validations` entries for one schema node of the CRD."""
+    return [{"rule": r.cel, "message": r.message} for r in RULES if r.scope == scope]

@@ -1,0 +1,26 @@
+"""Fixtures shared by every tier."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.valkey import Valkey
+
+
+@pytest.fixture(scope="session")
+def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Valkey]:
+    """One real Redis-protocol server for the session; tests isolate themselves by key prefix / endpoint name."""
+    server = Valkey(tmp_path_factory.mktemp("valkey")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def valkey(tmp_path: Path) -> Iterator[Valkey]:
+    """A private server for tests that restart or kill it."""
+    server = Valkey(tmp_path / "valkey").start()
+    yield server
+    server.stop()

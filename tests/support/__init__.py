@@ -1,0 +1,1 @@
+"""Shared test helpers: free ports, subprocess servers with readiness polling, deadlines (never bare sleeps)."""

@@ -1,0 +1,95 @@
+"""Run bundleserve commands (and other servers) as real subprocesses on loopback, and stop them cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.support.waiting import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return bool(200 <= response.status < 300)
+    except Exception:
+        return False
+
+
+class Server:
+    """A subprocess whose output goes to a log file (read it in failure messages), stopped with SIGTERM then SIGKILL."""
+
+    def __init__(self, argv: Sequence[str], *, log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None):
+        self.argv = list(argv)
+        self.log_path = log_path
+        full_env = {**os.environ, **(env or {})}
+        full_env.setdefault("PYTHONUNBUFFERED", "1")
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or REPO, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_http(self, url: str, timeout: float = 20.0) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.argv[:3]} exited with {self.process.returncode}:\n{self.log()}")
+            return http_ok(url)
+
+        try:
+            wait_until(ready, timeout=timeout, what=f"{url} to answer")
+        except TimeoutError as error:
+            raise AssertionError(f"{error}\n--- log ---\n{self.log()}") from None
+
+    def signal(self, sig: int) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        self._log.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def bundleserve(*args: str) -> list[str]:
+    """argv for the bundleserve console script of the running interpreter's environment."""
+    return [sys.executable, "-m", "bundleserve.cli", *args]
