@@ -27,7 +27,9 @@ COMMANDS = {
 
 
 def _add_redis(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--redis-url", help="Redis-protocol server for the async queue (default: $BUNDLESERVE_REDIS_URL)")
+    parser.add_argument(
+        "--redis-url", help="Redis-protocol server for the async queue (default: $BUNDLESERVE_REDIS_URL)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

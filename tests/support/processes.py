@@ -35,7 +35,9 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 class Server:
     """A subprocess whose output goes to a log file (read it in failure messages), stopped with SIGTERM then SIGKILL."""
 
-    def __init__(self, argv: Sequence[str], *, log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None):
+    def __init__(
+        self, argv: Sequence[str], *, log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ):
         self.argv = list(argv)
         self.log_path = log_path
         full_env = {**os.environ, **(env or {})}

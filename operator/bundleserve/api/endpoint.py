@@ -11,7 +11,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "bundleserve.dev"
@@ -27,6 +27,8 @@ RESOURCE = f"{PLURAL}.{GROUP}"
 
 MIB = 1024 * 1024
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: Endpoint names become Service names, which must be RFC 1035 labels (start with a letter).
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 ENTRYPOINT = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
 HTTP_PATH = r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$"
@@ -41,6 +43,14 @@ class Model(BaseModel):
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, validate_default=True
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_unset(cls, data: Any) -> Any:
+        """`field: null` means unset, as in the API server, which prunes nulls of non-nullable fields before defaulting."""
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
 
 class Mode(StrEnum):
     SYNC = "sync"
@@ -51,7 +61,9 @@ class Mode(StrEnum):
 class PythonBundle(Model):
     """A Python bundle, served by bundleserve's bundle runtime (`bundleserve bundle serve`)."""
 
-    entrypoint: Annotated[str, Field(pattern=ENTRYPOINT, max_length=256, description="module:callable called per request")]
+    entrypoint: Annotated[
+        str, Field(pattern=ENTRYPOINT, max_length=256, description="module:callable called per request")
+    ]
     load: Annotated[
         str | None, Field(default=None, pattern=ENTRYPOINT, max_length=256, description="module:callable called once")
     ] = None
@@ -113,8 +125,10 @@ class Bundle(Model):
     image: Annotated[str | None, Field(default=None, min_length=1, max_length=512)] = None
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     python: PythonBundle | None = None
-    command: Annotated[list[Annotated[str, Field(max_length=4096)]] | None, Field(default=None, min_length=1)] = None
-    args: list[Annotated[str, Field(max_length=4096)]] | None = None
+    command: Annotated[
+        list[Annotated[str, Field(max_length=4096)]] | None, Field(default=None, min_length=1, max_length=256)
+    ] = None
+    args: Annotated[list[Annotated[str, Field(max_length=4096)]] | None, Field(default=None, max_length=256)] = None
     port: Annotated[int, Field(ge=1, le=65535)] = 5005
     routes: Routes | None = None
     env: Annotated[list[EnvVar], Field(max_length=256)] = []
@@ -156,24 +170,39 @@ class Callback(Model):
 class AsyncSettings(Model):
     """Queued async invocation (a durable Redis stream per endpoint)."""
 
-    request_ttl_seconds: Annotated[int, Field(ge=60, le=7 * 86400)] = 21600
+    request_ttl_seconds: Annotated[int, Field(ge=60, le=7 * 86400, alias="requestTTLSeconds")] = 21600
     invocation_timeout_seconds: Annotated[int, Field(ge=1, le=86400)] = 900
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
-    result_ttl_seconds: Annotated[int, Field(ge=60, le=30 * 86400)] = 86400
+    result_ttl_seconds: Annotated[int, Field(ge=60, le=30 * 86400, alias="resultTTLSeconds")] = 86400
     callback: Callback | None = None
     retain_on_delete: bool = False
 
 
+def _integer_quantity_as_text(value: Any) -> Any:
+    """`cpu: 2` in YAML is an integer; Kubernetes quantities are int-or-string, so accept it as "2"."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+#: A Kubernetes quantity ("500m", "2Gi", 2): int-or-string in the CRD, always text in Python.
+Quantity = Annotated[
+    str,
+    BeforeValidator(_integer_quantity_as_text),
+    Field(pattern=QUANTITY, max_length=32, json_schema_extra={"x-kubernetes-int-or-string": True}),
+]
+
+
 class Resources(Model):
-    cpu: Annotated[str, Field(pattern=QUANTITY, max_length=32)] = "1"
-    memory: Annotated[str, Field(pattern=QUANTITY, max_length=32)] = "2Gi"
+    cpu: Quantity = "1"
+    memory: Quantity = "2Gi"
     gpus: Annotated[int, Field(ge=0, le=64)] = 0
     gpu_type: Annotated[str | None, Field(default=None, min_length=1, max_length=128)] = None
 
 
 class Scaling(Model):
     min_replicas: Annotated[int, Field(ge=0, le=1000)] = 1
-    max_replicas: Annotated[int | None, Field(default=None, ge=1, le=1000, description="defaults to minReplicas")] = None
+    max_replicas: Annotated[int | None, Field(default=None, ge=1, le=1000, description="defaults to minReplicas")] = (
+        None
+    )
     target_concurrency: Annotated[int, Field(ge=1, le=1000)] = 4
     scale_down_delay_seconds: Annotated[int, Field(ge=0, le=86400)] = 300
 
@@ -197,10 +226,10 @@ class Toleration(Model):
 class PodSettings(Model):
     """Pod-level knobs a platform team needs; everything else is derived by the operator."""
 
-    labels: dict[str, Annotated[str, Field(max_length=63)]] = {}
-    annotations: dict[str, str] = {}
+    labels: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)] = {}
+    annotations: Annotated[dict[str, str], Field(max_length=64)] = {}
     service_account_name: Annotated[str | None, Field(default=None, max_length=253)] = None
-    node_selector: dict[str, str] = {}
+    node_selector: Annotated[dict[str, str], Field(max_length=64)] = {}
     tolerations: Annotated[list[Toleration], Field(max_length=64)] = []
     image_pull_secrets: Annotated[list[NameRef], Field(max_length=16)] = []
     priority_class_name: Annotated[str | None, Field(default=None, max_length=253)] = None
@@ -209,7 +238,8 @@ class PodSettings(Model):
 class EndpointSpec(Model):
     modes: Annotated[list[Mode], Field(min_length=1, max_length=3)]
     local_only: Annotated[
-        bool, Field(description="Run only with `bundleserve run`; lifts the image requirement. Rejected by the operator.")
+        bool,
+        Field(description="Run only with `bundleserve run`; lifts the image requirement. Rejected by the operator."),
     ] = False
     bundle: Bundle
     invocation: Invocation = Invocation()
@@ -239,7 +269,7 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, alias_generator=to_camel)
 
-    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
+    name: Annotated[str, Field(pattern=DNS_1035_LABEL, max_length=63)]
     namespace: str | None = None
     uid: str | None = None
     generation: int | None = None
@@ -310,4 +340,4 @@ class Endpoint(BaseModel):
 
 
 def is_valid_name(name: str) -> bool:
-    return len(name) <= 63 and re.match(DNS_LABEL, name) is not None
+    return len(name) <= 63 and re.match(DNS_1035_LABEL, name) is not None

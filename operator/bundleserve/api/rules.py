@@ -91,9 +91,11 @@ RULES: tuple[Rule, ...] = (
         cel="!('streaming' in self.modes) || has(self.bundle.python) || "
         "(has(self.bundle.routes) && has(self.bundle.routes.stream))",
         message="the streaming mode needs a Python bundle or spec.bundle.routes.stream",
-        holds=lambda s: "streaming" not in s.modes
-        or s.bundle.python is not None
-        or (s.bundle.routes is not None and s.bundle.routes.stream is not None),
+        holds=lambda s: (
+            "streaming" not in s.modes
+            or s.bundle.python is not None
+            or (s.bundle.routes is not None and s.bundle.routes.stream is not None)
+        ),
     ),
     Rule(
         scope="spec.async.callback",
@@ -112,6 +114,12 @@ RULES: tuple[Rule, ...] = (
         cel="!has(self.maxQueued) || self.maxQueued <= 1000 * (has(self.concurrency) ? self.concurrency : 8)",
         message="spec.invocation.maxQueued must be at most 1000 times spec.invocation.concurrency",
         holds=lambda s: s.invocation.max_queued <= 1000 * s.invocation.concurrency,
+    ),
+    Rule(
+        scope="spec.bundle",
+        cel="!has(self.env) || self.env.all(e, self.env.exists_one(f, f.name == e.name))",
+        message="spec.bundle.env: each name may appear only once",
+        holds=lambda s: len({e.name for e in s.bundle.env}) == len(s.bundle.env),
     ),
     Rule(
         scope="spec",

@@ -1,0 +1,121 @@
+"""Local mode's plan: which processes `bundleserve run` starts for a set of Endpoints, as pure data.
+
+Local mode mirrors a pod: per Endpoint one model process (the bundle runtime for a Python bundle, the bundle's
+`command` for a runnable image) and one router in front of it, plus one Redis-protocol server shared by every
+async endpoint. Building the plan is pure so it can be tested without starting anything.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bundleserve.api.endpoint import Endpoint, Mode
+
+
+class PlanError(ValueError):
+    """An Endpoint cannot run in local mode; the message says why and what to change."""
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One child process: what to run, where it listens, and how to know it is ready."""
+
+    name: str
+    argv: list[str]
+    port: int
+    ready_path: str
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+
+
+@dataclass(frozen=True)
+class EndpointPlan:
+    endpoint: Endpoint
+    endpoint_file: Path
+    model: ProcessSpec
+    router: ProcessSpec
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    @property
+    def router_url(self) -> str:
+        return f"http://127.0.0.1:{self.router.port}"
+
+
+def bundleserve_argv(*args: str) -> list[str]:
+    """Run our own CLI with the same interpreter, so local mode works inside any virtual environment."""
+    return [sys.executable, "-m", "bundleserve.cli", *args]
+
+
+def model_process(endpoint: Endpoint, manifest_dir: Path, port: int) -> ProcessSpec:
+    bundle = endpoint.spec.bundle
+    if bundle.python is not None:
+        argv = bundleserve_argv(
+            "bundle", "serve", "--entrypoint", bundle.python.entrypoint, "--port", str(port), "--host", "127.0.0.1"
+        )
+        if bundle.python.load:
+            argv += ["--load", bundle.python.load]
+        code_dir = (manifest_dir / (bundle.python.path or ".")).resolve()
+        argv += ["--path", str(code_dir)]
+        return ProcessSpec(name=f"{endpoint.name}/model", argv=argv, port=port, ready_path="/readyz", cwd=code_dir)
+    if bundle.command is None:
+        raise PlanError(
+            f"endpoint {endpoint.name}: a runnable image needs spec.bundle.command to run in local mode "
+            "(local mode runs processes, not container images)"
+        )
+    env = {item.name: item.value for item in bundle.env if item.value is not None}
+    env["PORT"] = str(port)
+    argv = [*bundle.command, *(bundle.args or [])]
+    argv = [part.replace("$(PORT)", str(port)) for part in argv]
+    return ProcessSpec(
+        name=f"{endpoint.name}/model",
+        argv=argv,
+        port=port,
+        ready_path=bundle.effective_routes.ready,
+        env=env,
+        cwd=manifest_dir,
+    )
+
+
+def router_process(
+    endpoint_file: Path, name: str, model_port: int, port: int, redis_url: str | None, results_dir: Path
+) -> ProcessSpec:
+    argv = bundleserve_argv(
+        "router",
+        "--endpoint-file", str(endpoint_file),
+        "--model-url", f"http://127.0.0.1:{model_port}",
+        "--port", str(port),
+        "--host", "127.0.0.1",
+    )  # fmt: skip
+    if redis_url:
+        argv += ["--redis-url", redis_url]
+    env = {"BUNDLESERVE_RESULTS_DIR": str(results_dir)}
+    return ProcessSpec(name=f"{name}/router", argv=argv, port=port, ready_path="/healthz", env=env)
+
+
+def needs_redis(endpoints: Sequence[Endpoint]) -> bool:
+    return any(e.spec.serves(Mode.ASYNC) for e in endpoints)
+
+
+def plan_endpoints(
+    found: Sequence[tuple[Path, Endpoint]],
+    *,
+    endpoints_dir: Path,
+    results_dir: Path,
+    redis_url: str | None,
+    allocate_port: Callable[[], int],
+) -> list[EndpointPlan]:
+    """The processes for every Endpoint. `endpoints_dir` receives one normalised manifest per Endpoint (the router's input)."""
+    plans = []
+    for manifest_path, endpoint in found:
+        endpoint_file = endpoints_dir / f"{endpoint.name}.yaml"
+        model_port, router_port = allocate_port(), allocate_port()
+        model = model_process(endpoint, manifest_path.resolve().parent, model_port)
+        router = router_process(endpoint_file, endpoint.name, model_port, router_port, redis_url, results_dir)
+        plans.append(EndpointPlan(endpoint=endpoint, endpoint_file=endpoint_file, model=model, router=router))
+    return plans

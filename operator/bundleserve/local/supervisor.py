@@ -1,0 +1,98 @@
+"""Start, watch and stop local mode's child processes (asyncio subprocesses with prefixed, line-buffered output)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+
+import aiohttp
+
+from bundleserve.local.plan import ProcessSpec
+
+log = logging.getLogger("bundleserve.local")
+
+
+class ChildFailed(RuntimeError):
+    """A child process exited or never became ready; the message carries its last output lines."""
+
+
+class Child:
+    """One supervised process. Its output is forwarded to our log with the child's name, and kept for error messages."""
+
+    def __init__(self, spec: ProcessSpec) -> None:
+        self.spec = spec
+        self.process: asyncio.subprocess.Process | None = None
+        self.tail: list[str] = []
+        self._pump: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.env}
+        self.process = await asyncio.create_subprocess_exec(
+            *self.spec.argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            cwd=str(self.spec.cwd) if self.spec.cwd else None,
+            start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
+        )
+        self._pump = asyncio.create_task(self._forward_output())
+
+    async def _forward_output(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        async for raw in self.process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            self.tail = [*self.tail[-19:], line]
+            log.info("[%s] %s", self.spec.name, line)
+
+    @property
+    def exited(self) -> bool:
+        return self.process is None or self.process.returncode is not None
+
+    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float) -> None:
+        """Poll the child's ready route until it answers 2xx; fail fast if the child exits."""
+        url = f"http://127.0.0.1:{self.spec.port}{self.spec.ready_path}"
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.exited:
+                await self._drain_output()
+                raise ChildFailed(self._failure(f"exited with status {self.returncode}"))
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as response:
+                    if response.status < 300:
+                        return
+            if time.monotonic() > deadline:
+                raise ChildFailed(self._failure(f"not ready after {timeout:.0f}s ({url})"))
+            await asyncio.sleep(0.05)
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.returncode
+
+    def _failure(self, what: str) -> str:
+        last = "\n    ".join(self.tail[-10:]) or "(no output)"
+        return f"{self.spec.name} {what}; last output:\n    {last}"
+
+    async def _drain_output(self) -> None:
+        if self._pump is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._pump), 2)
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM (the child drains), then SIGKILL after `grace` seconds."""
+        if self.process is None:
+            return
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), grace)
+            except TimeoutError:
+                log.warning("%s did not stop within %.0fs; killing it", self.spec.name, grace)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                await self.process.wait()
+        await self._drain_output()

@@ -1,0 +1,49 @@
+"""Redis key names of the async queue: one place, because the operator (KEDA trigger) and docs/async.md name them too.
+
+Per endpoint (the name is a DNS label, so it never contains `:` or braces):
+- `bundleserve:{<endpoint>}:stream`  the task stream (XLEN = pending + in flight: finished entries are deleted)
+- consumer group `workers` on that stream; consumer = `<hostname>-<pid>` (one per router process)
+- `bundleserve:{<endpoint>}:dead`    the dead-letter stream (tasks that failed after maxAttempts)
+- `bundleserve:{<endpoint>}:done`    pub/sub channel carrying the id of every task that reached a terminal state
+Per task: `bundleserve:task:<task_id>` a hash (the task record), with a TTL.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+
+PREFIX = "bundleserve"
+GROUP = "workers"
+_TASK_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def stream(endpoint: str) -> str:
+    return f"{PREFIX}:{{{endpoint}}}:stream"
+
+
+def dead_letter(endpoint: str) -> str:
+    return f"{PREFIX}:{{{endpoint}}}:dead"
+
+
+def done_channel(endpoint: str) -> str:
+    return f"{PREFIX}:{{{endpoint}}}:done"
+
+
+def task(task_id: str) -> str:
+    return f"{PREFIX}:task:{task_id}"
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+def is_task_id(value: str) -> bool:
+    return _TASK_ID.match(value) is not None
+
+
+def consumer_name() -> str:
+    """The consumer of this process in the endpoint's group: stable for the process, distinct across pods."""
+    return f"{socket.gethostname()}-{os.getpid()}"

@@ -1,0 +1,147 @@
+"""Result storage for results that do not belong inline in a task record: large results and pickled results.
+
+The router (sync `return_pickled`) and the async worker share one `ResultStore`. Every stored object has an expiry
+(the endpoint's `resultTTLSeconds`); `get` never returns an expired object and `cleanup_expired` removes them, so a
+crashed writer or a forgotten result does not fill the volume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+DEFAULT_TTL_SECONDS = 86400.0
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_META_SUFFIX = ".meta.json"
+_TMP_SUFFIX = ".tmp"
+
+
+class InvalidKey(ValueError):
+    """A key that could escape the store's namespace (path separators, dot-dot, empty, too long)."""
+
+
+def check_key(key: str) -> str:
+    if not _KEY.match(key) or ".." in key or key.endswith((_META_SUFFIX, _TMP_SUFFIX)):
+        raise InvalidKey(f"invalid result key {key!r}")
+    return key
+
+
+@runtime_checkable
+class ResultStore(Protocol):
+    """Where large and pickled results live; `url_for` is the URL clients fetch them from."""
+
+    async def put(self, key: str, data: bytes, content_type: str, *, ttl_seconds: float | None = None) -> None: ...
+
+    async def get(self, key: str) -> tuple[bytes, str] | None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    def url_for(self, task_id: str) -> str: ...
+
+    async def cleanup_expired(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class _Meta:
+    content_type: str
+    expires_at: float
+
+    def dump(self) -> bytes:
+        return json.dumps({"content_type": self.content_type, "expires_at": self.expires_at}).encode()
+
+    @classmethod
+    def load(cls, raw: bytes) -> _Meta:
+        value = json.loads(raw)
+        return cls(content_type=str(value["content_type"]), expires_at=float(value["expires_at"]))
+
+
+class FilesystemResultStore:
+    """Objects as files under `root` (a PVC in a cluster, `--data-dir` locally): `<key>` plus `<key>.meta.json`.
+
+    Writes go to a temporary file and are renamed into place, so a reader never sees half an object. The data file is
+    renamed before the metadata, and `get` needs both, so an object becomes visible only when complete.
+    """
+
+    def __init__(
+        self, root: Path, base_path: str = "/v1/tasks", *, default_ttl_seconds: float = DEFAULT_TTL_SECONDS
+    ) -> None:
+        self.root = Path(root)
+        self.base_path = base_path.rstrip("/")
+        self.default_ttl_seconds = default_ttl_seconds
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def url_for(self, task_id: str) -> str:
+        return f"{self.base_path}/{task_id}/result"
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        check_key(key)
+        return self.root / key, self.root / f"{key}{_META_SUFFIX}"
+
+    async def put(self, key: str, data: bytes, content_type: str, *, ttl_seconds: float | None = None) -> None:
+        data_path, meta_path = self._paths(key)
+        ttl = self.default_ttl_seconds if ttl_seconds is None else ttl_seconds
+        meta = _Meta(content_type=content_type, expires_at=time.time() + ttl)
+        await asyncio.to_thread(self._write, data_path, meta_path, data, meta)
+
+    @staticmethod
+    def _write(data_path: Path, meta_path: Path, data: bytes, meta: _Meta) -> None:
+        for path, content in ((data_path, data), (meta_path, meta.dump())):
+            tmp = path.with_name(f"{path.name}.{os.getpid()}{_TMP_SUFFIX}")
+            tmp.write_bytes(content)
+            os.replace(tmp, path)
+
+    async def get(self, key: str) -> tuple[bytes, str] | None:
+        data_path, meta_path = self._paths(key)
+        return await asyncio.to_thread(self._read, data_path, meta_path)
+
+    @staticmethod
+    def _read(data_path: Path, meta_path: Path) -> tuple[bytes, str] | None:
+        try:
+            meta = _Meta.load(meta_path.read_bytes())
+            if meta.expires_at <= time.time():
+                return None
+            return data_path.read_bytes(), meta.content_type
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+
+    async def delete(self, key: str) -> None:
+        data_path, meta_path = self._paths(key)
+        await asyncio.to_thread(self._remove, meta_path, data_path)
+
+    @staticmethod
+    def _remove(*paths: Path) -> None:
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+    async def cleanup_expired(self) -> int:
+        """Delete expired objects (and orphans left by a crash between the two renames); returns how many."""
+        return await asyncio.to_thread(self._cleanup, time.time())
+
+    def _cleanup(self, now: float) -> int:
+        removed = 0
+        for meta_path in self.root.glob(f"*{_META_SUFFIX}"):
+            try:
+                expired = _Meta.load(meta_path.read_bytes()).expires_at <= now
+            except (FileNotFoundError, ValueError, KeyError):
+                expired = True
+            if expired:
+                self._remove(meta_path, self.root / meta_path.name.removesuffix(_META_SUFFIX))
+                removed += 1
+        stale_before = now - 3600
+        for path in self.root.iterdir():
+            if path.name.endswith(_META_SUFFIX) or not path.is_file():
+                continue
+            orphan = path.name.endswith(_TMP_SUFFIX) or not (self.root / f"{path.name}{_META_SUFFIX}").exists()
+            try:
+                if orphan and path.stat().st_mtime < stale_before:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed

@@ -1,0 +1,174 @@
+"""The task record: what a submission stores in Redis and what `GET /v1/tasks/{id}` reads back.
+
+A record is a Redis hash of strings (`bundleserve:task:<id>`). States move PENDING -> STARTED -> (PENDING again on a
+retry) -> one terminal state (SUCCESS, FAILURE, EXPIRED); the Lua scripts in `scripts.py` are the only writers of
+`status`, and they never change a terminal one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bundleserve.api.invocation import CallbackAuthRequest, PredictRequest, TaskResponse, TaskStatus
+
+TERMINAL = tuple(s.value for s in TaskStatus if s.terminal)
+
+#: Fields returned to clients; `request` and `callback_auth` (credentials) are never read by the status path.
+STATUS_FIELDS = (
+    "endpoint",
+    "status",
+    "result",
+    "result_url",
+    "traceback",
+    "status_code",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "attempts",
+    "callback_status",
+    "callback_attempts",
+    "callback_error",
+)
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """What the worker hands to the model: the validated submission minus callback details."""
+
+    args: Any = None
+    url: str | None = None
+    return_pickled: bool = False
+    timeout_seconds: float | None = None
+    request_id: str | None = None
+
+    @classmethod
+    def from_predict(cls, request: PredictRequest) -> TaskRequest:
+        return cls(
+            args=request.args,
+            url=request.url,
+            return_pickled=request.return_pickled,
+            timeout_seconds=request.timeout_seconds,
+            request_id=request.request_id,
+        )
+
+    def dumps(self) -> str:
+        body: dict[str, Any] = {"args": self.args, "url": self.url, "return_pickled": self.return_pickled}
+        if self.timeout_seconds is not None:
+            body["timeout_seconds"] = self.timeout_seconds
+        if self.request_id is not None:
+            body["request_id"] = self.request_id
+        return json.dumps(body, separators=(",", ":"))
+
+    @classmethod
+    def loads(cls, raw: str | bytes) -> TaskRequest:
+        body = json.loads(raw)
+        return cls(
+            args=body.get("args"),
+            url=body.get("url"),
+            return_pickled=bool(body.get("return_pickled", False)),
+            timeout_seconds=body.get("timeout_seconds"),
+            request_id=body.get("request_id"),
+        )
+
+
+@dataclass(frozen=True)
+class CallbackTarget:
+    """Where and how to deliver the completion callback (credentials stay out of repr and logs)."""
+
+    url: str
+    auth: CallbackAuthRequest | None = field(default=None, repr=False)
+
+    def dumps(self) -> str:
+        auth = self.auth.model_dump(exclude_none=True) if self.auth else None
+        return json.dumps({"url": self.url, "auth": auth}, separators=(",", ":"))
+
+    @classmethod
+    def loads(cls, raw: str | bytes) -> CallbackTarget:
+        body = json.loads(raw)
+        auth = CallbackAuthRequest.model_validate(body["auth"]) if body.get("auth") else None
+        return cls(url=str(body["url"]), auth=auth)
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _float(value: bytes | str | None) -> float | None:
+    text = _text(value)
+    return float(text) if text else None
+
+
+def _int(value: bytes | str | None) -> int | None:
+    text = _text(value)
+    return int(text) if text else None
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """A task as read from Redis (status fields only)."""
+
+    task_id: str
+    endpoint: str
+    status: TaskStatus
+    result_json: str | None = None
+    result_url: str | None = None
+    traceback: str | None = None
+    status_code: int | None = None
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    callback_status: str | None = None
+    callback_attempts: int = 0
+    callback_error: str | None = None
+
+    @classmethod
+    def from_fields(cls, task_id: str, values: Mapping[str, bytes | str | None]) -> TaskRecord | None:
+        status = _text(values.get("status"))
+        if status is None:
+            return None
+        return cls(
+            task_id=task_id,
+            endpoint=_text(values.get("endpoint")) or "",
+            status=TaskStatus(status),
+            result_json=_text(values.get("result")),
+            result_url=_text(values.get("result_url")) or None,
+            traceback=_text(values.get("traceback")) or None,
+            status_code=_int(values.get("status_code")),
+            created_at=_float(values.get("created_at")),
+            started_at=_float(values.get("started_at")),
+            finished_at=_float(values.get("finished_at")),
+            attempts=_int(values.get("attempts")) or 0,
+            callback_status=_text(values.get("callback_status")) or None,
+            callback_attempts=_int(values.get("callback_attempts")) or 0,
+            callback_error=_text(values.get("callback_error")) or None,
+        )
+
+    @property
+    def result(self) -> Any:
+        return json.loads(self.result_json) if self.result_json else None
+
+    def to_response(self) -> TaskResponse:
+        """The public body: only terminal tasks carry result/traceback (a retried task's last error stays internal)."""
+        finished = self.status.terminal
+        return TaskResponse(
+            task_id=self.task_id,
+            status=self.status,
+            result=self.result if finished else None,
+            result_url=self.result_url if finished else None,
+            traceback=self.traceback if finished else None,
+            status_code=self.status_code if finished else None,
+        )
+
+    def callback_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"task_id": self.task_id, "status": self.status.value, "traceback": self.traceback}
+        if self.result_url:
+            body["result_url"] = self.result_url
+        else:
+            body["result"] = self.result
+        return body

@@ -1,0 +1,75 @@
+"""Admission control of one replica: at most `concurrency` requests in the model, at most `max_queued` waiting (FIFO).
+
+Pure asyncio, no HTTP. A request beyond limit + queue is refused at once (`Overloaded`, 429 with Retry-After) instead of
+joining an unbounded queue; a waiter that gives up (timeout, client gone) leaves the queue without consuming a slot.
+The fast path (a free slot and nobody waiting) takes no await and allocates nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from bundleserve.api.errors import Overloaded
+
+
+class AdmissionController:
+    """A FIFO semaphore with a bounded waiting line; `in_model` never exceeds `concurrency`."""
+
+    __slots__ = ("_waiters", "concurrency", "in_model", "max_queued")
+
+    def __init__(self, concurrency: int, max_queued: int) -> None:
+        if concurrency < 1 or max_queued < 0:
+            raise ValueError("concurrency must be >= 1 and max_queued >= 0")
+        self.concurrency = concurrency
+        self.max_queued = max_queued
+        self.in_model = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def try_acquire(self) -> bool:
+        """Take a slot without waiting when one is free and nobody is ahead in the line."""
+        if self.in_model < self.concurrency and not self._waiters:
+            self.in_model += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting in line if needed; raise `Overloaded` when the line is full.
+
+        Cancellation (the caller's timeout or a client disconnect) while waiting removes the waiter; if the slot was
+        handed over at the same moment, it is passed on to the next waiter, so no slot leaks.
+        """
+        if self.try_acquire():
+            return
+        if len(self._waiters) >= self.max_queued:
+            raise Overloaded(
+                f"overloaded: {self.concurrency} requests in the model and {self.max_queued} queued",
+                retry_after_seconds=1,
+            )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                # The slot was handed to us just as we gave up: give it to the next in line.
+                self.release()
+            else:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
+            raise
+
+    def release(self) -> None:
+        """Free a slot: hand it straight to the first live waiter (FIFO), or return it to the pool."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # in_model stays the same: the slot changes hands
+                return
+        self.in_model -= 1

@@ -1,0 +1,396 @@
+"""A fast HTTP/1.1 client for the model container on localhost (see docs/contracts.md, "Router -> model container").
+
+The router's hot path: a keep-alive pool of raw asyncio connections parsed with httptools. aiohttp's client costs
+more per request than the whole rest of the router; this one writes each request in one `write` from pre-encoded
+bytes and parses the answer in C. Used by the sync/streaming handlers and by the async worker.
+
+Cancelling a call (timeout, client gone) closes its connection, which is how the model learns the caller went away;
+a connection is reused only after a complete response. Failures map to the native API's errors:
+cannot connect -> `Unavailable` (503), connection lost before the answer -> `ModelError` (424, no status_code),
+a non-2xx answer -> `ModelError` (424) carrying the model's `status_code` and `traceback`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+
+from bundleserve.api.errors import ModelError, Unavailable
+
+JSON = b"application/json"
+OCTET_STREAM = b"application/octet-stream"
+PICKLE = "application/vnd.bundleserve.pickle"
+#: Stop reading from the model while this many streamed chunks wait for a slow client.
+_PAUSE_AT = 64
+_LARGE_BODY = 64 * 1024
+
+
+class ModelReply:
+    """A complete answer of the model: status, content type and body bytes."""
+
+    __slots__ = ("body", "content_type", "status")
+
+    def __init__(self, status: int, content_type: str, body: bytes) -> None:
+        self.status = status
+        self.content_type = content_type
+        self.body = body
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def is_json(self) -> bool:
+        return self.content_type.startswith("application/json")
+
+    @property
+    def is_pickle(self) -> bool:
+        return self.content_type.startswith(PICKLE)
+
+    def result(self) -> Any:
+        """The answer as a Python value: bytes for a pickle, parsed JSON when it parses, else text (runnable images)."""
+        if self.is_pickle:
+            return self.body
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return self.body.decode("utf-8", errors="replace")
+
+
+def model_error(status: int | None, body: bytes, *, fallback: str) -> ModelError:
+    """The 424 error for a failed model call, with the runtime's message/type/traceback when its body carries them."""
+    message, traceback, kind = fallback, None, None
+    try:
+        error = json.loads(body).get("error") if body else None
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        message = str(error.get("message") or fallback)
+        traceback = error.get("traceback")
+        kind = error.get("type")
+    elif body:
+        message = f"{fallback}: {body[:512].decode('utf-8', errors='replace')}"
+    details: dict[str, Any] = {"status_code": status, "traceback": traceback}
+    if kind:
+        details["type"] = kind
+    return ModelError(message, **details)
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; httptools calls the `on_*` methods while `data_received` feeds it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.lost = False
+        self.idle_since = 0.0
+        self.status = 0
+        self.content_type = ""
+        self.keep_alive = True
+        self.framed = False
+        self.body: list[bytes] = []
+        self.headers_done: asyncio.Future[None] | None = None
+        self.done: asyncio.Future[None] | None = None
+        self.chunks: asyncio.Queue[bytes | BaseException | None] | None = None
+        self.paused = False
+
+    def begin(self, loop: asyncio.AbstractEventLoop, *, streaming: bool) -> None:
+        self.status = 0
+        self.content_type = ""
+        self.framed = False
+        self.body = []
+        self.headers_done = loop.create_future() if streaming else None
+        self.done = loop.create_future()
+        self.chunks = asyncio.Queue() if streaming else None
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            self._fail(ConnectionError(f"invalid HTTP from the model: {error}"))
+            if self.transport is not None:
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.done is not None and not self.done.done() and self.status and not self.framed:
+            self.on_message_complete()  # a body delimited by the end of the connection
+            return
+        self._fail(exc or ConnectionError("the model closed the connection"))
+
+    def _fail(self, error: BaseException) -> None:
+        self.keep_alive = False
+        for future in (self.headers_done, self.done):
+            if future is not None and not future.done():
+                future.set_exception(error)
+        if self.chunks is not None:
+            self.chunks.put_nowait(error)
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lowered = name.lower()
+        if lowered == b"content-type":
+            self.content_type = value.decode("latin-1")
+        elif lowered in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.headers_done is not None and not self.headers_done.done():
+            self.headers_done.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        if self.chunks is not None:
+            self.chunks.put_nowait(body)
+            if self.chunks.qsize() >= _PAUSE_AT and self.transport is not None and not self.paused:
+                self.paused = True
+                self.transport.pause_reading()
+        else:
+            self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.chunks is not None:
+            self.chunks.put_nowait(None)
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+
+class ModelStream:
+    """The body of a streaming answer, as the raw byte chunks the model sent (SSE framing is the caller's)."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+        self.status = connection.status
+        self.content_type = connection.content_type
+        self.finished = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        connection = self._connection
+        assert connection.chunks is not None
+        while True:
+            item = await connection.chunks.get()
+            if item is None:
+                self.finished = True
+                return
+            if isinstance(item, BaseException):
+                raise ModelError("the model closed the stream before its end", status_code=None, traceback=None)
+            if connection.paused and connection.chunks.qsize() < _PAUSE_AT // 2:
+                connection.resume()
+            yield item
+
+
+class ModelClient:
+    """Keep-alive client of one model container; `predict`/`stream`/`get` follow docs/contracts.md."""
+
+    def __init__(self, base_url: str, *, max_idle: int = 256, idle_seconds: float = 30.0) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"model URL must be http://HOST:PORT, got {base_url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.base_path = parts.path.rstrip("/")
+        self._host_header = f"{self.host}:{self.port}".encode()
+        self._idle: list[_Connection] = []
+        self._max_idle = max_idle
+        self._idle_seconds = idle_seconds
+        self._prefixes: dict[tuple[bytes, str], bytes] = {}
+        self._closed = False
+
+    def _prefix(self, method: bytes, path: str) -> bytes:
+        key = (method, path)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            target = (self.base_path + path).encode()
+            prefix = method + b" " + target + b" HTTP/1.1\r\nHost: " + self._host_header + b"\r\n"
+            self._prefixes[key] = prefix
+        return prefix
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.lost and now - connection.idle_since < self._idle_seconds:
+                return connection
+            if connection.transport is not None:
+                connection.transport.close()
+        try:
+            _, protocol = await loop.create_connection(_Connection, self.host, self.port)
+        except OSError as error:
+            raise Unavailable(f"the model is not reachable: {error.strerror or error}") from None
+        return protocol
+
+    def _release(self, connection: _Connection, *, reusable: bool) -> None:
+        if reusable and connection.keep_alive and not connection.lost and not self._closed:
+            if len(self._idle) < self._max_idle:
+                connection.idle_since = time.monotonic()
+                connection.chunks = None
+                self._idle.append(connection)
+                return
+        if connection.transport is not None:
+            connection.transport.close()
+
+    def _send(
+        self,
+        connection: _Connection,
+        method: bytes,
+        path: str,
+        body: bytes,
+        content_type: bytes,
+        extra: bytes,
+    ) -> None:
+        head = (
+            self._prefix(method, path)
+            + b"Content-Type: "
+            + content_type
+            + b"\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n"
+            + extra
+            + b"\r\n"
+        )
+        assert connection.transport is not None
+        if len(body) < _LARGE_BODY:
+            connection.transport.write(head + body)
+        else:
+            connection.transport.writelines((head, body))
+
+    @staticmethod
+    def _extra_headers(raw: bool, pickled: bool, headers: Mapping[str, str] | None) -> bytes:
+        extra = b""
+        if raw:
+            extra += b"X-Bundleserve-Input: raw\r\n"
+        if pickled:
+            extra += b"X-Bundleserve-Return: pickle\r\n"
+        if headers:
+            extra += b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items())
+        return extra
+
+    async def request(
+        self, method: bytes, path: str, body: bytes = b"", *, content_type: bytes = JSON, extra: bytes = b""
+    ) -> ModelReply:
+        """One request/response exchange; any status is returned (the caller decides what is an error)."""
+        connection = await self._connect()
+        connection.begin(asyncio.get_running_loop(), streaming=False)
+        reusable = False
+        try:
+            self._send(connection, method, path, body, content_type, extra)
+            assert connection.done is not None
+            try:
+                await connection.done
+            except (ConnectionError, OSError):
+                raise ModelError(
+                    "the model closed the connection before answering (did it crash?)", status_code=None, traceback=None
+                ) from None
+            reusable = True
+            parts = connection.body
+            return ModelReply(connection.status, connection.content_type, parts[0] if len(parts) == 1 else b"".join(parts))
+        finally:
+            self._release(connection, reusable=reusable)
+
+    async def predict(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        content_type: bytes = JSON,
+        raw: bool = False,
+        pickled: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> ModelReply:
+        """POST a predict call: `body` is the JSON-encoded args (or the raw input with `raw=True`).
+
+        Returns the 2xx reply; raises `ModelError` (424) for a non-2xx answer or a lost connection, `Unavailable`
+        (503) when the model cannot be reached. Bound it with `asyncio.timeout`: cancellation closes the connection.
+        """
+        reply = await self.request(
+            b"POST", path, body, content_type=content_type, extra=self._extra_headers(raw, pickled, headers)
+        )
+        if not reply.ok:
+            raise model_error(reply.status, reply.body, fallback=f"the model answered HTTP {reply.status}")
+        return reply
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        content_type: bytes = JSON,
+        raw: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[ModelStream]:
+        """POST a stream call; yields a `ModelStream` once the model answered 2xx headers.
+
+        Leaving the block before the stream's end (client gone, error) closes the connection, cancelling the model's
+        generator. A non-2xx answer raises `ModelError` before anything is yielded.
+        """
+        connection = await self._connect()
+        loop = asyncio.get_running_loop()
+        connection.begin(loop, streaming=True)
+        stream: ModelStream | None = None
+        try:
+            self._send(connection, b"POST", path, body, content_type, self._extra_headers(raw, False, headers))
+            assert connection.headers_done is not None and connection.done is not None
+            try:
+                await connection.headers_done
+            except (ConnectionError, OSError):
+                raise ModelError(
+                    "the model closed the connection before answering (did it crash?)", status_code=None, traceback=None
+                ) from None
+            if not 200 <= connection.status < 300:
+                try:
+                    await connection.done
+                except (ConnectionError, OSError):
+                    pass
+                error_body = b"".join(_drain(connection))
+                raise model_error(connection.status, error_body, fallback=f"the model answered HTTP {connection.status}")
+            stream = ModelStream(connection)
+            yield stream
+        finally:
+            self._release(connection, reusable=stream is not None and stream.finished)
+
+    async def get(self, path: str) -> ModelReply:
+        return await self.request(b"GET", path, content_type=b"text/plain")
+
+    async def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.transport is not None:
+                connection.transport.close()
+
+
+def _drain(connection: _Connection) -> list[bytes]:
+    """The chunks already queued on a streaming connection (used to read an error body)."""
+    parts: list[bytes] = []
+    if connection.chunks is None:
+        return parts
+    while not connection.chunks.empty():
+        item = connection.chunks.get_nowait()
+        if isinstance(item, bytes):
+            parts.append(item)
+    return parts
+
+
+def encode_args(args: Any) -> bytes:
+    """The JSON body of a predict call with `args` (compact, UTF-8)."""
+    return json.dumps(args, separators=(",", ":"), ensure_ascii=False).encode()
