@@ -38,6 +38,7 @@ e2e: $(STAMP)
 
 crds: $(STAMP)
 	$(BIN)/python -m bundleserve.api.crd > crds/endpoints.bundleserve.dev.yaml
+	cp crds/endpoints.bundleserve.dev.yaml charts/bundleserve/files/crds/endpoints.bundleserve.dev.yaml
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'

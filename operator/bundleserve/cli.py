@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = bundle_commands.add_parser("serve", help="serve a Python module:function over HTTP")
     serve.add_argument("--entrypoint", required=True, metavar="MODULE:FUNCTION")
     serve.add_argument("--load", default=None, metavar="MODULE:FUNCTION")
+    serve.add_argument(
+        "--stream", default=None, metavar="MODULE:FUNCTION", help="streaming callable (default: see docs/bundles.md)"
+    )
     serve.add_argument("--port", type=int, default=5005)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--path", action="append", default=[], help="directory to put on sys.path (repeatable)")

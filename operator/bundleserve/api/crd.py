@@ -19,7 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from bundleserve.api import endpoint as api
-from bundleserve.api.rules import rules_at
+from bundleserve.api.rules import RULES, rules_at
 
 Schema = dict[str, Any]
 
@@ -180,14 +180,17 @@ def model_schema(model: type[BaseModel], *, defaults: bool) -> Schema:
     return schema
 
 
-def _attach_rules(schema: Schema, path: str = "") -> None:
-    """Place each rule of the shared table on the schema node named by its scope."""
+def _attach_rules(schema: Schema, path: str = "") -> set[str]:
+    """Place each rule of the shared table on the schema node named by its scope; returns the scopes used."""
+    attached: set[str] = set()
     for key, child in schema.get("properties", {}).items():
         scope = f"{path}.{key}" if path else key
-        _attach_rules(child, scope)
+        attached |= _attach_rules(child, scope)
         rules = rules_at(scope)
         if rules:
             child["x-kubernetes-validations"] = rules
+            attached.add(scope)
+    return attached
 
 
 def openapi_schema() -> Schema:
@@ -209,7 +212,9 @@ def openapi_schema() -> Schema:
             "status": {"description": "Observed state, written by the operator.", **status},
         },
     }
-    _attach_rules(schema)
+    missing = {rule.scope for rule in RULES} - _attach_rules(schema)
+    if missing:
+        raise ValueError(f"rules scoped to fields the schema does not have: {sorted(missing)}")
     return schema
 
 

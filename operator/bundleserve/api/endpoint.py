@@ -11,7 +11,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "bundleserve.dev"
@@ -37,10 +37,13 @@ ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 
 
 class Model(BaseModel):
-    """Base for all spec models: camelCase aliases, unknown fields rejected (as a structural CRD prunes/rejects them)."""
+    """Base for all spec models: camelCase aliases, unknown fields rejected (as a structural CRD prunes/rejects them).
+
+    Strict types, like the CRD schema: `"60"` is not an integer and `"true"` is not a boolean.
+    """
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, validate_default=True
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, validate_default=True, strict=True
     )
 
     @model_validator(mode="before")
@@ -66,6 +69,16 @@ class PythonBundle(Model):
     ]
     load: Annotated[
         str | None, Field(default=None, pattern=ENTRYPOINT, max_length=256, description="module:callable called once")
+    ] = None
+    stream: Annotated[
+        str | None,
+        Field(
+            default=None,
+            pattern=ENTRYPOINT,
+            max_length=256,
+            description="module:callable yielding the chunks of a stream (default: the entrypoint when it is a "
+            "generator function, else `stream` in the entrypoint's module)",
+        ),
     ] = None
     path: Annotated[
         str | None,
@@ -104,7 +117,7 @@ class EnvVarSource(Model):
 
 class EnvVar(Model):
     name: Annotated[str, Field(pattern=ENV_NAME, max_length=256)]
-    value: str | None = None
+    value: Annotated[str | None, Field(default=None, max_length=65536)] = None
     value_from: EnvVarSource | None = None
 
 
@@ -227,16 +240,16 @@ class PodSettings(Model):
     """Pod-level knobs a platform team needs; everything else is derived by the operator."""
 
     labels: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)] = {}
-    annotations: Annotated[dict[str, str], Field(max_length=64)] = {}
+    annotations: Annotated[dict[str, Annotated[str, Field(max_length=65536)]], Field(max_length=64)] = {}
     service_account_name: Annotated[str | None, Field(default=None, max_length=253)] = None
-    node_selector: Annotated[dict[str, str], Field(max_length=64)] = {}
+    node_selector: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)] = {}
     tolerations: Annotated[list[Toleration], Field(max_length=64)] = []
     image_pull_secrets: Annotated[list[NameRef], Field(max_length=16)] = []
     priority_class_name: Annotated[str | None, Field(default=None, max_length=253)] = None
 
 
 class EndpointSpec(Model):
-    modes: Annotated[list[Mode], Field(min_length=1, max_length=3)]
+    modes: Annotated[list[Annotated[Mode, Strict(False)]], Field(min_length=1, max_length=3)]
     local_only: Annotated[
         bool,
         Field(description="Run only with `bundleserve run`; lifts the image requirement. Rejected by the operator."),

@@ -20,7 +20,7 @@ def format_validation_error(error: ValidationError) -> str:
     """One line per problem, `field.path: message`, in the CRD's camelCase field names."""
     lines = []
     for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"])
+        location = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"]).lstrip(".")
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"{location}: {message}" if location else message)
     return "; ".join(lines)

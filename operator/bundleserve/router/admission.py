@@ -8,6 +8,7 @@ The fast path (a free slot and nobody waiting) takes no await and allocates noth
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 
 from bundleserve.api.errors import Overloaded
@@ -59,10 +60,8 @@ class AdmissionController:
                 # The slot was handed to us just as we gave up: give it to the next in line.
                 self.release()
             else:
-                try:
+                with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
-                except ValueError:
-                    pass
             raise
 
     def release(self) -> None:

@@ -16,8 +16,8 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import asynccontextmanager, suppress
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -112,8 +112,7 @@ class _Connection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -239,12 +238,17 @@ class ModelClient:
         return protocol
 
     def _release(self, connection: _Connection, *, reusable: bool) -> None:
-        if reusable and connection.keep_alive and not connection.lost and not self._closed:
-            if len(self._idle) < self._max_idle:
-                connection.idle_since = time.monotonic()
-                connection.chunks = None
-                self._idle.append(connection)
-                return
+        if (
+            reusable
+            and connection.keep_alive
+            and not connection.lost
+            and not self._closed
+            and len(self._idle) < self._max_idle
+        ):
+            connection.idle_since = time.monotonic()
+            connection.chunks = None
+            self._idle.append(connection)
+            return
         if connection.transport is not None:
             connection.transport.close()
 
@@ -302,7 +306,9 @@ class ModelClient:
                 ) from None
             reusable = True
             parts = connection.body
-            return ModelReply(connection.status, connection.content_type, parts[0] if len(parts) == 1 else b"".join(parts))
+            return ModelReply(
+                connection.status, connection.content_type, parts[0] if len(parts) == 1 else b"".join(parts)
+            )
         finally:
             self._release(connection, reusable=reusable)
 
@@ -357,12 +363,12 @@ class ModelClient:
                     "the model closed the connection before answering (did it crash?)", status_code=None, traceback=None
                 ) from None
             if not 200 <= connection.status < 300:
-                try:
+                with suppress(ConnectionError, OSError):
                     await connection.done
-                except (ConnectionError, OSError):
-                    pass
                 error_body = b"".join(_drain(connection))
-                raise model_error(connection.status, error_body, fallback=f"the model answered HTTP {connection.status}")
+                raise model_error(
+                    connection.status, error_body, fallback=f"the model answered HTTP {connection.status}"
+                )
             stream = ModelStream(connection)
             yield stream
         finally:

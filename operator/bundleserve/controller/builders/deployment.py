@@ -1,0 +1,296 @@
+"""The Deployment: the model container (user image) and the router sidecar in one pod.
+
+Why it looks like this:
+- The router fronts the model on localhost and is the only container with probes (it probes the model itself).
+- The model container's preStop calls the router's drain route, so the kubelet does not stop the model before the
+  router has finished (or handed back) every in-flight request; the grace period covers the longest request.
+- Restricted pod security everywhere; writable scratch space only in emptyDirs.
+- `replicas` is omitted when an autoscaler owns it, so the operator never fights the HPA/KEDA/its own scaler.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bundleserve.api.endpoint import Endpoint, Mode
+from bundleserve.controller.builders.common import (
+    BuildContext,
+    BuildError,
+    Manifest,
+    Scaler,
+    content_hash,
+    metadata,
+    scaler_for,
+)
+from bundleserve.controller.builders.configmap import ENDPOINT_FILE_KEY, build_config_map
+from bundleserve.controller.labels import (
+    CONFIG_HASH_ANNOTATION,
+    common_labels,
+    config_map_name,
+    deployment_name,
+    selector_labels,
+)
+
+ROUTER_PORT = 8080
+ROUTER_PORT_ALT = 8081  # when the model itself listens on 8080 (SageMaker-style images)
+#: The router's drain route: blocks until in-flight requests are done. The model container's preStop calls it.
+DRAIN_PATH = "/drain"
+READY_PATH = "/readyz"
+LIVE_PATH = "/healthz"
+DRAIN_MARGIN_SECONDS = 30
+CONFIG_DIR = "/etc/bundleserve"
+ENDPOINT_FILE = f"{CONFIG_DIR}/{ENDPOINT_FILE_KEY}"
+API_KEYS_DIR = "/var/run/secrets/bundleserve/api-keys"
+API_KEYS_KEY = "api-keys"
+RESULTS_DIR = "/var/lib/bundleserve/results"
+NON_ROOT_ID = 65532
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # set by NVIDIA GPU feature discovery
+ROUTER_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+
+
+def router_port(endpoint: Endpoint) -> int:
+    return ROUTER_PORT_ALT if endpoint.spec.bundle.port == ROUTER_PORT else ROUTER_PORT
+
+
+def grace_period_seconds(endpoint: Endpoint) -> int:
+    """Long enough for the longest request this endpoint accepts to finish after the pod is asked to stop."""
+    spec = endpoint.spec
+    longest = 0
+    if spec.serves(Mode.SYNC) or spec.serves(Mode.STREAMING):
+        longest = spec.invocation.timeout_seconds
+    if spec.serves(Mode.ASYNC):
+        longest = max(longest, spec.async_settings.invocation_timeout_seconds)
+    return longest + DRAIN_MARGIN_SECONDS
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": NON_ROOT_ID,
+        "runAsGroup": NON_ROOT_ID,
+        "fsGroup": NON_ROOT_ID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def model_command(endpoint: Endpoint) -> tuple[list[str] | None, list[str] | None]:
+    """(command, args) of the model container; None keeps the image's own entrypoint/cmd."""
+    bundle = endpoint.spec.bundle
+    if bundle.python is not None:
+        command = ["bundleserve", "bundle", "serve", "--entrypoint", bundle.python.entrypoint]
+        if bundle.python.load:
+            command += ["--load", bundle.python.load]
+        return [*command, "--port", str(bundle.port)], None
+    return (list(bundle.command) if bundle.command else None), (list(bundle.args) if bundle.args else None)
+
+
+def model_resources(endpoint: Endpoint) -> dict[str, Any]:
+    res = endpoint.spec.resources
+    limits: dict[str, str] = {"memory": res.memory}
+    if res.gpus:
+        limits[GPU_RESOURCE] = str(res.gpus)
+    # No CPU limit: CFS throttling of a busy model is a known tail-latency cause; requests drive scheduling and HPA.
+    return {"requests": {"cpu": res.cpu, "memory": res.memory}, "limits": limits}
+
+
+def model_container(endpoint: Endpoint) -> dict[str, Any]:
+    bundle = endpoint.spec.bundle
+    if bundle.image is None:
+        raise BuildError(
+            "ImageRequired", "spec.bundle.image is required in a cluster (localOnly endpoints run only locally)"
+        )
+    env = [item.model_dump(by_alias=True, exclude_none=True, mode="json") for item in bundle.env]
+    if not any(item["name"] == "HOME" for item in env):
+        env.append({"name": "HOME", "value": "/tmp"})  # a writable home on a read-only root filesystem
+    container: dict[str, Any] = {"name": "model", "image": bundle.image}
+    if bundle.image_pull_policy:
+        container["imagePullPolicy"] = bundle.image_pull_policy
+    command, args = model_command(endpoint)
+    if command:
+        container["command"] = command
+    if args:
+        container["args"] = args
+    container["ports"] = [{"name": "model", "containerPort": bundle.port, "protocol": "TCP"}]
+    container["env"] = env
+    if bundle.env_from:
+        container["envFrom"] = [
+            item.model_dump(by_alias=True, exclude_none=True, mode="json") for item in bundle.env_from
+        ]
+    container["resources"] = model_resources(endpoint)
+    container["lifecycle"] = {"preStop": {"httpGet": {"path": DRAIN_PATH, "port": router_port(endpoint)}}}
+    container["securityContext"] = container_security_context()
+    container["volumeMounts"] = [{"name": "model-tmp", "mountPath": "/tmp"}]
+    return container
+
+
+def router_env(endpoint: Endpoint, context: BuildContext) -> list[dict[str, Any]]:
+    config = context.config
+    env: list[dict[str, Any]] = []
+    if endpoint.spec.serves(Mode.ASYNC):
+        if not config.redis_secret:
+            raise BuildError(
+                "AsyncNotConfigured",
+                "the async mode needs a Redis queue: the operator has no BUNDLESERVE_REDIS_SECRET configured",
+            )
+        env.append(secret_env("BUNDLESERVE_REDIS_URL", config.redis_secret, "url"))
+        if scaler_for(endpoint, context.keda) is Scaler.KEDA:
+            # KEDA's redis-streams scaler resolves these from the scale target's env (host:port and password).
+            env.append(secret_env("BUNDLESERVE_REDIS_ADDRESS", config.redis_secret, "address", optional=True))
+            env.append(secret_env("BUNDLESERVE_REDIS_PASSWORD", config.redis_secret, "password", optional=True))
+    if config.api_keys_secret:
+        env.append({"name": "BUNDLESERVE_API_KEYS_FILE", "value": f"{API_KEYS_DIR}/{API_KEYS_KEY}"})
+    env.append({"name": "BUNDLESERVE_RESULTS_DIR", "value": RESULTS_DIR})
+    return env
+
+
+def secret_env(name: str, secret: str, key: str, *, optional: bool = False) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def router_container(endpoint: Endpoint, context: BuildContext) -> dict[str, Any]:
+    port = router_port(endpoint)
+    mounts = [
+        {"name": "endpoint-config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "router-tmp", "mountPath": "/tmp"},
+        {"name": "results", "mountPath": RESULTS_DIR},
+    ]
+    if context.config.api_keys_secret:
+        mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
+    return {
+        "name": "router",
+        "image": context.config.image,
+        "command": [
+            "bundleserve",
+            "router",
+            "--endpoint-file",
+            ENDPOINT_FILE,
+            "--model-url",
+            f"http://127.0.0.1:{endpoint.spec.bundle.port}",
+            "--port",
+            str(port),
+        ],
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "env": router_env(endpoint, context),
+        "resources": ROUTER_RESOURCES,
+        "readinessProbe": {
+            "httpGet": {"path": READY_PATH, "port": "http"},
+            "periodSeconds": 2,
+            "timeoutSeconds": 2,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": LIVE_PATH, "port": "http"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        "securityContext": container_security_context(),
+        "volumeMounts": mounts,
+    }
+
+
+def volumes(endpoint: Endpoint, context: BuildContext) -> list[dict[str, Any]]:
+    config = context.config
+    found: list[dict[str, Any]] = [
+        {"name": "endpoint-config", "configMap": {"name": config_map_name(endpoint.name)}},
+        {"name": "model-tmp", "emptyDir": {}},
+        {"name": "router-tmp", "emptyDir": {}},
+    ]
+    if config.results_pvc:
+        found.append({"name": "results", "persistentVolumeClaim": {"claimName": config.results_pvc}})
+    else:
+        found.append({"name": "results", "emptyDir": {}})  # per pod: results are only reachable through that pod
+    if config.api_keys_secret:
+        found.append({"name": "api-keys", "secret": {"secretName": config.api_keys_secret}})
+    return found
+
+
+def scheduling(endpoint: Endpoint) -> dict[str, Any]:
+    pod = endpoint.spec.pod
+    resources = endpoint.spec.resources
+    node_selector = dict(pod.node_selector)
+    tolerations = [item.model_dump(by_alias=True, exclude_none=True, mode="json") for item in pod.tolerations]
+    if resources.gpus:
+        if resources.gpu_type:
+            node_selector[GPU_PRODUCT_LABEL] = resources.gpu_type
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    found: dict[str, Any] = {}
+    if node_selector:
+        found["nodeSelector"] = node_selector
+    if tolerations:
+        found["tolerations"] = tolerations
+    found["topologySpreadConstraints"] = [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(endpoint.name)},
+        }
+    ]
+    return found
+
+
+def pod_template(endpoint: Endpoint, context: BuildContext) -> dict[str, Any]:
+    pod = endpoint.spec.pod
+    config_hash = content_hash(build_config_map(endpoint)["data"][ENDPOINT_FILE_KEY])
+    annotations = {
+        **pod.annotations,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(router_port(endpoint)),
+        "prometheus.io/path": "/metrics",
+        CONFIG_HASH_ANNOTATION: config_hash,
+    }
+    spec: dict[str, Any] = {
+        "containers": [model_container(endpoint), router_container(endpoint, context)],
+        "volumes": volumes(endpoint, context),
+        "securityContext": pod_security_context(),
+        "terminationGracePeriodSeconds": grace_period_seconds(endpoint),
+        "enableServiceLinks": False,
+        **scheduling(endpoint),
+    }
+    if pod.service_account_name:
+        spec["serviceAccountName"] = pod.service_account_name
+    else:
+        spec["automountServiceAccountToken"] = False  # the pods never talk to the Kubernetes API
+    if pod.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": ref.name} for ref in pod.image_pull_secrets]
+    if pod.priority_class_name:
+        spec["priorityClassName"] = pod.priority_class_name
+    return {
+        "metadata": {"labels": {**pod.labels, **common_labels(endpoint.name)}, "annotations": annotations},
+        "spec": spec,
+    }
+
+
+def build_deployment(endpoint: Endpoint, context: BuildContext) -> Manifest:
+    spec: dict[str, Any] = {}
+    if scaler_for(endpoint, context.keda) is Scaler.STATIC:
+        spec["replicas"] = endpoint.spec.scaling.min_replicas
+    spec.update(
+        {
+            "selector": {"matchLabels": selector_labels(endpoint.name)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "revisionHistoryLimit": 3,
+            "template": pod_template(endpoint, context),
+        }
+    )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(endpoint, deployment_name(endpoint.name)),
+        "spec": spec,
+    }

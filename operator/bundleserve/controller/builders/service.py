@@ -1,0 +1,22 @@
+"""The ClusterIP Service in front of the router (sync and streaming endpoints)."""
+
+from __future__ import annotations
+
+from bundleserve.api.endpoint import Endpoint
+from bundleserve.controller.builders.common import Manifest, metadata
+from bundleserve.controller.labels import selector_labels, service_name
+
+SERVICE_PORT = 80
+
+
+def build_service(endpoint: Endpoint) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(endpoint, service_name(endpoint.name)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(endpoint.name),
+            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }

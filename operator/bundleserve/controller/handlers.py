@@ -1,0 +1,300 @@
+"""Thin kopf handlers. Every path that may change children ends in the same `reconcile()`:
+
+- create / update / resume of an Endpoint, and a drift timer;
+- events of any child (labelled managed-by us): a child edited or deleted by hand is restored at once;
+- delete: a bounded finalizer that purges the endpoint's queue unless `spec.async.retainOnDelete`;
+- a scaler timer for async-only endpoints without KEDA.
+Reconciles of one Endpoint never overlap (a lock per Endpoint) and bursts of child events coalesce into one re-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+from pydantic import ValidationError
+
+from bundleserve.api.endpoint import GROUP, PLURAL, VERSION, Mode
+from bundleserve.controller import cleanup, kube
+from bundleserve.controller.builders import BuildContext, Scaler, scaler_for
+from bundleserve.controller.config import KedaMode, OperatorConfig
+from bundleserve.controller.kube import KubeClient, KubeError
+from bundleserve.controller.labels import ENDPOINT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, deployment_name
+from bundleserve.controller.metrics import OperatorMetrics
+from bundleserve.controller.reconcile import BacklogReader, parse, reconcile
+from bundleserve.controller.scaler import ScaleMemory, decide, redis_backlog_reader
+
+log = logging.getLogger("bundleserve.operator")
+Key = tuple[str, str]
+ENDPOINTS: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": PLURAL}
+CHILDREN = (
+    ("apps/v1", "deployments"),
+    ("v1", "services"),
+    ("v1", "configmaps"),
+    ("v1", "pods"),
+    ("autoscaling/v2", "horizontalpodautoscalers"),
+    ("policy/v1", "poddisruptionbudgets"),
+)
+KEDA_CHILD = ("keda.sh/v1alpha1", "scaledobjects")
+FINALIZER = "bundleserve.dev/cleanup"
+
+
+def _seconds(name: str, default: float) -> float:
+    return float(os.environ.get(name, "") or default)
+
+
+@dataclass
+class OperatorState:
+    """Everything the handlers share; filled in at startup (the API client needs the running loop)."""
+
+    config: OperatorConfig
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    drift_interval: float = field(default_factory=lambda: _seconds("BUNDLESERVE_OPERATOR_DRIFT_SECONDS", 60))
+    scaler_interval: float = field(default_factory=lambda: _seconds("BUNDLESERVE_OPERATOR_SCALER_SECONDS", 10))
+    kube: KubeClient | None = None
+    keda: bool = False
+    read_backlog: BacklogReader | None = None
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    rerun: set[Key] = field(default_factory=set)
+    queued: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    scale_memory: dict[Key, ScaleMemory] = field(default_factory=dict)
+
+    @property
+    def context(self) -> BuildContext:
+        return BuildContext(config=self.config, keda=self.keda)
+
+    @property
+    def client(self) -> KubeClient:
+        if self.kube is None:
+            raise RuntimeError("the operator has not started")
+        return self.kube
+
+    async def start(self) -> None:
+        self.kube = KubeClient.from_connection(kube.login())
+        self.closers.append(self.kube.close)
+        if self.config.keda is KedaMode.ON:
+            self.keda = True
+        elif self.config.keda is KedaMode.AUTO:
+            self.keda = await self.kube.serves("keda.sh/v1alpha1")
+        if self.config.redis_url:
+            self.read_backlog, close = await redis_backlog_reader(self.config.redis_url)
+            self.closers.append(close)
+        log.info("operator state ready (keda=%s, queue=%s)", self.keda, "yes" if self.read_backlog else "no")
+
+    async def stop(self) -> None:
+        for task in list(self.queued.values()):
+            task.cancel()
+        for close in reversed(self.closers):
+            await close()
+        self.closers.clear()
+
+    # -- reconcile ------------------------------------------------------------------------------------------------
+
+    async def reconcile_key(self, key: Key) -> None:
+        """Reconcile one Endpoint from a fresh read (never from a possibly stale event body)."""
+        namespace, name = key
+        lock = self.locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            body = await self.client.get("Endpoint", namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return  # gone or going: owner references take the children with it
+            started = time.perf_counter()
+            try:
+                result = await reconcile(body, self.client, self.context, read_backlog=self.read_backlog)
+            except KubeError:
+                self.metrics.reconcile_errors.labels(namespace, name, "ApiError").inc()
+                raise
+            finally:
+                self.metrics.reconcile_seconds.labels(namespace, name).observe(time.perf_counter() - started)
+        for verb, kind, _ in result.writes:
+            self.metrics.api_writes.labels(verb, kind).inc()
+        if result.writes:
+            log.info("reconciled %s/%s: %s", namespace, name, ", ".join(f"{v} {k}/{n}" for v, k, n in result.writes))
+        if result.problem is not None:
+            self.metrics.reconcile_errors.labels(namespace, name, result.problem.reason).inc()
+        ready = next((c["status"] == "True" for c in result.status["conditions"] if c["type"] == "Ready"), False)
+        self.metrics.set_ready(namespace, name, ready)
+        for condition in result.transitions:
+            warning = (condition["type"] == "Degraded") == (condition["status"] == "True")
+            kopf.event(
+                kopf.Body(cast(kopf.RawBody, body)),
+                type="Warning" if warning else "Normal",
+                reason=condition["reason"],
+                message=f"{condition['type']}={condition['status']}: {condition['message']}"[:1000],
+            )
+
+    def request(self, key: Key) -> None:
+        """Reconcile soon; bursts for the same Endpoint collapse into at most one extra run."""
+        if key in self.queued:
+            self.rerun.add(key)
+            return
+        self.queued[key] = asyncio.create_task(self._drain(key))
+
+    async def _drain(self, key: Key) -> None:
+        try:
+            while True:
+                self.rerun.discard(key)
+                try:
+                    await self.reconcile_key(key)
+                except KubeError as error:
+                    log.warning("reconcile of %s/%s failed (%s); retrying", key[0], key[1], error)
+                    await asyncio.sleep(1.0)
+                    self.rerun.add(key)
+                if key not in self.rerun:
+                    return
+        finally:
+            self.queued.pop(key, None)
+
+    # -- scaler ---------------------------------------------------------------------------------------------------
+
+    def uses_own_scaler(self, body: Any) -> bool:
+        try:
+            endpoint = parse(dict(body))
+        except ValidationError:
+            return False
+        return scaler_for(endpoint, self.keda) is Scaler.OPERATOR
+
+    async def scale(self, key: Key, body: Any) -> None:
+        if self.read_backlog is None:
+            return
+        endpoint = parse(dict(body))
+        namespace, name = key
+        deployment = await self.client.get("Deployment", namespace, deployment_name(name))
+        if deployment is None:
+            return
+        current = int(deployment.get("spec", {}).get("replicas", 1))
+        pending, in_flight = await self.read_backlog(name)
+        memory = self.scale_memory.setdefault(key, ScaleMemory())
+        wanted = decide(current, pending + in_flight, endpoint.spec.scaling, time.monotonic(), memory)
+        if wanted != current:
+            await self.client.merge_patch(
+                "Deployment", namespace, deployment_name(name), {"spec": {"replicas": wanted}}
+            )
+            self.metrics.api_writes.labels("patch", "Deployment").inc()
+            self.metrics.scaler_replicas.labels(namespace, name).set(wanted)
+            log.info("scaled %s/%s from %d to %d (backlog %d)", namespace, name, current, wanted, pending + in_flight)
+
+    # -- delete ---------------------------------------------------------------------------------------------------
+
+    async def clean_up(self, key: Key, body: Any, waited_seconds: float) -> None:
+        namespace, name = key
+        self.metrics.set_ready(namespace, name, None)
+        self.scale_memory.pop(key, None)
+        try:
+            endpoint = parse(dict(body))
+        except ValidationError:
+            return  # never valid: nothing of ours can exist
+        in_flight = 0
+        if self.read_backlog is not None and endpoint.spec.serves(Mode.ASYNC):
+            try:
+                in_flight = (await self.read_backlog(name))[1]
+            except Exception as error:
+                if waited_seconds < cleanup.wait_bound_seconds(endpoint):
+                    raise kopf.TemporaryError(f"queue unreachable: {error}", delay=5) from None
+                kopf.warn(body, reason="QueueCleanupFailed", message=f"queue left in place: {error}")
+                return
+        step = cleanup.next_step(
+            endpoint, queue_configured=self.read_backlog is not None, in_flight=in_flight, waited_seconds=waited_seconds
+        )
+        if step is cleanup.CleanupStep.SKIP:
+            return
+        if step is cleanup.CleanupStep.WAIT:
+            raise kopf.TemporaryError(f"{in_flight} task(s) still in flight", delay=5)
+        if step is cleanup.CleanupStep.PURGE_AFTER_TIMEOUT:
+            message = f"purging the queue with {in_flight} task(s) still in flight after {waited_seconds:.0f}s"
+            kopf.warn(body, reason="QueueCleanupTimedOut", message=message)
+            await self._degraded_on_delete(key, "QueueCleanupTimedOut", message)
+        import redis.asyncio as aioredis
+
+        client: Any = aioredis.Redis.from_url(self.config.redis_url or "", socket_timeout=5)
+        try:
+            removed = await cleanup.purge_queue(client, name)
+        finally:
+            await client.aclose()
+        log.info("deleted the queue of %s/%s (%d keys)", namespace, name, removed)
+
+    async def _degraded_on_delete(self, key: Key, reason: str, message: str) -> None:
+        condition = {"type": "Degraded", "status": "True", "reason": reason, "message": message}
+        with contextlib.suppress(KubeError):  # best effort: the object is going away
+            await self.client.patch_endpoint_status(key[0], key[1], {"conditions": [condition]})
+
+
+def _key(body: Any) -> Key:
+    meta = body["metadata"]
+    return (meta.get("namespace") or "default", meta["name"])
+
+
+def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
+    """All handlers, bound to one OperatorState (no module-level globals: tests can run several operators)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.level = logging.WARNING  # events only for warnings and our explicit transitions
+        settings.persistence.finalizer = FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="bundleserve.dev")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="bundleserve.dev", key="last-handled-configuration"
+        )
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        await state.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def shutdown(**_: Any) -> None:
+        await state.stop()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kube.login()
+
+    async def reconcile_now(body: Any, **_: Any) -> None:
+        try:
+            await state.reconcile_key(_key(body))
+        except KubeError as error:
+            raise kopf.TemporaryError(str(error), delay=2 if error.status == 409 else 10) from None
+
+    kopf.on.create(**ENDPOINTS, registry=registry, id="reconcile")(reconcile_now)
+    kopf.on.update(**ENDPOINTS, registry=registry, id="reconcile")(reconcile_now)
+    kopf.on.resume(**ENDPOINTS, registry=registry, id="reconcile")(reconcile_now)
+    kopf.timer(
+        **ENDPOINTS, registry=registry, id="drift", interval=state.drift_interval, initial_delay=state.drift_interval
+    )(reconcile_now)
+
+    @kopf.timer(
+        **ENDPOINTS,
+        registry=registry,
+        id="scaler",
+        interval=state.scaler_interval,
+        when=lambda body, **_: state.uses_own_scaler(body),
+    )
+    async def scale(body: Any, **_: Any) -> None:
+        try:
+            await state.scale(_key(body), body)
+        except KubeError as error:
+            raise kopf.TemporaryError(str(error), delay=5) from None
+
+    @kopf.on.delete(**ENDPOINTS, registry=registry, id="cleanup")
+    async def delete(body: Any, runtime: Any, **_: Any) -> None:
+        await state.clean_up(_key(body), body, runtime.total_seconds())
+
+    def child_event(body: Any, **_: Any) -> None:
+        labels = body.get("metadata", {}).get("labels", {}) or {}
+        owner = labels.get(ENDPOINT_LABEL)
+        if owner:
+            state.request((body["metadata"].get("namespace") or "default", owner))
+
+    children = [*CHILDREN, KEDA_CHILD] if state.config.keda is not KedaMode.OFF else list(CHILDREN)
+    for group_version, plural in children:
+        kopf.on.event(
+            group_version, plural, registry=registry, id=f"child-{plural}", labels={MANAGED_BY_LABEL: MANAGED_BY}
+        )(child_event)
+    return registry

@@ -1,0 +1,197 @@
+"""The one module that talks to the Kubernetes API (besides kopf itself): a small aiohttp client.
+
+No `kubernetes` package (its dependencies conflict with botocore). Credentials come from kopf's own login helpers
+(service account in a pod, else kubeconfig), so kopf and this client always use the same identity.
+Every resource and verb used here is declared in RESOURCES; the RBAC rules in charts/bundleserve/files/operator-rbac.yaml
+are checked against it (tests/unit/test_controller_rbac.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import aiohttp
+import kopf
+
+from bundleserve.api.endpoint import GROUP, PLURAL, VERSION
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ResourceInfo:
+    group: str  # "" for the core group
+    version: str
+    plural: str
+    verbs: tuple[str, ...]  # what this client (not kopf) does with it
+
+    @property
+    def prefix(self) -> str:
+        return f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+
+
+#: kind -> where it lives and what we do with it. `Endpoint` is always addressed fully (endpoints.bundleserve.dev).
+RESOURCES: dict[str, ResourceInfo] = {
+    "Endpoint": ResourceInfo(GROUP, VERSION, PLURAL, ("get",)),
+    "Endpoint/status": ResourceInfo(GROUP, VERSION, f"{PLURAL}/status", ("patch",)),
+    "ConfigMap": ResourceInfo("", "v1", "configmaps", ("get", "create", "update")),
+    "Service": ResourceInfo("", "v1", "services", ("get", "create", "update", "delete")),
+    "Deployment": ResourceInfo("apps", "v1", "deployments", ("get", "create", "update", "patch")),
+    "HorizontalPodAutoscaler": ResourceInfo(
+        "autoscaling", "v2", "horizontalpodautoscalers", ("get", "create", "update", "delete")
+    ),
+    "PodDisruptionBudget": ResourceInfo("policy", "v1", "poddisruptionbudgets", ("get", "create", "update", "delete")),
+    "ScaledObject": ResourceInfo("keda.sh", "v1alpha1", "scaledobjects", ("get", "create", "update", "delete")),
+    "Pod": ResourceInfo("", "v1", "pods", ("list",)),
+}
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete"})
+
+
+class KubeError(Exception):
+    """A non-2xx answer of the API server (status and the server's Status message)."""
+
+    def __init__(self, status: int, message: str, reason: str = "") -> None:
+        super().__init__(f"HTTP {status} {reason}: {message}".strip())
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class NotFound(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    """409: the object changed under us (stale resourceVersion) or already exists."""
+
+
+def login() -> kopf.ConnectionInfo:
+    """Credentials as kopf finds them: the pod's service account, else $KUBECONFIG / ~/.kube/config."""
+    settings = kopf.OperatorSettings()
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise kopf.LoginError("no Kubernetes credentials: neither a service account nor a kubeconfig was found")
+    return info
+
+
+def path_of(kind: str, namespace: str | None, name: str | None = None) -> str:
+    info = RESOURCES[kind]
+    plural, _, subresource = info.plural.partition("/")
+    path = info.prefix
+    if namespace is not None:
+        path += f"/namespaces/{quote(namespace)}"
+    path += f"/{plural}"
+    if name is not None:
+        path += f"/{quote(name)}"
+        if subresource:
+            path += f"/{subresource}"
+    return path
+
+
+class KubeClient:
+    """Typed verbs over the REST API. `writes` counts the writes this client made, by (verb, kind)."""
+
+    def __init__(self, session: aiohttp.ClientSession, server: str) -> None:
+        self.session = session
+        self.server = server.rstrip("/")
+        self.writes: Counter[tuple[str, str]] = Counter()
+
+    @classmethod
+    def from_connection(cls, info: kopf.ConnectionInfo, *, timeout_seconds: float = 30.0) -> KubeClient:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=info.as_ssl_context()),
+            headers={**info.as_http_headers(), "User-Agent": "bundleserve-operator"},
+            timeout=aiohttp.ClientTimeout(total=timeout_seconds),
+            trust_env=info.trust_env,
+        )
+        return cls(session, info.server)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        query: dict[str, str] | None = None,
+    ) -> Any:
+        url = self.server + path + (f"?{urlencode(query)}" if query else "")
+        data = None if body is None else json.dumps(body)
+        headers = {"Content-Type": content_type} if body is not None else {}
+        async with self.session.request(method, url, data=data, headers=headers) as response:
+            text = await response.text()
+            if response.status >= 400:
+                try:
+                    status = json.loads(text)
+                    message, reason = str(status.get("message", text)), str(status.get("reason", ""))
+                except ValueError:
+                    message, reason = text[:500], ""
+                error_type = {404: NotFound, 409: Conflict}.get(response.status, KubeError)
+                raise error_type(response.status, message, reason)
+            return json.loads(text) if text else None
+
+    def _count(self, verb: str, kind: str) -> None:
+        self.writes[(verb, kind)] += 1
+
+    async def get(self, kind: str, namespace: str, name: str) -> Manifest | None:
+        try:
+            found: Manifest = await self._request("GET", path_of(kind, namespace, name))
+        except NotFound:
+            return None
+        return found
+
+    async def list(self, kind: str, namespace: str, label_selector: dict[str, str]) -> list[Manifest]:
+        selector = ",".join(f"{key}={value}" for key, value in sorted(label_selector.items()))
+        found = await self._request("GET", path_of(kind, namespace), query={"labelSelector": selector})
+        items: list[Manifest] = found.get("items", []) if found else []
+        return items
+
+    async def create(self, manifest: Manifest) -> Manifest:
+        kind, namespace = manifest["kind"], manifest["metadata"]["namespace"]
+        self._count("create", kind)
+        created: Manifest = await self._request("POST", path_of(kind, namespace), body=manifest)
+        return created
+
+    async def replace(self, manifest: Manifest) -> Manifest:
+        kind, meta = manifest["kind"], manifest["metadata"]
+        self._count("update", kind)
+        replaced: Manifest = await self._request("PUT", path_of(kind, meta["namespace"], meta["name"]), body=manifest)
+        return replaced
+
+    async def merge_patch(self, kind: str, namespace: str, name: str, patch: Manifest) -> Manifest:
+        self._count("patch", kind)
+        patched: Manifest = await self._request(
+            "PATCH", path_of(kind, namespace, name), body=patch, content_type="application/merge-patch+json"
+        )
+        return patched
+
+    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete (background propagation); False when it was already gone."""
+        self._count("delete", kind)
+        try:
+            await self._request(
+                "DELETE",
+                path_of(kind, namespace, name),
+                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+            )
+        except NotFound:
+            return False
+        return True
+
+    async def patch_endpoint_status(self, namespace: str, name: str, status: Manifest) -> Manifest:
+        return await self.merge_patch("Endpoint/status", namespace, name, {"status": status})
+
+    async def serves(self, group_version: str) -> bool:
+        """Whether the API server serves a group/version (e.g. keda.sh/v1alpha1): discovery, no RBAC needed."""
+        try:
+            await self._request("GET", f"/apis/{group_version}")
+        except NotFound:
+            return False
+        return True

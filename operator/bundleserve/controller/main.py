@@ -1,0 +1,73 @@
+"""`bundleserve operator`: run the kopf operator with the health/metrics port.
+
+Scope: `--namespace NS` (repeatable) or `--all-namespaces` (the default when neither is given).
+HA: `--peering NAME` runs kopf peering (leader election: one active replica, needs kopf's peering CRDs);
+otherwise (or with `--standalone`) the operator runs alone. SIGTERM stops it gracefully (kopf's own handling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import kopf
+
+from bundleserve.controller import health
+from bundleserve.controller.config import ConfigError, OperatorConfig
+from bundleserve.controller.handlers import OperatorState, build_registry
+
+log = logging.getLogger("bundleserve.operator")
+
+
+async def run(args: argparse.Namespace, config: OperatorConfig) -> None:
+    state = OperatorState(config)
+    registry = build_registry(state)
+    ready, stopping = asyncio.Event(), asyncio.Event()
+    runner = await health.start(health.build_app(state.metrics, ready, stopping), "0.0.0.0", args.health_port)
+
+    async def announce() -> None:
+        await ready.wait()
+        scope = "all namespaces" if not args.namespaces else "namespaces " + ",".join(args.namespaces)
+        log.info(
+            "bundleserve operator ready: watching endpoints.bundleserve.dev in %s, health on :%d",
+            scope,
+            args.health_port,
+        )
+
+    announcer = asyncio.create_task(announce())
+    try:
+        await kopf.operator(
+            registry=registry,
+            clusterwide=not args.namespaces,
+            namespaces=args.namespaces or (),
+            standalone=args.peering is None,
+            peering_name=args.peering,
+            ready_flag=ready,
+        )
+    finally:
+        stopping.set()
+        announcer.cancel()
+        await runner.cleanup()
+        log.info("bundleserve operator stopped")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.peering and args.standalone:
+        print("bundleserve operator: --peering and --standalone exclude each other", file=sys.stderr)
+        return 2
+    try:
+        config = OperatorConfig.from_env()
+    except ConfigError as error:
+        print(f"bundleserve operator: {error}", file=sys.stderr)
+        return 2
+    kopf.configure(log_format=kopf.LogFormat.JSON, log_refkey="k8s")
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        asyncio.run(run(args, config))
+    except OSError as error:  # e.g. the health port is taken
+        print(f"bundleserve operator: {error}", file=sys.stderr)
+        return 1
+    return 0

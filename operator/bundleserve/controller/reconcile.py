@@ -1,0 +1,200 @@
+"""One idempotent, level-based reconcile: desired children from the spec, compared with what exists, written only
+when different; then status from what is observed. Called for create, update, resume, child events and the timer.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from bundleserve.api.endpoint import Endpoint, Mode
+from bundleserve.api.manifest import format_validation_error
+from bundleserve.controller.builders import BuildContext, BuildError, Manifest, Scaler, build_children, scaler_for
+from bundleserve.controller.builders.autoscaling import queue_names
+from bundleserve.controller.builders.common import serves_http
+from bundleserve.controller.diff import needs_write, replacement
+from bundleserve.controller.kube import KubeClient
+from bundleserve.controller.labels import autoscaler_name, selector_labels, service_name, service_url
+from bundleserve.controller.status import (
+    Observed,
+    Problem,
+    QueueObservation,
+    build_status,
+    rolling_out,
+    status_patch,
+    transitions,
+)
+
+#: (pending, in_flight) of an endpoint's queue, or an exception when the queue cannot be read.
+BacklogReader = Callable[[str], Awaitable[tuple[int, int]]]
+#: Children that exist only for some specs: deleted when the spec no longer wants them.
+OPTIONAL_KINDS = ("Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ScaledObject")
+
+
+@dataclass
+class ReconcileResult:
+    status: Manifest
+    patch: Manifest | None
+    writes: list[tuple[str, str, str]] = field(default_factory=list)  # (verb, kind, name)
+    problem: Problem | None = None
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    endpoint: Endpoint | None = None
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse(body: Manifest) -> Endpoint:
+    document = {key: body[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in body}
+    return Endpoint.model_validate(document)
+
+
+def owned_by(live: Manifest, uid: str | None) -> bool:
+    refs = live.get("metadata", {}).get("ownerReferences", []) or []
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
+
+
+async def apply_children(
+    endpoint: Endpoint, desired: list[Manifest], kube: KubeClient, writes: list[tuple[str, str, str]]
+) -> dict[str, Manifest]:
+    """Create what is missing, replace what differs; returns the live objects by kind. Refuses to take over an
+    object of the same name that another owner (or a human) created: that is a ChildConflict problem."""
+    uid = endpoint.metadata.uid
+    live_by_kind: dict[str, Manifest] = {}
+    for manifest in desired:
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        live = await kube.get(kind, endpoint.namespace, name)
+        if live is None:
+            live = await kube.create(manifest)
+            writes.append(("create", kind, name))
+        elif not owned_by(live, uid):
+            raise BuildError("ChildConflict", f"{kind} {name} already exists and is not owned by this Endpoint")
+        elif needs_write(manifest, live):
+            live = await kube.replace(replacement(manifest, live))
+            writes.append(("update", kind, name))
+        live_by_kind[kind] = live
+    return live_by_kind
+
+
+async def delete_unwanted(
+    endpoint: Endpoint,
+    desired: list[Manifest],
+    context: BuildContext,
+    kube: KubeClient,
+    writes: list[tuple[str, str, str]],
+) -> None:
+    wanted = {manifest["kind"] for manifest in desired}
+    names = {
+        "Service": service_name(endpoint.name),
+        "HorizontalPodAutoscaler": autoscaler_name(endpoint.name),
+        "PodDisruptionBudget": endpoint.name,
+        "ScaledObject": autoscaler_name(endpoint.name),
+    }
+    for kind in OPTIONAL_KINDS:
+        if kind in wanted or (kind == "ScaledObject" and not context.keda):
+            continue
+        live = await kube.get(kind, endpoint.namespace, names[kind])
+        if live is not None and owned_by(live, endpoint.metadata.uid):
+            await kube.delete(kind, endpoint.namespace, names[kind])
+            writes.append(("delete", kind, names[kind]))
+
+
+async def observe_queue(endpoint: Endpoint, read_backlog: BacklogReader | None) -> QueueObservation | None:
+    if read_backlog is None or not endpoint.spec.serves(Mode.ASYNC):
+        return None
+    try:
+        pending, in_flight = await read_backlog(endpoint.name)
+    except Exception as error:  # the queue being down must not break reconciling the children
+        logging.getLogger(__name__).warning("cannot read the queue of %s: %s", endpoint.name, error)
+        return None
+    return QueueObservation(name=queue_names(endpoint.name)[0], pending=pending, in_flight=in_flight)
+
+
+async def reconcile(
+    body: Manifest,
+    kube: KubeClient,
+    context: BuildContext,
+    *,
+    read_backlog: BacklogReader | None = None,
+    now: Callable[[], str] = utc_now,
+) -> ReconcileResult:
+    """Bring the children of one Endpoint to the desired state and write its status if it changed.
+
+    Raises KubeError (Conflict included) for API failures: the caller retries. Spec problems do not raise: they end
+    in a Degraded status and leave existing children untouched.
+    """
+    namespace = body["metadata"].get("namespace") or "default"
+    name = body["metadata"]["name"]
+    generation = int(body["metadata"].get("generation") or 0)
+    previous = body.get("status") or {}
+    writes: list[tuple[str, str, str]] = []
+    endpoint: Endpoint | None = None
+    try:
+        endpoint = parse(body)
+    except ValidationError as error:
+        observed = Observed(
+            generation=generation,
+            deployment=await kube.get("Deployment", namespace, name),  # still serving the last valid spec?
+            problem=Problem("InvalidSpec", format_validation_error(error)),
+        )
+    else:
+        observed = await _reconcile_valid(endpoint, kube, context, read_backlog, writes, generation)
+    status = build_status(observed, previous, now())
+    patch = status_patch(previous, status)
+    if patch is not None:
+        await kube.patch_endpoint_status(namespace, name, patch)
+        writes.append(("patch", "Endpoint/status", name))
+    return ReconcileResult(
+        status=status,
+        patch=patch,
+        writes=writes,
+        problem=observed.problem,
+        transitions=transitions(previous, status),
+        endpoint=endpoint,
+    )
+
+
+async def _reconcile_valid(
+    endpoint: Endpoint,
+    kube: KubeClient,
+    context: BuildContext,
+    read_backlog: BacklogReader | None,
+    writes: list[tuple[str, str, str]],
+    generation: int,
+) -> Observed:
+    url = service_url(endpoint.name, endpoint.namespace) if serves_http(endpoint) else None
+    queue = await observe_queue(endpoint, read_backlog)
+    try:
+        desired = build_children(endpoint, context)
+        live = await apply_children(endpoint, desired, kube, writes)
+    except BuildError as error:
+        deployment = await kube.get("Deployment", endpoint.namespace, endpoint.name)
+        return Observed(
+            generation=generation,
+            deployment=deployment,
+            url=url,
+            queue=queue,
+            problem=Problem(error.reason, error.message),
+        )
+    await delete_unwanted(endpoint, desired, context, kube, writes)
+    deployment = live["Deployment"]
+    status = deployment.get("status", {}) or {}
+    wanted = deployment.get("spec", {}).get("replicas", 1)
+    pods: list[Manifest] = []
+    if (status.get("readyReplicas", 0) or 0) < wanted or rolling_out(deployment):
+        pods = await kube.list("Pod", endpoint.namespace, selector_labels(endpoint.name))
+    scaler = scaler_for(endpoint, context.keda)
+    return Observed(
+        generation=generation,
+        deployment=deployment,
+        pods=pods,
+        url=url,
+        queue=queue,
+        scale_to_zero=scaler in (Scaler.KEDA, Scaler.OPERATOR) and endpoint.spec.scaling.min_replicas == 0,
+    )

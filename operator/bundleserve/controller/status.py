@@ -1,0 +1,224 @@
+"""Endpoint status from what is observed: conditions Ready / Progressing / Degraded with CamelCase reasons.
+
+Ready means pods serve traffic (ready replicas), not that objects were applied. Pod-level failures (image pulls,
+crash loops, unschedulable pods) surface as the reason, so `kubectl get` says why an endpoint is not ready.
+Pure functions; the reconcile loop feeds them the observed objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Manifest = dict[str, Any]
+
+READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
+#: Container waiting reasons that mean "this will not fix itself soon".
+_WAITING_PROBLEMS = (
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+    "CrashLoopBackOff",
+)
+#: Keys of `status` this operator owns (anything else, e.g. kopf's own bookkeeping, is left alone).
+OWNED_KEYS = ("observedGeneration", "conditions", "replicas", "readyReplicas", "url", "queue")
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class QueueObservation:
+    name: str
+    pending: int
+    in_flight: int
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What reconcile saw. `problem` is a spec/config/API problem found before looking at pods."""
+
+    generation: int
+    deployment: Manifest | None = None
+    pods: list[Manifest] = field(default_factory=list)
+    url: str | None = None
+    queue: QueueObservation | None = None
+    problem: Problem | None = None
+    scale_to_zero: bool = False
+
+
+def pod_problem(pods: list[Manifest]) -> Problem | None:
+    """The most telling failure among the pods (waiting reasons first, then scheduling)."""
+    found: list[tuple[int, Problem]] = []
+    for pod in pods:
+        if pod.get("metadata", {}).get("deletionTimestamp"):
+            continue
+        pod_name = pod.get("metadata", {}).get("name", "?")
+        status = pod.get("status", {}) or {}
+        for container in [*status.get("initContainerStatuses", []), *status.get("containerStatuses", [])]:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason in _WAITING_PROBLEMS:
+                message = waiting.get("message") or reason
+                rank = _WAITING_PROBLEMS.index(reason)
+                found.append((rank, Problem(reason, f"container {container.get('name')} in pod {pod_name}: {message}")))
+            last = (container.get("lastState") or {}).get("terminated") or {}
+            if last.get("reason") == "OOMKilled":
+                found.append(
+                    (
+                        len(_WAITING_PROBLEMS),
+                        Problem(
+                            "OOMKilled",
+                            f"container {container.get('name')} in pod "
+                            f"{pod_name} was killed for exceeding its memory limit",
+                        ),
+                    )
+                )
+        for condition in status.get("conditions", []):
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                reason = condition.get("reason") or "Unschedulable"
+                found.append(
+                    (len(_WAITING_PROBLEMS) + 1, Problem(reason, f"pod {pod_name}: {condition.get('message', '')}"))
+                )
+    return min(found, key=lambda item: item[0])[1] if found else None
+
+
+def deployment_problem(deployment: Manifest) -> Problem | None:
+    for condition in deployment.get("status", {}).get("conditions", []):
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            return Problem(condition.get("reason") or "ReplicaFailure", condition.get("message", ""))
+        if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
+            return Problem("ProgressDeadlineExceeded", condition.get("message", ""))
+    return None
+
+
+def rolling_out(deployment: Manifest) -> bool:
+    spec, status = deployment.get("spec", {}), deployment.get("status", {}) or {}
+    generation = deployment.get("metadata", {}).get("generation", 0)
+    wanted = spec.get("replicas", 1)
+    replicas = status.get("replicas", 0)
+    updated = status.get("updatedReplicas", 0)
+    available = status.get("availableReplicas", 0)
+    return bool(
+        status.get("observedGeneration", 0) < generation
+        or updated < wanted
+        or replicas > updated
+        or available < updated
+    )
+
+
+def _condition(kind: str, status: bool, reason: str, message: str) -> dict[str, Any]:
+    return {"type": kind, "status": "True" if status else "False", "reason": reason, "message": message}
+
+
+def conditions_for(observed: Observed) -> list[dict[str, Any]]:
+    """Ready, Progressing, Degraded (in this order), without timestamps."""
+    deployment = observed.deployment
+    if observed.problem is not None:
+        problem = observed.problem
+        ready_count = (deployment or {}).get("status", {}).get("readyReplicas", 0) if deployment else 0
+        return [
+            _condition(
+                READY,
+                bool(ready_count),
+                problem.reason if not ready_count else "ReplicasAvailable",
+                problem.message if not ready_count else f"{ready_count} replica(s) ready; {problem.message}",
+            ),
+            _condition(PROGRESSING, False, problem.reason, problem.message),
+            _condition(DEGRADED, True, problem.reason, problem.message),
+        ]
+    if deployment is None:
+        waiting = "the Deployment does not exist yet"
+        return [
+            _condition(READY, False, "Creating", waiting),
+            _condition(PROGRESSING, True, "Creating", waiting),
+            _condition(DEGRADED, False, "AsExpected", ""),
+        ]
+    status = deployment.get("status", {}) or {}
+    wanted = deployment.get("spec", {}).get("replicas", 1)
+    ready = status.get("readyReplicas", 0) or 0
+    trouble = pod_problem(observed.pods) or deployment_problem(deployment)
+    progressing = rolling_out(deployment)
+    counts = f"{ready}/{wanted} replicas ready"
+    if wanted == 0 and observed.scale_to_zero:
+        ready_condition = _condition(READY, True, "ScaledToZero", "no replicas: the queue is empty; tasks are accepted")
+    elif ready >= 1:
+        ready_condition = _condition(READY, True, "ReplicasAvailable", counts)
+    elif trouble is not None:
+        ready_condition = _condition(READY, False, trouble.reason, f"{counts}: {trouble.message}")
+    else:
+        ready_condition = _condition(READY, False, "ReplicasNotReady", counts)
+    if trouble is not None and trouble.reason == "ProgressDeadlineExceeded":
+        progressing_condition = _condition(PROGRESSING, False, trouble.reason, trouble.message)
+    elif progressing:
+        updated = status.get("updatedReplicas", 0) or 0
+        progressing_condition = _condition(PROGRESSING, True, "RollingOut", f"{updated}/{wanted} replicas updated")
+    else:
+        progressing_condition = _condition(PROGRESSING, False, "RolloutComplete", counts)
+    if trouble is not None:
+        degraded_condition = _condition(DEGRADED, True, trouble.reason, trouble.message)
+    else:
+        degraded_condition = _condition(DEGRADED, False, "AsExpected", "")
+    return [ready_condition, progressing_condition, degraded_condition]
+
+
+def build_status(observed: Observed, previous: Manifest | None, now: str) -> Manifest:
+    """The full status we want; lastTransitionTime is kept from `previous` while a condition's status holds."""
+    previous = previous or {}
+    before = {c.get("type"): c for c in previous.get("conditions", []) or []}
+    conditions = []
+    for condition in conditions_for(observed):
+        old = before.get(condition["type"]) or {}
+        held = old.get("status") == condition["status"] and old.get("lastTransitionTime")
+        since = old["lastTransitionTime"] if held else now
+        conditions.append({**condition, "lastTransitionTime": since, "observedGeneration": observed.generation})
+    deployment_status = (observed.deployment or {}).get("status", {}) or {}
+    status: Manifest = {
+        "observedGeneration": observed.generation,
+        "conditions": conditions,
+        "replicas": deployment_status.get("replicas", 0) or 0,
+        "readyReplicas": deployment_status.get("readyReplicas", 0) or 0,
+    }
+    if observed.url:
+        status["url"] = observed.url
+    if observed.queue is not None:
+        queue = observed.queue
+        status["queue"] = {
+            "name": queue.name,
+            "pending": queue.pending,
+            "inFlight": queue.in_flight,
+            "backlog": queue.pending + queue.in_flight,
+        }
+    return status
+
+
+def status_patch(previous: Manifest | None, desired: Manifest) -> Manifest | None:
+    """The merge patch that turns `previous` into `desired` for the keys we own, or None when nothing changed."""
+    previous = previous or {}
+    patch: Manifest = {}
+    for key in OWNED_KEYS:
+        if key in desired:
+            if previous.get(key) != desired[key]:
+                patch[key] = desired[key]
+        elif previous.get(key) is not None:
+            patch[key] = None
+    return patch or None
+
+
+def transitions(previous: Manifest | None, desired: Manifest) -> list[dict[str, Any]]:
+    """Ready/Degraded conditions whose status or reason changed: worth a Kubernetes Event."""
+    before = {c.get("type"): c for c in (previous or {}).get("conditions", []) or []}
+    changed = []
+    for condition in desired.get("conditions", []):
+        if condition["type"] not in (READY, DEGRADED):
+            continue
+        old = before.get(condition["type"], {})
+        if (old.get("status"), old.get("reason")) != (condition["status"], condition["reason"]):
+            changed.append(condition)
+    return changed

@@ -1,0 +1,240 @@
+"""The endpoint's durable queue on Redis Streams: submit, claim (read + reclaim), and the task-state transitions.
+
+One stream and one consumer group per endpoint (names in `keys.py`); each router process is one consumer. Delivery is
+at-least-once: an entry stays in its consumer's pending list until a terminal transition or a requeue acknowledges it,
+and `reclaim` (XAUTOCLAIM) moves entries idle longer than the visibility timeout to a live consumer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import RedisError as _RedisError
+
+from bundleserve.api.invocation import TaskStatus
+from bundleserve.queue import keys, scripts
+from bundleserve.queue.config import Durability, QueueConfig
+from bundleserve.queue.tasks import STATUS_FIELDS, CallbackTarget, TaskRecord, TaskRequest
+
+RedisError = _RedisError
+
+
+class QueueUnavailable(Exception):
+    """Redis did not take the task (down, or it could not confirm durability in time): the client may retry."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A stream entry handed to this consumer."""
+
+    entry_id: str
+    task_id: str
+
+
+@dataclass(frozen=True)
+class Started:
+    """The outcome of picking up one delivery: `run` with the request, or why it must not run."""
+
+    delivery: Delivery
+    outcome: str  # run | skip | gone | expired | failed
+    attempts: int = 0
+    request: TaskRequest | None = None
+    callback: CallbackTarget | None = None
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _flatten(fields: Mapping[str, Any]) -> list[Any]:
+    flat: list[Any] = []
+    for name, value in fields.items():
+        flat.extend((name, "" if value is None else value))
+    return flat
+
+
+def _deliveries(entries: Iterable[Any]) -> list[Delivery]:
+    found = []
+    for entry_id, values in entries:
+        if not values:  # deleted while pending (XAUTOCLAIM reports those separately in Redis 7)
+            continue
+        task_id = values.get(b"t") or values.get("t")
+        if task_id is not None:
+            found.append(Delivery(_s(entry_id), _s(task_id)))
+    return found
+
+
+class TaskQueue:
+    """All Redis operations of one endpoint's queue."""
+
+    def __init__(self, redis: aioredis.Redis, config: QueueConfig) -> None:
+        self.redis = redis
+        self.config = config
+        self.stream = keys.stream(config.endpoint)
+        self.dead = keys.dead_letter(config.endpoint)
+        self.channel = keys.done_channel(config.endpoint)
+
+    async def ensure_group(self) -> None:
+        """Create the stream and its group (from the beginning: tasks submitted before any worker existed count)."""
+        try:
+            await self.redis.xgroup_create(self.stream, keys.GROUP, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    # -- submit -------------------------------------------------------------------------------------------------
+
+    async def submit(self, request: TaskRequest, callback: CallbackTarget | None = None) -> str:
+        """Store the record and append the task; returns the task id once Redis holds it as durably as configured."""
+        task_id = keys.new_task_id()
+        fields: dict[str, Any] = {
+            "endpoint": self.config.endpoint,
+            "status": TaskStatus.PENDING.value,
+            "created_at": repr(time.time()),
+            "attempts": 0,
+            "request": request.dumps(),
+        }
+        if callback is not None:
+            fields["callback"] = callback.dumps()
+            fields["callback_status"] = "pending"
+        args = [task_id, self.config.record_ttl_seconds, *_flatten(fields)]
+        task_keys = [keys.task(task_id), self.stream]
+        try:
+            for _ in range(2):
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.evalsha(scripts.submit.sha, len(task_keys), *task_keys, *args)
+                if self.config.durability is Durability.FSYNC:
+                    pipe.execute_command("WAITAOF", 1, 0, self.config.fsync_timeout_ms)
+                replies = await pipe.execute(raise_on_error=False)
+                if isinstance(replies[0], NoScriptError):
+                    await self.redis.script_load(scripts.submit.source)
+                    continue
+                break
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        except _RedisError as error:
+            raise QueueUnavailable(f"the queue did not accept the task: {error}") from error
+        if self.config.durability is Durability.FSYNC and int(replies[1][0]) < 1:
+            raise QueueUnavailable(
+                f"the queue did not confirm the task on disk within {self.config.fsync_timeout_ms} ms; retry later"
+            )
+        return task_id
+
+    # -- claim ----------------------------------------------------------------------------------------------------
+
+    async def read(self, consumer: str, count: int, block_ms: int) -> list[Delivery]:
+        reply = await self.redis.xreadgroup(keys.GROUP, consumer, {self.stream: ">"}, count=count, block=block_ms)
+        if not reply:
+            return []
+        found: list[Delivery] = []
+        item: Any
+        for item in reply:
+            found.extend(_deliveries(item[1]))
+        return found
+
+    async def reclaim(self, consumer: str, count: int) -> list[Delivery]:
+        """Claim entries whose consumer has not finished them within the visibility timeout (it is presumed dead)."""
+        min_idle_ms = int(self.config.visibility_timeout_seconds * 1000)
+        found: list[Delivery] = []
+        cursor = "0-0"
+        while len(found) < count:
+            reply = await self.redis.xautoclaim(
+                self.stream, keys.GROUP, consumer, min_idle_time=min_idle_ms, start_id=cursor, count=count
+            )
+            cursor, entries = _s(reply[0]), reply[1]
+            found.extend(_deliveries(entries))
+            if len(reply) > 2 and reply[2]:  # ids deleted from the stream while pending: acknowledge them away
+                await self.redis.xack(self.stream, keys.GROUP, *reply[2])
+            if cursor == "0-0":
+                break
+        return found
+
+    async def owned(self, consumer: str, count: int = 1000) -> list[Delivery]:
+        """Entries in this consumer's pending list (used when it stops, to hand them back)."""
+        pending = await self.redis.xpending_range(self.stream, keys.GROUP, "-", "+", count, consumername=consumer)
+        found: list[Delivery] = []
+        for item in pending:
+            entry_id = str(_s(item["message_id"]))
+            entries: Any = await self.redis.xrange(self.stream, entry_id, entry_id)
+            found.extend(_deliveries(entries or []) or [Delivery(entry_id, "")])
+        return found
+
+    async def start(self, consumer: str, deliveries: Sequence[Delivery]) -> list[Started]:
+        """Atomically decide for each delivery: run it (attempts + 1, STARTED), or finish it without running."""
+        if not deliveries:
+            return []
+        cfg = self.config
+        script_keys = [self.stream, self.dead, *(keys.task(d.task_id) for d in deliveries)]
+        args: list[Any] = [
+            keys.GROUP,
+            consumer,
+            repr(time.time()),
+            cfg.request_ttl_seconds,
+            cfg.max_attempts,
+            int(cfg.result_ttl_seconds),
+            self.channel,
+        ]
+        for delivery in deliveries:
+            args.extend((delivery.entry_id, delivery.task_id))
+        replies = await scripts.start(self.redis, script_keys, args)
+        started = []
+        for delivery, reply in zip(deliveries, replies, strict=True):
+            outcome = _s(reply[0])
+            raw_callback = reply[-1] if len(reply) > 1 else b""
+            callback = CallbackTarget.loads(raw_callback) if raw_callback else None
+            if outcome == "run":
+                started.append(Started(delivery, outcome, int(reply[1]), TaskRequest.loads(reply[2]), callback))
+            else:
+                started.append(Started(delivery, outcome, callback=callback))
+        return started
+
+    # -- transitions ----------------------------------------------------------------------------------------------
+
+    async def complete(
+        self, delivery: Delivery, status: TaskStatus, fields: Mapping[str, Any], *, dead_reason: str = ""
+    ) -> bool:
+        """The terminal transition; True if this call made it (False: the task was already terminal)."""
+        script_keys = [keys.task(delivery.task_id), self.stream, self.dead]
+        args = [
+            keys.GROUP,
+            delivery.entry_id,
+            delivery.task_id,
+            self.channel,
+            int(self.config.result_ttl_seconds),
+            dead_reason,
+            "status",
+            status.value,
+            "finished_at",
+            repr(time.time()),
+            *_flatten(fields),
+        ]
+        return bool(await scripts.complete(self.redis, script_keys, args))
+
+    async def requeue(self, delivery: Delivery, fields: Mapping[str, Any], *, release: bool = False) -> bool:
+        """Back to PENDING at the stream's tail: after a retryable failure, or (release) when this worker drains."""
+        script_keys = [keys.task(delivery.task_id), self.stream]
+        args = [keys.GROUP, delivery.entry_id, delivery.task_id, -1 if release else 0, *_flatten(fields)]
+        return bool(await scripts.requeue(self.redis, script_keys, args))
+
+    async def update(self, task_id: str, fields: Mapping[str, Any]) -> bool:
+        return bool(await scripts.update_if_exists(self.redis, [keys.task(task_id)], _flatten(fields)))
+
+    # -- reads ----------------------------------------------------------------------------------------------------
+
+    async def callback_of(self, task_id: str) -> CallbackTarget | None:
+        raw = await self.redis.hget(keys.task(task_id), "callback")
+        return CallbackTarget.loads(raw) if raw else None
+
+
+async def get_task(redis: aioredis.Redis, task_id: str) -> TaskRecord | None:
+    """The task's public state, or None for an unknown (or expired) id."""
+    if not keys.is_task_id(task_id):
+        return None
+    values = await redis.hmget(keys.task(task_id), list(STATUS_FIELDS))
+    return TaskRecord.from_fields(task_id, dict(zip(STATUS_FIELDS, values, strict=True)))

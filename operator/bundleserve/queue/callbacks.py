@@ -1,0 +1,162 @@
+"""Completion callbacks: POST `{"task_id", "status", "result"|"result_url", "traceback"}` to the task's callback URL.
+
+Delivery runs in its own asyncio task after the terminal transition (the result is already stored), so a slow or
+dead target never holds a worker slot. Attempts are bounded, spaced by exponential backoff with full jitter; the
+outcome (`callback_status` delivered|failed, attempts, last error) is written on the task record. Credentials come
+from the request (`callback_auth`) or from the endpoint's Secret, mounted as files; they are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import ssl
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bundleserve.api.invocation import CallbackAuthRequest
+from bundleserve.queue.tasks import CallbackTarget
+
+log = logging.getLogger(__name__)
+
+#: Where the router finds the endpoint's callback Secret (keys username/password or tls.crt/tls.key).
+SECRET_DIR_ENV = "BUNDLESERVE_CALLBACK_SECRET_DIR"
+DEFAULT_SECRET_DIR = "/var/run/secrets/bundleserve/callback"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    base_delay_seconds: float = 0.5
+    max_delay_seconds: float = 30.0
+    timeout_seconds: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))] (spreads a burst of retries apart)."""
+        return random.uniform(0, min(self.max_delay_seconds, self.base_delay_seconds * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    delivered: bool
+    attempts: int
+    error: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "callback_status": "delivered" if self.delivered else "failed",
+            "callback_attempts": self.attempts,
+            "callback_error": self.error or "",
+        }
+
+
+def auth_from_secret_dir(kind: str, directory: Path | None = None) -> CallbackAuthRequest | None:
+    """The endpoint's default callback credentials from its mounted Secret; None when not mounted."""
+    root = directory or Path(os.environ.get(SECRET_DIR_ENV, DEFAULT_SECRET_DIR))
+    try:
+        if kind == "basic":
+            return CallbackAuthRequest(
+                kind="basic",
+                username=(root / "username").read_text().strip(),
+                password=(root / "password").read_text().strip(),
+            )
+        return CallbackAuthRequest(kind="mtls", cert=(root / "tls.crt").read_text(), key=(root / "tls.key").read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _ssl_context(auth: CallbackAuthRequest, ca_file: str | None) -> ssl.SSLContext:
+    """A client context presenting the PEM certificate and key (ssl only loads them from files: a private temp dir)."""
+    context = ssl.create_default_context(cafile=ca_file)
+    with tempfile.TemporaryDirectory(prefix="bundleserve-mtls-") as tmp:
+        cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
+        cert.write_text(auth.cert or "")
+        key.touch(mode=0o600)
+        key.write_text(auth.key or "")
+        context.load_cert_chain(cert, key)
+    return context
+
+
+class CallbackSender:
+    """Delivers callbacks in background tasks; `close()` waits briefly for them, then cancels the rest."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        policy: RetryPolicy | None = None,
+        ca_file: str | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._session = session
+        self.policy = policy or RetryPolicy()
+        self._ca_file = ca_file or os.environ.get("BUNDLESERVE_CALLBACK_CA_FILE") or None
+        self._sleep = sleep
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def send(
+        self, target: CallbackTarget, body: dict[str, Any], record: Callable[[Outcome], Awaitable[object]]
+    ) -> asyncio.Task[None]:
+        """Start delivering; `record` is called once with the outcome."""
+        task = asyncio.create_task(self._deliver_and_record(target, body, record))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _deliver_and_record(
+        self, target: CallbackTarget, body: dict[str, Any], record: Callable[[Outcome], Awaitable[object]]
+    ) -> None:
+        outcome = await self.deliver(target, body)
+        try:
+            await record(outcome)
+        except Exception as error:
+            log.warning("could not record the callback outcome of task %s: %s", body.get("task_id"), error)
+
+    async def deliver(self, target: CallbackTarget, body: dict[str, Any]) -> Outcome:
+        auth = target.auth
+        basic = aiohttp.BasicAuth(auth.username or "", auth.password or "") if auth and auth.kind == "basic" else None
+        try:
+            ssl_context: ssl.SSLContext | bool = (
+                _ssl_context(auth, self._ca_file) if auth and auth.kind == "mtls" else True
+            )
+            if ssl_context is True and self._ca_file and target.url.startswith("https:"):
+                ssl_context = ssl.create_default_context(cafile=self._ca_file)
+        except (ssl.SSLError, OSError, ValueError) as bad:
+            return Outcome(False, 0, f"invalid client certificate: {type(bad).__name__}")
+        last_error = "not attempted"
+        timeout = aiohttp.ClientTimeout(total=self.policy.timeout_seconds)
+        for attempt in range(1, self.policy.max_attempts + 1):
+            try:
+                async with self._session.post(
+                    target.url, json=body, auth=basic, ssl=ssl_context, timeout=timeout
+                ) as response:
+                    if 200 <= response.status < 300:
+                        return Outcome(True, attempt)
+                    last_error = f"HTTP {response.status}"
+                    if 400 <= response.status < 500 and response.status not in (408, 425, 429):
+                        return Outcome(False, attempt, last_error)
+            except TimeoutError:
+                last_error = f"timed out after {self.policy.timeout_seconds} s"
+            except (aiohttp.ClientError, OSError) as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+            if attempt < self.policy.max_attempts:
+                await self._sleep(self.policy.delay(attempt))
+        return Outcome(False, self.policy.max_attempts, last_error)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        if not self._tasks:
+            return
+        _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,66 @@
+"""Queue settings of one endpoint, derived from its spec (the pieces of `spec.async` and `spec.invocation` the queue
+needs) plus the few knobs the spec does not carry (durability of a submission, reclaim grace, result size limits)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from bundleserve.api.endpoint import Endpoint
+from bundleserve.queue.tasks import CallbackTarget
+
+MIB = 1024 * 1024
+
+
+class Durability(StrEnum):
+    """What a 202 promises. FSYNC: the task is in Redis's AOF on disk (WAITAOF 1 0). MEMORY: Redis has it in memory
+    (a Redis crash may lose up to appendfsync's window; a graceful restart loses nothing)."""
+
+    FSYNC = "fsync"
+    MEMORY = "memory"
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    endpoint: str
+    request_ttl_seconds: float = 21600
+    invocation_timeout_seconds: float = 900
+    max_attempts: int = 3
+    result_ttl_seconds: float = 86400
+    concurrency: int = 8
+    durability: Durability = Durability.FSYNC
+    fsync_timeout_ms: int = 2000
+    #: Added to invocationTimeoutSeconds: a task idle in a consumer's pending list this long is reclaimed.
+    visibility_grace_seconds: float = 30.0
+    inline_result_max_bytes: int = 256 * 1024
+    max_result_bytes: int = 256 * MIB
+    default_callback: CallbackTarget | None = None
+    default_callback_secret: str | None = None
+
+    @property
+    def visibility_timeout_seconds(self) -> float:
+        return self.invocation_timeout_seconds + self.visibility_grace_seconds
+
+    @property
+    def record_ttl_seconds(self) -> int:
+        """A pending record must outlive requestTTLSeconds (then becomes EXPIRED) and keep its result for resultTTL."""
+        return int(self.request_ttl_seconds + self.invocation_timeout_seconds + self.result_ttl_seconds)
+
+    @classmethod
+    def from_endpoint(cls, endpoint: Endpoint, **overrides: Any) -> QueueConfig:
+        settings = endpoint.spec.async_settings
+        callback = settings.callback
+        config = cls(
+            endpoint=endpoint.name,
+            request_ttl_seconds=settings.request_ttl_seconds,
+            invocation_timeout_seconds=settings.invocation_timeout_seconds,
+            max_attempts=settings.max_attempts,
+            result_ttl_seconds=settings.result_ttl_seconds,
+            concurrency=endpoint.spec.invocation.concurrency,
+            durability=Durability(os.environ.get("BUNDLESERVE_QUEUE_DURABILITY", Durability.FSYNC.value)),
+            default_callback=CallbackTarget(url=callback.url) if callback else None,
+            default_callback_secret=callback.auth.secret_name if callback and callback.auth else None,
+        )
+        return replace(config, **overrides)

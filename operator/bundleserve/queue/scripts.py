@@ -1,0 +1,145 @@
+"""Lua scripts: every state change of a task is one atomic script, so a crash between two commands cannot lose a
+task or finish it twice. The rule they share: a terminal status is never overwritten, and the stream entry that
+carried the task is acknowledged and deleted in the same step that moves the task on (so XLEN = pending + in flight).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+_TERMINAL = """
+local function terminal(s) return s == 'SUCCESS' or s == 'FAILURE' or s == 'EXPIRED' end
+local function done(stream, group, entry)
+  redis.call('XACK', stream, group, entry)
+  redis.call('XDEL', stream, entry)
+end
+"""
+
+#: KEYS: task, stream. ARGV: task_id, record ttl, field, value, ... -> the stream entry id.
+SUBMIT = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return redis.call('XADD', KEYS[2], '*', 't', ARGV[1])
+"""
+
+#: Pick up delivered entries. KEYS: stream, dead, task_1..task_n. ARGV: group, consumer, now, request_ttl,
+#: max_attempts, result_ttl, channel, then (entry_id, task_id) pairs. Returns one array per entry:
+#: {'run', attempts, request, callback} or {'skip'|'gone'|'expired'|'failed', callback} (callback '' when none).
+START = (
+    _TERMINAL
+    + """
+local group, consumer, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local request_ttl, max_attempts, result_ttl, channel = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local out = {}
+for i = 1, #KEYS - 2 do
+  local key, entry, task_id = KEYS[i + 2], ARGV[6 + 2 * i], ARGV[7 + 2 * i]
+  local cur = redis.call('HMGET', key, 'status', 'created_at', 'attempts', 'request', 'traceback', 'callback')
+  local callback = cur[6] or ''
+  if not cur[1] then
+    done(KEYS[1], group, entry)
+    out[i] = {'gone'}
+  elseif terminal(cur[1]) then
+    done(KEYS[1], group, entry)
+    out[i] = {'skip'}
+  elseif now - tonumber(cur[2]) > request_ttl then
+    redis.call('HSET', key, 'status', 'EXPIRED', 'finished_at', ARGV[3],
+      'traceback', 'the task waited longer than requestTTLSeconds (' .. ARGV[4] .. ' s) before a worker picked it up')
+    redis.call('EXPIRE', key, result_ttl)
+    done(KEYS[1], group, entry)
+    redis.call('PUBLISH', channel, task_id)
+    out[i] = {'expired', callback}
+  elseif tonumber(cur[3] or '0') >= max_attempts then
+    local reason = cur[5] or ('no attempt finished: the worker running it was lost ' .. cur[3] .. ' times')
+    redis.call('HSET', key, 'status', 'FAILURE', 'finished_at', ARGV[3], 'traceback', reason,
+      'callback_status', (callback ~= '' and 'pending' or ''))
+    redis.call('EXPIRE', key, result_ttl)
+    done(KEYS[1], group, entry)
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', '100000', '*', 't', task_id, 'reason', 'max_attempts')
+    redis.call('PUBLISH', channel, task_id)
+    out[i] = {'failed', callback}
+  else
+    local attempts = redis.call('HINCRBY', key, 'attempts', 1)
+    redis.call('HSET', key, 'status', 'STARTED', 'started_at', ARGV[3], 'worker', consumer)
+    out[i] = {'run', attempts, cur[4], callback}
+  end
+end
+return out
+"""
+)
+
+#: Terminal transition. KEYS: task, stream, dead. ARGV: group, entry_id, task_id, channel, result_ttl, dead_reason
+#: ('' = not dead-lettered), then field, value, ... (must include status). Returns 1 if this call finished the task.
+COMPLETE = (
+    _TERMINAL
+    + """
+local cur = redis.call('HGET', KEYS[1], 'status')
+done(KEYS[2], ARGV[1], ARGV[2])
+if not cur or terminal(cur) then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+if ARGV[6] ~= '' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', '100000', '*', 't', ARGV[3], 'reason', ARGV[6])
+end
+redis.call('PUBLISH', ARGV[4], ARGV[3])
+return 1
+"""
+)
+
+#: Put a started task back in the queue (a retryable failure, or a worker draining). KEYS: task, stream.
+#: ARGV: group, entry_id, task_id, attempts delta (0 for a retry, -1 for a release), field, value, ...
+REQUEUE = (
+    _TERMINAL
+    + """
+local cur = redis.call('HGET', KEYS[1], 'status')
+done(KEYS[2], ARGV[1], ARGV[2])
+if not cur or terminal(cur) then return 0 end
+if tonumber(ARGV[4]) ~= 0 then redis.call('HINCRBY', KEYS[1], 'attempts', ARGV[4]) end
+redis.call('HSET', KEYS[1], 'status', 'PENDING', unpack(ARGV, 5))
+redis.call('XADD', KEYS[2], '*', 't', ARGV[3])
+return 1
+"""
+)
+
+#: Update fields of a record that still exists (never resurrects an expired one). KEYS: task. ARGV: field, value, ...
+UPDATE_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script run by SHA, re-loaded transparently when the server lost its script cache (a restart)."""
+
+    source: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
+
+    async def __call__(self, redis: aioredis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.script_load(self.source)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+
+submit = Script(SUBMIT)
+start = Script(START)
+complete = Script(COMPLETE)
+requeue = Script(REQUEUE)
+update_if_exists = Script(UPDATE_IF_EXISTS)
+ALL = (submit, start, complete, requeue, update_if_exists)
+
+
+async def load_all(redis: aioredis.Redis) -> None:
+    for script in ALL:
+        await redis.script_load(script.source)

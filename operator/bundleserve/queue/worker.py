@@ -1,0 +1,324 @@
+"""The worker loop of one router process: read the endpoint's stream, run up to `concurrency` tasks, finish each once.
+
+Reading blocks on XREADGROUP (no polling) for as many entries as there are free slots; a reclaim loop takes over
+entries abandoned by dead consumers (XAUTOCLAIM after the visibility timeout). Each task ends in exactly one of:
+a terminal transition (SUCCESS / FAILURE / EXPIRED, atomic and idempotent), a requeue for a retry, or - when this
+process drains - a release back to the stream so another replica takes it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from bundleserve.api.invocation import TaskStatus
+from bundleserve.queue import keys
+from bundleserve.queue.broker import Delivery, Started, TaskQueue, get_task
+from bundleserve.queue.callbacks import CallbackSender, Outcome
+from bundleserve.queue.invoke import PICKLE_CONTENT_TYPE, Invoke, ModelReply
+from bundleserve.queue.results import ResultStore
+from bundleserve.queue.tasks import CallbackTarget
+
+log = logging.getLogger(__name__)
+
+#: Model answers that a retry cannot fix (the request itself is wrong).
+_PERMANENT_STATUS = frozenset({400, 404, 405, 413, 415, 422})
+
+
+@dataclass
+class WorkerEvents:
+    """Hooks for metrics; the worker calls them and never depends on a metrics library."""
+
+    on_finished: Callable[[TaskStatus, float], None] = lambda status, seconds: None
+    on_retry: Callable[[], None] = lambda: None
+    on_callback: Callable[[Outcome], None] = lambda outcome: None
+
+
+@dataclass(frozen=True)
+class _Finish:
+    status: TaskStatus
+    fields: Mapping[str, Any]
+    dead_reason: str = ""
+    retryable: bool = False
+
+
+def _traceback_of(reply: ModelReply) -> str:
+    """The model's traceback (bundle runtime error body), else its message, else the raw body."""
+    text = reply.body.decode(errors="replace")
+    try:
+        error = json.loads(text).get("error", {})
+        return str(error.get("traceback") or error.get("message") or text)
+    except (ValueError, AttributeError):
+        return text or f"the model answered HTTP {reply.status_code}"
+
+
+class Worker:
+    def __init__(
+        self,
+        queue: TaskQueue,
+        invoke: Invoke,
+        store: ResultStore,
+        *,
+        consumer: str | None = None,
+        callbacks: CallbackSender | None = None,
+        events: WorkerEvents | None = None,
+        gate: Callable[[], Awaitable[None]] | None = None,
+        block_ms: int = 2000,
+        reclaim_interval_seconds: float | None = None,
+        drain_timeout_seconds: float = 10.0,
+    ) -> None:
+        self.queue = queue
+        self.config = queue.config
+        self.invoke = invoke
+        self.store = store
+        self.consumer = consumer or keys.consumer_name()
+        self.callbacks = callbacks
+        self.events = events or WorkerEvents()
+        #: Awaited before claiming: returns when this process may take tasks (the model is ready, not draining).
+        self.gate = gate
+        self.block_ms = block_ms
+        visibility = self.config.visibility_timeout_seconds
+        self.reclaim_interval = reclaim_interval_seconds or min(max(visibility / 4, 0.2), 15.0)
+        self.drain_timeout = drain_timeout_seconds
+        self._inflight: dict[asyncio.Task[None], Delivery] = {}
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._in_blocking_read = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def _free_slots(self) -> int:
+        return self.config.concurrency - len(self._inflight)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until `stop()`; Redis outages are waited out (the tasks are in Redis, not here)."""
+        await self._until_ready()
+        reclaimer = asyncio.create_task(self._reclaim_loop(), name="bundleserve-reclaim")
+        self._reader = asyncio.create_task(self._read_loop(), name="bundleserve-read")
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            if not self._stopping.is_set():
+                raise asyncio.CancelledError
+        finally:
+            reclaimer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reclaimer
+            await self._drain()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._slot_freed.set()
+        if self._reader is not None and self._in_blocking_read:
+            self._reader.cancel()  # entries delivered to an interrupted read are released by `_drain`
+
+    async def _until_ready(self) -> None:
+        delay = 0.05
+        while not self._stopping.is_set():
+            try:
+                await self.queue.ensure_group()
+                return
+            except (RedisError, OSError) as error:
+                log.warning("queue not reachable yet (%s); retrying", error)
+                await self._pause(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _drain(self) -> None:
+        """Let running tasks finish for a while; release the others to the stream instead of waiting for a reclaim."""
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=self.drain_timeout)
+        for task, delivery in list(self._inflight.items()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(RedisError, OSError):
+                await self.queue.requeue(delivery, {"worker": ""}, release=True)
+        with contextlib.suppress(RedisError, OSError):
+            for delivery in await self.queue.owned(self.consumer):  # delivered to us but never started
+                await self.queue.requeue(delivery, {})
+        if self.callbacks is not None:
+            await self.callbacks.close()
+
+    # -- claiming -------------------------------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        delay = 0.05
+        while not self._stopping.is_set():
+            free = self._free_slots()
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            if self.gate is not None:
+                await self.gate()
+            try:
+                self._in_blocking_read = True
+                try:
+                    deliveries = await self.queue.read(self.consumer, free, self.block_ms)
+                finally:
+                    self._in_blocking_read = False
+                await self._dispatch(deliveries)
+                delay = 0.05
+            except (RedisError, OSError) as error:
+                log.warning("reading the queue failed (%s); retrying", error)
+                await self._pause(delay)
+                delay = min(delay * 2, 2.0)
+                with contextlib.suppress(RedisError, OSError):
+                    await self.queue.ensure_group()  # a Redis that lost its data has no group
+
+    async def _reclaim_loop(self) -> None:
+        while not self._stopping.is_set():
+            await self._pause(self.reclaim_interval)
+            free = self._free_slots()
+            if free <= 0 or self._stopping.is_set():
+                continue
+            if self.gate is not None:
+                await self.gate()
+            try:
+                deliveries = await self.queue.reclaim(self.consumer, free)
+                if deliveries:
+                    log.info("reclaimed %d abandoned task(s)", len(deliveries))
+                await self._dispatch(deliveries)
+            except (RedisError, OSError) as error:
+                log.warning("reclaiming failed (%s)", error)
+
+    async def _dispatch(self, deliveries: list[Delivery]) -> None:
+        """Start what may run; tasks finished at pickup (expired, out of attempts) only notify."""
+        for started in await self.queue.start(self.consumer, deliveries):
+            if started.outcome == "run":
+                task = asyncio.create_task(self._run(started))
+                self._inflight[task] = started.delivery
+                task.add_done_callback(self._release_slot)
+            elif started.outcome in ("expired", "failed"):
+                status = TaskStatus.EXPIRED if started.outcome == "expired" else TaskStatus.FAILURE
+                self.events.on_finished(status, 0.0)
+                await self._callback(started.delivery.task_id, started.callback)
+
+    def _release_slot(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("worker task crashed", exc_info=task.exception())
+
+    # -- running one task -----------------------------------------------------------------------------------------
+
+    async def _run(self, started: Started) -> None:
+        assert started.request is not None
+        request, delivery = started.request, started.delivery
+        begun = time.monotonic()
+        limit = float(self.config.invocation_timeout_seconds)
+        if request.timeout_seconds:
+            limit = min(limit, request.timeout_seconds)
+        try:
+            reply = await asyncio.wait_for(self.invoke(request, limit), limit)
+        except TimeoutError:
+            finish = _Finish(
+                TaskStatus.FAILURE,
+                {"traceback": f"the invocation timed out after {limit:g} s", "status_code": 504},
+                dead_reason="timeout",
+            )
+        except Exception as error:  # transport errors of any client: retried
+            finish = _Finish(
+                TaskStatus.FAILURE,
+                {"traceback": f"could not reach the model: {type(error).__name__}: {error}", "status_code": 502},
+                dead_reason="max_attempts",
+                retryable=True,
+            )
+        else:
+            finish = await self._outcome(delivery.task_id, request.return_pickled, reply)
+        await self._finish(started, finish, time.monotonic() - begun)
+
+    async def _outcome(self, task_id: str, pickled: bool, reply: ModelReply) -> _Finish:
+        if not reply.ok:
+            permanent = reply.status_code in _PERMANENT_STATUS
+            return _Finish(
+                TaskStatus.FAILURE,
+                {"traceback": _traceback_of(reply), "status_code": reply.status_code},
+                dead_reason="model_error" if permanent else "max_attempts",
+                retryable=not permanent,
+            )
+        size = len(reply.body)
+        if size > self.config.max_result_bytes:
+            return _Finish(
+                TaskStatus.FAILURE,
+                {
+                    "traceback": f"the result is {size} bytes, over the limit of {self.config.max_result_bytes}",
+                    "status_code": 413,
+                },
+                dead_reason="result_too_large",
+            )
+        media_type = reply.content_type.split(";")[0].strip().lower()
+        is_json = media_type in ("application/json", "") or media_type.endswith("+json")
+        if pickled or media_type == PICKLE_CONTENT_TYPE or size > self.config.inline_result_max_bytes:
+            content_type = reply.content_type or "application/octet-stream"
+            try:
+                await self.store.put(task_id, reply.body, content_type, ttl_seconds=self.config.result_ttl_seconds)
+            except OSError as error:
+                return _Finish(
+                    TaskStatus.FAILURE,
+                    {"traceback": f"could not store the result: {error}", "status_code": 507},
+                    dead_reason="max_attempts",
+                    retryable=True,
+                )
+            fields: dict[str, Any] = {"result": "", "result_url": self.store.url_for(task_id)}
+        elif is_json and reply.body:
+            fields = {"result": reply.body}
+        else:
+            fields = {"result": json.dumps(reply.body.decode(errors="replace"))}
+        fields.update(status_code=reply.status_code, traceback="")
+        return _Finish(TaskStatus.SUCCESS, fields)
+
+    async def _finish(self, started: Started, finish: _Finish, seconds: float) -> None:
+        """Record the outcome, retrying Redis errors (a result is never dropped while Redis restarts)."""
+        delivery = started.delivery
+        out_of_attempts = started.attempts >= self.config.max_attempts
+        delay = 0.05
+        deadline = time.monotonic() + self.config.visibility_timeout_seconds
+        while True:
+            try:
+                if finish.retryable and not out_of_attempts:
+                    await self.queue.requeue(delivery, finish.fields)
+                    self.events.on_retry()
+                    return
+                made = await self.queue.complete(delivery, finish.status, finish.fields, dead_reason=finish.dead_reason)
+                break
+            except (RedisError, OSError) as error:
+                if time.monotonic() > deadline:  # the entry stays pending: another worker reclaims and reruns it
+                    log.error("could not record task %s (%s); leaving it to be reclaimed", delivery.task_id, error)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        if made:
+            self.events.on_finished(finish.status, seconds)
+            await self._callback(delivery.task_id, started.callback)
+
+    async def _callback(self, task_id: str, target: CallbackTarget | None) -> None:
+        target = target or self.config.default_callback
+        if target is None or self.callbacks is None:
+            return
+        record = await get_task(self.queue.redis, task_id)
+        if record is None:
+            return
+
+        async def remember(outcome: Outcome) -> None:
+            self.events.on_callback(outcome)
+            await self.queue.update(task_id, outcome.fields())
+
+        self.callbacks.send(target, record.callback_body(), remember)

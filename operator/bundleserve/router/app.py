@@ -1,0 +1,192 @@
+"""Build the router's aiohttp application for one endpoint: routes, shared state, background probe, add-ons.
+
+`build_app(settings)` is all a caller needs (the CLI server, tests, local mode). When the endpoint serves the async mode
+and `bundleserve.router.async_routes` is importable, its `setup(app, state)` adds the async API on the same state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from bundleserve import __version__
+from bundleserve.api.endpoint import Mode
+from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unauthorized, Unavailable
+from bundleserve.router import openapi
+from bundleserve.router.admission import AdmissionController
+from bundleserve.router.auth import ApiKeys
+from bundleserve.router.invoke import Invoker, error_response, result_store
+from bundleserve.router.metrics import RouterMetrics
+from bundleserve.router.model_client import ModelClient
+from bundleserve.router.readiness import readiness_probe
+from bundleserve.router.settings import Settings
+from bundleserve.router.state import ROUTER_STATE, RouterState
+
+log = logging.getLogger("bundleserve.router")
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class HttpError(ApiError):
+    """Any other aiohttp error (bad request line, ...) in the one error shape; its status is set per instance."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status  # type: ignore[misc]
+
+
+@web.middleware
+async def render_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The single edge that turns errors into the documented JSON shape (invocation routes render their own)."""
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return error_response(error)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        api_error: ApiError
+        if error.status == 404:
+            api_error = NotFound(f"no route {request.method} {request.path}")
+        elif error.status == 405:
+            api_error = MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")
+        elif error.status == 400:
+            api_error = InvalidRequest(error.reason or "bad request")
+        else:
+            api_error = HttpError(error.status, error.reason or "request failed")
+        response = error_response(api_error)
+        if error.status == 405 and "Allow" in error.headers:
+            response.headers["Allow"] = error.headers["Allow"]
+        return response
+
+
+def build_state(settings: Settings, model: ModelClient | None = None) -> RouterState:
+    invocation = settings.endpoint.spec.invocation
+    metrics = RouterMetrics(settings.name)
+    admission = AdmissionController(invocation.concurrency, invocation.max_queued)
+    metrics.track(lambda: admission.in_model, lambda: admission.queued)
+    return RouterState(
+        settings=settings,
+        model=model or ModelClient(settings.model_url),
+        admission=admission,
+        metrics=metrics,
+        api_keys=ApiKeys(settings.api_keys) if settings.api_keys else None,
+    )
+
+
+def build_app(settings: Settings, *, model: ModelClient | None = None) -> web.Application:
+    state = build_state(settings, model)
+    app = web.Application(
+        middlewares=[render_errors], client_max_size=settings.endpoint.spec.invocation.max_payload_bytes
+    )
+    app[ROUTER_STATE] = state
+    invoker = Invoker(state)
+    name_path = "/v1/endpoints/{name}"
+    if settings.serves(Mode.SYNC):
+        app.router.add_post(f"{name_path}/predict", invoker.predict)
+    if settings.serves(Mode.STREAMING):
+        app.router.add_post(f"{name_path}/stream", invoker.stream)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/wait-for-drain", wait_for_drain)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_json)
+    app.cleanup_ctx.append(readiness_probe)
+    app.cleanup_ctx.append(_close_clients)
+    if settings.serves(Mode.ASYNC):
+        _setup_async(app, state)
+    if not _has_route(app, "GET", "/v1/tasks/{}/result"):
+        app.router.add_get("/v1/tasks/{task_id}/result", stored_result)
+    return app
+
+
+def _setup_async(app: web.Application, state: RouterState) -> None:
+    try:
+        module = importlib.import_module("bundleserve.router.async_routes")
+    except ImportError as error:
+        log.warning("endpoint %s serves async but the async API is unavailable: %s", state.settings.name, error)
+        return
+    module.setup(app, state)
+
+
+def _has_route(app: web.Application, method: str, template: str) -> bool:
+    return any(openapi.route_key(m, p) == (method, template) for m, p in openapi.registered_routes(app))
+
+
+async def _close_clients(app: web.Application) -> AsyncIterator[None]:
+    yield
+    state = app[ROUTER_STATE]
+    await state.model.close()
+    if state.fetcher is not None:
+        await state.fetcher.close()
+
+
+# -- probes and documents ------------------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[ROUTER_STATE]
+    if state.drain.draining:
+        return error_response(Unavailable("draining"))
+    if not state.readiness.ready:
+        return error_response(Unavailable("the model is not ready"))
+    return web.json_response({"status": "ready"})
+
+
+async def wait_for_drain(request: web.Request) -> web.Response:
+    """For the model container's preStop hook: block until the router received SIGTERM and finished its requests.
+
+    Bounded by the grace period so a hook never hangs longer than the pod may live.
+    """
+    state = request.app[ROUTER_STATE]
+    grace = state.settings.grace_seconds
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout_at(deadline):
+            await state.drain.started.wait()
+    drained = await state.drain.wait_drained(max(0.0, deadline - loop.time()))
+    return web.json_response({"drained": drained, "active": state.drain.active})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[ROUTER_STATE].metrics.registry
+    response = web.Response(body=generate_latest(registry))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    state = request.app[ROUTER_STATE]
+    document = openapi.build_document(
+        request.app, title=f"bundleserve router: {state.settings.name}", version=__version__
+    )
+    return web.json_response(document)
+
+
+async def stored_result(request: web.Request) -> web.Response:
+    """A `return_pickled` result stored by this router (when the async API, which also serves this route, is off)."""
+    state = request.app[ROUTER_STATE]
+    if state.api_keys is not None and not state.api_keys.allows(request.headers.get("Authorization")):
+        raise Unauthorized("a valid API key is required (Authorization: Bearer KEY)")
+    task_id = request.match_info["task_id"]
+    found = await result_store(state).get(task_id)
+    if found is None:
+        raise NotFound(f"no stored result {task_id!r}")
+    data, content_type = found
+    return web.Response(body=data, content_type=content_type.split(";")[0])

@@ -1,0 +1,336 @@
+"""The sync and streaming invocation routes: read the body (capped), admit, call the model, answer.
+
+This is the hot path; it avoids per-request allocations it can: constant response parts are pre-encoded, a JSON
+result of a Python bundle is spliced into the response without being decoded, and label children are pre-bound.
+The time limit covers everything: waiting in line, fetching a `url` input and the model (for streams, until the
+first event; once events flow the stream is not cut).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from bundleserve.api.errors import (
+    ApiError,
+    InvalidRequest,
+    ModelError,
+    NotFound,
+    PayloadTooLarge,
+    Timeout,
+    Unauthorized,
+    Unavailable,
+)
+from bundleserve.router.calls import Call, parse_call
+from bundleserve.router.fetch import UrlFetcher
+from bundleserve.router.metrics import ModeMetrics
+from bundleserve.router.model_client import JSON, ModelReply, encode_args, model_error
+from bundleserve.router.sse import EventParser, as_json, failure_event, success_event
+from bundleserve.router.state import RouterState
+
+_SUCCESS_HEAD = b'{"status":"SUCCESS","result":'
+_SUCCESS_TAIL = b',"result_url":null,"traceback":null,"status_code":200}'
+_JSON_TYPE = "application/json"
+_PICKLE_TYPE = "application/vnd.bundleserve.pickle"
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def error_response(error: ApiError) -> web.Response:
+    """The one rendering of an error: `{"error": {"code", "message", ...}}` with its status and headers."""
+    body = json.dumps(error.body(), separators=(",", ":")).encode()
+    response = web.Response(status=error.status, body=body, content_type=_JSON_TYPE)
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def result_store(state: RouterState) -> Any:
+    """The store of `return_pickled` results (`bundleserve.queue.results`), created on first use."""
+    if state.result_store is None:
+        try:
+            from bundleserve.queue.results import FilesystemResultStore
+        except ImportError:
+            raise Unavailable("return_pickled needs the result store, which this build lacks") from None
+        state.result_store = FilesystemResultStore(state.settings.results_dir)
+    return state.result_store
+
+
+def outcome_of(error: ApiError) -> str:
+    return error.code
+
+
+class Invoker:
+    """The predict and stream handlers of one endpoint, bound to the router state once."""
+
+    def __init__(self, state: RouterState) -> None:
+        self.state = state
+        settings = state.settings
+        spec = settings.endpoint.spec
+        self.name = settings.name
+        self.timeout = float(spec.invocation.timeout_seconds)
+        self.max_bytes = spec.invocation.max_payload_bytes
+        self.is_python = spec.bundle.is_python
+        self.predict_path = settings.routes.predict
+        self.stream_path = settings.routes.stream or "/stream"
+        self.sync_metrics = state.metrics.for_mode("sync")
+        self.stream_metrics = state.metrics.for_mode("streaming")
+        if state.fetcher is None:
+            state.fetcher = UrlFetcher()
+        self.fetcher = state.fetcher
+
+    # -- shared steps ---------------------------------------------------------------------------------------------
+
+    def _gate(self, request: web.Request) -> None:
+        if request.match_info["name"] != self.name:
+            raise NotFound(f"this router serves endpoint {self.name!r}, not {request.match_info['name']!r}")
+        state = self.state
+        if state.api_keys is not None and not state.api_keys.allows(request.headers.get("Authorization")):
+            raise Unauthorized(
+                "a valid API key is required (Authorization: Bearer KEY)",
+                headers={"WWW-Authenticate": 'Bearer, Basic realm="bundleserve"'},
+            )
+        if state.drain.draining:
+            raise Unavailable("the router is shutting down; retry on another replica")
+        if not state.readiness.ready:
+            raise Unavailable("the model is not ready yet")
+
+    async def _read(self, request: web.Request) -> bytes:
+        length = request.content_length
+        if length is not None and length > self.max_bytes:
+            raise PayloadTooLarge(
+                f"the request body ({length} bytes) is larger than the limit of {self.max_bytes} bytes"
+            )
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLarge(f"the request body is larger than the limit of {self.max_bytes} bytes") from None
+
+    def _deadline(self, call: Call) -> float:
+        timeout = self.timeout
+        if call.timeout_seconds is not None and call.timeout_seconds < timeout:
+            timeout = call.timeout_seconds
+        return asyncio.get_running_loop().time() + timeout
+
+    async def _model_input(self, call: Call) -> tuple[bytes, bytes, bool]:
+        """(body, content type, raw?) for the model: JSON args, or the fetched bytes of a url input."""
+        if call.url is None:
+            return encode_args(call.args), JSON, False
+        data, content_type = await self.fetcher.fetch(
+            call.url, schemes=self.state.settings.url_schemes, max_bytes=self.max_bytes
+        )
+        return data, content_type, True
+
+    async def _admit(self, metrics: ModeMetrics) -> None:
+        admission = self.state.admission
+        if admission.try_acquire():
+            metrics.queue_wait.observe(0.0)
+            return
+        started = time.perf_counter()
+        await admission.acquire()
+        metrics.queue_wait.observe(time.perf_counter() - started)
+
+    def _model_failed(self, error: ApiError) -> None:
+        if isinstance(error, Unavailable):
+            self.state.readiness.lost()
+
+    # -- predict --------------------------------------------------------------------------------------------------
+
+    async def predict(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        metrics = self.sync_metrics
+        drain = self.state.drain
+        entered = False
+        try:
+            self._gate(request)
+            drain.enter()
+            entered = True
+            body = await self._read(request)
+            call = parse_call(body, kwargs_only=self.is_python)
+            deadline = self._deadline(call)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    data, content_type, raw = await self._model_input(call)
+                    metrics.request_bytes.observe(len(data))
+                    await self._admit(metrics)
+                    model_started = time.perf_counter()
+                    try:
+                        reply = await self.state.model.predict(
+                            self.predict_path,
+                            data,
+                            content_type=content_type,
+                            raw=raw,
+                            pickled=call.return_pickled and self.is_python,
+                        )
+                    finally:
+                        self.state.admission.release()
+                        metrics.model_duration.observe(time.perf_counter() - model_started)
+            except TimeoutError:
+                raise Timeout(f"no answer within {deadline - started:.3g} s (queue wait included)") from None
+            metrics.response_bytes.observe(len(reply.body))
+            if call.return_pickled:
+                response = await self._pickled_response(reply)
+            else:
+                response = self._result_response(reply)
+            metrics.outcome("success")
+            return response
+        except ApiError as error:
+            self._model_failed(error)
+            metrics.outcome(outcome_of(error))
+            return error_response(error)
+        except asyncio.CancelledError:
+            metrics.outcome("cancelled")
+            raise
+        finally:
+            if entered:
+                drain.leave()
+            metrics.duration.observe(time.perf_counter() - started)
+
+    def _result_response(self, reply: ModelReply) -> web.Response:
+        if reply.is_json and self.is_python and reply.body:
+            body = _SUCCESS_HEAD + reply.body + _SUCCESS_TAIL
+        else:
+            body = _SUCCESS_HEAD + json.dumps(reply.result()).encode() + _SUCCESS_TAIL
+        return web.Response(body=body, content_type=_JSON_TYPE)
+
+    async def _pickled_response(self, reply: ModelReply) -> web.Response:
+        if reply.is_pickle:
+            data = reply.body
+        else:  # a runnable image answered plain JSON/text: pickle its result here
+            import cloudpickle
+
+            data = cloudpickle.dumps(reply.result())
+        store = result_store(self.state)
+        key = uuid.uuid4().hex
+        ttl = float(self.state.settings.endpoint.spec.async_settings.result_ttl_seconds)
+        await store.put(key, data, _PICKLE_TYPE, ttl_seconds=ttl)
+        body = {
+            "status": "SUCCESS",
+            "result": None,
+            "result_url": store.url_for(key),
+            "traceback": None,
+            "status_code": 200,
+        }
+        return web.Response(body=json.dumps(body).encode(), content_type=_JSON_TYPE)
+
+    # -- stream ---------------------------------------------------------------------------------------------------
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        metrics = self.stream_metrics
+        drain = self.state.drain
+        entered = False
+        response: web.StreamResponse | None = None
+        try:
+            self._gate(request)
+            drain.enter()
+            entered = True
+            body = await self._read(request)
+            call = parse_call(body, kwargs_only=self.is_python)
+            if call.return_pickled:
+                raise InvalidRequest("return_pickled is not available for streaming")
+            deadline = self._deadline(call)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    data, content_type, raw = await self._model_input(call)
+                    metrics.request_bytes.observe(len(data))
+                    await self._admit(metrics)
+            except TimeoutError:
+                raise Timeout(f"no answer within {deadline - started:.3g} s (queue wait included)") from None
+            model_started = time.perf_counter()
+            try:
+                response = await self._relay(request, deadline, data, content_type, raw, metrics)
+            finally:
+                self.state.admission.release()
+                metrics.model_duration.observe(time.perf_counter() - model_started)
+            return response
+        except ApiError as error:
+            self._model_failed(error)
+            metrics.outcome(outcome_of(error))
+            return error_response(error)
+        except (asyncio.CancelledError, ConnectionError):
+            metrics.outcome("cancelled")
+            raise
+        finally:
+            if entered:
+                drain.leave()
+            metrics.duration.observe(time.perf_counter() - started)
+
+    async def _relay(
+        self,
+        request: web.Request,
+        deadline: float,
+        data: bytes,
+        content_type: bytes,
+        raw: bool,
+        metrics: ModeMetrics,
+    ) -> web.StreamResponse:
+        """Copy the model's events to the client; errors before the first event are plain HTTP errors."""
+        parser = EventParser()
+        size = 0
+        async with self.state.model.stream(self.stream_path, data, content_type=content_type, raw=raw) as upstream:
+            sse = upstream.content_type.startswith("text/event-stream")
+            chunks = aiter(upstream)
+            first: list[bytes] = []
+            ended = False
+            try:
+                async with asyncio.timeout_at(deadline):
+                    while not first and not ended:
+                        chunk = await anext(chunks, None)
+                        if chunk is None:
+                            ended = True
+                            break
+                        size += len(chunk)
+                        first, failure = self._frames(parser, chunk, sse)
+                        if failure is not None and not first:
+                            raise failure
+            except TimeoutError:
+                raise Timeout("the model sent no event before the time limit") from None
+            response = web.StreamResponse(headers=_SSE_HEADERS)
+            await response.prepare(request)
+            await response.write(b"".join(first) if first else b"")
+            failed = False
+            if not ended:
+                try:
+                    async for chunk in chunks:
+                        size += len(chunk)
+                        frames, failure = self._frames(parser, chunk, sse)
+                        if frames:
+                            await response.write(b"".join(frames) if len(frames) > 1 else frames[0])
+                        if failure is not None:
+                            await response.write(_failure_frame(failure))
+                            failed = True
+                            break
+                except ModelError as error:
+                    await response.write(_failure_frame(error))
+                    failed = True
+            await response.write_eof()
+        metrics.response_bytes.observe(size)
+        metrics.outcome("model_error" if failed else "success")
+        return response
+
+    @staticmethod
+    def _frames(parser: EventParser, chunk: bytes, sse: bool) -> tuple[list[bytes], ModelError | None]:
+        """Client frames for a chunk of the model's stream, and the model's failure if the chunk carried one."""
+        if not sse:
+            return [success_event(as_json(chunk))], None
+        frames: list[bytes] = []
+        for event in parser.feed(chunk):
+            if event.event == "error":
+                return frames, _stream_error(event.data)
+            frames.append(success_event(event.data))
+        return frames, None
+
+
+def _stream_error(data: bytes) -> ModelError:
+    return model_error(None, data, fallback="the model failed while streaming")
+
+
+def _failure_frame(error: ModelError) -> bytes:
+    return failure_event(
+        error.message, traceback=error.details.get("traceback"), status_code=error.details.get("status_code")
+    )

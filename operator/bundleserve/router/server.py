@@ -1,0 +1,89 @@
+"""`bundleserve router`: serve one endpoint until SIGTERM, then drain gracefully and exit 0.
+
+Drain: readiness fails at once, new requests get 503, requests in progress (streams included) may finish within the
+grace period (the invocation timeout + 5 s, or BUNDLESERVE_DRAIN_SECONDS), and `GET /wait-for-drain` (the model
+container's preStop hook) returns once the last one finished, so the model outlives every request routed to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from bundleserve.router.app import build_app
+from bundleserve.router.settings import ConfigError, Settings, build_settings
+from bundleserve.router.state import ROUTER_STATE
+
+log = logging.getLogger("bundleserve.router")
+
+
+async def serve(settings: Settings) -> None:
+    app = build_app(settings)
+    state = app[ROUTER_STATE]
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    modes = ",".join(mode.value for mode in settings.endpoint.spec.modes)
+    log.info(
+        "router for endpoint %s (%s) listening on http://%s:%d, model at %s",
+        settings.name,
+        modes,
+        settings.host,
+        settings.port,
+        settings.model_url,
+    )
+    try:
+        await stop.wait()
+        grace = settings.grace_seconds
+        log.info("draining: %d requests in progress, up to %.0f s", state.drain.active, grace)
+        state.drain.begin()
+        if not await state.drain.wait_drained(grace):
+            log.warning("grace period over with %d requests still in progress", state.drain.active)
+        log.info("drained; stopping")
+    finally:
+        await runner.cleanup()
+
+
+def run(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop when it is installed (it is a dependency on Linux), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(coroutine)
+    else:
+        uvloop.run(coroutine)
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = build_settings(
+            endpoint_file=args.endpoint_file,
+            model_url=args.model_url,
+            host=args.host,
+            port=args.port,
+            redis_url=args.redis_url,
+        )
+    except ConfigError as error:
+        print(f"bundleserve router: {error}", file=sys.stderr)
+        return 2
+    try:
+        run(serve(settings))
+    except OSError as error:
+        print(
+            f"bundleserve router: cannot listen on {settings.host}:{settings.port}: {error.strerror}", file=sys.stderr
+        )
+        return 1
+    return 0

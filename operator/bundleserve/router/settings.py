@@ -1,0 +1,113 @@
+"""Router configuration: the Endpoint (its spec fixes limits and routes) plus command-line flags plus environment.
+
+Built once at start; a bad configuration fails here with a one-line reason, before anything listens.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bundleserve.api.endpoint import Endpoint, Mode, Routes
+from bundleserve.api.manifest import ManifestError, load_endpoints
+
+DEFAULT_URL_SCHEMES = ("http", "https")
+DEFAULT_RESULTS_DIR = Path("/var/lib/bundleserve/results")
+
+
+class ConfigError(ValueError):
+    """The router cannot start with this configuration; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    endpoint: Endpoint
+    model_url: str
+    host: str = "0.0.0.0"
+    port: int = 8080
+    redis_url: str | None = None
+    #: API keys accepted on /v1/* (empty: authentication off).
+    api_keys: frozenset[str] = frozenset()
+    #: Where `return_pickled` results go (a PVC in the cluster; see docs/contracts.md).
+    results_dir: Path = DEFAULT_RESULTS_DIR
+    #: Schemes a `url` input may use.
+    url_schemes: frozenset[str] = frozenset(DEFAULT_URL_SCHEMES)
+    #: How long in-flight requests may take to finish after SIGTERM (default: the invocation timeout + 5 s).
+    drain_seconds: float = field(default=0.0)
+    #: Model readiness probe intervals: fast until the model is ready, then slow.
+    probe_fast_seconds: float = 0.05
+    probe_slow_seconds: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    @property
+    def routes(self) -> Routes:
+        return self.endpoint.spec.bundle.effective_routes
+
+    @property
+    def grace_seconds(self) -> float:
+        return self.drain_seconds or float(self.endpoint.spec.invocation.timeout_seconds + 5)
+
+    def serves(self, mode: Mode) -> bool:
+        return self.endpoint.spec.serves(mode)
+
+
+def read_api_keys(path: Path) -> frozenset[str]:
+    """One key per line; blank lines and `#` comments ignored. The keys themselves are never logged."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read the API keys file {path}: {error.strerror}") from None
+    keys = frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    if not keys:
+        raise ConfigError(f"the API keys file {path} holds no key")
+    return keys
+
+
+def load_endpoint(path: Path) -> Endpoint:
+    try:
+        found = load_endpoints([path])
+    except ManifestError as error:
+        raise ConfigError(str(error)) from None
+    if len(found) != 1:
+        raise ConfigError(f"{path}: expected exactly one Endpoint, found {len(found)}")
+    return found[0][1]
+
+
+def build_settings(
+    *,
+    endpoint_file: Path,
+    model_url: str,
+    host: str = "0.0.0.0",
+    port: int = 8080,
+    redis_url: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings from the CLI's values and the environment (BUNDLESERVE_* variables, see docs/router.md)."""
+    env = os.environ if env is None else env
+    if not model_url.startswith("http://"):
+        raise ConfigError(f"--model-url must be an http:// URL of the model container, got {model_url!r}")
+    keys_file = env.get("BUNDLESERVE_API_KEYS_FILE")
+    schemes = env.get("BUNDLESERVE_URL_SCHEMES")
+    drain = env.get("BUNDLESERVE_DRAIN_SECONDS")
+    try:
+        drain_seconds = float(drain) if drain else 0.0
+    except ValueError:
+        raise ConfigError(f"BUNDLESERVE_DRAIN_SECONDS must be a number of seconds, got {drain!r}") from None
+    return Settings(
+        endpoint=load_endpoint(endpoint_file),
+        model_url=model_url.rstrip("/"),
+        host=host,
+        port=port,
+        redis_url=redis_url or env.get("BUNDLESERVE_REDIS_URL") or None,
+        api_keys=read_api_keys(Path(keys_file)) if keys_file else frozenset(),
+        results_dir=Path(env.get("BUNDLESERVE_RESULTS_DIR") or DEFAULT_RESULTS_DIR),
+        url_schemes=frozenset(s.strip().lower() for s in schemes.split(",") if s.strip())
+        if schemes
+        else frozenset(DEFAULT_URL_SCHEMES),
+        drain_seconds=drain_seconds,
+    )

@@ -1,0 +1,86 @@
+"""Server-sent events: parse the model's event stream and frame the native API's events (pure, no I/O).
+
+The model sends `data: <json>\n\n` per chunk and, on failure after the first byte, `event: error` + `data: <error json>`.
+Clients get `data: {"status": "SUCCESS", "result": <chunk>}` per chunk, and one final FAILURE event on failure.
+A chunk's JSON is spliced into the event as bytes, never decoded and re-encoded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+_SUCCESS_PREFIX = b'data: {"status":"SUCCESS","result":'
+_EVENT_END = b"}\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    data: bytes
+    event: str = "message"
+
+
+class EventParser:
+    """Incremental SSE parser: feed arbitrary byte chunks, get complete events (chunk boundaries do not matter)."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        buffer = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *blocks, self._buffer = buffer.split(b"\n\n")
+        events = []
+        for block in blocks:
+            event = parse_block(block)
+            if event is not None:
+                events.append(event)
+        return events
+
+
+def parse_block(block: bytes) -> Event | None:
+    """One event from the lines between blank lines; comments and blocks without data are skipped."""
+    name = "message"
+    data: list[bytes] = []
+    for line in block.split(b"\n"):
+        if not line or line.startswith(b":"):
+            continue
+        field, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if field == b"data":
+            data.append(value)
+        elif field == b"event":
+            name = value.decode("utf-8", errors="replace")
+    if not data:
+        return None
+    return Event(b"\n".join(data), name)
+
+
+def success_event(chunk_json: bytes) -> bytes:
+    """A SUCCESS event around a chunk that is already JSON."""
+    return _SUCCESS_PREFIX + chunk_json + _EVENT_END
+
+
+def failure_event(message: str, *, traceback: str | None = None, status_code: int | None = None) -> bytes:
+    body: dict[str, Any] = {
+        "status": "FAILURE",
+        "result": None,
+        "traceback": traceback,
+        "status_code": status_code,
+        "error": {"code": "model_error", "message": message},
+    }
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+def as_json(data: bytes) -> bytes:
+    """`data` if it is JSON, else the JSON string of its text (runnable images may stream plain text)."""
+    try:
+        json.loads(data)
+    except ValueError:
+        return json.dumps(data.decode("utf-8", errors="replace")).encode()
+    return data

@@ -1,0 +1,110 @@
+"""`bundleserve run` driven like a user: start it on the examples, call every mode, stop it with SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.processes import REPO, Server, bundleserve, free_port
+
+EXAMPLES = REPO / "examples"
+
+
+@pytest.fixture(scope="module")
+def local_mode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Server]]:
+    tmp = tmp_path_factory.mktemp("local")
+    port = free_port()
+    argv = bundleserve(
+        "run",
+        str(EXAMPLES / "echo" / "endpoint.yaml"),
+        str(EXAMPLES / "token-streamer" / "endpoint.yaml"),
+        "--port", str(port),
+        "--data-dir", str(tmp / "data"),
+    )  # fmt: skip
+    server = Server(argv, log_path=tmp / "run.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        server.wait_http(f"{base}/readyz", timeout=60)
+        assert "bundleserve local mode ready on" in server.log()
+        yield base, server
+    finally:
+        server.stop(timeout=30)
+
+
+def test_sync_predict_returns_the_model_result(local_mode: tuple[str, Server]) -> None:
+    base, _ = local_mode
+    response = httpx.post(f"{base}/v1/endpoints/echo/predict", json={"args": {"hello": "world", "n": 3}})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "SUCCESS"
+    assert body["result"] == {"hello": "world", "n": 3}
+
+
+def test_streaming_yields_events_in_order(local_mode: tuple[str, Server]) -> None:
+    base, _ = local_mode
+    events = []
+    with httpx.stream("POST", f"{base}/v1/endpoints/echo/stream", json={"args": {"text": "one two three"}}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line.removeprefix("data:").strip()))
+    assert [e["status"] for e in events] == ["SUCCESS"] * 3
+    assert [e["result"] for e in events] == ["one", "two", "three"]
+
+
+def test_async_task_reaches_success_through_the_embedded_redis(local_mode: tuple[str, Server]) -> None:
+    base, _ = local_mode
+    submitted = httpx.post(f"{base}/v1/endpoints/echo/async", json={"args": {"job": 7}})
+    assert submitted.status_code == 202, submitted.text
+    task_id = submitted.json()["task_id"]
+    status = httpx.get(f"{base}/v1/tasks/{task_id}", params={"wait": 20}, timeout=30).json()
+    assert status["status"] == "SUCCESS", status
+    assert status["result"] == {"job": 7}
+
+
+def test_unknown_endpoint_is_a_404_in_the_documented_shape(local_mode: tuple[str, Server]) -> None:
+    base, _ = local_mode
+    response = httpx.post(f"{base}/v1/endpoints/nope/predict", json={"args": {}})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_endpoint_list_names_every_endpoint(local_mode: tuple[str, Server]) -> None:
+    base, _ = local_mode
+    names = {e["name"] for e in httpx.get(f"{base}/v1/endpoints").json()["endpoints"]}
+    assert names == {"echo", "token-streamer"}
+
+
+def test_sigterm_stops_everything_with_status_zero(tmp_path: Path) -> None:
+    port = free_port()
+    argv = bundleserve(
+        "run", str(EXAMPLES / "echo" / "endpoint.yaml"), "--port", str(port), "--data-dir", str(tmp_path / "data")
+    )
+    server = Server(argv, log_path=tmp_path / "run.log")
+    server.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=60)
+    server.signal(signal.SIGTERM)
+    assert server.process.wait(30) == 0, server.log()
+    assert "stopping" in server.log()
+
+
+def test_an_invalid_manifest_is_rejected_before_anything_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: bundleserve.dev/v1alpha1\nkind: Endpoint\nmetadata: {name: bad}\n"
+        "spec:\n  modes: [sync]\n  bundle: {image: x, python: {entrypoint: m:f}}\n"
+        "  scaling: {minReplicas: 3, maxReplicas: 2}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "bundleserve.cli", "run", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "minReplicas must be less than or equal to spec.scaling.maxReplicas" in result.stderr
+    assert str(bad) in result.stderr

@@ -1,0 +1,200 @@
+"""The async API over real HTTP: a router subprocess (with its worker loop) in front of the fake model, real valkey."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+import yaml
+
+from bundleserve.queue import keys
+from tests.integration.test_router_fake_model import start_model, start_router
+from tests.support.processes import http_ok
+from tests.support.valkey import Valkey
+from tests.support.waiting import wait_until
+
+NAME = "asynchttp"
+BASE = f"/v1/endpoints/{NAME}"
+
+
+def write_async_endpoint(directory: Path, *, name: str = NAME, **async_settings: Any) -> Path:
+    document = {
+        "apiVersion": "bundleserve.dev/v1alpha1",
+        "kind": "Endpoint",
+        "metadata": {"name": name},
+        "spec": {
+            "modes": ["sync", "async"],
+            "localOnly": True,
+            "bundle": {"python": {"entrypoint": "fake:predict"}},
+            "invocation": {"concurrency": 4, "maxPayloadBytes": 4096},
+            "async": {"maxAttempts": 2, "invocationTimeoutSeconds": 5, **async_settings},
+        },
+    }
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@pytest.fixture(scope="module")
+def router(tmp_path_factory: pytest.TempPathFactory, valkey_server: Valkey) -> Iterator[dict[str, Any]]:
+    directory = tmp_path_factory.mktemp("async-http")
+    model, model_url = start_model(directory)
+    server = None
+    try:
+        endpoint = write_async_endpoint(directory)
+        env = {
+            "BUNDLESERVE_RESULTS_DIR": str(directory / "results"),
+            "BUNDLESERVE_REDIS_URL": valkey_server.url,
+            "BUNDLESERVE_QUEUE_DURABILITY": "memory",
+        }
+        server, url = start_router(directory, endpoint, model_url, env=env)
+        wait_until(lambda: http_ok(f"{url}/readyz"), timeout=10, what="router ready")
+        yield {"url": url, "router": server}
+    finally:
+        if server is not None:
+            server.stop()
+        model.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def submit(http: aiohttp.ClientSession, url: str, body: Any, name: str = NAME) -> tuple[int, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async with http.post(f"{url}/v1/endpoints/{name}/async", data=data) as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def status(http: aiohttp.ClientSession, url: str, task_id: str, wait: float | str = 10) -> tuple[int, Any]:
+    async with http.get(f"{url}/v1/tasks/{task_id}", params={"wait": str(wait)}) as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def test_submit_then_long_poll_returns_the_result(router: dict[str, Any], http: aiohttp.ClientSession):
+    code, accepted = await submit(http, router["url"], {"args": {"x": [1, 2], "name": "é"}})
+    assert code == 202
+    assert keys.is_task_id(accepted["task_id"])
+    code, body = await status(http, router["url"], accepted["task_id"])
+    assert code == 200
+    assert body == {
+        "task_id": accepted["task_id"],
+        "status": "SUCCESS",
+        "result": {"x": [1, 2], "name": "é"},
+        "result_url": None,
+        "traceback": None,
+        "status_code": 200,
+    }
+
+
+async def test_long_poll_is_woken_by_the_completion(router: dict[str, Any], http: aiohttp.ClientSession):
+    _, accepted = await submit(http, router["url"], {"args": {"sleep": 0.6}})
+    begun = time.monotonic()
+    code, body = await status(http, router["url"], accepted["task_id"], wait=20)
+    elapsed = time.monotonic() - begun
+    assert (code, body["status"]) == (200, "SUCCESS")
+    assert elapsed < 3.0  # woken by the completion, not by the end of the wait
+
+
+async def test_status_without_wait_answers_at_once(router: dict[str, Any], http: aiohttp.ClientSession):
+    _, accepted = await submit(http, router["url"], {"args": {"sleep": 2}})
+    code, body = await status(http, router["url"], accepted["task_id"], wait=0)
+    assert code == 200
+    assert body["status"] in ("PENDING", "STARTED")
+    assert (body["result"], body["traceback"]) == (None, None)
+
+
+async def test_a_model_failure_ends_as_failure_with_the_traceback(router: dict[str, Any], http: aiohttp.ClientSession):
+    _, accepted = await submit(http, router["url"], {"args": {"fail": "poisoned input"}})
+    code, body = await status(http, router["url"], accepted["task_id"], wait=20)
+    assert code == 200
+    assert body["status"] == "FAILURE"
+    assert body["traceback"] == "Traceback: poisoned input"
+    assert body["status_code"] == 500
+
+
+async def test_a_pickled_result_is_served_from_result_url(router: dict[str, Any], http: aiohttp.ClientSession):
+    _, accepted = await submit(http, router["url"], {"args": {"v": 3}, "return_pickled": True})
+    _, body = await status(http, router["url"], accepted["task_id"], wait=20)
+    assert body["status"] == "SUCCESS"
+    assert body["result"] is None
+    assert body["result_url"] == f"/v1/tasks/{accepted['task_id']}/result"
+    async with http.get(router["url"] + body["result_url"]) as response:
+        assert response.status == 200
+        assert response.content_type == "application/vnd.bundleserve.pickle"
+        assert pickle.loads(await response.read()) == {"v": 3}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"", "empty"),
+        ([1, 2], "JSON object"),
+        ({}, "exactly one of args or url"),
+        ({"args": {"a": 1}, "url": "http://x/y"}, "exactly one of args or url"),
+        ({"args": [1, 2]}, "keyword arguments"),
+        ({"args": {}, "unknown": 1}, "unknown"),
+        ({"url": "ftp://host/file"}, "not allowed"),
+        ({"args": {}, "callback_url": "file:///etc/passwd"}, "not allowed"),
+        ({"args": {}, "callback_auth": {"kind": "basic", "username": "u", "password": "p"}}, "callback_url"),
+        ({"args": {}, "callback_url": "http://h/cb", "callback_auth": {"kind": "mtls"}}, "cert and key"),
+        ({"args": {}, "timeout_seconds": -1}, "timeout_seconds"),
+    ],
+)
+async def test_a_malformed_submission_is_400(
+    router: dict[str, Any], http: aiohttp.ClientSession, body: Any, message: str
+):
+    code, answer = await submit(http, router["url"], body)
+    assert code == 400, answer
+    assert answer["error"]["code"] == "invalid_request"
+    assert message in answer["error"]["message"]
+
+
+async def test_a_submission_over_the_payload_limit_is_413(router: dict[str, Any], http: aiohttp.ClientSession):
+    code, answer = await submit(http, router["url"], {"args": {"blob": "x" * 10_000}})
+    assert (code, answer["error"]["code"]) == (413, "payload_too_large")
+
+
+async def test_unknown_endpoint_and_unknown_task_are_404(router: dict[str, Any], http: aiohttp.ClientSession):
+    code, answer = await submit(http, router["url"], {"args": {}}, name="other")
+    assert (code, answer["error"]["code"]) == (404, "not_found")
+    for task_id in ("0" * 32, "not-a-task-id", "../../etc"):
+        code, answer = await status(http, router["url"], task_id, wait=0)
+        assert (code, answer["error"]["code"]) == (404, "not_found")
+    async with http.get(f"{router['url']}/v1/tasks/{'0' * 32}/result") as response:
+        assert response.status == 404
+
+
+async def test_a_bad_wait_is_400(router: dict[str, Any], http: aiohttp.ClientSession):
+    _, accepted = await submit(http, router["url"], {"args": {}})
+    for wait in ("soon", "-1", "100000"):
+        code, answer = await status(http, router["url"], accepted["task_id"], wait=wait)
+        assert (code, answer["error"]["code"]) == (400, "invalid_request")
+
+
+async def test_the_record_has_a_ttl_and_metrics_count_tasks(
+    router: dict[str, Any], http: aiohttp.ClientSession, valkey_server: Valkey
+):
+    _, accepted = await submit(http, router["url"], {"args": {"m": 1}})
+    await status(http, router["url"], accepted["task_id"], wait=20)
+    client = redis.Redis(port=valkey_server.port)
+    try:
+        ttl = client.ttl(keys.task(accepted["task_id"]))
+        assert 0 < ttl <= 86400  # resultTTLSeconds (default) once terminal
+    finally:
+        client.close()
+    async with http.get(f"{router['url']}/metrics") as response:
+        text = await response.text()
+    assert f'bundleserve_async_tasks_total{{endpoint="{NAME}",status="SUCCESS"}}' in text
+    assert f'bundleserve_async_submissions_total{{endpoint="{NAME}",outcome="accepted"}}' in text
+    assert "bundleserve_async_queue_pending" in text

@@ -1,0 +1,320 @@
+"""The queue package against a real valkey server, with the model replaced by an injected `invoke` coroutine."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from bundleserve.api.invocation import TaskStatus
+from bundleserve.queue import keys
+from bundleserve.queue.backlog import backlog
+from bundleserve.queue.broker import TaskQueue, get_task
+from bundleserve.queue.config import Durability, QueueConfig
+from bundleserve.queue.invoke import PICKLE_CONTENT_TYPE, ModelReply
+from bundleserve.queue.notify import CompletionWaiter
+from bundleserve.queue.results import FilesystemResultStore
+from bundleserve.queue.tasks import TaskRecord, TaskRequest
+from bundleserve.queue.worker import Worker
+from tests.support.valkey import Valkey
+from tests.support.waiting import async_wait_until
+
+_names = itertools.count()
+Invoke = Callable[[TaskRequest, float], Awaitable[ModelReply]]
+
+
+def json_reply(value: Any, status: int = 200) -> ModelReply:
+    return ModelReply(status, json.dumps(value).encode(), "application/json")
+
+
+async def echo(request: TaskRequest, timeout: float) -> ModelReply:
+    return json_reply(request.args)
+
+
+@pytest.fixture
+async def redis(valkey_server: Valkey) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(valkey_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def config() -> QueueConfig:
+    return QueueConfig(
+        endpoint=f"queue-test-{next(_names)}-{int(time.time() * 1000) % 100000}",
+        invocation_timeout_seconds=5,
+        visibility_grace_seconds=0.5,
+        request_ttl_seconds=60,
+        result_ttl_seconds=60,
+        durability=Durability.MEMORY,
+    )
+
+
+class Running:
+    """A worker loop running in the test's event loop."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.task = asyncio.create_task(worker.run())
+
+    async def stop(self) -> None:
+        await self.worker.stop()
+        await asyncio.wait_for(self.task, 15)
+
+
+@pytest.fixture
+async def start_worker(redis: aioredis.Redis, tmp_path: Path) -> AsyncIterator[Callable[..., Running]]:
+    running: list[Running] = []
+
+    def start(config: QueueConfig, invoke: Invoke = echo, **options: Any) -> Running:
+        worker = Worker(TaskQueue(redis, config), invoke, FilesystemResultStore(tmp_path / "results"), **options)
+        running.append(Running(worker))
+        return running[-1]
+
+    yield start
+    for item in running:
+        await item.stop()
+
+
+async def finished(redis: aioredis.Redis, task_id: str, timeout: float = 10) -> TaskRecord:
+    async def terminal() -> TaskRecord | None:
+        record = await get_task(redis, task_id)
+        return record if record and record.status.terminal else None
+
+    return await async_wait_until(terminal, timeout=timeout, what=f"task {task_id} to finish")
+
+
+async def test_a_submitted_task_runs_and_its_result_is_inline(redis: aioredis.Redis, config: QueueConfig, start_worker):
+    queue = TaskQueue(redis, config)
+    task_id = await queue.submit(TaskRequest(args={"x": 1}))
+    assert (await get_task(redis, task_id)).status is TaskStatus.PENDING  # type: ignore[union-attr]
+    start_worker(config)
+    record = await finished(redis, task_id)
+    assert record.status is TaskStatus.SUCCESS
+    assert record.result == {"x": 1}
+    assert record.attempts == 1
+    assert record.to_response().status_code == 200
+    assert await redis.ttl(keys.task(task_id)) <= config.result_ttl_seconds
+    assert await backlog(redis, config.endpoint) == type(await backlog(redis, config.endpoint))(0, 0)
+
+
+async def test_fsync_durability_confirms_with_waitaof(redis: aioredis.Redis, config: QueueConfig):
+    queue = TaskQueue(redis, replace(config, durability=Durability.FSYNC, fsync_timeout_ms=3000))
+    task_id = await queue.submit(TaskRequest(args={}))
+    assert (await get_task(redis, task_id)) is not None
+
+
+async def test_backlog_counts_pending_and_in_flight(redis: aioredis.Redis, config: QueueConfig, start_worker):
+    release = asyncio.Event()
+
+    async def blocked(request: TaskRequest, timeout: float) -> ModelReply:
+        await release.wait()
+        return json_reply(None)
+
+    queue = TaskQueue(redis, replace(config, concurrency=2))
+    assert (await backlog(redis, config.endpoint)).total == 0
+    ids = [await queue.submit(TaskRequest(args={"i": i})) for i in range(5)]
+    assert await backlog(redis, config.endpoint) == type(await backlog(redis, config.endpoint))(5, 0)
+    start_worker(queue.config, blocked)
+
+    async def two_in_flight() -> bool:
+        found = await backlog(redis, config.endpoint)
+        return found.in_flight == 2 and found.pending == 3
+
+    await async_wait_until(two_in_flight, what="two tasks in flight")
+    release.set()
+    for task_id in ids:
+        assert (await finished(redis, task_id)).status is TaskStatus.SUCCESS
+    assert (await backlog(redis, config.endpoint)).total == 0
+
+
+async def test_submission_order_is_kept_with_one_slot(redis: aioredis.Redis, config: QueueConfig, start_worker):
+    seen: list[int] = []
+
+    async def record(request: TaskRequest, timeout: float) -> ModelReply:
+        seen.append(request.args["i"])
+        return json_reply(None)
+
+    queue = TaskQueue(redis, replace(config, concurrency=1))
+    ids = [await queue.submit(TaskRequest(args={"i": i})) for i in range(20)]
+    start_worker(queue.config, record)
+    await finished(redis, ids[-1])
+    assert seen == list(range(20))
+
+
+async def test_poison_task_fails_after_max_attempts_and_the_queue_keeps_flowing(
+    redis: aioredis.Redis, config: QueueConfig, start_worker
+):
+    calls: dict[str, int] = {}
+
+    async def poison_or_echo(request: TaskRequest, timeout: float) -> ModelReply:
+        calls[str(request.args)] = calls.get(str(request.args), 0) + 1
+        if request.args.get("poison"):
+            body = {"error": {"code": "model_error", "message": "boom", "traceback": "Traceback: ValueError: boom"}}
+            return json_reply(body, status=500)
+        return json_reply(request.args)
+
+    queue = TaskQueue(redis, replace(config, max_attempts=3))
+    poison = await queue.submit(TaskRequest(args={"poison": True}))
+    good = [await queue.submit(TaskRequest(args={"i": i})) for i in range(10)]
+    start_worker(queue.config, poison_or_echo)
+    record = await finished(redis, poison)
+    assert record.status is TaskStatus.FAILURE
+    assert record.traceback == "Traceback: ValueError: boom"
+    assert record.status_code == 500
+    assert record.attempts == 3
+    assert calls[str({"poison": True})] == 3
+    for task_id in good:
+        assert (await finished(redis, task_id)).status is TaskStatus.SUCCESS
+    dead = await redis.xrange(keys.dead_letter(config.endpoint))
+    assert [(fields[b"t"].decode(), fields[b"reason"]) for _, fields in dead] == [(poison, b"max_attempts")]
+
+
+async def test_a_model_400_fails_at_once(redis: aioredis.Redis, config: QueueConfig, start_worker):
+    async def invalid(request: TaskRequest, timeout: float) -> ModelReply:
+        return json_reply({"error": {"code": "invalid_arguments", "message": "unexpected argument 'y'"}}, 400)
+
+    queue = TaskQueue(redis, config)
+    task_id = await queue.submit(TaskRequest(args={"y": 1}))
+    start_worker(config, invalid)
+    record = await finished(redis, task_id)
+    assert (record.status, record.attempts, record.status_code) == (TaskStatus.FAILURE, 1, 400)
+    assert record.traceback == "unexpected argument 'y'"
+
+
+async def test_invocation_timeout_is_enforced_per_task(redis: aioredis.Redis, config: QueueConfig, start_worker):
+    async def slow(request: TaskRequest, timeout: float) -> ModelReply:
+        await asyncio.sleep(request.args["sleep"])
+        return json_reply("late")
+
+    queue = TaskQueue(redis, replace(config, invocation_timeout_seconds=2))
+    by_request = await queue.submit(TaskRequest(args={"sleep": 30}, timeout_seconds=0.3))
+    by_endpoint = await queue.submit(TaskRequest(args={"sleep": 30}))
+    quick = await queue.submit(TaskRequest(args={"sleep": 0}))
+    begun = time.monotonic()
+    start_worker(queue.config, slow)
+    first = await finished(redis, by_request)
+    assert (first.status, first.status_code) == (TaskStatus.FAILURE, 504)
+    assert "timed out after 0.3 s" in (first.traceback or "")
+    second = await finished(redis, by_endpoint)
+    assert "timed out after 2 s" in (second.traceback or "")
+    assert second.attempts == 1  # a timeout is not retried
+    assert time.monotonic() - begun < 6
+    assert (await finished(redis, quick)).result == "late"
+
+
+async def test_a_task_older_than_request_ttl_expires_without_running(
+    redis: aioredis.Redis, config: QueueConfig, start_worker
+):
+    ran: list[Any] = []
+
+    async def record(request: TaskRequest, timeout: float) -> ModelReply:
+        ran.append(request.args)
+        return json_reply(None)
+
+    queue = TaskQueue(redis, config)
+    old = await queue.submit(TaskRequest(args={"old": True}))
+    await redis.hset(keys.task(old), "created_at", repr(time.time() - config.request_ttl_seconds - 1))
+    fresh = await queue.submit(TaskRequest(args={"old": False}))
+    start_worker(config, record)
+    expired = await finished(redis, old)
+    assert expired.status is TaskStatus.EXPIRED
+    assert "requestTTLSeconds" in (expired.traceback or "")
+    assert (await finished(redis, fresh)).status is TaskStatus.SUCCESS
+    assert ran == [{"old": False}]
+
+
+async def test_large_and_pickled_results_go_to_the_result_store(
+    redis: aioredis.Redis, config: QueueConfig, start_worker, tmp_path: Path
+):
+    async def big_or_pickled(request: TaskRequest, timeout: float) -> ModelReply:
+        if request.return_pickled:
+            return ModelReply(200, b"\x80\x05pickled", PICKLE_CONTENT_TYPE)
+        return json_reply("x" * request.args["size"])
+
+    queue = TaskQueue(redis, replace(config, inline_result_max_bytes=1000, max_result_bytes=10_000))
+    small = await queue.submit(TaskRequest(args={"size": 10}))
+    large = await queue.submit(TaskRequest(args={"size": 5000}))
+    oversized = await queue.submit(TaskRequest(args={"size": 20_000}))
+    pickled = await queue.submit(TaskRequest(args={}, return_pickled=True))
+    start_worker(queue.config, big_or_pickled)
+    store = FilesystemResultStore(tmp_path / "results")
+    assert (await finished(redis, small)).result == "x" * 10
+    record = await finished(redis, large)
+    assert (record.result, record.result_url) == (None, f"/v1/tasks/{large}/result")
+    assert await store.get(large) == (json.dumps("x" * 5000).encode(), "application/json")
+    too_big = await finished(redis, oversized)
+    assert (too_big.status, too_big.status_code) == (TaskStatus.FAILURE, 413)
+    assert await store.get(oversized) is None
+    record = await finished(redis, pickled)
+    assert record.result_url == f"/v1/tasks/{pickled}/result"
+    assert await store.get(pickled) == (b"\x80\x05pickled", PICKLE_CONTENT_TYPE)
+
+
+async def test_completion_is_idempotent(redis: aioredis.Redis, config: QueueConfig):
+    queue = TaskQueue(redis, config)
+    await queue.ensure_group()
+    task_id = await queue.submit(TaskRequest(args={}))
+    [delivery] = await queue.read("a", 1, 100)
+    [started] = await queue.start("a", [delivery])
+    assert started.outcome == "run"
+    assert await queue.complete(delivery, TaskStatus.SUCCESS, {"result": "1"}) is True
+    assert await queue.complete(delivery, TaskStatus.FAILURE, {"traceback": "late"}) is False
+    assert await queue.requeue(delivery, {"traceback": "late"}) is False
+    record = await get_task(redis, task_id)
+    assert record is not None and (record.status, record.result) == (TaskStatus.SUCCESS, 1)
+    assert await redis.xlen(keys.stream(config.endpoint)) == 0
+
+
+async def test_an_abandoned_task_is_reclaimed_after_the_visibility_timeout(
+    redis: aioredis.Redis, config: QueueConfig, start_worker
+):
+    queue = TaskQueue(redis, replace(config, invocation_timeout_seconds=1, visibility_grace_seconds=0.5))
+    await queue.ensure_group()
+    task_id = await queue.submit(TaskRequest(args={"v": 7}))
+    [delivery] = await queue.read("dead-consumer", 1, 100)  # delivered to a consumer that then "dies"
+    await queue.start("dead-consumer", [delivery])
+    begun = time.monotonic()
+    start_worker(queue.config, reclaim_interval_seconds=0.2)
+    record = await finished(redis, task_id)
+    assert (record.status, record.result, record.attempts) == (TaskStatus.SUCCESS, {"v": 7}, 2)
+    assert time.monotonic() - begun >= 1.0
+
+
+async def test_long_poll_wakes_on_completion(redis: aioredis.Redis, config: QueueConfig, start_worker):
+    release = asyncio.Event()
+
+    async def gated(request: TaskRequest, timeout: float) -> ModelReply:
+        await release.wait()
+        return json_reply("done")
+
+    queue = TaskQueue(redis, config)
+    task_id = await queue.submit(TaskRequest(args={}))
+    start_worker(config, gated)
+    waiter = CompletionWaiter(redis)
+
+    async def terminal() -> bool:
+        record = await get_task(redis, task_id)
+        return record is not None and record.status.terminal
+
+    try:
+        timed_out = asyncio.create_task(waiter.wait_for(queue.channel, task_id, terminal, 0.3))
+        await asyncio.wait_for(timed_out, 5)
+        assert not await terminal()
+        waiting = asyncio.create_task(waiter.wait_for(queue.channel, task_id, terminal, 30))
+        await asyncio.sleep(0)
+        released_at = time.monotonic()
+        release.set()
+        await asyncio.wait_for(waiting, 5)
+        assert time.monotonic() - released_at < 1.0
+        assert await terminal()
+    finally:
+        await waiter.close()

@@ -1,0 +1,171 @@
+"""A scriptable model container for the router tests (no tests here): `python -m tests.integration.test_router_fake_model PORT`.
+
+It speaks the router->model contract of docs/contracts.md and records what it saw, so tests can assert on the model's
+side: the most concurrent calls it ever had, how many calls arrived, how many streams were cut by the caller.
+Behaviour per request, from the JSON args: `sleep` (seconds), `fail` (answer 500 with a traceback), `crash` (exit
+the process mid-request); streams: `words`, `delay`, `fail_after`. `/readyz` answers 503 until the file named by
+FAKE_READY_FILE exists (when set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+from aiohttp import web
+
+STATS: dict[str, Any] = {"calls": 0, "current": 0, "max_concurrent": 0, "streams_cancelled": 0, "streams_done": 0}
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    body = {"error": {"code": code, "message": message, "type": "ValueError", "traceback": f"Traceback: {message}"}}
+    return web.json_response(body, status=status)
+
+
+async def predict(request: web.Request) -> web.StreamResponse:
+    STATS["calls"] += 1
+    STATS["current"] += 1
+    STATS["max_concurrent"] = max(STATS["max_concurrent"], STATS["current"])
+    try:
+        body = await request.read()
+        if request.headers.get("X-Bundleserve-Input") == "raw":
+            return web.json_response({"raw_bytes": len(body), "content_type": request.content_type})
+        args = json.loads(body)
+        if args.get("sleep"):
+            await asyncio.sleep(float(args["sleep"]))
+        if args.get("crash"):
+            os._exit(3)
+        if args.get("fail"):
+            return _error(500, "model_error", str(args["fail"]))
+        if request.headers.get("X-Bundleserve-Return") == "pickle":
+            return web.Response(body=cloudpickle.dumps(args), content_type="application/vnd.bundleserve.pickle")
+        return web.json_response(args)
+    finally:
+        STATS["current"] -= 1
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    args = json.loads(await request.read())
+    if args.get("fail_before"):
+        return _error(500, "model_error", "failed before streaming")
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    try:
+        for index, word in enumerate(args.get("words", [])):
+            if args.get("fail_after") is not None and index >= args["fail_after"]:
+                error = {"error": {"code": "model_error", "message": "boom mid-stream", "traceback": "Traceback: boom"}}
+                await response.write(b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n")
+                break
+            await response.write(b"data: " + json.dumps(word).encode() + b"\n\n")
+            if args.get("delay"):
+                await asyncio.sleep(float(args["delay"]))
+        await response.write_eof()
+        STATS["streams_done"] += 1
+    except (asyncio.CancelledError, ConnectionError):
+        STATS["streams_cancelled"] += 1
+        raise
+    return response
+
+
+async def ready(request: web.Request) -> web.Response:
+    marker = os.environ.get("FAKE_READY_FILE")
+    if marker and not Path(marker).exists():
+        return _error(503, "not_ready", "loading")
+    return web.json_response({"ready": True})
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(STATS)
+
+
+async def reset(request: web.Request) -> web.Response:
+    STATS.update(calls=0, current=0, max_concurrent=0, streams_cancelled=0, streams_done=0)
+    return web.json_response(STATS)
+
+
+def make_app() -> web.Application:
+    app = web.Application()
+    app.router.add_post("/predict", predict)
+    app.router.add_post("/stream", stream)
+    app.router.add_get("/readyz", ready)
+    app.router.add_get("/stats", stats)
+    app.router.add_post("/stats/reset", reset)
+    return app
+
+
+# -- harness used by the router tests ---------------------------------------------------------------------------
+
+
+def write_endpoint(
+    directory: Path,
+    *,
+    name: str = "fake",
+    modes: tuple[str, ...] = ("sync", "streaming"),
+    invocation: dict[str, Any] | None = None,
+) -> Path:
+    """An Endpoint manifest for a Python bundle (the fake model serves the bundle runtime's routes)."""
+    import yaml
+
+    document = {
+        "apiVersion": "bundleserve.dev/v1alpha1",
+        "kind": "Endpoint",
+        "metadata": {"name": name},
+        "spec": {
+            "modes": list(modes),
+            "localOnly": True,
+            "bundle": {"python": {"entrypoint": "fake:predict"}},
+            "invocation": invocation or {},
+        },
+    }
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def start_model(directory: Path, *, ready_file: Path | None = None) -> tuple[Any, str]:
+    from tests.support.processes import Server, free_port
+
+    port = free_port()
+    env = {"FAKE_READY_FILE": str(ready_file)} if ready_file else {}
+    server = Server(
+        [sys.executable, "-m", "tests.integration.test_router_fake_model", str(port)],
+        log_path=directory / f"model-{port}.log",
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    server.wait_http(f"{url}/stats")
+    return server, url
+
+
+def start_router(
+    directory: Path, endpoint_file: Path, model_url: str, *, env: dict[str, str] | None = None
+) -> tuple[Any, str]:
+    from tests.support.processes import Server, bundleserve, free_port
+
+    port = free_port()
+    argv = bundleserve(
+        "router",
+        "--endpoint-file",
+        str(endpoint_file),
+        "--model-url",
+        model_url,
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+    )
+    server = Server(argv, log_path=directory / f"router-{port}.log", env=env)
+    url = f"http://127.0.0.1:{port}"
+    server.wait_http(f"{url}/healthz")
+    return server, url
+
+
+if __name__ == "__main__":
+    web.run_app(
+        make_app(), host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None, handler_cancellation=True
+    )

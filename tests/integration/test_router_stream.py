@@ -1,0 +1,117 @@
+"""The router's streaming API over real HTTP: events relayed per chunk, failures, client disconnects."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.integration.test_router_fake_model import start_model, start_router, write_endpoint
+from tests.support.processes import http_ok
+from tests.support.waiting import async_wait_until, wait_until
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    directory = tmp_path_factory.mktemp("router-stream")
+    model, model_url = start_model(directory)
+    router = None
+    try:
+        endpoint = write_endpoint(directory, invocation={"concurrency": 4, "timeoutSeconds": 5})
+        router, url = start_router(directory, endpoint, model_url)
+        wait_until(lambda: http_ok(f"{url}/readyz"), timeout=10, what="router ready")
+        yield {"url": url, "model_url": model_url}
+    finally:
+        if router is not None:
+            router.stop()
+        model.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def read_events(response: aiohttp.ClientResponse) -> list[dict[str, Any]]:
+    events = []
+    async for line in response.content:
+        if line.startswith(b"data: "):
+            events.append(json.loads(line[6:]))
+    return events
+
+
+async def stats(http: aiohttp.ClientSession, pair: dict[str, Any]) -> dict[str, Any]:
+    async with http.get(f"{pair['model_url']}/stats") as response:
+        result: dict[str, Any] = await response.json()
+        return result
+
+
+async def test_stream_relays_every_chunk_as_a_success_event(pair: dict[str, Any], http: aiohttp.ClientSession) -> None:
+    words = ["alpha", {"n": 1}, "gamma", [1, 2]]
+    async with http.post(f"{pair['url']}/v1/endpoints/fake/stream", json={"args": {"words": words}}) as response:
+        assert response.status == 200
+        assert response.content_type == "text/event-stream"
+        events = await read_events(response)
+    assert events == [{"status": "SUCCESS", "result": word} for word in words]
+
+
+async def test_each_chunk_reaches_the_client_before_the_model_finishes(
+    pair: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    before = (await stats(http, pair))["streams_done"]
+    args = {"args": {"words": ["first", "second"], "delay": 1.0}}
+    async with http.post(f"{pair['url']}/v1/endpoints/fake/stream", json=args) as response:
+        first = await response.content.readline()
+        assert json.loads(first[6:]) == {"status": "SUCCESS", "result": "first"}
+        # The model is still sleeping before its second chunk: the first one was flushed, not buffered.
+        assert (await stats(http, pair))["streams_done"] == before
+        rest = await read_events(response)
+    assert rest == [{"status": "SUCCESS", "result": "second"}]
+
+
+async def test_failure_mid_stream_ends_with_one_failure_event(
+    pair: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    args = {"args": {"words": ["a", "b", "c", "d"], "fail_after": 2}}
+    async with http.post(f"{pair['url']}/v1/endpoints/fake/stream", json=args) as response:
+        assert response.status == 200
+        events = await read_events(response)
+    assert events[:2] == [{"status": "SUCCESS", "result": "a"}, {"status": "SUCCESS", "result": "b"}]
+    assert len(events) == 3
+    failure = events[2]
+    assert failure["status"] == "FAILURE"
+    assert failure["traceback"] == "Traceback: boom"
+    assert failure["error"]["message"] == "boom mid-stream"
+
+
+async def test_failure_before_the_first_chunk_is_a_424(pair: dict[str, Any], http: aiohttp.ClientSession) -> None:
+    args = {"args": {"fail_before": True}}
+    async with http.post(f"{pair['url']}/v1/endpoints/fake/stream", json=args) as response:
+        assert response.status == 424
+        body = await response.json()
+    assert body["error"]["code"] == "model_error"
+    assert body["error"]["status_code"] == 500
+
+
+async def test_client_disconnect_cancels_the_model_stream(pair: dict[str, Any], http: aiohttp.ClientSession) -> None:
+    before = (await stats(http, pair))["streams_cancelled"]
+    args = {"args": {"words": [str(i) for i in range(100)], "delay": 0.2}}
+    response = await http.post(f"{pair['url']}/v1/endpoints/fake/stream", json=args)
+    assert json.loads((await response.content.readline())[6:])["result"] == "0"
+    response.close()  # the client goes away mid-stream
+
+    async def cancelled() -> bool:
+        return bool((await stats(http, pair))["streams_cancelled"] == before + 1)
+
+    await async_wait_until(cancelled, timeout=5, what="the model's stream to be cancelled")
+    assert (await stats(http, pair))["current"] == 0
+
+
+async def test_stream_validation_errors_are_400(pair: dict[str, Any], http: aiohttp.ClientSession) -> None:
+    async with http.post(f"{pair['url']}/v1/endpoints/fake/stream", data=b"{oops") as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["code"] == "invalid_request"

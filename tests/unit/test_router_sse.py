@@ -1,0 +1,46 @@
+"""SSE framing: events survive any chunking of the model's stream; client events splice the chunk JSON."""
+
+from __future__ import annotations
+
+import json
+
+from bundleserve.router.sse import Event, EventParser, as_json, failure_event, success_event
+
+STREAM = b'data: "a"\n\ndata: {"n": 1}\n\n: comment\n\nevent: error\ndata: {"error": {"message": "x"}}\n\n'
+EXPECTED = [Event(b'"a"'), Event(b'{"n": 1}'), Event(b'{"error": {"message": "x"}}', "error")]
+
+
+def test_events_are_parsed_whatever_the_chunk_boundaries() -> None:
+    for size in (1, 2, 3, 7, len(STREAM)):
+        parser = EventParser()
+        events = []
+        for start in range(0, len(STREAM), size):
+            events.extend(parser.feed(STREAM[start : start + size]))
+        assert events == EXPECTED, size
+
+
+def test_crlf_line_endings_and_multi_line_data() -> None:
+    parser = EventParser()
+    assert parser.feed(b"data: [1,\r\ndata: 2]\r\n\r\n") == [Event(b"[1,\n2]")]
+
+
+def test_an_incomplete_event_waits_for_its_end() -> None:
+    parser = EventParser()
+    assert parser.feed(b'data: "half') == []
+    assert parser.feed(b'"\n\n') == [Event(b'"half"')]
+
+
+def test_success_event_wraps_the_chunk() -> None:
+    frame = success_event(b'{"token": "hi"}')
+    assert frame.startswith(b"data: ") and frame.endswith(b"\n\n")
+    assert json.loads(frame[6:]) == {"status": "SUCCESS", "result": {"token": "hi"}}
+
+
+def test_failure_event_carries_traceback_and_message() -> None:
+    body = json.loads(failure_event("boom", traceback="Traceback...", status_code=None)[6:])
+    assert body["status"] == "FAILURE" and body["traceback"] == "Traceback..." and body["error"]["message"] == "boom"
+
+
+def test_non_json_chunks_become_json_strings() -> None:
+    assert as_json(b"[1, 2]") == b"[1, 2]"
+    assert json.loads(as_json(b"plain words")) == "plain words"
