@@ -36,13 +36,26 @@ def plan(found: list[tuple[Path, Any]], tmp_path: Path) -> list[Any]:
 
 def test_python_bundle_runs_the_bundle_runtime_with_its_code_dir(tmp_path: Path) -> None:
     manifest = tmp_path / "models" / "endpoint.yaml"
-    found = [(manifest, endpoint("echo", ["sync"], {"python": {"entrypoint": "m:f", "load": "m:load", "path": "src"}}))]
+    python_bundle = endpoint(
+        "echo",
+        ["sync", "streaming"],
+        {
+            "python": {"entrypoint": "m:f", "load": "m:load", "stream": "m:gen", "path": "src"},
+            "env": [
+                {"name": "DELAY", "value": "0.1"},
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+            ],
+        },
+    )
+    found = [(manifest, python_bundle)]
 
     [only] = plan(found, tmp_path)
 
     argv = only.model.argv
     assert argv[argv.index("--entrypoint") + 1] == "m:f"
     assert argv[argv.index("--load") + 1] == "m:load"
+    assert argv[argv.index("--stream") + 1] == "m:gen"
+    assert only.model.env == {"DELAY": "0.1"}
     assert argv[argv.index("--path") + 1] == str((tmp_path / "models" / "src").resolve())
     assert only.model.ready_path == "/readyz"
     router = only.router.argv

@@ -10,8 +10,16 @@ from bundleserve.api.errors import InvalidRequest
 from bundleserve.router.calls import Call, parse_call
 
 
-def test_plain_args_take_the_fast_path() -> None:
-    assert parse_call(b'{"args": {"x": 1}}', kwargs_only=True) == Call(args={"x": 1})
+def test_plain_args_take_the_fast_path_and_keep_their_text() -> None:
+    body = b' { "args" :\n{"x": 1, "s": "\\u00e9:}"} }\n'
+    assert parse_call(body, kwargs_only=True) == Call(
+        args={"x": 1, "s": "é:}"}, args_json=b'{"x": 1, "s": "\\u00e9:}"}'
+    )
+
+
+def test_a_duplicated_args_key_takes_the_validated_path() -> None:
+    call = parse_call(b'{"args": {"a": 1}, "args": {"b": 2}}', kwargs_only=True)
+    assert call.args == {"b": 2} and call.args_json is None
 
 
 def test_options_are_read() -> None:

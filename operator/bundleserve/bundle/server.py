@@ -159,6 +159,8 @@ class BundleRuntime:
         self.settings = settings
         self.readiness = Readiness()
         self.executor = CountingExecutor(settings.worker_threads, "bundle-call")
+        #: Why the runtime exits non-zero, printed as its last line.
+        self.exit_reason: str | None = None
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[self._errors])
@@ -180,8 +182,15 @@ class BundleRuntime:
             return error_response(error)
         except ApiError as error:
             return error_response(error)
-        except web.HTTPException:
-            raise
+        except web.HTTPException as error:
+            if error.status < 400:
+                raise
+            code = {404: "not_found", 405: "method_not_allowed"}.get(error.status, "invalid_request")
+            body = BundleError(f"{request.method} {request.path}: {error.reason}").body()
+            body["error"]["code"] = code
+            return web.json_response(
+                body, status=error.status, headers={k: v for k, v in error.headers.items() if k == hdrs.ALLOW}
+            )
         except Exception:
             log.exception("%s %s failed inside the bundle runtime", request.method, request.path)
             return error_response(ApiError("internal error in the bundle runtime (see its log)"))
@@ -331,7 +340,7 @@ async def serve(runtime: BundleRuntime) -> int:
         if runtime.readiness.phase is Phase.READY:
             log.info("bundle runtime ready on %s", url)
         elif failure is not None and settings.exit_on_load_failure:
-            print(f"bundleserve bundle serve: load failed: {failure.message}", file=sys.stderr, flush=True)
+            runtime.exit_reason = f"load failed: {failure.message}"
             code = 1
             stop.set()
         await stopping
@@ -379,15 +388,21 @@ def main(args: argparse.Namespace) -> int:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             code = runner.run(serve(runtime))
     except BundleConfigError as error:
+        runtime.executor.shutdown(wait=False, cancel_futures=True)
         print(f"bundleserve bundle serve: {error}", file=sys.stderr)
-        code = 2
+        return 2
     runtime.executor.shutdown(wait=False, cancel_futures=True)
     if runtime.executor.active:
         # Model calls still running after the drain timeout would block the interpreter's exit forever.
         log.warning("exiting with %d model call(s) still running", runtime.executor.active)
         logging.shutdown()
+        if runtime.exit_reason:
+            print(f"bundleserve bundle serve: {runtime.exit_reason}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    log.info("bundle runtime stopped")
+    if runtime.exit_reason:
+        print(f"bundleserve bundle serve: {runtime.exit_reason}", file=sys.stderr, flush=True)
+    else:
+        log.info("bundle runtime stopped")
     return code

@@ -46,6 +46,23 @@ KEDA_CHILD = ("keda.sh/v1alpha1", "scaledobjects")
 FINALIZER = "bundleserve.dev/cleanup"
 
 
+def _group(group_version: str) -> str:
+    return group_version.rpartition("/")[0]
+
+
+#: What kopf itself does with the API for these handlers: (group, resource, verbs). Kept next to the registrations
+#: so the RBAC file (charts/bundleserve/files/operator-rbac.yaml) can be checked against it.
+KOPF_API_USAGE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (GROUP, PLURAL, ("list", "watch", "patch")),  # watch; finalizer and handler-state annotations
+    *((_group(gv), plural, ("list", "watch")) for gv, plural in (*CHILDREN, KEDA_CHILD)),
+    ("", "events", ("create",)),  # kopf.event / warnings
+    ("kopf.dev", "kopfpeerings", ("get", "list", "watch", "patch")),  # --peering, namespaced
+    ("kopf.dev", "clusterkopfpeerings", ("get", "list", "watch", "patch")),  # --peering, cluster-wide
+    ("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch")),  # resource discovery
+    ("", "namespaces", ("list", "watch")),  # namespace scanning
+)
+
+
 def _seconds(name: str, default: float) -> float:
     return float(os.environ.get(name, "") or default)
 
@@ -100,6 +117,13 @@ class OperatorState:
 
     async def reconcile_key(self, key: Key) -> None:
         """Reconcile one Endpoint from a fresh read (never from a possibly stale event body)."""
+        self.metrics.pending.inc()
+        try:
+            await self._reconcile_key(key)
+        finally:
+            self.metrics.pending.dec()
+
+    async def _reconcile_key(self, key: Key) -> None:
         namespace, name = key
         lock = self.locks.setdefault(key, asyncio.Lock())
         async with lock:
@@ -136,6 +160,7 @@ class OperatorState:
         if key in self.queued:
             self.rerun.add(key)
             return
+        self.metrics.pending.inc()
         self.queued[key] = asyncio.create_task(self._drain(key))
 
     async def _drain(self, key: Key) -> None:
@@ -152,6 +177,7 @@ class OperatorState:
                     return
         finally:
             self.queued.pop(key, None)
+            self.metrics.pending.dec()
 
     # -- scaler ---------------------------------------------------------------------------------------------------
 
@@ -286,7 +312,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
     async def delete(body: Any, runtime: Any, **_: Any) -> None:
         await state.clean_up(_key(body), body, runtime.total_seconds())
 
-    def child_event(body: Any, **_: Any) -> None:
+    async def child_event(body: Any, **_: Any) -> None:
         labels = body.get("metadata", {}).get("labels", {}) or {}
         owner = labels.get(ENDPOINT_LABEL)
         if owner:

@@ -49,6 +49,9 @@ RESOURCES: dict[str, ResourceInfo] = {
     "Pod": ResourceInfo("", "v1", "pods", ("list",)),
 }
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete"})
+#: Permissions our writes need without a request of their own: children carry ownerReferences with
+#: blockOwnerDeletion, which the OwnerReferencesPermissionEnforcement admission plugin checks against this.
+IMPLIED_PERMISSIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = ((GROUP, f"{PLURAL}/finalizers", ("update",)),)
 
 
 class KubeError(Exception):

@@ -65,6 +65,7 @@ def main(args: argparse.Namespace) -> int:
     kopf.configure(log_format=kopf.LogFormat.JSON, log_refkey="k8s")
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # per-handler chatter; our own lines say what changed
     try:
         asyncio.run(run(args, config))
     except OSError as error:  # e.g. the health port is taken

@@ -43,6 +43,11 @@ class OperatorMetrics:
             ["namespace", "endpoint"],
             registry=self.registry,
         )
+        self.pending = Gauge(
+            "bundleserve_operator_reconciles_pending",
+            "Reconciles running or queued (coalesced child events); 0 when the operator is idle.",
+            registry=self.registry,
+        )
         self._readiness: dict[tuple[str, str], bool] = {}
 
     def set_ready(self, namespace: str, name: str, ready: bool | None) -> None:

@@ -60,6 +60,14 @@ def owned_by(live: Manifest, uid: str | None) -> bool:
     return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
 
+def with_initial_replicas(endpoint: Endpoint, manifest: Manifest) -> Manifest:
+    """An autoscaled Deployment starts at minReplicas (the API default would be 1); after creation the autoscaler
+    owns the count and the desired state never mentions it."""
+    if manifest["kind"] != "Deployment" or "replicas" in manifest["spec"]:
+        return manifest
+    return {**manifest, "spec": {"replicas": endpoint.spec.scaling.min_replicas, **manifest["spec"]}}
+
+
 async def apply_children(
     endpoint: Endpoint, desired: list[Manifest], kube: KubeClient, writes: list[tuple[str, str, str]]
 ) -> dict[str, Manifest]:
@@ -71,7 +79,7 @@ async def apply_children(
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         live = await kube.get(kind, endpoint.namespace, name)
         if live is None:
-            live = await kube.create(manifest)
+            live = await kube.create(with_initial_replicas(endpoint, manifest))
             writes.append(("create", kind, name))
         elif not owned_by(live, uid):
             raise BuildError("ChildConflict", f"{kind} {name} already exists and is not owned by this Endpoint")

@@ -52,6 +52,11 @@ def bundleserve_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "bundleserve.cli", *args]
 
 
+def literal_env(endpoint: Endpoint) -> dict[str, str]:
+    """The bundle's `env` entries with literal values; `valueFrom` (Secrets, ConfigMaps) exists only in a cluster."""
+    return {item.name: item.value for item in endpoint.spec.bundle.env if item.value is not None}
+
+
 def model_process(endpoint: Endpoint, manifest_dir: Path, port: int) -> ProcessSpec:
     bundle = endpoint.spec.bundle
     if bundle.python is not None:
@@ -60,16 +65,24 @@ def model_process(endpoint: Endpoint, manifest_dir: Path, port: int) -> ProcessS
         )
         if bundle.python.load:
             argv += ["--load", bundle.python.load]
+        if bundle.python.stream:
+            argv += ["--stream", bundle.python.stream]
         code_dir = (manifest_dir / (bundle.python.path or ".")).resolve()
         argv += ["--path", str(code_dir)]
-        return ProcessSpec(name=f"{endpoint.name}/model", argv=argv, port=port, ready_path="/readyz", cwd=code_dir)
+        return ProcessSpec(
+            name=f"{endpoint.name}/model",
+            argv=argv,
+            port=port,
+            ready_path="/readyz",
+            env=literal_env(endpoint),
+            cwd=code_dir,
+        )
     if bundle.command is None:
         raise PlanError(
             f"endpoint {endpoint.name}: a runnable image needs spec.bundle.command to run in local mode "
             "(local mode runs processes, not container images)"
         )
-    env = {item.name: item.value for item in bundle.env if item.value is not None}
-    env["PORT"] = str(port)
+    env = {**literal_env(endpoint), "PORT": str(port)}
     argv = [*bundle.command, *(bundle.args or [])]
     argv = [part.replace("$(PORT)", str(port)) for part in argv]
     return ProcessSpec(

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError as _RedisError
 from bundleserve.api.invocation import TaskStatus
 from bundleserve.queue import keys, scripts
 from bundleserve.queue.config import Durability, QueueConfig
+from bundleserve.queue.pipelining import AutoPipeline
 from bundleserve.queue.tasks import STATUS_FIELDS, CallbackTarget, TaskRecord, TaskRequest
 
 RedisError = _RedisError
@@ -78,6 +79,10 @@ class TaskQueue:
         self.stream = keys.stream(config.endpoint)
         self.dead = keys.dead_letter(config.endpoint)
         self.channel = keys.done_channel(config.endpoint)
+        #: Commands of concurrent callers share round trips; submissions end their batch with one WAITAOF.
+        self.pipe = AutoPipeline(redis)
+        waitaof = ("WAITAOF", 1, 0, config.fsync_timeout_ms)
+        self.submits = AutoPipeline(redis, trailer=waitaof if config.durability is Durability.FSYNC else None)
 
     async def ensure_group(self) -> None:
         """Create the stream and its group (from the beginning: tasks submitted before any worker existed count)."""
@@ -103,24 +108,21 @@ class TaskQueue:
             fields["callback"] = callback.dumps()
             fields["callback_status"] = "pending"
         args = [task_id, self.config.record_ttl_seconds, *_flatten(fields)]
-        task_keys = [keys.task(task_id), self.stream]
+        command = ("EVALSHA", scripts.submit.sha, 2, keys.task(task_id), self.stream, *args)
         try:
-            for _ in range(2):
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.evalsha(scripts.submit.sha, len(task_keys), *task_keys, *args)
-                if self.config.durability is Durability.FSYNC:
-                    pipe.execute_command("WAITAOF", 1, 0, self.config.fsync_timeout_ms)
-                replies = await pipe.execute(raise_on_error=False)
-                if isinstance(replies[0], NoScriptError):
-                    await self.redis.script_load(scripts.submit.source)
-                    continue
-                break
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
+            try:
+                _, durable = await self.submits.call(*command)
+            except NoScriptError:
+                await self.redis.script_load(scripts.submit.source)
+                _, durable = await self.submits.call(*command)
         except _RedisError as error:
+            if "appendonly is disabled" in str(error):
+                raise QueueUnavailable(
+                    "the queue's Redis runs without AOF, so it cannot confirm a task on disk: enable appendonly, "
+                    "or set BUNDLESERVE_QUEUE_DURABILITY=memory"
+                ) from error
             raise QueueUnavailable(f"the queue did not accept the task: {error}") from error
-        if self.config.durability is Durability.FSYNC and int(replies[1][0]) < 1:
+        if self.config.durability is Durability.FSYNC and int(durable[0]) < 1:
             raise QueueUnavailable(
                 f"the queue did not confirm the task on disk within {self.config.fsync_timeout_ms} ms; retry later"
             )
@@ -165,13 +167,9 @@ class TaskQueue:
             found.extend(_deliveries(entries or []) or [Delivery(entry_id, "")])
         return found
 
-    async def start(self, consumer: str, deliveries: Sequence[Delivery]) -> list[Started]:
-        """Atomically decide for each delivery: run it (attempts + 1, STARTED), or finish it without running."""
-        if not deliveries:
-            return []
+    def _start_args(self, consumer: str) -> list[Any]:
         cfg = self.config
-        script_keys = [self.stream, self.dead, *(keys.task(d.task_id) for d in deliveries)]
-        args: list[Any] = [
+        return [
             keys.GROUP,
             consumer,
             repr(time.time()),
@@ -180,19 +178,21 @@ class TaskQueue:
             int(cfg.result_ttl_seconds),
             self.channel,
         ]
+
+    async def start(self, consumer: str, deliveries: Sequence[Delivery]) -> list[Started]:
+        """Atomically decide for each delivery: run it (attempts + 1, STARTED), or finish it without running."""
+        if not deliveries:
+            return []
+        script_keys = [self.stream, self.dead, *(keys.task(d.task_id) for d in deliveries)]
+        args = self._start_args(consumer)
         for delivery in deliveries:
             args.extend((delivery.entry_id, delivery.task_id))
-        replies = await scripts.start(self.redis, script_keys, args)
-        started = []
-        for delivery, reply in zip(deliveries, replies, strict=True):
-            outcome = _s(reply[0])
-            raw_callback = reply[-1] if len(reply) > 1 else b""
-            callback = CallbackTarget.loads(raw_callback) if raw_callback else None
-            if outcome == "run":
-                started.append(Started(delivery, outcome, int(reply[1]), TaskRequest.loads(reply[2]), callback))
-            else:
-                started.append(Started(delivery, outcome, callback=callback))
-        return started
+        return _started(await scripts.start(self.pipe, script_keys, args))
+
+    async def claim(self, consumer: str, count: int) -> list[Started]:
+        """Read up to `count` new entries without blocking and pick them up, in one round trip."""
+        args = [*self._start_args(consumer), count, keys.task("")]
+        return _started(await scripts.claim(self.pipe, [self.stream, self.dead], args))
 
     # -- transitions ----------------------------------------------------------------------------------------------
 
@@ -214,27 +214,36 @@ class TaskQueue:
             repr(time.time()),
             *_flatten(fields),
         ]
-        return bool(await scripts.complete(self.redis, script_keys, args))
+        return bool(await scripts.complete(self.pipe, script_keys, args))
 
     async def requeue(self, delivery: Delivery, fields: Mapping[str, Any], *, release: bool = False) -> bool:
         """Back to PENDING at the stream's tail: after a retryable failure, or (release) when this worker drains."""
         script_keys = [keys.task(delivery.task_id), self.stream]
         args = [keys.GROUP, delivery.entry_id, delivery.task_id, -1 if release else 0, *_flatten(fields)]
-        return bool(await scripts.requeue(self.redis, script_keys, args))
+        return bool(await scripts.requeue(self.pipe, script_keys, args))
 
     async def update(self, task_id: str, fields: Mapping[str, Any]) -> bool:
         return bool(await scripts.update_if_exists(self.redis, [keys.task(task_id)], _flatten(fields)))
 
     # -- reads ----------------------------------------------------------------------------------------------------
 
-    async def callback_of(self, task_id: str) -> CallbackTarget | None:
-        raw = await self.redis.hget(keys.task(task_id), "callback")
-        return CallbackTarget.loads(raw) if raw else None
+    async def get(self, task_id: str) -> TaskRecord | None:
+        return await get_task(self.pipe, task_id)
 
 
-async def get_task(redis: aioredis.Redis, task_id: str) -> TaskRecord | None:
+def _started(replies: Any) -> list[Started]:
+    found = []
+    for entry, task_id, outcome, attempts, request, callback in replies:
+        delivery = Delivery(_s(entry), _s(task_id))
+        target = CallbackTarget.loads(callback) if callback else None
+        loaded = TaskRequest.loads(request) if request else None
+        found.append(Started(delivery, _s(outcome), int(attempts), loaded, target))
+    return found
+
+
+async def get_task(redis: aioredis.Redis | AutoPipeline, task_id: str) -> TaskRecord | None:
     """The task's public state, or None for an unknown (or expired) id."""
     if not keys.is_task_id(task_id):
         return None
-    values = await redis.hmget(keys.task(task_id), list(STATUS_FIELDS))
+    values = await redis.execute_command("HMGET", keys.task(task_id), *STATUS_FIELDS)
     return TaskRecord.from_fields(task_id, dict(zip(STATUS_FIELDS, values, strict=True)))

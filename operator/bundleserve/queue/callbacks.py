@@ -9,6 +9,7 @@ from the request (`callback_auth`) or from the endpoint's Secret, mounted as fil
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -114,7 +115,11 @@ class CallbackSender:
     async def _deliver_and_record(
         self, target: CallbackTarget, body: dict[str, Any], record: Callable[[Outcome], Awaitable[object]]
     ) -> None:
-        outcome = await self.deliver(target, body)
+        try:
+            outcome = await self.deliver(target, body)
+        except Exception as error:  # a bug here must still leave a recorded outcome
+            log.exception("callback delivery of task %s crashed", body.get("task_id"))
+            outcome = Outcome(False, 0, f"internal error: {type(error).__name__}")
         try:
             await record(outcome)
         except Exception as error:
@@ -122,7 +127,10 @@ class CallbackSender:
 
     async def deliver(self, target: CallbackTarget, body: dict[str, Any]) -> Outcome:
         auth = target.auth
-        basic = aiohttp.BasicAuth(auth.username or "", auth.password or "") if auth and auth.kind == "basic" else None
+        headers = {}
+        if auth is not None and auth.kind == "basic":
+            token = base64.b64encode(f"{auth.username}:{auth.password}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
         try:
             ssl_context: ssl.SSLContext | bool = (
                 _ssl_context(auth, self._ca_file) if auth and auth.kind == "mtls" else True
@@ -136,7 +144,7 @@ class CallbackSender:
         for attempt in range(1, self.policy.max_attempts + 1):
             try:
                 async with self._session.post(
-                    target.url, json=body, auth=basic, ssl=ssl_context, timeout=timeout
+                    target.url, json=body, headers=headers, ssl=ssl_context, timeout=timeout
                 ) as response:
                     if 200 <= response.status < 300:
                         return Outcome(True, attempt)

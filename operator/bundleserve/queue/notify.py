@@ -79,6 +79,10 @@ class CompletionWaiter:
                 if not waiters:
                     del self._waiters[task_id]
 
+    def notify(self, task_id: str) -> None:
+        """Wake local waiters of a task this process just finished (before Redis's message arrives)."""
+        self._wake(task_id)
+
     def _wake(self, task_id: str) -> None:
         for future in self._waiters.pop(task_id, ()):
             if not future.done():

@@ -13,6 +13,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from bundleserve.queue.pipelining import AutoPipeline
+
 _TERMINAL = """
 local function terminal(s) return s == 'SUCCESS' or s == 'FAILURE' or s == 'EXPIRED' end
 local function done(stream, group, entry)
@@ -28,46 +30,74 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return redis.call('XADD', KEYS[2], '*', 't', ARGV[1])
 """
 
-#: Pick up delivered entries. KEYS: stream, dead, task_1..task_n. ARGV: group, consumer, now, request_ttl,
-#: max_attempts, result_ttl, channel, then (entry_id, task_id) pairs. Returns one array per entry:
-#: {'run', attempts, request, callback} or {'skip'|'gone'|'expired'|'failed', callback} (callback '' when none).
-START = (
+_START_ONE = (
     _TERMINAL
     + """
-local group, consumer, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local request_ttl, max_attempts, result_ttl, channel = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
-local out = {}
-for i = 1, #KEYS - 2 do
-  local key, entry, task_id = KEYS[i + 2], ARGV[6 + 2 * i], ARGV[7 + 2 * i]
+-- Decide for one delivered entry: run it (attempts + 1, STARTED) or finish it without running.
+-- Returns {entry, task_id, outcome, attempts, request, callback}; outcome run|skip|gone|expired|failed.
+local function start_one(stream, dead, key, entry, task_id, group, consumer, now_text, request_ttl, max_attempts,
+                         result_ttl, channel)
+  local now = tonumber(now_text)
   local cur = redis.call('HMGET', key, 'status', 'created_at', 'attempts', 'request', 'traceback', 'callback')
   local callback = cur[6] or ''
   if not cur[1] then
-    done(KEYS[1], group, entry)
-    out[i] = {'gone'}
+    done(stream, group, entry)
+    return {entry, task_id, 'gone', 0, '', ''}
   elseif terminal(cur[1]) then
-    done(KEYS[1], group, entry)
-    out[i] = {'skip'}
-  elseif now - tonumber(cur[2]) > request_ttl then
-    redis.call('HSET', key, 'status', 'EXPIRED', 'finished_at', ARGV[3],
-      'traceback', 'the task waited longer than requestTTLSeconds (' .. ARGV[4] .. ' s) before a worker picked it up')
+    done(stream, group, entry)
+    return {entry, task_id, 'skip', 0, '', ''}
+  elseif now - tonumber(cur[2]) > tonumber(request_ttl) then
+    redis.call('HSET', key, 'status', 'EXPIRED', 'finished_at', now_text,
+      'traceback', 'the task waited longer than requestTTLSeconds (' .. request_ttl .. ' s) before a worker picked it up')
     redis.call('EXPIRE', key, result_ttl)
-    done(KEYS[1], group, entry)
+    done(stream, group, entry)
     redis.call('PUBLISH', channel, task_id)
-    out[i] = {'expired', callback}
-  elseif tonumber(cur[3] or '0') >= max_attempts then
-    local reason = cur[5] or ('no attempt finished: the worker running it was lost ' .. cur[3] .. ' times')
-    redis.call('HSET', key, 'status', 'FAILURE', 'finished_at', ARGV[3], 'traceback', reason,
-      'callback_status', (callback ~= '' and 'pending' or ''))
+    return {entry, task_id, 'expired', 0, '', callback}
+  elseif tonumber(cur[3] or '0') >= tonumber(max_attempts) then
+    local reason = cur[5] or ('no attempt finished: the worker running it was lost ' .. (cur[3] or '0') .. ' times')
+    redis.call('HSET', key, 'status', 'FAILURE', 'finished_at', now_text, 'traceback', reason)
     redis.call('EXPIRE', key, result_ttl)
-    done(KEYS[1], group, entry)
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', '100000', '*', 't', task_id, 'reason', 'max_attempts')
+    done(stream, group, entry)
+    redis.call('XADD', dead, 'MAXLEN', '~', '100000', '*', 't', task_id, 'reason', 'max_attempts')
     redis.call('PUBLISH', channel, task_id)
-    out[i] = {'failed', callback}
-  else
-    local attempts = redis.call('HINCRBY', key, 'attempts', 1)
-    redis.call('HSET', key, 'status', 'STARTED', 'started_at', ARGV[3], 'worker', consumer)
-    out[i] = {'run', attempts, cur[4], callback}
+    return {entry, task_id, 'failed', 0, '', callback}
   end
+  local attempts = redis.call('HINCRBY', key, 'attempts', 1)
+  redis.call('HSET', key, 'status', 'STARTED', 'started_at', now_text, 'worker', consumer)
+  return {entry, task_id, 'run', attempts, cur[4], callback}
+end
+"""
+)
+
+#: Pick up entries delivered by a blocking XREADGROUP. KEYS: stream, dead, task_1..task_n. ARGV: group, consumer,
+#: now, request_ttl, max_attempts, result_ttl, channel, then (entry_id, task_id) pairs. Returns start_one's arrays.
+START = (
+    _START_ONE
+    + """
+local out = {}
+for i = 1, #KEYS - 2 do
+  out[i] = start_one(KEYS[1], KEYS[2], KEYS[i + 2], ARGV[6 + 2 * i], ARGV[7 + 2 * i], ARGV[1], ARGV[2], ARGV[3],
+                     ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+end
+return out
+"""
+)
+
+#: Read up to `count` new entries (non-blocking) and pick them up, in one round trip. KEYS: stream, dead.
+#: ARGV: group, consumer, now, request_ttl, max_attempts, result_ttl, channel, count, task key prefix.
+#: The task keys are derived here, so this script needs a single-node Redis (not Redis Cluster).
+CLAIM = (
+    _START_ONE
+    + """
+local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[8], 'STREAMS', KEYS[1], '>')
+local out = {}
+if not reply then return out end
+for _, item in ipairs(reply[1][2]) do
+  local entry, fields = item[1], item[2]
+  local task_id = ''
+  for j = 1, #fields, 2 do if fields[j] == 't' then task_id = fields[j + 1] end end
+  out[#out + 1] = start_one(KEYS[1], KEYS[2], ARGV[9] .. task_id, entry, task_id, ARGV[1], ARGV[2], ARGV[3],
+                            ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 end
 return out
 """
@@ -124,20 +154,23 @@ class Script:
     def sha(self) -> str:
         return hashlib.sha1(self.source.encode()).hexdigest()
 
-    async def __call__(self, redis: aioredis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def __call__(self, redis: aioredis.Redis | AutoPipeline, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
         try:
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+            return await redis.execute_command(*command)
         except NoScriptError:
-            await redis.script_load(self.source)
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+            client = redis.redis if isinstance(redis, AutoPipeline) else redis
+            await client.script_load(self.source)
+            return await redis.execute_command(*command)
 
 
 submit = Script(SUBMIT)
 start = Script(START)
+claim = Script(CLAIM)
 complete = Script(COMPLETE)
 requeue = Script(REQUEUE)
 update_if_exists = Script(UPDATE_IF_EXISTS)
-ALL = (submit, start, complete, requeue, update_if_exists)
+ALL = (submit, start, claim, complete, requeue, update_if_exists)
 
 
 async def load_all(redis: aioredis.Redis) -> None:

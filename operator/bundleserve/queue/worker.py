@@ -25,7 +25,7 @@ from bundleserve.queue.broker import Delivery, Started, TaskQueue, get_task
 from bundleserve.queue.callbacks import CallbackSender, Outcome
 from bundleserve.queue.invoke import PICKLE_CONTENT_TYPE, Invoke, ModelReply
 from bundleserve.queue.results import ResultStore
-from bundleserve.queue.tasks import CallbackTarget
+from bundleserve.queue.tasks import CallbackTarget, TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ class WorkerEvents:
     on_finished: Callable[[TaskStatus, float], None] = lambda status, seconds: None
     on_retry: Callable[[], None] = lambda: None
     on_callback: Callable[[Outcome], None] = lambda outcome: None
+    #: A task this worker brought to a terminal state (the record as now stored).
+    on_terminal: Callable[[TaskRecord], None] = lambda record: None
 
 
 @dataclass(frozen=True)
@@ -169,12 +171,15 @@ class Worker:
             if self.gate is not None:
                 await self.gate()
             try:
-                self._in_blocking_read = True
-                try:
-                    deliveries = await self.queue.read(self.consumer, free, self.block_ms)
-                finally:
-                    self._in_blocking_read = False
-                await self._dispatch(deliveries)
+                started = await self.queue.claim(self.consumer, free)  # under load: read + start in one trip
+                if not started:
+                    self._in_blocking_read = True
+                    try:
+                        deliveries = await self.queue.read(self.consumer, free, self.block_ms)
+                    finally:
+                        self._in_blocking_read = False
+                    started = await self.queue.start(self.consumer, deliveries)
+                await self._dispatch(started)
                 delay = 0.05
             except (RedisError, OSError) as error:
                 log.warning("reading the queue failed (%s); retrying", error)
@@ -195,13 +200,13 @@ class Worker:
                 deliveries = await self.queue.reclaim(self.consumer, free)
                 if deliveries:
                     log.info("reclaimed %d abandoned task(s)", len(deliveries))
-                await self._dispatch(deliveries)
+                    await self._dispatch(await self.queue.start(self.consumer, deliveries))
             except (RedisError, OSError) as error:
                 log.warning("reclaiming failed (%s)", error)
 
-    async def _dispatch(self, deliveries: list[Delivery]) -> None:
-        """Start what may run; tasks finished at pickup (expired, out of attempts) only notify."""
-        for started in await self.queue.start(self.consumer, deliveries):
+    async def _dispatch(self, picked: list[Started]) -> None:
+        """Run what may run; tasks finished at pickup (expired, out of attempts) only notify."""
+        for started in picked:
             if started.outcome == "run":
                 task = asyncio.create_task(self._run(started))
                 self._inflight[task] = started.delivery
@@ -307,7 +312,23 @@ class Worker:
                 delay = min(delay * 2, 1.0)
         if made:
             self.events.on_finished(finish.status, seconds)
+            self.events.on_terminal(self._record_of(delivery.task_id, started, finish))
             await self._callback(delivery.task_id, started.callback)
+
+    def _record_of(self, task_id: str, started: Started, finish: _Finish) -> TaskRecord:
+        fields = finish.fields
+        result = fields.get("result")
+        status_code = fields.get("status_code")
+        return TaskRecord(
+            task_id=task_id,
+            endpoint=self.config.endpoint,
+            status=finish.status,
+            result_json=(result.decode() if isinstance(result, bytes) else result) or None,
+            result_url=fields.get("result_url") or None,
+            traceback=fields.get("traceback") or None,
+            status_code=int(status_code) if status_code is not None else None,
+            attempts=started.attempts,
+        )
 
     async def _callback(self, task_id: str, target: CallbackTarget | None) -> None:
         target = target or self.config.default_callback

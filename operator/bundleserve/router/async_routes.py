@@ -19,9 +19,10 @@ from pydantic import ValidationError
 from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
 from bundleserve.api.invocation import PredictRequest
 from bundleserve.api.manifest import format_validation_error
-from bundleserve.queue.broker import QueueUnavailable, RedisError, TaskQueue, get_task
+from bundleserve.queue.broker import QueueUnavailable, RedisError, TaskQueue
 from bundleserve.queue.config import QueueConfig
 from bundleserve.queue.notify import CompletionWaiter
+from bundleserve.queue.recent import RecentResults
 from bundleserve.queue.results import FilesystemResultStore, InvalidKey, ResultStore
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord, TaskRequest
 from bundleserve.router.fetch import check_url
@@ -99,6 +100,7 @@ class AsyncApi:
         self.queue = queue
         self.store = store
         self.waiter = CompletionWaiter(redis)
+        self.recent = RecentResults(max_age_seconds=min(300.0, queue.config.result_ttl_seconds))
         spec = state.settings.endpoint.spec
         self.kwargs_only = spec.bundle.is_python
         self.max_bytes = spec.invocation.max_payload_bytes
@@ -148,9 +150,17 @@ class AsyncApi:
         self._count("accepted")
         return web.Response(status=202, body=b'{"task_id":"' + task_id.encode() + b'"}', content_type=_JSON)
 
+    def finished_here(self, record: TaskRecord) -> None:
+        """The local worker finished a task: remember it and wake its long-polls now."""
+        self.recent.put(record)
+        self.waiter.notify(record.task_id)
+
     async def _record(self, task_id: str) -> TaskRecord:
+        recent = self.recent.get(task_id)
+        if recent is not None:
+            return recent
         try:
-            record = await get_task(self.redis, task_id)
+            record = await self.queue.get(task_id)
         except (RedisError, OSError) as error:
             raise Unavailable(f"the task store is not reachable: {error}", headers={"Retry-After": "1"}) from None
         if record is None or record.endpoint != self.state.settings.name:
@@ -161,17 +171,17 @@ class AsyncApi:
         self._authorize(request)
         task_id = request.match_info["task_id"]
         wait = parse_wait(request.query.get("wait"))
-        record = await self._record(task_id)
-        if wait > 0 and not record.status.terminal:
-            latest: list[TaskRecord] = [record]
+        if wait <= 0:
+            return web.Response(body=task_body(await self._record(task_id)), content_type=_JSON)
+        latest: list[TaskRecord] = []
 
-            async def finished() -> bool:
-                latest[0] = await self._record(task_id)
-                return latest[0].status.terminal
+        async def finished() -> bool:
+            latest[:] = [await self._record(task_id)]
+            return latest[0].status.terminal
 
-            with contextlib.suppress(TimeoutError):  # could not subscribe in time: answer with the current state
-                await self.waiter.wait_for(self.queue.channel, task_id, finished, wait)
-            record = latest[0]
+        with contextlib.suppress(TimeoutError):  # could not subscribe in time: answer with the current state
+            await self.waiter.wait_for(self.queue.channel, task_id, finished, wait)
+        record = latest[0] if latest else await self._record(task_id)
         return web.Response(body=task_body(record), content_type=_JSON)
 
     async def result(self, request: web.Request) -> web.Response:
@@ -229,4 +239,4 @@ def setup(app: web.Application, state: RouterState) -> None:
         await redis.aclose()
 
     app.cleanup_ctx.append(clients)  # registered first: closed after the worker below stopped
-    add_worker(app, state, queue, store)
+    add_worker(app, state, queue, store, on_terminal=api.finished_here)

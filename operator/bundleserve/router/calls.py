@@ -7,6 +7,7 @@ pydantic `PredictRequest`, so the rules and messages are the same as on the gate
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,19 +26,43 @@ class Call:
     url: str | None = None
     return_pickled: bool = False
     timeout_seconds: float | None = None
+    #: The JSON text of `args` as the client sent it, when it could be cut out of the body unchanged.
+    args_json: bytes | None = None
+
+
+_FAST_HEAD = re.compile(r'[ \t\n\r]*\{[ \t\n\r]*"args"[ \t\n\r]*:[ \t\n\r]*')
+_FAST_TAIL = re.compile(r"[ \t\n\r]*\}[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def _fast_args(body: bytes) -> Call | None:
+    """`{"args": VALUE}` and nothing else: the value, and its JSON text exactly as sent (no re-encoding)."""
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        return None
+    head = _FAST_HEAD.match(text)
+    if head is None:
+        return None
+    try:
+        args, end = _DECODER.raw_decode(text, head.end())
+    except ValueError:
+        return None
+    if args is None or _FAST_TAIL.fullmatch(text, end) is None:
+        return None
+    return Call(args=args, args_json=text[head.end() : end].encode())
 
 
 def parse_call(body: bytes, *, kwargs_only: bool) -> Call:
     """Parse a request body; `kwargs_only` (Python bundles) requires `args` to be an object of keyword arguments."""
     if not body:
         raise InvalidRequest("the request body is empty: send a JSON object with args or url")
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
-    if type(document) is dict and len(document) == 1 and document.get("args") is not None:
-        call = Call(args=document["args"])
-    else:
+    call = _fast_args(body)
+    if call is None:
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
         if not isinstance(document, dict):
             raise InvalidRequest("the request body must be a JSON object with args or url")
         try:

@@ -119,7 +119,7 @@ class Invoker:
     async def _model_input(self, call: Call) -> tuple[bytes, bytes, bool]:
         """(body, content type, raw?) for the model: JSON args, or the fetched bytes of a url input."""
         if call.url is None:
-            return encode_args(call.args), JSON, False
+            return call.args_json or encode_args(call.args), JSON, False
         data, content_type = await self.fetcher.fetch(
             call.url, schemes=self.state.settings.url_schemes, max_bytes=self.max_bytes
         )

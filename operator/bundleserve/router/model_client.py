@@ -278,7 +278,9 @@ class ModelClient:
             connection.transport.writelines((head, body))
 
     @staticmethod
-    def _extra_headers(raw: bool, pickled: bool, headers: Mapping[str, str] | None) -> bytes:
+    def extra_headers(raw: bool, pickled: bool, headers: Mapping[str, str] | None = None) -> bytes:
+        """The contract's request headers (`X-Bundleserve-Input: raw`, `X-Bundleserve-Return: pickle`) as bytes
+        for `request(..., extra=...)`."""
         extra = b""
         if raw:
             extra += b"X-Bundleserve-Input: raw\r\n"
@@ -287,6 +289,8 @@ class ModelClient:
         if headers:
             extra += b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items())
         return extra
+
+    _extra_headers = extra_headers  # the name the async worker first used
 
     async def request(
         self, method: bytes, path: str, body: bytes = b"", *, content_type: bytes = JSON, extra: bytes = b""
@@ -328,7 +332,7 @@ class ModelClient:
         (503) when the model cannot be reached. Bound it with `asyncio.timeout`: cancellation closes the connection.
         """
         reply = await self.request(
-            b"POST", path, body, content_type=content_type, extra=self._extra_headers(raw, pickled, headers)
+            b"POST", path, body, content_type=content_type, extra=self.extra_headers(raw, pickled, headers)
         )
         if not reply.ok:
             raise model_error(reply.status, reply.body, fallback=f"the model answered HTTP {reply.status}")
@@ -354,7 +358,7 @@ class ModelClient:
         connection.begin(loop, streaming=True)
         stream: ModelStream | None = None
         try:
-            self._send(connection, b"POST", path, body, content_type, self._extra_headers(raw, False, headers))
+            self._send(connection, b"POST", path, body, content_type, self.extra_headers(raw, False, headers))
             assert connection.headers_done is not None and connection.done is not None
             try:
                 await connection.headers_done
@@ -397,6 +401,9 @@ def _drain(connection: _Connection) -> list[bytes]:
     return parts
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_args(args: Any) -> bytes:
     """The JSON body of a predict call with `args` (compact, UTF-8)."""
-    return json.dumps(args, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(args).encode()

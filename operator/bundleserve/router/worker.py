@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -25,7 +25,7 @@ from bundleserve.queue.broker import RedisError, TaskQueue
 from bundleserve.queue.callbacks import CallbackSender, Outcome
 from bundleserve.queue.invoke import Invoke, ModelReply
 from bundleserve.queue.results import ResultStore
-from bundleserve.queue.tasks import TaskRequest
+from bundleserve.queue.tasks import TaskRecord, TaskRequest
 from bundleserve.queue.worker import Worker, WorkerEvents
 from bundleserve.router.metrics import LATENCY_BUCKETS
 from bundleserve.router.model_client import JSON, ModelClient, encode_args
@@ -86,7 +86,7 @@ class AsyncMetrics:
             registry=registry,
         ).labels(endpoint)
 
-    def events(self) -> WorkerEvents:
+    def events(self, on_terminal: Callable[[TaskRecord], None] | None = None) -> WorkerEvents:
         def finished(status: TaskStatus, seconds: float) -> None:
             self.tasks.labels(self.endpoint, status.value).inc()
             if status is TaskStatus.SUCCESS:
@@ -95,7 +95,10 @@ class AsyncMetrics:
         def callback(outcome: Outcome) -> None:
             self.callbacks.labels(self.endpoint, "delivered" if outcome.delivered else "failed").inc()
 
-        return WorkerEvents(on_finished=finished, on_retry=self.retries.inc, on_callback=callback)
+        events = WorkerEvents(on_finished=finished, on_retry=self.retries.inc, on_callback=callback)
+        if on_terminal is not None:
+            events.on_terminal = on_terminal
+        return events
 
 
 def router_invoke(state: RouterState) -> Invoke:
@@ -164,7 +167,11 @@ class ReadyGate:
 
 
 def worker_context(
-    state: RouterState, queue: TaskQueue, store: ResultStore, metrics: AsyncMetrics
+    state: RouterState,
+    queue: TaskQueue,
+    store: ResultStore,
+    metrics: AsyncMetrics,
+    on_terminal: Callable[[TaskRecord], None] | None = None,
 ) -> contextlib.AbstractAsyncContextManager[Worker]:
     @contextlib.asynccontextmanager
     async def running() -> AsyncIterator[Worker]:
@@ -174,7 +181,7 @@ def worker_context(
             router_invoke(state),
             store,
             callbacks=CallbackSender(session),
-            events=metrics.events(),
+            events=metrics.events(on_terminal),
             gate=ReadyGate(state).wait,
             drain_timeout_seconds=state.settings.grace_seconds,
         )
@@ -215,12 +222,19 @@ async def _housekeeping(queue: TaskQueue, store: ResultStore, metrics: AsyncMetr
         await asyncio.sleep(BACKLOG_REFRESH_SECONDS)
 
 
-def add_worker(app: web.Application, state: RouterState, queue: TaskQueue, store: ResultStore) -> None:
+def add_worker(
+    app: web.Application,
+    state: RouterState,
+    queue: TaskQueue,
+    store: ResultStore,
+    *,
+    on_terminal: Callable[[TaskRecord], None] | None = None,
+) -> None:
     metrics = AsyncMetrics(state)
     state.extras["async_metrics"] = metrics
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        async with worker_context(state, queue, store, metrics) as worker:
+        async with worker_context(state, queue, store, metrics, on_terminal) as worker:
             state.extras["async_worker"] = worker
             yield
 

@@ -177,6 +177,10 @@ class KubernetesEmulator:
             self._auto.stop()
             self._auto = None
 
+    def drop_watches(self) -> None:
+        """Close every open watch stream now; with `expire_watch_history()` first, reconnecting clients get 410."""
+        self._thread.call(self.api.drop_watches)
+
     def expire_watch_history(self) -> int:
         """Compact the event history: watches resuming from older versions get 410 Gone (kopf must re-list)."""
         return self.store.compact()
@@ -186,20 +190,24 @@ class KubernetesEmulator:
     def requests(self) -> list[RequestRecord]:
         return self.api.records()
 
-    def writes(self, *, exclude: Iterable[str] = ()) -> Counter[tuple[str, str]]:
-        """API writes since the last reset, by (verb, resource): e.g. {("patch", "deployments.apps"): 1}.
+    def writes(self, *, exclude: Iterable[str] = (), succeeded_only: bool = False) -> Counter[tuple[str, str]]:
+        """API write requests since the last reset, by (verb, resource): e.g. {("patch", "deployments.apps"): 1}.
 
-        `exclude` drops resources by qualified name, e.g. ("events",) to ignore kopf's event posts.
+        Failed attempts count too unless `succeeded_only`. `exclude` drops resources by qualified name, e.g.
+        ("events", "clusterkopfpeerings.kopf.dev") to ignore kopf's event posts and peering keep-alives.
         """
         excluded = set(exclude)
         return Counter(
             (r.verb, r.resource)
             for r in self.api.records()
-            if r.is_write and r.resource not in excluded and r.resource.split("/")[0] not in excluded
+            if r.is_write
+            and r.resource not in excluded
+            and r.resource.split("/")[0] not in excluded
+            and (not succeeded_only or r.code < 400)
         )
 
-    def write_count(self, *, exclude: Iterable[str] = ()) -> int:
-        return sum(self.writes(exclude=exclude).values())
+    def write_count(self, *, exclude: Iterable[str] = (), succeeded_only: bool = False) -> int:
+        return sum(self.writes(exclude=exclude, succeeded_only=succeeded_only).values())
 
     def reset_counts(self) -> None:
         self.api.reset_records()

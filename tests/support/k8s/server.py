@@ -80,6 +80,7 @@ class ApiServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
         self._closing = False
+        self._epoch = 0  # bumped by drop_watches(): streams of an older epoch end
         self.active_watches = 0
 
     # --- audit ----------------------------------------------------------------------------------------------------
@@ -128,6 +129,11 @@ class ApiServer:
         if self._changed is not None:
             changed, self._changed = self._changed, asyncio.Event()
             changed.set()
+
+    def drop_watches(self) -> None:
+        """End every open watch stream (as an API server restart or a load balancer would); clients reconnect."""
+        self._epoch += 1
+        self._wake()
 
     def close_watches(self) -> None:
         self._closing = True
@@ -283,6 +289,7 @@ class ApiServer:
             assert name is not None
             content_type = request.headers.get("Content-Type", "")
             body = await self._body(request, yaml_ok=content_type.startswith(APPLY_PATCH))
+            applied_new = content_type.startswith(APPLY_PATCH) and not store.exists(resource, namespace, name)
             patched, warnings = store.patch(
                 resource,
                 namespace,
@@ -294,7 +301,7 @@ class ApiServer:
                 field_manager=query.get("fieldManager"),
                 field_validation=field_validation,
             )
-            return _json(patched, 200, warnings)
+            return _json(patched, 201 if applied_new else 200, warnings)
         if verb in ("delete", "deletecollection"):
             options = await self._body(request) or {}
             for key in ("propagationPolicy", "gracePeriodSeconds", "orphanDependents"):
@@ -349,13 +356,14 @@ class ApiServer:
         deadline = loop.time() + timeout
         next_bookmark = loop.time() + self.bookmark_interval
         self.active_watches += 1
+        epoch = self._epoch
         try:
             await self._send(response, events)
             if any(e["type"] == "ERROR" for e in events):
                 return response
             if initial:
                 await self._send(response, [self._bookmark(target.resource, cursor, initial_end=True)])
-            while not self._closing:
+            while not self._closing and epoch == self._epoch:
                 changed = self._changed
                 assert changed is not None
                 try:

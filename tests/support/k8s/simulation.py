@@ -159,9 +159,8 @@ class DeploymentSimulator:
         selector = copy.deepcopy(spec.get("selector") or {})
         selector.setdefault("matchLabels", {})["pod-template-hash"] = pod_hash
         template.setdefault("metadata", {})["labels"] = labels
-        for rs in self.store.objects(self.replicasets, namespace):
-            owners = [o.get("uid") for o in rs["metadata"].get("ownerReferences") or []]
-            if deployment["metadata"]["uid"] in owners and rs["metadata"]["name"] != rs_name:
+        for rs in self.store.dependents(deployment["metadata"]["uid"], self.replicasets):
+            if rs["metadata"]["name"] != rs_name:
                 self._scale_down(namespace, rs)
         try:
             rs = self.store.get(self.replicasets, namespace, rs_name)
@@ -182,7 +181,7 @@ class DeploymentSimulator:
             rs = self.store.update(
                 self.replicasets, namespace, rs_name, {**rs, "spec": {**rs["spec"], "replicas": desired}}
             )[0]
-        pods = [p for p in self.store.objects(self.pods, namespace) if self._owned_by(p, rs)]
+        pods = self.store.dependents(rs["metadata"]["uid"], self.pods)
         for pod in pods[desired:]:
             self.store.delete(self.pods, namespace, pod["metadata"]["name"])
         pods = pods[:desired]
@@ -260,14 +259,9 @@ class DeploymentSimulator:
         # The real controller omits zero counts (omitempty).
         return {k: v for k, v in status.items() if v != 0 or k == "observedGeneration"}
 
-    @staticmethod
-    def _owned_by(obj: Body, owner: Body) -> bool:
-        return any(ref.get("uid") == owner["metadata"]["uid"] for ref in obj["metadata"].get("ownerReferences") or [])
-
     def _scale_down(self, namespace: str, rs: Body) -> None:
-        for pod in self.store.objects(self.pods, namespace):
-            if self._owned_by(pod, rs):
-                self.store.delete(self.pods, namespace, pod["metadata"]["name"])
+        for pod in self.store.dependents(rs["metadata"]["uid"], self.pods):
+            self.store.delete(self.pods, namespace, pod["metadata"]["name"])
         if rs["spec"].get("replicas"):
             self.store.update(
                 self.replicasets, namespace, rs["metadata"]["name"], {**rs, "spec": {**rs["spec"], "replicas": 0}}
@@ -306,16 +300,28 @@ class AutoRollout:
         self._thread.join(10)
 
     def _run(self) -> None:
+        store, deployments = self.simulator.store, self.simulator.deployments
+        cursor = 0
         while True:
             self._wake.wait()
             self._wake.clear()
             if self._stop:
                 return
-            for deployment in self.simulator.store.objects(self.simulator.deployments):
+            cursor, changed = store.changed_since(deployments, cursor)
+            candidates = store.objects(deployments) if changed is None else [
+                d for d in (self._get(ns, name) for ns, name in sorted(changed)) if d is not None
+            ]  # fmt: skip
+            for deployment in candidates:
                 if deployment["metadata"].get("deletionTimestamp") or not self.simulator.needs_roll_out(deployment):
                     continue
                 try:
                     self.simulator.roll_out(deployment["metadata"]["namespace"], deployment["metadata"]["name"])
-                except ApiError as error:  # deleted meanwhile: the next wake-up sees the new state
+                except ApiError as error:  # deleted or changed meanwhile: the next wake-up sees the new state
                     if error.code not in (404, 409):
                         self.errors.append(error)
+
+    def _get(self, namespace: str, name: str) -> Body | None:
+        try:
+            return self.simulator.store.get(self.simulator.deployments, namespace, name)
+        except ApiError:
+            return None

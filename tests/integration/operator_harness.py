@@ -1,0 +1,115 @@
+"""Run the real operator (`bundleserve operator` as a subprocess, kopf inside) against the API emulator, and read
+Endpoint status the way a user would."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.k8s.emulator import KubernetesEmulator
+from tests.support.processes import REPO, Server, bundleserve, free_port
+from tests.support.waiting import wait_until
+
+NS = "test"
+CRD = REPO / "crds" / "endpoints.bundleserve.dev.yaml"
+ENDPOINTS = "endpoints.bundleserve.dev"
+RBAC_FILE = REPO / "charts" / "bundleserve" / "files" / "operator-rbac.yaml"
+
+
+def prepare(emulator: KubernetesEmulator) -> KubernetesEmulator:
+    emulator.install_crd(CRD)
+    emulator.create_namespace(NS)
+    return emulator
+
+
+class Operator:
+    """One `bundleserve operator --standalone --namespace test` process; restartable."""
+
+    def __init__(self, emulator: KubernetesEmulator, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.emulator = emulator
+        self.workdir = workdir
+        self.env = {**emulator.env, "BUNDLESERVE_IMAGE": "ghcr.io/bundleserve/bundleserve:test", **(env or {})}
+        self.port = free_port()
+        self.server: Server | None = None
+        self.starts = 0
+
+    def start(self) -> Operator:
+        self.starts += 1
+        argv = bundleserve("operator", "--standalone", "--namespace", NS, "--health-port", str(self.port))
+        self.server = Server(argv, log_path=self.workdir / f"operator-{self.starts}.log", env=self.env)
+        self.server.wait_http(f"http://127.0.0.1:{self.port}/readyz", timeout=30)
+        return self
+
+    def stop(self) -> int:
+        assert self.server is not None
+        return self.server.stop(timeout=15)
+
+    def alive(self) -> bool:
+        return self.server is not None and self.server.process.poll() is None
+
+    def log(self) -> str:
+        return self.server.log() if self.server else ""
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples matching the labels (0 when absent)."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            match = re.match(r"^([a-zA-Z_:]+)(\{[^}]*\})? (\S+)$", line)
+            if not match or match.group(1) != name:
+                continue
+            found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+            if all(found.get(key) == value for key, value in labels.items()):
+                total += float(match.group(3))
+        return total
+
+    def wait_idle(self, names: list[str], *, at_least: int = 1, timeout: float = 30) -> None:
+        """Wait until every named Endpoint was reconciled `at_least` times and nothing is queued or running."""
+
+        def idle() -> bool:
+            counts = [
+                self.metric("bundleserve_operator_reconcile_duration_seconds_count", endpoint=name) for name in names
+            ]
+            return all(count >= at_least for count in counts) and self.metric("bundleserve_operator_reconciles_pending") == 0
+
+        wait_until(idle, timeout=timeout, what=f"the operator to reconcile {len(names)} endpoint(s) and go idle")
+
+
+def endpoint_doc(name: str, **spec: Any) -> dict[str, Any]:
+    spec.setdefault("modes", ["sync"])
+    spec.setdefault("bundle", {"image": "registry.example.com/echo:1", "python": {"entrypoint": "echo_model:predict"}})
+    return {"apiVersion": "bundleserve.dev/v1alpha1", "kind": "Endpoint", "metadata": {"name": name, "namespace": NS},
+            "spec": spec}  # fmt: skip
+
+
+def conditions(emulator: KubernetesEmulator, name: str) -> dict[str, dict[str, Any]]:
+    body = emulator.get(ENDPOINTS, name, NS) or {}
+    return {c["type"]: c for c in (body.get("status") or {}).get("conditions", [])}
+
+
+def condition_is(emulator: KubernetesEmulator, name: str, kind: str, status: str, reason: str | None = None) -> bool:
+    found = conditions(emulator, name).get(kind, {})
+    return found.get("status") == status and (reason is None or found.get("reason") == reason)
+
+
+def rbac_permissions() -> set[tuple[str, str, str]]:
+    granted = set()
+    for rule in yaml.safe_load(RBAC_FILE.read_text()):
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.update((group, resource, verb) for verb in rule["verbs"])
+    return granted
+
+
+def as_permission(verb: str, resource: str) -> tuple[str, str, str]:
+    """("patch", "endpoints.bundleserve.dev/status") -> ("bundleserve.dev", "endpoints/status", "patch")."""
+    qualified, _, subresource = resource.partition("/")
+    plural, _, group = qualified.partition(".")
+    return (group, f"{plural}/{subresource}" if subresource else plural, verb)

@@ -1,0 +1,47 @@
+"""OperatorConfig from the environment the Helm chart sets."""
+
+from __future__ import annotations
+
+import pytest
+
+from bundleserve.controller.config import DEFAULT_IMAGE, ConfigError, HpaMetric, KedaMode, OperatorConfig
+
+
+def test_defaults() -> None:
+    config = OperatorConfig.from_env({})
+    assert config.image == DEFAULT_IMAGE
+    assert config.keda is KedaMode.AUTO and config.hpa_metric is HpaMetric.CPU
+    assert config.redis_secret is None and config.redis_url is None
+
+
+def test_every_variable() -> None:
+    config = OperatorConfig.from_env(
+        {
+            "BUNDLESERVE_IMAGE": "reg/bundleserve:9",
+            "BUNDLESERVE_REDIS_SECRET": "redis",
+            "BUNDLESERVE_API_KEYS_SECRET": "keys",
+            "BUNDLESERVE_RESULTS_PVC": "results",
+            "BUNDLESERVE_KEDA": "OFF",
+            "BUNDLESERVE_HPA_METRIC": "inflight",
+            "BUNDLESERVE_HPA_CPU_UTILIZATION": "55",
+            "BUNDLESERVE_REDIS_URL": "redis://:hunter2@redis:6379/0",
+        }
+    )
+    assert (config.image, config.redis_secret, config.api_keys_secret, config.results_pvc) == (
+        "reg/bundleserve:9",
+        "redis",
+        "keys",
+        "results",
+    )
+    assert config.keda is KedaMode.OFF and config.hpa_metric is HpaMetric.INFLIGHT
+    assert config.cpu_target_utilization == 55
+    assert "hunter2" not in repr(config)  # the Redis URL may carry a password: never in logs
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [({"BUNDLESERVE_KEDA": "maybe"}, "BUNDLESERVE_KEDA"), ({"BUNDLESERVE_HPA_CPU_UTILIZATION": "x"}, "UTILIZATION")],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        OperatorConfig.from_env(env)

@@ -1,0 +1,86 @@
+"""`bundleserve render`: the examples render to strictly schema-valid manifests; bad input is a one-line error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bundleserve.cli import main as cli_main
+from tests.unit.controller_support import VERSIONS, validate_strict
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted(REPO.glob("examples/*/endpoint.yaml")) + sorted(REPO.glob("examples/*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def operator_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUNDLESERVE_REDIS_SECRET", "bundleserve-redis")
+    monkeypatch.setenv("BUNDLESERVE_KEDA", "auto")
+
+
+def test_the_examples_render_to_valid_manifests(capsys: pytest.CaptureFixture[str]) -> None:
+    assert EXAMPLES, "no example manifests found"
+    assert cli_main(["render", *map(str, EXAMPLES), "--namespace", "models"]) == 0
+    documents = list(yaml.safe_load_all(capsys.readouterr().out))
+    deployments = [d for d in documents if d["kind"] == "Deployment"]
+    assert len(deployments) == len(EXAMPLES)
+    for document in documents:
+        assert document["metadata"]["namespace"] == "models"
+        for version in VERSIONS:
+            validate_strict(document, version)
+
+
+def test_keda_on_renders_a_scaled_object_for_async_endpoints(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(
+        "apiVersion: bundleserve.dev/v1alpha1\nkind: Endpoint\nmetadata: {name: jobs}\n"
+        "spec: {modes: [async], bundle: {image: reg/j:1, python: {entrypoint: 'j:run'}},"
+        " scaling: {minReplicas: 0, maxReplicas: 4}}\n"
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BUNDLESERVE_KEDA", "on")
+        assert cli_main(["render", str(manifest)]) == 0
+    kinds = [d["kind"] for d in yaml.safe_load_all(capsys.readouterr().out)]
+    assert kinds == ["ConfigMap", "Deployment", "ScaledObject", "PodDisruptionBudget"]
+
+
+def test_an_invalid_manifest_is_a_one_line_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text(
+        "apiVersion: bundleserve.dev/v1alpha1\nkind: Endpoint\nmetadata: {name: bad}\nspec: {modes: []}\n"
+    )
+    assert cli_main(["render", str(manifest)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and "bad.yaml" in captured.err and "modes" in captured.err
+
+
+def test_async_without_a_configured_queue_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(
+        "apiVersion: bundleserve.dev/v1alpha1\nkind: Endpoint\nmetadata: {name: jobs}\n"
+        "spec: {modes: [async], bundle: {image: reg/j:1, python: {entrypoint: 'j:run'}}}\n"
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("BUNDLESERVE_REDIS_SECRET")
+        assert cli_main(["render", str(manifest)]) == 1
+    assert "AsyncNotConfigured" in capsys.readouterr().err
+
+
+def test_the_console_command_prints_a_yaml_stream() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bundleserve.cli", "render", str(EXAMPLES[0])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    assert next(d["kind"] for d in yaml.safe_load_all(result.stdout)) == "ConfigMap"
