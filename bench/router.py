@@ -197,7 +197,16 @@ def run_wrk(url: str, body: bytes, *, connections: int, duration: float, workdir
     script.write_text(LUA.format(body=body.decode()))
     threads = 1
     done = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url],
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(duration))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
         capture_output=True,
         text=True,
     )

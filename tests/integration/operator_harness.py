@@ -27,11 +27,15 @@ def prepare(emulator: KubernetesEmulator) -> KubernetesEmulator:
 
 
 class Operator:
-    """One `bundleserve operator --standalone --namespace test` process; restartable."""
+    """One `bundleserve operator --namespace test` process (standalone, or in a kopf peering); restartable."""
 
-    def __init__(self, emulator: KubernetesEmulator, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, emulator: KubernetesEmulator, workdir: Path, env: dict[str, str] | None = None, peering: str | None = None
+    ) -> None:
         self.emulator = emulator
         self.workdir = workdir
+        self.peering = peering
+        workdir.mkdir(parents=True, exist_ok=True)
         self.env = {**emulator.env, "BUNDLESERVE_IMAGE": "ghcr.io/bundleserve/bundleserve:test", **(env or {})}
         self.port = free_port()
         self.server: Server | None = None
@@ -39,7 +43,8 @@ class Operator:
 
     def start(self) -> Operator:
         self.starts += 1
-        argv = bundleserve("operator", "--standalone", "--namespace", NS, "--health-port", str(self.port))
+        scope = ["--peering", self.peering] if self.peering else ["--standalone"]
+        argv = bundleserve("operator", *scope, "--namespace", NS, "--health-port", str(self.port))
         self.server = Server(argv, log_path=self.workdir / f"operator-{self.starts}.log", env=self.env)
         self.server.wait_http(f"http://127.0.0.1:{self.port}/readyz", timeout=30)
         return self
@@ -77,7 +82,10 @@ class Operator:
             counts = [
                 self.metric("bundleserve_operator_reconcile_duration_seconds_count", endpoint=name) for name in names
             ]
-            return all(count >= at_least for count in counts) and self.metric("bundleserve_operator_reconciles_pending") == 0
+            return (
+                all(count >= at_least for count in counts)
+                and self.metric("bundleserve_operator_reconciles_pending") == 0
+            )
 
         wait_until(idle, timeout=timeout, what=f"the operator to reconcile {len(names)} endpoint(s) and go idle")
 
@@ -85,8 +93,12 @@ class Operator:
 def endpoint_doc(name: str, **spec: Any) -> dict[str, Any]:
     spec.setdefault("modes", ["sync"])
     spec.setdefault("bundle", {"image": "registry.example.com/echo:1", "python": {"entrypoint": "echo_model:predict"}})
-    return {"apiVersion": "bundleserve.dev/v1alpha1", "kind": "Endpoint", "metadata": {"name": name, "namespace": NS},
-            "spec": spec}  # fmt: skip
+    return {
+        "apiVersion": "bundleserve.dev/v1alpha1",
+        "kind": "Endpoint",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }
 
 
 def conditions(emulator: KubernetesEmulator, name: str) -> dict[str, dict[str, Any]]:

@@ -116,6 +116,7 @@ async def worker(redis: aioredis.Redis, tmp_path: Path) -> AsyncIterator[Callabl
         await instance.stop()
         await asyncio.wait_for(task, 15)
         await session.close()
+        await instance.queue.close()
 
 
 async def callback_settled(redis: aioredis.Redis, task_id: str, timeout: float = 10) -> TaskRecord:
@@ -143,7 +144,9 @@ async def test_a_failure_callback_carries_the_traceback(redis, worker, serve_tar
     task_id = await queue.submit(TaskRequest(args={"fail": True}), CallbackTarget(target.url))
     record = await callback_settled(redis, task_id)
     assert record.callback_status == "delivered"
-    assert target.received == [{"task_id": task_id, "status": "FAILURE", "result": None, "traceback": "Traceback: boom"}]
+    assert target.received == [
+        {"task_id": task_id, "status": "FAILURE", "result": None, "traceback": "Traceback: boom"}
+    ]
 
 
 async def test_a_500_is_retried_until_it_succeeds(redis, worker, serve_target):

@@ -198,3 +198,17 @@ async def test_the_record_has_a_ttl_and_metrics_count_tasks(
     assert f'bundleserve_async_tasks_total{{endpoint="{NAME}",status="SUCCESS"}}' in text
     assert f'bundleserve_async_submissions_total{{endpoint="{NAME}",outcome="accepted"}}' in text
     assert "bundleserve_async_queue_pending" in text
+
+
+async def test_a_url_input_is_fetched_and_sent_raw(router: dict[str, Any], http: aiohttp.ClientSession):
+    _, accepted = await submit(http, router["url"], {"url": f"{router['url']}/healthz"})
+    code, body = await status(http, router["url"], accepted["task_id"], wait=20)
+    assert (code, body["status"]) == (200, "SUCCESS"), body
+    assert body["result"] == {"raw_bytes": len(b'{"status": "ok"}'), "content_type": "application/json"}
+
+
+async def test_a_url_that_cannot_be_fetched_fails_without_retries(router: dict[str, Any], http: aiohttp.ClientSession):
+    _, accepted = await submit(http, router["url"], {"url": f"{router['url']}/no-such-file"})
+    code, body = await status(http, router["url"], accepted["task_id"], wait=20)
+    assert (code, body["status"], body["status_code"]) == (200, "FAILURE", 400)
+    assert "HTTP 404" in body["traceback"]

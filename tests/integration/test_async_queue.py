@@ -71,11 +71,26 @@ class Running:
 
 
 @pytest.fixture
-async def start_worker(redis: aioredis.Redis, tmp_path: Path) -> AsyncIterator[Callable[..., Running]]:
+async def make_queue(redis: aioredis.Redis) -> AsyncIterator[Callable[[QueueConfig], TaskQueue]]:
+    made: list[TaskQueue] = []
+
+    def make(config: QueueConfig) -> TaskQueue:
+        made.append(TaskQueue(redis, config))
+        return made[-1]
+
+    yield make
+    for queue in made:
+        await queue.close()
+
+
+@pytest.fixture
+async def start_worker(
+    make_queue: Callable[[QueueConfig], TaskQueue], tmp_path: Path
+) -> AsyncIterator[Callable[..., Running]]:
     running: list[Running] = []
 
     def start(config: QueueConfig, invoke: Invoke = echo, **options: Any) -> Running:
-        worker = Worker(TaskQueue(redis, config), invoke, FilesystemResultStore(tmp_path / "results"), **options)
+        worker = Worker(make_queue(config), invoke, FilesystemResultStore(tmp_path / "results"), **options)
         running.append(Running(worker))
         return running[-1]
 
@@ -92,8 +107,10 @@ async def finished(redis: aioredis.Redis, task_id: str, timeout: float = 10) -> 
     return await async_wait_until(terminal, timeout=timeout, what=f"task {task_id} to finish")
 
 
-async def test_a_submitted_task_runs_and_its_result_is_inline(redis: aioredis.Redis, config: QueueConfig, start_worker):
-    queue = TaskQueue(redis, config)
+async def test_a_submitted_task_runs_and_its_result_is_inline(
+    redis: aioredis.Redis, config: QueueConfig, start_worker, make_queue
+):
+    queue = make_queue(config)
     task_id = await queue.submit(TaskRequest(args={"x": 1}))
     assert (await get_task(redis, task_id)).status is TaskStatus.PENDING  # type: ignore[union-attr]
     start_worker(config)
@@ -106,20 +123,22 @@ async def test_a_submitted_task_runs_and_its_result_is_inline(redis: aioredis.Re
     assert await backlog(redis, config.endpoint) == type(await backlog(redis, config.endpoint))(0, 0)
 
 
-async def test_fsync_durability_confirms_with_waitaof(redis: aioredis.Redis, config: QueueConfig):
-    queue = TaskQueue(redis, replace(config, durability=Durability.FSYNC, fsync_timeout_ms=3000))
+async def test_fsync_durability_confirms_with_waitaof(redis: aioredis.Redis, config: QueueConfig, make_queue):
+    queue = make_queue(replace(config, durability=Durability.FSYNC, fsync_timeout_ms=3000))
     task_id = await queue.submit(TaskRequest(args={}))
     assert (await get_task(redis, task_id)) is not None
 
 
-async def test_backlog_counts_pending_and_in_flight(redis: aioredis.Redis, config: QueueConfig, start_worker):
+async def test_backlog_counts_pending_and_in_flight(
+    redis: aioredis.Redis, config: QueueConfig, start_worker, make_queue
+):
     release = asyncio.Event()
 
     async def blocked(request: TaskRequest, timeout: float) -> ModelReply:
         await release.wait()
         return json_reply(None)
 
-    queue = TaskQueue(redis, replace(config, concurrency=2))
+    queue = make_queue(replace(config, concurrency=2))
     assert (await backlog(redis, config.endpoint)).total == 0
     ids = [await queue.submit(TaskRequest(args={"i": i})) for i in range(5)]
     assert await backlog(redis, config.endpoint) == type(await backlog(redis, config.endpoint))(5, 0)
@@ -136,14 +155,16 @@ async def test_backlog_counts_pending_and_in_flight(redis: aioredis.Redis, confi
     assert (await backlog(redis, config.endpoint)).total == 0
 
 
-async def test_submission_order_is_kept_with_one_slot(redis: aioredis.Redis, config: QueueConfig, start_worker):
+async def test_submission_order_is_kept_with_one_slot(
+    redis: aioredis.Redis, config: QueueConfig, start_worker, make_queue
+):
     seen: list[int] = []
 
     async def record(request: TaskRequest, timeout: float) -> ModelReply:
         seen.append(request.args["i"])
         return json_reply(None)
 
-    queue = TaskQueue(redis, replace(config, concurrency=1))
+    queue = make_queue(replace(config, concurrency=1))
     ids = [await queue.submit(TaskRequest(args={"i": i})) for i in range(20)]
     start_worker(queue.config, record)
     await finished(redis, ids[-1])
@@ -151,7 +172,7 @@ async def test_submission_order_is_kept_with_one_slot(redis: aioredis.Redis, con
 
 
 async def test_poison_task_fails_after_max_attempts_and_the_queue_keeps_flowing(
-    redis: aioredis.Redis, config: QueueConfig, start_worker
+    redis: aioredis.Redis, config: QueueConfig, start_worker, make_queue
 ):
     calls: dict[str, int] = {}
 
@@ -162,7 +183,7 @@ async def test_poison_task_fails_after_max_attempts_and_the_queue_keeps_flowing(
             return json_reply(body, status=500)
         return json_reply(request.args)
 
-    queue = TaskQueue(redis, replace(config, max_attempts=3))
+    queue = make_queue(replace(config, max_attempts=3))
     poison = await queue.submit(TaskRequest(args={"poison": True}))
     good = [await queue.submit(TaskRequest(args={"i": i})) for i in range(10)]
     start_worker(queue.config, poison_or_echo)
@@ -178,11 +199,11 @@ async def test_poison_task_fails_after_max_attempts_and_the_queue_keeps_flowing(
     assert [(fields[b"t"].decode(), fields[b"reason"]) for _, fields in dead] == [(poison, b"max_attempts")]
 
 
-async def test_a_model_400_fails_at_once(redis: aioredis.Redis, config: QueueConfig, start_worker):
+async def test_a_model_400_fails_at_once(redis: aioredis.Redis, config: QueueConfig, start_worker, make_queue):
     async def invalid(request: TaskRequest, timeout: float) -> ModelReply:
         return json_reply({"error": {"code": "invalid_arguments", "message": "unexpected argument 'y'"}}, 400)
 
-    queue = TaskQueue(redis, config)
+    queue = make_queue(config)
     task_id = await queue.submit(TaskRequest(args={"y": 1}))
     start_worker(config, invalid)
     record = await finished(redis, task_id)
@@ -190,12 +211,14 @@ async def test_a_model_400_fails_at_once(redis: aioredis.Redis, config: QueueCon
     assert record.traceback == "unexpected argument 'y'"
 
 
-async def test_invocation_timeout_is_enforced_per_task(redis: aioredis.Redis, config: QueueConfig, start_worker):
+async def test_invocation_timeout_is_enforced_per_task(
+    redis: aioredis.Redis, config: QueueConfig, start_worker, make_queue
+):
     async def slow(request: TaskRequest, timeout: float) -> ModelReply:
         await asyncio.sleep(request.args["sleep"])
         return json_reply("late")
 
-    queue = TaskQueue(redis, replace(config, invocation_timeout_seconds=2))
+    queue = make_queue(replace(config, invocation_timeout_seconds=2))
     by_request = await queue.submit(TaskRequest(args={"sleep": 30}, timeout_seconds=0.3))
     by_endpoint = await queue.submit(TaskRequest(args={"sleep": 30}))
     quick = await queue.submit(TaskRequest(args={"sleep": 0}))
@@ -212,7 +235,7 @@ async def test_invocation_timeout_is_enforced_per_task(redis: aioredis.Redis, co
 
 
 async def test_a_task_older_than_request_ttl_expires_without_running(
-    redis: aioredis.Redis, config: QueueConfig, start_worker
+    redis: aioredis.Redis, config: QueueConfig, start_worker, make_queue
 ):
     ran: list[Any] = []
 
@@ -220,7 +243,7 @@ async def test_a_task_older_than_request_ttl_expires_without_running(
         ran.append(request.args)
         return json_reply(None)
 
-    queue = TaskQueue(redis, config)
+    queue = make_queue(config)
     old = await queue.submit(TaskRequest(args={"old": True}))
     await redis.hset(keys.task(old), "created_at", repr(time.time() - config.request_ttl_seconds - 1))
     fresh = await queue.submit(TaskRequest(args={"old": False}))
@@ -233,14 +256,14 @@ async def test_a_task_older_than_request_ttl_expires_without_running(
 
 
 async def test_large_and_pickled_results_go_to_the_result_store(
-    redis: aioredis.Redis, config: QueueConfig, start_worker, tmp_path: Path
+    redis: aioredis.Redis, config: QueueConfig, start_worker, tmp_path: Path, make_queue
 ):
     async def big_or_pickled(request: TaskRequest, timeout: float) -> ModelReply:
         if request.return_pickled:
             return ModelReply(200, b"\x80\x05pickled", PICKLE_CONTENT_TYPE)
         return json_reply("x" * request.args["size"])
 
-    queue = TaskQueue(redis, replace(config, inline_result_max_bytes=1000, max_result_bytes=10_000))
+    queue = make_queue(replace(config, inline_result_max_bytes=1000, max_result_bytes=10_000))
     small = await queue.submit(TaskRequest(args={"size": 10}))
     large = await queue.submit(TaskRequest(args={"size": 5000}))
     oversized = await queue.submit(TaskRequest(args={"size": 20_000}))
@@ -259,8 +282,8 @@ async def test_large_and_pickled_results_go_to_the_result_store(
     assert await store.get(pickled) == (b"\x80\x05pickled", PICKLE_CONTENT_TYPE)
 
 
-async def test_completion_is_idempotent(redis: aioredis.Redis, config: QueueConfig):
-    queue = TaskQueue(redis, config)
+async def test_completion_is_idempotent(redis: aioredis.Redis, config: QueueConfig, make_queue):
+    queue = make_queue(config)
     await queue.ensure_group()
     task_id = await queue.submit(TaskRequest(args={}))
     [delivery] = await queue.read("a", 1, 100)
@@ -275,9 +298,9 @@ async def test_completion_is_idempotent(redis: aioredis.Redis, config: QueueConf
 
 
 async def test_an_abandoned_task_is_reclaimed_after_the_visibility_timeout(
-    redis: aioredis.Redis, config: QueueConfig, start_worker
+    redis: aioredis.Redis, config: QueueConfig, start_worker, make_queue
 ):
-    queue = TaskQueue(redis, replace(config, invocation_timeout_seconds=1, visibility_grace_seconds=0.5))
+    queue = make_queue(replace(config, invocation_timeout_seconds=1, visibility_grace_seconds=0.5))
     await queue.ensure_group()
     task_id = await queue.submit(TaskRequest(args={"v": 7}))
     [delivery] = await queue.read("dead-consumer", 1, 100)  # delivered to a consumer that then "dies"
@@ -289,14 +312,14 @@ async def test_an_abandoned_task_is_reclaimed_after_the_visibility_timeout(
     assert time.monotonic() - begun >= 1.0
 
 
-async def test_long_poll_wakes_on_completion(redis: aioredis.Redis, config: QueueConfig, start_worker):
+async def test_long_poll_wakes_on_completion(redis: aioredis.Redis, config: QueueConfig, start_worker, make_queue):
     release = asyncio.Event()
 
     async def gated(request: TaskRequest, timeout: float) -> ModelReply:
         await release.wait()
         return json_reply("done")
 
-    queue = TaskQueue(redis, config)
+    queue = make_queue(config)
     task_id = await queue.submit(TaskRequest(args={}))
     start_worker(config, gated)
     waiter = CompletionWaiter(redis)
@@ -318,3 +341,35 @@ async def test_long_poll_wakes_on_completion(redis: aioredis.Redis, config: Queu
         assert await terminal()
     finally:
         await waiter.close()
+
+
+async def test_a_stopping_worker_hands_its_running_tasks_back_at_once(
+    redis: aioredis.Redis, config: QueueConfig, make_queue, start_worker, tmp_path: Path
+):
+    gate = asyncio.Event()
+
+    async def stuck(request: TaskRequest, timeout: float) -> ModelReply:
+        await gate.wait()
+        return json_reply("never")
+
+    queue = make_queue(replace(config, concurrency=2, invocation_timeout_seconds=60))
+    ids = [await queue.submit(TaskRequest(args={"i": i})) for i in range(2)]
+    first = Worker(make_queue(queue.config), stuck, FilesystemResultStore(tmp_path / "r"), drain_timeout_seconds=0.2)
+    running = asyncio.create_task(first.run())
+
+    async def both_started() -> bool:
+        records = [await get_task(redis, task_id) for task_id in ids]
+        return all(r is not None and r.status is TaskStatus.STARTED for r in records)
+
+    await async_wait_until(both_started, what="both tasks started")
+    await first.stop()
+    await asyncio.wait_for(running, 10)
+    for task_id in ids:
+        released = await get_task(redis, task_id)
+        assert released is not None and (released.status, released.attempts) == (TaskStatus.PENDING, 0)
+    begun = time.monotonic()
+    start_worker(queue.config)  # long before the 60 s visibility timeout
+    for task_id in ids:
+        record = await finished(redis, task_id)
+        assert (record.status, record.attempts) == (TaskStatus.SUCCESS, 1)
+    assert time.monotonic() - begun < 5

@@ -15,14 +15,12 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
 from bundleserve.api.invocation import TaskStatus
-from bundleserve.queue import keys
 from bundleserve.queue.backlog import backlog
 from bundleserve.queue.broker import QueueUnavailable, TaskQueue, get_task
 from bundleserve.queue.config import Durability, QueueConfig
@@ -61,6 +59,7 @@ async def worker_main(redis_url: str, endpoint: str, model_url: str, results: st
         loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(worker.stop()))
         print("worker ready", flush=True)
         await worker.run()
+        await worker.queue.close()
     await client.aclose()
 
 
@@ -140,6 +139,7 @@ async def test_sigkilled_workers_lose_no_task_and_finish_each_exactly_once(
             worker.stop()
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
+        await queue.close()
     assert kills >= 5
     duplicated = {task_id: count for task_id, count in seen.items() if count != 1}
     assert duplicated == {}, "terminal transitions must happen exactly once"
@@ -161,10 +161,7 @@ async def echo(request: TaskRequest, timeout: float) -> ModelReply:
 
 @pytest.mark.slow
 async def test_redis_killed_and_restarted_under_load_loses_no_accepted_task(valkey: Valkey, tmp_path: Path):
-    """appendfsync always + WAITAOF before the 202: a task Redis acknowledged survives even a SIGKILL of Redis."""
-    admin = valkey.client()
-    admin.config_set("appendfsync", "always")
-    admin.close()
+    """WAITAOF before the 202 (fsync durability, the default): a task Redis acknowledged survives a SIGKILL of Redis."""
     client = aioredis.Redis.from_url(valkey.url, socket_timeout=2, socket_connect_timeout=1)
     config = QueueConfig(
         endpoint="restart",
@@ -174,7 +171,9 @@ async def test_redis_killed_and_restarted_under_load_loses_no_accepted_task(valk
         fsync_timeout_ms=1000,
     )
     queue = TaskQueue(client, config)
-    worker = Worker(queue, echo, FilesystemResultStore(tmp_path / "results"), block_ms=300, reclaim_interval_seconds=0.3)
+    worker = Worker(
+        queue, echo, FilesystemResultStore(tmp_path / "results"), block_ms=300, reclaim_interval_seconds=0.3
+    )
     running = asyncio.create_task(worker.run())
     accepted: dict[str, int] = {}
     refused = 0
@@ -198,10 +197,6 @@ async def test_redis_killed_and_restarted_under_load_loses_no_accepted_task(valk
         before_restart = len(accepted)
         await asyncio.sleep(0.3)  # Redis stays down for a moment while clients keep trying
         valkey.start()
-        admin = valkey.client()
-        assert admin.config_get("appendfsync")["appendfsync"] == "everysec"  # the fixture's default after restart
-        admin.config_set("appendfsync", "always")
-        admin.close()
         await async_wait_until(
             lambda: _true(len(accepted) > before_restart + 300), timeout=20, what="load after the restart"
         )
@@ -229,6 +224,7 @@ async def test_redis_killed_and_restarted_under_load_loses_no_accepted_task(valk
         await asyncio.gather(*submitters, return_exceptions=True)
         await worker.stop()
         await asyncio.wait_for(running, 15)
+        await queue.close()
         await client.aclose()
 
 

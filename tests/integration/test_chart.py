@@ -282,8 +282,10 @@ def test_default_operator_is_cluster_wide_and_standalone(rendered: dict[str, Ren
 def test_operator_probes_use_the_health_port(rendered: dict[str, Rendered]) -> None:
     container = _container(rendered["default"].one("Deployment", f"{RELEASE}-bundleserve-operator"), "operator")
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    for probe in (container["livenessProbe"], container["readinessProbe"]):
-        assert probe["httpGet"]["path"] == "/healthz"
+    liveness, readiness = container["livenessProbe"], container["readinessProbe"]
+    assert liveness["httpGet"]["path"] == "/healthz"  # the loop answers
+    assert readiness["httpGet"]["path"] == "/readyz"  # kopf has started
+    for probe in (liveness, readiness):
         assert ports[probe["httpGet"]["port"]] == 8081
 
 

@@ -23,8 +23,13 @@ from tests.support.k8s.emulator import KubernetesEmulator
 from tests.support.waiting import wait_until
 
 NOT_COUNTED = ("events",)
-CHILDREN = ("configmaps", "services", "deployments.apps", "horizontalpodautoscalers.autoscaling",
-            "poddisruptionbudgets.policy")  # fmt: skip
+CHILDREN = (
+    "configmaps",
+    "services",
+    "deployments.apps",
+    "horizontalpodautoscalers.autoscaling",
+    "poddisruptionbudgets.policy",
+)
 
 
 @pytest.fixture
@@ -44,7 +49,9 @@ def child_names(cluster: KubernetesEmulator, resource: str) -> list[str]:
     return sorted(item["metadata"]["name"] for item in cluster.items(resource, NS))
 
 
-def test_create_builds_the_children_and_is_ready_only_once_pods_are(cluster: KubernetesEmulator, operator: Operator) -> None:
+def test_create_builds_the_children_and_is_ready_only_once_pods_are(
+    cluster: KubernetesEmulator, operator: Operator
+) -> None:
     cluster.reset_counts()
     endpoint = cluster.create(endpoint_doc("echo", scaling={"minReplicas": 2, "maxReplicas": 4}))
     uid = endpoint["metadata"]["uid"]
@@ -109,21 +116,33 @@ def test_children_edited_or_deleted_by_hand_are_restored(cluster: KubernetesEmul
     wait_until(lambda: all(cluster.items(r, NS) for r in CHILDREN), timeout=20, what="all children")
     operator.wait_idle(["echo"])
 
-    cluster.patch("deployments.apps", "echo", {"spec": {"template": {"spec": {"containers": [{"name": "model",
-                  "image": "evil:latest"}]}}}}, NS)  # fmt: skip
+    cluster.patch(
+        "deployments.apps",
+        "echo",
+        {"spec": {"template": {"spec": {"containers": [{"name": "model", "image": "evil:latest"}]}}}},
+        NS,
+    )
     wait_until(
-        lambda: cluster.get("deployments.apps", "echo", NS)["spec"]["template"]["spec"]["containers"][0]["image"]
-        == "registry.example.com/echo:1",
+        lambda: (
+            cluster.get("deployments.apps", "echo", NS)["spec"]["template"]["spec"]["containers"][0]["image"]
+            == "registry.example.com/echo:1"
+        ),
         timeout=20,
         what="the Deployment's pod template restored",
     )
     old_service = cluster.get("services", "echo", NS)["metadata"]["uid"]
     cluster.delete("services", "echo", NS)
-    wait_until(lambda: (cluster.get("services", "echo", NS) or {}).get("metadata", {}).get("uid") not in (None, old_service),
-               timeout=20, what="the Service recreated")  # fmt: skip
+    wait_until(
+        lambda: (cluster.get("services", "echo", NS) or {}).get("metadata", {}).get("uid") not in (None, old_service),
+        timeout=20,
+        what="the Service recreated",
+    )
     cluster.patch("configmaps", "echo-endpoint", {"data": {"endpoint.yaml": "tampered"}}, NS)
-    wait_until(lambda: "tampered" not in cluster.get("configmaps", "echo-endpoint", NS)["data"]["endpoint.yaml"],
-               timeout=20, what="the ConfigMap restored")  # fmt: skip
+    wait_until(
+        lambda: "tampered" not in cluster.get("configmaps", "echo-endpoint", NS)["data"]["endpoint.yaml"],
+        timeout=20,
+        what="the ConfigMap restored",
+    )
     cluster.delete("horizontalpodautoscalers.autoscaling", "echo", NS)
     wait_until(lambda: cluster.get("horizontalpodautoscalers.autoscaling", "echo", NS), timeout=20, what="HPA back")
     # the autoscaler's replicas are not "drift": nothing fights it
@@ -142,8 +161,12 @@ def test_deleting_the_endpoint_deletes_its_children(cluster: KubernetesEmulator,
     cluster.delete(ENDPOINTS, "echo", NS)
     wait_until(lambda: cluster.get(ENDPOINTS, "echo", NS) is None, timeout=20, what="the finalizer released")
     wait_until(
-        lambda: not any(cluster.items(resource, NS) for resource in ("configmaps", "services", "deployments.apps",
-                                                                   "poddisruptionbudgets.policy")),  # fmt: skip
+        lambda: (
+            not any(
+                cluster.items(resource, NS)
+                for resource in ("configmaps", "services", "deployments.apps", "poddisruptionbudgets.policy")
+            )
+        ),
         timeout=20,
         what="children garbage-collected",
     )
@@ -171,13 +194,29 @@ def test_a_restarted_operator_writes_nothing_and_duplicates_nothing(
 def test_an_image_pull_error_is_degraded_with_the_reason(cluster: KubernetesEmulator, operator: Operator) -> None:
     cluster.create(endpoint_doc("broken"))
     wait_until(lambda: cluster.get("deployments.apps", "broken", NS), timeout=20, what="the Deployment")
-    cluster.roll_out(NS, "broken", waiting_reason="ImagePullBackOff", container="model",
-                     message='Back-off pulling image "registry.example.com/echo:1"')  # fmt: skip
-    wait_until(lambda: condition_is(cluster, "broken", "Degraded", "True", "ImagePullBackOff"), timeout=20,
-               what="Degraded=ImagePullBackOff")  # fmt: skip
+    cluster.roll_out(
+        NS,
+        "broken",
+        waiting_reason="ImagePullBackOff",
+        container="model",
+        message='Back-off pulling image "registry.example.com/echo:1"',
+    )
+    wait_until(
+        lambda: condition_is(cluster, "broken", "Degraded", "True", "ImagePullBackOff"),
+        timeout=20,
+        what="Degraded=ImagePullBackOff",
+    )
     ready = conditions(cluster, "broken")["Ready"]
     assert (ready["status"], ready["reason"]) == ("False", "ImagePullBackOff")
     assert "Back-off pulling image" in conditions(cluster, "broken")["Degraded"]["message"]
+
+    def warned() -> bool:
+        return any(
+            (e["type"], e["reason"], e["involvedObject"]["name"]) == ("Warning", "ImagePullBackOff", "broken")
+            for e in cluster.items("events", NS)
+        )
+
+    wait_until(warned, timeout=20, what="a Warning Event with the reason")
     cluster.roll_out(NS, "broken")  # the image appeared
     wait_until(lambda: condition_is(cluster, "broken", "Degraded", "False"), timeout=20, what="recovered")
 
@@ -189,8 +228,11 @@ def test_a_spec_the_operator_cannot_run_is_degraded_and_the_operator_carries_on(
     try:
         cluster.create(endpoint_doc("jobs", modes=["async"]))
         cluster.create(endpoint_doc("echo"))
-        wait_until(lambda: condition_is(cluster, "jobs", "Degraded", "True", "AsyncNotConfigured"), timeout=20,
-                   what="Degraded=AsyncNotConfigured")  # fmt: skip
+        wait_until(
+            lambda: condition_is(cluster, "jobs", "Degraded", "True", "AsyncNotConfigured"),
+            timeout=20,
+            what="Degraded=AsyncNotConfigured",
+        )
         assert cluster.get("deployments.apps", "jobs", NS) is None
         wait_until(lambda: cluster.get("deployments.apps", "echo", NS), timeout=20, what="the other endpoint served")
         assert operator.alive()
@@ -204,8 +246,12 @@ def test_a_hundred_endpoints_are_all_reconciled(cluster: KubernetesEmulator, ope
     cluster.reset_counts()
     for name in names:
         cluster.create(endpoint_doc(name))
-    wait_until(lambda: all(condition_is(cluster, n, "Ready", "True") for n in names), timeout=90, interval=0.5,
-               what="100 endpoints Ready")  # fmt: skip
+    wait_until(
+        lambda: all(condition_is(cluster, n, "Ready", "True") for n in names),
+        timeout=90,
+        interval=0.5,
+        what="100 endpoints Ready",
+    )
     operator.wait_idle(names, timeout=60)
     writes = cluster.writes(exclude=NOT_COUNTED)
     for resource in ("configmaps", "services", "deployments.apps"):

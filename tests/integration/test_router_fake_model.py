@@ -3,7 +3,7 @@
 It speaks the router->model contract of docs/contracts.md and records what it saw, so tests can assert on the model's
 side: the most concurrent calls it ever had, how many calls arrived, how many streams were cut by the caller.
 Behaviour per request, from the JSON args: `sleep` (seconds), `fail` (answer 500 with a traceback), `crash` (exit
-the process mid-request); streams: `words`, `delay`, `fail_after`. `/readyz` answers 503 until the file named by
+the process mid-request); streams: `words`, `delay`, `first_delay`, `fail_after`, `crash_after`. `/readyz` answers 503 until the file named by
 FAKE_READY_FILE exists (when set).
 """
 
@@ -56,12 +56,16 @@ async def stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     try:
+        if args.get("first_delay"):
+            await asyncio.sleep(float(args["first_delay"]))  # headers are out, the first event is late
         for index, word in enumerate(args.get("words", [])):
             if args.get("fail_after") is not None and index >= args["fail_after"]:
                 error = {"error": {"code": "model_error", "message": "boom mid-stream", "traceback": "Traceback: boom"}}
                 await response.write(b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n")
                 break
             await response.write(b"data: " + json.dumps(word).encode() + b"\n\n")
+            if args.get("crash_after") is not None and index + 1 >= args["crash_after"]:
+                os._exit(3)
             if args.get("delay"):
                 await asyncio.sleep(float(args["delay"]))
         await response.write_eof()

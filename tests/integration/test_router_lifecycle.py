@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -114,6 +115,25 @@ async def test_model_crash_mid_request_is_a_424_and_the_router_survives(
         wait_until(lambda: not http_ok(f"{url}/readyz"), timeout=5, what="readiness to follow the dead model")
         status, body = await post(http, url, {})
         assert status == 503
+    finally:
+        router.stop()
+        model.stop()
+
+
+async def test_model_crash_mid_stream_ends_the_stream_with_one_failure_event(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    model, model_url = start_model(tmp_path)
+    router, url = start_router(tmp_path, write_endpoint(tmp_path), model_url)
+    try:
+        wait_until(lambda: http_ok(f"{url}/readyz"), timeout=10, what="router ready")
+        args = {"args": {"words": ["a", "b", "c"], "crash_after": 2}}
+        async with http.post(f"{url}/v1/endpoints/fake/stream", json=args) as response:
+            assert response.status == 200
+            events = [json.loads(line[6:]) async for line in response.content if line.startswith(b"data: ")]
+        assert events[:2] == [{"status": "SUCCESS", "result": "a"}, {"status": "SUCCESS", "result": "b"}]
+        assert len(events) == 3 and events[2]["status"] == "FAILURE"
+        assert "closed the stream" in events[2]["error"]["message"]
     finally:
         router.stop()
         model.stop()

@@ -115,3 +115,16 @@ async def test_stream_validation_errors_are_400(pair: dict[str, Any], http: aioh
     async with http.post(f"{pair['url']}/v1/endpoints/fake/stream", data=b"{oops") as response:
         assert response.status == 400
         assert (await response.json())["error"]["code"] == "invalid_request"
+
+
+async def test_no_first_event_within_the_time_limit_is_504(pair: dict[str, Any], http: aiohttp.ClientSession) -> None:
+    before = (await stats(http, pair))["streams_cancelled"]
+    args = {"args": {"words": ["late"], "first_delay": 5}, "timeout_seconds": 0.3}
+    async with http.post(f"{pair['url']}/v1/endpoints/fake/stream", json=args) as response:
+        assert response.status == 504
+        assert (await response.json())["error"]["code"] == "timeout"
+
+    async def cancelled() -> bool:
+        return bool((await stats(http, pair))["streams_cancelled"] == before + 1)
+
+    await async_wait_until(cancelled, timeout=5, what="the late stream to be cancelled")

@@ -143,6 +143,7 @@ async def test_timeout_is_504(pair: dict[str, Any], http: aiohttp.ClientSession)
     status, body, _ = await predict(http, pair["url"], {"args": {"sleep": 3}, "timeout_seconds": 0.3})
     assert status == 504
     assert body["error"]["code"] == "timeout"
+    assert "0.3 s" in body["error"]["message"]
 
 
 async def test_time_waiting_in_the_queue_counts_toward_the_timeout(

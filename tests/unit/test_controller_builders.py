@@ -180,11 +180,28 @@ def test_python_bundle_runs_the_bundle_runtime_and_the_router_sidecar() -> None:
     ep = endpoint(bundle={"image": "reg/m:1", "python": {"entrypoint": "m:predict", "load": "m:load"}, "port": 5005})
     model, router = deployment_of(ep)["spec"]["template"]["spec"]["containers"]
     assert model["image"] == "reg/m:1"
-    assert model["command"] == ["bundleserve", "bundle", "serve", "--entrypoint", "m:predict", "--load", "m:load",
-                                "--port", "5005"]  # fmt: skip
+    assert model["command"] == [
+        "bundleserve",
+        "bundle",
+        "serve",
+        "--entrypoint",
+        "m:predict",
+        "--load",
+        "m:load",
+        "--port",
+        "5005",
+    ]
     assert router["image"] == CONFIG.image
-    assert router["command"] == ["bundleserve", "router", "--endpoint-file", "/etc/bundleserve/endpoint.yaml",
-                                 "--model-url", "http://127.0.0.1:5005", "--port", "8080"]  # fmt: skip
+    assert router["command"] == [
+        "bundleserve",
+        "router",
+        "--endpoint-file",
+        "/etc/bundleserve/endpoint.yaml",
+        "--model-url",
+        "http://127.0.0.1:5005",
+        "--port",
+        "8080",
+    ]
     assert router["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert router["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert "readinessProbe" not in model  # the router probes the model
@@ -327,8 +344,10 @@ def test_rendering_without_a_uid_has_no_owner_reference() -> None:
 
 def test_desired_hash_is_stable_and_tracks_the_spec() -> None:
     def hashes(**spec: Any) -> list[str]:
-        return [c["metadata"]["annotations"][DESIRED_HASH_ANNOTATION] for c in build_children(endpoint(**spec),
-                                                                                               BuildContext(config=CONFIG))]  # fmt: skip
+        return [
+            c["metadata"]["annotations"][DESIRED_HASH_ANNOTATION]
+            for c in build_children(endpoint(**spec), BuildContext(config=CONFIG))
+        ]
 
     assert hashes() == hashes()
     changed = hashes(resources={"cpu": "2"})

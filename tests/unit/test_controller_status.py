@@ -145,7 +145,26 @@ def test_a_change_patches_only_our_keys_and_moves_the_transition_time() -> None:
     assert patch is not None and set(patch) == {"conditions", "readyReplicas"}
     ready = next(c for c in after["conditions"] if c["type"] == "Ready")
     assert ready["lastTransitionTime"] == "t1"
-    assert [c["type"] for c in transitions(before, after)] == ["Ready"]
+    assert [(e["type"], e["reason"]) for e in transitions(before, after)] == [("Warning", "ReplicasNotReady")]
+
+
+def test_events_only_for_news() -> None:
+    new = build_status(Observed(generation=1, deployment=deployment(1, 0)), None, "t0")
+    assert transitions(None, new) == []  # a new Endpoint that is not ready yet
+    ready = build_status(Observed(generation=1, deployment=deployment(1, 1)), new, "t1")
+    assert [(e["type"], e["reason"]) for e in transitions(new, ready)] == [("Normal", "ReplicasAvailable")]
+    broken = build_status(
+        Observed(generation=1, deployment=deployment(1, 0), pods=[waiting_pod("CrashLoopBackOff")]), ready, "t2"
+    )
+    assert [(e["type"], e["reason"]) for e in transitions(ready, broken)] == [
+        ("Warning", "CrashLoopBackOff"),
+        ("Warning", "CrashLoopBackOff"),
+    ]
+    fixed = build_status(Observed(generation=1, deployment=deployment(1, 1)), broken, "t3")
+    assert [(e["type"], e["reason"]) for e in transitions(broken, fixed)] == [
+        ("Normal", "ReplicasAvailable"),
+        ("Normal", "Recovered"),
+    ]
 
 
 def test_a_key_we_no_longer_report_is_removed() -> None:

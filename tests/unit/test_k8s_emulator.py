@@ -56,7 +56,10 @@ def widget_crd(*, status: bool = True) -> dict[str, Any]:
         "schema": {
             "openAPIV3Schema": {
                 "type": "object",
-                "properties": {"spec": spec_schema, "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                "properties": {
+                    "spec": spec_schema,
+                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                },
             }
         },
     }
@@ -76,7 +79,12 @@ def widget_crd(*, status: bool = True) -> dict[str, Any]:
 
 
 def widget(name: str = "w1", **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "demo.example.com/v1", "kind": "Widget", "metadata": {"name": name}, "spec": {"size": 1, **spec}}
+    return {
+        "apiVersion": "demo.example.com/v1",
+        "kind": "Widget",
+        "metadata": {"name": name},
+        "spec": {"size": 1, **spec},
+    }
 
 
 def deployment(name: str = "web", *, image: str = "nginx:1.27", labels: dict[str, str] | None = None) -> dict[str, Any]:
@@ -99,9 +107,13 @@ class Client:
     def __init__(self, api: KubernetesEmulator) -> None:
         self.http = httpx.Client(base_url=api.url, headers=api.headers, timeout=10)
 
-    def call(self, method: str, path: str, body: Any = None, *, content_type: str = "application/json", **params: Any) -> tuple[int, Any]:
+    def call(
+        self, method: str, path: str, body: Any = None, *, content_type: str = "application/json", **params: Any
+    ) -> tuple[int, Any]:
         content = body if isinstance(body, str) else json.dumps(body) if body is not None else None
-        response = self.http.request(method, path, content=content, params=params, headers={"Content-Type": content_type})
+        response = self.http.request(
+            method, path, content=content, params=params, headers={"Content-Type": content_type}
+        )
         return response.status_code, response.json() if response.content else None
 
     def ok(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
@@ -109,7 +121,9 @@ class Client:
         assert 200 <= code < 300, (code, payload)
         return payload
 
-    def watch(self, path: str, *, until: Callable[[list[dict[str, Any]]], bool] | None = None, **params: Any) -> list[dict[str, Any]]:
+    def watch(
+        self, path: str, *, until: Callable[[list[dict[str, Any]]], bool] | None = None, **params: Any
+    ) -> list[dict[str, Any]]:
         """Read a watch stream until `until(events)` holds or the server closes it (after timeoutSeconds)."""
         events: list[dict[str, Any]] = []
         with self.http.stream("GET", path, params={"watch": "true", "timeoutSeconds": 5, **params}) as response:
@@ -126,6 +140,7 @@ class Client:
 def api(tmp_path: Path) -> Iterator[KubernetesEmulator]:
     with KubernetesEmulator(tmp_path / "k8s", bookmark_interval=0.2) as emulator:
         yield emulator
+    assert not emulator.problems()
 
 
 @pytest.fixture
@@ -195,8 +210,16 @@ def test_create_sets_server_metadata_and_rejects_duplicates_with_409(client: Cli
     assert int(again["metadata"]["resourceVersion"]) > int(meta["resourceVersion"])
     code, status = client.call("POST", DEPLOYMENTS, deployment())
     assert code == 409
-    assert status["reason"] == "AlreadyExists" and status["details"] == {"name": "web", "group": "apps", "kind": "deployments"}
-    generated = client.ok("POST", "/api/v1/namespaces/default/configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "cfg-"}})
+    assert status["reason"] == "AlreadyExists" and status["details"] == {
+        "name": "web",
+        "group": "apps",
+        "kind": "deployments",
+    }
+    generated = client.ok(
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "cfg-"}},
+    )
     assert generated["metadata"]["name"].startswith("cfg-") and len(generated["metadata"]["name"]) == 9
     assert "generation" not in generated["metadata"]  # configmaps do not track generation
 
@@ -214,7 +237,11 @@ def test_not_found_has_the_real_status_shape(client: Client) -> None:
         "details": {"name": "missing", "group": "apps", "kind": "deployments"},
         "code": 404,
     }
-    code, status = client.call("POST", "/api/v1/namespaces/nowhere/configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}})
+    code, status = client.call(
+        "POST",
+        "/api/v1/namespaces/nowhere/configmaps",
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}},
+    )
     assert (code, status["message"]) == (404, 'namespaces "nowhere" not found')
 
 
@@ -223,14 +250,25 @@ def test_invalid_names_and_mismatched_kinds_are_rejected(client: Client) -> None
     assert code == 422 and status["details"]["causes"][0]["field"] == "metadata.name"
     code, status = client.call("POST", DEPLOYMENTS, {**deployment(), "kind": "StatefulSet"})
     assert code == 400
-    bad = deployment()
+    numeric_env = deployment()
+    numeric_env["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "PORT", "value": 8080}]
+    code, status = client.call("POST", DEPLOYMENTS, numeric_env)
+    assert code == 400 and "cannot unmarshal number" in status["message"]  # typed decoding, as on the real server
+    client.ok("POST", DEPLOYMENTS, deployment())
+    renamed = {"metadata": {"name": "other"}}
+    assert client.call("PATCH", f"{DEPLOYMENTS}/web", renamed, content_type="application/merge-patch+json")[0] == 400
+    bad = deployment("mismatch")
     bad["spec"]["template"]["metadata"]["labels"] = {"app": "other"}
     code, status = client.call("POST", DEPLOYMENTS, bad)
     assert code == 422 and "selector" in status["message"]
 
 
 def test_list_filters_by_label_and_field_selectors_and_returns_the_list_version(client: Client) -> None:
-    for name, labels in (("a", {"tier": "web", "env": "prod"}), ("b", {"tier": "web"}), ("c", {"tier": "db", "env": "dev"})):
+    for name, labels in (
+        ("a", {"tier": "web", "env": "prod"}),
+        ("b", {"tier": "web"}),
+        ("c", {"tier": "db", "env": "dev"}),
+    ):
         client.ok("POST", DEPLOYMENTS, deployment(name, labels=labels))
 
     def names(**params: Any) -> list[str]:
@@ -251,7 +289,9 @@ def test_list_filters_by_label_and_field_selectors_and_returns_the_list_version(
     listed = client.ok("GET", DEPLOYMENTS)
     assert listed["kind"] == "DeploymentList" and "kind" not in listed["items"][0]  # typed lists omit item kinds
     first = client.ok("GET", DEPLOYMENTS, limit=2)
-    assert [i["metadata"]["name"] for i in first["items"]] == ["a", "b"] and first["metadata"]["remainingItemCount"] == 1
+    assert [i["metadata"]["name"] for i in first["items"]] == ["a", "b"] and first["metadata"][
+        "remainingItemCount"
+    ] == 1
     rest = client.ok("GET", DEPLOYMENTS, limit=2, **{"continue": first["metadata"]["continue"]})
     assert [i["metadata"]["name"] for i in rest["items"]] == ["c"]
     assert [i["metadata"]["name"] for i in client.ok("GET", "/apis/apps/v1/deployments")["items"]] == ["a", "b", "c"]
@@ -270,31 +310,54 @@ def test_put_with_a_stale_resource_version_conflicts(client: Client) -> None:
 
 def test_generation_bumps_only_on_spec_changes_and_noop_writes_keep_the_version(client: Client) -> None:
     created = client.ok("POST", DEPLOYMENTS, deployment())
-    labelled = client.ok("PATCH", f"{DEPLOYMENTS}/web", {"metadata": {"labels": {"x": "y"}}}, content_type="application/merge-patch+json")
+    labelled = client.ok(
+        "PATCH", f"{DEPLOYMENTS}/web", {"metadata": {"labels": {"x": "y"}}}, content_type="application/merge-patch+json"
+    )
     assert labelled["metadata"]["generation"] == 1
     assert labelled["metadata"]["resourceVersion"] != created["metadata"]["resourceVersion"]
-    same = client.ok("PATCH", f"{DEPLOYMENTS}/web", {"metadata": {"labels": {"x": "y"}}}, content_type="application/merge-patch+json")
+    same = client.ok(
+        "PATCH", f"{DEPLOYMENTS}/web", {"metadata": {"labels": {"x": "y"}}}, content_type="application/merge-patch+json"
+    )
     assert same["metadata"]["resourceVersion"] == labelled["metadata"]["resourceVersion"]
-    scaled = client.ok("PATCH", f"{DEPLOYMENTS}/web", {"spec": {"replicas": 5}}, content_type="application/merge-patch+json")
+    scaled = client.ok(
+        "PATCH", f"{DEPLOYMENTS}/web", {"spec": {"replicas": 5}}, content_type="application/merge-patch+json"
+    )
     assert scaled["metadata"]["generation"] == 2
 
 
 def test_status_subresource_splits_status_from_the_rest(widgets: Client) -> None:
     created = widgets.ok("POST", WIDGETS, {**widget(), "status": {"phase": "ignored"}})
     assert "status" not in created
-    main = widgets.ok("PATCH", f"{WIDGETS}/w1", {"spec": {"size": 2}, "status": {"phase": "nope"}}, content_type="application/merge-patch+json")
+    main = widgets.ok(
+        "PATCH",
+        f"{WIDGETS}/w1",
+        {"spec": {"size": 2}, "status": {"phase": "nope"}},
+        content_type="application/merge-patch+json",
+    )
     assert "status" not in main and main["metadata"]["generation"] == 2
-    status = widgets.ok("PATCH", f"{WIDGETS}/w1/status", {"spec": {"size": 9}, "status": {"phase": "Ready"}}, content_type="application/merge-patch+json")
+    status = widgets.ok(
+        "PATCH",
+        f"{WIDGETS}/w1/status",
+        {"spec": {"size": 9}, "status": {"phase": "Ready"}},
+        content_type="application/merge-patch+json",
+    )
     assert status["status"] == {"phase": "Ready"} and status["spec"]["size"] == 2
     assert status["metadata"]["generation"] == 2  # status writes never bump generation
-    assert widgets.call("PATCH", "/api/v1/namespaces/default/configmaps/x/status", {}, content_type="application/merge-patch+json")[0] == 404
+    assert (
+        widgets.call(
+            "PATCH", "/api/v1/namespaces/default/configmaps/x/status", {}, content_type="application/merge-patch+json"
+        )[0]
+        == 404
+    )
 
 
 def test_without_status_subresource_status_changes_bump_generation(client: Client) -> None:
     client.ok("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", widget_crd(status=False))
     assert client.call("GET", f"{WIDGETS}/w1/status")[0] == 404
     client.ok("POST", WIDGETS, widget())
-    patched = client.ok("PATCH", f"{WIDGETS}/w1", {"status": {"phase": "x"}}, content_type="application/merge-patch+json")
+    patched = client.ok(
+        "PATCH", f"{WIDGETS}/w1", {"status": {"phase": "x"}}, content_type="application/merge-patch+json"
+    )
     assert patched["status"] == {"phase": "x"} and patched["metadata"]["generation"] == 2
 
 
@@ -304,19 +367,42 @@ def test_patch_flavours(client: Client, widgets: Client) -> None:
     client.ok("POST", DEPLOYMENTS, dep)
     strategic = {"spec": {"template": {"spec": {"containers": [{"name": "sidecar", "image": "router:2"}]}}}}
     patched = client.ok("PATCH", f"{DEPLOYMENTS}/web", strategic, content_type="application/strategic-merge-patch+json")
-    assert [(c["name"], c["image"]) for c in patched["spec"]["template"]["spec"]["containers"]] == [("main", "nginx:1.27"), ("sidecar", "router:2")]
-    merged = client.ok("PATCH", f"{DEPLOYMENTS}/web", {"metadata": {"labels": {"a": "1"}}}, content_type="application/merge-patch+json")
-    removed = client.ok("PATCH", f"{DEPLOYMENTS}/web", {"metadata": {"labels": {"a": None}}}, content_type="application/merge-patch+json")
+    assert [(c["name"], c["image"]) for c in patched["spec"]["template"]["spec"]["containers"]] == [
+        ("main", "nginx:1.27"),
+        ("sidecar", "router:2"),
+    ]
+    merged = client.ok(
+        "PATCH", f"{DEPLOYMENTS}/web", {"metadata": {"labels": {"a": "1"}}}, content_type="application/merge-patch+json"
+    )
+    removed = client.ok(
+        "PATCH",
+        f"{DEPLOYMENTS}/web",
+        {"metadata": {"labels": {"a": None}}},
+        content_type="application/merge-patch+json",
+    )
     assert merged["metadata"]["labels"] == {"a": "1"} and removed["metadata"].get("labels", {}) == {}
-    stale = [{"op": "test", "path": "/metadata/resourceVersion", "value": "1"}, {"op": "add", "path": "/metadata/finalizers", "value": ["x"]}]
+    stale: list[dict[str, Any]] = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": "1"},
+        {"op": "add", "path": "/metadata/finalizers", "value": ["x"]},
+    ]
     code, _ = client.call("PATCH", f"{DEPLOYMENTS}/web", stale, content_type="application/json-patch+json")
     assert code == 422  # kopf relies on this to retry its finalizer patches
     fresh = [{**stale[0], "value": removed["metadata"]["resourceVersion"]}, stale[1]]
-    assert client.ok("PATCH", f"{DEPLOYMENTS}/web", fresh, content_type="application/json-patch+json")["metadata"]["finalizers"] == ["x"]
+    assert client.ok("PATCH", f"{DEPLOYMENTS}/web", fresh, content_type="application/json-patch+json")["metadata"][
+        "finalizers"
+    ] == ["x"]
     widgets.ok("POST", WIDGETS, widget())
-    code, status = widgets.call("PATCH", f"{WIDGETS}/w1", {"spec": {"size": 2}}, content_type="application/strategic-merge-patch+json")
+    code, status = widgets.call(
+        "PATCH", f"{WIDGETS}/w1", {"spec": {"size": 2}}, content_type="application/strategic-merge-patch+json"
+    )
     assert code == 415 and status["reason"] == "UnsupportedMediaType"
-    applied = client.call("PATCH", "/api/v1/namespaces/default/configmaps/applied", yaml.safe_dump({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}, "data": {"k": "v"}}), content_type="application/apply-patch+yaml", fieldManager="test")
+    applied = client.call(
+        "PATCH",
+        "/api/v1/namespaces/default/configmaps/applied",
+        yaml.safe_dump({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}, "data": {"k": "v"}}),
+        content_type="application/apply-patch+yaml",
+        fieldManager="test",
+    )
     assert applied[0] == 201 and applied[1]["data"] == {"k": "v"}
 
 
@@ -324,15 +410,31 @@ def test_finalizers_delay_deletion_until_removed(widgets: Client) -> None:
     widgets.ok("POST", WIDGETS, {**widget(), "metadata": {"name": "w1", "finalizers": ["example.com/cleanup"]}})
     deleting = widgets.ok("DELETE", f"{WIDGETS}/w1")
     assert deleting["metadata"]["deletionTimestamp"]
-    assert widgets.ok("GET", f"{WIDGETS}/w1")["metadata"]["deletionTimestamp"] == deleting["metadata"]["deletionTimestamp"]
-    code, status = widgets.call("PATCH", f"{WIDGETS}/w1", {"metadata": {"finalizers": ["example.com/cleanup", "new"]}}, content_type="application/merge-patch+json")
+    assert (
+        widgets.ok("GET", f"{WIDGETS}/w1")["metadata"]["deletionTimestamp"] == deleting["metadata"]["deletionTimestamp"]
+    )
+    code, status = widgets.call(
+        "PATCH",
+        f"{WIDGETS}/w1",
+        {"metadata": {"finalizers": ["example.com/cleanup", "new"]}},
+        content_type="application/merge-patch+json",
+    )
     assert code == 422 and "no new finalizers" in status["message"]
-    widgets.ok("PATCH", f"{WIDGETS}/w1", {"metadata": {"finalizers": None}}, content_type="application/merge-patch+json")
+    widgets.ok(
+        "PATCH", f"{WIDGETS}/w1", {"metadata": {"finalizers": None}}, content_type="application/merge-patch+json"
+    )
     assert widgets.call("GET", f"{WIDGETS}/w1")[0] == 404
 
 
 def _owned_config_map(name: str, owner: dict[str, Any]) -> dict[str, Any]:
-    ref = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    ref = {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "ownerReferences": [ref]}}
 
 
@@ -359,7 +461,9 @@ def test_owner_reference_cascade_background_orphan_foreground(api: KubernetesEmu
     api.patch("configmaps", "fg-child", {"metadata": {"finalizers": None}}, "default")
     assert widgets.call("GET", f"{WIDGETS}/fg")[0] == 404
 
-    dangling = _owned_config_map("dangling", {**owner, "metadata": {"name": "gone", "uid": "00000000-0000-0000-0000-000000000000"}})
+    dangling = _owned_config_map(
+        "dangling", {**owner, "metadata": {"name": "gone", "uid": "00000000-0000-0000-0000-000000000000"}}
+    )
     widgets.ok("POST", configmaps, dangling)
     assert widgets.call("GET", f"{configmaps}/dangling")[0] == 404  # the garbage collector removes it
 
@@ -388,7 +492,9 @@ def test_watch_resumes_from_a_version_and_reports_every_change(api: KubernetesEm
     assert versions == sorted(versions) and versions[0] > int(start)
 
 
-def test_watch_without_version_starts_with_the_current_objects_and_streams_live(api: KubernetesEmulator, client: Client) -> None:
+def test_watch_without_version_starts_with_the_current_objects_and_streams_live(
+    api: KubernetesEmulator, client: Client
+) -> None:
     client.ok("POST", DEPLOYMENTS, deployment("old"))
     received: list[dict[str, Any]] = []
 
@@ -412,9 +518,21 @@ def test_watch_without_version_starts_with_the_current_objects_and_streams_live(
 def test_watch_with_label_selector_sees_objects_leave_and_enter(client: Client) -> None:
     start = client.ok("GET", DEPLOYMENTS)["metadata"]["resourceVersion"]
     client.ok("POST", DEPLOYMENTS, deployment(labels={"team": "a"}))
-    client.ok("PATCH", f"{DEPLOYMENTS}/web", {"metadata": {"labels": {"team": "b"}}}, content_type="application/merge-patch+json")
-    client.ok("PATCH", f"{DEPLOYMENTS}/web", {"metadata": {"labels": {"team": "a"}}}, content_type="application/merge-patch+json")
-    events = client.watch(DEPLOYMENTS, resourceVersion=start, labelSelector="team=a", timeoutSeconds=1)  # ends the stream
+    client.ok(
+        "PATCH",
+        f"{DEPLOYMENTS}/web",
+        {"metadata": {"labels": {"team": "b"}}},
+        content_type="application/merge-patch+json",
+    )
+    client.ok(
+        "PATCH",
+        f"{DEPLOYMENTS}/web",
+        {"metadata": {"labels": {"team": "a"}}},
+        content_type="application/merge-patch+json",
+    )
+    events = client.watch(
+        DEPLOYMENTS, resourceVersion=start, labelSelector="team=a", timeoutSeconds=1
+    )  # ends the stream
     assert [e["type"] for e in events] == ["ADDED", "DELETED", "ADDED"]
 
 
@@ -430,7 +548,11 @@ def test_watch_from_a_compacted_version_gets_410_gone(api: KubernetesEmulator, c
 def test_send_initial_events_ends_with_the_initial_events_end_bookmark(client: Client) -> None:
     client.ok("POST", DEPLOYMENTS, deployment())
     events = client.watch(
-        DEPLOYMENTS, sendInitialEvents="true", resourceVersionMatch="NotOlderThan", allowWatchBookmarks="true", until=lambda events: len(events) == 2
+        DEPLOYMENTS,
+        sendInitialEvents="true",
+        resourceVersionMatch="NotOlderThan",
+        allowWatchBookmarks="true",
+        until=lambda events: len(events) == 2,
     )
     assert events[0]["type"] == "ADDED"
     assert events[1]["type"] == "BOOKMARK"
@@ -441,12 +563,16 @@ def test_send_initial_events_ends_with_the_initial_events_end_bookmark(client: C
 
 
 def test_crd_schema_defaults_prunes_and_warns(api: KubernetesEmulator, widgets: Client) -> None:
-    response = widgets.http.post(WIDGETS, json={**widget(), "spec": {"size": 2, "unknown": 1, "free": {"any": {"thing": 1}}}})
+    response = widgets.http.post(
+        WIDGETS, json={**widget(), "spec": {"size": 2, "unknown": 1, "free": {"any": {"thing": 1}}}}
+    )
     assert response.status_code == 201
     body = response.json()
     assert body["spec"] == {"size": 2, "color": "red", "min": 1, "max": 3, "free": {"any": {"thing": 1}}}
-    assert response.headers.get_list("Warning") == ['299 - "unknown field "spec.unknown""']
-    strict = widgets.http.post(WIDGETS, params={"fieldValidation": "Strict"}, json={**widget("w2"), "spec": {"size": 2, "unknown": 1}})
+    assert response.headers.get_list("Warning") == ['299 - "unknown field \\"spec.unknown\\""']
+    strict = widgets.http.post(
+        WIDGETS, params={"fieldValidation": "Strict"}, json={**widget("w2"), "spec": {"size": 2, "unknown": 1}}
+    )
     assert strict.status_code == 400 and "unknown field" in strict.json()["message"]
 
 
@@ -458,11 +584,18 @@ def test_crd_schema_defaults_prunes_and_warns(api: KubernetesEmulator, widgets: 
         ({"size": 1, "color": "green"}, "spec.color", "FieldValueNotSupported", 'supported values: "red", "blue"'),
         ({"size": 1, "name": "UP"}, "spec.name", "FieldValueInvalid", "should match '^[a-z]+$'"),
         ({"size": 1, "min": 5}, "spec", "FieldValueInvalid", "min must not exceed max"),
-        ({"size": 1, "ports": [{"name": "a"}, {"name": "a"}]}, "spec.ports[1]", "FieldValueDuplicate", "Duplicate value"),
+        (
+            {"size": 1, "ports": [{"name": "a"}, {"name": "a"}]},
+            "spec.ports[1]",
+            "FieldValueDuplicate",
+            "Duplicate value",
+        ),
         ({}, "spec.size", "FieldValueRequired", "Required value"),
     ],
 )
-def test_crd_schema_violations_are_422_with_causes(widgets: Client, spec: dict[str, Any], field: str, reason: str, message: str) -> None:
+def test_crd_schema_violations_are_422_with_causes(
+    widgets: Client, spec: dict[str, Any], field: str, reason: str, message: str
+) -> None:
     code, status = widgets.call("POST", WIDGETS, {**widget(), "spec": spec})
     assert code == 422, status
     assert status["reason"] == "Invalid" and status["details"]["kind"] == "Widget"
@@ -473,12 +606,16 @@ def test_crd_schema_violations_are_422_with_causes(widgets: Client, spec: dict[s
 
 def test_cel_transition_rules_and_ratcheting(widgets: Client) -> None:
     created = widgets.ok("POST", WIDGETS, {**widget(), "spec": {"size": 1, "immutable": "a"}})
-    code, status = widgets.call("PATCH", f"{WIDGETS}/w1", {"spec": {"immutable": "b"}}, content_type="application/merge-patch+json")
+    code, status = widgets.call(
+        "PATCH", f"{WIDGETS}/w1", {"spec": {"immutable": "b"}}, content_type="application/merge-patch+json"
+    )
     assert code == 422 and "immutable is immutable" in status["details"]["causes"][0]["message"]
     assert created["spec"]["immutable"] == "a"
 
 
-def test_the_project_endpoint_crd_accepts_the_example_and_rejects_a_rule_violation(api: KubernetesEmulator, client: Client) -> None:
+def test_the_project_endpoint_crd_accepts_the_example_and_rejects_a_rule_violation(
+    api: KubernetesEmulator, client: Client
+) -> None:
     api.install_crd(ENDPOINT_CRD)
     example = yaml.safe_load((REPO / "examples" / "echo" / "endpoint.yaml").read_text())
     path = "/apis/bundleserve.dev/v1alpha1/namespaces/default/endpoints"
@@ -491,6 +628,9 @@ def test_the_project_endpoint_crd_accepts_the_example_and_rejects_a_rule_violati
     code, status = client.call("POST", path, bad)
     assert code == 422
     assert any("minReplicas must be less than or equal" in c["message"] for c in status["details"]["causes"])
+    dotted = {**example, "metadata": {"name": "a.b"}}  # a valid object name, but not for this CRD's metadata schema
+    code, status = client.call("POST", path, dotted)
+    assert code == 422 and status["details"]["causes"][0]["field"] == "metadata.name"
     # the core Endpoints resource with the same plural is a different resource
     assert client.ok("GET", "/api/v1/namespaces/default/endpoints")["items"] == []
 
@@ -503,16 +643,29 @@ def test_builtin_defaults_are_filled_like_the_real_server(client: Client) -> Non
     dep["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] = {"httpGet": {"path": "/ready", "port": 8080}}
     created = client.ok("POST", DEPLOYMENTS, dep)
     spec = created["spec"]
+    assert created["status"] == {}  # what a Deployment shows before its controller ran
     assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}
     assert spec["revisionHistoryLimit"] == 10 and spec["progressDeadlineSeconds"] == 600
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Always" and pod["terminationGracePeriodSeconds"] == 30
     container = pod["containers"][0]
     assert container["imagePullPolicy"] == "IfNotPresent" and container["terminationMessagePolicy"] == "File"
-    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTP" and container["readinessProbe"]["periodSeconds"] == 10
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]}}
+    assert (
+        container["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+        and container["readinessProbe"]["periodSeconds"] == 10
+    )
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]},
+    }
     svc = client.ok("POST", "/api/v1/namespaces/default/services", service)["spec"]
-    assert svc["type"] == "ClusterIP" and svc["clusterIP"].startswith("10.96.") and svc["ports"][0] == {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 80}
+    assert (
+        svc["type"] == "ClusterIP"
+        and svc["clusterIP"].startswith("10.96.")
+        and svc["ports"][0] == {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 80}
+    )
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"key": "value"}}
     stored = client.ok("POST", "/api/v1/namespaces/default/secrets", secret)
     assert stored["data"] == {"key": "dmFsdWU="} and "stringData" not in stored and stored["type"] == "Opaque"
@@ -553,12 +706,63 @@ def test_roll_out_can_leave_pods_stuck_with_a_reason(api: KubernetesEmulator, cl
 def test_auto_roll_out_and_write_counters(api: KubernetesEmulator, client: Client) -> None:
     api.auto_roll_out()
     client.ok("POST", DEPLOYMENTS, deployment())
-    wait_until(lambda: (api.get("deployments.apps", "web", "default") or {}).get("status", {}).get("readyReplicas") == 2, what="auto roll-out")
+    wait_until(
+        lambda: (api.get("deployments.apps", "web", "default") or {}).get("status", {}).get("readyReplicas") == 2,
+        what="auto roll-out",
+    )
     client.ok("PATCH", f"{DEPLOYMENTS}/web", {"spec": {"replicas": 3}}, content_type="application/merge-patch+json")
     wait_until(lambda: len(api.items("pods", "default")) == 3, what="scale-up")
     client.ok("GET", DEPLOYMENTS)
     assert api.writes() == {("create", "deployments.apps"): 1, ("patch", "deployments.apps"): 1}
     api.reset_counts()
     assert api.write_count() == 0
-    client.ok("POST", "/api/v1/namespaces/default/events", {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e"}, "involvedObject": {"kind": "Deployment", "name": "web"}})
+    client.ok(
+        "POST",
+        "/api/v1/namespaces/default/events",
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": "e"},
+            "involvedObject": {"kind": "Deployment", "name": "web"},
+        },
+    )
     assert api.write_count() == 1 and api.write_count(exclude=("events",)) == 0
+
+
+def test_concurrent_writers_get_distinct_versions_and_watchers_see_each_change_once(api: KubernetesEmulator) -> None:
+    start = api.store.resource_version
+    configmaps = "/api/v1/namespaces/default/configmaps"
+
+    def writer(prefix: str) -> None:
+        with httpx.Client(base_url=api.url, headers=api.headers, timeout=10) as http:
+            for index in range(20):
+                body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{prefix}-{index}"}}
+                assert http.post(configmaps, json=body).status_code == 201
+
+    threads = [threading.Thread(target=writer, args=(f"t{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for n in range(10):  # knob writes from the test thread interleave with HTTP writes
+        api.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"knob-{n}", "namespace": "default"}})
+    for thread in threads:
+        thread.join(30)
+    client = Client(api)
+    events = client.watch(configmaps, resourceVersion=str(start), until=lambda events: len(events) == 90)
+    client.http.close()
+    names = [e["object"]["metadata"]["name"] for e in events]
+    versions = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
+    assert len(names) == len(set(names)) == 90
+    assert versions == sorted(set(versions))
+
+
+def test_an_emulator_bug_is_a_500_and_is_reported_to_the_fixture(
+    api: KubernetesEmulator, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("emulator bug")
+
+    monkeypatch.setattr(api.store, "get", broken)
+    code, status = client.call("GET", f"{DEPLOYMENTS}/web")
+    assert (code, status["reason"]) == (500, "InternalError")
+    assert [str(p) for p in api.problems()] == ["emulator bug"]
+    api.api.internal_errors.clear()  # handled: the fixture would fail the test otherwise

@@ -21,17 +21,19 @@ class CleanupStep(StrEnum):
     PURGE_AFTER_TIMEOUT = "purge-after-timeout"
 
 
-def wait_bound_seconds(endpoint: Endpoint) -> int:
-    """Long enough for a running task to finish, never longer than MAX_WAIT_SECONDS."""
-    return min(endpoint.spec.async_settings.invocation_timeout_seconds + 30, MAX_WAIT_SECONDS)
+def wait_bound_seconds(endpoint: Endpoint, cap: float = MAX_WAIT_SECONDS) -> float:
+    """Long enough for a running task to finish, never longer than `cap`."""
+    return min(endpoint.spec.async_settings.invocation_timeout_seconds + 30, cap)
 
 
-def next_step(endpoint: Endpoint, *, queue_configured: bool, in_flight: int, waited_seconds: float) -> CleanupStep:
+def next_step(
+    endpoint: Endpoint, *, queue_configured: bool, in_flight: int, waited_seconds: float, cap: float = MAX_WAIT_SECONDS
+) -> CleanupStep:
     if not endpoint.spec.serves(Mode.ASYNC) or endpoint.spec.async_settings.retain_on_delete or not queue_configured:
         return CleanupStep.SKIP
     if in_flight == 0:
         return CleanupStep.PURGE
-    if waited_seconds < wait_bound_seconds(endpoint):
+    if waited_seconds < wait_bound_seconds(endpoint, cap):
         return CleanupStep.WAIT
     return CleanupStep.PURGE_AFTER_TIMEOUT
 

@@ -75,6 +75,9 @@ class OperatorState:
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     drift_interval: float = field(default_factory=lambda: _seconds("BUNDLESERVE_OPERATOR_DRIFT_SECONDS", 60))
     scaler_interval: float = field(default_factory=lambda: _seconds("BUNDLESERVE_OPERATOR_SCALER_SECONDS", 10))
+    cleanup_cap: float = field(
+        default_factory=lambda: _seconds("BUNDLESERVE_OPERATOR_CLEANUP_MAX_SECONDS", cleanup.MAX_WAIT_SECONDS)
+    )
     kube: KubeClient | None = None
     keda: bool = False
     read_backlog: BacklogReader | None = None
@@ -146,13 +149,12 @@ class OperatorState:
             self.metrics.reconcile_errors.labels(namespace, name, result.problem.reason).inc()
         ready = next((c["status"] == "True" for c in result.status["conditions"] if c["type"] == "Ready"), False)
         self.metrics.set_ready(namespace, name, ready)
-        for condition in result.transitions:
-            warning = (condition["type"] == "Degraded") == (condition["status"] == "True")
+        for event in result.transitions:
             kopf.event(
                 kopf.Body(cast(kopf.RawBody, body)),
-                type="Warning" if warning else "Normal",
-                reason=condition["reason"],
-                message=f"{condition['type']}={condition['status']}: {condition['message']}"[:1000],
+                type=event["type"],
+                reason=event["reason"],
+                message=event["message"],
             )
 
     def request(self, key: Key) -> None:
@@ -223,17 +225,21 @@ class OperatorState:
             try:
                 in_flight = (await self.read_backlog(name))[1]
             except Exception as error:
-                if waited_seconds < cleanup.wait_bound_seconds(endpoint):
+                if waited_seconds < cleanup.wait_bound_seconds(endpoint, self.cleanup_cap):
                     raise kopf.TemporaryError(f"queue unreachable: {error}", delay=5) from None
                 kopf.warn(body, reason="QueueCleanupFailed", message=f"queue left in place: {error}")
                 return
         step = cleanup.next_step(
-            endpoint, queue_configured=self.read_backlog is not None, in_flight=in_flight, waited_seconds=waited_seconds
+            endpoint,
+            queue_configured=self.read_backlog is not None,
+            in_flight=in_flight,
+            waited_seconds=waited_seconds,
+            cap=self.cleanup_cap,
         )
         if step is cleanup.CleanupStep.SKIP:
             return
         if step is cleanup.CleanupStep.WAIT:
-            raise kopf.TemporaryError(f"{in_flight} task(s) still in flight", delay=5)
+            raise kopf.TemporaryError(f"{in_flight} task(s) still in flight", delay=min(5.0, self.cleanup_cap))
         if step is cleanup.CleanupStep.PURGE_AFTER_TIMEOUT:
             message = f"purging the queue with {in_flight} task(s) still in flight after {waited_seconds:.0f}s"
             kopf.warn(body, reason="QueueCleanupTimedOut", message=message)

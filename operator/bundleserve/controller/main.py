@@ -1,8 +1,10 @@
 """`bundleserve operator`: run the kopf operator with the health/metrics port.
 
 Scope: `--namespace NS` (repeatable) or `--all-namespaces` (the default when neither is given).
-HA: `--peering NAME` runs kopf peering (leader election: one active replica, needs kopf's peering CRDs);
-otherwise (or with `--standalone`) the operator runs alone. SIGTERM stops it gracefully (kopf's own handling).
+HA: `--peering NAME` runs kopf peering: every replica announces a priority in the peering object and only the highest
+one works, the others pause until it is gone (graceful exit: at once; crash: after the keep-alive expires). Each
+replica draws a random priority unless BUNDLESERVE_PEERING_PRIORITY sets one (equal priorities would pause everyone).
+Without `--peering` (or with `--standalone`) the operator runs alone. SIGTERM stops it gracefully (kopf's own handling).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import secrets
 import sys
 
 import kopf
@@ -44,6 +48,7 @@ async def run(args: argparse.Namespace, config: OperatorConfig) -> None:
             namespaces=args.namespaces or (),
             standalone=args.peering is None,
             peering_name=args.peering,
+            priority=peering_priority() if args.peering else None,
             ready_flag=ready,
         )
     finally:
@@ -53,12 +58,23 @@ async def run(args: argparse.Namespace, config: OperatorConfig) -> None:
         log.info("bundleserve operator stopped")
 
 
+def peering_priority() -> int:
+    configured = os.environ.get("BUNDLESERVE_PEERING_PRIORITY", "").strip()
+    if not configured:
+        return secrets.randbelow(2**31 - 1) + 1
+    if not configured.lstrip("-").isdigit():
+        raise ConfigError(f"BUNDLESERVE_PEERING_PRIORITY={configured!r} must be an integer")
+    return int(configured)
+
+
 def main(args: argparse.Namespace) -> int:
     if args.peering and args.standalone:
         print("bundleserve operator: --peering and --standalone exclude each other", file=sys.stderr)
         return 2
     try:
         config = OperatorConfig.from_env()
+        if args.peering:
+            peering_priority()
     except ConfigError as error:
         print(f"bundleserve operator: {error}", file=sys.stderr)
         return 2

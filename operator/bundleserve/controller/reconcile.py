@@ -192,12 +192,19 @@ async def _reconcile_valid(
         )
     await delete_unwanted(endpoint, desired, context, kube, writes)
     deployment = live["Deployment"]
+    scaler = scaler_for(endpoint, context.keda)
+    if scaler is Scaler.HPA and deployment.get("spec", {}).get("replicas") == 0:
+        # An HPA never scales a Deployment up from zero (e.g. an endpoint that was async-only and scaled to zero).
+        start = max(endpoint.spec.scaling.min_replicas, 1)
+        deployment = await kube.merge_patch(
+            "Deployment", endpoint.namespace, endpoint.name, {"spec": {"replicas": start}}
+        )
+        writes.append(("patch", "Deployment", endpoint.name))
     status = deployment.get("status", {}) or {}
     wanted = deployment.get("spec", {}).get("replicas", 1)
     pods: list[Manifest] = []
     if (status.get("readyReplicas", 0) or 0) < wanted or rolling_out(deployment):
         pods = await kube.list("Pod", endpoint.namespace, selector_labels(endpoint.name))
-    scaler = scaler_for(endpoint, context.keda)
     return Observed(
         generation=generation,
         deployment=deployment,

@@ -212,13 +212,22 @@ def status_patch(previous: Manifest | None, desired: Manifest) -> Manifest | Non
 
 
 def transitions(previous: Manifest | None, desired: Manifest) -> list[dict[str, Any]]:
-    """Ready/Degraded conditions whose status or reason changed: worth a Kubernetes Event."""
+    """Kubernetes Events worth posting, as {type, reason, message}: Ready gained or lost, Degraded entered (or its
+    reason changed) or left. The initial not-ready state of a new Endpoint is not news."""
     before = {c.get("type"): c for c in (previous or {}).get("conditions", []) or []}
-    changed = []
+    events = []
     for condition in desired.get("conditions", []):
-        if condition["type"] not in (READY, DEGRADED):
+        kind, status, reason = condition["type"], condition["status"], condition["reason"]
+        old = before.get(kind, {})
+        if (old.get("status"), old.get("reason")) == (status, reason):
             continue
-        old = before.get(condition["type"], {})
-        if (old.get("status"), old.get("reason")) != (condition["status"], condition["reason"]):
-            changed.append(condition)
-    return changed
+        message = f"{kind}={status}: {condition['message']}"[:1000]
+        was_true, is_true = old.get("status") == "True", status == "True"
+        lost_ready = kind == READY and was_true and not is_true
+        if kind == READY and is_true and not was_true:
+            events.append({"type": "Normal", "reason": reason, "message": message})
+        elif lost_ready or (kind == DEGRADED and is_true):
+            events.append({"type": "Warning", "reason": reason, "message": message})
+        elif kind == DEGRADED and was_true:
+            events.append({"type": "Normal", "reason": "Recovered", "message": message})
+    return events

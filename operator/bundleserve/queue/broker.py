@@ -82,7 +82,13 @@ class TaskQueue:
         #: Commands of concurrent callers share round trips; submissions end their batch with one WAITAOF.
         self.pipe = AutoPipeline(redis)
         waitaof = ("WAITAOF", 1, 0, config.fsync_timeout_ms)
-        self.submits = AutoPipeline(redis, trailer=waitaof if config.durability is Durability.FSYNC else None)
+        self.submits = AutoPipeline(redis, trailer=waitaof) if config.durability is Durability.FSYNC else self.pipe
+
+    async def close(self) -> None:
+        """Close the pipelines' connections (the caller owns `redis` itself)."""
+        await self.pipe.close()
+        if self.submits is not self.pipe:
+            await self.submits.close()
 
     async def ensure_group(self) -> None:
         """Create the stream and its group (from the beginning: tasks submitted before any worker existed count)."""

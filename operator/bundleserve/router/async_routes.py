@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -20,6 +21,7 @@ from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, PayloadTo
 from bundleserve.api.invocation import PredictRequest
 from bundleserve.api.manifest import format_validation_error
 from bundleserve.queue.broker import QueueUnavailable, RedisError, TaskQueue
+from bundleserve.queue.callbacks import SECRET_DIR_ENV, auth_from_secret_dir
 from bundleserve.queue.config import QueueConfig
 from bundleserve.queue.notify import CompletionWaiter
 from bundleserve.queue.recent import RecentResults
@@ -206,6 +208,23 @@ def _result_store(state: RouterState, config: QueueConfig) -> ResultStore:
     return store
 
 
+def _with_default_callback_auth(config: QueueConfig, state: RouterState) -> QueueConfig:
+    """The endpoint's default callback takes its credentials from the Secret mounted into the router."""
+    callback = state.settings.endpoint.spec.async_settings.callback
+    if config.default_callback is None or callback is None or callback.auth is None:
+        return config
+    auth = auth_from_secret_dir(callback.auth.kind)
+    if auth is None:
+        log.warning(
+            "endpoint %s: the callback Secret %s is not mounted at $%s; default callbacks go without credentials",
+            state.settings.name,
+            callback.auth.secret_name,
+            SECRET_DIR_ENV,
+        )
+        return config
+    return replace(config, default_callback=CallbackTarget(config.default_callback.url, auth))
+
+
 def _unavailable(reason: str) -> Any:
     async def handler(request: web.Request) -> web.Response:
         return error_response(Unavailable(reason))
@@ -223,7 +242,7 @@ def setup(app: web.Application, state: RouterState) -> None:
         app.router.add_post(name_path, _unavailable(reason))
         app.router.add_get("/v1/tasks/{task_id}", _unavailable(reason))
         return
-    config = QueueConfig.from_endpoint(state.settings.endpoint)
+    config = _with_default_callback_auth(QueueConfig.from_endpoint(state.settings.endpoint), state)
     redis = aioredis.Redis.from_url(redis_url, socket_keepalive=True, health_check_interval=30)
     queue = TaskQueue(redis, config)
     store = _result_store(state, config)
@@ -236,6 +255,7 @@ def setup(app: web.Application, state: RouterState) -> None:
     async def clients(app: web.Application) -> AsyncIterator[None]:
         yield
         await api.waiter.close()
+        await queue.close()
         await redis.aclose()
 
     app.cleanup_ctx.append(clients)  # registered first: closed after the worker below stopped

@@ -27,6 +27,7 @@ from bundleserve.api.errors import (
     Unavailable,
 )
 from bundleserve.router.calls import Call, parse_call
+from bundleserve.router.deadlines import DeadlineWheel
 from bundleserve.router.fetch import UrlFetcher
 from bundleserve.router.metrics import ModeMetrics
 from bundleserve.router.model_client import JSON, ModelReply, encode_args, model_error
@@ -79,6 +80,8 @@ class Invoker:
         self.stream_path = settings.routes.stream or "/stream"
         self.sync_metrics = state.metrics.for_mode("sync")
         self.stream_metrics = state.metrics.for_mode("streaming")
+        self.deadlines = DeadlineWheel()
+        self._loop: asyncio.AbstractEventLoop | None = None
         if state.fetcher is None:
             state.fetcher = UrlFetcher()
         self.fetcher = state.fetcher
@@ -110,11 +113,15 @@ class Invoker:
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(f"the request body is larger than the limit of {self.max_bytes} bytes") from None
 
-    def _deadline(self, call: Call) -> float:
+    def _deadline(self, call: Call) -> tuple[float, float]:
+        """(loop time of the deadline, the time limit): the spec's, or the request's when smaller."""
         timeout = self.timeout
         if call.timeout_seconds is not None and call.timeout_seconds < timeout:
             timeout = call.timeout_seconds
-        return asyncio.get_running_loop().time() + timeout
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time() + timeout, timeout
 
     async def _model_input(self, call: Call) -> tuple[bytes, bytes, bool]:
         """(body, content type, raw?) for the model: JSON args, or the fetched bytes of a url input."""
@@ -151,9 +158,9 @@ class Invoker:
             entered = True
             body = await self._read(request)
             call = parse_call(body, kwargs_only=self.is_python)
-            deadline = self._deadline(call)
+            deadline, limit = self._deadline(call)
             try:
-                async with asyncio.timeout_at(deadline):
+                async with self.deadlines.at(deadline):
                     data, content_type, raw = await self._model_input(call)
                     metrics.request_bytes.observe(len(data))
                     await self._admit(metrics)
@@ -170,7 +177,7 @@ class Invoker:
                         self.state.admission.release()
                         metrics.model_duration.observe(time.perf_counter() - model_started)
             except TimeoutError:
-                raise Timeout(f"no answer within {deadline - started:.3g} s (queue wait included)") from None
+                raise Timeout(f"no answer within the time limit of {limit:g} s (queue wait included)") from None
             metrics.response_bytes.observe(len(reply.body))
             if call.return_pickled:
                 response = await self._pickled_response(reply)
@@ -233,14 +240,14 @@ class Invoker:
             call = parse_call(body, kwargs_only=self.is_python)
             if call.return_pickled:
                 raise InvalidRequest("return_pickled is not available for streaming")
-            deadline = self._deadline(call)
+            deadline, limit = self._deadline(call)
             try:
-                async with asyncio.timeout_at(deadline):
+                async with self.deadlines.at(deadline):
                     data, content_type, raw = await self._model_input(call)
                     metrics.request_bytes.observe(len(data))
                     await self._admit(metrics)
             except TimeoutError:
-                raise Timeout(f"no answer within {deadline - started:.3g} s (queue wait included)") from None
+                raise Timeout(f"no answer within the time limit of {limit:g} s (queue wait included)") from None
             model_started = time.perf_counter()
             try:
                 response = await self._relay(request, deadline, data, content_type, raw, metrics)
@@ -278,7 +285,7 @@ class Invoker:
             first: list[bytes] = []
             ended = False
             try:
-                async with asyncio.timeout_at(deadline):
+                async with self.deadlines.at(deadline):
                     while not first and not ended:
                         chunk = await anext(chunks, None)
                         if chunk is None:

@@ -86,7 +86,8 @@ def model_error(status: int | None, body: bytes, *, fallback: str) -> ModelError
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; httptools calls the `on_*` methods while `data_received` feeds it."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.lost = False
@@ -101,7 +102,8 @@ class _Connection(asyncio.Protocol):
         self.chunks: asyncio.Queue[bytes | BaseException | None] | None = None
         self.paused = False
 
-    def begin(self, loop: asyncio.AbstractEventLoop, *, streaming: bool) -> None:
+    def begin(self, *, streaming: bool) -> None:
+        loop = self.loop
         self.status = 0
         self.content_type = ""
         self.framed = False
@@ -223,7 +225,6 @@ class ModelClient:
         return prefix
 
     async def _connect(self) -> _Connection:
-        loop = asyncio.get_running_loop()
         now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()
@@ -231,8 +232,9 @@ class ModelClient:
                 return connection
             if connection.transport is not None:
                 connection.transport.close()
+        loop = asyncio.get_running_loop()
         try:
-            _, protocol = await loop.create_connection(_Connection, self.host, self.port)
+            _, protocol = await loop.create_connection(lambda: _Connection(loop), self.host, self.port)
         except OSError as error:
             raise Unavailable(f"the model is not reachable: {error.strerror or error}") from None
         return protocol
@@ -297,7 +299,7 @@ class ModelClient:
     ) -> ModelReply:
         """One request/response exchange; any status is returned (the caller decides what is an error)."""
         connection = await self._connect()
-        connection.begin(asyncio.get_running_loop(), streaming=False)
+        connection.begin(streaming=False)
         reusable = False
         try:
             self._send(connection, method, path, body, content_type, extra)
@@ -354,8 +356,7 @@ class ModelClient:
         generator. A non-2xx answer raises `ModelError` before anything is yielded.
         """
         connection = await self._connect()
-        loop = asyncio.get_running_loop()
-        connection.begin(loop, streaming=True)
+        connection.begin(streaming=True)
         stream: ModelStream | None = None
         try:
             self._send(connection, b"POST", path, body, content_type, self.extra_headers(raw, False, headers))

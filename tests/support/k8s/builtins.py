@@ -156,6 +156,16 @@ def _default_secret(body: dict[str, Any]) -> None:
             data[key] = base64.b64encode(str(value).encode()).decode()
 
 
+#: The status a new object shows before any controller ran (Go's non-omitempty zero values).
+INITIAL_STATUS: dict[str, dict[str, Any]] = {
+    "deployments": {},
+    "replicasets": {"replicas": 0},
+    "statefulsets": {"replicas": 0, "availableReplicas": 0},
+    "horizontalpodautoscalers": {"desiredReplicas": 0},
+    "poddisruptionbudgets": {"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0},
+}
+
+
 def apply_defaults(resource: ResourceType, body: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
     body = copy.deepcopy(body)
     if resource.group == "apps" and resource.plural in {"deployments", "replicasets", "statefulsets"}:
@@ -177,10 +187,60 @@ def apply_defaults(resource: ResourceType, body: dict[str, Any], old: dict[str, 
         body["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = name
         body.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
         body.setdefault("status", {}).setdefault("phase", "Active")
+    if old is None and "status" not in body and resource.plural in INITIAL_STATUS:
+        body["status"] = copy.deepcopy(INITIAL_STATUS[resource.plural])
     return body
 
 
 # --- validation -------------------------------------------------------------------------------------------------
+
+
+def _typed(value: Any, expected: type | tuple[type, ...], where: str, go_type: str) -> str | None:
+    if value is None or (isinstance(value, expected) and not (isinstance(value, bool) and expected is int)):
+        return None
+    return f"json: cannot unmarshal {_json_type(value)} into Go struct field {where} of type {go_type}"
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def decode_errors(resource: ResourceType, body: dict[str, Any]) -> list[str]:
+    """What the real server's typed JSON decoding rejects with 400 (e.g. a number where Go has a string)."""
+    problems: list[str | None] = []
+    meta = body.get("metadata") or {}
+    for key in ("labels", "annotations"):
+        for value in (meta.get(key) or {}).values():
+            problems.append(_typed(value, str, f"ObjectMeta.metadata.{key}", "string"))
+    if resource.custom:
+        return [p for p in problems if p]
+    if resource.plural == "configmaps":
+        for value in (body.get("data") or {}).values():
+            problems.append(_typed(value, str, "ConfigMap.data", "string"))
+    if resource.plural == "secrets":
+        for key in ("data", "stringData"):
+            for value in (body.get(key) or {}).values():
+                problems.append(_typed(value, str, f"Secret.{key}", "string" if key == "stringData" else "[]uint8"))
+    spec = body.get("spec") or {}
+    problems.append(_typed(spec.get("replicas"), int, "spec.replicas", "int32"))
+    pod_spec = (spec.get("template") or {}).get("spec") or (spec if resource.plural == "pods" else {})
+    for container in (pod_spec.get("containers") or []) + (pod_spec.get("initContainers") or []):
+        for env in container.get("env") or []:
+            problems.append(_typed(env.get("value"), str, "EnvVar.spec.containers.env.value", "string"))
+        for port in container.get("ports") or []:
+            problems.append(
+                _typed(port.get("containerPort"), int, "ContainerPort.spec.containers.ports.containerPort", "int32")
+            )
+    if resource.plural == "services":
+        for port in spec.get("ports") or []:
+            problems.append(_typed(port.get("port"), int, "ServicePort.spec.ports.port", "int32"))
+    return [p for p in problems if p]
 
 
 def validate_name(resource: ResourceType, name: str) -> list[Cause]:
@@ -217,15 +277,6 @@ def validate_metadata(metadata: dict[str, Any]) -> list[Cause]:
                     "FieldValueInvalid",
                     f"Invalid value: \"{value}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
                     "metadata.labels",
-                )
-            )
-    for annotation, value in (metadata.get("annotations") or {}).items():
-        if not isinstance(value, str):
-            causes.append(
-                Cause(
-                    "FieldValueTypeInvalid",
-                    f"Invalid value: annotation {annotation!r} must be a string",
-                    "metadata.annotations",
                 )
             )
     for index, owner in enumerate(metadata.get("ownerReferences") or []):

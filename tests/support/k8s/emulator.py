@@ -34,6 +34,7 @@ class KubernetesEmulator:
         self.deployments = DeploymentSimulator(self.store)
         self._thread = ServerThread(self.api)
         self._auto: AutoRollout | None = None
+        self.background_errors: list[BaseException] = []
         self.kubeconfig = workdir / "kubeconfig"
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
@@ -47,8 +48,14 @@ class KubernetesEmulator:
     def stop(self) -> None:
         if self._auto is not None:
             self._auto.stop()
+            self.background_errors.extend(self._auto.errors)
             self._auto = None
         self._thread.stop()
+
+    def problems(self) -> list[BaseException]:
+        """Failures of the emulator itself (bugs, not API errors): the fixture fails the test when there are any."""
+        auto = self._auto.errors if self._auto is not None else []
+        return [*self.api.internal_errors, *self.background_errors, *auto]
 
     def __enter__(self) -> KubernetesEmulator:
         return self.start()
@@ -175,6 +182,7 @@ class KubernetesEmulator:
             self._auto = AutoRollout(self.deployments).start()
         elif not enabled and self._auto is not None:
             self._auto.stop()
+            self.background_errors.extend(self._auto.errors)
             self._auto = None
 
     def drop_watches(self) -> None:

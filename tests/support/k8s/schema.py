@@ -392,6 +392,10 @@ def admit(
     pruned_body, pruned = prune(body, schema, root=True)
     defaulted = apply_defaults(pruned_body, schema)
     causes = validate(defaulted, schema, "", old if old is not None else _MISSING, root=True)
+    name_schema = ((schema.get("properties") or {}).get("metadata") or {}).get("properties", {}).get("name")
+    name = (defaulted.get("metadata") or {}).get("name")
+    if isinstance(name_schema, dict) and isinstance(name, str) and old is None:
+        causes.extend(validate(name, name_schema, "metadata.name"))  # the only metadata constraint CRDs may set
     warnings = [f'unknown field "{path}"' for path in pruned]
     return defaulted, causes, warnings
 

@@ -59,7 +59,8 @@ class Target:
 def _json(body: Any, status: int = 200, warnings: list[str] | None = None) -> web.Response:
     response = web.Response(text=json.dumps(body), status=status, content_type="application/json")
     for warning in warnings or []:
-        response.headers.add("Warning", f'299 - "{warning}"')
+        escaped = warning.replace("\\", "\\\\").replace('"', '\\"')
+        response.headers.add("Warning", f'299 - "{escaped}"')
     return response
 
 
@@ -82,6 +83,7 @@ class ApiServer:
         self._closing = False
         self._epoch = 0  # bumped by drop_watches(): streams of an older epoch end
         self.active_watches = 0
+        self.internal_errors: list[BaseException] = []  # emulator bugs met while serving (checked by the fixture)
 
     # --- audit ----------------------------------------------------------------------------------------------------
 
@@ -169,6 +171,10 @@ class ApiServer:
         except ApiError as error:
             self._record(request, verb, target, error.code)
             return _error(error)
+        except Exception as error:  # a bug of the emulator: answer like the real server, and let the fixture fail
+            self.internal_errors.append(error)
+            self._record(request, verb, target, 500)
+            return _error(ApiError(500, "InternalError", f"Internal error occurred: {error!r}"))
         self._record(request, verb, target, response.status)
         return response
 
@@ -381,7 +387,7 @@ class ApiServer:
                 wait = min(deadline, next_bookmark if bookmarks else deadline) - now
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout=max(wait, 0.0))
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # the client went away; a cancellation (server shutdown) propagates
             pass
         finally:
             self.active_watches -= 1
@@ -454,9 +460,20 @@ class ServerThread:
             self.server.close_watches()
             await runner.cleanup()
 
-    def call(self, fn: Callable[[], Any]) -> None:
+    def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> None:
+        """Run `fn` on the server's loop and wait until it ran."""
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(fn)
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                fn()
+            finally:
+                done.set()
+
+        self._loop.call_soon_threadsafe(run)
+        if not done.wait(timeout):
+            raise TimeoutError("the Kubernetes API emulator's loop did not run the call")
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._loop is not None and self._stop is not None and not self._loop.is_closed():

@@ -315,6 +315,11 @@ class Store:
         """Normalize, default, prune and validate a body about to be stored; raises 422 Invalid with the causes."""
         meta = new.setdefault("metadata", {})
         name = meta.get("name", "")
+        decoding = builtins.decode_errors(resource, new)
+        if decoding:
+            raise errors.bad_request(
+                f'{resource.kind} in version "{resource.version}" cannot be handled as a {resource.kind}: {decoding[0]}'
+            )
         if old is not None:
             old_meta = old["metadata"]
             for key in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"):
@@ -472,7 +477,9 @@ class Store:
                 f"the API version in the data ({body['apiVersion']}) does not match the expected API version ({resource.api_version})"
             )
         if body["kind"] != resource.kind:
-            raise errors.bad_request(f"the kind in the data ({body['kind']}) does not match the expected kind ({resource.kind})")
+            raise errors.bad_request(
+                f"the kind in the data ({body['kind']}) does not match the expected kind ({resource.kind})"
+            )
 
     def create(
         self,
@@ -647,6 +654,10 @@ class Store:
                 resource.plural,
                 name,
                 f"Precondition failed: UID in precondition: {uid}, UID in object meta: {old['metadata']['uid']}",
+            )
+        if meta.get("name", name) != name:
+            raise errors.bad_request(
+                f"the name of the object ({meta['name']}) does not match the name on the URL ({name})"
             )
         meta["name"] = name
         if resource.namespaced:
@@ -861,7 +872,9 @@ class Store:
             for dep_resource, dep in dependents:
                 if not dep["metadata"].get("deletionTimestamp"):
                     dep_meta = dep["metadata"]
-                    self.delete(dep_resource, dep_meta.get("namespace"), dep_meta["name"], {"propagationPolicy": "Foreground"})
+                    self.delete(
+                        dep_resource, dep_meta.get("namespace"), dep_meta["name"], {"propagationPolicy": "Foreground"}
+                    )
             current = self._bucket(resource).get((meta.get("namespace", ""), meta["name"]))
             if current is not None and not self._live_dependents(meta["uid"]):
                 self._remove_finalizer(resource, current, "foregroundDeletion")

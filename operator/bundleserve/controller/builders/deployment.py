@@ -34,7 +34,7 @@ from bundleserve.controller.labels import (
 ROUTER_PORT = 8080
 ROUTER_PORT_ALT = 8081  # when the model itself listens on 8080 (SageMaker-style images)
 #: The router's drain route: blocks until in-flight requests are done. The model container's preStop calls it.
-DRAIN_PATH = "/drain"
+DRAIN_PATH = "/wait-for-drain"
 READY_PATH = "/readyz"
 LIVE_PATH = "/healthz"
 DRAIN_MARGIN_SECONDS = 30
