@@ -215,47 +215,100 @@ def percentile(values: list[float], q: float) -> float:
 # -- bundleserve measurements ----------------------------------------------------------------------------------------
 
 
-async def bundleserve_throughput(url: str, tasks: int, submitters: int) -> float:
-    import aiohttp
+class RawHttp:
+    """A minimal keep-alive HTTP/1.1 client (the load generator, like wrk in bench/router.py): one request at a time
+    per connection, Content-Length bodies only. `--client aiohttp` uses aiohttp's client instead."""
 
-    connector = aiohttp.TCPConnector(limit=submitters)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        submit_url = f"{url}/v1/endpoints/{ENDPOINT}/async"
-        semaphore = asyncio.Semaphore(submitters)
+    def __init__(self, url: str, connections: int) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.slots = asyncio.Semaphore(connections)
 
-        async def submit(i: int) -> str:
-            async with semaphore, session.post(submit_url, data=b'{"args":{"i":%d}}' % i) as response:
-                assert response.status == 202, await response.text()
-                task_id: str = (await response.json())["task_id"]
-                return task_id
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
+        async with self.slots:
+            if self.idle:
+                reader, writer = self.idle.pop()
+            else:
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+            head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
+            writer.write(head.encode() + b"Content-Type: application/json\r\n\r\n" + body)
+            response = await reader.readuntil(b"\r\n\r\n")
+            status = int(response[9:12])
+            start = response.lower().index(b"content-length:") + 15
+            length = int(response[start : response.index(b"\r\n", start)])
+            payload = await reader.readexactly(length)
+            self.idle.append((reader, writer))
+            return status, json.loads(payload)
 
-        async def result(task_id: str, i: int) -> None:
-            async with semaphore, session.get(f"{url}/v1/tasks/{task_id}?wait=60") as response:
-                body = await response.json()
-                assert body["status"] == "SUCCESS" and body["result"] == {"i": i}, body
+    async def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
 
+
+class AiohttpClient:
+    def __init__(self, url: str, connections: int) -> None:
+        import aiohttp
+
+        self.url = url
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections))
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
+        async with self.session.request(method, self.url + path, data=body or None) as response:
+            return response.status, await response.json(content_type=None)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def http_client(kind: str, url: str, connections: int) -> RawHttp | AiohttpClient:
+    return RawHttp(url, connections) if kind == "raw" else AiohttpClient(url, connections)
+
+
+async def bundleserve_throughput(url: str, tasks: int, submitters: int, kind: str) -> float:
+    client = http_client(kind, url, submitters)
+    submit_path = f"/v1/endpoints/{ENDPOINT}/async"
+
+    async def submit(i: int) -> str:
+        status, body = await client.request("POST", submit_path, b'{"args":{"i":%d}}' % i)
+        assert status == 202, body
+        task_id: str = body["task_id"]
+        return task_id
+
+    async def result(task_id: str, i: int) -> None:
+        status, body = await client.request("GET", f"/v1/tasks/{task_id}?wait=60")
+        assert status == 200 and body["status"] == "SUCCESS" and body["result"] == {"i": i}, body
+
+    try:
         began = time.perf_counter()
         ids = await asyncio.gather(*(submit(i) for i in range(tasks)))
         await asyncio.gather(*(result(task_id, i) for i, task_id in enumerate(ids)))
         return tasks / (time.perf_counter() - began)
+    finally:
+        await client.close()
 
 
-async def bundleserve_latency(url: str, samples: int, warmup: int) -> list[float]:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as session:
+async def bundleserve_latency(url: str, samples: int, warmup: int, kind: str) -> list[float]:
+    client = http_client(kind, url, 1)
+    try:
         found = []
         for i in range(warmup + samples):
             began = time.perf_counter()
-            async with session.post(f"{url}/v1/endpoints/{ENDPOINT}/async", data=b'{"args":{"i":%d}}' % i) as answer:
-                task_id = (await answer.json())["task_id"]
-            async with session.get(f"{url}/v1/tasks/{task_id}?wait=30") as response:
-                body = await response.json()
+            _, accepted = await client.request("POST", f"/v1/endpoints/{ENDPOINT}/async", b'{"args":{"i":%d}}' % i)
+            _, body = await client.request("GET", f"/v1/tasks/{accepted['task_id']}?wait=30")
             elapsed = time.perf_counter() - began
             assert body["status"] == "SUCCESS", body
             if i >= warmup:
                 found.append(elapsed)
         return found
+    finally:
+        await client.close()
+
+
+def run_async(coroutine: Any) -> Any:
+    import uvloop
+
+    return uvloop.run(coroutine)
 
 
 def run_bundleserve(
@@ -290,11 +343,11 @@ def run_bundleserve(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: http_ok(f"{url}/readyz"), "the router")
-        asyncio.run(bundleserve_latency(url, 20, 0))  # warm up connections and scripts
+        run_async(bundleserve_latency(url, 20, 0, options.client))  # warm up connections and scripts
         meter = CpuMeter({"system": [router.pid], **others})
-        throughput = asyncio.run(bundleserve_throughput(url, options.tasks, options.submitters))
+        throughput = run_async(bundleserve_throughput(url, options.tasks, options.submitters, options.client))
         cpu = meter.per_task_ms(options.tasks)
-        latency = asyncio.run(bundleserve_latency(url, options.samples, options.warmup))
+        latency = run_async(bundleserve_latency(url, options.samples, options.warmup, options.client))
         return Result(throughput, latency, cpu)
     finally:
         router.terminate()
@@ -374,6 +427,7 @@ def main() -> int:
     parser.add_argument("--appendfsync", choices=("always", "everysec"), default="everysec")
     parser.add_argument("--durability", choices=("fsync", "memory"), default="fsync")
     parser.add_argument("--only", choices=("bundleserve", "celery"), default=None)
+    parser.add_argument("--client", choices=("raw", "aiohttp"), default="raw", help="HTTP client for bundleserve")
     options = parser.parse_args()
     if celery_app is None and options.only != "bundleserve":
         print("celery is not installed: .venv/bin/pip install -e '.[test,bench]'", file=sys.stderr)
@@ -400,7 +454,7 @@ def main() -> int:
             valkey.terminate()
             valkey.wait(10)
     print(f"# async queue benchmark: {options.tasks} tasks, concurrency {options.concurrency}, "
-          f"appendfsync {options.appendfsync}, bundleserve durability {options.durability}, "
+          f"appendfsync {options.appendfsync}, bundleserve durability {options.durability}, {options.client} HTTP client, "
           f"load average at start {load:.2f}, one XADD {probe * 1e6:.0f} us")  # fmt: skip
     print(f"{'system':<12} {'tasks/s':>9} {'p50 ms':>8} {'p99 ms':>8}   CPU ms per task (system/redis/model/client)")
     for name, result in results.items():

@@ -1,9 +1,11 @@
 """Benchmark: what the router costs in front of a trivial model, against nginx and a plain aiohttp proxy, in one run.
 
-    .venv/bin/python bench/router.py [--duration 5] [--connections 64]
+    .venv/bin/python bench/router.py [--duration 3] [--rounds 3] [--connections 64]
 
 Starts a trivial model server (aiohttp on uvloop, like the bundle runtime), `bundleserve router` in front of it, Debian's
-nginx (installed with apt-get when missing; optional) and a plain aiohttp reverse proxy, then measures with wrk
+nginx (installed with apt-get when missing; optional), the "aiohttp floor" (an aiohttp.web handler that only forwards
+the body with the router's model client: the cost of the stack itself) and a plain aiohttp reverse proxy (aiohttp's
+client), then measures with wrk
 (installed with apt-get when missing; else a Python load generator in a separate process):
 - latency at concurrency 1 (p50/p99) and what each proxy adds over direct;
 - throughput at saturation (`--connections` keep-alive connections) and its share of direct;
@@ -103,6 +105,28 @@ def serve_aiohttp_proxy(port: int, upstream: str) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
+def serve_floor(port: int, upstream: str) -> None:
+    """The least an aiohttp.web sidecar can do: read the body, forward it with the router's model client, answer.
+
+    Not a usable proxy (no validation, limits or error mapping): it shows what the router's stack costs by itself.
+    """
+    import uvloop
+    from aiohttp import web
+
+    from bundleserve.router.model_client import ModelClient
+
+    client = ModelClient(upstream)
+
+    async def forward(request: web.Request) -> web.Response:
+        reply = await client.predict("/predict", await request.read())
+        return web.Response(body=reply.body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/predict", forward)
+    uvloop.install()
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -114,6 +138,21 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
     while True:
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except Exception:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{url} did not become ready")
+        time.sleep(0.05)
+
+
+def wait_http_post(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            request = urllib.request.Request(url, data=ARGS_BODY, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=1) as response:
                 if response.status == 200:
                     return
         except Exception:
@@ -333,9 +372,10 @@ class Target:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the table shows medians")
     parser.add_argument("--connections", type=int, default=64, help="connections for the saturation run")
-    parser.add_argument("--ttfb-samples", type=int, default=1000)
+    parser.add_argument("--ttfb-samples", type=int, default=500)
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install nginx/wrk")
     parser.add_argument("--no-aiohttp-proxy", action="store_true")
     options = parser.parse_args()
@@ -396,6 +436,11 @@ def main() -> int:
             wait_http(f"http://127.0.0.1:{nginx_port}/readyz")
             nginx_url = f"http://127.0.0.1:{nginx_port}"
             targets.append(Target("nginx", f"{nginx_url}/predict", f"{nginx_url}/stream", ARGS_BODY))
+        floor_port = free_port()
+        spawn([sys.executable, __file__, "--serve-floor", str(floor_port), model_url], "floor.log")
+        floor_url = f"http://127.0.0.1:{floor_port}"
+        wait_http_post(f"{floor_url}/predict")
+        targets.append(Target("aiohttp floor", f"{floor_url}/predict", None, ARGS_BODY))
         if not options.no_aiohttp_proxy:
             spawn([sys.executable, __file__, "--serve-aiohttp-proxy", str(proxy_port), model_url], "proxy.log")
             proxy_url = f"http://127.0.0.1:{proxy_port}"
@@ -410,13 +455,25 @@ def main() -> int:
         print(f"load average before: {os.getloadavg()[0]:.2f}; tool: {'wrk' if use_wrk else 'python'}", file=sys.stderr)
         for target in targets:  # warm up every path (connection pools, code paths)
             load(target.predict_url, target.body, 8 if use_wrk else 4)
+        # Interleaved rounds, median per path: load from other processes drifts, and measuring one path after the
+        # other would charge the drift to whichever path ran during it.
+        latencies: dict[str, list[Load]] = {t.name: [] for t in targets}
+        saturations: dict[str, list[Load]] = {t.name: [] for t in targets}
+        ttfbs: dict[str, list[tuple[float, float]]] = {t.name: [] for t in targets}
+        for _ in range(options.rounds):
+            for target in targets:
+                latencies[target.name].append(load(target.predict_url, target.body, 1))
+            for target in targets:
+                saturations[target.name].append(load(target.predict_url, target.body, options.connections))
+            for target in targets:
+                if target.stream_url:
+                    ttfbs[target.name].append(measure_ttfb(target.stream_url, target.body, options.ttfb_samples))
         for target in targets:
-            target.latency = load(target.predict_url, target.body, 1)
-        for target in targets:
-            target.saturation = load(target.predict_url, target.body, options.connections)
-        for target in targets:
-            if target.stream_url:
-                target.ttfb = measure_ttfb(target.stream_url, target.body, options.ttfb_samples)
+            target.latency = median_load(latencies[target.name])
+            target.saturation = median_load(saturations[target.name])
+            if ttfbs[target.name]:
+                runs = ttfbs[target.name]
+                target.ttfb = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
         print(f"load average after: {os.getloadavg()[0]:.2f}", file=sys.stderr)
         report(targets, options)
     finally:
@@ -429,6 +486,15 @@ def main() -> int:
                 process.kill()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def median_load(runs: list[Load]) -> Load:
+    return Load(
+        statistics.median(r.rps for r in runs),
+        statistics.median(r.p50_ms for r in runs),
+        statistics.median(r.p99_ms for r in runs),
+        sum(r.errors for r in runs),
+    )
 
 
 def report(targets: list[Target], options: argparse.Namespace) -> None:
@@ -469,6 +535,8 @@ if __name__ == "__main__":
         serve_model(int(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--serve-aiohttp-proxy":
         serve_aiohttp_proxy(int(sys.argv[2]), sys.argv[3])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--serve-floor":
+        serve_floor(int(sys.argv[2]), sys.argv[3])
     elif len(sys.argv) > 1 and sys.argv[1] == "--python-load":
         python_load_main(sys.argv[2:])
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -212,3 +213,31 @@ async def test_a_url_that_cannot_be_fetched_fails_without_retries(router: dict[s
     code, body = await status(http, router["url"], accepted["task_id"], wait=20)
     assert (code, body["status"], body["status_code"]) == (200, "FAILURE", 400)
     assert "HTTP 404" in body["traceback"]
+
+
+async def test_sigterm_lets_a_running_task_finish(tmp_path: Path, valkey_server: Valkey, http: aiohttp.ClientSession):
+    model, model_url = start_model(tmp_path)
+    try:
+        endpoint = write_async_endpoint(tmp_path, name="asyncdrain")
+        env = {
+            "BUNDLESERVE_RESULTS_DIR": str(tmp_path / "results"),
+            "BUNDLESERVE_REDIS_URL": valkey_server.url,
+            "BUNDLESERVE_QUEUE_DURABILITY": "memory",
+        }
+        server, url = start_router(tmp_path, endpoint, model_url, env=env)
+        wait_until(lambda: http_ok(f"{url}/readyz"), timeout=10, what="router ready")
+        code, accepted = await submit(http, url, {"args": {"sleep": 1.0}}, name="asyncdrain")
+        assert code == 202
+        client = redis.Redis(port=valkey_server.port)
+        try:
+            wait_until(
+                lambda: client.hget(keys.task(accepted["task_id"]), "status") == b"STARTED", what="the task to start"
+            )
+            server.signal(signal.SIGTERM)
+            assert server.process.wait(20) == 0, server.log()
+            assert client.hget(keys.task(accepted["task_id"]), "status") == b"SUCCESS"
+        finally:
+            client.close()
+            server.stop()
+    finally:
+        model.stop()

@@ -289,8 +289,8 @@ async def test_completion_is_idempotent(redis: aioredis.Redis, config: QueueConf
     [delivery] = await queue.read("a", 1, 100)
     [started] = await queue.start("a", [delivery])
     assert started.outcome == "run"
-    assert await queue.complete(delivery, TaskStatus.SUCCESS, {"result": "1"}) is True
-    assert await queue.complete(delivery, TaskStatus.FAILURE, {"traceback": "late"}) is False
+    assert await queue.complete(delivery, TaskStatus.SUCCESS, {"result": "1"}) == (True, [])
+    assert await queue.complete(delivery, TaskStatus.FAILURE, {"traceback": "late"}) == (False, [])
     assert await queue.requeue(delivery, {"traceback": "late"}) is False
     record = await get_task(redis, task_id)
     assert record is not None and (record.status, record.result) == (TaskStatus.SUCCESS, 1)
@@ -373,3 +373,46 @@ async def test_a_stopping_worker_hands_its_running_tasks_back_at_once(
         record = await finished(redis, task_id)
         assert (record.status, record.attempts) == (TaskStatus.SUCCESS, 1)
     assert time.monotonic() - begun < 5
+
+
+async def test_stop_returns_promptly_while_the_gate_is_closed(config: QueueConfig, make_queue, tmp_path: Path):
+    class NeverOpen:
+        def is_open(self) -> bool:
+            return False
+
+        async def wait(self) -> None:
+            await asyncio.Event().wait()
+
+    worker = Worker(make_queue(config), echo, FilesystemResultStore(tmp_path / "r"), gate=NeverOpen())
+    running = asyncio.create_task(worker.run())
+    await async_wait_until(lambda: _true(worker._interruptible), what="the worker waiting at its gate")
+    await worker.stop()
+    await asyncio.wait_for(running, 3)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_completion_claims_the_next_task_for_the_same_slot(
+    redis: aioredis.Redis, config: QueueConfig, make_queue
+):
+    queue = make_queue(config)
+    await queue.ensure_group()
+    first = await queue.submit(TaskRequest(args={"n": 1}))
+    second = await queue.submit(TaskRequest(args={"n": 2}))
+    [started] = await queue.claim("c", 1)
+    assert (started.delivery.task_id, started.outcome) == (first, "run")
+    made, claimed = await queue.complete(
+        started.delivery, TaskStatus.SUCCESS, {"result": "1"}, claim_for="c", claim_count=1
+    )
+    assert made
+    assert [(s.delivery.task_id, s.outcome, s.attempts, s.request) for s in claimed] == [
+        (second, "run", 1, TaskRequest(args={"n": 2}))
+    ]
+    assert (await backlog(redis, config.endpoint)).in_flight == 1
+    made, claimed = await queue.complete(
+        claimed[0].delivery, TaskStatus.SUCCESS, {"result": "2"}, claim_for="c", claim_count=1
+    )
+    assert (made, claimed) == (True, [])
+    assert (await backlog(redis, config.endpoint)).total == 0

@@ -678,13 +678,23 @@ def test_roll_out_creates_replicaset_and_pods_and_reports_ready(api: KubernetesE
     client.ok("POST", DEPLOYMENTS, deployment())
     api.reset_counts()
     pods = api.roll_out("default", "web")
+    assert api.write_count() == 0  # simulated controllers are not API clients
     assert len(pods) == 2 and all(p["status"]["phase"] == "Running" for p in pods)
     status = api.get("deployments.apps", "web", "default")["status"]  # type: ignore[index]
     assert (status["readyReplicas"], status["availableReplicas"], status["observedGeneration"]) == (2, 2, 1)
     assert {c["type"]: c["status"] for c in status["conditions"]} == {"Available": "True", "Progressing": "True"}
     [rs] = api.items("replicasets.apps", "default")
     assert rs["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
-    assert api.write_count() == 0  # simulated controllers are not API clients
+    revision = api.get("deployments.apps", "web", "default")["metadata"]["annotations"]  # type: ignore[index]
+    assert revision == {"deployment.kubernetes.io/revision": "1"}  # written by the Deployment controller
+    image = {"spec": {"template": {"spec": {"containers": [{"name": "main", "image": "nginx:1.28"}]}}}}
+    client.ok("PATCH", f"{DEPLOYMENTS}/web", image, content_type="application/strategic-merge-patch+json")
+    api.roll_out("default", "web")
+    replicasets = {r["metadata"]["name"]: r for r in api.items("replicasets.apps", "default")}
+    assert sorted(r["spec"]["replicas"] for r in replicasets.values()) == [0, 2]  # the old one scaled down
+    assert len(api.items("pods", "default")) == 2
+    revision = api.get("deployments.apps", "web", "default")["metadata"]["annotations"]  # type: ignore[index]
+    assert revision == {"deployment.kubernetes.io/revision": "2"}
     client.ok("DELETE", f"{DEPLOYMENTS}/web")
     assert api.items("pods", "default") == [] and api.items("replicasets.apps", "default") == []
 
@@ -766,3 +776,49 @@ def test_an_emulator_bug_is_a_500_and_is_reported_to_the_fixture(
     assert (code, status["reason"]) == (500, "InternalError")
     assert [str(p) for p in api.problems()] == ["emulator bug"]
     api.api.internal_errors.clear()  # handled: the fixture would fail the test otherwise
+
+
+def test_cel_sees_values_typed_by_the_schema_and_message_expressions() -> None:
+    from tests.support.k8s.schema import validate
+
+    rule = {"rule": "self.ratio < 1.5", "messageExpression": "'ratio ' + string(self.ratio) + ' is too high'"}
+    node = {"type": "object", "properties": {"ratio": {"type": "number"}}, "x-kubernetes-validations": [rule]}
+    assert validate({"ratio": 1}, node, "spec") == []  # an integer in a number field is a double for CEL
+    [cause] = validate({"ratio": 2}, node, "spec")
+    assert (cause.field, cause.message) == ("spec", 'Invalid value: "object": ratio 2.0 is too high')
+
+
+def test_injected_failures_answer_the_next_matching_requests(api: KubernetesEmulator, client: Client) -> None:
+    client.ok("POST", DEPLOYMENTS, deployment())
+    api.fail_requests(409, verb="patch", resource="deployments.apps", times=2)
+    api.fail_requests(503, verb="list", resource="services")
+    merge = "application/merge-patch+json"
+    patch = {"spec": {"replicas": 3}}
+    codes = [client.call("PATCH", f"{DEPLOYMENTS}/web", patch, content_type=merge)[0] for _ in range(3)]
+    assert codes == [409, 409, 200]
+    code, status = client.call("GET", "/api/v1/namespaces/default/services")
+    assert (code, status["reason"]) == (503, "ServiceUnavailable")
+    assert client.call("GET", "/api/v1/namespaces/default/services")[0] == 200
+    assert api.writes() == {("create", "deployments.apps"): 1, ("patch", "deployments.apps"): 3}
+    assert api.writes(succeeded_only=True) == {("create", "deployments.apps"): 1, ("patch", "deployments.apps"): 1}
+
+
+def test_reapplying_an_unchanged_crd_writes_nothing_and_a_changed_schema_takes_effect(api: KubernetesEmulator) -> None:
+    api.install_crd(widget_crd())
+    version = api.store.resource_version
+    api.install_crd(widget_crd())
+    assert api.store.resource_version == version
+    relaxed = widget_crd()
+    relaxed["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["size"][
+        "maximum"
+    ] = 100
+    api.install_crd(relaxed)
+    assert api.create({**widget(size=50), "metadata": {"name": "big", "namespace": "default"}})["spec"]["size"] == 50
+
+
+@pytest.mark.parametrize("manifest", sorted((REPO / "examples").glob("*/endpoint.yaml")), ids=lambda p: p.parent.name)
+def test_every_example_endpoint_passes_the_crd_schema_and_cel_rules(api: KubernetesEmulator, manifest: Path) -> None:
+    api.install_crd(ENDPOINT_CRD)
+    for doc in yaml.safe_load_all(manifest.read_text()):
+        created = api.create({**doc, "metadata": {**doc["metadata"], "namespace": "default"}})
+        assert created["metadata"]["generation"] == 1 and created["spec"]["modes"] == doc["spec"]["modes"]

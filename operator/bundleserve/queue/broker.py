@@ -102,13 +102,17 @@ class TaskQueue:
 
     async def submit(self, request: TaskRequest, callback: CallbackTarget | None = None) -> str:
         """Store the record and append the task; returns the task id once Redis holds it as durably as configured."""
+        return await self.submit_encoded(request.dumps(), callback)
+
+    async def submit_encoded(self, request_json: str | bytes, callback: CallbackTarget | None = None) -> str:
+        """`submit` for a request already in `TaskRequest.dumps` form (the HTTP edge's `{"args": ...}` body as is)."""
         task_id = keys.new_task_id()
         fields: dict[str, Any] = {
             "endpoint": self.config.endpoint,
             "status": TaskStatus.PENDING.value,
             "created_at": repr(time.time()),
             "attempts": 0,
-            "request": request.dumps(),
+            "request": request_json,
         }
         if callback is not None:
             fields["callback"] = callback.dumps()
@@ -203,24 +207,39 @@ class TaskQueue:
     # -- transitions ----------------------------------------------------------------------------------------------
 
     async def complete(
-        self, delivery: Delivery, status: TaskStatus, fields: Mapping[str, Any], *, dead_reason: str = ""
-    ) -> bool:
-        """The terminal transition; True if this call made it (False: the task was already terminal)."""
+        self,
+        delivery: Delivery,
+        status: TaskStatus,
+        fields: Mapping[str, Any],
+        *,
+        dead_reason: str = "",
+        claim_for: str | None = None,
+        claim_count: int = 0,
+    ) -> tuple[bool, list[Started]]:
+        """The terminal transition; (True if this call made it, tasks claimed for `claim_for` in the same trip)."""
+        cfg = self.config
         script_keys = [keys.task(delivery.task_id), self.stream, self.dead]
         args = [
             keys.GROUP,
             delivery.entry_id,
             delivery.task_id,
             self.channel,
-            int(self.config.result_ttl_seconds),
+            int(cfg.result_ttl_seconds),
             dead_reason,
+            claim_count if claim_for else 0,
+            claim_for or "",
+            repr(time.time()),
+            cfg.request_ttl_seconds,
+            cfg.max_attempts,
+            keys.task(""),
             "status",
             status.value,
             "finished_at",
             repr(time.time()),
             *_flatten(fields),
         ]
-        return bool(await scripts.complete(self.pipe, script_keys, args))
+        made, claimed = await scripts.complete(self.pipe, script_keys, args)
+        return bool(made), _started(claimed)
 
     async def requeue(self, delivery: Delivery, fields: Mapping[str, Any], *, release: bool = False) -> bool:
         """Back to PENDING at the stream's tail: after a retryable failure, or (release) when this worker drains."""

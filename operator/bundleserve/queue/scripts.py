@@ -83,41 +83,59 @@ return out
 """
 )
 
-#: Read up to `count` new entries (non-blocking) and pick them up, in one round trip. KEYS: stream, dead.
-#: ARGV: group, consumer, now, request_ttl, max_attempts, result_ttl, channel, count, task key prefix.
-#: The task keys are derived here, so this script needs a single-node Redis (not Redis Cluster).
-CLAIM = (
+_CLAIM_NEW = (
     _START_ONE
     + """
-local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[8], 'STREAMS', KEYS[1], '>')
-local out = {}
-if not reply then return out end
-for _, item in ipairs(reply[1][2]) do
-  local entry, fields = item[1], item[2]
-  local task_id = ''
-  for j = 1, #fields, 2 do if fields[j] == 't' then task_id = fields[j + 1] end end
-  out[#out + 1] = start_one(KEYS[1], KEYS[2], ARGV[9] .. task_id, entry, task_id, ARGV[1], ARGV[2], ARGV[3],
-                            ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+-- Read up to `count` new entries without blocking and pick each up (task keys derived from the prefix).
+local function claim_new(stream, dead, group, consumer, count, prefix, now_text, request_ttl, max_attempts, result_ttl,
+                         channel)
+  local out = {}
+  if tonumber(count) < 1 then return out end
+  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream, '>')
+  if not reply then return out end
+  for _, item in ipairs(reply[1][2]) do
+    local entry, fields = item[1], item[2]
+    local task_id = ''
+    for j = 1, #fields, 2 do if fields[j] == 't' then task_id = fields[j + 1] end end
+    out[#out + 1] = start_one(stream, dead, prefix .. task_id, entry, task_id, group, consumer, now_text, request_ttl,
+                              max_attempts, result_ttl, channel)
+  end
+  return out
 end
-return out
 """
 )
 
-#: Terminal transition. KEYS: task, stream, dead. ARGV: group, entry_id, task_id, channel, result_ttl, dead_reason
-#: ('' = not dead-lettered), then field, value, ... (must include status). Returns 1 if this call finished the task.
+#: Read up to `count` new entries (non-blocking) and pick them up, in one round trip. KEYS: stream, dead.
+#: ARGV: group, consumer, now, request_ttl, max_attempts, result_ttl, channel, count, task key prefix.
+#: The task keys are derived here, so these scripts need a single-node Redis (not Redis Cluster).
+CLAIM = (
+    _CLAIM_NEW
+    + """
+return claim_new(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[8], ARGV[9], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+"""
+)
+
+#: Terminal transition, then (under load) the next task for the same slot. KEYS: task, stream, dead.
+#: ARGV: group, entry_id, task_id, channel, result_ttl, dead_reason ('' = not dead-lettered), claim count, consumer,
+#: now, request_ttl, max_attempts, task key prefix, then field, value, ... (must include status).
+#: Returns {1 if this call finished the task else 0, claimed entries as in CLAIM}.
 COMPLETE = (
-    _TERMINAL
+    _CLAIM_NEW
     + """
 local cur = redis.call('HGET', KEYS[1], 'status')
 done(KEYS[2], ARGV[1], ARGV[2])
-if not cur or terminal(cur) then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-if ARGV[6] ~= '' then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', '100000', '*', 't', ARGV[3], 'reason', ARGV[6])
+local made = 0
+if cur and not terminal(cur) then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 13))
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  if ARGV[6] ~= '' then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', '100000', '*', 't', ARGV[3], 'reason', ARGV[6])
+  end
+  redis.call('PUBLISH', ARGV[4], ARGV[3])
+  made = 1
 end
-redis.call('PUBLISH', ARGV[4], ARGV[3])
-return 1
+return {made, claim_new(KEYS[2], KEYS[3], ARGV[1], ARGV[8], ARGV[7], ARGV[12], ARGV[9], ARGV[10], ARGV[11], ARGV[5],
+                        ARGV[4])}
 """
 )
 

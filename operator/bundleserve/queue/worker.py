@@ -13,9 +13,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
@@ -31,6 +31,14 @@ log = logging.getLogger(__name__)
 
 #: Model answers that a retry cannot fix (the request itself is wrong).
 _PERMANENT_STATUS = frozenset({400, 404, 405, 413, 415, 422})
+
+
+class Gate(Protocol):
+    """When this process may take tasks (the router: the model is ready and the router is not draining)."""
+
+    def is_open(self) -> bool: ...
+
+    async def wait(self) -> None: ...
 
 
 @dataclass
@@ -72,7 +80,7 @@ class Worker:
         consumer: str | None = None,
         callbacks: CallbackSender | None = None,
         events: WorkerEvents | None = None,
-        gate: Callable[[], Awaitable[None]] | None = None,
+        gate: Gate | None = None,
         block_ms: int = 2000,
         reclaim_interval_seconds: float | None = None,
         drain_timeout_seconds: float = 10.0,
@@ -84,7 +92,6 @@ class Worker:
         self.consumer = consumer or keys.consumer_name()
         self.callbacks = callbacks
         self.events = events or WorkerEvents()
-        #: Awaited before claiming: returns when this process may take tasks (the model is ready, not draining).
         self.gate = gate
         self.block_ms = block_ms
         visibility = self.config.visibility_timeout_seconds
@@ -94,7 +101,7 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
-        self._in_blocking_read = False
+        self._interruptible = False  # the read loop waits (gate or blocking read) holding no delivery
 
     @property
     def in_flight(self) -> int:
@@ -124,7 +131,7 @@ class Worker:
     async def stop(self) -> None:
         self._stopping.set()
         self._slot_freed.set()
-        if self._reader is not None and self._in_blocking_read:
+        if self._reader is not None and self._interruptible:
             self._reader.cancel()  # entries delivered to an interrupted read are released by `_drain`
 
     async def _until_ready(self) -> None:
@@ -168,16 +175,20 @@ class Worker:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
-            if self.gate is not None:
-                await self.gate()
+            if self.gate is not None and not self.gate.is_open():
+                self._interruptible = True
+                try:
+                    await self.gate.wait()
+                finally:
+                    self._interruptible = False
             try:
                 started = await self.queue.claim(self.consumer, free)  # under load: read + start in one trip
                 if not started:
-                    self._in_blocking_read = True
+                    self._interruptible = True
                     try:
                         deliveries = await self.queue.read(self.consumer, free, self.block_ms)
                     finally:
-                        self._in_blocking_read = False
+                        self._interruptible = False
                     started = await self.queue.start(self.consumer, deliveries)
                 await self._dispatch(started)
                 delay = 0.05
@@ -194,8 +205,8 @@ class Worker:
             free = self._free_slots()
             if free <= 0 or self._stopping.is_set():
                 continue
-            if self.gate is not None:
-                await self.gate()
+            if self.gate is not None and not self.gate.is_open():
+                continue
             try:
                 deliveries = await self.queue.reclaim(self.consumer, free)
                 if deliveries:
@@ -225,6 +236,12 @@ class Worker:
     # -- running one task -----------------------------------------------------------------------------------------
 
     async def _run(self, started: Started) -> None:
+        """One slot: run the task, then the tasks claimed with each completion, until the stream has none."""
+        current: Started | None = started
+        while current is not None:
+            current = await self._run_one(current)
+
+    async def _run_one(self, started: Started) -> Started | None:
         assert started.request is not None
         request, delivery = started.request, started.delivery
         begun = time.monotonic()
@@ -232,7 +249,8 @@ class Worker:
         if request.timeout_seconds:
             limit = min(limit, request.timeout_seconds)
         try:
-            reply = await asyncio.wait_for(self.invoke(request, limit), limit)
+            async with asyncio.timeout(limit):
+                reply = await self.invoke(request, limit)
         except TimeoutError:
             finish = _Finish(
                 TaskStatus.FAILURE,
@@ -248,7 +266,7 @@ class Worker:
             )
         else:
             finish = await self._outcome(delivery.task_id, request.return_pickled, reply)
-        await self._finish(started, finish, time.monotonic() - begun)
+        return await self._finish(started, finish, time.monotonic() - begun)
 
     async def _outcome(self, task_id: str, pickled: bool, reply: ModelReply) -> _Finish:
         if not reply.ok:
@@ -290,30 +308,51 @@ class Worker:
         fields.update(status_code=reply.status_code, traceback="")
         return _Finish(TaskStatus.SUCCESS, fields)
 
-    async def _finish(self, started: Started, finish: _Finish, seconds: float) -> None:
-        """Record the outcome, retrying Redis errors (a result is never dropped while Redis restarts)."""
+    async def _finish(self, started: Started, finish: _Finish, seconds: float) -> Started | None:
+        """Record the outcome, retrying Redis errors (a result is never dropped while Redis restarts).
+
+        Under load the completion also claims the next task for this slot; it is returned to run next.
+        """
         delivery = started.delivery
         out_of_attempts = started.attempts >= self.config.max_attempts
         delay = 0.05
         deadline = time.monotonic() + self.config.visibility_timeout_seconds
+        claim = not self._stopping.is_set() and (self.gate is None or self.gate.is_open())
         while True:
             try:
                 if finish.retryable and not out_of_attempts:
                     await self.queue.requeue(delivery, finish.fields)
                     self.events.on_retry()
-                    return
-                made = await self.queue.complete(delivery, finish.status, finish.fields, dead_reason=finish.dead_reason)
+                    return None
+                made, claimed = await self.queue.complete(
+                    delivery,
+                    finish.status,
+                    finish.fields,
+                    dead_reason=finish.dead_reason,
+                    claim_for=self.consumer if claim else None,
+                    claim_count=1,
+                )
                 break
             except (RedisError, OSError) as error:
                 if time.monotonic() > deadline:  # the entry stays pending: another worker reclaims and reruns it
                     log.error("could not record task %s (%s); leaving it to be reclaimed", delivery.task_id, error)
-                    return
+                    return None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+                claim = False  # a retried call must not claim twice
         if made:
             self.events.on_finished(finish.status, seconds)
             self.events.on_terminal(self._record_of(delivery.task_id, started, finish))
             await self._callback(delivery.task_id, started.callback)
+        following: Started | None = None
+        for picked in claimed:
+            if picked.outcome == "run":
+                following = picked
+            else:
+                await self._dispatch([picked])
+        if following is not None:
+            self._inflight[asyncio.current_task()] = following.delivery  # type: ignore[index]
+        return following
 
     def _record_of(self, task_id: str, started: Started, finish: _Finish) -> TaskRecord:
         fields = finish.fields

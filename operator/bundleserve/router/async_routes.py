@@ -64,6 +64,17 @@ def parse_submission(body: bytes, *, kwargs_only: bool, url_schemes: frozenset[s
     return request
 
 
+def _plain_args(body: bytes) -> bool:
+    """True for a body that is exactly `{"args": {...}}` (valid whatever the bundle kind)."""
+    if not body.startswith(b'{"args"'):
+        return False
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return type(document) is dict and len(document) == 1 and type(document.get("args")) is dict
+
+
 def parse_wait(raw: str | None) -> float:
     if raw is None or raw == "":
         return 0.0
@@ -102,6 +113,7 @@ class AsyncApi:
         self.queue = queue
         self.store = store
         self.waiter = CompletionWaiter(redis)
+        self._counters: dict[str, Any] = {}
         self.recent = RecentResults(max_age_seconds=min(300.0, queue.config.result_ttl_seconds))
         spec = state.settings.endpoint.spec
         self.kwargs_only = spec.bundle.is_python
@@ -121,8 +133,11 @@ class AsyncApi:
             )
 
     def _count(self, outcome: str) -> None:
-        if self.metrics is not None:
-            self.metrics.submissions.labels(self.state.settings.name, outcome).inc()
+        counter = self._counters.get(outcome)
+        if counter is None and self.metrics is not None:
+            counter = self._counters[outcome] = self.metrics.submissions.labels(self.state.settings.name, outcome)
+        if counter is not None:
+            counter.inc()
 
     async def submit(self, request: web.Request) -> web.Response:
         try:
@@ -136,14 +151,19 @@ class AsyncApi:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 raise PayloadTooLarge(f"the request body is larger than the limit of {self.max_bytes} bytes") from None
-            submission = parse_submission(
-                body, kwargs_only=self.kwargs_only, url_schemes=self.state.settings.url_schemes
-            )
-            callback = (
-                CallbackTarget(submission.callback_url, submission.callback_auth) if submission.callback_url else None
-            )
             try:
-                task_id = await self.queue.submit(TaskRequest.from_predict(submission), callback)
+                if _plain_args(body):  # the common `{"args": {...}}`: stored as sent, no re-encoding
+                    task_id = await self.queue.submit_encoded(body)
+                else:
+                    submission = parse_submission(
+                        body, kwargs_only=self.kwargs_only, url_schemes=self.state.settings.url_schemes
+                    )
+                    callback = (
+                        CallbackTarget(submission.callback_url, submission.callback_auth)
+                        if submission.callback_url
+                        else None
+                    )
+                    task_id = await self.queue.submit(TaskRequest.from_predict(submission), callback)
             except QueueUnavailable as error:
                 raise Unavailable(str(error), headers={"Retry-After": "1"}) from None
         except ApiError as error:
@@ -173,6 +193,9 @@ class AsyncApi:
         self._authorize(request)
         task_id = request.match_info["task_id"]
         wait = parse_wait(request.query.get("wait"))
+        recent = self.recent.get(task_id)
+        if recent is not None:
+            return web.Response(body=task_body(recent), content_type=_JSON)
         if wait <= 0:
             return web.Response(body=task_body(await self._record(task_id)), content_type=_JSON)
         latest: list[TaskRecord] = []

@@ -161,8 +161,11 @@ class ReadyGate:
     def __init__(self, state: RouterState) -> None:
         self.state = state
 
+    def is_open(self) -> bool:
+        return self.state.readiness.ready and not self.state.drain.draining
+
     async def wait(self) -> None:
-        while self.state.drain.draining or not self.state.readiness.ready:
+        while not self.is_open():
             await asyncio.sleep(0.05)  # in-process flags, not a Redis poll
 
 
@@ -182,7 +185,7 @@ def worker_context(
             store,
             callbacks=CallbackSender(session),
             events=metrics.events(on_terminal),
-            gate=ReadyGate(state).wait,
+            gate=ReadyGate(state),
             drain_timeout_seconds=state.settings.grace_seconds,
         )
         task = asyncio.create_task(worker.run(), name="bundleserve-async-worker")

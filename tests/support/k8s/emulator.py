@@ -17,7 +17,7 @@ import yaml
 
 from tests.support.k8s.errors import ApiError
 from tests.support.k8s.resources import ResourceType
-from tests.support.k8s.server import ApiServer, RequestRecord, ServerThread
+from tests.support.k8s.server import ApiServer, InjectedFailure, RequestRecord, ServerThread
 from tests.support.k8s.simulation import AutoRollout, DeploymentSimulator
 from tests.support.k8s.store import Body, Store
 
@@ -118,7 +118,8 @@ class KubernetesEmulator:
     def apply(
         self, documents: Iterable[Mapping[str, Any]] | Mapping[str, Any] | Path | str, namespace: str | None = None
     ) -> list[Body]:
-        """Create each object, or replace it if it exists (like `kubectl apply` without field ownership)."""
+        """Create each object, or merge it into the existing one like `kubectl apply` (fields the manifest no longer
+        has are kept: there is no last-applied-configuration)."""
         if isinstance(documents, Path | str):
             docs = [d for d in yaml.safe_load_all(Path(documents).read_text()) if d]
         elif isinstance(documents, Mapping):
@@ -129,16 +130,12 @@ class KubernetesEmulator:
         for doc in docs:
             resource = self.store.registry.for_api_version(doc["apiVersion"], doc["kind"])
             ns = namespace or doc.get("metadata", {}).get("namespace") or ("default" if resource.namespaced else None)
-            try:
-                current = self.store.get(resource, ns, doc["metadata"]["name"])
-            except ApiError as error:
-                if error.code != 404:
-                    raise
+            name = doc["metadata"]["name"]
+            if not self.store.exists(resource, ns, name):
                 result.append(self.store.create(resource, ns, copy.deepcopy(dict(doc)))[0])
                 continue
-            body = copy.deepcopy(dict(doc))
-            body.setdefault("metadata", {})["resourceVersion"] = current["metadata"]["resourceVersion"]
-            result.append(self.store.update(resource, ns, doc["metadata"]["name"], body)[0])
+            patch_type = "application/merge-patch+json" if resource.custom else "application/strategic-merge-patch+json"
+            result.append(self.store.patch(resource, ns, name, patch_type, copy.deepcopy(dict(doc)))[0])
         return result
 
     def install_crd(self, crd: Mapping[str, Any] | Path | str) -> Body:
@@ -192,6 +189,23 @@ class KubernetesEmulator:
     def expire_watch_history(self) -> int:
         """Compact the event history: watches resuming from older versions get 410 Gone (kopf must re-list)."""
         return self.store.compact()
+
+    def fail_requests(
+        self,
+        code: int,
+        *,
+        verb: str | None = None,
+        resource: str | None = None,
+        name: str | None = None,
+        times: int = 1,
+    ) -> None:
+        """Answer the next `times` matching API requests with `code` (409 Conflict, 429, 500, 503, ...)."""
+        self.api.inject_failure(InjectedFailure(verb, resource, name, code, times))
+
+    @property
+    def active_watches(self) -> int:
+        """Open watch streams right now (e.g. wait until the operator watches before acting)."""
+        return self.api.active_watches
 
     # --- audit ----------------------------------------------------------------------------------------------------
 

@@ -257,6 +257,24 @@ def _check_list_type(value: list[Any], schema: dict[str, Any], path: str) -> lis
     return causes
 
 
+def to_cel(value: Any, schema: dict[str, Any]) -> Any:
+    """A value as Kubernetes hands it to CEL: typed by the schema (a `number` field holding 1 is the double 1.0)."""
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        additional = schema.get("additionalProperties")
+        converted = {
+            celtypes.StringType(k): to_cel(v, properties.get(k, additional if isinstance(additional, dict) else {}))
+            for k, v in value.items()
+        }
+        return celtypes.MapType(converted)
+    if isinstance(value, list):
+        items: dict[str, Any] = schema["items"] if isinstance(schema.get("items"), dict) else {}
+        return celtypes.ListType([to_cel(item, items) for item in value])
+    if schema.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
+        return celtypes.DoubleType(float(value))
+    return json_to_cel(value)
+
+
 def _is_transition_rule(rule: str) -> bool:
     return re.search(r"\boldSelf\b", rule) is not None
 
@@ -265,11 +283,11 @@ def _evaluate_rules(value: Any, old: Any, schema: dict[str, Any], path: str) -> 
     causes: list[Cause] = []
     for rule in schema.get("x-kubernetes-validations") or []:
         text = rule["rule"]
-        activation: dict[str, Any] = {"self": json_to_cel(value)}
+        activation: dict[str, Any] = {"self": to_cel(value, schema)}
         if _is_transition_rule(text):
             if old is _MISSING:
                 continue  # transition rules only run on update, when there is an old value
-            activation["oldSelf"] = json_to_cel(old)
+            activation["oldSelf"] = to_cel(old, schema)
         field = path + rule.get("fieldPath", "") if rule.get("fieldPath") else path
         try:
             result = _program(text).evaluate(activation)

@@ -48,6 +48,32 @@ class RequestRecord:
         return self.verb in WRITE_VERBS
 
 
+@dataclass
+class InjectedFailure:
+    """Answer the next `remaining` matching requests with `code` instead of serving them (a flaky or busy server)."""
+
+    verb: str | None  # None: any verb
+    resource: str | None  # qualified, e.g. "deployments.apps" or "endpoints.bundleserve.dev/status"; None: any
+    name: str | None
+    code: int
+    remaining: int
+
+    def matches(self, verb: str, resource: str, name: str | None) -> bool:
+        return (
+            (self.verb is None or self.verb == verb)
+            and (self.resource is None or self.resource == resource)
+            and (self.name is None or self.name == name)
+        )
+
+    def error(self, resource: ResourceType, name: str) -> ApiError:
+        if self.code == 409:
+            return errors.conflict(resource.group, resource.plural, name)
+        if self.code == 404:
+            return errors.not_found(resource.group, resource.plural, name)
+        reasons = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
+        return ApiError(self.code, reasons.get(self.code, "InternalError"), f"injected failure {self.code}")
+
+
 @dataclass(frozen=True)
 class Target:
     resource: ResourceType
@@ -83,6 +109,7 @@ class ApiServer:
         self._closing = False
         self._epoch = 0  # bumped by drop_watches(): streams of an older epoch end
         self.active_watches = 0
+        self._failures: list[InjectedFailure] = []
         self.internal_errors: list[BaseException] = []  # emulator bugs met while serving (checked by the fixture)
 
     # --- audit ----------------------------------------------------------------------------------------------------
@@ -114,6 +141,20 @@ class ApiServer:
         )
         with self._records_lock:
             self._records.append(record)
+
+    # --- failure injection ---------------------------------------------------------------------------------------
+
+    def inject_failure(self, failure: InjectedFailure) -> None:
+        with self._records_lock:
+            self._failures.append(failure)
+
+    def _injected_failure(self, verb: str, target: Target) -> None:
+        resource = target.resource.qualified + (f"/{target.subresource}" if target.subresource else "")
+        with self._records_lock:
+            for failure in self._failures:
+                if failure.remaining > 0 and failure.matches(verb, resource, target.name):
+                    failure.remaining -= 1
+                    raise failure.error(target.resource, target.name or "")
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
 
@@ -164,6 +205,7 @@ class ApiServer:
             return _error(error)
         verb = self._verb(request, target)
         try:
+            self._injected_failure(verb, target)
             if verb == "watch":
                 self._record(request, verb, target, 200)
                 return await self._watch(request, target)

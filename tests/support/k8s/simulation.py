@@ -18,6 +18,9 @@ from tests.support.k8s.errors import ApiError
 from tests.support.k8s.store import Body, Store, now
 
 NODE_NAME = "emulated-node-1"
+#: The Deployment controller records the rollout revision on the Deployment and its ReplicaSets (an annotation
+#: the operator did not write: diffing annotations wholesale would fight the controller on a real cluster).
+REVISION = "deployment.kubernetes.io/revision"
 
 
 def template_hash(template: Body) -> str:
@@ -165,6 +168,8 @@ class DeploymentSimulator:
         try:
             rs = self.store.get(self.replicasets, namespace, rs_name)
         except ApiError:
+            owned = self.store.dependents(deployment["metadata"]["uid"], self.replicasets)
+            revision = 1 + max((int(r["metadata"].get("annotations", {}).get(REVISION, "0")) for r in owned), default=0)
             rs_body = {
                 "apiVersion": "apps/v1",
                 "kind": "ReplicaSet",
@@ -172,11 +177,13 @@ class DeploymentSimulator:
                     "name": rs_name,
                     "namespace": namespace,
                     "labels": labels,
+                    "annotations": {REVISION: str(revision), "deployment.kubernetes.io/desired-replicas": str(desired)},
                     "ownerReferences": [_owner(deployment)],
                 },
                 "spec": {"replicas": desired, "selector": selector, "template": template},
             }
             rs = self.store.create(self.replicasets, namespace, rs_body)[0]
+        self._annotate_revision(deployment, rs["metadata"]["annotations"][REVISION])
         if rs["spec"].get("replicas") != desired:
             rs = self.store.update(
                 self.replicasets, namespace, rs_name, {**rs, "spec": {**rs["spec"], "replicas": desired}}
@@ -218,6 +225,13 @@ class DeploymentSimulator:
             self.deployments, namespace, name, self.deployment_status(deployment, desired, ready_count, rs_name)
         )
         return result
+
+    def _annotate_revision(self, deployment: Body, revision: str) -> None:
+        meta = deployment["metadata"]
+        if (meta.get("annotations") or {}).get(REVISION) == revision:
+            return
+        patch = {"metadata": {"annotations": {REVISION: revision}}}
+        self.store.patch(self.deployments, meta["namespace"], meta["name"], "application/merge-patch+json", patch)
 
     @staticmethod
     def deployment_status(deployment: Body, desired: int, ready: int, rs_name: str) -> Body:

@@ -122,9 +122,13 @@ class Store:
             return self._rv
 
     def compact(self) -> int:
-        """Forget the watch history up to now, as etcd compaction does: older resourceVersions get 410 Gone."""
+        """Forget the watch history, as etcd compaction does: every version handed out so far gets 410 Gone.
+
+        The counter moves one step so that even a client that saw the very last event must re-list.
+        """
         with self._lock:
             self._events.clear()
+            self._rv += 1
             self._compacted = self._rv
             return self._rv
 
@@ -578,6 +582,9 @@ class Store:
                 "lastTransitionTime": now(),
             },
         ]
+        existing = (crd.get("status") or {}).get("conditions") or []
+        if [(c.get("type"), c.get("status")) for c in existing] == [(c["type"], c["status"]) for c in conditions]:
+            conditions = existing  # unchanged conditions keep their transition times
         new["status"] = {
             "acceptedNames": copy.deepcopy(spec["names"]),
             "conditions": conditions,
