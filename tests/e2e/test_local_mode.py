@@ -89,10 +89,13 @@ def test_sigterm_stops_everything_with_status_zero(tmp_path: Path) -> None:
         "run", str(EXAMPLES / "echo" / "endpoint.yaml"), "--port", str(port), "--data-dir", str(tmp_path / "data")
     )
     server = Server(argv, log_path=tmp_path / "run.log")
-    server.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=60)
-    server.signal(signal.SIGTERM)
-    assert server.process.wait(30) == 0, server.log()
-    assert "stopping" in server.log()
+    try:
+        server.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=60)
+        server.signal(signal.SIGTERM)
+        assert server.process.wait(30) == 0, server.log()
+        assert "stopping" in server.log()
+    finally:
+        server.stop()
 
 
 def test_an_invalid_manifest_is_rejected_before_anything_starts(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +18,7 @@ import redis.asyncio as aioredis
 from bundleserve.api.invocation import TaskStatus
 from bundleserve.queue import keys
 from bundleserve.queue.backlog import backlog
-from bundleserve.queue.broker import TaskQueue, get_task
+from bundleserve.queue.broker import QueueUnavailable, TaskQueue, get_task
 from bundleserve.queue.config import Durability, QueueConfig
 from bundleserve.queue.invoke import PICKLE_CONTENT_TYPE, ModelReply
 from bundleserve.queue.notify import CompletionWaiter
@@ -401,7 +402,7 @@ async def test_a_completion_claims_the_next_task_for_the_same_slot(
     await queue.ensure_group()
     first = await queue.submit(TaskRequest(args={"n": 1}))
     second = await queue.submit(TaskRequest(args={"n": 2}))
-    [started] = await queue.claim("c", 1)
+    [started], _ = await queue.claim("c", 1)
     assert (started.delivery.task_id, started.outcome) == (first, "run")
     made, claimed = await queue.complete(
         started.delivery, TaskStatus.SUCCESS, {"result": "1"}, claim_for="c", claim_count=1
@@ -416,3 +417,78 @@ async def test_a_completion_claims_the_next_task_for_the_same_slot(
     )
     assert (made, claimed) == (True, [])
     assert (await backlog(redis, config.endpoint)).total == 0
+
+
+async def test_stopping_mid_stream_leaves_no_task_started_or_in_flight(
+    redis: aioredis.Redis, config: QueueConfig, make_queue, tmp_path: Path
+):
+    async def quick(request: TaskRequest, timeout: float) -> ModelReply:
+        await asyncio.sleep(0.002)
+        return json_reply(request.args)
+
+    queue = make_queue(replace(config, concurrency=4))
+    ids = [await queue.submit(TaskRequest(args={"i": i})) for i in range(400)]
+    worker = Worker(make_queue(queue.config), quick, FilesystemResultStore(tmp_path / "r"))
+    assert worker.prefetch_below_seconds > 0.002  # quick tasks: slots keep one in hand
+    running = asyncio.create_task(worker.run())
+
+    async def some_done() -> bool:
+        return (await backlog(redis, config.endpoint)).total < 300
+
+    await async_wait_until(some_done, what="some tasks done")
+    await worker.stop()
+    await asyncio.wait_for(running, 10)
+    statuses = Counter()
+    for task_id in ids:
+        record = await get_task(redis, task_id)
+        assert record is not None
+        statuses[record.status] += 1
+    assert set(statuses) <= {TaskStatus.SUCCESS, TaskStatus.PENDING}, statuses
+    assert statuses[TaskStatus.SUCCESS] >= 100
+    left = await backlog(redis, config.endpoint)
+    assert (left.in_flight, left.pending) == (0, statuses[TaskStatus.PENDING])
+
+
+async def test_an_idle_submitter_claims_its_own_task_in_the_same_step(
+    redis: aioredis.Redis, config: QueueConfig, make_queue
+):
+    queue = make_queue(config)
+    task_id, claimed = await queue.submit_claiming(b'{"args":{"k":1}}', claim_for="c")
+    assert claimed == []  # no group yet: the submission stands, nothing is claimed
+    await queue.ensure_group()
+    await queue.claim("c", 10)  # drain what is there
+    task_id, claimed = await queue.submit_claiming(b'{"args":{"k":2}}', claim_for="c")
+    assert [(s.delivery.task_id, s.outcome, s.attempts, s.request) for s in claimed] == [
+        (task_id, "run", 1, TaskRequest(args={"k": 2}))
+    ]
+    record = await get_task(redis, task_id)
+    assert record is not None and record.status is TaskStatus.STARTED
+
+
+async def test_fsync_durability_on_a_redis_without_aof_refuses_with_a_clear_reason(tmp_path: Path):
+    plain = Valkey(tmp_path / "no-aof").start()
+    client = aioredis.Redis.from_url(plain.url)
+    queue = TaskQueue(client, QueueConfig(endpoint="noaof", durability=Durability.FSYNC))
+    try:
+        await client.config_set("appendonly", "no")
+        with pytest.raises(QueueUnavailable, match="BUNDLESERVE_QUEUE_DURABILITY=memory"):
+            await queue.submit(TaskRequest(args={}))
+    finally:
+        await queue.close()
+        await client.aclose()
+        plain.stop()
+
+
+async def test_touch_resets_the_idle_time_a_reclaim_looks_at(config: QueueConfig, make_queue):
+    queue = make_queue(replace(config, invocation_timeout_seconds=1, visibility_grace_seconds=0.2))
+    await queue.ensure_group()
+    await queue.submit(TaskRequest(args={}))
+    [started], _ = await queue.claim("holder", 1)
+
+    async def idle_long_enough() -> bool:
+        pending = await queue.redis.xpending_range(queue.stream, keys.GROUP, "-", "+", 1)
+        return pending[0]["time_since_delivered"] > 1300
+
+    await async_wait_until(idle_long_enough, timeout=5, what="the entry to become reclaimable")
+    await queue.touch("holder", started.delivery)
+    assert await queue.reclaim("other", 10) == []

@@ -112,7 +112,7 @@ def test_the_rendered_server_is_durable_and_never_evicts(
     try:
         wait_until(client.ping, timeout=15, what="valkey-server")
         assert client.config_get("appendonly") == {"appendonly": "yes"}
-        assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+        assert client.config_get("appendfsync") == {"appendfsync": "always"}
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
         client.xadd("bundleserve:test", {"task": "1"})
     finally:

@@ -238,3 +238,26 @@ def test_endpoint_file_errors_exit_2(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.startswith("bundleserve router: ") and "modes" in done.stderr
+
+
+def test_a_taken_port_exits_1_with_a_reason(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+
+    from tests.support.processes import bundleserve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            bundleserve(
+                "router", "--endpoint-file", str(write_endpoint(tmp_path)), "--model-url", "http://127.0.0.1:1",
+                "--host", "127.0.0.1", "--port", str(port),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr

@@ -1,1 +1,8 @@
-"""bundleserve.queue"""
+"""The durable async queue (Redis Streams) and result storage; no HTTP here.
+
+keys (key names) · config (QueueConfig from an Endpoint) · tasks (task record, request, callback target) ·
+scripts (Lua state transitions) · pipelining (auto-pipelined hot path) · broker (TaskQueue: submit, claim,
+complete; get_task) · worker (the worker loop) · invoke (what the worker needs from the model) · notify (long-poll
+wake-ups) · recent (terminal records kept in memory) · results (ResultStore, FilesystemResultStore) ·
+callbacks (delivery with retries) · backlog (pending + in flight, for metrics and autoscaling).
+"""

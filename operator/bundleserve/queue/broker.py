@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -46,6 +46,8 @@ class Started:
     attempts: int = 0
     request: TaskRequest | None = None
     callback: CallbackTarget | None = None
+    #: When this process picked it up (monotonic): a task kept in hand is touched before it runs if it waited long.
+    picked_at: float = field(default_factory=time.monotonic)
 
 
 def _s(value: Any) -> str:
@@ -106,37 +108,58 @@ class TaskQueue:
 
     async def submit_encoded(self, request_json: str | bytes, callback: CallbackTarget | None = None) -> str:
         """`submit` for a request already in `TaskRequest.dumps` form (the HTTP edge's `{"args": ...}` body as is)."""
+        task_id, _ = await self.submit_claiming(request_json, callback)
+        return task_id
+
+    async def submit_claiming(
+        self, request_json: str | bytes, callback: CallbackTarget | None = None, *, claim_for: str | None = None
+    ) -> tuple[str, list[Started]]:
+        """Submit; with `claim_for` (a consumer with an idle slot) also pick up the next task for it, in one step."""
         task_id = keys.new_task_id()
+        now = repr(time.time())
         fields: dict[str, Any] = {
             "endpoint": self.config.endpoint,
             "status": TaskStatus.PENDING.value,
-            "created_at": repr(time.time()),
+            "created_at": now,
             "attempts": 0,
             "request": request_json,
         }
         if callback is not None:
             fields["callback"] = callback.dumps()
             fields["callback_status"] = "pending"
-        args = [task_id, self.config.record_ttl_seconds, *_flatten(fields)]
-        command = ("EVALSHA", scripts.submit.sha, 2, keys.task(task_id), self.stream, *args)
+        cfg = self.config
+        args = [
+            task_id,
+            cfg.record_ttl_seconds,
+            claim_for or "",
+            keys.GROUP,
+            now,
+            cfg.request_ttl_seconds,
+            cfg.max_attempts,
+            int(cfg.result_ttl_seconds),
+            self.channel,
+            keys.task(""),
+            *_flatten(fields),
+        ]
+        command = ("EVALSHA", scripts.submit.sha, 3, keys.task(task_id), self.stream, self.dead, *args)
         try:
             try:
-                _, durable = await self.submits.call(*command)
+                claimed, durable = await self.submits.call(*command)
             except NoScriptError:
                 await self.redis.script_load(scripts.submit.source)
-                _, durable = await self.submits.call(*command)
+                claimed, durable = await self.submits.call(*command)
         except _RedisError as error:
-            if "appendonly is disabled" in str(error):
+            if "appendonly is disabled" in str(error) or "unknown command" in str(error).lower():
                 raise QueueUnavailable(
-                    "the queue's Redis runs without AOF, so it cannot confirm a task on disk: enable appendonly, "
-                    "or set BUNDLESERVE_QUEUE_DURABILITY=memory"
+                    "the queue's Redis cannot confirm a task on disk (WAITAOF needs Redis >= 7.2 or Valkey with "
+                    "appendonly yes): enable AOF, or set BUNDLESERVE_QUEUE_DURABILITY=memory"
                 ) from error
             raise QueueUnavailable(f"the queue did not accept the task: {error}") from error
         if self.config.durability is Durability.FSYNC and int(durable[0]) < 1:
             raise QueueUnavailable(
                 f"the queue did not confirm the task on disk within {self.config.fsync_timeout_ms} ms; retry later"
             )
-        return task_id
+        return task_id, _started(claimed)
 
     # -- claim ----------------------------------------------------------------------------------------------------
 
@@ -166,6 +189,10 @@ class TaskQueue:
             if cursor == "0-0":
                 break
         return found
+
+    async def touch(self, consumer: str, delivery: Delivery) -> None:
+        """Reset the entry's idle time (XCLAIM to its own consumer), so a reclaim does not take a task about to run."""
+        await self.redis.xclaim(self.stream, keys.GROUP, consumer, 0, [delivery.entry_id], justid=True)
 
     async def owned(self, consumer: str, count: int = 1000) -> list[Delivery]:
         """Entries in this consumer's pending list (used when it stops, to hand them back)."""
@@ -199,10 +226,23 @@ class TaskQueue:
             args.extend((delivery.entry_id, delivery.task_id))
         return _started(await scripts.start(self.pipe, script_keys, args))
 
-    async def claim(self, consumer: str, count: int) -> list[Started]:
-        """Read up to `count` new entries without blocking and pick them up, in one round trip."""
+    async def claim(self, consumer: str, count: int) -> tuple[list[Started], str]:
+        """Read up to `count` new entries without blocking and pick them up, in one round trip.
+
+        Returns (picked up, the stream's last id when there was nothing to pick up: wait with `wait_after`).
+        """
         args = [*self._start_args(consumer), count, keys.task("")]
-        return _started(await scripts.claim(self.pipe, [self.stream, self.dead], args))
+        last_id, entries = await scripts.claim(self.pipe, [self.stream, self.dead], args)
+        return _started(entries), _s(last_id)
+
+    async def wait_after(self, last_id: str, block_ms: int) -> bool:
+        """Block until the stream has an entry after `last_id` (or `block_ms` passed); True if one arrived.
+
+        A plain XREAD, not XREADGROUP: waiting consumes nothing and writes nothing, so the pickup that follows is a
+        single claim (one AOF write instead of two at light load).
+        """
+        reply = await self.redis.xread({self.stream: last_id}, count=1, block=block_ms)
+        return bool(reply)
 
     # -- transitions ----------------------------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """The worker loop of one router process: read the endpoint's stream, run up to `concurrency` tasks, finish each once.
 
-Reading blocks on XREADGROUP (no polling) for as many entries as there are free slots; a reclaim loop takes over
-entries abandoned by dead consumers (XAUTOCLAIM after the visibility timeout). Each task ends in exactly one of:
+Free slots claim new entries with one script (XREADGROUP + pickup); with nothing to claim the loop blocks on XREAD
+(no polling) until the stream grows. Under load each completion claims the next task for its slot in the same round
+trip. A reclaim loop takes over entries abandoned by dead consumers (XAUTOCLAIM after the visibility timeout).
+Each task ends in exactly one of:
 a terminal transition (SUCCESS / FAILURE / EXPIRED, atomic and idempotent), a requeue for a retry, or - when this
 process drains - a release back to the stream so another replica takes it at once.
 """
@@ -13,8 +15,9 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from redis.exceptions import RedisError
@@ -50,6 +53,14 @@ class WorkerEvents:
     on_callback: Callable[[Outcome], None] = lambda outcome: None
     #: A task this worker brought to a terminal state (the record as now stored).
     on_terminal: Callable[[TaskRecord], None] = lambda record: None
+
+
+@dataclass(eq=False)
+class _Slot:
+    """The state of one running slot: claimed tasks in hand, completions on their way to Redis."""
+
+    buffer: deque[Started] = field(default_factory=deque)
+    completions: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,11 @@ class Worker:
         self.reclaim_interval = reclaim_interval_seconds or min(max(visibility / 4, 0.2), 15.0)
         self.drain_timeout = drain_timeout_seconds
         self._inflight: dict[asyncio.Task[None], Delivery] = {}
+        self._slots: set[_Slot] = set()
+        self._reserved = 0
+        self._background: set[asyncio.Task[None]] = set()
+        #: Slots keep a claimed task in hand only after model calls quicker than this (see `_run`).
+        self.prefetch_below_seconds = min(1.0, self.config.visibility_grace_seconds / 4)
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
@@ -108,7 +124,31 @@ class Worker:
         return len(self._inflight)
 
     def _free_slots(self) -> int:
-        return self.config.concurrency - len(self._inflight)
+        return self.config.concurrency - len(self._inflight) - self._reserved
+
+    def reserve(self) -> bool:
+        """Reserve a slot of an idle worker for a task this process is submitting (claimed in the same step).
+
+        Only when nothing runs: that is the light-load case where it saves latency; under load the slots' own
+        claims batch better. Give the slot back with `adopt`.
+        """
+        if self._stopping.is_set() or self._inflight or self._reserved or (self.gate and not self.gate.is_open()):
+            return False
+        self._reserved += 1
+        return True
+
+    def adopt(self, picked: list[Started]) -> None:
+        """Run what a submission claimed for this worker, and give back the slot reserved for it."""
+        self._reserved -= 1
+        for started in picked:
+            if started.outcome == "run":
+                self._start_slot(started)
+        others = [started for started in picked if started.outcome != "run"]
+        if others:
+            task = asyncio.create_task(self._dispatch(others))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        self._slot_freed.set()
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
 
@@ -159,6 +199,13 @@ class Worker:
                 await task
             with contextlib.suppress(RedisError, OSError):
                 await self.queue.requeue(delivery, {"worker": ""}, release=True)
+        completions = {task for slot in self._slots for task in slot.completions} | self._background
+        if completions:  # results on their way to Redis: let them land (they retry through a Redis restart)
+            await asyncio.wait(completions, timeout=self.config.visibility_timeout_seconds)
+        for slot in self._slots:
+            while slot.buffer:
+                with contextlib.suppress(RedisError, OSError):
+                    await self.queue.requeue(slot.buffer.popleft().delivery, {"worker": ""}, release=True)
         with contextlib.suppress(RedisError, OSError):
             for delivery in await self.queue.owned(self.consumer):  # delivered to us but never started
                 await self.queue.requeue(delivery, {})
@@ -182,14 +229,14 @@ class Worker:
                 finally:
                     self._interruptible = False
             try:
-                started = await self.queue.claim(self.consumer, free)  # under load: read + start in one trip
+                started, last_id = await self.queue.claim(self.consumer, free)  # read + start in one trip
                 if not started:
                     self._interruptible = True
                     try:
-                        deliveries = await self.queue.read(self.consumer, free, self.block_ms)
+                        await self.queue.wait_after(last_id, self.block_ms)
                     finally:
                         self._interruptible = False
-                    started = await self.queue.start(self.consumer, deliveries)
+                    continue
                 await self._dispatch(started)
                 delay = 0.05
             except (RedisError, OSError) as error:
@@ -219,13 +266,16 @@ class Worker:
         """Run what may run; tasks finished at pickup (expired, out of attempts) only notify."""
         for started in picked:
             if started.outcome == "run":
-                task = asyncio.create_task(self._run(started))
-                self._inflight[task] = started.delivery
-                task.add_done_callback(self._release_slot)
+                self._start_slot(started)
             elif started.outcome in ("expired", "failed"):
                 status = TaskStatus.EXPIRED if started.outcome == "expired" else TaskStatus.FAILURE
                 self.events.on_finished(status, 0.0)
                 await self._callback(started.delivery.task_id, started.callback)
+
+    def _start_slot(self, started: Started) -> None:
+        task = asyncio.create_task(self._run(started))
+        self._inflight[task] = started.delivery
+        task.add_done_callback(self._release_slot)
 
     def _release_slot(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
@@ -236,12 +286,47 @@ class Worker:
     # -- running one task -----------------------------------------------------------------------------------------
 
     async def _run(self, started: Started) -> None:
-        """One slot: run the task, then the tasks claimed with each completion, until the stream has none."""
+        """One slot: run the task, then the tasks claimed with each completion, until the stream has none.
+
+        For quick tasks the slot keeps one claimed task in hand, so the next model call starts while the previous
+        completion is still on its way to Redis (as Celery's prefetch does). A task in hand waits for one task; if
+        that one was slow, the waiting task's idle time is reset before it runs, so a reclaim never takes it.
+        """
+        me = asyncio.current_task()
+        assert me is not None
+        slot = _Slot()
+        self._slots.add(slot)
         current: Started | None = started
         while current is not None:
-            current = await self._run_one(current)
+            self._inflight[me] = current.delivery
+            finish, seconds = await self._attempt(current)
+            quick = seconds < self.prefetch_below_seconds
+            if slot.buffer:
+                following = slot.buffer.popleft()
+                self._complete_in_background(slot, current, finish, seconds, claim=1 if quick else 0)
+                if time.monotonic() - following.picked_at > self.config.visibility_grace_seconds / 2:
+                    with contextlib.suppress(RedisError, OSError):  # it waited behind a slow task
+                        await self.queue.touch(self.consumer, following.delivery)
+                current = following
+                continue
+            slot.buffer.extend(await self._complete(current, finish, seconds, claim=2 if quick else 1))
+            while not slot.buffer and slot.completions:
+                await asyncio.wait(set(slot.completions))
+            current = slot.buffer.popleft() if slot.buffer else None
+        self._slots.discard(slot)
 
-    async def _run_one(self, started: Started) -> Started | None:
+    def _complete_in_background(
+        self, slot: _Slot, started: Started, finish: _Finish, seconds: float, claim: int
+    ) -> None:
+        async def complete() -> None:
+            slot.buffer.extend(await self._complete(started, finish, seconds, claim))
+
+        task = asyncio.create_task(complete())
+        slot.completions.add(task)
+        task.add_done_callback(slot.completions.discard)
+
+    async def _attempt(self, started: Started) -> tuple[_Finish, float]:
+        """Call the model once and decide the outcome (nothing is written to Redis here)."""
         assert started.request is not None
         request, delivery = started.request, started.delivery
         begun = time.monotonic()
@@ -266,7 +351,7 @@ class Worker:
             )
         else:
             finish = await self._outcome(delivery.task_id, request.return_pickled, reply)
-        return await self._finish(started, finish, time.monotonic() - begun)
+        return finish, time.monotonic() - begun
 
     async def _outcome(self, task_id: str, pickled: bool, reply: ModelReply) -> _Finish:
         if not reply.ok:
@@ -308,51 +393,47 @@ class Worker:
         fields.update(status_code=reply.status_code, traceback="")
         return _Finish(TaskStatus.SUCCESS, fields)
 
-    async def _finish(self, started: Started, finish: _Finish, seconds: float) -> Started | None:
+    def _may_claim(self) -> bool:
+        return not self._stopping.is_set() and (self.gate is None or self.gate.is_open())
+
+    async def _complete(self, started: Started, finish: _Finish, seconds: float, claim: int) -> list[Started]:
         """Record the outcome, retrying Redis errors (a result is never dropped while Redis restarts).
 
-        Under load the completion also claims the next task for this slot; it is returned to run next.
+        The completion also claims up to `claim` new tasks for this slot in the same round trip; they are returned.
         """
         delivery = started.delivery
         out_of_attempts = started.attempts >= self.config.max_attempts
         delay = 0.05
         deadline = time.monotonic() + self.config.visibility_timeout_seconds
-        claim = not self._stopping.is_set() and (self.gate is None or self.gate.is_open())
         while True:
             try:
                 if finish.retryable and not out_of_attempts:
                     await self.queue.requeue(delivery, finish.fields)
                     self.events.on_retry()
-                    return None
+                    return []
                 made, claimed = await self.queue.complete(
                     delivery,
                     finish.status,
                     finish.fields,
                     dead_reason=finish.dead_reason,
-                    claim_for=self.consumer if claim else None,
-                    claim_count=1,
+                    claim_for=self.consumer if claim > 0 and self._may_claim() else None,
+                    claim_count=claim,
                 )
                 break
             except (RedisError, OSError) as error:
                 if time.monotonic() > deadline:  # the entry stays pending: another worker reclaims and reruns it
                     log.error("could not record task %s (%s); leaving it to be reclaimed", delivery.task_id, error)
-                    return None
+                    return []
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-                claim = False  # a retried call must not claim twice
+                claim = 0  # a retried call must not claim twice
         if made:
             self.events.on_finished(finish.status, seconds)
             self.events.on_terminal(self._record_of(delivery.task_id, started, finish))
             await self._callback(delivery.task_id, started.callback)
-        following: Started | None = None
-        for picked in claimed:
-            if picked.outcome == "run":
-                following = picked
-            else:
-                await self._dispatch([picked])
-        if following is not None:
-            self._inflight[asyncio.current_task()] = following.delivery  # type: ignore[index]
-        return following
+        runnable = [picked for picked in claimed if picked.outcome == "run"]
+        await self._dispatch([picked for picked in claimed if picked.outcome != "run"])
+        return runnable
 
     def _record_of(self, task_id: str, started: Started, finish: _Finish) -> TaskRecord:
         fields = finish.fields

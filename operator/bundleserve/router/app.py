@@ -54,21 +54,29 @@ async def render_errors(
     except ApiError as error:
         return error_response(error)
     except web.HTTPException as error:
-        if error.status < 400:
-            raise
-        api_error: ApiError
-        if error.status == 404:
-            api_error = NotFound(f"no route {request.method} {request.path}")
-        elif error.status == 405:
-            api_error = MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")
-        elif error.status == 400:
-            api_error = InvalidRequest(error.reason or "bad request")
-        else:
-            api_error = HttpError(error.status, error.reason or "request failed")
-        response = error_response(api_error)
-        if error.status == 405 and "Allow" in error.headers:
-            response.headers["Allow"] = error.headers["Allow"]
-        return response
+        return _http_error(request, error)
+    except Exception:  # a bug of ours: log it, answer in the documented shape
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response(ApiError("internal error"))
+
+
+def _http_error(request: web.Request, error: web.HTTPException) -> web.StreamResponse:
+    """aiohttp's own errors (unknown route, wrong method, ...) in the one shape; redirects pass through."""
+    if error.status < 400:
+        raise error
+    api_error: ApiError
+    if error.status == 404:
+        api_error = NotFound(f"no route {request.method} {request.path}")
+    elif error.status == 405:
+        api_error = MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")
+    elif error.status == 400:
+        api_error = InvalidRequest(error.reason or "bad request")
+    else:
+        api_error = HttpError(error.status, error.reason or "request failed")
+    response = error_response(api_error)
+    if error.status == 405 and "Allow" in error.headers:
+        response.headers["Allow"] = error.headers["Allow"]
+    return response
 
 
 def build_state(settings: Settings, model: ModelClient | None = None) -> RouterState:
@@ -92,11 +100,14 @@ def build_app(settings: Settings, *, model: ModelClient | None = None) -> web.Ap
     )
     app[ROUTER_STATE] = state
     invoker = Invoker(state)
-    name_path = "/v1/endpoints/{name}"
+    # The exact path of our own endpoint resolves by dictionary lookup; the templated one answers 404 for other names.
+    own_path, any_path = f"/v1/endpoints/{settings.name}", "/v1/endpoints/{name}"
     if settings.serves(Mode.SYNC):
-        app.router.add_post(f"{name_path}/predict", invoker.predict)
+        app.router.add_post(f"{own_path}/predict", invoker.predict)
+        app.router.add_post(f"{any_path}/predict", invoker.predict)
     if settings.serves(Mode.STREAMING):
-        app.router.add_post(f"{name_path}/stream", invoker.stream)
+        app.router.add_post(f"{own_path}/stream", invoker.stream)
+        app.router.add_post(f"{any_path}/stream", invoker.stream)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/wait-for-drain", wait_for_drain)

@@ -20,13 +20,14 @@ from pydantic import ValidationError
 from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
 from bundleserve.api.invocation import PredictRequest
 from bundleserve.api.manifest import format_validation_error
-from bundleserve.queue.broker import QueueUnavailable, RedisError, TaskQueue
+from bundleserve.queue.broker import QueueUnavailable, RedisError, Started, TaskQueue
 from bundleserve.queue.callbacks import SECRET_DIR_ENV, auth_from_secret_dir
 from bundleserve.queue.config import QueueConfig
 from bundleserve.queue.notify import CompletionWaiter
 from bundleserve.queue.recent import RecentResults
 from bundleserve.queue.results import FilesystemResultStore, InvalidKey, ResultStore
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord, TaskRequest
+from bundleserve.queue.worker import Worker
 from bundleserve.router.fetch import check_url
 from bundleserve.router.invoke import error_response
 from bundleserve.router.state import RouterState
@@ -153,7 +154,7 @@ class AsyncApi:
                 raise PayloadTooLarge(f"the request body is larger than the limit of {self.max_bytes} bytes") from None
             try:
                 if _plain_args(body):  # the common `{"args": {...}}`: stored as sent, no re-encoding
-                    task_id = await self.queue.submit_encoded(body)
+                    task_id = await self._submit_plain(body)
                 else:
                     submission = parse_submission(
                         body, kwargs_only=self.kwargs_only, url_schemes=self.state.settings.url_schemes
@@ -171,6 +172,18 @@ class AsyncApi:
             return error_response(error)
         self._count("accepted")
         return web.Response(status=202, body=b'{"task_id":"' + task_id.encode() + b'"}', content_type=_JSON)
+
+    async def _submit_plain(self, body: bytes) -> str:
+        """Submit; when this replica's worker has an idle slot, it takes the task in the same step (light load)."""
+        worker: Worker | None = self.state.extras.get("async_worker")
+        if worker is None or not worker.reserve():
+            return await self.queue.submit_encoded(body)
+        claimed: list[Started] = []
+        try:
+            task_id, claimed = await self.queue.submit_claiming(body, claim_for=worker.consumer)
+        finally:
+            worker.adopt(claimed)
+        return task_id
 
     def finished_here(self, record: TaskRecord) -> None:
         """The local worker finished a task: remember it and wake its long-polls now."""

@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 import uuid
+from time import perf_counter
 from typing import Any
 
 from aiohttp import web
@@ -78,6 +79,7 @@ class Invoker:
         self.is_python = spec.bundle.is_python
         self.predict_path = settings.routes.predict
         self.stream_path = settings.routes.stream or "/stream"
+        self.model = state.model
         self.sync_metrics = state.metrics.for_mode("sync")
         self.stream_metrics = state.metrics.for_mode("streaming")
         self.deadlines = DeadlineWheel()
@@ -89,8 +91,9 @@ class Invoker:
     # -- shared steps ---------------------------------------------------------------------------------------------
 
     def _gate(self, request: web.Request) -> None:
-        if request.match_info["name"] != self.name:
-            raise NotFound(f"this router serves endpoint {self.name!r}, not {request.match_info['name']!r}")
+        name = request.match_info.get("name")  # absent on the exact route of our own endpoint
+        if name is not None and name != self.name:
+            raise NotFound(f"this router serves endpoint {self.name!r}, not {name!r}")
         state = self.state
         if state.api_keys is not None and not state.api_keys.allows(request.headers.get("Authorization")):
             raise Unauthorized(
@@ -148,25 +151,35 @@ class Invoker:
     # -- predict --------------------------------------------------------------------------------------------------
 
     async def predict(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
+        started = perf_counter()
         metrics = self.sync_metrics
-        drain = self.state.drain
-        entered = False
         try:
             self._gate(request)
-            drain.enter()
-            entered = True
-            body = await self._read(request)
-            call = parse_call(body, kwargs_only=self.is_python)
+        except ApiError as error:
+            metrics.record(error.code, perf_counter() - started)
+            return error_response(error)
+        drain = self.state.drain
+        drain.enter()
+        waited = model_time = 0.0
+        size_in = size_out = -1
+        try:
+            call = parse_call(await self._read(request), kwargs_only=self.is_python)
             deadline, limit = self._deadline(call)
+            admission = self.state.admission
             try:
                 async with self.deadlines.at(deadline):
-                    data, content_type, raw = await self._model_input(call)
-                    metrics.request_bytes.observe(len(data))
-                    await self._admit(metrics)
-                    model_started = time.perf_counter()
+                    if call.args_json is not None:
+                        data, content_type, raw = call.args_json, JSON, False
+                    else:
+                        data, content_type, raw = await self._model_input(call)
+                    size_in = len(data)
+                    if not admission.try_acquire():
+                        waiting_since = perf_counter()
+                        await admission.acquire()
+                        waited = perf_counter() - waiting_since
+                    model_time = perf_counter()
                     try:
-                        reply = await self.state.model.predict(
+                        reply = await self.model.predict(
                             self.predict_path,
                             data,
                             content_type=content_type,
@@ -174,28 +187,26 @@ class Invoker:
                             pickled=call.return_pickled and self.is_python,
                         )
                     finally:
-                        self.state.admission.release()
-                        metrics.model_duration.observe(time.perf_counter() - model_started)
+                        admission.release()
+                        model_time = perf_counter() - model_time
             except TimeoutError:
                 raise Timeout(f"no answer within the time limit of {limit:g} s (queue wait included)") from None
-            metrics.response_bytes.observe(len(reply.body))
+            size_out = len(reply.body)
             if call.return_pickled:
                 response = await self._pickled_response(reply)
             else:
                 response = self._result_response(reply)
-            metrics.outcome("success")
+            metrics.record("success", perf_counter() - started, waited, model_time, size_in, size_out)
             return response
         except ApiError as error:
             self._model_failed(error)
-            metrics.outcome(outcome_of(error))
+            metrics.record(error.code, perf_counter() - started, waited, model_time, size_in, size_out)
             return error_response(error)
         except asyncio.CancelledError:
-            metrics.outcome("cancelled")
+            metrics.record("cancelled", perf_counter() - started, waited, model_time, size_in, size_out)
             raise
         finally:
-            if entered:
-                drain.leave()
-            metrics.duration.observe(time.perf_counter() - started)
+            drain.leave()
 
     def _result_response(self, reply: ModelReply) -> web.Response:
         if reply.is_json and self.is_python and reply.body:

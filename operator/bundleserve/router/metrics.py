@@ -87,6 +87,27 @@ class ModeMetrics:
         """Count a finished request: `success`, `cancelled`, or an error code (`overloaded`, `timeout`, ...)."""
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
 
+    def record(
+        self,
+        outcome: str,
+        duration: float,
+        queue_wait: float = -1.0,
+        model_duration: float = -1.0,
+        request_bytes: int = -1,
+        response_bytes: int = -1,
+    ) -> None:
+        """Everything about one finished request in one call (the hot path); negative values were not measured
+        (the request ended before that step)."""
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        self.duration.observe(duration)
+        if request_bytes >= 0:
+            self.request_bytes.observe(request_bytes)
+            self.queue_wait.observe(queue_wait)
+        if model_duration > 0:
+            self.model_duration.observe(model_duration)
+        if response_bytes >= 0:
+            self.response_bytes.observe(response_bytes)
+
 
 class RouterMetrics(Collector):
     """Requests by mode and outcome; latency (total, queue wait, model); in-model, queued; payload sizes."""

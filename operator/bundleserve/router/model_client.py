@@ -141,10 +141,10 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        lowered = name.lower()
-        if lowered == b"content-type":
+        size = len(name)  # cheap filter first: most headers (Date, Server, ...) are none of these
+        if size == 12 and name.lower() == b"content-type":
             self.content_type = value.decode("latin-1")
-        elif lowered in (b"content-length", b"transfer-encoding"):
+        elif (size == 14 or size == 17) and name.lower() in (b"content-length", b"transfer-encoding"):
             self.framed = True
 
     def on_headers_complete(self) -> None:
@@ -224,9 +224,9 @@ class ModelClient:
             self._prefixes[key] = prefix
         return prefix
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, *, fresh: bool = False) -> _Connection:
         now = time.monotonic()
-        while self._idle:
+        while self._idle and not fresh:
             connection = self._idle.pop()
             if not connection.lost and now - connection.idle_since < self._idle_seconds:
                 return connection
@@ -279,6 +279,22 @@ class ModelClient:
         else:
             connection.transport.writelines((head, body))
 
+    async def _connect_and_send(
+        self, method: bytes, path: str, body: bytes, content_type: bytes, extra: bytes, *, streaming: bool
+    ) -> _Connection:
+        """A connection with the request written. A pooled connection the model closed in the meantime fails at the
+        write, before anything was sent: that one case is retried once on a fresh connection."""
+        connection = await self._connect()
+        connection.begin(streaming=streaming)
+        try:
+            self._send(connection, method, path, body, content_type, extra)
+        except (RuntimeError, OSError):
+            self._release(connection, reusable=False)
+            connection = await self._connect(fresh=True)
+            connection.begin(streaming=streaming)
+            self._send(connection, method, path, body, content_type, extra)
+        return connection
+
     @staticmethod
     def extra_headers(raw: bool, pickled: bool, headers: Mapping[str, str] | None = None) -> bytes:
         """The contract's request headers (`X-Bundleserve-Input: raw`, `X-Bundleserve-Return: pickle`) as bytes
@@ -298,11 +314,9 @@ class ModelClient:
         self, method: bytes, path: str, body: bytes = b"", *, content_type: bytes = JSON, extra: bytes = b""
     ) -> ModelReply:
         """One request/response exchange; any status is returned (the caller decides what is an error)."""
-        connection = await self._connect()
-        connection.begin(streaming=False)
+        connection = await self._connect_and_send(method, path, body, content_type, extra, streaming=False)
         reusable = False
         try:
-            self._send(connection, method, path, body, content_type, extra)
             assert connection.done is not None
             try:
                 await connection.done
@@ -355,11 +369,10 @@ class ModelClient:
         Leaving the block before the stream's end (client gone, error) closes the connection, cancelling the model's
         generator. A non-2xx answer raises `ModelError` before anything is yielded.
         """
-        connection = await self._connect()
-        connection.begin(streaming=True)
+        extra = self.extra_headers(raw, False, headers)
+        connection = await self._connect_and_send(b"POST", path, body, content_type, extra, streaming=True)
         stream: ModelStream | None = None
         try:
-            self._send(connection, b"POST", path, body, content_type, self.extra_headers(raw, False, headers))
             assert connection.headers_done is not None and connection.done is not None
             try:
                 await connection.headers_done

@@ -168,15 +168,24 @@ def route_key(method: str, path: str) -> tuple[str, str]:
     return method, _PARAM.sub("{}", path)
 
 
+_OWN_ENDPOINT = re.compile(r"^/v1/endpoints/[^/{]+/")
+
+
 def registered_routes(app: web.Application) -> list[tuple[str, str]]:
-    """(method, path template) of every route of the app, without the HEAD twins aiohttp adds for GET."""
-    found = []
+    """(method, path template) of every route of the app, without the HEAD twins aiohttp adds for GET.
+
+    The router registers its own endpoint's exact paths (faster to resolve) next to the `{name}` templates; both
+    are the same operation, reported once as the template.
+    """
+    found: list[tuple[str, str]] = []
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource is not None else {}
         path = info.get("path") or info.get("formatter")
         if path is None or route.method in ("HEAD", "*"):
             continue
-        found.append((route.method, str(path)))
+        entry = (route.method, _OWN_ENDPOINT.sub("/v1/endpoints/{name}/", str(path)))
+        if entry not in found:
+            found.append(entry)
     return found
 
 

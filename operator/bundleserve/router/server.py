@@ -27,24 +27,24 @@ log = logging.getLogger("bundleserve.router")
 async def serve(settings: Settings) -> None:
     app = build_app(settings)
     state = app[ROUTER_STATE]
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)
-    await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before listening: a SIGTERM during start-up also drains
         loop.add_signal_handler(sig, stop.set)
-    modes = ",".join(mode.value for mode in settings.endpoint.spec.modes)
-    log.info(
-        "router for endpoint %s (%s) listening on http://%s:%d, model at %s",
-        settings.name,
-        modes,
-        settings.host,
-        settings.port,
-        settings.model_url,
-    )
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
     try:
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)
+        await site.start()
+        modes = ",".join(mode.value for mode in settings.endpoint.spec.modes)
+        log.info(
+            "router for endpoint %s (%s) listening on http://%s:%d, model at %s",
+            settings.name,
+            modes,
+            settings.host,
+            settings.port,
+            settings.model_url,
+        )
         await stop.wait()
         grace = settings.grace_seconds
         log.info("draining: %d requests in progress, up to %.0f s", state.drain.active, grace)
