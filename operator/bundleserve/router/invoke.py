@@ -31,7 +31,7 @@ from bundleserve.router.calls import Call, parse_call
 from bundleserve.router.deadlines import DeadlineWheel
 from bundleserve.router.fetch import UrlFetcher
 from bundleserve.router.metrics import ModeMetrics
-from bundleserve.router.model_client import JSON, ModelReply, encode_args, model_error
+from bundleserve.router.model_client import JSON, ModelReply, ModelUnreachable, encode_args, model_error
 from bundleserve.router.sse import EventParser, as_json, failure_event, success_event
 from bundleserve.router.state import RouterState
 
@@ -145,7 +145,7 @@ class Invoker:
         metrics.queue_wait.observe(time.perf_counter() - started)
 
     def _model_failed(self, error: ApiError) -> None:
-        if isinstance(error, Unavailable):
+        if isinstance(error, ModelUnreachable):
             self.state.readiness.lost()
 
     # -- predict --------------------------------------------------------------------------------------------------

@@ -32,6 +32,10 @@ _PAUSE_AT = 64
 _LARGE_BODY = 64 * 1024
 
 
+class ModelUnreachable(Unavailable):
+    """No connection to the model could be made (503): it is not running, or not listening yet."""
+
+
 class ModelReply:
     """A complete answer of the model: status, content type and body bytes."""
 
@@ -236,7 +240,7 @@ class ModelClient:
         try:
             _, protocol = await loop.create_connection(lambda: _Connection(loop), self.host, self.port)
         except OSError as error:
-            raise Unavailable(f"the model is not reachable: {error.strerror or error}") from None
+            raise ModelUnreachable(f"the model is not reachable: {error.strerror or error}") from None
         return protocol
 
     def _release(self, connection: _Connection, *, reusable: bool) -> None:
