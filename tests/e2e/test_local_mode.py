@@ -25,6 +25,7 @@ def local_mode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         "run",
         str(EXAMPLES / "echo" / "endpoint.yaml"),
         str(EXAMPLES / "token-streamer" / "endpoint.yaml"),
+        str(EXAMPLES / "slow-job" / "endpoint.yaml"),
         "--port", str(port),
         "--data-dir", str(tmp / "data"),
     )  # fmt: skip
@@ -70,6 +71,22 @@ def test_async_task_reaches_success_through_the_embedded_redis(local_mode: tuple
     assert status["result"] == {"job": 7}
 
 
+def test_tasks_are_answered_by_the_router_of_their_own_endpoint(local_mode: tuple[str, Server]) -> None:
+    base, _ = local_mode
+    submitted = httpx.post(f"{base}/v1/endpoints/slow-job/async", json={"args": {"seconds": 0.2, "steps": 2}})
+    assert submitted.status_code == 202, submitted.text
+    status = httpx.get(f"{base}/v1/tasks/{submitted.json()['task_id']}", params={"wait": 20}, timeout=30).json()
+    assert status["status"] == "SUCCESS", status
+    assert status["result"]["progress"][-1]["percent"] == 100
+
+
+def test_unknown_task_is_a_404(local_mode: tuple[str, Server]) -> None:
+    base, _ = local_mode
+    response = httpx.get(f"{base}/v1/tasks/{'0' * 32}")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
 def test_unknown_endpoint_is_a_404_in_the_documented_shape(local_mode: tuple[str, Server]) -> None:
     base, _ = local_mode
     response = httpx.post(f"{base}/v1/endpoints/nope/predict", json={"args": {}})
@@ -80,7 +97,7 @@ def test_unknown_endpoint_is_a_404_in_the_documented_shape(local_mode: tuple[str
 def test_endpoint_list_names_every_endpoint(local_mode: tuple[str, Server]) -> None:
     base, _ = local_mode
     names = {e["name"] for e in httpx.get(f"{base}/v1/endpoints").json()["endpoints"]}
-    assert names == {"echo", "token-streamer"}
+    assert names == {"echo", "token-streamer", "slow-job"}
 
 
 def test_sigterm_stops_everything_with_status_zero(tmp_path: Path) -> None:

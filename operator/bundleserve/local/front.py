@@ -1,8 +1,9 @@
 """Local mode's front door: one port that addresses endpoints by name, like the gateway does in a cluster.
 
-It forwards `/v1/endpoints/{name}/...` to that endpoint's router and `/v1/tasks/...` to a router of an async
-endpoint (task records live in the shared Redis, so any of them can answer). Bodies and responses are streamed,
-so server-sent events reach the client chunk by chunk.
+It forwards `/v1/endpoints/{name}/...` to that endpoint's router and `/v1/tasks/{id}...` to the router of the
+endpoint the task belongs to (read from the task record in the shared Redis: a router answers only for its own
+endpoint's tasks, as a sidecar does in a cluster). Bodies and responses are streamed, so server-sent events reach
+the client chunk by chunk.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
+import redis.asyncio as aioredis
 from aiohttp import web
 
-from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, NotFound, PayloadTooLarge, Unavailable
 from bundleserve.local.plan import EndpointPlan
+from bundleserve.queue.broker import get_task
 
 HOP_BY_HOP = frozenset(
     h.lower()
@@ -43,6 +45,7 @@ class Route:
 
 FRONT_ROUTES = web.AppKey("front_routes", dict)
 FRONT_SESSION = web.AppKey("front_session", aiohttp.ClientSession)
+FRONT_REDIS = web.AppKey("front_redis", aioredis.Redis)
 
 
 def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -94,10 +97,13 @@ async def endpoint_call(request: web.Request) -> web.StreamResponse:
 
 
 async def task_call(request: web.Request) -> web.StreamResponse:
-    async_routes = [r for r in request.app[FRONT_ROUTES].values() if r.plan.endpoint.spec.serves(Mode.ASYNC)]
-    if not async_routes:
-        raise NotFound(f"unknown task {request.match_info['task_id']!r}: no endpoint serves the async mode")
-    return await _forward(request, async_routes[0])
+    task_id = request.match_info["task_id"]
+    redis = request.app.get(FRONT_REDIS)
+    record = await get_task(redis, task_id) if redis is not None else None
+    route = request.app[FRONT_ROUTES].get(record.endpoint) if record is not None else None
+    if route is None:
+        raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
+    return await _forward(request, route)
 
 
 async def list_endpoints(request: web.Request) -> web.Response:
@@ -130,9 +136,17 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-def build_front(plans: list[EndpointPlan]) -> web.Application:
+def build_front(plans: list[EndpointPlan], redis_url: str | None) -> web.Application:
     app = web.Application(middlewares=[error_shape], client_max_size=0)
     app[FRONT_ROUTES] = {plan.name: Route(plan) for plan in plans}
+
+    async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+        client = aioredis.Redis.from_url(redis_url) if redis_url else None
+        if client is not None:
+            app[FRONT_REDIS] = client
+        yield
+        if client is not None:
+            await client.aclose()
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None)
@@ -142,6 +156,7 @@ def build_front(plans: list[EndpointPlan]) -> web.Application:
             yield
 
     app.cleanup_ctx.append(session_ctx)
+    app.cleanup_ctx.append(redis_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/endpoints", list_endpoints)

@@ -72,7 +72,7 @@ class LocalRun:
             await asyncio.gather(
                 *(c.wait_ready(session, READY_TIMEOUT_SECONDS) for pair in self.children for c in pair)
             )
-        self.runner = web.AppRunner(build_front(plans), access_log=None, handle_signals=False)
+        self.runner = web.AppRunner(build_front(plans, redis_url), access_log=None, handle_signals=False)
         await self.runner.setup()
         await web.TCPSite(self.runner, self.args.host, self.args.port).start()
         names = ", ".join(p.name for p in plans)
