@@ -61,7 +61,9 @@ def test_an_invalid_manifest_is_a_one_line_error(capsys: pytest.CaptureFixture[s
     assert captured.err.count("\n") == 1 and "bad.yaml" in captured.err and "modes" in captured.err
 
 
-def test_async_without_a_configured_queue_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_async_without_a_configured_queue_renders_against_the_default_secret_and_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     manifest = tmp_path / "jobs.yaml"
     manifest.write_text(
         "apiVersion: bundleserve.dev/v1alpha1\nkind: Endpoint\nmetadata: {name: jobs}\n"
@@ -69,8 +71,17 @@ def test_async_without_a_configured_queue_is_refused(capsys: pytest.CaptureFixtu
     )
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("BUNDLESERVE_REDIS_SECRET")
-        assert cli_main(["render", str(manifest)]) == 1
-    assert "AsyncNotConfigured" in capsys.readouterr().err
+        assert cli_main(["render", str(manifest)]) == 0
+    captured = capsys.readouterr()
+    assert "assuming the Redis Secret 'bundleserve-redis'" in captured.err
+    deployment = next(d for d in yaml.safe_load_all(captured.out) if d["kind"] == "Deployment")
+    refs = [
+        env["valueFrom"]["secretKeyRef"]["name"]
+        for container in deployment["spec"]["template"]["spec"]["containers"]
+        for env in container.get("env", [])
+        if "secretKeyRef" in env.get("valueFrom", {})
+    ]
+    assert "bundleserve-redis" in refs
 
 
 def test_the_console_command_prints_a_yaml_stream() -> None:
