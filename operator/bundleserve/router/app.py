@@ -30,6 +30,8 @@ from bundleserve.router.state import ROUTER_STATE, RouterState
 
 log = logging.getLogger("bundleserve.router")
 
+INVOKER = web.AppKey("invoker", Invoker)  # the sync/stream handlers, shared with the fast path (router.fastpath)
+
 
 class MethodNotAllowed(ApiError):
     status = 405
@@ -99,7 +101,7 @@ def build_app(settings: Settings, *, model: ModelClient | None = None) -> web.Ap
         middlewares=[render_errors], client_max_size=settings.endpoint.spec.invocation.max_payload_bytes
     )
     app[ROUTER_STATE] = state
-    invoker = Invoker(state)
+    invoker = app[INVOKER] = Invoker(state)
     # The exact path of our own endpoint resolves by dictionary lookup; the templated one answers 404 for other names.
     own_path, any_path = f"/v1/endpoints/{settings.name}", "/v1/endpoints/{name}"
     if settings.serves(Mode.SYNC):

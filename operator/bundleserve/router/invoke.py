@@ -12,6 +12,8 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
@@ -42,13 +44,36 @@ _PICKLE_TYPE = "application/vnd.bundleserve.pickle"
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def error_response(error: ApiError) -> web.Response:
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A complete response, independent of the HTTP server that sends it (aiohttp or the fast path)."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = _JSON_TYPE
+
+
+def error_answer(error: ApiError) -> Answer:
     """The one rendering of an error: `{"error": {"code", "message", ...}}` with its status and headers."""
     body = json.dumps(error.body(), separators=(",", ":")).encode()
-    response = web.Response(status=error.status, body=body, content_type=_JSON_TYPE)
-    for name, value in error.headers.items():
+    return Answer(error.status, body, error.headers)
+
+
+def as_response(answer: Answer) -> web.Response:
+    response = web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
+    for name, value in answer.headers.items():
         response.headers[name] = value
     return response
+
+
+def error_response(error: ApiError) -> web.Response:
+    return as_response(error_answer(error))
+
+
+def too_large(length: int | None, limit: int) -> PayloadTooLarge:
+    size = "" if length is None else f" ({length} bytes)"
+    return PayloadTooLarge(f"the request body{size} is larger than the limit of {limit} bytes")
 
 
 def result_store(state: RouterState) -> Any:
@@ -90,12 +115,13 @@ class Invoker:
 
     # -- shared steps ---------------------------------------------------------------------------------------------
 
-    def _gate(self, request: web.Request) -> None:
-        name = request.match_info.get("name")  # absent on the exact route of our own endpoint
+    def gate(self, name: str | None, authorization: str | None) -> None:
+        """Refuse before reading the body: another endpoint's name (None on our own exact path), a missing API key,
+        draining, a model that is not ready."""
         if name is not None and name != self.name:
             raise NotFound(f"this router serves endpoint {self.name!r}, not {name!r}")
         state = self.state
-        if state.api_keys is not None and not state.api_keys.allows(request.headers.get("Authorization")):
+        if state.api_keys is not None and not state.api_keys.allows(authorization):
             raise Unauthorized(
                 "a valid API key is required (Authorization: Bearer KEY)",
                 headers={"WWW-Authenticate": 'Bearer, Basic realm="bundleserve"'},
@@ -108,13 +134,11 @@ class Invoker:
     async def _read(self, request: web.Request) -> bytes:
         length = request.content_length
         if length is not None and length > self.max_bytes:
-            raise PayloadTooLarge(
-                f"the request body ({length} bytes) is larger than the limit of {self.max_bytes} bytes"
-            )
+            raise too_large(length, self.max_bytes)
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise PayloadTooLarge(f"the request body is larger than the limit of {self.max_bytes} bytes") from None
+            raise too_large(None, self.max_bytes) from None
 
     def _deadline(self, call: Call) -> tuple[float, float]:
         """(loop time of the deadline, the time limit): the spec's, or the request's when smaller."""
@@ -151,19 +175,41 @@ class Invoker:
     # -- predict --------------------------------------------------------------------------------------------------
 
     async def predict(self, request: web.Request) -> web.StreamResponse:
+        """The aiohttp edge of predict (the fast path, `router.fastpath`, is the other one; both share the rest)."""
         started = perf_counter()
-        metrics = self.sync_metrics
         try:
-            self._gate(request)
+            self.gate(request.match_info.get("name"), request.headers.get("Authorization"))
         except ApiError as error:
-            metrics.record(error.code, perf_counter() - started)
-            return error_response(error)
+            return as_response(self.refuse(error, started))
         drain = self.state.drain
         drain.enter()
+        try:
+            try:
+                body = await self._read(request)
+            except ApiError as error:
+                return as_response(self.refuse(error, started))
+            except asyncio.CancelledError:
+                self.sync_metrics.record("cancelled", perf_counter() - started)
+                raise
+            return as_response(await self.answer_predict(body, started))
+        finally:
+            drain.leave()
+
+    def refuse(self, error: ApiError, started: float) -> Answer:
+        """Count a predict refused before its body was parsed and render the error."""
+        self.sync_metrics.record(error.code, perf_counter() - started)
+        return error_answer(error)
+
+    async def answer_predict(self, body: bytes, started: float) -> Answer:
+        """Everything after the body was read: parse, time limit, admission, model call, answer, metrics.
+
+        The caller gated the request and holds the drain (`drain.enter()`) around this call.
+        """
+        metrics = self.sync_metrics
         waited = model_time = 0.0
         size_in = size_out = -1
         try:
-            call = parse_call(await self._read(request), kwargs_only=self.is_python)
+            call = parse_call(body, kwargs_only=self.is_python)
             deadline, limit = self._deadline(call)
             admission = self.state.admission
             try:
@@ -193,29 +239,27 @@ class Invoker:
                 raise Timeout(f"no answer within the time limit of {limit:g} s (queue wait included)") from None
             size_out = len(reply.body)
             if call.return_pickled:
-                response = await self._pickled_response(reply)
+                answer = await self._pickled_answer(reply)
             else:
-                response = self._result_response(reply)
+                answer = self._result_answer(reply)
             metrics.record("success", perf_counter() - started, waited, model_time, size_in, size_out)
-            return response
+            return answer
         except ApiError as error:
             self._model_failed(error)
             metrics.record(error.code, perf_counter() - started, waited, model_time, size_in, size_out)
-            return error_response(error)
+            return error_answer(error)
         except asyncio.CancelledError:
             metrics.record("cancelled", perf_counter() - started, waited, model_time, size_in, size_out)
             raise
-        finally:
-            drain.leave()
 
-    def _result_response(self, reply: ModelReply) -> web.Response:
+    def _result_answer(self, reply: ModelReply) -> Answer:
         if reply.is_json and self.is_python and reply.body:
             body = _SUCCESS_HEAD + reply.body + _SUCCESS_TAIL
         else:
             body = _SUCCESS_HEAD + json.dumps(reply.result()).encode() + _SUCCESS_TAIL
-        return web.Response(body=body, content_type=_JSON_TYPE)
+        return Answer(200, body)
 
-    async def _pickled_response(self, reply: ModelReply) -> web.Response:
+    async def _pickled_answer(self, reply: ModelReply) -> Answer:
         if reply.is_pickle:
             data = reply.body
         else:  # a runnable image answered plain JSON/text: pickle its result here
@@ -233,7 +277,7 @@ class Invoker:
             "traceback": None,
             "status_code": 200,
         }
-        return web.Response(body=json.dumps(body).encode(), content_type=_JSON_TYPE)
+        return Answer(200, json.dumps(body).encode())
 
     # -- stream ---------------------------------------------------------------------------------------------------
 
@@ -244,7 +288,7 @@ class Invoker:
         entered = False
         response: web.StreamResponse | None = None
         try:
-            self._gate(request)
+            self.gate(request.match_info.get("name"), request.headers.get("Authorization"))
             drain.enter()
             entered = True
             body = await self._read(request)

@@ -17,7 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from bundleserve.router.app import build_app
+from bundleserve.api.endpoint import Mode
+from bundleserve.router.app import INVOKER, build_app
+from bundleserve.router.fastpath import FastEdge
 from bundleserve.router.settings import ConfigError, Settings, build_settings
 from bundleserve.router.state import ROUTER_STATE
 
@@ -33,9 +35,16 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
+    edge: FastEdge | None = None
+    listener: asyncio.Server | None = None
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)
-        await site.start()
+        if settings.serves(Mode.SYNC) and runner.server is not None:
+            # predict on the fast edge; every other request is handed over to aiohttp on the same connection
+            edge = FastEdge(app[INVOKER], runner.server)
+            listener = await loop.create_server(edge, settings.host, settings.port, backlog=2048, reuse_address=True)
+        else:
+            site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)
+            await site.start()
         modes = ",".join(mode.value for mode in settings.endpoint.spec.modes)
         log.info(
             "router for endpoint %s (%s) listening on http://%s:%d, model at %s",
@@ -53,6 +62,10 @@ async def serve(settings: Settings) -> None:
             log.warning("grace period over with %d requests still in progress", state.drain.active)
         log.info("drained; stopping")
     finally:
+        if listener is not None:
+            listener.close()
+        if edge is not None:
+            edge.close()
         await runner.cleanup()
 
 

@@ -1,0 +1,341 @@
+"""The fast edge of the hot route: `POST /v1/endpoints/{own name}/predict` on a plain asyncio protocol.
+
+aiohttp.web's per-request machinery costs more than everything the router does, so the listening socket speaks
+HTTP/1.1 itself for the one hot route (httptools parses, `Invoker` does the work, shared with the aiohttp edge) and
+hands the connection over to an aiohttp `RequestHandler` at the first request that is anything else (streams, async,
+probes, metrics, other methods, any request line not shaped like the hot route): the handler gets the transport and every byte
+not yet consumed, so it sees the rest of the connection exactly as if it had accepted it.
+
+Framing is done on exact byte ranges so a handover never splits a request: the head ends at the first empty line,
+a Content-Length body is sliced, a chunked body is fed to the parser up to each CRLF until the parser reports the
+end of the message. Requests are answered in order, one at a time (pipelining-safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from time import perf_counter
+from typing import cast
+
+import httptools
+from aiohttp import web
+
+from bundleserve.api.errors import ApiError, InvalidRequest
+from bundleserve.router.invoke import Answer, Invoker, error_answer, too_large
+
+_MAX_HEAD = 65536  # bytes of request line + headers
+_LINGER_SECONDS = 5.0  # how long a refused body is still read (and dropped) so the client sees the answer
+_REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found", 413: b"Payload Too Large"}
+_REASONS |= {424: b"Failed Dependency", 429: b"Too Many Requests", 503: b"Service Unavailable"}
+_REASONS |= {500: b"Internal Server Error", 504: b"Gateway Timeout"}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+log = logging.getLogger("bundleserve.router")
+
+
+class _Date:
+    """The Date header, formatted once per second."""
+
+    second = -1
+    value = b""
+
+    @classmethod
+    def header(cls) -> bytes:
+        now = int(time.time())
+        if now != cls.second:
+            cls.second = now
+            cls.value = b"Date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
+        return cls.value
+
+
+def render(answer: Answer, *, keep_alive: bool) -> bytes:
+    """Status line, headers and body in one buffer (one `write`)."""
+    parts = [
+        b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+        % (answer.status, _REASONS.get(answer.status, b"Error"), answer.content_type.encode(), len(answer.body)),
+        _Date.header(),
+    ]
+    for name, value in answer.headers.items():
+        parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    parts.append(answer.body)
+    return b"".join(parts)
+
+
+class FastEdge:
+    """The protocol factory given to `loop.create_server`; shared by the connections of one router."""
+
+    def __init__(self, invoker: Invoker, server: web.Server, *, idle_seconds: float = 75.0) -> None:
+        self.invoker = invoker
+        self.server = server  # aiohttp's RequestHandler factory, for handovers
+        self.prefix = f"POST /v1/endpoints/{invoker.name}/predict ".encode()
+        self.connections: set[FastConnection] = set()
+        self.closing = False
+        self.idle_seconds = idle_seconds  # keep-alive timeout, aiohttp's default
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def __call__(self) -> FastConnection:
+        return FastConnection(self)
+
+    def opened(self, connection: FastConnection) -> None:
+        self.connections.add(connection)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self.idle_seconds / 4, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle for longer than the keep-alive timeout (one timer for all, none per request)."""
+        self._sweeper = None
+        limit = time.monotonic() - self.idle_seconds
+        for connection in list(self.connections):
+            if connection.idle_since < limit:
+                connection.close_when_idle()
+        if self.connections:
+            self._sweeper = asyncio.get_running_loop().call_later(self.idle_seconds / 4, self._sweep)
+
+    def close(self) -> None:
+        """Shutdown: close idle connections now, busy ones after their current answer."""
+        self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for connection in list(self.connections):
+            connection.close_when_idle()
+
+
+class FastConnection(asyncio.Protocol):
+    """One client connection while it only sends fast-path requests."""
+
+    def __init__(self, edge: FastEdge) -> None:
+        self.edge = edge
+        self.invoker = edge.invoker
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.parser = httptools.HttpRequestParser(self)
+        self.task: asyncio.Task[None] | None = None
+        self.in_body = False  # head parsed, body not complete
+        self.idle_since = 0.0
+        self.paused = False
+        self.lingering: asyncio.TimerHandle | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.headers: dict[bytes, bytes] = {}
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.complete = False
+        self.length: int | None = None
+        self.refused: ApiError | None = None
+        self.entered = False  # holds the drain
+        self.started = 0.0
+
+    # -- httptools callbacks --------------------------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+        self.body_size += len(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    # -- asyncio protocol -----------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's subclasses
+        self.idle_since = time.monotonic()
+        self.edge.opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering is not None:
+            return
+        self.buffer += data
+        if self.task is None:
+            self._process()
+        elif len(self.buffer) > _MAX_HEAD + self.invoker.max_bytes and self.transport is not None:
+            self.transport.pause_reading()  # a client pipelining without end waits until its answers went out
+            self.paused = True
+
+    def eof_received(self) -> bool:
+        return False  # a half-closed client gets no more answers: close (cancels a running request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.edge.connections.discard(self)
+        self.transport = None
+        if self.lingering is not None:
+            self.lingering.cancel()
+        if self.task is not None:
+            self.task.cancel()  # the model call is abandoned: its connection closes, the model sees the caller leave
+        elif self.in_body:  # left while sending the body
+            self.invoker.sync_metrics.record("cancelled", perf_counter() - self.started)
+            if self.entered:
+                self.invoker.state.drain.leave()
+                self.entered = False
+
+    def close_when_idle(self) -> None:
+        if self.task is None and not self.in_body and self.transport is not None:
+            self.transport.close()
+
+    # -- framing --------------------------------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Consume complete requests from the buffer, one at a time, until one is being answered or bytes run out."""
+        while self.task is None and self.transport is not None:
+            if not self.in_body and not self._head():
+                return
+            if not self.complete and not self._read_body():
+                return
+            self.in_body = False
+            self._dispatch()
+
+    def _head(self) -> bool:
+        buffer = self.buffer
+        prefix = self.edge.prefix
+        if not buffer.startswith(prefix):
+            if len(buffer) < len(prefix) and prefix.startswith(buffer):
+                return False  # could still become a fast request
+            self._hand_over()
+            return False
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > _MAX_HEAD:
+                self._fail(InvalidRequest(f"the request head is larger than {_MAX_HEAD} bytes"))
+            return False
+        size = end + 4
+        try:
+            self.parser.feed_data(bytes(buffer[:size]))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as error:
+            self._fail(InvalidRequest(f"malformed request: {error or 'upgrade is not supported here'}"))
+            return False
+        del buffer[:size]
+        self.started = perf_counter()
+        self.in_body = True
+        invoker = self.invoker
+        authorization = self.headers.get(b"authorization")
+        try:
+            invoker.gate(None, None if authorization is None else authorization.decode("utf-8", "surrogateescape"))
+        except ApiError as error:
+            self.refused = error  # answered once the body is read, like the aiohttp edge
+        else:
+            invoker.state.drain.enter()
+            self.entered = True
+        if self.complete:
+            return True
+        length = self.headers.get(b"content-length")
+        if length is not None:
+            self.length = int(length)  # the parser validated it
+            if self.length > invoker.max_bytes:
+                self._fail(self.refused or too_large(self.length, invoker.max_bytes), refused=True)
+                return False
+        if self.headers.get(b"expect", b"").lower() == b"100-continue":
+            if self.refused is not None:  # answer instead of inviting the body (RFC 9110, 10.1.1)
+                self._fail(self.refused, refused=True)
+                return False
+            assert self.transport is not None
+            self.transport.write(_CONTINUE)
+        return True
+
+    def _read_body(self) -> bool:
+        buffer = self.buffer
+        try:
+            if self.length is not None:
+                if len(buffer) < self.length:
+                    return False
+                self.parser.feed_data(bytes(buffer[: self.length]))
+                del buffer[: self.length]
+                return True
+            while not self.complete:  # chunked: the message can only end right after a CRLF
+                end = buffer.find(b"\r\n")
+                if end < 0:
+                    return False
+                self.parser.feed_data(bytes(buffer[: end + 2]))
+                del buffer[: end + 2]
+                if self.body_size > self.invoker.max_bytes:
+                    self._fail(self.refused or too_large(None, self.invoker.max_bytes), refused=True)
+                    return False
+            return True
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as error:
+            self._fail(InvalidRequest(f"malformed request body: {error}"))
+            return False
+
+    def _dispatch(self) -> None:
+        keep_alive = self.parser.should_keep_alive() and not self.edge.closing
+        body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
+        refused, entered, started = self.refused, self.entered, self.started
+        self.entered = False
+        self._reset()
+        self.task = asyncio.get_running_loop().create_task(self._answer(body, refused, entered, started, keep_alive))
+
+    async def _answer(self, body: bytes, refused: ApiError | None, entered: bool, started: float, keep: bool) -> None:
+        invoker = self.invoker
+        try:
+            if refused is not None:
+                answer = invoker.refuse(refused, started)
+            else:
+                answer = await invoker.answer_predict(body, started)
+        except Exception:  # a bug of ours: log it, answer in the documented shape (as aiohttp's edge does)
+            log.exception("unexpected error on the fast path")
+            answer = error_answer(ApiError("internal error"))
+        finally:
+            if entered:
+                invoker.state.drain.leave()
+        transport = self.transport
+        if transport is None:
+            return
+        keep = keep and not self.edge.closing and not invoker.state.drain.draining  # draining: clients go elsewhere
+        transport.write(render(answer, keep_alive=keep))
+        self.task = None
+        self.idle_since = time.monotonic()
+        if not keep:
+            transport.close()
+            return
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
+        if self.buffer:
+            self._process()  # pipelined requests waited in the buffer
+
+    def _fail(self, error: ApiError, *, refused: bool = False) -> None:
+        """Answer an error and close: the rest of the connection's bytes cannot be trusted (or is not wanted).
+
+        A refused body (too large) is still read and dropped for a while, with our side half-closed, so a client
+        that is busy sending it reads the answer instead of a reset connection.
+        """
+        if refused:
+            self.invoker.refuse(error, self.started or perf_counter())
+        self.in_body = False
+        if self.entered:
+            self.invoker.state.drain.leave()
+            self.entered = False
+        self.edge.connections.discard(self)
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(render(error_answer(error), keep_alive=False))
+        if refused and transport.can_write_eof():
+            self.buffer.clear()
+            transport.write_eof()
+            self.lingering = asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
+            self.transport = None
+
+    def _hand_over(self) -> None:
+        """Give the connection and its unconsumed bytes to aiohttp for good."""
+        transport = self.transport
+        assert transport is not None
+        self.transport = None
+        self.edge.connections.discard(self)
+        handler = self.edge.server()
+        if self.paused:
+            transport.resume_reading()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        handler.data_received(data)
