@@ -15,11 +15,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
-from pydantic import ValidationError
 
 from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
 from bundleserve.api.invocation import PredictRequest
-from bundleserve.api.manifest import format_validation_error
 from bundleserve.queue.broker import QueueUnavailable, RedisError, Started, TaskQueue
 from bundleserve.queue.callbacks import SECRET_DIR_ENV, auth_from_secret_dir
 from bundleserve.queue.config import QueueConfig
@@ -28,6 +26,7 @@ from bundleserve.queue.recent import RecentResults
 from bundleserve.queue.results import FilesystemResultStore, InvalidKey, ResultStore
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord, TaskRequest
 from bundleserve.queue.worker import Worker
+from bundleserve.router.calls import parse_request
 from bundleserve.router.fetch import check_url
 from bundleserve.router.invoke import error_response
 from bundleserve.router.state import RouterState
@@ -44,16 +43,7 @@ def parse_submission(body: bytes, *, kwargs_only: bool, url_schemes: frozenset[s
     """Validate an async submission (predict body + callback fields); InvalidRequest with a readable reason."""
     if not body:
         raise InvalidRequest("the request body is empty: send a JSON object with args or url")
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
-    if not isinstance(document, dict):
-        raise InvalidRequest("the request body must be a JSON object with args or url")
-    try:
-        request = PredictRequest.model_validate(document)
-    except ValidationError as error:
-        raise InvalidRequest(format_validation_error(error)) from None
+    request = parse_request(body)
     if kwargs_only and request.url is None and not isinstance(request.args, dict):
         raise InvalidRequest("args must be a JSON object (the keyword arguments of the model's function)")
     if request.url is not None:

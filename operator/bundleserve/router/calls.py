@@ -53,22 +53,27 @@ def _fast_args(body: bytes) -> Call | None:
     return Call(args=args, args_json=text[head.end() : end].encode())
 
 
+def parse_request(body: bytes) -> PredictRequest:
+    """The full request model from a non-empty body; InvalidRequest with a readable reason (the slow, general path)."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest("the request body must be a JSON object with args or url")
+    try:
+        return PredictRequest.model_validate(document)
+    except ValidationError as error:
+        raise InvalidRequest(format_validation_error(error)) from None
+
+
 def parse_call(body: bytes, *, kwargs_only: bool) -> Call:
     """Parse a request body; `kwargs_only` (Python bundles) requires `args` to be an object of keyword arguments."""
     if not body:
         raise InvalidRequest("the request body is empty: send a JSON object with args or url")
     call = _fast_args(body)
     if call is None:
-        try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
-        if not isinstance(document, dict):
-            raise InvalidRequest("the request body must be a JSON object with args or url")
-        try:
-            request = PredictRequest.model_validate(document)
-        except ValidationError as error:
-            raise InvalidRequest(format_validation_error(error)) from None
+        request = parse_request(body)
         call = Call(request.args, request.url, request.return_pickled, request.timeout_seconds)
     if kwargs_only and call.url is None and not isinstance(call.args, dict):
         raise InvalidRequest("args must be a JSON object (the keyword arguments of the model's function)")
