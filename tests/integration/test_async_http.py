@@ -176,6 +176,26 @@ async def test_unknown_endpoint_and_unknown_task_are_404(router: dict[str, Any],
         assert response.status == 404
 
 
+async def test_a_task_of_a_same_named_endpoint_in_another_namespace_is_404(
+    router: dict[str, Any], http: aiohttp.ClientSession, valkey_server: Valkey
+):
+    """The router (namespace `default`) serves only its own tasks, even when another namespace's twin shares Redis."""
+    client = redis.Redis(port=valkey_server.port)
+    try:
+        for namespace in ("team-b", "default"):
+            task_id = keys.new_task_id()
+            record = {"endpoint": NAME, "namespace": namespace, "status": "SUCCESS", "result": "7"}
+            client.hset(keys.task(task_id), mapping=record)
+            client.expire(keys.task(task_id), 60)
+            code, answer = await status(http, router["url"], task_id, wait=0)
+            if namespace == "default":
+                assert (code, answer["result"]) == (200, 7)
+            else:
+                assert (code, answer["error"]["code"]) == (404, "not_found")
+    finally:
+        client.close()
+
+
 async def test_a_bad_wait_is_400(router: dict[str, Any], http: aiohttp.ClientSession):
     _, accepted = await submit(http, router["url"], {"args": {}})
     for wait in ("soon", "-1", "100000"):

@@ -121,7 +121,7 @@ async def test_a_submitted_task_runs_and_its_result_is_inline(
     assert record.attempts == 1
     assert record.to_response().status_code == 200
     assert await redis.ttl(keys.task(task_id)) <= config.result_ttl_seconds
-    assert await backlog(redis, config.endpoint) == type(await backlog(redis, config.endpoint))(0, 0)
+    assert await backlog(redis, config.queue_id) == type(await backlog(redis, config.queue_id))(0, 0)
 
 
 async def test_fsync_durability_confirms_with_waitaof(redis: aioredis.Redis, config: QueueConfig, make_queue):
@@ -140,20 +140,20 @@ async def test_backlog_counts_pending_and_in_flight(
         return json_reply(None)
 
     queue = make_queue(replace(config, concurrency=2))
-    assert (await backlog(redis, config.endpoint)).total == 0
+    assert (await backlog(redis, config.queue_id)).total == 0
     ids = [await queue.submit(TaskRequest(args={"i": i})) for i in range(5)]
-    assert await backlog(redis, config.endpoint) == type(await backlog(redis, config.endpoint))(5, 0)
+    assert await backlog(redis, config.queue_id) == type(await backlog(redis, config.queue_id))(5, 0)
     start_worker(queue.config, blocked)
 
     async def two_in_flight() -> bool:
-        found = await backlog(redis, config.endpoint)
+        found = await backlog(redis, config.queue_id)
         return found.in_flight == 2 and found.pending == 3
 
     await async_wait_until(two_in_flight, what="two tasks in flight")
     release.set()
     for task_id in ids:
         assert (await finished(redis, task_id)).status is TaskStatus.SUCCESS
-    assert (await backlog(redis, config.endpoint)).total == 0
+    assert (await backlog(redis, config.queue_id)).total == 0
 
 
 async def test_submission_order_is_kept_with_one_slot(
@@ -196,7 +196,7 @@ async def test_poison_task_fails_after_max_attempts_and_the_queue_keeps_flowing(
     assert calls[str({"poison": True})] == 3
     for task_id in good:
         assert (await finished(redis, task_id)).status is TaskStatus.SUCCESS
-    dead = await redis.xrange(keys.dead_letter(config.endpoint))
+    dead = await redis.xrange(keys.dead_letter(config.queue_id))
     assert [(fields[b"t"].decode(), fields[b"reason"]) for _, fields in dead] == [(poison, b"max_attempts")]
 
 
@@ -295,7 +295,7 @@ async def test_completion_is_idempotent(redis: aioredis.Redis, config: QueueConf
     assert await queue.requeue(delivery, {"traceback": "late"}) is False
     record = await get_task(redis, task_id)
     assert record is not None and (record.status, record.result) == (TaskStatus.SUCCESS, 1)
-    assert await redis.xlen(keys.stream(config.endpoint)) == 0
+    assert await redis.xlen(keys.stream(config.queue_id)) == 0
 
 
 async def test_an_abandoned_task_is_reclaimed_after_the_visibility_timeout(
@@ -411,12 +411,12 @@ async def test_a_completion_claims_the_next_task_for_the_same_slot(
     assert [(s.delivery.task_id, s.outcome, s.attempts, s.request) for s in claimed] == [
         (second, "run", 1, TaskRequest(args={"n": 2}))
     ]
-    assert (await backlog(redis, config.endpoint)).in_flight == 1
+    assert (await backlog(redis, config.queue_id)).in_flight == 1
     made, claimed = await queue.complete(
         claimed[0].delivery, TaskStatus.SUCCESS, {"result": "2"}, claim_for="c", claim_count=1
     )
     assert (made, claimed) == (True, [])
-    assert (await backlog(redis, config.endpoint)).total == 0
+    assert (await backlog(redis, config.queue_id)).total == 0
 
 
 async def test_stopping_mid_stream_leaves_no_task_started_or_in_flight(
@@ -433,7 +433,7 @@ async def test_stopping_mid_stream_leaves_no_task_started_or_in_flight(
     running = asyncio.create_task(worker.run())
 
     async def some_done() -> bool:
-        return (await backlog(redis, config.endpoint)).total < 300
+        return (await backlog(redis, config.queue_id)).total < 300
 
     await async_wait_until(some_done, what="some tasks done")
     await worker.stop()
@@ -445,7 +445,7 @@ async def test_stopping_mid_stream_leaves_no_task_started_or_in_flight(
         statuses[record.status] += 1
     assert set(statuses) <= {TaskStatus.SUCCESS, TaskStatus.PENDING}, statuses
     assert statuses[TaskStatus.SUCCESS] >= 100
-    left = await backlog(redis, config.endpoint)
+    left = await backlog(redis, config.queue_id)
     assert (left.in_flight, left.pending) == (0, statuses[TaskStatus.PENDING])
 
 

@@ -123,7 +123,7 @@ async def test_sigkilled_workers_lose_no_task_and_finish_each_exactly_once(
         while len(seen) < len(expected) and time.monotonic() - started < 45:
             await asyncio.sleep(rng.uniform(0.15, 0.4))  # the kill schedule: randomness is the point here
             victim = rng.randrange(2)
-            if (await backlog(redis_client, endpoint)).in_flight == 0:
+            if (await backlog(redis_client, config.queue_id)).in_flight == 0:
                 continue
             workers[victim].kill()  # SIGKILL to the process group: no cleanup runs
             workers[victim].stop()  # only closes its log file: the process is gone
@@ -151,7 +151,7 @@ async def test_sigkilled_workers_lose_no_task_and_finish_each_exactly_once(
         assert (record.status, record.result) == (TaskStatus.SUCCESS, args), task_id
         retried += record.attempts > 1
     assert retried > 0, "the kills should have hit tasks in flight"
-    assert await backlog(redis_client, endpoint) == type(await backlog(redis_client, endpoint))(0, 0)
+    assert await backlog(redis_client, config.queue_id) == type(await backlog(redis_client, config.queue_id))(0, 0)
 
 
 async def echo(request: TaskRequest, timeout: float) -> ModelReply:

@@ -52,12 +52,17 @@ def queue(valkey_server: Valkey) -> Iterator[redis.Redis]:
     client.close()
 
 
+def stream_of(name: str) -> str:
+    """The stream of the Endpoint `name` in the test namespace."""
+    return keys.stream(keys.queue_id(NS, name))
+
+
 def async_endpoint(name: str, **spec: Any) -> dict[str, Any]:
     return endpoint_doc(name, modes=["async"], **spec)
 
 
 def enqueue(client: redis.Redis, endpoint: str, count: int) -> list[str]:
-    stream = keys.stream(endpoint)
+    stream = stream_of(endpoint)
     try:
         client.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
     except redis.ResponseError as error:
@@ -110,7 +115,7 @@ def test_own_scaler_scales_from_zero_on_backlog_and_back_after_the_delay(
             timeout=20,
             what="status.queue.backlog",
         )
-        queue.delete(keys.stream("jobs-scale"))
+        queue.delete(stream_of("jobs-scale"))
         wait_until(lambda: replicas(cluster, "jobs-scale") == 0, timeout=20, what="scaled back to zero")
         assert operator.metric("bundleserve_operator_api_writes_total", verb="patch", kind="Deployment") >= 2
     finally:
@@ -128,7 +133,7 @@ def test_keda_present_means_a_scaled_object_and_no_own_scaling(
         wait_until(lambda: cluster.get("scaledobjects.keda.sh", "jobs-keda", NS), timeout=20, what="ScaledObject")
         scaled = cluster.get("scaledobjects.keda.sh", "jobs-keda", NS)
         trigger = scaled["spec"]["triggers"][0]
-        assert (trigger["type"], trigger["metadata"]["stream"]) == ("redis-streams", keys.stream("jobs-keda"))
+        assert (trigger["type"], trigger["metadata"]["stream"]) == ("redis-streams", stream_of("jobs-keda"))
         assert scaled["metadata"]["ownerReferences"][0]["name"] == "jobs-keda"
         enqueue(queue, "jobs-keda", 6)
         operator.wait_idle(["jobs-keda"], at_least=2)
@@ -136,7 +141,7 @@ def test_keda_present_means_a_scaled_object_and_no_own_scaling(
         assert operator.metric("bundleserve_operator_api_writes_total", verb="patch", kind="Deployment") == 0
     finally:
         operator.stop()
-        queue.delete(keys.stream("jobs-keda"))
+        queue.delete(stream_of("jobs-keda"))
 
 
 @pytest.mark.parametrize("retain", [False, True])
@@ -152,11 +157,11 @@ def test_deleting_an_async_endpoint_purges_its_queue_unless_retained(
         task_ids = enqueue(queue, name, 3)
         cluster.delete(ENDPOINTS, name, NS)
         wait_until(lambda: cluster.get(ENDPOINTS, name, NS) is None, timeout=20, what="the Endpoint deleted")
-        assert bool(queue.exists(keys.stream(name))) == retain
+        assert bool(queue.exists(stream_of(name))) == retain
         assert queue.exists(*[keys.task(task_id) for task_id in task_ids]) == (3 if retain else 0)
     finally:
         operator.stop()
-        queue.delete(keys.stream(name), *[keys.task(t) for t in locals().get("task_ids", [])])
+        queue.delete(stream_of(name), *[keys.task(t) for t in locals().get("task_ids", [])])
 
 
 def test_deletion_waits_for_in_flight_tasks(
@@ -168,7 +173,7 @@ def test_deletion_waits_for_in_flight_tasks(
         cluster.create(async_endpoint("jobs-busy"))
         wait_until(lambda: cluster.get("deployments.apps", "jobs-busy", NS), timeout=20, what="the Deployment")
         enqueue(queue, "jobs-busy", 2)
-        (entries,) = queue.xreadgroup(keys.GROUP, "worker-1", {keys.stream("jobs-busy"): ">"}, count=1)[0][1:]
+        (entries,) = queue.xreadgroup(keys.GROUP, "worker-1", {stream_of("jobs-busy"): ">"}, count=1)[0][1:]
         cluster.delete(ENDPOINTS, "jobs-busy", NS)
         wait_until(
             lambda: cluster.get(ENDPOINTS, "jobs-busy", NS)["metadata"].get("deletionTimestamp"), what="deleting"
@@ -179,12 +184,12 @@ def test_deletion_waits_for_in_flight_tasks(
             return int(json.loads(annotations.get("bundleserve.dev/cleanup", "{}")).get("retries") or 0) >= 1
 
         wait_until(retried, timeout=20, what="the finalizer to wait for the in-flight task")
-        assert queue.exists(keys.stream("jobs-busy"))
+        assert queue.exists(stream_of("jobs-busy"))
         entry_id = entries[0][0]
-        queue.xack(keys.stream("jobs-busy"), keys.GROUP, entry_id)
-        queue.xdel(keys.stream("jobs-busy"), entry_id)  # the worker finished it
+        queue.xack(stream_of("jobs-busy"), keys.GROUP, entry_id)
+        queue.xdel(stream_of("jobs-busy"), entry_id)  # the worker finished it
         wait_until(lambda: cluster.get(ENDPOINTS, "jobs-busy", NS) is None, timeout=20, what="released after the task")
-        assert not queue.exists(keys.stream("jobs-busy"))
+        assert not queue.exists(stream_of("jobs-busy"))
     finally:
         operator.stop()
 
@@ -199,12 +204,12 @@ def test_deletion_is_never_blocked_forever_by_a_stuck_task(
         cluster.create(async_endpoint("jobs-stuck"))
         wait_until(lambda: cluster.get("deployments.apps", "jobs-stuck", NS), timeout=20, what="the Deployment")
         enqueue(queue, "jobs-stuck", 1)
-        queue.xreadgroup(keys.GROUP, "worker-gone", {keys.stream("jobs-stuck"): ">"}, count=1)  # never acknowledged
+        queue.xreadgroup(keys.GROUP, "worker-gone", {stream_of("jobs-stuck"): ">"}, count=1)  # never acknowledged
         cluster.delete(ENDPOINTS, "jobs-stuck", NS)
         wait_until(
             lambda: cluster.get(ENDPOINTS, "jobs-stuck", NS) is None, timeout=20, what="deletion after the bound"
         )
-        assert not queue.exists(keys.stream("jobs-stuck"))
+        assert not queue.exists(stream_of("jobs-stuck"))
 
         def warned() -> bool:
             return any(e["reason"] == "QueueCleanupTimedOut" for e in cluster.items("events", NS))

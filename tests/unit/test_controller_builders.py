@@ -287,7 +287,7 @@ def test_keda_scaled_object_watches_the_endpoint_stream() -> None:
     scaled = next(c for c in children if c["kind"] == "ScaledObject")
     trigger = scaled["spec"]["triggers"][0]
     assert trigger["type"] == "redis-streams"
-    assert trigger["metadata"]["stream"] == "bundleserve:{demo}:stream"
+    assert trigger["metadata"]["stream"] == "bundleserve:{ml/demo}:stream"
     assert trigger["metadata"]["consumerGroup"] == "workers"
     assert trigger["metadata"]["lagCount"] == "3"
     assert scaled["spec"]["minReplicaCount"] == 0 and scaled["spec"]["maxReplicaCount"] == 7

@@ -118,13 +118,13 @@ def test_status_carries_generation_counts_url_and_queue() -> None:
         generation=5,
         deployment=deployment(3, 2),
         url="http://demo.ml.svc.cluster.local",
-        queue=QueueObservation(name="bundleserve:{demo}:stream", pending=7, in_flight=2),
+        queue=QueueObservation(name="bundleserve:{ml/demo}:stream", pending=7, in_flight=2),
     )
     status = build_status(observed, None, "2026-01-01T00:00:00Z")
     assert status["observedGeneration"] == 5
     assert (status["replicas"], status["readyReplicas"]) == (3, 2)
     assert status["url"] == "http://demo.ml.svc.cluster.local"
-    assert status["queue"] == {"name": "bundleserve:{demo}:stream", "pending": 7, "inFlight": 2, "backlog": 9}
+    assert status["queue"] == {"name": "bundleserve:{ml/demo}:stream", "pending": 7, "inFlight": 2, "backlog": 9}
     assert all(c["observedGeneration"] == 5 for c in status["conditions"])
 
 

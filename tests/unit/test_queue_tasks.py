@@ -78,9 +78,12 @@ def test_status_body_splices_the_stored_json_result() -> None:
 
 
 def test_key_names_are_per_endpoint_and_documented() -> None:
-    assert keys.stream("echo") == "bundleserve:{echo}:stream"
-    assert keys.dead_letter("echo") == "bundleserve:{echo}:dead"
-    assert keys.done_channel("echo") == "bundleserve:{echo}:done"
+    queue = keys.queue_id("default", "echo")
+    assert queue == "default/echo"
+    assert keys.stream(queue) == "bundleserve:{default/echo}:stream"
+    assert keys.dead_letter(queue) == "bundleserve:{default/echo}:dead"
+    assert keys.done_channel(queue) == "bundleserve:{default/echo}:done"
+    assert keys.stream(keys.queue_id("team-b", "echo")) != keys.stream(queue)
     assert keys.GROUP == "workers"
     task_id = keys.new_task_id()
     assert keys.is_task_id(task_id) and keys.task(task_id) == f"bundleserve:task:{task_id}"

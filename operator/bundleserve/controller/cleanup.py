@@ -38,12 +38,12 @@ def next_step(
     return CleanupStep.PURGE_AFTER_TIMEOUT
 
 
-async def purge_queue(redis: Any, endpoint_name: str, *, batch: int = 500) -> int:
-    """Delete the endpoint's stream, dead-letter stream and the records of the tasks they reference; returns the
-    number of keys removed."""
+async def purge_queue(redis: Any, queue_id: str, *, batch: int = 500) -> int:
+    """Delete the stream and dead-letter stream of the queue `queue_id` (`keys.queue_id(namespace, name)`) and the
+    records of the tasks they reference; returns the number of keys removed."""
     from bundleserve.queue import keys
 
-    streams = [keys.stream(endpoint_name), keys.dead_letter(endpoint_name)]
+    streams = [keys.stream(queue_id), keys.dead_letter(queue_id)]
     removed = 0
     for stream in streams:
         start = "-"

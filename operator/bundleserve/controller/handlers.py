@@ -30,6 +30,7 @@ from bundleserve.controller.labels import ENDPOINT_LABEL, MANAGED_BY, MANAGED_BY
 from bundleserve.controller.metrics import OperatorMetrics
 from bundleserve.controller.reconcile import BacklogReader, parse, reconcile
 from bundleserve.controller.scaler import ScaleMemory, decide, redis_backlog_reader
+from bundleserve.queue import keys
 
 log = logging.getLogger("bundleserve.operator")
 Key = tuple[str, str]
@@ -199,7 +200,7 @@ class OperatorState:
         if deployment is None:
             return
         current = int(deployment.get("spec", {}).get("replicas", 1))
-        pending, in_flight = await self.read_backlog(name)
+        pending, in_flight = await self.read_backlog(keys.queue_id(namespace, name))
         memory = self.scale_memory.setdefault(key, ScaleMemory())
         wanted = decide(current, pending + in_flight, endpoint.spec.scaling, time.monotonic(), memory)
         if wanted != current:
@@ -223,7 +224,7 @@ class OperatorState:
         in_flight = 0
         if self.read_backlog is not None and endpoint.spec.serves(Mode.ASYNC):
             try:
-                in_flight = (await self.read_backlog(name))[1]
+                in_flight = (await self.read_backlog(keys.queue_id(namespace, name)))[1]
             except Exception as error:
                 if waited_seconds < cleanup.wait_bound_seconds(endpoint, self.cleanup_cap):
                     raise kopf.TemporaryError(f"queue unreachable: {error}", delay=5) from None
@@ -248,7 +249,7 @@ class OperatorState:
 
         client: Any = aioredis.Redis.from_url(self.config.redis_url or "", socket_timeout=5)
         try:
-            removed = await cleanup.purge_queue(client, name)
+            removed = await cleanup.purge_queue(client, keys.queue_id(namespace, name))
         finally:
             await client.aclose()
         log.info("deleted the queue of %s/%s (%d keys)", namespace, name, removed)

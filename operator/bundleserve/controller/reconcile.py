@@ -29,8 +29,9 @@ from bundleserve.controller.status import (
     status_patch,
     transitions,
 )
+from bundleserve.queue import keys
 
-#: (pending, in_flight) of an endpoint's queue, or an exception when the queue cannot be read.
+#: (pending, in_flight) of the queue `keys.queue_id(namespace, name)`, or an exception when it cannot be read.
 BacklogReader = Callable[[str], Awaitable[tuple[int, int]]]
 #: Children that exist only for some specs: deleted when the spec no longer wants them.
 OPTIONAL_KINDS = ("Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ScaledObject")
@@ -117,11 +118,11 @@ async def observe_queue(endpoint: Endpoint, read_backlog: BacklogReader | None) 
     if read_backlog is None or not endpoint.spec.serves(Mode.ASYNC):
         return None
     try:
-        pending, in_flight = await read_backlog(endpoint.name)
+        pending, in_flight = await read_backlog(keys.queue_id(endpoint.namespace, endpoint.name))
     except Exception as error:  # the queue being down must not break reconciling the children
         logging.getLogger(__name__).warning("cannot read the queue of %s: %s", endpoint.name, error)
         return None
-    return QueueObservation(name=queue_names(endpoint.name)[0], pending=pending, in_flight=in_flight)
+    return QueueObservation(name=queue_names(endpoint)[0], pending=pending, in_flight=in_flight)
 
 
 async def reconcile(

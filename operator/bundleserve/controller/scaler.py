@@ -14,6 +14,7 @@ from typing import Any
 
 from bundleserve.api.endpoint import Scaling
 
+#: (pending, in_flight) of the queue `keys.queue_id(namespace, name)`.
 BacklogReader = Callable[[str], Awaitable[tuple[int, int]]]
 
 
@@ -51,8 +52,8 @@ async def redis_backlog_reader(redis_url: str) -> tuple[BacklogReader, Callable[
 
     client: Any = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
 
-    async def read(endpoint_name: str) -> tuple[int, int]:
-        found = await backlog(client, endpoint_name)
+    async def read(queue_id: str) -> tuple[int, int]:
+        found = await backlog(client, queue_id)
         return found.pending, found.in_flight
 
     async def close() -> None:

@@ -24,8 +24,9 @@ class Backlog:
         return self.pending + self.in_flight
 
 
-async def backlog(redis: aioredis.Redis, endpoint_name: str) -> Backlog:
-    stream = keys.stream(endpoint_name)
+async def backlog(redis: aioredis.Redis, queue_id: str) -> Backlog:
+    """The backlog of the queue `queue_id` (`keys.queue_id(namespace, name)`)."""
+    stream = keys.stream(queue_id)
     pipe = redis.pipeline(transaction=False)
     pipe.xlen(stream)
     pipe.xpending(stream, keys.GROUP)

@@ -78,9 +78,9 @@ class TaskQueue:
     def __init__(self, redis: aioredis.Redis, config: QueueConfig) -> None:
         self.redis = redis
         self.config = config
-        self.stream = keys.stream(config.endpoint)
-        self.dead = keys.dead_letter(config.endpoint)
-        self.channel = keys.done_channel(config.endpoint)
+        self.stream = keys.stream(config.queue_id)
+        self.dead = keys.dead_letter(config.queue_id)
+        self.channel = keys.done_channel(config.queue_id)
         #: Commands of concurrent callers share round trips; submissions end their batch with one WAITAOF.
         self.pipe = AutoPipeline(redis)
         waitaof = ("WAITAOF", 1, 0, config.fsync_timeout_ms)
@@ -119,6 +119,7 @@ class TaskQueue:
         now = repr(time.time())
         fields: dict[str, Any] = {
             "endpoint": self.config.endpoint,
+            "namespace": self.config.namespace,
             "status": TaskStatus.PENDING.value,
             "created_at": now,
             "attempts": 0,

@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 from bundleserve.api.endpoint import Endpoint
+from bundleserve.queue import keys
 from bundleserve.queue.tasks import CallbackTarget
 
 MIB = 1024 * 1024
@@ -24,7 +25,10 @@ class Durability(StrEnum):
 
 @dataclass(frozen=True)
 class QueueConfig:
+    #: The endpoint's name (what task records and metrics carry).
     endpoint: str
+    #: The endpoint's namespace: with the name, the queue's identity in a Redis shared across namespaces.
+    namespace: str = "default"
     request_ttl_seconds: float = 21600
     invocation_timeout_seconds: float = 900
     max_attempts: int = 3
@@ -38,6 +42,10 @@ class QueueConfig:
     max_result_bytes: int = 256 * MIB
     default_callback: CallbackTarget | None = None
     default_callback_secret: str | None = None
+
+    @property
+    def queue_id(self) -> str:
+        return keys.queue_id(self.namespace, self.endpoint)
 
     @property
     def visibility_timeout_seconds(self) -> float:
@@ -54,6 +62,7 @@ class QueueConfig:
         callback = settings.callback
         config = cls(
             endpoint=endpoint.name,
+            namespace=endpoint.namespace,
             request_ttl_seconds=settings.request_ttl_seconds,
             invocation_timeout_seconds=settings.invocation_timeout_seconds,
             max_attempts=settings.max_attempts,

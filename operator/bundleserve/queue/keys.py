@@ -1,10 +1,10 @@
 """Redis key names of the async queue: one place, because the operator (KEDA trigger) and docs/async.md name them too.
 
-Per endpoint (the name is a DNS label, so it never contains `:` or braces):
-- `bundleserve:{<endpoint>}:stream`  the task stream (XLEN = pending + in flight: finished entries are deleted)
+Per endpoint, keyed by its queue id `<namespace>/<name>` (see `queue_id`; DNS labels, so no `:`, `/` or braces):
+- `bundleserve:{<namespace>/<name>}:stream`  the task stream (XLEN = pending + in flight: finished entries are deleted)
 - consumer group `workers` on that stream; consumer = `<hostname>-<pid>` (one per router process)
-- `bundleserve:{<endpoint>}:dead`    the dead-letter stream (tasks that failed after maxAttempts)
-- `bundleserve:{<endpoint>}:done`    pub/sub channel carrying the id of every task that reached a terminal state
+- `bundleserve:{<namespace>/<name>}:dead`    the dead-letter stream (tasks that failed after maxAttempts)
+- `bundleserve:{<namespace>/<name>}:done`    pub/sub channel carrying the id of every task that reached a terminal state
 Per task: `bundleserve:task:<task_id>` a hash (the task record), with a TTL.
 """
 
@@ -20,16 +20,22 @@ GROUP = "workers"
 _TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def stream(endpoint: str) -> str:
-    return f"{PREFIX}:{{{endpoint}}}:stream"
+def queue_id(namespace: str, name: str) -> str:
+    """The identity of an endpoint's queue: namespace and name, because same-named Endpoints in two namespaces may
+    share one Redis. Both are DNS labels, so `/` cannot occur in either and the id is unambiguous."""
+    return f"{namespace}/{name}"
 
 
-def dead_letter(endpoint: str) -> str:
-    return f"{PREFIX}:{{{endpoint}}}:dead"
+def stream(queue: str) -> str:
+    return f"{PREFIX}:{{{queue}}}:stream"
 
 
-def done_channel(endpoint: str) -> str:
-    return f"{PREFIX}:{{{endpoint}}}:done"
+def dead_letter(queue: str) -> str:
+    return f"{PREFIX}:{{{queue}}}:dead"
+
+
+def done_channel(queue: str) -> str:
+    return f"{PREFIX}:{{{queue}}}:done"
 
 
 def task(task_id: str) -> str:

@@ -19,6 +19,7 @@ TERMINAL = tuple(s.value for s in TaskStatus if s.terminal)
 #: Fields returned to clients; `request` and `callback_auth` (credentials) are never read by the status path.
 STATUS_FIELDS = (
     "endpoint",
+    "namespace",
     "status",
     "result",
     "result_url",
@@ -126,6 +127,8 @@ class TaskRecord:
     callback_status: str | None = None
     callback_attempts: int = 0
     callback_error: str | None = None
+    #: With `endpoint`, which queue the task belongs to (a Redis may hold same-named endpoints of two namespaces).
+    namespace: str = ""
 
     @classmethod
     def from_fields(cls, task_id: str, values: Mapping[str, bytes | str | None]) -> TaskRecord | None:
@@ -147,6 +150,7 @@ class TaskRecord:
             callback_status=_text(values.get("callback_status")) or None,
             callback_attempts=_int(values.get("callback_attempts")) or 0,
             callback_error=_text(values.get("callback_error")) or None,
+            namespace=_text(values.get("namespace")) or "",
         )
 
     @property

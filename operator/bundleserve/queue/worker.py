@@ -442,6 +442,7 @@ class Worker:
         return TaskRecord(
             task_id=task_id,
             endpoint=self.config.endpoint,
+            namespace=self.config.namespace,
             status=finish.status,
             result_json=(result.decode() if isinstance(result, bytes) else result) or None,
             result_url=fields.get("result_url") or None,

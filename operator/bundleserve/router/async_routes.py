@@ -188,7 +188,8 @@ class AsyncApi:
             record = await self.queue.get(task_id)
         except (RedisError, OSError) as error:
             raise Unavailable(f"the task store is not reachable: {error}", headers={"Retry-After": "1"}) from None
-        if record is None or record.endpoint != self.state.settings.name:
+        endpoint = self.state.settings.endpoint
+        if record is None or (record.namespace, record.endpoint) != (endpoint.namespace, endpoint.name):
             raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
         return record
 

@@ -209,7 +209,7 @@ async def _housekeeping(queue: TaskQueue, store: ResultStore, metrics: AsyncMetr
     rounds = 0
     while True:
         try:
-            found = await backlog(queue.redis, queue.config.endpoint)
+            found = await backlog(queue.redis, queue.config.queue_id)
             metrics.pending.set(found.pending)
             metrics.in_flight.set(found.in_flight)
         except (RedisError, OSError) as error:

@@ -18,11 +18,12 @@ INFLIGHT_METRIC = "bundleserve_router_inflight_requests"
 KEDA_API_VERSION = "keda.sh/v1alpha1"
 
 
-def queue_names(endpoint_name: str) -> tuple[str, str]:
-    """(stream, consumer group) of the endpoint's async queue, as the queue component names them."""
+def queue_names(endpoint: Endpoint) -> tuple[str, str]:
+    """(stream, consumer group) of the endpoint's async queue, as the queue component names them (namespace and
+    name: same-named Endpoints of two namespaces may share one Redis)."""
     from bundleserve.queue import keys
 
-    return keys.stream(endpoint_name), keys.GROUP
+    return keys.stream(keys.queue_id(endpoint.namespace, endpoint.name)), keys.GROUP
 
 
 def _target_ref(endpoint: Endpoint) -> dict[str, str]:
@@ -75,7 +76,7 @@ def build_scaled_object(endpoint: Endpoint, context: BuildContext) -> Manifest:
     """Queue depth drives replicas (lag = entries not yet delivered to the group, so it works from zero); a mixed
     endpoint also scales on CPU. KEDA creates and owns the HPA itself."""
     scaling = endpoint.spec.scaling
-    stream, group = queue_names(endpoint.name)
+    stream, group = queue_names(endpoint)
     triggers: list[dict[str, Any]] = [
         {
             "type": "redis-streams",
