@@ -27,14 +27,22 @@ def prepare(emulator: KubernetesEmulator) -> KubernetesEmulator:
 
 
 class Operator:
-    """One `bundleserve operator --namespace test` process (standalone, or in a kopf peering); restartable."""
+    """One `bundleserve operator --namespace test` process (standalone, or in a kopf peering); restartable.
+    `all_namespaces=True` runs it cluster-wide instead (`--all-namespaces`, as the Helm chart does by default)."""
 
     def __init__(
-        self, emulator: KubernetesEmulator, workdir: Path, env: dict[str, str] | None = None, peering: str | None = None
+        self,
+        emulator: KubernetesEmulator,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        peering: str | None = None,
+        *,
+        all_namespaces: bool = False,
     ) -> None:
         self.emulator = emulator
         self.workdir = workdir
         self.peering = peering
+        self.scope = ["--all-namespaces"] if all_namespaces else ["--namespace", NS]
         workdir.mkdir(parents=True, exist_ok=True)
         self.env = {**emulator.env, "BUNDLESERVE_IMAGE": "ghcr.io/bundleserve/bundleserve:test", **(env or {})}
         self.port = free_port()
@@ -43,8 +51,8 @@ class Operator:
 
     def start(self) -> Operator:
         self.starts += 1
-        scope = ["--peering", self.peering] if self.peering else ["--standalone"]
-        argv = bundleserve("operator", *scope, "--namespace", NS, "--health-port", str(self.port))
+        peering = ["--peering", self.peering] if self.peering else ["--standalone"]
+        argv = bundleserve("operator", *peering, *self.scope, "--health-port", str(self.port))
         self.server = Server(argv, log_path=self.workdir / f"operator-{self.starts}.log", env=self.env)
         self.server.wait_http(f"http://127.0.0.1:{self.port}/readyz", timeout=30)
         return self
@@ -52,6 +60,12 @@ class Operator:
     def stop(self) -> int:
         assert self.server is not None
         return self.server.stop(timeout=15)
+
+    def kill(self) -> int:
+        """SIGKILL, as a crash or an OOM kill: no graceful goodbye in the peering object."""
+        assert self.server is not None
+        self.server.kill()
+        return self.server.stop()  # the process is gone: this only reaps it and closes its log
 
     def alive(self) -> bool:
         return self.server is not None and self.server.process.poll() is None
@@ -101,18 +115,20 @@ def endpoint_doc(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def conditions(emulator: KubernetesEmulator, name: str) -> dict[str, dict[str, Any]]:
-    body = emulator.get(ENDPOINTS, name, NS) or {}
+def conditions(emulator: KubernetesEmulator, name: str, namespace: str = NS) -> dict[str, dict[str, Any]]:
+    body = emulator.get(ENDPOINTS, name, namespace) or {}
     return {c["type"]: c for c in (body.get("status") or {}).get("conditions", [])}
 
 
-def condition_is(emulator: KubernetesEmulator, name: str, kind: str, status: str, reason: str | None = None) -> bool:
-    found = conditions(emulator, name).get(kind, {})
+def condition_is(
+    emulator: KubernetesEmulator, name: str, kind: str, status: str, reason: str | None = None, namespace: str = NS
+) -> bool:
+    found = conditions(emulator, name, namespace).get(kind, {})
     return found.get("status") == status and (reason is None or found.get("reason") == reason)
 
 
 def rbac_permissions() -> set[tuple[str, str, str]]:
-    granted = set()
+    granted: set[tuple[str, str, str]] = set()
     for rule in yaml.safe_load(RBAC_FILE.read_text()):
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:

@@ -12,6 +12,7 @@ def test_defaults() -> None:
     assert config.image == DEFAULT_IMAGE
     assert config.keda is KedaMode.AUTO and config.hpa_metric is HpaMetric.CPU
     assert config.redis_secret is None and config.redis_url is None
+    assert config.peering_lifetime_seconds == 60  # kopf's own default
 
 
 def test_every_variable() -> None:
@@ -25,6 +26,7 @@ def test_every_variable() -> None:
             "BUNDLESERVE_HPA_METRIC": "inflight",
             "BUNDLESERVE_HPA_CPU_UTILIZATION": "55",
             "BUNDLESERVE_REDIS_URL": "redis://:hunter2@redis:6379/0",
+            "BUNDLESERVE_PEERING_LIFETIME_SECONDS": "5",
         }
     )
     assert (config.image, config.redis_secret, config.api_keys_secret, config.results_pvc) == (
@@ -35,12 +37,18 @@ def test_every_variable() -> None:
     )
     assert config.keda is KedaMode.OFF and config.hpa_metric is HpaMetric.INFLIGHT
     assert config.cpu_target_utilization == 55
+    assert config.peering_lifetime_seconds == 5
     assert "hunter2" not in repr(config)  # the Redis URL may carry a password: never in logs
 
 
 @pytest.mark.parametrize(
     ("env", "named"),
-    [({"BUNDLESERVE_KEDA": "maybe"}, "BUNDLESERVE_KEDA"), ({"BUNDLESERVE_HPA_CPU_UTILIZATION": "x"}, "UTILIZATION")],
+    [
+        ({"BUNDLESERVE_KEDA": "maybe"}, "BUNDLESERVE_KEDA"),
+        ({"BUNDLESERVE_HPA_CPU_UTILIZATION": "x"}, "UTILIZATION"),
+        ({"BUNDLESERVE_PEERING_LIFETIME_SECONDS": "1"}, "BUNDLESERVE_PEERING_LIFETIME_SECONDS"),
+        ({"BUNDLESERVE_PEERING_LIFETIME_SECONDS": "1m"}, "BUNDLESERVE_PEERING_LIFETIME_SECONDS"),
+    ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):

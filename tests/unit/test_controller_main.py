@@ -12,6 +12,7 @@ from bundleserve.cli import main as cli_main
     [
         (["operator", "--standalone"], {"BUNDLESERVE_KEDA": "sometimes"}, "BUNDLESERVE_KEDA"),
         (["operator", "--peering", "p"], {"BUNDLESERVE_PEERING_PRIORITY": "high"}, "BUNDLESERVE_PEERING_PRIORITY"),
+        (["operator", "--peering", "p"], {"BUNDLESERVE_PEERING_LIFETIME_SECONDS": "0"}, "LIFETIME_SECONDS"),
         (["operator", "--peering", "p", "--standalone"], {}, "--standalone"),
     ],
 )

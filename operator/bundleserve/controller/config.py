@@ -36,6 +36,8 @@ class OperatorConfig:
     keda: KedaMode = KedaMode.AUTO
     hpa_metric: HpaMetric = HpaMetric.CPU
     cpu_target_utilization: int = 70
+    #: kopf's peering keep-alive lifetime: a crashed leader is replaced this long after its last keep-alive.
+    peering_lifetime_seconds: int = 60
     #: The operator's own Redis connection (scaler backlog, queue cleanup on delete). The chart sets it from the
     #: same Secret as the routers'; never logged.
     redis_url: str | None = field(default=None, repr=False)
@@ -59,6 +61,9 @@ class OperatorConfig:
         utilization = opt("BUNDLESERVE_HPA_CPU_UTILIZATION") or "70"
         if not utilization.isdigit() or not 1 <= int(utilization) <= 1000:
             raise ConfigError(f"BUNDLESERVE_HPA_CPU_UTILIZATION={utilization!r} must be an integer percentage (1-1000)")
+        lifetime = opt("BUNDLESERVE_PEERING_LIFETIME_SECONDS") or "60"
+        if not lifetime.isdigit() or not 2 <= int(lifetime) <= 3600:
+            raise ConfigError(f"BUNDLESERVE_PEERING_LIFETIME_SECONDS={lifetime!r} must be an integer (2-3600)")
         return cls(
             image=opt("BUNDLESERVE_IMAGE") or DEFAULT_IMAGE,
             redis_secret=opt("BUNDLESERVE_REDIS_SECRET"),
@@ -67,5 +72,6 @@ class OperatorConfig:
             keda=KedaMode(choice("BUNDLESERVE_KEDA", KedaMode, KedaMode.AUTO)),
             hpa_metric=HpaMetric(choice("BUNDLESERVE_HPA_METRIC", HpaMetric, HpaMetric.CPU)),
             cpu_target_utilization=int(utilization),
+            peering_lifetime_seconds=int(lifetime),
             redis_url=opt("BUNDLESERVE_REDIS_URL"),
         )

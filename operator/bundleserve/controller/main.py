@@ -2,7 +2,8 @@
 
 Scope: `--namespace NS` (repeatable) or `--all-namespaces` (the default when neither is given).
 HA: `--peering NAME` runs kopf peering: every replica announces a priority in the peering object and only the highest
-one works, the others pause until it is gone (graceful exit: at once; crash: after the keep-alive expires). Each
+one works, the others pause until it is gone (graceful exit: at once; crash: once its keep-alive expires, after
+BUNDLESERVE_PEERING_LIFETIME_SECONDS, default 60). Each
 replica draws a random priority unless BUNDLESERVE_PEERING_PRIORITY sets one (equal priorities would pause everyone).
 Without `--peering` (or with `--standalone`) the operator runs alone. SIGTERM stops it gracefully (kopf's own handling).
 """
@@ -41,6 +42,8 @@ async def run(args: argparse.Namespace, config: OperatorConfig) -> None:
         )
 
     announcer = asyncio.create_task(announce())
+    settings = kopf.OperatorSettings()
+    settings.peering.lifetime = config.peering_lifetime_seconds  # how long a crashed leader blocks the standby
     try:
         await kopf.operator(
             registry=registry,
@@ -50,6 +53,7 @@ async def run(args: argparse.Namespace, config: OperatorConfig) -> None:
             peering_name=args.peering,
             priority=peering_priority() if args.peering else None,
             ready_flag=ready,
+            settings=settings,
         )
     finally:
         stopping.set()

@@ -145,3 +145,14 @@ class FilesystemResultStore:
             except FileNotFoundError:
                 continue
         return removed
+
+
+def open_result_store(
+    results_dir: Path, results_url: str | None = None, *, default_ttl_seconds: float = DEFAULT_TTL_SECONDS
+) -> ResultStore:
+    """The configured store: S3 when `BUNDLESERVE_RESULTS_URL` is set (see `s3results`), else the directory."""
+    if results_url:
+        from bundleserve.queue.s3results import S3Location, S3ResultStore
+
+        return S3ResultStore(S3Location.parse(results_url), default_ttl_seconds=default_ttl_seconds)
+    return FilesystemResultStore(results_dir, default_ttl_seconds=default_ttl_seconds)

@@ -23,7 +23,7 @@ from bundleserve.queue.callbacks import SECRET_DIR_ENV, auth_from_secret_dir
 from bundleserve.queue.config import QueueConfig
 from bundleserve.queue.notify import CompletionWaiter
 from bundleserve.queue.recent import RecentResults
-from bundleserve.queue.results import FilesystemResultStore, InvalidKey, ResultStore
+from bundleserve.queue.results import InvalidKey, ResultStore, open_result_store
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord, TaskRequest
 from bundleserve.queue.worker import Worker
 from bundleserve.router.calls import parse_request
@@ -228,8 +228,8 @@ class AsyncApi:
 
 def _result_store(state: RouterState, config: QueueConfig) -> ResultStore:
     if state.result_store is None:
-        state.result_store = FilesystemResultStore(
-            state.settings.results_dir, default_ttl_seconds=config.result_ttl_seconds
+        state.result_store = open_result_store(
+            state.settings.results_dir, state.settings.results_url, default_ttl_seconds=config.result_ttl_seconds
         )
     store: ResultStore = state.result_store
     return store

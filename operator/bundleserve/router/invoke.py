@@ -80,10 +80,12 @@ def result_store(state: RouterState) -> Any:
     """The store of `return_pickled` results (`bundleserve.queue.results`), created on first use."""
     if state.result_store is None:
         try:
-            from bundleserve.queue.results import FilesystemResultStore
+            from bundleserve.queue.results import open_result_store
         except ImportError:
             raise Unavailable("return_pickled needs the result store, which this build lacks") from None
-        state.result_store = FilesystemResultStore(state.settings.results_dir)
+        settings = state.settings
+        ttl = float(settings.endpoint.spec.async_settings.result_ttl_seconds)
+        state.result_store = open_result_store(settings.results_dir, settings.results_url, default_ttl_seconds=ttl)
     return state.result_store
 
 

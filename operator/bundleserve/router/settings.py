@@ -32,6 +32,8 @@ class Settings:
     api_keys: frozenset[str] = frozenset()
     #: Where `return_pickled` results go (a PVC in the cluster; see docs/contracts.md).
     results_dir: Path = DEFAULT_RESULTS_DIR
+    #: `s3://bucket/prefix` for S3-compatible result storage instead of `results_dir` (BUNDLESERVE_RESULTS_URL).
+    results_url: str | None = None
     #: Schemes a `url` input may use.
     url_schemes: frozenset[str] = frozenset(DEFAULT_URL_SCHEMES)
     #: How long in-flight requests may take to finish after SIGTERM (default: the invocation timeout + 5 s).
@@ -78,6 +80,17 @@ def load_endpoint(path: Path) -> Endpoint:
     return found[0][1]
 
 
+def check_results_url(url: str) -> None:
+    """An unusable S3 result store fails the start (bad URL, boto3 missing), not the first pickled result."""
+    from bundleserve.queue.s3results import ResultsUrlError, S3Location, require_boto3
+
+    try:
+        S3Location.parse(url)
+        require_boto3()
+    except ResultsUrlError as error:
+        raise ConfigError(str(error)) from None
+
+
 def build_settings(
     *,
     endpoint_file: Path,
@@ -94,6 +107,9 @@ def build_settings(
     keys_file = env.get("BUNDLESERVE_API_KEYS_FILE")
     schemes = env.get("BUNDLESERVE_URL_SCHEMES")
     drain = env.get("BUNDLESERVE_DRAIN_SECONDS")
+    results_url = env.get("BUNDLESERVE_RESULTS_URL") or None
+    if results_url:
+        check_results_url(results_url)
     try:
         drain_seconds = float(drain) if drain else 0.0
     except ValueError:
@@ -106,6 +122,7 @@ def build_settings(
         redis_url=redis_url or env.get("BUNDLESERVE_REDIS_URL") or None,
         api_keys=read_api_keys(Path(keys_file)) if keys_file else frozenset(),
         results_dir=Path(env.get("BUNDLESERVE_RESULTS_DIR") or DEFAULT_RESULTS_DIR),
+        results_url=results_url,
         url_schemes=frozenset(s.strip().lower() for s in schemes.split(",") if s.strip())
         if schemes
         else frozenset(DEFAULT_URL_SCHEMES),

@@ -1,0 +1,204 @@
+"""S3-compatible result storage: objects in a bucket under a prefix, fetched by clients through presigned GET URLs.
+
+Chosen with `BUNDLESERVE_RESULTS_URL=s3://bucket/prefix`; credentials, region and endpoint (`AWS_ENDPOINT_URL` for
+MinIO and other S3-compatible servers) come from boto3's standard environment. boto3 is blocking, so every call runs
+in a thread: the worker loop never waits on S3. Failures surface as `OSError` (`StorageUnavailable`), the error
+the `ResultStore` callers already handle for the filesystem store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from bundleserve.queue.results import DEFAULT_TTL_SECONDS, check_key
+
+#: S3 refuses presigned URLs (SigV4) valid for longer than 7 days.
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+#: User metadata (`x-amz-meta-…`) holding the expiry as Unix seconds; `get` and `cleanup_expired` honour it.
+EXPIRES_AT_METADATA = "bundleserve-expires-at"
+_DELETE_BATCH = 1000  # DeleteObjects' limit
+
+
+class ResultsUrlError(ValueError):
+    """`BUNDLESERVE_RESULTS_URL` is unusable (not `s3://bucket[/prefix]`, or boto3 missing); the message says why."""
+
+
+class StorageUnavailable(OSError):
+    """An S3 call failed (network, credentials, throttling); callers treat it like a filesystem error."""
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    #: "" or a prefix ending with "/".
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, url: str) -> S3Location:
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+            raise ResultsUrlError(f"BUNDLESERVE_RESULTS_URL must look like s3://bucket/prefix, got {url!r}")
+        prefix = parts.path.strip("/")
+        return cls(bucket=parts.netloc, prefix=f"{prefix}/" if prefix else "")
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{check_key(name)}"
+
+
+def require_boto3() -> None:
+    """Fail at start, not at the first result, when S3 storage is configured without boto3 installed."""
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        raise ResultsUrlError(
+            "BUNDLESERVE_RESULTS_URL is an s3:// URL but boto3 is not installed (install bundleserve[s3])"
+        ) from None
+
+
+def make_client(env: Mapping[str, str] | None = None) -> Any:
+    """An S3 client from boto3's standard configuration; path-style addressing when a custom endpoint is set
+    (S3-compatible servers such as MinIO rarely have per-bucket DNS names)."""
+    require_boto3()
+    import boto3
+    from botocore.config import Config
+
+    env = os.environ if env is None else env
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+    config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "path" if endpoint else "auto"},
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=30,
+    )
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+
+
+def _is_missing(error: Exception) -> bool:
+    response = getattr(error, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    return code in ("NoSuchKey", "404", "NotFound")
+
+
+def _expires_at(metadata: Mapping[str, str]) -> float | None:
+    try:
+        return float(metadata[EXPIRES_AT_METADATA])
+    except (KeyError, ValueError):
+        return None
+
+
+class S3ResultStore:
+    """A `ResultStore` in an S3 bucket: `result_url` is a presigned GET URL, valid for the result's TTL (at most 7 days).
+
+    The expiry is object metadata, checked by `get` and enforced by `cleanup_expired`; a bucket lifecycle rule on
+    the prefix is the cheaper way to delete at scale (see docs/async.md).
+    """
+
+    def __init__(
+        self, location: S3Location, *, client: Any = None, default_ttl_seconds: float = DEFAULT_TTL_SECONDS
+    ) -> None:
+        self.location = location
+        self.client = make_client() if client is None else client
+        self.default_ttl_seconds = default_ttl_seconds
+
+    def url_for(self, task_id: str) -> str:
+        """Signing is local computation (no request), so this stays synchronous like the protocol wants."""
+        expires_in = max(1, min(int(self.default_ttl_seconds), MAX_PRESIGN_SECONDS))
+        url: str = self.client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.location.bucket, "Key": self.location.key(task_id)},
+            ExpiresIn=expires_in,
+        )
+        return url
+
+    async def _call(self, method: str, **params: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return await asyncio.to_thread(getattr(self.client, method), **params)
+        except ClientError as error:
+            if _is_missing(error):
+                raise
+            raise StorageUnavailable(f"S3 {method} failed: {error}") from None
+        except BotoCoreError as error:
+            raise StorageUnavailable(f"S3 {method} failed: {error}") from None
+
+    async def put(self, key: str, data: bytes, content_type: str, *, ttl_seconds: float | None = None) -> None:
+        ttl = self.default_ttl_seconds if ttl_seconds is None else ttl_seconds
+        expires_at = time.time() + ttl
+        await self._call(
+            "put_object",
+            Bucket=self.location.bucket,
+            Key=self.location.key(key),
+            Body=data,
+            ContentType=content_type,
+            Expires=datetime.fromtimestamp(expires_at, UTC),
+            Metadata={EXPIRES_AT_METADATA: f"{expires_at:.3f}"},
+        )
+
+    async def get(self, key: str) -> tuple[bytes, str] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            found = await self._call("get_object", Bucket=self.location.bucket, Key=self.location.key(key))
+        except ClientError:  # only "missing" gets here; other failures are StorageUnavailable
+            return None
+        body = found["Body"]
+        try:
+            expires_at = _expires_at(found.get("Metadata") or {})
+            if expires_at is not None and expires_at <= time.time():
+                return None
+            data: bytes = await asyncio.to_thread(body.read)
+        finally:
+            body.close()
+        return data, str(found.get("ContentType") or "application/octet-stream")
+
+    async def delete(self, key: str) -> None:
+        await self._call("delete_object", Bucket=self.location.bucket, Key=self.location.key(key))
+
+    async def cleanup_expired(self) -> int:
+        """Delete the prefix's expired objects; returns how many. One HEAD per object: prefer a lifecycle rule at scale."""
+        return await asyncio.to_thread(self._cleanup, time.time())
+
+    def _cleanup(self, now: float) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            expired = [key for key in self._keys() if self._expired(key, now)]
+            for start in range(0, len(expired), _DELETE_BATCH):
+                batch = expired[start : start + _DELETE_BATCH]
+                self.client.delete_objects(
+                    Bucket=self.location.bucket,
+                    Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
+                )
+        except (BotoCoreError, ClientError) as error:
+            raise StorageUnavailable(f"S3 cleanup failed: {error}") from None
+        return len(expired)
+
+    def _keys(self) -> Iterator[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.location.bucket, Prefix=self.location.prefix
+        )
+        for page in pages:
+            for item in page.get("Contents", ()):
+                yield str(item["Key"])
+
+    def _expired(self, key: str, now: float) -> bool:
+        """Only objects this store wrote (they carry the expiry metadata) are ever deleted."""
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.location.bucket, Key=key)
+        except ClientError as error:
+            if _is_missing(error):
+                return False
+            raise
+        expires_at = _expires_at(head.get("Metadata") or {})
+        return expires_at is not None and expires_at <= now

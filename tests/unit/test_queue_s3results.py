@@ -1,0 +1,78 @@
+"""S3 result store configuration: the URL form, and one-line start errors for a bad URL or a missing boto3."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from bundleserve.queue.s3results import ResultsUrlError, S3Location, require_boto3
+from bundleserve.router.settings import ConfigError, build_settings
+
+
+@pytest.mark.parametrize(
+    ("url", "bucket", "prefix"),
+    [
+        ("s3://results", "results", ""),
+        ("s3://results/", "results", ""),
+        ("s3://results/team/a/", "results", "team/a/"),
+        ("s3://results/team", "results", "team/"),
+    ],
+)
+def test_an_s3_url_names_a_bucket_and_a_prefix(url: str, bucket: str, prefix: str):
+    location = S3Location.parse(url)
+    assert (location.bucket, location.prefix) == (bucket, prefix)
+    assert location.key("t1") == f"{prefix}t1"
+
+
+@pytest.mark.parametrize("url", ["https://results/x", "s3:///prefix", "results/x", "s3://b/p?versionId=1"])
+def test_anything_else_is_refused(url: str):
+    with pytest.raises(ResultsUrlError, match="s3://bucket/prefix"):
+        S3Location.parse(url)
+
+
+def test_keys_stay_inside_the_prefix():
+    with pytest.raises(ValueError, match="invalid result key"):
+        S3Location("b", "p/").key("../other")
+
+
+def endpoint_file(tmp_path: Path) -> Path:
+    path = tmp_path / "e.yaml"
+    path.write_text(
+        "apiVersion: bundleserve.dev/v1alpha1\nkind: Endpoint\nmetadata: {name: e}\n"
+        "spec: {modes: [sync, async], localOnly: true, bundle: {python: {entrypoint: 'fake:predict'}}}\n"
+    )
+    return path
+
+
+def settings_with(tmp_path: Path, url: str) -> object:
+    return build_settings(
+        endpoint_file=endpoint_file(tmp_path), model_url="http://127.0.0.1:1", env={"BUNDLESERVE_RESULTS_URL": url}
+    )
+
+
+def test_the_router_settings_carry_a_valid_url(tmp_path: Path):
+    settings = build_settings(
+        endpoint_file=endpoint_file(tmp_path),
+        model_url="http://127.0.0.1:1",
+        env={"BUNDLESERVE_RESULTS_URL": "s3://bucket/pre"},
+    )
+    assert settings.results_url == "s3://bucket/pre"
+
+
+def test_a_bad_url_fails_the_start_in_one_line(tmp_path: Path):
+    with pytest.raises(ConfigError) as caught:
+        settings_with(tmp_path, "http://bucket/pre")
+    assert str(caught.value) == "BUNDLESERVE_RESULTS_URL must look like s3://bucket/prefix, got 'http://bucket/pre'"
+
+
+def test_a_missing_boto3_fails_the_start_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "boto3", None)  # makes `import boto3` raise ImportError
+    with pytest.raises(ResultsUrlError):
+        require_boto3()
+    with pytest.raises(ConfigError) as caught:
+        settings_with(tmp_path, "s3://bucket/pre")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message == "BUNDLESERVE_RESULTS_URL is an s3:// URL but boto3 is not installed (install bundleserve[s3])"
