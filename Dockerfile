@@ -11,9 +11,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator ./operator
+# The s3 extra (boto3) is included so BUNDLESERVE_RESULTS_URL=s3://... works in the router sidecar.
 # Every dependency ships wheels, so no compiler is needed; the build stage (and pip's caches) stay behind.
 RUN python -m venv /opt/bundleserve \
-    && /opt/bundleserve/bin/pip install --no-compile --only-binary=:all: --no-binary=bundleserve . \
+    && /opt/bundleserve/bin/pip install --no-compile --only-binary=:all: --no-binary=bundleserve ".[s3]" \
     && find /opt/bundleserve -name '__pycache__' -type d -prune -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE}

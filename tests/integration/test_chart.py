@@ -62,6 +62,18 @@ VALUES: dict[str, dict[str, Any]] = {
         "gateway": {"enabled": True},
         "redis": {"existingSecret": "external-redis"},
     },
+    # Results in S3-compatible storage (MinIO-style endpoint) instead of a volume.
+    "s3-results": {
+        "redis": {"enabled": True},
+        "results": {
+            "s3": {
+                "url": "s3://bundleserve-results/prod",
+                "existingSecret": "bundleserve-s3",
+                "endpoint": "http://minio.storage:9000",
+                "region": "eu-west-1",
+            }
+        },
+    },
 }
 
 
@@ -177,6 +189,29 @@ def test_schema_rejects_a_wrong_type_naming_the_field(chart: helm.Chart) -> None
 def test_schema_rejects_an_unknown_operator_scope(chart: helm.Chart) -> None:
     with pytest.raises(helm.HelmValuesError, match="scope"):
         chart.validate_schema({"operator": {"scope": "everywhere"}})
+
+
+@pytest.mark.parametrize(
+    "s3",
+    [{"url": "https://bucket/prefix"}, {"url": "bucket/prefix"}, {"url": "s3://b", "endpoint": "minio:9000"}],
+)
+def test_schema_rejects_s3_settings_the_operator_would_refuse(chart: helm.Chart, s3: dict[str, str]) -> None:
+    field = "endpoint" if "endpoint" in s3 else "url"
+    with pytest.raises(helm.HelmValuesError) as caught:
+        chart.validate_schema({"results": {"s3": s3}})
+    assert field in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("results", "named"),
+    [
+        ({"existingClaim": "results", "s3": {"url": "s3://bucket"}}, "exclude each other"),
+        ({"s3": {"existingSecret": "bundleserve-s3"}}, "need results.s3.url"),
+    ],
+)
+def test_render_refuses_conflicting_result_stores(chart: helm.Chart, results: dict[str, Any], named: str) -> None:
+    with pytest.raises(helm.HelmError, match=named):
+        chart.render({"results": results}, name=RELEASE, namespace=NAMESPACE)
 
 
 # --- strict Kubernetes validation ----------------------------------------------------------------------------------
@@ -341,6 +376,24 @@ def test_operator_reads_the_rendered_environment(rendered: dict[str, Rendered]) 
     default = rendered["default"].one("Deployment", f"{RELEASE}-bundleserve-operator")
     defaults = {item["name"]: item["value"] for item in _container(default, "operator")["env"] if "value" in item}
     assert OperatorConfig.from_env(defaults) == OperatorConfig(image=config.image)
+
+
+def test_s3_results_reach_the_operator_environment(rendered: dict[str, Rendered]) -> None:
+    """With results.s3 set the operator gets names and plain settings only, and its config reader accepts them."""
+    objects = rendered["s3-results"]
+    container = _container(objects.one("Deployment", f"{RELEASE}-bundleserve-operator"), "operator")
+    env = _env(container)
+    assert env["BUNDLESERVE_RESULTS_URL"] == "s3://bundleserve-results/prod"
+    assert env["BUNDLESERVE_RESULTS_S3_SECRET"] == "bundleserve-s3"
+    assert env["BUNDLESERVE_RESULTS_S3_ENDPOINT"] == "http://minio.storage:9000"
+    assert env["BUNDLESERVE_RESULTS_S3_REGION"] == "eu-west-1"
+    assert "BUNDLESERVE_RESULTS_PVC" not in env
+    assert not any(name.startswith("AWS_") for name in env)  # the operator never holds the S3 credentials
+    config = OperatorConfig.from_env({item["name"]: item["value"] for item in container["env"] if "value" in item})
+    assert (config.results_url, config.results_s3_secret) == ("s3://bundleserve-results/prod", "bundleserve-s3")
+    assert (config.results_s3_endpoint, config.results_s3_region) == ("http://minio.storage:9000", "eu-west-1")
+    default = _env(_container(rendered["default"].one("Deployment", f"{RELEASE}-bundleserve-operator"), "operator"))
+    assert not any(name.startswith("BUNDLESERVE_RESULTS_") for name in default)
 
 
 def test_bundled_redis_is_durable_and_its_url_reaches_it(rendered: dict[str, Rendered]) -> None:

@@ -91,3 +91,10 @@ def test_the_examples_image_pins_scikit_learn_within_the_examples_extra_and_copi
     assert sorted(sources) == sorted(str(p.relative_to(REPO / "examples")) for p in REPO.glob("examples/*/*.py"))
     users = [arg for keyword, arg in _final_stage(EXAMPLES_DOCKERFILE) if keyword == "USER"]
     assert users[-1] == "10001:10001", "the examples image must drop back to the non-root user"
+
+
+def test_the_image_installs_the_s3_extra_so_routers_can_store_results_in_s3() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert any(Requirement(r).name == "boto3" for r in project["optional-dependencies"]["s3"])
+    build_runs = [arg for keyword, arg in _instructions(DOCKERFILE) if keyword == "RUN" and "pip install" in arg]
+    assert any(re.search(r"""["']?\.\[[^\]]*\bs3\b[^\]]*\]["']?""", run) for run in build_runs), build_runs

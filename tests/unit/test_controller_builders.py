@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from bundleserve.controller.builders import BuildContext, BuildError, Scaler, build_children, scaler_for
+from bundleserve.controller.builders.common import content_hash
 from bundleserve.controller.builders.deployment import DRAIN_MARGIN_SECONDS, DRAIN_PATH, ROUTER_PORT_ALT
 from bundleserve.controller.config import HpaMetric, OperatorConfig
 from bundleserve.controller.labels import CONFIG_HASH_ANNOTATION, DESIRED_HASH_ANNOTATION, ENDPOINT_LABEL
@@ -353,3 +355,73 @@ def test_desired_hash_is_stable_and_tracks_the_spec() -> None:
     changed = hashes(resources={"cpu": "2"})
     assert changed[0] != hashes()[0]  # the ConfigMap carries the spec
     assert changed[-1] != hashes()[-1]  # and the Deployment's resources moved
+
+
+S3_CONFIG = OperatorConfig(
+    image=CONFIG.image,
+    redis_secret="redis",
+    results_url="s3://results-bucket/bundleserve",
+    results_s3_secret="s3-creds",
+    results_s3_endpoint="http://minio.storage:9000",
+    results_s3_region="eu-west-1",
+)
+
+
+def test_s3_results_reach_the_router_with_credentials_by_reference_only() -> None:
+    ep = endpoint(modes=["sync", "async"])
+    children = build_children(ep, BuildContext(config=S3_CONFIG))
+    for child in children:
+        for version in VERSIONS:
+            validate_strict(child, version)
+    pod = next(child for child in children if child["kind"] == "Deployment")["spec"]["template"]["spec"]
+    model, router = pod["containers"]
+    env = {item["name"]: item for item in router["env"]}
+    assert env["BUNDLESERVE_RESULTS_URL"] == {"name": "BUNDLESERVE_RESULTS_URL", "value": S3_CONFIG.results_url}
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio.storage:9000"
+    assert env["AWS_REGION"]["value"] == env["AWS_DEFAULT_REGION"]["value"] == "eu-west-1"
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key] == {"name": key, "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": key}}}
+    token = env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token == {"name": "s3-creds", "key": "AWS_SESSION_TOKEN", "optional": True}
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        assert "value" not in env[key]  # never an inline credential
+    assert not any(item["name"].startswith("AWS_") for item in model.get("env", []))  # the model gets none of it
+    assert not any(volume.get("persistentVolumeClaim") for volume in pod["volumes"])
+
+
+def test_s3_without_a_secret_leaves_credentials_to_the_default_chain() -> None:
+    config = OperatorConfig(image=CONFIG.image, results_url="s3://bucket")
+    router = deployment_of(endpoint(), config)["spec"]["template"]["spec"]["containers"][1]
+    names = {item["name"] for item in router["env"]}
+    assert "BUNDLESERVE_RESULTS_URL" in names
+    assert not names & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"}
+    no_s3 = deployment_of(endpoint(), OperatorConfig(image=CONFIG.image))["spec"]["template"]["spec"]["containers"][1]
+    assert not any(item["name"] in ("BUNDLESERVE_RESULTS_URL", "AWS_REGION") for item in no_s3["env"])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"results_url": "s3://other-bucket/bundleserve"},
+        {"results_s3_secret": "rotated-creds"},
+        {"results_s3_secret": None},
+        {"results_s3_endpoint": "https://s3.example.com"},
+        {"results_s3_region": "us-east-1"},
+        {"results_url": None, "results_s3_secret": None, "results_s3_endpoint": None, "results_s3_region": None},
+    ],
+)
+def test_config_hash_changes_with_the_s3_settings(change: dict[str, Any]) -> None:
+    def config_hash(config: OperatorConfig) -> str:
+        annotations = deployment_of(endpoint(), config)["spec"]["template"]["metadata"]["annotations"]
+        return str(annotations[CONFIG_HASH_ANNOTATION])
+
+    assert config_hash(S3_CONFIG) == config_hash(S3_CONFIG)
+    assert config_hash(S3_CONFIG) != config_hash(dataclasses.replace(S3_CONFIG, **change))
+
+
+def test_without_s3_the_config_hash_is_the_endpoint_document_alone() -> None:
+    """Operators upgraded without S3 must not roll every pod: the hash input is unchanged when S3 is off."""
+    ep = endpoint()
+    document = build_children(ep, BuildContext(config=CONFIG))[0]["data"]["endpoint.yaml"]
+    annotations = deployment_of(ep)["spec"]["template"]["metadata"]["annotations"]
+    assert annotations[CONFIG_HASH_ANNOTATION] == content_hash(document)

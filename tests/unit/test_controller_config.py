@@ -53,3 +53,38 @@ def test_every_variable() -> None:
 def test_bad_values_name_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         OperatorConfig.from_env(env)
+
+
+def test_s3_results_settings() -> None:
+    config = OperatorConfig.from_env(
+        {
+            "BUNDLESERVE_RESULTS_URL": " s3://results/bundleserve/ ",
+            "BUNDLESERVE_RESULTS_S3_SECRET": "s3-creds",
+            "BUNDLESERVE_RESULTS_S3_ENDPOINT": "http://minio:9000",
+            "BUNDLESERVE_RESULTS_S3_REGION": "eu-west-1",
+        }
+    )
+    assert (config.results_url, config.results_s3_secret) == ("s3://results/bundleserve/", "s3-creds")
+    assert (config.results_s3_endpoint, config.results_s3_region) == ("http://minio:9000", "eu-west-1")
+    assert config.results_pvc is None
+    defaults = OperatorConfig.from_env({})
+    assert defaults.results_url is defaults.results_s3_secret is defaults.results_s3_endpoint is None
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"BUNDLESERVE_RESULTS_URL": "https://bucket/prefix"}, "BUNDLESERVE_RESULTS_URL"),
+        ({"BUNDLESERVE_RESULTS_URL": "s3:///no-bucket"}, "BUNDLESERVE_RESULTS_URL"),
+        ({"BUNDLESERVE_RESULTS_URL": "s3://b/p", "BUNDLESERVE_RESULTS_PVC": "results"}, "BUNDLESERVE_RESULTS_PVC"),
+        ({"BUNDLESERVE_RESULTS_S3_SECRET": "s3-creds"}, "BUNDLESERVE_RESULTS_S3_SECRET"),
+        ({"BUNDLESERVE_RESULTS_S3_REGION": "eu-west-1"}, "BUNDLESERVE_RESULTS_S3_REGION"),
+        (
+            {"BUNDLESERVE_RESULTS_URL": "s3://b", "BUNDLESERVE_RESULTS_S3_ENDPOINT": "minio:9000"},
+            "BUNDLESERVE_RESULTS_S3_ENDPOINT",
+        ),
+    ],
+)
+def test_bad_s3_results_settings_name_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        OperatorConfig.from_env(env)

@@ -14,6 +14,7 @@ from bundleserve.cli import main as cli_main
         (["operator", "--peering", "p"], {"BUNDLESERVE_PEERING_PRIORITY": "high"}, "BUNDLESERVE_PEERING_PRIORITY"),
         (["operator", "--peering", "p"], {"BUNDLESERVE_PEERING_LIFETIME_SECONDS": "0"}, "LIFETIME_SECONDS"),
         (["operator", "--peering", "p", "--standalone"], {}, "--standalone"),
+        (["operator", "--standalone"], {"BUNDLESERVE_RESULTS_URL": "gs://bucket"}, "BUNDLESERVE_RESULTS_URL"),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(

@@ -6,8 +6,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 from bundleserve import __version__
+from bundleserve.queue.s3results import ResultsUrlError, S3Location
 
 DEFAULT_IMAGE = f"ghcr.io/bundleserve/bundleserve:{__version__}"
 
@@ -33,6 +35,14 @@ class OperatorConfig:
     redis_secret: str | None = None
     api_keys_secret: str | None = None
     results_pvc: str | None = None
+    #: `s3://bucket/prefix`: routers keep results in S3-compatible storage instead of a volume (excludes results_pvc).
+    results_url: str | None = None
+    #: A Secret in each Endpoint's namespace with keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and optionally
+    #: AWS_SESSION_TOKEN); None leaves credentials to boto3's default chain (e.g. workload identity).
+    results_s3_secret: str | None = None
+    #: AWS_ENDPOINT_URL for S3-compatible servers (MinIO and the like); None means AWS itself.
+    results_s3_endpoint: str | None = None
+    results_s3_region: str | None = None
     keda: KedaMode = KedaMode.AUTO
     hpa_metric: HpaMetric = HpaMetric.CPU
     cpu_target_utilization: int = 70
@@ -64,14 +74,54 @@ class OperatorConfig:
         lifetime = opt("BUNDLESERVE_PEERING_LIFETIME_SECONDS") or "60"
         if not lifetime.isdigit() or not 2 <= int(lifetime) <= 3600:
             raise ConfigError(f"BUNDLESERVE_PEERING_LIFETIME_SECONDS={lifetime!r} must be an integer (2-3600)")
+        results_url, results_pvc = opt("BUNDLESERVE_RESULTS_URL"), opt("BUNDLESERVE_RESULTS_PVC")
+        s3_secret, s3_endpoint = opt("BUNDLESERVE_RESULTS_S3_SECRET"), opt("BUNDLESERVE_RESULTS_S3_ENDPOINT")
+        s3_region = opt("BUNDLESERVE_RESULTS_S3_REGION")
+        check_results_store(results_url, results_pvc, s3_secret=s3_secret, s3_endpoint=s3_endpoint, s3_region=s3_region)
         return cls(
             image=opt("BUNDLESERVE_IMAGE") or DEFAULT_IMAGE,
             redis_secret=opt("BUNDLESERVE_REDIS_SECRET"),
             api_keys_secret=opt("BUNDLESERVE_API_KEYS_SECRET"),
-            results_pvc=opt("BUNDLESERVE_RESULTS_PVC"),
+            results_pvc=results_pvc,
+            results_url=results_url,
+            results_s3_secret=s3_secret,
+            results_s3_endpoint=s3_endpoint,
+            results_s3_region=s3_region,
             keda=KedaMode(choice("BUNDLESERVE_KEDA", KedaMode, KedaMode.AUTO)),
             hpa_metric=HpaMetric(choice("BUNDLESERVE_HPA_METRIC", HpaMetric, HpaMetric.CPU)),
             cpu_target_utilization=int(utilization),
             peering_lifetime_seconds=int(lifetime),
             redis_url=opt("BUNDLESERVE_REDIS_URL"),
         )
+
+
+def check_results_store(
+    url: str | None,
+    pvc: str | None,
+    *,
+    s3_secret: str | None,
+    s3_endpoint: str | None,
+    s3_region: str | None,
+) -> None:
+    """Refuse a result store the routers could not use, at the operator's start rather than in every pod's log.
+
+    Both a PVC and an S3 URL is rejected: choosing one silently would leave results where nobody looks for them."""
+    if url is None:
+        for name, value in (
+            ("BUNDLESERVE_RESULTS_S3_SECRET", s3_secret),
+            ("BUNDLESERVE_RESULTS_S3_ENDPOINT", s3_endpoint),
+            ("BUNDLESERVE_RESULTS_S3_REGION", s3_region),
+        ):
+            if value is not None:
+                raise ConfigError(f"{name} is set but BUNDLESERVE_RESULTS_URL is not: set both or neither")
+        return
+    try:
+        S3Location.parse(url)  # the router's own URL check (boto3 itself is checked by the router's image at start)
+    except ResultsUrlError as error:
+        raise ConfigError(str(error)) from None
+    if pvc is not None:
+        raise ConfigError(
+            "BUNDLESERVE_RESULTS_URL and BUNDLESERVE_RESULTS_PVC exclude each other: choose S3 or a volume for results"
+        )
+    if s3_endpoint is not None and urlsplit(s3_endpoint).scheme not in ("http", "https"):
+        raise ConfigError(f"BUNDLESERVE_RESULTS_S3_ENDPOINT must be an http(s):// URL, got {s3_endpoint!r}")

@@ -23,6 +23,7 @@ from bundleserve.controller.builders.common import (
     scaler_for,
 )
 from bundleserve.controller.builders.configmap import ENDPOINT_FILE_KEY, build_config_map
+from bundleserve.controller.config import OperatorConfig
 from bundleserve.controller.labels import (
     CONFIG_HASH_ANNOTATION,
     common_labels,
@@ -43,6 +44,10 @@ ENDPOINT_FILE = f"{CONFIG_DIR}/{ENDPOINT_FILE_KEY}"
 API_KEYS_DIR = "/var/run/secrets/bundleserve/api-keys"
 API_KEYS_KEY = "api-keys"
 RESULTS_DIR = "/var/lib/bundleserve/results"
+#: Keys of the BUNDLESERVE_RESULTS_S3_SECRET Secret, named like the env variables they become.
+AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
+AWS_SESSION_TOKEN = "AWS_SESSION_TOKEN"
 NON_ROOT_ID = 65532
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # set by NVIDIA GPU feature discovery
@@ -151,7 +156,39 @@ def router_env(endpoint: Endpoint, context: BuildContext) -> list[dict[str, Any]
     if config.api_keys_secret:
         env.append({"name": "BUNDLESERVE_API_KEYS_FILE", "value": f"{API_KEYS_DIR}/{API_KEYS_KEY}"})
     env.append({"name": "BUNDLESERVE_RESULTS_DIR", "value": RESULTS_DIR})
+    env.extend(s3_results_env(config))
     return env
+
+
+def s3_results_env(config: OperatorConfig) -> list[dict[str, Any]]:
+    """The router's S3 result store: the URL and endpoint/region as plain values, credentials only as references to
+    the configured Secret (the operator never reads the keys). No Secret: boto3's default chain (workload identity)."""
+    if not config.results_url:
+        return []
+    env: list[dict[str, Any]] = [{"name": "BUNDLESERVE_RESULTS_URL", "value": config.results_url}]
+    if config.results_s3_secret:
+        env.append(secret_env(AWS_ACCESS_KEY_ID, config.results_s3_secret, AWS_ACCESS_KEY_ID))
+        env.append(secret_env(AWS_SECRET_ACCESS_KEY, config.results_s3_secret, AWS_SECRET_ACCESS_KEY))
+        env.append(secret_env(AWS_SESSION_TOKEN, config.results_s3_secret, AWS_SESSION_TOKEN, optional=True))
+    if config.results_s3_endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": config.results_s3_endpoint})
+    if config.results_s3_region:
+        # boto3 reads AWS_DEFAULT_REGION; newer AWS SDKs read AWS_REGION: set both.
+        env.append({"name": "AWS_REGION", "value": config.results_s3_region})
+        env.append({"name": "AWS_DEFAULT_REGION", "value": config.results_s3_region})
+    return env
+
+
+def results_store_fingerprint(config: OperatorConfig) -> dict[str, str | None] | None:
+    """What the pods' result store depends on (names, never secret values); None when it is a volume."""
+    if not config.results_url:
+        return None
+    return {
+        "url": config.results_url,
+        "secret": config.results_s3_secret,
+        "endpoint": config.results_s3_endpoint,
+        "region": config.results_s3_region,
+    }
 
 
 def secret_env(name: str, secret: str, key: str, *, optional: bool = False) -> dict[str, Any]:
@@ -246,7 +283,10 @@ def scheduling(endpoint: Endpoint) -> dict[str, Any]:
 
 def pod_template(endpoint: Endpoint, context: BuildContext) -> dict[str, Any]:
     pod = endpoint.spec.pod
-    config_hash = content_hash(build_config_map(endpoint)["data"][ENDPOINT_FILE_KEY])
+    document = build_config_map(endpoint)["data"][ENDPOINT_FILE_KEY]
+    store = results_store_fingerprint(context.config)
+    # The S3 settings join the hash only when set, so pods of operators without S3 keep their hash across upgrades.
+    config_hash = content_hash(document if store is None else [document, store])
     annotations = {
         **pod.annotations,
         "prometheus.io/scrape": "true",
