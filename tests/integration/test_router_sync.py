@@ -26,7 +26,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     router = None
     try:
         endpoint = write_endpoint(directory, invocation=LIMITS)
-        env = {"BUNDLESERVE_RESULTS_DIR": str(directory / "results")}
+        # The url-input tests fetch from this router itself, on loopback: the destination guard must allow it.
+        env = {"BUNDLESERVE_RESULTS_DIR": str(directory / "results"), "BUNDLESERVE_URL_ALLOW": "127.0.0.0/8"}
         router, url = start_router(directory, endpoint, model_url, env=env)
         wait_until(lambda: http_ok(f"{url}/readyz"), timeout=10, what="router ready")
         yield {"url": url, "model_url": model_url, "router": router, "model": model}

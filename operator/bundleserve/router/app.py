@@ -21,6 +21,7 @@ from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unauthori
 from bundleserve.router import openapi
 from bundleserve.router.admission import AdmissionController
 from bundleserve.router.auth import ApiKeys
+from bundleserve.router.fetch import UrlFetcher
 from bundleserve.router.invoke import Invoker, error_response, result_store
 from bundleserve.router.metrics import RouterMetrics
 from bundleserve.router.model_client import ModelClient
@@ -92,6 +93,7 @@ def build_state(settings: Settings, model: ModelClient | None = None) -> RouterS
         admission=admission,
         metrics=metrics,
         api_keys=ApiKeys(settings.api_keys) if settings.api_keys else None,
+        fetcher=UrlFetcher(settings.url_policy),  # created here so every path (sync, async worker) uses the policy
     )
 
 

@@ -2,19 +2,85 @@
 
 The bytes go to the model raw (`X-Bundleserve-Input: raw`) with the content type the source declared.
 `file` URLs are read from the router's file system only when an operator adds `file` to BUNDLESERVE_URL_SCHEMES.
+
+Destination guard (see destinations.py): every address the fetch connects to is checked by the resolver that
+produced it, so the connection goes to exactly the address that was checked (no second lookup to rebind; the Host
+header and TLS SNI still carry the URL's host name). Redirects are followed by hand, at most MAX_REDIRECTS, and each
+hop's scheme and address are checked again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
 from bundleserve.api.errors import InvalidRequest, PayloadTooLarge
+from bundleserve.router.destinations import AddressPolicy
 
 FETCHABLE = frozenset({"http", "https", "file"})
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class BlockedDestination(OSError):
+    """The url's host is (or resolves to) an address the policy refuses; `reason` is the address class."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def refused(reason: str) -> InvalidRequest:
+    return InvalidRequest(f"url destination refused: {reason} address")
+
+
+def check_literal_host(host: str, policy: AddressPolicy) -> None:
+    """IP-literal hosts never reach the resolver (aiohttp connects to them directly), so they are checked here.
+
+    Numeric hosts that are not canonical addresses (`2130706433`, `127.1`) would be expanded by the OS at connect time,
+    after any check: they are refused.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if ":" in host or host.replace(".", "").isdigit():
+            raise InvalidRequest("url host must be a host name or a canonical IP address") from None
+        return
+    reason = policy.refusal(address)
+    if reason is not None:
+        raise refused(reason)
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves with aiohttp's default resolver and drops refused addresses; nothing left means BlockedDestination."""
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self._policy = policy
+        self._inner: AbstractResolver | None = None
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if self._inner is None:
+            self._inner = DefaultResolver()
+        found = await self._inner.resolve(host, port, family)
+        reasons = [self._policy.refusal(entry["host"]) for entry in found]
+        allowed = [entry for entry, reason in zip(found, reasons, strict=True) if reason is None]
+        if not allowed:
+            raise BlockedDestination(next((r for r in reasons if r is not None), "blocked"))
+        return allowed
+
+    async def close(self) -> None:
+        if self._inner is not None:
+            await self._inner.close()
 
 
 def check_url(url: str, schemes: frozenset[str]) -> str:
@@ -31,9 +97,13 @@ def check_url(url: str, schemes: frozenset[str]) -> str:
 
 
 class UrlFetcher:
-    """One shared HTTP session for url inputs (separate from the model client: different hosts, TLS, redirects)."""
+    """One shared HTTP session for url inputs (separate from the model client: different hosts, TLS, redirects).
 
-    def __init__(self) -> None:
+    `policy` defaults to the secure default (AddressPolicy()): the router passes the one its settings built.
+    """
+
+    def __init__(self, policy: AddressPolicy | None = None) -> None:
+        self.policy = AddressPolicy() if policy is None else policy
         self._session: aiohttp.ClientSession | None = None
 
     async def fetch(self, url: str, *, schemes: frozenset[str], max_bytes: int) -> tuple[bytes, bytes]:
@@ -42,22 +112,26 @@ class UrlFetcher:
         if scheme == "file":
             return await asyncio.to_thread(_read_file, url, max_bytes)
         if self._session is None:
-            self._session = aiohttp.ClientSession(auto_decompress=True)
+            connector = aiohttp.TCPConnector(resolver=GuardedResolver(self.policy))
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+        target = URL(url)
         try:
-            async with self._session.get(url, allow_redirects=True, max_redirects=5) as response:
-                if response.status >= 400:
-                    raise InvalidRequest(f"fetching url failed: HTTP {response.status}")
-                if response.content_length is not None and response.content_length > max_bytes:
-                    raise PayloadTooLarge(f"url content is larger than the limit of {max_bytes} bytes")
-                parts: list[bytes] = []
-                size = 0
-                async for chunk in response.content.iter_chunked(256 * 1024):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise PayloadTooLarge(f"url content is larger than the limit of {max_bytes} bytes")
-                    parts.append(chunk)
-                content_type = response.headers.get("Content-Type", "application/octet-stream")
-                return b"".join(parts), content_type.encode("latin-1")
+            for _ in range(MAX_REDIRECTS + 1):
+                check_literal_host(target.raw_host or "", self.policy)
+                async with self._session.get(target, allow_redirects=False) as response:
+                    if response.status not in _REDIRECTS:
+                        return await _read_body(response, max_bytes)
+                    location = response.headers.get("Location")
+                    if not location:
+                        raise InvalidRequest(f"fetching url failed: HTTP {response.status} without a Location")
+                    target = target.join(URL(location))
+                if check_url(str(target), schemes) not in {"http", "https"}:
+                    raise InvalidRequest("url redirect to a non-HTTP scheme is refused")
+            raise InvalidRequest(f"fetching url failed: more than {MAX_REDIRECTS} redirects")
+        except aiohttp.ClientConnectorError as error:
+            if isinstance(error.os_error, BlockedDestination):
+                raise refused(error.os_error.reason) from None
+            raise InvalidRequest(f"fetching url failed: {type(error).__name__}: {error}") from None
         except aiohttp.ClientError as error:
             raise InvalidRequest(f"fetching url failed: {type(error).__name__}: {error}") from None
 
@@ -65,6 +139,23 @@ class UrlFetcher:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _read_body(response: aiohttp.ClientResponse, max_bytes: int) -> tuple[bytes, bytes]:
+    """The body within `max_bytes` (413 as soon as it is known to be larger) and its declared content type."""
+    if response.status >= 400:
+        raise InvalidRequest(f"fetching url failed: HTTP {response.status}")
+    if response.content_length is not None and response.content_length > max_bytes:
+        raise PayloadTooLarge(f"url content is larger than the limit of {max_bytes} bytes")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"url content is larger than the limit of {max_bytes} bytes")
+        parts.append(chunk)
+    content_type = response.headers.get("Content-Type", "application/octet-stream")
+    return b"".join(parts), content_type.encode("latin-1")
 
 
 def _read_file(url: str, max_bytes: int) -> tuple[bytes, bytes]:

@@ -112,7 +112,7 @@ class Invoker:
         self.deadlines = DeadlineWheel()
         self._loop: asyncio.AbstractEventLoop | None = None
         if state.fetcher is None:
-            state.fetcher = UrlFetcher()
+            state.fetcher = UrlFetcher(state.settings.url_policy)
         self.fetcher = state.fetcher
 
     # -- shared steps ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bundleserve.api.endpoint import Endpoint, Mode, Routes
 from bundleserve.api.manifest import ManifestError, load_endpoints
+from bundleserve.router.destinations import AddressPolicy, parse_cidrs
 
 DEFAULT_URL_SCHEMES = ("http", "https")
 DEFAULT_RESULTS_DIR = Path("/var/lib/bundleserve/results")
@@ -36,6 +37,8 @@ class Settings:
     results_url: str | None = None
     #: Schemes a `url` input may use.
     url_schemes: frozenset[str] = frozenset(DEFAULT_URL_SCHEMES)
+    #: Which addresses a `url` input may reach (BUNDLESERVE_URL_BLOCK / _ALLOW / _BLOCK_PRIVATE; secure by default).
+    url_policy: AddressPolicy = field(default_factory=AddressPolicy)
     #: How long in-flight requests may take to finish after SIGTERM (default: the invocation timeout + 5 s).
     drain_seconds: float = field(default=0.0)
     #: Model readiness probe intervals: fast until the model is ready, then slow.
@@ -91,6 +94,21 @@ def check_results_url(url: str) -> None:
         raise ConfigError(str(error)) from None
 
 
+def read_url_policy(env: Mapping[str, str]) -> AddressPolicy:
+    """The destination guard for `url` inputs; a bad CIDR or flag fails the start, naming the variable."""
+    flag = env.get("BUNDLESERVE_URL_BLOCK_PRIVATE", "").strip().lower()
+    if flag not in {"", "0", "false", "no", "1", "true", "yes"}:
+        raise ConfigError(f"BUNDLESERVE_URL_BLOCK_PRIVATE must be true or false, got {flag!r}")
+    try:
+        return AddressPolicy(
+            block=parse_cidrs(env.get("BUNDLESERVE_URL_BLOCK", ""), source="BUNDLESERVE_URL_BLOCK"),
+            allow=parse_cidrs(env.get("BUNDLESERVE_URL_ALLOW", ""), source="BUNDLESERVE_URL_ALLOW"),
+            block_private=flag in {"1", "true", "yes"},
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def build_settings(
     *,
     endpoint_file: Path,
@@ -126,5 +144,6 @@ def build_settings(
         url_schemes=frozenset(s.strip().lower() for s in schemes.split(",") if s.strip())
         if schemes
         else frozenset(DEFAULT_URL_SCHEMES),
+        url_policy=read_url_policy(env),
         drain_seconds=drain_seconds,
     )
