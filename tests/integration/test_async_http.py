@@ -54,6 +54,7 @@ def router(tmp_path_factory: pytest.TempPathFactory, valkey_server: Valkey) -> I
             "BUNDLESERVE_RESULTS_DIR": str(directory / "results"),
             "BUNDLESERVE_REDIS_URL": valkey_server.url,
             "BUNDLESERVE_QUEUE_DURABILITY": "memory",
+            "BUNDLESERVE_URL_ALLOW": "127.0.0.0/8",  # the url-input tests fetch from this router, on loopback
         }
         server, url = start_router(directory, endpoint, model_url, env=env)
         wait_until(lambda: http_ok(f"{url}/readyz"), timeout=10, what="router ready")

@@ -81,6 +81,7 @@ class TaskQueue:
         self.stream = keys.stream(config.queue_id)
         self.dead = keys.dead_letter(config.queue_id)
         self.channel = keys.done_channel(config.queue_id)
+        self.callback_outbox = keys.callback_outbox(config.queue_id)
         #: Commands of concurrent callers share round trips; submissions end their batch with one WAITAOF.
         self.pipe = AutoPipeline(redis)
         waitaof = ("WAITAOF", 1, 0, config.fsync_timeout_ms)
@@ -259,7 +260,7 @@ class TaskQueue:
     ) -> tuple[bool, list[Started]]:
         """The terminal transition; (True if this call made it, tasks claimed for `claim_for` in the same trip)."""
         cfg = self.config
-        script_keys = [keys.task(delivery.task_id), self.stream, self.dead]
+        script_keys = [keys.task(delivery.task_id), self.stream, self.dead, self.callback_outbox]
         args = [
             keys.GROUP,
             delivery.entry_id,
@@ -287,6 +288,11 @@ class TaskQueue:
         script_keys = [keys.task(delivery.task_id), self.stream]
         args = [keys.GROUP, delivery.entry_id, delivery.task_id, -1 if release else 0, *_flatten(fields)]
         return bool(await scripts.requeue(self.pipe, script_keys, args))
+
+    async def enqueue_callback(self, task_id: str) -> bool:
+        """Put a finished task's callback job in the outbox, due now (idempotent; settled callbacks are left)."""
+        script_keys = [keys.task(task_id), self.callback_outbox]
+        return bool(await scripts.enqueue_callback(self.redis, script_keys, [task_id, int(time.time() * 1000)]))
 
     async def update(self, task_id: str, fields: Mapping[str, Any]) -> bool:
         return bool(await scripts.update_if_exists(self.redis, [keys.task(task_id)], _flatten(fields)))

@@ -1,7 +1,8 @@
 """Completion callbacks: POST `{"task_id", "status", "result"|"result_url", "traceback"}` to the task's callback URL.
 
-Delivery runs in its own asyncio task after the terminal transition (the result is already stored), so a slow or
-dead target never holds a worker slot. Attempts are bounded, spaced by exponential backoff with full jitter; the
+The worker delivers through the durable outbox (`outbox.CallbackOutbox`), one `CallbackSender.attempt` per claimed
+job, off the task path (the result is already stored), so a slow or dead target never holds a worker slot and a
+crashed router loses no callback. Attempts are bounded, spaced by exponential backoff with full jitter; the
 outcome (`callback_status` delivered|failed, attempts, last error) is written on the task record. Credentials come
 from the request (`callback_auth`) or from the endpoint's Secret, mounted as files; they are never logged.
 """
@@ -57,6 +58,15 @@ class Outcome:
             "callback_attempts": self.attempts,
             "callback_error": self.error or "",
         }
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The result of one delivery attempt: `retryable` is False for a success or a permanent 4xx."""
+
+    delivered: bool
+    retryable: bool
+    error: str | None = None
 
 
 def auth_from_secret_dir(kind: str, directory: Path | None = None) -> CallbackAuthRequest | None:
@@ -124,6 +134,37 @@ class CallbackSender:
             await record(outcome)
         except Exception as error:
             log.warning("could not record the callback outcome of task %s: %s", body.get("task_id"), error)
+
+    async def attempt(self, target: CallbackTarget, body: dict[str, Any]) -> Attempt:
+        """One POST (the durable outbox schedules the retries); never raises for a network or HTTP failure."""
+        try:
+            headers, ssl_context = self._transport(target)
+        except (ssl.SSLError, OSError, ValueError) as bad:
+            return Attempt(False, False, f"invalid client certificate: {type(bad).__name__}")
+        timeout = aiohttp.ClientTimeout(total=self.policy.timeout_seconds)
+        try:
+            async with self._session.post(
+                target.url, json=body, headers=headers, ssl=ssl_context, timeout=timeout
+            ) as response:
+                if 200 <= response.status < 300:
+                    return Attempt(True, False)
+                permanent = 400 <= response.status < 500 and response.status not in (408, 425, 429)
+                return Attempt(False, not permanent, f"HTTP {response.status}")
+        except TimeoutError:
+            return Attempt(False, True, f"timed out after {self.policy.timeout_seconds} s")
+        except (aiohttp.ClientError, OSError) as exc:
+            return Attempt(False, True, f"{type(exc).__name__}: {exc}")
+
+    def _transport(self, target: CallbackTarget) -> tuple[dict[str, str], ssl.SSLContext | bool]:
+        auth = target.auth
+        headers = {}
+        if auth is not None and auth.kind == "basic":
+            token = base64.b64encode(f"{auth.username}:{auth.password}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        ssl_context: ssl.SSLContext | bool = _ssl_context(auth, self._ca_file) if auth and auth.kind == "mtls" else True
+        if ssl_context is True and self._ca_file and target.url.startswith("https:"):
+            ssl_context = ssl.create_default_context(cafile=self._ca_file)
+        return headers, ssl_context
 
     async def deliver(self, target: CallbackTarget, body: dict[str, Any]) -> Outcome:
         auth = target.auth

@@ -5,6 +5,8 @@ Per endpoint, keyed by its queue id `<namespace>/<name>` (see `queue_id`; DNS la
 - consumer group `workers` on that stream; consumer = `<hostname>-<pid>` (one per router process)
 - `bundleserve:{<namespace>/<name>}:dead`    the dead-letter stream (tasks that failed after maxAttempts)
 - `bundleserve:{<namespace>/<name>}:done`    pub/sub channel carrying the id of every task that reached a terminal state
+- `bundleserve:{<namespace>/<name>}:callbacks` the callback outbox: a sorted set of task ids scored by the next
+  delivery attempt's due time (ms since the epoch); a claimed member is re-scored to the end of its lease
 Per task: `bundleserve:task:<task_id>` a hash (the task record), with a TTL.
 """
 
@@ -36,6 +38,10 @@ def dead_letter(queue: str) -> str:
 
 def done_channel(queue: str) -> str:
     return f"{PREFIX}:{{{queue}}}:done"
+
+
+def callback_outbox(queue: str) -> str:
+    return f"{PREFIX}:{{{queue}}}:callbacks"
 
 
 def task(task_id: str) -> str:

@@ -135,7 +135,8 @@ return {}
 """
 )
 
-#: Terminal transition, then (under load) the next task for the same slot. KEYS: task, stream, dead.
+#: Terminal transition, then (under load) the next task for the same slot. KEYS: task, stream, dead, callback outbox.
+#: A record left with `callback_status` pending gets its delivery job in the outbox in the same step (due now).
 #: ARGV: group, entry_id, task_id, channel, result_ttl, dead_reason ('' = not dead-lettered), claim count, consumer,
 #: now, request_ttl, max_attempts, task key prefix, then field, value, ... (must include status).
 #: Returns {1 if this call finished the task else 0, claimed entries as in CLAIM}.
@@ -150,6 +151,10 @@ if cur and not terminal(cur) then
   redis.call('EXPIRE', KEYS[1], ARGV[5])
   if ARGV[6] ~= '' then
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', '100000', '*', 't', ARGV[3], 'reason', ARGV[6])
+  end
+  if redis.call('HGET', KEYS[1], 'callback_status') == 'pending' then
+    local clock = redis.call('TIME')
+    redis.call('ZADD', KEYS[4], 'NX', tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000), ARGV[3])
   end
   redis.call('PUBLISH', ARGV[4], ARGV[3])
   made = 1
@@ -173,6 +178,43 @@ redis.call('XADD', KEYS[2], '*', 't', ARGV[3])
 return 1
 """
 )
+
+#: Claim due callback deliveries with a lease. KEYS: outbox. ARGV: now_ms, lease_ms, count.
+#: Each claimed task id is re-scored to now + lease, so no other replica picks it up while this attempt runs.
+CLAIM_CALLBACKS = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, task_id in ipairs(due) do
+  redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[1]) + tonumber(ARGV[2]), task_id)
+end
+return due
+"""
+
+#: Record one callback attempt, fenced on the attempt number (a stale lease holder changes nothing).
+#: KEYS: task, outbox. ARGV: task_id, attempt, next due ms ('' = settled: remove the job), field, value, ...
+#: Returns 1 if recorded, 0 if the attempt was already recorded or the record is gone (the job is then dropped).
+RECORD_CALLBACK = """
+local cur = redis.call('HMGET', KEYS[1], 'callback_status', 'callback_attempts')
+if cur[1] ~= 'pending' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+if (tonumber(cur[2]) or 0) ~= tonumber(ARGV[2]) - 1 then return 0 end
+redis.call('HSET', KEYS[1], 'callback_attempts', ARGV[2], unpack(ARGV, 4))
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+else
+  redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[1])
+end
+return 1
+"""
+
+#: Add a callback job for a finished task not yet settled. KEYS: task, outbox. ARGV: task_id, due ms.
+ENQUEUE_CALLBACK = """
+local cur = redis.call('HMGET', KEYS[1], 'status', 'callback_status')
+if not cur[1] or cur[2] == 'delivered' or cur[2] == 'failed' then return 0 end
+redis.call('HSET', KEYS[1], 'callback_status', 'pending')
+return redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[1])
+"""
 
 #: Update fields of a record that still exists (never resurrects an expired one). KEYS: task. ARGV: field, value, ...
 UPDATE_IF_EXISTS = """
@@ -208,7 +250,10 @@ claim = Script(CLAIM)
 complete = Script(COMPLETE)
 requeue = Script(REQUEUE)
 update_if_exists = Script(UPDATE_IF_EXISTS)
-ALL = (submit, start, claim, complete, requeue, update_if_exists)
+claim_callbacks = Script(CLAIM_CALLBACKS)
+record_callback = Script(RECORD_CALLBACK)
+enqueue_callback = Script(ENQUEUE_CALLBACK)
+ALL = (submit, start, claim, complete, requeue, update_if_exists, claim_callbacks, record_callback, enqueue_callback)
 
 
 async def load_all(redis: aioredis.Redis) -> None:

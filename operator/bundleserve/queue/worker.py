@@ -24,9 +24,10 @@ from redis.exceptions import RedisError
 
 from bundleserve.api.invocation import TaskStatus
 from bundleserve.queue import keys
-from bundleserve.queue.broker import Delivery, Started, TaskQueue, get_task
+from bundleserve.queue.broker import Delivery, Started, TaskQueue
 from bundleserve.queue.callbacks import CallbackSender, Outcome
 from bundleserve.queue.invoke import PICKLE_CONTENT_TYPE, Invoke, ModelReply
+from bundleserve.queue.outbox import CallbackOutbox
 from bundleserve.queue.results import ResultStore
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord
 
@@ -103,6 +104,16 @@ class Worker:
         self.consumer = consumer or keys.consumer_name()
         self.callbacks = callbacks
         self.events = events or WorkerEvents()
+        self.outbox = (
+            CallbackOutbox(
+                queue,
+                callbacks,
+                default_target=self.config.default_callback,
+                on_outcome=lambda outcome: self.events.on_callback(outcome),
+            )
+            if callbacks is not None
+            else None
+        )
         self.gate = gate
         self.block_ms = block_ms
         visibility = self.config.visibility_timeout_seconds
@@ -156,6 +167,7 @@ class Worker:
         """Run until `stop()`; Redis outages are waited out (the tasks are in Redis, not here)."""
         await self._until_ready()
         reclaimer = asyncio.create_task(self._reclaim_loop(), name="bundleserve-reclaim")
+        outbox = asyncio.create_task(self.outbox.run(), name="bundleserve-callbacks") if self.outbox else None
         self._reader = asyncio.create_task(self._read_loop(), name="bundleserve-read")
         try:
             with contextlib.suppress(asyncio.CancelledError):
@@ -167,6 +179,11 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await reclaimer
             await self._drain()
+            if self.outbox is not None and outbox is not None:
+                await self.outbox.stop()
+                outbox.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await outbox
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -209,8 +226,6 @@ class Worker:
         with contextlib.suppress(RedisError, OSError):
             for delivery in await self.queue.owned(self.consumer):  # delivered to us but never started
                 await self.queue.requeue(delivery, {})
-        if self.callbacks is not None:
-            await self.callbacks.close()
 
     # -- claiming -------------------------------------------------------------------------------------------------
 
@@ -414,7 +429,7 @@ class Worker:
                 made, claimed = await self.queue.complete(
                     delivery,
                     finish.status,
-                    finish.fields,
+                    self._with_callback(started, finish.fields),
                     dead_reason=finish.dead_reason,
                     claim_for=self.consumer if claim > 0 and self._may_claim() else None,
                     claim_count=claim,
@@ -430,7 +445,7 @@ class Worker:
         if made:
             self.events.on_finished(finish.status, seconds)
             self.events.on_terminal(self._record_of(delivery.task_id, started, finish))
-            await self._callback(delivery.task_id, started.callback)
+            await self._callback(delivery.task_id, started.callback, enqueued=True)
         runnable = [picked for picked in claimed if picked.outcome == "run"]
         await self._dispatch([picked for picked in claimed if picked.outcome != "run"])
         return runnable
@@ -451,16 +466,17 @@ class Worker:
             attempts=started.attempts,
         )
 
-    async def _callback(self, task_id: str, target: CallbackTarget | None) -> None:
-        target = target or self.config.default_callback
-        if target is None or self.callbacks is None:
-            return
-        record = await get_task(self.queue.redis, task_id)
-        if record is None:
-            return
+    def _with_callback(self, started: Started, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Mark a callback pending: the completion script then puts its delivery job in the outbox, atomically."""
+        if self.outbox is None or (started.callback or self.config.default_callback) is None:
+            return fields
+        return {**fields, "callback_status": "pending"}
 
-        async def remember(outcome: Outcome) -> None:
-            self.events.on_callback(outcome)
-            await self.queue.update(task_id, outcome.fields())
-
-        self.callbacks.send(target, record.callback_body(), remember)
+    async def _callback(self, task_id: str, target: CallbackTarget | None, *, enqueued: bool = False) -> None:
+        """Wake the outbox after a completion; for transitions made by the pick-up script (expired, out of
+        attempts) the job is added here, right after the transition (a crash in between loses that callback)."""
+        if self.outbox is None or (target or self.config.default_callback) is None:
+            return
+        if not enqueued:
+            await self.queue.enqueue_callback(task_id)
+        self.outbox.wake()
