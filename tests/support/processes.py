@@ -55,15 +55,20 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def wait_http(self, url: str, timeout: float = 20.0) -> None:
-        def ready() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.argv[:3]} exited with {self.process.returncode}:\n{self.log()}")
-            return http_ok(url)
+        """Wait until `url` answers 2xx. On failure the process is stopped before raising, so a test that never
+        got the server back (its fixture had nothing to clean up yet) leaves no process behind."""
+
+        def settled() -> bool:
+            return self.process.poll() is not None or http_ok(url)
 
         try:
-            wait_until(ready, timeout=timeout, what=f"{url} to answer")
+            wait_until(settled, timeout=timeout, what=f"{url} to answer")
         except TimeoutError as error:
+            self.stop(timeout=5)
             raise AssertionError(f"{error}\n--- log ---\n{self.log()}") from None
+        if self.process.poll() is not None:
+            self.stop()
+            raise AssertionError(f"{self.argv[:3]} exited with {self.process.returncode}:\n{self.log()}")
 
     def signal(self, sig: int) -> None:
         if self.process.poll() is None:
