@@ -1,5 +1,17 @@
 """Fixtures of the integration tier."""
 
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
 from tests.support.k8s.fixtures import k8s_api
 
-__all__ = ["k8s_api"]
+__all__ = ["http", "k8s_api"]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """One HTTP client per test, for tests that talk to routers and models over loopback."""
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -6,7 +6,7 @@ import json
 import pickle
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +63,6 @@ def router(tmp_path_factory: pytest.TempPathFactory, valkey_server: Valkey) -> I
         if server is not None:
             server.stop()
         model.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def submit(http: aiohttp.ClientSession, url: str, body: Any, name: str = NAME) -> tuple[int, Any]:

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from tests.integration.test_router_fake_model import start_model, start_router, write_endpoint
 from tests.support.processes import http_ok
 from tests.support.waiting import wait_until
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_api_keys_are_required_when_configured(tmp_path: Path, http: aiohttp.ClientSession) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -35,12 +35,6 @@ def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         if router is not None:
             router.stop()
         runtime.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_predict(echo: str, http: aiohttp.ClientSession) -> None:

@@ -25,11 +25,11 @@ from bundleserve.router.app import INVOKER, build_app
 from bundleserve.router.fastpath import FastEdge
 from bundleserve.router.settings import Settings
 from tests.integration.test_router_fake_model import start_model, start_router, write_endpoint
-from tests.integration.test_router_sync import LIMITS, http, model_stats, pair, wait_until_async
+from tests.integration.test_router_sync import LIMITS, model_stats, pair, wait_until_async
 from tests.support.processes import http_ok
 from tests.support.waiting import wait_until
 
-__all__ = ["http", "pair"]  # fixtures shared with the sync tests (one router + model per module)
+__all__ = ["pair"]  # a fixture shared with the sync tests (one router + model per module)
 
 PATH = "/v1/endpoints/fake/predict"
 
