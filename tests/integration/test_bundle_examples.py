@@ -15,7 +15,7 @@ import pytest
 
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import load_endpoints
-from bundleserve.bundle.serialization import EventStreamParser
+from bundleserve.router.sse import EventParser
 from tests.support.processes import REPO, Server, bundleserve, free_port
 
 EXAMPLES = REPO / "examples"
@@ -56,7 +56,7 @@ class Example:
 
     def stream_timed(self, args: dict[str, Any]) -> list[tuple[float, Any]]:
         """(arrival time, chunk) for every event of a stream."""
-        parser = EventStreamParser()
+        parser = EventParser()
         received = []
         with httpx.stream("POST", f"{self.url}/stream", json=args, timeout=60) as response:
             assert response.status_code == 200, response.read()

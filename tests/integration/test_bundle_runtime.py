@@ -18,7 +18,7 @@ import cloudpickle
 import httpx
 import pytest
 
-from bundleserve.bundle.serialization import EventStreamParser, ServerSentEvent
+from bundleserve.router.sse import Event, EventParser
 from tests.support.processes import Server, bundleserve, free_port
 from tests.support.waiting import wait_until
 
@@ -183,8 +183,8 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
     return body["error"]  # type: ignore[no-any-return]
 
 
-def read_events(response: httpx.Response) -> list[ServerSentEvent]:
-    parser = EventStreamParser()
+def read_events(response: httpx.Response) -> list[Event]:
+    parser = EventParser()
     events = []
     for chunk in response.iter_bytes():
         events += parser.feed(chunk)
@@ -336,9 +336,9 @@ def test_each_chunk_is_sent_as_soon_as_it_is_yielded(any_runtime: Runtime, tmp_p
     with httpx.stream(
         "POST", f"{any_runtime.url}/stream", json={"count": 3, "gate": str(gate)}, timeout=15
     ) as response:
-        parser = EventStreamParser()
+        parser = EventParser()
         chunks = response.iter_bytes()
-        first: list[ServerSentEvent] = []
+        first: list[Event] = []
         while not first:
             first = parser.feed(next(chunks))
         assert json.loads(first[0].data)["i"] == 0

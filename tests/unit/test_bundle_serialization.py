@@ -12,9 +12,7 @@ import pytest
 
 from bundleserve.bundle.errors import NotSerializable
 from bundleserve.bundle.serialization import (
-    EventStreamParser,
     Inputs,
-    ServerSentEvent,
     decode_inputs,
     encode_json,
     encode_pickle,
@@ -91,18 +89,3 @@ def test_unpicklable_results_are_not_serializable() -> None:
 def test_sse_event_frames() -> None:
     assert sse_event(b'{"a":1}') == b'data: {"a":1}\n\n'
     assert sse_event(b"{}", event="error") == b"event: error\ndata: {}\n\n"
-
-
-def test_event_stream_parser_handles_arbitrary_splits() -> None:
-    stream = sse_event(encode_json("hé")) + b": comment\n\n" + sse_event(b'{"x":1}', event="error")
-    stream += b"data: line one\r\ndata: line two\r\n\r\n"
-    for size in (1, 2, 3, 7, len(stream)):
-        parser = EventStreamParser()
-        events = []
-        for start in range(0, len(stream), size):
-            events += parser.feed(stream[start : start + size])
-        assert events == [
-            ServerSentEvent('"hé"'),
-            ServerSentEvent('{"x":1}', event="error"),
-            ServerSentEvent("line one\nline two"),
-        ]

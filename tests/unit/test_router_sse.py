@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from bundleserve.bundle.serialization import encode_json, sse_event
 from bundleserve.router.sse import Event, EventParser, as_json, failure_event, success_event
 
 STREAM = b'data: "a"\n\ndata: {"n": 1}\n\n: comment\n\nevent: error\ndata: {"error": {"message": "x"}}\n\n'
@@ -44,3 +45,20 @@ def test_failure_event_carries_traceback_and_message() -> None:
 def test_non_json_chunks_become_json_strings() -> None:
     assert as_json(b"[1, 2]") == b"[1, 2]"
     assert json.loads(as_json(b"plain words")) == "plain words"
+
+
+def test_the_parser_reads_the_bundle_runtimes_stream_split_anywhere() -> None:
+    """The runtime frames events with `sse_event`; CRLF line ends and splits inside a UTF-8 character or between
+    CR and LF must not change the events."""
+    stream = sse_event(encode_json("hé")) + b": comment\n\n" + sse_event(b'{"x":1}', event="error")
+    stream += b"data: line one\r\ndata: line two\r\n\r\n"
+    for size in (1, 2, 3, 7, len(stream)):
+        parser = EventParser()
+        events = []
+        for start in range(0, len(stream), size):
+            events += parser.feed(stream[start : start + size])
+        assert events == [
+            Event(encode_json("hé")),
+            Event(b'{"x":1}', event="error"),
+            Event(b"line one\nline two"),
+        ]

@@ -31,9 +31,13 @@ class EventParser:
 
     def feed(self, chunk: bytes) -> list[Event]:
         buffer = self._buffer + chunk if self._buffer else chunk
+        held = b""
         if b"\r" in buffer:
+            if buffer.endswith(b"\r"):  # its LF may be in the next chunk: CR LF is one line end, not two
+                buffer, held = buffer[:-1], b"\r"
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        *blocks, self._buffer = buffer.split(b"\n\n")
+        *blocks, rest = buffer.split(b"\n\n")
+        self._buffer = rest + held
         events = []
         for block in blocks:
             event = parse_block(block)
