@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bundleserve.local.plan import bundleserve_argv as bundleserve
+from bundleserve.local.redis import free_port
 from tests.support.waiting import wait_until
 
+__all__ = ["REPO", "Server", "bundleserve", "free_port", "http_ok"]
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:
@@ -95,8 +90,3 @@ class Server:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-
-
-def bundleserve(*args: str) -> list[str]:
-    """argv for the bundleserve console script of the running interpreter's environment."""
-    return [sys.executable, "-m", "bundleserve.cli", *args]
