@@ -23,12 +23,12 @@ from bundleserve.queue.callbacks import SECRET_DIR_ENV, auth_from_secret_dir
 from bundleserve.queue.config import QueueConfig
 from bundleserve.queue.notify import CompletionWaiter
 from bundleserve.queue.recent import RecentResults
-from bundleserve.queue.results import InvalidKey, ResultStore, open_result_store
+from bundleserve.queue.results import InvalidKey, ResultStore
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord, TaskRequest
 from bundleserve.queue.worker import Worker
 from bundleserve.router.calls import parse_request
 from bundleserve.router.fetch import check_url
-from bundleserve.router.invoke import error_response
+from bundleserve.router.invoke import error_response, result_store
 from bundleserve.router.state import RouterState
 from bundleserve.router.worker import AsyncMetrics, add_worker
 
@@ -226,15 +226,6 @@ class AsyncApi:
         return web.Response(body=data, content_type=content_type.split(";")[0])
 
 
-def _result_store(state: RouterState, config: QueueConfig) -> ResultStore:
-    if state.result_store is None:
-        state.result_store = open_result_store(
-            state.settings.results_dir, state.settings.results_url, default_ttl_seconds=config.result_ttl_seconds
-        )
-    store: ResultStore = state.result_store
-    return store
-
-
 def _with_default_callback_auth(config: QueueConfig, state: RouterState) -> QueueConfig:
     """The endpoint's default callback takes its credentials from the Secret mounted into the router."""
     callback = state.settings.endpoint.spec.async_settings.callback
@@ -272,7 +263,7 @@ def setup(app: web.Application, state: RouterState) -> None:
     config = _with_default_callback_auth(QueueConfig.from_endpoint(state.settings.endpoint), state)
     redis = aioredis.Redis.from_url(redis_url, socket_keepalive=True, health_check_interval=30)
     queue = TaskQueue(redis, config)
-    store = _result_store(state, config)
+    store = result_store(state)
     api = AsyncApi(state, redis, queue, store)
     state.extras["async_api"] = api
     app.router.add_post(name_path, api.submit)

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any
 
 from aiohttp import web
 
@@ -29,6 +28,7 @@ from bundleserve.api.errors import (
     Unauthorized,
     Unavailable,
 )
+from bundleserve.queue.results import ResultStore, open_result_store
 from bundleserve.router.calls import Call, parse_call
 from bundleserve.router.deadlines import DeadlineWheel
 from bundleserve.router.fetch import UrlFetcher
@@ -76,17 +76,15 @@ def too_large(length: int | None, limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"the request body{size} is larger than the limit of {limit} bytes")
 
 
-def result_store(state: RouterState) -> Any:
-    """The store of `return_pickled` results (`bundleserve.queue.results`), created on first use."""
+def result_store(state: RouterState) -> ResultStore:
+    """The store of pickled and large results (`bundleserve.queue.results`), shared by the sync and async paths and
+    created on first use with the endpoint's result TTL."""
     if state.result_store is None:
-        try:
-            from bundleserve.queue.results import open_result_store
-        except ImportError:
-            raise Unavailable("return_pickled needs the result store, which this build lacks") from None
         settings = state.settings
         ttl = float(settings.endpoint.spec.async_settings.result_ttl_seconds)
         state.result_store = open_result_store(settings.results_dir, settings.results_url, default_ttl_seconds=ttl)
-    return state.result_store
+    store: ResultStore = state.result_store
+    return store
 
 
 def outcome_of(error: ApiError) -> str:
