@@ -24,11 +24,12 @@ from bundleserve.api.invocation import TaskStatus
 from bundleserve.queue.backlog import backlog
 from bundleserve.queue.broker import QueueUnavailable, TaskQueue, get_task
 from bundleserve.queue.config import Durability, QueueConfig
-from bundleserve.queue.invoke import ModelReply, http_invoke
+from bundleserve.queue.invoke import ModelReply
 from bundleserve.queue.results import FilesystemResultStore
 from bundleserve.queue.tasks import TaskRecord, TaskRequest
 from bundleserve.queue.worker import Worker
 from tests.integration.test_router_fake_model import start_model
+from tests.support.model_invoke import http_invoke
 from tests.support.processes import Server
 from tests.support.valkey import Valkey
 from tests.support.waiting import async_wait_until, wait_until

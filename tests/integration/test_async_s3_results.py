@@ -27,7 +27,7 @@ from tests.support.valkey import Valkey
 from tests.support.waiting import wait_until
 
 BUCKET = "results"
-PICKLE = "application/vnd.bundleserve.pickle"
+PICKLE = "application/vnd.bundleserve.pickle"  # the wire value of docs/contracts.md, spelled out on purpose
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# The router <-> model-container contract (docs/contracts.md): one definition for the runtime, router and worker.
+INPUT_HEADER = "X-Bundleserve-Input"  # value "raw": the body is the input bytes, not JSON keyword arguments
+RETURN_HEADER = "X-Bundleserve-Return"  # value "pickle": answer with the cloudpickled return value
+PICKLE_CONTENT_TYPE = "application/vnd.bundleserve.pickle"
+
 
 class TaskStatus(StrEnum):
     PENDING = "PENDING"

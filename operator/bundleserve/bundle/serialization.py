@@ -14,12 +14,12 @@ from typing import Any
 
 import cloudpickle
 
+from bundleserve.api.invocation import INPUT_HEADER, PICKLE_CONTENT_TYPE, RETURN_HEADER
 from bundleserve.bundle.errors import NotSerializable, describe
 
-INPUT_HEADER = "X-Bundleserve-Input"
-RETURN_HEADER = "X-Bundleserve-Return"
+__all__ = ["INPUT_HEADER", "PICKLE_CONTENT_TYPE", "RETURN_HEADER"]  # re-exported for the runtime's modules
+
 JSON_CONTENT_TYPE = "application/json"
-PICKLE_CONTENT_TYPE = "application/vnd.bundleserve.pickle"
 EVENT_STREAM_CONTENT_TYPE = "text/event-stream"
 
 

@@ -28,6 +28,7 @@ from bundleserve.api.errors import (
     Unauthorized,
     Unavailable,
 )
+from bundleserve.api.invocation import PICKLE_CONTENT_TYPE
 from bundleserve.queue.results import ResultStore, open_result_store
 from bundleserve.router.calls import Call, parse_call
 from bundleserve.router.deadlines import DeadlineWheel
@@ -40,7 +41,6 @@ from bundleserve.router.state import RouterState
 _SUCCESS_HEAD = b'{"status":"SUCCESS","result":'
 _SUCCESS_TAIL = b',"result_url":null,"traceback":null,"status_code":200}'
 _JSON_TYPE = "application/json"
-_PICKLE_TYPE = "application/vnd.bundleserve.pickle"
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -269,7 +269,7 @@ class Invoker:
         store = result_store(self.state)
         key = uuid.uuid4().hex
         ttl = float(self.state.settings.endpoint.spec.async_settings.result_ttl_seconds)
-        await store.put(key, data, _PICKLE_TYPE, ttl_seconds=ttl)
+        await store.put(key, data, PICKLE_CONTENT_TYPE, ttl_seconds=ttl)
         body = {
             "status": "SUCCESS",
             "result": None,

@@ -23,10 +23,13 @@ from urllib.parse import urlsplit
 import httptools
 
 from bundleserve.api.errors import ModelError, Unavailable
+from bundleserve.api.invocation import INPUT_HEADER, PICKLE_CONTENT_TYPE, RETURN_HEADER
 
 JSON = b"application/json"
 OCTET_STREAM = b"application/octet-stream"
-PICKLE = "application/vnd.bundleserve.pickle"
+PICKLE = PICKLE_CONTENT_TYPE
+_RAW_INPUT = f"{INPUT_HEADER}: raw\r\n".encode()
+_PICKLED_RETURN = f"{RETURN_HEADER}: pickle\r\n".encode()
 #: Stop reading from the model while this many streamed chunks wait for a slow client.
 _PAUSE_AT = 64
 _LARGE_BODY = 64 * 1024
@@ -305,14 +308,12 @@ class ModelClient:
         for `request(..., extra=...)`."""
         extra = b""
         if raw:
-            extra += b"X-Bundleserve-Input: raw\r\n"
+            extra += _RAW_INPUT
         if pickled:
-            extra += b"X-Bundleserve-Return: pickle\r\n"
+            extra += _PICKLED_RETURN
         if headers:
             extra += b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items())
         return extra
-
-    _extra_headers = extra_headers  # the name the async worker first used
 
     async def request(
         self, method: bytes, path: str, body: bytes = b"", *, content_type: bytes = JSON, extra: bytes = b""

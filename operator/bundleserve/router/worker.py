@@ -124,7 +124,7 @@ def router_invoke(state: RouterState) -> Invoke:
                 raw = True
             await _admit(state)
             try:
-                extra = ModelClient._extra_headers(raw, request.return_pickled and pickle_ok, None)
+                extra = ModelClient.extra_headers(raw, request.return_pickled and pickle_ok, None)
                 reply = await model.request(b"POST", path, body, content_type=content_type, extra=extra)
             finally:
                 state.admission.release()
