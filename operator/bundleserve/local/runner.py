@@ -19,6 +19,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from bundleserve.api.endpoint import Endpoint
 from bundleserve.api.manifest import ManifestError, load_endpoints
 from bundleserve.local.front import build_front
 from bundleserve.local.plan import EndpointPlan, PlanError, needs_redis, plan_endpoints
@@ -47,8 +48,7 @@ class LocalRun:
         self.children: list[tuple[Child, Child]] = []  # (model, router) per endpoint
         self.runner: web.AppRunner | None = None
 
-    async def start(self) -> None:
-        found = load_endpoints(self.args.files)
+    async def start(self, found: list[tuple[Path, Endpoint]]) -> None:
         redis_url: str | None = self.args.redis_url
         if redis_url is None and needs_redis([e for _, e in found]):
             self.redis = EmbeddedRedis(self.data_dir / "redis")
@@ -98,14 +98,14 @@ class LocalRun:
             await self.redis.stop()
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace, found: list[tuple[Path, Endpoint]]) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     local = LocalRun(args)
     try:
-        await local.start()
+        await local.start(found)
         await local.watch(stop)
         log.info("stopping")
         return 0
@@ -119,7 +119,7 @@ async def run(args: argparse.Namespace) -> int:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        load_endpoints(args.files)  # fail fast, before anything starts
+        found = load_endpoints(args.files)  # read once, and fail before anything starts
     except ManifestError as error:
         print(f"bundleserve run: {error}", file=sys.stderr)
         return 2
@@ -127,4 +127,4 @@ def main(args: argparse.Namespace) -> int:
         import uvloop
 
         uvloop.install()
-    return asyncio.run(run(args))
+    return asyncio.run(run(args, found))
