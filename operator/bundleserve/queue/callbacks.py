@@ -9,15 +9,12 @@ from the request (`callback_auth`) or from the endpoint's Secret, mounted as fil
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import logging
 import os
 import random
 import ssl
 import tempfile
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,7 +94,7 @@ def _ssl_context(auth: CallbackAuthRequest, ca_file: str | None) -> ssl.SSLConte
 
 
 class CallbackSender:
-    """Delivers callbacks in background tasks; `close()` waits briefly for them, then cancels the rest."""
+    """One delivery attempt at a time (`attempt`); the durable outbox decides when, and how often, to try."""
 
     def __init__(
         self,
@@ -105,35 +102,10 @@ class CallbackSender:
         *,
         policy: RetryPolicy | None = None,
         ca_file: str | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._session = session
         self.policy = policy or RetryPolicy()
         self._ca_file = ca_file or os.environ.get("BUNDLESERVE_CALLBACK_CA_FILE") or None
-        self._sleep = sleep
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def send(
-        self, target: CallbackTarget, body: dict[str, Any], record: Callable[[Outcome], Awaitable[object]]
-    ) -> asyncio.Task[None]:
-        """Start delivering; `record` is called once with the outcome."""
-        task = asyncio.create_task(self._deliver_and_record(target, body, record))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _deliver_and_record(
-        self, target: CallbackTarget, body: dict[str, Any], record: Callable[[Outcome], Awaitable[object]]
-    ) -> None:
-        try:
-            outcome = await self.deliver(target, body)
-        except Exception as error:  # a bug here must still leave a recorded outcome
-            log.exception("callback delivery of task %s crashed", body.get("task_id"))
-            outcome = Outcome(False, 0, f"internal error: {type(error).__name__}")
-        try:
-            await record(outcome)
-        except Exception as error:
-            log.warning("could not record the callback outcome of task %s: %s", body.get("task_id"), error)
 
     async def attempt(self, target: CallbackTarget, body: dict[str, Any]) -> Attempt:
         """One POST (the durable outbox schedules the retries); never raises for a network or HTTP failure."""
@@ -165,47 +137,3 @@ class CallbackSender:
         if ssl_context is True and self._ca_file and target.url.startswith("https:"):
             ssl_context = ssl.create_default_context(cafile=self._ca_file)
         return headers, ssl_context
-
-    async def deliver(self, target: CallbackTarget, body: dict[str, Any]) -> Outcome:
-        auth = target.auth
-        headers = {}
-        if auth is not None and auth.kind == "basic":
-            token = base64.b64encode(f"{auth.username}:{auth.password}".encode()).decode()
-            headers["Authorization"] = f"Basic {token}"
-        try:
-            ssl_context: ssl.SSLContext | bool = (
-                _ssl_context(auth, self._ca_file) if auth and auth.kind == "mtls" else True
-            )
-            if ssl_context is True and self._ca_file and target.url.startswith("https:"):
-                ssl_context = ssl.create_default_context(cafile=self._ca_file)
-        except (ssl.SSLError, OSError, ValueError) as bad:
-            return Outcome(False, 0, f"invalid client certificate: {type(bad).__name__}")
-        last_error = "not attempted"
-        timeout = aiohttp.ClientTimeout(total=self.policy.timeout_seconds)
-        for attempt in range(1, self.policy.max_attempts + 1):
-            try:
-                async with self._session.post(
-                    target.url, json=body, headers=headers, ssl=ssl_context, timeout=timeout
-                ) as response:
-                    if 200 <= response.status < 300:
-                        return Outcome(True, attempt)
-                    last_error = f"HTTP {response.status}"
-                    if 400 <= response.status < 500 and response.status not in (408, 425, 429):
-                        return Outcome(False, attempt, last_error)
-            except TimeoutError:
-                last_error = f"timed out after {self.policy.timeout_seconds} s"
-            except (aiohttp.ClientError, OSError) as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-            if attempt < self.policy.max_attempts:
-                await self._sleep(self.policy.delay(attempt))
-        return Outcome(False, self.policy.max_attempts, last_error)
-
-    async def close(self, timeout: float = 5.0) -> None:
-        if not self._tasks:
-            return
-        _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
