@@ -312,8 +312,6 @@ class InvocationCore:
     @asynccontextmanager
     async def _stream(self, inv: Invocation, started: float) -> AsyncIterator[AsyncIterator[StreamChunk]]:
         metrics = self.stream_metrics
-        if inv.return_pickled:
-            raise InvalidRequest("return_pickled is not available for streaming")
         drain = self.state.drain
         admission = self.state.admission
         deadline, limit = self._deadline(inv, None)
@@ -322,6 +320,8 @@ class InvocationCore:
         model_started = 0.0
         events: _Events | None = None
         try:
+            if inv.return_pickled:
+                raise InvalidRequest("return_pickled is not available for streaming")
             async with AsyncExitStack() as stack:
                 try:
                     async with self.deadlines.at(deadline):
