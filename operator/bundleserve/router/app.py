@@ -178,7 +178,7 @@ async def wait_for_drain(request: web.Request) -> web.Response:
         async with asyncio.timeout_at(deadline):
             await state.drain.started.wait()
     drained = await state.drain.wait_drained(max(0.0, deadline - loop.time()))
-    return web.json_response({"drained": drained, "active": state.drain.active})
+    return web.json_response({"drained": drained, "active": state.drain.held})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -56,10 +56,10 @@ async def serve(settings: Settings) -> None:
         )
         await stop.wait()
         grace = settings.grace_seconds
-        log.info("draining: %d requests in progress, up to %.0f s", state.drain.active, grace)
+        log.info("draining: %d requests and tasks in progress, up to %.0f s", state.drain.held, grace)
         state.drain.begin()
         if not await state.drain.wait_drained(grace):
-            log.warning("grace period over with %d requests still in progress", state.drain.active)
+            log.warning("grace period over with %d requests and tasks still in progress", state.drain.held)
         log.info("drained; stopping")
     finally:
         if listener is not None:
