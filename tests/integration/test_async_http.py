@@ -257,6 +257,16 @@ async def test_a_url_input_is_fetched_and_sent_raw(router: dict[str, Any], http:
     assert body["result"] == {"raw_bytes": len(b'{"status": "ok"}'), "content_type": "application/json"}
 
 
+async def test_arguments_the_runtime_rejects_fail_at_once_naming_the_argument(
+    router: dict[str, Any], http: aiohttp.ClientSession
+):
+    """The worker's call is the core's: invalid_arguments is the caller's mistake (400, never retried)."""
+    _, accepted = await submit(http, router["url"], {"args": {"invalid": "colour"}})
+    code, body = await status(http, router["url"], accepted["task_id"], wait=20)
+    assert (code, body["status"], body["status_code"]) == (200, "FAILURE", 400), body
+    assert "colour" in body["traceback"]
+
+
 async def test_a_url_that_cannot_be_fetched_fails_without_retries(router: dict[str, Any], http: aiohttp.ClientSession):
     _, accepted = await submit(http, router["url"], {"url": f"{router['url']}/no-such-file"})
     code, body = await status(http, router["url"], accepted["task_id"], wait=20)
