@@ -16,11 +16,20 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
+from bundleserve.api.errors import (
+    ApiError,
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+)
 from bundleserve.api.invocation import PredictRequest
-from bundleserve.queue.broker import QueueUnavailable, RedisError, Started, TaskQueue
+from bundleserve.queue.broker import QueueFull, QueueUnavailable, RedisError, Started, TaskQueue
 from bundleserve.queue.callbacks import SECRET_DIR_ENV, auth_from_secret_dir
 from bundleserve.queue.config import QueueConfig
+from bundleserve.queue.connection import connect, describe
 from bundleserve.queue.notify import CompletionWaiter
 from bundleserve.queue.recent import RecentResults
 from bundleserve.queue.results import InvalidKey, ResultStore
@@ -157,6 +166,8 @@ class AsyncApi:
                     task_id = await self.queue.submit(TaskRequest.from_predict(submission), callback)
             except QueueUnavailable as error:
                 raise Unavailable(str(error), headers={"Retry-After": "1"}) from None
+            except QueueFull as error:
+                raise Overloaded(str(error), retry_after_seconds=error.retry_after_seconds) from None
         except ApiError as error:
             self._count("invalid" if error.status < 500 else "unavailable")
             return error_response(error)
@@ -168,7 +179,7 @@ class AsyncApi:
         worker: Worker | None = self.state.extras.get("async_worker")
         if worker is None or not worker.reserve():
             return await self.queue.submit_encoded(body)
-        claimed: list[Started] = []
+        claimed: list[Started] | None = None  # None until the reply arrived: adopt hands back a lost claim
         try:
             task_id, claimed = await self.queue.submit_claiming(body, claim_for=worker.consumer)
         finally:
@@ -187,7 +198,8 @@ class AsyncApi:
         try:
             record = await self.queue.get(task_id)
         except (RedisError, OSError) as error:
-            raise Unavailable(f"the task store is not reachable: {error}", headers={"Retry-After": "1"}) from None
+            log.warning("reading task %s failed: %s", task_id, error)
+            raise Unavailable(describe(error), headers={"Retry-After": "1"}) from None
         endpoint = self.state.settings.endpoint
         if record is None or (record.namespace, record.endpoint) != (endpoint.namespace, endpoint.name):
             raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
@@ -261,7 +273,7 @@ def setup(app: web.Application, state: RouterState) -> None:
         app.router.add_get("/v1/tasks/{task_id}", _unavailable(reason))
         return
     config = _with_default_callback_auth(QueueConfig.from_endpoint(state.settings.endpoint), state)
-    redis = aioredis.Redis.from_url(redis_url, socket_keepalive=True, health_check_interval=30)
+    redis = connect(redis_url)
     queue = TaskQueue(redis, config)
     store = result_store(state)
     api = AsyncApi(state, redis, queue, store)
