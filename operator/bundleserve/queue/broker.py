@@ -135,6 +135,7 @@ class TaskQueue:
             self.problem = str(error)
             log.error("endpoint %s: async submissions refused: %s", self.config.endpoint, error)
             return
+        await scripts.load_all(self.redis)  # no NOSCRIPT round trip on the first submissions
         if plan.waitaof:
             self.submits = AutoPipeline(self.redis, trailer=("WAITAOF", 1, 0, self.config.fsync_timeout_ms))
         self.plan = plan

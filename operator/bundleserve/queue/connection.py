@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from bundleserve.queue.config import Durability
@@ -88,6 +88,8 @@ async def plan_durability(redis: aioredis.Redis, wanted: Durability) -> Durabili
             raise
         waitaof = False
     appendonly = await _config(redis, "appendonly")
+    if await _config(redis, "appendfsync") == "no":  # the server never fsyncs itself: nothing would be confirmed
+        appendonly = "no"
     if waitaof and appendonly != "no":
         try:  # with numlocal 1 WAITAOF refuses a server whose AOF is off: learn that now, not on a submit
             await redis.execute_command("WAITAOF", 1, 0, 1)  # type: ignore[no-untyped-call]
@@ -97,8 +99,9 @@ async def plan_durability(redis: aioredis.Redis, wanted: Durability) -> Durabili
     if appendonly == "yes" and await _config(redis, "appendfsync") == "always":
         return DurabilityPlan(Durability.FSYNC, False, "appendfsync always (the server fsyncs before replying)")
     raise DurabilityUnsupported(
-        "the queue's Redis cannot confirm a task on disk: it needs appendonly yes and either WAITAOF (Redis >= 7.2 or "
-        "Valkey) or appendfsync always (Redis 6.2/7.0); change the server's configuration, or set "
+        "the queue's Redis cannot confirm a task on disk: it needs appendonly yes, appendfsync always or everysec, and "
+        "WAITAOF (Redis >= 7.2, Valkey); on Redis 6.2/7.0 (no WAITAOF) appendfsync always; change the server's "
+        "configuration, or set "
         "BUNDLESERVE_QUEUE_DURABILITY=memory to accept tasks held in memory only"
     )
 
@@ -106,9 +109,9 @@ async def plan_durability(redis: aioredis.Redis, wanted: Durability) -> Durabili
 def describe(error: RedisError | OSError) -> str:
     """A client-facing cause without connection details (host names and ports only go to the log)."""
     text = str(error)
-    if "OOM command not allowed" in text:
+    if isinstance(error, OutOfMemoryError) or "maxmemory" in text:
         return "the queue's Redis is out of memory (maxmemory reached) and refuses new tasks"
-    if text.startswith(("READONLY", "MISCONF")):
+    if isinstance(error, ReadOnlyError) or "MISCONF" in text:
         return "the queue's Redis refuses writes at the moment"
     if isinstance(error, (RedisTimeout, TimeoutError)):
         return "the queue's Redis did not answer in time"

@@ -293,12 +293,15 @@ class Worker:
             with contextlib.suppress(RedisError, OSError):
                 await self._release_owned(consumer)
 
-    async def _hand_back(self, held: deque[Started]) -> None:
-        """Release tasks this worker holds but will not finish (fenced: one reclaimed since is left alone)."""
+    async def _hand_back(self, held: deque[Started], *, release: bool = True, reason: str = "") -> None:
+        """Put back tasks this worker holds but will not finish (fenced: one reclaimed since is left alone).
+
+        `release`: the attempt does not count (never run here); else it counts and `reason` is kept as the error."""
+        fields = {"worker": ""} if release else {"worker": "", "traceback": reason, "status_code": 500}
         while held:
             item = held.popleft()
             with contextlib.suppress(RedisError, OSError):
-                await self.queue.requeue(item.delivery, item.lease(self.consumer), {"worker": ""}, release=True)
+                await self.queue.requeue(item.delivery, item.lease(self.consumer), fields, release=release)
 
     # -- claiming -------------------------------------------------------------------------------------------------
 
@@ -310,13 +313,13 @@ class Worker:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
-            if self.gate is not None and not self.gate.is_open():
-                self._interruptible = True
-                try:
-                    await self.gate.wait()
-                finally:
-                    self._interruptible = False
             try:
+                if self.gate is not None and not self.gate.is_open():
+                    self._interruptible = True
+                    try:
+                        await self.gate.wait()
+                    finally:
+                        self._interruptible = False
                 started, last_id = await self.queue.claim(self.consumer, free)  # read + start in one trip
                 if not started:
                     self._interruptible = True
@@ -437,7 +440,11 @@ class Worker:
             held = deque(slot.buffer)
             slot.buffer.clear()
             current = self._inflight.get(me)
-            if current is not None:
+            if current is not None and not isinstance(error, asyncio.CancelledError):
+                # it failed while running: a retry counts an attempt, so maxAttempts bounds a persistent failure
+                reason = f"the worker failed while running it: {type(error).__name__}"
+                await asyncio.shield(self._hand_back(deque([current]), release=False, reason=reason))
+            elif current is not None:
                 held.appendleft(current)
             await asyncio.shield(self._hand_back(held))
             if isinstance(error, asyncio.CancelledError):
