@@ -26,8 +26,14 @@ from bundleserve.api.errors import (
     Unavailable,
 )
 from bundleserve.api.invocation import PredictRequest
+from bundleserve.outbound.destinations import AddressPolicy
 from bundleserve.queue.broker import QueueFull, QueueUnavailable, RedisError, Started, TaskQueue
-from bundleserve.queue.callbacks import SECRET_DIR_ENV, auth_from_secret_dir
+from bundleserve.queue.callbacks import (
+    SECRET_DIR_ENV,
+    auth_from_secret_dir,
+    check_callback_target,
+    insecure_credentials_allowed,
+)
 from bundleserve.queue.config import QueueConfig
 from bundleserve.queue.connection import connect, describe
 from bundleserve.queue.notify import CompletionWaiter
@@ -48,7 +54,9 @@ MAX_WAIT_SECONDS = 300.0
 _JSON = "application/json"
 
 
-def parse_submission(body: bytes, *, kwargs_only: bool, url_schemes: frozenset[str]) -> PredictRequest:
+def parse_submission(
+    body: bytes, *, kwargs_only: bool, url_schemes: frozenset[str], url_policy: AddressPolicy | None = None
+) -> PredictRequest:
     """Validate an async submission (predict body + callback fields); InvalidRequest with a readable reason."""
     if not body:
         raise InvalidRequest("the request body is empty: send a JSON object with args or url")
@@ -57,10 +65,15 @@ def parse_submission(body: bytes, *, kwargs_only: bool, url_schemes: frozenset[s
         raise InvalidRequest("args must be a JSON object (the keyword arguments of the model's function)")
     if request.url is not None:
         check_url(request.url, url_schemes)
-    if request.callback_url is not None:
-        check_url(request.callback_url, frozenset({"http", "https"}))
     if request.callback_auth is not None and request.callback_url is None:
         raise InvalidRequest("callback_auth needs callback_url")
+    if request.callback_url is not None:
+        check_callback_target(
+            request.callback_url,
+            request.callback_auth,
+            AddressPolicy() if url_policy is None else url_policy,
+            allow_insecure_credentials=insecure_credentials_allowed(),
+        )
     return request
 
 
@@ -156,7 +169,10 @@ class AsyncApi:
                     task_id = await self._submit_plain(body)
                 else:
                     submission = parse_submission(
-                        body, kwargs_only=self.kwargs_only, url_schemes=self.state.settings.url_schemes
+                        body,
+                        kwargs_only=self.kwargs_only,
+                        url_schemes=self.state.settings.url_schemes,
+                        url_policy=self.state.settings.url_policy,
                     )
                     callback = (
                         CallbackTarget(submission.callback_url, submission.callback_auth)

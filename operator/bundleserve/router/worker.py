@@ -14,7 +14,6 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -178,12 +177,12 @@ def worker_context(
 ) -> contextlib.AbstractAsyncContextManager[Worker]:
     @contextlib.asynccontextmanager
     async def running() -> AsyncIterator[Worker]:
-        session = aiohttp.ClientSession()
+        callbacks = CallbackSender(destinations=state.settings.url_policy)  # the url inputs' destination guard
         worker = Worker(
             queue,
             router_invoke(state),
             store,
-            callbacks=CallbackSender(session),
+            callbacks=callbacks,
             events=metrics.events(on_terminal),
             gate=ReadyGate(state),
             drain_timeout_seconds=state.settings.grace_seconds,
@@ -199,7 +198,7 @@ def worker_context(
                 await task
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
-            await session.close()
+            await callbacks.close()
 
     return running()
 
