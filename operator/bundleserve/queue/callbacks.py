@@ -58,8 +58,10 @@ def check_callback_target(
     Host names are checked again on every connection by the guarded resolver (a name may resolve anywhere later)."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest("callback_url must be an absolute http or https URL")
+    if scheme not in ("http", "https"):
+        raise InvalidRequest(f"callback_url scheme {scheme!r} is not allowed (allowed: http, https)")
+    if not parts.hostname:
+        raise InvalidRequest("callback_url must be an absolute URL with a host")
     if auth is not None and scheme != "https" and not allow_insecure_credentials:
         raise InvalidRequest(f"callback credentials are sent only over https (set {INSECURE_CREDENTIALS_ENV} to allow)")
     check_literal_host(URL(url).raw_host or "", policy, what="callback")
