@@ -433,7 +433,7 @@ class Worker:
         try:
             while current is not None:
                 current = await self._run_one(me, slot, current)
-        except BaseException as error:
+        except (Exception, asyncio.CancelledError) as error:
             # Cancelled (drain) or an unexpected exception: hand back what this slot held, never strand it.
             if not isinstance(error, asyncio.CancelledError):
                 log.exception("an async worker slot failed; handing its tasks back")
