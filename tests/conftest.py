@@ -39,3 +39,12 @@ def any_redis(redis_kind: str, tmp_path: Path) -> Iterator[Valkey]:
     server = Valkey(tmp_path / redis_kind, binary=redis_servers()[redis_kind]).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", params=["valkey", "redis"])
+def each_redis_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Valkey]:
+    """Like `valkey_server` (shared for the session), once per supported server kind."""
+    kind: str = request.param
+    server = Valkey(tmp_path_factory.mktemp(f"shared-{kind}"), binary=redis_servers()[kind]).start()
+    yield server
+    server.stop()

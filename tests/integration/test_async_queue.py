@@ -41,8 +41,9 @@ async def echo(request: TaskRequest, timeout: float) -> ModelReply:
 
 
 @pytest.fixture
-async def redis(valkey_server: Valkey) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(valkey_server.url)
+async def redis(each_redis_server: Valkey) -> AsyncIterator[aioredis.Redis]:
+    """Every test of this module runs on valkey-server and on Debian's redis-server 7.0."""
+    client = aioredis.Redis.from_url(each_redis_server.url)
     yield client
     await client.aclose()
 
