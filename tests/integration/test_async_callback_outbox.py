@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
 from bundleserve.api.invocation import TaskStatus
+from bundleserve.outbound.destinations import AddressPolicy, parse_cidrs
 from bundleserve.queue import keys
 from bundleserve.queue.broker import TaskQueue, get_task
 from bundleserve.queue.callbacks import CallbackSender, RetryPolicy
@@ -39,6 +39,9 @@ from tests.support.waiting import async_wait_until, wait_until
 #: Many quick attempts: the callback is still retrying (pending) whenever the test kills the worker.
 KEEP_TRYING = RetryPolicy(max_attempts=1000, base_delay_seconds=0.05, max_delay_seconds=0.2, timeout_seconds=0.5)
 
+#: The receivers of these tests listen on loopback, which the destination guard refuses by default.
+LOOPBACK = AddressPolicy(allow=parse_cidrs("127.0.0.0/8,::1", source="tests"))
+
 
 def outbox_config(endpoint: str) -> QueueConfig:
     return QueueConfig(endpoint=endpoint, durability=Durability.MEMORY, max_attempts=1, concurrency=2)
@@ -50,18 +53,17 @@ async def echo(request: TaskRequest, timeout: float) -> ModelReply:
 
 async def worker_main(redis_url: str, endpoint: str, results: str) -> None:
     client = aioredis.Redis.from_url(redis_url)
-    async with aiohttp.ClientSession() as session:
-        worker = Worker(
-            TaskQueue(client, outbox_config(endpoint)),
-            echo,
-            FilesystemResultStore(Path(results)),
-            callbacks=CallbackSender(session, policy=KEEP_TRYING),
-            block_ms=500,
-        )
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(worker.stop()))
-        print("worker ready", flush=True)
-        await worker.run()
-        await worker.queue.close()
+    worker = Worker(
+        TaskQueue(client, outbox_config(endpoint)),
+        echo,
+        FilesystemResultStore(Path(results)),
+        callbacks=CallbackSender(destinations=LOOPBACK, policy=KEEP_TRYING),
+        block_ms=500,
+    )
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(worker.stop()))
+    print("worker ready", flush=True)
+    await worker.run()
+    await worker.queue.close()
     await client.aclose()
 
 
@@ -151,22 +153,23 @@ async def test_two_replicas_never_run_the_same_attempt_concurrently(redis: aiore
     runner = await serve(target, free_port())
     queue = TaskQueue(redis, outbox_config(f"outbox-lease-{time.monotonic_ns()}"))
     policy = RetryPolicy(max_attempts=5, base_delay_seconds=0.01, max_delay_seconds=0.02, timeout_seconds=2)
-    async with aiohttp.ClientSession() as session:
-        outboxes = [CallbackOutbox(queue, CallbackSender(session, policy=policy), poll_seconds=0.01) for _ in range(2)]
-        try:
-            task_id = await queue.submit(TaskRequest(args={"x": 2}), CallbackTarget(target.url))
-            assert await queue.enqueue_callback(task_id)
-            claims: list[list[str]] = list(await asyncio.gather(*(outbox.claim() for outbox in outboxes)))
-            assert sorted(len(claimed) for claimed in claims) == [0, 1], claims  # the lease: one claimant only
-            await redis.zadd(queue.callback_outbox, {task_id: 0})  # due again, for both loops
-            runs: list[asyncio.Task[Any]] = [asyncio.create_task(outbox.run()) for outbox in outboxes]
-            record = await callback_settled(redis, task_id, timeout=10)
-            for outbox in outboxes:
-                await outbox.stop()
-            await asyncio.gather(*runs)
-        finally:
-            await runner.cleanup()
-            await queue.close()
+    outboxes = [
+        CallbackOutbox(queue, CallbackSender(destinations=LOOPBACK, policy=policy), poll_seconds=0.01) for _ in range(2)
+    ]
+    try:
+        task_id = await queue.submit(TaskRequest(args={"x": 2}), CallbackTarget(target.url))
+        assert await queue.enqueue_callback(task_id)
+        claims: list[list[str]] = list(await asyncio.gather(*(outbox.claim() for outbox in outboxes)))
+        assert sorted(len(claimed) for claimed in claims) == [0, 1], claims  # the lease: one claimant only
+        await redis.zadd(queue.callback_outbox, {task_id: 0})  # due again, for both loops
+        runs: list[asyncio.Task[Any]] = [asyncio.create_task(outbox.run()) for outbox in outboxes]
+        record = await callback_settled(redis, task_id, timeout=10)
+        for outbox in outboxes:
+            await outbox.stop()
+        await asyncio.gather(*runs)
+    finally:
+        await runner.cleanup()
+        await queue.close()
     assert record.callback_status == "delivered" and record.callback_attempts == 3
     assert len(target.received) == 3 and target.most_active == 1
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
 from bundleserve.api.invocation import CallbackAuthRequest, TaskStatus
+from bundleserve.outbound.destinations import AddressPolicy, parse_cidrs
 from bundleserve.queue.broker import TaskQueue, get_task
 from bundleserve.queue.callbacks import CallbackSender, RetryPolicy, auth_from_secret_dir
 from bundleserve.queue.config import Durability, QueueConfig
@@ -33,6 +33,9 @@ from tests.support.waiting import async_wait_until
 
 _names = itertools.count()
 FAST_RETRIES = RetryPolicy(max_attempts=3, base_delay_seconds=0.01, max_delay_seconds=0.05, timeout_seconds=0.5)
+
+#: The receivers of these tests listen on loopback, which the destination guard refuses by default.
+LOOPBACK = AddressPolicy(allow=parse_cidrs("127.0.0.0/8,::1", source="tests"))
 
 
 @dataclass
@@ -92,10 +95,9 @@ async def echo(request: TaskRequest, timeout: float) -> ModelReply:
 
 @pytest.fixture
 async def worker(redis: aioredis.Redis, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    started: list[tuple[Worker, asyncio.Task[None], aiohttp.ClientSession]] = []
+    started: list[tuple[Worker, asyncio.Task[None], CallbackSender]] = []
 
     def start(*, ca_file: str | None = None, concurrency: int = 4, **config: Any) -> TaskQueue:
-        session = aiohttp.ClientSession()
         queue = TaskQueue(
             redis,
             QueueConfig(
@@ -106,16 +108,19 @@ async def worker(redis: aioredis.Redis, tmp_path: Path) -> AsyncIterator[Callabl
                 **config,
             ),
         )
-        sender = CallbackSender(session, policy=FAST_RETRIES, ca_file=ca_file)
+        # plain-http receivers with credentials: the explicit opt-in (https is required without it)
+        sender = CallbackSender(
+            destinations=LOOPBACK, policy=FAST_RETRIES, ca_file=ca_file, allow_insecure_credentials=True
+        )
         instance = Worker(queue, echo, FilesystemResultStore(tmp_path / "results"), callbacks=sender)
-        started.append((instance, asyncio.create_task(instance.run()), session))
+        started.append((instance, asyncio.create_task(instance.run()), sender))
         return queue
 
     yield start
-    for instance, task, session in started:
+    for instance, task, sender in started:
         await instance.stop()
         await asyncio.wait_for(task, 15)
-        await session.close()
+        await sender.close()
         await instance.queue.close()
 
 

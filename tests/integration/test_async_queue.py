@@ -41,8 +41,9 @@ async def echo(request: TaskRequest, timeout: float) -> ModelReply:
 
 
 @pytest.fixture
-async def redis(valkey_server: Valkey) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(valkey_server.url)
+async def redis(each_redis_server: Valkey) -> AsyncIterator[aioredis.Redis]:
+    """Every test of this module runs on valkey-server and on Debian's redis-server 7.0."""
+    client = aioredis.Redis.from_url(each_redis_server.url)
     yield client
     await client.aclose()
 
@@ -290,9 +291,10 @@ async def test_completion_is_idempotent(redis: aioredis.Redis, config: QueueConf
     [delivery] = await queue.read("a", 1, 100)
     [started] = await queue.start("a", [delivery])
     assert started.outcome == "run"
-    assert await queue.complete(delivery, TaskStatus.SUCCESS, {"result": "1"}) == (True, [])
-    assert await queue.complete(delivery, TaskStatus.FAILURE, {"traceback": "late"}) == (False, [])
-    assert await queue.requeue(delivery, {"traceback": "late"}) is False
+    lease = started.lease("a")
+    assert await queue.complete(delivery, lease, TaskStatus.SUCCESS, {"result": "1"}) == (True, [])
+    assert await queue.complete(delivery, lease, TaskStatus.FAILURE, {"traceback": "late"}) == (False, [])
+    assert await queue.requeue(delivery, lease, {"traceback": "late"}) is False
     record = await get_task(redis, task_id)
     assert record is not None and (record.status, record.result) == (TaskStatus.SUCCESS, 1)
     assert await redis.xlen(keys.stream(config.queue_id)) == 0
@@ -405,7 +407,7 @@ async def test_a_completion_claims_the_next_task_for_the_same_slot(
     [started], _ = await queue.claim("c", 1)
     assert (started.delivery.task_id, started.outcome) == (first, "run")
     made, claimed = await queue.complete(
-        started.delivery, TaskStatus.SUCCESS, {"result": "1"}, claim_for="c", claim_count=1
+        started.delivery, started.lease("c"), TaskStatus.SUCCESS, {"result": "1"}, claim_for="c", claim_count=1
     )
     assert made
     assert [(s.delivery.task_id, s.outcome, s.attempts, s.request) for s in claimed] == [
@@ -413,7 +415,7 @@ async def test_a_completion_claims_the_next_task_for_the_same_slot(
     ]
     assert (await backlog(redis, config.queue_id)).in_flight == 1
     made, claimed = await queue.complete(
-        claimed[0].delivery, TaskStatus.SUCCESS, {"result": "2"}, claim_for="c", claim_count=1
+        claimed[0].delivery, claimed[0].lease("c"), TaskStatus.SUCCESS, {"result": "2"}, claim_for="c", claim_count=1
     )
     assert (made, claimed) == (True, [])
     assert (await backlog(redis, config.queue_id)).total == 0
@@ -453,8 +455,6 @@ async def test_an_idle_submitter_claims_its_own_task_in_the_same_step(
     redis: aioredis.Redis, config: QueueConfig, make_queue
 ):
     queue = make_queue(config)
-    task_id, claimed = await queue.submit_claiming(b'{"args":{"k":1}}', claim_for="c")
-    assert claimed == []  # no group yet: the submission stands, nothing is claimed
     await queue.ensure_group()
     await queue.claim("c", 10)  # drain what is there
     task_id, claimed = await queue.submit_claiming(b'{"args":{"k":2}}', claim_for="c")
@@ -490,5 +490,5 @@ async def test_touch_resets_the_idle_time_a_reclaim_looks_at(config: QueueConfig
         return pending[0]["time_since_delivered"] > 1300
 
     await async_wait_until(idle_long_enough, timeout=5, what="the entry to become reclaimable")
-    await queue.touch("holder", started.delivery)
+    assert await queue.touch("holder", [started]) == [True]
     assert await queue.reclaim("other", 10) == []

@@ -114,6 +114,7 @@ def test_the_rendered_server_is_durable_and_never_evicts(
         assert client.config_get("appendonly") == {"appendonly": "yes"}
         assert client.config_get("appendfsync") == {"appendfsync": "always"}
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert client.config_get("maxmemory") == {"maxmemory": str(768 * 1024 * 1024)}  # below the 1Gi limit
         client.xadd("bundleserve:test", {"task": "1"})
     finally:
         client.close()

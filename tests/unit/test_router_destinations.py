@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from bundleserve.api.errors import InvalidRequest
-from bundleserve.router.destinations import AddressPolicy, parse_cidrs
-from bundleserve.router.fetch import check_literal_host
+from bundleserve.outbound.connector import check_literal_host
+from bundleserve.outbound.destinations import AddressPolicy, parse_cidrs
 from bundleserve.router.settings import ConfigError, build_settings
 
 DEFAULT = AddressPolicy()

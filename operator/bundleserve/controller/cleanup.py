@@ -39,8 +39,8 @@ def next_step(
 
 
 async def purge_queue(redis: Any, queue_id: str, *, batch: int = 500) -> int:
-    """Delete the stream and dead-letter stream of the queue `queue_id` (`keys.queue_id(namespace, name)`) and the
-    records of the tasks they reference; returns the number of keys removed."""
+    """Delete the stream, dead-letter stream and callback outbox of the queue `queue_id` (`keys.queue_id(namespace,
+    name)`) and the records of the tasks they reference; returns the number of keys removed."""
     from bundleserve.queue import keys
 
     streams = [keys.stream(queue_id), keys.dead_letter(queue_id)]
@@ -59,5 +59,5 @@ async def purge_queue(redis: Any, queue_id: str, *, batch: int = 500) -> int:
                 removed += int(await redis.unlink(*task_keys))
             if len(entries) < batch:
                 break
-    removed += int(await redis.unlink(*streams))
+    removed += int(await redis.unlink(*streams, keys.callback_outbox(queue_id)))
     return removed

@@ -20,6 +20,7 @@ from aiohttp import web
 from bundleserve.api.errors import ApiError, NotFound, Unavailable
 from bundleserve.local.plan import EndpointPlan
 from bundleserve.queue.broker import get_task
+from bundleserve.queue.connection import connect
 from bundleserve.router.core import too_large
 
 HOP_BY_HOP = frozenset(
@@ -142,7 +143,7 @@ def build_front(plans: list[EndpointPlan], redis_url: str | None) -> web.Applica
     app[FRONT_ROUTES] = {plan.name: Route(plan) for plan in plans}
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(redis_url) if redis_url else None
+        client = connect(redis_url) if redis_url else None
         if client is not None:
             app[FRONT_REDIS] = client
         yield

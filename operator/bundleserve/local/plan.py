@@ -107,7 +107,8 @@ def router_process(
     )  # fmt: skip
     if redis_url:
         argv += ["--redis-url", redis_url]
-    env = {"BUNDLESERVE_RESULTS_DIR": str(results_dir)}
+    # loopback destinations (url inputs, callbacks) are this machine's own services in local mode
+    env = {"BUNDLESERVE_RESULTS_DIR": str(results_dir), "BUNDLESERVE_ALLOW_LOOPBACK": "true"}
     return ProcessSpec(name=f"{name}/router", argv=argv, port=port, ready_path="/healthz", env=env)
 
 

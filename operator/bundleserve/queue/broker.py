@@ -7,6 +7,8 @@ and `reclaim` (XAUTOCLAIM) moves entries idle longer than the visibility timeout
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,15 +20,39 @@ from redis.exceptions import RedisError as _RedisError
 
 from bundleserve.api.invocation import TaskStatus
 from bundleserve.queue import keys, scripts
-from bundleserve.queue.config import Durability, QueueConfig
+from bundleserve.queue.config import QueueConfig
+from bundleserve.queue.connection import DurabilityPlan, DurabilityUnsupported, describe, plan_durability
 from bundleserve.queue.pipelining import AutoPipeline
 from bundleserve.queue.tasks import STATUS_FIELDS, CallbackTarget, TaskRecord, TaskRequest
 
 RedisError = _RedisError
+log = logging.getLogger(__name__)
 
 
 class QueueUnavailable(Exception):
-    """Redis did not take the task (down, or it could not confirm durability in time): the client may retry."""
+    """Redis did not take the task (down, or it could not confirm durability in time): the client may retry.
+
+    The message is client-facing: it never carries connection details (the cause with those is logged)."""
+
+
+class QueueFull(Exception):
+    """The endpoint's backlog is at its cap (`QueueConfig.max_backlog`): nothing was stored; retry later (429)."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(f"the endpoint's queue holds {cap} unfinished tasks, its limit; retry later")
+        self.cap = cap
+        self.retry_after_seconds = 1
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who runs a task and in which attempt, as the pick-up wrote it: completions and requeues are fenced on it."""
+
+    worker: str
+    attempt: int | None  # None: any attempt of `worker` (entries it owns but never started)
+
+    def args(self) -> tuple[str, str]:
+        return self.worker, "" if self.attempt is None else str(self.attempt)
 
 
 @dataclass(frozen=True)
@@ -48,6 +74,9 @@ class Started:
     callback: CallbackTarget | None = None
     #: When this process picked it up (monotonic): a task kept in hand is touched before it runs if it waited long.
     picked_at: float = field(default_factory=time.monotonic)
+
+    def lease(self, worker: str) -> Lease:
+        return Lease(worker, self.attempts)
 
 
 def _s(value: Any) -> str:
@@ -82,10 +111,35 @@ class TaskQueue:
         self.dead = keys.dead_letter(config.queue_id)
         self.channel = keys.done_channel(config.queue_id)
         self.callback_outbox = keys.callback_outbox(config.queue_id)
-        #: Commands of concurrent callers share round trips; submissions end their batch with one WAITAOF.
+        #: Commands of concurrent callers share round trips; with WAITAOF, submissions end their batch with one.
         self.pipe = AutoPipeline(redis)
-        waitaof = ("WAITAOF", 1, 0, config.fsync_timeout_ms)
-        self.submits = AutoPipeline(redis, trailer=waitaof) if config.durability is Durability.FSYNC else self.pipe
+        self.submits = self.pipe
+        #: How submissions are made durable on this server: decided once by `prepare` (never after storing a task).
+        self.plan: DurabilityPlan | None = None
+        #: Why this queue refuses submissions (the server cannot keep the configured durability), else None.
+        self.problem: str | None = None
+        self._preparing = asyncio.Lock()
+
+    async def prepare(self) -> None:
+        """Create the group and decide durability from what the server supports (once: later calls keep it)."""
+        await self.ensure_group()
+        async with self._preparing:  # concurrent first submissions: one decision, one submission pipeline
+            await self._decide()
+
+    async def _decide(self) -> None:
+        if self.plan is not None or self.problem is not None:
+            return
+        try:
+            plan = await plan_durability(self.redis, self.config.durability)
+        except DurabilityUnsupported as error:
+            self.problem = str(error)
+            log.error("endpoint %s: async submissions refused: %s", self.config.endpoint, error)
+            return
+        await scripts.load_all(self.redis)  # no NOSCRIPT round trip on the first submissions
+        if plan.waitaof:
+            self.submits = AutoPipeline(self.redis, trailer=("WAITAOF", 1, 0, self.config.fsync_timeout_ms))
+        self.plan = plan
+        log.info("endpoint %s: submissions are durable by %s", self.config.endpoint, plan.reason)
 
     async def close(self) -> None:
         """Close the pipelines' connections (the caller owns `redis` itself)."""
@@ -113,9 +167,25 @@ class TaskQueue:
         return task_id
 
     async def submit_claiming(
-        self, request_json: str | bytes, callback: CallbackTarget | None = None, *, claim_for: str | None = None
+        self,
+        request_json: str | bytes,
+        callback: CallbackTarget | None = None,
+        *,
+        claim_for: str | None = None,
     ) -> tuple[str, list[Started]]:
-        """Submit; with `claim_for` (a consumer with an idle slot) also pick up the next task for it, in one step."""
+        """Submit; with `claim_for` (a worker with an idle slot) also pick up the next task for it, in one step.
+
+        The claim goes to the worker's submission consumer (`keys.submit_consumer`), with the lease in the worker's
+        name: if this call's reply is lost, the worker hands back whatever that consumer holds (`Worker.adopt`).
+        """
+        if self.plan is None:
+            try:
+                await self.prepare()
+            except (_RedisError, OSError) as error:
+                log.warning("endpoint %s: the queue is not reachable: %s", self.config.endpoint, error)
+                raise QueueUnavailable(describe(error)) from None
+        if self.problem is not None:
+            raise QueueUnavailable(self.problem)
         task_id = keys.new_task_id()
         now = repr(time.time())
         fields: dict[str, Any] = {
@@ -133,7 +203,7 @@ class TaskQueue:
         args = [
             task_id,
             cfg.record_ttl_seconds,
-            claim_for or "",
+            keys.submit_consumer(claim_for) if claim_for else "",
             keys.GROUP,
             now,
             cfg.request_ttl_seconds,
@@ -141,27 +211,40 @@ class TaskQueue:
             int(cfg.result_ttl_seconds),
             self.channel,
             keys.task(""),
+            claim_for or "",
+            cfg.max_backlog,
             *_flatten(fields),
         ]
         command = ("EVALSHA", scripts.submit.sha, 3, keys.task(task_id), self.stream, self.dead, *args)
         try:
             try:
-                claimed, durable = await self.submits.call(*command)
+                (entry, claimed), durable = await self.submits.call(*command)
             except NoScriptError:
                 await self.redis.script_load(scripts.submit.source)
-                claimed, durable = await self.submits.call(*command)
+                (entry, claimed), durable = await self.submits.call(*command)
         except _RedisError as error:
-            if "appendonly is disabled" in str(error) or "unknown command" in str(error).lower():
+            log.warning("endpoint %s: a submission failed: %s", cfg.endpoint, error)
+            raise QueueUnavailable(describe(error)) from None
+        if _s(entry) == "full":
+            raise QueueFull(cfg.max_backlog)
+        picked = _started(claimed)
+        if durable is not None and int(durable[0]) < 1:
+            # Not confirmed on disk: take it back so it never runs (unless a worker elsewhere already runs it).
+            withdrawn = await self._withdraw(task_id, _s(entry), claim_for)
+            if withdrawn:
                 raise QueueUnavailable(
-                    "the queue's Redis cannot confirm a task on disk (WAITAOF needs Redis >= 7.2 or Valkey with "
-                    "appendonly yes): enable AOF, or set BUNDLESERVE_QUEUE_DURABILITY=memory"
-                ) from error
-            raise QueueUnavailable(f"the queue did not accept the task: {error}") from error
-        if self.config.durability is Durability.FSYNC and int(durable[0]) < 1:
-            raise QueueUnavailable(
-                f"the queue did not confirm the task on disk within {self.config.fsync_timeout_ms} ms; retry later"
-            )
-        return task_id, _started(claimed)
+                    f"the queue did not confirm the task on disk within {cfg.fsync_timeout_ms} ms; retry later"
+                )
+        return task_id, picked
+
+    async def _withdraw(self, task_id: str, entry: str, claim_for: str | None) -> bool:
+        """Remove an unconfirmed submission; False when it already runs elsewhere (then it will finish)."""
+        script_keys = [keys.task(task_id), self.stream]
+        try:
+            return bool(await scripts.withdraw(self.pipe, script_keys, [keys.GROUP, entry, claim_for or ""]))
+        except (_RedisError, OSError) as error:
+            log.error("could not withdraw unconfirmed task %s: %s", task_id, error)
+            return True  # answered as refused: the client retries; the stored copy may still run (at least once)
 
     # -- claim ----------------------------------------------------------------------------------------------------
 
@@ -182,7 +265,7 @@ class TaskQueue:
         cursor = "0-0"
         while len(found) < count:
             reply = await self.redis.xautoclaim(
-                self.stream, keys.GROUP, consumer, min_idle_time=min_idle_ms, start_id=cursor, count=count
+                self.stream, keys.GROUP, consumer, min_idle_time=min_idle_ms, start_id=cursor, count=count - len(found)
             )
             cursor, entries = _s(reply[0]), reply[1]
             found.extend(_deliveries(entries))
@@ -192,9 +275,20 @@ class TaskQueue:
                 break
         return found
 
-    async def touch(self, consumer: str, delivery: Delivery) -> None:
-        """Reset the entry's idle time (XCLAIM to its own consumer), so a reclaim does not take a task about to run."""
-        await self.redis.xclaim(self.stream, keys.GROUP, consumer, 0, [delivery.entry_id], justid=True)
+    async def touch(self, consumer: str, started: Sequence[Started]) -> list[bool]:
+        """Extend the leases of tasks this worker holds (reset their idle time, fenced): a reclaim does not take a
+        task that is about to run or still runs. False for a task whose lease was lost (it was reclaimed)."""
+        if not started:
+            return []
+        script_keys = [self.stream, *(keys.task(s.delivery.task_id) for s in started)]
+        args: list[Any] = [keys.GROUP, consumer, consumer]
+        for item in started:
+            args.extend((item.delivery.entry_id, item.attempts))
+        return [bool(flag) for flag in await scripts.touch(self.pipe, script_keys, args)]
+
+    async def prune_consumers(self, min_idle_seconds: float) -> int:
+        """Remove dead consumers (no pending entry, idle longer than `min_idle_seconds`) from the group."""
+        return int(await scripts.prune_consumers(self.redis, [self.stream], [keys.GROUP, int(min_idle_seconds * 1000)]))
 
     async def owned(self, consumer: str, count: int = 1000) -> list[Delivery]:
         """Entries in this consumer's pending list (used when it stops, to hand them back)."""
@@ -251,6 +345,7 @@ class TaskQueue:
     async def complete(
         self,
         delivery: Delivery,
+        lease: Lease,
         status: TaskStatus,
         fields: Mapping[str, Any],
         *,
@@ -274,6 +369,7 @@ class TaskQueue:
             cfg.request_ttl_seconds,
             cfg.max_attempts,
             keys.task(""),
+            *lease.args(),
             "status",
             status.value,
             "finished_at",
@@ -283,10 +379,14 @@ class TaskQueue:
         made, claimed = await scripts.complete(self.pipe, script_keys, args)
         return bool(made), _started(claimed)
 
-    async def requeue(self, delivery: Delivery, fields: Mapping[str, Any], *, release: bool = False) -> bool:
-        """Back to PENDING at the stream's tail: after a retryable failure, or (release) when this worker drains."""
+    async def requeue(
+        self, delivery: Delivery, lease: Lease, fields: Mapping[str, Any], *, release: bool = False
+    ) -> bool:
+        """Back to PENDING at the stream's tail: after a retryable failure, or (release) when this worker drains.
+
+        Fenced on `lease`: False (nothing changed) when the task is finished or held by another lease."""
         script_keys = [keys.task(delivery.task_id), self.stream]
-        args = [keys.GROUP, delivery.entry_id, delivery.task_id, -1 if release else 0, *_flatten(fields)]
+        args = [keys.GROUP, delivery.entry_id, delivery.task_id, -1 if release else 0, *lease.args(), *_flatten(fields)]
         return bool(await scripts.requeue(self.pipe, script_keys, args))
 
     async def enqueue_callback(self, task_id: str) -> bool:

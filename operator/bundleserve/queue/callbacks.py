@@ -5,6 +5,11 @@ job, off the task path (the result is already stored), so a slow or dead target 
 crashed router loses no callback. Attempts are bounded, spaced by exponential backoff with full jitter; the
 outcome (`callback_status` delivered|failed, attempts, last error) is written on the task record. Credentials come
 from the request (`callback_auth`) or from the endpoint's Secret, mounted as files; they are never logged.
+
+A callback URL is a destination the client chose, so it passes the same destination guard as url inputs
+(`bundleserve.outbound`: refused address classes, connections pinned to the checked address), redirects are never
+followed (a 3xx is a permanent failure), and credentials travel only over https unless the operator opts in
+(BUNDLESERVE_CALLBACK_ALLOW_INSECURE_CREDENTIALS=true).
 """
 
 from __future__ import annotations
@@ -18,10 +23,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
+from bundleserve.api.errors import InvalidRequest
 from bundleserve.api.invocation import CallbackAuthRequest
+from bundleserve.outbound.connector import BlockedDestination, check_literal_host, guarded_connector
+from bundleserve.outbound.destinations import AddressPolicy
 from bundleserve.queue.tasks import CallbackTarget
 
 log = logging.getLogger(__name__)
@@ -29,6 +39,32 @@ log = logging.getLogger(__name__)
 #: Where the router finds the endpoint's callback Secret (keys username/password or tls.crt/tls.key).
 SECRET_DIR_ENV = "BUNDLESERVE_CALLBACK_SECRET_DIR"
 DEFAULT_SECRET_DIR = "/var/run/secrets/bundleserve/callback"
+#: Opt-in to send callback credentials over plain http (default: https required when credentials are attached).
+INSECURE_CREDENTIALS_ENV = "BUNDLESERVE_CALLBACK_ALLOW_INSECURE_CREDENTIALS"
+
+
+def insecure_credentials_allowed(env: dict[str, str] | None = None) -> bool:
+    raw = (env if env is not None else os.environ).get(INSECURE_CREDENTIALS_ENV, "").strip().lower()
+    if raw not in {"", "0", "false", "no", "1", "true", "yes"}:
+        raise ValueError(f"{INSECURE_CREDENTIALS_ENV} must be true or false, got {raw!r}")
+    return raw in {"1", "true", "yes"}
+
+
+def check_callback_target(
+    url: str, auth: CallbackAuthRequest | None, policy: AddressPolicy, *, allow_insecure_credentials: bool
+) -> None:
+    """The checks a callback target can fail before any connection: InvalidRequest with the reason (400 at submit).
+
+    Host names are checked again on every connection by the guarded resolver (a name may resolve anywhere later)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise InvalidRequest(f"callback_url scheme {scheme!r} is not allowed (allowed: http, https)")
+    if not parts.hostname:
+        raise InvalidRequest("callback_url must be an absolute URL with a host")
+    if auth is not None and scheme != "https" and not allow_insecure_credentials:
+        raise InvalidRequest(f"callback credentials are sent only over https (set {INSECURE_CREDENTIALS_ENV} to allow)")
+    check_literal_host(URL(url).raw_host or "", policy, what="callback")
 
 
 @dataclass(frozen=True)
@@ -94,36 +130,62 @@ def _ssl_context(auth: CallbackAuthRequest, ca_file: str | None) -> ssl.SSLConte
 
 
 class CallbackSender:
-    """One delivery attempt at a time (`attempt`); the durable outbox decides when, and how often, to try."""
+    """One delivery attempt at a time (`attempt`); the durable outbox decides when, and how often, to try.
+
+    Owns its HTTP session, made with the guarded connector, so no callback can bypass the destination guard."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
         *,
         policy: RetryPolicy | None = None,
+        destinations: AddressPolicy | None = None,
+        allow_insecure_credentials: bool | None = None,
         ca_file: str | None = None,
     ) -> None:
-        self._session = session
         self.policy = policy or RetryPolicy()
+        self.destinations = AddressPolicy() if destinations is None else destinations
+        self.allow_insecure_credentials = (
+            insecure_credentials_allowed() if allow_insecure_credentials is None else allow_insecure_credentials
+        )
         self._ca_file = ca_file or os.environ.get("BUNDLESERVE_CALLBACK_CA_FILE") or None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def attempt(self, target: CallbackTarget, body: dict[str, Any]) -> Attempt:
         """One POST (the durable outbox schedules the retries); never raises for a network or HTTP failure."""
+        try:
+            check_callback_target(
+                target.url, target.auth, self.destinations, allow_insecure_credentials=self.allow_insecure_credentials
+            )
+        except InvalidRequest as refused:
+            return Attempt(False, False, refused.message)
         try:
             headers, ssl_context = self._transport(target)
         except (ssl.SSLError, OSError, ValueError) as bad:
             return Attempt(False, False, f"invalid client certificate: {type(bad).__name__}")
         timeout = aiohttp.ClientTimeout(total=self.policy.timeout_seconds)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(connector=guarded_connector(self.destinations))
         try:
             async with self._session.post(
-                target.url, json=body, headers=headers, ssl=ssl_context, timeout=timeout
+                target.url, json=body, headers=headers, ssl=ssl_context, timeout=timeout, allow_redirects=False
             ) as response:
                 if 200 <= response.status < 300:
                     return Attempt(True, False)
+                if 300 <= response.status < 400:
+                    return Attempt(False, False, f"HTTP {response.status}: callback redirects are not followed")
                 permanent = 400 <= response.status < 500 and response.status not in (408, 425, 429)
                 return Attempt(False, not permanent, f"HTTP {response.status}")
         except TimeoutError:
             return Attempt(False, True, f"timed out after {self.policy.timeout_seconds} s")
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, BlockedDestination):
+                return Attempt(False, False, f"callback destination refused: {exc.os_error.reason} address")
+            return Attempt(False, True, f"{type(exc).__name__}: {exc}")
         except (aiohttp.ClientError, OSError) as exc:
             return Attempt(False, True, f"{type(exc).__name__}: {exc}")
 

@@ -16,11 +16,24 @@ MIB = 1024 * 1024
 
 
 class Durability(StrEnum):
-    """What a 202 promises. FSYNC: the task is in Redis's AOF on disk (WAITAOF 1 0). MEMORY: Redis has it in memory
-    (a Redis crash may lose up to appendfsync's window; a graceful restart loses nothing)."""
+    """What a 202 promises. FSYNC: the task is in Redis's AOF on disk (WAITAOF 1 0 where the server has it, else
+    `appendfsync always`; see `connection.plan_durability`). MEMORY: Redis has it in memory (a Redis crash may lose
+    up to appendfsync's window; a graceful restart loses nothing)."""
 
     FSYNC = "fsync"
     MEMORY = "memory"
+
+
+MAX_BACKLOG_ENV = "BUNDLESERVE_QUEUE_MAX_BACKLOG"
+
+
+def max_backlog_from_env() -> int:
+    raw = os.environ.get(MAX_BACKLOG_ENV, "").strip()
+    if not raw:
+        return QueueConfig.max_backlog
+    if not raw.isdigit():
+        raise ValueError(f"{MAX_BACKLOG_ENV} must be a whole number of tasks (0 = no cap), got {raw!r}")
+    return int(raw)
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,9 @@ class QueueConfig:
     max_result_bytes: int = 256 * MIB
     default_callback: CallbackTarget | None = None
     default_callback_secret: str | None = None
+    #: The most unfinished tasks (XLEN of the stream) the queue takes; a submission beyond it gets 429 Overloaded and
+    #: is not stored. 0 = no cap. BUNDLESERVE_QUEUE_MAX_BACKLOG.
+    max_backlog: int = 100_000
 
     @property
     def queue_id(self) -> str:
@@ -69,6 +85,7 @@ class QueueConfig:
             result_ttl_seconds=settings.result_ttl_seconds,
             concurrency=endpoint.spec.invocation.concurrency,
             durability=Durability(os.environ.get("BUNDLESERVE_QUEUE_DURABILITY", Durability.FSYNC.value)),
+            max_backlog=max_backlog_from_env(),
             default_callback=CallbackTarget(url=callback.url) if callback else None,
             default_callback_secret=callback.auth.secret_name if callback and callback.auth else None,
         )

@@ -2,7 +2,8 @@
 
 Per endpoint, keyed by its queue id `<namespace>/<name>` (see `queue_id`; DNS labels, so no `:`, `/` or braces):
 - `bundleserve:{<namespace>/<name>}:stream`  the task stream (XLEN = pending + in flight: finished entries are deleted)
-- consumer group `workers` on that stream; consumer = `<hostname>-<pid>` (one per router process)
+- consumer group `workers` on that stream; consumer = `<hostname>-<pid>` (one per router process), plus
+  `<hostname>-<pid>:submit` for tasks a submission claimed for that process's idle worker
 - `bundleserve:{<namespace>/<name>}:dead`    the dead-letter stream (tasks that failed after maxAttempts)
 - `bundleserve:{<namespace>/<name>}:done`    pub/sub channel carrying the id of every task that reached a terminal state
 - `bundleserve:{<namespace>/<name>}:callbacks` the callback outbox: a sorted set of task ids scored by the next
@@ -59,3 +60,9 @@ def is_task_id(value: str) -> bool:
 def consumer_name() -> str:
     """The consumer of this process in the endpoint's group: stable for the process, distinct across pods."""
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def submit_consumer(consumer: str) -> str:
+    """The consumer a submission claims under for `consumer`'s worker: what it holds is known to have come from a
+    submission, so the worker can hand it back when that submission's reply was lost."""
+    return f"{consumer}:submit"

@@ -91,6 +91,7 @@ class CallbackOutbox:
             for task in pending:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self.sender.close()  # its HTTP session; a later attempt would open a new one
 
     async def claim(self) -> list[str]:
         """Due jobs, each leased to this process; jobs this process is still attempting are not due (leased)."""

@@ -69,6 +69,11 @@ class AutoPipeline:
         self._senders: set[asyncio.Task[None]] = set()
         self._closed = False
 
+    @property
+    def in_flight(self) -> int:
+        """Batches sent and not yet answered."""
+        return len(self._expected)
+
     async def call(self, *args: Any) -> tuple[Any, Any]:
         """(reply, trailer reply or None); a Redis error reply is raised, as `execute_command` would."""
         if self._closed:

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -92,7 +93,8 @@ class FilesystemResultStore:
     @staticmethod
     def _write(data_path: Path, meta_path: Path, data: bytes, meta: _Meta) -> None:
         for path, content in ((data_path, data), (meta_path, meta.dump())):
-            tmp = path.with_name(f"{path.name}.{os.getpid()}{_TMP_SUFFIX}")
+            # unique per write: PIDs repeat across pods (PID 1) sharing a volume, and writes of one process overlap
+            tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
             tmp.write_bytes(content)
             os.replace(tmp, path)
 

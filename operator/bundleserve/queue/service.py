@@ -9,16 +9,20 @@ never runs), an unsafe result key -> InvalidRequest (400), unknown or expired ->
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import replace
 
-from bundleserve.api.errors import InvalidRequest, NotFound, Unavailable
+from bundleserve.api.errors import InvalidRequest, NotFound, Overloaded, Unavailable
 from bundleserve.api.invocation import JSON_CONTENT_TYPE, Invocation
-from bundleserve.queue.broker import QueueUnavailable, RedisError, Started, TaskQueue
+from bundleserve.queue.broker import QueueFull, QueueUnavailable, RedisError, Started, TaskQueue
+from bundleserve.queue.connection import describe
 from bundleserve.queue.notify import CompletionWaiter
 from bundleserve.queue.recent import RecentResults
 from bundleserve.queue.results import InvalidKey, ResultStore
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord, TaskRequest
 from bundleserve.queue.worker import Worker
+
+log = logging.getLogger("bundleserve.queue.service")
 
 #: The longest a status request may hold the connection (`?wait=`); clients re-poll after it.
 MAX_WAIT_SECONDS = 300.0
@@ -79,15 +83,18 @@ class TaskService:
             return await self.queue.submit(request, callback)
         except QueueUnavailable as error:
             raise Unavailable(str(error), headers={"Retry-After": "1"}) from None
+        except QueueFull as error:
+            raise Overloaded(str(error), retry_after_seconds=error.retry_after_seconds) from None
         except (RedisError, OSError) as error:
-            raise Unavailable(f"the queue is not reachable: {error}", headers={"Retry-After": "1"}) from None
+            log.warning("submitting a task failed: %s", error)  # connection details go to the log, never to clients
+            raise Unavailable(describe(error), headers={"Retry-After": "1"}) from None
 
     async def _submit_plain(self, body: bytes) -> str:
         """Submit; when this process's worker has an idle slot, it takes the task in the same step (light load)."""
         worker = self.worker
         if worker is None or not worker.reserve():
             return await self.queue.submit_encoded(body)
-        claimed: list[Started] = []
+        claimed: list[Started] | None = None  # None until the reply arrived: adopt hands back a lost claim
         try:
             task_id, claimed = await self.queue.submit_claiming(body, claim_for=worker.consumer)
         finally:
@@ -108,7 +115,8 @@ class TaskService:
         try:
             record = await self.queue.get(task_id)
         except (RedisError, OSError) as error:
-            raise Unavailable(f"the task store is not reachable: {error}", headers={"Retry-After": "1"}) from None
+            log.warning("reading task %s failed: %s", task_id, error)
+            raise Unavailable(describe(error), headers={"Retry-After": "1"}) from None
         config = self.queue.config
         if record is None or (record.namespace, record.endpoint) != (config.namespace, config.endpoint):
             return None  # another endpoint's task is as unknown here as a missing one

@@ -6,6 +6,12 @@ trip. A reclaim loop takes over entries abandoned by dead consumers (XAUTOCLAIM 
 Each task ends in exactly one of:
 a terminal transition (SUCCESS / FAILURE / EXPIRED, atomic and idempotent), a requeue for a retry, or - when this
 process drains - a release back to the stream so another replica takes it at once.
+
+Leases: every completion and requeue is fenced on the worker and attempt that started the task, and a heartbeat
+extends the lease of every task this worker holds (running or in hand), so a slow model call or a long result upload
+is never reclaimed while its worker lives, and a stale worker cannot overwrite the outcome of the one that took over.
+An unexpected exception in a slot fails nothing silently: the slot hands back the tasks it held; one in the read loop
+is logged and the loop goes on; `healthy` turns False if the loop ever ends without a stop (readiness reads it).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from redis.exceptions import RedisError
 
 from bundleserve.api.invocation import TaskStatus
 from bundleserve.queue import keys
-from bundleserve.queue.broker import Delivery, Started, TaskQueue
+from bundleserve.queue.broker import Lease, Started, TaskQueue
 from bundleserve.queue.callbacks import CallbackSender, Outcome
 from bundleserve.queue.invoke import PICKLE_CONTENT_TYPE, Invoke, ModelReply
 from bundleserve.queue.outbox import CallbackOutbox
@@ -119,7 +125,7 @@ class Worker:
         visibility = self.config.visibility_timeout_seconds
         self.reclaim_interval = reclaim_interval_seconds or min(max(visibility / 4, 0.2), 15.0)
         self.drain_timeout = drain_timeout_seconds
-        self._inflight: dict[asyncio.Task[None], Delivery] = {}
+        self._inflight: dict[asyncio.Task[None], Started] = {}
         self._slots: set[_Slot] = set()
         self._reserved = 0
         self._background: set[asyncio.Task[None]] = set()
@@ -129,6 +135,25 @@ class Worker:
         self._stopping = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._interruptible = False  # the read loop waits (gate or blocking read) holding no delivery
+        #: Leases are extended this often (well within the visibility timeout).
+        self.heartbeat_interval = min(max(visibility / 4, 0.1), 30.0)
+        #: Consumers idle this long with nothing pending are removed from the group (dead replicas).
+        self.consumer_idle_seconds = max(2 * visibility, 3600.0)
+        self._crashed: str | None = None
+        self._started = False
+
+    @property
+    def healthy(self) -> bool:
+        """False when this worker cannot do its job: its read loop died, or the queue refuses submissions (its
+        Redis cannot keep the configured durability). The router's /readyz fails then (see `problem`)."""
+        return self.problem is None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the worker is not healthy (client-safe text), else None."""
+        if self._crashed is not None:
+            return self._crashed
+        return self.queue.problem
 
     @property
     def in_flight(self) -> int:
@@ -148,8 +173,17 @@ class Worker:
         self._reserved += 1
         return True
 
-    def adopt(self, picked: list[Started]) -> None:
-        """Run what a submission claimed for this worker, and give back the slot reserved for it."""
+    def adopt(self, picked: list[Started] | None) -> None:
+        """Run what a submission claimed for this worker, and give back the slot reserved for it.
+
+        None: the submission's reply was lost (its handler was cancelled, or Redis timed out), so whatever it claimed
+        sits STARTED in the submission consumer: hand it back to the stream first, then free the slot.
+        """
+        if picked is None:
+            task = asyncio.create_task(self._recover_submit_claims())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return
         self._reserved -= 1
         for started in picked:
             if started.outcome == "run":
@@ -161,29 +195,65 @@ class Worker:
             task.add_done_callback(self._background.discard)
         self._slot_freed.set()
 
+    async def _recover_submit_claims(self) -> None:
+        delay = 0.05
+        try:
+            for _ in range(20):
+                try:
+                    await self._release_owned(keys.submit_consumer(self.consumer))
+                    return
+                except (RedisError, OSError) as error:
+                    log.warning("handing back tasks of a lost submission failed (%s); retrying", error)
+                    await self._pause(delay)
+                    delay = min(delay * 2, 2.0)
+        finally:
+            self._reserved -= 1
+            self._slot_freed.set()
+
+    async def _release_owned(self, consumer: str) -> None:
+        """Release entries `consumer` holds in the group that this worker never started (they go back at once)."""
+        running = {item.delivery.entry_id for item in self._held()}
+        for delivery in await self.queue.owned(consumer):
+            if delivery.entry_id not in running:
+                await self.queue.requeue(delivery, Lease(self.consumer, None), {"worker": ""}, release=True)
+
+    def _held(self) -> list[Started]:
+        """Every task this worker holds a lease on: running in a slot, or in a slot's hand."""
+        return [*self._inflight.values(), *(item for slot in self._slots for item in slot.buffer)]
+
     # -- lifecycle ------------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Run until `stop()`; Redis outages are waited out (the tasks are in Redis, not here)."""
         await self._until_ready()
         reclaimer = asyncio.create_task(self._reclaim_loop(), name="bundleserve-reclaim")
+        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="bundleserve-heartbeat")
         outbox = asyncio.create_task(self.outbox.run(), name="bundleserve-callbacks") if self.outbox else None
         self._reader = asyncio.create_task(self._read_loop(), name="bundleserve-read")
+        self._reader.add_done_callback(self._reader_ended)
         try:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
             if not self._stopping.is_set():
                 raise asyncio.CancelledError
         finally:
-            reclaimer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reclaimer
+            for helper in (reclaimer, heartbeat):
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
             await self._drain()
             if self.outbox is not None and outbox is not None:
                 await self.outbox.stop()
                 outbox.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await outbox
+
+    def _reader_ended(self, task: asyncio.Task[None]) -> None:
+        if self._stopping.is_set():
+            return
+        self._crashed = "the async worker's read loop stopped"
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the async worker's read loop died", exc_info=task.exception())
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -195,7 +265,7 @@ class Worker:
         delay = 0.05
         while not self._stopping.is_set():
             try:
-                await self.queue.ensure_group()
+                await self.queue.prepare()  # the group, and the durability this server supports (decided once)
                 return
             except (RedisError, OSError) as error:
                 log.warning("queue not reachable yet (%s); retrying", error)
@@ -210,22 +280,28 @@ class Worker:
         """Let running tasks finish for a while; release the others to the stream instead of waiting for a reclaim."""
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=self.drain_timeout)
-        for task, delivery in list(self._inflight.items()):
-            task.cancel()
+        for task in list(self._inflight):
+            task.cancel()  # the slot hands back what it held (see `_run`)
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            with contextlib.suppress(RedisError, OSError):
-                await self.queue.requeue(delivery, {"worker": ""}, release=True)
         completions = {task for slot in self._slots for task in slot.completions} | self._background
         if completions:  # results on their way to Redis: let them land (they retry through a Redis restart)
             await asyncio.wait(completions, timeout=self.config.visibility_timeout_seconds)
         for slot in self._slots:
-            while slot.buffer:
-                with contextlib.suppress(RedisError, OSError):
-                    await self.queue.requeue(slot.buffer.popleft().delivery, {"worker": ""}, release=True)
-        with contextlib.suppress(RedisError, OSError):
-            for delivery in await self.queue.owned(self.consumer):  # delivered to us but never started
-                await self.queue.requeue(delivery, {})
+            await self._hand_back(slot.buffer)
+        for consumer in (self.consumer, keys.submit_consumer(self.consumer)):  # delivered to us but never started
+            with contextlib.suppress(RedisError, OSError):
+                await self._release_owned(consumer)
+
+    async def _hand_back(self, held: deque[Started], *, release: bool = True, reason: str = "") -> None:
+        """Put back tasks this worker holds but will not finish (fenced: one reclaimed since is left alone).
+
+        `release`: the attempt does not count (never run here); else it counts and `reason` is kept as the error."""
+        fields = {"worker": ""} if release else {"worker": "", "traceback": reason, "status_code": 500}
+        while held:
+            item = held.popleft()
+            with contextlib.suppress(RedisError, OSError):
+                await self.queue.requeue(item.delivery, item.lease(self.consumer), fields, release=release)
 
     # -- claiming -------------------------------------------------------------------------------------------------
 
@@ -237,13 +313,13 @@ class Worker:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
-            if self.gate is not None and not self.gate.is_open():
-                self._interruptible = True
-                try:
-                    await self.gate.wait()
-                finally:
-                    self._interruptible = False
             try:
+                if self.gate is not None and not self.gate.is_open():
+                    self._interruptible = True
+                    try:
+                        await self.gate.wait()
+                    finally:
+                        self._interruptible = False
                 started, last_id = await self.queue.claim(self.consumer, free)  # read + start in one trip
                 if not started:
                     self._interruptible = True
@@ -260,10 +336,25 @@ class Worker:
                 delay = min(delay * 2, 2.0)
                 with contextlib.suppress(RedisError, OSError):
                     await self.queue.ensure_group()  # a Redis that lost its data has no group
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug or an unexpected client error must not stop the worker for good
+                log.exception("the async worker's read loop failed; going on")
+                await self._pause(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _reclaim_loop(self) -> None:
+        rounds = 0
         while not self._stopping.is_set():
             await self._pause(self.reclaim_interval)
+            rounds += 1
+            if rounds % 20 == 1:
+                try:
+                    removed = await self.queue.prune_consumers(self.consumer_idle_seconds)
+                    if removed:
+                        log.info("removed %d dead consumer(s) from the group", removed)
+                except (RedisError, OSError) as error:
+                    log.warning("pruning consumers failed (%s)", error)
             free = self._free_slots()
             if free <= 0 or self._stopping.is_set():
                 continue
@@ -276,20 +367,47 @@ class Worker:
                     await self._dispatch(await self.queue.start(self.consumer, deliveries))
             except (RedisError, OSError) as error:
                 log.warning("reclaiming failed (%s)", error)
+            except Exception:
+                log.exception("reclaiming failed")
+
+    async def _heartbeat_loop(self) -> None:
+        """Extend the lease of every task this worker holds, while it holds it."""
+        while not self._stopping.is_set():
+            await self._pause(self.heartbeat_interval)
+            held = self._held()
+            try:
+                kept = await self.queue.touch(self.consumer, held)
+            except (RedisError, OSError) as error:
+                log.warning("extending task leases failed (%s)", error)
+                continue
+            except Exception:
+                log.exception("extending task leases failed")
+                continue
+            for item, ok in zip(held, kept, strict=True):
+                if not ok:
+                    log.warning(
+                        "task %s was taken over by another worker; its result here is dropped", item.delivery.task_id
+                    )
 
     async def _dispatch(self, picked: list[Started]) -> None:
-        """Run what may run; tasks finished at pickup (expired, out of attempts) only notify."""
+        """Run what may run; tasks finished at pickup (expired, out of attempts) only notify.
+
+        Every runnable task gets its slot first, so a failing notification cannot strand a claimed task."""
         for started in picked:
             if started.outcome == "run":
                 self._start_slot(started)
-            elif started.outcome in ("expired", "failed"):
+        for started in picked:
+            if started.outcome in ("expired", "failed"):
                 status = TaskStatus.EXPIRED if started.outcome == "expired" else TaskStatus.FAILURE
                 self.events.on_finished(status, 0.0)
-                await self._callback(started.delivery.task_id, started.callback)
+                try:
+                    await self._callback(started.delivery.task_id, started.callback)
+                except (RedisError, OSError) as error:
+                    log.warning("could not queue the callback of task %s (%s)", started.delivery.task_id, error)
 
     def _start_slot(self, started: Started) -> None:
         task = asyncio.create_task(self._run(started))
-        self._inflight[task] = started.delivery
+        self._inflight[task] = started
         task.add_done_callback(self._release_slot)
 
     def _release_slot(self, task: asyncio.Task[None]) -> None:
@@ -312,29 +430,54 @@ class Worker:
         slot = _Slot()
         self._slots.add(slot)
         current: Started | None = started
-        while current is not None:
-            self._inflight[me] = current.delivery
-            finish, seconds = await self._attempt(current)
-            quick = seconds < self.prefetch_below_seconds
-            if slot.buffer:
-                following = slot.buffer.popleft()
-                self._complete_in_background(slot, current, finish, seconds, claim=1 if quick else 0)
-                if time.monotonic() - following.picked_at > self.config.visibility_grace_seconds / 2:
-                    with contextlib.suppress(RedisError, OSError):  # it waited behind a slow task
-                        await self.queue.touch(self.consumer, following.delivery)
-                current = following
-                continue
-            slot.buffer.extend(await self._complete(current, finish, seconds, claim=2 if quick else 1))
-            while not slot.buffer and slot.completions:
-                await asyncio.wait(set(slot.completions))
-            current = slot.buffer.popleft() if slot.buffer else None
-        self._slots.discard(slot)
+        try:
+            while current is not None:
+                current = await self._run_one(me, slot, current)
+        except (Exception, asyncio.CancelledError) as error:
+            # Cancelled (drain) or an unexpected exception: hand back what this slot held, never strand it.
+            if not isinstance(error, asyncio.CancelledError):
+                log.exception("an async worker slot failed; handing its tasks back")
+            held = deque(slot.buffer)
+            slot.buffer.clear()
+            current = self._inflight.get(me)
+            if current is not None and not isinstance(error, asyncio.CancelledError):
+                # it failed while running: a retry counts an attempt, so maxAttempts bounds a persistent failure
+                reason = f"the worker failed while running it: {type(error).__name__}"
+                await asyncio.shield(self._hand_back(deque([current]), release=False, reason=reason))
+            elif current is not None:
+                held.appendleft(current)
+            await asyncio.shield(self._hand_back(held))
+            if isinstance(error, asyncio.CancelledError):
+                raise
+        finally:
+            self._slots.discard(slot)
+
+    async def _run_one(self, me: asyncio.Task[None], slot: _Slot, current: Started) -> Started | None:
+        """Run `current` and record it; returns the slot's next task (claimed with a completion), or None."""
+        self._inflight[me] = current
+        finish, seconds = await self._attempt(current)
+        quick = seconds < self.prefetch_below_seconds
+        if slot.buffer:
+            self._complete_in_background(slot, current, finish, seconds, claim=1 if quick else 0)
+            following = slot.buffer[0]
+            if time.monotonic() - following.picked_at > self.config.visibility_grace_seconds / 2:
+                with contextlib.suppress(RedisError, OSError):  # it waited behind a slow task
+                    await self.queue.touch(self.consumer, [following])
+            return slot.buffer.popleft()
+        slot.buffer.extend(await self._complete(current, finish, seconds, claim=2 if quick else 1))
+        while not slot.buffer and slot.completions:
+            await asyncio.wait(set(slot.completions))
+        return slot.buffer.popleft() if slot.buffer else None
 
     def _complete_in_background(
         self, slot: _Slot, started: Started, finish: _Finish, seconds: float, claim: int
     ) -> None:
         async def complete() -> None:
-            slot.buffer.extend(await self._complete(started, finish, seconds, claim))
+            try:
+                slot.buffer.extend(await self._complete(started, finish, seconds, claim))
+            except Exception:
+                log.exception("recording task %s failed; handing it back", started.delivery.task_id)
+                await self._hand_back(deque([started]))
 
         task = asyncio.create_task(complete())
         slot.completions.add(task)
@@ -423,11 +566,12 @@ class Worker:
         while True:
             try:
                 if finish.retryable and not out_of_attempts:
-                    await self.queue.requeue(delivery, finish.fields)
+                    await self.queue.requeue(delivery, started.lease(self.consumer), finish.fields)
                     self.events.on_retry()
                     return []
                 made, claimed = await self.queue.complete(
                     delivery,
+                    started.lease(self.consumer),
                     finish.status,
                     self._with_callback(started, finish.fields),
                     dead_reason=finish.dead_reason,

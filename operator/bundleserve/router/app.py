@@ -162,6 +162,9 @@ async def readyz(request: web.Request) -> web.Response:
         return error_response(Unavailable("draining"))
     if not state.readiness.ready:
         return error_response(Unavailable("the model is not ready"))
+    worker = state.worker
+    if worker is not None and not worker.healthy:
+        return error_response(Unavailable(f"the async worker is not healthy: {worker.problem}"))
     return web.json_response({"status": "ready"})
 
 

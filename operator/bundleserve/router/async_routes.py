@@ -19,9 +19,16 @@ from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unavailable
 from bundleserve.api.invocation import Invocation, PredictRequest
 from bundleserve.dialects.base import public_base_url
+from bundleserve.outbound.destinations import AddressPolicy
 from bundleserve.queue.broker import TaskQueue
-from bundleserve.queue.callbacks import SECRET_DIR_ENV, auth_from_secret_dir
+from bundleserve.queue.callbacks import (
+    SECRET_DIR_ENV,
+    auth_from_secret_dir,
+    check_callback_target,
+    insecure_credentials_allowed,
+)
 from bundleserve.queue.config import QueueConfig
+from bundleserve.queue.connection import connect
 from bundleserve.queue.notify import CompletionWaiter
 from bundleserve.queue.service import MAX_WAIT_SECONDS, TaskService
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord
@@ -38,7 +45,9 @@ log = logging.getLogger("bundleserve.router.async")
 _JSON = "application/json"
 
 
-def parse_submission(body: bytes, *, kwargs_only: bool, url_schemes: frozenset[str]) -> PredictRequest:
+def parse_submission(
+    body: bytes, *, kwargs_only: bool, url_schemes: frozenset[str], url_policy: AddressPolicy | None = None
+) -> PredictRequest:
     """Validate an async submission (predict body + callback fields); InvalidRequest with a readable reason."""
     if not body:
         raise InvalidRequest("the request body is empty: send a JSON object with args or url")
@@ -47,10 +56,15 @@ def parse_submission(body: bytes, *, kwargs_only: bool, url_schemes: frozenset[s
         raise InvalidRequest("args must be a JSON object (the keyword arguments of the model's function)")
     if request.url is not None:
         check_url(request.url, url_schemes)
-    if request.callback_url is not None:
-        check_url(request.callback_url, frozenset({"http", "https"}))
     if request.callback_auth is not None and request.callback_url is None:
         raise InvalidRequest("callback_auth needs callback_url")
+    if request.callback_url is not None:
+        check_callback_target(
+            request.callback_url,
+            request.callback_auth,
+            AddressPolicy() if url_policy is None else url_policy,
+            allow_insecure_credentials=insecure_credentials_allowed(),
+        )
     return request
 
 
@@ -113,6 +127,7 @@ class AsyncApi:
         }
         self.kwargs_only = core.is_python
         self.url_schemes = core.state.settings.url_schemes
+        self.url_policy = core.state.settings.url_policy
 
     async def submit(self, request: web.Request) -> web.Response:
         core = self.core
@@ -123,7 +138,9 @@ class AsyncApi:
                 args = body.rstrip()[body.index(b":") + 1 : -1]  # the text of the args object, as sent
                 task_id = await self.tasks.submit(Invocation(body=args), callback=None)
             else:
-                submission = parse_submission(body, kwargs_only=self.kwargs_only, url_schemes=self.url_schemes)
+                submission = parse_submission(
+                    body, kwargs_only=self.kwargs_only, url_schemes=self.url_schemes, url_policy=self.url_policy
+                )
                 callback = (
                     CallbackTarget(submission.callback_url, submission.callback_auth)
                     if submission.callback_url
@@ -193,7 +210,7 @@ def build_tasks(state: RouterState) -> tuple[TaskService, aioredis.Redis] | None
     if not redis_url:
         return None
     config = _with_default_callback_auth(QueueConfig.from_endpoint(state.settings.endpoint), state)
-    redis = aioredis.Redis.from_url(redis_url, socket_keepalive=True, health_check_interval=30)
+    redis = connect(redis_url)  # the one place queue clients get their timeouts
     return TaskService(TaskQueue(redis, config), result_store(state), CompletionWaiter(redis)), redis
 
 

@@ -3,7 +3,7 @@
 The bytes go to the model raw (`X-Bundleserve-Input: raw`) with the content type the source declared.
 `file` URLs are read from the router's file system only when an operator adds `file` to BUNDLESERVE_URL_SCHEMES.
 
-Destination guard (see destinations.py): every address the fetch connects to is checked by the resolver that
+Destination guard (see bundleserve.outbound): every address the fetch connects to is checked by the resolver that
 produced it, so the connection goes to exactly the address that was checked (no second lookup to rebind; the Host
 header and TLS SNI still carry the URL's host name). Redirects are followed by hand, at most MAX_REDIRECTS, and each
 hop's scheme and address are checked again.
@@ -12,75 +12,19 @@ hop's scheme and address are checked again.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from bundleserve.api.errors import InvalidRequest, PayloadTooLarge
-from bundleserve.router.destinations import AddressPolicy
+from bundleserve.outbound.connector import BlockedDestination, check_literal_host, guarded_connector, refused
+from bundleserve.outbound.destinations import AddressPolicy
 
 FETCHABLE = frozenset({"http", "https", "file"})
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-
-class BlockedDestination(OSError):
-    """The url's host is (or resolves to) an address the policy refuses; `reason` is the address class."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def refused(reason: str) -> InvalidRequest:
-    return InvalidRequest(f"url destination refused: {reason} address")
-
-
-def check_literal_host(host: str, policy: AddressPolicy) -> None:
-    """IP-literal hosts never reach the resolver (aiohttp connects to them directly), so they are checked here.
-
-    Numeric hosts that are not canonical addresses (`2130706433`, `127.1`) would be expanded by the OS at connect time,
-    after any check: they are refused.
-    """
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        if ":" in host or host.replace(".", "").isdigit():
-            raise InvalidRequest("url host must be a host name or a canonical IP address") from None
-        return
-    reason = policy.refusal(address)
-    if reason is not None:
-        raise refused(reason)
-
-
-class GuardedResolver(AbstractResolver):
-    """Resolves with aiohttp's default resolver and drops refused addresses; nothing left means BlockedDestination."""
-
-    def __init__(self, policy: AddressPolicy) -> None:
-        self._policy = policy
-        self._inner: AbstractResolver | None = None
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        if self._inner is None:
-            self._inner = DefaultResolver()
-        found = await self._inner.resolve(host, port, family)
-        reasons = [self._policy.refusal(entry["host"]) for entry in found]
-        allowed = [entry for entry, reason in zip(found, reasons, strict=True) if reason is None]
-        if not allowed:
-            raise BlockedDestination(next((r for r in reasons if r is not None), "blocked"))
-        return allowed
-
-    async def close(self) -> None:
-        if self._inner is not None:
-            await self._inner.close()
 
 
 def check_url(url: str, schemes: frozenset[str]) -> str:
@@ -112,7 +56,7 @@ class UrlFetcher:
         if scheme == "file":
             return await asyncio.to_thread(_read_file, url, max_bytes)
         if self._session is None:
-            connector = aiohttp.TCPConnector(resolver=GuardedResolver(self.policy))
+            connector = guarded_connector(self.policy)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
         target = URL(url)
         try:

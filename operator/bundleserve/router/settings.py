@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bundleserve.api.endpoint import Endpoint, Mode, Routes
 from bundleserve.api.manifest import ManifestError, load_endpoints
-from bundleserve.router.destinations import AddressPolicy, parse_cidrs
+from bundleserve.outbound.destinations import DEFAULT_BLOCKED, AddressPolicy, parse_cidrs
 
 DEFAULT_URL_SCHEMES = ("http", "https")
 DEFAULT_RESULTS_DIR = Path("/var/lib/bundleserve/results")
@@ -94,15 +94,25 @@ def check_results_url(url: str) -> None:
         raise ConfigError(str(error)) from None
 
 
+#: Allow loopback destinations for url inputs and callbacks (local mode turns it on; never in a cluster).
+ALLOW_LOOPBACK_ENV = "BUNDLESERVE_ALLOW_LOOPBACK"
+
+
 def read_url_policy(env: Mapping[str, str]) -> AddressPolicy:
     """The destination guard for `url` inputs; a bad CIDR or flag fails the start, naming the variable."""
     flag = env.get("BUNDLESERVE_URL_BLOCK_PRIVATE", "").strip().lower()
     if flag not in {"", "0", "false", "no", "1", "true", "yes"}:
         raise ConfigError(f"BUNDLESERVE_URL_BLOCK_PRIVATE must be true or false, got {flag!r}")
+    loopback = env.get(ALLOW_LOOPBACK_ENV, "").strip().lower()
+    if loopback not in {"", "0", "false", "no", "1", "true", "yes"}:
+        raise ConfigError(f"{ALLOW_LOOPBACK_ENV} must be true or false, got {loopback!r}")
+    # local mode: models, url inputs and callback receivers all live on this machine
+    extra_allow = ",".join(DEFAULT_BLOCKED["loopback"]) if loopback in {"1", "true", "yes"} else ""
     try:
         return AddressPolicy(
             block=parse_cidrs(env.get("BUNDLESERVE_URL_BLOCK", ""), source="BUNDLESERVE_URL_BLOCK"),
-            allow=parse_cidrs(env.get("BUNDLESERVE_URL_ALLOW", ""), source="BUNDLESERVE_URL_ALLOW"),
+            allow=parse_cidrs(env.get("BUNDLESERVE_URL_ALLOW", ""), source="BUNDLESERVE_URL_ALLOW")
+            + parse_cidrs(extra_allow, source=ALLOW_LOOPBACK_ENV),
             block_private=flag in {"1", "true", "yes"},
         )
     except ValueError as error:

@@ -14,7 +14,6 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -155,12 +154,12 @@ def worker_context(
     @contextlib.asynccontextmanager
     async def running() -> AsyncIterator[Worker]:
         queue, store = tasks.queue, tasks.store
-        session = aiohttp.ClientSession()
+        callbacks = CallbackSender(destinations=state.settings.url_policy)  # the url inputs' destination guard
         worker = Worker(
             queue,
             router_invoke(core, queue.config.max_result_bytes),
             store,
-            callbacks=CallbackSender(session),
+            callbacks=callbacks,
             events=metrics.events(tasks.finished_here),
             gate=ReadyGate(state),
             drain_timeout_seconds=state.settings.grace_seconds,
@@ -177,7 +176,7 @@ def worker_context(
                 await task
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
-            await session.close()
+            await callbacks.close()
 
     return running()
 

@@ -1,0 +1,118 @@
+"""The one place a queue's Redis client is made: every connection has a socket timeout, so a Redis that stops
+answering without closing the connection (a paused process, a black-holed network) fails a command instead of
+hanging submits, status reads and completions; and the one place the server's durability support is decided.
+
+Blocking commands keep working: the worker blocks for `Worker.block_ms` (2 s), well below the read timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeout
+
+from bundleserve.queue.config import Durability
+
+log = logging.getLogger(__name__)
+
+#: Seconds a command may wait for its reply (and a connection attempt may take); BUNDLESERVE_REDIS_TIMEOUT_SECONDS.
+TIMEOUT_ENV = "BUNDLESERVE_REDIS_TIMEOUT_SECONDS"
+DEFAULT_TIMEOUT_SECONDS = 10.0
+
+
+def timeout_seconds(env: dict[str, str] | None = None) -> float:
+    raw = (env if env is not None else os.environ).get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_SECONDS
+    value = float(raw)
+    if value <= 3:  # the worker's blocking read waits 2 s: a shorter read timeout would cut it off
+        raise ValueError(f"{TIMEOUT_ENV} must be more than 3 seconds, got {raw!r}")
+    return value
+
+
+def connect(url: str, *, timeout: float | None = None) -> aioredis.Redis:
+    """A client for the queue's Redis with connect and per-reply timeouts (redis.exceptions.TimeoutError)."""
+    seconds = timeout if timeout is not None else timeout_seconds()
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=seconds,
+        socket_connect_timeout=seconds,
+        socket_keepalive=True,
+        health_check_interval=30,
+    )
+
+
+class DurabilityUnsupported(Exception):
+    """The server cannot back the configured durability; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class DurabilityPlan:
+    """How submissions are made durable on this server, decided once when the queue starts.
+
+    `waitaof`: end each batch of submissions with `WAITAOF 1 0 T` (Redis >= 7.2, Valkey). Without it (Redis 6.2 and
+    7.0) `appendonly yes` with `appendfsync always` is as good: the server fsyncs the AOF before it replies, so the
+    script's reply already means "on disk".
+    """
+
+    durability: Durability
+    waitaof: bool
+    reason: str
+
+
+async def _config(redis: aioredis.Redis, name: str) -> str | None:
+    try:
+        found = await redis.config_get(name)
+    except ResponseError:  # CONFIG disabled or renamed (managed Redis)
+        return None
+    value = found.get(name) if isinstance(found, dict) else None
+    if isinstance(value, bytes):
+        value = value.decode()
+    return None if value is None else str(value)
+
+
+async def plan_durability(redis: aioredis.Redis, wanted: Durability) -> DurabilityPlan:
+    """What the server supports for `wanted`; DurabilityUnsupported when FSYNC cannot be kept (nothing is stored)."""
+    if wanted is Durability.MEMORY:
+        return DurabilityPlan(Durability.MEMORY, False, "BUNDLESERVE_QUEUE_DURABILITY=memory")
+    try:
+        await redis.execute_command("WAITAOF", 0, 0, 1)  # type: ignore[no-untyped-call]
+        waitaof = True
+    except ResponseError as error:
+        text = str(error).lower()
+        if "unknown command" not in text and "appendonly" not in text:
+            raise
+        waitaof = False
+    appendonly = await _config(redis, "appendonly")
+    if await _config(redis, "appendfsync") == "no":  # the server never fsyncs itself: nothing would be confirmed
+        appendonly = "no"
+    if waitaof and appendonly != "no":
+        try:  # with numlocal 1 WAITAOF refuses a server whose AOF is off: learn that now, not on a submit
+            await redis.execute_command("WAITAOF", 1, 0, 1)  # type: ignore[no-untyped-call]
+            return DurabilityPlan(Durability.FSYNC, True, "WAITAOF 1 0 after each batch of submissions")
+        except ResponseError:
+            appendonly = "no"
+    if appendonly == "yes" and await _config(redis, "appendfsync") == "always":
+        return DurabilityPlan(Durability.FSYNC, False, "appendfsync always (the server fsyncs before replying)")
+    raise DurabilityUnsupported(
+        "the queue's Redis cannot confirm a task on disk: it needs appendonly yes, appendfsync always or everysec, and "
+        "WAITAOF (Redis >= 7.2, Valkey); on Redis 6.2/7.0 (no WAITAOF) appendfsync always; change the server's "
+        "configuration, or set "
+        "BUNDLESERVE_QUEUE_DURABILITY=memory to accept tasks held in memory only"
+    )
+
+
+def describe(error: RedisError | OSError) -> str:
+    """A client-facing cause without connection details (host names and ports only go to the log)."""
+    text = str(error)
+    if isinstance(error, OutOfMemoryError) or "maxmemory" in text:
+        return "the queue's Redis is out of memory (maxmemory reached) and refuses new tasks"
+    if isinstance(error, ReadOnlyError) or "MISCONF" in text:
+        return "the queue's Redis refuses writes at the moment"
+    if isinstance(error, (RedisTimeout, TimeoutError)):
+        return "the queue's Redis did not answer in time"
+    return "the queue's Redis is not reachable"
