@@ -82,6 +82,7 @@ class Recorder:
 
     endpoints: list[dict[str, Any]] = field(default_factory=list)
     describe: bool = True
+    listed: bool = True
     script: dict[str, list[Answer]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     done: dict[str, Any] = field(default_factory=dict)
@@ -161,6 +162,8 @@ class Recorder:
 
     async def listing(self, request: web.Request) -> web.Response:
         await self._record(request)
+        if not self.listed:
+            return web.Response(status=404, text="404: Not Found")
         return web.json_response({"endpoints": self.endpoints})
 
     async def description(self, request: web.Request) -> web.Response:

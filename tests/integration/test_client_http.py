@@ -17,6 +17,7 @@ import pytest
 from bundleserve.api import errors as server
 from bundleserve.client import (
     AsyncClient,
+    AsyncEndpoint,
     Client,
     EndpointRequest,
     ModeNotServed,
@@ -144,6 +145,19 @@ def test_without_a_description_route_the_listing_decides(recorder: Recorder) -> 
         assert client.endpoint("words").info == EndpointInfo("words", ("streaming",), True)
         with pytest.raises(NotFound, match="unknown endpoint 'nope'"):
             client.endpoint("nope")
+
+
+def test_a_server_that_cannot_describe_endpoints_takes_the_asked_mode(recorder: Recorder) -> None:
+    """A router sidecar without the description routes: the mode the caller asks for is assumed."""
+    recorder.describe = recorder.listed = False
+    with Client(recorder.url) as client:
+        with pytest.raises(errors.ModesUnknown, match="pass mode="):
+            client.endpoint("jobs")
+        jobs = client.endpoint("jobs", mode="async")
+        assert isinstance(jobs, AsyncEndpoint) and jobs.info is None
+        assert jobs.predict(EndpointRequest(args={})).task_id
+        with pytest.raises(NotFound, match="does not list endpoints"):
+            client.endpoints()
 
 
 # -- retries ------------------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import base64
 import gc
+import json
+import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +35,7 @@ from bundleserve.client import (
 )
 from tests.integration.test_client_harness import CallbackReceiver, static_app
 from tests.integration.test_router_fake_model import start_model, start_router
-from tests.support.processes import http_ok
+from tests.support.processes import bundleserve, http_ok
 from tests.support.valkey import Valkey
 from tests.support.waiting import async_wait_until, wait_until
 
@@ -322,3 +325,25 @@ async def test_async_stream_closed_early_reaches_the_model(router: dict[str, Any
             return bool(stats["streams_cancelled"] >= before + 1 and stats["current"] == 0)
 
         await async_wait_until(cancelled, timeout=10, what="the model to see the abandoned stream")
+
+
+# -- the CLI against a router (modes assumed from the flags; the key from the environment) --------------------
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k not in ("BUNDLESERVE_GATEWAY", "BUNDLESERVE_API_KEY")}
+    return subprocess.run(bundleserve(*args), capture_output=True, text=True, timeout=120, env=environment | env)
+
+
+def test_cli_reads_the_api_key_from_the_environment(router: dict[str, Any]) -> None:
+    target = {"BUNDLESERVE_GATEWAY": router["url"]}
+    done = cli("invoke", NAME, "--args", '{"k": 1}', env=target | {"BUNDLESERVE_API_KEY": KEY})
+    assert (done.returncode, json.loads(done.stdout)) == (0, {"k": 1}), done.stderr
+    refused = cli("invoke", NAME, "--args", '{"k": 1}', env=target)
+    assert refused.returncode == 1 and "unauthorized" in refused.stderr and refused.stdout == ""
+    submitted = cli("invoke", NAME, "--async", "--args", '{"t": 1}', env=target | {"BUNDLESERVE_API_KEY": KEY})
+    task_id = json.loads(submitted.stdout)["task_id"]
+    shown = cli("tasks", "get", task_id, "--wait", env=target | {"BUNDLESERVE_API_KEY": KEY})
+    assert shown.returncode == 0 and json.loads(shown.stdout)["result"] == {"t": 1}
+    failed = cli("invoke", NAME, "--args", '{"fail": "broken"}', env=target | {"BUNDLESERVE_API_KEY": KEY})
+    assert failed.returncode == 1 and "Traceback: broken" in failed.stderr and "model status 500" in failed.stderr

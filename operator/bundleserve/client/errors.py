@@ -77,6 +77,8 @@ class ServerError(BundleserveError):
         self.headers: dict[str, str] = dict(headers or {})
 
     def __str__(self) -> str:
+        if not self.status_code:  # raised by the client itself (its own read timeout): no HTTP status to show
+            return f"{self.message} ({self.code})"
         return f"{self.message} (HTTP {self.status_code}, {self.code})"
 
 
