@@ -233,7 +233,7 @@ class StreamingEndpoint(_Endpoint):
     async def predict(
         self, request: EndpointRequest, *, timeout_seconds: float | None = None
     ) -> EndpointResponseStream:
-        """An iterator of EndpointResponse, one per chunk; close it (or leave the `with` block) to stop early."""
+        """An async iterator of EndpointResponse, one per chunk; `aclose()` it (or leave `async with`) to stop early."""
         answer = await self._post(request, timeout_seconds, stream=True)
         if answer.status_code >= 400:
             return EndpointResponseStream(

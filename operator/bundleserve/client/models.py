@@ -49,7 +49,7 @@ class EndpointRequest:
     return_pickled: bool = False
     request_id: str | None = None
     #: True when `request_id` was generated here (then it is not sent in the body).
-    request_id_generated: bool = field(default=False, repr=False, compare=False)
+    request_id_generated: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -62,7 +62,7 @@ class EndpointRequest:
         if self.request_id is None:
             object.__setattr__(self, "request_id", uuid.uuid4().hex)
             object.__setattr__(self, "request_id_generated", True)
-        elif not self.request_id_generated:
+        else:
             warnings.warn(
                 "EndpointRequest.request_id is deprecated (as in Launch); it is sent as X-Request-Id and in the body",
                 DeprecationWarning,
