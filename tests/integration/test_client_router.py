@@ -157,7 +157,7 @@ def test_error_answers_of_a_real_router(router: dict[str, Any], client: Client) 
 
 def test_a_full_router_answers_429_which_is_overloaded(router: dict[str, Any], client: Client) -> None:
     sync = client.endpoint(NAME, mode="sync")
-    busy = [threading.Thread(target=sync.predict, args=(EndpointRequest(args={"sleep": 3}),)) for _ in range(2)]
+    busy = [threading.Thread(target=sync.predict, args=(EndpointRequest(args={"sleep": 6}),)) for _ in range(2)]
     for thread in busy:
         thread.start()
     try:

@@ -117,12 +117,15 @@ def test_a_policy_counts_the_first_try() -> None:
 
 def test_sse_decoder_joins_data_lines_and_skips_comments() -> None:
     decoder = wire.SseDecoder()
-    lines = [": keep-alive", "", 'data: {"status": "SUCCESS",', 'data: "result": "a"}', "", "event: x"]
-    events = [e for line in lines if (e := decoder.feed(line)) is not None]
+    stream = b': keep-alive\n\ndata: {"status": "SUCCESS",\r\ndata: "result": "a"}\n\nevent: x\n'
+    events = [e for byte in range(len(stream)) for e in decoder.feed(stream[byte : byte + 1])]  # any chunking
     assert [e.result_value() for e in events] == ["a"]
-    assert decoder.feed('data:{"status":"FAILURE","traceback":"T"}') is None
+    assert decoder.feed(b'data: {"status": "SUCCESS", "result": 1}\n\ndata:{"status":"FAILURE","traceback":"T"}') == [
+        wire.EndpointResponse.from_native({"status": "SUCCESS", "result": 1})
+    ]
     last = decoder.end()
     assert last is not None and last.status == "FAILURE" and last.traceback == "T"
+    assert decoder.end() is None
 
 
 ECHO = EndpointInfo("echo", ("sync", "streaming", "async"), True)
@@ -168,3 +171,19 @@ def test_the_api_key_goes_only_to_the_clients_own_origin() -> None:
     assert own.headers["Authorization"] == "Bearer k1"
     for url in ("http://127.0.0.1:9000/x", "https://127.0.0.1:8080/x", "http://s3.example/b/k"):
         assert "Authorization" not in next(auth.auth_flow(httpx.Request("GET", url))).headers
+
+
+def test_an_endless_event_is_refused_instead_of_filling_memory() -> None:
+    decoder = wire.SseDecoder(max_bytes=100)
+    decoder.feed(b"data: " + b"x" * 60 + b"\n")
+    with pytest.raises(errors.BundleserveError, match="larger than 100 bytes"):
+        decoder.feed(b"data: " + b"x" * 60)  # not even a whole line yet
+    with pytest.raises(errors.BundleserveError, match="larger than 100 bytes"):
+        wire.SseDecoder(max_bytes=100).feed(b"x" * 101)
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://h/x", "http://", "127.0.0.1:8080"])
+def test_server_urls_must_be_http(url: str) -> None:
+    with pytest.raises(ValueError, match="must look like http://HOST:PORT"):
+        wire.base_url(url)
+    assert wire.base_url("https://gw.example/") == "https://gw.example"

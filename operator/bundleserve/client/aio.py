@@ -39,7 +39,7 @@ class AsyncClient:
         max_batch_concurrency: int = 16,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = wire.base_url(base_url)
         self.timeout = timeout
         self.retry = retry or wire.NO_RETRIES
         self.max_batch_concurrency = max_batch_concurrency
@@ -86,13 +86,13 @@ class AsyncClient:
             except httpx.TransportError as error:
                 delay = wire.delay_after_transport_error(self.retry, attempt, error, idempotent=idempotent)
                 if delay is None:
-                    raise wire.transport_error(error, method, url) from error
+                    raise wire.transport_error(error, method, str(request.url)) from error
             else:
                 if response.status_code < 400:
                     if not stream:
-                        await _read(response, method, url)
+                        await _read(response, method, str(request.url))
                     return response
-                await _read(response, method, url)
+                await _read(response, method, str(request.url))
                 delay = wire.delay_after_answer(
                     self.retry, attempt, response.status_code, response.headers, idempotent=idempotent
                 )
@@ -281,8 +281,8 @@ class EndpointResponseStream:
 
     def __init__(self, response: httpx.Response | None, *, first: EndpointResponse | None = None) -> None:
         self._response = response
-        self._pending = [first] if first is not None else []
-        self._lines = response.aiter_lines() if response is not None else None
+        self._pending: list[EndpointResponse] = [first] if first is not None else []
+        self._chunks = response.aiter_bytes() if response is not None else None
         self._decoder = wire.SseDecoder()
         self._done = response is None
 
@@ -290,26 +290,28 @@ class EndpointResponseStream:
         return self
 
     async def __anext__(self) -> EndpointResponse:
+        while not self._pending and not self._done and self._chunks is not None:
+            try:
+                chunk = await anext(self._chunks, None)
+                if chunk is None:
+                    self._done = True
+                    last = self._decoder.end()
+                    self._pending = [last] if last is not None else []
+                else:
+                    self._pending = self._decoder.feed(chunk)[::-1]
+            except httpx.TransportError as error:
+                await self.aclose()
+                raise ConnectionFailed(f"the stream broke: {type(error).__name__}: {error}") from error
+            except BundleserveError:
+                await self.aclose()
+                raise
         if self._pending:
-            return self._pending.pop()
-        if self._done or self._lines is None:
-            await self.aclose()
-            raise StopAsyncIteration
-        try:
-            async for line in self._lines:
-                event = self._decoder.feed(line)
-                if event is not None:
-                    if event.status != "SUCCESS":
-                        self._done = True
-                    return event
-            self._done = True
-            last = self._decoder.end()
-        except httpx.TransportError as error:
-            await self.aclose()
-            raise ConnectionFailed(f"the stream broke: {type(error).__name__}: {error}") from error
+            event = self._pending.pop()
+            if event.status != "SUCCESS":
+                self._pending.clear()
+                await self.aclose()  # a failure is the last item
+            return event
         await self.aclose()
-        if last is not None:
-            return last
         raise StopAsyncIteration
 
     async def aclose(self) -> None:

@@ -37,7 +37,7 @@ class Client:
         max_batch_concurrency: int = 16,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = wire.base_url(base_url)
         self.timeout = timeout
         self.retry = retry or wire.NO_RETRIES
         self.max_batch_concurrency = max_batch_concurrency
@@ -84,13 +84,13 @@ class Client:
             except httpx.TransportError as error:
                 delay = wire.delay_after_transport_error(self.retry, attempt, error, idempotent=idempotent)
                 if delay is None:
-                    raise wire.transport_error(error, method, url) from error
+                    raise wire.transport_error(error, method, str(request.url)) from error
             else:
                 if response.status_code < 400:
                     if not stream:
-                        _read(response, method, url)
+                        _read(response, method, str(request.url))
                     return response
-                _read(response, method, url)
+                _read(response, method, str(request.url))
                 delay = wire.delay_after_answer(
                     self.retry, attempt, response.status_code, response.headers, idempotent=idempotent
                 )
@@ -272,8 +272,8 @@ class EndpointResponseStream:
 
     def __init__(self, response: httpx.Response | None, *, first: EndpointResponse | None = None) -> None:
         self._response = response
-        self._pending = [first] if first is not None else []
-        self._lines = response.iter_lines() if response is not None else iter(())
+        self._pending: list[EndpointResponse] = [first] if first is not None else []
+        self._chunks = response.iter_bytes() if response is not None else iter(())
         self._decoder = wire.SseDecoder()
         self._done = response is None
 
@@ -281,26 +281,28 @@ class EndpointResponseStream:
         return self
 
     def __next__(self) -> EndpointResponse:
+        while not self._pending and not self._done:
+            try:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    self._done = True
+                    last = self._decoder.end()
+                    self._pending = [last] if last is not None else []
+                else:
+                    self._pending = self._decoder.feed(chunk)[::-1]
+            except httpx.TransportError as error:
+                self.close()
+                raise ConnectionFailed(f"the stream broke: {type(error).__name__}: {error}") from error
+            except BundleserveError:
+                self.close()
+                raise
         if self._pending:
-            return self._pending.pop()
-        if self._done:
-            self.close()
-            raise StopIteration
-        try:
-            for line in self._lines:
-                event = self._decoder.feed(line)
-                if event is not None:
-                    if event.status != "SUCCESS":
-                        self._done = True
-                    return event
-            self._done = True
-            last = self._decoder.end()
-        except httpx.TransportError as error:
-            self.close()
-            raise ConnectionFailed(f"the stream broke: {type(error).__name__}: {error}") from error
+            event = self._pending.pop()
+            if event.status != "SUCCESS":
+                self._pending.clear()
+                self.close()  # a failure is the last item
+            return event
         self.close()
-        if last is not None:
-            return last
         raise StopIteration
 
     def close(self) -> None:

@@ -46,6 +46,14 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 MAX_PICKLE_BYTES = 1 << 30
 
 
+def base_url(url: str) -> str:
+    """The server's URL without a trailing slash; ValueError for anything but an http(s) URL with a host."""
+    parsed = httpx.URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"the server URL must look like http://HOST:PORT, got {url!r}")
+    return url.rstrip("/")
+
+
 def endpoint_path(name: str, mode: ModeName) -> str:
     return f"/v1/endpoints/{quote(name, safe='')}/{_ROUTE[mode]}"
 
@@ -191,29 +199,54 @@ def task_response(status: int, headers: httpx.Headers, body: bytes) -> EndpointR
     return EndpointResponse.from_native(json.loads(body))
 
 
+#: The largest server-sent event the client holds in memory (a chunk is one model output; routers cap requests,
+#: not chunks, so the client bounds what it buffers itself).
+MAX_EVENT_BYTES = 64 << 20
+
+
 class SseDecoder:
-    """Server-sent events, line by line: `data:` lines are joined until a blank line ends the event."""
+    """Server-sent events from raw bytes: lines are split here (not by httpx, whose line iterator buffers a line
+    without bound) and `data:` lines joined until a blank line ends the event; an event above `max_bytes` raises."""
 
-    def __init__(self) -> None:
-        self._data: list[str] = []
+    def __init__(self, max_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._buffer = bytearray()
+        self._data: list[bytes] = []
+        self._size = 0
+        self._max_bytes = max_bytes
 
-    def feed(self, line: str) -> EndpointResponse | None:
-        line = line.rstrip("\r\n")
-        if line == "":
+    def feed(self, chunk: bytes) -> list[EndpointResponse]:
+        """The events completed by `chunk` (usually zero or one)."""
+        self._buffer += chunk
+        events = []
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                break
+            line = bytes(self._buffer[:end]).rstrip(b"\r")
+            del self._buffer[: end + 1]
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        if self._size + len(self._buffer) > self._max_bytes:
+            raise BundleserveError(f"a streamed event is larger than {self._max_bytes} bytes")
+        return events
+
+    def _line(self, line: bytes) -> EndpointResponse | None:
+        if not line:
             if not self._data:
                 return None
-            text, self._data = "\n".join(self._data), []
+            text, self._data, self._size = b"\n".join(self._data), [], 0
             return EndpointResponse.from_native(json.loads(text))
-        if line.startswith(":"):
-            return None  # a comment (keep-alive)
-        key, _, value = line.partition(":")
-        if key == "data":
-            self._data.append(value.removeprefix(" "))
+        key, _, value = line.partition(b":")
+        if key == b"data":  # comments (`: keep-alive`), `event:` and `id:` lines carry nothing for us
+            self._size += len(value)
+            self._data.append(value.removeprefix(b" "))
         return None
 
     def end(self) -> EndpointResponse | None:
         """A last event the server did not terminate with a blank line."""
-        return self.feed("")
+        events = self.feed(b"\n\n")
+        return events[-1] if events else None
 
 
 def early_answer_pause(previous: float, wait: float, took: float) -> float:
