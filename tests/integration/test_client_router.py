@@ -147,7 +147,7 @@ def test_error_answers_of_a_real_router(router: dict[str, Any], client: Client) 
         sync.predict(EndpointRequest(args=[1, 2]))
     with pytest.raises(PayloadTooLarge):
         sync.predict(EndpointRequest(args={"blob": "x" * 5000}))
-    with pytest.raises(NotFound, match="this router serves endpoint 'sdk'"):
+    with pytest.raises(NotFound):  # from the predict today; from the description once routers describe endpoints
         client.endpoint("other", mode="sync").predict(EndpointRequest(args={}))
     with Client(router["url"]) as anonymous, pytest.raises(Unauthorized):
         anonymous.endpoint(NAME, mode="sync").predict(EndpointRequest(args={}))
