@@ -23,6 +23,7 @@ COMMANDS = {
     "bundle serve": "bundleserve.bundle.server:main",
     "render": "bundleserve.controller.render:main",
     "invoke": "bundleserve.client.cli:main",
+    "tasks get": "bundleserve.client.cli:tasks_main",
 }
 
 
@@ -89,13 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     invoke.add_argument("--async", dest="use_async", action="store_true")
     invoke.add_argument("--wait", action="store_true", help="with --async: wait for the result")
     invoke.add_argument("--stream", action="store_true")
-    invoke.add_argument("--gateway", default="http://127.0.0.1:8080")
+    invoke.add_argument("--gateway", help="server URL (default: $BUNDLESERVE_GATEWAY or http://127.0.0.1:8080)")
+
+    tasks = commands.add_parser("tasks", help="show async tasks")
+    tasks_commands = tasks.add_subparsers(dest="tasks_command", required=True, metavar="COMMAND")
+    task_get = tasks_commands.add_parser("get", help="print a task's status and result as JSON")
+    task_get.add_argument("task_id", metavar="ID")
+    task_get.add_argument("--wait", action="store_true", help="wait until the task finished")
+    task_get.add_argument("--gateway", help="server URL (default: $BUNDLESERVE_GATEWAY or http://127.0.0.1:8080)")
     return parser
 
 
 def _target(args: argparse.Namespace) -> str:
     if args.command == "bundle":
         return COMMANDS[f"bundle {args.bundle_command}"]
+    if args.command == "tasks":
+        return COMMANDS[f"tasks {args.tasks_command}"]
     return COMMANDS[args.command]
 
 
