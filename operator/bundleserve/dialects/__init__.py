@@ -1,0 +1,1 @@
+"""API dialects: thin adapters (parse -> core -> render) over the invocation core."""
