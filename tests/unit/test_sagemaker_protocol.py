@@ -163,11 +163,20 @@ def test_s3_input_needs_s3_configured() -> None:
 
 
 @pytest.mark.parametrize(
-    ("item", "expected"),
-    [(b"\x00raw", b"\x00raw"), ("text é", "text é".encode()), ({"a": [1, 2]}, b'{"a":[1,2]}'), (3, b"3")],
+    ("data", "expected"),
+    [
+        (b'"text \\u00e9"', "text é".encode()),
+        (b'{"a": [1, 2]}', b'{"a": [1, 2]}'),
+        (b"3", b"3"),
+        (b"not json", b"not json"),
+    ],
 )
-def test_stream_items_are_json_unless_bytes_or_str(item: object, expected: bytes) -> None:
-    assert protocol.stream_item_bytes(item) == expected
+def test_python_stream_items_are_json_unless_str(data: bytes, expected: bytes) -> None:
+    assert protocol.payload_bytes(data, python_bundle=True) == expected
+
+
+def test_runnable_image_stream_chunks_pass_through() -> None:
+    assert protocol.payload_bytes(b'"quoted"', python_bundle=False) == b'"quoted"'
 
 
 # -- errors, parsed by botocore itself ---------------------------------------------------------------------------

@@ -238,13 +238,19 @@ def reply_headers(*, request_id: str, custom_attributes: str | None, variant: st
     return headers
 
 
-def stream_item_bytes(item: Any) -> bytes:
-    """A streaming bundle's chunk as PayloadPart bytes: bytes and str as they are, anything else JSON-encoded."""
-    if isinstance(item, bytes | bytearray | memoryview):
-        return bytes(item)
-    if isinstance(item, str):
-        return item.encode("utf-8")
-    return json.dumps(item, separators=(",", ":")).encode("utf-8")
+def payload_bytes(data: bytes, *, python_bundle: bool) -> bytes:
+    """One model stream event as PayloadPart bytes.
+
+    A Python bundle's events are JSON (the runtime encodes each yielded item): a yielded `str` becomes its text, any
+    other item stays JSON-encoded. A runnable image's chunks pass through unchanged.
+    """
+    if not python_bundle:
+        return data
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return data
+    return value.encode("utf-8") if isinstance(value, str) else data
 
 
 # -- errors --------------------------------------------------------------------------------------------------------
