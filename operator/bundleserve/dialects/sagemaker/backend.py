@@ -58,6 +58,10 @@ class TaskBackend(Protocol):
 TaskResolver = Callable[[str], TaskBackend]
 
 
+def absolute_url(request: web.Request, path: str) -> str:
+    return public_base_url(request) + path
+
+
 def public_base_url(request: web.Request) -> str:
     """Absolute base URL for links: BUNDLESERVE_PUBLIC_URL, else X-Forwarded-Proto/Host, else the request's own."""
     configured = os.environ.get("BUNDLESERVE_PUBLIC_URL")

@@ -20,13 +20,14 @@ from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, ModelError, NotFound, Timeout
+from bundleserve.api.invocation import TaskStatus
 from bundleserve.dialects.sagemaker import eventstream, protocol, sigv4
 from bundleserve.dialects.sagemaker.backend import (
     InvocationBackend,
     StreamChunk,
     TaskBackend,
     TaskResolver,
-    public_base_url,
+    absolute_url,
 )
 from bundleserve.dialects.sagemaker.protocol import Operation
 
@@ -34,7 +35,6 @@ log = logging.getLogger("bundleserve.dialects.sagemaker")
 
 OUTPUT_PATH = "/endpoints/{name}/async-invocations/{task_id}/output"
 FAILURE_PATH = "/endpoints/{name}/async-invocations/{task_id}/failure"
-_TERMINAL_FAILURES = frozenset({"FAILURE", "EXPIRED"})
 
 
 @dataclass(frozen=True)
@@ -158,9 +158,10 @@ class SageMakerApi:
             parsed = protocol.parse_request(
                 Operation.INVOKE_ASYNC, name, request.headers, variant=self.settings.variant
             )
-            tasks = self._tasks(name)
             if self.invocations is not None:
                 _gate(self.invocations, name, authorization, Mode.ASYNC)
+            tasks = self._tasks(name)
+            if self.invocations is not None:
                 body = await self.invocations.read_body(request)
             else:
                 body = await request.read()
@@ -179,10 +180,9 @@ class SageMakerApi:
             )
         except ApiError as error:
             return self._error(error, request_id)
-        base = public_base_url(request)
         headers = {
-            protocol.H_OUTPUT_LOCATION: base + OUTPUT_PATH.format(name=name, task_id=task_id),
-            protocol.H_FAILURE_LOCATION: base + FAILURE_PATH.format(name=name, task_id=task_id),
+            protocol.H_OUTPUT_LOCATION: absolute_url(request, OUTPUT_PATH.format(name=name, task_id=task_id)),
+            protocol.H_FAILURE_LOCATION: absolute_url(request, FAILURE_PATH.format(name=name, task_id=task_id)),
             protocol.H_REQUEST_ID: request_id,
         }
         inference_id = parsed.inference_id or task_id
@@ -202,13 +202,14 @@ class SageMakerApi:
         request_id = protocol.new_request_id()
         try:
             name, task_id = request.match_info["name"], request.match_info["task_id"]
-            signed, _ = self._authenticate(request)
-            self._verify(request, signed, b"")
-            tasks = self._tasks(name)
+            tasks = self._location_tasks(request, name)
             record = await tasks.status(task_id, wait_seconds=0)
-            if record is None or str(record.status) != "SUCCESS":
+            if record is None or record.status is not TaskStatus.SUCCESS:
                 return _not_written(request_id, "output")
-            body, content_type = await tasks.result(task_id)
+            if record.result_url is None and record.result_json is not None:
+                body, content_type = record.result_json.encode("utf-8"), protocol.JSON_TYPE
+            else:
+                body, content_type = await tasks.result(task_id)
         except ApiError as error:
             return self._error(error, request_id)
         return web.Response(body=body, headers={"Content-Type": content_type, protocol.H_REQUEST_ID: request_id})
@@ -217,20 +218,27 @@ class SageMakerApi:
         request_id = protocol.new_request_id()
         try:
             name, task_id = request.match_info["name"], request.match_info["task_id"]
-            signed, _ = self._authenticate(request)
-            self._verify(request, signed, b"")
-            record = await self._tasks(name).status(task_id, wait_seconds=0)
+            record = await self._location_tasks(request, name).status(task_id, wait_seconds=0)
         except ApiError as error:
             return self._error(error, request_id)
-        if record is None or str(record.status) not in _TERMINAL_FAILURES:
+        if record is None or record.status not in (TaskStatus.FAILURE, TaskStatus.EXPIRED):
             return _not_written(request_id, "failure")
+        expired = record.status is TaskStatus.EXPIRED
         body = {
-            "status": str(record.status),
-            "message": "the request expired in the queue" if str(record.status) == "EXPIRED" else "the model failed",
+            "status": record.status.value,
+            "message": "the request expired in the queue before it ran" if expired else "the model failed",
             "status_code": record.status_code,
             "traceback": record.traceback,
         }
         return web.json_response(body, headers={protocol.H_REQUEST_ID: request_id})
+
+    def _location_tasks(self, request: web.Request, name: str) -> TaskBackend:
+        """The same authentication as the invocations (a signed GET over an empty body), then the endpoint's tasks."""
+        signed, authorization = self._authenticate(request)
+        self._verify(request, signed, b"")
+        if self.invocations is not None:
+            _gate(self.invocations, name, authorization, Mode.ASYNC)
+        return self._tasks(name)
 
 
 def _gate(backend: InvocationBackend, name: str, authorization: str | None, mode: Mode) -> None:
@@ -283,3 +291,25 @@ def routes(api: SageMakerApi) -> list[web.RouteDef]:
             web.post("/endpoints/{name}/invocations-response-stream", api.invoke_stream),
         ]
     return table
+
+
+def settings_from_env(python_bundle: Callable[[str], bool]) -> SageMakerSettings:
+    """The dialect's configuration on a router or gateway (docs/dialects.md, "Signatures")."""
+    return SageMakerSettings(signing=sigv4.config_from_env(), python_bundle=python_bundle)
+
+
+def mount(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None) -> None:
+    """The router's `DialectMount`: the three operations for the router's own endpoint (the gate refuses others).
+
+    Whether JSON bodies become keyword arguments depends on the bundle kind, which the core knows (`is_python`).
+    """
+    is_python = bool(getattr(core, "is_python", True))
+    settings = settings_from_env(lambda _name: is_python)
+    resolver: TaskResolver | None = None
+    if tasks is not None:
+        bound = tasks
+
+        def resolver(_name: str) -> TaskBackend:
+            return bound
+
+    app.add_routes(routes(SageMakerApi(settings, invocations=core, tasks=resolver)))
