@@ -7,6 +7,7 @@ Both signing modes run: SigV4 with a configured key, and UNSIGNED (the router is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -121,8 +122,10 @@ def _client(target: SageMakerTarget, mode: str, **config: Any) -> Any:
 
 
 @pytest.fixture(params=["signed", "unsigned"])
-def runtime(request: pytest.FixtureRequest, sagemaker_target: SageMakerTarget) -> Any:
-    return _client(sagemaker_target, request.param)
+def runtime(request: pytest.FixtureRequest, sagemaker_target: SageMakerTarget) -> Iterator[Any]:
+    client = _client(sagemaker_target, request.param)
+    yield client
+    client.close()  # its pooled sockets, or pytest reports them unclosed
 
 
 @pytest.fixture
@@ -143,7 +146,8 @@ def _fetch(target: SageMakerTarget, url: str, *, signed: bool) -> tuple[int, byt
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as error:
-        return error.code, error.read()
+        with error:
+            return error.code, error.read()
 
 
 def _code(error: ClientError) -> str:
@@ -195,7 +199,8 @@ def test_response_stream_yields_payload_parts(runtime: Any, sagemaker_target: Sa
     reply = runtime.invoke_endpoint_with_response_stream(
         EndpointName=sagemaker_target.endpoint, Body=b'{"text": "one two three"}', ContentType="application/json"
     )
-    parts = [event["PayloadPart"]["Bytes"] for event in reply["Body"]]
+    with contextlib.closing(reply["Body"]) as events:
+        parts = [event["PayloadPart"]["Bytes"] for event in events]
     assert parts == [b"one", b"two", b"three"]
     assert reply["InvokedProductionVariant"] == "AllTraffic"
 
@@ -207,8 +212,8 @@ def test_mid_stream_failure_is_a_model_stream_error(runtime: Any, sagemaker_targ
         ContentType="application/json",
     )
     received = []
-    with pytest.raises(EventStreamError) as caught:
-        for event in reply["Body"]:
+    with contextlib.closing(reply["Body"]) as events, pytest.raises(EventStreamError) as caught:
+        for event in events:
             received.append(event["PayloadPart"]["Bytes"])
     assert received == [b"one", b"two"]
     assert caught.value.response["Error"]["Code"] == "ModelStreamError"
@@ -355,6 +360,7 @@ def test_overload_is_service_unavailable(runtime: Any, sagemaker_target: SageMak
     finally:
         release.touch()
         thread.join(timeout=30)
+        holder.close()
     assert outcome == {"held": {"held": True}}
 
 
@@ -362,8 +368,7 @@ def test_overload_is_service_unavailable(runtime: Any, sagemaker_target: SageMak
     ("mode", "code"), [("bad-secret", "InvalidSignatureException"), ("unknown-key", "UnrecognizedClientException")]
 )
 def test_bad_signatures_are_rejected(sagemaker_target: SageMakerTarget, mode: str, code: str) -> None:
-    client = _client(sagemaker_target, mode)
-    with pytest.raises(ClientError) as caught:
+    with contextlib.closing(_client(sagemaker_target, mode)) as client, pytest.raises(ClientError) as caught:
         client.invoke_endpoint(EndpointName=sagemaker_target.endpoint, Body=b'{"a": 1}', ContentType="application/json")
     assert _code(caught.value) == code
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
@@ -378,5 +383,6 @@ def test_a_tampered_body_is_rejected(sagemaker_target: SageMakerTarget) -> None:
     request = urllib.request.Request(url, data=b'{"a": 2}', headers=dict(aws.headers.items()), method="POST")
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=10)
-    assert caught.value.code == 403
-    assert caught.value.headers["X-Amzn-ErrorType"] == "InvalidSignatureException"
+    with caught.value as refused:
+        assert refused.code == 403
+        assert refused.headers["X-Amzn-ErrorType"] == "InvalidSignatureException"

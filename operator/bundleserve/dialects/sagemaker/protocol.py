@@ -17,8 +17,8 @@ from enum import StrEnum
 from typing import Any
 
 from bundleserve.api import errors
+from bundleserve.api.invocation import Invocation
 from bundleserve.dialects.sagemaker import sigv4
-from bundleserve.dialects.sagemaker.invocation import Invocation
 
 JSON_TYPE = "application/json"
 OCTET_STREAM = "application/octet-stream"

@@ -20,16 +20,12 @@ from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, ModelError, NotFound, Timeout
-from bundleserve.api.invocation import TaskStatus
+from bundleserve.api.invocation import StreamChunk, TaskStatus
+from bundleserve.dialects.base import InvocationBackend, TaskBackend, absolute_url
 from bundleserve.dialects.sagemaker import eventstream, protocol, sigv4
-from bundleserve.dialects.sagemaker.backend import (
-    InvocationBackend,
-    StreamChunk,
-    TaskBackend,
-    TaskResolver,
-    absolute_url,
-)
 from bundleserve.dialects.sagemaker.protocol import Operation
+
+TaskResolver = Callable[[str], TaskBackend]  # endpoint name -> its tasks (raises NotFound for an unknown name)
 
 log = logging.getLogger("bundleserve.dialects.sagemaker")
 
