@@ -386,3 +386,39 @@ def test_a_tampered_body_is_rejected(sagemaker_target: SageMakerTarget) -> None:
     with caught.value as refused:
         assert refused.code == 403
         assert refused.headers["X-Amzn-ErrorType"] == "InvalidSignatureException"
+
+
+def test_a_loading_model_is_model_not_ready(tmp_path: Path, sagemaker_target: SageMakerTarget) -> None:
+    """While the bundle's `load()` runs, boto3 gets ModelNotReadyException (429); once loaded, the call succeeds."""
+    release = tmp_path / "release-load"
+    port = free_port()
+    runtime = Server(
+        bundleserve(
+            "bundle", "serve", "--entrypoint", "sm_model:predict_loaded", "--load", "sm_model:slow_load",
+            "--path", str(BUNDLE), "--port", str(port),
+        ),
+        log_path=tmp_path / "runtime.log",
+        env={"SM_TEST_RELEASE": str(release)},
+    )  # fmt: skip
+    router = None
+    try:
+        env = {
+            "BUNDLESERVE_SAGEMAKER_REGION": sagemaker_target.region,
+            "BUNDLESERVE_SAGEMAKER_ALLOW_UNSIGNED": "true",
+        }
+        router, url = start_router(tmp_path, _endpoint_file(tmp_path), f"http://127.0.0.1:{port}", env=env)
+        target = SageMakerTarget(url, NAME, sagemaker_target.region, "", "", tmp_path)
+        with contextlib.closing(_client(target, "unsigned")) as client:
+            with pytest.raises(ClientError) as caught:
+                client.invoke_endpoint(EndpointName=NAME, Body=b'{"a": 1}', ContentType="application/json")
+            assert _code(caught.value) == "ModelNotReadyException"
+            assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+            release.touch()
+            wait_until(lambda: http_ok(f"{url}/readyz"), timeout=30, what="the model to finish loading")
+            reply = client.invoke_endpoint(EndpointName=NAME, Body=b'{"a": 1}', ContentType="application/json")
+            assert json.loads(reply["Body"].read()) == {"loaded": True, "a": 1}
+    finally:
+        release.touch()
+        if router is not None:
+            router.stop()
+        runtime.stop()

@@ -191,7 +191,7 @@ def test_runnable_image_stream_chunks_pass_through() -> None:
         (errors.PayloadTooLarge("big"), 413, "ValidationError"),
         (errors.Overloaded("busy", retry_after_seconds=2), 503, "ServiceUnavailable"),
         (errors.Unavailable("draining"), 503, "ServiceUnavailable"),
-        (errors.Unavailable("loading", reason="not_ready"), 429, "ModelNotReadyException"),
+        (errors.ModelNotReady("loading"), 429, "ModelNotReadyException"),
         (errors.Timeout("too slow"), 424, "ModelError"),
         (errors.ApiError("bug"), 500, "InternalFailure"),
         (sigv4.SignatureRejected("bad sig"), 403, "InvalidSignatureException"),

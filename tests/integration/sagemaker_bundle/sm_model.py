@@ -35,3 +35,18 @@ def stream(text: str = "", fail_after: int | None = None, **_: Any) -> Iterator[
         yield word
     if not text:
         yield {"empty": True}
+
+
+def slow_load() -> dict[str, bool]:
+    """A `load` that finishes only once the file named by SM_TEST_RELEASE exists (the model is loading until then)."""
+    import os
+
+    release = pathlib.Path(os.environ["SM_TEST_RELEASE"])
+    deadline = time.monotonic() + 60
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return {"loaded": True}
+
+
+def predict_loaded(model: dict[str, bool], **kwargs: Any) -> Any:
+    return {**model, **kwargs}

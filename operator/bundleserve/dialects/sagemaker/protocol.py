@@ -276,6 +276,7 @@ ERROR_TABLE: tuple[tuple[type[errors.ApiError], ErrorShape], ...] = (
     (errors.ModelError, ErrorShape(424, "ModelError")),
     (errors.Timeout, ErrorShape(424, "ModelError")),
     (errors.Overloaded, ErrorShape(503, "ServiceUnavailable")),
+    (errors.ModelNotReady, ErrorShape(429, "ModelNotReadyException")),
     (errors.Unavailable, ErrorShape(503, "ServiceUnavailable")),
     (errors.ApiError, ErrorShape(500, "InternalFailure")),
 )
@@ -286,8 +287,6 @@ def error_shape(error: errors.ApiError) -> ErrorShape:
         if isinstance(error, cls):
             if isinstance(error, sigv4.SignatureRejected):
                 return ErrorShape(shape.status, error.aws_code)
-            if isinstance(error, errors.Unavailable) and error.details.get("reason") == "not_ready":
-                return ErrorShape(429, "ModelNotReadyException")
             return shape
     raise AssertionError("ApiError is the last row of ERROR_TABLE")  # pragma: no cover
 
