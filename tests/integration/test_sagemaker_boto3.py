@@ -323,6 +323,61 @@ def test_request_ttl_out_of_range_is_a_validation_error(runtime: Any, sagemaker_
     assert "RequestTTLSeconds" in caught.value.response["Error"]["Message"]
 
 
+@pytest.mark.parametrize(
+    ("parameters", "expected"),
+    [
+        ({"TargetModel": "model-b.tar.gz"}, "TargetModel"),
+        ({"SessionId": "NEW_SESSION"}, "SessionId"),
+        ({"TargetContainerHostname": "second"}, "TargetContainerHostname"),
+        ({"TargetVariant": "canary"}, "canary"),
+    ],
+)
+def test_semantics_changing_parameters_are_validation_errors(
+    runtime: Any, sagemaker_target: SageMakerTarget, parameters: dict[str, str], expected: str
+) -> None:
+    with pytest.raises(ClientError) as caught:
+        runtime.invoke_endpoint(
+            EndpointName=sagemaker_target.endpoint, Body=b"{}", ContentType="application/json", **parameters
+        )
+    assert _code(caught.value) == "ValidationError"
+    assert expected in caught.value.response["Error"]["Message"]
+
+
+@pytest.mark.parametrize(
+    ("parameters", "expected"),
+    [
+        ({"Body": b"{}", "InvocationTimeoutSeconds": 3601}, "InvocationTimeoutSeconds"),
+        ({"InputLocation": "s3://bucket/input.json"}, "s3://"),
+        ({"Body": b"{}", "InputLocation": "https://example.com/input.json"}, "not both"),
+    ],
+)
+def test_bad_async_requests_are_validation_errors(
+    runtime: Any, sagemaker_target: SageMakerTarget, parameters: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(ClientError) as caught:
+        runtime.invoke_endpoint_async(EndpointName=sagemaker_target.endpoint, **parameters)
+    assert _code(caught.value) == "ValidationError"
+    assert expected in caught.value.response["Error"]["Message"]
+
+
+def test_a_body_over_the_limit_is_refused(runtime: Any, sagemaker_target: SageMakerTarget) -> None:
+    with pytest.raises(ClientError) as caught:
+        runtime.invoke_endpoint(EndpointName=sagemaker_target.endpoint, Body=b"x" * (6 * 1024 * 1024 + 1))
+    assert _code(caught.value) == "ValidationError"
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+
+
+def test_a_stream_failing_before_its_first_part_is_a_model_error(
+    runtime: Any, sagemaker_target: SageMakerTarget
+) -> None:
+    with pytest.raises(runtime.exceptions.ModelError) as caught:
+        runtime.invoke_endpoint_with_response_stream(
+            EndpointName=sagemaker_target.endpoint, Body=b'{"text": "one", "fail_after": 0}'
+        )
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 424
+    assert "broke after 0 words" in caught.value.response["OriginalMessage"]
+
+
 def test_model_failure_is_a_model_error_with_the_original_status(
     runtime: Any, sagemaker_target: SageMakerTarget
 ) -> None:

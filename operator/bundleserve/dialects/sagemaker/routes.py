@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
-from bundleserve.api.errors import ApiError, ModelError, NotFound, Timeout
+from bundleserve.api.errors import ApiError, ModelError, NotFound, Timeout, Unavailable
 from bundleserve.api.invocation import StreamChunk, TaskStatus
 from bundleserve.dialects.base import InvocationBackend, TaskBackend, absolute_url
 from bundleserve.dialects.sagemaker import eventstream, protocol, sigv4
@@ -185,8 +185,8 @@ class SageMakerApi:
         return web.json_response({"InferenceId": inference_id}, status=202, headers=headers)
 
     def _tasks(self, name: str) -> TaskBackend:
-        if self.tasks is None:
-            raise protocol.unknown_endpoint(name)
+        if self.tasks is None:  # the gate passed (async is served) but no queue is configured on this server
+            raise Unavailable(f"async invocations of endpoint {name} need a queue, and none is configured here")
         try:
             return self.tasks(name)
         except NotFound:
