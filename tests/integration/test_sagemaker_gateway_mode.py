@@ -34,8 +34,18 @@ from tests.support.valkey import Valkey
 NAME = "sm-gateway"
 
 
+ACCESS_KEY, SECRET_KEY = "AKIDGATEWAY", "gateway/secret"
+
+
 @pytest.fixture
-async def gateway(valkey_server: Valkey, tmp_path: Path) -> AsyncIterator[tuple[str, TaskService]]:
+def signing() -> sigv4.SigV4Config:
+    return sigv4.SigV4Config(allow_unsigned=True)
+
+
+@pytest.fixture
+async def gateway(
+    valkey_server: Valkey, tmp_path: Path, signing: sigv4.SigV4Config
+) -> AsyncIterator[tuple[str, TaskService]]:
     client = aioredis.Redis.from_url(valkey_server.url)
     config = QueueConfig(endpoint=NAME, namespace="sagemaker-gateway-test", durability=Durability.MEMORY)
     service = TaskService(TaskQueue(client, config), open_result_store(tmp_path / "results"), CompletionWaiter(client))
@@ -45,9 +55,7 @@ async def gateway(valkey_server: Valkey, tmp_path: Path) -> AsyncIterator[tuple[
             raise NotFound(f"no endpoint {name!r}")
         return service
 
-    settings = routes.SageMakerSettings(
-        signing=sigv4.SigV4Config(allow_unsigned=True), python_bundle=lambda _name: True
-    )
+    settings = routes.SageMakerSettings(signing=signing, python_bundle=lambda _name: True)
     app = web.Application()
     app.add_routes(routes.routes(routes.SageMakerApi(settings, tasks=resolve)))
     runner = web.AppRunner(app)
@@ -63,9 +71,19 @@ async def gateway(valkey_server: Valkey, tmp_path: Path) -> AsyncIterator[tuple[
         await client.aclose()
 
 
-def _client(url: str) -> Any:
-    config = Config(signature_version=botocore.UNSIGNED, retries={"mode": "standard", "max_attempts": 1})
-    return boto3.client("sagemaker-runtime", endpoint_url=url, region_name="us-east-1", config=config)
+def _client(url: str, *, signed: bool = False) -> Any:
+    config = Config(retries={"mode": "standard", "max_attempts": 1})
+    if not signed:
+        config = config.merge(Config(signature_version=botocore.UNSIGNED))
+        return boto3.client("sagemaker-runtime", endpoint_url=url, region_name="us-east-1", config=config)
+    return boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        config=config,
+    )
 
 
 def _get(url: str) -> int:
@@ -102,3 +120,16 @@ async def test_unknown_endpoint_is_a_validation_error(gateway: tuple[str, TaskSe
     assert caught.value.response["Error"]["Message"] == "Endpoint elsewhere not found."
     body = json.dumps(caught.value.response["Error"])
     assert "elsewhere" in body
+
+
+@pytest.mark.parametrize("signing", [sigv4.SigV4Config(keys={ACCESS_KEY: SECRET_KEY})])
+async def test_unsigned_requests_are_refused_unless_allowed(gateway: tuple[str, TaskService]) -> None:
+    url, _ = gateway
+    with contextlib.closing(_client(url)) as client, pytest.raises(ClientError) as caught:
+        await asyncio.to_thread(client.invoke_endpoint_async, EndpointName=NAME, Body=b'{"a": 1}')
+    assert caught.value.response["Error"]["Code"] == "MissingAuthenticationTokenException"
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    with contextlib.closing(_client(url, signed=True)) as client:
+        reply = await asyncio.to_thread(client.invoke_endpoint_async, EndpointName=NAME, Body=b'{"a": 1}')
+    assert reply["ResponseMetadata"]["HTTPStatusCode"] == 202
+    assert await asyncio.to_thread(_get, reply["OutputLocation"]) == 403  # an unsigned GET of the location too
