@@ -185,3 +185,22 @@ def test_config_from_env_refuses_half_a_key_pair() -> None:
     with pytest.raises(ValueError, match="line 1") as caught:
         sigv4.parse_keys_file(f"{SECRET}\n")
     assert SECRET not in str(caught.value)
+
+
+def test_unsigned_payload_over_tls_verifies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SDKs may sign `UNSIGNED-PAYLOAD` over HTTPS (payload signing off) and say so in X-Amz-Content-SHA256."""
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: SIGNED_AT.replace(tzinfo=None))
+    request = AWSRequest(method="POST", url="https://gw.example/endpoints/e/invocations", data=b"{}")
+    request.context["payload_signing_enabled"] = False
+    botocore.auth.SigV4Auth(Credentials(AKID, SECRET), "sagemaker", "us-east-1").add_auth(request)
+    assert request.headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
+    _verify(request)
+    request.headers.replace_header("X-Amz-Date", "20250102T030406Z")  # but every signed header still counts
+    with pytest.raises(sigv4.SignatureRejected):
+        _verify(request)
+
+
+def test_a_declared_payload_hash_must_match_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    request = _signed(monkeypatch, headers={"X-Amz-Content-SHA256": "0" * 64, "Content-Type": "application/json"})
+    with pytest.raises(sigv4.SignatureRejected, match="X-Amz-Content-SHA256"):
+        _verify(request)

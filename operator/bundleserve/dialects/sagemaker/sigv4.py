@@ -261,6 +261,7 @@ def verify_signature(
     if missing:
         raise IncompleteSignature(f"signed header(s) missing from the request: {', '.join(missing)}")
     body_hash = hashlib.sha256(body).hexdigest()
+    # An SDK that does not sign the payload (payload signing off over TLS) says so in this header, as UNSIGNED-PAYLOAD.
     declared = header_values.get("x-amz-content-sha256")
     if declared is not None and declared[0] not in (body_hash, UNSIGNED_PAYLOAD):
         raise SignatureRejected("X-Amz-Content-SHA256 does not match the body")
@@ -273,19 +274,8 @@ def verify_signature(
         header_values=header_values,
         payload_hash=payload_hash,
     )
-    secret = config.keys[signed.access_key_id]
-    if hmac.compare_digest(signature(secret, signed, string_to_sign), signed.signature):
-        return
-    if declared is None:  # SDKs sign UNSIGNED-PAYLOAD over TLS when payload signing is off; still a full signature
-        string_to_sign = build_string_to_sign(
-            signed,
-            method=method,
-            raw_path=raw_path,
-            raw_query=raw_query,
-            header_values=header_values,
-            payload_hash=UNSIGNED_PAYLOAD,
-        )
-    if declared is not None or not hmac.compare_digest(signature(secret, signed, string_to_sign), signed.signature):
+    expected = signature(config.keys[signed.access_key_id], signed, string_to_sign)
+    if not hmac.compare_digest(expected, signed.signature):
         raise SignatureRejected(
             "The request signature we calculated does not match the signature you provided. "
             "Check your AWS Secret Access Key and signing method."
