@@ -44,6 +44,9 @@ class SageMakerSettings:
 
 
 class SageMakerApi:
+    """The handlers of one server. `invocations` (the core) serves sync and streams and gates every request; without
+    it (the gateway) only the async operation and its locations exist, over `tasks`, which resolves a name."""
+
     def __init__(
         self,
         settings: SageMakerSettings,
