@@ -1,8 +1,10 @@
 """The SageMaker Runtime dialect with real, unmodified boto3 against a real router and bundle runtime on loopback.
 
 Every test takes the `sagemaker_target` fixture (base URL, endpoint name, keys, where the held-call marker files go):
-the integrator re-runs the same tests against the gateway and local mode by overriding that fixture.
-Both signing modes run: SigV4 with a configured key, and UNSIGNED (the router is configured to admit both).
+to run the same tests against the gateway or local mode, override that fixture with a server that serves the manifest
+of `write_endpoint_file` (the bundle in `sagemaker_bundle/`, concurrency 1, no queue slots) with the environment of
+`sagemaker_env` (SigV4 key file, region, unsigned allowed) and a Redis for async.
+Both signing modes run: SigV4 with a configured key, and UNSIGNED (the server is configured to admit both).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class SageMakerTarget:
     scratch: Path  # where the held-call marker files are written (shared with the model process)
 
 
-def _endpoint_file(directory: Path) -> Path:
+def write_endpoint_file(directory: Path) -> Path:
     document = {
         "apiVersion": "bundleserve.dev/v1alpha1",
         "kind": "Endpoint",
@@ -70,11 +72,21 @@ def _endpoint_file(directory: Path) -> Path:
     return path
 
 
+def sagemaker_env(directory: Path) -> dict[str, str]:
+    """The dialect's configuration for these tests (writes the key file into `directory`)."""
+    keys = directory / "sagemaker-keys"
+    keys.write_text(f"# test key\n{ACCESS_KEY}:{SECRET_KEY}\n")
+    return {
+        "BUNDLESERVE_URL_ALLOW": "127.0.0.0/8",  # the InputLocation test serves its input on loopback
+        "BUNDLESERVE_SAGEMAKER_REGION": REGION,
+        "BUNDLESERVE_SAGEMAKER_KEYS_FILE": str(keys),
+        "BUNDLESERVE_SAGEMAKER_ALLOW_UNSIGNED": "true",
+    }
+
+
 @pytest.fixture(scope="module")
 def sagemaker_target(tmp_path_factory: pytest.TempPathFactory, valkey_server: Valkey) -> Iterator[SageMakerTarget]:
     directory = tmp_path_factory.mktemp("sagemaker")
-    keys = directory / "sagemaker-keys"
-    keys.write_text(f"# test key\n{ACCESS_KEY}:{SECRET_KEY}\n")
     port = free_port()
     runtime = Server(
         bundleserve("bundle", "serve", "--entrypoint", "sm_model:predict", "--path", str(BUNDLE), "--port", str(port)),
@@ -86,12 +98,9 @@ def sagemaker_target(tmp_path_factory: pytest.TempPathFactory, valkey_server: Va
             "BUNDLESERVE_RESULTS_DIR": str(directory / "results"),
             "BUNDLESERVE_REDIS_URL": valkey_server.url,
             "BUNDLESERVE_QUEUE_DURABILITY": "memory",
-            "BUNDLESERVE_URL_ALLOW": "127.0.0.0/8",  # the InputLocation test serves its input on loopback
-            "BUNDLESERVE_SAGEMAKER_REGION": REGION,
-            "BUNDLESERVE_SAGEMAKER_KEYS_FILE": str(keys),
-            "BUNDLESERVE_SAGEMAKER_ALLOW_UNSIGNED": "true",
+            **sagemaker_env(directory),
         }
-        router, url = start_router(directory, _endpoint_file(directory), f"http://127.0.0.1:{port}", env=env)
+        router, url = start_router(directory, write_endpoint_file(directory), f"http://127.0.0.1:{port}", env=env)
         wait_until(lambda: http_ok(f"{url}/readyz"), timeout=30, what="router ready behind the bundle runtime")
         yield SageMakerTarget(url, NAME, REGION, ACCESS_KEY, SECRET_KEY, directory)
     finally:
@@ -461,7 +470,7 @@ def test_a_loading_model_is_model_not_ready(tmp_path: Path, sagemaker_target: Sa
             "BUNDLESERVE_SAGEMAKER_REGION": sagemaker_target.region,
             "BUNDLESERVE_SAGEMAKER_ALLOW_UNSIGNED": "true",
         }
-        router, url = start_router(tmp_path, _endpoint_file(tmp_path), f"http://127.0.0.1:{port}", env=env)
+        router, url = start_router(tmp_path, write_endpoint_file(tmp_path), f"http://127.0.0.1:{port}", env=env)
         target = SageMakerTarget(url, NAME, sagemaker_target.region, "", "", tmp_path)
         with contextlib.closing(_client(target, "unsigned")) as client:
             with pytest.raises(ClientError) as caught:
