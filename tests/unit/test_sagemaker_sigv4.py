@@ -204,3 +204,10 @@ def test_a_declared_payload_hash_must_match_the_body(monkeypatch: pytest.MonkeyP
     request = _signed(monkeypatch, headers={"X-Amz-Content-SHA256": "0" * 64, "Content-Type": "application/json"})
     with pytest.raises(sigv4.SignatureRejected, match="X-Amz-Content-SHA256"):
         _verify(request)
+
+
+def test_an_unconfigured_dialect_says_how_to_open_it() -> None:
+    signed = _Caseless({"authorization": "AWS4-HMAC-SHA256 Credential=A/20250102/us-east-1/sagemaker/aws4_request"})
+    for headers in (_Caseless(), signed):
+        with pytest.raises(sigv4.MissingAuthenticationToken, match=sigv4.ENV_KEYS_FILE):
+            sigv4.parse_authorization(sigv4.SigV4Config(), headers, now=SIGNED_AT)

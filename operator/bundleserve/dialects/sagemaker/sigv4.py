@@ -137,9 +137,14 @@ def parse_authorization(
     `headers` must be case-insensitive (aiohttp's CIMultiDictProxy is).
     """
     authorization = headers.get("Authorization")
+    if authorization is None and config.allow_unsigned:
+        return None
+    if not config.keys:
+        raise MissingAuthenticationToken(
+            f"the SageMaker API of this server admits no one yet: configure access keys ({ENV_KEYS_FILE}) "
+            f"or unsigned access ({ENV_ALLOW_UNSIGNED}=true)"
+        )
     if authorization is None:
-        if config.allow_unsigned:
-            return None
         raise MissingAuthenticationToken("Missing Authentication Token: this endpoint requires SigV4-signed requests")
     algorithm, _, rest = authorization.strip().partition(" ")
     if algorithm != ALGORITHM:
