@@ -387,9 +387,10 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bundleserve-bench-"))
     processes: list[subprocess.Popen[bytes]] = []
 
-    def spawn(argv: list[str], log: str) -> subprocess.Popen[bytes]:
+    def spawn(argv: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         handle = open(workdir / log, "wb")  # noqa: SIM115 - lives as long as the process
-        process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+        environment = {**os.environ, **env} if env else None
+        process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=environment)
         processes.append(process)
         return process
 
@@ -416,6 +417,7 @@ def main() -> int:
             [sys.executable, "-m", "bundleserve.cli", "router", "--endpoint-file", str(endpoint),
              "--model-url", model_url, "--host", "127.0.0.1", "--port", str(router_port)],
             "router.log",
+            env={"BUNDLESERVE_SAGEMAKER_ALLOW_UNSIGNED": "true"},  # the SageMaker dialect's row, unsigned
         )  # fmt: skip
         router_url = f"http://127.0.0.1:{router_port}"
         wait_http(f"{router_url}/readyz")
@@ -428,6 +430,8 @@ def main() -> int:
                 f"{router_url}/v1/endpoints/bench/stream",
                 ROUTER_BODY,
             ),
+            # The SageMaker dialect on the same router: raw JSON body, InvokeEndpoint (no stream row: not SSE).
+            Target("router sagemaker", f"{router_url}/endpoints/bench/invocations", None, ARGS_BODY),
         ]
         if nginx:
             conf = workdir / "nginx.conf"

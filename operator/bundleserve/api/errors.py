@@ -75,6 +75,11 @@ class Unavailable(ApiError):
     code = "unavailable"
 
 
+class ModelNotReady(Unavailable):
+    """The model has not become ready yet (loading); same native shape as Unavailable, but dialects tell it apart
+    (SageMaker answers ModelNotReadyException)."""
+
+
 class Timeout(ApiError):
     status = 504
     code = "timeout"

@@ -24,6 +24,7 @@ from typing import Any, ParamSpec, TypeVar
 from aiohttp import hdrs, web
 
 from bundleserve.api.errors import ApiError, PayloadTooLarge
+from bundleserve.api.invocation import CUSTOM_ATTRIBUTES_HEADER
 from bundleserve.bundle import calling
 from bundleserve.bundle.errors import BundleError, StreamNotDefined, load_failed
 from bundleserve.bundle.loader import BundleConfigError, BundleSpec, Target, resolve_bundle
@@ -248,7 +249,11 @@ class BundleRuntime:
         payload = await calling.call(
             target.function, args, kwargs, executor=self.executor, encode=encode_pickle if pickled else encode_json
         )
-        return web.Response(body=payload, content_type=PICKLE_CONTENT_TYPE if pickled else JSON_CONTENT_TYPE)
+        response = web.Response(body=payload, content_type=PICKLE_CONTENT_TYPE if pickled else JSON_CONTENT_TYPE)
+        # A Python function cannot set response headers: SageMaker's custom attributes come back as they were sent.
+        if (attributes := request.headers.get(CUSTOM_ATTRIBUTES_HEADER)) is not None:
+            response.headers[CUSTOM_ATTRIBUTES_HEADER] = attributes
+        return response
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         target = self.spec.stream

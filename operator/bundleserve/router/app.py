@@ -20,6 +20,7 @@ from bundleserve import __version__
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unavailable
 from bundleserve.dialects.base import DialectMount
+from bundleserve.dialects.sagemaker import routes as sagemaker_routes
 from bundleserve.queue.service import stored_result as stored
 from bundleserve.router import async_routes, openapi
 from bundleserve.router.admission import AdmissionController
@@ -40,7 +41,7 @@ INVOKER = web.AppKey("invoker", Invoker)  # the native sync/stream handlers, sha
 
 #: Every dialect the router serves besides the native API, mounted by `build_app` as `mount(app, core, tasks)`.
 #: A dialect module exposes one `DialectMount` (see `bundleserve.dialects.base`) and is listed here, once.
-DIALECTS: list[DialectMount] = []
+DIALECTS: list[DialectMount] = [sagemaker_routes.mount]
 
 
 class MethodNotAllowed(ApiError):

@@ -24,6 +24,7 @@ from bundleserve.api.errors import (
     ApiError,
     InvalidRequest,
     ModelError,
+    ModelNotReady,
     ModeNotServed,
     NotFound,
     PayloadTooLarge,
@@ -132,7 +133,7 @@ class InvocationCore:
         if state.drain.draining:
             raise Unavailable("the router is shutting down; retry on another replica")
         if not state.readiness.ready:
-            raise Unavailable("the model is not ready yet")
+            raise ModelNotReady("the model is not ready yet")
 
     def authorize(self, authorization: str | None) -> None:
         """The API key check alone (routes that are not an invocation: a stored result)."""

@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from bundleserve.dialects.sagemaker import openapi as sagemaker_openapi
+
 _PARAM = re.compile(r"\{[^}]+\}")
 
 _ERROR = {"$ref": "#/components/responses/Error"}
@@ -112,6 +114,8 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
     },
 }
+
+OPERATIONS.update(sagemaker_openapi.OPERATIONS)  # the SageMaker Runtime routes (dialects.sagemaker.routes)
 
 _SCHEMAS: dict[str, Any] = {
     "PredictRequest": {

@@ -1,0 +1,1 @@
+"""The SageMaker Runtime dialect: InvokeEndpoint, InvokeEndpointAsync, InvokeEndpointWithResponseStream."""

@@ -1,0 +1,314 @@
+"""The SageMaker Runtime routes: parse (protocol, sigv4) -> the core (InvocationBackend, TaskBackend) -> render.
+
+Nothing here decides admission, deadlines, body limits, url fetching or error causes: the core does, and raises the
+`ApiError` hierarchy, which `protocol.render_error` turns into SageMaker's error shapes. Mounted by the router for its
+own endpoint (the gate answers other names) and, for the async operation, by the gateway with a name resolver.
+
+Async results: the 202 names an output and a failure location. Without S3 they are absolute URLs served here,
+`GET /endpoints/{name}/async-invocations/{id}/output` and `.../failure`, 404 until the task wrote them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from bundleserve.api.endpoint import Mode
+from bundleserve.api.errors import ApiError, ModelError, NotFound, Timeout, Unavailable
+from bundleserve.api.invocation import StreamChunk, TaskStatus
+from bundleserve.dialects.base import InvocationBackend, TaskBackend, absolute_url
+from bundleserve.dialects.sagemaker import eventstream, protocol, sigv4
+from bundleserve.dialects.sagemaker.protocol import Operation
+
+TaskResolver = Callable[[str], TaskBackend]  # endpoint name -> its tasks (raises NotFound for an unknown name)
+
+log = logging.getLogger("bundleserve.dialects.sagemaker")
+
+OUTPUT_PATH = "/endpoints/{name}/async-invocations/{task_id}/output"
+FAILURE_PATH = "/endpoints/{name}/async-invocations/{task_id}/failure"
+
+
+@dataclass(frozen=True)
+class SageMakerSettings:
+    """How the dialect is configured on one server (router or gateway)."""
+
+    signing: sigv4.SigV4Config
+    python_bundle: Callable[[str], bool]  # endpoint name -> True for a Python bundle (JSON bodies become kwargs)
+    allow_s3_input: bool = False
+    variant: str = protocol.DEFAULT_VARIANT
+
+
+class SageMakerApi:
+    """The handlers of one server. `invocations` (the core) serves sync and streams and gates every request; without
+    it (the gateway) only the async operation and its locations exist, over `tasks`, which resolves a name."""
+
+    def __init__(
+        self,
+        settings: SageMakerSettings,
+        *,
+        invocations: InvocationBackend | None = None,
+        tasks: TaskResolver | None = None,
+    ) -> None:
+        self.settings = settings
+        self.invocations = invocations
+        self.tasks = tasks
+
+    # -- shared steps ----------------------------------------------------------------------------------------------
+
+    def _error(self, error: ApiError, request_id: str) -> web.Response:
+        reply = protocol.render_error(error, request_id=request_id)
+        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+
+    def _authenticate(self, request: web.Request) -> tuple[sigv4.SignedRequest | None, str | None]:
+        """Headers-only SigV4 checks; returns the parsed signature and the Authorization for the core's gate.
+
+        A verified SigV4 signature is this dialect's authentication, so the gate is asked without an API key then;
+        unsigned requests (when allowed) pass their Authorization header, if any, to the gate unchanged.
+        """
+        signing = self.settings.signing
+        if signing.open:
+            return None, request.headers.get("Authorization")
+        signed = sigv4.parse_authorization(signing, request.headers)
+        return signed, None if signed is not None else request.headers.get("Authorization")
+
+    def _verify(self, request: web.Request, signed: sigv4.SignedRequest | None, body: bytes) -> None:
+        if signed is None:
+            return
+        sigv4.verify_signature(
+            self.settings.signing,
+            signed,
+            method=request.method,
+            raw_path=request.rel_url.raw_path,
+            raw_query=request.rel_url.raw_query_string,
+            header_values=sigv4.request_header_values(
+                [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.raw_headers]
+            ),
+            body=body,
+        )
+
+    def _backend(self, name: str) -> InvocationBackend:
+        if self.invocations is None:
+            raise protocol.unknown_endpoint(name)
+        return self.invocations
+
+    # -- InvokeEndpoint --------------------------------------------------------------------------------------------
+
+    async def invoke(self, request: web.Request) -> web.Response:
+        request_id = protocol.new_request_id()
+        try:
+            name = request.match_info["name"]
+            signed, authorization = self._authenticate(request)
+            parsed = protocol.parse_request(Operation.INVOKE, name, request.headers, variant=self.settings.variant)
+            backend = self._backend(name)
+            _gate(backend, name, authorization, Mode.SYNC)
+            body = await backend.read_body(request)
+            self._verify(request, signed, body)
+            invocation = protocol.build_invocation(parsed, body, python_bundle=self.settings.python_bundle(name))
+            reply = await backend.predict(invocation)
+        except ApiError as error:
+            return self._error(error, request_id)
+        headers = protocol.reply_headers(
+            request_id=request_id, custom_attributes=reply.custom_attributes, variant=self.settings.variant
+        )
+        headers["Content-Type"] = reply.content_type
+        return web.Response(status=200, body=reply.body, headers=headers)
+
+    # -- InvokeEndpointWithResponseStream --------------------------------------------------------------------------
+
+    async def invoke_stream(self, request: web.Request) -> web.StreamResponse:
+        request_id = protocol.new_request_id()
+        try:
+            name = request.match_info["name"]
+            signed, authorization = self._authenticate(request)
+            parsed = protocol.parse_request(
+                Operation.INVOKE_STREAM, name, request.headers, variant=self.settings.variant
+            )
+            backend = self._backend(name)
+            _gate(backend, name, authorization, Mode.STREAMING)
+            body = await backend.read_body(request)
+            self._verify(request, signed, body)
+            python_bundle = self.settings.python_bundle(name)
+            invocation = protocol.build_invocation(parsed, body, python_bundle=python_bundle)
+            async with backend.stream(invocation) as chunks:
+                response = web.StreamResponse(status=200)
+                response.headers.update(
+                    protocol.reply_headers(request_id=request_id, custom_attributes=None, variant=self.settings.variant)
+                )
+                response.headers["Content-Type"] = eventstream.CONTENT_TYPE
+                response.headers[protocol.H_SM_CONTENT_TYPE] = parsed.accept or protocol.JSON_TYPE
+                await response.prepare(request)
+                await _pump(response, chunks, python_bundle=python_bundle)
+                return response
+        except ApiError as error:  # before the first frame: an ordinary HTTP error
+            return self._error(error, request_id)
+
+    # -- InvokeEndpointAsync ---------------------------------------------------------------------------------------
+
+    async def invoke_async(self, request: web.Request) -> web.Response:
+        request_id = protocol.new_request_id()
+        try:
+            name = request.match_info["name"]
+            signed, authorization = self._authenticate(request)
+            parsed = protocol.parse_request(
+                Operation.INVOKE_ASYNC, name, request.headers, variant=self.settings.variant
+            )
+            if self.invocations is not None:
+                _gate(self.invocations, name, authorization, Mode.ASYNC)
+            tasks = self._tasks(name)
+            if self.invocations is not None:
+                body = await self.invocations.read_body(request)
+            else:
+                body = await request.read()
+            self._verify(request, signed, body)
+            invocation = protocol.build_invocation(
+                parsed,
+                body,
+                python_bundle=self.settings.python_bundle(name),
+                allow_s3_input=self.settings.allow_s3_input,
+            )
+            task_id = await tasks.submit(
+                invocation,
+                callback=None,
+                request_ttl_seconds=parsed.request_ttl_seconds,
+                invocation_timeout_seconds=parsed.invocation_timeout_seconds,
+            )
+        except ApiError as error:
+            return self._error(error, request_id)
+        headers = {
+            protocol.H_OUTPUT_LOCATION: absolute_url(request, OUTPUT_PATH.format(name=name, task_id=task_id)),
+            protocol.H_FAILURE_LOCATION: absolute_url(request, FAILURE_PATH.format(name=name, task_id=task_id)),
+            protocol.H_REQUEST_ID: request_id,
+        }
+        inference_id = parsed.inference_id or task_id
+        return web.json_response({"InferenceId": inference_id}, status=202, headers=headers)
+
+    def _tasks(self, name: str) -> TaskBackend:
+        if self.tasks is None:  # the gate passed (async is served) but no queue is configured on this server
+            raise Unavailable(f"async invocations of endpoint {name} need a queue, and none is configured here")
+        try:
+            return self.tasks(name)
+        except NotFound:
+            raise protocol.unknown_endpoint(name) from None
+
+    # -- output and failure locations ------------------------------------------------------------------------------
+
+    async def output(self, request: web.Request) -> web.Response:
+        request_id = protocol.new_request_id()
+        try:
+            name, task_id = request.match_info["name"], request.match_info["task_id"]
+            tasks = self._location_tasks(request, name)
+            record = await tasks.status(task_id, wait_seconds=0)
+            if record is None or record.status is not TaskStatus.SUCCESS:
+                return _not_written(request_id, "output")
+            if record.result_url is None and record.result_json is not None:
+                body, content_type = record.result_json.encode("utf-8"), protocol.JSON_TYPE
+            else:
+                body, content_type = await tasks.result(task_id)
+        except ApiError as error:
+            return self._error(error, request_id)
+        return web.Response(body=body, headers={"Content-Type": content_type, protocol.H_REQUEST_ID: request_id})
+
+    async def failure(self, request: web.Request) -> web.Response:
+        request_id = protocol.new_request_id()
+        try:
+            name, task_id = request.match_info["name"], request.match_info["task_id"]
+            record = await self._location_tasks(request, name).status(task_id, wait_seconds=0)
+        except ApiError as error:
+            return self._error(error, request_id)
+        if record is None or record.status not in (TaskStatus.FAILURE, TaskStatus.EXPIRED):
+            return _not_written(request_id, "failure")
+        expired = record.status is TaskStatus.EXPIRED
+        body = {
+            "status": record.status.value,
+            "message": "the request expired in the queue before it ran" if expired else "the model failed",
+            "status_code": record.status_code,
+            "traceback": record.traceback,
+        }
+        return web.json_response(body, headers={protocol.H_REQUEST_ID: request_id})
+
+    def _location_tasks(self, request: web.Request, name: str) -> TaskBackend:
+        """The same authentication as the invocations (a signed GET over an empty body), then the endpoint's tasks."""
+        signed, authorization = self._authenticate(request)
+        self._verify(request, signed, b"")
+        if self.invocations is not None:
+            _gate(self.invocations, name, authorization, Mode.ASYNC)
+        return self._tasks(name)
+
+
+def _gate(backend: InvocationBackend, name: str, authorization: str | None, mode: Mode) -> None:
+    try:
+        backend.gate(name, authorization, mode)
+    except NotFound:
+        raise protocol.unknown_endpoint(name) from None
+
+
+def _not_written(request_id: str, what: str) -> web.Response:
+    body = json.dumps({"message": f"the {what} has not been written (yet)"}).encode()
+    return web.Response(
+        status=404, body=body, headers={"Content-Type": protocol.JSON_TYPE, protocol.H_REQUEST_ID: request_id}
+    )
+
+
+async def _pump(response: web.StreamResponse, chunks: AsyncIterator[StreamChunk], *, python_bundle: bool) -> None:
+    """Model chunks -> PayloadPart frames, each flushed; a mid-stream failure ends with one exception frame."""
+    try:
+        async for chunk in chunks:
+            data = protocol.payload_bytes(chunk.data, python_bundle=python_bundle)
+            await response.write(eventstream.payload_part(data))
+    except Timeout as error:
+        code = eventstream.StreamErrorCode.MODEL_INVOCATION_TIME_EXCEEDED
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(eventstream.model_stream_error(error.message, code))
+    except ModelError as error:
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(eventstream.model_stream_error(error.message))
+    except ApiError as error:
+        log.warning("SageMaker stream failed: %s", error.message)
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(eventstream.internal_stream_failure(error.message))
+    except ConnectionResetError:
+        return
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
+
+
+def routes(api: SageMakerApi) -> list[web.RouteDef]:
+    """The dialect's routes; sync and stream only when the API has an InvocationBackend."""
+    table = [
+        web.post("/endpoints/{name}/async-invocations", api.invoke_async),
+        web.get(OUTPUT_PATH, api.output),
+        web.get(FAILURE_PATH, api.failure),
+    ]
+    if api.invocations is not None:
+        table += [
+            web.post("/endpoints/{name}/invocations", api.invoke),
+            web.post("/endpoints/{name}/invocations-response-stream", api.invoke_stream),
+        ]
+    return table
+
+
+def settings_from_env(python_bundle: Callable[[str], bool]) -> SageMakerSettings:
+    """The dialect's configuration on a router or gateway (docs/dialects.md, "Signatures")."""
+    return SageMakerSettings(signing=sigv4.config_from_env(), python_bundle=python_bundle)
+
+
+def mount(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None) -> None:
+    """The router's `DialectMount`: the three operations for the router's own endpoint (the gate refuses others).
+
+    Whether JSON bodies become keyword arguments depends on the bundle kind, which the core knows (`is_python`).
+    """
+    is_python = bool(getattr(core, "is_python", True))
+    settings = settings_from_env(lambda _name: is_python)
+    resolver: TaskResolver | None = None
+    if tasks is not None:
+        bound = tasks
+
+        def resolver(_name: str) -> TaskBackend:
+            return bound
+
+    app.add_routes(routes(SageMakerApi(settings, invocations=core, tasks=resolver)))

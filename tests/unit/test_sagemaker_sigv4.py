@@ -1,0 +1,213 @@
+"""SigV4 verification: the expected signatures come from botocore's own signer, never from a hand-written one."""
+
+from __future__ import annotations
+
+import datetime as dt
+from urllib.parse import urlsplit
+
+import botocore.auth
+import pytest
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from bundleserve.dialects.sagemaker import sigv4
+
+AKID = "AKIDEXAMPLE"
+SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+SIGNED_AT = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+CONFIG = sigv4.SigV4Config(region="us-east-1", keys={AKID: SECRET})
+
+
+def _signed(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    url: str = "http://runtime.sagemaker.us-east-1.amazonaws.com/endpoints/my-ep/invocations",
+    body: bytes = b'{"x":1}',
+    headers: dict[str, str] | None = None,
+    secret: str = SECRET,
+    region: str = "us-east-1",
+    at: dt.datetime = SIGNED_AT,
+) -> AWSRequest:
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: at.replace(tzinfo=None))
+    request = AWSRequest(
+        method="POST",
+        url=url,
+        data=body,
+        headers=headers or {"Accept": "application/json", "Content-Type": "application/json"},
+    )
+    botocore.auth.SigV4Auth(Credentials(AKID, secret), "sagemaker", region).add_auth(request)
+    return request
+
+
+def _verify(request: AWSRequest, *, config: sigv4.SigV4Config = CONFIG, now: dt.datetime = SIGNED_AT) -> None:
+    parts = urlsplit(request.url)
+    items = list(request.headers.items())
+    if not any(name.lower() == "host" for name, _ in items):
+        items.append(("Host", parts.netloc))
+    items.append(("Content-Length", str(len(request.body or b""))))  # added after signing, as botocore's sender does
+    headers = {name: value for name, value in items}
+    lower = {name.lower(): value for name, value in items}
+    signed = sigv4.parse_authorization(config, _Caseless(lower), now=now)
+    assert signed is not None
+    sigv4.verify_signature(
+        config,
+        signed,
+        method=request.method,
+        raw_path=parts.path,
+        raw_query=parts.query,
+        header_values=sigv4.request_header_values(list(headers.items())),
+        body=request.body or b"",
+    )
+
+
+class _Caseless(dict[str, str]):
+    """A case-insensitive header view (aiohttp's headers are; a plain dict is not)."""
+
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        return super().get(key.lower(), default)
+
+
+def test_reference_vector_signature_is_botocores(monkeypatch: pytest.MonkeyPatch) -> None:
+    request = _signed(monkeypatch)
+    assert request.headers["X-Amz-Date"] == "20250102T030405Z"
+    assert request.headers["Authorization"].endswith(
+        "Signature=b20b92fcf7f44956f2a6eafd5e099daca02d99a6073c91217865927d68da6066"
+    )
+    _verify(request)
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "headers"),
+    [
+        ("http://127.0.0.1:8123/endpoints/echo/invocations", b"\x00\xffbytes", {"Content-Type": "image/png"}),
+        (
+            "http://127.0.0.1:8123/endpoints/echo/async-invocations",
+            b"",
+            {"X-Amzn-SageMaker-InputLocation": "https://x/y"},
+        ),
+        ("http://[::1]:9/endpoints/a-b/invocations-response-stream?x=1&a=b", b"{}", {"X-Amzn-SageMaker-Accept": "a/b"}),
+        ("http://h/endpoints/e/invocations", b"{}", {"X-Amzn-SageMaker-Custom-Attributes": "  spaced   value "}),
+    ],
+)
+def test_botocore_signed_requests_verify(
+    monkeypatch: pytest.MonkeyPatch, url: str, body: bytes, headers: dict[str, str]
+) -> None:
+    _verify(_signed(monkeypatch, url=url, body=body, headers=headers))
+
+
+def test_a_changed_body_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    request = _signed(monkeypatch)
+    request.data = b'{"x":2}'
+    with pytest.raises(sigv4.SignatureRejected, match="does not match"):
+        _verify(request)
+
+
+def test_a_changed_signed_header_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    request = _signed(monkeypatch)
+    request.headers.replace_header("Content-Type", "text/plain")
+    with pytest.raises(sigv4.SignatureRejected):
+        _verify(request)
+
+
+def test_a_changed_path_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    request = _signed(monkeypatch)
+    request.url = request.url.replace("my-ep", "other-ep")
+    with pytest.raises(sigv4.SignatureRejected):
+        _verify(request)
+
+
+def test_the_wrong_secret_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(sigv4.SignatureRejected, match="does not match") as caught:
+        _verify(_signed(monkeypatch, secret="not-the-secret"))
+    assert SECRET not in str(caught.value)
+
+
+def test_an_unknown_access_key_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = sigv4.SigV4Config(region="us-east-1", keys={"OTHERKEY": SECRET})
+    with pytest.raises(sigv4.UnrecognizedClient):
+        _verify(_signed(monkeypatch), config=config)
+
+
+def test_another_region_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(sigv4.SignatureRejected, match="region"):
+        _verify(_signed(monkeypatch, region="eu-west-1"))
+
+
+@pytest.mark.parametrize("skew", [dt.timedelta(minutes=16), -dt.timedelta(minutes=16), dt.timedelta(days=2)])
+def test_stale_or_future_dates_are_rejected(monkeypatch: pytest.MonkeyPatch, skew: dt.timedelta) -> None:
+    with pytest.raises(sigv4.SignatureRejected, match="expired"):
+        _verify(_signed(monkeypatch), now=SIGNED_AT + skew)
+
+
+def test_small_clock_skew_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    _verify(_signed(monkeypatch), now=SIGNED_AT + dt.timedelta(minutes=14))
+
+
+def test_unsigned_requests_need_explicit_permission() -> None:
+    with pytest.raises(sigv4.MissingAuthenticationToken):
+        sigv4.parse_authorization(CONFIG, _Caseless())
+    allowing = sigv4.SigV4Config(region="us-east-1", keys={AKID: SECRET}, allow_unsigned=True)
+    assert sigv4.parse_authorization(allowing, _Caseless()) is None
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Bearer abc",
+        "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20250102/us-east-1/sagemaker/aws4_request",
+        "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20250102/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00",
+        "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20250102/us-east-1/sagemaker/aws4_request, SignedHeaders=accept, "
+        "Signature=00",
+    ],
+)
+def test_malformed_authorization_is_rejected(authorization: str) -> None:
+    headers = _Caseless({"authorization": authorization, "x-amz-date": "20250102T030405Z"})
+    with pytest.raises(sigv4.SignatureRejected):
+        sigv4.parse_authorization(CONFIG, headers, now=SIGNED_AT)
+
+
+def test_config_from_env_reads_a_key_file_and_never_prints_secrets(tmp_path: object) -> None:
+    import pathlib
+
+    path = pathlib.Path(str(tmp_path)) / "keys"
+    path.write_text(f"# team keys\n{AKID}:{SECRET}\n\nSECOND:other/secret+x\n")
+    config = sigv4.config_from_env(
+        {sigv4.ENV_KEYS_FILE: str(path), sigv4.ENV_REGION: "eu-central-1", sigv4.ENV_ALLOW_UNSIGNED: "false"}
+    )
+    assert dict(config.keys) == {AKID: SECRET, "SECOND": "other/secret+x"}
+    assert config.region == "eu-central-1" and not config.allow_unsigned
+    assert SECRET not in repr(config) and "other/secret" not in repr(config)
+
+
+def test_config_from_env_refuses_half_a_key_pair() -> None:
+    with pytest.raises(ValueError, match="both"):
+        sigv4.config_from_env({sigv4.ENV_ACCESS_KEY_ID: AKID})
+    with pytest.raises(ValueError, match="line 1") as caught:
+        sigv4.parse_keys_file(f"{SECRET}\n")
+    assert SECRET not in str(caught.value)
+
+
+def test_unsigned_payload_over_tls_verifies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SDKs may sign `UNSIGNED-PAYLOAD` over HTTPS (payload signing off) and say so in X-Amz-Content-SHA256."""
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: SIGNED_AT.replace(tzinfo=None))
+    request = AWSRequest(method="POST", url="https://gw.example/endpoints/e/invocations", data=b"{}")
+    request.context["payload_signing_enabled"] = False
+    botocore.auth.SigV4Auth(Credentials(AKID, SECRET), "sagemaker", "us-east-1").add_auth(request)
+    assert request.headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
+    _verify(request)
+    request.headers.replace_header("X-Amz-Date", "20250102T030406Z")  # but every signed header still counts
+    with pytest.raises(sigv4.SignatureRejected):
+        _verify(request)
+
+
+def test_a_declared_payload_hash_must_match_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    request = _signed(monkeypatch, headers={"X-Amz-Content-SHA256": "0" * 64, "Content-Type": "application/json"})
+    with pytest.raises(sigv4.SignatureRejected, match="X-Amz-Content-SHA256"):
+        _verify(request)
+
+
+def test_an_unconfigured_dialect_says_how_to_open_it() -> None:
+    signed = _Caseless({"authorization": "AWS4-HMAC-SHA256 Credential=A/20250102/us-east-1/sagemaker/aws4_request"})
+    for headers in (_Caseless(), signed):
+        with pytest.raises(sigv4.MissingAuthenticationToken, match=sigv4.ENV_KEYS_FILE):
+            sigv4.parse_authorization(sigv4.SigV4Config(), headers, now=SIGNED_AT)
