@@ -8,6 +8,7 @@ gateway or local mode by overriding the `launch_target` fixture (one URL for eve
 
 from __future__ import annotations
 
+import base64
 import json
 import pickle
 import subprocess
@@ -50,8 +51,9 @@ class LaunchTarget:
         return f"{self.urls[name]}/v1/hosted_inference"
 
     @property
-    def auth(self) -> aiohttp.BasicAuth:
-        return aiohttp.BasicAuth(self.api_key, "")
+    def headers(self) -> dict[str, str]:
+        """HTTP Basic with the API key as username and an empty password, as Launch clients send it."""
+        return {"Authorization": "Basic " + base64.b64encode(f"{self.api_key}:".encode()).decode()}
 
 
 def _endpoint_file(directory: Path, name: str, modes: list[str]) -> Path:
@@ -110,9 +112,13 @@ def launch_target(tmp_path_factory: pytest.TempPathFactory, valkey_server: Valke
             server.stop()
 
 
-def client(launch_python: Path, target: LaunchTarget, name: str, op: str, **command: Any) -> dict[str, Any]:
-    """One command of the unmodified client against `target` (see the driver's docstring)."""
-    document = {"op": op, "endpoint": target.legacy_base(name), "api_key": target.api_key, "name": name, **command}
+def client(
+    launch_python: Path, target: LaunchTarget, name: str, op: str, *, via: str | None = None, **command: Any
+) -> dict[str, Any]:
+    """One command of the unmodified client for endpoint `name` (through the server of endpoint `via`, by default
+    its own) against `target`; see the driver's docstring."""
+    base = target.legacy_base(via or name)
+    document = {"op": op, "endpoint": base, "api_key": target.api_key, "name": name, **command}
     finished = subprocess.run(
         [str(launch_python), str(DRIVER)],
         input=json.dumps(document),
@@ -138,7 +144,7 @@ def test_get_model_endpoint_gives_the_endpoint_types(launch_python: Path, launch
 
 def test_an_unknown_endpoint_is_none(launch_python: Path, launch_target: LaunchTarget) -> None:
     # The client returns None for a 404 only (any other error is logged as unexpected and also returns None).
-    assert client(launch_python, launch_target, SYNC, "get_endpoint", name="nosuchendpoint") == {"endpoint": None}
+    assert client(launch_python, launch_target, "nosuchendpoint", "get_endpoint", via=SYNC) == {"endpoint": None}
 
 
 def test_a_wrong_api_key_is_refused(launch_python: Path, launch_target: LaunchTarget) -> None:
@@ -203,21 +209,23 @@ def test_async_request_on_an_endpoint_described_as_sync(launch_python: Path, lau
 
 async def test_v1_model_endpoints_by_name(launch_target: LaunchTarget, http: aiohttp.ClientSession) -> None:
     url = launch_target.url(SYNC)
-    async with http.get(f"{url}/v1/model-endpoints", params={"name": SYNC}, auth=launch_target.auth) as response:
+    async with http.get(f"{url}/v1/model-endpoints", params={"name": SYNC}, headers=launch_target.headers) as response:
         assert response.status == 200
         body = await response.json()
     [endpoint] = body["model_endpoints"]
     assert (endpoint["id"], endpoint["name"], endpoint["status"]) == (SYNC, SYNC, "READY")
     assert endpoint["endpoint_type"] == "streaming"  # streaming endpoints also take sync tasks
     assert endpoint["modes"] == ["sync", "streaming", "async"]
-    async with http.get(f"{url}/v1/model-endpoints", params={"name": "other"}, auth=launch_target.auth) as response:
+    async with http.get(
+        f"{url}/v1/model-endpoints", params={"name": "other"}, headers=launch_target.headers
+    ) as response:
         assert (response.status, await response.json()) == (200, {"model_endpoints": []})
 
 
 async def test_v1_sync_task(launch_target: LaunchTarget, http: aiohttp.ClientSession) -> None:
     url = f"{launch_target.url(SYNC)}/v1/sync-tasks"
     body = {"args": {"q": "hi"}}
-    async with http.post(url, params={"model_endpoint_id": SYNC}, json=body, auth=launch_target.auth) as response:
+    async with http.post(url, params={"model_endpoint_id": SYNC}, json=body, headers=launch_target.headers) as response:
         assert response.status == 200
         answer = await response.json()
     assert answer == {
@@ -231,11 +239,11 @@ async def test_v1_sync_task(launch_target: LaunchTarget, http: aiohttp.ClientSes
 async def test_v1_sync_task_pickled(launch_target: LaunchTarget, http: aiohttp.ClientSession) -> None:
     url = f"{launch_target.url(SYNC)}/v1/sync-tasks"
     body = {"args": {"q": 1}, "return_pickled": True}
-    async with http.post(url, params={"model_endpoint_id": SYNC}, json=body, auth=launch_target.auth) as response:
+    async with http.post(url, params={"model_endpoint_id": SYNC}, json=body, headers=launch_target.headers) as response:
         answer = await response.json()
     result_url = answer["result"]["result_url"]
     assert result_url.startswith("http://")
-    async with http.get(result_url, auth=launch_target.auth) as response:
+    async with http.get(result_url, headers=launch_target.headers) as response:
         assert response.status == 200
         assert pickle.loads(await response.read()) == {"q": 1}
 
@@ -243,7 +251,7 @@ async def test_v1_sync_task_pickled(launch_target: LaunchTarget, http: aiohttp.C
 async def test_v1_sync_model_failure_is_200_failure(launch_target: LaunchTarget, http: aiohttp.ClientSession) -> None:
     url = f"{launch_target.url(SYNC)}/v1/sync-tasks"
     body = {"args": {"fail": "boom"}}
-    async with http.post(url, params={"model_endpoint_id": SYNC}, json=body, auth=launch_target.auth) as response:
+    async with http.post(url, params={"model_endpoint_id": SYNC}, json=body, headers=launch_target.headers) as response:
         assert response.status == 200
         answer = await response.json()
     assert answer["status"] == "FAILURE"
@@ -256,14 +264,14 @@ async def test_v1_async_task(launch_target: LaunchTarget, http: aiohttp.ClientSe
     base = launch_target.url(ASYNC)
     body = {"args": {"z": [1]}}
     async with http.post(
-        f"{base}/v1/async-tasks", params={"model_endpoint_id": ASYNC}, json=body, auth=launch_target.auth
+        f"{base}/v1/async-tasks", params={"model_endpoint_id": ASYNC}, json=body, headers=launch_target.headers
     ) as response:
         assert response.status == 200
         task_id = (await response.json())["task_id"]
     seen: list[dict[str, Any]] = []
 
     async def finished() -> bool:
-        async with http.get(f"{base}/v1/async-tasks/{task_id}", auth=launch_target.auth) as response:
+        async with http.get(f"{base}/v1/async-tasks/{task_id}", headers=launch_target.headers) as response:
             assert response.status == 200
             seen.append(await response.json())
         assert seen[-1]["status"] in ("PENDING", "STARTED", "SUCCESS")
@@ -283,11 +291,11 @@ async def test_v1_async_task(launch_target: LaunchTarget, http: aiohttp.ClientSe
 
 async def test_v1_unknown_task_and_endpoint(launch_target: LaunchTarget, http: aiohttp.ClientSession) -> None:
     base = launch_target.url(ASYNC)
-    async with http.get(f"{base}/v1/async-tasks/00000000000000000000000000000000", auth=launch_target.auth) as r:
+    async with http.get(f"{base}/v1/async-tasks/00000000000000000000000000000000", headers=launch_target.headers) as r:
         assert r.status == 404
         assert "detail" in await r.json()
     async with http.post(
-        f"{base}/v1/async-tasks", params={"model_endpoint_id": "nope"}, json={"args": {}}, auth=launch_target.auth
+        f"{base}/v1/async-tasks", params={"model_endpoint_id": "nope"}, json={"args": {}}, headers=launch_target.headers
     ) as r:
         assert r.status == 404
         assert (await r.json())["error"]["code"] == "not_found"
@@ -296,16 +304,16 @@ async def test_v1_unknown_task_and_endpoint(launch_target: LaunchTarget, http: a
 async def test_v1_wrong_mode_and_bad_body(launch_target: LaunchTarget, http: aiohttp.ClientSession) -> None:
     base = launch_target.url(ASYNC)
     async with http.post(
-        f"{base}/v1/sync-tasks", params={"model_endpoint_id": ASYNC}, json={"args": {}}, auth=launch_target.auth
+        f"{base}/v1/sync-tasks", params={"model_endpoint_id": ASYNC}, json={"args": {}}, headers=launch_target.headers
     ) as r:
         assert r.status == 400
         assert (await r.json())["error"]["code"] == "mode_not_served"
     async with http.post(
-        f"{base}/v1/async-tasks", params={"model_endpoint_id": ASYNC}, data=b"{nope", auth=launch_target.auth
+        f"{base}/v1/async-tasks", params={"model_endpoint_id": ASYNC}, data=b"{nope", headers=launch_target.headers
     ) as r:
         assert r.status == 400
         assert "not valid JSON" in (await r.json())["detail"]
-    async with http.post(f"{base}/v1/async-tasks", json={"args": {}}, auth=launch_target.auth) as r:
+    async with http.post(f"{base}/v1/async-tasks", json={"args": {}}, headers=launch_target.headers) as r:
         assert r.status == 400
         assert "model_endpoint_id" in (await r.json())["detail"]
     async with http.post(
@@ -321,7 +329,7 @@ async def _events(response: aiohttp.ClientResponse) -> list[dict[str, Any]]:
 async def test_v1_streaming_task(launch_target: LaunchTarget, http: aiohttp.ClientSession) -> None:
     url = f"{launch_target.url(SYNC)}/v1/streaming-tasks"
     body = {"args": {"text": "one two three"}}
-    async with http.post(url, params={"model_endpoint_id": SYNC}, json=body, auth=launch_target.auth) as response:
+    async with http.post(url, params={"model_endpoint_id": SYNC}, json=body, headers=launch_target.headers) as response:
         assert response.status == 200
         assert response.content_type == "text/event-stream"
         events = await _events(response)
@@ -332,7 +340,7 @@ async def test_v1_streaming_task(launch_target: LaunchTarget, http: aiohttp.Clie
 async def test_v1_streaming_failure_mid_stream(launch_target: LaunchTarget, http: aiohttp.ClientSession) -> None:
     url = f"{launch_target.url(SYNC)}/v1/streaming-tasks"
     body = {"args": {"text": "one two three", "fail_after": 2}}
-    async with http.post(url, params={"model_endpoint_id": SYNC}, json=body, auth=launch_target.auth) as response:
+    async with http.post(url, params={"model_endpoint_id": SYNC}, json=body, headers=launch_target.headers) as response:
         assert response.status == 200
         events = await _events(response)
     assert [event["status"] for event in events] == ["SUCCESS", "SUCCESS", "FAILURE"]
@@ -344,7 +352,7 @@ async def test_v1_streaming_failure_before_the_first_chunk(
 ) -> None:
     url = f"{launch_target.url(SYNC)}/v1/streaming-tasks"
     body = {"args": {"text": "one", "fail_after": 0}}
-    async with http.post(url, params={"model_endpoint_id": SYNC}, json=body, auth=launch_target.auth) as response:
+    async with http.post(url, params={"model_endpoint_id": SYNC}, json=body, headers=launch_target.headers) as response:
         assert response.status == 200
         events = await _events(response)
     assert [event["status"] for event in events] == ["FAILURE"]
