@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from bundleserve.dialects.launch import openapi as launch
+
 _PARAM = re.compile(r"\{[^}]+\}")
 
 _ERROR = {"$ref": "#/components/responses/Error"}
@@ -111,6 +113,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "operationId": "openapi",
         "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
     },
+    **launch.OPERATIONS,
 }
 
 _SCHEMAS: dict[str, Any] = {
@@ -161,6 +164,7 @@ _SCHEMAS: dict[str, Any] = {
         },
         "required": ["error"],
     },
+    **launch.SCHEMAS,
 }
 
 
