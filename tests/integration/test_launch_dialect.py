@@ -357,3 +357,39 @@ async def test_v1_streaming_failure_before_the_first_chunk(
         events = await _events(response)
     assert [event["status"] for event in events] == ["FAILURE"]
     assert "the stream broke after 0 words" in events[0]["traceback"]
+
+
+async def test_result_url_follows_the_forwarded_host(launch_target: LaunchTarget, http: aiohttp.ClientSession) -> None:
+    url = f"{launch_target.url(SYNC)}/v1/sync-tasks"
+    headers = {**launch_target.headers, "X-Forwarded-Proto": "https", "X-Forwarded-Host": "models.example.com"}
+    body = {"args": {"q": 2}, "return_pickled": True}
+    async with http.post(url, params={"model_endpoint_id": SYNC}, json=body, headers=headers) as response:
+        answer = await response.json()
+    assert answer["result"]["result_url"].startswith("https://models.example.com/v1/tasks/")
+
+
+@pytest.mark.parametrize(("legacy", "status"), [(True, 504), (False, 408)])
+async def test_a_timeout_has_the_dialects_status(
+    launch_target: LaunchTarget, http: aiohttp.ClientSession, legacy: bool, status: int
+) -> None:
+    base = launch_target.url(SYNC)
+    url = f"{base}/v1/hosted_inference/task_sync/{SYNC}" if legacy else f"{base}/v1/sync-tasks"
+    params = {} if legacy else {"model_endpoint_id": SYNC}
+    body = {"args": {"sleep": 3}, "timeout_seconds": 0.5, "return_pickled": False}
+    async with http.post(url, params=params, json=body, headers=launch_target.headers) as response:
+        assert response.status == status
+        assert (await response.json())["error"]["code"] == "timeout"
+
+
+async def test_legacy_refusals(launch_target: LaunchTarget, http: aiohttp.ClientSession) -> None:
+    base = launch_target.legacy_base(ASYNC)
+    async with http.post(f"{base}/task_sync/{ASYNC}", json={"args": {}}, headers=launch_target.headers) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["code"] == "mode_not_served"
+    async with http.post(f"{base}/task_async/other", json={"args": {}}, headers=launch_target.headers) as response:
+        assert response.status == 404
+    async with http.get(
+        f"{base}/endpoints/{ASYNC}/task_async/00000000000000000000000000000000", headers=launch_target.headers
+    ) as response:
+        assert response.status == 404
+        assert "detail" in await response.json()

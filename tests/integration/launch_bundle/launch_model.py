@@ -1,6 +1,7 @@
-"""The bundle behind the Launch dialect tests: returns its arguments; `fail` raises inside the model; `stream` yields
+"""The bundle behind the Launch dialect tests: returns its arguments; `fail` raises inside the model; `sleep` sleeps first; `stream` yields
 the words of `text` and raises after `fail_after` of them."""
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -8,6 +9,8 @@ from typing import Any
 def predict(body: bytes | None = None, /, **kwargs: Any) -> Any:
     if body is not None:
         return {"size": len(body), "head": body[:16].decode("utf-8", errors="replace")}
+    if "sleep" in kwargs:
+        time.sleep(float(kwargs["sleep"]))
     if "fail" in kwargs:
         raise RuntimeError(f"the model refused: {kwargs['fail']}")
     return kwargs
