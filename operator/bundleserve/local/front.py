@@ -17,9 +17,10 @@ import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from bundleserve.api.errors import ApiError, NotFound, PayloadTooLarge, Unavailable
+from bundleserve.api.errors import ApiError, NotFound, Unavailable
 from bundleserve.local.plan import EndpointPlan
 from bundleserve.queue.broker import get_task
+from bundleserve.router.core import too_large
 
 HOP_BY_HOP = frozenset(
     h.lower()
@@ -65,10 +66,10 @@ async def error_shape(
 async def _forward(request: web.Request, route: Route) -> web.StreamResponse:
     limit = route.max_payload_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body is larger than the endpoint's limit of {limit} bytes")
+        raise too_large(request.content_length, limit)
     body = await request.content.read(limit + 1)
     if len(body) > limit:
-        raise PayloadTooLarge(f"request body is larger than the endpoint's limit of {limit} bytes")
+        raise too_large(None, limit)
     session = request.app[FRONT_SESSION]
     url = route.base_url + request.rel_url.raw_path_qs
     try:
