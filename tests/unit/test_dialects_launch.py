@@ -72,6 +72,7 @@ def test_unknown_fields_are_ignored_like_model_engine_does() -> None:
         (b'{"cloudpickle": "gASVAAAA"}', "cloudpickle inputs are not accepted"),
         (b'{"args": {}, "callback_auth": {"kind": "basic", "username": "u", "password": "p"}}', "needs callback_url"),
         (b'{"args": {}, "timeout_seconds": 0}', "timeout_seconds"),
+        (b'{"args": {}, "callback_url": "file:///etc/passwd"}', "callback_url must be an http"),
         (b'{"args": {}, "callback_url": "http://h/", "callback_auth": {"kind": "basic"}}', "username and password"),
     ],
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -92,6 +93,8 @@ def parse_task_request(body: bytes, model: type[_R]) -> _R:
         raise InvalidRequest("one of args or url is required")
     if request.callback_auth is not None and request.callback_url is None:
         raise InvalidRequest("callback_auth needs callback_url")
+    if request.callback_url is not None and urlsplit(request.callback_url).scheme.lower() not in ("http", "https"):
+        raise InvalidRequest("callback_url must be an http(s) URL")
     return request
 
 
