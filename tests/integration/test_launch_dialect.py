@@ -8,6 +8,7 @@ gateway or local mode by overriding the `launch_target` fixture (one URL for eve
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import pickle
@@ -20,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from aiohttp import web
 
 from tests.integration.test_router_fake_model import start_router
 from tests.support.processes import REPO, Server, bundleserve, free_port, http_ok
@@ -393,3 +395,62 @@ async def test_legacy_refusals(launch_target: LaunchTarget, http: aiohttp.Client
     ) as response:
         assert response.status == 404
         assert "detail" in await response.json()
+
+
+@pytest.fixture(scope="module")
+def unready_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A router whose model never comes up (nothing listens on its model port)."""
+    directory = tmp_path_factory.mktemp("launch-unready")
+    endpoint = _endpoint_file(directory, "launchcold", ["sync"])
+    env = {"BUNDLESERVE_RESULTS_DIR": str(directory / "results")}
+    router, url = start_router(directory, endpoint, f"http://127.0.0.1:{free_port()}", env=env)
+    try:
+        yield url
+    finally:
+        router.stop()
+
+
+async def test_an_endpoint_whose_model_is_not_ready(unready_router: str, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{unready_router}/v1/hosted_inference/endpoints/launchcold") as response:
+        assert response.status == 200
+        body = await response.json()
+    assert (body["endpoint_type"], body["status"], body["modes"]) == ("sync", "UPDATE_PENDING", ["sync"])
+    async with http.post(f"{unready_router}/v1/sync-tasks?model_endpoint_id=launchcold", json={"args": {}}) as r:
+        assert r.status == 503
+        assert (await r.json())["error"]["code"] == "unavailable"
+
+
+async def test_v1_async_task_with_a_callback(launch_target: LaunchTarget, http: aiohttp.ClientSession) -> None:
+    received: list[tuple[str | None, Any]] = []
+    arrived = asyncio.Event()
+
+    async def receive(request: web.Request) -> web.Response:
+        received.append((request.headers.get("Authorization"), await request.json()))
+        arrived.set()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/done", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        body = {
+            "args": {"c": 1},
+            "callback_url": f"http://127.0.0.1:{port}/done",
+            "callback_auth": {"kind": "basic", "username": "hook", "password": "s3cret"},
+        }
+        base = launch_target.url(ASYNC)
+        async with http.post(
+            f"{base}/v1/async-tasks", params={"model_endpoint_id": ASYNC}, json=body, headers=launch_target.headers
+        ) as response:
+            assert response.status == 200
+            task_id = (await response.json())["task_id"]
+        await asyncio.wait_for(arrived.wait(), timeout=30)
+    finally:
+        await runner.cleanup()
+    [(authorization, document)] = received
+    assert authorization == "Basic " + base64.b64encode(b"hook:s3cret").decode()
+    assert document["task_id"] == task_id
+    assert document["status"] == "SUCCESS"
