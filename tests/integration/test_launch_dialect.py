@@ -2,8 +2,14 @@
 environment, driven through tests/launch_client/driver.py) and model-engine's `/v1` routes over aiohttp.
 
 Behind them: real routers in front of the real bundle runtime (tests/integration/launch_bundle), API keys on, async
-through a real valkey. Every test talks to a `LaunchTarget`, so the integrator can re-run this file against the
-gateway or local mode by overriding the `launch_target` fixture (one URL for every endpoint there).
+through a real valkey. Every test talks to a `LaunchTarget`, so the same tests run against the gateway or local mode
+by overriding the `launch_target` fixture, e.g. in a module of their own:
+
+    from tests.integration.test_launch_dialect import *  # noqa: F403 - the tests, re-collected here
+
+    @pytest.fixture(scope="module")
+    def launch_target(gateway_url) -> LaunchTarget:  # endpoints named SYNC and ASYNC, served as below
+        return LaunchTarget(urls={SYNC: gateway_url, ASYNC: gateway_url}, api_key=API_KEY)
 """
 
 from __future__ import annotations
