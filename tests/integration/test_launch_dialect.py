@@ -106,6 +106,7 @@ def launch_target(tmp_path_factory: pytest.TempPathFactory, valkey_server: Valke
             "BUNDLESERVE_REDIS_URL": valkey_server.url,
             "BUNDLESERVE_QUEUE_DURABILITY": "memory",
             "BUNDLESERVE_API_KEYS_FILE": str(keys),
+            "BUNDLESERVE_URL_ALLOW": "127.0.0.0/8",  # url inputs are fetched from a router's own /healthz
         }
         for name, modes in ((SYNC, ["sync", "streaming", "async"]), (ASYNC, ["async"])):
             router, url = start_router(
@@ -184,6 +185,13 @@ def test_sync_failure_carries_the_traceback(launch_python: Path, launch_target: 
     assert answer["status"] == "FAILURE"
     assert "RuntimeError: the model refused: poisoned" in answer["traceback"]
     assert answer["result"] is None
+
+
+def test_sync_predict_with_a_url_input(launch_python: Path, launch_target: LaunchTarget) -> None:
+    url = f"{launch_target.url(SYNC)}/healthz"
+    answer = client(launch_python, launch_target, SYNC, "predict", url=url, return_pickled=False)
+    assert answer["status"] == "SUCCESS"
+    assert json.loads(answer["result"]) == {"size": len(b'{"status": "ok"}'), "head": '{"status": "ok"}'}
 
 
 def test_async_predict_and_future_get(launch_python: Path, launch_target: LaunchTarget) -> None:
