@@ -19,7 +19,7 @@ import base64
 import json
 import pickle
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,9 @@ import pytest
 import yaml
 from aiohttp import web
 
+from bundleserve.api.endpoint import Mode
+from bundleserve.api.errors import ModeNotServed, NotFound
+from bundleserve.dialects.launch.routes import add_forwarding_routes
 from tests.integration.test_router_fake_model import start_router
 from tests.support.processes import REPO, Server, bundleserve, free_port, http_ok
 from tests.support.valkey import Valkey
@@ -468,3 +471,66 @@ async def test_v1_async_task_with_a_callback(launch_target: LaunchTarget, http: 
     assert authorization == "Basic " + base64.b64encode(b"hook:s3cret").decode()
     assert document["task_id"] == task_id
     assert document["status"] == "SUCCESS"
+
+
+# -- the forwarding mount (what a gateway uses), in front of the real routers ---------------------------------------
+
+
+class _NamesGate:
+    """Stand-in for a gateway's gate: knows the two endpoints' modes, checks nothing else (no key, no readiness).
+
+    Limits: the real gateway also checks API keys, body limits per endpoint and readiness from its registry; this
+    stand-in exists only to run the dialect's forwarding branch against real routers."""
+
+    modes = {SYNC: {Mode.SYNC, Mode.STREAMING, Mode.ASYNC}, ASYNC: {Mode.ASYNC}}
+
+    def gate(self, name: str | None, authorization: str | None, mode: Mode) -> None:
+        if name is not None and name not in self.modes:
+            raise NotFound(f"no endpoint {name!r}")
+        if name is not None and mode not in self.modes[name]:
+            raise ModeNotServed(f"{name} does not serve {mode.value}")
+
+    async def read_body(self, request: web.Request) -> bytes:
+        return await request.read()
+
+
+@pytest.fixture
+async def forwarding_front(launch_target: LaunchTarget) -> AsyncIterator[str]:
+    session = aiohttp.ClientSession()
+
+    async def forward(request: web.Request, name: str, mode: Mode) -> web.StreamResponse:
+        _NamesGate().gate(name, None, mode)
+        upstream = launch_target.url(name) + request.rel_url.path_qs
+        headers = {"Authorization": request.headers.get("Authorization", ""), "Content-Type": "application/json"}
+        async with session.post(upstream, data=await request.read(), headers=headers) as answer:
+            return web.Response(status=answer.status, body=await answer.read(), content_type=answer.content_type)
+
+    app = web.Application()
+    add_forwarding_routes(app, _NamesGate(), forward, lambda _name: None)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+        await session.close()
+
+
+async def test_forwarding_mount(
+    forwarding_front: str, launch_target: LaunchTarget, http: aiohttp.ClientSession
+) -> None:
+    headers = launch_target.headers
+    async with http.get(f"{forwarding_front}/v1/hosted_inference/endpoints/{ASYNC}", headers=headers) as response:
+        assert (response.status, (await response.json())["endpoint_type"]) == (200, "async")
+    body = {"args": {"f": 1}, "return_pickled": False}
+    async with http.post(f"{forwarding_front}/v1/hosted_inference/task_sync/{SYNC}", json=body, headers=headers) as r:
+        assert r.status == 200
+        answer = await r.json()
+    assert (answer["state"], json.loads(answer["result"])) == ("SUCCESS", {"f": 1})
+    async with http.post(f"{forwarding_front}/v1/sync-tasks?model_endpoint_id=nope", json=body, headers=headers) as r:
+        assert r.status == 404  # the forwarder's refusal, in the dialect's shape
+        assert (await r.json())["error"]["code"] == "not_found"
+    async with http.post(f"{forwarding_front}/v1/async-tasks?model_endpoint_id={ASYNC}", json=body) as r:
+        assert r.status == 503  # this stand-in has no queues

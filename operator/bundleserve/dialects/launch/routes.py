@@ -61,6 +61,21 @@ class PickledResults(Protocol):
     async def keep(self, reply: ModelReply) -> str: ...
 
 
+class EndpointGate(Protocol):
+    """The part of the core every Launch route needs: the gate (called before the body is read) and the body limit.
+
+    `InvocationBackend` satisfies it; so can a gateway, whose sync and streaming calls are forwarded instead.
+    """
+
+    def gate(self, name: str | None, authorization: str | None, mode: Mode) -> object: ...
+
+    async def read_body(self, request: web.Request) -> bytes: ...
+
+
+#: A front's way to hand a sync or streaming request, unchanged, to the router of endpoint `name` (the gateway's
+#: proxy); the router's own Launch routes answer it. Raises ApiError (unknown endpoint, mode, key) before forwarding.
+Forward = Callable[[web.Request, str, Mode], Awaitable[web.StreamResponse]]
+
 #: The task service of an endpoint by name (None: the v1 poll, which has only the task id); None when the endpoint's
 #: async API is not configured. The router binds its one service; the gateway resolves per endpoint.
 TaskResolver = Callable[[str | None], TaskBackend | None]
@@ -101,10 +116,23 @@ def _endpoint_id(request: web.Request) -> str:
 
 
 class LaunchRoutes:
-    """The Launch routes over one core and its task services."""
+    """The Launch routes over one gate, its task services, and either the invocation core (a router: sync and
+    streaming calls run here) or a `Forward` (a gateway: they are handed to the endpoint's router)."""
 
-    def __init__(self, core: InvocationBackend, tasks: TaskResolver, results: PickledResults | None = None) -> None:
-        self.core = core
+    def __init__(
+        self,
+        gate: EndpointGate,
+        tasks: TaskResolver,
+        *,
+        core: InvocationBackend | None = None,
+        forward: Forward | None = None,
+        results: PickledResults | None = None,
+    ) -> None:
+        if (core is None) == (forward is None):
+            raise ValueError("LaunchRoutes needs exactly one of core (run calls) or forward (hand them on)")
+        self.core = gate
+        self.invoker = core
+        self.forward = forward
         self.tasks = tasks
         self.results = results
 
@@ -147,6 +175,10 @@ class LaunchRoutes:
             raise Unavailable("the async API of this endpoint is not configured (it needs a Redis URL)")
         return tasks
 
+    def _invoker(self) -> InvocationBackend:
+        assert self.invoker is not None, "sync calls are forwarded when there is no core"
+        return self.invoker
+
     async def _keep(self, request: web.Request, reply: ModelReply) -> str:
         if self.results is None:
             raise Unavailable("return_pickled needs a result store, which this server has not configured")
@@ -158,13 +190,15 @@ class LaunchRoutes:
         view = self.view(request.match_info["name"], request.headers.get("Authorization"))
         return _json(render.dump(render.build_legacy_endpoint(view)))
 
-    async def legacy_sync(self, request: web.Request) -> web.Response:
+    async def legacy_sync(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
+        if self.forward is not None:
+            return await self.forward(request, name, Mode.SYNC)
         self.core.gate(name, request.headers.get("Authorization"), Mode.SYNC)
         task = parse_task_request(await self.core.read_body(request), LegacyTaskRequest)
         invocation = to_invocation(task)
         try:
-            reply = await self.core.predict(invocation)
+            reply = await self._invoker().predict(invocation)
         except ModelError as error:
             return _json(render.dump(render.build_legacy_failure(error)))
         if invocation.return_pickled:
@@ -203,13 +237,15 @@ class LaunchRoutes:
         answer = V1EndpointList(model_endpoints=[render.build_v1_endpoint(view) for view in views])
         return _json(render.dump(answer))
 
-    async def v1_sync(self, request: web.Request) -> web.Response:
+    async def v1_sync(self, request: web.Request) -> web.StreamResponse:
         name = _endpoint_id(request)
+        if self.forward is not None:
+            return await self.forward(request, name, Mode.SYNC)
         self.core.gate(name, request.headers.get("Authorization"), Mode.SYNC)
         task = parse_task_request(await self.core.read_body(request), V1TaskRequest)
         invocation = to_invocation(task)
         try:
-            reply = await self.core.predict(invocation)
+            reply = await self._invoker().predict(invocation)
         except ModelError as error:
             return _json(render.dump(render.build_v1_failure(error)))
         if invocation.return_pickled:
@@ -233,13 +269,15 @@ class LaunchRoutes:
 
     async def v1_stream(self, request: web.Request) -> web.StreamResponse:
         name = _endpoint_id(request)
+        if self.forward is not None:
+            return await self.forward(request, name, Mode.STREAMING)
         self.core.gate(name, request.headers.get("Authorization"), Mode.STREAMING)
         task = parse_task_request(await self.core.read_body(request), V1TaskRequest)
         if task.return_pickled:
             raise InvalidRequest("return_pickled is not available for streaming")
         response: web.StreamResponse | None = None
         try:
-            async with self.core.stream(to_invocation(task)) as chunks:
+            async with self._invoker().stream(to_invocation(task)) as chunks:
                 response = web.StreamResponse(headers=_SSE_HEADERS)
                 await response.prepare(request)
                 try:
@@ -276,5 +314,12 @@ def add_routes(
     *,
     results: PickledResults | None = None,
 ) -> None:
-    """Mount the Launch routes on `app` (the router for its own endpoint, the gateway for many)."""
-    app.router.add_routes(LaunchRoutes(core, tasks, results).routes())
+    """Mount the Launch routes on a router, for its own endpoint: every call runs through `core`."""
+    app.router.add_routes(LaunchRoutes(core, tasks, core=core, results=results).routes())
+
+
+def add_forwarding_routes(app: web.Application, gate: EndpointGate, forward: Forward, tasks: TaskResolver) -> None:
+    """Mount the Launch routes on a front for many endpoints (the gateway): endpoint descriptions and async tasks
+    are answered here from `gate` and the queues (so they work at zero replicas), sync and streaming calls are
+    forwarded unchanged to the endpoint's router, whose own Launch routes answer them."""
+    app.router.add_routes(LaunchRoutes(gate, tasks, forward=forward).routes())
