@@ -130,7 +130,7 @@ class LaunchRoutes:
     ) -> None:
         if (core is None) == (forward is None):
             raise ValueError("LaunchRoutes needs exactly one of core (run calls) or forward (hand them on)")
-        self.core = gate
+        self.gatekeeper = gate
         self.invoker = core
         self.forward = forward
         self.tasks = tasks
@@ -159,7 +159,7 @@ class LaunchRoutes:
         ready = False
         for mode in Mode:
             try:
-                self.core.gate(name, authorization, mode)
+                self.gatekeeper.gate(name, authorization, mode)
             except ModeNotServed:
                 continue
             except Unavailable:
@@ -194,8 +194,8 @@ class LaunchRoutes:
         name = request.match_info["name"]
         if self.forward is not None:
             return await self.forward(request, name, Mode.SYNC)
-        self.core.gate(name, request.headers.get("Authorization"), Mode.SYNC)
-        task = parse_task_request(await self.core.read_body(request), LegacyTaskRequest)
+        self.gatekeeper.gate(name, request.headers.get("Authorization"), Mode.SYNC)
+        task = parse_task_request(await self.gatekeeper.read_body(request), LegacyTaskRequest)
         invocation = to_invocation(task)
         try:
             reply = await self._invoker().predict(invocation)
@@ -214,7 +214,7 @@ class LaunchRoutes:
 
     async def legacy_poll(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        self.core.gate(name, request.headers.get("Authorization"), Mode.ASYNC)
+        self.gatekeeper.gate(name, request.headers.get("Authorization"), Mode.ASYNC)
         task_id = request.match_info["task_id"]
         record = await self._task_backend(name).status(task_id, wait_seconds=LEGACY_POLL_WAIT_SECONDS)
         if record is None:
@@ -241,8 +241,8 @@ class LaunchRoutes:
         name = _endpoint_id(request)
         if self.forward is not None:
             return await self.forward(request, name, Mode.SYNC)
-        self.core.gate(name, request.headers.get("Authorization"), Mode.SYNC)
-        task = parse_task_request(await self.core.read_body(request), V1TaskRequest)
+        self.gatekeeper.gate(name, request.headers.get("Authorization"), Mode.SYNC)
+        task = parse_task_request(await self.gatekeeper.read_body(request), V1TaskRequest)
         invocation = to_invocation(task)
         try:
             reply = await self._invoker().predict(invocation)
@@ -260,7 +260,7 @@ class LaunchRoutes:
 
     async def v1_poll(self, request: web.Request) -> web.Response:
         """By task id only (model-engine's route has no endpoint): the gate checks the API key."""
-        self.core.gate(None, request.headers.get("Authorization"), Mode.ASYNC)
+        self.gatekeeper.gate(None, request.headers.get("Authorization"), Mode.ASYNC)
         task_id = request.match_info["task_id"]
         record = await self._task_backend(None).status(task_id, wait_seconds=0.0)
         if record is None:
@@ -271,8 +271,8 @@ class LaunchRoutes:
         name = _endpoint_id(request)
         if self.forward is not None:
             return await self.forward(request, name, Mode.STREAMING)
-        self.core.gate(name, request.headers.get("Authorization"), Mode.STREAMING)
-        task = parse_task_request(await self.core.read_body(request), V1TaskRequest)
+        self.gatekeeper.gate(name, request.headers.get("Authorization"), Mode.STREAMING)
+        task = parse_task_request(await self.gatekeeper.read_body(request), V1TaskRequest)
         if task.return_pickled:
             raise InvalidRequest("return_pickled is not available for streaming")
         response: web.StreamResponse | None = None
@@ -298,9 +298,9 @@ class LaunchRoutes:
     async def _submit(
         self, request: web.Request, name: str, model: type[LegacyTaskRequest] | type[V1TaskRequest]
     ) -> str:
-        self.core.gate(name, request.headers.get("Authorization"), Mode.ASYNC)
+        self.gatekeeper.gate(name, request.headers.get("Authorization"), Mode.ASYNC)
         tasks = self._task_backend(name)
-        task = parse_task_request(await self.core.read_body(request), model)
+        task = parse_task_request(await self.gatekeeper.read_body(request), model)
         callback = CallbackTarget(task.callback_url, task.callback_auth) if task.callback_url else None
         return await tasks.submit(
             to_invocation(task), callback=callback, request_ttl_seconds=None, invocation_timeout_seconds=None
