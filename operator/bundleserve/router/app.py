@@ -19,7 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bundleserve import __version__
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unavailable
-from bundleserve.dialects.base import DialectMount
+from bundleserve.dialects.base import DialectMount, InvocationBackend, TaskBackend
+from bundleserve.dialects.launch import routes as launch
 from bundleserve.dialects.sagemaker import routes as sagemaker_routes
 from bundleserve.queue.service import stored_result as stored
 from bundleserve.router import async_routes, openapi
@@ -27,7 +28,7 @@ from bundleserve.router.admission import AdmissionController
 from bundleserve.router.auth import ApiKeys
 from bundleserve.router.core import InvocationCore
 from bundleserve.router.fetch import UrlFetcher
-from bundleserve.router.invoke import Invoker, error_response, result_store
+from bundleserve.router.invoke import Invoker, PickledResults, error_response, result_store
 from bundleserve.router.metrics import RouterMetrics
 from bundleserve.router.model_client import ModelClient
 from bundleserve.router.readiness import readiness_probe
@@ -39,9 +40,15 @@ log = logging.getLogger("bundleserve.router")
 CORE = web.AppKey("invocation_core", InvocationCore)  # the one invocation path of this router
 INVOKER = web.AppKey("invoker", Invoker)  # the native sync/stream handlers, shared with the fast path (router.fastpath)
 
+
+def _mount_launch(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None) -> None:
+    """The Launch dialect for this router's endpoint, keeping sync pickled results where native predict keeps them."""
+    launch.add_routes(app, core, lambda _name: tasks, results=PickledResults(app[ROUTER_STATE]))
+
+
 #: Every dialect the router serves besides the native API, mounted by `build_app` as `mount(app, core, tasks)`.
 #: A dialect module exposes one `DialectMount` (see `bundleserve.dialects.base`) and is listed here, once.
-DIALECTS: list[DialectMount] = [sagemaker_routes.mount]
+DIALECTS: list[DialectMount] = [sagemaker_routes.mount, _mount_launch]
 
 
 class MethodNotAllowed(ApiError):

@@ -94,6 +94,30 @@ def invocation_of(call: Call) -> Invocation:
     )
 
 
+class PickledResults:
+    """Keeps a sync `return_pickled` result in the endpoint's result store, for every dialect (native, Launch).
+
+    A runnable image answers plain JSON or text, so its result is pickled here; a Python bundle's reply is a pickle
+    already. Returns the path of the result route (`url_for`), which dialects make absolute.
+    """
+
+    def __init__(self, state: RouterState) -> None:
+        self.state = state
+
+    async def keep(self, reply: ModelReply) -> str:
+        if reply.is_pickle:
+            data = reply.body
+        else:
+            import cloudpickle
+
+            data = cloudpickle.dumps(reply.result())
+        store = result_store(self.state)
+        key = uuid.uuid4().hex
+        ttl = float(self.state.settings.endpoint.spec.async_settings.result_ttl_seconds)
+        await store.put(key, data, PICKLE_CONTENT_TYPE, ttl_seconds=ttl)
+        return store.url_for(key)
+
+
 class Invoker:
     """The native predict and stream handlers of one endpoint, over its invocation core."""
 
@@ -152,17 +176,7 @@ class Invoker:
         return Answer(200, body)
 
     async def _pickled_answer(self, reply: ModelReply, public_url: Callable[[], str] | None) -> Answer:
-        if reply.is_pickle:
-            data = reply.body
-        else:  # a runnable image answered plain JSON/text: pickle its result here
-            import cloudpickle
-
-            data = cloudpickle.dumps(reply.result())
-        store = result_store(self.state)
-        key = uuid.uuid4().hex
-        ttl = float(self.state.settings.endpoint.spec.async_settings.result_ttl_seconds)
-        await store.put(key, data, PICKLE_CONTENT_TYPE, ttl_seconds=ttl)
-        url = store.url_for(key)
+        url = await PickledResults(self.state).keep(reply)
         if url.startswith("/") and public_url is not None:  # the file store's route; S3 URLs are absolute already
             url = public_url() + url
         body = {

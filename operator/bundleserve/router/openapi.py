@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bundleserve.dialects.launch import openapi as launch
 from bundleserve.dialects.sagemaker import openapi as sagemaker_openapi
 
 _PARAM = re.compile(r"\{[^}]+\}")
@@ -113,6 +114,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "operationId": "openapi",
         "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
     },
+    **launch.OPERATIONS,
 }
 
 OPERATIONS.update(sagemaker_openapi.OPERATIONS)  # the SageMaker Runtime routes (dialects.sagemaker.routes)
@@ -165,6 +167,7 @@ _SCHEMAS: dict[str, Any] = {
         },
         "required": ["error"],
     },
+    **launch.SCHEMAS,
 }
 
 

@@ -1,0 +1,325 @@
+"""The aiohttp adapters of the Launch dialect: parse -> invocation core / task service -> render.
+
+Legacy routes (PyPI `scale-launch` 0.3.x; the client's `endpoint` is `{server}/v1/hosted_inference`):
+  GET  /v1/hosted_inference/endpoints/{name}                       endpoint description (`endpoint_type` sync|async)
+  POST /v1/hosted_inference/task_sync/{name}                       sync call, `state` SUCCESS|FAILURE
+  POST /v1/hosted_inference/task_async/{name}                      `{"task_id"}`
+  GET  /v1/hosted_inference/endpoints/{name}/task_async/{task_id}  `state` PENDING|SUCCESS|FAILURE
+Current routes (model-engine `/v1`; `model_endpoint_id` is the endpoint's name, as `GET /v1/model-endpoints` says):
+  GET  /v1/model-endpoints?name=NAME
+  POST /v1/sync-tasks?model_endpoint_id=NAME
+  POST /v1/async-tasks?model_endpoint_id=NAME
+  GET  /v1/async-tasks/{task_id}
+  POST /v1/streaming-tasks?model_endpoint_id=NAME                  text/event-stream
+
+Nothing here decides admission, deadlines, limits, auth or the error cause: `InvocationBackend.gate` (called before
+the body is read), `read_body`, `predict` and `stream` do, and `TaskBackend` owns the queue. What an endpoint serves
+is learnt from the same gate (a mode it does not serve raises ModeNotServed), so there is no second description of
+endpoints to keep in step.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
+
+from aiohttp import web
+
+from bundleserve.api.endpoint import Mode
+from bundleserve.api.errors import ApiError, InvalidRequest, ModelError, ModeNotServed, NotFound, Unavailable
+from bundleserve.api.invocation import ModelReply
+from bundleserve.dialects.base import InvocationBackend, TaskBackend, absolute_url
+from bundleserve.dialects.launch import render
+from bundleserve.dialects.launch.models import (
+    LegacyAsyncSubmitResponse,
+    LegacyTaskRequest,
+    V1AsyncSubmitResponse,
+    V1EndpointList,
+    V1TaskRequest,
+    parse_task_request,
+    to_invocation,
+)
+from bundleserve.queue.tasks import CallbackTarget
+
+LEGACY_BASE = "/v1/hosted_inference"
+#: A legacy poll holds up to this long for the task to finish: the 0.3.x client sleeps 2 s between polls, so without
+#: it `future.get()` would return up to 2 s after the result exists.
+LEGACY_POLL_WAIT_SECONDS = 5.0
+_JSON = "application/json"
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class PickledResults(Protocol):
+    """Keeps a sync `return_pickled` result where the client can download it; returns its path or URL.
+
+    The router passes the same store its native predict and async results use (one store, one result route).
+    """
+
+    async def keep(self, reply: ModelReply) -> str: ...
+
+
+class EndpointGate(Protocol):
+    """The part of the core every Launch route needs: the gate (called before the body is read) and the body limit.
+
+    `InvocationBackend` satisfies it; so can a gateway, whose sync and streaming calls are forwarded instead.
+    """
+
+    def gate(self, name: str | None, authorization: str | None, mode: Mode) -> object: ...
+
+    async def read_body(self, request: web.Request) -> bytes: ...
+
+
+#: A front's way to hand a sync or streaming request, unchanged, to the router of endpoint `name` (the gateway's
+#: proxy); the router's own Launch routes answer it. Raises ApiError (unknown endpoint, mode, key) before forwarding.
+Forward = Callable[[web.Request, str, Mode], Awaitable[web.StreamResponse]]
+
+#: The task service of an endpoint by name (None: the v1 poll, which has only the task id); None when the endpoint's
+#: async API is not configured. The router binds its one service; the gateway resolves per endpoint.
+TaskResolver = Callable[[str | None], TaskBackend | None]
+
+
+def _json(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=body, content_type=_JSON)
+
+
+def _error_response(error: ApiError, *, legacy: bool) -> web.Response:
+    response = _json(render.error_body(error), render.error_status(error, legacy=legacy))
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def _renders_errors(*, legacy: bool) -> Callable[[Handler], Handler]:
+    """Every ApiError of a handler in Launch's shape (the router's middleware would render the native one)."""
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except ApiError as error:
+                return _error_response(error, legacy=legacy)
+
+        return wrapped
+
+    return decorate
+
+
+def _endpoint_id(request: web.Request) -> str:
+    name = request.query.get("model_endpoint_id", "").strip()
+    if not name:
+        raise InvalidRequest("the query parameter model_endpoint_id is required (the endpoint's name or id)")
+    return name
+
+
+class LaunchRoutes:
+    """The Launch routes over one gate, its task services, and either the invocation core (a router: sync and
+    streaming calls run here) or a `Forward` (a gateway: they are handed to the endpoint's router)."""
+
+    def __init__(
+        self,
+        gate: EndpointGate,
+        tasks: TaskResolver,
+        *,
+        core: InvocationBackend | None = None,
+        forward: Forward | None = None,
+        results: PickledResults | None = None,
+    ) -> None:
+        if (core is None) == (forward is None):
+            raise ValueError("LaunchRoutes needs exactly one of core (run calls) or forward (hand them on)")
+        self.gatekeeper = gate
+        self.invoker = core
+        self.forward = forward
+        self.tasks = tasks
+        self.results = results
+
+    def routes(self) -> list[web.RouteDef]:
+        legacy, v1 = _renders_errors(legacy=True), _renders_errors(legacy=False)
+        return [
+            web.get(f"{LEGACY_BASE}/endpoints/{{name}}", legacy(self.legacy_endpoint)),
+            web.post(f"{LEGACY_BASE}/task_sync/{{name}}", legacy(self.legacy_sync)),
+            web.post(f"{LEGACY_BASE}/task_async/{{name}}", legacy(self.legacy_async)),
+            web.get(f"{LEGACY_BASE}/endpoints/{{name}}/task_async/{{task_id}}", legacy(self.legacy_poll)),
+            web.get("/v1/model-endpoints", v1(self.v1_endpoints)),
+            web.post("/v1/sync-tasks", v1(self.v1_sync)),
+            web.post("/v1/async-tasks", v1(self.v1_async)),
+            web.get("/v1/async-tasks/{task_id}", v1(self.v1_poll)),
+            web.post("/v1/streaming-tasks", v1(self.v1_stream)),
+        ]
+
+    # -- shared steps ---------------------------------------------------------------------------------------------
+
+    def view(self, name: str, authorization: str | None) -> render.EndpointView:
+        """The endpoint as the gate sees it: NotFound / Unauthorized propagate; each mode is served unless the gate
+        says ModeNotServed; ready when a sync or streaming call would pass now."""
+        modes: set[Mode] = set()
+        ready = False
+        for mode in Mode:
+            try:
+                self.gatekeeper.gate(name, authorization, mode)
+            except ModeNotServed:
+                continue
+            except Unavailable:
+                modes.add(mode)
+                continue
+            modes.add(mode)
+            ready = ready or mode is not Mode.ASYNC
+        return render.EndpointView(name=name, modes=frozenset(modes), ready=ready)
+
+    def _task_backend(self, name: str | None) -> TaskBackend:
+        tasks = self.tasks(name)
+        if tasks is None:
+            raise Unavailable("the async API of this endpoint is not configured (it needs a Redis URL)")
+        return tasks
+
+    def _invoker(self) -> InvocationBackend:
+        assert self.invoker is not None, "sync calls are forwarded when there is no core"
+        return self.invoker
+
+    async def _keep(self, request: web.Request, reply: ModelReply) -> str:
+        if self.results is None:
+            raise Unavailable("return_pickled needs a result store, which this server has not configured")
+        return absolute_url(request, await self.results.keep(reply))
+
+    # -- legacy ---------------------------------------------------------------------------------------------------
+
+    async def legacy_endpoint(self, request: web.Request) -> web.Response:
+        view = self.view(request.match_info["name"], request.headers.get("Authorization"))
+        return _json(render.dump(render.build_legacy_endpoint(view)))
+
+    async def legacy_sync(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if self.forward is not None:
+            return await self.forward(request, name, Mode.SYNC)
+        self.gatekeeper.gate(name, request.headers.get("Authorization"), Mode.SYNC)
+        task = parse_task_request(await self.gatekeeper.read_body(request), LegacyTaskRequest)
+        invocation = to_invocation(task)
+        try:
+            reply = await self._invoker().predict(invocation)
+        except ModelError as error:
+            return _json(render.dump(render.build_legacy_failure(error)))
+        if invocation.return_pickled:
+            answer = render.build_legacy_sync(result_url=await self._keep(request, reply))
+        else:
+            answer = render.build_legacy_sync(result=render.result_text(reply))
+        return _json(render.dump(answer))
+
+    async def legacy_async(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        task_id = await self._submit(request, name, LegacyTaskRequest)
+        return _json(render.dump(LegacyAsyncSubmitResponse(task_id=task_id)))
+
+    async def legacy_poll(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.gatekeeper.gate(name, request.headers.get("Authorization"), Mode.ASYNC)
+        task_id = request.match_info["task_id"]
+        record = await self._task_backend(name).status(task_id, wait_seconds=LEGACY_POLL_WAIT_SECONDS)
+        if record is None:
+            raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
+        answer = render.build_legacy_task(record, functools.partial(absolute_url, request))
+        return _json(render.dump(answer))
+
+    # -- v1 -------------------------------------------------------------------------------------------------------
+
+    async def v1_endpoints(self, request: web.Request) -> web.Response:
+        """By name (what clients do): a list of one, or an empty list for an unknown name, as model-engine answers."""
+        name = request.query.get("name", "").strip()
+        if not name:
+            raise InvalidRequest("the query parameter name is required (this server lists endpoints by name)")
+        authorization = request.headers.get("Authorization")
+        try:
+            views: Iterable[render.EndpointView] = [self.view(name, authorization)]
+        except NotFound:
+            views = []
+        answer = V1EndpointList(model_endpoints=[render.build_v1_endpoint(view) for view in views])
+        return _json(render.dump(answer))
+
+    async def v1_sync(self, request: web.Request) -> web.StreamResponse:
+        name = _endpoint_id(request)
+        if self.forward is not None:
+            return await self.forward(request, name, Mode.SYNC)
+        self.gatekeeper.gate(name, request.headers.get("Authorization"), Mode.SYNC)
+        task = parse_task_request(await self.gatekeeper.read_body(request), V1TaskRequest)
+        invocation = to_invocation(task)
+        try:
+            reply = await self._invoker().predict(invocation)
+        except ModelError as error:
+            return _json(render.dump(render.build_v1_failure(error)))
+        if invocation.return_pickled:
+            answer = render.build_v1_sync(result_url=await self._keep(request, reply))
+        else:
+            answer = render.build_v1_sync(result=render.result_text(reply))
+        return _json(render.dump(answer))
+
+    async def v1_async(self, request: web.Request) -> web.Response:
+        task_id = await self._submit(request, _endpoint_id(request), V1TaskRequest)
+        return _json(render.dump(V1AsyncSubmitResponse(task_id=task_id)))
+
+    async def v1_poll(self, request: web.Request) -> web.Response:
+        """By task id only (model-engine's route has no endpoint): the gate checks the API key."""
+        self.gatekeeper.gate(None, request.headers.get("Authorization"), Mode.ASYNC)
+        task_id = request.match_info["task_id"]
+        record = await self._task_backend(None).status(task_id, wait_seconds=0.0)
+        if record is None:
+            raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
+        return _json(render.dump(render.build_v1_task(record, functools.partial(absolute_url, request))))
+
+    async def v1_stream(self, request: web.Request) -> web.StreamResponse:
+        name = _endpoint_id(request)
+        if self.forward is not None:
+            return await self.forward(request, name, Mode.STREAMING)
+        self.gatekeeper.gate(name, request.headers.get("Authorization"), Mode.STREAMING)
+        task = parse_task_request(await self.gatekeeper.read_body(request), V1TaskRequest)
+        if task.return_pickled:
+            raise InvalidRequest("return_pickled is not available for streaming")
+        response: web.StreamResponse | None = None
+        try:
+            async with self._invoker().stream(to_invocation(task)) as chunks:
+                response = web.StreamResponse(headers=_SSE_HEADERS)
+                await response.prepare(request)
+                try:
+                    async for chunk in chunks:
+                        await response.write(render.stream_chunk_event(chunk.data))
+                except ModelError as error:  # mid-stream: one final FAILURE event
+                    await response.write(render.stream_failure_event(error))
+        except ModelError as error:
+            if response is None:  # before the first chunk: a 200 event stream whose one event is the failure
+                response = web.StreamResponse(headers=_SSE_HEADERS)
+                await response.prepare(request)
+            await response.write(render.stream_failure_event(error))
+        await response.write_eof()
+        return response
+
+    # -- async ----------------------------------------------------------------------------------------------------
+
+    async def _submit(
+        self, request: web.Request, name: str, model: type[LegacyTaskRequest] | type[V1TaskRequest]
+    ) -> str:
+        self.gatekeeper.gate(name, request.headers.get("Authorization"), Mode.ASYNC)
+        tasks = self._task_backend(name)
+        task = parse_task_request(await self.gatekeeper.read_body(request), model)
+        callback = CallbackTarget(task.callback_url, task.callback_auth) if task.callback_url else None
+        return await tasks.submit(
+            to_invocation(task), callback=callback, request_ttl_seconds=None, invocation_timeout_seconds=None
+        )
+
+
+def add_routes(
+    app: web.Application,
+    core: InvocationBackend,
+    tasks: TaskResolver,
+    *,
+    results: PickledResults | None = None,
+) -> None:
+    """Mount the Launch routes on a router, for its own endpoint: every call runs through `core`."""
+    app.router.add_routes(LaunchRoutes(core, tasks, core=core, results=results).routes())
+
+
+def add_forwarding_routes(app: web.Application, gate: EndpointGate, forward: Forward, tasks: TaskResolver) -> None:
+    """Mount the Launch routes on a front for many endpoints (the gateway): endpoint descriptions and async tasks
+    are answered here from `gate` and the queues (so they work at zero replicas), sync and streaming calls are
+    forwarded unchanged to the endpoint's router, whose own Launch routes answer them."""
+    app.router.add_routes(LaunchRoutes(gate, tasks, forward=forward).routes())
