@@ -7,6 +7,7 @@ async endpoint. Building the plan is pure so it can be tested without starting a
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,7 +65,9 @@ def model_process(endpoint: Endpoint, manifest_dir: Path, port: int) -> ProcessS
             "bundle", "serve", "--entrypoint", bundle.python.entrypoint, "--port", str(port), "--host", "127.0.0.1"
         )
         if bundle.python.load:
-            argv += ["--load", bundle.python.load]
+            # a failed load() ends the run with the endpoint's name and error (docs/local-mode.md), instead of a
+            # runtime that stays up answering "not ready"
+            argv += ["--load", bundle.python.load, "--exit-on-load-failure"]
         if bundle.python.stream:
             argv += ["--stream", bundle.python.stream]
         code_dir = (manifest_dir / (bundle.python.path or ".")).resolve()
@@ -107,8 +110,18 @@ def router_process(
     )  # fmt: skip
     if redis_url:
         argv += ["--redis-url", redis_url]
-    env = {"BUNDLESERVE_RESULTS_DIR": str(results_dir)}
+    env = {"BUNDLESERVE_RESULTS_DIR": str(results_dir), **local_router_env()}
     return ProcessSpec(name=f"{name}/router", argv=argv, port=port, ready_path="/healthz", env=env)
+
+
+#: Local mode runs on one machine where the models, url inputs and callback receivers are usually on loopback too:
+#: the destination guard lets loopback through here (a cluster's routers keep blocking it). An explicit
+#: BUNDLESERVE_URL_ALLOW in the environment of `bundleserve run` wins over this default.
+LOCAL_URL_ALLOW = "127.0.0.0/8,::1/128"
+
+
+def local_router_env() -> dict[str, str]:
+    return {"BUNDLESERVE_URL_ALLOW": os.environ.get("BUNDLESERVE_URL_ALLOW") or LOCAL_URL_ALLOW}
 
 
 def needs_redis(endpoints: Sequence[Endpoint]) -> bool:
