@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pickle
 import signal
-import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from bundleserve.queue import keys
 from tests.integration.test_router_fake_model import start_model, start_router
 from tests.support.processes import http_ok
 from tests.support.valkey import Valkey
-from tests.support.waiting import wait_until
+from tests.support.waiting import async_wait_until, wait_until
 
 NAME = "asynchttp"
 BASE = f"/v1/endpoints/{NAME}"
@@ -58,7 +59,7 @@ def router(tmp_path_factory: pytest.TempPathFactory, valkey_server: Valkey) -> I
         }
         server, url = start_router(directory, endpoint, model_url, env=env)
         wait_until(lambda: http_ok(f"{url}/readyz"), timeout=10, what="router ready")
-        yield {"url": url, "router": server}
+        yield {"url": url, "router": server, "model_url": model_url}
     finally:
         if server is not None:
             server.stop()
@@ -92,18 +93,40 @@ async def test_submit_then_long_poll_returns_the_result(router: dict[str, Any], 
     }
 
 
+async def open_gate(http: aiohttp.ClientSession, model_url: str, gate: str) -> None:
+    async with http.post(f"{model_url}/gates/{gate}") as response:
+        assert response.status == 200
+
+
+async def waiting_at(http: aiohttp.ClientSession, model_url: str, gate: str) -> int:
+    async with http.get(f"{model_url}/gates/{gate}") as response:
+        return int((await response.json())["waiting"])
+
+
 async def test_long_poll_is_woken_by_the_completion(router: dict[str, Any], http: aiohttp.ClientSession):
-    _, accepted = await submit(http, router["url"], {"args": {"sleep": 0.6}})
-    begun = time.monotonic()
-    code, body = await status(http, router["url"], accepted["task_id"], wait=20)
-    elapsed = time.monotonic() - begun
+    """The task runs into a barrier; a long-poll of the longest wait is open before the barrier opens, and it answers
+    SUCCESS long before its wait is over (the test's own deadline is a fraction of the 300 s wait)."""
+    gate = uuid.uuid4().hex
+    _, accepted = await submit(http, router["url"], {"args": {"hold": gate}})
+    try:
+        await async_wait_until(lambda: waiting_at(http, router["model_url"], gate), what="the task in the model")
+        poll = asyncio.create_task(status(http, router["url"], accepted["task_id"], wait=300))
+        code, body = await status(http, router["url"], accepted["task_id"], wait=0)
+        assert (code, body["status"]) == (200, "STARTED")
+        assert not poll.done()
+    finally:
+        await open_gate(http, router["model_url"], gate)
+    code, body = await asyncio.wait_for(poll, timeout=60)
     assert (code, body["status"]) == (200, "SUCCESS")
-    assert elapsed < 3.0  # woken by the completion, not by the end of the wait
 
 
 async def test_status_without_wait_answers_at_once(router: dict[str, Any], http: aiohttp.ClientSession):
-    _, accepted = await submit(http, router["url"], {"args": {"sleep": 2}})
-    code, body = await status(http, router["url"], accepted["task_id"], wait=0)
+    gate = uuid.uuid4().hex
+    _, accepted = await submit(http, router["url"], {"args": {"hold": gate}})
+    try:
+        code, body = await status(http, router["url"], accepted["task_id"], wait=0)
+    finally:
+        await open_gate(http, router["model_url"], gate)
     assert code == 200
     assert body["status"] in ("PENDING", "STARTED")
     assert (body["result"], body["traceback"]) == (None, None)
@@ -169,6 +192,13 @@ async def test_unknown_endpoint_and_unknown_task_are_404(router: dict[str, Any],
         assert (code, answer["error"]["code"]) == (404, "not_found")
     async with http.get(f"{router['url']}/v1/tasks/{'0' * 32}/result") as response:
         assert response.status == 404
+
+
+async def test_a_malformed_result_id_is_400(router: dict[str, Any], http: aiohttp.ClientSession):
+    """The same answer as the sync-only router's result route (tests/integration/test_router_sync.py)."""
+    async with http.get(f"{router['url']}/v1/tasks/bad..id/result") as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["code"] == "invalid_request"
 
 
 async def test_a_task_of_a_same_named_endpoint_in_another_namespace_is_404(
@@ -241,14 +271,21 @@ async def test_sigterm_lets_a_running_task_finish(tmp_path: Path, valkey_server:
         }
         server, url = start_router(tmp_path, endpoint, model_url, env=env)
         wait_until(lambda: http_ok(f"{url}/readyz"), timeout=10, what="router ready")
-        code, accepted = await submit(http, url, {"args": {"sleep": 1.0}}, name="asyncdrain")
+        gate = uuid.uuid4().hex
+        code, accepted = await submit(http, url, {"args": {"hold": gate}}, name="asyncdrain")
         assert code == 202
         client = redis.Redis(port=valkey_server.port)
         try:
-            wait_until(
-                lambda: client.hget(keys.task(accepted["task_id"]), "status") == b"STARTED", what="the task to start"
-            )
+            await async_wait_until(lambda: waiting_at(http, model_url, gate), what="the task in the model")
             server.signal(signal.SIGTERM)
+
+            async def draining() -> bool:
+                async with http.get(f"{url}/readyz") as response:
+                    return response.status == 503
+
+            await async_wait_until(draining, what="the router to drain")
+            assert server.process.poll() is None  # draining, and still there: the running task holds it
+            await open_gate(http, model_url, gate)
             assert server.process.wait(20) == 0, server.log()
             assert client.hget(keys.task(accepted["task_id"]), "status") == b"SUCCESS"
         finally:

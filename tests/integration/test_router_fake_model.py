@@ -2,9 +2,13 @@
 
 It speaks the router->model contract of docs/contracts.md and records what it saw, so tests can assert on the model's
 side: the most concurrent calls it ever had, how many calls arrived, how many streams were cut by the caller.
-Behaviour per request, from the JSON args: `sleep` (seconds), `fail` (answer 500 with a traceback), `crash` (exit
-the process mid-request); streams: `words`, `delay`, `first_delay`, `fail_after`, `crash_after`. `/readyz` answers 503 until the file named by
-FAKE_READY_FILE exists (when set).
+Behaviour per request, from the JSON args: `sleep` (seconds), `hold` (wait at the named barrier until the test opens
+it: `POST /gates/NAME`; `GET /gates/NAME` says how many calls wait there), `fail` (answer 500 with a traceback),
+`invalid` (answer the bundle runtime's 400 `invalid_arguments` naming that argument), `big` (answer a JSON string of
+that many bytes, written in 1 MiB pieces with its Content-Length, or chunked with `chunked`), `crash` (exit the process mid-request); streams:
+`words`, `delay`, `first_delay`, `hold_before` (a barrier before the response headers), `hold_first` (a barrier after
+the headers, before the first event), `fail_after`, `crash_after`. `/readyz` answers 503 until the file named by
+FAKE_READY_FILE exists (when set). Tests use barriers, not sleeps, to make calls overlap.
 """
 
 from __future__ import annotations
@@ -20,6 +24,47 @@ import cloudpickle
 from aiohttp import web
 
 STATS: dict[str, Any] = {"calls": 0, "current": 0, "max_concurrent": 0, "streams_cancelled": 0, "streams_done": 0}
+GATES: dict[str, asyncio.Event] = {}
+WAITING: dict[str, int] = {}
+
+
+async def hold(name: str) -> None:
+    """Wait at the barrier `name` until a test opens it (`POST /gates/NAME`)."""
+    gate = GATES.setdefault(name, asyncio.Event())
+    WAITING[name] = WAITING.get(name, 0) + 1
+    try:
+        await gate.wait()
+    finally:
+        WAITING[name] -= 1
+
+
+async def open_gate(request: web.Request) -> web.Response:
+    GATES.setdefault(request.match_info["name"], asyncio.Event()).set()
+    return web.json_response({"open": True})
+
+
+async def gate_state(request: web.Request) -> web.Response:
+    return web.json_response({"waiting": WAITING.get(request.match_info["name"], 0)})
+
+
+async def big_answer(request: web.Request, size: int, *, chunked: bool = False) -> web.StreamResponse:
+    """A JSON string of `size` bytes, sent piecewise with its Content-Length or chunked (never held whole)."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    if chunked:
+        response.enable_chunked_encoding()
+    else:
+        response.content_length = size
+    await response.prepare(request)
+    piece = b"a" * (1 << 20)
+    remaining = size - 2
+    await response.write(b'"')
+    while remaining > 0:
+        chunk = piece if remaining >= len(piece) else piece[:remaining]
+        await response.write(chunk)
+        remaining -= len(chunk)
+    await response.write(b'"')
+    await response.write_eof()
+    return response
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -36,8 +81,16 @@ async def predict(request: web.Request) -> web.StreamResponse:
         if request.headers.get("X-Bundleserve-Input") == "raw":
             return web.json_response({"raw_bytes": len(body), "content_type": request.content_type})
         args = json.loads(body)
+        if args.get("hold"):
+            await hold(str(args["hold"]))
         if args.get("sleep"):
             await asyncio.sleep(float(args["sleep"]))
+        if args.get("big"):
+            return await big_answer(request, int(args["big"]), chunked=bool(args.get("chunked")))
+        if args.get("invalid"):
+            message = f"predict: unexpected argument '{args['invalid']}'"
+            error = {"error": {"code": "invalid_arguments", "message": message, "type": None, "traceback": None}}
+            return web.json_response(error, status=400)
         if args.get("crash"):
             os._exit(3)
         if args.get("fail"):
@@ -53,9 +106,17 @@ async def stream(request: web.Request) -> web.StreamResponse:
     args = json.loads(await request.read())
     if args.get("fail_before"):
         return _error(500, "model_error", "failed before streaming")
+    if args.get("hold_before"):
+        try:
+            await hold(str(args["hold_before"]))  # no headers yet (a generator that has not yielded)
+        except asyncio.CancelledError:
+            STATS["streams_cancelled"] += 1
+            raise
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     try:
+        if args.get("hold_first"):
+            await hold(str(args["hold_first"]))  # headers are out, the first event never comes until opened
         if args.get("first_delay"):
             await asyncio.sleep(float(args["first_delay"]))  # headers are out, the first event is late
         for index, word in enumerate(args.get("words", [])):
@@ -99,6 +160,8 @@ def make_app() -> web.Application:
     app.router.add_get("/readyz", ready)
     app.router.add_get("/stats", stats)
     app.router.add_post("/stats/reset", reset)
+    app.router.add_post("/gates/{name}", open_gate)
+    app.router.add_get("/gates/{name}", gate_state)
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -122,3 +123,28 @@ async def test_no_first_event_within_the_time_limit_is_504(pair: dict[str, Any],
         return bool((await stats(http, pair))["streams_cancelled"] == before + 1)
 
     await async_wait_until(cancelled, timeout=5, what="the late stream to be cancelled")
+
+
+@pytest.mark.parametrize("barrier", ["hold_before", "hold_first"], ids=["before-headers", "after-headers"])
+async def test_the_time_limit_covers_the_wait_for_the_first_event(
+    pair: dict[str, Any], http: aiohttp.ClientSession, barrier: str
+) -> None:
+    """A model that never yields gets 504 at the deadline, whether it sent its headers or not (the bundle runtime
+    sends none before the generator's first value). The model blocks on a barrier the test opens only afterwards,
+    so a 504 proves the router cut the wait."""
+    gate = uuid.uuid4().hex
+    cancelled_before = (await stats(http, pair))["streams_cancelled"]
+    try:
+        body = {"args": {barrier: gate, "words": ["late"]}, "timeout_seconds": 0.5}
+        async with http.post(f"{pair['url']}/v1/endpoints/fake/stream", json=body) as response:
+            assert response.status == 504
+            error = (await response.json())["error"]
+        assert error["code"] == "timeout"
+
+        async def model_saw_the_cancel() -> bool:
+            return bool((await stats(http, pair))["streams_cancelled"] > cancelled_before)
+
+        await async_wait_until(model_saw_the_cancel, timeout=10, what="the model's generator to be cancelled")
+    finally:
+        async with http.post(f"{pair['model_url']}/gates/{gate}") as opened:
+            assert opened.status == 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from tests.integration.test_router_fake_model import start_model, start_router, 
 from tests.support.processes import http_ok
 from tests.support.waiting import wait_until
 
-LIMITS = {"concurrency": 2, "maxQueued": 2, "timeoutSeconds": 5, "maxPayloadBytes": 2048}
+REPLY_LIMIT = 2048
+LIMITS = {"concurrency": 2, "maxQueued": 2, "timeoutSeconds": 5, "maxPayloadBytes": REPLY_LIMIT}
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +137,11 @@ async def test_oversized_chunked_body_is_413(pair: dict[str, Any], http: aiohttp
 
 
 async def test_timeout_is_504(pair: dict[str, Any], http: aiohttp.ClientSession) -> None:
-    status, body, _ = await predict(http, pair["url"], {"args": {"sleep": 3}, "timeout_seconds": 0.3})
+    gate = new_gate()
+    try:
+        status, body, _ = await predict(http, pair["url"], {"args": {"hold": gate}, "timeout_seconds": 0.3})
+    finally:
+        await open_gate(http, pair, gate)
     assert status == 504
     assert body["error"]["code"] == "timeout"
     assert "0.3 s" in body["error"]["message"]
@@ -145,9 +151,13 @@ async def test_time_waiting_in_the_queue_counts_toward_the_timeout(
     pair: dict[str, Any], http: aiohttp.ClientSession
 ) -> None:
     await model_stats(http, pair, reset=True)
-    busy = [asyncio.create_task(predict(http, pair["url"], {"args": {"sleep": 1.2}})) for _ in range(2)]
-    await wait_until_async(lambda: model_stats(http, pair), lambda s: s["current"] == 2)
-    status, body, _ = await predict(http, pair["url"], {"args": {"quick": True}, "timeout_seconds": 0.3})
+    gate = new_gate()
+    busy = [asyncio.create_task(predict(http, pair["url"], {"args": {"hold": gate}})) for _ in range(2)]
+    try:
+        await wait_until_async(lambda: waiting_at(http, pair, gate), lambda n: n == 2)
+        status, body, _ = await predict(http, pair["url"], {"args": {"quick": True}, "timeout_seconds": 0.3})
+    finally:
+        await open_gate(http, pair, gate)
     assert status == 504, body
     assert [result[0] for result in await asyncio.gather(*busy)] == [200, 200]
     assert (await model_stats(http, pair))["calls"] == 2, "the timed-out request never reached the model"
@@ -157,8 +167,15 @@ async def test_overload_rejects_exactly_the_excess_and_never_exceeds_the_limit(
     pair: dict[str, Any], http: aiohttp.ClientSession
 ) -> None:
     await model_stats(http, pair, reset=True)
+    gate = new_gate()
     # concurrency 2 + maxQueued 2: of 7 simultaneous requests, 4 are admitted and 3 refused at once.
-    results = await asyncio.gather(*(predict(http, pair["url"], {"args": {"sleep": 0.8}}) for _ in range(7)))
+    calls = [asyncio.create_task(predict(http, pair["url"], {"args": {"hold": gate}})) for _ in range(7)]
+    try:
+        await wait_until_async(lambda: _done(calls), lambda n: n == 3, timeout=30)  # the refusals do not wait
+        assert await waiting_at(http, pair, gate) == 2  # two in the model, two in the router's line
+    finally:
+        await open_gate(http, pair, gate)
+    results = await asyncio.gather(*calls)
     statuses = sorted(status for status, _, _ in results)
     assert statuses == [200] * 4 + [429] * 3
     for status, body, headers in results:
@@ -168,6 +185,67 @@ async def test_overload_rejects_exactly_the_excess_and_never_exceeds_the_limit(
     stats = await model_stats(http, pair)
     assert stats["max_concurrent"] == 2
     assert stats["calls"] == 4
+
+
+async def _done(calls: list[asyncio.Task[Any]]) -> int:
+    return sum(call.done() for call in calls)
+
+
+async def test_invalid_arguments_of_the_bundle_runtime_are_400_naming_the_argument(
+    pair: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    """The runtime's 400 invalid_arguments is the client's mistake (400), not a model failure (424)."""
+    status, body, _ = await predict(http, pair["url"], {"args": {"invalid": "colour"}})
+    assert status == 400, body
+    assert body["error"]["code"] == "invalid_request"
+    assert "colour" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_model_reply_over_the_limit_is_refused_without_buffering_it(
+    pair: dict[str, Any], http: aiohttp.ClientSession, chunked: bool
+) -> None:
+    """A 200 MB answer is refused (424 reply_too_large) from its Content-Length, or as soon as a chunked one passes
+    the limit; the router's memory stays bounded either way."""
+    router = pair["router"]
+    before = rss_bytes(router.process.pid)
+    status, body, _ = await predict(http, pair["url"], {"args": {"big": 200 * 1024 * 1024, "chunked": chunked}})
+    assert status == 424, body
+    assert body["error"]["code"] == "reply_too_large"
+    assert str(REPLY_LIMIT) in body["error"]["message"]
+    grown = rss_bytes(router.process.pid) - before
+    assert grown < 150 * 1024 * 1024, f"the router grew by {grown} bytes"
+    status, body, _ = await predict(http, pair["url"], {"args": {"x": 1}})  # the router still serves
+    assert (status, body["result"]) == (200, {"x": 1})
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from /proc (VmRSS, kB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def new_gate() -> str:
+    return uuid.uuid4().hex
+
+
+async def open_gate(http: aiohttp.ClientSession, pair: dict[str, Any], gate: str) -> None:
+    async with http.post(f"{pair['model_url']}/gates/{gate}") as response:
+        assert response.status == 200
+
+
+async def waiting_at(http: aiohttp.ClientSession, pair: dict[str, Any], gate: str) -> int:
+    async with http.get(f"{pair['model_url']}/gates/{gate}") as response:
+        return int((await response.json())["waiting"])
+
+
+async def test_a_malformed_result_id_is_400(pair: dict[str, Any], http: aiohttp.ClientSession) -> None:
+    """The stored-result route of a router without the async API answers like the async API's (one mapping)."""
+    async with http.get(f"{pair['url']}/v1/tasks/bad..id/result") as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["code"] == "invalid_request"
 
 
 async def test_return_pickled_stores_the_result(pair: dict[str, Any], http: aiohttp.ClientSession) -> None:

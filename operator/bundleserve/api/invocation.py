@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -11,6 +13,78 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 INPUT_HEADER = "X-Bundleserve-Input"  # value "raw": the body is the input bytes, not JSON keyword arguments
 RETURN_HEADER = "X-Bundleserve-Return"  # value "pickle": answer with the cloudpickled return value
 PICKLE_CONTENT_TYPE = "application/vnd.bundleserve.pickle"
+#: SageMaker's opaque per-request string; forwarded to the model container and back to the client unchanged.
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+JSON_CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """One model call, after a dialect (native, SageMaker, Launch) parsed its request; what the core executes.
+
+    `raw=False`: `body` is the JSON object of the keyword arguments (a Python bundle's call). `raw=True`: `body` is
+    passed through unchanged with `content_type` (a SageMaker non-JSON body). With `url` set, the core fetches the
+    input through the destination guard and sends the fetched bytes raw instead of `body`.
+    `timeout_seconds` can only shorten the endpoint's time limit, never extend it.
+    """
+
+    body: bytes = b""
+    content_type: str = JSON_CONTENT_TYPE
+    raw: bool = False
+    url: str | None = None
+    return_pickled: bool = False
+    timeout_seconds: float | None = None
+    accept: str | None = None
+    custom_attributes: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelReply:
+    """The one type of a complete model answer (sync predict, the async worker, every dialect).
+
+    `status` is the model's HTTP status; the core returns only 2xx replies (errors are raised as ApiError), the
+    async worker's injected call may return any status so the worker decides on retries.
+    """
+
+    status: int
+    body: bytes
+    content_type: str
+    custom_attributes: str | None = None
+
+    @property
+    def status_code(self) -> int:
+        """The same as `status`: the name the task record and the queue worker use."""
+        return self.status
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def is_json(self) -> bool:
+        media = self.content_type.split(";")[0].strip().lower()
+        return media == JSON_CONTENT_TYPE or media.endswith("+json")
+
+    @property
+    def is_pickle(self) -> bool:
+        return self.content_type.startswith(PICKLE_CONTENT_TYPE)
+
+    def result(self) -> Any:
+        """The answer as a Python value: bytes for a pickle, parsed JSON when it parses, else text (runnable images)."""
+        if self.is_pickle:
+            return self.body
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return self.body.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk:
+    """The `data` bytes of one model event (an SSE event's data, or one raw chunk of a non-SSE stream), in order."""
+
+    data: bytes
 
 
 class TaskStatus(StrEnum):

@@ -21,14 +21,18 @@ from aiohttp import web
 
 from bundleserve import __version__
 from bundleserve.api.endpoint import Mode
-from bundleserve.api.errors import Unavailable
+from bundleserve.api.errors import NotFound, Unavailable
 from bundleserve.gateway.docs import add_docs_routes
-from bundleserve.gateway.proxy import forward, too_large
+from bundleserve.gateway.proxy import forward
 from bundleserve.gateway.registry import EndpointEntry, Registry
 from bundleserve.gateway.tasks import EndpointQueues
+from bundleserve.queue.service import TaskService, stored_result
 from bundleserve.router import openapi
 from bundleserve.router.app import render_errors
+from bundleserve.router.async_routes import parse_wait, submit_native, task_body
 from bundleserve.router.auth import ApiKeys, require_key
+from bundleserve.router.core import too_large
+from bundleserve.router.settings import DEFAULT_URL_SCHEMES
 
 _JSON = "application/json"
 
@@ -103,20 +107,45 @@ class Gateway:
     async def stream(self, request: web.Request) -> web.StreamResponse:
         return await forward(request, self.gate_name(request, Mode.STREAMING), self.upstream())
 
+    def task_service(self, name: str) -> TaskService:
+        """For the dialects' async adapters: the endpoint's task service by name (NotFound, Unavailable)."""
+        return self.require_queues().service(self.registry.resolve(name, Mode.ASYNC))
+
     async def submit(self, request: web.Request) -> web.Response:
         entry = self.gate_name(request, Mode.ASYNC, check_failure=False)  # queued tasks wait for a healthy model
         queues = self.require_queues()
         body = await read_capped(request, entry.max_payload_bytes)
-        task_id = await queues.submit(entry, body)
+        task_id = await submit_native(
+            queues.service(entry),
+            body,
+            kwargs_only=entry.endpoint.spec.bundle.is_python,
+            url_schemes=frozenset(DEFAULT_URL_SCHEMES),
+        )
         return web.Response(status=202, body=b'{"task_id":"' + task_id.encode() + b'"}', content_type=_JSON)
 
     async def task_status(self, request: web.Request) -> web.Response:
+        """The record names the task's endpoint; its service long-polls that endpoint's `done` channel."""
         require_key(self.keys, request.headers.get("Authorization"))
-        return await self.require_queues().status(request.match_info["task_id"], request.query.get("wait"))
+        queues = self.require_queues()
+        task_id = request.match_info["task_id"]
+        wait = parse_wait(request.query.get("wait"))
+        record = await queues.owner(task_id)
+        entry = None
+        if record is not None:
+            entry = next(
+                (e for e in self.registry.entries() if (e.namespace, e.name) == (record.namespace, record.endpoint)),
+                None,
+            )
+        if record is not None and entry is not None and wait > 0:
+            record = await queues.service(entry).status(task_id, wait_seconds=wait)
+        if record is None:
+            raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
+        return web.Response(body=task_body(record), content_type=_JSON)
 
     async def task_result(self, request: web.Request) -> web.Response:
         require_key(self.keys, request.headers.get("Authorization"))
-        return await self.require_queues().result(request.match_info["task_id"])
+        data, content_type = await stored_result(self.require_queues().store, request.match_info["task_id"])
+        return web.Response(body=data, content_type=content_type)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -137,13 +166,13 @@ async def read_capped(request: web.Request, limit: int) -> bytes:
     """The whole body, refused with 413 by Content-Length before reading, and for chunked bodies as soon as the
     count passes the limit (memory stays bounded by the limit)."""
     if request.content_length is not None and request.content_length > limit:
-        raise too_large(limit)
+        raise too_large(request.content_length, limit)
     parts: list[bytes] = []
     seen = 0
     async for chunk in request.content.iter_any():
         seen += len(chunk)
         if seen > limit:
-            raise too_large(limit)
+            raise too_large(None, limit)
         parts.append(chunk)
     return b"".join(parts)
 
@@ -236,8 +265,8 @@ def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Applicat
     # -- dialects: one line each (the integrator adds them when the dialect branches merge) --------------------
     # Sync/stream routes of a dialect call `gateway.proxy_to(request, name, mode)`; its async adapters take the
     # queue (TaskService resolver) by name. The integrator uncomments one line per dialect branch:
-    # DIALECT sagemaker: sagemaker.add_gateway_routes(app, proxy=gateway.proxy_to, tasks=gateway.require_queues)
-    # DIALECT launch:    launch.add_gateway_routes(app, proxy=gateway.proxy_to, tasks=gateway.require_queues)
+    # DIALECT sagemaker: sagemaker.add_gateway_routes(app, proxy=gateway.proxy_to, tasks=gateway.task_service)
+    # DIALECT launch:    launch.add_gateway_routes(app, proxy=gateway.proxy_to, tasks=gateway.task_service)
     for setup in config.dialects:
         setup(app, gateway)
     return app

@@ -17,8 +17,9 @@ from collections.abc import AsyncIterator, Mapping
 import aiohttp
 from aiohttp import web
 
-from bundleserve.api.errors import PayloadTooLarge, Unavailable
+from bundleserve.api.errors import Unavailable
 from bundleserve.gateway.registry import EndpointEntry
+from bundleserve.router.core import too_large
 
 #: Headers that describe one hop's connection, never forwarded (RFC 9110 section 7.6.1, plus the framing ones that
 #: aiohttp recomputes for the next hop).
@@ -29,10 +30,6 @@ HOP_BY_HOP = frozenset(
         "Transfer-Encoding", "Upgrade", "Content-Length", "Host",
     )
 )  # fmt: skip
-
-
-def too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"the request body is larger than the endpoint's limit of {limit} bytes")
 
 
 def upstream_headers(request: web.BaseRequest) -> dict[str, str]:
@@ -66,7 +63,7 @@ class BodyCap:
             self.seen += len(chunk)
             if self.seen > self.limit:
                 self.exceeded = True
-                raise too_large(self.limit)
+                raise too_large(None, self.limit)
             yield chunk
 
 
@@ -76,7 +73,7 @@ async def forward(
     """Proxy `request` to the entry's router (same method, path and query unless `path_qs` is given)."""
     limit = entry.max_payload_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise too_large(limit)
+        raise too_large(request.content_length, limit)
     url = entry.router_url + (path_qs if path_qs is not None else request.rel_url.raw_path_qs)
     headers = upstream_headers(request)
     if request.content_length is not None:
@@ -92,7 +89,7 @@ async def forward(
             auto_decompress=False,
         ) as upstream:
             if cap.exceeded:
-                raise too_large(limit)
+                raise too_large(None, limit)
             response = web.StreamResponse(status=upstream.status, headers=downstream_headers(upstream.headers))
             if upstream.content_length is not None:
                 response.content_length = upstream.content_length
@@ -103,7 +100,7 @@ async def forward(
             return response
     except (aiohttp.ClientError, OSError) as error:
         if cap.exceeded:
-            raise too_large(limit) from None
+            raise too_large(None, limit) from None
         if response is None and isinstance(error, aiohttp.ClientConnectionError | OSError):
             raise Unavailable(
                 f"endpoint {entry.name} is not reachable (no ready router answered)", headers={"Retry-After": "1"}

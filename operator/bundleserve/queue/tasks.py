@@ -7,12 +7,20 @@ retry) -> one terminal state (SUCCESS, FAILURE, EXPIRED); the Lua scripts in `sc
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bundleserve.api.invocation import CallbackAuthRequest, PredictRequest, TaskResponse, TaskStatus
+from bundleserve.api.invocation import (
+    JSON_CONTENT_TYPE,
+    CallbackAuthRequest,
+    Invocation,
+    PredictRequest,
+    TaskResponse,
+    TaskStatus,
+)
 
 TERMINAL = tuple(s.value for s in TaskStatus if s.terminal)
 
@@ -37,13 +45,22 @@ STATUS_FIELDS = (
 
 @dataclass(frozen=True)
 class TaskRequest:
-    """What the worker hands to the model: the validated submission minus callback details."""
+    """What the worker hands to the model: the validated submission minus callback details.
+
+    Native submissions carry JSON `args` (or a `url`); dialects that pass bytes through (SageMaker's non-JSON bodies)
+    carry `raw_body` with its `content_type`, stored base64 in the record. `to_invocation()` is the one conversion to
+    the core's `Invocation`, so the async worker makes the same model call as the sync path.
+    """
 
     args: Any = None
     url: str | None = None
     return_pickled: bool = False
     timeout_seconds: float | None = None
     request_id: str | None = None
+    raw_body: bytes | None = field(default=None, repr=False)
+    content_type: str | None = None
+    custom_attributes: str | None = None
+    accept: str | None = None
 
     @classmethod
     def from_predict(cls, request: PredictRequest) -> TaskRequest:
@@ -55,23 +72,71 @@ class TaskRequest:
             request_id=request.request_id,
         )
 
+    @classmethod
+    def from_invocation(cls, inv: Invocation) -> TaskRequest:
+        """A dialect's invocation as a task: JSON keyword arguments stay JSON (readable in the record), raw bytes
+        travel base64."""
+        common: dict[str, Any] = {
+            "url": inv.url,
+            "return_pickled": inv.return_pickled,
+            "timeout_seconds": inv.timeout_seconds,
+            "request_id": inv.request_id,
+            "custom_attributes": inv.custom_attributes,
+            "accept": inv.accept,
+        }
+        if inv.url is not None:
+            return cls(**common)
+        if not inv.raw:
+            return cls(args=json.loads(inv.body), **common)
+        return cls(raw_body=inv.body, content_type=inv.content_type, **common)
+
+    def to_invocation(self) -> Invocation:
+        if self.raw_body is not None:
+            body, content_type, raw = self.raw_body, self.content_type or "application/octet-stream", True
+        elif self.url is not None:
+            body, content_type, raw = b"", JSON_CONTENT_TYPE, False
+        else:
+            body, content_type, raw = json.dumps(self.args, separators=(",", ":")).encode(), JSON_CONTENT_TYPE, False
+        return Invocation(
+            body=body,
+            content_type=content_type,
+            raw=raw,
+            url=self.url,
+            return_pickled=self.return_pickled,
+            timeout_seconds=self.timeout_seconds,
+            accept=self.accept,
+            custom_attributes=self.custom_attributes,
+            request_id=self.request_id,
+        )
+
     def dumps(self) -> str:
         body: dict[str, Any] = {"args": self.args, "url": self.url, "return_pickled": self.return_pickled}
         if self.timeout_seconds is not None:
             body["timeout_seconds"] = self.timeout_seconds
         if self.request_id is not None:
             body["request_id"] = self.request_id
+        if self.raw_body is not None:
+            body["raw_b64"] = base64.b64encode(self.raw_body).decode("ascii")
+            body["content_type"] = self.content_type
+        for name in ("custom_attributes", "accept"):
+            if getattr(self, name) is not None:
+                body[name] = getattr(self, name)
         return json.dumps(body, separators=(",", ":"))
 
     @classmethod
     def loads(cls, raw: str | bytes) -> TaskRequest:
         body = json.loads(raw)
+        encoded = body.get("raw_b64")
         return cls(
             args=body.get("args"),
             url=body.get("url"),
             return_pickled=bool(body.get("return_pickled", False)),
             timeout_seconds=body.get("timeout_seconds"),
             request_id=body.get("request_id"),
+            raw_body=base64.b64decode(encoded) if encoded is not None else None,
+            content_type=body.get("content_type"),
+            custom_attributes=body.get("custom_attributes"),
+            accept=body.get("accept"),
         )
 
 

@@ -1,14 +1,15 @@
 """Build the router's aiohttp application for one endpoint: routes, shared state, background probe, add-ons.
 
-`build_app(settings)` is all a caller needs (the CLI server, tests, local mode). When the endpoint serves the async mode
-and `bundleserve.router.async_routes` is importable, its `setup(app, state)` adds the async API on the same state.
+`build_app(settings)` is all a caller needs (the CLI server, tests, local mode). Every route goes through the one
+`InvocationCore` (`router.core`): the native sync/stream routes (`router.invoke`), the native async API
+(`router.async_routes`, when the endpoint serves async) and every dialect in `DIALECTS`, each mounted with the core
+and the endpoint's `TaskService` (see docs/router.md, "Invocation core").
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -17,10 +18,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bundleserve import __version__
 from bundleserve.api.endpoint import Mode
-from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unauthorized, Unavailable
-from bundleserve.router import openapi
+from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unavailable
+from bundleserve.dialects.base import DialectMount
+from bundleserve.queue.service import stored_result as stored
+from bundleserve.router import async_routes, openapi
 from bundleserve.router.admission import AdmissionController
 from bundleserve.router.auth import ApiKeys
+from bundleserve.router.core import InvocationCore
 from bundleserve.router.fetch import UrlFetcher
 from bundleserve.router.invoke import Invoker, error_response, result_store
 from bundleserve.router.metrics import RouterMetrics
@@ -31,7 +35,12 @@ from bundleserve.router.state import ROUTER_STATE, RouterState
 
 log = logging.getLogger("bundleserve.router")
 
-INVOKER = web.AppKey("invoker", Invoker)  # the sync/stream handlers, shared with the fast path (router.fastpath)
+CORE = web.AppKey("invocation_core", InvocationCore)  # the one invocation path of this router
+INVOKER = web.AppKey("invoker", Invoker)  # the native sync/stream handlers, shared with the fast path (router.fastpath)
+
+#: Every dialect the router serves besides the native API, mounted by `build_app` as `mount(app, core, tasks)`.
+#: A dialect module exposes one `DialectMount` (see `bundleserve.dialects.base`) and is listed here, once.
+DIALECTS: list[DialectMount] = []
 
 
 class MethodNotAllowed(ApiError):
@@ -103,7 +112,8 @@ def build_app(settings: Settings, *, model: ModelClient | None = None) -> web.Ap
         middlewares=[render_errors], client_max_size=settings.endpoint.spec.invocation.max_payload_bytes
     )
     app[ROUTER_STATE] = state
-    invoker = app[INVOKER] = Invoker(state)
+    core = app[CORE] = InvocationCore(state)
+    invoker = app[INVOKER] = Invoker(core)
     # The exact path of our own endpoint resolves by dictionary lookup; the templated one answers 404 for other names.
     own_path, any_path = f"/v1/endpoints/{settings.name}", "/v1/endpoints/{name}"
     if settings.serves(Mode.SYNC):
@@ -119,20 +129,12 @@ def build_app(settings: Settings, *, model: ModelClient | None = None) -> web.Ap
     app.router.add_get("/openapi.json", openapi_json)
     app.cleanup_ctx.append(readiness_probe)
     app.cleanup_ctx.append(_close_clients)
-    if settings.serves(Mode.ASYNC):
-        _setup_async(app, state)
+    tasks = async_routes.setup(app, state, core) if settings.serves(Mode.ASYNC) else None
     if not _has_route(app, "GET", "/v1/tasks/{}/result"):
         app.router.add_get("/v1/tasks/{task_id}/result", stored_result)
+    for mount in DIALECTS:
+        mount(app, core, tasks)
     return app
-
-
-def _setup_async(app: web.Application, state: RouterState) -> None:
-    try:
-        module = importlib.import_module("bundleserve.router.async_routes")
-    except ImportError as error:
-        log.warning("endpoint %s serves async but the async API is unavailable: %s", state.settings.name, error)
-        return
-    module.setup(app, state)
 
 
 def _has_route(app: web.Application, method: str, template: str) -> bool:
@@ -197,11 +199,6 @@ async def openapi_json(request: web.Request) -> web.Response:
 async def stored_result(request: web.Request) -> web.Response:
     """A `return_pickled` result stored by this router (when the async API, which also serves this route, is off)."""
     state = request.app[ROUTER_STATE]
-    if state.api_keys is not None and not state.api_keys.allows(request.headers.get("Authorization")):
-        raise Unauthorized("a valid API key is required (Authorization: Bearer KEY)")
-    task_id = request.match_info["task_id"]
-    found = await result_store(state).get(task_id)
-    if found is None:
-        raise NotFound(f"no stored result {task_id!r}")
-    data, content_type = found
-    return web.Response(body=data, content_type=content_type.split(";")[0])
+    request.app[CORE].authorize(request.headers.get("Authorization"))
+    data, content_type = await stored(result_store(state), request.match_info["task_id"])
+    return web.Response(body=data, content_type=content_type)

@@ -1,41 +1,40 @@
-"""The async API of a router: submit, task status (with long-poll), stored results; plus the worker loop.
+"""The native async API of a router: submit, task status (with long-poll), stored results; plus the worker loop.
 
-`setup(app, state)` is called by `build_app` when the endpoint serves the async mode. Submissions are accepted even
-while the model loads or the router drains: the queue is in Redis, and any replica's worker picks the task up.
+A thin adapter over the endpoint's `TaskService` (`bundleserve.queue.service`), gated by the invocation core.
+`setup(app, state, core)` is called by `build_app` when the endpoint serves the async mode. Submissions are accepted
+even while the model loads or the router drains: the queue is in Redis, and any replica's worker picks the task up.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
-from bundleserve.api.invocation import PredictRequest
-from bundleserve.queue.broker import QueueUnavailable, RedisError, Started, TaskQueue
+from bundleserve.api.endpoint import Mode
+from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unavailable
+from bundleserve.api.invocation import Invocation, PredictRequest
+from bundleserve.dialects.base import TaskBackend
+from bundleserve.queue.broker import TaskQueue
 from bundleserve.queue.callbacks import SECRET_DIR_ENV, auth_from_secret_dir
 from bundleserve.queue.config import QueueConfig
 from bundleserve.queue.notify import CompletionWaiter
-from bundleserve.queue.recent import RecentResults
-from bundleserve.queue.results import InvalidKey, ResultStore
-from bundleserve.queue.tasks import CallbackTarget, TaskRecord, TaskRequest
-from bundleserve.queue.worker import Worker
+from bundleserve.queue.service import MAX_WAIT_SECONDS, TaskService
+from bundleserve.queue.tasks import CallbackTarget, TaskRecord
 from bundleserve.router.calls import parse_request
+from bundleserve.router.core import InvocationCore
 from bundleserve.router.fetch import check_url
 from bundleserve.router.invoke import error_response, result_store
+from bundleserve.router.model_client import encode_args
 from bundleserve.router.state import RouterState
 from bundleserve.router.worker import AsyncMetrics, add_worker
 
 log = logging.getLogger("bundleserve.router.async")
 
-#: The longest a status request may hold the connection (`?wait=`); clients re-poll after it.
-MAX_WAIT_SECONDS = 300.0
 _JSON = "application/json"
 
 
@@ -98,132 +97,70 @@ def task_body(record: TaskRecord) -> bytes:
 
 
 class AsyncApi:
-    def __init__(self, state: RouterState, redis: aioredis.Redis, queue: TaskQueue, store: ResultStore) -> None:
-        self.state = state
-        self.redis = redis
-        self.queue = queue
-        self.store = store
-        self.waiter = CompletionWaiter(redis)
-        self._counters: dict[str, Any] = {}
-        self.recent = RecentResults(max_age_seconds=min(300.0, queue.config.result_ttl_seconds))
-        spec = state.settings.endpoint.spec
-        self.kwargs_only = spec.bundle.is_python
-        self.max_bytes = spec.invocation.max_payload_bytes
+    """The native async routes: parse, call the endpoint's `TaskService`, render. No Redis here."""
 
-    @property
-    def metrics(self) -> AsyncMetrics | None:
-        found: AsyncMetrics | None = self.state.extras.get("async_metrics")
-        return found
-
-    def _authorize(self, request: web.Request) -> None:
-        keys = self.state.api_keys
-        if keys is not None and not keys.allows(request.headers.get("Authorization")):
-            raise Unauthorized(
-                "a valid API key is required (Authorization: Bearer KEY)",
-                headers={"WWW-Authenticate": 'Bearer, Basic realm="bundleserve"'},
-            )
-
-    def _count(self, outcome: str) -> None:
-        counter = self._counters.get(outcome)
-        if counter is None and self.metrics is not None:
-            counter = self._counters[outcome] = self.metrics.submissions.labels(self.state.settings.name, outcome)
-        if counter is not None:
-            counter.inc()
+    def __init__(self, core: InvocationCore, tasks: TaskService, metrics: AsyncMetrics) -> None:
+        self.core = core
+        self.tasks = tasks
+        self.metrics = metrics
+        self._counters = {
+            outcome: metrics.submissions.labels(core.name, outcome)
+            for outcome in ("accepted", "invalid", "unavailable")
+        }
+        self.kwargs_only = core.is_python
+        self.url_schemes = core.state.settings.url_schemes
 
     async def submit(self, request: web.Request) -> web.Response:
+        core = self.core
         try:
-            name = request.match_info["name"]
-            if name != self.state.settings.name:
-                raise NotFound(f"this router serves endpoint {self.state.settings.name!r}, not {name!r}")
-            self._authorize(request)
-            if request.content_length is not None and request.content_length > self.max_bytes:
-                raise PayloadTooLarge(f"the request body is larger than the limit of {self.max_bytes} bytes")
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                raise PayloadTooLarge(f"the request body is larger than the limit of {self.max_bytes} bytes") from None
-            try:
-                if _plain_args(body):  # the common `{"args": {...}}`: stored as sent, no re-encoding
-                    task_id = await self._submit_plain(body)
-                else:
-                    submission = parse_submission(
-                        body, kwargs_only=self.kwargs_only, url_schemes=self.state.settings.url_schemes
-                    )
-                    callback = (
-                        CallbackTarget(submission.callback_url, submission.callback_auth)
-                        if submission.callback_url
-                        else None
-                    )
-                    task_id = await self.queue.submit(TaskRequest.from_predict(submission), callback)
-            except QueueUnavailable as error:
-                raise Unavailable(str(error), headers={"Retry-After": "1"}) from None
+            core.gate(request.match_info["name"], request.headers.get("Authorization"), Mode.ASYNC)
+            body = await core.read_body(request)
+            task_id = await submit_native(self.tasks, body, kwargs_only=self.kwargs_only, url_schemes=self.url_schemes)
         except ApiError as error:
-            self._count("invalid" if error.status < 500 else "unavailable")
+            self._counters["invalid" if error.status < 500 else "unavailable"].inc()
             return error_response(error)
-        self._count("accepted")
+        self._counters["accepted"].inc()
         return web.Response(status=202, body=b'{"task_id":"' + task_id.encode() + b'"}', content_type=_JSON)
 
-    async def _submit_plain(self, body: bytes) -> str:
-        """Submit; when this replica's worker has an idle slot, it takes the task in the same step (light load)."""
-        worker: Worker | None = self.state.extras.get("async_worker")
-        if worker is None or not worker.reserve():
-            return await self.queue.submit_encoded(body)
-        claimed: list[Started] = []
-        try:
-            task_id, claimed = await self.queue.submit_claiming(body, claim_for=worker.consumer)
-        finally:
-            worker.adopt(claimed)
-        return task_id
-
-    def finished_here(self, record: TaskRecord) -> None:
-        """The local worker finished a task: remember it and wake its long-polls now."""
-        self.recent.put(record)
-        self.waiter.notify(record.task_id)
-
-    async def _record(self, task_id: str) -> TaskRecord:
-        recent = self.recent.get(task_id)
-        if recent is not None:
-            return recent
-        try:
-            record = await self.queue.get(task_id)
-        except (RedisError, OSError) as error:
-            raise Unavailable(f"the task store is not reachable: {error}", headers={"Retry-After": "1"}) from None
-        endpoint = self.state.settings.endpoint
-        if record is None or (record.namespace, record.endpoint) != (endpoint.namespace, endpoint.name):
-            raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
-        return record
-
     async def status(self, request: web.Request) -> web.Response:
-        self._authorize(request)
+        self.core.authorize(request.headers.get("Authorization"))
         task_id = request.match_info["task_id"]
-        wait = parse_wait(request.query.get("wait"))
-        recent = self.recent.get(task_id)
-        if recent is not None:
-            return web.Response(body=task_body(recent), content_type=_JSON)
-        if wait <= 0:
-            return web.Response(body=task_body(await self._record(task_id)), content_type=_JSON)
-        latest: list[TaskRecord] = []
-
-        async def finished() -> bool:
-            latest[:] = [await self._record(task_id)]
-            return latest[0].status.terminal
-
-        with contextlib.suppress(TimeoutError):  # could not subscribe in time: answer with the current state
-            await self.waiter.wait_for(self.queue.channel, task_id, finished, wait)
-        record = latest[0] if latest else await self._record(task_id)
+        record = await self.tasks.status(task_id, wait_seconds=parse_wait(request.query.get("wait")))
+        if record is None:
+            raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
         return web.Response(body=task_body(record), content_type=_JSON)
 
     async def result(self, request: web.Request) -> web.Response:
-        self._authorize(request)
-        task_id = request.match_info["task_id"]
-        try:
-            found = await self.store.get(task_id)
-        except InvalidKey:
-            found = None
-        if found is None:
-            raise NotFound(f"no stored result for {task_id!r} (unknown, inline, or expired)")
-        data, content_type = found
-        return web.Response(body=data, content_type=content_type.split(";")[0])
+        self.core.authorize(request.headers.get("Authorization"))
+        data, content_type = await self.tasks.result(request.match_info["task_id"])
+        return web.Response(body=data, content_type=content_type)
+
+
+async def submit_native(tasks: TaskBackend, body: bytes, *, kwargs_only: bool, url_schemes: frozenset[str]) -> str:
+    """A native async submission body (already under the limit) into the task service: the router's and the
+    gateway's one path from `{"args": ...}` / `{"url": ...}` plus callback fields to a queued task."""
+    if _plain_args(body):  # the common `{"args": {...}}`: stored as sent, no re-encoding
+        args = body.rstrip()[body.index(b":") + 1 : -1]  # the text of the args object, as sent
+        return await tasks.submit(
+            Invocation(body=args), callback=None, request_ttl_seconds=None, invocation_timeout_seconds=None
+        )
+    submission = parse_submission(body, kwargs_only=kwargs_only, url_schemes=url_schemes)
+    callback = CallbackTarget(submission.callback_url, submission.callback_auth) if submission.callback_url else None
+    return await tasks.submit(
+        invocation_of_request(submission), callback=callback, request_ttl_seconds=None, invocation_timeout_seconds=None
+    )
+
+
+def invocation_of_request(submission: PredictRequest) -> Invocation:
+    """A validated native submission as the core's invocation."""
+    body = b"" if submission.url is not None else encode_args(submission.args)
+    return Invocation(
+        body=body,
+        url=submission.url,
+        return_pickled=submission.return_pickled,
+        timeout_seconds=submission.timeout_seconds,
+        request_id=submission.request_id,
+    )
 
 
 def _with_default_callback_auth(config: QueueConfig, state: RouterState) -> QueueConfig:
@@ -243,38 +180,50 @@ def _with_default_callback_auth(config: QueueConfig, state: RouterState) -> Queu
     return replace(config, default_callback=CallbackTarget(config.default_callback.url, auth))
 
 
-def _unavailable(reason: str) -> Any:
+def _unavailable(reason: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
         return error_response(Unavailable(reason))
 
     return handler
 
 
-def setup(app: web.Application, state: RouterState) -> None:
-    """Add the async routes and, when a Redis URL is configured, the worker loop (via `app.cleanup_ctx`)."""
-    name_path = "/v1/endpoints/{name}/async"
+def build_tasks(state: RouterState) -> tuple[TaskService, aioredis.Redis] | None:
+    """The endpoint's task service on its Redis (None without a Redis URL)."""
     redis_url = state.settings.redis_url
     if not redis_url:
+        return None
+    config = _with_default_callback_auth(QueueConfig.from_endpoint(state.settings.endpoint), state)
+    redis = aioredis.Redis.from_url(redis_url, socket_keepalive=True, health_check_interval=30)
+    return TaskService(TaskQueue(redis, config), result_store(state), CompletionWaiter(redis)), redis
+
+
+def setup(app: web.Application, state: RouterState, core: InvocationCore) -> TaskService | None:
+    """Add the native async routes and, when a Redis URL is configured, the worker loop (via `app.cleanup_ctx`).
+
+    Returns the task service, which the router hands to the dialects' async adapters too.
+    """
+    name_path = "/v1/endpoints/{name}/async"
+    built = build_tasks(state)
+    if built is None:
         reason = "the async API needs a Redis URL (--redis-url or BUNDLESERVE_REDIS_URL)"
         log.warning("endpoint %s serves async but %s", state.settings.name, reason)
         app.router.add_post(name_path, _unavailable(reason))
         app.router.add_get("/v1/tasks/{task_id}", _unavailable(reason))
-        return
-    config = _with_default_callback_auth(QueueConfig.from_endpoint(state.settings.endpoint), state)
-    redis = aioredis.Redis.from_url(redis_url, socket_keepalive=True, health_check_interval=30)
-    queue = TaskQueue(redis, config)
-    store = result_store(state)
-    api = AsyncApi(state, redis, queue, store)
-    state.extras["async_api"] = api
+        return None
+    tasks, redis = built
+    state.tasks = tasks
+    metrics = state.async_metrics = AsyncMetrics(state)
+    api = AsyncApi(core, tasks, metrics)
     app.router.add_post(name_path, api.submit)
     app.router.add_get("/v1/tasks/{task_id}", api.status)
     app.router.add_get("/v1/tasks/{task_id}/result", api.result)
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         yield
-        await api.waiter.close()
-        await queue.close()
+        await tasks.waiter.close()
+        await tasks.queue.close()
         await redis.aclose()
 
     app.cleanup_ctx.append(clients)  # registered first: closed after the worker below stopped
-    add_worker(app, state, queue, store, on_terminal=api.finished_here)
+    add_worker(app, state, core, tasks, metrics)
+    return tasks

@@ -24,7 +24,8 @@ import httptools
 from aiohttp import web
 
 from bundleserve.api.errors import ApiError, InvalidRequest
-from bundleserve.router.invoke import Answer, Invoker, error_answer, too_large
+from bundleserve.router.core import too_large
+from bundleserve.router.invoke import Answer, Invoker, error_answer
 
 _MAX_HEAD = 65536  # bytes of request line + headers
 _LINGER_SECONDS = 5.0  # how long a refused body is still read (and dropped) so the client sees the answer

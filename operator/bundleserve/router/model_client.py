@@ -5,9 +5,11 @@ more per request than the whole rest of the router; this one writes each request
 bytes and parses the answer in C. Used by the sync/streaming handlers and by the async worker.
 
 Cancelling a call (timeout, client gone) closes its connection, which is how the model learns the caller went away;
-a connection is reused only after a complete response. Failures map to the native API's errors:
+a connection is reused only after a complete response. Transport failures map to the native API's errors:
 cannot connect -> `Unavailable` (503), connection lost before the answer -> `ModelError` (424, no status_code),
-a non-2xx answer -> `ModelError` (424) carrying the model's `status_code` and `traceback`.
+a reply larger than the caller's `max_body` -> `ReplyTooLarge` (424, refused from its Content-Length or as soon as
+the limit is passed, so an oversized answer is never buffered). Replies of any status are returned as they are: what
+a non-2xx answer means is decided by the invocation core (`router.core.model_failure`).
 """
 
 from __future__ import annotations
@@ -16,14 +18,20 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
 
 from bundleserve.api.errors import ModelError, Unavailable
-from bundleserve.api.invocation import INPUT_HEADER, PICKLE_CONTENT_TYPE, RETURN_HEADER
+from bundleserve.api.invocation import (
+    CUSTOM_ATTRIBUTES_HEADER,
+    INPUT_HEADER,
+    PICKLE_CONTENT_TYPE,
+    RETURN_HEADER,
+    ModelReply,
+)
 
 JSON = b"application/json"
 OCTET_STREAM = b"application/octet-stream"
@@ -39,55 +47,14 @@ class ModelUnreachable(Unavailable):
     """No connection to the model could be made (503): it is not running, or not listening yet."""
 
 
-class ModelReply:
-    """A complete answer of the model: status, content type and body bytes."""
+class ReplyTooLarge(ModelError):
+    """The model's reply is larger than the limit the caller set; refused before it is buffered (424)."""
 
-    __slots__ = ("body", "content_type", "status")
-
-    def __init__(self, status: int, content_type: str, body: bytes) -> None:
-        self.status = status
-        self.content_type = content_type
-        self.body = body
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-    @property
-    def is_json(self) -> bool:
-        return self.content_type.startswith("application/json")
-
-    @property
-    def is_pickle(self) -> bool:
-        return self.content_type.startswith(PICKLE)
-
-    def result(self) -> Any:
-        """The answer as a Python value: bytes for a pickle, parsed JSON when it parses, else text (runnable images)."""
-        if self.is_pickle:
-            return self.body
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            return self.body.decode("utf-8", errors="replace")
+    code = "reply_too_large"
 
 
-def model_error(status: int | None, body: bytes, *, fallback: str) -> ModelError:
-    """The 424 error for a failed model call, with the runtime's message/type/traceback when its body carries them."""
-    message, traceback, kind = fallback, None, None
-    try:
-        error = json.loads(body).get("error") if body else None
-    except (ValueError, AttributeError):
-        error = None
-    if isinstance(error, dict):
-        message = str(error.get("message") or fallback)
-        traceback = error.get("traceback")
-        kind = error.get("type")
-    elif body:
-        message = f"{fallback}: {body[:512].decode('utf-8', errors='replace')}"
-    details: dict[str, Any] = {"status_code": status, "traceback": traceback}
-    if kind:
-        details["type"] = kind
-    return ModelError(message, **details)
+_CUSTOM_ATTRIBUTES = CUSTOM_ATTRIBUTES_HEADER.lower().encode()
+_CUSTOM_ATTRIBUTES_SIZE = len(_CUSTOM_ATTRIBUTES)
 
 
 class _Connection(asyncio.Protocol):
@@ -101,20 +68,26 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.status = 0
         self.content_type = ""
+        self.custom_attributes: str | None = None
         self.keep_alive = True
         self.framed = False
         self.body: list[bytes] = []
+        self.size = 0
+        self.max_body: int | None = None
         self.headers_done: asyncio.Future[None] | None = None
         self.done: asyncio.Future[None] | None = None
         self.chunks: asyncio.Queue[bytes | BaseException | None] | None = None
         self.paused = False
 
-    def begin(self, *, streaming: bool) -> None:
+    def begin(self, *, streaming: bool, max_body: int | None = None) -> None:
         loop = self.loop
         self.status = 0
         self.content_type = ""
+        self.custom_attributes = None
         self.framed = False
         self.body = []
+        self.size = 0
+        self.max_body = max_body
         self.headers_done = loop.create_future() if streaming else None
         self.done = loop.create_future()
         self.chunks = asyncio.Queue() if streaming else None
@@ -153,6 +126,23 @@ class _Connection(asyncio.Protocol):
             self.content_type = value.decode("latin-1")
         elif (size == 14 or size == 17) and name.lower() in (b"content-length", b"transfer-encoding"):
             self.framed = True
+            if size == 14 and self.max_body is not None and value.strip().isdigit() and int(value) > self.max_body:
+                self._too_large(int(value))
+        elif size == _CUSTOM_ATTRIBUTES_SIZE and name.lower() == _CUSTOM_ATTRIBUTES:
+            self.custom_attributes = value.decode("latin-1")
+
+    def _too_large(self, size: int | None) -> None:
+        """Refuse the rest of an oversized reply: fail the call and drop the connection (nothing more is read)."""
+        known = f" ({size} bytes)" if size is not None else ""
+        self._fail(
+            ReplyTooLarge(
+                f"the model's reply{known} is larger than the limit of {self.max_body} bytes",
+                status_code=None,
+                traceback=None,
+            )
+        )
+        if self.transport is not None:
+            self.transport.close()
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -167,6 +157,12 @@ class _Connection(asyncio.Protocol):
                 self.paused = True
                 self.transport.pause_reading()
         else:
+            self.size += len(body)
+            if self.max_body is not None and self.size > self.max_body:
+                self.body = []
+                if self.done is not None and not self.done.done():
+                    self._too_large(None)
+                return
             self.body.append(body)
 
     def on_message_complete(self) -> None:
@@ -188,6 +184,7 @@ class ModelStream:
         self._connection = connection
         self.status = connection.status
         self.content_type = connection.content_type
+        self.custom_attributes = connection.custom_attributes
         self.finished = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -287,18 +284,26 @@ class ModelClient:
             connection.transport.writelines((head, body))
 
     async def _connect_and_send(
-        self, method: bytes, path: str, body: bytes, content_type: bytes, extra: bytes, *, streaming: bool
+        self,
+        method: bytes,
+        path: str,
+        body: bytes,
+        content_type: bytes,
+        extra: bytes,
+        *,
+        streaming: bool,
+        max_body: int | None = None,
     ) -> _Connection:
         """A connection with the request written. A pooled connection the model closed in the meantime fails at the
         write, before anything was sent: that one case is retried once on a fresh connection."""
         connection = await self._connect()
-        connection.begin(streaming=streaming)
+        connection.begin(streaming=streaming, max_body=max_body)
         try:
             self._send(connection, method, path, body, content_type, extra)
         except (RuntimeError, OSError):
             self._release(connection, reusable=False)
             connection = await self._connect(fresh=True)
-            connection.begin(streaming=streaming)
+            connection.begin(streaming=streaming, max_body=max_body)
             self._send(connection, method, path, body, content_type, extra)
         return connection
 
@@ -316,10 +321,22 @@ class ModelClient:
         return extra
 
     async def request(
-        self, method: bytes, path: str, body: bytes = b"", *, content_type: bytes = JSON, extra: bytes = b""
+        self,
+        method: bytes,
+        path: str,
+        body: bytes = b"",
+        *,
+        content_type: bytes = JSON,
+        extra: bytes = b"",
+        max_body: int | None = None,
     ) -> ModelReply:
-        """One request/response exchange; any status is returned (the caller decides what is an error)."""
-        connection = await self._connect_and_send(method, path, body, content_type, extra, streaming=False)
+        """One request/response exchange; any status is returned (the caller decides what is an error).
+
+        `max_body` bounds the reply: a larger one raises `ReplyTooLarge` without being buffered.
+        """
+        connection = await self._connect_and_send(
+            method, path, body, content_type, extra, streaming=False, max_body=max_body
+        )
         reusable = False
         try:
             assert connection.done is not None
@@ -331,8 +348,12 @@ class ModelClient:
                 ) from None
             reusable = True
             parts = connection.body
+            connection.body = []  # the reply owns the bytes from here; the connection keeps no reference
             return ModelReply(
-                connection.status, connection.content_type, parts[0] if len(parts) == 1 else b"".join(parts)
+                connection.status,
+                parts[0] if len(parts) == 1 else b"".join(parts),
+                connection.content_type,
+                connection.custom_attributes,
             )
         finally:
             self._release(connection, reusable=reusable)
@@ -346,18 +367,22 @@ class ModelClient:
         raw: bool = False,
         pickled: bool = False,
         headers: Mapping[str, str] | None = None,
+        max_body: int | None = None,
     ) -> ModelReply:
         """POST a predict call: `body` is the JSON-encoded args (or the raw input with `raw=True`).
 
-        Returns the 2xx reply; raises `ModelError` (424) for a non-2xx answer or a lost connection, `Unavailable`
-        (503) when the model cannot be reached. Bound it with `asyncio.timeout`: cancellation closes the connection.
+        Returns the reply whatever its status; raises `ModelError` (424) for a lost connection or `ReplyTooLarge`,
+        `Unavailable` (503) when the model cannot be reached. Bound it with `asyncio.timeout`: cancellation closes
+        the connection.
         """
-        reply = await self.request(
-            b"POST", path, body, content_type=content_type, extra=self.extra_headers(raw, pickled, headers)
+        return await self.request(
+            b"POST",
+            path,
+            body,
+            content_type=content_type,
+            extra=self.extra_headers(raw, pickled, headers),
+            max_body=max_body,
         )
-        if not reply.ok:
-            raise model_error(reply.status, reply.body, fallback=f"the model answered HTTP {reply.status}")
-        return reply
 
     @asynccontextmanager
     async def stream(
@@ -369,10 +394,11 @@ class ModelClient:
         raw: bool = False,
         headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[ModelStream]:
-        """POST a stream call; yields a `ModelStream` once the model answered 2xx headers.
+        """POST a stream call; yields a `ModelStream` once the model answered its headers, whatever the status
+        (the caller reads a non-2xx answer's error body from the stream).
 
         Leaving the block before the stream's end (client gone, error) closes the connection, cancelling the model's
-        generator. A non-2xx answer raises `ModelError` before anything is yielded.
+        generator.
         """
         extra = self.extra_headers(raw, False, headers)
         connection = await self._connect_and_send(b"POST", path, body, content_type, extra, streaming=True)
@@ -385,13 +411,6 @@ class ModelClient:
                 raise ModelError(
                     "the model closed the connection before answering (did it crash?)", status_code=None, traceback=None
                 ) from None
-            if not 200 <= connection.status < 300:
-                with suppress(ConnectionError, OSError):
-                    await connection.done
-                error_body = b"".join(_drain(connection))
-                raise model_error(
-                    connection.status, error_body, fallback=f"the model answered HTTP {connection.status}"
-                )
             stream = ModelStream(connection)
             yield stream
         finally:
@@ -406,18 +425,6 @@ class ModelClient:
             connection = self._idle.pop()
             if connection.transport is not None:
                 connection.transport.close()
-
-
-def _drain(connection: _Connection) -> list[bytes]:
-    """The chunks already queued on a streaming connection (used to read an error body)."""
-    parts: list[bytes] = []
-    if connection.chunks is None:
-        return parts
-    while not connection.chunks.empty():
-        item = connection.chunks.get_nowait()
-        if isinstance(item, bytes):
-            parts.append(item)
-    return parts
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)

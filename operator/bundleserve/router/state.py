@@ -1,14 +1,16 @@
 """The router's shared state: one typed object per application, stored under `ROUTER_STATE`.
 
-Everything a route needs lives here, so add-on routes (the async API in `async_routes`) reach the same model client,
-admission controller, metrics and drain state as the sync path: `state = app[ROUTER_STATE]`.
+Everything a route needs lives here, typed, so the async API (`async_routes`), the worker and the dialects reach the
+same model client, admission controller, metrics and drain state as the sync path: `state = app[ROUTER_STATE]`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -20,49 +22,75 @@ from bundleserve.router.model_client import ModelClient
 from bundleserve.router.settings import Settings
 
 if TYPE_CHECKING:
+    from bundleserve.queue.results import ResultStore
+    from bundleserve.queue.service import TaskService
+    from bundleserve.queue.worker import Worker
     from bundleserve.router.fetch import UrlFetcher
+    from bundleserve.router.worker import AsyncMetrics
 
 
 class DrainState:
-    """Counts requests in progress and tells when, after SIGTERM, the last one has finished.
+    """Counts work in progress and tells when, after SIGTERM, the last of it has finished.
 
-    `active` covers everything a drain must wait for: queued and running sync calls, open streams, and whatever
-    other component calls `enter()`/`leave()` (the async worker for a task it is running).
+    `active` covers requests (queued and running sync calls, open streams, bodies being read: whoever calls
+    `enter()`/`leave()`); `track(busy)` adds other holders counted by a callable (the async worker's running task
+    slots, which hold a task before and after their model call). Drained means draining AND nothing held right now:
+    it is re-evaluated on every change, never latched, so work that starts after a quiet moment (a worker slot
+    picking up a task it had in hand) keeps `/wait-for-drain` waiting and the model alive.
     """
 
-    __slots__ = ("_drained", "active", "draining", "started")
+    __slots__ = ("_changed", "_holders", "active", "draining", "started")
+
+    #: How often `wait_drained` re-reads tracked holders that do not call `changed()` themselves.
+    RECHECK_SECONDS = 0.05
 
     def __init__(self) -> None:
         self.draining = False
         self.active = 0
         self.started = asyncio.Event()
-        self._drained = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._holders: list[Callable[[], int]] = []
 
     def enter(self) -> None:
         self.active += 1
 
     def leave(self) -> None:
         self.active -= 1
-        if self.draining and self.active == 0:
-            self._drained.set()
+        if self.active == 0:
+            self._changed.set()
+
+    def track(self, busy: Callable[[], int]) -> None:
+        """Count `busy()` as work in progress too (e.g. the async worker's tasks in flight)."""
+        self._holders.append(busy)
+
+    def changed(self) -> None:
+        """A tracked holder finished something: re-evaluate now."""
+        self._changed.set()
 
     def begin(self) -> None:
         """Start draining: readiness fails and new requests get 503 from now on."""
         if not self.draining:
             self.draining = True
             self.started.set()
-            if self.active == 0:
-                self._drained.set()
+            self._changed.set()
+
+    @property
+    def held(self) -> int:
+        return self.active + sum(busy() for busy in self._holders)
 
     @property
     def drained(self) -> bool:
-        return self._drained.is_set()
+        return self.draining and self.held == 0
 
     async def wait_drained(self, timeout: float | None = None) -> bool:
         """Wait until draining started and nothing is in progress; False if `timeout` passed first."""
         try:
             async with asyncio.timeout(timeout):
-                await self._drained.wait()
+                while not self.drained:
+                    self._changed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.RECHECK_SECONDS if self._holders else None):
+                            await self._changed.wait()
         except TimeoutError:
             return False
         return True
@@ -98,10 +126,13 @@ class RouterState:
     drain: DrainState = field(default_factory=DrainState)
     readiness: ModelReadiness = field(default_factory=ModelReadiness)
     fetcher: UrlFetcher | None = None
-    #: `bundleserve.queue.results.ResultStore`, created on first use of `return_pickled` (or set by the async setup).
-    result_store: Any = None
-    #: Free slot for add-ons (the async API keeps its queue client here).
-    extras: dict[str, Any] = field(default_factory=dict)
+    #: The store of pickled and large results, created on first use (`router.invoke.result_store`).
+    result_store: ResultStore | None = None
+    #: The async task service of this endpoint's queue (None: async not served or no Redis configured).
+    tasks: TaskService | None = None
+    #: This replica's async worker and its metrics, while the application runs.
+    worker: Worker | None = None
+    async_metrics: AsyncMetrics | None = None
 
     @property
     def endpoint(self) -> Endpoint:

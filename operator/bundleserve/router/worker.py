@@ -1,5 +1,5 @@
-"""The async worker inside the router: the queue's `Worker` wired to the router's model client, admission control,
-drain state, readiness and metrics.
+"""The async worker inside the router: the queue's `Worker` wired to the router's invocation core (the same model call,
+admission control, drain state, readiness and metrics as the sync path).
 
 Async tasks share the model's `concurrency` slots with sync calls (one admission controller), take no task while the
 model is not ready or the router drains (a task picked up then would only burn an attempt), and count as in-progress
@@ -18,17 +18,19 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
-from bundleserve.api.errors import ApiError, Overloaded
-from bundleserve.api.invocation import TaskStatus
+from bundleserve.api.errors import ApiError, Timeout
+from bundleserve.api.invocation import JSON_CONTENT_TYPE, ModelReply, TaskStatus
 from bundleserve.queue.backlog import backlog
 from bundleserve.queue.broker import RedisError, TaskQueue
 from bundleserve.queue.callbacks import CallbackSender, Outcome
-from bundleserve.queue.invoke import Invoke, ModelReply
+from bundleserve.queue.invoke import Invoke
 from bundleserve.queue.results import ResultStore
+from bundleserve.queue.service import TaskService
 from bundleserve.queue.tasks import TaskRecord, TaskRequest
 from bundleserve.queue.worker import Worker, WorkerEvents
+from bundleserve.router.core import InvocationCore
 from bundleserve.router.metrics import LATENCY_BUCKETS
-from bundleserve.router.model_client import JSON, ModelClient, encode_args
+from bundleserve.router.model_client import ReplyTooLarge
 from bundleserve.router.state import RouterState
 
 log = logging.getLogger("bundleserve.router.worker")
@@ -101,54 +103,32 @@ class AsyncMetrics:
         return events
 
 
-def router_invoke(state: RouterState) -> Invoke:
-    """Call the model the way the sync path does; router errors become replies (their status decides retry)."""
-    model: ModelClient = state.model
-    spec = state.settings.endpoint.spec
-    path = state.settings.routes.predict
-    pickle_ok = spec.bundle.is_python
-    max_bytes = spec.invocation.max_payload_bytes
+def router_invoke(core: InvocationCore, max_result_bytes: int) -> Invoke:
+    """The worker's model call: the invocation core's `predict`, like every sync call (one path).
+
+    The core's errors become replies whose status decides the worker's retry: the model's own status for a model
+    error (a 500 is retried), 400 for arguments the runtime rejected and 413 for a result over the limit (both
+    permanent), 503 when the model is unreachable (retried). The core's own time limit surfaces as the worker's
+    timeout.
+    """
 
     async def invoke(request: TaskRequest, timeout_seconds: float) -> ModelReply:
-        state.drain.enter()
         try:
-            body, content_type, raw = encode_args(request.args), JSON, False
-            if request.url is not None:
-                if state.fetcher is None:
-                    from bundleserve.router.fetch import UrlFetcher
-
-                    state.fetcher = UrlFetcher()
-                body, content_type = await state.fetcher.fetch(
-                    request.url, schemes=state.settings.url_schemes, max_bytes=max_bytes
-                )
-                raw = True
-            await _admit(state)
-            try:
-                extra = ModelClient.extra_headers(raw, request.return_pickled and pickle_ok, None)
-                reply = await model.request(b"POST", path, body, content_type=content_type, extra=extra)
-            finally:
-                state.admission.release()
-            return ModelReply(reply.status, reply.body, reply.content_type)
+            return await core.predict(
+                request.to_invocation(),
+                ceiling_seconds=timeout_seconds,
+                patient=True,
+                max_reply_bytes=max_result_bytes,
+            )
+        except Timeout:
+            raise TimeoutError from None
+        except ReplyTooLarge as error:
+            return ModelReply(413, _error_json(error), JSON_CONTENT_TYPE)
         except ApiError as error:
-            if error.status == 503:
-                state.readiness.lost()
-            return ModelReply(error.status, _error_json(error), "application/json")
-        finally:
-            state.drain.leave()
+            status = error.details.get("status_code") or error.status
+            return ModelReply(int(status), _error_json(error), JSON_CONTENT_TYPE)
 
     return invoke
-
-
-async def _admit(state: RouterState) -> None:
-    """A model slot, shared with sync calls; a full waiting line means wait and try again (a task is patient)."""
-    delay = 0.01
-    while True:
-        try:
-            await state.admission.acquire()
-            return
-        except Overloaded:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
 
 
 def _error_json(error: ApiError) -> bytes:
@@ -170,24 +150,22 @@ class ReadyGate:
 
 
 def worker_context(
-    state: RouterState,
-    queue: TaskQueue,
-    store: ResultStore,
-    metrics: AsyncMetrics,
-    on_terminal: Callable[[TaskRecord], None] | None = None,
+    state: RouterState, core: InvocationCore, tasks: TaskService, metrics: AsyncMetrics
 ) -> contextlib.AbstractAsyncContextManager[Worker]:
     @contextlib.asynccontextmanager
     async def running() -> AsyncIterator[Worker]:
+        queue, store = tasks.queue, tasks.store
         session = aiohttp.ClientSession()
         worker = Worker(
             queue,
-            router_invoke(state),
+            router_invoke(core, queue.config.max_result_bytes),
             store,
             callbacks=CallbackSender(session),
-            events=metrics.events(on_terminal),
+            events=metrics.events(tasks.finished_here),
             gate=ReadyGate(state),
             drain_timeout_seconds=state.settings.grace_seconds,
         )
+        state.drain.track(lambda: worker.in_flight)  # a slot's task holds the model until it is finished
         task = asyncio.create_task(worker.run(), name="bundleserve-async-worker")
         refresher = asyncio.create_task(_housekeeping(queue, store, metrics), name="bundleserve-async-housekeeping")
         try:
@@ -226,19 +204,14 @@ async def _housekeeping(queue: TaskQueue, store: ResultStore, metrics: AsyncMetr
 
 
 def add_worker(
-    app: web.Application,
-    state: RouterState,
-    queue: TaskQueue,
-    store: ResultStore,
-    *,
-    on_terminal: Callable[[TaskRecord], None] | None = None,
+    app: web.Application, state: RouterState, core: InvocationCore, tasks: TaskService, metrics: AsyncMetrics
 ) -> None:
-    metrics = AsyncMetrics(state)
-    state.extras["async_metrics"] = metrics
-
     async def context(app: web.Application) -> AsyncIterator[None]:
-        async with worker_context(state, queue, store, metrics, on_terminal) as worker:
-            state.extras["async_worker"] = worker
-            yield
+        async with worker_context(state, core, tasks, metrics) as worker:
+            state.worker = tasks.worker = worker
+            try:
+                yield
+            finally:
+                state.worker = tasks.worker = None
 
     app.cleanup_ctx.append(context)

@@ -1,0 +1,109 @@
+"""What a dialect may depend on: the invocation core and the task service, as Protocols, plus shared helpers.
+
+The router's `InvocationCore` and the queue's `TaskService` satisfy these; dialect modules import this module only
+(layering: `api` <- `queue` <- `dialects` <- `router`), so a dialect cannot reach the model client, Redis or router
+state behind the core's back.
+
+Mounting: a dialect module offers a `DialectMount`, a function the router's `build_app` calls once with the
+application, the core and (when the endpoint serves async and a queue is configured) the task service. The router
+lists its mounts in one place, `bundleserve.router.app.DIALECTS`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from aiohttp import web
+
+from bundleserve.api.endpoint import Mode
+from bundleserve.api.invocation import Invocation, ModelReply, StreamChunk
+from bundleserve.queue.tasks import CallbackTarget, TaskRecord
+
+#: The configured public base URL of the API (e.g. `https://models.example.com`); wins over request headers.
+PUBLIC_URL_ENV = "BUNDLESERVE_PUBLIC_URL"
+
+
+class InvocationBackend(Protocol):
+    """The sync/stream half of the invocation core (`bundleserve.router.core.InvocationCore`).
+
+    Errors are `bundleserve.api.errors.ApiError` subclasses; the dialect renders them in its own shape.
+    """
+
+    def gate(self, name: str | None, authorization: str | None, mode: Mode) -> None:
+        """Refuse before the body is read: unknown endpoint (NotFound), API key (Unauthorized), mode not served
+        (ModeNotServed), draining or not ready (Unavailable; not for async submissions)."""
+        ...
+
+    async def read_body(self, request: web.Request) -> bytes:
+        """The request body under the endpoint's limit (PayloadTooLarge, by Content-Length before reading)."""
+        ...
+
+    async def predict(self, inv: Invocation) -> ModelReply:
+        """One model call under the endpoint's deadline and admission; a 2xx reply or an ApiError."""
+        ...
+
+    def stream(self, inv: Invocation) -> AbstractAsyncContextManager[AsyncIterator[StreamChunk]]:
+        """A streaming model call: entering waits (within the deadline) for the first chunk or raises ApiError;
+        the iterator raises ModelError on a failure mid-stream; leaving early disconnects the model."""
+        ...
+
+
+class TaskBackend(Protocol):
+    """The async half (`bundleserve.queue.service.TaskService`), bound to one endpoint's queue."""
+
+    async def submit(
+        self,
+        inv: Invocation,
+        *,
+        callback: CallbackTarget | None,
+        request_ttl_seconds: float | None,
+        invocation_timeout_seconds: float | None,
+    ) -> str:
+        """Queue the invocation; returns the task id. Raising means the task will never run."""
+        ...
+
+    async def status(self, task_id: str, *, wait_seconds: float) -> TaskRecord | None:
+        """The task's record (long-polling up to `wait_seconds` for a terminal state); None when unknown/expired."""
+        ...
+
+    async def result(self, task_id: str) -> tuple[bytes, str]:
+        """A stored (large or pickled) result and its content type; NotFound/InvalidRequest otherwise."""
+        ...
+
+
+#: How a dialect adds its routes: `mount(app, core, tasks)`; `tasks` is None when async is not served/configured.
+DialectMount = Callable[[web.Application, InvocationBackend, TaskBackend | None], None]
+
+
+def public_base_url(headers: Mapping[str, str], *, scheme: str = "http", env: Mapping[str, str] | None = None) -> str:
+    """The absolute base URL clients reach us at, without a trailing slash.
+
+    `BUNDLESERVE_PUBLIC_URL` when set (behind a gateway or ingress that rewrites hosts, the only reliable answer);
+    else the first `X-Forwarded-Proto` / `X-Forwarded-Host` (set by ingress controllers), else the request's own
+    scheme and `Host`.
+    """
+    configured = (os.environ if env is None else env).get(PUBLIC_URL_ENV, "").strip()
+    if configured:
+        return configured.rstrip("/")
+    proto = _first(headers.get("X-Forwarded-Proto")) or scheme
+    host = _first(headers.get("X-Forwarded-Host")) or headers.get("Host") or "localhost"
+    return f"{proto}://{host}"
+
+
+def absolute_url(request: web.Request, path: str, *, env: Mapping[str, str] | None = None) -> str:
+    """`path` (e.g. `/v1/tasks/ID/result`) made absolute for the client of `request` (see `public_base_url`)."""
+    if path.startswith(("http://", "https://", "s3://")):
+        return path
+    base = public_base_url(request.headers, scheme=request.scheme, env=env)
+    return base + (path if path.startswith("/") else "/" + path)
+
+
+def _first(value: str | None) -> str | None:
+    """The first entry of a comma-separated forwarding header (the client-facing hop)."""
+    if not value:
+        return None
+    first = value.split(",")[0].strip()
+    return first or None

@@ -1,0 +1,152 @@
+"""The async task service of one endpoint's queue: submit, status (long-poll), stored result.
+
+Shared by the router (bound to its own endpoint) and the gateway (one per endpoint it resolves by name), and used by
+every dialect's async adapter (native, SageMaker, Launch) through the `dialects.base.TaskBackend` Protocol: adapters
+parse and render, this service talks to the queue. Errors are `ApiError`s: Redis down -> Unavailable (503, the task
+never runs), an unsafe result key -> InvalidRequest (400), unknown or expired -> NotFound (404).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+
+from bundleserve.api.errors import InvalidRequest, NotFound, Unavailable
+from bundleserve.api.invocation import JSON_CONTENT_TYPE, Invocation
+from bundleserve.queue.broker import QueueUnavailable, RedisError, Started, TaskQueue
+from bundleserve.queue.notify import CompletionWaiter
+from bundleserve.queue.recent import RecentResults
+from bundleserve.queue.results import InvalidKey, ResultStore
+from bundleserve.queue.tasks import CallbackTarget, TaskRecord, TaskRequest
+from bundleserve.queue.worker import Worker
+
+#: The longest a status request may hold the connection (`?wait=`); clients re-poll after it.
+MAX_WAIT_SECONDS = 300.0
+
+
+def plain_args(inv: Invocation) -> bool:
+    """An invocation that is exactly `{"args": {...}}` on the wire: stored as sent, without re-encoding."""
+    return (
+        not inv.raw
+        and inv.url is None
+        and not inv.return_pickled
+        and inv.timeout_seconds is None
+        and inv.custom_attributes is None
+        and inv.request_id is None
+        and inv.accept is None
+        and inv.content_type == JSON_CONTENT_TYPE
+    )
+
+
+class TaskService:
+    """Async invocations of one endpoint (its `TaskQueue`), with the local worker's shortcuts when there is one."""
+
+    def __init__(self, queue: TaskQueue, store: ResultStore, waiter: CompletionWaiter) -> None:
+        self.queue = queue
+        self.store = store
+        self.waiter = waiter
+        self.recent = RecentResults(max_age_seconds=min(300.0, queue.config.result_ttl_seconds))
+        #: The worker of this process for the same queue (router only): it may take a task in the submit's step.
+        self.worker: Worker | None = None
+
+    # -- submit ---------------------------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        inv: Invocation,
+        *,
+        callback: CallbackTarget | None = None,
+        request_ttl_seconds: float | None = None,
+        invocation_timeout_seconds: float | None = None,
+    ) -> str:
+        """Queue `inv`; the task id once Redis holds the task. Raises Unavailable (503) when it does not: then the
+        task never runs.
+
+        `invocation_timeout_seconds` shortens the endpoint's `async.invocationTimeoutSeconds` for this task (it never
+        extends it). `request_ttl_seconds` is accepted for the dialects (SageMaker's RequestTTLSeconds); the queue
+        applies the endpoint's `async.requestTTLSeconds` to every task (see docs/async.md).
+        """
+        del request_ttl_seconds  # the endpoint's queue TTL applies; see the docstring
+        timeout = inv.timeout_seconds
+        if invocation_timeout_seconds is not None and (timeout is None or invocation_timeout_seconds < timeout):
+            timeout = invocation_timeout_seconds
+        try:
+            if callback is None and timeout == inv.timeout_seconds and plain_args(inv):
+                return await self._submit_plain(b'{"args":' + inv.body + b"}")
+            request = TaskRequest.from_invocation(inv)
+            if timeout != inv.timeout_seconds:
+                request = replace(request, timeout_seconds=timeout)
+            return await self.queue.submit(request, callback)
+        except QueueUnavailable as error:
+            raise Unavailable(str(error), headers={"Retry-After": "1"}) from None
+        except (RedisError, OSError) as error:
+            raise Unavailable(f"the queue is not reachable: {error}", headers={"Retry-After": "1"}) from None
+
+    async def _submit_plain(self, body: bytes) -> str:
+        """Submit; when this process's worker has an idle slot, it takes the task in the same step (light load)."""
+        worker = self.worker
+        if worker is None or not worker.reserve():
+            return await self.queue.submit_encoded(body)
+        claimed: list[Started] = []
+        try:
+            task_id, claimed = await self.queue.submit_claiming(body, claim_for=worker.consumer)
+        finally:
+            worker.adopt(claimed)
+        return task_id
+
+    # -- status ---------------------------------------------------------------------------------------------------
+
+    def finished_here(self, record: TaskRecord) -> None:
+        """The local worker finished a task: remember it and wake its long-polls now."""
+        self.recent.put(record)
+        self.waiter.notify(record.task_id)
+
+    async def _record(self, task_id: str) -> TaskRecord | None:
+        recent = self.recent.get(task_id)
+        if recent is not None:
+            return recent
+        try:
+            record = await self.queue.get(task_id)
+        except (RedisError, OSError) as error:
+            raise Unavailable(f"the task store is not reachable: {error}", headers={"Retry-After": "1"}) from None
+        config = self.queue.config
+        if record is None or (record.namespace, record.endpoint) != (config.namespace, config.endpoint):
+            return None  # another endpoint's task is as unknown here as a missing one
+        return record
+
+    async def status(self, task_id: str, *, wait_seconds: float = 0.0) -> TaskRecord | None:
+        """The task (None: unknown or expired). With `wait_seconds`, hold until it is terminal or the wait is over."""
+        if not 0 <= wait_seconds <= MAX_WAIT_SECONDS:
+            raise InvalidRequest(f"wait must be between 0 and {MAX_WAIT_SECONDS:g} seconds")
+        record = await self._record(task_id)
+        if record is None or wait_seconds <= 0 or record.status.terminal:
+            return record
+        latest: list[TaskRecord | None] = [record]
+
+        async def finished() -> bool:
+            latest[0] = await self._record(task_id)
+            found = latest[0]
+            return found is None or found.status.terminal
+
+        with contextlib.suppress(TimeoutError):  # could not subscribe in time: answer with the current state
+            await self.waiter.wait_for(self.queue.channel, task_id, finished, wait_seconds)
+        return latest[0]
+
+    # -- result ---------------------------------------------------------------------------------------------------
+
+    async def result(self, task_id: str) -> tuple[bytes, str]:
+        """A stored (large or pickled) result and its media type."""
+        return await stored_result(self.store, task_id)
+
+
+async def stored_result(store: ResultStore, task_id: str) -> tuple[bytes, str]:
+    """A stored result by key, for every route that serves one (the async API and the sync `return_pickled` path):
+    an unsafe key is the client's mistake (400), a missing one 404."""
+    try:
+        found = await store.get(task_id)
+    except InvalidKey:
+        raise InvalidRequest(f"{task_id!r} is not a valid task id") from None
+    if found is None:
+        raise NotFound(f"no stored result for {task_id!r} (unknown, inline, or expired)")
+    data, content_type = found
+    return data, content_type.split(";")[0]

@@ -1,0 +1,406 @@
+"""The invocation core: the one path from a parsed request to the model and back, for every edge and dialect.
+
+Edges (the aiohttp routes, the fast edge in `router.fastpath`, the SageMaker and Launch dialects, the async worker)
+parse their own request shape into an `Invocation`, call this core, and render its `ModelReply` or `ApiError` in
+their own shape. Everything between lives here once: the gate (endpoint name, API key, mode, draining, readiness),
+the request body limit, the time limit (queue wait, url fetch, model call and, for streams, the wait for the first
+event), admission (429), the url fetch through the destination guard, the model call, the reply size limit and the
+mapping of model failures to API errors. See docs/router.md, "Invocation core".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from time import perf_counter
+from typing import Any
+
+from aiohttp import web
+
+from bundleserve.api.endpoint import Mode
+from bundleserve.api.errors import (
+    ApiError,
+    InvalidRequest,
+    ModelError,
+    ModeNotServed,
+    NotFound,
+    PayloadTooLarge,
+    Timeout,
+    Unavailable,
+)
+from bundleserve.api.invocation import CUSTOM_ATTRIBUTES_HEADER, Invocation, ModelReply, StreamChunk
+from bundleserve.router.auth import require_key
+from bundleserve.router.deadlines import DeadlineWheel
+from bundleserve.router.fetch import UrlFetcher
+from bundleserve.router.metrics import ModeMetrics
+from bundleserve.router.model_client import ModelStream, ModelUnreachable
+from bundleserve.router.sse import EventParser
+from bundleserve.router.state import RouterState
+
+#: The runtime's error code for arguments that do not fit the model's signature (bundleserve.bundle.errors).
+INVALID_ARGUMENTS = "invalid_arguments"
+#: Bytes of a non-2xx stream answer read to build the error (the rest is dropped with the connection).
+_MAX_ERROR_BODY = 64 * 1024
+
+
+def too_large(length: int | None, limit: int) -> PayloadTooLarge:
+    """The one refusal of a request body over the endpoint's `maxPayloadBytes` (both HTTP edges)."""
+    size = "" if length is None else f" ({length} bytes)"
+    return PayloadTooLarge(f"the request body{size} is larger than the limit of {limit} bytes")
+
+
+def model_failure(status: int | None, body: bytes, *, fallback: str) -> ApiError:
+    """The API error for a model's non-2xx answer (or a failure event of a stream).
+
+    The bundle runtime's `invalid_arguments` (400) is the client's mistake: `InvalidRequest` with the runtime's
+    message, which names the argument. Anything else is a `ModelError` (424) carrying the model's `status_code`,
+    `traceback` and exception `type` when its body has them.
+    """
+    message, traceback, kind, code = fallback, None, None, None
+    try:
+        error = json.loads(body).get("error") if body else None
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        message = str(error.get("message") or fallback)
+        traceback = error.get("traceback")
+        kind = error.get("type")
+        code = error.get("code")
+    elif body:
+        message = f"{fallback}: {body[:512].decode('utf-8', errors='replace')}"
+    if status == 400 and code == INVALID_ARGUMENTS:
+        return InvalidRequest(message)
+    details: dict[str, Any] = {"status_code": status, "traceback": traceback}
+    if kind:
+        details["type"] = kind
+    return ModelError(message, **details)
+
+
+class InvocationCore:
+    """The invocation path of one router's endpoint (one instance per router, bound to its state)."""
+
+    def __init__(self, state: RouterState) -> None:
+        self.state = state
+        settings = state.settings
+        spec = settings.endpoint.spec
+        self.name = settings.name
+        self.timeout = float(spec.invocation.timeout_seconds)
+        self.max_bytes = spec.invocation.max_payload_bytes
+        #: Sync replies larger than this are refused (424 reply_too_large) before being buffered.
+        self.max_reply_bytes = spec.invocation.max_payload_bytes
+        self.is_python = spec.bundle.is_python
+        self.predict_path = settings.routes.predict
+        self.stream_path = settings.routes.stream or "/stream"
+        self.model = state.model
+        self.sync_metrics = state.metrics.for_mode("sync")
+        self.stream_metrics = state.metrics.for_mode("streaming")
+        self.deadlines = DeadlineWheel()
+        self.fetcher = state.fetcher
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- before the body ------------------------------------------------------------------------------------------
+
+    def gate(self, name: str | None, authorization: str | None, mode: Mode) -> None:
+        """Refuse before reading the body: another endpoint's name (None: our own exact path), a missing API key,
+        a mode this endpoint does not serve, and, for sync and streaming, draining or a model that is not ready.
+
+        Async submissions pass while the model loads or the router drains: the queue is in Redis and any replica's
+        worker runs the task later.
+        """
+        if name is not None and name != self.name:
+            raise NotFound(f"this router serves endpoint {self.name!r}, not {name!r}")
+        self.authorize(authorization)
+        state = self.state
+        if not state.settings.serves(mode):
+            raise ModeNotServed(f"endpoint {self.name!r} does not serve the {mode.value} mode")
+        if mode is Mode.ASYNC:
+            return
+        if state.drain.draining:
+            raise Unavailable("the router is shutting down; retry on another replica")
+        if not state.readiness.ready:
+            raise Unavailable("the model is not ready yet")
+
+    def authorize(self, authorization: str | None) -> None:
+        """The API key check alone (routes that are not an invocation: a stored result)."""
+        require_key(self.state.api_keys, authorization)
+
+    def check_length(self, length: int | None) -> None:
+        """The body limit by declared length (the fast edge calls this with the parsed Content-Length)."""
+        if length is not None and length > self.max_bytes:
+            raise too_large(length, self.max_bytes)
+
+    async def read_body(self, request: web.Request) -> bytes:
+        """The body under the limit: refused by Content-Length before reading; a chunked body is capped by aiohttp's
+        `client_max_size`, which `build_app` sets to the same limit. Holds the drain while reading."""
+        self.check_length(request.content_length)
+        drain = self.state.drain
+        drain.enter()
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large(None, self.max_bytes) from None
+        finally:
+            drain.leave()
+
+    # -- shared steps ---------------------------------------------------------------------------------------------
+
+    def _deadline(self, inv: Invocation, ceiling: float | None) -> tuple[float, float]:
+        """(loop time of the deadline, the time limit): the endpoint's (or `ceiling`), or the request's if smaller."""
+        timeout = self.timeout if ceiling is None else ceiling
+        if inv.timeout_seconds is not None and inv.timeout_seconds < timeout:
+            timeout = inv.timeout_seconds
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time() + timeout, timeout
+
+    async def _model_input(self, inv: Invocation) -> tuple[bytes, bytes, bool]:
+        """(body, content type, raw?) for the model: the invocation's body, or the fetched bytes of its url."""
+        if inv.url is None:
+            return inv.body, inv.content_type.encode("latin-1"), inv.raw
+        if self.fetcher is None:
+            self.fetcher = self.state.fetcher = UrlFetcher(self.state.settings.url_policy)
+        data, content_type = await self.fetcher.fetch(
+            inv.url, schemes=self.state.settings.url_schemes, max_bytes=self.max_bytes
+        )
+        return data, content_type, True
+
+    async def _admit(self, *, patient: bool) -> float:
+        """A model slot; seconds waited. `patient` (the async worker): a full line means wait and retry, not 429."""
+        admission = self.state.admission
+        if admission.try_acquire():
+            return 0.0
+        started = perf_counter()
+        if not patient:
+            await admission.acquire()
+            return perf_counter() - started
+        delay = 0.01
+        while True:
+            try:
+                await admission.acquire()
+                return perf_counter() - started
+            except ApiError:  # Overloaded: the line is full, a task waits its turn
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    @staticmethod
+    def _headers(inv: Invocation) -> dict[str, str] | None:
+        if inv.custom_attributes is None:
+            return None
+        return {CUSTOM_ATTRIBUTES_HEADER: inv.custom_attributes}
+
+    def _failed(self, error: ApiError) -> None:
+        if isinstance(error, ModelUnreachable):
+            self.state.readiness.lost()
+
+    # -- predict --------------------------------------------------------------------------------------------------
+
+    async def predict(
+        self,
+        inv: Invocation,
+        *,
+        started: float | None = None,
+        ceiling_seconds: float | None = None,
+        patient: bool = False,
+        max_reply_bytes: int | None = None,
+        metrics: ModeMetrics | None = None,
+    ) -> ModelReply:
+        """One model call: a 2xx `ModelReply`, or an `ApiError` (Timeout, Overloaded, ModelError, ...).
+
+        Edges pass only `inv` (and `started`, when their clock began, for the metrics). The async worker passes
+        `ceiling_seconds` (its invocation timeout replaces the sync one), `patient=True` (wait for a slot, never 429),
+        `max_reply_bytes` (its result limit) and its own `metrics` (None records nothing here).
+        """
+        if started is None:
+            started = perf_counter()
+        if metrics is None and not patient:
+            metrics = self.sync_metrics
+        waited = model_time = 0.0
+        size_in = size_out = -1
+        drain = self.state.drain
+        drain.enter()
+        try:
+            deadline, limit = self._deadline(inv, ceiling_seconds)
+            admission = self.state.admission
+            try:
+                async with self.deadlines.at(deadline):
+                    if inv.url is None:
+                        data, content_type, raw = inv.body, inv.content_type.encode("latin-1"), inv.raw
+                    else:
+                        data, content_type, raw = await self._model_input(inv)
+                    size_in = len(data)
+                    waited = await self._admit(patient=patient)
+                    model_time = perf_counter()
+                    try:
+                        reply = await self.model.predict(
+                            self.predict_path,
+                            data,
+                            content_type=content_type,
+                            raw=raw,
+                            pickled=inv.return_pickled and self.is_python,
+                            headers=self._headers(inv),
+                            max_body=self.max_reply_bytes if max_reply_bytes is None else max_reply_bytes,
+                        )
+                    finally:
+                        admission.release()
+                        model_time = perf_counter() - model_time
+            except TimeoutError:
+                raise Timeout(f"no answer within the time limit of {limit:g} s (queue wait included)") from None
+            size_out = len(reply.body)
+            if not reply.ok:
+                raise model_failure(reply.status, reply.body, fallback=f"the model answered HTTP {reply.status}")
+            if metrics is not None:
+                metrics.record("success", perf_counter() - started, waited, model_time, size_in, size_out)
+            return reply
+        except ApiError as error:
+            self._failed(error)
+            if metrics is not None:
+                metrics.record(error.code, perf_counter() - started, waited, model_time, size_in, size_out)
+            raise
+        except asyncio.CancelledError:
+            if metrics is not None:
+                metrics.record("cancelled", perf_counter() - started, waited, model_time, size_in, size_out)
+            raise
+        finally:
+            drain.leave()
+
+    def refused(self, error: ApiError, started: float, mode: Mode = Mode.SYNC) -> None:
+        """Count a request refused before the core ran (gate, body limit, unparsable body)."""
+        metrics = self.stream_metrics if mode is Mode.STREAMING else self.sync_metrics
+        if mode is Mode.STREAMING:
+            metrics.outcome(error.code)
+            metrics.duration.observe(perf_counter() - started)
+        else:
+            metrics.record(error.code, perf_counter() - started)
+
+    # -- stream ---------------------------------------------------------------------------------------------------
+
+    def stream(
+        self, inv: Invocation, *, started: float | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[StreamChunk]]:
+        """A streaming model call. Entering waits, within the time limit, for the model's FIRST event (so a model that
+        never yields gets 504 at the deadline) and raises ApiError for anything that fails before it; the iterator
+        yields every event's data in order and raises ModelError for a failure mid-stream (an `error` event or a lost
+        connection); leaving early closes the model connection, which cancels the model's generator."""
+        return self._stream(inv, perf_counter() if started is None else started)
+
+    @asynccontextmanager
+    async def _stream(self, inv: Invocation, started: float) -> AsyncIterator[AsyncIterator[StreamChunk]]:
+        metrics = self.stream_metrics
+        if inv.return_pickled:
+            raise InvalidRequest("return_pickled is not available for streaming")
+        drain = self.state.drain
+        admission = self.state.admission
+        deadline, limit = self._deadline(inv, None)
+        drain.enter()
+        outcome = "cancelled"
+        model_started = 0.0
+        events: _Events | None = None
+        try:
+            async with AsyncExitStack() as stack:
+                try:
+                    async with self.deadlines.at(deadline):
+                        data, content_type, raw = await self._model_input(inv)
+                        metrics.request_bytes.observe(len(data))
+                        metrics.queue_wait.observe(await self._admit(patient=False))
+                        stack.callback(admission.release)
+                        model_started = perf_counter()
+                        upstream = await stack.enter_async_context(
+                            self.model.stream(
+                                self.stream_path,
+                                data,
+                                content_type=content_type,
+                                raw=raw,
+                                headers=self._headers(inv),
+                            )
+                        )
+                        if not 200 <= upstream.status < 300:
+                            body = await _error_body(upstream)
+                            raise model_failure(
+                                upstream.status, body, fallback=f"the model answered HTTP {upstream.status}"
+                            )
+                        events = _Events(upstream)
+                        first = await events.next()  # a failure before the first event raises here, on enter
+                except TimeoutError:
+                    raise Timeout(
+                        f"the model sent no event within the time limit of {limit:g} s (queue wait included)"
+                    ) from None
+                yield events.iterate(first)
+                outcome = "model_error" if events.failed else "success"
+        except ApiError as error:
+            self._failed(error)
+            outcome = error.code
+            raise
+        finally:
+            drain.leave()
+            metrics.outcome(outcome)
+            if model_started:
+                metrics.model_duration.observe(perf_counter() - model_started)
+            if events is not None:
+                metrics.response_bytes.observe(events.size)
+            metrics.duration.observe(perf_counter() - started)
+
+
+class _Events:
+    """The model's stream as event data: SSE `data` per event, or each raw chunk of a non-SSE stream."""
+
+    def __init__(self, upstream: ModelStream) -> None:
+        self.sse = upstream.content_type.startswith("text/event-stream")
+        self.chunks = aiter(upstream)
+        self.parser = EventParser()
+        self.pending: list[bytes] = []
+        self.failure: ApiError | None = None
+        self.size = 0
+        self.ended = False
+        self.failed = False
+
+    async def next(self) -> bytes | None:
+        """The next event's data; None at the end; the model's failure after the events that came before it."""
+        while True:
+            if self.pending:
+                return self.pending.pop(0)
+            if self.failure is not None:
+                raise self.failure
+            if self.ended:
+                return None
+            chunk = await anext(self.chunks, None)
+            if chunk is None:
+                self.ended = True
+                return None
+            self.size += len(chunk)
+            if not self.sse:
+                return chunk
+            for event in self.parser.feed(chunk):
+                if event.event == "error":
+                    self.failure = model_failure(None, event.data, fallback="the model failed while streaming")
+                    self.ended = True
+                    break
+                self.pending.append(event.data)
+
+    async def iterate(self, first: bytes | None) -> AsyncIterator[StreamChunk]:
+        if first is None:
+            return
+        yield StreamChunk(first)
+        try:
+            while (data := await self.next()) is not None:
+                yield StreamChunk(data)
+        except ApiError:
+            self.failed = True
+            raise
+
+
+async def _error_body(upstream: ModelStream) -> bytes:
+    """The (bounded) body of a non-2xx stream answer."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in upstream:
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= _MAX_ERROR_BODY:
+                break
+    except ModelError:
+        pass
+    return b"".join(parts)[:_MAX_ERROR_BODY]
