@@ -1,7 +1,8 @@
 """Forward one request unchanged to an endpoint's router, streaming both ways.
 
 Why streaming and not buffering: server-sent events and event streams must reach the client chunk by chunk, and a
-large body should not sit twice in memory. The endpoint's body limit is enforced here BEFORE the router sees a
+large body should not sit twice in memory (small bodies and answers with a declared length, up to `BUFFER_BYTES`,
+go in one piece: cheaper, and nothing to stream). The endpoint's body limit is enforced here BEFORE the router sees a
 complete request: by Content-Length up front, and for a chunked body by counting while forwarding; once the count
 passes the limit the upstream request is aborted (the router never receives a complete, cut body) and the client
 gets 413, as the router would have answered.
@@ -30,6 +31,11 @@ HOP_BY_HOP = frozenset(
         "Transfer-Encoding", "Upgrade", "Content-Length", "Host",
     )
 )  # fmt: skip
+
+
+#: Bodies up to this size with a declared length are read whole and sent in one write (as nginx buffers small
+#: bodies); larger or chunked ones, and every answer without a length (event streams), are streamed chunk by chunk.
+BUFFER_BYTES = 64 * 1024
 
 
 def upstream_headers(request: web.BaseRequest) -> dict[str, str]:
@@ -79,20 +85,22 @@ async def forward(
     if request.content_length is not None:
         headers["Content-Length"] = str(request.content_length)  # same framing upstream: no re-chunking
     cap = BodyCap(request, limit)
+    body: bytes | AsyncIterator[bytes] | None = None
+    if request.body_exists:
+        small = request.content_length is not None and request.content_length <= BUFFER_BYTES
+        body = await request.read() if small else cap.chunks()
     response: web.StreamResponse | None = None
     try:
-        async with session.request(
-            request.method,
-            url,
-            data=cap.chunks() if request.body_exists else None,
-            headers=headers,
-            auto_decompress=False,
-        ) as upstream:
+        async with session.request(request.method, url, data=body, headers=headers, auto_decompress=False) as upstream:
             if cap.exceeded:
                 raise too_large(None, limit)
-            response = web.StreamResponse(status=upstream.status, headers=downstream_headers(upstream.headers))
-            if upstream.content_length is not None:
-                response.content_length = upstream.content_length
+            headers_out = downstream_headers(upstream.headers)
+            length = upstream.content_length
+            if length is not None and length <= BUFFER_BYTES:  # a small, complete answer: one write
+                return web.Response(status=upstream.status, body=await upstream.read(), headers=headers_out)
+            response = web.StreamResponse(status=upstream.status, headers=headers_out)
+            if length is not None:
+                response.content_length = length
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
