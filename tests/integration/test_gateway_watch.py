@@ -91,3 +91,47 @@ async def test_a_compacted_history_is_recovered_by_listing_again(
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_the_cluster_gateway_is_ready_after_the_first_listing(
+    k8s_api: KubernetesEmulator, tmp_path: Path
+) -> None:
+    import aiohttp
+    from aiohttp import web
+
+    from bundleserve.gateway.app import GatewayConfig
+    from bundleserve.gateway.server import build_cluster_app
+    from tests.support.processes import free_port
+
+    k8s_api.install_crd(CRD)
+    k8s_api.create(endpoint("echo", ["sync"]))
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    app = build_cluster_app(GatewayConfig(), KubeAccess(server=k8s_api.url, token_file=token), ["default"])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def ready() -> bool:
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+                    return response.status == 200
+
+            await async_wait_until(ready, timeout=10, what="the gateway to list Endpoints")
+            async with http.get(f"http://127.0.0.1:{port}/v1/endpoints") as response:
+                assert await response.json() == {"endpoints": [{"name": "echo", "modes": ["sync"], "ready": False}]}
+    finally:
+        await runner.cleanup()
+
+
+def test_the_gateway_outside_a_cluster_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bundleserve.cli import main
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert main(["gateway", "--port", "0"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bundleserve gateway: not running in a Kubernetes pod")
