@@ -63,11 +63,10 @@ class Gateway:
     # -- the gate every /v1 route passes before reading a body -------------------------------------------------
 
     def gate(self, name: str, authorization: str | None, mode: Mode | None) -> EndpointEntry:
+        """API key, then name and mode. Readiness is the router's to judge: a request to an endpoint without a ready
+        replica gets the router's (or the proxy's) 503, and async submissions never depend on it."""
         require_key(self.keys, authorization)
-        entry = self.registry.resolve(name, mode)
-        if entry.failure is not None:
-            raise Unavailable(f"endpoint {name!r} failed: {entry.failure}")
-        return entry
+        return self.registry.resolve(name, mode)
 
     def require_queues(self) -> EndpointQueues:
         if self.queues is None:
@@ -85,15 +84,11 @@ class Gateway:
         return web.json_response({"endpoints": [entry.describe() for entry in self.registry.entries()]})
 
     async def describe(self, request: web.Request) -> web.Response:
-        entry = self.gate_name(request, None, check_failure=False)
+        entry = self.gate_name(request, None)
         return web.json_response(entry.describe())
 
-    def gate_name(self, request: web.Request, mode: Mode | None, *, check_failure: bool = True) -> EndpointEntry:
-        name = request.match_info["name"]
-        if check_failure:
-            return self.gate(name, request.headers.get("Authorization"), mode)
-        require_key(self.keys, request.headers.get("Authorization"))
-        return self.registry.resolve(name, mode)
+    def gate_name(self, request: web.Request, mode: Mode | None) -> EndpointEntry:
+        return self.gate(request.match_info["name"], request.headers.get("Authorization"), mode)
 
     async def proxy_to(self, request: web.Request, name: str, mode: Mode) -> web.StreamResponse:
         """For the dialects' sync/stream routes: resolve `name` (ApiError for the dialect to render in its own
@@ -112,7 +107,7 @@ class Gateway:
         return self.require_queues().service(self.registry.resolve(name, Mode.ASYNC))
 
     async def submit(self, request: web.Request) -> web.Response:
-        entry = self.gate_name(request, Mode.ASYNC, check_failure=False)  # queued tasks wait for a healthy model
+        entry = self.gate_name(request, Mode.ASYNC)  # accepted at zero replicas: queued tasks wait for a worker
         queues = self.require_queues()
         body = await read_capped(request, entry.max_payload_bytes)
         task_id = await submit_native(
@@ -185,7 +180,6 @@ def _gateway_paths() -> dict[str, Any]:
             "name": {"type": "string"},
             "modes": {"type": "array", "items": {"type": "string", "enum": [m.value for m in Mode]}},
             "ready": {"type": "boolean"},
-            "failure": {"type": "string"},
         },
         "required": ["name", "modes", "ready"],
     }

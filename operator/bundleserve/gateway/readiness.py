@@ -23,11 +23,10 @@ async def router_ready(session: aiohttp.ClientSession, entry: EndpointEntry) -> 
 
 
 async def refresh(registry: Registry, session: aiohttp.ClientSession) -> None:
-    """One pass: every entry's `ready` set from its router's answer (a failed entry stays not ready)."""
+    """One pass: every entry's `ready` set from its router's answer."""
     entries = registry.entries()
     states = await asyncio.gather(*(router_ready(session, entry) for entry in entries))
     for entry, ready in zip(entries, states, strict=True):
-        ready = ready and entry.failure is None
         if ready != entry.ready:
             registry.put(replace(entry, ready=ready))
 

@@ -21,8 +21,6 @@ class EndpointEntry:
     #: Base URL of the endpoint's router(s): the Service in a cluster, the local router's port in local mode.
     router_url: str
     ready: bool = False
-    #: Why the endpoint cannot serve (e.g. its model's load() failed); None while it is fine or still starting.
-    failure: str | None = None
 
     @property
     def name(self) -> str:
@@ -45,14 +43,7 @@ class EndpointEntry:
 
     def describe(self) -> dict[str, object]:
         """The public shape of `GET /v1/endpoints/{name}` (the SDK relies on name, modes, ready)."""
-        described: dict[str, object] = {
-            "name": self.name,
-            "modes": [mode.value for mode in self.modes],
-            "ready": self.ready,
-        }
-        if self.failure is not None:
-            described["failure"] = self.failure
-        return described
+        return {"name": self.name, "modes": [mode.value for mode in self.modes], "ready": self.ready}
 
 
 class Registry:
