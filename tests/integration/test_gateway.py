@@ -256,3 +256,29 @@ async def test_docs_page_and_its_assets_are_served_locally(gateway: str, http: a
     async with http.get(f"{gateway}/openapi.json") as response:
         paths = (await response.json())["paths"]
     assert {"/v1/endpoints", "/v1/endpoints/{name}", "/v1/endpoints/{name}/predict"} <= set(paths)
+
+
+async def test_cookies_of_one_client_never_reach_another(backend: dict[str, Any], http: aiohttp.ClientSession) -> None:
+    """The upstream here is a small aiohttp app standing in for a router that sets a cookie (no router does): the
+    property under test is the gateway's own client session, which must not keep a cookie jar."""
+
+    async def predict(request: web.Request) -> web.Response:
+        response = web.json_response({"cookie": request.headers.get("Cookie")})
+        response.set_cookie("session", "client-a")
+        return response
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/endpoints/fake/predict", predict)
+    upstream_runner, upstream_url = await serve(upstream)
+    # by host name, as a Service is addressed (aiohttp's default jar ignores cookies of bare IP addresses)
+    registry = Registry([entry_for(backend["endpoint_file"], upstream_url.replace("127.0.0.1", "localhost"))])
+    runner, url = await serve(build_gateway_app(registry, GatewayConfig()))
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as client:
+            for _ in range(2):
+                async with client.post(f"{url}/v1/endpoints/fake/predict", json={"args": {}}) as response:
+                    assert response.headers["Set-Cookie"].startswith("session=client-a")
+                    assert (await response.json())["cookie"] is None
+    finally:
+        await runner.cleanup()
+        await upstream_runner.cleanup()

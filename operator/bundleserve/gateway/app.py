@@ -232,7 +232,10 @@ def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Applicat
     async def clients(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
+        # no cookie jar: a proxy must never keep one client's Set-Cookie and replay it to the next client
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+        ) as session:
             gateway.session = session
             if config.redis_url:
                 gateway.queues = EndpointQueues(
