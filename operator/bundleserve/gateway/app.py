@@ -44,6 +44,8 @@ class GatewayConfig:
     #: Where routers store pickled/large results when no S3 store is configured (shared in local mode).
     results_dir: Path = Path("/var/lib/bundleserve/results")
     results_url: str | None = None
+    #: Schemes a `url` input may use (BUNDLESERVE_URL_SCHEMES, as for routers).
+    url_schemes: frozenset[str] = frozenset(DEFAULT_URL_SCHEMES)
     #: Extra aiohttp sub-setups (the dialects' async adapters), each called with (app, gateway).
     dialects: list[Callable[[web.Application, Gateway], None]] = field(default_factory=list)
 
@@ -114,7 +116,7 @@ class Gateway:
             queues.service(entry),
             body,
             kwargs_only=entry.endpoint.spec.bundle.is_python,
-            url_schemes=frozenset(DEFAULT_URL_SCHEMES),
+            url_schemes=self.config.url_schemes,
         )
         return web.Response(status=202, body=b'{"task_id":"' + task_id.encode() + b'"}', content_type=_JSON)
 
@@ -125,12 +127,7 @@ class Gateway:
         task_id = request.match_info["task_id"]
         wait = parse_wait(request.query.get("wait"))
         record = await queues.owner(task_id)
-        entry = None
-        if record is not None:
-            entry = next(
-                (e for e in self.registry.entries() if (e.namespace, e.name) == (record.namespace, record.endpoint)),
-                None,
-            )
+        entry = self.registry.get(record.namespace or "default", record.endpoint) if record is not None else None
         if record is not None and entry is not None and wait > 0:
             record = await queues.service(entry).status(task_id, wait_seconds=wait)
         if record is None:

@@ -50,25 +50,35 @@ class Registry:
     """Endpoints by (namespace, name); clients address them by name alone, which must be unique in the gateway's scope."""
 
     def __init__(self, entries: Iterable[EndpointEntry] = ()) -> None:
-        self._entries: dict[tuple[str, str], EndpointEntry] = {}
+        #: name -> namespace -> entry: a request resolves its name with one dictionary lookup
+        self._by_name: dict[str, dict[str, EndpointEntry]] = {}
         for entry in entries:
             self.put(entry)
 
     def put(self, entry: EndpointEntry) -> None:
-        self._entries[(entry.namespace, entry.name)] = entry
+        self._by_name.setdefault(entry.name, {})[entry.namespace] = entry
 
     def remove(self, namespace: str, name: str) -> None:
-        self._entries.pop((namespace, name), None)
+        namespaces = self._by_name.get(name)
+        if namespaces is not None:
+            namespaces.pop(namespace, None)
+            if not namespaces:
+                del self._by_name[name]
 
     def replace_all(self, entries: Iterable[EndpointEntry]) -> None:
         """A fresh listing (after a watch reconnect): entries that vanished meanwhile are dropped."""
-        self._entries = {(e.namespace, e.name): e for e in entries}
+        fresh = Registry(entries)
+        self._by_name = fresh._by_name
 
     def entries(self) -> list[EndpointEntry]:
-        return sorted(self._entries.values(), key=lambda e: (e.name, e.namespace))
+        everything = [entry for namespaces in self._by_name.values() for entry in namespaces.values()]
+        return sorted(everything, key=lambda e: (e.name, e.namespace))
+
+    def get(self, namespace: str, name: str) -> EndpointEntry | None:
+        return self._by_name.get(name, {}).get(namespace)
 
     def find(self, name: str) -> EndpointEntry | None:
-        found = [entry for (_, entry_name), entry in self._entries.items() if entry_name == name]
+        found = list(self._by_name.get(name, {}).values())
         if len(found) > 1:
             namespaces = ", ".join(sorted(e.namespace for e in found))
             raise InvalidRequest(f"endpoint name {name!r} is ambiguous: it exists in namespaces {namespaces}")

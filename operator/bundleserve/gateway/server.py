@@ -20,7 +20,7 @@ from aiohttp import web
 from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
 from bundleserve.gateway.kube import EndpointWatch, KubeAccess, KubeConfigError
 from bundleserve.gateway.registry import Registry
-from bundleserve.router.settings import DEFAULT_RESULTS_DIR, ConfigError, read_api_keys
+from bundleserve.router.settings import DEFAULT_RESULTS_DIR, ConfigError, parse_url_schemes, read_api_keys
 
 log = logging.getLogger("bundleserve.gateway")
 
@@ -29,6 +29,7 @@ def config_from_env(redis_url: str | None, env: dict[str, str]) -> GatewayConfig
     """The same variables as the router's (docs/router.md): one Secret and one store configure both."""
     keys_file = env.get("BUNDLESERVE_API_KEYS_FILE")
     return GatewayConfig(
+        url_schemes=parse_url_schemes(env.get("BUNDLESERVE_URL_SCHEMES")),
         redis_url=redis_url or env.get("BUNDLESERVE_REDIS_URL") or None,
         api_keys=read_api_keys(Path(keys_file)) if keys_file else frozenset(),
         results_dir=Path(env.get("BUNDLESERVE_RESULTS_DIR") or DEFAULT_RESULTS_DIR),

@@ -94,6 +94,13 @@ def check_results_url(url: str) -> None:
         raise ConfigError(str(error)) from None
 
 
+def parse_url_schemes(raw: str | None) -> frozenset[str]:
+    """BUNDLESERVE_URL_SCHEMES (comma-separated) for every edge that accepts `url` inputs (router, gateway)."""
+    if not raw:
+        return frozenset(DEFAULT_URL_SCHEMES)
+    return frozenset(s.strip().lower() for s in raw.split(",") if s.strip())
+
+
 def read_url_policy(env: Mapping[str, str]) -> AddressPolicy:
     """The destination guard for `url` inputs; a bad CIDR or flag fails the start, naming the variable."""
     flag = env.get("BUNDLESERVE_URL_BLOCK_PRIVATE", "").strip().lower()
@@ -141,9 +148,7 @@ def build_settings(
         api_keys=read_api_keys(Path(keys_file)) if keys_file else frozenset(),
         results_dir=Path(env.get("BUNDLESERVE_RESULTS_DIR") or DEFAULT_RESULTS_DIR),
         results_url=results_url,
-        url_schemes=frozenset(s.strip().lower() for s in schemes.split(",") if s.strip())
-        if schemes
-        else frozenset(DEFAULT_URL_SCHEMES),
+        url_schemes=parse_url_schemes(schemes),
         url_policy=read_url_policy(env),
         drain_seconds=drain_seconds,
     )
