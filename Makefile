@@ -37,7 +37,7 @@ test: lint typecheck browser
 
 # headless Chromium for the /docs page test (tests/integration/test_gateway_docs_browser.py)
 browser:
-	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
