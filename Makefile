@@ -53,6 +53,8 @@ crds: $(STAMP)
 	cp crds/endpoints.bundleserve.dev.yaml charts/bundleserve/files/crds/endpoints.bundleserve.dev.yaml
 
 bench: $(STAMP)
+	command -v nginx >/dev/null && command -v wrk >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq nginx wrk; }
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/router.py
 	$(BIN)/python bench/async_queue.py

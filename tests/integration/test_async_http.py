@@ -146,8 +146,12 @@ async def test_a_pickled_result_is_served_from_result_url(router: dict[str, Any]
     _, body = await status(http, router["url"], accepted["task_id"], wait=20)
     assert body["status"] == "SUCCESS"
     assert body["result"] is None
-    assert body["result_url"] == f"/v1/tasks/{accepted['task_id']}/result"
-    async with http.get(router["url"] + body["result_url"]) as response:
+    assert body["result_url"] == f"{router['url']}/v1/tasks/{accepted['task_id']}/result"  # absolute, from Host
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "api.example.com"}
+    async with http.get(f"{router['url']}/v1/tasks/{accepted['task_id']}", headers=forwarded) as response:
+        behind_proxy = await response.json()
+    assert behind_proxy["result_url"] == f"https://api.example.com/v1/tasks/{accepted['task_id']}/result"
+    async with http.get(body["result_url"]) as response:
         assert response.status == 200
         assert response.content_type == "application/vnd.bundleserve.pickle"
         assert pickle.loads(await response.read()) == {"v": 3}

@@ -61,7 +61,8 @@ async def test_return_pickled(echo: str, http: aiohttp.ClientSession) -> None:
     async with http.post(f"{echo}/v1/endpoints/echo/predict", json=body) as response:
         assert response.status == 200
         result_url = (await response.json())["result_url"]
-    async with http.get(echo + result_url) as response:
+    assert result_url.startswith(echo + "/v1/tasks/")  # absolute, for the client that asked
+    async with http.get(result_url) as response:
         assert response.status == 200
         assert pickle.loads(await response.read()) == {"n": 7}
 

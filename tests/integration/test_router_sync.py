@@ -252,8 +252,8 @@ async def test_return_pickled_stores_the_result(pair: dict[str, Any], http: aioh
     status, body, _ = await predict(http, pair["url"], {"args": {"value": [1, 2]}, "return_pickled": True})
     assert status == 200, body
     assert body["result"] is None
-    assert body["result_url"].startswith("/v1/tasks/") and body["result_url"].endswith("/result")
-    async with http.get(pair["url"] + body["result_url"]) as response:
+    assert body["result_url"].startswith(pair["url"] + "/v1/tasks/") and body["result_url"].endswith("/result")
+    async with http.get(body["result_url"]) as response:
         assert response.status == 200
         assert response.content_type == "application/vnd.bundleserve.pickle"
         assert pickle.loads(await response.read()) == {"value": [1, 2]}

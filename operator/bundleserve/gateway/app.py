@@ -22,6 +22,7 @@ from aiohttp import web
 from bundleserve import __version__
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import NotFound, Unavailable
+from bundleserve.dialects.base import public_base_url
 from bundleserve.gateway.docs import add_docs_routes
 from bundleserve.gateway.proxy import forward
 from bundleserve.gateway.registry import EndpointEntry, Registry
@@ -132,7 +133,8 @@ class Gateway:
             record = await queues.service(entry).status(task_id, wait_seconds=wait)
         if record is None:
             raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
-        return web.Response(body=task_body(record), content_type=_JSON)
+        public_url = public_base_url(request.headers, scheme=request.scheme)  # an absolute result_url, as routers
+        return web.Response(body=task_body(record, public_url), content_type=_JSON)
 
     async def task_result(self, request: web.Request) -> web.Response:
         require_key(self.keys, request.headers.get("Authorization"))

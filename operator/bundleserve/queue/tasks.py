@@ -87,7 +87,7 @@ class TaskRequest:
         if inv.url is not None:
             return cls(**common)
         if not inv.raw:
-            return cls(args=json.loads(inv.body), **common)
+            return cls(args=json.loads(inv.body) if inv.body else {}, **common)
         return cls(raw_body=inv.body, content_type=inv.content_type, **common)
 
     def to_invocation(self) -> Invocation:

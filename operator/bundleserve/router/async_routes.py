@@ -18,7 +18,7 @@ from aiohttp import web
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unavailable
 from bundleserve.api.invocation import Invocation, PredictRequest
-from bundleserve.dialects.base import TaskBackend
+from bundleserve.dialects.base import TaskBackend, public_base_url
 from bundleserve.queue.broker import TaskQueue
 from bundleserve.queue.callbacks import SECRET_DIR_ENV, auth_from_secret_dir
 from bundleserve.queue.config import QueueConfig
@@ -77,13 +77,17 @@ def parse_wait(raw: str | None) -> float:
     return wait
 
 
-def task_body(record: TaskRecord) -> bytes:
-    """The status document; an inline result is spliced in as stored (it is JSON already)."""
+def task_body(record: TaskRecord, public_url: str | None = None) -> bytes:
+    """The status document; an inline result is spliced in as stored (it is JSON already). With `public_url`, a
+    stored result's `result_url` (a path of this API) is made absolute."""
     terminal = record.status.terminal
     result = record.result_json.encode() if terminal and record.result_json else b"null"
+    result_url = record.result_url if terminal else None
+    if result_url is not None and result_url.startswith("/") and public_url is not None:
+        result_url = public_url + result_url
     head = {"task_id": record.task_id, "status": record.status.value}
     tail = {
-        "result_url": record.result_url if terminal else None,
+        "result_url": result_url,
         "traceback": record.traceback if terminal else None,
         "status_code": record.status_code if terminal else None,
     }
@@ -128,7 +132,8 @@ class AsyncApi:
         record = await self.tasks.status(task_id, wait_seconds=parse_wait(request.query.get("wait")))
         if record is None:
             raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
-        return web.Response(body=task_body(record), content_type=_JSON)
+        public_url = public_base_url(request.headers, scheme=request.scheme)
+        return web.Response(body=task_body(record, public_url), content_type=_JSON)
 
     async def result(self, request: web.Request) -> web.Response:
         self.core.authorize(request.headers.get("Authorization"))

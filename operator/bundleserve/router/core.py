@@ -30,7 +30,13 @@ from bundleserve.api.errors import (
     Timeout,
     Unavailable,
 )
-from bundleserve.api.invocation import CUSTOM_ATTRIBUTES_HEADER, Invocation, ModelReply, StreamChunk
+from bundleserve.api.invocation import (
+    CUSTOM_ATTRIBUTES_HEADER,
+    JSON_CONTENT_TYPE,
+    Invocation,
+    ModelReply,
+    StreamChunk,
+)
 from bundleserve.router.auth import require_key
 from bundleserve.router.deadlines import DeadlineWheel
 from bundleserve.router.fetch import UrlFetcher
@@ -43,6 +49,12 @@ from bundleserve.router.state import RouterState
 INVALID_ARGUMENTS = "invalid_arguments"
 #: Bytes of a non-2xx stream answer read to build the error (the rest is dropped with the connection).
 _MAX_ERROR_BODY = 64 * 1024
+_JSON_BYTES = JSON_CONTENT_TYPE.encode()
+
+
+def _media_type(content_type: str) -> bytes:
+    """The content type as header bytes (the JSON one without encoding it per call)."""
+    return _JSON_BYTES if content_type == JSON_CONTENT_TYPE else content_type.encode("latin-1")
 
 
 def too_large(length: int | None, limit: int) -> PayloadTooLarge:
@@ -159,7 +171,7 @@ class InvocationCore:
     async def _model_input(self, inv: Invocation) -> tuple[bytes, bytes, bool]:
         """(body, content type, raw?) for the model: the invocation's body, or the fetched bytes of its url."""
         if inv.url is None:
-            return inv.body, inv.content_type.encode("latin-1"), inv.raw
+            return inv.body, _media_type(inv.content_type), inv.raw
         if self.fetcher is None:
             self.fetcher = self.state.fetcher = UrlFetcher(self.state.settings.url_policy)
         data, content_type = await self.fetcher.fetch(
@@ -187,9 +199,15 @@ class InvocationCore:
 
     @staticmethod
     def _headers(inv: Invocation) -> dict[str, str] | None:
-        if inv.custom_attributes is None:
+        """The client's `Accept` and SageMaker custom attributes, passed to the model container as they came."""
+        if inv.custom_attributes is None and inv.accept is None:
             return None
-        return {CUSTOM_ATTRIBUTES_HEADER: inv.custom_attributes}
+        headers: dict[str, str] = {}
+        if inv.accept is not None:
+            headers["Accept"] = inv.accept
+        if inv.custom_attributes is not None:
+            headers[CUSTOM_ATTRIBUTES_HEADER] = inv.custom_attributes
+        return headers
 
     def _failed(self, error: ApiError) -> None:
         if isinstance(error, ModelUnreachable):
@@ -227,7 +245,7 @@ class InvocationCore:
             try:
                 async with self.deadlines.at(deadline):
                     if inv.url is None:
-                        data, content_type, raw = inv.body, inv.content_type.encode("latin-1"), inv.raw
+                        data, content_type, raw = inv.body, _media_type(inv.content_type), inv.raw
                     else:
                         data, content_type, raw = await self._model_input(inv)
                     size_in = len(data)
@@ -289,8 +307,6 @@ class InvocationCore:
     @asynccontextmanager
     async def _stream(self, inv: Invocation, started: float) -> AsyncIterator[AsyncIterator[StreamChunk]]:
         metrics = self.stream_metrics
-        if inv.return_pickled:
-            raise InvalidRequest("return_pickled is not available for streaming")
         drain = self.state.drain
         admission = self.state.admission
         deadline, limit = self._deadline(inv, None)
@@ -299,6 +315,8 @@ class InvocationCore:
         model_started = 0.0
         events: _Events | None = None
         try:
+            if inv.return_pickled:
+                raise InvalidRequest("return_pickled is not available for streaming")
             async with AsyncExitStack() as stack:
                 try:
                     async with self.deadlines.at(deadline):

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from bundleserve.api.errors import ApiError, InvalidRequest
 from bundleserve.router.core import too_large
-from bundleserve.router.invoke import Answer, Invoker, error_answer
+from bundleserve.router.invoke import Answer, Invoker, error_answer, public_url_of_raw
 
 _MAX_HEAD = 65536  # bytes of request line + headers
 _LINGER_SECONDS = 5.0  # how long a refused body is still read (and dropped) so the client sees the answer
@@ -267,18 +267,28 @@ class FastConnection(asyncio.Protocol):
     def _dispatch(self) -> None:
         keep_alive = self.parser.should_keep_alive() and not self.edge.closing
         body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
-        refused, entered, started = self.refused, self.entered, self.started
+        refused, entered, started, headers = self.refused, self.entered, self.started, self.headers
         self.entered = False
         self._reset()
-        self.task = asyncio.get_running_loop().create_task(self._answer(body, refused, entered, started, keep_alive))
+        self.task = asyncio.get_running_loop().create_task(
+            self._answer(body, refused, entered, started, keep_alive, headers)
+        )
 
-    async def _answer(self, body: bytes, refused: ApiError | None, entered: bool, started: float, keep: bool) -> None:
+    async def _answer(
+        self,
+        body: bytes,
+        refused: ApiError | None,
+        entered: bool,
+        started: float,
+        keep: bool,
+        headers: dict[bytes, bytes],
+    ) -> None:
         invoker = self.invoker
         try:
             if refused is not None:
                 answer = invoker.refuse(refused, started)
             else:
-                answer = await invoker.answer_predict(body, started)
+                answer = await invoker.answer_predict(body, started, lambda: public_url_of_raw(headers))
         except Exception:  # a bug of ours: log it, answer in the documented shape (as aiohttp's edge does)
             log.exception("unexpected error on the fast path")
             answer = error_answer(ApiError("internal error"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from time import perf_counter
 
@@ -19,6 +19,7 @@ from aiohttp import web
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, ModelError
 from bundleserve.api.invocation import JSON_CONTENT_TYPE, PICKLE_CONTENT_TYPE, Invocation, ModelReply
+from bundleserve.dialects.base import public_base_url
 from bundleserve.queue.results import ResultStore, open_result_store
 from bundleserve.router.calls import Call, parse_call
 from bundleserve.router.core import InvocationCore
@@ -69,6 +70,18 @@ def result_store(state: RouterState) -> ResultStore:
     return state.result_store
 
 
+_FORWARDING = (
+    ("Host", b"host"),
+    ("X-Forwarded-Proto", b"x-forwarded-proto"),
+    ("X-Forwarded-Host", b"x-forwarded-host"),
+)
+
+
+def public_url_of_raw(headers: Mapping[bytes, bytes]) -> str:
+    """`dialects.base.public_base_url` for the fast edge's raw (lower-cased, bytes) request headers."""
+    return public_base_url({name: headers[key].decode("latin-1") for name, key in _FORWARDING if key in headers})
+
+
 def invocation_of(call: Call) -> Invocation:
     """The native body's call as the core's invocation (JSON keyword arguments, or a url input)."""
     body = call.args_json if call.args_json is not None else b"" if call.url is not None else encode_args(call.args)
@@ -107,15 +120,18 @@ class Invoker:
             body = await core.read_body(request)
         except ApiError as error:
             return as_response(self.refuse(error, started))
-        return as_response(await self.answer_predict(body, started))
+        return as_response(
+            await self.answer_predict(body, started, lambda: public_base_url(request.headers, scheme=request.scheme))
+        )
 
     def refuse(self, error: ApiError, started: float) -> Answer:
         """Count a predict refused before the core ran and render the error."""
         self.core.refused(error, started)
         return error_answer(error)
 
-    async def answer_predict(self, body: bytes, started: float) -> Answer:
-        """Everything after the body was read: parse, call the core, render."""
+    async def answer_predict(self, body: bytes, started: float, public_url: Callable[[], str] | None = None) -> Answer:
+        """Everything after the body was read: parse, call the core, render. `public_url()` gives the client-facing
+        base URL that makes a stored result's `result_url` absolute (asked only when there is one)."""
         try:
             call = parse_call(body, kwargs_only=self.is_python)
         except ApiError as error:
@@ -123,7 +139,7 @@ class Invoker:
         try:
             reply = await self.core.predict(invocation_of(call), started=started)
             if call.return_pickled:
-                return await self._pickled_answer(reply)
+                return await self._pickled_answer(reply, public_url)
             return self._result_answer(reply)
         except ApiError as error:
             return error_answer(error)
@@ -135,7 +151,7 @@ class Invoker:
             body = _SUCCESS_HEAD + json.dumps(reply.result()).encode() + _SUCCESS_TAIL
         return Answer(200, body)
 
-    async def _pickled_answer(self, reply: ModelReply) -> Answer:
+    async def _pickled_answer(self, reply: ModelReply, public_url: Callable[[], str] | None) -> Answer:
         if reply.is_pickle:
             data = reply.body
         else:  # a runnable image answered plain JSON/text: pickle its result here
@@ -146,10 +162,13 @@ class Invoker:
         key = uuid.uuid4().hex
         ttl = float(self.state.settings.endpoint.spec.async_settings.result_ttl_seconds)
         await store.put(key, data, PICKLE_CONTENT_TYPE, ttl_seconds=ttl)
+        url = store.url_for(key)
+        if url.startswith("/") and public_url is not None:  # the file store's route; S3 URLs are absolute already
+            url = public_url() + url
         body = {
             "status": "SUCCESS",
             "result": None,
-            "result_url": store.url_for(key),
+            "result_url": url,
             "traceback": None,
             "status_code": 200,
         }
