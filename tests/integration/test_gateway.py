@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import cloudpickle
 import pytest
 from aiohttp import web
 
@@ -204,24 +205,37 @@ async def test_async_is_accepted_with_no_router_then_finishes_when_one_starts(
     router_port = free_port()
     registry = Registry([entry_for(endpoint_file, f"http://127.0.0.1:{router_port}")])
     valkey: Valkey = backend["valkey"]
-    runner, url = await serve(build_gateway_app(registry, GatewayConfig(redis_url=valkey.url)))
+    results = tmp_path / "results"
+    config = GatewayConfig(redis_url=valkey.url, results_dir=results)
+    runner, url = await serve(build_gateway_app(registry, config))
     router = None
     try:
         async with http.post(f"{url}/v1/endpoints/later/async", json={"args": {"n": 7}}) as response:
             assert response.status == 202, await response.text()
             task_id = (await response.json())["task_id"]
+        pickled = {"args": {"p": 1}, "return_pickled": True}
+        async with http.post(f"{url}/v1/endpoints/later/async", json=pickled) as response:
+            assert response.status == 202, await response.text()
+            pickled_id = (await response.json())["task_id"]
         async with http.get(f"{url}/v1/tasks/{task_id}") as response:
             assert (await response.json())["status"] == "PENDING"
         router, _ = start_router(
             tmp_path,
             endpoint_file,
             backend["model_url"],
-            env={"BUNDLESERVE_REDIS_URL": valkey.url},
+            env={"BUNDLESERVE_REDIS_URL": valkey.url, "BUNDLESERVE_RESULTS_DIR": str(results)},
         )
         async with http.get(f"{url}/v1/tasks/{task_id}", params={"wait": "20"}) as response:
             body = await response.json()
         assert body["status"] == "SUCCESS", body
         assert body["result"] == {"n": 7}
+        async with http.get(f"{url}/v1/tasks/{pickled_id}", params={"wait": "20"}) as response:
+            body = await response.json()
+        assert body["status"] == "SUCCESS", body
+        assert body["result_url"] == f"{url}/v1/tasks/{pickled_id}/result"  # absolute, fetchable as it is
+        async with http.get(body["result_url"]) as response:
+            assert response.status == 200
+            assert cloudpickle.loads(await response.read()) == {"p": 1}
     finally:
         if router is not None:
             router.stop()
