@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXAMPLES ?= examples/echo/endpoint.yaml examples/iris/endpoint.yaml examples/slow-job/endpoint.yaml examples/token-streamer/endpoint.yaml
 
-.PHONY: run test lint typecheck unit integration e2e crds bench clean redis-server
+.PHONY: run test lint typecheck unit integration e2e crds bench clean redis-server browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,15 @@ $(LAUNCH_STAMP): tests/launch_client/requirements.txt
 	$(LAUNCH_VENV)/bin/python -m pip install --quiet -r tests/launch_client/requirements.txt
 	touch $(LAUNCH_STAMP)
 
-run: $(STAMP)
+# `make run` needs only the package and the examples' extra (scikit-learn for iris), not the test tools.
+RUN_STAMP := $(VENV)/.installed-run
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[examples]'
+	touch $(RUN_STAMP)
+
+run: $(RUN_STAMP)
 	$(BIN)/bundleserve run $(EXAMPLES)
 
 lint: $(STAMP)
@@ -33,8 +41,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck redis-server $(LAUNCH_STAMP)
+test: lint typecheck redis-server browser $(LAUNCH_STAMP)
 	$(BIN)/pytest tests
+
+# headless Chromium for the /docs page test (tests/integration/test_gateway_docs_browser.py)
+browser:
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     gateway = commands.add_parser("gateway", help="the name-addressed front for many endpoints")
     gateway.add_argument("--port", type=int, default=8080)
     gateway.add_argument("--host", default="0.0.0.0")
+    gateway.add_argument(
+        "--namespace", action="append", dest="namespaces", metavar="NS", help="watch these namespaces (default: all)"
+    )
     _add_redis(gateway)
 
     bundle = commands.add_parser("bundle", help="the model runtime")

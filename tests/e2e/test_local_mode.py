@@ -100,6 +100,24 @@ def test_endpoint_list_names_every_endpoint(local_mode: tuple[str, Server]) -> N
     assert names == {"echo", "token-streamer", "slow-job"}
 
 
+def test_endpoints_are_described_with_modes_and_readiness(local_mode: tuple[str, Server]) -> None:
+    base, _ = local_mode
+    described = httpx.get(f"{base}/v1/endpoints/slow-job").json()
+    assert described == {"name": "slow-job", "modes": ["async"], "ready": True}
+    refused = httpx.post(f"{base}/v1/endpoints/slow-job/predict", json={"args": {}})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "mode_not_served"
+
+
+def test_the_ready_line_shows_examples_and_the_api_page(local_mode: tuple[str, Server]) -> None:
+    base, server = local_mode
+    log = server.log()
+    assert f"boto3.client('sagemaker-runtime', endpoint_url='{base}'" in log
+    assert f"LaunchClient(api_key='local', endpoint='{base}/v1/hosted_inference')" in log
+    page = httpx.get(f"{base}/docs")
+    assert page.status_code == 200 and "/openapi.json" in page.text
+
+
 def test_sigterm_stops_everything_with_status_zero(tmp_path: Path) -> None:
     port = free_port()
     argv = bundleserve(

@@ -4,18 +4,26 @@ loopback admin ports) unless an operator allows it."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from bundleserve.api.errors import InvalidRequest
-from bundleserve.api.invocation import CallbackAuthRequest
+from bundleserve.api.invocation import CallbackAuthRequest, Invocation
 from bundleserve.outbound.destinations import AddressPolicy, parse_cidrs
+from bundleserve.queue.broker import TaskQueue
 from bundleserve.queue.callbacks import CallbackSender, RetryPolicy, check_callback_target
+from bundleserve.queue.config import Durability, QueueConfig
+from bundleserve.queue.notify import CompletionWaiter
+from bundleserve.queue.results import open_result_store
+from bundleserve.queue.service import TaskService
 from bundleserve.queue.tasks import CallbackTarget
 from bundleserve.router.async_routes import parse_submission
 from tests.support.processes import free_port
+from tests.support.valkey import Valkey
 
 LOOPBACK = AddressPolicy(allow=parse_cidrs("127.0.0.0/8,::1", source="tests"))
 QUICK = RetryPolicy(max_attempts=1, timeout_seconds=5)
@@ -109,10 +117,26 @@ async def test_credentials_go_only_over_https_unless_opted_in(serve: Callable[[R
     "url",
     ["http://169.254.169.254/latest/meta-data", "http://127.0.0.1:6379/", "http://[::1]/hook", "http://2130706433/"],
 )
-def test_a_submission_with_a_refused_callback_is_a_400(url: str):
-    body = ('{"args": {}, "callback_url": "' + url + '"}').encode()
-    with pytest.raises(InvalidRequest, match="callback"):
-        parse_submission(body, kwargs_only=True, url_schemes=frozenset({"http", "https"}))
+async def test_a_submission_with_a_refused_callback_is_a_400_and_never_stored(
+    url: str, valkey_server: Valkey, tmp_path
+):
+    """Whatever the dialect, `TaskService.submit` refuses the target before anything reaches the queue."""
+    client = aioredis.Redis.from_url(valkey_server.url)
+    config = QueueConfig(endpoint="guarded", namespace=f"guard-{uuid.uuid4().hex[:8]}", durability=Durability.MEMORY)
+    service = TaskService(TaskQueue(client, config), open_result_store(tmp_path / "results"), CompletionWaiter(client))
+    try:
+        with pytest.raises(InvalidRequest, match="callback"):
+            await service.submit(Invocation(body=b"{}"), callback=CallbackTarget(url))
+        assert await client.exists(service.queue.stream) == 0
+    finally:
+        await service.waiter.close()
+        await service.queue.close()
+        await client.aclose()
+
+
+def test_the_native_body_parser_leaves_destinations_to_the_task_service():
+    body = b'{"args": {}, "callback_url": "http://127.0.0.1:6379/"}'
+    assert parse_submission(body, kwargs_only=True).callback_url == "http://127.0.0.1:6379/"
 
 
 def test_check_callback_target_requires_https_for_credentials():

@@ -429,7 +429,10 @@ def test_gateway_serves_its_port_with_the_shared_configuration(rendered: dict[st
     name = f"{RELEASE}-bundleserve-gateway"
     deployment = objects.one("Deployment", name)
     container = _container(deployment, "gateway")
-    assert container["args"] == ["gateway", "--port=8080"]
+    # namespaced scope: the gateway watches exactly the namespaces its Roles grant
+    assert container["args"] == ["gateway", "--port=8080", "--namespace=team-a", "--namespace=team-b"]
+    cluster_wide = _container(rendered["ha-cluster"].one("Deployment", name), "gateway")
+    assert cluster_wide["args"] == ["gateway", "--port=8080"]
     env = _env(container)
     assert env["BUNDLESERVE_REDIS_URL"] == {"secretKeyRef": {"name": f"{RELEASE}-bundleserve-redis", "key": "url"}}
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}

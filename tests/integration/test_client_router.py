@@ -75,6 +75,8 @@ def router(tmp_path_factory: pytest.TempPathFactory, valkey_server: Valkey) -> I
             "BUNDLESERVE_REDIS_URL": valkey_server.url,
             "BUNDLESERVE_QUEUE_DURABILITY": "memory",
             "BUNDLESERVE_URL_ALLOW": "127.0.0.0/8",  # url inputs are fetched from a loopback file server
+            # the test's callback receiver listens on plain http on loopback
+            "BUNDLESERVE_CALLBACK_ALLOW_INSECURE_CREDENTIALS": "true",
             "BUNDLESERVE_API_KEYS_FILE": str(keys),
         }
         server, url = start_router(directory, write_endpoint(directory), model_url, env=env)

@@ -110,6 +110,8 @@ def launch_target(tmp_path_factory: pytest.TempPathFactory, valkey_server: Valke
             "BUNDLESERVE_QUEUE_DURABILITY": "memory",
             "BUNDLESERVE_API_KEYS_FILE": str(keys),
             "BUNDLESERVE_URL_ALLOW": "127.0.0.0/8",  # url inputs are fetched from a router's own /healthz
+            # the test's callback receiver listens on plain http on loopback
+            "BUNDLESERVE_CALLBACK_ALLOW_INSECURE_CREDENTIALS": "true",
         }
         for name, modes in ((SYNC, ["sync", "streaming", "async"]), (ASYNC, ["async"])):
             router, url = start_router(

@@ -160,5 +160,5 @@ def test_bad_wait_parameter(raw: str) -> None:
 
 def test_submission_parsing_accepts_callbacks() -> None:
     body = b'{"args": {"a": 1}, "callback_url": "https://h/cb", "callback_auth": {"kind": "basic", "username": "u", "password": "p"}}'
-    parsed = parse_submission(body, kwargs_only=True, url_schemes=frozenset({"http", "https"}))
+    parsed = parse_submission(body, kwargs_only=True)
     assert parsed.callback_auth is not None and parsed.callback_auth.username == "u"

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bundleserve.api.endpoint import Endpoint, Mode
+from bundleserve.queue.callbacks import INSECURE_CREDENTIALS_ENV
+from bundleserve.router.settings import ALLOW_LOOPBACK_ENV
 
 
 class PlanError(ValueError):
@@ -64,7 +66,9 @@ def model_process(endpoint: Endpoint, manifest_dir: Path, port: int) -> ProcessS
             "bundle", "serve", "--entrypoint", bundle.python.entrypoint, "--port", str(port), "--host", "127.0.0.1"
         )
         if bundle.python.load:
-            argv += ["--load", bundle.python.load]
+            # a failed load() ends the run with the endpoint's name and error (docs/local-mode.md), instead of a
+            # runtime that stays up answering "not ready"
+            argv += ["--load", bundle.python.load, "--exit-on-load-failure"]
         if bundle.python.stream:
             argv += ["--stream", bundle.python.stream]
         code_dir = (manifest_dir / (bundle.python.path or ".")).resolve()
@@ -107,9 +111,15 @@ def router_process(
     )  # fmt: skip
     if redis_url:
         argv += ["--redis-url", redis_url]
-    # loopback destinations (url inputs, callbacks) are this machine's own services in local mode
-    env = {"BUNDLESERVE_RESULTS_DIR": str(results_dir), "BUNDLESERVE_ALLOW_LOOPBACK": "true"}
+    env = {"BUNDLESERVE_RESULTS_DIR": str(results_dir), **local_router_env()}
     return ProcessSpec(name=f"{name}/router", argv=argv, port=port, ready_path="/healthz", env=env)
+
+
+def local_router_env() -> dict[str, str]:
+    """Local mode runs on one machine where the models, url inputs and callback receivers are usually on loopback
+    too: the destination guard lets loopback through here, and callback credentials may go over plain http (to the
+    user's own receiver). A cluster's routers keep both refused."""
+    return {ALLOW_LOOPBACK_ENV: "true", INSECURE_CREDENTIALS_ENV: "true"}
 
 
 def needs_redis(endpoints: Sequence[Endpoint]) -> bool:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from bundleserve.local.supervisor import die_with_parent
+
 
 class RedisStartError(RuntimeError):
     """The embedded server did not start; the message includes the end of its log."""
@@ -68,7 +70,11 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = valkey_argv(self.port, self.data_dir)
         self.process = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True
+            *argv,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),  # gone with us, even after kill -9
         )
         client = aioredis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout

@@ -1,8 +1,13 @@
 """`bundleserve run FILE.yaml ...`: run Endpoint manifests on this machine, the embedded default.
 
-Start order: Redis (when an endpoint serves async and no --redis-url is given), then per endpoint the model and
-its router, then the front door on --port. Stop order is the reverse, and each router drains before its model
-stops, as in a pod. Ctrl-C or SIGTERM stops everything; a child that dies stops the run with its last output.
+Start order: the front port is bound first (a port in use is one line and exit 2, before anything starts), then
+Redis (when an endpoint serves async and no --redis-url is given), then per endpoint the model and its router,
+then the gateway starts listening on the bound port: every dialect of every endpoint on one port, as in a cluster.
+
+Stop order is the reverse, and each router drains before its model stops, as in a pod. Ctrl-C or SIGTERM stops
+everything at any moment, also while models are still loading. A child that dies, or a model whose `load()` raises,
+ends the run with exit status 1 and one message naming the endpoint and the error (decision: a half-working local
+run hides mistakes; fix the bundle and start again). No process outlives the run (see `local.supervisor`).
 """
 
 from __future__ import annotations
@@ -10,26 +15,53 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
 from aiohttp import web
 
-from bundleserve.api.endpoint import Endpoint
+from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import ManifestError, load_endpoints
-from bundleserve.local.front import build_front
-from bundleserve.local.plan import EndpointPlan, PlanError, needs_redis, plan_endpoints
+from bundleserve.gateway.app import GatewayConfig, build_gateway_app
+from bundleserve.gateway.readiness import poll_readiness
+from bundleserve.gateway.registry import EndpointEntry, Registry
+from bundleserve.local.plan import EndpointPlan, PlanError, local_router_env, needs_redis, plan_endpoints
 from bundleserve.local.redis import EmbeddedRedis, RedisStartError, free_port
 from bundleserve.local.supervisor import Child, ChildFailed
+from bundleserve.queue.callbacks import insecure_credentials_allowed
+from bundleserve.queue.service import SubmitChecks
+from bundleserve.router.settings import read_url_policy
 
 log = logging.getLogger("bundleserve.local")
 
 READY_TIMEOUT_SECONDS = 120.0  # a model's load() may train or read weights
 STOP_GRACE_SECONDS = 30.0
+
+
+class PortInUse(RuntimeError):
+    """The front port cannot be bound; nothing has been started."""
+
+
+def bind_front(host: str, port: int) -> socket.socket:
+    """Bind (not yet listen) the front port, so a conflict is reported before any child starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise PortInUse(f"port {port} on {host} is already in use (choose another with --port)") from None
+        raise PortInUse(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    return sock
 
 
 def write_endpoint_files(plans: list[EndpointPlan]) -> None:
@@ -40,25 +72,51 @@ def write_endpoint_files(plans: list[EndpointPlan]) -> None:
         plan.endpoint_file.write_text(yaml.safe_dump(manifest, sort_keys=False))
 
 
+def ready_message(base: str, plans: list[EndpointPlan]) -> str:
+    """The ready line plus copy-paste examples for the clients people already have (pure, tested)."""
+    names = ", ".join(p.name for p in plans)
+    lines = [f"bundleserve local mode ready on {base} (endpoints: {names})", f"  API page: {base}/docs"]
+    by_mode = {mode: next((p.name for p in plans if p.endpoint.spec.serves(mode)), None) for mode in Mode}
+    sync, stream, queued = by_mode[Mode.SYNC], by_mode[Mode.STREAMING], by_mode[Mode.ASYNC]
+    if sync:
+        lines += [
+            f"  curl:    curl -s {base}/v1/endpoints/{sync}/predict -d '{{\"args\": {{}}}}'",
+            f"  Python:  from bundleserve.client import Client, EndpointRequest; "
+            f"Client('{base}').endpoint('{sync}').predict(EndpointRequest(args={{}}))",
+            f"  boto3:   boto3.client('sagemaker-runtime', endpoint_url='{base}', region_name='local')"
+            f".invoke_endpoint(EndpointName='{sync}', Body=b'{{}}', ContentType='application/json')",
+            f"  Launch:  launch.LaunchClient(api_key='local', endpoint='{base}/v1/hosted_inference')"
+            f".get_model_endpoint('{sync}')",
+        ]
+    if stream:
+        lines.append(f"  stream:  curl -sN {base}/v1/endpoints/{stream}/stream -d '{{\"args\": {{}}}}'")
+    if queued:
+        lines.append(f"  async:   curl -s {base}/v1/endpoints/{queued}/async -d '{{\"args\": {{}}}}'")
+    lines.append("  local mode lets url inputs and callbacks reach loopback addresses (a cluster blocks them)")
+    return "\n".join(lines)
+
+
 class LocalRun:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.data_dir: Path = args.data_dir.resolve()
         self.redis: EmbeddedRedis | None = None
-        self.children: list[tuple[Child, Child]] = []  # (model, router) per endpoint
+        self.children: list[tuple[str, Child, Child]] = []  # (endpoint, model, router)
         self.runner: web.AppRunner | None = None
+        self.poller: asyncio.Task[None] | None = None
 
-    async def start(self, found: list[tuple[Path, Endpoint]]) -> None:
+    async def start(self, found: list[tuple[Path, Endpoint]], sock: socket.socket) -> None:
         redis_url: str | None = self.args.redis_url
         if redis_url is None and needs_redis([e for _, e in found]):
             self.redis = EmbeddedRedis(self.data_dir / "redis")
             await self.redis.start()
             redis_url = self.redis.url
             log.info("embedded Redis-protocol server on %s (AOF in %s)", redis_url, self.redis.data_dir)
+        results_dir = self.data_dir / "results"
         plans = plan_endpoints(
             found,
             endpoints_dir=self.data_dir / "endpoints",
-            results_dir=self.data_dir / "results",
+            results_dir=results_dir,
             redis_url=redis_url,
             allocate_port=free_port,
         )
@@ -66,47 +124,83 @@ class LocalRun:
         async with aiohttp.ClientSession() as session:
             for plan in plans:
                 model, router = Child(plan.model), Child(plan.router)
-                self.children.append((model, router))
+                self.children.append((plan.name, model, router))
                 await model.start()
                 await router.start()
-            await asyncio.gather(
-                *(c.wait_ready(session, READY_TIMEOUT_SECONDS) for pair in self.children for c in pair)
-            )
-        self.runner = web.AppRunner(build_front(plans, redis_url), access_log=None, handle_signals=False)
+            await asyncio.gather(*(self._ready(name, c, session) for name, *pair in self.children for c in pair))
+        registry = Registry(EndpointEntry(endpoint=p.endpoint, router_url=p.router_url, ready=True) for p in plans)
+        local = local_router_env()  # the gateway checks submissions as the local routers do
+        checks = SubmitChecks(
+            destinations=read_url_policy(local), allow_insecure_credentials=insecure_credentials_allowed(local)
+        )
+        config = GatewayConfig(redis_url=redis_url, results_dir=results_dir, submit_checks=checks)
+        self.runner = web.AppRunner(
+            build_gateway_app(registry, config), access_log=None, handle_signals=False, handler_cancellation=True
+        )
         await self.runner.setup()
-        await web.TCPSite(self.runner, self.args.host, self.args.port).start()
-        names = ", ".join(p.name for p in plans)
-        log.info("bundleserve local mode ready on http://%s:%d (endpoints: %s)", self.args.host, self.args.port, names)
+        await web.SockSite(self.runner, sock).start()
+        self.poller = asyncio.create_task(poll_readiness(registry), name="bundleserve-local-readiness")
+        host, port = sock.getsockname()[:2]
+        log.info("%s", ready_message(f"http://{host}:{port}", plans))
+
+    async def _ready(self, endpoint: str, child: Child, session: aiohttp.ClientSession) -> None:
+        try:
+            await child.wait_ready(session, READY_TIMEOUT_SECONDS)
+        except ChildFailed as error:
+            raise ChildFailed(f"endpoint {endpoint} failed to start: {error}") from None
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Return when asked to stop; raise when a child died on its own."""
         while not stop.is_set():
-            for pair in self.children:
+            for endpoint, *pair in self.children:
                 for child in pair:
                     if child.exited:
-                        raise ChildFailed(f"{child.spec.name} exited with status {child.returncode}")
+                        raise ChildFailed(
+                            f"endpoint {endpoint}: {child.spec.name} exited with status {child.returncode}"
+                        )
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
 
     async def stop(self) -> None:
+        if self.poller is not None:
+            self.poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.poller
         if self.runner is not None:
             await self.runner.cleanup()
         # routers first (they drain in-flight requests), then the models behind them
-        await asyncio.gather(*(router.stop(STOP_GRACE_SECONDS) for _, router in self.children))
-        await asyncio.gather(*(model.stop(STOP_GRACE_SECONDS) for model, _ in self.children))
+        await asyncio.gather(*(router.stop(STOP_GRACE_SECONDS) for _, _, router in self.children))
+        await asyncio.gather(*(model.stop(STOP_GRACE_SECONDS) for _, model, _ in self.children))
         if self.redis is not None:
             await self.redis.stop()
 
 
-async def run(args: argparse.Namespace, found: list[tuple[Path, Endpoint]]) -> int:
+async def until_stopped(work: asyncio.Future[None], stop: asyncio.Event) -> bool:
+    """Run `work` unless `stop` is set first (then cancel it). True when the work finished."""
+    stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    both: set[asyncio.Future[Any]] = {work, stopping}
+    try:
+        await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if work.done():
+        work.result()  # re-raise its failure
+        return True
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await work
+    return False
+
+
+async def run(args: argparse.Namespace, found: list[tuple[Path, Endpoint]], sock: socket.socket) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     local = LocalRun(args)
     try:
-        await local.start(found)
-        await local.watch(stop)
+        if await until_stopped(asyncio.ensure_future(local.start(found, sock)), stop):
+            await local.watch(stop)
         log.info("stopping")
         return 0
     except (ChildFailed, RedisStartError, PlanError) as error:
@@ -114,17 +208,19 @@ async def run(args: argparse.Namespace, found: list[tuple[Path, Endpoint]]) -> i
         return 1
     finally:
         await local.stop()
+        sock.close()
 
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         found = load_endpoints(args.files)  # read once, and fail before anything starts
-    except ManifestError as error:
+        sock = bind_front(args.host, args.port)
+    except (ManifestError, PortInUse) as error:
         print(f"bundleserve run: {error}", file=sys.stderr)
         return 2
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.install()
-    return asyncio.run(run(args, found))
+    return asyncio.run(run(args, found, sock))

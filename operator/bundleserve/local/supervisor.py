@@ -1,19 +1,49 @@
-"""Start, watch and stop local mode's child processes (asyncio subprocesses with prefixed, line-buffered output)."""
+"""Start, watch and stop local mode's child processes (asyncio subprocesses with prefixed, line-buffered output).
+
+No child may outlive `bundleserve run`: each runs in its own process group (a Ctrl-C in the terminal reaches only
+us, and we stop the children in order), stopping signals the whole group (a runnable image's command may fork), and
+on Linux each child asks the kernel for SIGKILL when its parent dies (PR_SET_PDEATHSIG), which covers `kill -9` of
+`bundleserve run` itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
+import sys
 import time
+from collections.abc import Callable
 
 import aiohttp
 
 from bundleserve.local.plan import ProcessSpec
 
 log = logging.getLogger("bundleserve.local")
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child receive SIGKILL when this process dies (Linux only; None elsewhere).
+
+    libc is loaded here, before the fork; in the child only the prctl call and a getppid check run (if we died
+    between fork and prctl, the child's parent is already someone else and it exits at once)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 class ChildFailed(RuntimeError):
@@ -38,6 +68,7 @@ class Child:
             env=env,
             cwd=str(self.spec.cwd) if self.spec.cwd else None,
             start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
+            preexec_fn=die_with_parent(),
         )
         self._pump = asyncio.create_task(self._forward_output())
 
@@ -92,7 +123,12 @@ class Child:
                 await asyncio.wait_for(self.process.wait(), grace)
             except TimeoutError:
                 log.warning("%s did not stop within %.0fs; killing it", self.spec.name, grace)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                await self.process.wait()
+        self.kill_group()
+        await self.process.wait()
         await self._drain_output()
+
+    def kill_group(self) -> None:
+        """SIGKILL whatever is left in the child's process group (its own children), the child included."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from bundleserve.api.errors import InvalidRequest, NotFound, Overloaded, Unavailable
 from bundleserve.api.invocation import JSON_CONTENT_TYPE, Invocation
+from bundleserve.outbound.destinations import AddressPolicy
+from bundleserve.outbound.urls import check_url
 from bundleserve.queue.broker import QueueFull, QueueUnavailable, RedisError, Started, TaskQueue
+from bundleserve.queue.callbacks import check_callback_target
 from bundleserve.queue.connection import describe
 from bundleserve.queue.notify import CompletionWaiter
 from bundleserve.queue.recent import RecentResults
@@ -42,10 +45,39 @@ def plain_args(inv: Invocation) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class SubmitChecks:
+    """What every async submission must pass before it is stored, whatever the dialect (native, SageMaker, Launch)
+    or front (router, gateway): a refusal here is a 400 and the task never exists. Checked once, in `submit`, so no
+    adapter can forget it; the worker's fetch and the callback sender check destinations again on every connection.
+    """
+
+    #: The `url` input schemes the endpoint accepts (BUNDLESERVE_URL_SCHEMES).
+    url_schemes: frozenset[str] = frozenset({"http", "https"})
+    #: The destination guard's policy, for callback hosts given as IP literals.
+    destinations: AddressPolicy = field(default_factory=AddressPolicy)
+    #: Whether callback credentials may go over plain http (BUNDLESERVE_CALLBACK_ALLOW_INSECURE_CREDENTIALS).
+    allow_insecure_credentials: bool = False
+
+    def check(self, inv: Invocation, callback: CallbackTarget | None) -> None:
+        if inv.url is not None:
+            check_url(inv.url, self.url_schemes)
+        if callback is not None:
+            check_callback_target(
+                callback.url,
+                callback.auth,
+                self.destinations,
+                allow_insecure_credentials=self.allow_insecure_credentials,
+            )
+
+
 class TaskService:
     """Async invocations of one endpoint (its `TaskQueue`), with the local worker's shortcuts when there is one."""
 
-    def __init__(self, queue: TaskQueue, store: ResultStore, waiter: CompletionWaiter) -> None:
+    def __init__(
+        self, queue: TaskQueue, store: ResultStore, waiter: CompletionWaiter, checks: SubmitChecks | None = None
+    ) -> None:
+        self.checks = SubmitChecks() if checks is None else checks
         self.queue = queue
         self.store = store
         self.waiter = waiter
@@ -71,6 +103,7 @@ class TaskService:
         applies the endpoint's `async.requestTTLSeconds` to every task (see docs/async.md).
         """
         del request_ttl_seconds  # the endpoint's queue TTL applies; see the docstring
+        self.checks.check(inv, callback)
         timeout = inv.timeout_seconds
         if invocation_timeout_seconds is not None and (timeout is None or invocation_timeout_seconds < timeout):
             timeout = invocation_timeout_seconds

@@ -18,23 +18,20 @@ from aiohttp import web
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unavailable
 from bundleserve.api.invocation import Invocation, PredictRequest
-from bundleserve.dialects.base import public_base_url
-from bundleserve.outbound.destinations import AddressPolicy
+from bundleserve.dialects.base import TaskBackend, public_base_url
 from bundleserve.queue.broker import TaskQueue
 from bundleserve.queue.callbacks import (
     SECRET_DIR_ENV,
     auth_from_secret_dir,
-    check_callback_target,
     insecure_credentials_allowed,
 )
 from bundleserve.queue.config import QueueConfig
 from bundleserve.queue.connection import connect
 from bundleserve.queue.notify import CompletionWaiter
-from bundleserve.queue.service import MAX_WAIT_SECONDS, TaskService
+from bundleserve.queue.service import MAX_WAIT_SECONDS, SubmitChecks, TaskService
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord
 from bundleserve.router.calls import parse_request
 from bundleserve.router.core import InvocationCore
-from bundleserve.router.fetch import check_url
 from bundleserve.router.invoke import error_response, result_store
 from bundleserve.router.model_client import encode_args
 from bundleserve.router.state import RouterState
@@ -45,26 +42,17 @@ log = logging.getLogger("bundleserve.router.async")
 _JSON = "application/json"
 
 
-def parse_submission(
-    body: bytes, *, kwargs_only: bool, url_schemes: frozenset[str], url_policy: AddressPolicy | None = None
-) -> PredictRequest:
-    """Validate an async submission (predict body + callback fields); InvalidRequest with a readable reason."""
+def parse_submission(body: bytes, *, kwargs_only: bool) -> PredictRequest:
+    """Validate the shape of a native async submission (predict body + callback fields); InvalidRequest with a
+    readable reason. What the url input and the callback may point at is checked by `TaskService.submit`, for every
+    dialect alike."""
     if not body:
         raise InvalidRequest("the request body is empty: send a JSON object with args or url")
     request = parse_request(body)
     if kwargs_only and request.url is None and not isinstance(request.args, dict):
         raise InvalidRequest("args must be a JSON object (the keyword arguments of the model's function)")
-    if request.url is not None:
-        check_url(request.url, url_schemes)
     if request.callback_auth is not None and request.callback_url is None:
         raise InvalidRequest("callback_auth needs callback_url")
-    if request.callback_url is not None:
-        check_callback_target(
-            request.callback_url,
-            request.callback_auth,
-            AddressPolicy() if url_policy is None else url_policy,
-            allow_insecure_credentials=insecure_credentials_allowed(),
-        )
     return request
 
 
@@ -134,19 +122,7 @@ class AsyncApi:
         try:
             core.gate(request.match_info["name"], request.headers.get("Authorization"), Mode.ASYNC)
             body = await core.read_body(request)
-            if _plain_args(body):  # the common `{"args": {...}}`: stored as sent, no re-encoding
-                args = body.rstrip()[body.index(b":") + 1 : -1]  # the text of the args object, as sent
-                task_id = await self.tasks.submit(Invocation(body=args), callback=None)
-            else:
-                submission = parse_submission(
-                    body, kwargs_only=self.kwargs_only, url_schemes=self.url_schemes, url_policy=self.url_policy
-                )
-                callback = (
-                    CallbackTarget(submission.callback_url, submission.callback_auth)
-                    if submission.callback_url
-                    else None
-                )
-                task_id = await self.tasks.submit(invocation_of_request(submission), callback=callback)
+            task_id = await submit_native(self.tasks, body, kwargs_only=self.kwargs_only)
         except ApiError as error:
             self._counters["invalid" if error.status < 500 else "unavailable"].inc()
             return error_response(error)
@@ -166,6 +142,21 @@ class AsyncApi:
         self.core.authorize(request.headers.get("Authorization"))
         data, content_type = await self.tasks.result(request.match_info["task_id"])
         return web.Response(body=data, content_type=content_type)
+
+
+async def submit_native(tasks: TaskBackend, body: bytes, *, kwargs_only: bool) -> str:
+    """A native async submission body (already under the limit) into the task service: the router's and the
+    gateway's one path from `{"args": ...}` / `{"url": ...}` plus callback fields to a queued task."""
+    if _plain_args(body):  # the common `{"args": {...}}`: stored as sent, no re-encoding
+        args = body.rstrip()[body.index(b":") + 1 : -1]  # the text of the args object, as sent
+        return await tasks.submit(
+            Invocation(body=args), callback=None, request_ttl_seconds=None, invocation_timeout_seconds=None
+        )
+    submission = parse_submission(body, kwargs_only=kwargs_only)
+    callback = CallbackTarget(submission.callback_url, submission.callback_auth) if submission.callback_url else None
+    return await tasks.submit(
+        invocation_of_request(submission), callback=callback, request_ttl_seconds=None, invocation_timeout_seconds=None
+    )
 
 
 def invocation_of_request(submission: PredictRequest) -> Invocation:
@@ -211,7 +202,12 @@ def build_tasks(state: RouterState) -> tuple[TaskService, aioredis.Redis] | None
         return None
     config = _with_default_callback_auth(QueueConfig.from_endpoint(state.settings.endpoint), state)
     redis = connect(redis_url)  # the one place queue clients get their timeouts
-    return TaskService(TaskQueue(redis, config), result_store(state), CompletionWaiter(redis)), redis
+    checks = SubmitChecks(
+        url_schemes=state.settings.url_schemes,
+        destinations=state.settings.url_policy,
+        allow_insecure_credentials=insecure_credentials_allowed(),
+    )
+    return TaskService(TaskQueue(redis, config), result_store(state), CompletionWaiter(redis), checks), redis
 
 
 def setup(app: web.Application, state: RouterState, core: InvocationCore) -> TaskService | None:

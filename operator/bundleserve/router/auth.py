@@ -55,3 +55,14 @@ class ApiKeys:
         for digest in self._digests:
             matched |= hmac.compare_digest(candidate, digest)
         return matched
+
+
+def require_key(keys: ApiKeys | None, authorization: str | None) -> None:
+    """The one API-key gate of every edge (router, gateway): Unauthorized unless keys are off or one matches."""
+    from bundleserve.api.errors import Unauthorized
+
+    if keys is not None and not keys.allows(authorization):
+        raise Unauthorized(
+            "a valid API key is required (Authorization: Bearer KEY)",
+            headers={"WWW-Authenticate": 'Bearer, Basic realm="bundleserve"'},
+        )

@@ -29,7 +29,6 @@ from bundleserve.api.errors import (
     NotFound,
     PayloadTooLarge,
     Timeout,
-    Unauthorized,
     Unavailable,
 )
 from bundleserve.api.invocation import (
@@ -39,6 +38,7 @@ from bundleserve.api.invocation import (
     ModelReply,
     StreamChunk,
 )
+from bundleserve.router.auth import require_key
 from bundleserve.router.deadlines import DeadlineWheel
 from bundleserve.router.fetch import UrlFetcher
 from bundleserve.router.metrics import ModeMetrics
@@ -137,12 +137,7 @@ class InvocationCore:
 
     def authorize(self, authorization: str | None) -> None:
         """The API key check alone (routes that are not an invocation: a stored result)."""
-        keys = self.state.api_keys
-        if keys is not None and not keys.allows(authorization):
-            raise Unauthorized(
-                "a valid API key is required (Authorization: Bearer KEY)",
-                headers={"WWW-Authenticate": 'Bearer, Basic realm="bundleserve"'},
-            )
+        require_key(self.state.api_keys, authorization)
 
     def check_length(self, length: int | None) -> None:
         """The body limit by declared length (the fast edge calls this with the parsed Content-Length)."""

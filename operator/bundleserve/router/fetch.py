@@ -21,23 +21,10 @@ from yarl import URL
 from bundleserve.api.errors import InvalidRequest, PayloadTooLarge
 from bundleserve.outbound.connector import BlockedDestination, check_literal_host, guarded_connector, refused
 from bundleserve.outbound.destinations import AddressPolicy
+from bundleserve.outbound.urls import check_url
 
-FETCHABLE = frozenset({"http", "https", "file"})
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-
-def check_url(url: str, schemes: frozenset[str]) -> str:
-    """The URL's scheme if it is allowed (and one we can fetch); InvalidRequest otherwise."""
-    scheme = urlsplit(url).scheme.lower()
-    if not scheme:
-        raise InvalidRequest("url must be an absolute URL (scheme://...)")
-    if scheme not in schemes:
-        allowed = ", ".join(sorted(schemes)) or "none"
-        raise InvalidRequest(f"url scheme {scheme!r} is not allowed (allowed: {allowed})")
-    if scheme not in FETCHABLE:
-        raise InvalidRequest(f"url scheme {scheme!r} is allowed but not supported by this router")
-    return scheme
 
 
 class UrlFetcher:

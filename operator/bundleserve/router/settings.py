@@ -98,6 +98,13 @@ def check_results_url(url: str) -> None:
 ALLOW_LOOPBACK_ENV = "BUNDLESERVE_ALLOW_LOOPBACK"
 
 
+def parse_url_schemes(raw: str | None) -> frozenset[str]:
+    """BUNDLESERVE_URL_SCHEMES (comma-separated) for every edge that accepts `url` inputs (router, gateway)."""
+    if not raw:
+        return frozenset(DEFAULT_URL_SCHEMES)
+    return frozenset(s.strip().lower() for s in raw.split(",") if s.strip())
+
+
 def read_url_policy(env: Mapping[str, str]) -> AddressPolicy:
     """The destination guard for `url` inputs; a bad CIDR or flag fails the start, naming the variable."""
     flag = env.get("BUNDLESERVE_URL_BLOCK_PRIVATE", "").strip().lower()
@@ -151,9 +158,7 @@ def build_settings(
         api_keys=read_api_keys(Path(keys_file)) if keys_file else frozenset(),
         results_dir=Path(env.get("BUNDLESERVE_RESULTS_DIR") or DEFAULT_RESULTS_DIR),
         results_url=results_url,
-        url_schemes=frozenset(s.strip().lower() for s in schemes.split(",") if s.strip())
-        if schemes
-        else frozenset(DEFAULT_URL_SCHEMES),
+        url_schemes=parse_url_schemes(schemes),
         url_policy=read_url_policy(env),
         drain_seconds=drain_seconds,
     )

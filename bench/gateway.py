@@ -1,0 +1,189 @@
+"""Benchmark: what the gateway hop costs in front of a router, against the router directly and nginx, in one run.
+
+    .venv/bin/python bench/gateway.py [--duration 3] [--rounds 3] [--connections 64]
+
+Starts the trivial model of bench/router.py, `bundleserve router` in front of it, then two proxies in front of the
+router: the gateway (its aiohttp application with a one-endpoint registry, in its own process on uvloop, as
+`bundleserve gateway` runs it) and Debian's nginx (installed with apt-get when missing; optional) as the reference
+for one well-built proxy hop. Measures with wrk (else a Python load generator), in interleaved rounds, medians:
+- latency at concurrency 1 (p50/p99) and what each hop adds over the router;
+- throughput at saturation and its share of the router's;
+- streaming time to first event through each hop.
+Everything shares the machine's cores: run it on a quiet machine and more than once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import router as base  # bench/router.py: the model, nginx, the load generators
+
+ROUTER_BODY = base.ROUTER_BODY
+
+
+def serve_gateway(port: int, router_url: str, endpoint_file: str) -> None:
+    import uvloop
+    from aiohttp import web
+
+    from bundleserve.api.manifest import load_endpoints
+    from bundleserve.gateway.app import GatewayConfig, build_gateway_app
+    from bundleserve.gateway.registry import EndpointEntry, Registry
+
+    [(_, endpoint)] = load_endpoints([Path(endpoint_file)])
+    registry = Registry([EndpointEntry(endpoint=endpoint, router_url=router_url, ready=True)])
+    uvloop.install()
+    web.run_app(
+        build_gateway_app(registry, GatewayConfig()),
+        host="127.0.0.1",
+        port=port,
+        access_log=None,
+        print=None,
+        handler_cancellation=True,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per load run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the table shows medians")
+    parser.add_argument("--connections", type=int, default=64, help="connections for the saturation run")
+    parser.add_argument("--ttfb-samples", type=int, default=300)
+    parser.add_argument("--no-install", action="store_true", help="do not apt-get install nginx/wrk")
+    options = parser.parse_args()
+    if not options.no_install:
+        base.ensure_debian_packages("nginx", "wrk")
+    use_wrk = shutil.which("wrk") is not None
+    nginx = base.nginx_binary()
+    workdir = Path(tempfile.mkdtemp(prefix="bundleserve-bench-gateway-"))
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def spawn(argv: list[str], log: str) -> None:
+        handle = open(workdir / log, "wb")  # noqa: SIM115 - lives as long as the process
+        processes.append(subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, cwd=base.REPO))
+
+    try:
+        model_port, router_port, gateway_port, nginx_port = (base.free_port() for _ in range(4))
+        model_url = f"http://127.0.0.1:{model_port}"
+        spawn([sys.executable, base.__file__, "--serve-model", str(model_port)], "model.log")
+        base.wait_http(f"{model_url}/readyz")
+        endpoint = workdir / "bench.yaml"
+        endpoint.write_text(
+            textwrap.dedent("""\
+                apiVersion: bundleserve.dev/v1alpha1
+                kind: Endpoint
+                metadata: {name: bench}
+                spec:
+                  modes: [sync, streaming]
+                  localOnly: true
+                  bundle: {python: {entrypoint: bench:predict}}
+                  invocation: {concurrency: 256, maxQueued: 10000, timeoutSeconds: 60}
+            """)
+        )
+        spawn(
+            [sys.executable, "-m", "bundleserve.cli", "router", "--endpoint-file", str(endpoint),
+             "--model-url", model_url, "--host", "127.0.0.1", "--port", str(router_port)],
+            "router.log",
+        )  # fmt: skip
+        router_url = f"http://127.0.0.1:{router_port}"
+        base.wait_http(f"{router_url}/readyz")
+        spawn(
+            [sys.executable, __file__, "--serve-gateway", str(gateway_port), router_url, str(endpoint)], "gateway.log"
+        )
+        gateway_url = f"http://127.0.0.1:{gateway_port}"
+        base.wait_http(f"{gateway_url}/healthz")
+        path_predict, path_stream = "/v1/endpoints/bench/predict", "/v1/endpoints/bench/stream"
+        targets = [
+            base.Target("router", router_url + path_predict, router_url + path_stream, ROUTER_BODY),
+            base.Target("gateway", gateway_url + path_predict, gateway_url + path_stream, ROUTER_BODY),
+        ]
+        if nginx:
+            conf = workdir / "nginx.conf"
+            conf.write_text(base.NGINX_CONF.format(dir=workdir, model_port=router_port, port=nginx_port))
+            spawn([nginx, "-c", str(conf), "-p", str(workdir), "-g", "daemon off;"], "nginx.log")
+            nginx_url = f"http://127.0.0.1:{nginx_port}"
+            base.wait_http(f"{nginx_url}/healthz")
+            targets.append(base.Target("nginx", nginx_url + path_predict, nginx_url + path_stream, ROUTER_BODY))
+
+        def load(url: str, body: bytes, connections: int) -> base.Load:
+            if use_wrk:
+                return base.run_wrk(url, body, connections=connections, duration=options.duration, workdir=workdir)
+            return base.run_python_load(url, body, connections=connections, duration=options.duration)
+
+        print(f"load average before: {os.getloadavg()[0]:.2f}; tool: {'wrk' if use_wrk else 'python'}", file=sys.stderr)
+        for target in targets:
+            load(target.predict_url, target.body, 4)
+        latencies: dict[str, list[base.Load]] = {t.name: [] for t in targets}
+        saturations: dict[str, list[base.Load]] = {t.name: [] for t in targets}
+        ttfbs: dict[str, list[tuple[float, float]]] = {t.name: [] for t in targets}
+        for _ in range(options.rounds):
+            for target in targets:
+                latencies[target.name].append(load(target.predict_url, target.body, 1))
+            for target in targets:
+                saturations[target.name].append(load(target.predict_url, target.body, options.connections))
+            for target in targets:
+                assert target.stream_url
+                ttfbs[target.name].append(base.measure_ttfb(target.stream_url, target.body, options.ttfb_samples))
+        for target in targets:
+            target.latency = base.median_load(latencies[target.name])
+            target.saturation = base.median_load(saturations[target.name])
+            runs = ttfbs[target.name]
+            target.ttfb = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+        print(f"load average after: {os.getloadavg()[0]:.2f}", file=sys.stderr)
+        report(targets, options.connections)
+    finally:
+        for process in reversed(processes):
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def report(targets: list[base.Target], connections: int) -> None:
+    router = targets[0]
+    assert router.latency and router.saturation and router.ttfb
+    header = (
+        f"{'path':<10}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'rps@' + str(connections):>10}"
+        f"{'% router':>10}{'TTFB p50':>10}{'+TTFB':>8}{'errors':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for target in targets:
+        assert target.latency and target.saturation and target.ttfb
+        print(
+            f"{target.name:<10}{target.latency.p50_ms:>9.3f}{target.latency.p99_ms:>9.3f}"
+            f"{target.latency.p50_ms - router.latency.p50_ms:>9.3f}{target.saturation.rps:>10.0f}"
+            f"{100 * target.saturation.rps / router.saturation.rps:>9.1f}%{target.ttfb[0]:>10.3f}"
+            f"{target.ttfb[0] - router.ttfb[0]:>8.3f}{target.latency.errors + target.saturation.errors:>8}"
+        )
+    gateway = targets[1]
+    assert gateway.latency and gateway.saturation
+    nginx = next((t for t in targets if t.name == "nginx"), None)
+    print()
+    print(f"gateway/router throughput: {gateway.saturation.rps / router.saturation.rps:.2f}")
+    if nginx is not None and nginx.latency and nginx.saturation:
+        added_gateway = gateway.latency.p50_ms - router.latency.p50_ms
+        added_nginx = nginx.latency.p50_ms - router.latency.p50_ms
+        print(f"gateway/nginx throughput: {gateway.saturation.rps / nginx.saturation.rps:.2f}")
+        print(f"hop cost at p50, gateway vs nginx: {added_gateway:.3f} ms vs {added_nginx:.3f} ms")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve-gateway":
+        serve_gateway(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    else:
+        sys.exit(main())

@@ -1,0 +1,269 @@
+"""The gateway's aiohttp application: one front for many endpoints, addressed by name.
+
+- sync and streaming requests are proxied unchanged to the endpoint's router (`gateway.proxy`);
+- async submissions, task status and stored results are served from the queue directly (`gateway.tasks`), so they
+  work while the endpoint has no ready replica;
+- `GET /v1/endpoints[/{name}]` lists and describes what the registry holds (`gateway.registry`).
+
+Errors use the router's one rendering middleware and the API-key gate of `router.auth`: a client cannot tell the
+gateway's refusals from a router's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bundleserve import __version__
+from bundleserve.api.endpoint import Mode
+from bundleserve.api.errors import NotFound, Unavailable
+from bundleserve.dialects.base import public_base_url
+from bundleserve.gateway.docs import add_docs_routes
+from bundleserve.gateway.proxy import forward
+from bundleserve.gateway.registry import EndpointEntry, Registry
+from bundleserve.gateway.tasks import EndpointQueues
+from bundleserve.queue.service import SubmitChecks, TaskService, stored_result
+from bundleserve.router import openapi
+from bundleserve.router.app import render_errors
+from bundleserve.router.async_routes import parse_wait, submit_native, task_body
+from bundleserve.router.auth import ApiKeys, require_key
+from bundleserve.router.core import too_large
+
+_JSON = "application/json"
+
+
+@dataclass
+class GatewayConfig:
+    redis_url: str | None = None
+    api_keys: frozenset[str] = frozenset()
+    #: Where routers store pickled/large results when no S3 store is configured (shared in local mode).
+    results_dir: Path = Path("/var/lib/bundleserve/results")
+    results_url: str | None = None
+    #: What async submissions must pass before they are queued (url schemes, callback destinations), as on routers.
+    submit_checks: SubmitChecks = field(default_factory=SubmitChecks)
+    #: Extra aiohttp sub-setups (the dialects' async adapters), each called with (app, gateway).
+    dialects: list[Callable[[web.Application, Gateway], None]] = field(default_factory=list)
+
+
+class Gateway:
+    """The handlers, bound once to the registry, the upstream session and the queues."""
+
+    def __init__(self, registry: Registry, config: GatewayConfig) -> None:
+        self.registry = registry
+        self.config = config
+        self.keys = ApiKeys(config.api_keys) if config.api_keys else None
+        self.session: aiohttp.ClientSession | None = None
+        self.queues: EndpointQueues | None = None
+        #: False until the registry's source has delivered its first complete listing (cluster watch).
+        self.synced = True
+
+    # -- the gate every /v1 route passes before reading a body -------------------------------------------------
+
+    def gate(self, name: str, authorization: str | None, mode: Mode | None) -> EndpointEntry:
+        """API key, then name and mode. Readiness is the router's to judge: a request to an endpoint without a ready
+        replica gets the router's (or the proxy's) 503, and async submissions never depend on it."""
+        require_key(self.keys, authorization)
+        return self.registry.resolve(name, mode)
+
+    def require_queues(self) -> EndpointQueues:
+        if self.queues is None:
+            raise Unavailable("the gateway has no Redis URL (--redis-url or BUNDLESERVE_REDIS_URL): async is off")
+        return self.queues
+
+    def upstream(self) -> aiohttp.ClientSession:
+        assert self.session is not None, "the gateway's client session starts with the app"
+        return self.session
+
+    # -- handlers ----------------------------------------------------------------------------------------------
+
+    async def list_endpoints(self, request: web.Request) -> web.Response:
+        require_key(self.keys, request.headers.get("Authorization"))
+        return web.json_response({"endpoints": [entry.describe() for entry in self.registry.entries()]})
+
+    async def describe(self, request: web.Request) -> web.Response:
+        entry = self.gate_name(request, None)
+        return web.json_response(entry.describe())
+
+    def gate_name(self, request: web.Request, mode: Mode | None) -> EndpointEntry:
+        return self.gate(request.match_info["name"], request.headers.get("Authorization"), mode)
+
+    async def proxy_to(self, request: web.Request, name: str, mode: Mode) -> web.StreamResponse:
+        """For the dialects' sync/stream routes: resolve `name` (ApiError for the dialect to render in its own
+        shape: NotFound, ModeNotServed, Unauthorized, PayloadTooLarge, Unavailable) and forward unchanged."""
+        entry = self.gate(name, request.headers.get("Authorization"), mode)
+        return await forward(request, entry, self.upstream())
+
+    async def predict(self, request: web.Request) -> web.StreamResponse:
+        return await forward(request, self.gate_name(request, Mode.SYNC), self.upstream())
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        return await forward(request, self.gate_name(request, Mode.STREAMING), self.upstream())
+
+    def task_service(self, name: str) -> TaskService:
+        """For the dialects' async adapters: the endpoint's task service by name (NotFound, Unavailable)."""
+        return self.require_queues().service(self.registry.resolve(name, Mode.ASYNC))
+
+    async def submit(self, request: web.Request) -> web.Response:
+        entry = self.gate_name(request, Mode.ASYNC)  # accepted at zero replicas: queued tasks wait for a worker
+        queues = self.require_queues()
+        body = await read_capped(request, entry.max_payload_bytes)
+        task_id = await submit_native(
+            queues.service(entry),
+            body,
+            kwargs_only=entry.endpoint.spec.bundle.is_python,
+        )
+        return web.Response(status=202, body=b'{"task_id":"' + task_id.encode() + b'"}', content_type=_JSON)
+
+    async def task_status(self, request: web.Request) -> web.Response:
+        """The record names the task's endpoint; its service long-polls that endpoint's `done` channel."""
+        require_key(self.keys, request.headers.get("Authorization"))
+        queues = self.require_queues()
+        task_id = request.match_info["task_id"]
+        wait = parse_wait(request.query.get("wait"))
+        record = await queues.owner(task_id)
+        entry = self.registry.get(record.namespace or "default", record.endpoint) if record is not None else None
+        if record is not None and entry is not None and wait > 0:
+            record = await queues.service(entry).status(task_id, wait_seconds=wait)
+        if record is None:
+            raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
+        public_url = public_base_url(request.headers, scheme=request.scheme)  # an absolute result_url, as routers
+        return web.Response(body=task_body(record, public_url), content_type=_JSON)
+
+    async def task_result(self, request: web.Request) -> web.Response:
+        require_key(self.keys, request.headers.get("Authorization"))
+        data, content_type = await stored_result(self.require_queues().store, request.match_info["task_id"])
+        return web.Response(body=data, content_type=content_type)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Ready once the registry is synced: the gateway can route; each endpoint's readiness is in /v1/endpoints."""
+        if not self.synced:
+            raise Unavailable("the endpoint registry has not been listed yet")
+        return web.json_response({"status": "ready"})
+
+    async def openapi_json(self, request: web.Request) -> web.Response:
+        document = openapi.build_document(request.app, title="bundleserve gateway", version=__version__)
+        document["paths"].update(_gateway_paths())
+        return web.json_response(document)
+
+
+async def read_capped(request: web.Request, limit: int) -> bytes:
+    """The whole body, refused with 413 by Content-Length before reading, and for chunked bodies as soon as the
+    count passes the limit (memory stays bounded by the limit)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(request.content_length, limit)
+    parts: list[bytes] = []
+    seen = 0
+    async for chunk in request.content.iter_any():
+        seen += len(chunk)
+        if seen > limit:
+            raise too_large(None, limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _gateway_paths() -> dict[str, Any]:
+    """The routes only the gateway has (the router module describes the shared ones)."""
+    endpoint_schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "modes": {"type": "array", "items": {"type": "string", "enum": [m.value for m in Mode]}},
+            "ready": {"type": "boolean"},
+        },
+        "required": ["name", "modes", "ready"],
+    }
+    error = {"$ref": "#/components/responses/Error"}
+    return {
+        "/v1/endpoints": {
+            "get": {
+                "summary": "List the endpoints the gateway routes to",
+                "operationId": "listEndpoints",
+                "responses": {
+                    "200": {
+                        "description": "Every endpoint, with its modes and readiness",
+                        "content": {
+                            _JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"endpoints": {"type": "array", "items": endpoint_schema}},
+                                }
+                            }
+                        },
+                    },
+                    "401": error,
+                },
+            }
+        },
+        "/v1/endpoints/{name}": {
+            "get": {
+                "summary": "Describe one endpoint",
+                "operationId": "describeEndpoint",
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "The endpoint", "content": {_JSON: {"schema": endpoint_schema}}},
+                    "401": error,
+                    "404": error,
+                },
+            }
+        },
+    }
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Application:
+    """The application; the caller runs it (`gateway.server`, local mode) and keeps `app[GATEWAY].registry` fed."""
+    gateway = Gateway(registry, config)
+    app = web.Application(middlewares=[render_errors], client_max_size=0)
+    app[GATEWAY] = gateway
+
+    async def clients(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
+        # no cookie jar: a proxy must never keep one client's Set-Cookie and replay it to the next client
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+        ) as session:
+            gateway.session = session
+            if config.redis_url:
+                gateway.queues = EndpointQueues(
+                    config.redis_url,
+                    results_dir=config.results_dir,
+                    results_url=config.results_url,
+                    checks=config.submit_checks,
+                )
+            try:
+                yield
+            finally:
+                if gateway.queues is not None:
+                    await gateway.queues.close()
+
+    app.cleanup_ctx.append(clients)
+    app.router.add_get("/healthz", gateway.healthz)
+    app.router.add_get("/readyz", gateway.readyz)
+    app.router.add_get("/openapi.json", gateway.openapi_json)
+    add_docs_routes(app)
+    app.router.add_get("/v1/endpoints", gateway.list_endpoints)
+    app.router.add_get("/v1/endpoints/{name}", gateway.describe)
+    app.router.add_post("/v1/endpoints/{name}/predict", gateway.predict)
+    app.router.add_post("/v1/endpoints/{name}/stream", gateway.stream)
+    app.router.add_post("/v1/endpoints/{name}/async", gateway.submit)
+    app.router.add_get("/v1/tasks/{task_id}", gateway.task_status)
+    app.router.add_get("/v1/tasks/{task_id}/result", gateway.task_result)
+    # -- dialects: one line each (the integrator adds them when the dialect branches merge) --------------------
+    # Sync/stream routes of a dialect call `gateway.proxy_to(request, name, mode)`; its async adapters take the
+    # queue (TaskService resolver) by name. The integrator uncomments one line per dialect branch:
+    # DIALECT sagemaker: sagemaker.add_gateway_routes(app, proxy=gateway.proxy_to, tasks=gateway.task_service)
+    # DIALECT launch:    launch.add_gateway_routes(app, proxy=gateway.proxy_to, tasks=gateway.task_service)
+    for setup in config.dialects:
+        setup(app, gateway)
+    return app

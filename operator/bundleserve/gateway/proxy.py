@@ -1,0 +1,116 @@
+"""Forward one request unchanged to an endpoint's router, streaming both ways.
+
+Why streaming and not buffering: server-sent events and event streams must reach the client chunk by chunk, and a
+large body should not sit twice in memory (small bodies and answers with a declared length, up to `BUFFER_BYTES`,
+go in one piece: cheaper, and nothing to stream). The endpoint's body limit is enforced here BEFORE the router sees a
+complete request: by Content-Length up front, and for a chunked body by counting while forwarding; once the count
+passes the limit the upstream request is aborted (the router never receives a complete, cut body) and the client
+gets 413, as the router would have answered.
+
+A client that goes away cancels the handler (the gateway runs with handler cancellation on), which closes the
+upstream connection, which the router propagates to the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+from aiohttp import web
+
+from bundleserve.api.errors import Unavailable
+from bundleserve.gateway.registry import EndpointEntry
+from bundleserve.router.core import too_large
+
+#: Headers that describe one hop's connection, never forwarded (RFC 9110 section 7.6.1, plus the framing ones that
+#: aiohttp recomputes for the next hop).
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+        "Transfer-Encoding", "Upgrade", "Content-Length", "Host",
+    )
+)  # fmt: skip
+
+
+#: Bodies up to this size with a declared length are read whole and sent in one write (as nginx buffers small
+#: bodies); larger or chunked ones, and every answer without a length (event streams), are streamed chunk by chunk.
+BUFFER_BYTES = 64 * 1024
+
+
+def upstream_headers(request: web.BaseRequest) -> dict[str, str]:
+    """The client's headers minus hop-by-hop ones, plus X-Forwarded-* so the router builds absolute URLs for the
+    client's view of the address (an existing X-Forwarded-* from a proxy in front of us is kept)."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+    headers.setdefault("X-Forwarded-Host", request.host)
+    headers.setdefault("X-Forwarded-Proto", request.scheme)
+    peer = request.remote
+    if peer:
+        prior = request.headers.get("X-Forwarded-For")
+        headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    return headers
+
+
+def downstream_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
+
+
+class BodyCap:
+    """Counts the bytes of a forwarded body; `exceeded` tells the proxy that an upstream failure was our own abort."""
+
+    def __init__(self, request: web.BaseRequest, limit: int) -> None:
+        self.request = request
+        self.limit = limit
+        self.seen = 0
+        self.exceeded = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self.request.content.iter_any():
+            self.seen += len(chunk)
+            if self.seen > self.limit:
+                self.exceeded = True
+                raise too_large(None, self.limit)
+            yield chunk
+
+
+async def forward(
+    request: web.Request, entry: EndpointEntry, session: aiohttp.ClientSession, *, path_qs: str | None = None
+) -> web.StreamResponse:
+    """Proxy `request` to the entry's router (same method, path and query unless `path_qs` is given)."""
+    limit = entry.max_payload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(request.content_length, limit)
+    url = entry.router_url + (path_qs if path_qs is not None else request.rel_url.raw_path_qs)
+    headers = upstream_headers(request)
+    if request.content_length is not None:
+        headers["Content-Length"] = str(request.content_length)  # same framing upstream: no re-chunking
+    cap = BodyCap(request, limit)
+    body: bytes | AsyncIterator[bytes] | None = None
+    if request.body_exists:
+        small = request.content_length is not None and request.content_length <= BUFFER_BYTES
+        body = await request.read() if small else cap.chunks()
+    response: web.StreamResponse | None = None
+    try:
+        async with session.request(request.method, url, data=body, headers=headers, auto_decompress=False) as upstream:
+            if cap.exceeded:
+                raise too_large(None, limit)
+            headers_out = downstream_headers(upstream.headers)
+            length = upstream.content_length
+            if length is not None and length <= BUFFER_BYTES:  # a small, complete answer: one write
+                return web.Response(status=upstream.status, body=await upstream.read(), headers=headers_out)
+            response = web.StreamResponse(status=upstream.status, headers=headers_out)
+            if length is not None:
+                response.content_length = length
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+    except (aiohttp.ClientError, OSError) as error:
+        if cap.exceeded:
+            raise too_large(None, limit) from None
+        if response is None and isinstance(error, aiohttp.ClientConnectionError | OSError):
+            raise Unavailable(
+                f"endpoint {entry.name} is not reachable (no ready router answered)", headers={"Retry-After": "1"}
+            ) from None
+        raise

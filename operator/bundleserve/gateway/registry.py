@@ -1,0 +1,95 @@
+"""The gateway's registry of endpoints: name -> where its router is, which modes it serves, whether it is ready.
+
+Two sources fill it: the cluster watch (`gateway.kube`, Endpoint resources) and local mode's plan (`bundleserve run`).
+The gateway's handlers only read it; a source replaces entries whole, so a reader never sees half an update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from bundleserve.api.endpoint import Endpoint, Mode
+from bundleserve.api.errors import InvalidRequest, ModeNotServed, NotFound
+
+
+@dataclass(frozen=True)
+class EndpointEntry:
+    """One endpoint as the gateway knows it."""
+
+    endpoint: Endpoint
+    #: Base URL of the endpoint's router(s): the Service in a cluster, the local router's port in local mode.
+    router_url: str
+    ready: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    @property
+    def namespace(self) -> str:
+        return self.endpoint.namespace
+
+    @property
+    def modes(self) -> list[Mode]:
+        return list(self.endpoint.spec.modes)
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return self.endpoint.spec.invocation.max_payload_bytes
+
+    def serves(self, mode: Mode) -> bool:
+        return self.endpoint.spec.serves(mode)
+
+    def describe(self) -> dict[str, object]:
+        """The public shape of `GET /v1/endpoints/{name}` (the SDK relies on name, modes, ready)."""
+        return {"name": self.name, "modes": [mode.value for mode in self.modes], "ready": self.ready}
+
+
+class Registry:
+    """Endpoints by (namespace, name); clients address them by name alone, which must be unique in the gateway's scope."""
+
+    def __init__(self, entries: Iterable[EndpointEntry] = ()) -> None:
+        #: name -> namespace -> entry: a request resolves its name with one dictionary lookup
+        self._by_name: dict[str, dict[str, EndpointEntry]] = {}
+        for entry in entries:
+            self.put(entry)
+
+    def put(self, entry: EndpointEntry) -> None:
+        self._by_name.setdefault(entry.name, {})[entry.namespace] = entry
+
+    def remove(self, namespace: str, name: str) -> None:
+        namespaces = self._by_name.get(name)
+        if namespaces is not None:
+            namespaces.pop(namespace, None)
+            if not namespaces:
+                del self._by_name[name]
+
+    def replace_all(self, entries: Iterable[EndpointEntry]) -> None:
+        """A fresh listing (after a watch reconnect): entries that vanished meanwhile are dropped."""
+        fresh = Registry(entries)
+        self._by_name = fresh._by_name
+
+    def entries(self) -> list[EndpointEntry]:
+        everything = [entry for namespaces in self._by_name.values() for entry in namespaces.values()]
+        return sorted(everything, key=lambda e: (e.name, e.namespace))
+
+    def get(self, namespace: str, name: str) -> EndpointEntry | None:
+        return self._by_name.get(name, {}).get(namespace)
+
+    def find(self, name: str) -> EndpointEntry | None:
+        found = list(self._by_name.get(name, {}).values())
+        if len(found) > 1:
+            namespaces = ", ".join(sorted(e.namespace for e in found))
+            raise InvalidRequest(f"endpoint name {name!r} is ambiguous: it exists in namespaces {namespaces}")
+        return found[0] if found else None
+
+    def resolve(self, name: str, mode: Mode | None = None) -> EndpointEntry:
+        """The entry for `name`, or the documented errors: NotFound (unknown), ModeNotServed (400)."""
+        entry = self.find(name)
+        if entry is None:
+            raise NotFound(f"unknown endpoint {name!r}")
+        if mode is not None and not entry.serves(mode):
+            served = ", ".join(m.value for m in entry.modes)
+            raise ModeNotServed(f"endpoint {name!r} does not serve the {mode.value} mode (it serves: {served})")
+        return entry
