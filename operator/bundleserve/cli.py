@@ -78,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--port", type=int, default=5005)
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--path", action="append", default=[], help="directory to put on sys.path (repeatable)")
+    serve.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        help="directory to import the bundle from (repeatable; default: the current directory)",
+    )
     serve.add_argument("--exit-on-load-failure", action="store_true", help="exit non-zero when load() fails")
 
     render = commands.add_parser("render", help="print the child manifests the operator would create")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bundleserve.bundle.serialization import encode_json, sse_event
 from bundleserve.router.sse import Event, EventParser, as_json, failure_event, success_event
 
@@ -62,3 +64,43 @@ def test_the_parser_reads_the_bundle_runtimes_stream_split_anywhere() -> None:
             Event(b'{"x":1}', event="error"),
             Event(b"line one\nline two"),
         ]
+
+
+def test_a_lone_cr_ends_a_line_and_two_end_an_event() -> None:
+    parser = EventParser()
+    assert parser.feed(b"data: one\rdata: two\r\rdata: three\r\r") == [Event(b"one\ntwo"), Event(b"three")]
+
+
+def test_an_event_ended_by_lone_crs_is_not_held_back_until_the_next_chunk() -> None:
+    """The model sends `data: x CR CR` and then thinks: the event must reach the client now, not with the next one."""
+    parser = EventParser()
+    assert parser.feed(b"data: now\r\r") == [Event(b"now")]
+    assert parser.feed(b"\ndata: later\r\n\r\n") == [Event(b"later")]  # that LF completed the CRLF: no extra line
+
+
+def test_a_cr_and_its_lf_split_across_chunks_are_one_line_end() -> None:
+    parser = EventParser()
+    assert parser.feed(b"data: a\r") == []
+    assert parser.feed(b"\ndata: b\r") == []
+    assert parser.feed(b"\n\r") == [Event(b"a\nb")]
+
+
+@pytest.mark.parametrize(
+    ("line", "data"),
+    [
+        (b"data: value", b"value"),  # the one space after the colon is dropped ...
+        (b"data:  two spaces", b" two spaces"),  # ... only one
+        (b"data:no space", b"no space"),
+        (b"data:\tA tab", b"\tA tab"),  # a tab is not that space
+        (b"data: ", b""),
+        (b"data", b""),  # a field name alone: an empty value
+        (b"data: a: b", b"a: b"),  # only the first colon separates
+    ],
+)
+def test_one_leading_space_is_dropped_from_a_field_value(line: bytes, data: bytes) -> None:
+    assert EventParser().feed(line + b"\n\n") == [Event(data)]
+
+
+def test_the_event_field_follows_the_same_space_rule() -> None:
+    assert EventParser().feed(b"event:  error\ndata: x\n\n") == [Event(b"x", " error")]
+    assert EventParser().feed(b"event:error\ndata: x\n\n") == [Event(b"x", "error")]

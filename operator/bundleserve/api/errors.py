@@ -53,6 +53,13 @@ class PayloadTooLarge(ApiError):
     code = "payload_too_large"
 
 
+class RequestTimeout(ApiError):
+    """The client did not send its whole request within the time allowed (a trickling body: slowloris)."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class ModelError(ApiError):
     """The model raised or answered an error; `traceback` and the model's `status_code` travel with it."""
 

@@ -23,6 +23,10 @@ T = TypeVar("T")
 MODEL_PARAMETER = "model"
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _DONE = object()
+#: What model code may raise and still only fail its own call: `SystemExit` too (a model calling `sys.exit()` or a
+#: library exiting on bad input), which would otherwise stop the whole runtime. KeyboardInterrupt is not included:
+#: it comes from a signal to the process, not from the call.
+MODEL_FAILURES = (Exception, SystemExit)
 
 
 class _NoModel:
@@ -150,7 +154,7 @@ async def call(
             result = function(*args, **kwargs)
             if isinstance(result, Iterator):
                 result = list(result)
-        except Exception as error:
+        except MODEL_FAILURES as error:
             raise model_raised(error) from None
         if inspect.isawaitable(result) or isinstance(result, AsyncIterator):
             return False, result  # a sync wrapper around async code: finish it on the loop
@@ -166,7 +170,7 @@ async def call(
 async def _run_async(function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     try:
         result = function(*args, **kwargs)
-    except Exception as error:
+    except MODEL_FAILURES as error:
         raise model_raised(error) from None
     return await _settle(result)
 
@@ -180,7 +184,7 @@ async def _settle(result: Any) -> Any:
             result = [item async for item in result]
         elif isinstance(result, Iterator):
             result = list(result)
-    except Exception as error:
+    except MODEL_FAILURES as error:
         raise model_raised(error) from None
     return result
 
@@ -199,14 +203,14 @@ async def stream(
             result = function(*args, **kwargs)
             if inspect.isawaitable(result):
                 result = await result
-        except Exception as error:
+        except MODEL_FAILURES as error:
             raise model_raised(error) from None
     else:
         result = await loop.run_in_executor(executor, _call_mapped, function, args, kwargs)
         if inspect.isawaitable(result):
             try:
                 result = await result
-            except Exception as error:
+            except MODEL_FAILURES as error:
                 raise model_raised(error) from None
 
     if isinstance(result, AsyncIterator):
@@ -224,7 +228,7 @@ async def stream(
 def _call_mapped(function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     try:
         return function(*args, **kwargs)
-    except Exception as error:
+    except MODEL_FAILURES as error:
         raise model_raised(error) from None
 
 
@@ -239,7 +243,7 @@ async def _pull_async(iterator: AsyncIterator[Any]) -> AsyncGenerator[Any, None]
                 item = await anext(iterator)
             except StopAsyncIteration:
                 return
-            except Exception as error:
+            except MODEL_FAILURES as error:
                 raise model_raised(error) from None
             yield item
     finally:
@@ -253,7 +257,7 @@ def _next_or_done(iterator: Iterator[Any]) -> Any:
         return next(iterator)
     except StopIteration:
         return _DONE
-    except Exception as error:
+    except MODEL_FAILURES as error:
         raise model_raised(error) from None
 
 

@@ -57,7 +57,7 @@ def import_module(module_name: str) -> Any:
                 f"cannot import module {module_name!r}: no module named {error.name!r} (is its directory on --path?)"
             ) from None
         raise BundleConfigError(f"cannot import module {module_name!r}: {describe(error)}") from None
-    except Exception as error:  # the user's module raised while importing
+    except (Exception, SystemExit) as error:  # the user's module raised (or exited) while importing
         raise BundleConfigError(f"cannot import module {module_name!r}: {describe(error)}") from None
 
 

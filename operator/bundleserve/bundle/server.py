@@ -204,7 +204,7 @@ class BundleRuntime:
         log.info("loading the model with %s", target.name)
         try:
             model = await _call_load(target)
-        except Exception as error:
+        except calling.MODEL_FAILURES as error:  # sys.exit() in load() fails the load, not the runtime
             failure = load_failed(error, where=target.name)
             log.error("load failed: %s\n%s", failure.message, (failure.traceback or "").rstrip())
             self.readiness.mark_failed(failure)
@@ -380,11 +380,19 @@ def _configure_logging() -> None:
         )
 
 
+def bundle_paths(given: list[str]) -> list[str]:
+    """Where the bundle's modules are imported from: the `--path` directories, else the current directory (as
+    uvicorn's and gunicorn's `module:app` do; a console script's sys.path does not contain it otherwise)."""
+    return list(given) if given else [os.getcwd()]
+
+
 def main(args: argparse.Namespace) -> int:
     _configure_logging()
     try:
         settings = Settings.from_args(args)
-        spec = resolve_bundle(args.entrypoint, load=args.load, stream=getattr(args, "stream", None), paths=args.path)
+        spec = resolve_bundle(
+            args.entrypoint, load=args.load, stream=getattr(args, "stream", None), paths=bundle_paths(args.path)
+        )
     except BundleConfigError as error:
         print(f"bundleserve bundle serve: {error}", file=sys.stderr)
         return 2

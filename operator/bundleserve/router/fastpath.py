@@ -7,8 +7,16 @@ probes, metrics, other methods, any request line not shaped like the hot route):
 not yet consumed, so it sees the rest of the connection exactly as if it had accepted it.
 
 Framing is done on exact byte ranges so a handover never splits a request: the head ends at the first empty line,
-a Content-Length body is sliced, a chunked body is fed to the parser up to each CRLF until the parser reports the
-end of the message. Requests are answered in order, one at a time (pipelining-safe).
+a Content-Length body is sliced, a chunked body's end is found by `router.framing` (which reads the chunk sizes, so
+it never searches the body's data). Requests are answered in order, one at a time (pipelining-safe).
+
+Hostile clients (docs/router.md, "The fast edge and hostile clients"): a request the gate refuses (401, 503) is
+answered as soon as its head is parsed, before its body is read; a body announced larger than the limit (by
+Content-Length or by a chunk size) is refused before it is read; body bytes are handed to the parser as they arrive,
+so the connection holds at most the limit plus one packet; a body that is not complete within the body deadline
+(BUNDLESERVE_BODY_TIMEOUT_SECONDS) gets 408 and the connection is closed; a head that does not complete is closed by
+the keep-alive sweep. After an error the connection is closed; the bytes still arriving are read and dropped for a
+bounded time and number of bytes (a "lingering close", so the client reads the answer instead of a reset).
 """
 
 from __future__ import annotations
@@ -23,13 +31,17 @@ from typing import cast
 import httptools
 from aiohttp import web
 
-from bundleserve.api.errors import ApiError, InvalidRequest
+from bundleserve.api.errors import ApiError, InvalidRequest, RequestTimeout
 from bundleserve.router.core import too_large
+from bundleserve.router.framing import BodyTooLarge, ChunkedScanner, FramingError
 from bundleserve.router.invoke import Answer, Invoker, error_answer, public_url_of_raw
 
 _MAX_HEAD = 65536  # bytes of request line + headers
-_LINGER_SECONDS = 5.0  # how long a refused body is still read (and dropped) so the client sees the answer
+_LINGER_SECONDS = 5.0  # after an error, how long arriving bytes are still read (and dropped) so the client sees it
+_LINGER_BYTES = 1024 * 1024  # ... and how many at most
+_BODY_SECONDS = 60.0  # default body deadline: from the end of the head to the end of the body
 _REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found", 413: b"Payload Too Large"}
+_REASONS |= {408: b"Request Timeout"}
 _REASONS |= {424: b"Failed Dependency", 429: b"Too Many Requests", 503: b"Service Unavailable"}
 _REASONS |= {500: b"Internal Server Error", 504: b"Gateway Timeout"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -71,13 +83,17 @@ def render(answer: Answer, *, keep_alive: bool) -> bytes:
 class FastEdge:
     """The protocol factory given to `loop.create_server`; shared by the connections of one router."""
 
-    def __init__(self, invoker: Invoker, server: web.Server, *, idle_seconds: float = 75.0) -> None:
+    def __init__(
+        self, invoker: Invoker, server: web.Server, *, idle_seconds: float = 75.0, body_seconds: float = _BODY_SECONDS
+    ) -> None:
         self.invoker = invoker
         self.server = server  # aiohttp's RequestHandler factory, for handovers
         self.prefix = f"POST /v1/endpoints/{invoker.name}/predict ".encode()
         self.connections: set[FastConnection] = set()
         self.closing = False
         self.idle_seconds = idle_seconds  # keep-alive timeout, aiohttp's default
+        self.body_seconds = body_seconds  # a body must be complete this long after its head (slowloris)
+        self._sweep_every = min(idle_seconds, body_seconds) / 4
         self._sweeper: asyncio.TimerHandle | None = None
 
     def __call__(self) -> FastConnection:
@@ -86,17 +102,21 @@ class FastEdge:
     def opened(self, connection: FastConnection) -> None:
         self.connections.add(connection)
         if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(self.idle_seconds / 4, self._sweep)
+            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every, self._sweep)
 
     def _sweep(self) -> None:
-        """Close connections idle for longer than the keep-alive timeout (one timer for all, none per request)."""
+        """Close connections idle for longer than the keep-alive timeout, and answer 408 to bodies that did not
+        arrive within the body deadline (one timer for all, none per request)."""
         self._sweeper = None
-        limit = time.monotonic() - self.idle_seconds
+        now = time.monotonic()
+        idle_limit, body_limit = now - self.idle_seconds, now - self.body_seconds
         for connection in list(self.connections):
-            if connection.idle_since < limit:
+            if connection.in_body and connection.body_since < body_limit:
+                connection.body_timed_out(self.body_seconds)
+            elif connection.idle_since < idle_limit:
                 connection.close_when_idle()
         if self.connections:
-            self._sweeper = asyncio.get_running_loop().call_later(self.idle_seconds / 4, self._sweep)
+            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every, self._sweep)
 
     def close(self) -> None:
         """Shutdown: close idle connections now, busy ones after their current answer."""
@@ -121,6 +141,9 @@ class FastConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.paused = False
         self.lingering: asyncio.TimerHandle | None = None
+        self.lingered = 0  # bytes dropped while lingering
+        self.scanned = 0  # bytes of the buffer already searched for the end of the head
+        self.body_since = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -128,7 +151,8 @@ class FastConnection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.body_size = 0
         self.complete = False
-        self.length: int | None = None
+        self.length: int | None = None  # Content-Length bytes still to come
+        self.chunked: ChunkedScanner | None = None
         self.refused: ApiError | None = None
         self.entered = False  # holds the drain
         self.started = 0.0
@@ -154,6 +178,9 @@ class FastConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.lingering is not None:
+            self.lingered += len(data)
+            if self.lingered > _LINGER_BYTES and self.transport is not None:
+                self.transport.close()
             return
         self.buffer += data
         if self.task is None:
@@ -202,11 +229,13 @@ class FastConnection(asyncio.Protocol):
                 return False  # could still become a fast request
             self._hand_over()
             return False
-        end = buffer.find(b"\r\n\r\n")
+        end = buffer.find(b"\r\n\r\n", max(0, self.scanned - 3))  # a trickled head is searched once, not per packet
         if end < 0:
+            self.scanned = len(buffer)
             if len(buffer) > _MAX_HEAD:
                 self._fail(InvalidRequest(f"the request head is larger than {_MAX_HEAD} bytes"))
             return False
+        self.scanned = 0
         size = end + 4
         try:
             self.parser.feed_data(bytes(buffer[:size]))
@@ -215,6 +244,7 @@ class FastConnection(asyncio.Protocol):
             return False
         del buffer[:size]
         self.started = perf_counter()
+        self.body_since = time.monotonic()
         self.in_body = True
         invoker = self.invoker
         authorization = self.headers.get(b"authorization")
@@ -226,43 +256,55 @@ class FastConnection(asyncio.Protocol):
             invoker.state.drain.enter()
             self.entered = True
         if self.complete:
-            return True
+            return True  # no body: a refusal is answered in order, and the connection stays usable
+        if self.refused is not None:  # answered now, before the body is read (RFC 9110, 10.1.1 for Expect)
+            self._fail(self.refused, refused=True)
+            return False
         length = self.headers.get(b"content-length")
-        if length is not None:
-            self.length = int(length)  # the parser validated it
+        if b"transfer-encoding" in self.headers:  # the parser accepts it only with chunked as the final coding
+            self.chunked = ChunkedScanner(invoker.max_bytes)
+        else:
+            self.length = int(length or 0)  # the parser validated it
             if self.length > invoker.max_bytes:
-                self._fail(self.refused or too_large(self.length, invoker.max_bytes), refused=True)
+                self._fail(too_large(self.length, invoker.max_bytes), refused=True)
                 return False
         if self.headers.get(b"expect", b"").lower() == b"100-continue":
-            if self.refused is not None:  # answer instead of inviting the body (RFC 9110, 10.1.1)
-                self._fail(self.refused, refused=True)
-                return False
             assert self.transport is not None
             self.transport.write(_CONTINUE)
         return True
 
     def _read_body(self) -> bool:
+        """Hand the body bytes that arrived to the parser at once (the buffer never holds more than one packet of
+        body); True when the request is complete."""
         buffer = self.buffer
         try:
-            if self.length is not None:
-                if len(buffer) < self.length:
-                    return False
-                self.parser.feed_data(bytes(buffer[: self.length]))
-                del buffer[: self.length]
-                return True
-            while not self.complete:  # chunked: the message can only end right after a CRLF
-                end = buffer.find(b"\r\n")
-                if end < 0:
-                    return False
-                self.parser.feed_data(bytes(buffer[: end + 2]))
-                del buffer[: end + 2]
-                if self.body_size > self.invoker.max_bytes:
-                    self._fail(self.refused or too_large(None, self.invoker.max_bytes), refused=True)
-                    return False
-            return True
+            if self.chunked is not None:
+                taken = self.chunked.scan(buffer)
+            else:
+                taken = min(self.length or 0, len(buffer))
+                self.length = (self.length or 0) - taken
+            if taken:
+                self.parser.feed_data(bytes(buffer[:taken]))
+                del buffer[:taken]
+            done = self.chunked.done if self.chunked is not None else self.length == 0
+            if done != self.complete:  # the parser and the framing disagree on where the message ends
+                raise FramingError("the parser and the framing disagree on where the body ends")
+            return done
+        except BodyTooLarge:
+            self._fail(too_large(None, self.invoker.max_bytes), refused=True)
+            return False
+        except FramingError as error:
+            self._fail(InvalidRequest(f"malformed request body: {error}"))
+            return False
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as error:
             self._fail(InvalidRequest(f"malformed request body: {error}"))
             return False
+
+    def body_timed_out(self, seconds: float) -> None:
+        """The body deadline passed (the edge's sweep): a trickling client (slowloris) gets 408 and is closed."""
+        if self.task is None and self.in_body:
+            message = f"the request body was not complete within {seconds:g} s (BUNDLESERVE_BODY_TIMEOUT_SECONDS)"
+            self._fail(RequestTimeout(message), refused=True)
 
     def _dispatch(self) -> None:
         keep_alive = self.parser.should_keep_alive() and not self.edge.closing
@@ -314,8 +356,9 @@ class FastConnection(asyncio.Protocol):
     def _fail(self, error: ApiError, *, refused: bool = False) -> None:
         """Answer an error and close: the rest of the connection's bytes cannot be trusted (or is not wanted).
 
-        A refused body (too large) is still read and dropped for a while, with our side half-closed, so a client
-        that is busy sending it reads the answer instead of a reset connection.
+        `refused`: a request refused before its body was parsed (counted in the metrics). Bytes still arriving are
+        read and dropped for at most _LINGER_SECONDS and _LINGER_BYTES, with our side half-closed, so a client that
+        is busy sending reads the answer instead of a reset connection; nothing of them is kept.
         """
         if refused:
             self.invoker.refuse(error, self.started or perf_counter())
@@ -328,8 +371,9 @@ class FastConnection(asyncio.Protocol):
         if transport is None:
             return
         transport.write(render(error_answer(error), keep_alive=False))
-        if refused and transport.can_write_eof():
-            self.buffer.clear()
+        self.buffer.clear()
+        self.body.clear()
+        if transport.can_write_eof():
             transport.write_eof()
             self.lingering = asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.close)
         else:

@@ -40,7 +40,7 @@ async def serve(settings: Settings) -> None:
     try:
         if settings.serves(Mode.SYNC) and runner.server is not None:
             # predict on the fast edge; every other request is handed over to aiohttp on the same connection
-            edge = FastEdge(app[INVOKER], runner.server)
+            edge = FastEdge(app[INVOKER], runner.server, body_seconds=settings.body_timeout_seconds)
             listener = await loop.create_server(edge, settings.host, settings.port, backlog=2048, reuse_address=True)
         else:
             site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)

@@ -44,6 +44,9 @@ class Settings:
     #: Model readiness probe intervals: fast until the model is ready, then slow.
     probe_fast_seconds: float = 0.05
     probe_slow_seconds: float = 1.0
+    #: The fast edge's body deadline: a request body must be complete this long after its head, or 408 and close
+    #: (BUNDLESERVE_BODY_TIMEOUT_SECONDS; slowloris).
+    body_timeout_seconds: float = 60.0
 
     @property
     def name(self) -> str:
@@ -149,6 +152,15 @@ def build_settings(
         drain_seconds = float(drain) if drain else 0.0
     except ValueError:
         raise ConfigError(f"BUNDLESERVE_DRAIN_SECONDS must be a number of seconds, got {drain!r}") from None
+    body_timeout = env.get("BUNDLESERVE_BODY_TIMEOUT_SECONDS")
+    try:
+        body_timeout_seconds = float(body_timeout) if body_timeout else Settings.body_timeout_seconds
+    except ValueError:
+        body_timeout_seconds = -1.0
+    if not body_timeout_seconds > 0:
+        raise ConfigError(
+            f"BUNDLESERVE_BODY_TIMEOUT_SECONDS must be a positive number of seconds, got {body_timeout!r}"
+        )
     return Settings(
         endpoint=load_endpoint(endpoint_file),
         model_url=model_url.rstrip("/"),
@@ -161,4 +173,5 @@ def build_settings(
         url_schemes=parse_url_schemes(schemes),
         url_policy=read_url_policy(env),
         drain_seconds=drain_seconds,
+        body_timeout_seconds=body_timeout_seconds,
     )

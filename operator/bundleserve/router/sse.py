@@ -22,22 +22,29 @@ class Event:
 
 
 class EventParser:
-    """Incremental SSE parser: feed arbitrary byte chunks, get complete events (chunk boundaries do not matter)."""
+    """Incremental SSE parser: feed arbitrary byte chunks, get complete events (chunk boundaries do not matter).
 
-    __slots__ = ("_buffer",)
+    Line ends are CRLF, LF or a lone CR (the SSE specification allows all three). A CR that ends a chunk is a line
+    end at once (an event it completes is not held back until the model's next chunk); a LF opening the next chunk
+    is then the second half of that CRLF and is dropped.
+    """
+
+    __slots__ = ("_buffer", "_skip_lf")
 
     def __init__(self) -> None:
         self._buffer = b""
+        self._skip_lf = False
 
     def feed(self, chunk: bytes) -> list[Event]:
+        if self._skip_lf and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        self._skip_lf = False
+        if b"\r" in chunk:
+            self._skip_lf = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buffer = self._buffer + chunk if self._buffer else chunk
-        held = b""
-        if b"\r" in buffer:
-            if buffer.endswith(b"\r"):  # its LF may be in the next chunk: CR LF is one line end, not two
-                buffer, held = buffer[:-1], b"\r"
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         *blocks, rest = buffer.split(b"\n\n")
-        self._buffer = rest + held
+        self._buffer = rest
         events = []
         for block in blocks:
             event = parse_block(block)
