@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXAMPLES ?= examples/echo/endpoint.yaml examples/iris/endpoint.yaml examples/slow-job/endpoint.yaml examples/token-streamer/endpoint.yaml
 
-.PHONY: run test lint typecheck unit integration e2e crds bench clean
+.PHONY: run test lint typecheck unit integration e2e crds bench clean cluster
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ e2e: $(STAMP)
 crds: $(STAMP)
 	$(BIN)/python -m bundleserve.api.crd > crds/endpoints.bundleserve.dev.yaml
 	cp crds/endpoints.bundleserve.dev.yaml charts/bundleserve/files/crds/endpoints.bundleserve.dev.yaml
+
+# A real Kubernetes control plane on loopback (built from the pinned Go modules in tests/cluster/ on first use), in the
+# foreground until Ctrl-C; its admin kubeconfig is .cluster/kubeconfig.
+cluster: $(STAMP)
+	$(BIN)/python -m tests.support.cluster .cluster/kubeconfig
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
