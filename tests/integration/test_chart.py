@@ -362,6 +362,17 @@ def test_operator_env_names_the_configured_secrets_and_claim(rendered: dict[str,
     assert not rendered["ha-cluster"].of_kind("StatefulSet")
 
 
+@pytest.mark.parametrize(("key", "secret"), [("all-on-namespaced", f"{RELEASE}-bundleserve-redis"),
+                                             ("ha-cluster", "external-redis")])  # fmt: skip
+def test_operator_gets_the_queue_connection_from_the_redis_secret(
+    rendered: dict[str, Rendered], key: str, secret: str
+) -> None:
+    """Without BUNDLESERVE_REDIS_URL the operator's scaler and queue purge do nothing (issue 12)."""
+    container = _container(rendered[key].one("Deployment", f"{RELEASE}-bundleserve-operator"), "operator")
+    (url,) = [item for item in container["env"] if item["name"] == "BUNDLESERVE_REDIS_URL"]
+    assert url["valueFrom"] == {"secretKeyRef": {"name": secret, "key": "url"}}
+
+
 def test_operator_reads_the_rendered_environment(rendered: dict[str, Rendered]) -> None:
     """The operator's own config reader accepts what the chart sets, value for value."""
     objects = rendered["all-on-namespaced"]

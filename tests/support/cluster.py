@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -101,7 +102,9 @@ def _build(module: Path, target: Path, packages: list[str], ldflags: str, log: P
         done = subprocess.run(argv, cwd=module, env=_go_env(), stdout=out, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
-        raise RuntimeError(f"building {packages} failed (exit {done.returncode}); see {log}:\n{log.read_text()[-4000:]}")
+        raise RuntimeError(
+            f"building {packages} failed (exit {done.returncode}); see {log}:\n{log.read_text()[-4000:]}"
+        )
     staging.chmod(0o755)
     if target.exists():
         shutil.rmtree(target)
@@ -170,15 +173,23 @@ def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
-def kubeconfig_doc(server: str, ca: Path, *, cert: Path | None = None, key: Path | None = None, token: str = "") -> dict[str, Any]:
-    user: dict[str, str] = {"token": token} if token else {
-        "client-certificate-data": _b64(cert),  # type: ignore[arg-type]
-        "client-key-data": _b64(key),  # type: ignore[arg-type]
-    }
+def kubeconfig_doc(
+    server: str, ca: Path, *, cert: Path | None = None, key: Path | None = None, token: str = ""
+) -> dict[str, Any]:
+    user: dict[str, str] = (
+        {"token": token}
+        if token
+        else {
+            "client-certificate-data": _b64(cert),  # type: ignore[arg-type]
+            "client-key-data": _b64(key),  # type: ignore[arg-type]
+        }
+    )
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "bundleserve-test", "cluster": {"server": server, "certificate-authority-data": _b64(ca)}}],
+        "clusters": [
+            {"name": "bundleserve-test", "cluster": {"server": server, "certificate-authority-data": _b64(ca)}}
+        ],
         "users": [{"name": "user", "user": user}],
         "contexts": [{"name": "bundleserve-test", "context": {"cluster": "bundleserve-test", "user": "user"}}],
         "current-context": "bundleserve-test",
@@ -345,9 +356,19 @@ class ControlPlane:
         key = (api_version, kind)
         if key not in self._resources:
             prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-            for resource in self.request("GET", prefix)["resources"]:
+            try:
+                served = self.request("GET", prefix)["resources"]
+            except urllib.error.HTTPError as error:
+                if error.code != 404:
+                    raise
+                served = []  # the group/version is not served: KeyError below, as kubectl's "no matches for kind"
+            for resource in served:
                 if "/" not in resource["name"]:
-                    self._resources[(api_version, resource["kind"])] = (prefix, resource["name"], resource["namespaced"])
+                    self._resources[(api_version, resource["kind"])] = (
+                        prefix,
+                        resource["name"],
+                        resource["namespaced"],
+                    )
         prefix, plural, namespaced = self._resources[key]
         path = prefix + (f"/namespaces/{namespace}" if namespaced and namespace else "") + f"/{plural}"
         return path + (f"/{name}" if name else "")
@@ -377,8 +398,11 @@ class ControlPlane:
             raise
         return found
 
-    def items(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = self.request("GET", self.path(api_version, kind, namespace))["items"]
+    def items(
+        self, api_version: str, kind: str, namespace: str | None = None, *, selector: str = ""
+    ) -> list[dict[str, Any]]:
+        query = f"?labelSelector={urllib.parse.quote(selector)}" if selector else ""
+        found: list[dict[str, Any]] = self.request("GET", self.path(api_version, kind, namespace) + query)["items"]
         return found
 
     def create_namespace(self, name: str) -> None:
@@ -427,7 +451,10 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bundleserve-cluster-") as workdir, running(Path(workdir), kubeconfig) as plane:
+    with (
+        tempfile.TemporaryDirectory(prefix="bundleserve-cluster-") as workdir,
+        running(Path(workdir), kubeconfig) as plane,
+    ):
         print(
             f"{_now()} cluster ready: Kubernetes {plane.version()} at {plane.url} in {time.monotonic() - started:.0f}s;"
             f" KUBECONFIG={kubeconfig} (Ctrl-C stops it)",

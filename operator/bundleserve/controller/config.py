@@ -26,7 +26,7 @@ class KedaMode(StrEnum):
 
 class HpaMetric(StrEnum):
     CPU = "cpu"  # always available (metrics-server); the default
-    INFLIGHT = "inflight"  # Pods metric bundleserve_router_inflight_requests, needs prometheus-adapter
+    INFLIGHT = "inflight"  # Pods metric bundleserve_router_in_flight_requests, needs prometheus-adapter
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ class OperatorState:
         return self.kube
 
     async def start(self) -> None:
-        self.kube = KubeClient.from_connection(kube.login())
+        self.kube = KubeClient.from_connection(kube.login(), relogin=kube.login)
         self.closers.append(self.kube.close)
         if self.config.keda is KedaMode.ON:
             self.keda = True
