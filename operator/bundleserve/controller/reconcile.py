@@ -191,6 +191,10 @@ async def _reconcile_valid(
     queue = await observe_queue(endpoint, read_backlog)
     try:
         desired = build_children(endpoint, context)
+        # Unwanted children go first: KEDA's admission webhook refuses a ScaledObject for a Deployment that an HPA
+        # still manages ("already managed by the hpa"), so switching an Endpoint to async must delete the HPA before
+        # the ScaledObject is created (and the other way round, KEDA removes its own HPA with the ScaledObject).
+        await delete_unwanted(endpoint, desired, context, kube, writes)
         live = await apply_children(endpoint, desired, kube, writes)
     except BuildError as error:
         deployment = await kube.get("Deployment", endpoint.namespace, endpoint.name)
@@ -201,7 +205,6 @@ async def _reconcile_valid(
             queue=queue,
             problem=Problem(error.reason, error.message),
         )
-    await delete_unwanted(endpoint, desired, context, kube, writes)
     deployment = live["Deployment"]
     scaler = scaler_for(endpoint, context.keda)
     if scaler is Scaler.HPA and deployment.get("spec", {}).get("replicas") == 0:
