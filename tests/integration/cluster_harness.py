@@ -143,7 +143,8 @@ def start_operator(kube_cluster: ControlPlane, release: Release, workdir: Path, 
     doc["users"][0]["user"] = {"tokenFile": str(token_file)}
     kubeconfig = workdir / "operator.kubeconfig"
     kubeconfig.write_text(yaml.safe_dump(doc))
-    settings = {**release.operator_env, "BUNDLESERVE_OPERATOR_DRIFT_SECONDS": "3", **env}
+    # POD_NAMESPACE is the chart's fieldRef (the operator pod's namespace): the home of the shared Secrets.
+    settings = {**release.operator_env, "POD_NAMESPACE": SYSTEM, "BUNDLESERVE_OPERATOR_DRIFT_SECONDS": "3", **env}
     process = Operator(
         _Env(kubeconfig), workdir, env=settings, all_namespaces="--all-namespaces" in release.operator_args
     )

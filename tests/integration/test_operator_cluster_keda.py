@@ -1,4 +1,6 @@
-"""KEDA on the real control plane: switching an Endpoint from sync to async replaces its HPA with a ScaledObject.
+"""An operator with a queue Secret on the real control plane: KEDA ordering and shared-Secret copies.
+
+Switching an Endpoint from sync to async replaces its HPA with a ScaledObject.
 
 KEDA itself cannot run here (no pods), so its CRD is installed and its admission webhook's rule ("the workload is
 already managed by the hpa ...") is enforced by an in-tree ValidatingAdmissionPolicy with the HPAs of the namespace
@@ -8,6 +10,7 @@ Runs after test_operator_cluster.py's operator has stopped (module-scoped), with
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +18,7 @@ import pytest
 
 from tests.integration.cluster_harness import (
     GROUP_VERSION,
+    SYSTEM,
     Release,
     RunningOperator,
     conditions,
@@ -60,6 +64,11 @@ ONE_AUTOSCALER: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
+def _secret(name: str, **data: str) -> dict[str, Any]:
+    encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": SYSTEM}, "data": encoded}
+
+
 @pytest.fixture(scope="module")
 def keda_operator(
     kube_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory
@@ -78,6 +87,7 @@ def test_switching_to_async_deletes_the_hpa_before_creating_the_scaled_object(
     kube_cluster: ControlPlane, keda_operator: tuple[Release, RunningOperator]
 ) -> None:
     _, running = keda_operator
+    kube_cluster.apply(_secret("queue", url="redis://:pw@redis.example:6379/0", address="redis.example:6379"))
     ns = namespace(kube_cluster, "bs-keda")
     kube_cluster.apply(endpoint_doc(ns, "jobs", scaling={"minReplicas": 1, "maxReplicas": 3}))
     wait_logged(running.process, lambda: kube_cluster.get("autoscaling/v2", "HorizontalPodAutoscaler", ns, "jobs"),
@@ -95,3 +105,43 @@ def test_switching_to_async_deletes_the_hpa_before_creating_the_scaled_object(
                or conditions(kube_cluster, ns, "jobs"), timeout=60, what="status after the switch")  # fmt: skip
     assert conditions(kube_cluster, ns, "jobs")["Degraded"].get("reason") != "ChildRejected", conditions(
         kube_cluster, ns, "jobs")  # fmt: skip
+
+
+def test_endpoints_outside_the_release_namespace_get_copies_of_the_shared_secrets(
+    kube_cluster: ControlPlane, keda_operator: tuple[Release, RunningOperator]
+) -> None:
+    """Pods reference Secrets of their own namespace only: the operator copies the queue Secret (from its own
+    namespace) next to the Endpoint, owned by it, keeps the copy current, and names a missing source in status."""
+    _, running = keda_operator
+    if kube_cluster.get("v1", "Secret", SYSTEM, "queue") is not None:  # another test of this module made it
+        kube_cluster.request("DELETE", kube_cluster.path("v1", "Secret", SYSTEM, "queue"))
+    ns = namespace(kube_cluster, "bs-secrets")
+    kube_cluster.apply(endpoint_doc(ns, "jobs", modes=["async"], scaling={"minReplicas": 1, "maxReplicas": 1}))
+
+    def degraded_reason() -> str:
+        return str(conditions(kube_cluster, ns, "jobs").get("Degraded", {}).get("reason", ""))
+
+    wait_logged(running.process, lambda: degraded_reason() == "SecretMissing", "Degraded=SecretMissing")
+    assert f"{SYSTEM}/queue" in conditions(kube_cluster, ns, "jobs")["Degraded"]["message"]
+
+    kube_cluster.apply(_secret("queue", url="redis://:pw@redis.example:6379/0", address="redis.example:6379"))
+    copy = wait_logged(running.process, lambda: kube_cluster.get("v1", "Secret", ns, "jobs-queue"), "the copy")
+    assert base64.b64decode(copy["data"]["url"]).decode() == "redis://:pw@redis.example:6379/0"
+    (owner,) = copy["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("Endpoint", "jobs", True)
+    deployment = kube_cluster.get("apps/v1", "Deployment", ns, "jobs")
+    assert deployment is not None
+    refs = {
+        item["valueFrom"]["secretKeyRef"]["name"]
+        for container in deployment["spec"]["template"]["spec"]["containers"]
+        for item in container.get("env", [])
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
+    assert refs == {"jobs-queue"}
+    wait_until(lambda: degraded_reason() != "SecretMissing", timeout=60, what="SecretMissing cleared")
+
+    kube_cluster.apply(_secret("queue", url="redis://:rotated@redis.example:6379/0", address="redis.example:6379"))
+    wait_logged(running.process, lambda: base64.b64decode(
+        kube_cluster.get("v1", "Secret", ns, "jobs-queue")["data"]["url"]).decode().startswith("redis://:rotated@"),
+        "the copy refreshed after a rotation")  # fmt: skip
+    assert "rotated" not in running.process.log()  # secret values never reach the operator's log

@@ -55,6 +55,8 @@ RESOURCES: dict[str, ResourceInfo] = {
     "PodDisruptionBudget": ResourceInfo("policy", "v1", "poddisruptionbudgets", ("get", "create", "update", "delete")),
     "ScaledObject": ResourceInfo("keda.sh", "v1alpha1", "scaledobjects", ("get", "create", "update", "delete")),
     "Pod": ResourceInfo("", "v1", "pods", ("list",)),
+    # Shared Secrets: read in the operator's namespace, copied into Endpoint namespaces (controller/secrets.py).
+    "Secret": ResourceInfo("", "v1", "secrets", ("get", "create", "update")),
 }
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete"})
 #: Permissions our writes need without a request of their own: children carry ownerReferences with

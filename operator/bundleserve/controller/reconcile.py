@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import format_validation_error
+from bundleserve.controller import secrets
 from bundleserve.controller.builders import BuildContext, BuildError, Manifest, Scaler, build_children, scaler_for
 from bundleserve.controller.builders.autoscaling import queue_names
 from bundleserve.controller.builders.common import serves_http
@@ -190,7 +191,9 @@ async def _reconcile_valid(
     url = service_url(endpoint.name, endpoint.namespace) if serves_http(endpoint) else None
     queue = await observe_queue(endpoint, read_backlog)
     try:
-        desired = build_children(endpoint, context)
+        # Shared Secrets first: the copies in this namespace (if any) are what the Deployment references.
+        context, copies = await secrets.localise(endpoint, context, kube)
+        desired = copies + build_children(endpoint, context)
         # Unwanted children go first: KEDA's admission webhook refuses a ScaledObject for a Deployment that an HPA
         # still manages ("already managed by the hpa"), so switching an Endpoint to async must delete the HPA before
         # the ScaledObject is created (and the other way round, KEDA removes its own HPA with the ScaledObject).
