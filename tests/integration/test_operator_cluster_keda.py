@@ -145,3 +145,37 @@ def test_endpoints_outside_the_release_namespace_get_copies_of_the_shared_secret
         kube_cluster.get("v1", "Secret", ns, "jobs-queue")["data"]["url"]).decode().startswith("redis://:rotated@"),
         "the copy refreshed after a rotation")  # fmt: skip
     assert "rotated" not in running.process.log()  # secret values never reach the operator's log
+
+
+def test_the_callback_secret_is_mounted_into_the_router_and_a_missing_one_is_degraded(
+    kube_cluster: ControlPlane, keda_operator: tuple[Release, RunningOperator]
+) -> None:
+    """spec.async.callback.auth names a Secret of the Endpoint's namespace: mounted where the router reads it
+    (BUNDLESERVE_CALLBACK_SECRET_DIR); missing, the Endpoint is Degraded instead of sending unauthenticated."""
+    _, running = keda_operator
+    kube_cluster.apply(_secret("queue", url="redis://:pw@redis.example:6379/0", address="redis.example:6379"))
+    ns = namespace(kube_cluster, "bs-callback")
+    callback = {"url": "https://hooks.example.com/done", "auth": {"kind": "basic", "secretName": "hook-auth"}}
+    spec = {"modes": ["async"], "async": {"callback": callback}, "scaling": {"minReplicas": 1, "maxReplicas": 1}}
+    kube_cluster.apply(endpoint_doc(ns, "hooked", **spec))
+
+    def degraded() -> dict[str, Any]:
+        return conditions(kube_cluster, ns, "hooked").get("Degraded", {})
+
+    wait_logged(running.process, lambda: degraded().get("reason") == "CallbackSecretMissing", "CallbackSecretMissing")
+    assert f"{ns}/hook-auth" in degraded()["message"]
+    assert kube_cluster.get("apps/v1", "Deployment", ns, "hooked") is None  # nothing runs without its credentials
+
+    secret = _secret("hook-auth", username="u", password="p")
+    secret["metadata"]["namespace"] = ns
+    kube_cluster.apply(secret)
+    deployment = wait_logged(running.process, lambda: kube_cluster.get("apps/v1", "Deployment", ns, "hooked"),
+                             "the Deployment once the Secret exists")  # fmt: skip
+    pod = deployment["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "callback-auth"]
+    assert volume["secret"]["secretName"] == "hook-auth"
+    router = next(c for c in pod["containers"] if c["name"] == "router")
+    (mount,) = [m for m in router["volumeMounts"] if m["name"] == "callback-auth"]
+    env = {item["name"]: item.get("value") for item in router["env"]}
+    assert env["BUNDLESERVE_CALLBACK_SECRET_DIR"] == mount["mountPath"]
+    assert mount["readOnly"] is True

@@ -8,7 +8,9 @@ release namespace; without copies every Endpoint outside it ended in CreateConta
   the operator has no namespace of its own (run from a workstation), the pods use the Secret itself;
 - the copy is refreshed on every reconcile (drift timer: within 60 s of a rotation); its data is never logged, put in
   status or hashed into an annotation (the desired-hash covers names and keys only; values compare directly);
-- a missing source Secret is `Degraded=True/SecretMissing` naming it, not pods that fail later.
+- a missing source Secret is `Degraded=True/SecretMissing` naming it, not pods that fail later; likewise the
+  Endpoint's own callback Secret (`spec.async.callback.auth.secretName`, mounted into the router) is
+  `Degraded=True/CallbackSecretMissing`.
 RBAC: get/create/update on Secrets (ClusterRole in cluster scope; see charts/bundleserve/files/operator-rbac.yaml).
 """
 
@@ -19,6 +21,7 @@ import dataclasses
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.controller.builders import BuildContext, BuildError, Manifest
 from bundleserve.controller.builders.common import metadata, stamp_desired_hash
+from bundleserve.controller.builders.deployment import callback_auth
 from bundleserve.controller.kube import KubeClient
 
 #: OperatorConfig field -> the environment variable that names it (for messages).
@@ -64,9 +67,22 @@ def build_copy(endpoint: Endpoint, name: str, source: Manifest) -> Manifest:
     return copy
 
 
+async def check_callback_secret(endpoint: Endpoint, kube: KubeClient) -> None:
+    """The Secret of `spec.async.callback.auth` must exist in the Endpoint's namespace: without it the router would
+    send callbacks unauthenticated (or its pods would never start), so it is Degraded=True/CallbackSecretMissing."""
+    auth = callback_auth(endpoint)
+    if auth is not None and await kube.get("Secret", endpoint.namespace, auth.secret_name) is None:
+        raise BuildError(
+            "CallbackSecretMissing",
+            f"the Secret {endpoint.namespace}/{auth.secret_name} of spec.async.callback.auth does not exist"
+            f" (keys {'username, password' if auth.kind == 'basic' else 'tls.crt, tls.key'})",
+        )
+
+
 async def localise(endpoint: Endpoint, context: BuildContext, kube: KubeClient) -> tuple[BuildContext, list[Manifest]]:
     """The build context whose Secret names are this namespace's copies, and the copies to apply (first, before the
     Deployment that references them). Raises BuildError(SecretMissing) when a source Secret does not exist."""
+    await check_callback_secret(endpoint, kube)
     if not needs_copies(endpoint, context):
         return context, []
     home = context.config.secrets_namespace
