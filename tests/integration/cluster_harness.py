@@ -64,10 +64,10 @@ def established(plane: ControlPlane, name: str) -> bool:
     return conditions.get("Established") == "True"
 
 
-def install_release(kube_cluster: ControlPlane) -> Release:
+def install_release(kube_cluster: ControlPlane, values: dict[str, Any] | None = None) -> Release:
     """`helm install bs charts/bundleserve -n bundleserve-system` with the default values, done by hand: the crds/
     directory first (as Helm does), then every rendered object, each checked by the real API server."""
-    crds, objects = render({})
+    crds, objects = render(values or {})
     kube_cluster.create_namespace(SYSTEM)
     for crd in crds + [o for o in objects if o["kind"] == "CustomResourceDefinition"]:
         kube_cluster.apply(crd)
@@ -137,6 +137,7 @@ class RunningOperator:
 
 def start_operator(kube_cluster: ControlPlane, release: Release, workdir: Path, **env: str) -> RunningOperator:
     """The chart's operator, logged in through a kubeconfig `tokenFile` (as a pod reads its projected token)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     token_file = workdir / "token"
     token_file.write_text(bound_token(kube_cluster, release, f"{workdir.name}-token-1"))
     doc = kubeconfig_doc(kube_cluster.url, kube_cluster.pki / "ca.crt", token="unused")
