@@ -91,11 +91,12 @@ def _go_env() -> dict[str, str]:
 
 def _build(module: Path, target: Path, packages: list[str], ldflags: str, log: Path) -> None:
     """`go build` into a temporary directory, renamed into place only when complete (no half-built cache)."""
-    if shutil.which("go") is None:
+    go = shutil.which("go") or next((p for p in ("/usr/local/go/bin/go",) if Path(p).is_file()), None)
+    if go is None:
         raise RuntimeError("the test control plane is built from Go modules: install Go >= 1.25 (it is not on PATH)")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    argv = ["go", "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(staging) + "/", *packages]
+    argv = [go, "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(staging) + "/", *packages]
     with log.open("ab") as out:
         out.write(f"$ (cd {module.name}) {' '.join(argv)}\n".encode())
         out.flush()
