@@ -170,6 +170,15 @@ def make_certificates(pki: Path) -> None:
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the component when the process that started it dies without stopping it (a killed pytest or
+    `make cluster`), so no control plane outlives its session."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
@@ -229,7 +238,14 @@ class ControlPlane:
     def _spawn(self, name: str, argv: list[str]) -> _Process:
         log = self.workdir / f"{name}.log"
         out = log.open("ab")
-        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.workdir)
+        popen = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.workdir,
+            preexec_fn=_die_with_parent,
+        )
         out.close()
         process = _Process(name, popen, log)
         self.processes.append(process)
