@@ -133,13 +133,15 @@ def bound_token(plane: ControlPlane, release: Release, secret: str) -> str:
 class RunningOperator:
     process: Operator
     token_file: Path
+    token_secret: str  # the Secret its current token is bound to (delete it and the token dies)
 
 
 def start_operator(kube_cluster: ControlPlane, release: Release, workdir: Path, **env: str) -> RunningOperator:
     """The chart's operator, logged in through a kubeconfig `tokenFile` (as a pod reads its projected token)."""
     workdir.mkdir(parents=True, exist_ok=True)
     token_file = workdir / "token"
-    token_file.write_text(bound_token(kube_cluster, release, f"{workdir.name}-token-1"))
+    token_secret = f"{workdir.name}-token-1"
+    token_file.write_text(bound_token(kube_cluster, release, token_secret))
     doc = kubeconfig_doc(kube_cluster.url, kube_cluster.pki / "ca.crt", token="unused")
     doc["users"][0]["user"] = {"tokenFile": str(token_file)}
     kubeconfig = workdir / "operator.kubeconfig"
@@ -149,7 +151,7 @@ def start_operator(kube_cluster: ControlPlane, release: Release, workdir: Path, 
     process = Operator(
         _Env(kubeconfig), workdir, env=settings, all_namespaces="--all-namespaces" in release.operator_args
     )
-    return RunningOperator(process.start(), token_file)
+    return RunningOperator(process.start(), token_file, token_secret)
 
 
 def stop_operator(kube_cluster: ControlPlane, release: Release, running: RunningOperator) -> None:

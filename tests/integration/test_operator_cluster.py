@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import ssl
 import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -176,6 +178,16 @@ def test_a_child_the_api_server_refuses_is_a_degraded_condition_with_its_message
     assert "exceeded quota: no-services" in condition["message"], condition
 
 
+def _status_with_token(plane: ControlPlane, token: str) -> int:
+    request = urllib.request.Request(plane.url + "/api", headers={"Authorization": f"Bearer {token}"})
+    context = ssl.create_default_context(cafile=str(plane.pki / "ca.crt"))
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 def test_a_rotated_token_is_read_again(
     kube_cluster: ControlPlane, release: Release, operator_run: RunningOperator
 ) -> None:
@@ -184,8 +196,11 @@ def test_a_rotated_token_is_read_again(
     ns = namespace(kube_cluster, "bs-rotate")
     kube_cluster.apply(endpoint_doc(ns, "before"))
     wait_logged(operator_run.process, lambda: kube_cluster.get("v1", "Service", ns, "before"), "children with token 1")
-    operator_run.token_file.write_text(bound_token(kube_cluster, release, "operator-token-2"))
-    kube_cluster.request("DELETE", kube_cluster.path("v1", "Secret", SYSTEM, "operator-token-1"))
+    old_token = operator_run.token_file.read_text()
+    operator_run.token_file.write_text(bound_token(kube_cluster, release, "rotated-token-2"))
+    kube_cluster.request("DELETE", kube_cluster.path("v1", "Secret", SYSTEM, operator_run.token_secret))
+    # The API server caches successful token reviews for a few seconds: wait until the old token is really refused.
+    wait_until(lambda: _status_with_token(kube_cluster, old_token) == 401, timeout=60, what="the old token refused")
     kube_cluster.apply(endpoint_doc(ns, "after"))
     wait_logged(operator_run.process, lambda: kube_cluster.get("v1", "Service", ns, "after"), "children with token 2",
           timeout=90)  # fmt: skip
