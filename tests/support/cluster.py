@@ -343,10 +343,14 @@ class ControlPlane:
     def _write_kubeconfig(self) -> None:
         doc = kubeconfig_doc(self.url, self.pki / "ca.crt", cert=self.pki / "admin.crt", key=self.pki / "admin.key")
         text = yaml.safe_dump(doc)
-        (self.workdir / "admin.kubeconfig").write_text(text)
+        targets = [self.workdir / "admin.kubeconfig"]
         if self.kubeconfig_path is not None:
             self.kubeconfig_path.parent.mkdir(parents=True, exist_ok=True)
-            self.kubeconfig_path.write_text(text)
+            targets.append(self.kubeconfig_path)
+        for target in targets:  # it holds the admin's private key: owner-only, as kubectl writes it
+            target.touch(mode=0o600)
+            target.chmod(0o600)
+            target.write_text(text)
 
     def version(self) -> str:
         return str(self.request("GET", "/version")["gitVersion"])
