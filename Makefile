@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXAMPLES ?= examples/echo/endpoint.yaml examples/iris/endpoint.yaml examples/slow-job/endpoint.yaml examples/token-streamer/endpoint.yaml
 
-.PHONY: run test lint typecheck unit integration e2e fuzz crds bench clean mutation redis-server browser
+.PHONY: run test lint typecheck unit integration e2e fuzz crds bench clean mutation redis-server browser cluster cluster-binaries
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck redis-server browser $(LAUNCH_STAMP)
+test: lint typecheck redis-server browser $(LAUNCH_STAMP) cluster-binaries
 	$(BIN)/pytest tests
 
 # headless Chromium for the /docs page test (tests/integration/test_gateway_docs_browser.py)
@@ -65,6 +65,15 @@ fuzz: $(STAMP)
 crds: $(STAMP)
 	$(BIN)/python -m bundleserve.api.crd > crds/endpoints.bundleserve.dev.yaml
 	cp crds/endpoints.bundleserve.dev.yaml charts/bundleserve/files/crds/endpoints.bundleserve.dev.yaml
+
+# A real Kubernetes control plane on loopback (built from the pinned Go modules in tests/cluster/ on first use), in the
+# foreground until Ctrl-C; its admin kubeconfig is .cluster/kubeconfig.
+cluster: $(STAMP)
+	$(BIN)/python -m tests.support.cluster .cluster/kubeconfig
+
+# Build (first use: about 30 minutes on 2 cores) or find the cached control-plane binaries before the tests start.
+cluster-binaries: $(STAMP)
+	$(BIN)/python -m tests.support.cluster --build
 
 bench: $(STAMP)
 	command -v nginx >/dev/null && command -v wrk >/dev/null || \

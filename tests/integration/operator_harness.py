@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -26,13 +26,20 @@ def prepare(emulator: KubernetesEmulator) -> KubernetesEmulator:
     return emulator
 
 
+class ApiServer(Protocol):
+    """What the operator process needs of an API server: the environment that points kopf at it (KUBECONFIG)."""
+
+    @property
+    def env(self) -> dict[str, str]: ...
+
+
 class Operator:
     """One `bundleserve operator --namespace test` process (standalone, or in a kopf peering); restartable.
     `all_namespaces=True` runs it cluster-wide instead (`--all-namespaces`, as the Helm chart does by default)."""
 
     def __init__(
         self,
-        emulator: KubernetesEmulator,
+        emulator: ApiServer,
         workdir: Path,
         env: dict[str, str] | None = None,
         peering: str | None = None,

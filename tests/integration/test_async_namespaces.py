@@ -11,12 +11,11 @@ import redis.asyncio as aioredis
 
 from bundleserve.api.endpoint import Endpoint
 from bundleserve.controller.builders.autoscaling import queue_names
-from bundleserve.controller.cleanup import purge_queue
-from bundleserve.controller.scaler import redis_backlog_reader
 from bundleserve.queue import keys
-from bundleserve.queue.backlog import Backlog, backlog
+from bundleserve.queue.backlog import Backlog, backlog, open_backlog_reader
 from bundleserve.queue.broker import TaskQueue, get_task
 from bundleserve.queue.config import Durability, QueueConfig
+from bundleserve.queue.purge import purge_queue
 from bundleserve.queue.tasks import TaskRequest
 from tests.support.valkey import Valkey
 
@@ -47,7 +46,7 @@ async def test_same_named_endpoints_in_two_namespaces_have_separate_queues(
     team_a, team_b = endpoint_in("team-a"), endpoint_in("team-b")
     queue_a = TaskQueue(redis, QueueConfig.from_endpoint(team_a, durability=Durability.MEMORY))
     queue_b = TaskQueue(redis, QueueConfig.from_endpoint(team_b, durability=Durability.MEMORY))
-    read_backlog, close_reader = await redis_backlog_reader(valkey_server.url)
+    read_backlog, close_reader = await open_backlog_reader(valkey_server.url)
     try:
         assert (queue_a.config.endpoint, queue_b.config.endpoint) == (NAME, NAME)
         assert queue_a.stream == f"bundleserve:{{team-a/{NAME}}}:stream"

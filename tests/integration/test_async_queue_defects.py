@@ -20,12 +20,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from bundleserve.api.invocation import CallbackAuthRequest, TaskStatus
-from bundleserve.controller.cleanup import purge_queue
 from bundleserve.queue import keys, results, scripts
 from bundleserve.queue.broker import Lease, QueueFull, QueueUnavailable, TaskQueue, get_task
 from bundleserve.queue.config import Durability, QueueConfig
 from bundleserve.queue.connection import connect
 from bundleserve.queue.invoke import ModelReply
+from bundleserve.queue.purge import purge_queue
 from bundleserve.queue.results import FilesystemResultStore
 from bundleserve.queue.tasks import CallbackTarget, TaskRequest
 from bundleserve.queue.worker import Worker

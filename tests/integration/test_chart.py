@@ -362,6 +362,25 @@ def test_operator_env_names_the_configured_secrets_and_claim(rendered: dict[str,
     assert not rendered["ha-cluster"].of_kind("StatefulSet")
 
 
+def test_bundled_redis_secret_has_the_keys_keda_reads(rendered: dict[str, Rendered]) -> None:
+    """KEDA's trigger reads `address` and `password` through the router's env (BUNDLESERVE_REDIS_ADDRESS/PASSWORD)."""
+    secret = rendered["all-on-namespaced"].one("Secret", f"{RELEASE}-bundleserve-redis")
+    assert _secret_value(secret, "address") == f"{RELEASE}-bundleserve-redis.{NAMESPACE}.svc:6379"
+    assert _secret_value(secret, "password") == "p@ss word/1"
+    assert _secret_value(secret, "url").endswith(f"@{_secret_value(secret, 'address')}/0")
+
+
+@pytest.mark.parametrize(("key", "secret"), [("all-on-namespaced", f"{RELEASE}-bundleserve-redis"),
+                                             ("ha-cluster", "external-redis")])  # fmt: skip
+def test_operator_gets_the_queue_connection_from_the_redis_secret(
+    rendered: dict[str, Rendered], key: str, secret: str
+) -> None:
+    """Without BUNDLESERVE_REDIS_URL the operator's scaler and queue purge do nothing (issue 12)."""
+    container = _container(rendered[key].one("Deployment", f"{RELEASE}-bundleserve-operator"), "operator")
+    (url,) = [item for item in container["env"] if item["name"] == "BUNDLESERVE_REDIS_URL"]
+    assert url["valueFrom"] == {"secretKeyRef": {"name": secret, "key": "url"}}
+
+
 def test_operator_reads_the_rendered_environment(rendered: dict[str, Rendered]) -> None:
     """The operator's own config reader accepts what the chart sets, value for value."""
     objects = rendered["all-on-namespaced"]

@@ -279,8 +279,20 @@ def test_hpa_metric_is_cpu_by_default_and_inflight_on_request() -> None:
     assert cpu["metrics"][0]["resource"]["name"] == "cpu"
     assert cpu["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 120
     inflight = hpa(OperatorConfig(hpa_metric=HpaMetric.INFLIGHT))["spec"]["metrics"][0]
-    assert inflight["pods"]["metric"]["name"] == "bundleserve_router_inflight_requests"
+    assert inflight["pods"]["metric"]["name"] == "bundleserve_router_in_flight_requests"
     assert inflight["pods"]["target"]["averageValue"] == "6"
+
+
+def test_the_inflight_hpa_asks_for_a_metric_the_router_exports() -> None:
+    """The HPA's Pods metric must be a gauge the router really exposes, or it never gets a value (issue 12)."""
+    from bundleserve.router.metrics import RouterMetrics
+
+    exported = {family.name: family.type for family in RouterMetrics("echo").collect()}
+    ep = endpoint(scaling={"minReplicas": 1, "maxReplicas": 4})
+    (hpa,) = (c for c in build_children(ep, BuildContext(config=OperatorConfig(hpa_metric=HpaMetric.INFLIGHT)))
+              if c["kind"] == "HorizontalPodAutoscaler")  # fmt: skip
+    asked = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
+    assert exported.get(asked) == "gauge", f"{asked} is not among the router's gauges {sorted(exported)}"
 
 
 def test_keda_scaled_object_watches_the_endpoint_stream() -> None:

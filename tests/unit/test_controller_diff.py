@@ -74,6 +74,34 @@ def test_a_hand_edit_of_a_field_we_own_is_noticed() -> None:
     assert needs_write(desired, live)
 
 
+@pytest.mark.parametrize(
+    "kind", ["ConfigMap", "Service", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"]
+)
+def test_a_removed_or_changed_owner_reference_is_noticed(kind: str) -> None:
+    """Without our controller reference the garbage collector would leave the child behind: it is drift."""
+    desired = children(scaling={"minReplicas": 2, "maxReplicas": 4})[kind]
+    assert desired["metadata"]["ownerReferences"], "the builders set an owner reference"
+    live = as_server_stores(desired)
+    del live["metadata"]["ownerReferences"]
+    assert needs_write(desired, live)
+    live = as_server_stores(desired)
+    live["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] = False
+    assert needs_write(desired, live)
+    assert replacement(desired, live)["metadata"]["ownerReferences"] == desired["metadata"]["ownerReferences"]
+
+
+def test_an_empty_value_the_server_omits_causes_no_write() -> None:
+    """Go's omitempty drops `value: ""` of an env var: the live object lacks the key, which means the same."""
+    desired = children(bundle={"image": "x:1", "python": {"entrypoint": "m:f"}, "env": [{"name": "E", "value": ""}]})
+    deployment = desired["Deployment"]
+    live = as_server_stores(deployment)
+    for container in live["spec"]["template"]["spec"]["containers"]:
+        for item in container.get("env", []):
+            if item.get("value") == "":
+                del item["value"]
+    assert not needs_write(deployment, live)
+
+
 def test_a_field_we_stopped_setting_is_noticed_through_the_hash() -> None:
     desired = children()["Deployment"]
     live = as_server_stores(desired)

@@ -50,6 +50,26 @@ def test_keda_on_renders_a_scaled_object_for_async_endpoints(
     assert kinds == ["ConfigMap", "Deployment", "ScaledObject", "PodDisruptionBudget"]
 
 
+def test_an_async_only_endpoint_without_keda_shows_the_operator_scaler(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """With KEDA `auto` (the chart's default) render cannot ask a cluster; the queue scaler is no object, so the
+    stream says in a comment who scales it (issue 12: it showed no scaler at all)."""
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(
+        "apiVersion: bundleserve.dev/v1alpha1\nkind: Endpoint\nmetadata: {name: jobs}\n"
+        "spec: {modes: [async], bundle: {image: reg/j:1, python: {entrypoint: 'j:run'}},"
+        " scaling: {minReplicas: 0, maxReplicas: 4, targetConcurrency: 2}}\n"
+    )
+    assert cli_main(["render", str(manifest), "--namespace", "ml"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "# ml/jobs: scaled by the operator's built-in queue scaler (patches Deployment replicas 0..4,"
+    )
+    assert "one replica per 2 queued or running tasks" in out
+    assert [d["kind"] for d in yaml.safe_load_all(out)] == ["ConfigMap", "Deployment", "PodDisruptionBudget"]
+
+
 def test_an_invalid_manifest_is_a_one_line_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     manifest = tmp_path / "bad.yaml"
     manifest.write_text(

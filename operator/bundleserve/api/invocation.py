@@ -158,3 +158,9 @@ class TaskResponse(InvocationResponse):
 
 class AsyncSubmitResponse(BaseModel):
     task_id: str
+
+
+#: Where the operator mounts the Endpoint's callback Secret (`spec.async.callback.auth.secretName`) in the router
+#: sidecar, and the variable that tells the router (the pod contract between `controller` and `queue.callbacks`).
+CALLBACK_SECRET_DIR_ENV = "BUNDLESERVE_CALLBACK_SECRET_DIR"
+CALLBACK_SECRET_DIR = "/var/run/secrets/bundleserve/callback"

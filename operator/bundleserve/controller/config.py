@@ -26,7 +26,7 @@ class KedaMode(StrEnum):
 
 class HpaMetric(StrEnum):
     CPU = "cpu"  # always available (metrics-server); the default
-    INFLIGHT = "inflight"  # Pods metric bundleserve_router_inflight_requests, needs prometheus-adapter
+    INFLIGHT = "inflight"  # Pods metric bundleserve_router_in_flight_requests, needs prometheus-adapter
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,9 @@ class OperatorConfig:
     cpu_target_utilization: int = 70
     #: kopf's peering keep-alive lifetime: a crashed leader is replaced this long after its last keep-alive.
     peering_lifetime_seconds: int = 60
+    #: The operator's own namespace (BUNDLESERVE_SECRETS_NAMESPACE, else POD_NAMESPACE, which the chart sets), where
+    #: the shared Secrets above live: Endpoints elsewhere get copies (controller/secrets.py). None: no copies.
+    secrets_namespace: str | None = None
     #: The operator's own Redis connection (scaler backlog, queue cleanup on delete). The chart sets it from the
     #: same Secret as the routers'; never logged.
     redis_url: str | None = field(default=None, repr=False)
@@ -92,6 +95,7 @@ class OperatorConfig:
             cpu_target_utilization=int(utilization),
             peering_lifetime_seconds=int(lifetime),
             redis_url=opt("BUNDLESERVE_REDIS_URL"),
+            secrets_namespace=opt("BUNDLESERVE_SECRETS_NAMESPACE") or opt("POD_NAMESPACE"),
         )
 
 

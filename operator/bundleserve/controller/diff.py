@@ -4,7 +4,9 @@ Two signals, both needed:
 - the desired-hash annotation we stamp on every child: it changes when our desired state changes, including fields we
   stopped setting (which a subset comparison cannot see);
 - a subset comparison of desired vs live: it notices hand edits of fields we own (restored on the next reconcile).
-Resource quantities compare by value ("0.5" and the server's canonical "500m" are equal).
+Resource quantities compare by value ("0.5" and the server's canonical "500m", "1000" and "1k" are equal), and an
+empty value we set ("", [], {}) equals an absent one: Go's `omitempty` drops it on the server, so a literal comparison
+would rewrite the child on every pass.
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ def parse_quantity(value: str | int | float) -> Decimal | None:
     return base * _SUFFIX[suffix]
 
 
+def _omitted(value: Any) -> bool:
+    """A value the API server does not store (omitempty): absent on the live object means the same."""
+    return value is None or value == "" or value == [] or value == {}
+
+
 def _equal_scalars(desired: Any, live: Any, in_resources: bool) -> bool:
     if desired == live and type(desired) is type(live):
         return True
@@ -77,7 +84,9 @@ def covers(live: Any, desired: Any, *, in_resources: bool = False) -> bool:
         if not isinstance(live, dict):
             return False
         return all(
-            key in live and covers(live[key], value, in_resources=in_resources or key == "resources")
+            covers(live[key], value, in_resources=in_resources or key == "resources")
+            if key in live
+            else _omitted(value)
             for key, value in desired.items()
         )
     if isinstance(desired, list):

@@ -1,21 +1,29 @@
 """The one module that talks to the Kubernetes API (besides kopf itself): a small aiohttp client.
 
-No `kubernetes` package (its dependencies conflict with botocore). Credentials come from kopf's own login helpers
-(service account in a pod, else kubeconfig), so kopf and this client always use the same identity.
+No `kubernetes` package here (decision in docs/operator.md: the official client would add a second HTTP stack and
+blocking calls to an asyncio operator for the dozen verbs below). Credentials come from kopf's own login helpers
+(service account in a pod, else kubeconfig, plus a kubeconfig `tokenFile`), so kopf and this client always use the
+same identity. Tokens rotate (projected service-account tokens are refreshed by the kubelet, bound tokens die with
+their object): on a 401 the client logs in again, which re-reads the token file, and retries the request once.
 Every resource and verb used here is declared in RESOURCES; the RBAC rules in charts/bundleserve/files/operator-rbac.yaml
 are checked against it (tests/unit/test_controller_rbac.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
 import kopf
+import yaml
 
 from bundleserve.api.endpoint import GROUP, PLURAL, VERSION
 
@@ -47,6 +55,8 @@ RESOURCES: dict[str, ResourceInfo] = {
     "PodDisruptionBudget": ResourceInfo("policy", "v1", "poddisruptionbudgets", ("get", "create", "update", "delete")),
     "ScaledObject": ResourceInfo("keda.sh", "v1alpha1", "scaledobjects", ("get", "create", "update", "delete")),
     "Pod": ResourceInfo("", "v1", "pods", ("list",)),
+    # Shared Secrets: read in the operator's namespace, copied into Endpoint namespaces (controller/secrets.py).
+    "Secret": ResourceInfo("", "v1", "secrets", ("get", "create", "update")),
 }
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete"})
 #: Permissions our writes need without a request of their own: children carry ownerReferences with
@@ -73,12 +83,30 @@ class Conflict(KubeError):
 
 
 def login() -> kopf.ConnectionInfo:
-    """Credentials as kopf finds them: the pod's service account, else $KUBECONFIG / ~/.kube/config."""
+    """Credentials as kopf finds them: the pod's service account, else $KUBECONFIG / ~/.kube/config. Called again
+    whenever a token was refused, so a rotated token file is read afresh each time."""
     settings = kopf.OperatorSettings()
     info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
     if info is None:
         raise kopf.LoginError("no Kubernetes credentials: neither a service account nor a kubeconfig was found")
+    if info.token is None and info.certificate_path is None and info.certificate_data is None:
+        token_file = kubeconfig_token_file()
+        if token_file is not None:
+            info = dataclasses.replace(info, token=token_file.read_text().strip(), scheme="Bearer")
     return info
+
+
+def kubeconfig_token_file() -> Path | None:
+    """The current kubeconfig user's `tokenFile` (kopf's kubeconfig login reads only `token`)."""
+    paths = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p.strip()]
+    if not paths:
+        return None
+    config = yaml.safe_load(Path(paths[0]).expanduser().read_text()) or {}
+    context_name = config.get("current-context")
+    context = next((c.get("context") or {} for c in config.get("contexts", []) if c["name"] == context_name), {})
+    user = next((u.get("user") or {} for u in config.get("users", []) if u["name"] == context.get("user")), {})
+    token_file = user.get("tokenFile")
+    return Path(token_file).expanduser() if token_file else None
 
 
 def path_of(kind: str, namespace: str | None, name: str | None = None) -> str:
@@ -98,20 +126,35 @@ def path_of(kind: str, namespace: str | None, name: str | None = None) -> str:
 class KubeClient:
     """Typed verbs over the REST API. `writes` counts the writes this client made, by (verb, kind)."""
 
-    def __init__(self, session: aiohttp.ClientSession, server: str) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        server: str,
+        *,
+        auth_headers: dict[str, str] | None = None,
+        relogin: Callable[[], kopf.ConnectionInfo] | None = None,
+    ) -> None:
         self.session = session
         self.server = server.rstrip("/")
         self.writes: Counter[tuple[str, str]] = Counter()
+        self.auth_headers = dict(auth_headers or {})
+        self.relogin = relogin
 
     @classmethod
-    def from_connection(cls, info: kopf.ConnectionInfo, *, timeout_seconds: float = 30.0) -> KubeClient:
+    def from_connection(
+        cls,
+        info: kopf.ConnectionInfo,
+        *,
+        timeout_seconds: float = 30.0,
+        relogin: Callable[[], kopf.ConnectionInfo] | None = None,
+    ) -> KubeClient:
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=info.as_ssl_context()),
-            headers={**info.as_http_headers(), "User-Agent": "bundleserve-operator"},
+            headers={"User-Agent": "bundleserve-operator"},
             timeout=aiohttp.ClientTimeout(total=timeout_seconds),
             trust_env=info.trust_env,
         )
-        return cls(session, info.server)
+        return cls(session, info.server, auth_headers=info.as_http_headers(), relogin=relogin)
 
     async def close(self) -> None:
         await self.session.close()
@@ -127,18 +170,24 @@ class KubeClient:
     ) -> Any:
         url = self.server + path + (f"?{urlencode(query)}" if query else "")
         data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": content_type} if body is not None else {}
+        status, text = await self._send(method, url, data, content_type)
+        if status == 401 and self.relogin is not None:
+            self.auth_headers = self.relogin().as_http_headers()  # a rotated token: read it again, retry once
+            status, text = await self._send(method, url, data, content_type)
+        if status >= 400:
+            try:
+                answer = json.loads(text)
+                message, reason = str(answer.get("message", text)), str(answer.get("reason", ""))
+            except ValueError:
+                message, reason = text[:500], ""
+            error_type = {404: NotFound, 409: Conflict}.get(status, KubeError)
+            raise error_type(status, message, reason)
+        return json.loads(text) if text else None
+
+    async def _send(self, method: str, url: str, data: str | None, content_type: str) -> tuple[int, str]:
+        headers = {**self.auth_headers, **({"Content-Type": content_type} if data is not None else {})}
         async with self.session.request(method, url, data=data, headers=headers) as response:
-            text = await response.text()
-            if response.status >= 400:
-                try:
-                    status = json.loads(text)
-                    message, reason = str(status.get("message", text)), str(status.get("reason", ""))
-                except ValueError:
-                    message, reason = text[:500], ""
-                error_type = {404: NotFound, 409: Conflict}.get(response.status, KubeError)
-                raise error_type(response.status, message, reason)
-            return json.loads(text) if text else None
+            return response.status, await response.text()
 
     def _count(self, verb: str, kind: str) -> None:
         self.writes[(verb, kind)] += 1

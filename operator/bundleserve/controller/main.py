@@ -21,7 +21,8 @@ import kopf
 
 from bundleserve.controller import health
 from bundleserve.controller.config import ConfigError, OperatorConfig
-from bundleserve.controller.handlers import OperatorState, build_registry
+from bundleserve.controller.handlers import build_registry
+from bundleserve.controller.state import OperatorState
 
 log = logging.getLogger("bundleserve.operator")
 

@@ -14,11 +14,12 @@ from pydantic import ValidationError
 
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import format_validation_error
+from bundleserve.controller import secrets
 from bundleserve.controller.builders import BuildContext, BuildError, Manifest, Scaler, build_children, scaler_for
 from bundleserve.controller.builders.autoscaling import queue_names
 from bundleserve.controller.builders.common import serves_http
 from bundleserve.controller.diff import needs_write, replacement
-from bundleserve.controller.kube import KubeClient
+from bundleserve.controller.kube import KubeClient, KubeError
 from bundleserve.controller.labels import autoscaler_name, selector_labels, service_name, service_url
 from bundleserve.controller.status import (
     Observed,
@@ -33,6 +34,11 @@ from bundleserve.queue import keys
 
 #: (pending, in_flight) of the queue `keys.queue_id(namespace, name)`, or an exception when it cannot be read.
 BacklogReader = Callable[[str], Awaitable[tuple[int, int]]]
+#: API answers to a child write that retrying the same object cannot fix: 400 BadRequest, 403 Forbidden (a quota
+#: denial, or RBAC the cluster admin must grant), 422 Invalid (a quantity like `512mi`, a toleration `Exists` with a
+#: value, a label value Kubernetes refuses). They end in Degraded=True/ChildRejected carrying the API server's own
+#: message; the drift timer and any spec change try again. 409 and 5xx stay transient (the caller retries soon).
+REJECTED_STATUSES = frozenset({400, 403, 422})
 #: Children that exist only for some specs: deleted when the spec no longer wants them.
 OPTIONAL_KINDS = ("Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ScaledObject")
 
@@ -79,14 +85,19 @@ async def apply_children(
     for manifest in desired:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         live = await kube.get(kind, endpoint.namespace, name)
-        if live is None:
-            live = await kube.create(with_initial_replicas(endpoint, manifest))
-            writes.append(("create", kind, name))
-        elif not owned_by(live, uid):
-            raise BuildError("ChildConflict", f"{kind} {name} already exists and is not owned by this Endpoint")
-        elif needs_write(manifest, live):
-            live = await kube.replace(replacement(manifest, live))
-            writes.append(("update", kind, name))
+        try:
+            if live is None:
+                live = await kube.create(with_initial_replicas(endpoint, manifest))
+                writes.append(("create", kind, name))
+            elif not owned_by(live, uid):
+                raise BuildError("ChildConflict", f"{kind} {name} already exists and is not owned by this Endpoint")
+            elif needs_write(manifest, live):
+                live = await kube.replace(replacement(manifest, live))
+                writes.append(("update", kind, name))
+        except KubeError as error:
+            if error.status not in REJECTED_STATUSES:
+                raise
+            raise BuildError("ChildRejected", f"the API server refused {kind} {name}: {error.message}") from None
         live_by_kind[kind] = live
     return live_by_kind
 
@@ -180,7 +191,13 @@ async def _reconcile_valid(
     url = service_url(endpoint.name, endpoint.namespace) if serves_http(endpoint) else None
     queue = await observe_queue(endpoint, read_backlog)
     try:
-        desired = build_children(endpoint, context)
+        # Shared Secrets first: the copies in this namespace (if any) are what the Deployment references.
+        context, copies = await secrets.localise(endpoint, context, kube)
+        desired = copies + build_children(endpoint, context)
+        # Unwanted children go first: KEDA's admission webhook refuses a ScaledObject for a Deployment that an HPA
+        # still manages ("already managed by the hpa"), so switching an Endpoint to async must delete the HPA before
+        # the ScaledObject is created (and the other way round, KEDA removes its own HPA with the ScaledObject).
+        await delete_unwanted(endpoint, desired, context, kube, writes)
         live = await apply_children(endpoint, desired, kube, writes)
     except BuildError as error:
         deployment = await kube.get("Deployment", endpoint.namespace, endpoint.name)
@@ -191,7 +208,6 @@ async def _reconcile_valid(
             queue=queue,
             problem=Problem(error.reason, error.message),
         )
-    await delete_unwanted(endpoint, desired, context, kube, writes)
     deployment = live["Deployment"]
     scaler = scaler_for(endpoint, context.keda)
     if scaler is Scaler.HPA and deployment.get("spec", {}).get("replicas") == 0:

@@ -18,7 +18,7 @@ import yaml
 
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import ManifestError, load_endpoints
-from bundleserve.controller.builders import BuildContext, BuildError, Manifest, build_children
+from bundleserve.controller.builders import BuildContext, BuildError, Manifest, Scaler, build_children, scaler_for
 from bundleserve.controller.config import ConfigError, KedaMode, OperatorConfig
 
 DEFAULT_REDIS_SECRET = "bundleserve-redis"
@@ -54,6 +54,20 @@ def dump_stream(manifests: list[Manifest], out: TextIO) -> None:
     out.write(yaml.dump_all(manifests, Dumper=_Dumper, sort_keys=False, default_flow_style=False))
 
 
+def scaler_note(endpoint: Endpoint, context: BuildContext) -> str | None:
+    """A YAML comment for an Endpoint whose scaler is no object: the operator's own queue-depth scaler (async-only
+    without KEDA). Without it the rendered stream would show an autoscaled Endpoint with no autoscaler at all."""
+    if scaler_for(endpoint, context.keda) is not Scaler.OPERATOR:
+        return None
+    scaling = endpoint.spec.scaling
+    return (
+        f"# {endpoint.namespace}/{endpoint.name}: scaled by the operator's built-in queue scaler (patches"
+        f" Deployment replicas {scaling.min_replicas}..{scaling.effective_max_replicas}, one replica per"
+        f" {scaling.target_concurrency} queued or running tasks, scale-down after {scaling.scale_down_delay_seconds}s);"
+        " BUNDLESERVE_KEDA=on renders a KEDA ScaledObject instead\n"
+    )
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         config = OperatorConfig.from_env()
@@ -70,11 +84,15 @@ def main(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, redis_secret=DEFAULT_REDIS_SECRET)
     context = BuildContext(config=config, keda=config.keda is KedaMode.ON)
     manifests: list[Manifest] = []
+    notes: list[str] = []
     for path, endpoint in loaded:
+        placed = in_namespace(endpoint, args.namespace)
         try:
-            manifests.extend(build_children(in_namespace(endpoint, args.namespace), context))
+            manifests.extend(build_children(placed, context))
         except BuildError as error:
             print(f"bundleserve render: {path}: {endpoint.name}: {error.reason}: {error.message}", file=sys.stderr)
             return 1
+        notes.extend(note for note in [scaler_note(placed, context)] if note)
+    sys.stdout.write("".join(notes))
     dump_stream(manifests, sys.stdout)
     return 0

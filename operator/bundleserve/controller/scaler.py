@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from bundleserve.api.endpoint import Scaling
 
@@ -42,21 +41,3 @@ def decide(current: int, backlog: int, scaling: Scaling, now: float, memory: Sca
         memory.low_since = None
         return wanted
     return current
-
-
-async def redis_backlog_reader(redis_url: str) -> tuple[BacklogReader, Callable[[], Awaitable[None]]]:
-    """A backlog reader over one Redis connection pool, and its closer."""
-    import redis.asyncio as aioredis
-
-    from bundleserve.queue.backlog import backlog
-
-    client: Any = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
-
-    async def read(queue_id: str) -> tuple[int, int]:
-        found = await backlog(client, queue_id)
-        return found.pending, found.in_flight
-
-    async def close() -> None:
-        await client.aclose()
-
-    return read, close

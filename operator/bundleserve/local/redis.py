@@ -13,9 +13,8 @@ import socket
 import time
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
 from bundleserve.local.supervisor import die_with_parent
+from bundleserve.queue.connection import answers
 
 
 class RedisStartError(RuntimeError):
@@ -76,20 +75,15 @@ class EmbeddedRedis:
             start_new_session=True,
             preexec_fn=die_with_parent(),  # gone with us, even after kill -9
         )
-        client = aioredis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
-        try:
-            while True:
-                if self.process.returncode is not None:
-                    raise RedisStartError(f"valkey-server exited ({self.process.returncode}): {self._log_tail()}")
-                with contextlib.suppress(OSError, aioredis.RedisError):
-                    if await client.ping():
-                        return
-                if time.monotonic() > deadline:
-                    raise RedisStartError(f"valkey-server not answering after {timeout:.0f}s: {self._log_tail()}")
-                await asyncio.sleep(0.05)
-        finally:
-            await client.aclose()
+        while True:
+            if self.process.returncode is not None:
+                raise RedisStartError(f"valkey-server exited ({self.process.returncode}): {self._log_tail()}")
+            if await answers(f"redis://127.0.0.1:{self.port}/0"):
+                return
+            if time.monotonic() > deadline:
+                raise RedisStartError(f"valkey-server not answering after {timeout:.0f}s: {self._log_tail()}")
+            await asyncio.sleep(0.05)
 
     def _log_tail(self) -> str:
         log = self.data_dir / "valkey.log"

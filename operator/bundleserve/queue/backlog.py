@@ -6,12 +6,14 @@ those delivered to a consumer and not yet acknowledged (the group's pending list
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from bundleserve.queue import keys
+from bundleserve.queue.connection import connect
 
 
 @dataclass(frozen=True)
@@ -40,3 +42,20 @@ async def backlog(redis: aioredis.Redis, queue_id: str) -> Backlog:
     else:
         in_flight = int(pending_info["pending"])
     return Backlog(pending=max(int(length) - in_flight, 0), in_flight=in_flight)
+
+
+async def open_backlog_reader(
+    redis_url: str,
+) -> tuple[Callable[[str], Awaitable[tuple[int, int]]], Callable[[], Awaitable[None]]]:
+    """`(read, close)`: `read(queue_id)` is `(pending, in_flight)` over one connection pool (the operator's queue
+    scaler reads every async endpoint's backlog with it)."""
+    client = connect(redis_url)
+
+    async def read(queue_id: str) -> tuple[int, int]:
+        found = await backlog(client, queue_id)
+        return found.pending, found.in_flight
+
+    async def close() -> None:
+        await client.aclose()
+
+    return read, close

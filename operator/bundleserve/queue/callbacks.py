@@ -29,7 +29,7 @@ import aiohttp
 from yarl import URL
 
 from bundleserve.api.errors import InvalidRequest
-from bundleserve.api.invocation import CallbackAuthRequest
+from bundleserve.api.invocation import CALLBACK_SECRET_DIR, CALLBACK_SECRET_DIR_ENV, CallbackAuthRequest
 from bundleserve.outbound.connector import BlockedDestination, check_literal_host, guarded_connector
 from bundleserve.outbound.destinations import AddressPolicy
 from bundleserve.queue.tasks import CallbackTarget
@@ -37,8 +37,6 @@ from bundleserve.queue.tasks import CallbackTarget
 log = logging.getLogger(__name__)
 
 #: Where the router finds the endpoint's callback Secret (keys username/password or tls.crt/tls.key).
-SECRET_DIR_ENV = "BUNDLESERVE_CALLBACK_SECRET_DIR"
-DEFAULT_SECRET_DIR = "/var/run/secrets/bundleserve/callback"
 #: Opt-in to send callback credentials over plain http (default: https required when credentials are attached).
 INSECURE_CREDENTIALS_ENV = "BUNDLESERVE_CALLBACK_ALLOW_INSECURE_CREDENTIALS"
 
@@ -104,7 +102,7 @@ class Attempt:
 
 def auth_from_secret_dir(kind: str, directory: Path | None = None) -> CallbackAuthRequest | None:
     """The endpoint's default callback credentials from its mounted Secret; None when not mounted."""
-    root = directory or Path(os.environ.get(SECRET_DIR_ENV, DEFAULT_SECRET_DIR))
+    root = directory or Path(os.environ.get(CALLBACK_SECRET_DIR_ENV, CALLBACK_SECRET_DIR))
     try:
         if kind == "basic":
             return CallbackAuthRequest(

@@ -12,10 +12,14 @@ import os
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from bundleserve.queue.config import Durability
+
+#: `Redis` is the client type `connect` returns, for callers that keep one (they never import redis themselves).
+__all__ = ["Redis", "answers", "connect", "describe", "plan_durability", "timeout_seconds"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +108,17 @@ async def plan_durability(redis: aioredis.Redis, wanted: Durability) -> Durabili
         "configuration, or set "
         "BUNDLESERVE_QUEUE_DURABILITY=memory to accept tasks held in memory only"
     )
+
+
+async def answers(url: str) -> bool:
+    """Whether the server at `url` answers PING now (a starting server refuses connections: False, no exception)."""
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        return bool(await client.ping())
+    except (OSError, RedisError):
+        return False
+    finally:
+        await client.aclose()
 
 
 def describe(error: RedisError | OSError) -> str:

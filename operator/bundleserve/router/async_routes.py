@@ -12,21 +12,19 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unavailable
-from bundleserve.api.invocation import Invocation, PredictRequest
+from bundleserve.api.invocation import CALLBACK_SECRET_DIR_ENV, Invocation, PredictRequest
 from bundleserve.dialects.base import TaskBackend, public_base_url
 from bundleserve.queue.broker import TaskQueue
 from bundleserve.queue.callbacks import (
-    SECRET_DIR_ENV,
     auth_from_secret_dir,
     insecure_credentials_allowed,
 )
 from bundleserve.queue.config import QueueConfig
-from bundleserve.queue.connection import connect
+from bundleserve.queue.connection import Redis, connect
 from bundleserve.queue.notify import CompletionWaiter
 from bundleserve.queue.service import MAX_WAIT_SECONDS, SubmitChecks, TaskService
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord
@@ -182,7 +180,7 @@ def _with_default_callback_auth(config: QueueConfig, state: RouterState) -> Queu
             "endpoint %s: the callback Secret %s is not mounted at $%s; default callbacks go without credentials",
             state.settings.name,
             callback.auth.secret_name,
-            SECRET_DIR_ENV,
+            CALLBACK_SECRET_DIR_ENV,
         )
         return config
     return replace(config, default_callback=CallbackTarget(config.default_callback.url, auth))
@@ -195,7 +193,7 @@ def _unavailable(reason: str) -> Callable[[web.Request], Awaitable[web.Response]
     return handler
 
 
-def build_tasks(state: RouterState) -> tuple[TaskService, aioredis.Redis] | None:
+def build_tasks(state: RouterState) -> tuple[TaskService, Redis] | None:
     """The endpoint's task service on its Redis (None without a Redis URL)."""
     redis_url = state.settings.redis_url
     if not redis_url:

@@ -1,7 +1,7 @@
 """Autoscalers: an autoscaling/v2 HPA for request traffic, a KEDA ScaledObject for the async queue.
 
 HPA metric (decided here, documented in docs/operator.md): CPU utilization by default, because metrics-server is
-everywhere; with BUNDLESERVE_HPA_METRIC=inflight the Pods metric `bundleserve_router_inflight_requests` at an
+everywhere; with BUNDLESERVE_HPA_METRIC=inflight the Pods metric `bundleserve_router_in_flight_requests` at an
 average of `targetConcurrency` (needs prometheus-adapter). The scale-down delay maps to the HPA's stabilization window.
 """
 
@@ -14,7 +14,7 @@ from bundleserve.controller.builders.common import BuildContext, Manifest, metad
 from bundleserve.controller.config import HpaMetric
 from bundleserve.controller.labels import autoscaler_name, deployment_name
 
-INFLIGHT_METRIC = "bundleserve_router_inflight_requests"
+INFLIGHT_METRIC = "bundleserve_router_in_flight_requests"
 KEDA_API_VERSION = "keda.sh/v1alpha1"
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bundleserve.api.endpoint import Endpoint, Mode
+from bundleserve.api.endpoint import CallbackAuth, Endpoint, Mode
+from bundleserve.api.invocation import CALLBACK_SECRET_DIR, CALLBACK_SECRET_DIR_ENV
 from bundleserve.controller.builders.common import (
     BuildContext,
     BuildError,
@@ -155,6 +156,8 @@ def router_env(endpoint: Endpoint, context: BuildContext) -> list[dict[str, Any]
             env.append(secret_env("BUNDLESERVE_REDIS_PASSWORD", config.redis_secret, "password", optional=True))
     if config.api_keys_secret:
         env.append({"name": "BUNDLESERVE_API_KEYS_FILE", "value": f"{API_KEYS_DIR}/{API_KEYS_KEY}"})
+    if callback_auth(endpoint) is not None:
+        env.append({"name": CALLBACK_SECRET_DIR_ENV, "value": CALLBACK_SECRET_DIR})
     env.append({"name": "BUNDLESERVE_RESULTS_DIR", "value": RESULTS_DIR})
     env.extend(s3_results_env(config))
     return env
@@ -198,6 +201,15 @@ def secret_env(name: str, secret: str, key: str, *, optional: bool = False) -> d
     return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
+def callback_auth(endpoint: Endpoint) -> CallbackAuth | None:
+    """The endpoint's default callback credentials (`spec.async.callback.auth`): a Secret of its own namespace that the
+    router reads from a mounted directory (queue.callbacks.auth_from_secret_dir), never from env or the task record."""
+    settings = endpoint.spec.async_
+    if settings is None or settings.callback is None or not endpoint.spec.serves(Mode.ASYNC):
+        return None
+    return settings.callback.auth
+
+
 def router_container(endpoint: Endpoint, context: BuildContext) -> dict[str, Any]:
     port = router_port(endpoint)
     mounts = [
@@ -207,6 +219,8 @@ def router_container(endpoint: Endpoint, context: BuildContext) -> dict[str, Any
     ]
     if context.config.api_keys_secret:
         mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
+    if callback_auth(endpoint) is not None:
+        mounts.append({"name": "callback-auth", "mountPath": CALLBACK_SECRET_DIR, "readOnly": True})
     return {
         "name": "router",
         "image": context.config.image,
@@ -253,6 +267,9 @@ def volumes(endpoint: Endpoint, context: BuildContext) -> list[dict[str, Any]]:
         found.append({"name": "results", "emptyDir": {}})  # per pod: results are only reachable through that pod
     if config.api_keys_secret:
         found.append({"name": "api-keys", "secret": {"secretName": config.api_keys_secret}})
+    auth = callback_auth(endpoint)
+    if auth is not None:
+        found.append({"name": "callback-auth", "secret": {"secretName": auth.secret_name}})
     return found
 
 

@@ -1,0 +1,224 @@
+"""The operator's shared state and work: the per-Endpoint reconcile queue (one run at a time, bursts coalesced),
+the built-in queue-depth scaler and the delete finalizer's queue purge. The kopf registrations that call into it are
+in handlers.py; this module holds no kopf decorators, so it can be driven directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+from pydantic import ValidationError
+
+from bundleserve.api.endpoint import Mode
+from bundleserve.controller import cleanup, kube
+from bundleserve.controller.builders import BuildContext, Scaler, scaler_for
+from bundleserve.controller.config import KedaMode, OperatorConfig
+from bundleserve.controller.kube import KubeClient, KubeError
+from bundleserve.controller.labels import deployment_name
+from bundleserve.controller.metrics import OperatorMetrics
+from bundleserve.controller.reconcile import BacklogReader, parse, reconcile
+from bundleserve.controller.scaler import ScaleMemory, decide
+from bundleserve.queue import keys
+from bundleserve.queue.backlog import open_backlog_reader
+from bundleserve.queue.purge import purge_endpoint_queue
+
+log = logging.getLogger("bundleserve.operator")
+Key = tuple[str, str]
+
+
+def _seconds(name: str, default: float) -> float:
+    return float(os.environ.get(name, "") or default)
+
+
+@dataclass
+class OperatorState:
+    """Everything the handlers share; filled in at startup (the API client needs the running loop)."""
+
+    config: OperatorConfig
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    drift_interval: float = field(default_factory=lambda: _seconds("BUNDLESERVE_OPERATOR_DRIFT_SECONDS", 60))
+    scaler_interval: float = field(default_factory=lambda: _seconds("BUNDLESERVE_OPERATOR_SCALER_SECONDS", 10))
+    cleanup_cap: float = field(
+        default_factory=lambda: _seconds("BUNDLESERVE_OPERATOR_CLEANUP_MAX_SECONDS", cleanup.MAX_WAIT_SECONDS)
+    )
+    kube: KubeClient | None = None
+    keda: bool = False
+    read_backlog: BacklogReader | None = None
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    rerun: set[Key] = field(default_factory=set)
+    queued: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    scale_memory: dict[Key, ScaleMemory] = field(default_factory=dict)
+
+    @property
+    def context(self) -> BuildContext:
+        return BuildContext(config=self.config, keda=self.keda)
+
+    @property
+    def client(self) -> KubeClient:
+        if self.kube is None:
+            raise RuntimeError("the operator has not started")
+        return self.kube
+
+    async def start(self) -> None:
+        self.kube = KubeClient.from_connection(kube.login(), relogin=kube.login)
+        self.closers.append(self.kube.close)
+        if self.config.keda is KedaMode.ON:
+            self.keda = True
+        elif self.config.keda is KedaMode.AUTO:
+            self.keda = await self.kube.serves("keda.sh/v1alpha1")
+        if self.config.redis_url:
+            self.read_backlog, close = await open_backlog_reader(self.config.redis_url)
+            self.closers.append(close)
+        log.info("operator state ready (keda=%s, queue=%s)", self.keda, "yes" if self.read_backlog else "no")
+
+    async def stop(self) -> None:
+        for task in list(self.queued.values()):
+            task.cancel()
+        for close in reversed(self.closers):
+            await close()
+        self.closers.clear()
+
+    # -- reconcile ------------------------------------------------------------------------------------------------
+
+    async def reconcile_key(self, key: Key) -> None:
+        """Reconcile one Endpoint from a fresh read (never from a possibly stale event body)."""
+        self.metrics.pending.inc()
+        try:
+            await self._reconcile_key(key)
+        finally:
+            self.metrics.pending.dec()
+
+    async def _reconcile_key(self, key: Key) -> None:
+        namespace, name = key
+        lock = self.locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            body = await self.client.get("Endpoint", namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return  # gone or going: owner references take the children with it
+            started = time.perf_counter()
+            try:
+                result = await reconcile(body, self.client, self.context, read_backlog=self.read_backlog)
+            except KubeError:
+                self.metrics.reconcile_errors.labels(namespace, name, "ApiError").inc()
+                raise
+            finally:
+                self.metrics.reconcile_seconds.labels(namespace, name).observe(time.perf_counter() - started)
+        for verb, kind, _ in result.writes:
+            self.metrics.api_writes.labels(verb, kind).inc()
+        if result.writes:
+            log.info("reconciled %s/%s: %s", namespace, name, ", ".join(f"{v} {k}/{n}" for v, k, n in result.writes))
+        if result.problem is not None:
+            self.metrics.reconcile_errors.labels(namespace, name, result.problem.reason).inc()
+        ready = next((c["status"] == "True" for c in result.status["conditions"] if c["type"] == "Ready"), False)
+        self.metrics.set_ready(namespace, name, ready)
+        for event in result.transitions:
+            kopf.event(
+                kopf.Body(cast(kopf.RawBody, body)),
+                type=event["type"],
+                reason=event["reason"],
+                message=event["message"],
+            )
+
+    def request(self, key: Key) -> None:
+        """Reconcile soon; bursts for the same Endpoint collapse into at most one extra run."""
+        if key in self.queued:
+            self.rerun.add(key)
+            return
+        self.metrics.pending.inc()
+        self.queued[key] = asyncio.create_task(self._drain(key))
+
+    async def _drain(self, key: Key) -> None:
+        try:
+            while True:
+                self.rerun.discard(key)
+                try:
+                    await self.reconcile_key(key)
+                except KubeError as error:
+                    log.warning("reconcile of %s/%s failed (%s); retrying", key[0], key[1], error)
+                    await asyncio.sleep(1.0)
+                    self.rerun.add(key)
+                if key not in self.rerun:
+                    return
+        finally:
+            self.queued.pop(key, None)
+            self.metrics.pending.dec()
+
+    # -- scaler ---------------------------------------------------------------------------------------------------
+
+    def uses_own_scaler(self, body: Any) -> bool:
+        try:
+            endpoint = parse(dict(body))
+        except ValidationError:
+            return False
+        return scaler_for(endpoint, self.keda) is Scaler.OPERATOR
+
+    async def scale(self, key: Key, body: Any) -> None:
+        if self.read_backlog is None:
+            return
+        endpoint = parse(dict(body))
+        namespace, name = key
+        deployment = await self.client.get("Deployment", namespace, deployment_name(name))
+        if deployment is None:
+            return
+        current = int(deployment.get("spec", {}).get("replicas", 1))
+        pending, in_flight = await self.read_backlog(keys.queue_id(namespace, name))
+        memory = self.scale_memory.setdefault(key, ScaleMemory())
+        wanted = decide(current, pending + in_flight, endpoint.spec.scaling, time.monotonic(), memory)
+        if wanted != current:
+            await self.client.merge_patch(
+                "Deployment", namespace, deployment_name(name), {"spec": {"replicas": wanted}}
+            )
+            self.metrics.api_writes.labels("patch", "Deployment").inc()
+            self.metrics.scaler_replicas.labels(namespace, name).set(wanted)
+            log.info("scaled %s/%s from %d to %d (backlog %d)", namespace, name, current, wanted, pending + in_flight)
+
+    # -- delete ---------------------------------------------------------------------------------------------------
+
+    async def clean_up(self, key: Key, body: Any, waited_seconds: float) -> None:
+        namespace, name = key
+        self.metrics.set_ready(namespace, name, None)
+        self.scale_memory.pop(key, None)
+        try:
+            endpoint = parse(dict(body))
+        except ValidationError:
+            return  # never valid: nothing of ours can exist
+        in_flight = 0
+        if self.read_backlog is not None and endpoint.spec.serves(Mode.ASYNC):
+            try:
+                in_flight = (await self.read_backlog(keys.queue_id(namespace, name)))[1]
+            except Exception as error:
+                if waited_seconds < cleanup.wait_bound_seconds(endpoint, self.cleanup_cap):
+                    raise kopf.TemporaryError(f"queue unreachable: {error}", delay=5) from None
+                kopf.warn(body, reason="QueueCleanupFailed", message=f"queue left in place: {error}")
+                return
+        step = cleanup.next_step(
+            endpoint,
+            queue_configured=self.read_backlog is not None,
+            in_flight=in_flight,
+            waited_seconds=waited_seconds,
+            cap=self.cleanup_cap,
+        )
+        if step is cleanup.CleanupStep.SKIP:
+            return
+        if step is cleanup.CleanupStep.WAIT:
+            raise kopf.TemporaryError(f"{in_flight} task(s) still in flight", delay=min(5.0, self.cleanup_cap))
+        if step is cleanup.CleanupStep.PURGE_AFTER_TIMEOUT:
+            message = f"purging the queue with {in_flight} task(s) still in flight after {waited_seconds:.0f}s"
+            kopf.warn(body, reason="QueueCleanupTimedOut", message=message)
+            await self._degraded_on_delete(key, "QueueCleanupTimedOut", message)
+        removed = await purge_endpoint_queue(self.config.redis_url or "", keys.queue_id(namespace, name))
+        log.info("deleted the queue of %s/%s (%d keys)", namespace, name, removed)
+
+    async def _degraded_on_delete(self, key: Key, reason: str, message: str) -> None:
+        condition = {"type": "Degraded", "status": "True", "reason": reason, "message": message}
+        with contextlib.suppress(KubeError):  # best effort: the object is going away
+            await self.client.patch_endpoint_status(key[0], key[1], {"conditions": [condition]})
