@@ -38,7 +38,9 @@ from tests.support.waiting import async_wait_until, wait_until
 def kill_test_config(endpoint: str) -> QueueConfig:
     return QueueConfig(
         endpoint=endpoint,
-        invocation_timeout_seconds=1,
+        # long enough for a task held at a round's barrier while a killed worker restarts (the kills are what this
+        # test is about, not timeouts); a killed worker's tasks are reclaimed 15.5 s after its last heartbeat
+        invocation_timeout_seconds=15,
         visibility_grace_seconds=0.5,
         max_attempts=20,  # attempts are not what this test is about: a task may be hit by several kills
         concurrency=8,
@@ -113,35 +115,48 @@ async def test_sigkilled_workers_lose_no_task_and_finish_each_exactly_once(
     listener = asyncio.create_task(collect_done(redis_client, queue.channel, seen, ready))
     await ready.wait()
     rng = random.Random(1234)
+    # The kills are scheduled by the test, not by the clock: the first ROUNDS x PER_ROUND tasks wait at a barrier of
+    # the model named after their round, so when both workers are saturated at round k's barrier (16 calls waiting),
+    # a SIGKILL is certain to lose tasks in flight; then the barrier opens and the next round starts. However slow the
+    # machine, every kill hits held tasks, and the rest of the 500 run freely.
+    rounds, per_round, saturated = 6, 60, 2 * kill_test_config(endpoint).concurrency
     expected = {}
     for i in range(500):
-        args = {"i": i, "sleep": rng.choice((0.05, 0.1, 0.2))}
+        args: dict[str, object] = {"i": i, "sleep": rng.choice((0.0, 0.01, 0.05))}
+        if i < rounds * per_round:
+            args["hold"] = f"{endpoint}-round-{i // per_round}"
         expected[await queue.submit(TaskRequest(args=args))] = args
     workers = [start_worker(tmp_path, valkey_server.url, endpoint, model, n) for n in range(2)]
     kills = 0
     try:
-        started = time.monotonic()
-        while len(seen) < len(expected) and time.monotonic() - started < 45:
-            await asyncio.sleep(rng.uniform(0.15, 0.4))  # the kill schedule: randomness is the point here
-            victim = rng.randrange(2)
-            if (await backlog(redis_client, config.queue_id)).in_flight == 0:
-                continue
-            workers[victim].kill()  # SIGKILL to the process group: no cleanup runs
-            workers[victim].stop()  # only closes its log file: the process is gone
-            kills += 1
-            workers[victim] = start_worker(tmp_path, valkey_server.url, endpoint, model, 2 + kills)
+        async with aiohttp.ClientSession() as gates:
+            for round_number in range(rounds):
+                gate = f"{model}/gates/{endpoint}-round-{round_number}"
+
+                async def both_workers_held(gate: str = gate) -> bool:
+                    async with gates.get(gate) as answer:
+                        return int((await answer.json())["waiting"]) >= saturated
+
+                await async_wait_until(both_workers_held, timeout=60, what=f"both workers held at round {round_number}")
+                victim = rng.randrange(2)
+                workers[victim].kill()  # SIGKILL to the process group: no cleanup runs
+                workers[victim].stop()  # only closes its log file: the process is gone
+                kills += 1
+                async with gates.post(gate) as opened:
+                    assert opened.status == 200
+                workers[victim] = start_worker(tmp_path, valkey_server.url, endpoint, model, 2 + kills)
 
         async def all_done() -> bool:
             return len(seen) == len(expected)
 
-        await async_wait_until(all_done, timeout=30, what="every task to finish")
+        await async_wait_until(all_done, timeout=60, what="every task to finish")
     finally:
         for worker in workers:
             worker.stop()
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
         await queue.close()
-    assert kills >= 5
+    assert kills == rounds
     duplicated = {task_id: count for task_id, count in seen.items() if count != 1}
     assert duplicated == {}, "terminal transitions must happen exactly once"
     assert set(seen) == set(expected)
