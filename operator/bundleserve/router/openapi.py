@@ -28,7 +28,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): _ERROR for status in statuses}
 
 
-_INVOKE_ERRORS = _errors(400, 401, 404, 413, 424, 429, 503, 504)
+_INVOKE_ERRORS = _errors(400, 401, 404, 408, 413, 424, 429, 503, 504)  # 408: a body that trickles in too slowly
 
 #: (method, path with parameters reduced to `{}`) -> operation
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
@@ -66,7 +66,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                 "description": "Accepted",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AsyncSubmitResponse"}}},
             },
-            **_errors(400, 401, 404, 413, 503),
+            **_errors(400, 401, 404, 413, 429, 503),  # 429: the backlog cap (BUNDLESERVE_QUEUE_MAX_BACKLOG)
         },
     },
     ("GET", "/v1/tasks/{}"): {
@@ -78,7 +78,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                 "description": "The task",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TaskResponse"}}},
             },
-            **_errors(401, 404, 503),
+            **_errors(400, 401, 404, 503),  # 400: a wait outside 0-300 s
         },
     },
     ("GET", "/v1/tasks/{}/result"): {
@@ -86,7 +86,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "operationId": "getTaskResult",
         "responses": {
             "200": {"description": "The stored bytes", "content": {"application/octet-stream": {}}},
-            **_errors(401, 404),
+            **_errors(400, 401, 404),  # 400: a malformed result id
         },
     },
     ("GET", "/healthz"): {

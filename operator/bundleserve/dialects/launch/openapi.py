@@ -94,12 +94,12 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "Launch (scale-launch 0.3.x): queue an async task",
         "operationId": "launchLegacyTaskAsync",
         "requestBody": _body(LegacyTaskRequest),
-        "responses": {"200": _json(LegacyAsyncSubmitResponse, "Queued"), **_errors(400, 401, 404, 413, 503)},
+        "responses": {"200": _json(LegacyAsyncSubmitResponse, "Queued"), **_errors(400, 401, 404, 413, 429, 503)},
     },
     ("GET", f"{LEGACY_BASE}/endpoints/{{}}/task_async/{{}}"): {
         "summary": "Launch (scale-launch 0.3.x): an async task's state (holds up to 5 s for it to finish)",
         "operationId": "launchLegacyTaskStatus",
-        "responses": {"200": _json(LegacyTaskResponse, "The task"), **_errors(401, 404, 503)},
+        "responses": {"200": _json(LegacyTaskResponse, "The task"), **_errors(400, 401, 404, 503)},
     },
     ("GET", "/v1/model-endpoints"): {
         "summary": "Launch (model-engine v1): endpoints by name (an empty list for an unknown name)",
@@ -119,12 +119,12 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "operationId": "launchAsyncTask",
         "parameters": _ENDPOINT_ID,
         "requestBody": _body(V1TaskRequest),
-        "responses": {"200": _json(V1AsyncSubmitResponse, "Queued"), **_errors(400, 401, 404, 413, 503)},
+        "responses": {"200": _json(V1AsyncSubmitResponse, "Queued"), **_errors(400, 401, 404, 413, 429, 503)},
     },
     ("GET", "/v1/async-tasks/{}"): {
         "summary": "Launch (model-engine v1): an async task's status",
         "operationId": "launchGetAsyncTask",
-        "responses": {"200": _json(V1AsyncTaskResponse, "The task"), **_errors(401, 404, 503)},
+        "responses": {"200": _json(V1AsyncTaskResponse, "The task"), **_errors(400, 401, 404, 503)},
     },
     ("POST", "/v1/streaming-tasks"): {
         "summary": "Launch (model-engine v1): stream a task's chunks as server-sent events",
