@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bundleserve.api.errors import InvalidRequest
+from bundleserve.api.manifest import format_validation_error
 
 # The router <-> model-container contract (docs/contracts.md): one definition for the runtime, router and worker.
 INPUT_HEADER = "X-Bundleserve-Input"  # value "raw": the body is the input bytes, not JSON keyword arguments
@@ -164,3 +167,21 @@ class AsyncSubmitResponse(BaseModel):
 #: sidecar, and the variable that tells the router (the pod contract between `controller` and `queue.callbacks`).
 CALLBACK_SECRET_DIR_ENV = "BUNDLESERVE_CALLBACK_SECRET_DIR"
 CALLBACK_SECRET_DIR = "/var/run/secrets/bundleserve/callback"
+
+
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+def parse_json_body(body: bytes, model: type[_Body]) -> _Body:
+    """A request body that must be one JSON object, validated by `model`: the one parser of request documents for
+    every dialect (native, Launch), with InvalidRequest (400) naming what is wrong."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest("the request body must be a JSON object with args or url")
+    try:
+        return model.model_validate(document)
+    except ValidationError as error:
+        raise InvalidRequest(format_validation_error(error)) from None

@@ -11,11 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-
 from bundleserve.api.errors import InvalidRequest
-from bundleserve.api.invocation import PredictRequest
-from bundleserve.api.manifest import format_validation_error
+from bundleserve.api.invocation import PredictRequest, parse_json_body
 
 
 @dataclass(slots=True)
@@ -55,16 +52,7 @@ def _fast_args(body: bytes) -> Call | None:
 
 def parse_request(body: bytes) -> PredictRequest:
     """The full request model from a non-empty body; InvalidRequest with a readable reason (the slow, general path)."""
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
-    if not isinstance(document, dict):
-        raise InvalidRequest("the request body must be a JSON object with args or url")
-    try:
-        return PredictRequest.model_validate(document)
-    except ValidationError as error:
-        raise InvalidRequest(format_validation_error(error)) from None
+    return parse_json_body(body, PredictRequest)
 
 
 def parse_call(body: bytes, *, kwargs_only: bool) -> Call:

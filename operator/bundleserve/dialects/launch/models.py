@@ -14,11 +14,10 @@ from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from bundleserve.api.errors import InvalidRequest
-from bundleserve.api.invocation import CallbackAuthRequest, Invocation
-from bundleserve.api.manifest import format_validation_error
+from bundleserve.api.invocation import CallbackAuthRequest, Invocation, parse_json_body
 
 
 class LaunchTaskStatus(StrEnum):
@@ -77,16 +76,7 @@ def parse_task_request(body: bytes, model: type[_R]) -> _R:
     """The request model from a body; InvalidRequest with a readable reason."""
     if not body.strip():
         raise InvalidRequest("the request body is empty: send a JSON object with args or url")
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
-    if not isinstance(document, dict):
-        raise InvalidRequest("the request body must be a JSON object with args or url")
-    try:
-        request = model.model_validate(document)
-    except ValidationError as error:
-        raise InvalidRequest(format_validation_error(error)) from None
+    request = parse_json_body(body, model)
     if request.cloudpickle is not None:
         raise InvalidRequest("cloudpickle inputs are not accepted: send args (JSON) or url")
     if request.url is None and request.args is None:
