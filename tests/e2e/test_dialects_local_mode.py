@@ -16,6 +16,7 @@ from tests.integration.conftest import http  # noqa: F401 - the aiohttp client f
 from tests.integration.test_launch_dialect import (  # noqa: F401 - the Launch tests, re-collected
     API_KEY,
     ASYNC,
+    LAUNCH_PYTHON,
     SYNC,
     LaunchTarget,
     _endpoint_file,
@@ -96,12 +97,11 @@ def test_the_ready_lines_boto3_example_works_as_printed(local_run: tuple[str, Se
     assert printed.stdout.strip() == "b'{}'"
 
 
-def test_the_ready_lines_launch_example_works_as_printed(
-    local_run: tuple[str, Server, Path], launch_python: Path
-) -> None:
+@pytest.mark.usefixtures("launch_python")  # installs the scale-launch environment when it is missing
+def test_the_ready_lines_launch_example_works_as_printed(local_run: tuple[str, Server, Path]) -> None:
     code = _example(local_run[1].log(), "Launch")
     printed = subprocess.run(
-        [str(launch_python), "-c", f"import launch; print(type({code}).__name__)"],
+        [str(LAUNCH_PYTHON), "-c", f"import launch; print(type({code}).__name__)"],
         capture_output=True,
         text=True,
         timeout=60,

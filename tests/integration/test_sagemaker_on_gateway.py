@@ -98,10 +98,8 @@ def entry_for(path: Path, router_url: str, *, ready: bool = True) -> EndpointEnt
 
 def gateway_app(directory: Path, entries: list[EndpointEntry], redis_url: str, **config: Any) -> ThreadedApp:
     """The gateway as `bundleserve gateway` builds it, with the SageMaker configuration of the boto3 suite."""
-    signing = sigv4.config_from_env(sagemaker_env(directory))
-    settings = GatewayConfig(
-        redis_url=redis_url, results_dir=directory / "results", sagemaker_signing=signing, **config
-    )
+    keys = sigv4.config_from_env(sagemaker_env(directory))
+    settings = GatewayConfig(redis_url=redis_url, results_dir=directory / "results", sagemaker_signing=keys, **config)
     return ThreadedApp(build_gateway_app(Registry(entries), settings))
 
 
@@ -202,9 +200,7 @@ def test_a_signed_request_through_a_gateway_with_api_keys(keyed_gateway: SageMak
     assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403  # SageMaker renders Unauthorized as 403
 
 
-def test_async_is_accepted_with_no_router_and_finishes_once_one_starts(
-    backend: dict[str, Any], tmp_path: Path
-) -> None:
+def test_async_is_accepted_with_no_router_and_finishes_once_one_starts(backend: dict[str, Any], tmp_path: Path) -> None:
     directory: Path = backend["directory"]
     router_port = free_port()
     entry = entry_for(backend["endpoint_file"], f"http://127.0.0.1:{router_port}", ready=False)

@@ -30,10 +30,10 @@ from aiohttp import web
 
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import ManifestError, load_endpoints
+from bundleserve.dialects.sagemaker import sigv4
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.readiness import poll_readiness
 from bundleserve.gateway.registry import EndpointEntry, Registry
-from bundleserve.dialects.sagemaker import sigv4
 from bundleserve.local.plan import (
     EndpointPlan,
     PlanError,

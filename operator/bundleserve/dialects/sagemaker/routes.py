@@ -35,7 +35,9 @@ class FrontGate(Protocol):
     `read_body` applies the limit of the endpoint the request names (the route's `{name}`).
     """
 
-    def gate(self, name: str | None, authorization: str | None, mode: Mode, *, authenticated: bool = False) -> object: ...
+    def gate(
+        self, name: str | None, authorization: str | None, mode: Mode, *, authenticated: bool = False
+    ) -> object: ...
 
     @property
     def requires_api_key(self) -> bool: ...
