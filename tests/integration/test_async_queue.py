@@ -492,3 +492,35 @@ async def test_touch_resets_the_idle_time_a_reclaim_looks_at(config: QueueConfig
     await async_wait_until(idle_long_enough, timeout=5, what="the entry to become reclaimable")
     assert await queue.touch("holder", [started]) == [True]
     assert await queue.reclaim("other", 10) == []
+
+
+async def test_a_tasks_own_request_ttl_shortens_the_endpoints_and_never_extends_it(
+    redis: aioredis.Redis, config: QueueConfig, start_worker, make_queue, tmp_path: Path
+):
+    """Regression: `TaskService.submit` dropped `request_ttl_seconds` (SageMaker's RequestTTLSeconds), so every task
+    waited as long as the endpoint's requestTTLSeconds (60 s here)."""
+    from bundleserve.api.invocation import Invocation
+    from bundleserve.queue.service import TaskService
+
+    waiter = CompletionWaiter(redis)
+    service = TaskService(make_queue(config), FilesystemResultStore(tmp_path / "results"), waiter)
+    try:
+
+        async def submit(args: bytes, ttl: float | None) -> str:
+            return await service.submit(
+                Invocation(body=args), callback=None, request_ttl_seconds=ttl, invocation_timeout_seconds=None
+            )
+
+        short = await submit(b'{"n": 1}', 5)
+        default = await submit(b'{"n": 2}', None)
+        longer = await submit(b'{"n": 3}', 3600)
+        for task_id, waited in ((short, 10), (default, 10), (longer, config.request_ttl_seconds + 1)):
+            await redis.hset(keys.task(task_id), "created_at", repr(time.time() - waited))
+        start_worker(config)
+        expired = await finished(redis, short)
+        assert expired.status is TaskStatus.EXPIRED
+        assert "(5 s)" in (expired.traceback or "")
+        assert (await finished(redis, default)).status is TaskStatus.SUCCESS
+        assert (await finished(redis, longer)).status is TaskStatus.EXPIRED  # the endpoint's 60 s still bound it
+    finally:
+        await waiter.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import pickle
 import subprocess
@@ -92,7 +93,14 @@ def launch_python() -> Path:
 
 @pytest.fixture(scope="module")
 def launch_target(tmp_path_factory: pytest.TempPathFactory, valkey_server: Valkey) -> Iterator[LaunchTarget]:
-    directory = tmp_path_factory.mktemp("launch")
+    with launch_routers(tmp_path_factory.mktemp("launch"), valkey_server) as target:
+        yield target
+
+
+@contextlib.contextmanager
+def launch_routers(directory: Path, valkey_server: Valkey) -> Iterator[LaunchTarget]:
+    """The bundle runtime and one router per endpoint (SYNC, ASYNC), API keys on; also the backend of the gateway's
+    and local mode's runs of these tests."""
     keys = directory / "api-keys"
     keys.write_text(f"{API_KEY}\n")
     port = free_port()

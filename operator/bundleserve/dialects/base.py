@@ -32,9 +32,15 @@ class InvocationBackend(Protocol):
     Errors are `bundleserve.api.errors.ApiError` subclasses; the dialect renders them in its own shape.
     """
 
-    def gate(self, name: str | None, authorization: str | None, mode: Mode) -> None:
-        """Refuse before the body is read: unknown endpoint (NotFound), API key (Unauthorized), mode not served
-        (ModeNotServed), draining or not ready (Unavailable; not for async submissions)."""
+    def gate(self, name: str | None, authorization: str | None, mode: Mode, *, authenticated: bool = False) -> None:
+        """Refuse before the body is read: unknown endpoint (NotFound), API key (Unauthorized; skipped when the
+        dialect says `authenticated`, having verified a credential of its own), mode not served (ModeNotServed),
+        draining or not ready (Unavailable; not for async submissions)."""
+        ...
+
+    @property
+    def requires_api_key(self) -> bool:
+        """True when the gate checks API keys (so a presented API key is a real credential, not decoration)."""
         ...
 
     async def read_body(self, request: web.Request) -> bytes:

@@ -3,7 +3,9 @@
 - sync and streaming requests are proxied unchanged to the endpoint's router (`gateway.proxy`);
 - async submissions, task status and stored results are served from the queue directly (`gateway.tasks`), so they
   work while the endpoint has no ready replica;
-- `GET /v1/endpoints[/{name}]` lists and describes what the registry holds (`gateway.registry`).
+- `GET /v1/endpoints[/{name}]` lists and describes what the registry holds (`gateway.registry`);
+- the SageMaker Runtime and Launch dialects (`gateway.dialects`): their async operations over the same queues,
+  their sync and streaming calls proxied to the endpoint's router.
 
 Errors use the router's one rendering middleware and the API-key gate of `router.auth`: a client cannot tell the
 gateway's refusals from a router's.
@@ -21,18 +23,22 @@ from aiohttp import web
 
 from bundleserve import __version__
 from bundleserve.api.endpoint import Mode
-from bundleserve.api.errors import NotFound, Unavailable
-from bundleserve.dialects.base import public_base_url
+from bundleserve.api.errors import InvalidRequest, NotFound, Unavailable
+from bundleserve.api.invocation import Invocation
+from bundleserve.dialects.base import TaskBackend, public_base_url
+from bundleserve.dialects.launch import routes as launch
+from bundleserve.dialects.sagemaker import routes as sagemaker
+from bundleserve.dialects.sagemaker import sigv4
 from bundleserve.gateway.docs import add_docs_routes
-from bundleserve.gateway.proxy import forward
+from bundleserve.gateway.proxy import forward, read_capped
 from bundleserve.gateway.registry import EndpointEntry, Registry
 from bundleserve.gateway.tasks import EndpointQueues
 from bundleserve.queue.service import SubmitChecks, TaskService, stored_result
+from bundleserve.queue.tasks import CallbackTarget, TaskRecord
 from bundleserve.router import openapi
 from bundleserve.router.app import render_errors
 from bundleserve.router.async_routes import parse_wait, submit_native, task_body
 from bundleserve.router.auth import ApiKeys, require_key
-from bundleserve.router.core import too_large
 
 _JSON = "application/json"
 
@@ -46,7 +52,9 @@ class GatewayConfig:
     results_url: str | None = None
     #: What async submissions must pass before they are queued (url schemes, callback destinations), as on routers.
     submit_checks: SubmitChecks = field(default_factory=SubmitChecks)
-    #: Extra aiohttp sub-setups (the dialects' async adapters), each called with (app, gateway).
+    #: Who may call the SageMaker dialect (SigV4 keys, unsigned access); None: from the environment, as routers.
+    sagemaker_signing: sigv4.SigV4Config | None = None
+    #: Extra aiohttp sub-setups, each called with (app, gateway) after the built-in dialects.
     dialects: list[Callable[[web.Application, Gateway], None]] = field(default_factory=list)
 
 
@@ -64,11 +72,41 @@ class Gateway:
 
     # -- the gate every /v1 route passes before reading a body -------------------------------------------------
 
-    def gate(self, name: str, authorization: str | None, mode: Mode | None) -> EndpointEntry:
-        """API key, then name and mode. Readiness is the router's to judge: a request to an endpoint without a ready
-        replica gets the router's (or the proxy's) 503, and async submissions never depend on it."""
-        require_key(self.keys, authorization)
-        return self.registry.resolve(name, mode)
+    def gate(
+        self, name: str | None, authorization: str | None, mode: Mode | None, *, authenticated: bool = False
+    ) -> EndpointEntry | None:
+        """API key (unless a dialect verified its own credential: `authenticated`), then name and mode; `name=None`
+        (a route addressed by task id only) checks the key alone. Readiness is the router's to judge: a request to
+        an endpoint without a ready replica gets the router's (or the proxy's) 503, and async submissions never
+        depend on it. The dialects' forwarding mounts call this same method (it satisfies their gate Protocols)."""
+        if not authenticated:
+            require_key(self.keys, authorization)
+        return None if name is None else self.registry.resolve(name, mode)
+
+    def gate_entry(self, name: str, authorization: str | None, mode: Mode | None) -> EndpointEntry:
+        entry = self.gate(name, authorization, mode)
+        assert entry is not None  # a name was given
+        return entry
+
+    @property
+    def requires_api_key(self) -> bool:
+        return self.keys is not None
+
+    async def read_body(self, request: web.Request) -> bytes:
+        """The body under the limit of the endpoint the request names (the route's `{name}`, or Launch's
+        `model_endpoint_id` query parameter), for the dialects' async adapters."""
+        name = request.match_info.get("name") or request.query.get("model_endpoint_id", "").strip()
+        if not name:
+            raise InvalidRequest("the request names no endpoint")
+        return await read_capped(request, self.registry.resolve(name).max_payload_bytes)
+
+    def upstream_authorization(self) -> str | None:
+        """The credential the gateway sends a router when it authenticated the client itself (a SigV4 signature):
+        one of its API keys, which the routers accept too (the chart mounts the same Secret in both); None when the
+        gateway has no keys (then neither have the routers)."""
+        if not self.config.api_keys:
+            return None
+        return f"Bearer {min(self.config.api_keys)}"
 
     def require_queues(self) -> EndpointQueues:
         if self.queues is None:
@@ -90,13 +128,26 @@ class Gateway:
         return web.json_response(entry.describe())
 
     def gate_name(self, request: web.Request, mode: Mode | None) -> EndpointEntry:
-        return self.gate(request.match_info["name"], request.headers.get("Authorization"), mode)
+        return self.gate_entry(request.match_info["name"], request.headers.get("Authorization"), mode)
 
     async def proxy_to(self, request: web.Request, name: str, mode: Mode) -> web.StreamResponse:
         """For the dialects' sync/stream routes: resolve `name` (ApiError for the dialect to render in its own
         shape: NotFound, ModeNotServed, Unauthorized, PayloadTooLarge, Unavailable) and forward unchanged."""
-        entry = self.gate(name, request.headers.get("Authorization"), mode)
+        entry = self.gate_entry(name, request.headers.get("Authorization"), mode)
         return await forward(request, entry, self.upstream())
+
+    async def proxy_verified(self, request: web.Request, name: str, mode: Mode, body: bytes) -> web.StreamResponse:
+        """For a dialect that gated the request and read and verified its body itself (SageMaker's SigV4): forward
+        that body, with the gateway's own credential in place of the client's (`upstream_authorization`)."""
+        entry = self.registry.resolve(name, mode)
+        return await forward(
+            request,
+            entry,
+            self.upstream(),
+            read_body=body,
+            authorization=self.upstream_authorization(),
+            replace_authorization=True,
+        )
 
     async def predict(self, request: web.Request) -> web.StreamResponse:
         return await forward(request, self.gate_name(request, Mode.SYNC), self.upstream())
@@ -107,6 +158,10 @@ class Gateway:
     def task_service(self, name: str) -> TaskService:
         """For the dialects' async adapters: the endpoint's task service by name (NotFound, Unavailable)."""
         return self.require_queues().service(self.registry.resolve(name, Mode.ASYNC))
+
+    def task_owner(self) -> TaskOwners:
+        """For routes addressed by task id alone (Launch's `GET /v1/async-tasks/{id}`): the task's own endpoint."""
+        return TaskOwners(self)
 
     async def submit(self, request: web.Request) -> web.Response:
         entry = self.gate_name(request, Mode.ASYNC)  # accepted at zero replicas: queued tasks wait for a worker
@@ -122,13 +177,8 @@ class Gateway:
     async def task_status(self, request: web.Request) -> web.Response:
         """The record names the task's endpoint; its service long-polls that endpoint's `done` channel."""
         require_key(self.keys, request.headers.get("Authorization"))
-        queues = self.require_queues()
         task_id = request.match_info["task_id"]
-        wait = parse_wait(request.query.get("wait"))
-        record = await queues.owner(task_id)
-        entry = self.registry.get(record.namespace or "default", record.endpoint) if record is not None else None
-        if record is not None and entry is not None and wait > 0:
-            record = await queues.service(entry).status(task_id, wait_seconds=wait)
+        record = await self.task_owner().status(task_id, wait_seconds=parse_wait(request.query.get("wait")))
         if record is None:
             raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
         public_url = public_base_url(request.headers, scheme=request.scheme)  # an absolute result_url, as routers
@@ -154,19 +204,37 @@ class Gateway:
         return web.json_response(document)
 
 
-async def read_capped(request: web.Request, limit: int) -> bytes:
-    """The whole body, refused with 413 by Content-Length before reading, and for chunked bodies as soon as the
-    count passes the limit (memory stays bounded by the limit)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large(request.content_length, limit)
-    parts: list[bytes] = []
-    seen = 0
-    async for chunk in request.content.iter_any():
-        seen += len(chunk)
-        if seen > limit:
-            raise too_large(None, limit)
-        parts.append(chunk)
-    return b"".join(parts)
+class TaskOwners:
+    """A `TaskBackend` for a task id alone: the task's record names its endpoint, whose service answers.
+
+    Submitting needs an endpoint, so `submit` refuses; the status long-poll and stored results work for any task.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def submit(
+        self,
+        inv: Invocation,
+        *,
+        callback: CallbackTarget | None,
+        request_ttl_seconds: float | None,
+        invocation_timeout_seconds: float | None,
+    ) -> str:
+        raise InvalidRequest("a submission must name its endpoint")
+
+    async def status(self, task_id: str, *, wait_seconds: float) -> TaskRecord | None:
+        queues = self.gateway.require_queues()
+        record = await queues.owner(task_id)
+        if record is None:
+            return None
+        entry = self.gateway.registry.get(record.namespace or "default", record.endpoint)
+        if entry is not None and wait_seconds > 0:
+            return await queues.service(entry).status(task_id, wait_seconds=wait_seconds)
+        return record
+
+    async def result(self, task_id: str) -> tuple[bytes, str]:
+        return await stored_result(self.gateway.require_queues().store, task_id)
 
 
 def _gateway_paths() -> dict[str, Any]:
@@ -220,6 +288,28 @@ def _gateway_paths() -> dict[str, Any]:
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
+def add_dialect_routes(app: web.Application, gateway: Gateway) -> None:
+    """SageMaker Runtime and Launch on the gateway (docs/gateway.md, "Dialects"): gated by `Gateway.gate`, async
+    over the endpoints' queues (so submissions work at zero replicas), sync and streaming calls proxied."""
+
+    def python_bundle(name: str) -> bool:
+        return gateway.registry.resolve(name).endpoint.spec.bundle.is_python
+
+    signing = gateway.config.sagemaker_signing or sigv4.config_from_env()
+    api = sagemaker.SageMakerApi(
+        sagemaker.SageMakerSettings(signing=signing, python_bundle=python_bundle),
+        tasks=gateway.task_service,
+        gate=gateway,
+        forward=gateway.proxy_verified,
+    )
+    app.add_routes(sagemaker.routes(api))
+
+    def launch_tasks(name: str | None) -> TaskBackend:
+        return gateway.task_owner() if name is None else gateway.task_service(name)
+
+    launch.add_forwarding_routes(app, gateway, forward=gateway.proxy_to, tasks=launch_tasks)
+
+
 def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Application:
     """The application; the caller runs it (`gateway.server`, local mode) and keeps `app[GATEWAY].registry` fed."""
     gateway = Gateway(registry, config)
@@ -259,11 +349,7 @@ def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Applicat
     app.router.add_post("/v1/endpoints/{name}/async", gateway.submit)
     app.router.add_get("/v1/tasks/{task_id}", gateway.task_status)
     app.router.add_get("/v1/tasks/{task_id}/result", gateway.task_result)
-    # -- dialects: one line each (the integrator adds them when the dialect branches merge) --------------------
-    # Sync/stream routes of a dialect call `gateway.proxy_to(request, name, mode)`; its async adapters take the
-    # queue (TaskService resolver) by name. The integrator uncomments one line per dialect branch:
-    # DIALECT sagemaker: sagemaker.add_gateway_routes(app, proxy=gateway.proxy_to, tasks=gateway.task_service)
-    # DIALECT launch:    launch.add_gateway_routes(app, proxy=gateway.proxy_to, tasks=gateway.task_service)
+    add_dialect_routes(app, gateway)
     for setup in config.dialects:
         setup(app, gateway)
     return app

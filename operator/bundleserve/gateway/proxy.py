@@ -74,19 +74,38 @@ class BodyCap:
 
 
 async def forward(
-    request: web.Request, entry: EndpointEntry, session: aiohttp.ClientSession, *, path_qs: str | None = None
+    request: web.Request,
+    entry: EndpointEntry,
+    session: aiohttp.ClientSession,
+    *,
+    path_qs: str | None = None,
+    read_body: bytes | None = None,
+    authorization: str | None = None,
+    replace_authorization: bool = False,
 ) -> web.StreamResponse:
-    """Proxy `request` to the entry's router (same method, path and query unless `path_qs` is given)."""
+    """Proxy `request` to the entry's router (same method, path and query unless `path_qs` is given).
+
+    `read_body`: the body, already read under the limit by a caller that needed it first (the SageMaker dialect
+    verifies its signature over it). `replace_authorization`: the client's Authorization is not sent on, but
+    `authorization` (None: no header), for a credential only the gateway could check (a SigV4 signature).
+    """
     limit = entry.max_payload_bytes
     if request.content_length is not None and request.content_length > limit:
         raise too_large(request.content_length, limit)
     url = entry.router_url + (path_qs if path_qs is not None else request.rel_url.raw_path_qs)
     headers = upstream_headers(request)
-    if request.content_length is not None:
-        headers["Content-Length"] = str(request.content_length)  # same framing upstream: no re-chunking
+    if replace_authorization:
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        if authorization is not None:
+            headers["Authorization"] = authorization
     cap = BodyCap(request, limit)
     body: bytes | AsyncIterator[bytes] | None = None
-    if request.body_exists:
+    if read_body is not None:
+        body = read_body
+        headers["Content-Length"] = str(len(read_body))
+    elif request.content_length is not None:
+        headers["Content-Length"] = str(request.content_length)  # same framing upstream: no re-chunking
+    if read_body is None and request.body_exists:
         small = request.content_length is not None and request.content_length <= BUFFER_BYTES
         body = await request.read() if small else cap.chunks()
     response: web.StreamResponse | None = None
@@ -114,3 +133,18 @@ async def forward(
                 f"endpoint {entry.name} is not reachable (no ready router answered)", headers={"Retry-After": "1"}
             ) from None
         raise
+
+
+async def read_capped(request: web.Request, limit: int) -> bytes:
+    """The whole body, refused with 413 by Content-Length before reading, and for chunked bodies as soon as the
+    count passes the limit (memory stays bounded by the limit)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(request.content_length, limit)
+    parts: list[bytes] = []
+    seen = 0
+    async for chunk in request.content.iter_any():
+        seen += len(chunk)
+        if seen > limit:
+            raise too_large(None, limit)
+        parts.append(chunk)
+    return b"".join(parts)

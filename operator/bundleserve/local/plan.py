@@ -8,11 +8,12 @@ async endpoint. Building the plan is pure so it can be tested without starting a
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bundleserve.api.endpoint import Endpoint, Mode
+from bundleserve.dialects.sagemaker.sigv4 import ENV_ALLOW_UNSIGNED
 from bundleserve.queue.callbacks import INSECURE_CREDENTIALS_ENV
 from bundleserve.router.settings import ALLOW_LOOPBACK_ENV
 
@@ -118,8 +119,18 @@ def router_process(
 def local_router_env() -> dict[str, str]:
     """Local mode runs on one machine where the models, url inputs and callback receivers are usually on loopback
     too: the destination guard lets loopback through here, and callback credentials may go over plain http (to the
-    user's own receiver). A cluster's routers keep both refused."""
-    return {ALLOW_LOOPBACK_ENV: "true", INSECURE_CREDENTIALS_ENV: "true"}
+    user's own receiver). A cluster's routers keep both refused.
+
+    The routers also admit unsigned SageMaker requests: they listen on loopback behind the local gateway, which does
+    the SigV4 check when keys are configured and hands verified requests on without the signature."""
+    return {ALLOW_LOOPBACK_ENV: "true", INSECURE_CREDENTIALS_ENV: "true", ENV_ALLOW_UNSIGNED: "true"}
+
+
+def local_gateway_sagemaker_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The local gateway's SageMaker configuration: unsigned requests admitted unless the user's environment says
+    otherwise, so an unmodified boto3 client with `signature_version=UNSIGNED` works out of the box (and a signed
+    one too, once `BUNDLESERVE_SAGEMAKER_KEYS_FILE` or the key id/secret pair is set)."""
+    return {ENV_ALLOW_UNSIGNED: "true", **environ}
 
 
 def needs_redis(endpoints: Sequence[Endpoint]) -> bool:

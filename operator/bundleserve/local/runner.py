@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
@@ -29,10 +30,18 @@ from aiohttp import web
 
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import ManifestError, load_endpoints
+from bundleserve.dialects.sagemaker import sigv4
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.readiness import poll_readiness
 from bundleserve.gateway.registry import EndpointEntry, Registry
-from bundleserve.local.plan import EndpointPlan, PlanError, local_router_env, needs_redis, plan_endpoints
+from bundleserve.local.plan import (
+    EndpointPlan,
+    PlanError,
+    local_gateway_sagemaker_env,
+    local_router_env,
+    needs_redis,
+    plan_endpoints,
+)
 from bundleserve.local.redis import EmbeddedRedis, RedisStartError, free_port
 from bundleserve.local.supervisor import Child, ChildFailed
 from bundleserve.queue.callbacks import insecure_credentials_allowed
@@ -83,7 +92,8 @@ def ready_message(base: str, plans: list[EndpointPlan]) -> str:
             f"  curl:    curl -s {base}/v1/endpoints/{sync}/predict -d '{{\"args\": {{}}}}'",
             f"  Python:  from bundleserve.client import Client, EndpointRequest; "
             f"Client('{base}').endpoint('{sync}').predict(EndpointRequest(args={{}}))",
-            f"  boto3:   boto3.client('sagemaker-runtime', endpoint_url='{base}', region_name='local')"
+            f"  boto3:   import boto3, botocore; boto3.client('sagemaker-runtime', endpoint_url='{base}', "
+            f"region_name='local', config=botocore.config.Config(signature_version=botocore.UNSIGNED))"
             f".invoke_endpoint(EndpointName='{sync}', Body=b'{{}}', ContentType='application/json')",
             f"  Launch:  launch.LaunchClient(api_key='local', endpoint='{base}/v1/hosted_inference')"
             f".get_model_endpoint('{sync}')",
@@ -133,7 +143,12 @@ class LocalRun:
         checks = SubmitChecks(
             destinations=read_url_policy(local), allow_insecure_credentials=insecure_credentials_allowed(local)
         )
-        config = GatewayConfig(redis_url=redis_url, results_dir=results_dir, submit_checks=checks)
+        config = GatewayConfig(
+            redis_url=redis_url,
+            results_dir=results_dir,
+            submit_checks=checks,
+            sagemaker_signing=sigv4.config_from_env(local_gateway_sagemaker_env(os.environ)),
+        )
         self.runner = web.AppRunner(
             build_gateway_app(registry, config), access_log=None, handle_signals=False, handler_cancellation=True
         )

@@ -157,9 +157,16 @@ class TaskQueue:
 
     # -- submit -------------------------------------------------------------------------------------------------
 
-    async def submit(self, request: TaskRequest, callback: CallbackTarget | None = None) -> str:
-        """Store the record and append the task; returns the task id once Redis holds it as durably as configured."""
-        return await self.submit_encoded(request.dumps(), callback)
+    async def submit(
+        self, request: TaskRequest, callback: CallbackTarget | None = None, *, request_ttl_seconds: float | None = None
+    ) -> str:
+        """Store the record and append the task; returns the task id once Redis holds it as durably as configured.
+
+        `request_ttl_seconds`: this task's own limit on its wait for a worker (SageMaker's RequestTTLSeconds), kept
+        in the record as `request_ttl`; the pick-up applies the smaller of it and the endpoint's `requestTTLSeconds`.
+        """
+        task_id, _ = await self.submit_claiming(request.dumps(), callback, request_ttl_seconds=request_ttl_seconds)
+        return task_id
 
     async def submit_encoded(self, request_json: str | bytes, callback: CallbackTarget | None = None) -> str:
         """`submit` for a request already in `TaskRequest.dumps` form (the HTTP edge's `{"args": ...}` body as is)."""
@@ -172,6 +179,7 @@ class TaskQueue:
         callback: CallbackTarget | None = None,
         *,
         claim_for: str | None = None,
+        request_ttl_seconds: float | None = None,
     ) -> tuple[str, list[Started]]:
         """Submit; with `claim_for` (a worker with an idle slot) also pick up the next task for it, in one step.
 
@@ -199,6 +207,8 @@ class TaskQueue:
         if callback is not None:
             fields["callback"] = callback.dumps()
             fields["callback_status"] = "pending"
+        if request_ttl_seconds is not None:
+            fields["request_ttl"] = repr(float(request_ttl_seconds))
         cfg = self.config
         args = [
             task_id,

@@ -48,17 +48,20 @@ _START_ONE = (
 local function start_one(stream, dead, key, entry, task_id, group, worker, now_text, request_ttl, max_attempts,
                          result_ttl, channel)
   local now = tonumber(now_text)
-  local cur = redis.call('HMGET', key, 'status', 'created_at', 'attempts', 'request', 'traceback', 'callback')
+  local cur = redis.call('HMGET', key, 'status', 'created_at', 'attempts', 'request', 'traceback', 'callback',
+                        'request_ttl')
   local callback = cur[6] or ''
+  local ttl = tonumber(request_ttl)
+  if cur[7] and tonumber(cur[7]) < ttl then ttl = tonumber(cur[7]) end  -- a task's own TTL only shortens it
   if not cur[1] then
     done(stream, group, entry)
     return {entry, task_id, 'gone', 0, '', ''}
   elseif terminal(cur[1]) then
     done(stream, group, entry)
     return {entry, task_id, 'skip', 0, '', ''}
-  elseif now - tonumber(cur[2]) > tonumber(request_ttl) then
+  elseif now - tonumber(cur[2]) > ttl then
     redis.call('HSET', key, 'status', 'EXPIRED', 'finished_at', now_text,
-      'traceback', 'the task waited longer than requestTTLSeconds (' .. request_ttl .. ' s) before a worker picked it up')
+      'traceback', 'the task waited longer than requestTTLSeconds (' .. ttl .. ' s) before a worker picked it up')
     redis.call('EXPIRE', key, result_ttl)
     redis.call('HDEL', key, 'request')
     done(stream, group, entry)

@@ -98,22 +98,22 @@ class TaskService:
         """Queue `inv`; the task id once Redis holds the task. Raises Unavailable (503) when it does not: then the
         task never runs.
 
-        `invocation_timeout_seconds` shortens the endpoint's `async.invocationTimeoutSeconds` for this task (it never
-        extends it). `request_ttl_seconds` is accepted for the dialects (SageMaker's RequestTTLSeconds); the queue
-        applies the endpoint's `async.requestTTLSeconds` to every task (see docs/async.md).
+        `invocation_timeout_seconds` shortens the endpoint's `async.invocationTimeoutSeconds` for this task, and
+        `request_ttl_seconds` (SageMaker's RequestTTLSeconds) the endpoint's `async.requestTTLSeconds`: a task still
+        waiting for a worker after that long ends EXPIRED without running. Neither ever extends the endpoint's value.
         """
-        del request_ttl_seconds  # the endpoint's queue TTL applies; see the docstring
         self.checks.check(inv, callback)
         timeout = inv.timeout_seconds
         if invocation_timeout_seconds is not None and (timeout is None or invocation_timeout_seconds < timeout):
             timeout = invocation_timeout_seconds
         try:
-            if callback is None and timeout == inv.timeout_seconds and plain_args(inv):
+            plain = callback is None and request_ttl_seconds is None and timeout == inv.timeout_seconds
+            if plain and plain_args(inv):
                 return await self._submit_plain(b'{"args":' + inv.body + b"}")
             request = TaskRequest.from_invocation(inv)
             if timeout != inv.timeout_seconds:
                 request = replace(request, timeout_seconds=timeout)
-            return await self.queue.submit(request, callback)
+            return await self.queue.submit(request, callback, request_ttl_seconds=request_ttl_seconds)
         except QueueUnavailable as error:
             raise Unavailable(str(error), headers={"Retry-After": "1"}) from None
         except QueueFull as error:

@@ -115,16 +115,22 @@ class InvocationCore:
 
     # -- before the body ------------------------------------------------------------------------------------------
 
-    def gate(self, name: str | None, authorization: str | None, mode: Mode) -> None:
+    def gate(self, name: str | None, authorization: str | None, mode: Mode, *, authenticated: bool = False) -> None:
         """Refuse before reading the body: another endpoint's name (None: our own exact path), a missing API key,
         a mode this endpoint does not serve, and, for sync and streaming, draining or a model that is not ready.
+
+        `authenticated=True` means the dialect already proved who the caller is with a credential of its own (a
+        verified SageMaker SigV4 signature, whose key the operator configured): the API-key check is skipped then,
+        every other check stays. An unmodified AWS SDK cannot send an API key, so without this a router with API keys
+        would refuse every SageMaker request.
 
         Async submissions pass while the model loads or the router drains: the queue is in Redis and any replica's
         worker runs the task later.
         """
         if name is not None and name != self.name:
             raise NotFound(f"this router serves endpoint {self.name!r}, not {name!r}")
-        self.authorize(authorization)
+        if not authenticated:
+            self.authorize(authorization)
         state = self.state
         if not state.settings.serves(mode):
             raise ModeNotServed(f"endpoint {self.name!r} does not serve the {mode.value} mode")
@@ -134,6 +140,11 @@ class InvocationCore:
             raise Unavailable("the router is shutting down; retry on another replica")
         if not state.readiness.ready:
             raise ModelNotReady("the model is not ready yet")
+
+    @property
+    def requires_api_key(self) -> bool:
+        """True when API keys are configured (an API key is then a credential a dialect may accept)."""
+        return self.state.api_keys is not None
 
     def authorize(self, authorization: str | None) -> None:
         """The API key check alone (routes that are not an invocation: a stored result)."""

@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
@@ -26,6 +27,30 @@ from bundleserve.dialects.sagemaker import eventstream, protocol, sigv4
 from bundleserve.dialects.sagemaker.protocol import Operation
 
 TaskResolver = Callable[[str], TaskBackend]  # endpoint name -> its tasks (raises NotFound for an unknown name)
+
+
+class FrontGate(Protocol):
+    """What a front for many endpoints (the gateway) offers in place of the core: the same gate and body limit.
+
+    `read_body` applies the limit of the endpoint the request names (the route's `{name}`).
+    """
+
+    def gate(
+        self, name: str | None, authorization: str | None, mode: Mode, *, authenticated: bool = False
+    ) -> object: ...
+
+    @property
+    def requires_api_key(self) -> bool: ...
+
+    async def read_body(self, request: web.Request) -> bytes: ...
+
+
+#: A front's hand-over of a sync or streaming call whose body it has read (and whose signature it verified) to the
+#: endpoint's router: `(request, name, mode, body)`. Raises ApiError (unreachable router, ...) before answering.
+Forward = Callable[[web.Request, str, Mode, bytes], Awaitable[web.StreamResponse]]
+
+#: Authorization schemes that carry a bundleserve API key (router.auth), accepted instead of SigV4 where keys exist.
+_API_KEY_SCHEMES = ("bearer", "basic")
 
 log = logging.getLogger("bundleserve.dialects.sagemaker")
 
@@ -44,8 +69,10 @@ class SageMakerSettings:
 
 
 class SageMakerApi:
-    """The handlers of one server. `invocations` (the core) serves sync and streams and gates every request; without
-    it (the gateway) only the async operation and its locations exist, over `tasks`, which resolves a name."""
+    """The handlers of one server. On a router `invocations` (the core) serves sync and streams and gates every
+    request. On a front (the gateway) `gate` gates, `forward` hands sync and streaming calls to the endpoint's router
+    after the signature was verified here, and async submissions and their locations are served over `tasks`, which
+    resolves a name. With neither a core nor a gate only the async operation exists, ungated (a test harness)."""
 
     def __init__(
         self,
@@ -53,10 +80,16 @@ class SageMakerApi:
         *,
         invocations: InvocationBackend | None = None,
         tasks: TaskResolver | None = None,
+        gate: FrontGate | None = None,
+        forward: Forward | None = None,
     ) -> None:
+        if invocations is not None and (gate is not None or forward is not None):
+            raise ValueError("SageMakerApi takes either the core (a router) or a gate and forward (a front)")
         self.settings = settings
         self.invocations = invocations
         self.tasks = tasks
+        self.gatekeeper: FrontGate | InvocationBackend | None = invocations if invocations is not None else gate
+        self.forward = forward
 
     # -- shared steps ----------------------------------------------------------------------------------------------
 
@@ -65,16 +98,38 @@ class SageMakerApi:
         return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
 
     def _authenticate(self, request: web.Request) -> tuple[sigv4.SignedRequest | None, str | None]:
-        """Headers-only SigV4 checks; returns the parsed signature and the Authorization for the core's gate.
+        """Headers-only SigV4 checks; returns the parsed signature and the Authorization for the gate.
 
-        A verified SigV4 signature is this dialect's authentication, so the gate is asked without an API key then;
-        unsigned requests (when allowed) pass their Authorization header, if any, to the gate unchanged.
+        A SigV4 signature (verified over the body once read) is this dialect's authentication: the gate is then
+        asked with `authenticated=True`, so a router or gateway with API keys does not also demand one (an AWS SDK
+        cannot send it). An API key (`Bearer KEY`, or Basic) instead of a signature is accepted where API keys are
+        configured: the gate checks it, as on every other route; that is how the gateway hands on a request whose
+        signature it verified (docs/dialects.md, "Where each dialect is served"). Unsigned requests (when allowed)
+        pass their Authorization header, if any, to the gate unchanged.
         """
         signing = self.settings.signing
-        if signing.open:
-            return None, request.headers.get("Authorization")
+        authorization = request.headers.get("Authorization")
+        if signing.open or (_is_api_key(authorization) and self._requires_api_key()):
+            return None, authorization
         signed = sigv4.parse_authorization(signing, request.headers)
-        return signed, None if signed is not None else request.headers.get("Authorization")
+        return signed, None if signed is not None else authorization
+
+    def _requires_api_key(self) -> bool:
+        return self.gatekeeper is not None and self.gatekeeper.requires_api_key
+
+    def _gate(self, name: str, signed: sigv4.SignedRequest | None, authorization: str | None, mode: Mode) -> None:
+        """The one gate (the core's or the front's), with SageMaker's wording for an unknown endpoint."""
+        if self.gatekeeper is None:
+            return
+        try:
+            self.gatekeeper.gate(name, authorization, mode, authenticated=signed is not None)
+        except NotFound:
+            raise protocol.unknown_endpoint(name) from None
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        if self.gatekeeper is None:
+            return await request.read()
+        return await self.gatekeeper.read_body(request)
 
     def _verify(self, request: web.Request, signed: sigv4.SignedRequest | None, body: bytes) -> None:
         if signed is None:
@@ -96,16 +151,34 @@ class SageMakerApi:
             raise protocol.unknown_endpoint(name)
         return self.invocations
 
+    async def _forwarded(self, request: web.Request, request_id: str, operation: Operation) -> web.StreamResponse:
+        """On a front: the same parsing and checks as the router's (headers, gate, body limit, signature), then
+        the request is handed on unchanged; the router's answer goes back to the client as it is."""
+        assert self.forward is not None
+        mode = Mode.SYNC if operation is Operation.INVOKE else Mode.STREAMING
+        try:
+            name = request.match_info["name"]
+            signed, authorization = self._authenticate(request)
+            protocol.parse_request(operation, name, request.headers, variant=self.settings.variant)
+            self._gate(name, signed, authorization, mode)
+            body = await self._read_body(request)
+            self._verify(request, signed, body)
+            return await self.forward(request, name, mode, body)
+        except ApiError as error:
+            return self._error(error, request_id)
+
     # -- InvokeEndpoint --------------------------------------------------------------------------------------------
 
-    async def invoke(self, request: web.Request) -> web.Response:
+    async def invoke(self, request: web.Request) -> web.StreamResponse:
         request_id = protocol.new_request_id()
+        if self.forward is not None:
+            return await self._forwarded(request, request_id, Operation.INVOKE)
         try:
             name = request.match_info["name"]
             signed, authorization = self._authenticate(request)
             parsed = protocol.parse_request(Operation.INVOKE, name, request.headers, variant=self.settings.variant)
             backend = self._backend(name)
-            _gate(backend, name, authorization, Mode.SYNC)
+            self._gate(name, signed, authorization, Mode.SYNC)
             body = await backend.read_body(request)
             self._verify(request, signed, body)
             invocation = protocol.build_invocation(parsed, body, python_bundle=self.settings.python_bundle(name))
@@ -122,6 +195,8 @@ class SageMakerApi:
 
     async def invoke_stream(self, request: web.Request) -> web.StreamResponse:
         request_id = protocol.new_request_id()
+        if self.forward is not None:
+            return await self._forwarded(request, request_id, Operation.INVOKE_STREAM)
         try:
             name = request.match_info["name"]
             signed, authorization = self._authenticate(request)
@@ -129,7 +204,7 @@ class SageMakerApi:
                 Operation.INVOKE_STREAM, name, request.headers, variant=self.settings.variant
             )
             backend = self._backend(name)
-            _gate(backend, name, authorization, Mode.STREAMING)
+            self._gate(name, signed, authorization, Mode.STREAMING)
             body = await backend.read_body(request)
             self._verify(request, signed, body)
             python_bundle = self.settings.python_bundle(name)
@@ -157,13 +232,9 @@ class SageMakerApi:
             parsed = protocol.parse_request(
                 Operation.INVOKE_ASYNC, name, request.headers, variant=self.settings.variant
             )
-            if self.invocations is not None:
-                _gate(self.invocations, name, authorization, Mode.ASYNC)
+            self._gate(name, signed, authorization, Mode.ASYNC)
             tasks = self._tasks(name)
-            if self.invocations is not None:
-                body = await self.invocations.read_body(request)
-            else:
-                body = await request.read()
+            body = await self._read_body(request)
             self._verify(request, signed, body)
             invocation = protocol.build_invocation(
                 parsed,
@@ -235,16 +306,13 @@ class SageMakerApi:
         """The same authentication as the invocations (a signed GET over an empty body), then the endpoint's tasks."""
         signed, authorization = self._authenticate(request)
         self._verify(request, signed, b"")
-        if self.invocations is not None:
-            _gate(self.invocations, name, authorization, Mode.ASYNC)
+        self._gate(name, signed, authorization, Mode.ASYNC)
         return self._tasks(name)
 
 
-def _gate(backend: InvocationBackend, name: str, authorization: str | None, mode: Mode) -> None:
-    try:
-        backend.gate(name, authorization, mode)
-    except NotFound:
-        raise protocol.unknown_endpoint(name) from None
+def _is_api_key(authorization: str | None) -> bool:
+    scheme = (authorization or "").strip().partition(" ")[0].lower()
+    return scheme in _API_KEY_SCHEMES
 
 
 def _not_written(request_id: str, what: str) -> web.Response:
@@ -278,13 +346,13 @@ async def _pump(response: web.StreamResponse, chunks: AsyncIterator[StreamChunk]
 
 
 def routes(api: SageMakerApi) -> list[web.RouteDef]:
-    """The dialect's routes; sync and stream only when the API has an InvocationBackend."""
+    """The dialect's routes; sync and stream only when the API has an InvocationBackend or a front's Forward."""
     table = [
         web.post("/endpoints/{name}/async-invocations", api.invoke_async),
         web.get(OUTPUT_PATH, api.output),
         web.get(FAILURE_PATH, api.failure),
     ]
-    if api.invocations is not None:
+    if api.invocations is not None or api.forward is not None:
         table += [
             web.post("/endpoints/{name}/invocations", api.invoke),
             web.post("/endpoints/{name}/invocations-response-stream", api.invoke_stream),
@@ -292,9 +360,11 @@ def routes(api: SageMakerApi) -> list[web.RouteDef]:
     return table
 
 
-def settings_from_env(python_bundle: Callable[[str], bool]) -> SageMakerSettings:
+def settings_from_env(
+    python_bundle: Callable[[str], bool], environ: Mapping[str, str] | None = None
+) -> SageMakerSettings:
     """The dialect's configuration on a router or gateway (docs/dialects.md, "Signatures")."""
-    return SageMakerSettings(signing=sigv4.config_from_env(), python_bundle=python_bundle)
+    return SageMakerSettings(signing=sigv4.config_from_env(environ), python_bundle=python_bundle)
 
 
 def mount(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None) -> None:
