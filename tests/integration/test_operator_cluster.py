@@ -71,10 +71,14 @@ def test_the_chart_installs_and_its_crds_are_established(kube_cluster: ControlPl
     assert established(kube_cluster, "endpoints.bundleserve.dev")
 
 
+STANDARD_FIELDS = ("apiVersion", "kind", "metadata")
+
+
 def _described(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, str | None]]:
-    """(path, description) of every property and list item below a node; metadata is left to ObjectMeta."""
+    """(path, description) of every property and list item below a node. apiVersion, kind and metadata are left
+    out: the API server publishes its own standard texts for them (metadata as ObjectMeta)."""
     for key, child in schema.get("properties", {}).items():
-        if path or key != "metadata":
+        if path or key not in STANDARD_FIELDS:
             yield f"{path}.{key}", child.get("description")
             yield from _described(child, f"{path}.{key}")
     if isinstance(schema.get("items"), dict):
@@ -105,6 +109,7 @@ def test_kubectl_explain_reads_every_description_from_the_api_server(
     assert len(expected) > 100 and all(expected.values())
     assert {path: published.get(path) for path in expected} == expected
     assert schema["description"] == openapi_schema()["description"]
+    assert all(schema["properties"][key].get("description") for key in STANDARD_FIELDS[:2])
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c["id"]) for c in CORPUS["invalid"]])

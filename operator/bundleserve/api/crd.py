@@ -230,12 +230,9 @@ def openapi_schema() -> Schema:
         "properties": {
             "apiVersion": {"description": f"Always {api.API_VERSION}.", "type": "string"},
             "kind": {"description": f"Always {api.KIND}.", "type": "string"},
-            "metadata": {
-                "description": "Standard Kubernetes object metadata.",
-                "type": "object",
-                # Only restrictions of name are allowed here; the served OpenAPI documents metadata as ObjectMeta.
-                "properties": {"name": metadata_name},
-            },
+            # Only type and restrictions of name/generateName are allowed here (not even a description): the API
+            # server publishes metadata as the documented ObjectMeta.
+            "metadata": {"type": "object", "properties": {"name": metadata_name}},
             "spec": {"description": "Desired state: what to serve and how.", **spec},
             "status": {"description": "Observed state, written by the operator.", **status},
         },
