@@ -62,6 +62,8 @@ VALUES: dict[str, dict[str, Any]] = {
         "gateway": {"enabled": True},
         "redis": {"existingSecret": "external-redis"},
     },
+    # Every route anonymous: no API-key Secret at all (documented, NOTES.txt warns).
+    "auth-off": {"auth": {"enabled": False}, "gateway": {"enabled": True}},
     # Results in S3-compatible storage (MinIO-style endpoint) instead of a volume.
     "s3-results": {
         "redis": {"enabled": True},
@@ -296,9 +298,9 @@ def test_chart_crds_directory_holds_the_kopf_peering_crds(chart_crds: list[dict[
 
 def test_optional_features_are_off_by_default(rendered: dict[str, Rendered]) -> None:
     kinds = sorted(obj["kind"] for obj in rendered["default"].objects)
-    assert kinds == sorted(
-        ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"]
-    )
+    # The Secret is the generated API key: auth is not optional by default.
+    expected = ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"]
+    assert kinds == sorted([*expected, "Service", "Secret"])
 
 
 def test_default_operator_is_cluster_wide_and_standalone(rendered: dict[str, Rendered]) -> None:
@@ -311,7 +313,8 @@ def test_default_operator_is_cluster_wide_and_standalone(rendered: dict[str, Ren
     env = _env(container)
     assert env["BUNDLESERVE_IMAGE"] == container["image"]
     assert env["BUNDLESERVE_KEDA"] == "auto"
-    assert not {"BUNDLESERVE_REDIS_SECRET", "BUNDLESERVE_API_KEYS_SECRET", "BUNDLESERVE_RESULTS_PVC"} & set(env)
+    assert not {"BUNDLESERVE_REDIS_SECRET", "BUNDLESERVE_RESULTS_PVC"} & set(env)
+    assert env["BUNDLESERVE_API_KEYS_SECRET"] == f"{RELEASE}-bundleserve-api-keys"  # secure by default
 
 
 def test_operator_probes_use_the_health_port(rendered: dict[str, Rendered]) -> None:
@@ -394,7 +397,8 @@ def test_operator_reads_the_rendered_environment(rendered: dict[str, Rendered]) 
     assert (config.keda, config.hpa_metric, config.cpu_target_utilization) == (KedaMode.OFF, HpaMetric.INFLIGHT, 55)
     default = rendered["default"].one("Deployment", f"{RELEASE}-bundleserve-operator")
     defaults = {item["name"]: item["value"] for item in _container(default, "operator")["env"] if "value" in item}
-    assert OperatorConfig.from_env(defaults) == OperatorConfig(image=config.image)
+    generated = f"{RELEASE}-bundleserve-api-keys"
+    assert OperatorConfig.from_env(defaults) == OperatorConfig(image=config.image, api_keys_secret=generated)
 
 
 def test_s3_results_reach_the_operator_environment(rendered: dict[str, Rendered]) -> None:
@@ -437,7 +441,7 @@ def test_bundled_redis_is_durable_and_its_url_reaches_it(rendered: dict[str, Ren
 
 def test_bundled_redis_generates_a_password_when_none_is_given(chart: helm.Chart) -> None:
     objects = _parse(chart.render({"redis": {"enabled": True}}, name=RELEASE, namespace=NAMESPACE))
-    (secret,) = [obj for obj in objects if obj["kind"] == "Secret"]
+    (secret,) = [obj for obj in objects if obj["kind"] == "Secret" and obj["metadata"]["name"].endswith("-redis")]
     password = _secret_value(secret, "password")
     assert re.fullmatch(r"[A-Za-z0-9]{32}", password)
     assert urllib.parse.urlsplit(_secret_value(secret, "url")).password == password
@@ -613,3 +617,81 @@ def test_names_fit_kubernetes_limits_for_the_longest_release_name(chart: helm.Ch
     assert len({(obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]) for obj in objects}) == len(
         objects
     )
+
+
+# --- secure by default: the generated API-key Secret ---------------------------------------------------------------
+
+GENERATED_KEYS = f"{RELEASE}-bundleserve-api-keys"
+
+
+def _notes(chart: helm.Chart, values: dict[str, Any]) -> str:
+    manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    (notes,) = [text for path, text in manifests.items() if path.endswith("NOTES.txt")]
+    return notes
+
+
+def _generated_key(objects: list[dict[str, Any]]) -> str:
+    secret = Rendered({}, objects).one("Secret", GENERATED_KEYS, NAMESPACE)
+    return _secret_value(secret, "api-keys")
+
+
+@pytest.mark.parametrize("key", ["default", "ha-cluster"])
+def test_the_default_install_generates_an_api_key_and_wires_it_everywhere(
+    rendered: dict[str, Rendered], key: str
+) -> None:
+    """With no apiKeys.existingSecret the chart makes one random key, and the operator (which copies it into every
+    Endpoint namespace for the routers) and the gateway both use it: no route is anonymous by default."""
+    objects = rendered[key].objects
+    secret = rendered[key].one("Secret", GENERATED_KEYS, NAMESPACE)
+    assert re.fullmatch(r"[A-Za-z0-9]{40}", _generated_key(objects))
+    # Kept on uninstall: clients hold the key; a reinstall of the release adopts the Secret and its key.
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    operator = rendered[key].one("Deployment", f"{RELEASE}-bundleserve-operator")
+    assert _env(_container(operator, "operator"))["BUNDLESERVE_API_KEYS_SECRET"] == GENERATED_KEYS
+    config = OperatorConfig.from_env(
+        {k: v for k, v in _env(_container(operator, "operator")).items() if isinstance(v, str)}
+    )
+    assert config.api_keys_secret == GENERATED_KEYS
+    for gateway in [d for d in rendered[key].of_kind("Deployment") if d["metadata"]["name"].endswith("-gateway")]:
+        volumes = {v["name"]: v for v in gateway["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["api-keys"]["secret"]["secretName"] == GENERATED_KEYS
+        assert _env(_container(gateway, "gateway"))["BUNDLESERVE_API_KEYS_FILE"].endswith("/api-keys")
+
+
+def test_an_offline_render_makes_a_new_key_each_time(chart: helm.Chart) -> None:
+    """Without a cluster `lookup` finds nothing: every install generates a fresh key (the upgrade path, which
+    finds the installed Secret and keeps its key, runs against the real API server in test_chart_cluster.py)."""
+    first, second = (_parse(chart.render({}, name=RELEASE, namespace=NAMESPACE)) for _ in range(2))
+    assert _generated_key(first) != _generated_key(second)
+
+
+def test_an_existing_secret_replaces_the_generated_one(rendered: dict[str, Rendered]) -> None:
+    objects = rendered["all-on-namespaced"].objects
+    assert not [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == GENERATED_KEYS]
+    operator = rendered["all-on-namespaced"].one("Deployment", f"{RELEASE}-bundleserve-operator")
+    assert _env(_container(operator, "operator"))["BUNDLESERVE_API_KEYS_SECRET"] == "bundleserve-api-keys"
+
+
+def test_auth_off_renders_no_key_anywhere_and_warns(chart: helm.Chart, rendered: dict[str, Rendered]) -> None:
+    objects = rendered["auth-off"].objects
+    assert not [o for o in objects if o["kind"] == "Secret" and "api-keys" in o["metadata"]["name"]]
+    for deployment in rendered["auth-off"].of_kind("Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            env = _env(container)
+            assert "BUNDLESERVE_API_KEYS_SECRET" not in env and "BUNDLESERVE_API_KEYS_FILE" not in env
+        assert "api-keys" not in {v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    notes = _notes(chart, VALUES["auth-off"])
+    assert "WARNING: auth.enabled=false" in notes and "ANONYMOUS" in notes, notes
+
+
+def test_the_notes_show_how_to_read_the_generated_key(chart: helm.Chart) -> None:
+    notes = _notes(chart, {})
+    command = f"kubectl -n {NAMESPACE} get secret {GENERATED_KEYS} -o jsonpath='{{.data.api-keys}}' | base64 -d"
+    assert command in notes, notes
+    assert "WARNING" not in notes
+
+
+def test_auth_off_with_an_existing_secret_is_refused_by_name(chart: helm.Chart) -> None:
+    values = {"auth": {"enabled": False}, "apiKeys": {"existingSecret": "keys"}}
+    with pytest.raises(helm.HelmError, match=r"auth\.enabled"):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)

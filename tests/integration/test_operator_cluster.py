@@ -71,6 +71,47 @@ def test_the_chart_installs_and_its_crds_are_established(kube_cluster: ControlPl
     assert established(kube_cluster, "endpoints.bundleserve.dev")
 
 
+STANDARD_FIELDS = ("apiVersion", "kind", "metadata")
+
+
+def _described(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, str | None]]:
+    """(path, description) of every property and list item below a node. apiVersion, kind and metadata are left
+    out: the API server publishes its own standard texts for them (metadata as ObjectMeta)."""
+    for key, child in schema.get("properties", {}).items():
+        if path or key not in STANDARD_FIELDS:
+            yield f"{path}.{key}", child.get("description")
+            yield from _described(child, f"{path}.{key}")
+    if isinstance(schema.get("items"), dict):
+        yield f"{path}[]", schema["items"].get("description")
+        yield from _described(schema["items"], f"{path}[]")
+
+
+def test_kubectl_explain_reads_every_description_from_the_api_server(
+    kube_cluster: ControlPlane, release: Release
+) -> None:
+    """The descriptions generated from the models (bundleserve.api.crd) are what the API server publishes in its
+    OpenAPI v3 document, the one `kubectl explain endpoints.spec.async` reads, down to every leaf."""
+    from bundleserve.api.crd import openapi_schema
+
+    def served() -> dict[str, Any] | None:
+        try:
+            document = kube_cluster.request("GET", f"/openapi/v3/apis/{GROUP_VERSION}")
+        except urllib.error.HTTPError as error:
+            if error.code == 404:  # the OpenAPI controller has not published the group yet
+                return None
+            raise
+        found: dict[str, Any] | None = document["components"]["schemas"].get("dev.bundleserve.v1alpha1.Endpoint")
+        return found
+
+    schema = wait_until(served, timeout=60, what="the Endpoint schema in the API server's OpenAPI v3")
+    expected = dict(_described(openapi_schema()))
+    published = dict(_described(schema))
+    assert len(expected) > 100 and all(expected.values())
+    assert {path: published.get(path) for path in expected} == expected
+    assert schema["description"] == openapi_schema()["description"]
+    assert all(schema["properties"][key].get("description") for key in STANDARD_FIELDS[:2])
+
+
 @pytest.mark.parametrize("case", [pytest.param(c, id=c["id"]) for c in CORPUS["invalid"]])
 def test_the_api_server_rejects_the_invalid_corpus_with_its_message(
     kube_cluster: ControlPlane, release: Release, case: dict[str, Any]

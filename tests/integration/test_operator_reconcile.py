@@ -36,6 +36,7 @@ async def test_a_second_pass_writes_nothing(k8s_api: KubernetesEmulator, kube: K
         "ConfigMap",
         "Deployment",
         "HorizontalPodAutoscaler",
+        "NetworkPolicy",
         "PodDisruptionBudget",
         "Service",
     ]

@@ -157,6 +157,25 @@ def test_every_combination_is_schema_valid_and_consistent(
     assert model["ports"][0]["containerPort"] != router["ports"][0]["containerPort"]
     redis_env = [env for env in router["env"] if env["name"] == "BUNDLESERVE_REDIS_URL"]
     assert bool(redis_env) == ("async" in modes)
+    assert_only_the_router_port_is_admitted(children)
+
+
+def assert_only_the_router_port_is_admitted(children: list[dict[str, Any]]) -> None:
+    """The NetworkPolicy selects exactly the Deployment's pods and admits ingress on the router's port alone."""
+    (policy,) = [child for child in children if child["kind"] == "NetworkPolicy"]
+    deployment = next(child for child in children if child["kind"] == "Deployment")
+    model, router = deployment["spec"]["template"]["spec"]["containers"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector == deployment["spec"]["selector"]["matchLabels"]
+    assert all(pod_labels[key] == value for key, value in selector.items())
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    admitted = [port for rule in policy["spec"]["ingress"] for port in rule["ports"]]
+    assert admitted == [{"port": router["ports"][0]["containerPort"], "protocol": "TCP"}]
+    assert model["ports"][0]["containerPort"] not in {port["port"] for port in admitted}
+    # Before the pods: the model port is closed from the first pod on.
+    kinds = [child["kind"] for child in children]
+    assert kinds.index("NetworkPolicy") < kinds.index("Deployment")
 
 
 def test_the_official_validate_function_agrees_with_the_cached_validator() -> None:
@@ -265,6 +284,13 @@ def test_a_model_on_8080_moves_the_router_to_another_port() -> None:
     assert model["ports"][0]["containerPort"] == 8080
     assert router["ports"][0]["containerPort"] == ROUTER_PORT_ALT
     assert "--model-url" in router["command"] and "http://127.0.0.1:8080" in router["command"]
+
+
+def test_a_model_on_8080_is_not_admitted_when_the_router_moves() -> None:
+    children = build_children(endpoint(bundle=BUNDLES["sagemaker"]), BuildContext(config=CONFIG, keda=False))
+    (policy,) = [child for child in children if child["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": ROUTER_PORT_ALT, "protocol": "TCP"}]}]
+    assert_only_the_router_port_is_admitted(children)
 
 
 def test_hpa_metric_is_cpu_by_default_and_inflight_on_request() -> None:

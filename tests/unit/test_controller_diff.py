@@ -75,7 +75,7 @@ def test_a_hand_edit_of_a_field_we_own_is_noticed() -> None:
 
 
 @pytest.mark.parametrize(
-    "kind", ["ConfigMap", "Service", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"]
+    "kind", ["ConfigMap", "Service", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"]
 )
 def test_a_removed_or_changed_owner_reference_is_noticed(kind: str) -> None:
     """Without our controller reference the garbage collector would leave the child behind: it is drift."""

@@ -47,7 +47,7 @@ def test_keda_on_renders_a_scaled_object_for_async_endpoints(
         patch.setenv("BUNDLESERVE_KEDA", "on")
         assert cli_main(["render", str(manifest)]) == 0
     kinds = [d["kind"] for d in yaml.safe_load_all(capsys.readouterr().out)]
-    assert kinds == ["ConfigMap", "Deployment", "ScaledObject", "PodDisruptionBudget"]
+    assert kinds == ["ConfigMap", "NetworkPolicy", "Deployment", "ScaledObject", "PodDisruptionBudget"]
 
 
 def test_an_async_only_endpoint_without_keda_shows_the_operator_scaler(
@@ -67,7 +67,12 @@ def test_an_async_only_endpoint_without_keda_shows_the_operator_scaler(
         "# ml/jobs: scaled by the operator's built-in queue scaler (patches Deployment replicas 0..4,"
     )
     assert "one replica per 2 queued or running tasks" in out
-    assert [d["kind"] for d in yaml.safe_load_all(out)] == ["ConfigMap", "Deployment", "PodDisruptionBudget"]
+    assert [d["kind"] for d in yaml.safe_load_all(out)] == [
+        "ConfigMap",
+        "NetworkPolicy",
+        "Deployment",
+        "PodDisruptionBudget",
+    ]
 
 
 def test_an_invalid_manifest_is_a_one_line_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -134,6 +134,7 @@ def test_every_node_is_structural() -> None:
 
 def test_metadata_only_restricts_the_name() -> None:
     metadata = root_schema(build_crd())["properties"]["metadata"]
+    assert set(metadata) <= {"type", "properties"}  # the API server refuses even a description here
     assert set(metadata["properties"]) <= {"name", "generateName"}
     assert set(metadata["properties"]["name"]) <= {"type", "maxLength", "pattern"}
 
@@ -189,3 +190,26 @@ def test_every_rule_is_placed_once_at_its_scope_and_compiles() -> None:
     for _, rule, message in placed:
         environment.compile(rule)
         assert "\n" not in message and len(message) <= 512
+
+
+def test_every_node_has_a_description_for_kubectl_explain() -> None:
+    """`kubectl explain endpoints.spec.async` prints each node's description: every field, list item and map value
+    carries one. Excluded: anyOf alternatives (int-or-string quantities), where a structural schema forbids a
+    description (the field above them has its own), and metadata, where the API server refuses anything but type and
+    restrictions of name (it publishes metadata as the documented ObjectMeta)."""
+    missing = [
+        path or "<root>"
+        for path, node in nodes(root_schema(build_crd()))
+        if "<anyOf" not in path and path.split(".")[0] != "metadata" and not node.get("description", "").strip()
+    ]
+    assert missing == [], f"schema nodes without a description (add a field docstring in bundleserve.api): {missing}"
+
+
+def test_every_defaulted_field_names_its_default_in_its_description() -> None:
+    """kubectl explain does not print `default`, so the text says it; scalar defaults only (an object default `{}`
+    just lets the API server fill in the nested defaults, each described at its own field)."""
+    for path, node in nodes(root_schema(build_crd())):
+        default = node.get("default")
+        if default is not None and not isinstance(default, dict):
+            shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+            assert node["description"].endswith(f"Default: {shown}."), (path, node["description"])

@@ -106,6 +106,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/*
+The API-key Secret routers and the gateway check (key `api-keys`): apiKeys.existingSecret, else the chart's own
+generated one; empty only when auth.enabled is false (every route anonymous).
+*/}}
+{{- define "bundleserve.apiKeys.secretName" -}}
+{{- if .Values.auth.enabled }}
+{{- .Values.apiKeys.existingSecret | default (printf "%s-api-keys" (include "bundleserve.fullname" .)) }}
+{{- else if .Values.apiKeys.existingSecret }}
+{{- fail "apiKeys.existingSecret is set but auth.enabled is false: enable auth or drop the Secret" }}
+{{- end }}
+{{- end }}
+
 {{/* The operator's RBAC rules: the one list in files/operator-rbac.yaml, shared with the operator's code. */}}
 {{- define "bundleserve.operator.rules" -}}
 {{- $rules := .Files.Get "files/operator-rbac.yaml" | fromYamlArray }}

@@ -47,6 +47,22 @@ def _first_line(text: str | None) -> str | None:
     return text.strip().splitlines()[0] if text and text.strip() else None
 
 
+def _one_line(text: str) -> str:
+    """A field docstring wrapped over several source lines, as one line of text for `kubectl explain`."""
+    return " ".join(text.split())
+
+
+def _describe(description: str | None, default: Any) -> str | None:
+    """The field's description with its default appended, so `kubectl explain` shows both (it prints no defaults)."""
+    if description is None:
+        return None
+    text = _one_line(description)
+    if default is None:
+        return text
+    shown = yaml.safe_dump(default, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+    return f"{text.rstrip('.')}. Default: {shown}."
+
+
 def _apply_constraints(schema: Schema, constraints: list[Any]) -> None:
     """Copy pydantic/annotated-types bounds onto the node; length bounds depend on the node's type."""
     length_keys = {"string": ("minLength", "maxLength"), "array": ("minItems", "maxItems")}
@@ -67,6 +83,8 @@ def _apply_constraints(schema: Schema, constraints: list[Any]) -> None:
         elif isinstance(item, FieldInfo):
             _apply_constraints(schema, item.metadata)
             _apply_extras(schema, item)
+            if item.description:  # an item or map value type's own description (the field's is set later)
+                schema["description"] = _one_line(item.description)
 
 
 def _apply_extras(schema: Schema, info: FieldInfo) -> None:
@@ -157,12 +175,14 @@ def field_schema(model: type[BaseModel], name: str, info: FieldInfo, *, defaults
     model_type = _model_type(info.annotation)
     if description is None and model_type is not None:
         description = _first_line(model_type.__doc__)
-    if description:
-        schema = {"description": description, **schema}
-    if defaults:
-        default = _default_value(info)
-        if default is not None:
-            schema["default"] = default
+    default = _default_value(info) if defaults else None
+    # A sub-model's node carries its class docstring; the field's own description wins.
+    schema.pop("description", None)
+    described = _describe(description, default if not isinstance(default, dict) else None)
+    if described:
+        schema = {"description": described, **schema}
+    if default is not None:
+        schema["default"] = default
     return schema
 
 
@@ -175,6 +195,9 @@ def model_schema(model: type[BaseModel], *, defaults: bool) -> Schema:
         if info.is_required():
             required.append(key)
     schema: Schema = {"type": "object", "properties": properties}
+    own_doc = model.__dict__.get("__doc__")
+    if own_doc:  # items of a list of models show it; a field's node replaces it with the field's description
+        schema = {"description": _first_line(own_doc), **schema}
     if required:
         schema["required"] = required
     return schema
@@ -205,8 +228,10 @@ def openapi_schema() -> Schema:
         "type": "object",
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
+            "apiVersion": {"description": f"Always {api.API_VERSION}.", "type": "string"},
+            "kind": {"description": f"Always {api.KIND}.", "type": "string"},
+            # Only type and restrictions of name/generateName are allowed here (not even a description): the API
+            # server publishes metadata as the documented ObjectMeta.
             "metadata": {"type": "object", "properties": {"name": metadata_name}},
             "spec": {"description": "Desired state: what to serve and how.", **spec},
             "status": {"description": "Observed state, written by the operator.", **status},

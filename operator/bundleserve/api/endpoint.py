@@ -46,7 +46,14 @@ class Model(BaseModel):
     """
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, validate_default=True, strict=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+        strict=True,
+        # The docstring under each field becomes its description in the CRD (`kubectl explain`).
+        use_attribute_docstrings=True,
     )
 
     @model_validator(mode="before")
@@ -68,10 +75,21 @@ class PythonBundle(Model):
     """A Python bundle, served by bundleserve's bundle runtime (`bundleserve bundle serve`)."""
 
     entrypoint: Annotated[
-        str, Field(pattern=ENTRYPOINT, max_length=256, description="module:callable called per request")
+        str,
+        Field(
+            pattern=ENTRYPOINT,
+            max_length=256,
+            description="Python `module:callable` called once per request with the request's JSON arguments.",
+        ),
     ]
     load: Annotated[
-        str | None, Field(default=None, pattern=ENTRYPOINT, max_length=256, description="module:callable called once")
+        str | None,
+        Field(
+            default=None,
+            pattern=ENTRYPOINT,
+            max_length=256,
+            description="Python `module:callable` called once at start-up; its return value is passed to the entrypoint. Empty: no load step.",
+        ),
     ] = None
     stream: Annotated[
         str | None,
@@ -79,8 +97,8 @@ class PythonBundle(Model):
             default=None,
             pattern=ENTRYPOINT,
             max_length=256,
-            description="module:callable yielding the chunks of a stream (default: the entrypoint when it is a "
-            "generator function, else `stream` in the entrypoint's module)",
+            description="Python `module:callable` yielding the chunks of a stream (default: the entrypoint when it is a "
+            "generator function, else `stream` in the entrypoint's module).",
         ),
     ] = None
     path: Annotated[
@@ -98,57 +116,103 @@ class Routes(Model):
     """HTTP routes of a runnable image (for a Python bundle the runtime's own routes are used)."""
 
     predict: Annotated[str, Field(pattern=HTTP_PATH, max_length=256)] = "/predict"
+    """Path the router POSTs sync and async requests to (JSON body in, JSON body out)."""
     stream: Annotated[str | None, Field(default=None, pattern=HTTP_PATH, max_length=256)] = None
+    """Path the router POSTs streaming requests to (the model answers with server-sent events). Empty: no streaming."""
     ready: Annotated[str, Field(pattern=HTTP_PATH, max_length=256)] = "/readyz"
+    """Path the router polls (GET) until it answers 200; the pod is Ready only then."""
 
 
 class KeyRef(Model):
+    """One key of a Secret or ConfigMap in the Endpoint's namespace."""
+
     name: Annotated[str, Field(min_length=1, max_length=253)]
+    """Name of the Secret or ConfigMap."""
     key: Annotated[str, Field(min_length=1, max_length=253)]
+    """Key within it."""
     optional: bool | None = None
+    """true: a missing object or key leaves the variable unset instead of keeping the pod from starting."""
 
 
 class FieldRef(Model):
+    """A field of the pod itself (the Kubernetes downward API)."""
+
     field_path: Annotated[str, Field(min_length=1, max_length=256)]
+    """Path of the pod field, e.g. `metadata.name`, `metadata.namespace`, `status.podIP`."""
 
 
 class EnvVarSource(Model):
+    """Where the variable's value comes from; set exactly one."""
+
     secret_key_ref: KeyRef | None = None
+    """A key of a Secret in the Endpoint's namespace."""
     config_map_key_ref: KeyRef | None = None
+    """A key of a ConfigMap in the Endpoint's namespace."""
     field_ref: FieldRef | None = None
+    """A field of the pod."""
 
 
 class EnvVar(Model):
+    """One environment variable of the model container (as in a Kubernetes container's `env`)."""
+
     name: Annotated[str, Field(pattern=ENV_NAME, max_length=256)]
+    """Variable name; names must be unique in the list."""
     value: Annotated[str | None, Field(default=None, max_length=65536)] = None
+    """Literal value (up to 64 KiB). Excludes valueFrom."""
     value_from: EnvVarSource | None = None
+    """Read the value from a Secret, a ConfigMap or the pod. Excludes value."""
 
 
 class NameRef(Model):
+    """A Secret or ConfigMap in the Endpoint's namespace, by name."""
+
     name: Annotated[str, Field(min_length=1, max_length=253)]
+    """Name of the object."""
     optional: bool | None = None
+    """true: a missing object does not keep the pod from starting."""
 
 
 class EnvFromSource(Model):
+    """Every key of a Secret or ConfigMap as environment variables; set exactly one of secretRef and configMapRef."""
+
     prefix: Annotated[str | None, Field(default=None, max_length=256)] = None
+    """Prepended to every key to form the variable name."""
     secret_ref: NameRef | None = None
+    """A Secret of the Endpoint's namespace."""
     config_map_ref: NameRef | None = None
+    """A ConfigMap of the Endpoint's namespace."""
 
 
 class Bundle(Model):
     """What runs in the model container: a Python bundle, or a runnable image that serves HTTP itself."""
 
     image: Annotated[str | None, Field(default=None, min_length=1, max_length=512)] = None
+    """Container image of the model (with the Python bundle's code and dependencies, or a server of its own).
+    Required in a cluster; local mode (`bundleserve run`) may leave it empty."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    """Kubernetes imagePullPolicy of the model container. Empty: the Kubernetes default (Always for `:latest`,
+    IfNotPresent otherwise)."""
     python: PythonBundle | None = None
+    """Serve a Python callable with bundleserve's bundle runtime. Excludes command and routes."""
     command: Annotated[
-        list[Annotated[str, Field(max_length=4096)]] | None, Field(default=None, min_length=1, max_length=256)
+        list[Annotated[str, Field(max_length=4096, description="One word of the command (up to 4096 characters).")]]
+        | None,
+        Field(default=None, min_length=1, max_length=256),
     ] = None
-    args: Annotated[list[Annotated[str, Field(max_length=4096)]] | None, Field(default=None, max_length=256)] = None
+    """Runnable image: the command that starts the model's HTTP server. Empty: the image's ENTRYPOINT."""
+    args: Annotated[
+        list[Annotated[str, Field(max_length=4096, description="One argument (up to 4096 characters).")]] | None,
+        Field(default=None, max_length=256),
+    ] = None
+    """Arguments of the command (or of the image's ENTRYPOINT)."""
     port: Annotated[int, Field(ge=1, le=65535)] = 5005
+    """TCP port the model listens on inside the pod (only the router reaches it, on 127.0.0.1)."""
     routes: Routes | None = None
+    """HTTP paths of a runnable image; ignored for a Python bundle."""
     env: Annotated[list[EnvVar], Field(max_length=256)] = []
+    """Environment variables of the model container (at most 256)."""
     env_from: Annotated[list[EnvFromSource], Field(max_length=64)] = []
+    """Secrets and ConfigMaps whose keys all become environment variables (at most 64)."""
 
     @property
     def is_python(self) -> bool:
@@ -166,32 +230,49 @@ class Invocation(Model):
     """Sync and streaming invocation limits, enforced per replica by the router."""
 
     timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
+    """Seconds a sync call (or a stream's wait for its first byte) may take before the router answers 504."""
     max_payload_bytes: Annotated[int, Field(ge=1024, le=1024 * MIB)] = 6 * MIB
+    """Largest request body in bytes (6 MiB by default, as SageMaker); larger requests get 413 before the body is read."""
     concurrency: Annotated[int, Field(ge=1, le=1024)] = 8
+    """Requests the router passes to the model at once, per replica."""
     max_queued: Annotated[int, Field(ge=0, le=100_000)] = 80
+    """Requests that wait in the router for a free slot, per replica; beyond that the router answers 429."""
 
 
 class CallbackAuth(Model):
     """Credentials come from a Secret: keys `username`/`password` (basic) or `tls.crt`/`tls.key` (mtls)."""
 
     kind: Literal["basic", "mtls"]
+    """basic: HTTP Basic with the Secret's username/password. mtls: a TLS client certificate from tls.crt/tls.key."""
     secret_name: Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]
+    """Secret in the Endpoint's namespace holding the credentials; missing, the Endpoint reports Degraded."""
 
 
 class Callback(Model):
+    """The default callback: the router POSTs each finished task's outcome here (a task may name its own URL)."""
+
     url: Annotated[str, Field(min_length=8, max_length=2048)]
+    """http(s) URL that receives the callbacks; https is required when auth is set. Private and loopback addresses
+    are refused in a cluster."""
     auth: CallbackAuth | None = None
+    """Credentials sent with each callback. Empty: none."""
 
 
 class AsyncSettings(Model):
     """Queued async invocation (a durable Redis stream per endpoint)."""
 
     request_ttl_seconds: Annotated[int, Field(ge=60, le=7 * 86400, alias="requestTTLSeconds")] = 21600
+    """Seconds a queued task may wait for a worker before it expires (6 h by default, as SageMaker)."""
     invocation_timeout_seconds: Annotated[int, Field(ge=1, le=86400)] = 900
+    """Seconds one attempt of a task may run before it is abandoned (15 min by default, as SageMaker)."""
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    """Attempts per task, the first one included, before it fails for good (a worker crash or timeout counts)."""
     result_ttl_seconds: Annotated[int, Field(ge=60, le=30 * 86400, alias="resultTTLSeconds")] = 86400
+    """Seconds a finished task's record and result are kept for status reads and downloads (1 day by default)."""
     callback: Callback | None = None
+    """Default callback for every task of the endpoint. Empty: tasks are polled (or name their own callback)."""
     retain_on_delete: bool = False
+    """true: deleting the Endpoint keeps its queue, tasks and results in Redis (false purges them)."""
 
 
 def _integer_quantity_as_text(value: Any) -> Any:
@@ -208,19 +289,29 @@ Quantity = Annotated[
 
 
 class Resources(Model):
+    """Compute of the model container (the router sidecar has fixed small requests of its own)."""
+
     cpu: Quantity = "1"
+    """CPU request of the model container, a Kubernetes quantity in cores (e.g. 500m, 2); no CPU limit is set."""
     memory: Quantity = "2Gi"
+    """Memory request and limit of the model container, a Kubernetes quantity in bytes (e.g. 512Mi, 2Gi)."""
     gpus: Annotated[int, Field(ge=0, le=64)] = 0
+    """NVIDIA GPUs (nvidia.com/gpu) per replica."""
     gpu_type: Annotated[str | None, Field(default=None, min_length=1, max_length=128)] = None
+    """GPU model to schedule on (node label nvidia.com/gpu.product, e.g. NVIDIA-A10G). Empty: any GPU."""
 
 
 class Scaling(Model):
+    """Replica count and autoscaling (an HPA for sync/streaming endpoints, queue depth for async ones)."""
+
     min_replicas: Annotated[int, Field(ge=0, le=1000)] = 1
-    max_replicas: Annotated[int | None, Field(default=None, ge=1, le=1000, description="defaults to minReplicas")] = (
-        None
-    )
+    """Fewest replicas; 0 lets an async endpoint scale to zero while its queue is empty."""
+    max_replicas: Annotated[int | None, Field(default=None, ge=1, le=1000)] = None
+    """Most replicas; above minReplicas the endpoint is autoscaled. Empty: minReplicas (at least 1)."""
     target_concurrency: Annotated[int, Field(ge=1, le=1000)] = 4
+    """In-flight requests (or queued tasks) per replica the autoscaler aims for."""
     scale_down_delay_seconds: Annotated[int, Field(ge=0, le=86400)] = 300
+    """Seconds the load must stay low before replicas are removed (the scale-down stabilization window)."""
 
     @property
     def effective_max_replicas(self) -> int:
@@ -232,37 +323,73 @@ class Scaling(Model):
 
 
 class Toleration(Model):
+    """A Kubernetes toleration: lets the pods run on nodes with a matching taint."""
+
     key: Annotated[str | None, Field(default=None, max_length=316)] = None
+    """Taint key to tolerate. Empty with operator Exists: every taint."""
     operator: Literal["Exists", "Equal"] | None = None
+    """Equal: the taint's value must equal value. Exists: any value (value must be empty). Empty: Equal."""
     value: Annotated[str | None, Field(default=None, max_length=63)] = None
+    """Taint value to match with operator Equal."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match. Empty: every effect."""
     toleration_seconds: int | None = None
+    """With effect NoExecute: seconds the pod stays bound after the taint appears. Empty: forever."""
 
 
 class PodSettings(Model):
     """Pod-level knobs a platform team needs; everything else is derived by the operator."""
 
-    labels: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)] = {}
-    annotations: Annotated[dict[str, Annotated[str, Field(max_length=65536)]], Field(max_length=64)] = {}
+    labels: Annotated[
+        dict[str, Annotated[str, Field(max_length=63, description="Label value (up to 63 characters).")]],
+        Field(max_length=64),
+    ] = {}
+    """Extra labels on the pods (the operator's own labels win on conflict)."""
+    annotations: Annotated[
+        dict[str, Annotated[str, Field(max_length=65536, description="Annotation value (up to 64 KiB).")]],
+        Field(max_length=64),
+    ] = {}
+    """Extra annotations on the pods."""
     service_account_name: Annotated[str | None, Field(default=None, max_length=253)] = None
-    node_selector: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)] = {}
+    """ServiceAccount the pods run as (e.g. for workload identity). Empty: the namespace's default."""
+    node_selector: Annotated[
+        dict[str, Annotated[str, Field(max_length=63, description="Required value of the node label.")]],
+        Field(max_length=64),
+    ] = {}
+    """Node labels the pods must be scheduled on."""
     tolerations: Annotated[list[Toleration], Field(max_length=64)] = []
+    """Taints the pods tolerate."""
     image_pull_secrets: Annotated[list[NameRef], Field(max_length=16)] = []
+    """Secrets (in the Endpoint's namespace) for pulling the model image."""
     priority_class_name: Annotated[str | None, Field(default=None, max_length=253)] = None
+    """PriorityClass of the pods. Empty: the cluster default."""
 
 
 class EndpointSpec(Model):
-    modes: Annotated[list[Annotated[Mode, Strict(False)]], Field(min_length=1, max_length=3)]
+    """Desired state of an Endpoint: what to serve and how."""
+
+    modes: Annotated[
+        list[Annotated[Mode, Strict(False), Field(description="sync, streaming or async.")]],
+        Field(min_length=1, max_length=3),
+    ]
+    """How the endpoint is invoked: any of sync (request/response), streaming (server-sent events) and async
+    (queued tasks, polled or called back)."""
     local_only: Annotated[
         bool,
         Field(description="Run only with `bundleserve run`; lifts the image requirement. Rejected by the operator."),
     ] = False
     bundle: Bundle
+    """What runs in the model container."""
     invocation: Invocation = Invocation()
+    """Limits of sync and streaming calls, per replica."""
     async_: Annotated[AsyncSettings | None, Field(default=None, alias="async")] = None
+    """Queue settings of the async mode. Empty with async in modes: the defaults."""
     resources: Resources = Resources()
+    """CPU, memory and GPUs of the model container."""
     scaling: Scaling = Scaling()
+    """Replicas and autoscaling."""
     pod: PodSettings = PodSettings()
+    """Pod-level settings: labels, scheduling, service account, pull secrets."""
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> EndpointSpec:
@@ -301,34 +428,57 @@ class ConditionStatus(StrEnum):
 
 
 class Condition(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    """One condition of the Endpoint (the Kubernetes metav1.Condition shape)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, use_attribute_docstrings=True)
 
     type: str
+    """Ready (the endpoint serves every mode it declares), Progressing (a rollout is under way) or Degraded (something
+    keeps it from the desired state: reason and message say what)."""
     status: ConditionStatus
+    """True, False or Unknown."""
     reason: Annotated[str, Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")]
+    """CamelCase machine-readable cause of the status, e.g. MinimumReplicasAvailable, ChildRejected, QueueUnavailable."""
     message: str = ""
+    """Human-readable details."""
     last_transition_time: str | None = None
+    """When status last changed (RFC 3339, UTC)."""
     observed_generation: int | None = None
+    """metadata.generation of the spec this condition was computed from."""
 
 
 class QueueStatus(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    """The async queue, as last read by the operator (every reconcile and the scaler's polls)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, use_attribute_docstrings=True)
 
     name: str
+    """Queue id in Redis (namespace and Endpoint name)."""
     pending: int = 0
+    """Tasks waiting for a worker."""
     in_flight: int = 0
+    """Tasks held by a worker right now."""
     backlog: int = 0
+    """pending plus inFlight: what the autoscaler sizes the replicas by."""
 
 
 class EndpointStatus(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    """Observed state of an Endpoint, written by the operator."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, use_attribute_docstrings=True)
 
     observed_generation: int | None = None
+    """metadata.generation of the spec last reconciled; lower than metadata.generation while a change is pending."""
     conditions: list[Condition] = []
+    """Ready, Progressing and Degraded, one each."""
     replicas: int = 0
+    """Pods of the endpoint's Deployment."""
     ready_replicas: int = 0
+    """Pods that pass their readiness probe (router and model both ready)."""
     url: str | None = None
+    """In-cluster base URL of the endpoint's routers (the Service). Empty for an async-only endpoint (no Service)."""
     queue: QueueStatus | None = None
+    """Depth of the async queue. Empty without the async mode."""
 
 
 class Endpoint(BaseModel):

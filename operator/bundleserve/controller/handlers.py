@@ -30,6 +30,7 @@ CHILDREN = (
     ("v1", "pods"),
     ("autoscaling/v2", "horizontalpodautoscalers"),
     ("policy/v1", "poddisruptionbudgets"),
+    ("networking.k8s.io/v1", "networkpolicies"),
 )
 KEDA_CHILD = ("keda.sh/v1alpha1", "scaledobjects")
 FINALIZER = "bundleserve.dev/cleanup"

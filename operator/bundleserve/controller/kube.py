@@ -54,6 +54,7 @@ RESOURCES: dict[str, ResourceInfo] = {
     ),
     "PodDisruptionBudget": ResourceInfo("policy", "v1", "poddisruptionbudgets", ("get", "create", "update", "delete")),
     "ScaledObject": ResourceInfo("keda.sh", "v1alpha1", "scaledobjects", ("get", "create", "update", "delete")),
+    "NetworkPolicy": ResourceInfo("networking.k8s.io", "v1", "networkpolicies", ("get", "create", "update")),
     "Pod": ResourceInfo("", "v1", "pods", ("list",)),
     # Shared Secrets: read in the operator's namespace, copied into Endpoint namespaces (controller/secrets.py).
     "Secret": ResourceInfo("", "v1", "secrets", ("get", "create", "update")),

@@ -168,6 +168,7 @@ BUILTINS: tuple[ResourceType, ...] = (
         "policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", short=("pdb",), status=True, generation=True
     ),
     _builtin("coordination.k8s.io", "v1", "leases", "Lease"),
+    _builtin("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", short=("netpol",), generation=True),
     _builtin(
         "apiextensions.k8s.io",
         "v1",

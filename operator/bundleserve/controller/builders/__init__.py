@@ -16,6 +16,7 @@ from bundleserve.controller.builders.common import (
 from bundleserve.controller.builders.configmap import build_config_map
 from bundleserve.controller.builders.deployment import build_deployment
 from bundleserve.controller.builders.disruption import build_pdb, wants_pdb
+from bundleserve.controller.builders.network import build_network_policy
 from bundleserve.controller.builders.service import build_service
 
 __all__ = ["BuildContext", "BuildError", "Manifest", "Scaler", "build_children", "scaler_for"]
@@ -29,6 +30,8 @@ def build_children(endpoint: Endpoint, context: BuildContext) -> list[Manifest]:
     children = [build_config_map(endpoint)]
     if serves_http(endpoint):
         children.append(build_service(endpoint))
+    # Before the pods exist, so the model port is never reachable from outside the pod.
+    children.append(build_network_policy(endpoint))
     children.append(build_deployment(endpoint, context))
     scaler = scaler_for(endpoint, context.keda)
     if scaler is Scaler.HPA:
