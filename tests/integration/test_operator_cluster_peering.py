@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
 
 from tests.integration.cluster_harness import (
@@ -87,7 +88,9 @@ def replicas(
 
 
 def peers(plane: ControlPlane, peering: str) -> dict[str, Any]:
-    body = plane.get("kopf.dev/v1", "ClusterKopfPeering", None, peering) or {}
+    """The records in the chart's ClusterKopfPeering, read with the official client."""
+    api = kubernetes.client.CustomObjectsApi(plane.api_client())
+    body = api.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", peering)
     return dict(body.get("status") or {})
 
 

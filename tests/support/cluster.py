@@ -439,6 +439,13 @@ class ControlPlane:
         found = self.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", body)
         return str(found["status"]["token"])
 
+    def api_client(self) -> Any:
+        """The official `kubernetes` client (36.x) logged in as the admin, for tests whose calls read better typed
+        (CustomObjectsApi, CoreV1Api, ...). The raw `request` above stays for exact paths, dry runs and error bodies."""
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
     def audit_events(self) -> list[dict[str, Any]]:
         """Every audited request so far (see AUDIT_POLICY), oldest first."""
         if not self.audit_log.exists():
