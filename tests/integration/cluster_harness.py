@@ -46,6 +46,12 @@ class Release:
     operator_env: dict[str, str]
 
     @property
+    def peering(self) -> str | None:
+        """The chart's `--peering NAME` (operator.replicas > 1), else None (`--standalone`)."""
+        names = [arg.split("=", 1)[1] for arg in self.operator_args if arg.startswith("--peering=")]
+        return names[0] if names else None
+
+    @property
     def user(self) -> str:
         return f"system:serviceaccount:{SYSTEM}:{self.service_account}"
 
@@ -138,7 +144,9 @@ class RunningOperator:
 
 
 def start_operator(kube_cluster: ControlPlane, release: Release, workdir: Path, **env: str) -> RunningOperator:
-    """The chart's operator, logged in through a kubeconfig `tokenFile` (as a pod reads its projected token)."""
+    """The chart's operator, logged in through a kubeconfig `tokenFile` (as a pod reads its projected token), with
+    the chart's scope and peering arguments: at operator.replicas > 1 the chart runs `--peering NAME`, and so does
+    this (a harness that dropped it ran `--standalone` replicas that never touch the peering object)."""
     workdir.mkdir(parents=True, exist_ok=True)
     token_file = workdir / "token"
     token_secret = f"{workdir.name}-token-1"
@@ -150,7 +158,11 @@ def start_operator(kube_cluster: ControlPlane, release: Release, workdir: Path, 
     # POD_NAMESPACE is the chart's fieldRef (the operator pod's namespace): the home of the shared Secrets.
     settings = {**release.operator_env, "POD_NAMESPACE": SYSTEM, "BUNDLESERVE_OPERATOR_DRIFT_SECONDS": "3", **env}
     process = Operator(
-        _Env(kubeconfig), workdir, env=settings, all_namespaces="--all-namespaces" in release.operator_args
+        _Env(kubeconfig),
+        workdir,
+        env=settings,
+        peering=release.peering,
+        all_namespaces="--all-namespaces" in release.operator_args,
     )
     return RunningOperator(process.start(), token_file, token_secret)
 

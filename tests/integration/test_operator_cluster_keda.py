@@ -129,8 +129,9 @@ def test_endpoints_outside_the_release_namespace_get_copies_of_the_shared_secret
     assert base64.b64decode(copy["data"]["url"]).decode() == "redis://:pw@redis.example:6379/0"
     (owner,) = copy["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("Endpoint", "jobs", True)
-    deployment = kube_cluster.get("apps/v1", "Deployment", ns, "jobs")
-    assert deployment is not None
+    # The copy is written before the Deployment that references it: wait for that too, do not race it.
+    deployment = wait_logged(running.process, lambda: kube_cluster.get("apps/v1", "Deployment", ns, "jobs"),
+                             "the Deployment")  # fmt: skip
     refs = {
         item["valueFrom"]["secretKeyRef"]["name"]
         for container in deployment["spec"]["template"]["spec"]["containers"]

@@ -111,68 +111,6 @@ def test_a_spec_update_rolls_a_new_pod_template_and_advances_observed_generation
     assert all(c["observedGeneration"] == 2 for c in conditions(cluster, "echo").values())
 
 
-def test_children_edited_or_deleted_by_hand_are_restored(cluster: KubernetesEmulator, operator: Operator) -> None:
-    cluster.create(endpoint_doc("echo", scaling={"minReplicas": 1, "maxReplicas": 3}))
-    wait_until(lambda: all(cluster.items(r, NS) for r in CHILDREN), timeout=20, what="all children")
-    operator.wait_idle(["echo"])
-
-    cluster.patch(
-        "deployments.apps",
-        "echo",
-        {"spec": {"template": {"spec": {"containers": [{"name": "model", "image": "evil:latest"}]}}}},
-        NS,
-    )
-    wait_until(
-        lambda: (
-            cluster.get("deployments.apps", "echo", NS)["spec"]["template"]["spec"]["containers"][0]["image"]
-            == "registry.example.com/echo:1"
-        ),
-        timeout=20,
-        what="the Deployment's pod template restored",
-    )
-    old_service = cluster.get("services", "echo", NS)["metadata"]["uid"]
-    cluster.delete("services", "echo", NS)
-    wait_until(
-        lambda: (cluster.get("services", "echo", NS) or {}).get("metadata", {}).get("uid") not in (None, old_service),
-        timeout=20,
-        what="the Service recreated",
-    )
-    cluster.patch("configmaps", "echo-endpoint", {"data": {"endpoint.yaml": "tampered"}}, NS)
-    wait_until(
-        lambda: "tampered" not in cluster.get("configmaps", "echo-endpoint", NS)["data"]["endpoint.yaml"],
-        timeout=20,
-        what="the ConfigMap restored",
-    )
-    cluster.delete("horizontalpodautoscalers.autoscaling", "echo", NS)
-    wait_until(lambda: cluster.get("horizontalpodautoscalers.autoscaling", "echo", NS), timeout=20, what="HPA back")
-    # the autoscaler's replicas are not "drift": nothing fights it
-    cluster.reset_counts()
-    cluster.patch("deployments.apps", "echo", {"spec": {"replicas": 3}}, NS)
-    operator.wait_idle(["echo"], at_least=1)
-    assert cluster.get("deployments.apps", "echo", NS)["spec"]["replicas"] == 3
-    assert ("update", "deployments.apps") not in cluster.writes(exclude=NOT_COUNTED)
-
-
-def test_deleting_the_endpoint_deletes_its_children(cluster: KubernetesEmulator, operator: Operator) -> None:
-    cluster.create(endpoint_doc("echo", scaling={"minReplicas": 2, "maxReplicas": 2}))
-    wait_until(lambda: cluster.get("deployments.apps", "echo", NS), timeout=20, what="the Deployment")
-    operator.wait_idle(["echo"])
-    assert "bundleserve.dev/cleanup" in cluster.get(ENDPOINTS, "echo", NS)["metadata"]["finalizers"]
-    cluster.delete(ENDPOINTS, "echo", NS)
-    wait_until(lambda: cluster.get(ENDPOINTS, "echo", NS) is None, timeout=20, what="the finalizer released")
-    wait_until(
-        lambda: (
-            not any(
-                cluster.items(resource, NS)
-                for resource in ("configmaps", "services", "deployments.apps", "poddisruptionbudgets.policy")
-            )
-        ),
-        timeout=20,
-        what="children garbage-collected",
-    )
-    assert operator.alive()
-
-
 def test_a_restarted_operator_writes_nothing_and_duplicates_nothing(
     cluster: KubernetesEmulator, operator: Operator
 ) -> None:
@@ -238,27 +176,6 @@ def test_a_spec_the_operator_cannot_run_is_degraded_and_the_operator_carries_on(
         assert operator.alive()
     finally:
         operator.stop()
-
-
-def test_a_hundred_endpoints_are_all_reconciled(cluster: KubernetesEmulator, operator: Operator) -> None:
-    cluster.auto_roll_out(True)
-    names = [f"ep-{index:03d}" for index in range(100)]
-    cluster.reset_counts()
-    for name in names:
-        cluster.create(endpoint_doc(name))
-    wait_until(
-        lambda: all(condition_is(cluster, n, "Ready", "True") for n in names),
-        timeout=90,
-        interval=0.5,
-        what="100 endpoints Ready",
-    )
-    operator.wait_idle(names, timeout=60)
-    writes = cluster.writes(exclude=NOT_COUNTED)
-    for resource in ("configmaps", "services", "deployments.apps"):
-        assert writes[("create", resource)] == 100, resource
-        assert len(cluster.items(resource, NS)) == 100
-    per_endpoint = sum(writes.values()) / len(names)
-    assert per_endpoint <= 8, writes  # 3 creates + kopf's finalizer/annotation patches + a few status patches
 
 
 def test_every_request_the_operator_made_is_allowed_by_the_rbac_rules(

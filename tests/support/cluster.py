@@ -222,6 +222,7 @@ class ControlPlane:
     processes: list[_Process] = field(default_factory=list)
     url: str = ""
     _resources: dict[tuple[str, str], tuple[str, str, bool]] = field(default_factory=dict)
+    _ssl: ssl.SSLContext | None = None  # made once: loading the CA and the admin key per request costs ms each
 
     @property
     def pki(self) -> Path:
@@ -265,9 +266,11 @@ class ControlPlane:
             time.sleep(0.2)
 
     def ssl_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
-        context.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
-        return context
+        if self._ssl is None:
+            context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+            context.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+            self._ssl = context
+        return self._ssl
 
     def request(self, method: str, path: str, body: Any = None, *, content_type: str = "application/json") -> Any:
         """An admin request (client certificate); JSON in and out. Raises urllib.error.HTTPError on >= 400."""
@@ -435,6 +438,13 @@ class ControlPlane:
                 "spec": {"expirationSeconds": seconds}}  # fmt: skip
         found = self.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", body)
         return str(found["status"]["token"])
+
+    def api_client(self) -> Any:
+        """The official `kubernetes` client (36.x) logged in as the admin, for tests whose calls read better typed
+        (CustomObjectsApi, CoreV1Api, ...). The raw `request` above stays for exact paths, dry runs and error bodies."""
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
 
     def audit_events(self) -> list[dict[str, Any]]:
         """Every audited request so far (see AUDIT_POLICY), oldest first."""
