@@ -25,31 +25,15 @@ from bundleserve.client import (
     SyncEndpoint,
 )
 from tests.integration.test_client_harness import CallbackReceiver
-from tests.support.processes import REPO, Server, bundleserve, free_port
+from tests.support.local_mode import running_local_mode
+from tests.support.processes import REPO, bundleserve, free_port
 from tests.support.waiting import wait_until
-
-EXAMPLES = REPO / "examples"
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("client-local")
-    port = free_port()
-    argv = bundleserve(
-        "run",
-        str(EXAMPLES / "echo" / "endpoint.yaml"),
-        str(EXAMPLES / "token-streamer" / "endpoint.yaml"),
-        str(EXAMPLES / "slow-job" / "endpoint.yaml"),
-        "--port", str(port),
-        "--data-dir", str(tmp / "data"),
-    )  # fmt: skip
-    server = Server(argv, log_path=tmp / "run.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        server.wait_http(f"{url}/readyz", timeout=90)
+    with running_local_mode(tmp_path_factory.mktemp("client-local")) as (url, _server):
         yield url
-    finally:
-        server.stop(timeout=30)
 
 
 # -- the SDK ------------------------------------------------------------------------------------------------

@@ -45,7 +45,8 @@ from tests.integration.test_sagemaker_boto3 import (  # noqa: F401 - the boto3 t
     test_unknown_endpoint_is_a_validation_error,
     write_endpoint_file,
 )
-from tests.support.processes import Server, bundleserve, free_port
+from tests.support.local_mode import running_local_mode
+from tests.support.processes import Server
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +57,8 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, S
         _endpoint_file(directory, SYNC, ["sync", "streaming", "async"]),
         _endpoint_file(directory, ASYNC, ["async"]),
     ]
-    port = free_port()
-    argv = bundleserve("run", *map(str, files), "--port", str(port), "--data-dir", str(directory / "data"))
-    server = Server(argv, log_path=directory / "run.log", env=sagemaker_env(directory))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        server.wait_http(f"{url}/readyz", timeout=90)
+    with running_local_mode(directory, files, env=sagemaker_env(directory)) as (url, server):
         yield url, server, directory
-    finally:
-        server.stop(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.local_mode import running_local_mode
 from tests.support.processes import REPO, Server, bundleserve, free_port
 
 EXAMPLES = REPO / "examples"
@@ -19,24 +20,9 @@ EXAMPLES = REPO / "examples"
 
 @pytest.fixture(scope="module")
 def local_mode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Server]]:
-    tmp = tmp_path_factory.mktemp("local")
-    port = free_port()
-    argv = bundleserve(
-        "run",
-        str(EXAMPLES / "echo" / "endpoint.yaml"),
-        str(EXAMPLES / "token-streamer" / "endpoint.yaml"),
-        str(EXAMPLES / "slow-job" / "endpoint.yaml"),
-        "--port", str(port),
-        "--data-dir", str(tmp / "data"),
-    )  # fmt: skip
-    server = Server(argv, log_path=tmp / "run.log")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        server.wait_http(f"{base}/readyz", timeout=60)
+    with running_local_mode(tmp_path_factory.mktemp("local"), ready_timeout=60) as (base, server):
         assert "bundleserve local mode ready on" in server.log()
         yield base, server
-    finally:
-        server.stop(timeout=30)
 
 
 def test_sync_predict_returns_the_model_result(local_mode: tuple[str, Server]) -> None:
