@@ -104,12 +104,12 @@ async def test_a_callback_retrying_in_a_killed_worker_is_delivered_by_the_next_o
         task_id = await queue.submit(TaskRequest(args={"x": 1}), CallbackTarget(f"http://127.0.0.1:{port}/hook"))
 
         async def retrying() -> TaskRecord | None:
-            record = await get_task(redis, task_id)
+            record = await get_task(redis, queue.config.queue_id, task_id)
             return record if record and record.callback_attempts >= 2 else None
 
         before = await async_wait_until(retrying, timeout=10, what="callback retries in progress")
         first.kill()  # SIGKILL while the target is down and the delivery job is mid-retry
-        killed = await get_task(redis, task_id)
+        killed = await get_task(redis, queue.config.queue_id, task_id)
         assert killed is not None
         assert killed.status is TaskStatus.SUCCESS and killed.callback_status == "pending", killed
         assert await redis.zscore(keys.callback_outbox(queue.config.queue_id), task_id) is not None

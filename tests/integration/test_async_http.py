@@ -214,8 +214,8 @@ async def test_a_task_of_a_same_named_endpoint_in_another_namespace_is_404(
         for namespace in ("team-b", "default"):
             task_id = keys.new_task_id()
             record = {"endpoint": NAME, "namespace": namespace, "status": "SUCCESS", "result": "7"}
-            client.hset(keys.task(task_id), mapping=record)
-            client.expire(keys.task(task_id), 60)
+            client.hset(keys.task(keys.queue_id(namespace, NAME), task_id), mapping=record)
+            client.expire(keys.task(keys.queue_id(namespace, NAME), task_id), 60)
             code, answer = await status(http, router["url"], task_id, wait=0)
             if namespace == "default":
                 assert (code, answer["result"]) == (200, 7)
@@ -239,7 +239,7 @@ async def test_the_record_has_a_ttl_and_metrics_count_tasks(
     await status(http, router["url"], accepted["task_id"], wait=20)
     client = redis.Redis(port=valkey_server.port)
     try:
-        ttl = client.ttl(keys.task(accepted["task_id"]))
+        ttl = client.ttl(keys.task(keys.queue_id("default", NAME), accepted["task_id"]))
         assert 0 < ttl <= 86400  # resultTTLSeconds (default) once terminal
     finally:
         client.close()
@@ -301,7 +301,7 @@ async def test_sigterm_lets_a_running_task_finish(tmp_path: Path, valkey_server:
             assert server.process.poll() is None  # draining, and still there: the running task holds it
             await open_gate(http, model_url, gate)
             assert server.process.wait(20) == 0, server.log()
-            assert client.hget(keys.task(accepted["task_id"]), "status") == b"SUCCESS"
+            assert client.hget(keys.task(keys.queue_id("default", NAME), accepted["task_id"]), "status") == b"SUCCESS"
         finally:
             client.close()
             server.stop()

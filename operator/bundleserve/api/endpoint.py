@@ -415,6 +415,9 @@ class ObjectMeta(BaseModel):
     name: Annotated[str, Field(pattern=DNS_1035_LABEL, max_length=63)]
     namespace: str | None = None
     uid: str | None = None
+    #: RFC 3339 UTC (`2026-01-02T03:04:05Z`, so text order is time order); the gateway gives a name used in two
+    #: namespaces to the older Endpoint.
+    creation_timestamp: str | None = None
     generation: int | None = None
     resource_version: str | None = None
     labels: dict[str, str] = {}

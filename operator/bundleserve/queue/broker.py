@@ -220,12 +220,12 @@ class TaskQueue:
             cfg.max_attempts,
             int(cfg.result_ttl_seconds),
             self.channel,
-            keys.task(""),
+            keys.task(self.config.queue_id, ""),
             claim_for or "",
             cfg.max_backlog,
             *_flatten(fields),
         ]
-        command = ("EVALSHA", scripts.submit.sha, 3, keys.task(task_id), self.stream, self.dead, *args)
+        command = ("EVALSHA", scripts.submit.sha, 3, keys.task(self.config.queue_id, task_id), self.stream, self.dead, *args)
         try:
             try:
                 (entry, claimed), durable = await self.submits.call(*command)
@@ -249,7 +249,7 @@ class TaskQueue:
 
     async def _withdraw(self, task_id: str, entry: str, claim_for: str | None) -> bool:
         """Remove an unconfirmed submission; False when it already runs elsewhere (then it will finish)."""
-        script_keys = [keys.task(task_id), self.stream]
+        script_keys = [keys.task(self.config.queue_id, task_id), self.stream]
         try:
             return bool(await scripts.withdraw(self.pipe, script_keys, [keys.GROUP, entry, claim_for or ""]))
         except (_RedisError, OSError) as error:
@@ -290,7 +290,7 @@ class TaskQueue:
         task that is about to run or still runs. False for a task whose lease was lost (it was reclaimed)."""
         if not started:
             return []
-        script_keys = [self.stream, *(keys.task(s.delivery.task_id) for s in started)]
+        script_keys = [self.stream, *(keys.task(self.config.queue_id, s.delivery.task_id) for s in started)]
         args: list[Any] = [keys.GROUP, consumer, consumer]
         for item in started:
             args.extend((item.delivery.entry_id, item.attempts))
@@ -326,7 +326,7 @@ class TaskQueue:
         """Atomically decide for each delivery: run it (attempts + 1, STARTED), or finish it without running."""
         if not deliveries:
             return []
-        script_keys = [self.stream, self.dead, *(keys.task(d.task_id) for d in deliveries)]
+        script_keys = [self.stream, self.dead, *(keys.task(self.config.queue_id, d.task_id) for d in deliveries)]
         args = self._start_args(consumer)
         for delivery in deliveries:
             args.extend((delivery.entry_id, delivery.task_id))
@@ -337,7 +337,7 @@ class TaskQueue:
 
         Returns (picked up, the stream's last id when there was nothing to pick up: wait with `wait_after`).
         """
-        args = [*self._start_args(consumer), count, keys.task("")]
+        args = [*self._start_args(consumer), count, keys.task(self.config.queue_id, "")]
         last_id, entries = await scripts.claim(self.pipe, [self.stream, self.dead], args)
         return _started(entries), _s(last_id)
 
@@ -365,7 +365,7 @@ class TaskQueue:
     ) -> tuple[bool, list[Started]]:
         """The terminal transition; (True if this call made it, tasks claimed for `claim_for` in the same trip)."""
         cfg = self.config
-        script_keys = [keys.task(delivery.task_id), self.stream, self.dead, self.callback_outbox]
+        script_keys = [keys.task(self.config.queue_id, delivery.task_id), self.stream, self.dead, self.callback_outbox]
         args = [
             keys.GROUP,
             delivery.entry_id,
@@ -378,7 +378,7 @@ class TaskQueue:
             repr(time.time()),
             cfg.request_ttl_seconds,
             cfg.max_attempts,
-            keys.task(""),
+            keys.task(self.config.queue_id, ""),
             *lease.args(),
             "status",
             status.value,
@@ -395,22 +395,22 @@ class TaskQueue:
         """Back to PENDING at the stream's tail: after a retryable failure, or (release) when this worker drains.
 
         Fenced on `lease`: False (nothing changed) when the task is finished or held by another lease."""
-        script_keys = [keys.task(delivery.task_id), self.stream]
+        script_keys = [keys.task(self.config.queue_id, delivery.task_id), self.stream]
         args = [keys.GROUP, delivery.entry_id, delivery.task_id, -1 if release else 0, *lease.args(), *_flatten(fields)]
         return bool(await scripts.requeue(self.pipe, script_keys, args))
 
     async def enqueue_callback(self, task_id: str) -> bool:
         """Put a finished task's callback job in the outbox, due now (idempotent; settled callbacks are left)."""
-        script_keys = [keys.task(task_id), self.callback_outbox]
+        script_keys = [keys.task(self.config.queue_id, task_id), self.callback_outbox]
         return bool(await scripts.enqueue_callback(self.redis, script_keys, [task_id, int(time.time() * 1000)]))
 
     async def update(self, task_id: str, fields: Mapping[str, Any]) -> bool:
-        return bool(await scripts.update_if_exists(self.redis, [keys.task(task_id)], _flatten(fields)))
+        return bool(await scripts.update_if_exists(self.redis, [keys.task(self.config.queue_id, task_id)], _flatten(fields)))
 
     # -- reads ----------------------------------------------------------------------------------------------------
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        return await get_task(self.pipe, task_id)
+        return await get_task(self.pipe, self.config.queue_id, task_id)
 
 
 def _started(replies: Any) -> list[Started]:
@@ -423,9 +423,26 @@ def _started(replies: Any) -> list[Started]:
     return found
 
 
-async def get_task(redis: aioredis.Redis | AutoPipeline, task_id: str) -> TaskRecord | None:
-    """The task's public state, or None for an unknown (or expired) id."""
+async def get_task(redis: aioredis.Redis | AutoPipeline, queue: str, task_id: str) -> TaskRecord | None:
+    """The task's public state in the queue `queue`, or None for an unknown (or expired) id."""
     if not keys.is_task_id(task_id):
         return None
-    values = await redis.execute_command("HMGET", keys.task(task_id), *STATUS_FIELDS)
+    values = await redis.execute_command("HMGET", keys.task(queue, task_id), *STATUS_FIELDS)
     return TaskRecord.from_fields(task_id, dict(zip(STATUS_FIELDS, values, strict=True)))
+
+
+async def find_task(redis: aioredis.Redis, queues: Sequence[str], task_id: str) -> tuple[str, TaskRecord] | None:
+    """(queue, record) of `task_id` among `queues`, or None. A task id does not say which endpoint it belongs to and
+    every record lives under its endpoint's prefix (the ACL boundary), so a reader by id alone (the gateway) probes
+    the queues its caller may see, in one pipelined round trip."""
+    if not keys.is_task_id(task_id) or not queues:
+        return None
+    async with redis.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            pipe.hmget(keys.task(queue, task_id), *STATUS_FIELDS)
+        replies = await pipe.execute()
+    for queue, values in zip(queues, replies, strict=True):
+        record = TaskRecord.from_fields(task_id, dict(zip(STATUS_FIELDS, values, strict=True)))
+        if record is not None:
+            return queue, record
+    return None

@@ -16,12 +16,14 @@ from bundleserve.api.errors import InvalidRequest, NotFound, Overloaded, Unavail
 from bundleserve.api.invocation import JSON_CONTENT_TYPE, Invocation
 from bundleserve.outbound.destinations import AddressPolicy
 from bundleserve.outbound.urls import check_url
+from bundleserve.queue import keys
 from bundleserve.queue.broker import QueueFull, QueueUnavailable, RedisError, Started, TaskQueue
 from bundleserve.queue.callbacks import check_callback_target
 from bundleserve.queue.connection import describe
 from bundleserve.queue.notify import CompletionWaiter
 from bundleserve.queue.recent import RecentResults
-from bundleserve.queue.results import InvalidKey, ResultStore
+from bundleserve.queue.results import InvalidKey, ResultStore, check_key
+from bundleserve.queue.results import sync_result_owner as result_owner
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord, TaskRequest
 from bundleserve.queue.worker import Worker
 
@@ -176,13 +178,27 @@ class TaskService:
     # -- result ---------------------------------------------------------------------------------------------------
 
     async def result(self, task_id: str) -> tuple[bytes, str]:
-        """A stored (large or pickled) result and its media type."""
-        return await stored_result(self.store, task_id)
+        """A stored (large or pickled) result of this endpoint and its media type: a task of another endpoint, or
+        another endpoint's sync result, is as unknown here as a missing one (a result key is no credential)."""
+        config = self.queue.config
+        if keys.is_task_id(task_id) and await self._record(task_id) is None:
+            raise NotFound(f"no stored result for {task_id!r} (unknown, inline, or expired)")
+        return await stored_result(self.store, task_id, owner=(config.namespace, config.endpoint))
 
 
-async def stored_result(store: ResultStore, task_id: str) -> tuple[bytes, str]:
+async def stored_result(
+    store: ResultStore, task_id: str, *, owner: tuple[str, str] | None = None, tasks: bool = True
+) -> tuple[bytes, str]:
     """A stored result by key, for every route that serves one (the async API and the sync `return_pickled` path):
-    an unsafe key is the client's mistake (400), a missing one 404."""
+    an unsafe key is the client's mistake (400), a missing one 404. With `owner` (namespace, name), a sync result
+    key (`results.sync_result_key`) of another endpoint, or any other key that is no task id, is 404 too; `tasks`
+    False refuses task ids as well (a router without the async API holds none)."""
+    try:
+        check_key(task_id)
+    except InvalidKey:
+        raise InvalidRequest(f"{task_id!r} is not a valid task id") from None
+    if owner is not None and result_owner(task_id) != owner and not (tasks and keys.is_task_id(task_id)):
+        raise NotFound(f"no stored result for {task_id!r} (unknown, inline, or expired)")
     try:
         found = await store.get(task_id)
     except InvalidKey:

@@ -9,7 +9,6 @@ rendering (gate, body limit, time limit, admission, url fetch, model call, error
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -20,7 +19,7 @@ from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, ModelError
 from bundleserve.api.invocation import JSON_CONTENT_TYPE, PICKLE_CONTENT_TYPE, Invocation, ModelReply
 from bundleserve.dialects.base import public_base_url
-from bundleserve.queue.results import ResultStore, open_result_store
+from bundleserve.queue.results import ResultStore, open_result_store, sync_result_key
 from bundleserve.router.calls import Call, parse_call
 from bundleserve.router.core import InvocationCore
 from bundleserve.router.model_client import encode_args
@@ -112,7 +111,7 @@ class PickledResults:
 
             data = cloudpickle.dumps(reply.result())
         store = result_store(self.state)
-        key = uuid.uuid4().hex
+        key = sync_result_key(self.state.settings.endpoint.namespace, self.state.settings.name)
         ttl = float(self.state.settings.endpoint.spec.async_settings.result_ttl_seconds)
         await store.put(key, data, PICKLE_CONTENT_TYPE, ttl_seconds=ttl)
         return store.url_for(key)
