@@ -20,7 +20,7 @@ from aiohttp import web
 
 from bundleserve.api.invocation import CallbackAuthRequest, TaskStatus
 from bundleserve.outbound.destinations import AddressPolicy, parse_cidrs
-from bundleserve.queue.broker import TaskQueue, get_task
+from bundleserve.queue.broker import TaskQueue
 from bundleserve.queue.callbacks import CallbackSender, RetryPolicy, auth_from_secret_dir
 from bundleserve.queue.config import Durability, QueueConfig
 from bundleserve.queue.invoke import ModelReply

@@ -521,6 +521,8 @@ async def test_a_tasks_own_request_ttl_shortens_the_endpoints_and_never_extends_
         assert expired.status is TaskStatus.EXPIRED
         assert "(5 s)" in (expired.traceback or "")
         assert (await finished(redis, config.queue_id, default)).status is TaskStatus.SUCCESS
-        assert (await finished(redis, config.queue_id, longer)).status is TaskStatus.EXPIRED  # the endpoint's 60 s still bound it
+        assert (
+            await finished(redis, config.queue_id, longer)
+        ).status is TaskStatus.EXPIRED  # the endpoint's 60 s still bound it
     finally:
         await waiter.close()

@@ -234,7 +234,9 @@ async def test_terminal_records_keep_no_request_and_callback_credentials_go_once
         assert made
     assert await client.hmget(keys.task(queue.config.queue_id, plain), "request", "callback") == [None, None]
     assert await client.hget(keys.task(queue.config.queue_id, with_callback), "request") is None
-    assert await client.hget(keys.task(queue.config.queue_id, with_callback), "callback") is not None  # still needed for the delivery
+    assert (
+        await client.hget(keys.task(queue.config.queue_id, with_callback), "callback") is not None
+    )  # still needed for the delivery
     recorded = await scripts.record_callback(
         client,
         [keys.task(queue.config.queue_id, with_callback), queue.callback_outbox],
@@ -442,13 +444,13 @@ async def test_a_long_result_upload_keeps_its_lease_and_its_success(
         task_id = await holder.queue.submit(TaskRequest(args={"v": 1}, return_pickled=True))
 
         async def started() -> bool:
-            record = await get_task(client, queue.config.queue_id, task_id)
+            record = await get_task(client, config.queue_id, task_id)
             return record is not None and record.status is TaskStatus.STARTED
 
         await async_wait_until(started, what="the holder to start the task")
         second = await run_worker(other)  # reclaims whatever is idle longer than the visibility timeout
         try:
-            record = await finished(client, queue, task_id, timeout=30)
+            record = await finished(client, holder.queue, task_id, timeout=30)
             assert (record.status, record.attempts) == (TaskStatus.SUCCESS, 1)
         finally:
             await stop_worker(other, second)
@@ -539,7 +541,9 @@ async def test_purge_removes_the_callback_outbox(client: aioredis.Redis, queues:
 async def test_a_stale_callback_lease_holder_cannot_record_its_attempt(client: aioredis.Redis, queues: list[TaskQueue]):
     queue = new_queue(client, queues, fresh_config(durability=Durability.MEMORY))
     task_id = await queue.submit(TaskRequest(args={}), CallbackTarget("https://cb.example"))
-    await client.hset(keys.task(queue.config.queue_id, task_id), mapping={"callback_status": "pending", "callback_attempts": 0})
+    await client.hset(
+        keys.task(queue.config.queue_id, task_id), mapping={"callback_status": "pending", "callback_attempts": 0}
+    )
     script_keys = [keys.task(queue.config.queue_id, task_id), queue.callback_outbox]
     # holder B (the lease of A expired) recorded attempt 1 as a retryable failure
     assert (
@@ -547,7 +551,9 @@ async def test_a_stale_callback_lease_holder_cannot_record_its_attempt(client: a
     )
     # A, late, records its own attempt 1 as delivered: refused, B's record stands
     assert await scripts.record_callback(client, script_keys, [task_id, 1, "", "callback_status", "delivered"]) == 0
-    assert await client.hmget(keys.task(queue.config.queue_id, task_id), "callback_status", "callback_attempts", "callback_error") == [
+    assert await client.hmget(
+        keys.task(queue.config.queue_id, task_id), "callback_status", "callback_attempts", "callback_error"
+    ) == [
         b"pending",
         b"1",
         b"B: HTTP 503",

@@ -225,7 +225,15 @@ class TaskQueue:
             cfg.max_backlog,
             *_flatten(fields),
         ]
-        command = ("EVALSHA", scripts.submit.sha, 3, keys.task(self.config.queue_id, task_id), self.stream, self.dead, *args)
+        command = (
+            "EVALSHA",
+            scripts.submit.sha,
+            3,
+            keys.task(self.config.queue_id, task_id),
+            self.stream,
+            self.dead,
+            *args,
+        )
         try:
             try:
                 (entry, claimed), durable = await self.submits.call(*command)
@@ -405,7 +413,9 @@ class TaskQueue:
         return bool(await scripts.enqueue_callback(self.redis, script_keys, [task_id, int(time.time() * 1000)]))
 
     async def update(self, task_id: str, fields: Mapping[str, Any]) -> bool:
-        return bool(await scripts.update_if_exists(self.redis, [keys.task(self.config.queue_id, task_id)], _flatten(fields)))
+        return bool(
+            await scripts.update_if_exists(self.redis, [keys.task(self.config.queue_id, task_id)], _flatten(fields))
+        )
 
     # -- reads ----------------------------------------------------------------------------------------------------
 

@@ -145,7 +145,11 @@ class CallbackOutbox:
             fields = {"callback_error": result.error or ""}
             due = _now_ms() + int(policy.delay(number) * 1000)
         args = [task_id, number, due, *(item for pair in fields.items() for item in pair)]
-        recorded = bool(await scripts.record_callback(redis, [keys.task(self.queue.config.queue_id, task_id), self.queue.callback_outbox], args))
+        recorded = bool(
+            await scripts.record_callback(
+                redis, [keys.task(self.queue.config.queue_id, task_id), self.queue.callback_outbox], args
+            )
+        )
         if recorded and settled:
             self.on_outcome(outcome)
         return recorded
