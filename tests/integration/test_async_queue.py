@@ -16,10 +16,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from bundleserve.api.invocation import TaskStatus
-from bundleserve.queue import keys
+from bundleserve.queue import acl, keys
 from bundleserve.queue.backlog import backlog
 from bundleserve.queue.broker import QueueUnavailable, TaskQueue, get_task
 from bundleserve.queue.config import Durability, QueueConfig
+from bundleserve.queue.connection import observed_config
 from bundleserve.queue.invoke import PICKLE_CONTENT_TYPE, ModelReply
 from bundleserve.queue.notify import CompletionWaiter
 from bundleserve.queue.results import FilesystemResultStore
@@ -41,11 +42,22 @@ async def echo(request: TaskRequest, timeout: float) -> ModelReply:
 
 
 @pytest.fixture
-async def redis(each_redis_server: Valkey) -> AsyncIterator[aioredis.Redis]:
-    """Every test of this module runs on valkey-server and on Debian's redis-server 7.0."""
-    client = aioredis.Redis.from_url(each_redis_server.url)
+async def redis(
+    each_redis_server: Valkey, config: QueueConfig, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[aioredis.Redis]:
+    """Every test of this module runs on valkey-server and on Debian's redis-server 7.0, connected as the endpoint's
+    own ACL user (queue/acl.py) as a router in a cluster is: what the queue does must fit inside that user's rights.
+    The user cannot read CONFIG; like the operator, the fixture passes what the master credential reads."""
+    master = aioredis.Redis.from_url(each_redis_server.url)
+    for name, value in (await observed_config(master)).items():
+        monkeypatch.setenv(name, value)
+    password = acl.new_password()
+    await acl.ensure_user(master, config.queue_id, password)
+    client = aioredis.Redis.from_url(acl.endpoint_url(each_redis_server.url, config.queue_id, password))
     yield client
     await client.aclose()
+    await acl.delete_user(master, config.queue_id)
+    await master.aclose()
 
 
 @pytest.fixture
