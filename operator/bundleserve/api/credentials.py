@@ -57,18 +57,18 @@ class KeysFile:
     def parse(cls, text: str) -> KeysFile:
         found: list[ScopedKey] = []
         for number, raw in enumerate(text.splitlines(), start=1):
-            line = raw.split("#", 1)[0].strip() if raw.lstrip().startswith("#") else raw.strip()
-            if not line:
+            parts = raw.split()
+            if not parts or parts[0].startswith("#"):
                 continue
-            parts = line.split()
-            if len(parts) > 2 and not parts[2].startswith("#"):
+            comment = next((i for i, part in enumerate(parts) if part.startswith("#")), len(parts))
+            parts = parts[:comment]
+            if len(parts) > 2:
                 raise KeysFileError(f"line {number}: expected `KEY [namespace,...]`, found more fields")
             scope: frozenset[str] | None = None
-            if len(parts) >= 2 and not parts[1].startswith("#"):
+            if len(parts) == 2:
                 names = [name.strip() for name in parts[1].split(",") if name.strip()]
-                bad = [name for name in names if not _LABEL.match(name)]
-                if bad or not names:
-                    raise KeysFileError(f"line {number}: namespaces must be DNS labels, found {parts[1]!r}")
+                if not names or any(not _LABEL.match(name) for name in names):
+                    raise KeysFileError(f"line {number}: namespaces must be DNS labels, separated by commas")
                 scope = frozenset(names)
             found.append(ScopedKey(parts[0], scope))
         canonical = "\n".join(

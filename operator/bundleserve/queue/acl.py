@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from bundleserve.queue import keys
+from bundleserve.queue.connection import connect, observed_config
 
 USER_PREFIX = "bundleserve."
 #: The categories and commands granted, in ACL SETUSER syntax (order matters: later rules win).
@@ -108,3 +109,23 @@ async def ensure_user(redis: aioredis.Redis, queue: str, password: str) -> None:
 async def delete_user(redis: aioredis.Redis, queue: str) -> bool:
     """Remove the endpoint's user (its open connections are closed by the server); True if it existed."""
     return bool(await redis.execute_command("ACL", "DELUSER", username(queue)))  # type: ignore[no-untyped-call]
+
+
+class QueueUsers:
+    """The operator's handle on endpoint users, over one master connection (`connection.connect`'s timeouts)."""
+
+    def __init__(self, master_url: str) -> None:
+        self.redis = connect(master_url)
+
+    async def ensure(self, queue: str, password: str) -> None:
+        await ensure_user(self.redis, queue, password)
+
+    async def delete(self, queue: str) -> bool:
+        return await delete_user(self.redis, queue)
+
+    async def observed_config(self) -> dict[str, str]:
+        """The server's durability settings, as env for the routers (`connection.observed_config`)."""
+        return await observed_config(self.redis)
+
+    async def close(self) -> None:
+        await self.redis.aclose()

@@ -147,13 +147,16 @@ def router_env(endpoint: Endpoint, context: BuildContext) -> list[dict[str, Any]
         if not config.redis_secret:
             raise BuildError(
                 "AsyncNotConfigured",
-                "the async mode needs a Redis queue: the operator has no BUNDLESERVE_REDIS_SECRET configured",
+                "the async mode needs a Redis queue: the operator has no BUNDLESERVE_REDIS_URL configured",
             )
         env.append(secret_env("BUNDLESERVE_REDIS_URL", config.redis_secret, "url"))
         if scaler_for(endpoint, context.keda) is Scaler.KEDA:
             # KEDA's redis-streams scaler resolves these from the scale target's env (host:port and password).
             env.append(secret_env("BUNDLESERVE_REDIS_ADDRESS", config.redis_secret, "address", optional=True))
+            env.append(secret_env("BUNDLESERVE_REDIS_USERNAME", config.redis_secret, "username", optional=True))
             env.append(secret_env("BUNDLESERVE_REDIS_PASSWORD", config.redis_secret, "password", optional=True))
+        # What the operator read from the server's CONFIG (an endpoint's user may not): the durability decision.
+        env.extend({"name": name, "value": value} for name, value in context.redis_observed)
     if config.api_keys_secret:
         env.append({"name": "BUNDLESERVE_API_KEYS_FILE", "value": f"{API_KEYS_DIR}/{API_KEYS_KEY}"})
     if callback_auth(endpoint) is not None:
@@ -266,7 +269,9 @@ def volumes(endpoint: Endpoint, context: BuildContext) -> list[dict[str, Any]]:
     else:
         found.append({"name": "results", "emptyDir": {}})  # per pod: results are only reachable through that pod
     if config.api_keys_secret:
-        found.append({"name": "api-keys", "secret": {"secretName": config.api_keys_secret}})
+        # Only the keys file: the Secret also holds the endpoint's Redis credentials, which only env references get.
+        items = [{"key": API_KEYS_KEY, "path": API_KEYS_KEY}]
+        found.append({"name": "api-keys", "secret": {"secretName": config.api_keys_secret, "items": items}})
     auth = callback_auth(endpoint)
     if auth is not None:
         found.append({"name": "callback-auth", "secret": {"secretName": auth.secret_name}})
