@@ -301,7 +301,10 @@ async def test_sigterm_lets_a_running_task_finish(tmp_path: Path, valkey_server:
             assert server.process.poll() is None  # draining, and still there: the running task holds it
             await open_gate(http, model_url, gate)
             assert server.process.wait(20) == 0, server.log()
-            assert client.hget(keys.task(keys.queue_id("default", "asyncdrain"), accepted["task_id"]), "status") == b"SUCCESS"
+            assert (
+                client.hget(keys.task(keys.queue_id("default", "asyncdrain"), accepted["task_id"]), "status")
+                == b"SUCCESS"
+            )
         finally:
             client.close()
             server.stop()
