@@ -133,7 +133,7 @@ def read_url_policy(env: Mapping[str, str]) -> AddressPolicy:
             block=parse_cidrs(env.get("BUNDLESERVE_URL_BLOCK", ""), source="BUNDLESERVE_URL_BLOCK"),
             allow=parse_cidrs(env.get("BUNDLESERVE_URL_ALLOW", ""), source="BUNDLESERVE_URL_ALLOW")
             + parse_cidrs(extra_allow, source=ALLOW_LOOPBACK_ENV),
-            block_private=flag in {"1", "true", "yes"},
+            block_private=flag not in {"0", "false", "no"},  # refused unless explicitly opened
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None
