@@ -137,6 +137,28 @@ async def test_a_submitted_task_runs_and_its_result_is_inline(
     assert await backlog(redis, config.queue_id) == type(await backlog(redis, config.queue_id))(0, 0)
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [(b"hello world", ""), (b"not json {", "application/json"), (b"[" * 100_000, "")],
+    ids=["no-content-type", "mislabelled", "nested-too-deep"],
+)
+async def test_a_reply_that_is_not_json_is_stored_as_text(
+    redis: aioredis.Redis, config: QueueConfig, start_worker, make_queue, body: bytes, content_type: str
+):
+    """Issue 17 (7): a model answering text without a content type (or mislabelled) had its body stored as JSON:
+    the status document was invalid and the callback never settled."""
+
+    async def text(request: TaskRequest, timeout: float) -> ModelReply:
+        return ModelReply(200, body, content_type)
+
+    start_worker(config, text)
+    task_id = await make_queue(config).submit(TaskRequest(args={}))
+    record = await finished(redis, config.queue_id, task_id)
+    assert record.status is TaskStatus.SUCCESS
+    assert record.result == body.decode()
+    json.loads(json.dumps(record.callback_body()))  # the callback body (and the status document) are valid JSON
+
+
 async def test_fsync_durability_confirms_with_waitaof(redis: aioredis.Redis, config: QueueConfig, make_queue):
     queue = make_queue(replace(config, durability=Durability.FSYNC, fsync_timeout_ms=3000))
     task_id = await queue.submit(TaskRequest(args={}))

@@ -247,6 +247,29 @@ async def test_terminal_records_keep_no_request_and_callback_credentials_go_once
     assert await client.zscore(queue.callback_outbox, with_callback) is None
 
 
+async def test_a_task_expired_at_pickup_queues_its_callback_in_the_same_step(
+    client: aioredis.Redis, queues: list[TaskQueue]
+):
+    """Issue 17 (7): a task that expired before a worker picked it up kept its callback credentials in the record
+    (and got no callback) when the worker died before its separate enqueue step. The pick-up script now puts the
+    delivery job in the outbox itself; the delivery's settlement then strips the credentials."""
+    queue = new_queue(client, queues, fresh_config(durability=Durability.MEMORY, request_ttl_seconds=1))
+    await queue.prepare()
+    auth = CallbackAuthRequest(kind="basic", username="u", password="secret-pw")
+    task_id = await queue.submit(TaskRequest(args={}), CallbackTarget("https://cb.example", auth))
+    key = keys.task(queue.config.queue_id, task_id)
+    await client.hset(key, "created_at", repr(time.time() - 60))
+    started, _ = await queue.claim("w", 10)  # the pick-up script alone: the worker's own steps never run
+    assert [(item.delivery.task_id, item.outcome) for item in started] == [(task_id, "expired")]
+    assert await client.zscore(queue.callback_outbox, task_id) is not None  # a delivery is due
+    assert await client.hget(key, "request") is None
+    recorded = await scripts.record_callback(
+        client, [key, queue.callback_outbox], [task_id, 1, "", "callback_status", "failed"]
+    )
+    assert recorded == 1
+    assert await client.hget(key, "callback") is None  # settled: the credentials are gone
+
+
 async def test_the_backlog_cap_refuses_without_storing(client: aioredis.Redis, queues: list[TaskQueue]):
     queue = new_queue(client, queues, fresh_config(durability=Durability.MEMORY, max_backlog=2))
     await queue.submit(TaskRequest(args={}))

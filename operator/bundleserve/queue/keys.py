@@ -6,7 +6,8 @@ Per endpoint, keyed by its queue id `<namespace>/<name>` (see `queue_id`; DNS la
   `<hostname>-<pid>:submit` for tasks a submission claimed for that process's idle worker
 - `bundleserve:{<namespace>/<name>}:dead`    the dead-letter stream (tasks that failed after maxAttempts)
 - `bundleserve:{<namespace>/<name>}:done`    pub/sub channel carrying the id of every task that reached a terminal state
-- `bundleserve:{<namespace>/<name>}:callbacks` the callback outbox: a sorted set of task ids scored by the next
+- `bundleserve:{<namespace>/<name>}:callbacks` (the stream's name with `:callbacks` for `:stream`: the pick-up script
+  derives it so) the callback outbox: a sorted set of task ids scored by the next
   delivery attempt's due time (ms since the epoch); a claimed member is re-scored to the end of its lease
 - `bundleserve:{<namespace>/<name>}:task:<task_id>` per task: a hash (the task record), with a TTL
 - `bundleserve:{<namespace>/<name>}:bytes` the bytes the endpoint's live task records hold (the byte quota's counter)

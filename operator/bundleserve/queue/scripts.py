@@ -24,6 +24,16 @@ local function done(stream, group, entry)
   redis.call('XACK', stream, group, entry)
   redis.call('XDEL', stream, entry)
 end
+-- A task finished at pick-up (expired, out of attempts) with a callback target: its delivery job goes into the
+-- endpoint's outbox in the same step (the outbox is the stream's sibling key, `keys.callback_outbox`), so the
+-- target's credentials leave the record once the delivery settles; a crash before a separate enqueue used to leave
+-- them there until the record's TTL with no delivery ever made.
+local function enqueue_at_pickup(stream, key, task_id, callback)
+  if callback == '' or redis.call('HGET', key, 'callback_status') ~= 'pending' then return end
+  local outbox = string.gsub(stream, ':stream$', ':callbacks')
+  local clock = redis.call('TIME')
+  redis.call('ZADD', outbox, 'NX', tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000), task_id)
+end
 -- A terminal record keeps what status reads need: the request goes, and the callback target once none is pending.
 local function strip(key)
   if redis.call('HGET', key, 'callback_status') == 'pending' then
@@ -63,7 +73,8 @@ local function start_one(stream, dead, key, entry, task_id, group, worker, now_t
     redis.call('HSET', key, 'status', 'EXPIRED', 'finished_at', now_text,
       'traceback', 'the task waited longer than requestTTLSeconds (' .. ttl .. ' s) before a worker picked it up')
     redis.call('EXPIRE', key, result_ttl)
-    redis.call('HDEL', key, 'request')
+    strip(key)
+    enqueue_at_pickup(stream, key, task_id, callback)
     done(stream, group, entry)
     redis.call('PUBLISH', channel, task_id)
     return {entry, task_id, 'expired', 0, '', callback}
@@ -71,7 +82,8 @@ local function start_one(stream, dead, key, entry, task_id, group, worker, now_t
     local reason = cur[5] or ('no attempt finished: the worker running it was lost ' .. (cur[3] or '0') .. ' times')
     redis.call('HSET', key, 'status', 'FAILURE', 'finished_at', now_text, 'traceback', reason)
     redis.call('EXPIRE', key, result_ttl)
-    redis.call('HDEL', key, 'request')
+    strip(key)
+    enqueue_at_pickup(stream, key, task_id, callback)
     done(stream, group, entry)
     redis.call('XADD', dead, 'MAXLEN', '~', '100000', '*', 't', task_id, 'reason', 'max_attempts')
     redis.call('PUBLISH', channel, task_id)
