@@ -21,7 +21,7 @@ from aiohttp import web
 from bundleserve.api.invocation import CallbackAuthRequest, TaskStatus
 from bundleserve.outbound.destinations import AddressPolicy, parse_cidrs
 from bundleserve.queue.broker import TaskQueue
-from bundleserve.queue.callbacks import CallbackSender, RetryPolicy, auth_from_secret_dir
+from bundleserve.queue.callbacks import NO_HTTP_ANSWER, CallbackSender, RetryPolicy, auth_from_secret_dir
 from bundleserve.queue.config import Durability, QueueConfig
 from bundleserve.queue.invoke import ModelReply
 from bundleserve.queue.results import FilesystemResultStore
@@ -177,7 +177,7 @@ async def test_a_target_that_is_down_is_recorded_as_failed(redis, worker):
     task_id = await queue.submit(TaskRequest(args={"v": 2}), CallbackTarget(f"http://127.0.0.1:{free_port()}/hook"))
     record = await callback_settled(queue, task_id)
     assert (record.callback_status, record.callback_attempts) == ("failed", 3)
-    assert "Connect" in (record.callback_error or "")
+    assert record.callback_error == NO_HTTP_ANSWER  # one text for closed, open-but-not-HTTP and dropped
     assert (record.status, record.result) == (TaskStatus.SUCCESS, {"v": 2})
 
 

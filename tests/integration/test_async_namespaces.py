@@ -71,7 +71,7 @@ async def test_same_named_endpoints_in_two_namespaces_have_separate_queues(
 
         # Deleting team-a's Endpoint purges team-a's queue only.
         removed = await purge_queue(redis, keys.queue_id("team-a", NAME))
-        assert removed == 2 + 1  # two task records and the stream
+        assert removed == 2 + 1 + 1  # two task records, the stream and the byte counter
         assert not await redis.exists(queue_a.stream, *(keys.task(queue_a.config.queue_id, t) for t in ids_a))
         assert await redis.xlen(queue_b.stream) == 3
         assert await redis.exists(*(keys.task(queue_b.config.queue_id, t) for t in ids_b)) == 3

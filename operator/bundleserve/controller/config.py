@@ -54,6 +54,8 @@ class OperatorConfig:
     #: The operator's own Redis connection (scaler backlog, queue cleanup on delete). The chart sets it from the
     #: same Secret as the routers'; never logged.
     redis_url: str | None = field(default=None, repr=False)
+    #: BUNDLESERVE_QUEUE_MAX_BACKLOG_BYTES passed on to the routers (None: their default, 256 MiB per endpoint).
+    queue_max_backlog_bytes: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -77,6 +79,11 @@ class OperatorConfig:
         lifetime = opt("BUNDLESERVE_PEERING_LIFETIME_SECONDS") or "60"
         if not lifetime.isdigit() or not 2 <= int(lifetime) <= 3600:
             raise ConfigError(f"BUNDLESERVE_PEERING_LIFETIME_SECONDS={lifetime!r} must be an integer (2-3600)")
+        quota = opt("BUNDLESERVE_QUEUE_MAX_BACKLOG_BYTES")
+        if quota is not None and not quota.isdigit():
+            raise ConfigError(
+                f"BUNDLESERVE_QUEUE_MAX_BACKLOG_BYTES={quota!r} must be a whole number of bytes (0 = no cap)"
+            )
         results_url, results_pvc = opt("BUNDLESERVE_RESULTS_URL"), opt("BUNDLESERVE_RESULTS_PVC")
         s3_secret, s3_endpoint = opt("BUNDLESERVE_RESULTS_S3_SECRET"), opt("BUNDLESERVE_RESULTS_S3_ENDPOINT")
         s3_region = opt("BUNDLESERVE_RESULTS_S3_REGION")
@@ -95,6 +102,7 @@ class OperatorConfig:
             cpu_target_utilization=int(utilization),
             peering_lifetime_seconds=int(lifetime),
             redis_url=opt("BUNDLESERVE_REDIS_URL"),
+            queue_max_backlog_bytes=int(quota) if quota is not None else None,
             secrets_namespace=opt("BUNDLESERVE_SECRETS_NAMESPACE") or opt("POD_NAMESPACE"),
         )
 

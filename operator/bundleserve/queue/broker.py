@@ -36,10 +36,12 @@ class QueueUnavailable(Exception):
 
 
 class QueueFull(Exception):
-    """The endpoint's backlog is at its cap (`QueueConfig.max_backlog`): nothing was stored; retry later (429)."""
+    """The endpoint's backlog is at its cap (`QueueConfig.max_backlog` tasks or `max_backlog_bytes`): nothing was
+    stored; retry later (429)."""
 
-    def __init__(self, cap: int) -> None:
-        super().__init__(f"the endpoint's queue holds {cap} unfinished tasks, its limit; retry later")
+    def __init__(self, cap: int, *, unit: str = "tasks") -> None:
+        what = f"{cap} unfinished tasks" if unit == "tasks" else f"{cap} bytes of unfinished tasks"
+        super().__init__(f"the endpoint's queue holds {what}, its limit; retry later")
         self.cap = cap
         self.retry_after_seconds = 1
 
@@ -223,6 +225,8 @@ class TaskQueue:
             keys.task(self.config.queue_id, ""),
             claim_for or "",
             cfg.max_backlog,
+            _record_bytes(fields),
+            cfg.max_backlog_bytes,
             *_flatten(fields),
         ]
         command = (
@@ -245,6 +249,8 @@ class TaskQueue:
             raise QueueUnavailable(describe(error)) from None
         if _s(entry) == "full":
             raise QueueFull(cfg.max_backlog)
+        if _s(entry) == "full-bytes":
+            raise QueueFull(cfg.max_backlog_bytes, unit="bytes")
         picked = _started(claimed)
         if durable is not None and int(durable[0]) < 1:
             # Not confirmed on disk: take it back so it never runs (unless a worker elsewhere already runs it).
@@ -421,6 +427,13 @@ class TaskQueue:
 
     async def get(self, task_id: str) -> TaskRecord | None:
         return await get_task(self.pipe, self.config.queue_id, task_id)
+
+
+def _record_bytes(fields: Mapping[str, Any]) -> int:
+    """What a task record holds, as the byte quota counts it: its field names and values (not Redis' own overhead)."""
+    return sum(
+        len(name) + len(value if isinstance(value, (bytes, str)) else str(value)) for name, value in fields.items()
+    )
 
 
 def _started(replies: Any) -> list[Started]:

@@ -40,5 +40,5 @@ async def purge_queue(redis: aioredis.Redis, queue_id: str, *, batch: int = 500)
                 removed += int(await redis.unlink(*task_keys))
             if len(entries) < batch:
                 break
-    removed += int(await redis.unlink(*streams, keys.callback_outbox(queue_id)))
+    removed += int(await redis.unlink(*streams, keys.callback_outbox(queue_id), keys.byte_counter(queue_id)))
     return removed
