@@ -155,9 +155,6 @@ def router_env(endpoint: Endpoint, context: BuildContext) -> list[dict[str, Any]
             env.append(secret_env("BUNDLESERVE_REDIS_ADDRESS", config.redis_secret, "address", optional=True))
             env.append(secret_env("BUNDLESERVE_REDIS_USERNAME", config.redis_secret, "username", optional=True))
             env.append(secret_env("BUNDLESERVE_REDIS_PASSWORD", config.redis_secret, "password", optional=True))
-        if config.queue_max_backlog_bytes is not None:
-            value = str(config.queue_max_backlog_bytes)
-            env.append({"name": "BUNDLESERVE_QUEUE_MAX_BACKLOG_BYTES", "value": value})
         # What the operator read from the server's CONFIG (an endpoint's user may not): the durability decision.
         env.extend({"name": name, "value": value} for name, value in context.redis_observed)
     if config.api_keys_secret:
@@ -165,6 +162,8 @@ def router_env(endpoint: Endpoint, context: BuildContext) -> list[dict[str, Any]
     if callback_auth(endpoint) is not None:
         env.append({"name": CALLBACK_SECRET_DIR_ENV, "value": CALLBACK_SECRET_DIR})
     env.append({"name": "BUNDLESERVE_RESULTS_DIR", "value": RESULTS_DIR})
+    # The destination guard and the byte quota as the cluster admin set them on the operator (ROUTER_SETTINGS).
+    env.extend({"name": name, "value": value} for name, value in config.router_settings)
     env.extend(s3_results_env(config))
     return env
 
