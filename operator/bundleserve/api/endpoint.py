@@ -252,8 +252,9 @@ class Callback(Model):
     """The default callback: the router POSTs each finished task's outcome here (a task may name its own URL)."""
 
     url: Annotated[str, Field(min_length=8, max_length=2048)]
-    """http(s) URL that receives the callbacks; https is required when auth is set. Private and loopback addresses
-    are refused in a cluster."""
+    """http(s) URL that receives the callbacks; https is required when auth is set. Cloud metadata, private, loopback
+    and link-local addresses are refused in a cluster (a range the cluster admin opens with BUNDLESERVE_URL_ALLOW
+    excepted; metadata addresses never)."""
     auth: CallbackAuth | None = None
     """Credentials sent with each callback. Empty: none."""
 
