@@ -198,22 +198,28 @@ class BatchItem:
     encode: Callable[[Any], bytes]
 
 
-def batch_kwargs(function: Callable[..., Any], model: Any) -> dict[str, Any]:
-    """The loaded model goes to a parameter named `model`, as for the entrypoint; the list is the first positional."""
+def batch_arguments(
+    function: Callable[..., Any], values: list[Any], model: Any
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """(args, kwargs) of a batch call: the list of calls is the first positional argument other than `model`; the
+    loaded model goes to a parameter named `model` (positionally when it comes first), as for the entrypoint."""
     signature = signature_of(function)
     if model is NO_MODEL or signature is None or MODEL_PARAMETER not in signature.parameters:
-        return {}
-    return {MODEL_PARAMETER: model}
+        return (values,), {}
+    first = next(iter(signature.parameters.values()))
+    if first.name == MODEL_PARAMETER and first.kind in _POSITIONAL:
+        return (model, values), {}
+    return (values,), {MODEL_PARAMETER: model}
 
 
 def batch_signature_problem(function: Callable[..., Any], *, with_model: bool) -> str | None:
-    """Why `function` cannot be called as `function(items[, model=...])`, or None (checked once, at start-up)."""
+    """Why `function` cannot be called with the list of calls (and the model), or None (checked once, at start-up)."""
     signature = signature_of(function)
     if signature is None:
         return None
-    kwargs = {MODEL_PARAMETER: None} if with_model and MODEL_PARAMETER in signature.parameters else {}
+    args, kwargs = batch_arguments(function, [], object() if with_model else NO_MODEL)
     try:
-        signature.bind([], **kwargs)
+        signature.bind(*args, **kwargs)
     except TypeError as error:
         return f"it cannot be called with the list of calls as its one positional argument ({error})"
     return None
@@ -270,19 +276,18 @@ async def call_batch(
     every item with that error; a wrong shape of its answer fails every item with `BatchResultInvalid`.
     """
     loop = asyncio.get_running_loop()
-    values = [item.value for item in items]
-    kwargs = batch_kwargs(function, model)
+    args, kwargs = batch_arguments(function, [item.value for item in items], model)
 
     def split_and_encode(result: Any) -> list[bytes | BundleError]:
         return _encode_each(split_batch(result, len(items), name=name), items)
 
     if is_async_callable(function):
-        result = await _run_async(function, (values,), kwargs)
+        result = await _run_async(function, args, kwargs)
         return await loop.run_in_executor(executor, split_and_encode, result)
 
     def run() -> tuple[bool, Any]:
         try:
-            result = function(values, **kwargs)
+            result = function(*args, **kwargs)
             if isinstance(result, Iterator):
                 result = list(result)
         except MODEL_FAILURES as error:
