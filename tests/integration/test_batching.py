@@ -8,6 +8,7 @@ that formed by the window instead would need 10 s between calls that are sent to
 from __future__ import annotations
 
 import asyncio
+import pickle
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from tests.support.local_mode import running_local_mode
+from tests.support.processes import Server, bundleserve, free_port
 
 BUNDLE = Path(__file__).resolve().parent / "batching_bundle"
 NAME = "batched"
@@ -150,3 +152,50 @@ async def predict_with_timeout(
         f"{base}/v1/endpoints/{NAME}/predict", json={"args": args}, timeout=aiohttp.ClientTimeout(total=seconds)
     ) as response:
         return response.status, await response.json()
+
+
+# --- the runtime alone: what the batch entrypoint receives ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    argv = bundleserve(
+        "bundle", "serve", "--entrypoint", "batching_model:describe", "--path", str(BUNDLE), "--port", str(port),
+        "--batch-entrypoint", "batching_model:describe_batch", "--max-batch-size", "3",
+        "--max-batch-latency-ms", "10000",
+    )  # fmt: skip
+    server = Server(argv, log_path=tmp_path_factory.mktemp("runtime") / "runtime.log")
+    url = f"http://127.0.0.1:{port}"
+    server.wait_http(f"{url}/readyz")
+    yield url
+    assert server.stop() == 0, server.log()
+    assert "batching calls for batching_model:describe_batch: up to 3 per batch, waiting up to 10000 ms" in server.log()
+
+
+async def test_raw_bodies_arrive_as_bytes_and_each_call_gets_the_encoding_it_asked_for(
+    runtime: str, client: aiohttp.ClientSession
+) -> None:
+    async def raw() -> Any:
+        headers = {"Content-Type": "text/csv"}
+        async with client.post(f"{runtime}/predict", data=b"1,2,3\n", headers=headers) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+    async def keywords() -> Any:
+        async with client.post(f"{runtime}/predict", json={"b": 1, "a": 2}) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+    async def pickled() -> Any:
+        headers = {"X-Bundleserve-Return": "pickle"}
+        async with client.post(f"{runtime}/predict", json={"c": 3}, headers=headers) as response:
+            assert response.status == 200, await response.text()
+            assert response.content_type == "application/vnd.bundleserve.pickle"
+            return pickle.loads(await response.read())
+
+    assert await asyncio.gather(raw(), keywords(), pickled()) == [
+        {"kind": "bytes", "size": 6, "batch_size": 3},
+        {"kind": "dict", "keys": ["a", "b"], "batch_size": 3},
+        {"kind": "dict", "keys": ["c"], "batch_size": 3},
+    ]

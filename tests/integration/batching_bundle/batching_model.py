@@ -34,3 +34,18 @@ def predict_batch(calls: list[dict[str, Any]]) -> list[Any]:
     if any(call.get("short") for call in calls):
         return results[:-1]
     return results
+
+
+def describe(body: bytes | None = None, /, **kwargs: Any) -> dict[str, Any]:
+    """Per-call contract of `describe_batch`: a raw body or keyword arguments."""
+    return {"kind": "bytes" if body is not None else "dict"}
+
+
+def describe_batch(calls: list[Any]) -> list[Any]:
+    """What each call arrived as: a raw body as bytes, keyword arguments as a dict."""
+    return [
+        {"kind": "bytes", "size": len(call), "batch_size": len(calls)}
+        if isinstance(call, bytes)
+        else {"kind": "dict", "keys": sorted(call), "batch_size": len(calls)}
+        for call in calls
+    ]
