@@ -292,25 +292,21 @@ class BundleRuntime:
             self.executor, lambda: decode_inputs(body, content_type=content_type, raw=raw)
         )
 
-    async def _bound(self, request: web.Request, target: Target) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    async def _bound(
+        self, request: web.Request, target: Target
+    ) -> tuple[Inputs, tuple[tuple[Any, ...], dict[str, Any]]]:
+        """The request's inputs and the (args, kwargs) `target` is called with; a mismatch is `InvalidArguments`."""
         model = self.readiness.model_for_request()
         inputs = await self._inputs(request)
         model_argument = model if self.spec.load is not None else calling.NO_MODEL
-        return calling.bind(target.function, inputs, model=model_argument, name=target.name)
+        return inputs, calling.bind(target.function, inputs, model=model_argument, name=target.name)
 
-    async def _predict_batched(self, request: web.Request, batcher: Batcher[calling.BatchItem, bytes]) -> bytes:
+    async def _predict_batched(
+        self, request: web.Request, batcher: Batcher[calling.BatchItem, bytes], *, pickled: bool
+    ) -> bytes:
         """Check the call against the entrypoint's signature (a bad call is its own 400 and never joins a batch), then
         wait for its share of a batch's answer."""
-        target = self.spec.predict
-        model = self.readiness.model_for_request()
-        inputs = await self._inputs(request)
-        calling.bind(
-            target.function,
-            inputs,
-            model=model if self.spec.load is not None else calling.NO_MODEL,
-            name=target.name,
-        )
-        pickled = request.headers.get(RETURN_HEADER, "").strip().lower() == "pickle"
+        inputs, _ = await self._bound(request, self.spec.predict)
         value = dict(inputs.kwargs) if inputs.body is None else inputs.body
         try:
             return await batcher.submit(calling.BatchItem(value, encode_pickle if pickled else encode_json))
@@ -321,9 +317,9 @@ class BundleRuntime:
         target = self.spec.predict
         pickled = request.headers.get(RETURN_HEADER, "").strip().lower() == "pickle"
         if self.batcher is not None:
-            payload = await self._predict_batched(request, self.batcher)
+            payload = await self._predict_batched(request, self.batcher, pickled=pickled)
         else:
-            args, kwargs = await self._bound(request, target)
+            _, (args, kwargs) = await self._bound(request, target)
             payload = await calling.call(
                 target.function, args, kwargs, executor=self.executor, encode=encode_pickle if pickled else encode_json
             )
@@ -340,7 +336,7 @@ class BundleRuntime:
                 f"{self.spec.predict.name} declares no streaming callable: make it a generator function, define "
                 "`stream` in its module, or pass --stream module:function"
             )
-        args, kwargs = await self._bound(request, target)
+        _, (args, kwargs) = await self._bound(request, target)
         chunks = calling.stream(target.function, args, kwargs, executor=self.executor)
         async with contextlib.aclosing(chunks):
             # Errors up to the first chunk are plain HTTP errors; after it, an `error` event ends the stream.
