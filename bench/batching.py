@@ -12,7 +12,7 @@ Two endpoints run side by side, each a `bundleserve bundle serve` behind its own
 code and the same router limits (concurrency 64, so admission never queues):
 - **unbatched**: `entrypoint: batch_scorer:predict`, one model call per request;
 - **batched**: the same plus `batchEntrypoint: batch_scorer:predict_batch` and
-  `invocation.batching: {maxBatchSize: 32, maxLatencyMilliseconds: 10}` (the runtime flags come from the spec through
+  `invocation.batching: {maxBatchSize: 32, maxWaitMilliseconds: 10}` (the runtime flags come from the spec through
   the same builder the operator and local mode use).
 Closed-loop clients (wrk when installed, else a Python raw-socket client in its own process) keep `c` requests in flight
 on `POST /v1/endpoints/{name}/predict` for `--duration` seconds; the two endpoints are measured in interleaved rounds
@@ -96,7 +96,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the table shows medians")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--window-ms", type=int, default=10, help="maxLatencyMilliseconds of the batched endpoint")
+    parser.add_argument("--window-ms", type=int, default=10, help="maxWaitMilliseconds of the batched endpoint")
     options = parser.parse_args()
 
     from bundleserve.api.manifest import parse_endpoint
@@ -110,7 +110,7 @@ def main() -> int:
         handle = open(workdir / log, "wb")  # noqa: SIM115 - lives as long as the process
         processes.append(subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO))
 
-    batching = {"maxBatchSize": options.max_batch_size, "maxLatencyMilliseconds": options.window_ms}
+    batching = {"maxBatchSize": options.max_batch_size, "maxWaitMilliseconds": options.window_ms}
     sides = [
         Side("unbatched", endpoint_document("unbatched", batching=None)),
         Side("batched", endpoint_document("batched", batching=batching)),
@@ -174,7 +174,7 @@ def report(
     after: tuple[float, float, float],
 ) -> int:
     medians = {key: base.median_load(loads) for key, loads in runs.items()}
-    print(f"\nbatched: maxBatchSize {options.max_batch_size}, maxLatencyMilliseconds {options.window_ms}; model: 20 ms per "
+    print(f"\nbatched: maxBatchSize {options.max_batch_size}, maxWaitMilliseconds {options.window_ms}; model: 20 ms per "
           f"call + 0.5 ms per item, one call at a time; {options.rounds} rounds x {options.duration:g} s, medians")  # fmt: skip
     print(
         "\n| concurrency | unbatched rps | unbatched p50 | batched rps | batched p50 | throughput ratio | p50 ratio |"

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-batch-size", type=int, default=None, metavar="N", help="most calls per batch (default 8)")
     serve.add_argument(
-        "--max-batch-latency-ms",
+        "--max-batch-wait-ms",
         type=int,
         default=None,
         metavar="MS",

@@ -47,7 +47,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     },
                     "invocation": {
                         "concurrency": 2 * SIZE,
-                        "batching": {"maxBatchSize": SIZE, "maxLatencyMilliseconds": 10_000},
+                        "batching": {"maxBatchSize": SIZE, "maxWaitMilliseconds": 10_000},
                     },
                     "async": {"maxAttempts": 1},
                 },
@@ -163,7 +163,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     argv = bundleserve(
         "bundle", "serve", "--entrypoint", "batching_model:describe", "--path", str(BUNDLE), "--port", str(port),
         "--batch-entrypoint", "batching_model:describe_batch", "--max-batch-size", "3",
-        "--max-batch-latency-ms", "10000",
+        "--max-batch-wait-ms", "10000",
     )  # fmt: skip
     server = Server(argv, log_path=tmp_path_factory.mktemp("runtime") / "runtime.log")
     url = f"http://127.0.0.1:{port}"

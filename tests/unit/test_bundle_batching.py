@@ -44,7 +44,7 @@ class Recorder:
 
 
 def batcher(recorder: Recorder, max_size: int, latency: float) -> Batcher[Any, Any]:
-    return Batcher(recorder, BatchSettings(max_size=max_size, max_latency_seconds=latency), name="test:batch")
+    return Batcher(recorder, BatchSettings(max_size=max_size, max_wait_seconds=latency), name="test:batch")
 
 
 async def gather(*calls: Any) -> list[Any]:
@@ -135,7 +135,7 @@ async def test_a_batch_that_raises_fails_every_call_of_that_batch_and_the_batche
             raise RuntimeError("the whole batch failed")
         return [item + 1 for item in items]
 
-    b: Batcher[int, int] = Batcher(run, BatchSettings(max_size=2, max_latency_seconds=HOUR))
+    b: Batcher[int, int] = Batcher(run, BatchSettings(max_size=2, max_wait_seconds=HOUR))
     outcomes = await gather_all(b.submit(1), b.submit(2), return_exceptions=True)
     assert [type(o) for o in outcomes] == [RuntimeError, RuntimeError]
     assert await gather(b.submit(5), b.submit(6)) == [6, 7]
@@ -146,7 +146,7 @@ async def test_a_runner_answering_the_wrong_number_of_outcomes_fails_every_call_
     async def run(items: list[int]) -> list[int]:
         return items[:-1]
 
-    b: Batcher[int, int] = Batcher(run, BatchSettings(max_size=2, max_latency_seconds=HOUR))
+    b: Batcher[int, int] = Batcher(run, BatchSettings(max_size=2, max_wait_seconds=HOUR))
     outcomes = await gather_all(b.submit(1), b.submit(2), return_exceptions=True)
     assert all(isinstance(o, RuntimeError) and "1 outcomes for a batch of 2" in str(o) for o in outcomes), outcomes
     await b.close()
@@ -197,9 +197,9 @@ async def test_close_fails_the_waiting_calls_and_refuses_new_ones() -> None:
 
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="max_size"):
-        BatchSettings(max_size=0, max_latency_seconds=0.01)
-    with pytest.raises(ValueError, match="max_latency_seconds"):
-        BatchSettings(max_size=1, max_latency_seconds=-1)
+        BatchSettings(max_size=0, max_wait_seconds=0.01)
+    with pytest.raises(ValueError, match="max_wait_seconds"):
+        BatchSettings(max_size=1, max_wait_seconds=-1)
 
 
 # --- call_batch: the batch entrypoint's contract -------------------------------------------------------------------

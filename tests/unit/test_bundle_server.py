@@ -48,11 +48,11 @@ def test_urls_bracket_ipv6_hosts() -> None:
 def test_batching_flags_become_batch_settings_with_the_spec_defaults() -> None:
     assert Settings.from_args(_args(), environ={}).batching is None
     defaults = Settings.from_args(_args("--batch-entrypoint", "m:batch"), environ={}).batching
-    assert defaults == BatchSettings(max_size=8, max_latency_seconds=0.01)
+    assert defaults == BatchSettings(max_size=8, max_wait_seconds=0.01)
     given = Settings.from_args(
-        _args("--batch-entrypoint", "m:batch", "--max-batch-size", "32", "--max-batch-latency-ms", "0"), environ={}
+        _args("--batch-entrypoint", "m:batch", "--max-batch-size", "32", "--max-batch-wait-ms", "0"), environ={}
     ).batching
-    assert given == BatchSettings(max_size=32, max_latency_seconds=0.0)
+    assert given == BatchSettings(max_size=32, max_wait_seconds=0.0)
 
 
 @pytest.mark.parametrize(
@@ -60,7 +60,7 @@ def test_batching_flags_become_batch_settings_with_the_spec_defaults() -> None:
     [
         (("--max-batch-size", "4"), "need --batch-entrypoint"),
         (("--batch-entrypoint", "m:b", "--max-batch-size", "0"), "--max-batch-size 0 must be at least 1"),
-        (("--batch-entrypoint", "m:b", "--max-batch-latency-ms", "-1"), "must not be negative"),
+        (("--batch-entrypoint", "m:b", "--max-batch-wait-ms", "-1"), "must not be negative"),
     ],
 )
 def test_bad_batching_flags_are_configuration_errors(extra: tuple[str, ...], problem: str) -> None:

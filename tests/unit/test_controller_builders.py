@@ -232,12 +232,12 @@ def test_the_runtime_gets_the_stream_callable_and_the_batching_settings() -> Non
     python = {"entrypoint": "m:predict", "stream": "m:tokens", "batchEntrypoint": "m:predict_batch"}
     ep = endpoint(
         bundle={"image": "reg/m:1", "python": python},
-        invocation={"concurrency": 32, "batching": {"maxBatchSize": 16, "maxLatencyMilliseconds": 25}},
+        invocation={"concurrency": 32, "batching": {"maxBatchSize": 16, "maxWaitMilliseconds": 25}},
     )
     model, _ = deployment_of(ep)["spec"]["template"]["spec"]["containers"]
     assert model["command"] == [
         *("bundleserve", "bundle", "serve", "--entrypoint", "m:predict", "--stream", "m:tokens"),
-        *("--batch-entrypoint", "m:predict_batch", "--max-batch-size", "16", "--max-batch-latency-ms", "25"),
+        *("--batch-entrypoint", "m:predict_batch", "--max-batch-size", "16", "--max-batch-wait-ms", "25"),
         *("--port", "5005"),
     ]
 

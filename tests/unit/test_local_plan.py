@@ -82,7 +82,7 @@ def test_batching_reaches_the_bundle_runtime_with_its_settings(tmp_path: Path) -
     argv = only.model.argv
     assert argv[argv.index("--batch-entrypoint") + 1] == "m:fb"
     assert argv[argv.index("--max-batch-size") + 1] == "4"
-    assert argv[argv.index("--max-batch-latency-ms") + 1] == "10"  # the spec's default window
+    assert argv[argv.index("--max-batch-wait-ms") + 1] == "10"  # the spec's default window
 
 
 def test_runnable_image_runs_its_command_with_the_port_and_its_ready_route(tmp_path: Path) -> None:

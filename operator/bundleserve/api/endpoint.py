@@ -243,7 +243,7 @@ class Batching(Model):
 
     max_batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
     """Most calls in one batch; a batch is dispatched as soon as it has this many."""
-    max_latency_milliseconds: Annotated[int, Field(ge=0, le=60_000)] = 10
+    max_wait_milliseconds: Annotated[int, Field(ge=0, le=60_000)] = 10
     """Longest a call waits for others to join its batch before the batch is dispatched with what it has (0: no
     waiting; calls that arrive while a batch runs still form the next one). One batch runs at a time per replica."""
 

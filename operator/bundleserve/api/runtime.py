@@ -27,7 +27,7 @@ def bundle_runtime_args(spec: EndpointSpec) -> list[str]:
             python.batch_entrypoint,
             "--max-batch-size",
             str(batching.max_batch_size),
-            "--max-batch-latency-ms",
-            str(batching.max_latency_milliseconds),
+            "--max-batch-wait-ms",
+            str(batching.max_wait_milliseconds),
         ]
     return args

@@ -5,7 +5,7 @@ is never batched, an async task the router's worker runs) reaches it as one HTTP
 enough calls through at once (`invocation.concurrency >= batching.maxBatchSize`, a rule of the spec).
 
 Policy (as Triton's dynamic batcher and Ray Serve's `@serve.batch`): a batch is dispatched as soon as it holds
-`max_size` calls, or when its oldest call has waited `max_latency` seconds, whichever comes first. One batch runs at a
+`max_size` calls, or when its oldest call has waited `max_wait` seconds, whichever comes first. One batch runs at a
 time (a GPU runs one forward pass at a time); calls that arrive meanwhile form the next batch, and if its oldest call
 has already waited out the window it is dispatched the moment the model is free.
 
@@ -33,16 +33,16 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """`spec.invocation.batching` as the runtime sees it (`--max-batch-size`, `--max-batch-latency-ms`)."""
+    """`spec.invocation.batching` as the runtime sees it (`--max-batch-size`, `--max-batch-wait-ms`)."""
 
     max_size: int
-    max_latency_seconds: float
+    max_wait_seconds: float
 
     def __post_init__(self) -> None:
         if self.max_size < 1:
             raise ValueError(f"max_size must be at least 1 (got {self.max_size})")
-        if self.max_latency_seconds < 0:
-            raise ValueError(f"max_latency_seconds must not be negative (got {self.max_latency_seconds})")
+        if self.max_wait_seconds < 0:
+            raise ValueError(f"max_wait_seconds must not be negative (got {self.max_wait_seconds})")
 
 
 #: Runs one batch: the items in, one outcome per item out (a value, or the exception that item fails with). Raising
@@ -117,7 +117,7 @@ class Batcher(Generic[I, R]):
                 continue
             if len(self._waiting) >= self.settings.max_size:
                 return
-            remaining = self._waiting[0].arrived + self.settings.max_latency_seconds - self._loop.time()
+            remaining = self._waiting[0].arrived + self.settings.max_wait_seconds - self._loop.time()
             if remaining <= 0:
                 return
             self._arrival.clear()

@@ -91,20 +91,20 @@ _BATCHING_DEFAULTS = Batching()
 
 
 def _batch_settings(args: argparse.Namespace) -> BatchSettings | None:
-    """`--max-batch-size` and `--max-batch-latency-ms` (defaults: spec.invocation.batching's) need `--batch-entrypoint`."""
+    """`--max-batch-size` and `--max-batch-wait-ms` (defaults: spec.invocation.batching's) need `--batch-entrypoint`."""
     size = getattr(args, "max_batch_size", None)
-    latency_ms = getattr(args, "max_batch_latency_ms", None)
+    latency_ms = getattr(args, "max_batch_wait_ms", None)
     if getattr(args, "batch_entrypoint", None) is None:
         if size is not None or latency_ms is not None:
-            raise BundleConfigError("--max-batch-size and --max-batch-latency-ms need --batch-entrypoint")
+            raise BundleConfigError("--max-batch-size and --max-batch-wait-ms need --batch-entrypoint")
         return None
     size = _BATCHING_DEFAULTS.max_batch_size if size is None else size
-    latency_ms = _BATCHING_DEFAULTS.max_latency_milliseconds if latency_ms is None else latency_ms
+    latency_ms = _BATCHING_DEFAULTS.max_wait_milliseconds if latency_ms is None else latency_ms
     if size < 1:
         raise BundleConfigError(f"--max-batch-size {size} must be at least 1")
     if latency_ms < 0:
-        raise BundleConfigError(f"--max-batch-latency-ms {latency_ms} must not be negative")
-    return BatchSettings(max_size=size, max_latency_seconds=latency_ms / 1000)
+        raise BundleConfigError(f"--max-batch-wait-ms {latency_ms} must not be negative")
+    return BatchSettings(max_size=size, max_wait_seconds=latency_ms / 1000)
 
 
 def _env_number(env: Any, name: str, default: T, kind: Callable[[str], T]) -> T:
@@ -236,7 +236,7 @@ class BundleRuntime:
             "batching calls for %s: up to %d per batch, waiting up to %g ms",
             batch.name,
             settings.max_size,
-            settings.max_latency_seconds * 1000,
+            settings.max_wait_seconds * 1000,
         )
         self.batcher = Batcher(self._run_batch, settings, name=batch.name)
 
