@@ -27,6 +27,11 @@ from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
+#: Event loops sleep on millisecond timers (epoll's timeout, libuv's clock) and wake up to a millisecond late, so the
+#: window's timer is set this much short of its end and a window within it of its end counts as over: a call waits
+#: *at most* `max_wait` (as documented), not up to a millisecond more.
+TIMER_SLACK_SECONDS = 0.001
+
 I = TypeVar("I")  # noqa: E741 - an item, as in the rest of the typing world
 R = TypeVar("R")
 
@@ -118,11 +123,11 @@ class Batcher(Generic[I, R]):
             if len(self._waiting) >= self.settings.max_size:
                 return
             remaining = self._waiting[0].arrived + self.settings.max_wait_seconds - self._loop.time()
-            if remaining <= 0:
+            if remaining <= TIMER_SLACK_SECONDS:
                 return
             self._arrival.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(remaining - TIMER_SLACK_SECONDS):
                     await self._arrival.wait()
 
     async def _dispatch_forever(self) -> None:
