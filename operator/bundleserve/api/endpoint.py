@@ -249,7 +249,8 @@ class Batching(Model):
 
 
 class Invocation(Model):
-    """Sync and streaming invocation limits, enforced per replica by the router."""
+    """Limits of sync and streaming calls, enforced per replica by the router (async tasks share `concurrency`), and
+    dynamic batching, done by the bundle runtime."""
 
     timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
     """Seconds a sync call (or a stream's wait for its first byte) may take before the router answers 504."""
@@ -407,7 +408,7 @@ class EndpointSpec(Model):
     bundle: Bundle
     """What runs in the model container."""
     invocation: Invocation = Invocation()
-    """Limits of sync and streaming calls, per replica."""
+    """Limits of sync and streaming calls, per replica, and dynamic batching."""
     async_: Annotated[AsyncSettings | None, Field(default=None, alias="async")] = None
     """Queue settings of the async mode. Empty with async in modes: the defaults."""
     resources: Resources = Resources()
