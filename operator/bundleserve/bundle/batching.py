@@ -13,6 +13,10 @@ Outcomes are per call: `Batcher.submit` returns that call's answer or raises tha
 batcher's own task, so a caller that goes away (its request handler is cancelled) never cancels the batch; a call
 cancelled before its batch is dispatched is left out of it. Memory is bounded by the callers: every waiting call is
 one request the router admitted (`invocation.concurrency` per replica).
+
+Errors: a call raises its own outcome (the runtime's `BundleError`s: `ModelRaised` for an exception object or a raising
+batch, `BatchResultInvalid` for a wrong-shaped answer, `NotSerializable`), or `BatcherClosed` when the runtime stopped
+before its batch ran (the HTTP edge answers `503 not_ready`).
 """
 
 from __future__ import annotations
