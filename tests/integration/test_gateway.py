@@ -323,6 +323,10 @@ async def test_a_namespace_key_opens_its_namespace_only_and_routers_get_the_endp
                 assert r.status == expected, (key, await r.text())
         async with http.get(f"{url}/v1/endpoints/{entry.name}", headers={"Authorization": "Bearer k-other"}) as r:
             assert r.status == 404
+        async with http.get(f"{url}/v1/endpoints", headers={"Authorization": "Bearer k-other"}) as r:
+            assert (await r.json())["endpoints"] == []
+        async with http.get(f"{url}/v1/endpoints", headers={"Authorization": "Bearer k-default"}) as r:
+            assert [item["name"] for item in (await r.json())["endpoints"]] == [entry.name]
         direct = f"{router_url}/v1/endpoints/{entry.name}/predict"
         async with http.post(direct, json={"args": {}}, headers={"Authorization": "Bearer k-default"}) as response:
             assert response.status == 401  # the router holds no client key: the gateway's own key opened it

@@ -160,8 +160,11 @@ class Gateway:
     # -- handlers ----------------------------------------------------------------------------------------------
 
     async def list_endpoints(self, request: web.Request) -> web.Response:
-        require_key(self.keys, request.headers.get("Authorization"))
-        return web.json_response({"endpoints": [entry.describe() for entry in self.registry.entries()]})
+        """The endpoints the caller's key reaches (another namespace's names are not listed either)."""
+        self.gate(None, request.headers.get("Authorization"), None)
+        scope = _SCOPE.get(frozenset())
+        entries = [entry for entry in self.registry.entries() if scope is None or entry.namespace in scope]
+        return web.json_response({"endpoints": [entry.describe() for entry in entries]})
 
     async def describe(self, request: web.Request) -> web.Response:
         entry = self.gate_name(request, None)
