@@ -40,6 +40,7 @@ EXTRAS: dict[str, dict[str, Any]] = {
     "gpu-type-only": {"resources": {"gpuType": "l4"}},
     "gpu": {"resources": {"gpuType": "l4", "gpus": 1}},
     "deep-queue": {"invocation": {"concurrency": 2, "maxQueued": 2001}},
+    "openai": {"openai": {}},
 }
 
 

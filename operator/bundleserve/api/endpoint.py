@@ -365,6 +365,18 @@ class PodSettings(Model):
     """PriorityClass of the pods. Empty: the cluster default."""
 
 
+class OpenAISettings(Model):
+    """The OpenAI-compatible API of this endpoint (docs/dialects.md, "OpenAI"): the endpoint is listed by
+    `GET /openai/v1/models` and answers chat and text completions whose `model` is its name. Needs the streaming mode:
+    the completions call the bundle's streaming callable (docs/bundles.md, "OpenAI-compatible models")."""
+
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
+    """The most tokens a request may ask for (`max_tokens` or `max_completion_tokens`; more is a 400), and what the
+    model is asked for when a request names no limit, so every generation is bounded."""
+    owned_by: Annotated[str, Field(min_length=1, max_length=256)] = "bundleserve"
+    """The `owned_by` of the model in `GET /openai/v1/models`."""
+
+
 class EndpointSpec(Model):
     """Desired state of an Endpoint: what to serve and how."""
 
@@ -390,6 +402,9 @@ class EndpointSpec(Model):
     """Replicas and autoscaling."""
     pod: PodSettings = PodSettings()
     """Pod-level settings: labels, scheduling, service account, pull secrets."""
+    openai: OpenAISettings | None = None
+    """Serve the OpenAI-compatible API (chat and text completions, the model list) for this endpoint. Empty: not
+    served. Needs the streaming mode."""
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> EndpointSpec:

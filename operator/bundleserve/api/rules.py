@@ -98,6 +98,12 @@ RULES: tuple[Rule, ...] = (
         ),
     ),
     Rule(
+        scope="spec",
+        cel="!has(self.openai) || 'streaming' in self.modes",
+        message="spec.openai needs the streaming mode in spec.modes (completions call the bundle's streaming callable)",
+        holds=lambda s: s.openai is None or "streaming" in s.modes,
+    ),
+    Rule(
         scope="spec.async.callback",
         cel="self.url.startsWith('https://') || self.url.startsWith('http://')",
         message="spec.async.callback.url must be an http:// or https:// URL",
