@@ -27,9 +27,11 @@ from bundleserve.api.errors import InvalidRequest, NotFound, Unavailable
 from bundleserve.api.invocation import Invocation
 from bundleserve.dialects.base import TaskBackend, public_base_url
 from bundleserve.dialects.launch import routes as launch
+from bundleserve.dialects.openai import routes as openai_routes
 from bundleserve.dialects.sagemaker import routes as sagemaker
 from bundleserve.dialects.sagemaker import sigv4
 from bundleserve.gateway.docs import add_docs_routes
+from bundleserve.gateway.openai_models import GatewayModels
 from bundleserve.gateway.proxy import forward, read_capped
 from bundleserve.gateway.registry import EndpointEntry, Registry
 from bundleserve.gateway.tasks import EndpointQueues
@@ -289,7 +291,7 @@ GATEWAY = web.AppKey("gateway", Gateway)
 
 
 def add_dialect_routes(app: web.Application, gateway: Gateway) -> None:
-    """SageMaker Runtime and Launch on the gateway (docs/gateway.md, "Dialects"): gated by `Gateway.gate`, async
+    """SageMaker Runtime, Launch and OpenAI on the gateway (docs/gateway.md, "Dialects"): gated by `Gateway.gate`, async
     over the endpoints' queues (so submissions work at zero replicas), sync and streaming calls proxied."""
 
     def python_bundle(name: str) -> bool:
@@ -308,6 +310,8 @@ def add_dialect_routes(app: web.Application, gateway: Gateway) -> None:
         return gateway.task_owner() if name is None else gateway.task_service(name)
 
     launch.add_forwarding_routes(app, gateway, forward=gateway.proxy_to, tasks=launch_tasks)
+    # OpenAI: parsed here once, each call handed to the endpoint's router in one hop (gateway.forwarding).
+    openai_routes.add_routes(app, GatewayModels(gateway))
 
 
 def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Application:

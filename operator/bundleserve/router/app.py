@@ -21,6 +21,7 @@ from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unavailable
 from bundleserve.dialects.base import DialectMount, InvocationBackend, TaskBackend
 from bundleserve.dialects.launch import routes as launch
+from bundleserve.dialects.openai import routes as openai_routes
 from bundleserve.dialects.sagemaker import routes as sagemaker_routes
 from bundleserve.queue.service import stored_result as stored
 from bundleserve.router import async_routes, openapi
@@ -46,9 +47,14 @@ def _mount_launch(app: web.Application, core: InvocationBackend, tasks: TaskBack
     launch.add_routes(app, core, lambda _name: tasks, results=PickledResults(app[ROUTER_STATE]))
 
 
+def _mount_openai(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None) -> None:
+    """The OpenAI dialect for this router's endpoint (its models: the endpoint, when it declares spec.openai)."""
+    openai_routes.mount(app, core, tasks, app[ROUTER_STATE].settings.endpoint)
+
+
 #: Every dialect the router serves besides the native API, mounted by `build_app` as `mount(app, core, tasks)`.
 #: A dialect module exposes one `DialectMount` (see `bundleserve.dialects.base`) and is listed here, once.
-DIALECTS: list[DialectMount] = [sagemaker_routes.mount, _mount_launch]
+DIALECTS: list[DialectMount] = [sagemaker_routes.mount, _mount_launch, _mount_openai]
 
 
 class MethodNotAllowed(ApiError):
