@@ -252,7 +252,9 @@ def test_text_completion_whole_streamed_and_echoed(target: Target) -> None:
     assert (answer.choices[0].text, answer.choices[0].finish_reason) == ("d c b", "length")
     assert answer.usage is not None and (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (4, 3)
     chunks = list(
-        client.completions.create(model="tiny-chat", prompt=["x y"], stream=True, stream_options={"include_usage": True})
+        client.completions.create(
+            model="tiny-chat", prompt=["x y"], stream=True, stream_options={"include_usage": True}
+        )
     )
     assert {chunk.object for chunk in chunks} == {"text_completion"}
     assert "".join(chunk.choices[0].text for chunk in chunks if chunk.choices) == "y x"

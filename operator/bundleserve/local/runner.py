@@ -102,6 +102,12 @@ def ready_message(base: str, plans: list[EndpointPlan]) -> str:
         lines.append(f"  stream:  curl -sN {base}/v1/endpoints/{stream}/stream -d '{{\"args\": {{}}}}'")
     if queued:
         lines.append(f"  async:   curl -s {base}/v1/endpoints/{queued}/async -d '{{\"args\": {{}}}}'")
+    chat = next((p.name for p in plans if p.endpoint.spec.openai is not None), None)
+    if chat:
+        lines.append(
+            f"  OpenAI:  import openai; openai.OpenAI(base_url='{base}/openai/v1', api_key='local')"
+            f".chat.completions.create(model='{chat}', messages=[{{'role': 'user', 'content': 'hello'}}])"
+        )
     lines.append("  local mode lets url inputs and callbacks reach loopback addresses (a cluster blocks them)")
     return "\n".join(lines)
 

@@ -1,0 +1,282 @@
+"""The OpenAI dialect's pure parts: request parsing into the model call, the bundle contract (pieces, stop sequences,
+finish reason, usage), rendering (objects, chunk frames, the error table), and the native error round trip the
+gateway's hop relies on."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from bundleserve.api.endpoint import OpenAISettings
+from bundleserve.api.errors import (
+    ApiError,
+    InvalidRequest,
+    ModelError,
+    ModelNotReady,
+    NotFound,
+    Overloaded,
+    Timeout,
+    Unauthorized,
+    Unavailable,
+    error_from_body,
+)
+from bundleserve.api.invocation import Invocation
+from bundleserve.dialects.openai import render
+from bundleserve.dialects.openai.generation import Generation, Piece, Usage, decode_piece
+from bundleserve.dialects.openai.models import parse_chat, parse_completion
+from bundleserve.gateway.forwarding import native_body
+from bundleserve.router.sse import EventParser, success_chunk, success_event
+
+SETTINGS = OpenAISettings(max_tokens=100)
+
+
+def chat(**fields: Any) -> bytes:
+    return json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}).encode()
+
+
+# -- parsing ---------------------------------------------------------------------------------------------------------
+
+
+def test_chat_becomes_the_models_keyword_arguments() -> None:
+    body = chat(
+        messages=[
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}], "name": "u"},
+            {"role": "assistant", "content": "c", "refusal": None, "tool_calls": None},
+        ],
+        temperature=0.5,
+        stop="END",
+        seed=3,
+        user="ignored",
+        metadata={"ignored": "yes"},
+        logprobs=False,
+        tool_choice="none",
+    )
+    call = parse_chat(body).bind(SETTINGS)
+    assert call.kwargs == {
+        "messages": [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "ab", "name": "u"},
+            {"role": "assistant", "content": "c"},
+        ],
+        "max_tokens": 100,  # none asked: the endpoint's maxTokens, so every generation is bounded
+        "temperature": 0.5,
+        "seed": 3,
+        "stop": ["END"],
+    }
+    assert (call.stream, call.include_usage, call.stop) == (False, False, ("END",))
+    assert json.loads(call.body()) == call.kwargs
+
+
+def test_max_completion_tokens_and_max_tokens() -> None:
+    assert parse_chat(chat(max_completion_tokens=7)).bind(SETTINGS).max_tokens == 7
+    assert parse_chat(chat(max_tokens=7, max_completion_tokens=7)).bind(SETTINGS).kwargs["max_tokens"] == 7
+    with pytest.raises(InvalidRequest) as differ:
+        parse_chat(chat(max_tokens=7, max_completion_tokens=8))
+    assert differ.value.details["param"] == "max_completion_tokens"
+    with pytest.raises(InvalidRequest) as over:
+        parse_chat(chat(max_tokens=101)).bind(SETTINGS)
+    assert over.value.details["param"] == "max_tokens"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"model": None}, "model"),
+        ({"messages": None}, "messages"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_p": -1}, "top_p"),
+        ({"n": 3}, "n"),
+        ({"stop": ["", "x"]}, "stop"),
+        ({"logit_bias": {"1": 5}}, "logit_bias"),
+        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"reasoning_effort": "high"}, "reasoning_effort"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"stream": True, "stream_options": {"bogus": 1}}, "stream_options"),
+        ({"unheard_of": 1}, "unheard_of"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "assistant", "tool_calls": [{"id": "1"}]}]}, "messages[0].tool_calls"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content"),
+    ],
+)
+def test_chat_refusals_name_the_parameter(fields: dict[str, Any], param: str) -> None:
+    document = json.loads(chat())
+    document.update(fields)
+    document = {key: value for key, value in document.items() if value is not None}
+    with pytest.raises(InvalidRequest) as refused:
+        parse_chat(json.dumps(document).encode()).bind(SETTINGS)
+    assert refused.value.details["param"] == param
+
+
+def test_bodies_that_are_not_json_objects() -> None:
+    for body in (b"{", b"[]", b"\xff"):
+        with pytest.raises(InvalidRequest) as refused:
+            parse_chat(body)
+        assert refused.value.details["param"] is None
+
+
+def test_completion_prompt_echo_and_refusals() -> None:
+    call = parse_completion(b'{"model": "m", "prompt": ["p"], "echo": true, "max_tokens": 2}').bind(SETTINGS)
+    assert (call.kwargs, call.echo) == ({"prompt": "p", "max_tokens": 2}, "p")
+    for extra, param in (
+        ({"prompt": ["a", "b"]}, "prompt"),
+        ({"suffix": "s"}, "suffix"),
+        ({"best_of": 2}, "best_of"),
+        ({"logprobs": 1}, "logprobs"),
+    ):
+        with pytest.raises(InvalidRequest) as refused:
+            parse_completion(json.dumps({"model": "m", "prompt": "p", **extra}).encode())
+        assert refused.value.details["param"] == param
+
+
+# -- the bundle contract ---------------------------------------------------------------------------------------------
+
+
+def test_decode_piece() -> None:
+    assert decode_piece(b'"tok"') == Piece("tok")
+    assert decode_piece(b"raw text") == Piece("raw text")  # a runnable image's plain event
+    usage = b'{"text": "x", "finish_reason": "length", "usage": {"prompt_tokens": 2, "completion_tokens": 1}}'
+    assert decode_piece(usage) == Piece("x", "length", Usage(2, 1))
+    assert decode_piece(b'{"finish_reason": "stop"}') == Piece("", "stop")
+    for broken in (
+        b"3",
+        b"[1]",
+        b'{"text": 1}',
+        b'{"finish_reason": "tool_calls"}',
+        b'{"usage": {"prompt_tokens": -1}}',
+    ):
+        with pytest.raises(ModelError):
+            decode_piece(broken)
+
+
+def feed_all(generation: Generation, pieces: list[str]) -> str:
+    out = []
+    for piece in pieces:
+        out.append(generation.feed(Piece(piece)))
+        if generation.done:
+            break
+    out.append(generation.finish())
+    return "".join(out)
+
+
+@pytest.mark.parametrize(
+    ("pieces", "stop", "expected", "done"),
+    [
+        (["hello", " wor", "ld"], ("world",), "hello ", True),
+        (["hello", " wo", "rm"], ("world",), "hello worm", False),  # a held-back prefix that did not complete
+        (["a", "b", "c"], ("bc", "ab"), "", True),  # the earliest match wins
+        (["xEN", "Dy"], ("END",), "x", True),  # a stop sequence split over pieces
+        (["abc"], (), "abc", False),
+        (["aEN"], ("END",), "aEN", False),  # the model ended: held text is sent
+    ],
+)
+def test_stop_sequences(pieces: list[str], stop: tuple[str, ...], expected: str, done: bool) -> None:
+    generation = Generation(stop)
+    assert feed_all(generation, pieces) == expected
+    assert generation.done is done
+    assert generation.finish_reason == "stop"
+
+
+def test_held_back_text_is_only_the_possible_beginning_of_a_stop_sequence() -> None:
+    generation = Generation(("STOP",))
+    assert generation.feed(Piece("abcST")) == "abc"
+    assert generation.feed(Piece("x")) == "STx"
+
+
+def test_finish_reason_and_usage() -> None:
+    generation = Generation()
+    generation.feed(Piece("a"))
+    generation.feed(Piece("", "length"))
+    assert generation.finish_reason == "length"
+    assert generation.final_usage() == Usage(0, 1)  # the text pieces, without a reported usage
+    generation.feed(Piece("", None, Usage(5, 9)))
+    assert generation.final_usage().document() == {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}
+
+
+# -- rendering -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "kind", "code"),
+    [
+        (InvalidRequest("x", param="temperature"), 400, "invalid_request_error", None),
+        (Unauthorized("x"), 401, "invalid_request_error", "invalid_api_key"),
+        (render.model_not_found("m"), 404, "invalid_request_error", "model_not_found"),
+        (Overloaded("x"), 429, "requests", "rate_limit_exceeded"),
+        (ModelError("x"), 500, "server_error", "model_error"),
+        (ModelNotReady("x"), 503, "server_error", "service_unavailable"),
+        (Timeout("x"), 504, "server_error", "timeout"),
+        (ApiError("x"), 500, "server_error", None),
+    ],
+)
+def test_error_table(error: ApiError, status: int, kind: str, code: str | None) -> None:
+    assert render.error_kind(error).status == status
+    document = json.loads(render.error_body(error))
+    assert set(document["error"]) == {"message", "type", "param", "code"}
+    assert (document["error"]["type"], document["error"]["code"]) == (kind, code)
+    assert json.loads(render.error_event(error).removeprefix(b"data: ")) == document
+
+
+@pytest.mark.parametrize("chat", [True, False])
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_chunk_frames_are_one_json_event_each(chat: bool, include_usage: bool) -> None:
+    frames = render.ChunkFrames("id-1", 123, 'm"odel', chat=chat, include_usage=include_usage)
+    events = [frames.start(), frames.piece('t"ext\n'), frames.finish("length"), frames.usage(Usage(1, 2))]
+    documents = []
+    for event in events:
+        if not event:
+            continue
+        assert event.startswith(b"data: ") and event.endswith(b"\n\n")
+        documents.append(json.loads(event[len(b"data: ") :]))
+    assert {d["object"] for d in documents} == {"chat.completion.chunk" if chat else "text_completion"}
+    assert {d["model"] for d in documents} == {'m"odel'}
+    piece = documents[-3]["choices"][0]
+    assert (piece["delta"]["content"] if chat else piece["text"]) == 't"ext\n'
+    assert documents[-2]["choices"][0]["finish_reason"] == "length"
+    assert documents[-1]["choices"] == [] and documents[-1]["usage"]["total_tokens"] == 3
+    assert all(("usage" in d) is include_usage for d in documents[:-1])
+
+
+# -- the gateway's hop -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InvalidRequest("bad"),
+        NotFound("gone"),
+        Unauthorized("who"),
+        ModelError("boom", status_code=500, traceback="Traceback ...", type="ValueError"),
+        Unavailable("later", headers={"Retry-After": "1"}),
+        Overloaded("full", retry_after_seconds=3),
+        Timeout("slow"),
+    ],
+)
+def test_native_errors_round_trip(error: ApiError) -> None:
+    again = error_from_body(error.status, json.dumps(error.body()).encode(), error.headers)
+    assert type(again) is type(error)
+    assert again.body() == error.body() and again.headers == error.headers
+
+
+def test_answers_without_a_native_body() -> None:
+    assert isinstance(error_from_body(502, b"<html>bad gateway</html>", {}), Unavailable)
+    assert type(error_from_body(500, b"", {})) is ApiError
+
+
+def test_native_body_and_success_chunks() -> None:
+    assert json.loads(native_body(Invocation(body=b'{"a":1}', timeout_seconds=2.0, request_id="r"))) == {
+        "args": {"a": 1},
+        "timeout_seconds": 2.0,
+        "request_id": "r",
+    }
+    with pytest.raises(InvalidRequest):
+        native_body(Invocation(body=b"raw", raw=True))
+    [event] = EventParser().feed(success_event(b'{"text":"x"}'))
+    assert success_chunk(event.data) == b'{"text":"x"}'
+    assert success_chunk(b'{"status":"FAILURE","result":null}') is None
