@@ -235,6 +235,38 @@ async def test_async_client_whole_and_streamed(target: Target) -> None:
     await client.close()
 
 
+def test_n_choices_whole_and_streamed(target: Target) -> None:
+    client = target.client()
+    answer = client.chat.completions.create(model="tiny-chat", messages=hello("x y"), n=3)
+    assert [choice.index for choice in answer.choices] == [0, 1, 2]
+    assert {choice.message.content for choice in answer.choices} == {"You said: x y"}
+    assert answer.usage is not None
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (4, 3 * 4)  # the prompt counted once
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny-chat", messages=hello("x y"), n=2, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    texts: dict[int, str] = {}
+    finishes: dict[int, str | None] = {}
+    for chunk in chunks[:-1]:
+        [choice] = chunk.choices
+        texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+        finishes[choice.index] = choice.finish_reason
+    assert texts == {0: "You said: x y", 1: "You said: x y"}
+    assert finishes == {0: "stop", 1: "stop"}
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
+
+
+def test_one_failing_choice_fails_the_request(target: Target) -> None:
+    with pytest.raises(openai.InternalServerError):
+        target.client("lab").chat.completions.create(model="lab", messages=hello("fail before"), n=2)
+    stream = target.client("lab").chat.completions.create(model="lab", messages=hello("fail after"), n=2, stream=True)
+    with pytest.raises(openai.APIError) as caught:
+        list(stream)
+    assert "failed mid-stream" in caught.value.message
+
+
 def test_plain_string_pieces_count_as_tokens(target: Target) -> None:
     answer = target.client("lab").chat.completions.create(model="lab", messages=hello("plain"))
     assert answer.choices[0].message.content == "plain words only"
@@ -292,7 +324,7 @@ def test_a_wrong_or_missing_api_key_is_an_authentication_error(target: Target) -
     ("extra", "param"),
     [
         ({"temperature": 5}, "temperature"),
-        ({"n": 2}, "n"),
+        ({"n": 17}, "n"),
         ({"max_tokens": 100_000}, "max_tokens"),
         ({"logprobs": True}, "logprobs"),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),

@@ -66,7 +66,8 @@ def test_chat_becomes_the_models_keyword_arguments() -> None:
         "seed": 3,
         "stop": ["END"],
     }
-    assert (call.stream, call.include_usage, call.stop) == (False, False, ("END",))
+    assert (call.stream, call.include_usage, call.stop, call.n) == (False, False, ("END",), 1)
+    assert parse_chat(chat(n=3)).bind(SETTINGS).n == 3
     assert json.loads(call.body()) == call.kwargs
 
 
@@ -88,7 +89,7 @@ def test_max_completion_tokens_and_max_tokens() -> None:
         ({"messages": None}, "messages"),
         ({"temperature": 2.5}, "temperature"),
         ({"top_p": -1}, "top_p"),
-        ({"n": 3}, "n"),
+        ({"n": 17}, "n"),
         ({"stop": ["", "x"]}, "stop"),
         ({"logit_bias": {"1": 5}}, "logit_bias"),
         ({"tools": [{"type": "function"}]}, "tools"),
@@ -189,6 +190,22 @@ def test_held_back_text_is_only_the_possible_beginning_of_a_stop_sequence() -> N
     assert generation.feed(Piece("x")) == "STx"
 
 
+def test_usage_of_choices_counts_the_prompt_once() -> None:
+    assert Usage.of_choices([Usage(4, 2), Usage(4, 3)]) == Usage(4, 5)
+
+
+def test_whole_answers_list_their_choices() -> None:
+    choices = [render.Choice("a", "stop"), render.Choice("b", "length")]
+    chat_answer = json.loads(render.chat_completion("i", 1, "m", choices, Usage(1, 2)))
+    assert [(c["index"], c["message"]["content"], c["finish_reason"]) for c in chat_answer["choices"]] == [
+        (0, "a", "stop"),
+        (1, "b", "length"),
+    ]
+    text_answer = json.loads(render.text_completion("i", 1, "m", choices, Usage(1, 2)))
+    assert [c["text"] for c in text_answer["choices"]] == ["a", "b"]
+    assert text_answer["object"] == "text_completion" and text_answer["usage"]["total_tokens"] == 3
+
+
 def test_finish_reason_and_usage() -> None:
     generation = Generation()
     generation.feed(Piece("a"))
@@ -238,6 +255,9 @@ def test_chunk_frames_are_one_json_event_each(chat: bool, include_usage: bool) -
     assert {d["model"] for d in documents} == {'m"odel'}
     piece = documents[-3]["choices"][0]
     assert (piece["delta"]["content"] if chat else piece["text"]) == 't"ext\n'
+    other = json.loads(frames.piece("x", 2)[len(b"data: ") :])["choices"][0]
+    assert other["index"] == 2 and (other["delta"]["content"] if chat else other["text"]) == "x"
+    assert json.loads(frames.finish("stop", 2)[len(b"data: ") :])["choices"][0]["index"] == 2
     assert documents[-2]["choices"][0]["finish_reason"] == "length"
     assert documents[-1]["choices"] == [] and documents[-1]["usage"]["total_tokens"] == 3
     assert all(("usage" in d) is include_usage for d in documents[:-1])

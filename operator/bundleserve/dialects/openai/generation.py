@@ -30,6 +30,13 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    @staticmethod
+    def of_choices(usages: list[Usage]) -> Usage:
+        """A request's usage over its choices: the prompt counted once (each choice saw the same prompt), the
+        completions added."""
+        prompt = max((usage.prompt_tokens for usage in usages), default=0)
+        return Usage(prompt, sum(usage.completion_tokens for usage in usages))
+
     def document(self) -> dict[str, int]:
         return {
             "prompt_tokens": self.prompt_tokens,

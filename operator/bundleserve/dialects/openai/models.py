@@ -9,7 +9,7 @@ Every request field OpenAI defines falls in one of three groups (docs/dialects.m
 - accepted and ignored: accounting and routing hints that do not change the answer (`user`, `metadata`, `store`,
   `service_tier`, ...), and features switched off (`logprobs: false`, `tool_choice: "none"`, empty `tools`);
 - refused with a 400 naming the parameter: anything that would change the answer and that this server cannot give
-  (tools, logprobs, JSON modes, images, audio, `n` > 1, `best_of` > 1, `suffix`), and unknown fields, as OpenAI
+  (tools, logprobs, JSON modes, images, audio, `n` > 16, `best_of` > 1, `suffix`), and unknown fields, as OpenAI
   refuses them ("Unrecognized request argument supplied").
 """
 
@@ -26,6 +26,8 @@ from bundleserve.api.errors import InvalidRequest
 
 #: OpenAI accepts up to four stop sequences.
 MAX_STOP_SEQUENCES = 4
+#: The most choices one request may ask for (`n`): each is its own model call, so this bounds one request's fan-out.
+MAX_CHOICES = 16
 
 
 def invalid(message: str, param: str | None) -> InvalidRequest:
@@ -45,7 +47,7 @@ class _Body(BaseModel):
     max_tokens: Annotated[int | None, Field(default=None, ge=1)] = None
     temperature: Annotated[float | None, Field(default=None, ge=0, le=2)] = None
     top_p: Annotated[float | None, Field(default=None, ge=0, le=1)] = None
-    n: Annotated[int | None, Field(default=None, ge=1, le=128)] = None
+    n: Annotated[int | None, Field(default=None, ge=1, le=MAX_CHOICES)] = None
     stop: str | list[str] | None = None
     seed: int | None = None
     presence_penalty: Annotated[float | None, Field(default=None, ge=-2, le=2)] = None
@@ -119,6 +121,7 @@ class ModelCall:
     stop: tuple[str, ...]
     max_tokens: int
     echo: str | None = None  # completions with `echo`: the prompt, sent before the completion
+    n: int = 1  # choices: each one model call with the same arguments
 
     def body(self) -> bytes:
         """The model's keyword arguments as the JSON body of the invocation."""
@@ -255,8 +258,6 @@ def _call(
     request: _Body, kwargs: dict[str, Any], requested: int | None, settings: OpenAISettings, echo: str | None
 ) -> ModelCall:
     """The shared sampling parameters and answer options, checked against the endpoint's settings."""
-    if request.n not in (None, 1):
-        raise invalid("n must be 1: this server generates one choice per request", "n")
     if request.logit_bias:
         raise invalid("logit_bias is not supported", "logit_bias")
     stream = bool(request.stream)
@@ -292,4 +293,5 @@ def _call(
         stop=stop,
         max_tokens=max_tokens,
         echo=echo,
+        n=request.n or 1,
     )

@@ -131,7 +131,15 @@ def model_card(card: ModelCard) -> bytes:
 # -- whole answers -----------------------------------------------------------------------------------------------
 
 
-def chat_completion(ident: str, created: int, model: str, text: str, finish_reason: str, usage: Usage) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One generated choice of a whole answer."""
+
+    text: str
+    finish_reason: str
+
+
+def chat_completion(ident: str, created: int, model: str, choices: list[Choice], usage: Usage) -> bytes:
     return _dumps(
         {
             "id": ident,
@@ -141,18 +149,19 @@ def chat_completion(ident: str, created: int, model: str, text: str, finish_reas
             "system_fingerprint": None,
             "choices": [
                 {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "index": index,
+                    "message": {"role": "assistant", "content": choice.text, "refusal": None},
                     "logprobs": None,
-                    "finish_reason": finish_reason,
+                    "finish_reason": choice.finish_reason,
                 }
+                for index, choice in enumerate(choices)
             ],
             "usage": usage.document(),
         }
     )
 
 
-def text_completion(ident: str, created: int, model: str, text: str, finish_reason: str, usage: Usage) -> bytes:
+def text_completion(ident: str, created: int, model: str, choices: list[Choice], usage: Usage) -> bytes:
     return _dumps(
         {
             "id": ident,
@@ -160,7 +169,10 @@ def text_completion(ident: str, created: int, model: str, text: str, finish_reas
             "created": created,
             "model": model,
             "system_fingerprint": None,
-            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [
+                {"text": choice.text, "index": index, "logprobs": None, "finish_reason": choice.finish_reason}
+                for index, choice in enumerate(choices)
+            ],
             "usage": usage.document(),
         }
     )
@@ -172,7 +184,7 @@ def text_completion(ident: str, created: int, model: str, text: str, finish_reas
 class ChunkFrames:
     """The SSE events of one streamed completion, with the per-request constant parts encoded once."""
 
-    __slots__ = ("_head", "_include_usage", "_piece_head", "_piece_tail", "chat")
+    __slots__ = ("_head", "_include_usage", "_piece_heads", "_piece_tail", "chat")
 
     def __init__(self, ident: str, created: int, model: str, *, chat: bool, include_usage: bool) -> None:
         self.chat = chat
@@ -185,12 +197,17 @@ class ChunkFrames:
             + b',"system_fingerprint":null,"choices":'
         )
         tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
-        if chat:
-            self._piece_head = self._head + b'[{"index":0,"delta":{"content":'
-            self._piece_tail = b'},"logprobs":null,"finish_reason":null}]' + tail
-        else:
-            self._piece_head = self._head + b'[{"index":0,"text":'
-            self._piece_tail = b',"logprobs":null,"finish_reason":null}]' + tail
+        close = b'},"logprobs":null,"finish_reason":null}]' if chat else b',"logprobs":null,"finish_reason":null}]'
+        self._piece_tail = close + tail
+        self._piece_heads: dict[int, bytes] = {}
+
+    def _piece_head(self, index: int) -> bytes:
+        """The bytes before a piece's text for choice `index` (built once per choice)."""
+        head = self._piece_heads.get(index)
+        if head is None:
+            opening = b',"delta":{"content":' if self.chat else b',"text":'
+            head = self._piece_heads[index] = self._head + b'[{"index":' + str(index).encode() + opening
+        return head
 
     def _event(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> bytes:
         tail = b"}\n\n"
@@ -200,22 +217,22 @@ class ChunkFrames:
             tail = b',"usage":null' + tail
         return self._head + _dumps(choices) + tail
 
-    def start(self) -> bytes:
-        """The chat stream's first chunk: the assistant's role, no content yet (as OpenAI opens a stream)."""
+    def start(self, index: int = 0) -> bytes:
+        """A chat choice's first chunk: the assistant's role, no content yet (as OpenAI opens a stream)."""
         if not self.chat:
             return b""
         return self._event(
-            [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
+            [{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
         )
 
-    def piece(self, text: str) -> bytes:
-        return self._piece_head + _dumps(text) + self._piece_tail
+    def piece(self, text: str, index: int = 0) -> bytes:
+        return self._piece_head(index) + _dumps(text) + self._piece_tail
 
-    def finish(self, finish_reason: str) -> bytes:
+    def finish(self, finish_reason: str, index: int = 0) -> bytes:
         if self.chat:
-            choice: dict[str, Any] = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
+            choice: dict[str, Any] = {"index": index, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
         else:
-            choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "text": "", "logprobs": None, "finish_reason": finish_reason}
         return self._event([choice])
 
     def usage(self, usage: Usage) -> bytes:

@@ -16,6 +16,7 @@ Order of checks: the API key (401) before the body is read, the body limit (413)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -23,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -32,7 +33,7 @@ from bundleserve.api.errors import ApiError, ModelError
 from bundleserve.api.invocation import Invocation
 from bundleserve.dialects.base import CallBackend, InvocationBackend, TaskBackend
 from bundleserve.dialects.openai import render
-from bundleserve.dialects.openai.generation import Generation, decode_piece
+from bundleserve.dialects.openai.generation import Generation, Usage, decode_piece
 from bundleserve.dialects.openai.models import ModelCall, Parsed, parse_chat, parse_completion
 
 log = logging.getLogger(__name__)
@@ -186,11 +187,14 @@ class OpenAIRoutes:
         ident, created = render.completion_id(chat), int(time.time())
         if call.stream:
             frames = render.ChunkFrames(ident, created, call.model, chat=chat, include_usage=call.include_usage)
-            return await _stream(request, target, invocation, call, frames)
-        generation, text = await _collect(target, invocation, call)
+            if call.n == 1:
+                return await _stream(request, target, invocation, call, frames)
+            return await _stream_choices(request, target, invocation, call, frames)
+        results = await _collect_choices(target, invocation, call)
+        choices = [render.Choice(text, generation.finish_reason) for generation, text in results]
+        usage = Usage.of_choices([generation.final_usage() for generation, _ in results])
         build = render.chat_completion if chat else render.text_completion
-        answer = build(ident, created, call.model, text, generation.finish_reason, generation.final_usage())
-        return web.Response(body=answer, content_type=_JSON)
+        return web.Response(body=build(ident, created, call.model, choices, usage), content_type=_JSON)
 
 
 async def _collect(target: Target, invocation: Invocation, call: ModelCall) -> tuple[Generation, str]:
@@ -212,6 +216,87 @@ async def _collect(target: Target, invocation: Invocation, call: ModelCall) -> t
                 break  # a stop sequence: leaving the stream closes the model's generator
     parts.append(generation.finish())
     return generation, "".join(parts)
+
+
+async def _collect_choices(target: Target, invocation: Invocation, call: ModelCall) -> list[tuple[Generation, str]]:
+    """Every choice of a whole answer: one model call each, concurrently; the first failure fails the request and
+    closes the other calls."""
+    if call.n == 1:
+        return [await _collect(target, invocation, call)]
+    tasks = [asyncio.create_task(_collect(target, invocation, call)) for _ in range(call.n)]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        await _cancel(tasks)
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+#: One message of a choice's producer to the stream writer: (index, bytes to send, then: its Generation when the
+#: choice ended, its ApiError when it failed, None while it goes on).
+_Item = tuple[int, bytes, Generation | ApiError | None]
+
+
+async def _stream_choices(
+    request: web.Request, target: Target, invocation: Invocation, call: ModelCall, frames: render.ChunkFrames
+) -> web.StreamResponse:
+    """A stream of `n` > 1 choices: each its own model call, run concurrently, their chunks interleaved as they come
+    (each carries its choice's index; a bounded queue makes a slow client slow the models down). A failure before
+    anything was sent is the HTTP error; after it, the error event ends the stream and the other calls are closed."""
+    queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=4 * call.n)
+
+    async def produce(index: int) -> None:
+        generation = Generation(call.stop)
+        try:
+            async with target.core.stream(invocation) as chunks:
+                opening = frames.start(index) + (frames.piece(call.echo, index) if call.echo else b"")
+                await queue.put((index, opening, None))
+                async for chunk in chunks:
+                    text = generation.feed(decode_piece(chunk.data))
+                    if text:
+                        await queue.put((index, frames.piece(text, index), None))
+                    if generation.done:
+                        break
+            rest = generation.finish()
+            closing = (frames.piece(rest, index) if rest else b"") + frames.finish(generation.finish_reason, index)
+            await queue.put((index, closing, generation))
+        except ApiError as error:
+            await queue.put((index, b"", error))
+        except Exception:  # a bug of ours: the writer must still hear of it
+            log.exception("choice %d of a streamed completion failed", index)
+            await queue.put((index, b"", ApiError("internal error")))
+
+    tasks = [asyncio.create_task(produce(index)) for index in range(call.n)]
+    response: web.StreamResponse | None = None
+    ended: list[Generation] = []
+    try:
+        while len(ended) < call.n:
+            _, data, outcome = await queue.get()
+            if isinstance(outcome, ApiError):
+                if response is None:
+                    raise outcome
+                await response.write(render.error_event(outcome))
+                await response.write_eof()
+                return response
+            if response is None:
+                response = web.StreamResponse(headers=_SSE_HEADERS)
+                await response.prepare(request)
+            if data:
+                await response.write(data)
+            if outcome is not None:
+                ended.append(outcome)
+    finally:
+        await _cancel(tasks)
+    if response is None:  # cannot happen: each choice sends its opening before it ends
+        raise ApiError("no choice of the stream produced anything")
+    closing = frames.usage(Usage.of_choices([g.final_usage() for g in ended])) if call.include_usage else b""
+    await response.write(closing + render.DONE)
+    await response.write_eof()
+    return response
 
 
 async def _stream(
