@@ -5,6 +5,7 @@ gateway's hop relies on."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -300,3 +301,95 @@ def test_native_body_and_success_chunks() -> None:
     [event] = EventParser().feed(success_event(b'{"text":"x"}'))
     assert success_chunk(event.data) == b'{"text":"x"}'
     assert success_chunk(b'{"status":"FAILURE","result":null}') is None
+
+
+# -- the routes' error rendering -------------------------------------------------------------------------------------
+
+
+async def test_a_client_that_went_away_is_not_an_error_of_ours(caplog: pytest.LogCaptureFixture) -> None:
+    """Writing a stream chunk to a client that just disconnected raises ConnectionResetError: it must reach aiohttp
+    (which ignores a premature disconnection), not be logged as a bug and answered with a 500 on a prepared stream."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from bundleserve.dialects.openai.routes import _renders_errors
+
+    async def handler(request: Any) -> Any:
+        raise ConnectionResetError("Cannot write to closing transport")
+
+    with pytest.raises(ConnectionResetError):
+        await _renders_errors(handler)(make_mocked_request("POST", "/openai/v1/chat/completions"))
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+async def test_a_bug_of_ours_is_logged_and_answered_in_openais_shape(caplog: pytest.LogCaptureFixture) -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from bundleserve.dialects.openai.routes import _renders_errors
+
+    async def handler(request: Any) -> Any:
+        raise KeyError("oops")
+
+    response = await _renders_errors(handler)(make_mocked_request("POST", "/openai/v1/chat/completions"))
+    assert response.status == 500
+    assert json.loads(response.body)["error"]["type"] == "server_error"  # type: ignore[attr-defined]
+    assert [record.levelno for record in caplog.records] == [logging.ERROR]
+
+
+class _LabCore:
+    """A `CallBackend` whose stream yields `pieces` and records whether the stream was left (the model closed)."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+        self.closed = 0
+
+    async def predict(self, inv: Invocation) -> Any:
+        raise NotImplementedError
+
+    def stream(self, inv: Invocation) -> Any:
+        import contextlib
+
+        from bundleserve.api.invocation import StreamChunk
+
+        @contextlib.asynccontextmanager
+        async def entered() -> Any:
+            async def chunks() -> Any:
+                for piece in self.pieces:
+                    yield StreamChunk(piece)
+
+            try:
+                yield chunks()
+            finally:
+                self.closed += 1
+
+        return entered()
+
+
+def _gone_request() -> Any:
+    """A request whose connection is closing: every body write raises, as aiohttp's writer does then."""
+    from unittest import mock
+
+    from aiohttp.test_utils import make_mocked_request
+
+    writer = mock.Mock()
+    writer.write_headers = mock.AsyncMock()
+    writer.write = mock.AsyncMock(side_effect=ConnectionResetError("Cannot write to closing transport"))
+    writer.write_eof = mock.AsyncMock()
+    writer.drain = mock.AsyncMock()
+    return make_mocked_request("POST", "/openai/v1/chat/completions", writer=writer)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+async def test_a_stream_whose_client_went_away_ends_quietly_and_closes_the_model(
+    n: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    from bundleserve.dialects.openai import routes
+
+    core = _LabCore([b'"a"', b'"b"', b'"c"'])
+    target = routes.Target("m", SETTINGS, core, 1024)
+    call = parse_chat(chat(stream=True, n=n)).bind(SETTINGS)
+    frames = render.ChunkFrames("i", 1, "m", chat=True, include_usage=False)
+    stream = routes._stream if n == 1 else routes._stream_choices
+    response = await stream(_gone_request(), target, Invocation(body=call.body()), call, frames)
+    assert response.prepared  # handed back to aiohttp, which sees the closed transport
+    assert core.closed == n
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]

@@ -126,6 +126,8 @@ def _renders_errors(handler: Handler) -> Handler:
             return await handler(request)
         except ApiError as error:
             return _error_response(error)
+        except ConnectionResetError:  # the client went away: nothing to answer, not a bug (aiohttp ignores it)
+            raise
         except Exception:  # a bug of ours: logged, answered in the dialect's shape
             log.exception("unexpected error on %s %s", request.method, request.path)
             return _error_response(ApiError("internal error"))
@@ -289,48 +291,63 @@ async def _stream_choices(
                 await response.write(data)
             if outcome is not None:
                 ended.append(outcome)
+        if response is None:  # cannot happen: each choice sends its opening before it ends
+            raise ApiError("no choice of the stream produced anything")
+        closing = frames.usage(Usage.of_choices([g.final_usage() for g in ended])) if call.include_usage else b""
+        await response.write(closing + render.DONE)
+        await response.write_eof()
+        return response
+    except ConnectionResetError:
+        return _client_gone(response)
     finally:
         await _cancel(tasks)
-    if response is None:  # cannot happen: each choice sends its opening before it ends
-        raise ApiError("no choice of the stream produced anything")
-    closing = frames.usage(Usage.of_choices([g.final_usage() for g in ended])) if call.include_usage else b""
-    await response.write(closing + render.DONE)
-    await response.write_eof()
-    return response
 
 
 async def _stream(
     request: web.Request, target: Target, invocation: Invocation, call: ModelCall, frames: render.ChunkFrames
 ) -> web.StreamResponse:
     """The chunk stream. A failure before the model's first piece is an HTTP error (raised on entering the core's
-    stream); after it, one `data: {"error": ...}` event ends the stream without `[DONE]`."""
+    stream); after it, one `data: {"error": ...}` event ends the stream without `[DONE]`. A client that goes away
+    ends it quietly (leaving the core's stream closes the model's generator)."""
     generation = Generation(call.stop)
     response: web.StreamResponse | None = None
     try:
-        async with target.core.stream(invocation) as chunks:
-            response = web.StreamResponse(headers=_SSE_HEADERS)
-            await response.prepare(request)
-            opening = frames.start() + (frames.piece(call.echo) if call.echo else b"")
-            if opening:
-                await response.write(opening)
-            async for chunk in chunks:
-                text = generation.feed(decode_piece(chunk.data))
-                if text:
-                    await response.write(frames.piece(text))
-                if generation.done:
-                    break
-    except ApiError as error:
-        if response is None:
-            raise
-        await response.write(render.error_event(error))
+        try:
+            async with target.core.stream(invocation) as chunks:
+                response = web.StreamResponse(headers=_SSE_HEADERS)
+                await response.prepare(request)
+                opening = frames.start() + (frames.piece(call.echo) if call.echo else b"")
+                if opening:
+                    await response.write(opening)
+                async for chunk in chunks:
+                    text = generation.feed(decode_piece(chunk.data))
+                    if text:
+                        await response.write(frames.piece(text))
+                    if generation.done:
+                        break
+        except ApiError as error:
+            if response is None:
+                raise
+            await response.write(render.error_event(error))
+            await response.write_eof()
+            return response
+        rest = generation.finish()
+        closing = (frames.piece(rest) if rest else b"") + frames.finish(generation.finish_reason)
+        if call.include_usage:
+            closing += frames.usage(generation.final_usage())
+        await response.write(closing + render.DONE)
         await response.write_eof()
         return response
-    rest = generation.finish()
-    closing = (frames.piece(rest) if rest else b"") + frames.finish(generation.finish_reason)
-    if call.include_usage:
-        closing += frames.usage(generation.final_usage())
-    await response.write(closing + render.DONE)
-    await response.write_eof()
+    except ConnectionResetError:
+        return _client_gone(response)
+
+
+def _client_gone(response: web.StreamResponse | None) -> web.StreamResponse:
+    """A write to a client that disconnected: the prepared response goes back to aiohttp, which sees the closed
+    transport and only logs the access (nothing to answer, and not a bug of ours)."""
+    if response is None:
+        raise ConnectionResetError("the client went away before the stream started")
+    log.debug("the client of a streamed completion went away")
     return response
 
 
