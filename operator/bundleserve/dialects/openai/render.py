@@ -181,6 +181,9 @@ def text_completion(ident: str, created: int, model: str, choices: list[Choice],
 # -- streams -----------------------------------------------------------------------------------------------------
 
 
+_START = b',"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}'
+
+
 class ChunkFrames:
     """The SSE events of one streamed completion, with the per-request constant parts encoded once."""
 
@@ -217,23 +220,23 @@ class ChunkFrames:
             tail = b',"usage":null' + tail
         return self._head + _dumps(choices) + tail
 
+    def _choice_event(self, index: int, choice: bytes) -> bytes:
+        """One chunk of choice `index`; `choice` is the rest of the choice object after its index (pre-encoded)."""
+        tail = b',"usage":null}\n\n' if self._include_usage else b"}\n\n"
+        return self._head + b'[{"index":' + str(index).encode() + choice + b"]" + tail
+
     def start(self, index: int = 0) -> bytes:
         """A chat choice's first chunk: the assistant's role, no content yet (as OpenAI opens a stream)."""
         if not self.chat:
             return b""
-        return self._event(
-            [{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
-        )
+        return self._choice_event(index, _START)
 
     def piece(self, text: str, index: int = 0) -> bytes:
         return self._piece_head(index) + _dumps(text) + self._piece_tail
 
     def finish(self, finish_reason: str, index: int = 0) -> bytes:
-        if self.chat:
-            choice: dict[str, Any] = {"index": index, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
-        else:
-            choice = {"index": index, "text": "", "logprobs": None, "finish_reason": finish_reason}
-        return self._event([choice])
+        delta = b',"delta":{}' if self.chat else b',"text":""'
+        return self._choice_event(index, delta + b',"logprobs":null,"finish_reason":' + _dumps(finish_reason) + b"}")
 
     def usage(self, usage: Usage) -> bytes:
         """The last chunk with `stream_options.include_usage`: no choices, the whole request's usage."""
