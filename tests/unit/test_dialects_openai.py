@@ -393,3 +393,22 @@ async def test_a_stream_whose_client_went_away_ends_quietly_and_closes_the_model
     assert response.prepared  # handed back to aiohttp, which sees the closed transport
     assert core.closed == n
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def test_a_model_card_is_an_endpoint_that_declares_the_api() -> None:
+    from bundleserve.api.endpoint import Endpoint
+    from bundleserve.dialects.openai.routes import model_card
+
+    document: dict[str, Any] = {
+        "apiVersion": "bundleserve.dev/v1alpha1",
+        "kind": "Endpoint",
+        "metadata": {"name": "chat", "creationTimestamp": "2026-01-02T03:04:05Z"},
+        "spec": {"modes": ["streaming"], "localOnly": True, "bundle": {"python": {"entrypoint": "m:f"}}},
+    }
+    assert model_card(Endpoint.model_validate(document)) is None
+    document["spec"]["openai"] = {"ownedBy": "team"}
+    card = model_card(Endpoint.model_validate(document))
+    assert card == render.ModelCard(id="chat", owned_by="team", created=1767323045)
+    del document["metadata"]["creationTimestamp"]
+    card = model_card(Endpoint.model_validate(document))
+    assert card is not None and card.created == 0
