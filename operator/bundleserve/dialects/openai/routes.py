@@ -316,13 +316,14 @@ async def _stream(
             async with target.core.stream(invocation) as chunks:
                 response = web.StreamResponse(headers=_SSE_HEADERS)
                 await response.prepare(request)
-                opening = frames.start() + (frames.piece(call.echo) if call.echo else b"")
-                if opening:
-                    await response.write(opening)
+                # The role chunk goes out with the first piece (one write): it is sent once the model's first
+                # event is here either way (the core's stream is entered then).
+                pending = frames.start() + (frames.piece(call.echo) if call.echo else b"")
                 async for chunk in chunks:
                     text = generation.feed(decode_piece(chunk.data))
-                    if text:
-                        await response.write(frames.piece(text))
+                    if text or pending:
+                        await response.write(pending + frames.piece(text) if text else pending)
+                        pending = b""
                     if generation.done:
                         break
         except ApiError as error:
@@ -332,7 +333,7 @@ async def _stream(
             await response.write_eof()
             return response
         rest = generation.finish()
-        closing = (frames.piece(rest) if rest else b"") + frames.finish(generation.finish_reason)
+        closing = pending + (frames.piece(rest) if rest else b"") + frames.finish(generation.finish_reason)
         if call.include_usage:
             closing += frames.usage(generation.final_usage())
         await response.write(closing + render.DONE)
