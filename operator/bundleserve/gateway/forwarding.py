@@ -92,7 +92,9 @@ class RouterHop:
             first = await events.next()  # a failure before the first event raises here, on enter, as in the core
             yield events.iterate(first)
         finally:
-            upstream.close()  # an unfinished stream: the router sees the disconnect and stops the model
+            # Back to the pool when the stream was read to its end; closed otherwise (aiohttp closes a connection
+            # with unread data), so the router sees the disconnect and stops the model.
+            upstream.release()
 
 
 async def _bounded(upstream: aiohttp.ClientResponse) -> bytes:
