@@ -13,7 +13,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from bundleserve.api.errors import ModelError, NotFound
+from bundleserve.api.errors import ModelError, NotFound, Overloaded
 from bundleserve.api.invocation import Invocation
 from bundleserve.api.manifest import load_endpoints
 from bundleserve.gateway.forwarding import RouterHop
@@ -29,6 +29,15 @@ class Router:
         self.events = 3
         self.delay = 0.0
         self.fail_after: int | None = None
+        self.seen: tuple[object, object] | None = None
+
+    async def predict(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if "boom" in body["args"]:
+            error = {"code": "overloaded", "message": "full"}
+            return web.json_response({"error": error}, status=429, headers={"Retry-After": "7"})
+        self.seen = (body, request.headers.get("Authorization"))
+        return web.json_response({"status": "SUCCESS", "result": {"echo": body["args"]}, "status_code": 200})
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         self.peers.append(request.transport.get_extra_info("peername") if request.transport else None)
@@ -59,6 +68,7 @@ async def hop(tmp_path: Path) -> AsyncIterator[tuple[RouterHop, Router]]:
     router = Router()
     app = web.Application()
     app.router.add_post("/v1/endpoints/e/stream", router.stream)
+    app.router.add_post("/v1/endpoints/e/predict", router.predict)
     runner = web.AppRunner(app, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -109,3 +119,13 @@ async def test_failures_come_back_as_the_errors_they_were(hop: tuple[RouterHop, 
     client.headers["X-Unknown"] = "1"
     with pytest.raises(NotFound):
         await read_all(client)
+
+
+async def test_predict_sends_the_invocation_as_a_native_body(hop: tuple[RouterHop, Router]) -> None:
+    client, router = hop
+    reply = await client.predict(Invocation(body=b'{"a":1}', timeout_seconds=5.0))
+    assert (reply.status, reply.result()) == (200, {"echo": {"a": 1}})
+    assert router.seen == ({"args": {"a": 1}, "timeout_seconds": 5.0}, "Bearer k")
+    with pytest.raises(Overloaded) as refused:
+        await client.predict(Invocation(body=b'{"boom":1}'))
+    assert refused.value.headers == {"Retry-After": "7"}
