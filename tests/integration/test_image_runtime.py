@@ -47,6 +47,7 @@ def iris_pod() -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
     """The pod template and ConfigMaps of examples/iris as the operator builds them (sync only: no Redis here)."""
     document = yaml.safe_load((REPO / "examples" / "iris" / "endpoint.yaml").read_text())
     document["spec"]["modes"] = ["sync"]
+    document["spec"].pop("async", None)
     endpoint = parse_endpoint(document)
     config_map = build_config_map(endpoint)
     template = pod_template(endpoint, BuildContext(config=OperatorConfig()))
@@ -58,7 +59,7 @@ def unpacked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Unp
     archives = project_images().archives()
     work = tmp_path_factory.mktemp("images")
     try:
-        yield {name: unpack(archive, work / name.rsplit("/", 1)[1]) for name, archive in archives.items()}
+        yield {name: unpack(archive, work / name.rsplit("/", 1)[1].split(":")[0]) for name, archive in archives.items()}
     finally:
         shutil.rmtree(work, ignore_errors=True)  # two root filesystems, hundreds of MB
 
@@ -145,7 +146,9 @@ def test_the_router_and_the_iris_bundle_answer_a_prediction_as_the_pod_spec_runs
     body = {"args": {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}}
     status, answer = sandbox.http("POST", f"{base}/v1/endpoints/iris/predict", json.dumps(body).encode())
     assert status == 200, answer.decode(errors="replace") + logs()
-    assert json.loads(answer)["class"] == "setosa"  # a real scikit-learn model, trained at load time in the image
+    result = json.loads(answer)
+    assert result["status"] == "SUCCESS", result
+    assert result["result"]["class"] == "setosa", result  # a real scikit-learn model, trained at load time in the image
     print(f"start-to-ready (router /readyz, both containers started by runc): {ready_after:.1f} s")
 
     # What the kernel says the processes run with, for each container: the pod's user, no capabilities, no new

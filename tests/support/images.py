@@ -70,6 +70,8 @@ FORWARDED_APT_SETTINGS = (
     "Acquire::http::Proxy",
     "Acquire::https::Proxy",
 )
+#: The locks the Dockerfiles install (the other locks do not change the images).
+IMAGE_LOCKS = tuple(REPO / "requirements" / name for name in ("image.txt", "build.txt", "examples-image.txt"))
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 PIP_CONF = f"[global]\ncert = {SYSTEM_CA_BUNDLE}\n"
 #: Debian packages of the tools, by command.
@@ -162,7 +164,7 @@ def context_files() -> list[Path]:
         for p in (REPO / "operator").rglob("*")
         if p.is_file() and "__pycache__" not in p.parts and not any(part.endswith(".egg-info") for part in p.parts)
     ]
-    return sorted({*fixed, *sources, *(REPO / "requirements").glob("*.txt"), *(REPO / "examples").glob("*/*.py")})
+    return sorted({*fixed, *sources, *IMAGE_LOCKS, *(REPO / "examples").glob("*/*.py")})
 
 
 def images_key(base: str) -> str:

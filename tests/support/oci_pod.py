@@ -19,8 +19,8 @@ spec); no cgroup limits; no /etc/hosts, /etc/resolv.conf or termination-log moun
 env only from literal values (`valueFrom` raises: a test of this kind has no Secrets). emptyDirs are host directories
 of mode 0777 bind-mounted into every container that mounts them, configMaps read-only directories of their keys.
 
-Errors: `PodSpecError` for a pod template this module cannot translate; runc and umoci failures raise
-`subprocess.CalledProcessError` with their output.
+Errors: `PodSpecError` for a pod template this module cannot translate; umoci's failure is an OSError with
+its output, runc's a `subprocess.CalledProcessError`.
 """
 
 from __future__ import annotations
@@ -58,9 +58,11 @@ def unpack(archive: Path, dest: Path) -> UnpackedImage:
     with tarfile.open(archive) as tar:
         tar.extractall(layout, filter="tar")
     rootfs = dest / "rootfs"
-    subprocess.run(
-        ["umoci", "raw", "unpack", "--image", f"{layout}:{name}", str(rootfs)], check=True, capture_output=True
+    done = subprocess.run(
+        ["umoci", "raw", "unpack", "--image", f"{layout}:{name}", str(rootfs)], capture_output=True, text=True
     )
+    if done.returncode != 0:
+        raise OSError(f"umoci could not unpack {archive} (exit {done.returncode}): {done.stderr[-2000:]}")
     index = json.loads((layout / "index.json").read_text())
     manifest = json.loads(_blob(layout, index["manifests"][0]["digest"]))
     config = json.loads(_blob(layout, manifest["config"]["digest"]))
