@@ -17,7 +17,8 @@ Contract (`make image`, `make test`, tests/integration/test_image_runtime.py and
   missing, under a file lock so concurrent sessions build once; returns at once when the cache holds the build of the
   current inputs. Cache: `cache_root()/images/` (the same root as tests/support/cluster.py): `<key>/*.tar` (the key
   hashes the Dockerfiles, .dockerignore, everything the build context lets in, the locks, this module and the base's
-  key), `storage/` and `run/` (buildah's own store, overlay driver: nothing under /var/lib/containers), `build.log`.
+  key), `storage/` and `run/` (buildah's own store, overlay driver: nothing under /var/lib/containers; after a build it
+  keeps only that build's images and layers, the cache of the next one), `build.log`.
   The base is keyed by the host's apt sources, the forwarded apt settings and the package list. Removing the
   directory removes all of it (`make clean-images`).
 - `import_into_containerd(archive, address, namespace="k8s.io") -> str`: `ctr --address ADDRESS -n NAMESPACE images
@@ -36,6 +37,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -283,6 +285,31 @@ def _push(name: str, target: Path, build_log: Path) -> None:
     staging.rename(target)
 
 
+def stale_images(build_output: str, listing: str, keep_names: set[str]) -> list[str]:
+    """The IDs in `listing` (`buildah images --all --no-trunc --format '{{.ID}} {{.Name}}:{{.Tag}}'`, whose columns
+    buildah pads with spaces) that the build whose output is `build_output` neither made nor reused (its `--> ID`
+    and `--> Using cache ID` lines) and that carry none of `keep_names`."""
+    kept = set(re.findall(r"^--> (?:Using cache )?([0-9a-f]{11,64})$", build_output, re.MULTILINE))
+    stale = []
+    for line in listing.splitlines():
+        image_id, _, name = line.strip().partition(" ")
+        image_id = image_id.removeprefix("sha256:")
+        if image_id and name.strip() not in keep_names and not any(image_id.startswith(p) for p in kept):
+            stale.append(image_id)
+    return stale
+
+
+def _prune_storage(build_output: str, keep_names: set[str]) -> None:
+    """Drop every image of buildah's store that this build neither made nor reused, so the store holds one build's
+    layers (its cache for the next change) instead of growing by the examples image's size with every change."""
+    listing = _run(_buildah("images", "--all", "--no-trunc", "--format", "{{.ID}} {{.Name}}:{{.Tag}}"), what="listing")
+    stale = stale_images(build_output, listing.stdout, keep_names)
+    if stale:
+        done = subprocess.run(_buildah("rmi", *stale), capture_output=True, text=True, check=False)
+        if done.returncode != 0:  # a smaller cache is an optimisation; a failure only leaves more on disk
+            log.warning("could not remove %d old images from buildah's store: %s", len(stale), done.stderr[-500:])
+
+
 def project_images() -> ProjectImages:
     """The two archives, building what is missing (minutes the first time; a hash of the inputs afterwards)."""
     root = images_dir()
@@ -307,7 +334,8 @@ def project_images() -> ProjectImages:
         target.mkdir(exist_ok=True)
         _push(BUNDLESERVE_IMAGE, found.bundleserve, build_log)
         _push(EXAMPLES_IMAGE, found.examples, build_log)
-        for stale in root.iterdir():  # archives of older inputs (the layer cache in storage/ stays)
+        _prune_storage(build_log.read_text(errors="replace"), keep_names={base_name, BUNDLESERVE_IMAGE, EXAMPLES_IMAGE})
+        for stale in root.iterdir():  # archives of older inputs
             if (
                 stale.is_dir()
                 and stale != target

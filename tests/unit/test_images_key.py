@@ -47,3 +47,18 @@ def test_the_image_names_are_those_the_operator_and_the_examples_use() -> None:
     assert images.BUNDLESERVE_IMAGE == DEFAULT_IMAGE
     for manifest in REPO.glob("examples/*/endpoint.yaml"):
         assert f"image: {images.EXAMPLES_IMAGE}" in manifest.read_text(), manifest
+
+
+def test_pruning_keeps_the_named_images_and_what_the_build_made_or_reused() -> None:
+    # buildah pads the columns of `images --format`: the base image, named but not in the build's output, was once
+    # removed because its padded name did not compare equal (and mmdebstrap had to make it again).
+    base, made, reused, old = "a" * 64, "b" * 64, "c" * 64, "d" * 64
+    listing = (
+        f"sha256:{base}   localhost/bundleserve-base:0123\n"
+        f"sha256:{made}   <none>:<none>\n"
+        f"sha256:{reused}   <none>:<none>\n"
+        f"sha256:{old}   <none>:<none>\n"
+    )
+    output = f"STEP 1/2: FROM x\n--> Using cache {reused}\n--> {reused[:11]}\nSTEP 2/2: RUN y\n--> {made[:11]}\n"
+    keep = {"localhost/bundleserve-base:0123"}
+    assert images.stale_images(output, listing, keep) == [old]
