@@ -28,12 +28,12 @@ from bundleserve.router.admission import AdmissionController
 from bundleserve.router.auth import ApiKeys
 from bundleserve.router.core import InvocationCore
 from bundleserve.router.fetch import UrlFetcher
-from bundleserve.router.invoke import Invoker, PickledResults, error_response, result_store
+from bundleserve.router.invoke import Invoker, PickledResults, error_response
 from bundleserve.router.metrics import RouterMetrics
 from bundleserve.router.model_client import ModelClient
 from bundleserve.router.readiness import readiness_probe
 from bundleserve.router.settings import Settings
-from bundleserve.router.state import ROUTER_STATE, RouterState
+from bundleserve.router.state import ROUTER_STATE, RouterState, result_store
 
 log = logging.getLogger("bundleserve.router")
 
