@@ -311,7 +311,10 @@ def add_dialect_routes(app: web.Application, gateway: Gateway) -> None:
     def launch_tasks(name: str | None) -> TaskBackend:
         return gateway.task_owner() if name is None else gateway.task_service(name)
 
-    launch.add_forwarding_routes(app, gateway, forward=gateway.proxy_to, tasks=launch_tasks)
+    def names() -> list[str]:
+        return [entry.name for entry in gateway.registry.entries()]
+
+    launch.add_forwarding_routes(app, gateway, forward=gateway.proxy_to, tasks=launch_tasks, names=names)
 
 
 def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Application:

@@ -43,7 +43,10 @@ INVOKER = web.AppKey("invoker", Invoker)  # the native sync/stream handlers, sha
 
 def _mount_launch(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None) -> None:
     """The Launch dialect for this router's endpoint, keeping sync pickled results where native predict keeps them."""
-    launch.add_routes(app, core, lambda _name: tasks, results=PickledResults(app[ROUTER_STATE]))
+    state = app[ROUTER_STATE]
+    launch.add_routes(
+        app, core, lambda _name: tasks, results=PickledResults(state), names=lambda: (state.settings.name,)
+    )
 
 
 #: Every dialect the router serves besides the native API, mounted by `build_app` as `mount(app, core, tasks)`.
