@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
+from bundleserve.api.errors import ApiError
 from bundleserve.api.invocation import TaskStatus
 from bundleserve.queue import keys
 from bundleserve.queue.broker import Lease, Started, TaskQueue
@@ -403,10 +404,9 @@ class Worker:
         for started in picked:
             if started.outcome in ("expired", "failed"):
                 status = TaskStatus.EXPIRED if started.outcome == "expired" else TaskStatus.FAILURE
-                reason = "the request expired in the queue before it ran" if status is TaskStatus.EXPIRED else None
-                await self._write_failure(
-                    started.delivery.task_id, started.request, status, {"traceback": reason or "out of attempts"}
-                )
+                expired = status is TaskStatus.EXPIRED
+                why = "the request expired in the queue before it ran" if expired else "the task ran out of attempts"
+                await self._write_failure(started.delivery.task_id, started.request, status, {"traceback": why})
                 self.events.on_finished(status, 0.0)
                 try:
                     await self._callback(started.delivery.task_id, started.callback)
@@ -572,7 +572,7 @@ class Worker:
             return _Finish(TaskStatus.FAILURE, {"traceback": reason, "status_code": 500}, dead_reason="s3_output")
         try:
             await self.objects.write(output_url(path, task_id), reply.body, reply.content_type)
-        except OSError as error:
+        except (OSError, ValueError, ApiError) as error:  # S3 refused or unreachable; or an unusable path
             return _Finish(
                 TaskStatus.FAILURE,
                 {"traceback": f"could not write the output object: {error}", "status_code": 507},
@@ -599,7 +599,7 @@ class Worker:
         )
         try:
             await self.objects.write(failure_url(request.s3_failure_path, task_id), document, "application/json")
-        except OSError as error:
+        except (OSError, ValueError, ApiError) as error:
             log.error("could not write the failure object of task %s: %s", task_id, error)
 
     def _may_claim(self) -> bool:
