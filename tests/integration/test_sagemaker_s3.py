@@ -228,7 +228,19 @@ def test_an_unusable_input_object_writes_the_failure_object(
     assert missing(s3, reply["OutputLocation"])
 
 
-def test_a_malformed_s3_location_is_a_validation_error(runtime: Any, s3_target: S3Target) -> None:
+@pytest.mark.parametrize(
+    ("location", "expected"),
+    [
+        ("s3://Not_A_Bucket/key", "not an s3://bucket/key URL"),
+        # the result store holds every task's stored results: never an input (the deployment could read them all)
+        (f"s3://{RESULTS_BUCKET}/results/some-task-id", "inside the result store"),
+    ],
+    ids=["malformed", "inside-the-result-store"],
+)
+def test_refused_s3_locations_are_validation_errors(
+    runtime: Any, s3_target: S3Target, location: str, expected: str
+) -> None:
     with pytest.raises(ClientError) as caught:
-        runtime.invoke_endpoint_async(EndpointName=s3_target.endpoint, InputLocation="s3://Not_A_Bucket/key")
+        runtime.invoke_endpoint_async(EndpointName=s3_target.endpoint, InputLocation=location)
     assert caught.value.response["Error"]["Code"] == "ValidationError"
+    assert expected in caught.value.response["Error"]["Message"]

@@ -77,13 +77,20 @@ class SubmitChecks:
     #: Whether callback credentials may go over plain http (BUNDLESERVE_CALLBACK_ALLOW_INSECURE_CREDENTIALS).
     allow_insecure_credentials: bool = False
 
-    def check(self, inv: Invocation, callback: CallbackTarget | None, *, s3_inputs: bool = False) -> None:
-        """`s3_inputs`: the deployment stores results in S3, so a SageMaker InputLocation (`url_body`) may be an
-        `s3://` object, read by the worker through the same client."""
+    def check(self, inv: Invocation, callback: CallbackTarget | None, *, s3_results: S3Location | None = None) -> None:
+        """`s3_results`: where the deployment stores results in S3 (None: it does not). Then a SageMaker InputLocation
+        (`url_body`) may be an `s3://` object, read by the worker through the store's client, but never one inside
+        the store itself: the deployment's credentials can read every task's stored results and outputs there, and
+        a client must not be able to have them fed to its own task."""
         if inv.url is not None and inv.url_body and inv.url.startswith("s3://"):
-            if not s3_inputs:
+            if s3_results is None:
                 raise InvalidRequest("s3:// input locations need S3 storage configured on this deployment")
-            S3Url.parse(inv.url)
+            source = S3Url.parse(inv.url)
+            if source.bucket == s3_results.bucket and source.key.startswith(s3_results.prefix):
+                raise InvalidRequest(
+                    f"an input location inside the result store (s3://{s3_results.bucket}/{s3_results.prefix}) is "
+                    "refused: upload inputs to another bucket or prefix"
+                )
         elif inv.url is not None:
             check_url(inv.url, self.url_schemes)
         if callback is not None:
@@ -129,7 +136,9 @@ class TaskService:
         `request_ttl_seconds` (SageMaker's RequestTTLSeconds) the endpoint's `async.requestTTLSeconds`: a task still
         waiting for a worker after that long ends EXPIRED without running. Neither ever extends the endpoint's value.
         """
-        self.checks.check(inv, callback, s3_inputs=isinstance(self.store, S3ResultStore))
+        self.checks.check(
+            inv, callback, s3_results=self.store.location if isinstance(self.store, S3ResultStore) else None
+        )
         timeout = inv.timeout_seconds
         if invocation_timeout_seconds is not None and (timeout is None or invocation_timeout_seconds < timeout):
             timeout = invocation_timeout_seconds
