@@ -127,14 +127,14 @@ def _build_java(log: Path) -> str:
 
 def _build_rust(log: Path) -> Path:
     if shutil.which("cargo") is None:
-        raise RuntimeError("the Rust SDK driver needs cargo (Rust >= 1.88) on PATH")
+        raise RuntimeError("the Rust SDK driver needs cargo (a current stable Rust) on PATH")
     target_dir = cache() / "rust-target"
     _run(["cargo", "build", "--locked", "--quiet", "--target-dir", str(target_dir)], log, cwd=RUST)
     return target_dir / "debug" / "sagemaker-driver"
 
 
 def build() -> Built:
-    """Both builds, under one lock; a no-op (a second or so) when nothing changed."""
+    """Both builds, under one lock; seconds when nothing changed (the Java key matches, cargo finds it fresh)."""
     cache().mkdir(parents=True, exist_ok=True)
     log = cache() / "build.log"
     with (cache() / ".build.lock").open("w") as lock:
