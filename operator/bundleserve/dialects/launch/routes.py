@@ -22,6 +22,7 @@ endpoints to keep in step.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
@@ -204,7 +205,9 @@ class LaunchRoutes:
         """`list_model_endpoints`: every endpoint this server answers for, each as `GET .../endpoints/{name}`
         describes it (the API key is checked as there: Unauthorized is 401 whether or not there are endpoints)."""
         authorization = request.headers.get("Authorization")
-        self.gatekeeper.gate(None, authorization, Mode.SYNC)
+        # The gate asks for the API key before anything else; modes and readiness are each endpoint's view's business.
+        with contextlib.suppress(ModeNotServed, Unavailable):
+            self.gatekeeper.gate(None, authorization, Mode.SYNC)
         views = []
         for name in sorted(set(self.names())):
             try:
