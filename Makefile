@@ -117,6 +117,7 @@ bench: | $(UV)
 	$(call sync_venv,requirements/bench.txt,$(VENV)/.installed-bench)
 	$(BIN)/python bench/router.py
 	$(BIN)/python bench/async_queue.py
+	$(BIN)/python bench/batching.py
 
 # Mutation testing of the modules listed in pyproject's [tool.mutmut] (minutes; not part of `make test`).
 # The score is printed and written to .mutation/score.json; docs/testing.md records the last one.
