@@ -49,7 +49,7 @@ def plain_args(inv: Invocation) -> bool:
 
 @dataclass(frozen=True)
 class S3AsyncPaths:
-    """Where one endpoint's SageMaker async outputs and failures go (`s3objects`-style `s3://bucket/prefix` paths)."""
+    """Where one endpoint's SageMaker async outputs and failures go: two `s3://bucket/prefix` paths."""
 
     output: str
     failure: str
