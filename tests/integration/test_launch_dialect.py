@@ -242,7 +242,7 @@ def test_list_model_endpoints(launch_python: Path, launch_target: LaunchTarget) 
         assert listed[name] == client(launch_python, launch_target, name, "get_endpoint")
     assert listed[ASYNC]["endpoint"] == "AsyncEndpoint"
     if launch_target.url(SYNC) == launch_target.url(ASYNC):  # one front for both: both listed
-        assert set(listed) == {SYNC, ASYNC}
+        assert {SYNC, ASYNC} <= set(listed)
 
 
 def test_list_model_endpoints_needs_the_api_key(launch_python: Path, launch_target: LaunchTarget) -> None:
