@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 EXAMPLES ?= examples/echo/endpoint.yaml examples/iris/endpoint.yaml examples/slow-job/endpoint.yaml examples/token-streamer/endpoint.yaml
 
-.PHONY: run test lint typecheck unit integration e2e fuzz crds bench clean mutation redis-server browser cluster cluster-binaries lock image image-tools clean-images
+.PHONY: run test lint typecheck unit integration e2e fuzz crds bench clean mutation redis-server browser cluster cluster-binaries sdk-clients lock image image-tools clean-images
 
 # The locking and installing tool (uv), itself pinned by hash in requirements/uv.txt, in an environment of its own so
 # that `uv pip sync` of the project's environments never removes it.
@@ -76,7 +76,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck redis-server browser $(LAUNCH_STAMP) cluster-binaries image
+test: lint typecheck redis-server browser $(LAUNCH_STAMP) cluster-binaries image sdk-clients
 	$(BIN)/pytest tests
 
 # headless Chromium for the /docs page test (tests/integration/test_gateway_docs_browser.py)
@@ -86,10 +86,10 @@ browser:
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-integration: $(STAMP) $(LAUNCH_STAMP)
+integration: $(STAMP) $(LAUNCH_STAMP) sdk-clients
 	$(BIN)/pytest tests/integration
 
-e2e: $(STAMP)
+e2e: $(STAMP) sdk-clients
 	$(BIN)/pytest tests/e2e
 
 # Bounded, derandomized fuzzing of the fast edge's parser and the JSON edge (also part of `make test`).
@@ -126,6 +126,12 @@ image-tools:
 
 clean-images:
 	rm -rf $(IMAGES_CACHE)
+
+# The official AWS SDKs for Java (v1, v2) and Rust with the SageMaker tests' drivers (tests/sdk_clients), fetched from
+# their registries and built into ~/.cache/bundleserve/sdk-clients (first build: several minutes on 2 cores; later a
+# no-op). Needs a JDK >= 17, Maven and cargo.
+sdk-clients: $(STAMP)
+	$(BIN)/python -m tests.support.sdk_clients --build
 
 bench: | $(UV)
 	command -v nginx >/dev/null && command -v wrk >/dev/null || \
