@@ -42,6 +42,8 @@ EXTRAS: dict[str, dict[str, Any]] = {
     "gpu": {"resources": {"gpuType": "l4", "gpus": 1}},
     "deep-queue": {"invocation": {"concurrency": 2, "maxQueued": 2001}},
     "openai": {"openai": {}},
+    "s3-paths": {"async": {"s3OutputPath": "s3://b-1/out", "s3FailurePath": "s3://b-1/failed"}},
+    "s3-failure-path-only": {"async": {"s3FailurePath": "s3://b-1/failed"}},
     "batching": {"invocation": {"batching": {"maxBatchSize": 4}}},
     "batching-defaults-low-concurrency": {"invocation": {"concurrency": 4, "batching": {}}},
     "batching-above-concurrency": {"invocation": {"concurrency": 2, "batching": {"maxBatchSize": 3}}},

@@ -37,6 +37,9 @@ HTTP_PATH = r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$"
 #: then refused by the API server on the child, so the CRD refuses them on the Endpoint already.
 QUANTITY = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+#: An S3 location as SageMaker's S3OutputPath takes it: s3://, a bucket name (3-63 of a-z 0-9 . -), an optional key
+#: prefix.
+S3_PATH = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
 
 
 class Model(BaseModel):
@@ -300,6 +303,17 @@ class AsyncSettings(Model):
     """Default callback for every task of the endpoint. Empty: tasks are polled (or name their own callback)."""
     retain_on_delete: bool = False
     """true: deleting the Endpoint keeps its queue, tasks and results in Redis (false purges them)."""
+    s3_output_path: Annotated[
+        str | None, Field(default=None, pattern=S3_PATH, max_length=512, alias="s3OutputPath")
+    ] = None
+    """SageMaker's S3OutputPath (s3://bucket/prefix): where InvokeEndpointAsync results are written as
+    <task id>.out when results are stored in S3 (BUNDLESERVE_RESULTS_URL=s3://...). Empty: under the result store's
+    own bucket and prefix, sagemaker/<namespace>/<name>/."""
+    s3_failure_path: Annotated[
+        str | None, Field(default=None, pattern=S3_PATH, max_length=512, alias="s3FailurePath")
+    ] = None
+    """SageMaker's S3FailurePath (s3://bucket/prefix): where a failed InvokeEndpointAsync's error is written as
+    <task id>-error.out. Needs s3OutputPath. Empty: the output path."""
 
 
 def _integer_quantity_as_text(value: Any) -> Any:

@@ -114,6 +114,12 @@ RULES: tuple[Rule, ...] = (
         holds=_allowed_callback,
     ),
     Rule(
+        scope="spec.async",
+        cel="!has(self.s3FailurePath) || has(self.s3OutputPath)",
+        message="spec.async.s3FailurePath needs spec.async.s3OutputPath (as SageMaker's OutputConfig)",
+        holds=lambda s: s.async_ is None or s.async_.s3_failure_path is None or s.async_.s3_output_path is not None,
+    ),
+    Rule(
         scope="spec.resources",
         cel="!has(self.gpuType) || (has(self.gpus) && self.gpus > 0)",
         message="spec.resources.gpuType needs spec.resources.gpus greater than 0",

@@ -153,6 +153,9 @@ class LocalRun:
         config = GatewayConfig(
             redis_url=redis_url,
             results_dir=results_dir,
+            # the routers inherit the same variable: with S3 storage, both write and read results (and SageMaker's
+            # async objects) in the same bucket, as in a cluster
+            results_url=os.environ.get("BUNDLESERVE_RESULTS_URL") or None,
             submit_checks=checks,
             sagemaker_signing=sigv4.config_from_env(local_gateway_sagemaker_env(os.environ)),
         )
