@@ -20,7 +20,7 @@ from bundleserve.router.sse import EventParser
 from tests.support.processes import REPO, Server, bundleserve, free_port
 
 EXAMPLES = REPO / "examples"
-NAMES = ["echo", "iris", "slow-job", "token-streamer", "batch-scorer"]
+NAMES = ["echo", "iris", "slow-job", "token-streamer", "batch-scorer", "tiny-chat"]
 
 
 def manifest(name: str) -> Endpoint:
@@ -95,7 +95,9 @@ def test_example_modes() -> None:
         "slow-job": {Mode.ASYNC},
         "token-streamer": {Mode.SYNC, Mode.STREAMING},
         "batch-scorer": {Mode.SYNC, Mode.ASYNC},
+        "tiny-chat": {Mode.STREAMING},
     }
+    assert [name for name in NAMES if manifest(name).spec.openai is not None] == ["tiny-chat"]
 
 
 # --- echo -----------------------------------------------------------------------------------------------------------
@@ -210,6 +212,25 @@ def test_token_streamer_rejects_bad_arguments_before_the_first_token(example: Ex
     assert response.status_code == 500 and "max_tokens" in response.json()["error"]["message"]
     unknown = httpx.post(f"{example.url}/stream", json={"temperature": 0.7}, timeout=30)
     assert unknown.status_code == 400 and "'temperature'" in unknown.json()["error"]["message"]
+
+
+# --- tiny-chat ------------------------------------------------------------------------------------------------------
+
+
+@with_example("tiny-chat")
+def test_tiny_chat_keeps_the_openai_bundle_contract(example: Example) -> None:
+    """Pieces with text, the last one with finish_reason and usage (docs/bundles.md, "OpenAI-compatible models")."""
+    messages = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi there"}]
+    pieces = [chunk for _, chunk in example.stream_timed({"messages": messages, "max_tokens": 16})]
+    assert "".join(piece["text"] for piece in pieces) == "You said: hi there"
+    assert [set(piece) for piece in pieces[:-1]] == [{"text"}] * 3
+    assert pieces[-1]["finish_reason"] == "stop"
+    assert pieces[-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": 4}
+    cut = [chunk for _, chunk in example.stream_timed({"prompt": "one two three", "max_tokens": 2})]
+    assert "".join(piece["text"] for piece in cut) == "three two"
+    assert cut[-1]["finish_reason"] == "length"
+    neither = httpx.post(f"{example.url}/stream", json={"max_tokens": 2}, timeout=30)
+    assert neither.status_code == 500 and "messages" in neither.json()["error"]["message"]
 
 
 # --- batch-scorer ---------------------------------------------------------------------------------------------------

@@ -37,6 +37,9 @@ HTTP_PATH = r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$"
 #: then refused by the API server on the child, so the CRD refuses them on the Endpoint already.
 QUANTITY = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+#: An S3 location as SageMaker's S3OutputPath takes it: s3://, a bucket name (3-63 of a-z 0-9 . -), an optional key
+#: prefix.
+S3_PATH = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
 
 
 class Model(BaseModel):
@@ -301,6 +304,17 @@ class AsyncSettings(Model):
     """Default callback for every task of the endpoint. Empty: tasks are polled (or name their own callback)."""
     retain_on_delete: bool = False
     """true: deleting the Endpoint keeps its queue, tasks and results in Redis (false purges them)."""
+    s3_output_path: Annotated[
+        str | None, Field(default=None, pattern=S3_PATH, max_length=512, alias="s3OutputPath")
+    ] = None
+    """SageMaker's S3OutputPath (s3://bucket/prefix): where InvokeEndpointAsync results are written as
+    <task id>.out when results are stored in S3 (BUNDLESERVE_RESULTS_URL=s3://...). Empty: under the result store's
+    own bucket and prefix, sagemaker/<namespace>/<name>/."""
+    s3_failure_path: Annotated[
+        str | None, Field(default=None, pattern=S3_PATH, max_length=512, alias="s3FailurePath")
+    ] = None
+    """SageMaker's S3FailurePath (s3://bucket/prefix): where a failed InvokeEndpointAsync's error is written as
+    <task id>-error.out. Needs s3OutputPath. Empty: the output path."""
 
 
 def _integer_quantity_as_text(value: Any) -> Any:
@@ -393,6 +407,18 @@ class PodSettings(Model):
     """PriorityClass of the pods. Empty: the cluster default."""
 
 
+class OpenAISettings(Model):
+    """The OpenAI-compatible API of this endpoint (docs/dialects.md, "OpenAI"): the endpoint is listed by
+    `GET /openai/v1/models` and answers chat and text completions whose `model` is its name. Needs the streaming mode:
+    the completions call the bundle's streaming callable (docs/bundles.md, "OpenAI-compatible models")."""
+
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
+    """The most tokens a request may ask for (`max_tokens` or `max_completion_tokens`; more is a 400), and what the
+    model is asked for when a request names no limit, so every generation is bounded."""
+    owned_by: Annotated[str, Field(min_length=1, max_length=256)] = "bundleserve"
+    """The `owned_by` of the model in `GET /openai/v1/models`."""
+
+
 class EndpointSpec(Model):
     """Desired state of an Endpoint: what to serve and how."""
 
@@ -418,6 +444,9 @@ class EndpointSpec(Model):
     """Replicas and autoscaling."""
     pod: PodSettings = PodSettings()
     """Pod-level settings: labels, scheduling, service account, pull secrets."""
+    openai: OpenAISettings | None = None
+    """Serve the OpenAI-compatible API (chat and text completions, the model list) for this endpoint. Empty: not
+    served. Needs the streaming mode."""
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> EndpointSpec:

@@ -102,10 +102,22 @@ RULES: tuple[Rule, ...] = (
         ),
     ),
     Rule(
+        scope="spec",
+        cel="!has(self.openai) || 'streaming' in self.modes",
+        message="spec.openai needs the streaming mode in spec.modes (completions call the bundle's streaming callable)",
+        holds=lambda s: s.openai is None or "streaming" in s.modes,
+    ),
+    Rule(
         scope="spec.async.callback",
         cel="self.url.startsWith('https://') || self.url.startsWith('http://')",
         message="spec.async.callback.url must be an http:// or https:// URL",
         holds=_allowed_callback,
+    ),
+    Rule(
+        scope="spec.async",
+        cel="!has(self.s3FailurePath) || has(self.s3OutputPath)",
+        message="spec.async.s3FailurePath needs spec.async.s3OutputPath (as SageMaker's OutputConfig)",
+        holds=lambda s: s.async_ is None or s.async_.s3_failure_path is None or s.async_.s3_output_path is not None,
     ),
     Rule(
         scope="spec.resources",

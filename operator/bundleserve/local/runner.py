@@ -103,6 +103,12 @@ def ready_message(base: str, plans: list[EndpointPlan]) -> str:
         lines.append(f"  stream:  curl -sN {base}/v1/endpoints/{stream}/stream -d '{{\"args\": {{}}}}'")
     if queued:
         lines.append(f"  async:   curl -s {base}/v1/endpoints/{queued}/async -d '{{\"args\": {{}}}}'")
+    chat = next((p.name for p in plans if p.endpoint.spec.openai is not None), None)
+    if chat:
+        lines.append(
+            f"  OpenAI:  import openai; openai.OpenAI(base_url='{base}/openai/v1', api_key='local')"
+            f".chat.completions.create(model='{chat}', messages=[{{'role': 'user', 'content': 'hello'}}])"
+        )
     lines.append("  local mode lets url inputs and callbacks reach loopback addresses (a cluster blocks them)")
     return "\n".join(lines)
 
@@ -147,6 +153,9 @@ class LocalRun:
         config = GatewayConfig(
             redis_url=redis_url,
             results_dir=results_dir,
+            # the routers inherit the same variable: with S3 storage, both write and read results (and SageMaker's
+            # async objects) in the same bucket, as in a cluster
+            results_url=os.environ.get("BUNDLESERVE_RESULTS_URL") or None,
             submit_checks=checks,
             sagemaker_signing=sigv4.config_from_env(local_gateway_sagemaker_env(os.environ)),
         )

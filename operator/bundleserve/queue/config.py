@@ -74,6 +74,10 @@ class QueueConfig:
     #: stored); beyond it a submission gets 429 and is not stored, so one endpoint cannot fill the Redis every
     #: endpoint shares (docs/security.md). 0 = no cap. BUNDLESERVE_QUEUE_MAX_BACKLOG_BYTES.
     max_backlog_bytes: int = 256 * MIB
+    #: SageMaker's S3OutputPath / S3FailurePath of the endpoint (`spec.async.s3OutputPath`, `.s3FailurePath`): where
+    #: async results and failures go when results are stored in S3 (`TaskService.s3_paths`).
+    s3_output_path: str | None = None
+    s3_failure_path: str | None = None
 
     @property
     def queue_id(self) -> str:
@@ -105,5 +109,7 @@ class QueueConfig:
             max_backlog_bytes=max_backlog_bytes_from_env(),
             default_callback=CallbackTarget(url=callback.url) if callback else None,
             default_callback_secret=callback.auth.secret_name if callback and callback.auth else None,
+            s3_output_path=settings.s3_output_path,
+            s3_failure_path=settings.s3_failure_path,
         )
         return replace(config, **overrides)
