@@ -39,7 +39,9 @@ def _signed(
     return request
 
 
-def _verify(request: AWSRequest, *, config: sigv4.SigV4Config = CONFIG, now: dt.datetime = SIGNED_AT) -> None:
+def _verify(
+    request: AWSRequest, *, config: sigv4.SigV4Config = CONFIG, now: dt.datetime = SIGNED_AT, secure: bool = False
+) -> sigv4.SignedRequest:
     parts = urlsplit(request.url)
     items = list(request.headers.items())
     if not any(name.lower() == "host" for name, _ in items):
@@ -57,7 +59,9 @@ def _verify(request: AWSRequest, *, config: sigv4.SigV4Config = CONFIG, now: dt.
         raw_query=parts.query,
         header_values=sigv4.request_header_values(list(headers.items())),
         body=request.body or b"",
+        secure=secure,
     )
+    return signed
 
 
 class _Caseless(dict[str, str]):
@@ -194,10 +198,63 @@ def test_unsigned_payload_over_tls_verifies(monkeypatch: pytest.MonkeyPatch) -> 
     request.context["payload_signing_enabled"] = False
     botocore.auth.SigV4Auth(Credentials(AKID, SECRET), "sagemaker", "us-east-1").add_auth(request)
     assert request.headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
-    _verify(request)
+    _verify(request, secure=True)
     request.headers.replace_header("X-Amz-Date", "20250102T030406Z")  # but every signed header still counts
     with pytest.raises(sigv4.SignatureRejected):
+        _verify(request, secure=True)
+
+
+def test_unsigned_payload_over_plain_http_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over plain HTTP an UNSIGNED-PAYLOAD signature would let anyone on the path swap the body (issue 17)."""
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: SIGNED_AT.replace(tzinfo=None))
+    request = AWSRequest(method="POST", url="https://gw.example/endpoints/e/invocations", data=b'{"a": 1}')
+    request.context["payload_signing_enabled"] = False
+    botocore.auth.SigV4Auth(Credentials(AKID, SECRET), "sagemaker", "us-east-1").add_auth(request)
+    request.data = b'{"a": 2}'  # swapped on the way: the signature does not cover it
+    with pytest.raises(sigv4.SignatureRejected, match="UNSIGNED-PAYLOAD is accepted only over TLS"):
         _verify(request)
+    request.data = b'{"a": 1}'  # even unswapped: over plain HTTP an unsigned payload is no signature of the body
+    with pytest.raises(sigv4.SignatureRejected, match="UNSIGNED-PAYLOAD is accepted only over TLS"):
+        _verify(request)
+
+
+def test_botocore_signs_the_payload_over_plain_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why refusing UNSIGNED-PAYLOAD over HTTP costs SDK users nothing: botocore never sends it there."""
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: SIGNED_AT.replace(tzinfo=None))
+    request = AWSRequest(method="POST", url="http://gw.example/endpoints/e/invocations", data=b"{}")
+    request.context["payload_signing_enabled"] = False
+    botocore.auth.SigV4Auth(Credentials(AKID, SECRET), "sagemaker", "us-east-1").add_auth(request)
+    assert request.headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"  # what it says ...
+    _verify(request)  # ... but the body's hash is what botocore signed over HTTP
+    request.data = b'{"a": 2}'
+    with pytest.raises(sigv4.SignatureRejected):
+        _verify(request)
+
+
+def test_an_exact_replay_is_refused_and_a_new_signature_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    guard = sigv4.ReplayGuard()
+    first = _verify(_signed(monkeypatch))
+    guard.check(first)
+    with pytest.raises(sigv4.SignatureReplayed):
+        guard.check(_verify(_signed(monkeypatch)))  # the same request signed at the same second: identical
+    retry = _signed(monkeypatch, headers={"Content-Type": "application/json", "amz-sdk-request": "attempt=2"})
+    guard.check(_verify(retry))  # a retry signs its attempt number: a new signature
+
+
+def test_the_replay_guard_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    guard = sigv4.ReplayGuard(max_entries=3)
+    signatures = [_verify(_signed(monkeypatch, body=b'{"n":%d}' % n)) for n in range(5)]
+    for signed in signatures:
+        guard.check(signed)
+    assert len(guard._seen) <= 3
+    with pytest.raises(sigv4.SignatureReplayed):
+        guard.check(signatures[-1])
+
+
+def test_a_non_ascii_authorization_is_a_401_not_a_crash() -> None:
+    headers = _Caseless({"authorization": "AWS4-HMAC-SHA256 Credential=\udcff/x, SignedHeaders=host, Signature=\udcfe"})
+    with pytest.raises(sigv4.IncompleteSignature):
+        sigv4.parse_authorization(CONFIG, headers, now=SIGNED_AT)
 
 
 def test_a_declared_payload_hash_must_match_the_body(monkeypatch: pytest.MonkeyPatch) -> None:

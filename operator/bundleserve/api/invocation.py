@@ -172,11 +172,25 @@ CALLBACK_SECRET_DIR = "/var/run/secrets/bundleserve/callback"
 _Body = TypeVar("_Body", bound=BaseModel)
 
 
+class JsonTooDeep(ValueError):
+    """A JSON document nested deeper than Python's decoder can follow (its RecursionError, as a ValueError)."""
+
+
+def loads_json(data: bytes | str) -> Any:
+    """`json.loads` for bytes that came from outside (a client's body, a model's answer): a document nested too
+    deeply to decode raises `JsonTooDeep` (a ValueError, so callers' "not valid JSON" handling covers it) instead of
+    a RecursionError that would surface as a 500 with a traceback."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise JsonTooDeep("the JSON document is nested too deeply") from None
+
+
 def parse_json_body(body: bytes, model: type[_Body]) -> _Body:
     """A request body that must be one JSON object, validated by `model`: the one parser of request documents for
     every dialect (native, Launch), with InvalidRequest (400) naming what is wrong."""
     try:
-        document = json.loads(body)
+        document = loads_json(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
     if not isinstance(document, dict):

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unavailable
-from bundleserve.api.invocation import CALLBACK_SECRET_DIR_ENV, Invocation, PredictRequest
+from bundleserve.api.invocation import CALLBACK_SECRET_DIR_ENV, Invocation, PredictRequest, loads_json
 from bundleserve.dialects.base import TaskBackend, public_base_url
 from bundleserve.queue.broker import TaskQueue
 from bundleserve.queue.callbacks import (
@@ -59,7 +59,7 @@ def _plain_args(body: bytes) -> bool:
     if not body.startswith(b'{"args"'):
         return False
     try:
-        document = json.loads(body)
+        document = loads_json(body)
     except (ValueError, UnicodeDecodeError):
         return False
     return type(document) is dict and len(document) == 1 and type(document.get("args")) is dict

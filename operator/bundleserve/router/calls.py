@@ -43,7 +43,7 @@ def _fast_args(body: bytes) -> Call | None:
         return None
     try:
         args, end = _DECODER.raw_decode(text, head.end())
-    except ValueError:
+    except (ValueError, RecursionError):  # the general path below gives the reason (too deep: 400)
         return None
     if args is None or _FAST_TAIL.fullmatch(text, end) is None:
         return None

@@ -11,7 +11,6 @@ mapping of model failures to API errors. See docs/router.md, "Invocation core".
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from time import perf_counter
@@ -37,6 +36,7 @@ from bundleserve.api.invocation import (
     Invocation,
     ModelReply,
     StreamChunk,
+    loads_json,
 )
 from bundleserve.router.auth import require_key
 from bundleserve.router.deadlines import DeadlineWheel
@@ -73,7 +73,7 @@ def model_failure(status: int | None, body: bytes, *, fallback: str) -> ApiError
     """
     message, traceback, kind, code = fallback, None, None, None
     try:
-        error = json.loads(body).get("error") if body else None
+        error = loads_json(body).get("error") if body else None
     except (ValueError, AttributeError):
         error = None
     if isinstance(error, dict):

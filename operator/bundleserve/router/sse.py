@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from bundleserve.api.invocation import loads_json
+
 _SUCCESS_PREFIX = b'data: {"status":"SUCCESS","result":'
 _EVENT_END = b"}\n\n"
 
@@ -91,7 +93,7 @@ def failure_event(message: str, *, traceback: str | None = None, status_code: in
 def as_json(data: bytes) -> bytes:
     """`data` if it is JSON, else the JSON string of its text (runnable images may stream plain text)."""
     try:
-        json.loads(data)
+        loads_json(data)
     except ValueError:
         return json.dumps(data.decode("utf-8", errors="replace")).encode()
     return data

@@ -29,7 +29,7 @@ from bundleserve.api.errors import (
     Unauthorized,
     Unavailable,
 )
-from bundleserve.api.invocation import ModelReply, TaskStatus
+from bundleserve.api.invocation import ModelReply, TaskStatus, loads_json
 from bundleserve.dialects.launch.models import (
     EndpointStatus,
     EndpointType,
@@ -160,7 +160,7 @@ def result_text(reply: ModelReply) -> str:
     if reply.is_json:
         try:
             text = reply.body.decode()
-            json.loads(text)
+            loads_json(text)
         except ValueError:
             pass
         else:
@@ -172,7 +172,7 @@ def chunk_text(data: bytes) -> str:
     """The JSON text of one stream chunk: JSON data as sent, anything else as a JSON string."""
     try:
         text = data.decode()
-        json.loads(text)
+        loads_json(text)
     except ValueError:
         return json.dumps(data.decode("utf-8", errors="replace"))
     return text.strip()

@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from bundleserve.api import errors
-from bundleserve.api.invocation import Invocation
+from bundleserve.api.invocation import Invocation, loads_json
 from bundleserve.dialects.sagemaker import sigv4
 
 JSON_TYPE = "application/json"
@@ -170,7 +170,7 @@ def _json_object(body: bytes) -> bool:
     if not body.lstrip().startswith(b"{"):
         return False
     try:
-        return isinstance(json.loads(body), dict)
+        return isinstance(loads_json(body), dict)
     except ValueError:
         return False
 
@@ -246,7 +246,7 @@ def payload_bytes(data: bytes, *, python_bundle: bool) -> bytes:
     if not python_bundle:
         return data
     try:
-        value = json.loads(data)
+        value = loads_json(data)
     except ValueError:
         return data
     return value.encode("utf-8") if isinstance(value, str) else data

@@ -8,6 +8,15 @@ without a signature (boto3 with `signature_version=UNSIGNED`) pass only when the
 Verification is split in two so that a stranger cannot make us read a 6 MB body: `parse_authorization` checks
 everything the headers alone decide (algorithm, scope, known key, clock skew) before the body is read, and
 `verify_signature` checks the signature over the body afterwards. Secrets never appear in messages, logs or reprs.
+
+Two refusals go beyond recomputing the signature (docs/dialects.md, "Signatures"):
+- `UNSIGNED-PAYLOAD` is honoured only on a TLS connection to this server. Over plain HTTP the signature must cover
+  the body's SHA-256 whatever X-Amz-Content-SHA256 says, else anyone on the path could swap the body under a valid
+  signature; AWS SDKs sign it there (botocore signs the body's hash over plain HTTP even when payload signing is
+  off, and sagemaker-runtime's operations keep payload signing on over HTTPS too).
+- An exact replay (the same signature again within the clock-skew window) is refused: `ReplayGuard` remembers the
+  signatures it verified until they expire. An SDK's retry is a new signature (botocore signs `amz-sdk-request:
+  attempt=N` and a fresh X-Amz-Date), so retries are not replays.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ import hmac
 import os
 import posixpath
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +157,8 @@ def parse_authorization(
         )
     if authorization is None:
         raise MissingAuthenticationToken("Missing Authentication Token: this endpoint requires SigV4-signed requests")
+    if not authorization.isascii():  # a signature is ASCII; other bytes are no credential (401, not an error)
+        raise IncompleteSignature("malformed Authorization header")
     algorithm, _, rest = authorization.strip().partition(" ")
     if algorithm != ALGORITHM:
         raise IncompleteSignature(f"unsupported authorization scheme; expected {ALGORITHM}")
@@ -256,11 +269,13 @@ def verify_signature(
     raw_query: str,
     header_values: Mapping[str, list[str]],
     body: bytes,
+    secure: bool = False,
 ) -> None:
     """Recompute the signature over the request and compare in constant time; raise SignatureRejected on mismatch.
 
     `header_values` maps lower-cased header names to all their values (in order). A signed header that is absent
-    means the request was altered on the way.
+    means the request was altered on the way. `secure`: the request came over TLS to this server, the only case in
+    which a payload declared `UNSIGNED-PAYLOAD` is accepted (anywhere else its body could be swapped on the way).
     """
     missing = [name for name in signed.signed_headers if name not in header_values]
     if missing:
@@ -270,7 +285,10 @@ def verify_signature(
     declared = header_values.get("x-amz-content-sha256")
     if declared is not None and declared[0] not in (body_hash, UNSIGNED_PAYLOAD):
         raise SignatureRejected("X-Amz-Content-SHA256 does not match the body")
-    payload_hash = declared[0] if declared is not None else body_hash
+    # Over plain HTTP the signature must cover the body whatever the header claims: botocore does exactly that (it
+    # signs the body's hash over HTTP even when it labels the request UNSIGNED-PAYLOAD), and a swapped body fails.
+    unsigned = declared is not None and declared[0] == UNSIGNED_PAYLOAD
+    payload_hash = UNSIGNED_PAYLOAD if unsigned and secure else body_hash
     string_to_sign = build_string_to_sign(
         signed,
         method=method,
@@ -281,6 +299,11 @@ def verify_signature(
     )
     expected = signature(config.keys[signed.access_key_id], signed, string_to_sign)
     if not hmac.compare_digest(expected, signed.signature):
+        if unsigned and not secure:
+            raise SignatureRejected(
+                "The request signature does not cover the body: UNSIGNED-PAYLOAD is accepted only over TLS, "
+                "over plain HTTP the body's SHA-256 must be signed (AWS SDKs do this)"
+            )
         raise SignatureRejected(
             "The request signature we calculated does not match the signature you provided. "
             "Check your AWS Secret Access Key and signing method."
@@ -293,3 +316,36 @@ def request_header_values(items: list[tuple[str, str]]) -> dict[str, list[str]]:
     for name, value in items:
         values.setdefault(name.lower(), []).append(value)
     return values
+
+
+class SignatureReplayed(SignatureRejected):
+    """The exact signature of a request already accepted: a replay (a retrying SDK signs every attempt anew)."""
+
+
+class ReplayGuard:
+    """The signatures verified in the last clock-skew window, to refuse an exact replay.
+
+    Bounded: at most `max_entries` signatures (64 bytes of hex each, about 150 bytes with their bookkeeping), the
+    oldest forgotten first when full, so memory stays fixed whatever the request rate; a replay of a forgotten one
+    passes (at the default bound that needs more than 100,000 signed requests within the window on one process).
+    Per process: a replay sent to another replica of the router or gateway is not seen here (docs/dialects.md).
+    """
+
+    def __init__(self, window_seconds: float = MAX_CLOCK_SKEW_SECONDS, max_entries: int = 100_000) -> None:
+        # a signature stays valid for the skew on either side of its X-Amz-Date: remember it twice as long
+        self.window_seconds = 2 * window_seconds
+        self.max_entries = max_entries
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def check(self, signed: SignedRequest) -> None:
+        """Record the (already verified) signature; raise SignatureReplayed if it was seen within the window."""
+        now = time.monotonic()
+        seen = self._seen
+        while seen:
+            oldest, expires = next(iter(seen.items()))
+            if expires > now and len(seen) < self.max_entries:
+                break
+            del seen[oldest]
+        if signed.signature in seen:
+            raise SignatureReplayed("this signed request was already received: a replayed request is refused")
+        seen[signed.signature] = now + self.window_seconds
