@@ -105,8 +105,12 @@ def test_lock_satisfies_pyproject(lock_name: str) -> None:
 @pytest.mark.parametrize("lock_name", sorted(FROM_PYPROJECT))
 def test_lock_holds_nothing_pyproject_dropped(lock_name: str) -> None:
     direct = {canonicalize_name(r.name) for r in direct_requirements(FROM_PYPROJECT[lock_name])}
-    stale = sorted(name for name, pin in read_lock(LOCKS / lock_name).items() if pin.via_pyproject and name not in direct)
-    assert not stale, f"requirements/{lock_name} still pins {stale} for pyproject.toml, which no longer asks: `make lock`"
+    stale = sorted(
+        name for name, pin in read_lock(LOCKS / lock_name).items() if pin.via_pyproject and name not in direct
+    )
+    assert not stale, (
+        f"requirements/{lock_name} still pins {stale} for pyproject.toml, which no longer asks: `make lock`"
+    )
 
 
 @pytest.mark.parametrize("lock_name", sorted(FROM_INPUT))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from urllib.parse import urlsplit
 
 import botocore.auth
@@ -43,7 +44,7 @@ def _verify(
     request: AWSRequest, *, config: sigv4.SigV4Config = CONFIG, now: dt.datetime = SIGNED_AT, secure: bool = False
 ) -> sigv4.SignedRequest:
     parts = urlsplit(request.url)
-    items = list(request.headers.items())
+    items = [(name, value.decode() if isinstance(value, bytes) else value) for name, value in request.headers.items()]
     if not any(name.lower() == "host" for name, _ in items):
         items.append(("Host", parts.netloc))
     items.append(("Content-Length", str(len(request.body or b""))))  # added after signing, as botocore's sender does
@@ -218,17 +219,36 @@ def test_unsigned_payload_over_plain_http_is_refused(monkeypatch: pytest.MonkeyP
         _verify(request)
 
 
-def test_botocore_signs_the_payload_over_plain_http(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Why refusing UNSIGNED-PAYLOAD over HTTP costs SDK users nothing: botocore never sends it there."""
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: SIGNED_AT.replace(tzinfo=None))
-    request = AWSRequest(method="POST", url="http://gw.example/endpoints/e/invocations", data=b"{}")
-    request.context["payload_signing_enabled"] = False
-    botocore.auth.SigV4Auth(Credentials(AKID, SECRET), "sagemaker", "us-east-1").add_auth(request)
-    assert request.headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"  # what it says ...
-    _verify(request)  # ... but the body's hash is what botocore signed over HTTP
-    request.data = b'{"a": 2}'
-    with pytest.raises(sigv4.SignatureRejected):
-        _verify(request)
+def test_boto3_sagemaker_runtime_signs_the_payload_over_plain_http() -> None:
+    """Why refusing UNSIGNED-PAYLOAD over plain HTTP costs SageMaker users nothing: the real client signs the body."""
+    import boto3
+    from botocore.awsrequest import AWSResponse
+
+    client = boto3.client(
+        "sagemaker-runtime",
+        region_name="us-east-1",
+        endpoint_url="http://127.0.0.1:9",
+        aws_access_key_id=AKID,
+        aws_secret_access_key=SECRET,
+    )
+    sent: list[AWSRequest] = []
+
+    def capture(request: AWSRequest, **_: object) -> AWSResponse:
+        sent.append(request)
+        return AWSResponse(request.url, 200, {"Content-Type": "application/json"}, _Raw(b"{}"))  # never sent
+
+    client.meta.events.register("before-send.sagemaker-runtime.InvokeEndpoint", capture)
+    client.invoke_endpoint(EndpointName="e", Body=b'{"a": 1}', ContentType="application/json")
+    assert sent and sent[0].headers.get("X-Amz-Content-SHA256") in (None, hashlib.sha256(b'{"a": 1}').hexdigest())
+    _verify(sent[0], now=dt.datetime.now(dt.UTC))
+
+
+class _Raw:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, *_: object, **__: object) -> list[bytes]:
+        return [self.data]
 
 
 def test_an_exact_replay_is_refused_and_a_new_signature_is_not(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -117,7 +117,8 @@ def build_state(settings: Settings, model: ModelClient | None = None) -> RouterS
 def build_app(settings: Settings, *, model: ModelClient | None = None) -> web.Application:
     state = build_state(settings, model)
     app = web.Application(
-        middlewares=[render_errors], client_max_size=settings.endpoint.spec.invocation.max_payload_bytes
+        middlewares=[settings.connection_limits.middleware(), render_errors],  # the body deadline sees the answer
+        client_max_size=settings.endpoint.spec.invocation.max_payload_bytes,
     )
     app[ROUTER_STATE] = state
     core = app[CORE] = InvocationCore(state)

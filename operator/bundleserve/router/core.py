@@ -42,8 +42,8 @@ from bundleserve.router.auth import require_key
 from bundleserve.router.deadlines import DeadlineWheel
 from bundleserve.router.fetch import UrlFetcher
 from bundleserve.router.metrics import ModeMetrics
-from bundleserve.router.model_client import ModelStream, ModelUnreachable
-from bundleserve.router.sse import EventParser
+from bundleserve.router.model_client import ModelStream, ModelUnreachable, ReplyTooLarge
+from bundleserve.router.sse import EventParser, EventTooLarge
 from bundleserve.router.state import RouterState
 
 #: The runtime's error code for arguments that do not fit the model's signature (bundleserve.bundle.errors).
@@ -351,7 +351,7 @@ class InvocationCore:
                             raise model_failure(
                                 upstream.status, body, fallback=f"the model answered HTTP {upstream.status}"
                             )
-                        events = _Events(upstream)
+                        events = _Events(upstream, self.max_reply_bytes)
                         first = await events.next()  # a failure before the first event raises here, on enter
                 except TimeoutError:
                     raise Timeout(
@@ -376,10 +376,14 @@ class InvocationCore:
 class _Events:
     """The model's stream as event data: SSE `data` per event, or each raw chunk of a non-SSE stream."""
 
-    def __init__(self, upstream: ModelStream) -> None:
+    def __init__(self, upstream: ModelStream, max_event: int) -> None:
         self.sse = upstream.content_type.startswith("text/event-stream")
         self.chunks = aiter(upstream)
-        self.parser = EventParser()
+        #: The reply limit (`maxPayloadBytes`) holds per event: a stream is flushed event by event, so what the
+        #: router holds at once is one event, never the whole stream (a raw stream's chunks are read in bounded
+        #: pieces by the model client).
+        self.parser = EventParser(max_event)
+        self.max_event = max_event
         self.pending: list[bytes] = []
         self.failure: ApiError | None = None
         self.size = 0
@@ -402,7 +406,13 @@ class _Events:
             self.size += len(chunk)
             if not self.sse:
                 return chunk
-            for event in self.parser.feed(chunk):
+            try:
+                parsed = self.parser.feed(chunk)
+            except EventTooLarge as error:
+                self.failure = ReplyTooLarge(f"{error}: the stream was ended", status_code=None, traceback=None)
+                self.ended = True
+                continue
+            for event in parsed:
                 if event.event == "error":
                     self.failure = model_failure(None, event.data, fallback="the model failed while streaming")
                     self.ended = True

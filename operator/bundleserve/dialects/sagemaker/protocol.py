@@ -272,6 +272,7 @@ ERROR_TABLE: tuple[tuple[type[errors.ApiError], ErrorShape], ...] = (
     (errors.ModeNotServed, ErrorShape(400, "ValidationError")),
     (errors.InvalidRequest, ErrorShape(400, "ValidationError")),
     (errors.PayloadTooLarge, ErrorShape(413, "ValidationError")),
+    (errors.RequestTimeout, ErrorShape(408, "RequestTimeout")),  # a body that trickled past its deadline
     (errors.ModelError, ErrorShape(424, "ModelError")),
     (errors.Timeout, ErrorShape(424, "ModelError")),
     (errors.Overloaded, ErrorShape(503, "ServiceUnavailable")),

@@ -10,10 +10,9 @@ everything the headers alone decide (algorithm, scope, known key, clock skew) be
 `verify_signature` checks the signature over the body afterwards. Secrets never appear in messages, logs or reprs.
 
 Two refusals go beyond recomputing the signature (docs/dialects.md, "Signatures"):
-- `UNSIGNED-PAYLOAD` is honoured only on a TLS connection to this server. Over plain HTTP the signature must cover
-  the body's SHA-256 whatever X-Amz-Content-SHA256 says, else anyone on the path could swap the body under a valid
-  signature; AWS SDKs sign it there (botocore signs the body's hash over plain HTTP even when payload signing is
-  off, and sagemaker-runtime's operations keep payload signing on over HTTPS too).
+- `UNSIGNED-PAYLOAD` is accepted only on a TLS connection to this server. Over plain HTTP it would let anyone on the
+  path swap the body under a valid signature. Nothing a SageMaker user runs sends it: botocore's sagemaker-runtime
+  operations sign the payload (no unsigned-body auth trait), over HTTP and HTTPS alike.
 - An exact replay (the same signature again within the clock-skew window) is refused: `ReplayGuard` remembers the
   signatures it verified until they expire. An SDK's retry is a new signature (botocore signs `amz-sdk-request:
   attempt=N` and a fresh X-Amz-Date), so retries are not replays.
@@ -283,12 +282,14 @@ def verify_signature(
     body_hash = hashlib.sha256(body).hexdigest()
     # An SDK that does not sign the payload (payload signing off over TLS) says so in this header, as UNSIGNED-PAYLOAD.
     declared = header_values.get("x-amz-content-sha256")
+    if declared is not None and declared[0] == UNSIGNED_PAYLOAD and not secure:
+        raise SignatureRejected(
+            "UNSIGNED-PAYLOAD is accepted only over TLS: over plain HTTP the signature must cover the body "
+            "(the AWS SDKs' sagemaker-runtime clients sign it)"
+        )
     if declared is not None and declared[0] not in (body_hash, UNSIGNED_PAYLOAD):
         raise SignatureRejected("X-Amz-Content-SHA256 does not match the body")
-    # Over plain HTTP the signature must cover the body whatever the header claims: botocore does exactly that (it
-    # signs the body's hash over HTTP even when it labels the request UNSIGNED-PAYLOAD), and a swapped body fails.
-    unsigned = declared is not None and declared[0] == UNSIGNED_PAYLOAD
-    payload_hash = UNSIGNED_PAYLOAD if unsigned and secure else body_hash
+    payload_hash = declared[0] if declared is not None else body_hash
     string_to_sign = build_string_to_sign(
         signed,
         method=method,
@@ -299,11 +300,6 @@ def verify_signature(
     )
     expected = signature(config.keys[signed.access_key_id], signed, string_to_sign)
     if not hmac.compare_digest(expected, signed.signature):
-        if unsigned and not secure:
-            raise SignatureRejected(
-                "The request signature does not cover the body: UNSIGNED-PAYLOAD is accepted only over TLS, "
-                "over plain HTTP the body's SHA-256 must be signed (AWS SDKs do this)"
-            )
         raise SignatureRejected(
             "The request signature we calculated does not match the signature you provided. "
             "Check your AWS Secret Access Key and signing method."
