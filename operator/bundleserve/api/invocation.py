@@ -19,6 +19,21 @@ PICKLE_CONTENT_TYPE = "application/vnd.bundleserve.pickle"
 #: SageMaker's opaque per-request string; forwarded to the model container and back to the client unchanged.
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 JSON_CONTENT_TYPE = "application/json"
+#: The native API's header naming one call across a client's retries (docs/router.md, "Retries").
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: What botocore sends, the same on every retry of one call (SageMaker Runtime dialect).
+SDK_INVOCATION_ID_HEADER = "amz-sdk-invocation-id"
+_MAX_IDEMPOTENCY_KEY = 255
+
+
+def idempotency_key(kind: str, value: str | None) -> str | None:
+    """The key that makes a client's retries one call, scoped by the dialect that read it (`native`, `sagemaker`):
+    None without a header; InvalidRequest for a value that is not 1..255 printable ASCII characters."""
+    if value is None:
+        return None
+    if not (0 < len(value) <= _MAX_IDEMPOTENCY_KEY and value.isascii() and value.isprintable()):
+        raise InvalidRequest(f"an idempotency key must be 1..{_MAX_IDEMPOTENCY_KEY} printable ASCII characters")
+    return f"{kind}:{value}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +55,9 @@ class Invocation:
     accept: str | None = None
     custom_attributes: str | None = None
     request_id: str | None = None
+    #: Names one call across the client's retries (`idempotency_key()`): a retry gets the first attempt's answer
+    #: (sync) or task (async) instead of running the model again.
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from aiohttp import web
 from bundleserve import __version__
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import InvalidRequest, NotFound, Unavailable
-from bundleserve.api.invocation import Invocation
+from bundleserve.api.invocation import IDEMPOTENCY_HEADER, Invocation
 from bundleserve.dialects.base import TaskBackend, public_base_url
 from bundleserve.dialects.launch import routes as launch
 from bundleserve.dialects.sagemaker import routes as sagemaker
@@ -174,6 +174,7 @@ class Gateway:
             queues.service(entry),
             body,
             kwargs_only=entry.endpoint.spec.bundle.is_python,
+            idempotency=request.headers.get(IDEMPOTENCY_HEADER),
         )
         return web.Response(status=202, body=b'{"task_id":"' + task_id.encode() + b'"}', content_type=_JSON)
 

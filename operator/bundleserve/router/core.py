@@ -40,6 +40,7 @@ from bundleserve.api.invocation import (
 )
 from bundleserve.router.auth import require_key
 from bundleserve.router.deadlines import DeadlineWheel
+from bundleserve.router.dedup import RecentCalls, fingerprint_of
 from bundleserve.router.fetch import UrlFetcher
 from bundleserve.router.metrics import ModeMetrics
 from bundleserve.router.model_client import ModelStream, ModelUnreachable, ReplyTooLarge
@@ -112,6 +113,11 @@ class InvocationCore:
         self.deadlines = DeadlineWheel()
         self.fetcher = state.fetcher
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Sync calls by idempotency key (router.dedup): kept for the longest a client's retries take (botocore's
+        #: legacy mode: 5 attempts of at most the time limit, plus backoff), at most `concurrency` full replies.
+        self.recent = RecentCalls(
+            ttl_seconds=5 * self.timeout + 60, max_bytes=self.max_reply_bytes * spec.invocation.concurrency
+        )
 
     # -- before the body ------------------------------------------------------------------------------------------
 
@@ -242,7 +248,31 @@ class InvocationCore:
         Edges pass only `inv` (and `started`, when their clock began, for the metrics). The async worker passes
         `ceiling_seconds` (its invocation timeout replaces the sync one), `patient=True` (wait for a slot, never 429),
         `max_reply_bytes` (its result limit) and its own `metrics` (None records nothing here).
+
+        An invocation with an `idempotency_key` (a client's retries of one call) runs the model once: later attempts
+        wait for the first one's reply, which a client leaving does not cancel (`router.dedup`).
         """
+        if inv.idempotency_key is not None and not patient:
+            fingerprint = fingerprint_of(
+                inv.body, inv.content_type, inv.url, str(inv.raw), str(inv.return_pickled), inv.accept,
+                inv.custom_attributes,
+            )  # fmt: skip
+            return await self.recent.run(
+                inv.idempotency_key,
+                fingerprint,
+                lambda: self._predict(inv, started, ceiling_seconds, patient, max_reply_bytes, metrics),
+            )
+        return await self._predict(inv, started, ceiling_seconds, patient, max_reply_bytes, metrics)
+
+    async def _predict(
+        self,
+        inv: Invocation,
+        started: float | None,
+        ceiling_seconds: float | None,
+        patient: bool,
+        max_reply_bytes: int | None,
+        metrics: ModeMetrics | None,
+    ) -> ModelReply:
         if started is None:
             started = perf_counter()
         if metrics is None and not patient:

@@ -330,7 +330,10 @@ class FastConnection(asyncio.Protocol):
             if refused is not None:
                 answer = invoker.refuse(refused, started)
             else:
-                answer = await invoker.answer_predict(body, started, lambda: public_url_of_raw(headers))
+                key = headers.get(b"idempotency-key")
+                answer = await invoker.answer_predict(
+                    body, started, lambda: public_url_of_raw(headers), None if key is None else key.decode("latin-1")
+                )
         except Exception:  # a bug of ours: log it, answer in the documented shape (as aiohttp's edge does)
             log.exception("unexpected error on the fast path")
             answer = error_answer(ApiError("internal error"))

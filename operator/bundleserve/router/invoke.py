@@ -18,7 +18,14 @@ from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, ModelError
-from bundleserve.api.invocation import JSON_CONTENT_TYPE, PICKLE_CONTENT_TYPE, Invocation, ModelReply
+from bundleserve.api.invocation import (
+    IDEMPOTENCY_HEADER,
+    JSON_CONTENT_TYPE,
+    PICKLE_CONTENT_TYPE,
+    Invocation,
+    ModelReply,
+    idempotency_key,
+)
 from bundleserve.dialects.base import public_base_url
 from bundleserve.queue.results import ResultStore, open_result_store
 from bundleserve.router.calls import Call, parse_call
@@ -82,8 +89,9 @@ def public_url_of_raw(headers: Mapping[bytes, bytes]) -> str:
     return public_base_url({name: headers[key].decode("latin-1") for name, key in _FORWARDING if key in headers})
 
 
-def invocation_of(call: Call) -> Invocation:
-    """The native body's call as the core's invocation (JSON keyword arguments, or a url input)."""
+def invocation_of(call: Call, key: str | None = None) -> Invocation:
+    """The native body's call as the core's invocation (JSON keyword arguments, or a url input); `key`: the
+    client's `Idempotency-Key` header (its retries of this call run the model once)."""
     body = call.args_json if call.args_json is not None else b"" if call.url is not None else encode_args(call.args)
     return Invocation(
         body=body,
@@ -91,6 +99,7 @@ def invocation_of(call: Call) -> Invocation:
         url=call.url,
         return_pickled=call.return_pickled,
         timeout_seconds=call.timeout_seconds,
+        idempotency_key=idempotency_key("native", key),
     )
 
 
@@ -145,7 +154,12 @@ class Invoker:
         except ApiError as error:
             return as_response(self.refuse(error, started))
         return as_response(
-            await self.answer_predict(body, started, lambda: public_base_url(request.headers, scheme=request.scheme))
+            await self.answer_predict(
+                body,
+                started,
+                lambda: public_base_url(request.headers, scheme=request.scheme),
+                request.headers.get(IDEMPOTENCY_HEADER),
+            )
         )
 
     def refuse(self, error: ApiError, started: float) -> Answer:
@@ -153,15 +167,23 @@ class Invoker:
         self.core.refused(error, started)
         return error_answer(error)
 
-    async def answer_predict(self, body: bytes, started: float, public_url: Callable[[], str] | None = None) -> Answer:
+    async def answer_predict(
+        self,
+        body: bytes,
+        started: float,
+        public_url: Callable[[], str] | None = None,
+        idempotency: str | None = None,
+    ) -> Answer:
         """Everything after the body was read: parse, call the core, render. `public_url()` gives the client-facing
-        base URL that makes a stored result's `result_url` absolute (asked only when there is one)."""
+        base URL that makes a stored result's `result_url` absolute (asked only when there is one); `idempotency`:
+        the request's Idempotency-Key header."""
         try:
             call = parse_call(body, kwargs_only=self.is_python)
+            invocation = invocation_of(call, idempotency)
         except ApiError as error:
             return self.refuse(error, started)
         try:
-            reply = await self.core.predict(invocation_of(call), started=started)
+            reply = await self.core.predict(invocation, started=started)
             if call.return_pickled:
                 return await self._pickled_answer(reply, public_url)
             return self._result_answer(reply)
