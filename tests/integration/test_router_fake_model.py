@@ -158,7 +158,7 @@ async def reset(request: web.Request) -> web.Response:
 
 
 def make_app() -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=512 * 1024 * 1024)  # the memory tests send bodies up to 150 MiB
     app.router.add_post("/predict", predict)
     app.router.add_post("/stream", stream)
     app.router.add_get("/readyz", ready)

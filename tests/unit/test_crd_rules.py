@@ -40,6 +40,8 @@ EXTRAS: dict[str, dict[str, Any]] = {
     "gpu-type-only": {"resources": {"gpuType": "l4"}},
     "gpu": {"resources": {"gpuType": "l4", "gpus": 1}},
     "deep-queue": {"invocation": {"concurrency": 2, "maxQueued": 2001}},
+    "bodies-over-budget": {"invocation": {"maxPayloadBytes": 1073741824}},
+    "bodies-at-budget": {"invocation": {"maxPayloadBytes": 16777216, "concurrency": 16, "maxQueued": 960}},
 }
 
 

@@ -162,15 +162,26 @@ class InvocationCore:
             raise too_large(length, self.max_bytes)
 
     async def read_body(self, request: web.Request) -> bytes:
-        """The body under the limit: refused by Content-Length before reading; a chunked body is capped by aiohttp's
-        `client_max_size`, which `build_app` sets to the same limit. Holds the drain while reading."""
+        """The body under the limit: refused by Content-Length before reading, a chunked body as soon as its count
+        passes the limit. Read from the stream, not with `request.read()`, which would keep a copy on the request
+        for its whole life (the caller holds the only one). Holds the drain while reading."""
         self.check_length(request.content_length)
+        admission = self.state.admission
+        admission.reserve_body()  # before the first byte: released when the request ends
+        request.task.add_done_callback(lambda _: admission.release_body())
         drain = self.state.drain
         drain.enter()
         try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise too_large(None, self.max_bytes) from None
+            parts: list[bytes] = []
+            seen = 0
+            async for chunk in request.content.iter_any():
+                seen += len(chunk)
+                if seen > self.max_bytes:
+                    raise too_large(None, self.max_bytes)
+                parts.append(chunk)
+            body = b"".join(parts) if len(parts) != 1 else parts[0]
+            parts.clear()
+            return body
         finally:
             drain.leave()
 

@@ -153,12 +153,11 @@ class Invoker:
             body = await core.read_body(request)
         except ApiError as error:
             return as_response(self.refuse(error, started))
+        prepared = self.prepare(body, started, request.headers.get(IDEMPOTENCY_HEADER))
+        del body  # held once from here on: as the invocation's args text
         return as_response(
-            await self.answer_predict(
-                body,
-                started,
-                lambda: public_base_url(request.headers, scheme=request.scheme),
-                request.headers.get(IDEMPOTENCY_HEADER),
+            await self.answer_prepared(
+                prepared, started, lambda: public_base_url(request.headers, scheme=request.scheme)
             )
         )
 
@@ -177,11 +176,28 @@ class Invoker:
         """Everything after the body was read: parse, call the core, render. `public_url()` gives the client-facing
         base URL that makes a stored result's `result_url` absolute (asked only when there is one); `idempotency`:
         the request's Idempotency-Key header."""
+        return await self.answer_prepared(self.prepare(body, started, idempotency), started, public_url)
+
+    def prepare(self, body: bytes, started: float, idempotency: str | None = None) -> tuple[Call, Invocation] | Answer:
+        """Parse a predict body (synchronously: the edges drop the body right after, so a request holds its input
+        once, as the invocation's args text); an error Answer for a body that is refused."""
         try:
             call = parse_call(body, kwargs_only=self.is_python)
-            invocation = invocation_of(call, idempotency)
+            return call, invocation_of(call, idempotency)
         except ApiError as error:
             return self.refuse(error, started)
+
+    async def answer_prepared(
+        self,
+        prepared: tuple[Call, Invocation] | Answer,
+        started: float,
+        public_url: Callable[[], str] | None = None,
+    ) -> Answer:
+        """Call the core with a prepared invocation and render its reply or error."""
+        if isinstance(prepared, Answer):
+            return prepared
+        call, invocation = prepared
+        del prepared
         try:
             reply = await self.core.predict(invocation, started=started)
             if call.return_pickled:
