@@ -37,4 +37,5 @@ def test_ready_message_has_an_example_per_client(tmp_path: Path) -> None:
     assert "from bundleserve.client import Client" in text
     assert "boto3.client('sagemaker-runtime', endpoint_url='http://127.0.0.1:8080'" in text
     assert "LaunchClient(api_key='local', endpoint='http://127.0.0.1:8080/v1/hosted_inference')" in text
+    assert ".get_model_endpoint('echo').predict(launch.EndpointRequest(args={}, return_pickled=False))" in text
     assert "loopback" in text

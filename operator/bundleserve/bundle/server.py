@@ -23,6 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from aiohttp import hdrs, web
 
+from bundleserve import logs
 from bundleserve.api.errors import ApiError, PayloadTooLarge
 from bundleserve.api.invocation import CUSTOM_ATTRIBUTES_HEADER
 from bundleserve.bundle import calling
@@ -371,13 +372,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def _configure_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=os.environ.get("BUNDLESERVE_LOG_LEVEL", "INFO").upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+    logs.configure(os.environ.get("BUNDLESERVE_LOG_LEVEL", "INFO").upper())
 
 
 def bundle_paths(given: list[str]) -> list[str]:

@@ -28,6 +28,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from bundleserve import logs
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import ManifestError, load_endpoints
 from bundleserve.dialects.sagemaker import sigv4
@@ -97,7 +98,7 @@ def ready_message(base: str, plans: list[EndpointPlan]) -> str:
             f"region_name='local', config=botocore.config.Config(signature_version=botocore.UNSIGNED))"
             f".invoke_endpoint(EndpointName='{sync}', Body=b'{{}}', ContentType='application/json')",
             f"  Launch:  launch.LaunchClient(api_key='local', endpoint='{base}/v1/hosted_inference')"
-            f".get_model_endpoint('{sync}')",
+            f".get_model_endpoint('{sync}').predict(launch.EndpointRequest(args={{}}, return_pickled=False))",
         ]
     if stream:
         lines.append(f"  stream:  curl -sN {base}/v1/endpoints/{stream}/stream -d '{{\"args\": {{}}}}'")
@@ -233,7 +234,7 @@ async def run(args: argparse.Namespace, found: list[tuple[Path, Endpoint]], sock
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logs.configure()
     try:
         found = load_endpoints(args.files)  # read once, and fail before anything starts
         limits_from_env(os.environ)
