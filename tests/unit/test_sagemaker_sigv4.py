@@ -253,12 +253,30 @@ class _Raw:
 
 def test_an_exact_replay_is_refused_and_a_new_signature_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
     guard = sigv4.ReplayGuard()
-    first = _verify(_signed(monkeypatch))
-    guard.check(first)
+    first = {"amz-sdk-invocation-id": "call-1", "amz-sdk-request": "attempt=1; max=3"}
+    guard.check(_verify(_signed(monkeypatch)), first)
     with pytest.raises(sigv4.SignatureReplayed):
-        guard.check(_verify(_signed(monkeypatch)))  # the same request signed at the same second: identical
-    retry = _signed(monkeypatch, headers={"Content-Type": "application/json", "amz-sdk-request": "attempt=2"})
-    guard.check(_verify(retry))  # a retry signs its attempt number: a new signature
+        guard.check(_verify(_signed(monkeypatch)), first)  # the same request signed at the same second: identical
+    with pytest.raises(sigv4.SignatureReplayed):  # another call's id (or none) under that signature: a replay
+        guard.check(_verify(_signed(monkeypatch)), {"amz-sdk-invocation-id": "call-2", "amz-sdk-request": "attempt=1"})
+    with pytest.raises(sigv4.SignatureReplayed):
+        guard.check(_verify(_signed(monkeypatch)))
+    guard.check(_verify(_signed(monkeypatch, body=b'{"x":2}')))  # a new signature
+
+
+def test_a_retry_within_the_same_second_is_not_a_replay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore signs only content-type, host and X-Amz-Date: its retry in the same second has the same signature,
+    and is told apart by the same invocation id with the next attempt number (each admitted once)."""
+    guard = sigv4.ReplayGuard()
+    signed = _verify(_signed(monkeypatch))
+    guard.check(signed, {"amz-sdk-invocation-id": "call-1", "amz-sdk-request": "attempt=1; max=3"})
+    guard.check(signed, {"amz-sdk-invocation-id": "call-1", "amz-sdk-request": "attempt=2; max=3"})
+    with pytest.raises(sigv4.SignatureReplayed):
+        guard.check(signed, {"amz-sdk-invocation-id": "call-1", "amz-sdk-request": "attempt=2; max=3"})
+    for attempt in range(3, sigv4.MAX_ATTEMPTS + 1):
+        guard.check(signed, {"amz-sdk-invocation-id": "call-1", "amz-sdk-request": f"attempt={attempt}"})
+    with pytest.raises(sigv4.SignatureReplayed):
+        guard.check(signed, {"amz-sdk-invocation-id": "call-1", "amz-sdk-request": "attempt=99"})
 
 
 def test_the_replay_guard_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

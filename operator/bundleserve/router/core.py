@@ -47,6 +47,8 @@ from bundleserve.router.model_client import ModelStream, ModelUnreachable, Reply
 from bundleserve.router.sse import EventParser, EventTooLarge
 from bundleserve.router.state import RouterState
 
+#: Set on an aiohttp request whose body holds one of the admission's body places (`release_bodies` frees it).
+BODY_RESERVED = "bundleserve.body_reserved"
 #: The runtime's error code for arguments that do not fit the model's signature (bundleserve.bundle.errors).
 INVALID_ARGUMENTS = "invalid_arguments"
 #: Bytes of a non-2xx stream answer read to build the error (the rest is dropped with the connection).
@@ -166,9 +168,8 @@ class InvocationCore:
         passes the limit. Read from the stream, not with `request.read()`, which would keep a copy on the request
         for its whole life (the caller holds the only one). Holds the drain while reading."""
         self.check_length(request.content_length)
-        admission = self.state.admission
-        admission.reserve_body()  # before the first byte: released when the request ends
-        request.task.add_done_callback(lambda _: admission.release_body())
+        self.state.admission.reserve_body()  # before the first byte: released by release_bodies when the handler ends
+        request[BODY_RESERVED] = True
         drain = self.state.drain
         drain.enter()
         try:

@@ -153,7 +153,7 @@ class SageMakerApi:
             secure=request.secure,
         )
         if once:
-            self.replays.check(signed)
+            self.replays.check(signed, request.headers)
 
     def _backend(self, name: str) -> InvocationBackend:
         if self.invocations is None:

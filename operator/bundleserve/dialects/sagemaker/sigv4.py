@@ -14,8 +14,11 @@ Two refusals go beyond recomputing the signature (docs/dialects.md, "Signatures"
   path swap the body under a valid signature. Nothing a SageMaker user runs sends it: botocore's sagemaker-runtime
   operations sign the payload (no unsigned-body auth trait), over HTTP and HTTPS alike.
 - An exact replay (the same signature again within the clock-skew window) is refused: `ReplayGuard` remembers the
-  signatures it verified until they expire. An SDK's retry is a new signature (botocore signs `amz-sdk-request:
-  attempt=N` and a fresh X-Amz-Date), so retries are not replays.
+  signatures it verified until they expire. botocore signs only content-type, host and X-Amz-Date (1 s resolution)
+  of an InvokeEndpoint, so a retry sent within the same second as its previous attempt carries the same signature;
+  it is told apart by its unsigned `amz-sdk-invocation-id` (the same as the first attempt's) and a new
+  `amz-sdk-request: attempt=N`: each attempt number is admitted once per signature (at most `MAX_ATTEMPTS`), and
+  the invocation id makes all of them one call that runs the model once (router.dedup).
 """
 
 from __future__ import annotations
@@ -318,6 +321,11 @@ class SignatureReplayed(SignatureRejected):
     """The exact signature of a request already accepted: a replay (a retrying SDK signs every attempt anew)."""
 
 
+#: Attempts of one call admitted under one signature (botocore's legacy mode makes 5; adaptive and custom configs more).
+MAX_ATTEMPTS = 10
+_ATTEMPT = re.compile(r"\s*attempt\s*=\s*(\d+)")
+
+
 class ReplayGuard:
     """The signatures verified in the last clock-skew window, to refuse an exact replay.
 
@@ -331,17 +339,34 @@ class ReplayGuard:
         # a signature stays valid for the skew on either side of its X-Amz-Date: remember it twice as long
         self.window_seconds = 2 * window_seconds
         self.max_entries = max_entries
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        #: signature -> (expiry, the call's amz-sdk-invocation-id, the attempt numbers admitted)
+        self._seen: OrderedDict[str, tuple[float, str | None, set[int]]] = OrderedDict()
 
-    def check(self, signed: SignedRequest) -> None:
-        """Record the (already verified) signature; raise SignatureReplayed if it was seen within the window."""
+    def check(self, signed: SignedRequest, headers: Mapping[str, str] | None = None) -> None:
+        """Record the (already verified) signature; raise SignatureReplayed if it was seen within the window, unless
+        this is another attempt of the same call (same `amz-sdk-invocation-id`, an attempt number not seen yet)."""
         now = time.monotonic()
         seen = self._seen
         while seen:
-            oldest, expires = next(iter(seen.items()))
+            oldest, (expires, _, _) = next(iter(seen.items()))
             if expires > now and len(seen) < self.max_entries:
                 break
             del seen[oldest]
-        if signed.signature in seen:
+        invocation = headers.get("amz-sdk-invocation-id") if headers is not None else None
+        attempt = _attempt(headers.get("amz-sdk-request") if headers is not None else None)
+        found = seen.get(signed.signature)
+        if found is None:
+            seen[signed.signature] = (now + self.window_seconds, invocation, {attempt} if attempt else set())
+            return
+        _, first_invocation, attempts = found
+        if invocation is None or invocation != first_invocation or attempt is None or attempt in attempts:
             raise SignatureReplayed("this signed request was already received: a replayed request is refused")
-        seen[signed.signature] = now + self.window_seconds
+        if len(attempts) >= MAX_ATTEMPTS:
+            raise SignatureReplayed(f"more than {MAX_ATTEMPTS} attempts of one signed request: refused as a replay")
+        attempts.add(attempt)
+
+
+def _attempt(value: str | None) -> int | None:
+    """N of `amz-sdk-request: attempt=N; max=M`, or None."""
+    match = _ATTEMPT.match(value or "")
+    return int(match.group(1)) if match else None
