@@ -120,9 +120,9 @@ def _invoke_with_boto3(url: str, mode: str, marker: str) -> dict[str, Any]:
 @pytest.mark.parametrize("mode", ["standard", "legacy"])
 @pytest.mark.parametrize("via", ["router", "gateway"])
 async def test_boto3_retries_of_a_slow_call_run_the_model_once(
-    backend: dict[str, Any], request: pytest.FixtureRequest, via: str, mode: str
+    backend: dict[str, Any], gateway: str, via: str, mode: str
 ) -> None:
-    url = backend["router_url"] if via == "router" else request.getfixturevalue("gateway")
+    url = backend["router_url"] if via == "router" else gateway
     before = await model_calls(backend)
     done = await asyncio.to_thread(_invoke_with_boto3, url, mode, f"{via}-{mode}")
     assert done["answer"] == {"sleep": 5, "marker": f"{via}-{mode}"}
@@ -150,9 +150,9 @@ async def test_a_native_idempotency_key_makes_a_retried_sync_call_run_once(backe
 
 @pytest.mark.parametrize("via", ["router", "gateway"])
 async def test_a_native_idempotency_key_gives_a_retried_submission_its_task(
-    backend: dict[str, Any], request: pytest.FixtureRequest, via: str
+    backend: dict[str, Any], gateway: str, via: str
 ) -> None:
-    base = backend["router_url"] if via == "router" else request.getfixturevalue("gateway")
+    base = backend["router_url"] if via == "router" else gateway
     url = f"{base}/v1/endpoints/fake/async"
     key = {"Idempotency-Key": f"native-async-{via}", **AUTH}
     body = {"args": {"marker": f"async-{via}"}}
