@@ -38,6 +38,10 @@ def _allowed_callback(spec: EndpointSpec) -> bool:
     return callback is None or callback.url.startswith(("https://", "http://"))
 
 
+def _batch_entrypoint(spec: EndpointSpec) -> str | None:
+    return spec.bundle.python.batch_entrypoint if spec.bundle.python is not None else None
+
+
 RULES: tuple[Rule, ...] = (
     Rule(
         scope="spec",
@@ -109,6 +113,12 @@ RULES: tuple[Rule, ...] = (
         holds=_allowed_callback,
     ),
     Rule(
+        scope="spec.async",
+        cel="!has(self.s3FailurePath) || has(self.s3OutputPath)",
+        message="spec.async.s3FailurePath needs spec.async.s3OutputPath (as SageMaker's OutputConfig)",
+        holds=lambda s: s.async_ is None or s.async_.s3_failure_path is None or s.async_.s3_output_path is not None,
+    ),
+    Rule(
         scope="spec.resources",
         cel="!has(self.gpuType) || (has(self.gpus) && self.gpus > 0)",
         message="spec.resources.gpuType needs spec.resources.gpus greater than 0",
@@ -130,6 +140,31 @@ RULES: tuple[Rule, ...] = (
         holds=lambda s: (
             s.invocation.max_payload_bytes * (3 * s.invocation.concurrency + s.invocation.max_queued + 4)
             <= ROUTER_BODY_BUDGET
+        ),
+    ),
+    Rule(
+        scope="spec",
+        cel="!has(self.invocation) || !has(self.invocation.batching) || "
+        "(has(self.bundle.python) && has(self.bundle.python.batchEntrypoint))",
+        message="spec.invocation.batching needs a Python bundle with spec.bundle.python.batchEntrypoint "
+        "(the callable that takes a list of calls)",
+        holds=lambda s: s.invocation.batching is None or _batch_entrypoint(s) is not None,
+    ),
+    Rule(
+        scope="spec",
+        cel="!has(self.bundle.python) || !has(self.bundle.python.batchEntrypoint) || "
+        "(has(self.invocation) && has(self.invocation.batching))",
+        message="spec.bundle.python.batchEntrypoint is called only with spec.invocation.batching set",
+        holds=lambda s: _batch_entrypoint(s) is None or s.invocation.batching is not None,
+    ),
+    Rule(
+        scope="spec.invocation",
+        cel="!has(self.batching) || (has(self.concurrency) ? self.concurrency : 8) >= "
+        "(has(self.batching.maxBatchSize) ? self.batching.maxBatchSize : 8)",
+        message="spec.invocation.concurrency must be at least spec.invocation.batching.maxBatchSize "
+        "(the router lets only concurrency calls reach the model at once, so larger batches could never form)",
+        holds=lambda s: (
+            s.invocation.batching is None or s.invocation.concurrency >= s.invocation.batching.max_batch_size
         ),
     ),
     Rule(

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.invocation import Invocation, ModelReply, StreamChunk
+from bundleserve.queue.service import S3AsyncPaths
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord
 
 #: The configured public base URL of the API (e.g. `https://models.example.com`); wins over request headers.
@@ -67,8 +68,14 @@ class TaskBackend(Protocol):
         callback: CallbackTarget | None,
         request_ttl_seconds: float | None,
         invocation_timeout_seconds: float | None,
+        s3_paths: S3AsyncPaths | None = None,
     ) -> str:
-        """Queue the invocation; returns the task id. Raising means the task will never run."""
+        """Queue the invocation; returns the task id. Raising means the task will never run. With `s3_paths` (from
+        `s3_paths()`), the worker writes the task's SageMaker output and failure objects there."""
+        ...
+
+    def s3_paths(self) -> S3AsyncPaths | None:
+        """The endpoint's SageMaker S3 output/failure paths when results are stored in S3; None: not configured."""
         ...
 
     async def status(self, task_id: str, *, wait_seconds: float) -> TaskRecord | None:

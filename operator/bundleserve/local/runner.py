@@ -149,6 +149,9 @@ class LocalRun:
             connections=limits_from_env(os.environ),  # checked by main() before anything started
             redis_url=redis_url,
             results_dir=results_dir,
+            # the routers inherit the same variable: with S3 storage, both write and read results (and SageMaker's
+            # async objects) in the same bucket, as in a cluster
+            results_url=os.environ.get("BUNDLESERVE_RESULTS_URL") or None,
             submit_checks=checks,
             sagemaker_signing=sigv4.config_from_env(local_gateway_sagemaker_env(os.environ)),
         )

@@ -28,12 +28,12 @@ from bundleserve.router.admission import AdmissionController
 from bundleserve.router.auth import ApiKeys
 from bundleserve.router.core import BODY_RESERVED, InvocationCore
 from bundleserve.router.fetch import UrlFetcher
-from bundleserve.router.invoke import Invoker, PickledResults, error_response, result_store
+from bundleserve.router.invoke import Invoker, PickledResults, error_response
 from bundleserve.router.metrics import RouterMetrics
 from bundleserve.router.model_client import ModelClient
 from bundleserve.router.readiness import readiness_probe
 from bundleserve.router.settings import Settings
-from bundleserve.router.state import ROUTER_STATE, RouterState
+from bundleserve.router.state import ROUTER_STATE, RouterState, result_store
 
 log = logging.getLogger("bundleserve.router")
 
@@ -43,7 +43,10 @@ INVOKER = web.AppKey("invoker", Invoker)  # the native sync/stream handlers, sha
 
 def _mount_launch(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None) -> None:
     """The Launch dialect for this router's endpoint, keeping sync pickled results where native predict keeps them."""
-    launch.add_routes(app, core, lambda _name: tasks, results=PickledResults(app[ROUTER_STATE]))
+    state = app[ROUTER_STATE]
+    launch.add_routes(
+        app, core, lambda _name: tasks, results=PickledResults(state), names=lambda: (state.settings.name,)
+    )
 
 
 #: Every dialect the router serves besides the native API, mounted by `build_app` as `mount(app, core, tasks)`.
