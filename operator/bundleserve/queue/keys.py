@@ -11,6 +11,7 @@ Per endpoint, keyed by its queue id `<namespace>/<name>` (see `queue_id`; DNS la
   delivery attempt's due time (ms since the epoch); a claimed member is re-scored to the end of its lease
 - `bundleserve:{<namespace>/<name>}:task:<task_id>` per task: a hash (the task record), with a TTL
 - `bundleserve:{<namespace>/<name>}:bytes` the bytes the endpoint's live task records hold (the byte quota's counter)
+- `bundleserve:{<namespace>/<name>}:idem:<sha256>` one client call's task id, by a digest of its idempotency key
 Every key and channel of an endpoint starts with `bundleserve:{<namespace>/<name>}:` (`endpoint_prefix`): that is what
 the endpoint's own Redis ACL user may touch and nothing else (docs/security.md). The hash tag also puts all of them in
 one cluster slot. A task id alone does not say where its record is: readers by id probe the endpoints the caller may
@@ -19,6 +20,7 @@ see (`gateway.tasks.EndpointQueues.owner`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -62,6 +64,12 @@ def task(queue: str, task_id: str) -> str:
 
 def byte_counter(queue: str) -> str:
     return f"{endpoint_prefix(queue)}bytes"
+
+
+def idempotency(queue: str, key: str) -> str:
+    """The record of one client call's task (its retries submit nothing new), by a digest of its idempotency key."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"{endpoint_prefix(queue)}idem:{digest}"
 
 
 def new_task_id() -> str:
