@@ -59,7 +59,7 @@ def guarded(
         if running.process.alive():
             running.process.stop()
         # Every write the operator made was admitted; the only 403s of its identity are the test's own probes.
-        denied = forbidden(kube_cluster, release.user)
+        denied = forbidden(kube_cluster, release.user, running.audit_since)
         assert all("bootstrap-like" in item for item in denied), denied
         for obj in policies:
             kind = obj["kind"]
