@@ -20,7 +20,9 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.timeout(900)
 
 #: A pod that serves a page with busybox httpd on 8080 and is Ready only once it answers (a real probe).
-WEB_SCRIPT = "mkdir -p /tmp/www && echo hello-from-$(hostname) > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"
+WEB_SCRIPT = (
+    "mkdir -p /tmp/www && echo hello-from-$(hostname) > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"
+)
 
 
 def _namespace(node: Node) -> str:
@@ -70,8 +72,10 @@ def _wait_ready(node: Node, namespace: str, name: str) -> dict[str, Any]:
 
 def _wait_finished(node: Node, namespace: str, name: str) -> tuple[str, str]:
     phase = wait_until(
-        lambda: _pod_status(node, namespace, name).get("phase") in {"Succeeded", "Failed"}
-        and _pod_status(node, namespace, name)["phase"],
+        lambda: (
+            _pod_status(node, namespace, name).get("phase") in {"Succeeded", "Failed"}
+            and _pod_status(node, namespace, name)["phase"]
+        ),
         timeout=180,
         interval=0.5,
         what=f"pod {namespace}/{name} to finish",

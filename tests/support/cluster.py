@@ -5,12 +5,13 @@ Why: the operator's users run it on real clusters; an emulator cannot show what 
 authorizer, CEL validation, defaulting or garbage collector do. Nothing is downloaded but Go modules (the Go module
 proxy); the binaries are built once per version into a cache outside the repository and reused.
 
-- `binaries()` builds (first use, under a file lock so concurrent sessions build once) and returns the four paths.
+- `binaries()` builds (first use, under a file lock so concurrent sessions build once) and returns the paths (the
+  control plane, and the kubelet and kube-proxy of tests/support/node.py).
 - `ControlPlane(workdir).start()` makes a CA and certificates (openssl), starts the four processes on free ports,
   writes an admin kubeconfig, waits for readiness with a deadline; `.stop()` ends every process group it started.
-- `python -m tests.support.cluster [KUBECONFIG]` is `make cluster`: one ready line, stops on Ctrl-C or SIGTERM.
+- `python -m tests.support.cluster [KUBECONFIG]`: the control plane alone, one ready line, stops on Ctrl-C or SIGTERM.
 
-Pods never run: there is no kubelet, kube-proxy, CNI or DNS (Service and pod IPs are bookkeeping only).
+Pods never run on the control plane alone; tests/support/node.py adds a real node (kubelet, kube-proxy, CNI, DNS).
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ class Node:
         deadline = started + START_TIMEOUT
         found = binaries()
         coredns = coredns_binary()
-        cache = cache_root() / "images"
+        cache = cache_root() / "node-images"
         archives = [oci.pause_archive(cache), oci.busybox_archive(cache), *self.images]
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._make_identities()
@@ -282,8 +282,7 @@ class Node:
             preexec_fn=_die_with_parent,
         )
         log.close()
-        assert self._anchor.stdout is not None  # noqa: S101 - Popen with stdout=PIPE
-        line = self._anchor.stdout.readline().decode().strip()
+        line = self._anchor.stdout.readline().decode().strip() if self._anchor.stdout else ""
         if line != "ready":
             self._anchor.wait(10)
             raise NodeError(f"the node's namespaces did not start: {line!r}\n{self._tail('anchor')}")
@@ -335,8 +334,8 @@ class Node:
         }, indent=1))  # fmt: skip
         containerd = work / "containerd"
         (work / "containerd.toml").write_text(f"""version = 2
-root = "{containerd / 'root'}"
-state = "{containerd / 'state'}"
+root = "{containerd / "root"}"
+state = "{containerd / "state"}"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.tracing.processor.v1.otlp"]
 [grpc]
@@ -344,7 +343,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [ttrpc]
   address = "{self.containerd_socket}.ttrpc"
 [plugins."io.containerd.internal.v1.opt"]
-  path = "{containerd / 'opt'}"
+  path = "{containerd / "opt"}"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{oci.PAUSE_IMAGE}"
   netns_mounts_under_state_dir = true
@@ -359,7 +358,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{CNI_BIN}"
-    conf_dir = "{work / 'cni' / 'net.d'}"
+    conf_dir = "{work / "cni" / "net.d"}"
     max_conf_num = 1
 """)
         relay = f"https://{net.host_ip}:{self.relay_port}"
@@ -402,7 +401,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     errors
     ready {net.node_ip}:8181
     kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
-        kubeconfig {work / 'coredns.kubeconfig'}
+        kubeconfig {work / "coredns.kubeconfig"}
         pods insecure
         fallthrough in-addr.arpa ip6.arpa
         ttl 5
@@ -418,7 +417,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": "kubernetes", "namespace": "default",
                          "labels": {"kubernetes.io/service-name": "kubernetes",
-                                    "endpointslice.kubernetes.io/managed-by": "bundleserve.test/node"}},
+                                    "endpointslice.kubernetes.io/managed-by": "bundleserve-test-node"}},
             "addressType": "IPv4",
             "endpoints": [{"addresses": [self.net.host_ip], "conditions": {"ready": True}}],
             "ports": [{"name": "https", "port": self.relay_port, "protocol": "TCP"}],
@@ -522,10 +521,18 @@ def running(plane: ControlPlane, workdir: Path, images: list[Path] | None = None
 
 
 def main(argv: list[str]) -> int:
-    """`make cluster-node`: the control plane and a node in the foreground until Ctrl-C or SIGTERM. Prints one
+    """`make cluster`: the control plane and a node in the foreground until Ctrl-C or SIGTERM. Prints one
     ready line with the node's start-to-ready time."""
     from tests.support import cluster
 
+    if argv == ["--build"]:
+        started = time.monotonic()
+        built, dns = binaries(), coredns_binary()
+        images = [oci.pause_archive(cache_root() / "node-images"), oci.busybox_archive(cache_root() / "node-images")]
+        print(f"{cluster._now()} cluster binaries ready in {time.monotonic() - started:.0f}s: Kubernetes "
+              f"{cluster.KUBERNETES_VERSION} ({built.kubelet.parent}), etcd {cluster.ETCD_VERSION}, CoreDNS "
+              f"{COREDNS_VERSION} ({dns.parent}), node images {[p.name for p in images]}")  # fmt: skip
+        return 0
     kubeconfig = Path(argv[0]) if argv else REPO / ".cluster" / "kubeconfig"
     stop_requested = False
 
@@ -545,7 +552,7 @@ def main(argv: list[str]) -> int:
             print(
                 f"{cluster._now()} cluster ready: control plane in {plane_ready:.1f}s, node {node.name} "
                 f"({node.net.node_ip}, pods {node.net.pod_subnet}) ready in {node.started_in:.1f}s; "
-                f"KUBECONFIG={kubeconfig} (Ctrl-C stops it)",
+                f"KUBECONFIG={kubeconfig} workdir={workdir} (Ctrl-C stops it)",
                 flush=True,
             )
             while not stop_requested:
