@@ -349,6 +349,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   netns_mounts_under_state_dir = true
   stream_server_address = "127.0.0.1"
   disable_apparmor = true
+  # This machine's root lacks CAP_SYS_RESOURCE: no process may lower its oom_score_adj (runc failed the sandbox with
+  # "nsexec: failed to update /proc/self/oom_score_adj: Permission denied"). Keep containers at containerd's own.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -387,10 +390,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "serializeImagePulls": False, "kubeAPIQPS": 50, "kubeAPIBurst": 100,
             "syncFrequency": "10s", "fileCheckFrequency": "10s", "nodeStatusUpdateFrequency": "5s",
             "shutdownGracePeriod": "0s", "rotateCertificates": False,
+            "oomScoreAdj": 0,  # no CAP_SYS_RESOURCE here (see restrict_oom_score_adj above)
         }))  # fmt: skip
         (work / "kube-proxy.yaml").write_text(yaml.safe_dump({
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
-            "mode": "iptables", "clusterCIDR": POD_RANGE,
+            "mode": "iptables", "clusterCIDR": POD_RANGE, "oomScoreAdj": 0,
             "clientConnection": {"kubeconfig": str(work / "kube-proxy.kubeconfig")},
             "healthzBindAddress": f"{net.node_ip}:10256", "metricsBindAddress": "127.0.0.1:10249",
             # Leave the host-wide conntrack table size alone (only the initial namespace may set it).
