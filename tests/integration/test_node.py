@@ -126,7 +126,9 @@ def test_pods_reach_the_api_server_through_the_kubernetes_service(kube_node: Nod
     TLS client cannot negotiate with Go's TLS 1.2+ defaults, so the pod speaks plain HTTP to the TLS port: only Go's
     TLS server answers that with its own 400 text. (The operator pod of test_node_product.py uses it with TLS.)"""
     ns = _namespace(kube_node)
-    script = "printf 'GET /version HTTP/1.0\\r\\n\\r\\n' | nc -w 10 kubernetes.default.svc.cluster.local 443"
+    # stdin stays open a while: busybox nc stops reading the socket once its stdin ends.
+    request = "printf 'GET /version HTTP/1.0\\r\\n\\r\\n'; sleep 5"
+    script = f"({request}) | nc -w 10 kubernetes.default.svc.cluster.local 443"
     _create(kube_node, ns, _pod("api", script))
     phase, log = _wait_finished(kube_node, ns, "api")
     assert phase == "Succeeded", log

@@ -79,20 +79,23 @@ def _leftovers(workdir: str, slot: int, netns: str) -> list[str]:
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     kubeconfig = tmp_path / "kubeconfig"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.node", str(kubeconfig)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=open(tmp_path / "harness.log", "wb"),  # noqa: SIM115 - closed with the process
-        text=True,
-        start_new_session=True,
-    )
+    with (tmp_path / "harness.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.node", str(kubeconfig)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            start_new_session=True,
+        )
     try:
         yield process
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(30)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def test_a_sigkilled_harness_leaves_nothing_of_the_node(harness: subprocess.Popen[str], tmp_path: Path) -> None:
@@ -110,7 +113,7 @@ def test_a_sigkilled_harness_leaves_nothing_of_the_node(harness: subprocess.Pope
                                  "command": ["/bin/sleep", "3600"]}], "terminationGracePeriodSeconds": 30},
     }  # fmt: skip
     api.create_namespaced_pod("default", pod)
-    wait_until(lambda: api.read_namespaced_pod("default", "sleeper").status.phase == "Running", timeout=180,
+    wait_until(lambda: api.read_namespaced_pod("sleeper", "default").status.phase == "Running", timeout=180,
                interval=0.5, what="the pod running")  # fmt: skip
     anchor = next(pid for pid in _pids_mentioning("tests.support.node_anchor") if pid in _pids_mentioning(workdir))
     netns = os.readlink(f"/proc/{anchor}/ns/net")

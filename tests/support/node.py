@@ -202,8 +202,8 @@ class Node:
     def stop(self) -> None:
         """SIGTERM the anchor (it SIGKILLs the node's processes and removes its cgroups), then the host-side parts."""
         if self._anchor is not None and self._anchor.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._anchor.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # the anchor itself: unshare ignores SIGTERM with --fork
+                os.kill(self.anchor_pid or self._anchor.pid, signal.SIGTERM)
             try:
                 self._anchor.wait(60)
             except subprocess.TimeoutExpired:
@@ -279,7 +279,7 @@ class Node:
             cwd=REPO,
             env={**os.environ, "PATH": PATH, "PYTHONPATH": str(REPO)},
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_killed_with_parent,
         )
         log.close()
         line = self._anchor.stdout.readline().decode().strip() if self._anchor.stdout else ""
@@ -497,6 +497,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def logs(self, name: str) -> str:
         return self._tail(name)
+
+
+def _killed_with_parent() -> None:
+    """PR_SET_PDEATHSIG with SIGKILL for `unshare`: with --fork it ignores SIGTERM (its child is meant to handle it),
+    so only SIGKILL ends it when the harness dies; --kill-child then sends the anchor SIGTERM."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def _free_port_on(host: str) -> int:
