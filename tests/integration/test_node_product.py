@@ -65,7 +65,8 @@ def _describe_pods(node: Node, namespace: str) -> str:
     for pod in node.plane.items("v1", "Pod", namespace):
         status = pod.get("status", {})
         states = [(c["name"], c.get("state"), c.get("restartCount")) for c in status.get("containerStatuses", [])]
-        lines.append(f"{pod['metadata']['name']} {status.get('phase')} {states}")
+        waiting = [c.get("message") for c in status.get("conditions", []) if c.get("status") == "False"]
+        lines.append(f"{pod['metadata']['name']} {status.get('phase')} {states} {waiting}")
     return "\n".join(lines)
 
 
@@ -83,8 +84,10 @@ def _endpoint_ready(node: Node, namespace: str, name: str) -> bool:
 
 
 def _example(name: str, **spec: Any) -> dict[str, Any]:
+    """examples/NAME/endpoint.yaml in MODELS, with small requests: the node has 2 CPUs for every pod of the module."""
     doc: dict[str, Any] = yaml.safe_load((REPO / "examples" / name / "endpoint.yaml").read_text())
     doc["metadata"]["namespace"] = MODELS
+    doc["spec"]["resources"] = {"cpu": "200m", "memory": "256Mi"}
     doc["spec"].update(spec)
     return doc
 
@@ -130,7 +133,7 @@ def test_an_example_endpoint_serves_through_the_gateway_service(product: Product
     plane.apply(_example("echo"))
     _wait(product.node, "echo Ready", lambda: _endpoint_ready(product.node, MODELS, "echo"), MODELS)
     ready_in = time.monotonic() - started
-    body = {"text": "through the node"}
+    body = {"args": {"text": "through the node"}}
     # curl, as a user would type it
     done = subprocess.run(
         ["curl", "-sS", "--fail-with-body", "-m", "30", "-H", f"Authorization: Bearer {product.api_key}",
@@ -159,7 +162,7 @@ def test_async_is_accepted_at_zero_replicas_and_finishes_when_a_replica_starts(p
     _wait(product.node, "the Deployment at 0 replicas", lambda: (deployment() or {}).get("spec", {})
           .get("replicas") == 0, MODELS)  # fmt: skip
     with httpx.Client(base_url=product.gateway, headers=product.headers, timeout=30) as http:
-        accepted = http.post("/v1/endpoints/echo-async/async", json={"text": "queued at zero"})
+        accepted = http.post("/v1/endpoints/echo-async/async", json={"args": {"text": "queued at zero"}})
         assert accepted.status_code == 202, accepted.text
         task_id = accepted.json()["task_id"]
 
