@@ -1,6 +1,7 @@
 # The bundleserve image: the operator, the router sidecar and the Python bundle runtime share it; `bundleserve` is
 # the entrypoint and the sub-command picks the role (`operator`, `router ...`, `bundle serve ...`).
 #   docker build -t ghcr.io/bundleserve/bundleserve:0.1.0 .
+# (`make image` builds it without Docker or a registry: see docs/install.md.)
 # Model images build FROM it: see docs/bundles.md ("Building a model image").
 # The base is pinned to an exact Python patch release and Debian release; bump both deliberately.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
@@ -9,12 +10,20 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
+# Exactly the lock (requirements/image.txt: the dependencies plus the s3 extra, so BUNDLESERVE_RESULTS_URL=s3://...
+# works in the router sidecar), every file checked against its hash, wheels only (no compiler needed). `make lock`
+# refreshes it. The dependencies come first so that a change of the sources alone reuses their layer.
+COPY requirements/image.txt requirements/build.txt ./requirements/
+RUN python -m venv /opt/bundleserve \
+    && /opt/bundleserve/bin/pip install --no-compile --require-hashes --only-binary=:all: -r requirements/image.txt \
+    && python -m venv /opt/build \
+    && /opt/build/bin/pip install --no-compile --require-hashes --only-binary=:all: -r requirements/build.txt
+# The project itself, built with the locked build backend (no build isolation fetching a newer one) and installed
+# without dependencies: they are all in the lock above. The build stage, its tools and pip's caches stay behind.
 COPY pyproject.toml README.md ./
 COPY operator ./operator
-# The s3 extra (boto3) is included so BUNDLESERVE_RESULTS_URL=s3://... works in the router sidecar.
-# Every dependency ships wheels, so no compiler is needed; the build stage (and pip's caches) stay behind.
-RUN python -m venv /opt/bundleserve \
-    && /opt/bundleserve/bin/pip install --no-compile --only-binary=:all: --no-binary=bundleserve ".[s3]" \
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/dist . \
+    && /opt/bundleserve/bin/pip install --no-compile --no-deps --no-index /tmp/dist/bundleserve-*.whl \
     && find /opt/bundleserve -name '__pycache__' -type d -prune -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE}

@@ -4,9 +4,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXAMPLES ?= examples/echo/endpoint.yaml examples/iris/endpoint.yaml examples/slow-job/endpoint.yaml examples/token-streamer/endpoint.yaml
+EXAMPLES ?= examples/echo/endpoint.yaml examples/iris/endpoint.yaml examples/slow-job/endpoint.yaml examples/token-streamer/endpoint.yaml examples/tiny-chat/endpoint.yaml
 
-.PHONY: run test lint typecheck unit integration e2e fuzz crds bench clean mutation redis-server browser cluster cluster-binaries lock image node-packages
+.PHONY: run test lint typecheck unit integration e2e fuzz crds bench clean mutation redis-server browser cluster cluster-binaries sdk-clients lock image image-tools clean-images node-packages
 
 # The locking and installing tool (uv), itself pinned by hash in requirements/uv.txt, in an environment of its own so
 # that `uv pip sync` of the project's environments never removes it.
@@ -49,7 +49,9 @@ $(LAUNCH_STAMP): requirements/launch.txt | $(UV)
 	touch $(LAUNCH_STAMP)
 
 # Refresh every lock from pyproject.toml (and requirements/*.in) to the newest releases the ranges allow. Review the
-# diff, run `make test`, commit. The lock is universal (every platform the ranges allow, one Python: 3.11) and records
+# diff, run `make test`, commit. examples-image.txt (scikit-learn on top of the bundleserve image) is made with
+# image.txt as its constraint, so the examples image keeps every version the bundleserve image has; build.txt is the
+# build backend the image builds the project's wheel with. The lock is universal (every platform the ranges allow, one Python: 3.11) and records
 # no index or download address. tests/unit/test_lock.py fails while pyproject.toml and the lock disagree.
 LOCK := $(UV) pip compile --quiet --generate-hashes --universal --python-version 3.11 --custom-compile-command 'make lock'
 lock: | $(UV)
@@ -58,6 +60,8 @@ lock: | $(UV)
 	$(LOCK) pyproject.toml --extra test --extra bench -o requirements/bench.txt
 	$(LOCK) pyproject.toml --extra mutation --extra test -o requirements/mutation.txt
 	$(LOCK) pyproject.toml --extra s3 -o requirements/image.txt
+	$(LOCK) pyproject.toml --extra s3 --extra examples -c requirements/image.txt -o requirements/examples-image.txt
+	$(LOCK) requirements/build.in -o requirements/build.txt
 	$(LOCK) requirements/launch.in -o requirements/launch.txt
 	$(LOCK) requirements/uv.in -o requirements/uv.txt
 
@@ -72,7 +76,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck redis-server browser $(LAUNCH_STAMP) cluster-binaries
+test: lint typecheck redis-server browser $(LAUNCH_STAMP) cluster-binaries image sdk-clients
 	$(BIN)/pytest tests
 
 # headless Chromium for the /docs page test (tests/integration/test_gateway_docs_browser.py)
@@ -82,10 +86,10 @@ browser:
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-integration: $(STAMP) $(LAUNCH_STAMP)
+integration: $(STAMP) $(LAUNCH_STAMP) sdk-clients
 	$(BIN)/pytest tests/integration
 
-e2e: $(STAMP)
+e2e: $(STAMP) sdk-clients
 	$(BIN)/pytest tests/e2e
 
 # Bounded, derandomized fuzzing of the fast edge's parser and the JSON edge (also part of `make test`).
@@ -115,12 +119,37 @@ node-packages:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd runc \
 			containernetworking-plugins iptables gcc libc6-dev busybox-static; }
 
+# Both images (Dockerfile, examples/Dockerfile) as OCI archives, built here with buildah from a base made with
+# mmdebstrap through this machine's apt sources: no Docker engine, no registry, nothing pulled. Cached by the hash of
+# their inputs under ~/.cache/bundleserve/images (first build: minutes; afterwards a no-op). tests/support/images.py.
+IMAGES_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/bundleserve/images
+image: $(STAMP) image-tools
+	$(BIN)/python -m tests.support.images
+
+# buildah and mmdebstrap build, umoci and runc run the images in tests/integration/test_image_runtime.py, containerd's
+# ctr imports them into a node's image store.
+image-tools:
+	@for tool in buildah mmdebstrap umoci runc ctr; do command -v $$tool >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		apt-get install -y -qq buildah mmdebstrap umoci runc containerd || \
+		{ apt-get update -qq && apt-get install -y -qq buildah mmdebstrap umoci runc containerd; }; fi
+
+clean-images:
+	rm -rf $(IMAGES_CACHE)
+
+# The official AWS SDKs for Java (v1, v2) and Rust with the SageMaker tests' drivers (tests/sdk_clients), fetched from
+# their registries and built into ~/.cache/bundleserve/sdk-clients (first build: several minutes on 2 cores; later a
+# no-op). Needs a JDK >= 17, Maven and cargo.
+sdk-clients: $(STAMP)
+	$(BIN)/python -m tests.support.sdk_clients --build
+
 bench: | $(UV)
 	command -v nginx >/dev/null && command -v wrk >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq nginx wrk; }
 	$(call sync_venv,requirements/bench.txt,$(VENV)/.installed-bench)
 	$(BIN)/python bench/router.py
 	$(BIN)/python bench/async_queue.py
+	$(BIN)/python bench/batching.py
 
 # Mutation testing of the modules listed in pyproject's [tool.mutmut] (minutes; not part of `make test`).
 # The score is printed and written to .mutation/score.json; docs/testing.md records the last one.

@@ -8,7 +8,9 @@ router: the gateway (its aiohttp application with a one-endpoint registry, in it
 for one well-built proxy hop. Measures with wrk (else a Python load generator), in interleaved rounds, medians:
 - latency at concurrency 1 (p50/p99) and what each hop adds over the router;
 - throughput at saturation and its share of the router's;
-- streaming time to first event through each hop.
+- streaming time to first event through each hop;
+- the OpenAI dialect (`/openai/v1/chat/completions`, whole and streamed) on the router and through the gateway,
+  against the native stream route it calls on the same path (the trivial model streams two chunks, 1 ms apart).
 Everything shares the machine's cores: run it on a quiet machine and more than once.
 """
 
@@ -30,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import router as base  # bench/router.py: the model, nginx, the load generators
 
 ROUTER_BODY = base.ROUTER_BODY
+OPENAI_BODY = b'{"model": "bench", "messages": [{"role": "user", "content": "hello"}]}'
+OPENAI_STREAM_BODY = b'{"model": "bench", "messages": [{"role": "user", "content": "hello"}], "stream": true}'
 
 
 def serve_gateway(port: int, router_url: str, endpoint_file: str) -> None:
@@ -86,6 +90,7 @@ def main() -> int:
                 spec:
                   modes: [sync, streaming]
                   localOnly: true
+                  openai: {maxTokens: 16}
                   bundle: {python: {entrypoint: bench:predict}}
                   invocation: {concurrency: 256, maxQueued: 10000, timeoutSeconds: 60}
             """)
@@ -139,8 +144,43 @@ def main() -> int:
             target.saturation = base.median_load(saturations[target.name])
             runs = ttfbs[target.name]
             target.ttfb = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+        openai_targets = [
+            base.Target(f"{where} {kind}", url + path, url + path if stream else None, body)
+            for where, url in (("router", router_url), ("gateway", gateway_url))
+            for kind, path, body, stream in (
+                ("native stream", path_stream, ROUTER_BODY, True),
+                ("openai stream", "/openai/v1/chat/completions", OPENAI_STREAM_BODY, True),
+                ("openai whole", "/openai/v1/chat/completions", OPENAI_BODY, False),
+            )
+        ]
+        for target in openai_targets:
+            load(target.predict_url, target.body, 4)
+        runs_by: dict[str, list[tuple[base.Load, base.Load, tuple[float, float] | None]]] = {
+            t.name: [] for t in openai_targets
+        }
+        for _ in range(options.rounds):
+            for target in openai_targets:
+                latency = load(target.predict_url, target.body, 1)
+                saturation = load(target.predict_url, target.body, options.connections)
+                ttfb = (
+                    base.measure_ttfb(target.stream_url, target.body, options.ttfb_samples)
+                    if target.stream_url
+                    else None
+                )
+                runs_by[target.name].append((latency, saturation, ttfb))
+        for target in openai_targets:
+            runs = runs_by[target.name]
+            target.latency = base.median_load([r[0] for r in runs])
+            target.saturation = base.median_load([r[1] for r in runs])
+            if target.stream_url:
+                target.ttfb = (
+                    statistics.median(r[2][0] for r in runs if r[2]),
+                    statistics.median(r[2][1] for r in runs if r[2]),
+                )
         print(f"load average after: {os.getloadavg()[0]:.2f}", file=sys.stderr)
         report(targets, options.connections)
+        print()
+        openai_report(openai_targets, options.connections)
     finally:
         for process in reversed(processes):
             process.send_signal(signal.SIGTERM)
@@ -180,6 +220,36 @@ def report(targets: list[base.Target], connections: int) -> None:
         added_nginx = nginx.latency.p50_ms - router.latency.p50_ms
         print(f"gateway/nginx throughput: {gateway.saturation.rps / nginx.saturation.rps:.2f}")
         print(f"hop cost at p50, gateway vs nginx: {added_gateway:.3f} ms vs {added_nginx:.3f} ms")
+
+
+def openai_report(targets: list[base.Target], connections: int) -> None:
+    """Each OpenAI row against the native stream route on the same path (router or gateway): the dialect's cost."""
+    header = (
+        f"{'path':<24}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'rps@' + str(connections):>10}"
+        f"{'% native':>10}{'TTFB p50':>10}{'+TTFB':>8}{'errors':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    native: base.Target | None = None
+    for target in targets:
+        assert target.latency and target.saturation
+        if target.name.endswith("native stream"):
+            native = target
+        assert native and native.latency and native.saturation
+        ttfb = f"{target.ttfb[0]:>10.3f}" if target.ttfb else f"{'-':>10}"
+        added = f"{target.ttfb[0] - native.ttfb[0]:>8.3f}" if target.ttfb and native.ttfb else f"{'-':>8}"
+        print(
+            f"{target.name:<24}{target.latency.p50_ms:>9.3f}{target.latency.p99_ms:>9.3f}"
+            f"{target.latency.p50_ms - native.latency.p50_ms:>9.3f}{target.saturation.rps:>10.0f}"
+            f"{100 * target.saturation.rps / native.saturation.rps:>9.1f}%{ttfb}{added}"
+            f"{target.latency.errors + target.saturation.errors:>8}"
+        )
+    by_name = {t.name: t for t in targets}
+    for where in ("router", "gateway"):
+        whole, stream = by_name[f"{where} openai whole"], by_name[f"{where} native stream"]
+        assert whole.saturation and stream.saturation
+        ratio = whole.saturation.rps / stream.saturation.rps
+        print(f"{where}: openai whole / native stream throughput {ratio:.2f} (issue 18's dialect target >= 0.90)")
 
 
 if __name__ == "__main__":

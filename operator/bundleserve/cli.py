@@ -85,6 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory to import the bundle from (repeatable; default: the current directory)",
     )
     serve.add_argument("--exit-on-load-failure", action="store_true", help="exit non-zero when load() fails")
+    serve.add_argument(
+        "--batch-entrypoint",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="join concurrent predict calls into one call of this function (a list of calls in, a list of results out)",
+    )
+    serve.add_argument("--max-batch-size", type=int, default=None, metavar="N", help="most calls per batch (default 8)")
+    serve.add_argument(
+        "--max-batch-wait-ms",
+        type=int,
+        default=None,
+        metavar="MS",
+        help="longest a call waits for its batch to fill (default 10)",
+    )
 
     render = commands.add_parser("render", help="print the child manifests the operator would create")
     render.add_argument("files", nargs="+", type=Path, metavar="FILE.yaml")

@@ -22,7 +22,11 @@ from tests.integration.test_launch_dialect import (  # noqa: F401 - the Launch t
     _endpoint_file,
     launch_python,
     test_async_predict_and_future_get,
+    test_get_async_response_polls_to_the_result,
+    test_get_async_response_reports_a_failure_and_a_pickled_result,
     test_get_model_endpoint_gives_the_endpoint_types,
+    test_legacy_task_result_of_an_unknown_task_is_404,
+    test_list_model_endpoints,
     test_sync_predict_return_pickled_by_default,
     test_v1_async_task,
     test_v1_streaming_task,
@@ -95,11 +99,11 @@ def test_the_ready_lines_boto3_example_works_as_printed(local_run: tuple[str, Se
 def test_the_ready_lines_launch_example_works_as_printed(local_run: tuple[str, Server, Path]) -> None:
     code = _example(local_run[1].log(), "Launch")
     printed = subprocess.run(
-        [str(LAUNCH_PYTHON), "-c", f"import launch; print(type({code}).__name__)"],
+        [str(LAUNCH_PYTHON), "-c", f"import launch; response = {code}; print(response.status, response.result)"],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert printed.returncode == 0, printed.stderr
-    assert printed.stdout.strip() == "SyncEndpoint"
+    assert printed.stdout.strip() == "SUCCESS {}"  # the example calls the endpoint: status and the model's answer

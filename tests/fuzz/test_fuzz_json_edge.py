@@ -2,7 +2,8 @@
 front of the real bundle runtime): generated and schema-violating bodies, parameters and headers.
 
 Checked for every response: never a 500 (a bug of ours), errors in the documented shape (`{"error": {"code",
-"message"}}`; the SageMaker routes' `{"message"}` with `X-Amzn-ErrorType`), and the status is one the document declares for that operation. `/wait-for-drain` is left out (it
+"message"}}`; the SageMaker routes' `{"message"}` with `X-Amzn-ErrorType`; the OpenAI routes' `{"error": {"message",
+"type", "param", "code"}}`), and the status is one the document declares for that operation. `/wait-for-drain` is left out (it
 blocks until the router drains, by design). Bounded: a fixed number of derandomized examples per operation.
 """
 
@@ -40,6 +41,10 @@ def check(case: schemathesis.Case) -> None:
         if case.operation.path.startswith("/endpoints/"):  # the SageMaker Runtime dialect: botocore's error shape
             assert isinstance(document["message"], str), document
             assert response.headers.get("x-amzn-errortype") or response.headers.get("X-Amzn-ErrorType"), document
+        elif case.operation.path.startswith("/openai/"):  # the OpenAI dialect: OpenAI's error shape
+            error = document["error"]
+            assert set(error) == {"message", "type", "param", "code"}, document
+            assert isinstance(error["message"], str) and isinstance(error["type"], str)
         else:  # the native shape (the Launch routes carry it next to FastAPI's `detail`)
             error = document["error"]
             assert isinstance(error["code"], str) and isinstance(error["message"], str)

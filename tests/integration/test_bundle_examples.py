@@ -15,11 +15,12 @@ import pytest
 
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import load_endpoints
+from bundleserve.api.runtime import bundle_runtime_args
 from bundleserve.router.sse import EventParser
 from tests.support.processes import REPO, Server, bundleserve, free_port
 
 EXAMPLES = REPO / "examples"
-NAMES = ["echo", "iris", "slow-job", "token-streamer"]
+NAMES = ["echo", "iris", "slow-job", "token-streamer", "batch-scorer", "tiny-chat"]
 
 
 def manifest(name: str) -> Endpoint:
@@ -28,14 +29,11 @@ def manifest(name: str) -> Endpoint:
 
 
 def serve_argv(endpoint: Endpoint, manifest_dir: Path, port: int) -> list[str]:
-    """What local mode runs for a Python bundle: its names, and `python.path` relative to the manifest."""
+    """What local mode runs for a Python bundle: the runtime's arguments from the spec, and `python.path` relative to
+    the manifest."""
     python = endpoint.spec.bundle.python
     assert python is not None
-    argv = ["--entrypoint", python.entrypoint, "--port", str(port)]
-    if python.load:
-        argv += ["--load", python.load]
-    if python.stream:
-        argv += ["--stream", python.stream]
+    argv = [*bundle_runtime_args(endpoint.spec), "--port", str(port)]
     if python.path:
         argv += ["--path", str(manifest_dir / python.path)]
     return bundleserve("bundle", "serve", *argv)
@@ -96,7 +94,10 @@ def test_example_modes() -> None:
         "iris": {Mode.SYNC, Mode.ASYNC},
         "slow-job": {Mode.ASYNC},
         "token-streamer": {Mode.SYNC, Mode.STREAMING},
+        "batch-scorer": {Mode.SYNC, Mode.ASYNC},
+        "tiny-chat": {Mode.STREAMING},
     }
+    assert [name for name in NAMES if manifest(name).spec.openai is not None] == ["tiny-chat"]
 
 
 # --- echo -----------------------------------------------------------------------------------------------------------
@@ -211,3 +212,56 @@ def test_token_streamer_rejects_bad_arguments_before_the_first_token(example: Ex
     assert response.status_code == 500 and "max_tokens" in response.json()["error"]["message"]
     unknown = httpx.post(f"{example.url}/stream", json={"temperature": 0.7}, timeout=30)
     assert unknown.status_code == 400 and "'temperature'" in unknown.json()["error"]["message"]
+
+
+# --- tiny-chat ------------------------------------------------------------------------------------------------------
+
+
+@with_example("tiny-chat")
+def test_tiny_chat_keeps_the_openai_bundle_contract(example: Example) -> None:
+    """Pieces with text, the last one with finish_reason and usage (docs/bundles.md, "OpenAI-compatible models")."""
+    messages = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi there"}]
+    pieces = [chunk for _, chunk in example.stream_timed({"messages": messages, "max_tokens": 16})]
+    assert "".join(piece["text"] for piece in pieces) == "You said: hi there"
+    assert [set(piece) for piece in pieces[:-1]] == [{"text"}] * 3
+    assert pieces[-1]["finish_reason"] == "stop"
+    assert pieces[-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": 4}
+    cut = [chunk for _, chunk in example.stream_timed({"prompt": "one two three", "max_tokens": 2})]
+    assert "".join(piece["text"] for piece in cut) == "three two"
+    assert cut[-1]["finish_reason"] == "length"
+    neither = httpx.post(f"{example.url}/stream", json={"max_tokens": 2}, timeout=30)
+    assert neither.status_code == 500 and "messages" in neither.json()["error"]["message"]
+
+
+# --- batch-scorer ---------------------------------------------------------------------------------------------------
+
+
+@with_example("batch-scorer")
+def test_concurrent_calls_share_model_calls_and_a_bad_text_fails_alone(example: Example) -> None:
+    texts: list[Any] = [f"review {n}" for n in range(15)] + [42]
+    with ThreadPoolExecutor(len(texts)) as pool:
+        responses = list(pool.map(lambda text: example.predict({"text": text}), texts))
+    *good, bad = responses
+    assert [r.status_code for r in good] == [200] * 15, [r.text for r in good]
+    results = [r.json() for r in good]
+    assert max(result["batch_size"] for result in results) > 1, results  # some calls shared one model call
+    assert all(1 <= result["batch_size"] <= 16 for result in results)
+    assert bad.status_code == 500
+    assert bad.json()["error"] | {"traceback": None} == {
+        "code": "model_error",
+        "message": "text must be a string, not int",
+        "type": "TypeError",
+        "traceback": None,
+    }
+    # a batch of one scores like the per-call entrypoint would: the score depends on the text only
+    again = example.predict({"text": "review 3"}).json()
+    assert again["score"] == results[3]["score"]
+
+
+@with_example("batch-scorer")
+def test_batch_scorer_checks_each_call_against_the_entrypoint_signature(example: Example) -> None:
+    response = example.predict({"txt": "typo"})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == (
+        "batch_scorer:predict: missing required argument 'text'; unexpected argument 'txt'"
+    )

@@ -67,6 +67,7 @@ VALUES: dict[str, dict[str, Any]] = {
     # Results in S3-compatible storage (MinIO-style endpoint) instead of a volume.
     "s3-results": {
         "redis": {"enabled": True},
+        "gateway": {"enabled": True},
         "results": {
             "s3": {
                 "url": "s3://bundleserve-results/prod",
@@ -417,6 +418,26 @@ def test_s3_results_reach_the_operator_environment(rendered: dict[str, Rendered]
     assert (config.results_s3_endpoint, config.results_s3_region) == ("http://minio.storage:9000", "eu-west-1")
     default = _env(_container(rendered["default"].one("Deployment", f"{RELEASE}-bundleserve-operator"), "operator"))
     assert not any(name.startswith("BUNDLESERVE_RESULTS_") for name in default)
+
+
+def test_s3_results_reach_the_gateway_like_the_routers(rendered: dict[str, Rendered]) -> None:
+    """The gateway answers SageMaker's async calls itself, so it needs the routers' S3 store: the URL and settings
+    as plain env, the credentials only as references to the Secret (in the release's namespace)."""
+    objects = rendered["s3-results"]
+    gateway = _container(objects.one("Deployment", f"{RELEASE}-bundleserve-gateway"), "gateway")
+    env = _env(gateway)
+    assert env["BUNDLESERVE_RESULTS_URL"] == "s3://bundleserve-results/prod"
+    assert env["AWS_ENDPOINT_URL"] == "http://minio.storage:9000"
+    assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "eu-west-1"
+    references = {
+        item["name"]: item["valueFrom"]["secretKeyRef"]
+        for item in gateway["env"]
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        assert references[name]["name"] == "bundleserve-s3"
+        assert references[name]["key"] == name
+    assert references["AWS_SESSION_TOKEN"]["optional"] is True
 
 
 def test_bundled_redis_is_durable_and_its_url_reaches_it(rendered: dict[str, Rendered]) -> None:

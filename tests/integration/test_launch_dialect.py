@@ -233,6 +233,57 @@ def test_async_request_on_an_endpoint_described_as_sync(launch_python: Path, lau
     assert json.loads(answer["result"]) == {"k": "v"}
 
 
+def test_list_model_endpoints(launch_python: Path, launch_target: LaunchTarget) -> None:
+    """`list_model_endpoints`: every endpoint the server answers for, typed as `get_model_endpoint` types it (a
+    router lists its own endpoint, a gateway or local mode all of theirs)."""
+    for name in (SYNC, ASYNC):  # through each endpoint's server (the async-only one too)
+        answer = client(launch_python, launch_target, name, "list_endpoints")
+        listed = {entry["name"]: entry for entry in answer["endpoints"]}
+        assert listed[name] == client(launch_python, launch_target, name, "get_endpoint")
+    assert listed[ASYNC]["endpoint"] == "AsyncEndpoint"
+    if launch_target.url(SYNC) == launch_target.url(ASYNC):  # one front for both: both listed
+        assert {SYNC, ASYNC} <= set(listed)
+
+
+def test_list_model_endpoints_needs_the_api_key(launch_python: Path, launch_target: LaunchTarget) -> None:
+    wrong = LaunchTarget(urls=launch_target.urls, api_key="not-a-key")
+    answer = client(launch_python, wrong, SYNC, "list_endpoints")
+    assert answer["error"] == "APIError"
+    assert answer["status_code"] == 401
+
+
+def test_get_async_response_polls_to_the_result(launch_python: Path, launch_target: LaunchTarget) -> None:
+    """`get_async_response(task_id)` finds the task by its id alone; while it is queued or running the state is
+    PENDING (never STARTED or another state the 0.3.3 client does not know), then SUCCESS with the result."""
+    answer = client(
+        launch_python, launch_target, ASYNC, "get_async_response", args={"sleep": 1, "x": 5}, return_pickled=False
+    )
+    assert set(answer["states"][:-1]) <= {"PENDING"}
+    assert answer["states"][-1] == "SUCCESS"
+    assert "PENDING" in answer["states"]  # the model sleeps a second: the first poll sees it unfinished
+    assert json.loads(answer["response"]["result"]) == {"sleep": 1, "x": 5}
+
+
+def test_get_async_response_reports_a_failure_and_a_pickled_result(
+    launch_python: Path, launch_target: LaunchTarget
+) -> None:
+    failed = client(launch_python, launch_target, ASYNC, "get_async_response", args={"fail": "nope"})
+    assert failed["response"]["state"] == "FAILURE"
+    assert "RuntimeError: the model refused: nope" in failed["response"]["traceback"]
+    pickled = client(launch_python, launch_target, ASYNC, "get_async_response", args={"y": 1})
+    assert pickled["response"]["state"] == "SUCCESS"
+    assert pickled["response"]["result_url"].startswith(("http://", "https://"))
+
+
+async def test_legacy_task_result_of_an_unknown_task_is_404(
+    launch_target: LaunchTarget, http: aiohttp.ClientSession
+) -> None:
+    url = f"{launch_target.legacy_base(ASYNC)}/task/result/no-such-task"
+    async with http.get(url, headers=launch_target.headers) as response:
+        assert response.status == 404
+        assert "no-such-task" in (await response.json())["detail"]
+
+
 # -- model-engine's /v1 routes --------------------------------------------------------------------------------------
 
 

@@ -269,12 +269,17 @@ def test_async_inference_id_is_echoed(runtime: Any, sagemaker_target: SageMakerT
 @pytest.fixture(scope="module")
 def input_server() -> Iterator[str]:
     """A plain HTTP server on loopback holding the async input (an S3 object's stand-in for InputLocation)."""
-    payload = b"\x89PNG\r\n" + bytes(range(200))
+    objects = {
+        "/inputs/image.png": (b"\x89PNG\r\n" + bytes(range(200)), "image/png"),
+        # as object stores usually label uploads: the source's type says nothing, the request's ContentType does
+        "/inputs/args.json": (b'{"a": 4, "b": 5}', "binary/octet-stream"),
+    }
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            payload, content_type = objects[self.path]
             self.send_response(200)
-            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
@@ -301,6 +306,22 @@ def test_async_with_input_location(
     result = json.loads(_await_output(sagemaker_target, reply["OutputLocation"], signed=signing == "signed"))
     expected = b"\x89PNG\r\n" + bytes(range(200))
     assert result == {"size": len(expected), "sha256": hashlib.sha256(expected).hexdigest()}
+
+
+def test_async_json_input_location_reaches_the_model_like_an_inline_body(
+    runtime: Any, sagemaker_target: SageMakerTarget, input_server: str, signing: str
+) -> None:
+    """SageMaker hands the container the InputLocation object exactly as an inline body: a JSON object with
+    ContentType application/json becomes a Python bundle's keyword arguments (not bytes)."""
+    location = input_server.replace("image.png", "args.json")
+    reply = runtime.invoke_endpoint_async(
+        EndpointName=sagemaker_target.endpoint, InputLocation=location, ContentType="application/json"
+    )
+    result = json.loads(_await_output(sagemaker_target, reply["OutputLocation"], signed=signing == "signed"))
+    inline = runtime.invoke_endpoint(
+        EndpointName=sagemaker_target.endpoint, Body=b'{"a": 4, "b": 5}', ContentType="application/json"
+    )
+    assert result == json.loads(inline["Body"].read()) == {"a": 4, "b": 5}
 
 
 def test_async_failure_is_written_to_the_failure_location(

@@ -6,6 +6,7 @@ import argparse
 
 import pytest
 
+from bundleserve.bundle.batching import BatchSettings
 from bundleserve.bundle.loader import BundleConfigError
 from bundleserve.bundle.server import Settings, _url
 from bundleserve.cli import build_parser
@@ -42,3 +43,26 @@ def test_bad_environment_values_are_configuration_errors(value: str, problem: st
 
 def test_urls_bracket_ipv6_hosts() -> None:
     assert (_url("127.0.0.1", 5005), _url("::1", 5005)) == ("http://127.0.0.1:5005", "http://[::1]:5005")
+
+
+def test_batching_flags_become_batch_settings_with_the_spec_defaults() -> None:
+    assert Settings.from_args(_args(), environ={}).batching is None
+    defaults = Settings.from_args(_args("--batch-entrypoint", "m:batch"), environ={}).batching
+    assert defaults == BatchSettings(max_size=8, max_wait_seconds=0.01)
+    given = Settings.from_args(
+        _args("--batch-entrypoint", "m:batch", "--max-batch-size", "32", "--max-batch-wait-ms", "0"), environ={}
+    ).batching
+    assert given == BatchSettings(max_size=32, max_wait_seconds=0.0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        (("--max-batch-size", "4"), "need --batch-entrypoint"),
+        (("--batch-entrypoint", "m:b", "--max-batch-size", "0"), "--max-batch-size 0 must be at least 1"),
+        (("--batch-entrypoint", "m:b", "--max-batch-wait-ms", "-1"), "must not be negative"),
+    ],
+)
+def test_bad_batching_flags_are_configuration_errors(extra: tuple[str, ...], problem: str) -> None:
+    with pytest.raises(BundleConfigError, match=problem):
+        Settings.from_args(_args(*extra), environ={})

@@ -228,6 +228,20 @@ def test_python_bundle_runs_the_bundle_runtime_and_the_router_sidecar() -> None:
     assert "readinessProbe" not in model  # the router probes the model
 
 
+def test_the_runtime_gets_the_stream_callable_and_the_batching_settings() -> None:
+    python = {"entrypoint": "m:predict", "stream": "m:tokens", "batchEntrypoint": "m:predict_batch"}
+    ep = endpoint(
+        bundle={"image": "reg/m:1", "python": python},
+        invocation={"concurrency": 32, "batching": {"maxBatchSize": 16, "maxWaitMilliseconds": 25}},
+    )
+    model, _ = deployment_of(ep)["spec"]["template"]["spec"]["containers"]
+    assert model["command"] == [
+        *("bundleserve", "bundle", "serve", "--entrypoint", "m:predict", "--stream", "m:tokens"),
+        *("--batch-entrypoint", "m:predict_batch", "--max-batch-size", "16", "--max-batch-wait-ms", "25"),
+        *("--port", "5005"),
+    ]
+
+
 def test_restricted_security_context_and_writable_tmp() -> None:
     pod = deployment_of(endpoint())["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True

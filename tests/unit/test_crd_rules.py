@@ -26,6 +26,7 @@ BUNDLES: dict[str, dict[str, Any]] = {
     "nothing": {},
     "env-both": {"image": "r/x:1", "env": [{"name": "A", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}]},
     "env-duplicate": {"image": "r/x:1", "env": [{"name": "A", "value": "1"}, {"name": "A"}]},
+    "python-batched": {"image": "r/x:1", "python": {"entrypoint": "m:f", "batchEntrypoint": "m:fb"}},
 }
 MODES = [list(c) for n in (1, 2, 3) for c in itertools.combinations(["sync", "streaming", "async"], n)] + [
     ["async", "async"]
@@ -40,6 +41,12 @@ EXTRAS: dict[str, dict[str, Any]] = {
     "gpu-type-only": {"resources": {"gpuType": "l4"}},
     "gpu": {"resources": {"gpuType": "l4", "gpus": 1}},
     "deep-queue": {"invocation": {"concurrency": 2, "maxQueued": 2001}},
+    "openai": {"openai": {}},
+    "s3-paths": {"async": {"s3OutputPath": "s3://b-1/out", "s3FailurePath": "s3://b-1/failed"}},
+    "s3-failure-path-only": {"async": {"s3FailurePath": "s3://b-1/failed"}},
+    "batching": {"invocation": {"batching": {"maxBatchSize": 4}}},
+    "batching-defaults-low-concurrency": {"invocation": {"concurrency": 4, "batching": {}}},
+    "batching-above-concurrency": {"invocation": {"concurrency": 2, "batching": {"maxBatchSize": 3}}},
 }
 
 

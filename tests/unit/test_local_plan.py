@@ -64,6 +64,27 @@ def test_python_bundle_runs_the_bundle_runtime_with_its_code_dir(tmp_path: Path)
     assert only.router.env["BUNDLESERVE_RESULTS_DIR"] == str(tmp_path / "results")
 
 
+def test_batching_reaches_the_bundle_runtime_with_its_settings(tmp_path: Path) -> None:
+    batched = parse_endpoint(
+        {
+            "apiVersion": "bundleserve.dev/v1alpha1",
+            "kind": "Endpoint",
+            "metadata": {"name": "batched"},
+            "spec": {
+                "modes": ["sync", "async"],
+                "localOnly": True,
+                "bundle": {"python": {"entrypoint": "m:f", "batchEntrypoint": "m:fb"}},
+                "invocation": {"batching": {"maxBatchSize": 4}},
+            },
+        }
+    )
+    [only] = plan([(tmp_path / "endpoint.yaml", batched)], tmp_path)
+    argv = only.model.argv
+    assert argv[argv.index("--batch-entrypoint") + 1] == "m:fb"
+    assert argv[argv.index("--max-batch-size") + 1] == "4"
+    assert argv[argv.index("--max-batch-wait-ms") + 1] == "10"  # the spec's default window
+
+
 def test_runnable_image_runs_its_command_with_the_port_and_its_ready_route(tmp_path: Path) -> None:
     bundle = {
         "command": ["python", "server.py", "--port", "$(PORT)"],

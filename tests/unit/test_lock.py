@@ -30,9 +30,10 @@ FROM_PYPROJECT = {
     "bench.txt": ["test", "bench"],
     "mutation.txt": ["mutation", "test"],
     "image.txt": ["s3"],
+    "examples-image.txt": ["s3", "examples"],
 }
 #: lock file -> the input file it is compiled from.
-FROM_INPUT = {"launch.txt": "launch.in", "uv.txt": "uv.in"}
+FROM_INPUT = {"launch.txt": "launch.in", "uv.txt": "uv.in", "build.txt": "build.in"}
 
 _PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)")
 
@@ -105,8 +106,12 @@ def test_lock_satisfies_pyproject(lock_name: str) -> None:
 @pytest.mark.parametrize("lock_name", sorted(FROM_PYPROJECT))
 def test_lock_holds_nothing_pyproject_dropped(lock_name: str) -> None:
     direct = {canonicalize_name(r.name) for r in direct_requirements(FROM_PYPROJECT[lock_name])}
-    stale = sorted(name for name, pin in read_lock(LOCKS / lock_name).items() if pin.via_pyproject and name not in direct)
-    assert not stale, f"requirements/{lock_name} still pins {stale} for pyproject.toml, which no longer asks: `make lock`"
+    stale = sorted(
+        name for name, pin in read_lock(LOCKS / lock_name).items() if pin.via_pyproject and name not in direct
+    )
+    assert not stale, (
+        f"requirements/{lock_name} still pins {stale} for pyproject.toml, which no longer asks: `make lock`"
+    )
 
 
 @pytest.mark.parametrize("lock_name", sorted(FROM_INPUT))
@@ -134,3 +139,18 @@ def test_lock_pins_every_package_by_hash_and_names_no_package_host(lock_name: st
         f"requirements/{lock_name} names a package host; the lock records names, versions and hashes only"
     )
     assert not re.search(r"^\S+ @ ", text, re.MULTILINE), f"requirements/{lock_name} has a direct URL reference"
+
+
+def test_the_examples_image_lock_keeps_every_version_of_the_bundleserve_image() -> None:
+    # examples/Dockerfile installs examples-image.txt on top of the bundleserve image (image.txt): a package pinned
+    # differently would be replaced there, giving the examples image a set nobody locked together.
+    image, examples = read_lock(LOCKS / "image.txt"), read_lock(LOCKS / "examples-image.txt")
+    differ = sorted(name for name, pin in image.items() if examples.get(name, pin).version != pin.version)
+    missing = sorted(set(image) - set(examples))
+    assert not differ and not missing, f"examples-image.txt differs from image.txt in {differ}, lacks {missing}"
+
+
+def test_the_build_lock_is_the_build_system_of_pyproject() -> None:
+    requires = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
+    listed = [line.split("#", 1)[0].strip() for line in (LOCKS / "build.in").read_text().splitlines()]
+    assert sorted(str(Requirement(r)) for r in requires) == sorted(str(Requirement(r)) for r in listed if r)

@@ -76,3 +76,46 @@ def test_a_missing_boto3_fails_the_start_in_one_line(tmp_path: Path, monkeypatch
     message = str(caught.value)
     assert "\n" not in message
     assert message == "BUNDLESERVE_RESULTS_URL is an s3:// URL but boto3 is not installed (install bundleserve[s3])"
+
+
+# -- SageMaker's async objects ----------------------------------------------------------------------------------------
+
+
+def test_output_and_failure_objects_are_named_as_sagemaker_names_them() -> None:
+    from bundleserve.queue.s3results import failure_url, output_url
+
+    assert output_url("s3://bucket-1/async/out", "t1") == "s3://bucket-1/async/out/t1.out"
+    assert output_url("s3://bucket-1/async/out/", "t1") == "s3://bucket-1/async/out/t1.out"
+    assert output_url("s3://bucket-1", "t1") == "s3://bucket-1/t1.out"
+    assert failure_url("s3://bucket-1/failed", "t1") == "s3://bucket-1/failed/t1-error.out"
+
+
+def test_a_task_id_cannot_escape_the_output_path() -> None:
+    from bundleserve.queue.results import InvalidKey
+    from bundleserve.queue.s3results import output_url
+
+    with pytest.raises(InvalidKey):
+        output_url("s3://bucket-1/out", "../other/t1")
+
+
+def test_s3_paths_default_under_the_result_store_and_the_failure_path_to_the_output_path() -> None:
+    from bundleserve.queue.config import QueueConfig
+    from bundleserve.queue.service import S3AsyncPaths, s3_async_paths
+
+    location = S3Location.parse("s3://results/prefix")
+    default = s3_async_paths(location, QueueConfig(endpoint="echo", namespace="team-a"))
+    assert default == S3AsyncPaths(
+        "s3://results/prefix/sagemaker/team-a/echo", "s3://results/prefix/sagemaker/team-a/echo"
+    )
+    configured = QueueConfig(endpoint="echo", s3_output_path="s3://out/o", s3_failure_path="s3://out/f")
+    assert s3_async_paths(location, configured) == S3AsyncPaths("s3://out/o", "s3://out/f")
+    assert s3_async_paths(location, QueueConfig(endpoint="echo", s3_output_path="s3://out/o")).failure == "s3://out/o"
+
+
+@pytest.mark.parametrize("url", ["s3://", "s3://UPPER/key", "https://bucket/key", "s3://a/key"])
+def test_malformed_s3_urls_are_invalid_requests(url: str) -> None:
+    from bundleserve.api.errors import InvalidRequest
+    from bundleserve.queue.s3results import S3Url
+
+    with pytest.raises(InvalidRequest):
+        S3Url.parse(url)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import yaml
 
 from bundleserve.api.endpoint import Endpoint
 from bundleserve.api.errors import InvalidRequest
-from bundleserve.api.invocation import CallbackAuthRequest, PredictRequest, TaskStatus
+from bundleserve.api.invocation import CallbackAuthRequest, Invocation, PredictRequest, TaskStatus
 from bundleserve.queue import keys
 from bundleserve.queue.callbacks import Outcome, RetryPolicy
 from bundleserve.queue.config import Durability, QueueConfig
@@ -24,6 +25,18 @@ def test_task_request_round_trips_through_json() -> None:
     )
     assert TaskRequest.loads(request.dumps()) == request
     assert TaskRequest.loads(TaskRequest(url="http://h/x").dumps()) == TaskRequest(url="http://h/x")
+
+
+def test_a_sagemaker_input_location_task_keeps_its_body_semantics_through_json() -> None:
+    """The InputLocation object is the body: the declared content type (none: "") and `url_body` survive the queue,
+    and so do the S3 output/failure paths the worker writes to."""
+    inv = Invocation(body=b"", content_type="", raw=True, url="s3://in/k.json", url_body=True, request_id="i1")
+    request = replace(TaskRequest.from_invocation(inv), s3_output_path="s3://out/o", s3_failure_path="s3://out/f")
+    loaded = TaskRequest.loads(request.dumps())
+    assert loaded == request
+    assert loaded.to_invocation() == inv
+    native = TaskRequest.from_invocation(Invocation(url="http://h/x", raw=True))
+    assert not TaskRequest.loads(native.dumps()).to_invocation().url_body
 
 
 def test_callback_target_round_trips_and_hides_credentials() -> None:

@@ -11,6 +11,7 @@ from botocore.parsers import create_parser
 from multidict import CIMultiDict
 
 from bundleserve.api import errors
+from bundleserve.api.invocation import body_input
 from bundleserve.dialects.sagemaker import protocol, sigv4
 from bundleserve.dialects.sagemaker.protocol import Operation, ValidationError
 
@@ -153,6 +154,34 @@ def test_async_takes_exactly_one_input() -> None:
         _async(location, b"{}")
     with pytest.raises(ValidationError, match="needs a request body"):
         _async({}, b"")
+
+
+def test_an_input_location_is_the_body_with_the_declared_type() -> None:
+    """The InputLocation object is judged like an inline body once fetched: the invocation carries the client's
+    declared type ("" for none), not the type the source will report."""
+    location = {"X-Amzn-SageMaker-InputLocation": "https://data.example/in"}
+    declared = _async({**location, "X-Amzn-SageMaker-Content-Type": "application/json"}, b"")
+    assert (declared.url_body, declared.content_type) == (True, "application/json")
+    assert _async(location, b"").content_type == ""
+    assert not _async({"X-Amzn-SageMaker-Content-Type": "text/csv"}, b"1,2").url_body
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "python_bundle", "expected"),
+    [
+        (b'{"a": 4}', "application/json", True, ("application/json", False)),
+        (b'{"a": 4}', None, True, ("application/json", False)),
+        (b'{"a": 4}', "application/vnd.x+json; charset=utf-8", True, ("application/vnd.x+json; charset=utf-8", False)),
+        (b"[1, 2]", "application/json", True, ("application/json", True)),
+        (b'{"a": 4}', "text/csv", True, ("text/csv", True)),
+        (b"\x89PNG", None, True, ("application/octet-stream", True)),
+        (b'{"a": 4}', None, False, ("application/octet-stream", True)),
+    ],
+)
+def test_body_input_is_the_one_rule(
+    body: bytes, content_type: str | None, python_bundle: bool, expected: tuple[str, bool]
+) -> None:
+    assert body_input(body, content_type, python_bundle=python_bundle) == expected
 
 
 def test_s3_input_needs_s3_configured() -> None:

@@ -37,6 +37,9 @@ HTTP_PATH = r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$"
 #: then refused by the API server on the child, so the CRD refuses them on the Endpoint already.
 QUANTITY = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+#: An S3 location as SageMaker's S3OutputPath takes it: s3://, a bucket name (3-63 of a-z 0-9 . -), an optional key
+#: prefix.
+S3_PATH = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
 
 
 class Model(BaseModel):
@@ -99,6 +102,17 @@ class PythonBundle(Model):
             max_length=256,
             description="Python `module:callable` yielding the chunks of a stream (default: the entrypoint when it is a "
             "generator function, else `stream` in the entrypoint's module).",
+        ),
+    ] = None
+    batch_entrypoint: Annotated[
+        str | None,
+        Field(
+            default=None,
+            pattern=ENTRYPOINT,
+            max_length=256,
+            description="Python `module:callable` called with a list of calls' keyword-argument dicts, returning a list "
+            "of as many results (or exception objects, one per failed call), in order. Used only, and required, with "
+            "spec.invocation.batching; the entrypoint stays the per-call contract each call is checked against.",
         ),
     ] = None
     path: Annotated[
@@ -226,8 +240,20 @@ class Bundle(Model):
         return self.routes or Routes()
 
 
+class Batching(Model):
+    """Dynamic batching: the bundle runtime joins concurrent calls (sync and async) into one call of
+    spec.bundle.python.batchEntrypoint. Streams are never batched."""
+
+    max_batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
+    """Most calls in one batch; a batch is dispatched as soon as it has this many."""
+    max_wait_milliseconds: Annotated[int, Field(ge=0, le=60_000)] = 10
+    """Longest a call waits for others to join its batch before the batch is dispatched with what it has (0: no
+    waiting; calls that arrive while a batch runs still form the next one). One batch runs at a time per replica."""
+
+
 class Invocation(Model):
-    """Sync and streaming invocation limits, enforced per replica by the router."""
+    """Limits of sync and streaming calls, enforced per replica by the router (async tasks share `concurrency`), and
+    dynamic batching, done by the bundle runtime."""
 
     timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
     """Seconds a sync call (or a stream's wait for its first byte) may take before the router answers 504."""
@@ -237,6 +263,10 @@ class Invocation(Model):
     """Requests the router passes to the model at once, per replica."""
     max_queued: Annotated[int, Field(ge=0, le=100_000)] = 80
     """Requests that wait in the router for a free slot, per replica; beyond that the router answers 429."""
+    batching: Batching | None = None
+    """Join concurrent calls into batches for spec.bundle.python.batchEntrypoint (Python bundles only). Empty: every
+    call is its own call of the entrypoint. concurrency must be at least maxBatchSize (twice it keeps the next batch
+    filling while one runs)."""
 
 
 class CallbackAuth(Model):
@@ -273,6 +303,17 @@ class AsyncSettings(Model):
     """Default callback for every task of the endpoint. Empty: tasks are polled (or name their own callback)."""
     retain_on_delete: bool = False
     """true: deleting the Endpoint keeps its queue, tasks and results in Redis (false purges them)."""
+    s3_output_path: Annotated[
+        str | None, Field(default=None, pattern=S3_PATH, max_length=512, alias="s3OutputPath")
+    ] = None
+    """SageMaker's S3OutputPath (s3://bucket/prefix): where InvokeEndpointAsync results are written as
+    <task id>.out when results are stored in S3 (BUNDLESERVE_RESULTS_URL=s3://...). Empty: under the result store's
+    own bucket and prefix, sagemaker/<namespace>/<name>/."""
+    s3_failure_path: Annotated[
+        str | None, Field(default=None, pattern=S3_PATH, max_length=512, alias="s3FailurePath")
+    ] = None
+    """SageMaker's S3FailurePath (s3://bucket/prefix): where a failed InvokeEndpointAsync's error is written as
+    <task id>-error.out. Needs s3OutputPath. Empty: the output path."""
 
 
 def _integer_quantity_as_text(value: Any) -> Any:
@@ -365,6 +406,18 @@ class PodSettings(Model):
     """PriorityClass of the pods. Empty: the cluster default."""
 
 
+class OpenAISettings(Model):
+    """The OpenAI-compatible API of this endpoint (docs/dialects.md, "OpenAI"): the endpoint is listed by
+    `GET /openai/v1/models` and answers chat and text completions whose `model` is its name. Needs the streaming mode:
+    the completions call the bundle's streaming callable (docs/bundles.md, "OpenAI-compatible models")."""
+
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
+    """The most tokens a request may ask for (`max_tokens` or `max_completion_tokens`; more is a 400), and what the
+    model is asked for when a request names no limit, so every generation is bounded."""
+    owned_by: Annotated[str, Field(min_length=1, max_length=256)] = "bundleserve"
+    """The `owned_by` of the model in `GET /openai/v1/models`."""
+
+
 class EndpointSpec(Model):
     """Desired state of an Endpoint: what to serve and how."""
 
@@ -381,7 +434,7 @@ class EndpointSpec(Model):
     bundle: Bundle
     """What runs in the model container."""
     invocation: Invocation = Invocation()
-    """Limits of sync and streaming calls, per replica."""
+    """Limits of sync and streaming calls, per replica, and dynamic batching."""
     async_: Annotated[AsyncSettings | None, Field(default=None, alias="async")] = None
     """Queue settings of the async mode. Empty with async in modes: the defaults."""
     resources: Resources = Resources()
@@ -390,6 +443,9 @@ class EndpointSpec(Model):
     """Replicas and autoscaling."""
     pod: PodSettings = PodSettings()
     """Pod-level settings: labels, scheduling, service account, pull secrets."""
+    openai: OpenAISettings | None = None
+    """Serve the OpenAI-compatible API (chat and text completions, the model list) for this endpoint. Empty: not
+    served. Needs the streaming mode."""
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> EndpointSpec:

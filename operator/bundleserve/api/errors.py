@@ -5,6 +5,8 @@ Raise a subclass of `ApiError` anywhere in a request path; the HTTP edge turns i
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 
@@ -94,3 +96,47 @@ class Timeout(ApiError):
 
 def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
+
+
+#: Each documented code and its class (ModelNotReady shares `unavailable` with Unavailable, its base).
+_BY_CODE: dict[str, type[ApiError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidRequest,
+        Unauthorized,
+        NotFound,
+        ModeNotServed,
+        PayloadTooLarge,
+        RequestTimeout,
+        ModelError,
+        Overloaded,
+        Unavailable,
+        Timeout,
+    )
+}
+
+
+def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
+    """The inverse of `ApiError.body()`: a refusal in the native shape, as the error it was.
+
+    For a front that handed a call to an endpoint's router (the gateway) and renders the router's refusal in its own
+    dialect. `Retry-After` is kept; details (`status_code`, `traceback`, ...) travel on. An answer without the
+    native body is an Unavailable for 502-504 (a proxy or load balancer in between) and an internal error otherwise.
+    """
+    retry_after = headers.get("Retry-After")
+    kept = {"Retry-After": retry_after} if retry_after else None
+    try:
+        error = json.loads(body)["error"]
+        code, message = str(error["code"]), str(error["message"])
+    except (ValueError, TypeError, KeyError):
+        if status in (502, 503, 504):
+            return Unavailable(f"the endpoint's router is not reachable (HTTP {status})", headers=kept)
+        return ApiError(f"the endpoint's router answered HTTP {status}")
+    details = {key: value for key, value in error.items() if key not in ("code", "message")}
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        return ApiError(message, headers=kept, **details)
+    if cls is Overloaded:
+        seconds = int(retry_after) if retry_after and retry_after.isdigit() else 1
+        return Overloaded(message, retry_after_seconds=seconds, **details)
+    return cls(message, headers=kept, **details)

@@ -19,6 +19,7 @@ PICKLE_CONTENT_TYPE = "application/vnd.bundleserve.pickle"
 #: SageMaker's opaque per-request string; forwarded to the model container and back to the client unchanged.
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 JSON_CONTENT_TYPE = "application/json"
+OCTET_STREAM = "application/octet-stream"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,11 @@ class Invocation:
     passed through unchanged with `content_type` (a SageMaker non-JSON body). With `url` set, the core fetches the
     input through the destination guard and sends the fetched bytes raw instead of `body`.
     `timeout_seconds` can only shorten the endpoint's time limit, never extend it.
+
+    `url_body=True` (SageMaker's InputLocation): the fetched object stands for the request body itself, exactly as if
+    it had come inline. It is passed with `content_type` (the client's declared type; "" when none was declared, not
+    the source's), and for a Python bundle a JSON object becomes keyword arguments by `body_input`, the same rule an
+    inline body follows. `url` may then also be an `s3://` URL, read through the deployment's S3 client.
     """
 
     body: bytes = b""
@@ -40,6 +46,36 @@ class Invocation:
     accept: str | None = None
     custom_attributes: str | None = None
     request_id: str | None = None
+    url_body: bool = False
+
+
+def is_json_media(content_type: str | None) -> bool:
+    """`application/json`, any `application/...+json`, or no declared type (boto3 sends none when a caller gives none)."""
+    if content_type is None:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == JSON_CONTENT_TYPE or (media.startswith("application/") and media.endswith("+json"))
+
+
+def is_json_object(body: bytes) -> bool:
+    """True when `body` is one JSON object (the only shape that can become keyword arguments)."""
+    if not body.lstrip().startswith(b"{"):
+        return False
+    try:
+        return isinstance(json.loads(body), dict)
+    except ValueError:
+        return False
+
+
+def body_input(body: bytes, content_type: str | None, *, python_bundle: bool) -> tuple[str, bool]:
+    """(content type, raw?) with which a request body reaches the model: the one rule for a body whose meaning comes
+    from its declared media type (SageMaker's inline body and its InputLocation object alike, docs/dialects.md).
+
+    A Python bundle gets a JSON object with a JSON type (or none) as keyword arguments; every other body, and every
+    body for a runnable image, goes raw with the declared type (application/octet-stream when none was declared).
+    """
+    as_kwargs = python_bundle and is_json_media(content_type) and is_json_object(body)
+    return content_type or (JSON_CONTENT_TYPE if as_kwargs else OCTET_STREAM), not as_kwargs
 
 
 @dataclass(frozen=True, slots=True)

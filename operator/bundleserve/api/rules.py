@@ -33,6 +33,10 @@ def _allowed_callback(spec: EndpointSpec) -> bool:
     return callback is None or callback.url.startswith(("https://", "http://"))
 
 
+def _batch_entrypoint(spec: EndpointSpec) -> str | None:
+    return spec.bundle.python.batch_entrypoint if spec.bundle.python is not None else None
+
+
 RULES: tuple[Rule, ...] = (
     Rule(
         scope="spec",
@@ -98,10 +102,22 @@ RULES: tuple[Rule, ...] = (
         ),
     ),
     Rule(
+        scope="spec",
+        cel="!has(self.openai) || 'streaming' in self.modes",
+        message="spec.openai needs the streaming mode in spec.modes (completions call the bundle's streaming callable)",
+        holds=lambda s: s.openai is None or "streaming" in s.modes,
+    ),
+    Rule(
         scope="spec.async.callback",
         cel="self.url.startsWith('https://') || self.url.startsWith('http://')",
         message="spec.async.callback.url must be an http:// or https:// URL",
         holds=_allowed_callback,
+    ),
+    Rule(
+        scope="spec.async",
+        cel="!has(self.s3FailurePath) || has(self.s3OutputPath)",
+        message="spec.async.s3FailurePath needs spec.async.s3OutputPath (as SageMaker's OutputConfig)",
+        holds=lambda s: s.async_ is None or s.async_.s3_failure_path is None or s.async_.s3_output_path is not None,
     ),
     Rule(
         scope="spec.resources",
@@ -114,6 +130,31 @@ RULES: tuple[Rule, ...] = (
         cel="!has(self.maxQueued) || self.maxQueued <= 1000 * (has(self.concurrency) ? self.concurrency : 8)",
         message="spec.invocation.maxQueued must be at most 1000 times spec.invocation.concurrency",
         holds=lambda s: s.invocation.max_queued <= 1000 * s.invocation.concurrency,
+    ),
+    Rule(
+        scope="spec",
+        cel="!has(self.invocation) || !has(self.invocation.batching) || "
+        "(has(self.bundle.python) && has(self.bundle.python.batchEntrypoint))",
+        message="spec.invocation.batching needs a Python bundle with spec.bundle.python.batchEntrypoint "
+        "(the callable that takes a list of calls)",
+        holds=lambda s: s.invocation.batching is None or _batch_entrypoint(s) is not None,
+    ),
+    Rule(
+        scope="spec",
+        cel="!has(self.bundle.python) || !has(self.bundle.python.batchEntrypoint) || "
+        "(has(self.invocation) && has(self.invocation.batching))",
+        message="spec.bundle.python.batchEntrypoint is called only with spec.invocation.batching set",
+        holds=lambda s: _batch_entrypoint(s) is None or s.invocation.batching is not None,
+    ),
+    Rule(
+        scope="spec.invocation",
+        cel="!has(self.batching) || (has(self.concurrency) ? self.concurrency : 8) >= "
+        "(has(self.batching.maxBatchSize) ? self.batching.maxBatchSize : 8)",
+        message="spec.invocation.concurrency must be at least spec.invocation.batching.maxBatchSize "
+        "(the router lets only concurrency calls reach the model at once, so larger batches could never form)",
+        holds=lambda s: (
+            s.invocation.batching is None or s.invocation.concurrency >= s.invocation.batching.max_batch_size
+        ),
     ),
     Rule(
         scope="spec.bundle",

@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import functools
 import inspect
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from bundleserve.bundle.errors import InvalidArguments, model_raised
+from bundleserve.bundle.errors import BatchResultInvalid, BundleError, InvalidArguments, model_raised
 from bundleserve.bundle.serialization import Inputs
 
 T = TypeVar("T")
@@ -187,6 +188,119 @@ async def _settle(result: Any) -> Any:
     except MODEL_FAILURES as error:
         raise model_raised(error) from None
     return result
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One call of a batch: what the batch entrypoint gets for it, and how its answer is encoded (JSON or pickle)."""
+
+    value: Any
+    encode: Callable[[Any], bytes]
+
+
+def batch_arguments(
+    function: Callable[..., Any], values: list[Any], model: Any
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """(args, kwargs) of a batch call: the list of calls is the first positional argument other than `model`; the
+    loaded model goes to a parameter named `model` (positionally when it comes first), as for the entrypoint."""
+    signature = signature_of(function)
+    if model is NO_MODEL or signature is None or MODEL_PARAMETER not in signature.parameters:
+        return (values,), {}
+    first = next(iter(signature.parameters.values()))
+    if first.name == MODEL_PARAMETER and first.kind in _POSITIONAL:
+        return (model, values), {}
+    return (values,), {MODEL_PARAMETER: model}
+
+
+def batch_signature_problem(function: Callable[..., Any], *, with_model: bool) -> str | None:
+    """Why `function` cannot be called with the list of calls (and the model), or None (checked once, at start-up)."""
+    signature = signature_of(function)
+    if signature is None:
+        return None
+    args, kwargs = batch_arguments(function, [], object() if with_model else NO_MODEL)
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as error:
+        return f"it cannot be called with the list of calls as its one positional argument ({error})"
+    return None
+
+
+def split_batch(result: Any, size: int, *, name: str) -> list[Any]:
+    """The batch answer as one result per call; anything else is `BatchResultInvalid` (every call of the batch fails).
+
+    A list or tuple, a generator (drained by the caller) or an array-like with `tolist` and a length (a numpy array:
+    its rows) fits; a dict, a string or a scalar does not, and neither does a list of the wrong length.
+    """
+    array_like = (
+        callable(getattr(result, "tolist", None))
+        and hasattr(result, "__len__")
+        and not isinstance(result, str | bytes | Mapping)
+        and getattr(result, "ndim", 1) >= 1
+    )
+    if isinstance(result, list | tuple) or array_like:
+        results = list(result)
+    else:
+        raise BatchResultInvalid(
+            f"{name} returned {type(result).__name__} for a batch of {size} call{'s' if size != 1 else ''}: a batch "
+            "entrypoint must return a list with one result (or exception) per call, in the calls' order"
+        )
+    if len(results) != size:
+        raise BatchResultInvalid(
+            f"{name} returned {len(results)} result{'s' if len(results) != 1 else ''} for a batch of {size} "
+            f"call{'s' if size != 1 else ''}: a batch entrypoint must return exactly one result (or exception) per "
+            "call, in the calls' order"
+        )
+    return results
+
+
+def _encode_each(results: Sequence[Any], items: Sequence[BatchItem]) -> list[bytes | BundleError]:
+    """Per call: an exception object is that call's model error; a result that cannot be encoded fails that call."""
+    outcomes: list[bytes | BundleError] = []
+    for result, item in zip(results, items, strict=True):
+        if isinstance(result, BaseException):
+            outcomes.append(model_raised(result))
+            continue
+        try:
+            outcomes.append(item.encode(result))
+        except BundleError as error:
+            outcomes.append(error)
+    return outcomes
+
+
+async def call_batch(
+    function: Callable[..., Any], items: Sequence[BatchItem], *, model: Any, executor: Executor, name: str
+) -> list[bytes | BundleError]:
+    """Call the batch entrypoint once with every item's value; one encoded answer or error per item, in order.
+
+    Sync code, and splitting and encoding, run in `executor`; async code on the loop. The entrypoint raising fails
+    every item with that error; a wrong shape of its answer fails every item with `BatchResultInvalid`.
+    """
+    loop = asyncio.get_running_loop()
+    args, kwargs = batch_arguments(function, [item.value for item in items], model)
+
+    def split_and_encode(result: Any) -> list[bytes | BundleError]:
+        return _encode_each(split_batch(result, len(items), name=name), items)
+
+    if is_async_callable(function):
+        result = await _run_async(function, args, kwargs)
+        return await loop.run_in_executor(executor, split_and_encode, result)
+
+    def run() -> tuple[bool, Any]:
+        try:
+            result = function(*args, **kwargs)
+            if isinstance(result, Iterator):
+                result = list(result)
+        except MODEL_FAILURES as error:
+            raise model_raised(error) from None
+        if inspect.isawaitable(result) or isinstance(result, AsyncIterator):
+            return False, result
+        return True, split_and_encode(result)
+
+    done, value = await loop.run_in_executor(executor, run)
+    if done:
+        return cast(list[bytes | BundleError], value)
+    result = await _settle(value)
+    return await loop.run_in_executor(executor, split_and_encode, result)
 
 
 async def stream(

@@ -32,6 +32,13 @@ class ModelRaised(BundleError):
     code = "model_error"
 
 
+class BatchResultInvalid(BundleError):
+    """The batch entrypoint's answer is not a list with one result per call: every call of that batch fails with it."""
+
+    status = 500
+    code = "model_error"
+
+
 class InvalidArguments(BundleError):
     """The request's arguments do not fit the callable's signature (checked before calling it)."""
 

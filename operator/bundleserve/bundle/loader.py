@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bundleserve.bundle.calling import batch_signature_problem
 from bundleserve.bundle.errors import describe
 
 TARGET = re.compile(r"^(?P<module>[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*):(?P<attr>[A-Za-z_][A-Za-z0-9_]*)$")
@@ -39,6 +40,8 @@ class BundleSpec:
     predict: Target
     stream: Target | None
     load: Target | None
+    #: With `--batch-entrypoint`: the callable that takes a list of calls (`predict` stays the per-call contract).
+    batch: Target | None = None
 
 
 def split_target(name: str) -> tuple[str, str]:
@@ -98,13 +101,24 @@ def add_paths(paths: Iterable[str | Path]) -> None:
 
 
 def resolve_bundle(
-    entrypoint: str, *, load: str | None = None, stream: str | None = None, paths: Iterable[str | Path] = ()
+    entrypoint: str,
+    *,
+    load: str | None = None,
+    stream: str | None = None,
+    batch: str | None = None,
+    paths: Iterable[str | Path] = (),
 ) -> BundleSpec:
     """Import everything the bundle names; raise `BundleConfigError` with a one-line reason on the first problem."""
     add_paths(paths)
     predict = import_target(entrypoint)
+    batch_target = import_target(batch) if batch else None
+    if batch_target is not None:
+        problem = batch_signature_problem(batch_target.function, with_model=load is not None)
+        if problem is not None:
+            raise BundleConfigError(f"--batch-entrypoint {batch!r}: {problem}")
     return BundleSpec(
         predict=predict,
         stream=import_target(stream) if stream else find_stream(predict),
         load=import_target(load) if load else None,
+        batch=batch_target,
     )

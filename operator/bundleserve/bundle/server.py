@@ -23,10 +23,13 @@ from typing import Any, ParamSpec, TypeVar
 
 from aiohttp import hdrs, web
 
+from bundleserve import logs
+from bundleserve.api.endpoint import Batching
 from bundleserve.api.errors import ApiError, PayloadTooLarge
 from bundleserve.api.invocation import CUSTOM_ATTRIBUTES_HEADER
 from bundleserve.bundle import calling
-from bundleserve.bundle.errors import BundleError, StreamNotDefined, load_failed
+from bundleserve.bundle.batching import Batcher, BatcherClosed, BatchSettings
+from bundleserve.bundle.errors import BundleError, NotReady, StreamNotDefined, load_failed
 from bundleserve.bundle.loader import BundleConfigError, BundleSpec, Target, resolve_bundle
 from bundleserve.bundle.serialization import (
     EVENT_STREAM_CONTENT_TYPE,
@@ -65,6 +68,8 @@ class Settings:
     worker_threads: int = 16
     max_body_bytes: int = 1024 * 1024 * 1024
     shutdown_timeout_seconds: float = 60.0
+    #: `--batch-entrypoint` given: how calls are joined into batches (None: every call is its own).
+    batching: BatchSettings | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
@@ -73,12 +78,33 @@ class Settings:
             host=args.host,
             port=args.port,
             exit_on_load_failure=args.exit_on_load_failure,
+            batching=_batch_settings(args),
             worker_threads=_env_number(env, "BUNDLESERVE_WORKER_THREADS", cls.worker_threads, int),
             max_body_bytes=_env_number(env, "BUNDLESERVE_MAX_BODY_BYTES", cls.max_body_bytes, int),
             shutdown_timeout_seconds=_env_number(
                 env, "BUNDLESERVE_SHUTDOWN_TIMEOUT_SECONDS", cls.shutdown_timeout_seconds, float
             ),
         )
+
+
+_BATCHING_DEFAULTS = Batching()
+
+
+def _batch_settings(args: argparse.Namespace) -> BatchSettings | None:
+    """`--max-batch-size` and `--max-batch-wait-ms` (defaults: spec.invocation.batching's) need `--batch-entrypoint`."""
+    size = getattr(args, "max_batch_size", None)
+    latency_ms = getattr(args, "max_batch_wait_ms", None)
+    if getattr(args, "batch_entrypoint", None) is None:
+        if size is not None or latency_ms is not None:
+            raise BundleConfigError("--max-batch-size and --max-batch-wait-ms need --batch-entrypoint")
+        return None
+    size = _BATCHING_DEFAULTS.max_batch_size if size is None else size
+    latency_ms = _BATCHING_DEFAULTS.max_wait_milliseconds if latency_ms is None else latency_ms
+    if size < 1:
+        raise BundleConfigError(f"--max-batch-size {size} must be at least 1")
+    if latency_ms < 0:
+        raise BundleConfigError(f"--max-batch-wait-ms {latency_ms} must not be negative")
+    return BatchSettings(max_size=size, max_wait_seconds=latency_ms / 1000)
 
 
 def _env_number(env: Any, name: str, default: T, kind: Callable[[str], T]) -> T:
@@ -162,9 +188,15 @@ class BundleRuntime:
         self.executor = CountingExecutor(settings.worker_threads, "bundle-call")
         #: Why the runtime exits non-zero, printed as its last line.
         self.exit_reason: str | None = None
+        #: Joins predict calls into batches when the bundle has a batch entrypoint (created on the serving loop).
+        self.batcher: Batcher[calling.BatchItem, bytes] | None = None
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[self._errors])
+        if self.spec.batch is not None and self.settings.batching is not None:
+            app.on_startup.append(self._start_batching)
+            # on_cleanup runs after in-flight requests finished (or the shutdown timeout passed): their batches ran.
+            app.on_cleanup.append(self._stop_batching)
         app.router.add_post(PREDICT_ROUTE, self.predict)
         app.router.add_post(STREAM_ROUTE, self.stream)
         app.router.add_get(READY_ROUTE, self.ready)
@@ -195,6 +227,30 @@ class BundleRuntime:
         except Exception:
             log.exception("%s %s failed inside the bundle runtime", request.method, request.path)
             return error_response(ApiError("internal error in the bundle runtime (see its log)"))
+
+    async def _start_batching(self, app: web.Application) -> None:
+        batch, settings = self.spec.batch, self.settings.batching
+        if batch is None or settings is None:
+            return
+        log.info(
+            "batching calls for %s: up to %d per batch, waiting up to %g ms",
+            batch.name,
+            settings.max_size,
+            settings.max_wait_seconds * 1000,
+        )
+        self.batcher = Batcher(self._run_batch, settings, name=batch.name)
+
+    async def _stop_batching(self, app: web.Application) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+
+    async def _run_batch(self, items: list[calling.BatchItem]) -> list[bytes | BundleError]:
+        batch = self.spec.batch
+        if batch is None:  # not reachable: the batcher exists only with a batch entrypoint
+            raise RuntimeError("no batch entrypoint")
+        model = self.readiness.model if self.spec.load is not None else calling.NO_MODEL
+        log.debug("running %s on a batch of %d", batch.name, len(items))
+        return await calling.call_batch(batch.function, items, model=model, executor=self.executor, name=batch.name)
 
     async def load(self) -> None:
         target = self.spec.load
@@ -236,19 +292,37 @@ class BundleRuntime:
             self.executor, lambda: decode_inputs(body, content_type=content_type, raw=raw)
         )
 
-    async def _bound(self, request: web.Request, target: Target) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    async def _bound(
+        self, request: web.Request, target: Target
+    ) -> tuple[Inputs, tuple[tuple[Any, ...], dict[str, Any]]]:
+        """The request's inputs and the (args, kwargs) `target` is called with; a mismatch is `InvalidArguments`."""
         model = self.readiness.model_for_request()
         inputs = await self._inputs(request)
         model_argument = model if self.spec.load is not None else calling.NO_MODEL
-        return calling.bind(target.function, inputs, model=model_argument, name=target.name)
+        return inputs, calling.bind(target.function, inputs, model=model_argument, name=target.name)
+
+    async def _predict_batched(
+        self, request: web.Request, batcher: Batcher[calling.BatchItem, bytes], *, pickled: bool
+    ) -> bytes:
+        """Check the call against the entrypoint's signature (a bad call is its own 400 and never joins a batch), then
+        wait for its share of a batch's answer."""
+        inputs, _ = await self._bound(request, self.spec.predict)
+        value = dict(inputs.kwargs) if inputs.body is None else inputs.body
+        try:
+            return await batcher.submit(calling.BatchItem(value, encode_pickle if pickled else encode_json))
+        except BatcherClosed as error:
+            raise NotReady(str(error)) from None
 
     async def predict(self, request: web.Request) -> web.Response:
         target = self.spec.predict
-        args, kwargs = await self._bound(request, target)
         pickled = request.headers.get(RETURN_HEADER, "").strip().lower() == "pickle"
-        payload = await calling.call(
-            target.function, args, kwargs, executor=self.executor, encode=encode_pickle if pickled else encode_json
-        )
+        if self.batcher is not None:
+            payload = await self._predict_batched(request, self.batcher, pickled=pickled)
+        else:
+            _, (args, kwargs) = await self._bound(request, target)
+            payload = await calling.call(
+                target.function, args, kwargs, executor=self.executor, encode=encode_pickle if pickled else encode_json
+            )
         response = web.Response(body=payload, content_type=PICKLE_CONTENT_TYPE if pickled else JSON_CONTENT_TYPE)
         # A Python function cannot set response headers: SageMaker's custom attributes come back as they were sent.
         if (attributes := request.headers.get(CUSTOM_ATTRIBUTES_HEADER)) is not None:
@@ -262,7 +336,7 @@ class BundleRuntime:
                 f"{self.spec.predict.name} declares no streaming callable: make it a generator function, define "
                 "`stream` in its module, or pass --stream module:function"
             )
-        args, kwargs = await self._bound(request, target)
+        _, (args, kwargs) = await self._bound(request, target)
         chunks = calling.stream(target.function, args, kwargs, executor=self.executor)
         async with contextlib.aclosing(chunks):
             # Errors up to the first chunk are plain HTTP errors; after it, an `error` event ends the stream.
@@ -371,13 +445,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def _configure_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=os.environ.get("BUNDLESERVE_LOG_LEVEL", "INFO").upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+    logs.configure(os.environ.get("BUNDLESERVE_LOG_LEVEL", "INFO").upper())
 
 
 def bundle_paths(given: list[str]) -> list[str]:
@@ -391,7 +459,11 @@ def main(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_args(args)
         spec = resolve_bundle(
-            args.entrypoint, load=args.load, stream=getattr(args, "stream", None), paths=bundle_paths(args.path)
+            args.entrypoint,
+            load=args.load,
+            stream=getattr(args, "stream", None),
+            batch=getattr(args, "batch_entrypoint", None),
+            paths=bundle_paths(args.path),
         )
     except BundleConfigError as error:
         print(f"bundleserve bundle serve: {error}", file=sys.stderr)

@@ -20,14 +20,34 @@ from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.invocation import Invocation, ModelReply, StreamChunk
+from bundleserve.queue.service import S3AsyncPaths
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord
 
 #: The configured public base URL of the API (e.g. `https://models.example.com`); wins over request headers.
 PUBLIC_URL_ENV = "BUNDLESERVE_PUBLIC_URL"
 
 
-class InvocationBackend(Protocol):
-    """The sync/stream half of the invocation core (`bundleserve.router.core.InvocationCore`).
+class CallBackend(Protocol):
+    """The call half of an invocation core: runs an invocation that already passed the gate.
+
+    The router's `InvocationCore` is one; a front whose model runs elsewhere (the gateway's `RouterHop`, which hands
+    the parsed invocation to the endpoint's router in one hop) is another, so a dialect renders the same reply types
+    wherever it is mounted. Errors are `bundleserve.api.errors.ApiError` subclasses.
+    """
+
+    async def predict(self, inv: Invocation) -> ModelReply:
+        """One model call under the endpoint's deadline and admission; a 2xx reply or an ApiError."""
+        ...
+
+    def stream(self, inv: Invocation) -> AbstractAsyncContextManager[AsyncIterator[StreamChunk]]:
+        """A streaming model call: entering waits (within the deadline) for the first chunk or raises ApiError;
+        the iterator raises ModelError on a failure mid-stream; leaving early disconnects the model."""
+        ...
+
+
+class InvocationBackend(CallBackend, Protocol):
+    """The sync/stream half of the invocation core (`bundleserve.router.core.InvocationCore`): the gate and the body
+    limit of one endpoint, and its calls.
 
     Errors are `bundleserve.api.errors.ApiError` subclasses; the dialect renders them in its own shape.
     """
@@ -38,6 +58,10 @@ class InvocationBackend(Protocol):
         draining or not ready (Unavailable; not for async submissions)."""
         ...
 
+    def authorize(self, authorization: str | None) -> None:
+        """The API key check alone (Unauthorized), for routes that call no model (a listing, a stored result)."""
+        ...
+
     @property
     def requires_api_key(self) -> bool:
         """True when the gate checks API keys (so a presented API key is a real credential, not decoration)."""
@@ -45,15 +69,6 @@ class InvocationBackend(Protocol):
 
     async def read_body(self, request: web.Request) -> bytes:
         """The request body under the endpoint's limit (PayloadTooLarge, by Content-Length before reading)."""
-        ...
-
-    async def predict(self, inv: Invocation) -> ModelReply:
-        """One model call under the endpoint's deadline and admission; a 2xx reply or an ApiError."""
-        ...
-
-    def stream(self, inv: Invocation) -> AbstractAsyncContextManager[AsyncIterator[StreamChunk]]:
-        """A streaming model call: entering waits (within the deadline) for the first chunk or raises ApiError;
-        the iterator raises ModelError on a failure mid-stream; leaving early disconnects the model."""
         ...
 
 
@@ -67,8 +82,14 @@ class TaskBackend(Protocol):
         callback: CallbackTarget | None,
         request_ttl_seconds: float | None,
         invocation_timeout_seconds: float | None,
+        s3_paths: S3AsyncPaths | None = None,
     ) -> str:
-        """Queue the invocation; returns the task id. Raising means the task will never run."""
+        """Queue the invocation; returns the task id. Raising means the task will never run. With `s3_paths` (from
+        `s3_paths()`), the worker writes the task's SageMaker output and failure objects there."""
+        ...
+
+    def s3_paths(self) -> S3AsyncPaths | None:
+        """The endpoint's SageMaker S3 output/failure paths when results are stored in S3; None: not configured."""
         ...
 
     async def status(self, task_id: str, *, wait_seconds: float) -> TaskRecord | None:

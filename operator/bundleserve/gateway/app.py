@@ -27,13 +27,15 @@ from bundleserve.api.errors import InvalidRequest, NotFound, Unavailable
 from bundleserve.api.invocation import Invocation
 from bundleserve.dialects.base import TaskBackend, public_base_url
 from bundleserve.dialects.launch import routes as launch
+from bundleserve.dialects.openai import routes as openai_routes
 from bundleserve.dialects.sagemaker import routes as sagemaker
 from bundleserve.dialects.sagemaker import sigv4
 from bundleserve.gateway.docs import add_docs_routes
+from bundleserve.gateway.openai_models import GatewayModels
 from bundleserve.gateway.proxy import forward, read_capped
 from bundleserve.gateway.registry import EndpointEntry, Registry
 from bundleserve.gateway.tasks import EndpointQueues
-from bundleserve.queue.service import SubmitChecks, TaskService, stored_result
+from bundleserve.queue.service import S3AsyncPaths, SubmitChecks, TaskService, stored_result
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord
 from bundleserve.router import openapi
 from bundleserve.router.app import render_errors
@@ -220,8 +222,12 @@ class TaskOwners:
         callback: CallbackTarget | None,
         request_ttl_seconds: float | None,
         invocation_timeout_seconds: float | None,
+        s3_paths: S3AsyncPaths | None = None,
     ) -> str:
         raise InvalidRequest("a submission must name its endpoint")
+
+    def s3_paths(self) -> S3AsyncPaths | None:
+        return None  # no endpoint, no paths: SageMaker submissions always name their endpoint
 
     async def status(self, task_id: str, *, wait_seconds: float) -> TaskRecord | None:
         queues = self.gateway.require_queues()
@@ -289,7 +295,7 @@ GATEWAY = web.AppKey("gateway", Gateway)
 
 
 def add_dialect_routes(app: web.Application, gateway: Gateway) -> None:
-    """SageMaker Runtime and Launch on the gateway (docs/gateway.md, "Dialects"): gated by `Gateway.gate`, async
+    """SageMaker Runtime, Launch and OpenAI on the gateway (docs/gateway.md, "Dialects"): gated by `Gateway.gate`, async
     over the endpoints' queues (so submissions work at zero replicas), sync and streaming calls proxied."""
 
     def python_bundle(name: str) -> bool:
@@ -307,7 +313,12 @@ def add_dialect_routes(app: web.Application, gateway: Gateway) -> None:
     def launch_tasks(name: str | None) -> TaskBackend:
         return gateway.task_owner() if name is None else gateway.task_service(name)
 
-    launch.add_forwarding_routes(app, gateway, forward=gateway.proxy_to, tasks=launch_tasks)
+    def names() -> list[str]:
+        return [entry.name for entry in gateway.registry.entries()]
+
+    launch.add_forwarding_routes(app, gateway, forward=gateway.proxy_to, tasks=launch_tasks, names=names)
+    # OpenAI: parsed here once, each call handed to the endpoint's router in one hop (gateway.forwarding).
+    openai_routes.add_routes(app, GatewayModels(gateway))
 
 
 def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Application:

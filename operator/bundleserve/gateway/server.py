@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from bundleserve import logs
 from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
 from bundleserve.gateway.kube import EndpointWatch, KubeAccess, KubeConfigError
 from bundleserve.gateway.registry import Registry
@@ -74,7 +75,7 @@ def build_cluster_app(config: GatewayConfig, access: KubeAccess, namespaces: lis
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logs.configure()
     try:
         config = config_from_env(args.redis_url, dict(os.environ))
         access = KubeAccess.in_cluster()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bundleserve.api.endpoint import Endpoint, Mode
+from bundleserve.api.runtime import bundle_runtime_args
 from bundleserve.dialects.sagemaker.sigv4 import ENV_ALLOW_UNSIGNED
 from bundleserve.queue.callbacks import INSECURE_CREDENTIALS_ENV
 from bundleserve.router.settings import ALLOW_LOOPBACK_ENV
@@ -64,14 +65,12 @@ def model_process(endpoint: Endpoint, manifest_dir: Path, port: int) -> ProcessS
     bundle = endpoint.spec.bundle
     if bundle.python is not None:
         argv = bundleserve_argv(
-            "bundle", "serve", "--entrypoint", bundle.python.entrypoint, "--port", str(port), "--host", "127.0.0.1"
+            "bundle", "serve", *bundle_runtime_args(endpoint.spec), "--port", str(port), "--host", "127.0.0.1"
         )
         if bundle.python.load:
             # a failed load() ends the run with the endpoint's name and error (docs/local-mode.md), instead of a
             # runtime that stays up answering "not ready"
-            argv += ["--load", bundle.python.load, "--exit-on-load-failure"]
-        if bundle.python.stream:
-            argv += ["--stream", bundle.python.stream]
+            argv += ["--exit-on-load-failure"]
         code_dir = (manifest_dir / (bundle.python.path or ".")).resolve()
         argv += ["--path", str(code_dir)]
         return ProcessSpec(

@@ -28,6 +28,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from bundleserve import logs
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import ManifestError, load_endpoints
 from bundleserve.dialects.sagemaker import sigv4
@@ -96,12 +97,18 @@ def ready_message(base: str, plans: list[EndpointPlan]) -> str:
             f"region_name='local', config=botocore.config.Config(signature_version=botocore.UNSIGNED))"
             f".invoke_endpoint(EndpointName='{sync}', Body=b'{{}}', ContentType='application/json')",
             f"  Launch:  launch.LaunchClient(api_key='local', endpoint='{base}/v1/hosted_inference')"
-            f".get_model_endpoint('{sync}')",
+            f".get_model_endpoint('{sync}').predict(launch.EndpointRequest(args={{}}, return_pickled=False))",
         ]
     if stream:
         lines.append(f"  stream:  curl -sN {base}/v1/endpoints/{stream}/stream -d '{{\"args\": {{}}}}'")
     if queued:
         lines.append(f"  async:   curl -s {base}/v1/endpoints/{queued}/async -d '{{\"args\": {{}}}}'")
+    chat = next((p.name for p in plans if p.endpoint.spec.openai is not None), None)
+    if chat:
+        lines.append(
+            f"  OpenAI:  import openai; openai.OpenAI(base_url='{base}/openai/v1', api_key='local')"
+            f".chat.completions.create(model='{chat}', messages=[{{'role': 'user', 'content': 'hello'}}])"
+        )
     lines.append("  local mode lets url inputs and callbacks reach loopback addresses (a cluster blocks them)")
     return "\n".join(lines)
 
@@ -146,6 +153,9 @@ class LocalRun:
         config = GatewayConfig(
             redis_url=redis_url,
             results_dir=results_dir,
+            # the routers inherit the same variable: with S3 storage, both write and read results (and SageMaker's
+            # async objects) in the same bucket, as in a cluster
+            results_url=os.environ.get("BUNDLESERVE_RESULTS_URL") or None,
             submit_checks=checks,
             sagemaker_signing=sigv4.config_from_env(local_gateway_sagemaker_env(os.environ)),
         )
@@ -227,7 +237,7 @@ async def run(args: argparse.Namespace, found: list[tuple[Path, Endpoint]], sock
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logs.configure()
     try:
         found = load_endpoints(args.files)  # read once, and fail before anything starts
         sock = bind_front(args.host, args.port)

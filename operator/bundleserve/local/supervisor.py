@@ -20,9 +20,11 @@ from collections.abc import Callable
 
 import aiohttp
 
+from bundleserve import logs
 from bundleserve.local.plan import ProcessSpec
 
 log = logging.getLogger("bundleserve.local")
+forwarded = logging.getLogger(logs.FORWARDED)  # the child's own line, printed as it came (see bundleserve.logs)
 
 
 PR_SET_PDEATHSIG = 1
@@ -73,11 +75,12 @@ class Child:
         self._pump = asyncio.create_task(self._forward_output())
 
     async def _forward_output(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
+        if self.process is None or self.process.stdout is None:
+            return
         async for raw in self.process.stdout:
             line = raw.decode(errors="replace").rstrip()
             self.tail = [*self.tail[-19:], line]
-            log.info("[%s] %s", self.spec.name, line)
+            forwarded.info("%s", line, extra={"child": self.spec.name})
 
     @property
     def exited(self) -> bool:

@@ -58,6 +58,10 @@ class QueueConfig:
     #: The most unfinished tasks (XLEN of the stream) the queue takes; a submission beyond it gets 429 Overloaded and
     #: is not stored. 0 = no cap. BUNDLESERVE_QUEUE_MAX_BACKLOG.
     max_backlog: int = 100_000
+    #: SageMaker's S3OutputPath / S3FailurePath of the endpoint (`spec.async.s3OutputPath`, `.s3FailurePath`): where
+    #: async results and failures go when results are stored in S3 (`TaskService.s3_paths`).
+    s3_output_path: str | None = None
+    s3_failure_path: str | None = None
 
     @property
     def queue_id(self) -> str:
@@ -88,5 +92,7 @@ class QueueConfig:
             max_backlog=max_backlog_from_env(),
             default_callback=CallbackTarget(url=callback.url) if callback else None,
             default_callback_secret=callback.auth.secret_name if callback and callback.auth else None,
+            s3_output_path=settings.s3_output_path,
+            s3_failure_path=settings.s3_failure_path,
         )
         return replace(config, **overrides)

@@ -4,12 +4,19 @@ Chosen with `BUNDLESERVE_RESULTS_URL=s3://bucket/prefix`; credentials, region an
 MinIO and other S3-compatible servers) come from boto3's standard environment. boto3 is blocking, so every call runs
 in a thread: the worker loop never waits on S3. Failures surface as `OSError` (`StorageUnavailable`), the error
 the `ResultStore` callers already handle for the filesystem store.
+
+The same client also reads and writes objects named by `s3://` URLs (`S3Objects`), for SageMaker's async contract:
+the InputLocation object a client uploaded, and the output and failure objects the worker writes under the
+endpoint's S3OutputPath / S3FailurePath (`output_url`, `failure_url`). Errors there: an input that is missing or
+unreadable is the client's mistake (`InvalidRequest`, 400), one over the limit `PayloadTooLarge` (413), S3 itself
+failing `Unavailable` (503, the task is retried) on reads and `StorageUnavailable` on writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -17,7 +24,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from bundleserve.queue.results import DEFAULT_TTL_SECONDS, check_key
+from bundleserve.api.errors import InvalidRequest, PayloadTooLarge, Unavailable
+from bundleserve.queue.results import DEFAULT_TTL_SECONDS, ResultStore, check_key
 
 #: S3 refuses presigned URLs (SigV4) valid for longer than 7 days.
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
@@ -50,6 +58,47 @@ class S3Location:
 
     def key(self, name: str) -> str:
         return f"{self.prefix}{check_key(name)}"
+
+
+#: The object names SageMaker gives an async invocation's output and failure under the configured paths.
+OUTPUT_SUFFIX = ".out"
+FAILURE_SUFFIX = "-error.out"
+_S3_URL = re.compile(r"s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(/.*)?")
+
+
+@dataclass(frozen=True)
+class S3Url:
+    """One object (or, for a path, a prefix) named by an `s3://bucket/key` URL."""
+
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, url: str) -> S3Url:
+        match = _S3_URL.fullmatch(url)
+        if match is None:
+            raise InvalidRequest(f"{url!r} is not an s3://bucket/key URL")
+        return cls(match.group(1), (match.group(2) or "/")[1:])
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def _object_under(path: str, name: str) -> str:
+    location = S3Url.parse(path)
+    prefix = location.key if not location.key or location.key.endswith("/") else f"{location.key}/"
+    return S3Url(location.bucket, f"{prefix}{name}").url
+
+
+def output_url(path: str, task_id: str) -> str:
+    """Where a task's result goes under an S3OutputPath: `<path>/<task id>.out`, as SageMaker names it."""
+    return _object_under(path, f"{check_key(task_id)}{OUTPUT_SUFFIX}")
+
+
+def failure_url(path: str, task_id: str) -> str:
+    """Where a task's failure goes under an S3FailurePath: `<path>/<task id>-error.out`, as SageMaker names it."""
+    return _object_under(path, f"{check_key(task_id)}{FAILURE_SUFFIX}")
 
 
 def require_boto3() -> None:
@@ -92,6 +141,60 @@ def _expires_at(metadata: Mapping[str, str]) -> float | None:
         return float(metadata[EXPIRES_AT_METADATA])
     except (KeyError, ValueError):
         return None
+
+
+class S3Objects:
+    """Objects by `s3://` URL through one configured client (SageMaker's input, output and failure objects)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def read(self, url: str, *, max_bytes: int) -> tuple[bytes, bytes]:
+        """(bytes, content type) of the object, within `max_bytes` (the same limit as an inline body)."""
+        return await asyncio.to_thread(self._read, S3Url.parse(url), max_bytes)
+
+    def _read(self, location: S3Url, max_bytes: int) -> tuple[bytes, bytes]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            found = self.client.get_object(Bucket=location.bucket, Key=location.key)
+        except ClientError as error:
+            code = str((getattr(error, "response", None) or {}).get("Error", {}).get("Code", ""))
+            if _is_missing(error) or code == "NoSuchBucket":
+                raise InvalidRequest(f"the input object {location.url} does not exist") from None
+            if code in ("AccessDenied", "403", "Forbidden"):
+                raise InvalidRequest(f"the input object {location.url} cannot be read: access denied") from None
+            raise Unavailable(f"reading {location.url} failed: {code or error}", headers={"Retry-After": "1"}) from None
+        except BotoCoreError as error:
+            raise Unavailable(f"reading {location.url} failed: {error}", headers={"Retry-After": "1"}) from None
+        body = found["Body"]
+        try:
+            if int(found.get("ContentLength") or 0) > max_bytes:
+                raise PayloadTooLarge(f"the input object is larger than the limit of {max_bytes} bytes")
+            data: bytes = body.read(max_bytes + 1)
+        finally:
+            body.close()
+        if len(data) > max_bytes:
+            raise PayloadTooLarge(f"the input object is larger than the limit of {max_bytes} bytes")
+        content_type = str(found.get("ContentType") or "application/octet-stream")
+        return data, content_type.encode("latin-1")
+
+    async def write(self, url: str, data: bytes, content_type: str) -> None:
+        """Put one object; `StorageUnavailable` when S3 refuses or cannot be reached."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        location = S3Url.parse(url)
+        try:
+            await asyncio.to_thread(
+                self.client.put_object, Bucket=location.bucket, Key=location.key, Body=data, ContentType=content_type
+            )
+        except (BotoCoreError, ClientError) as error:
+            raise StorageUnavailable(f"writing {location.url} failed: {error}") from None
+
+
+def objects_of(store: ResultStore | None) -> S3Objects | None:
+    """The S3 object access of a deployment whose result store is S3 (None: no S3 configured, http(s) only)."""
+    return S3Objects(store.client) if isinstance(store, S3ResultStore) else None
 
 
 class S3ResultStore:

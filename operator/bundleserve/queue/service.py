@@ -18,10 +18,12 @@ from bundleserve.outbound.destinations import AddressPolicy
 from bundleserve.outbound.urls import check_url
 from bundleserve.queue.broker import QueueFull, QueueUnavailable, RedisError, Started, TaskQueue
 from bundleserve.queue.callbacks import check_callback_target
+from bundleserve.queue.config import QueueConfig
 from bundleserve.queue.connection import describe
 from bundleserve.queue.notify import CompletionWaiter
 from bundleserve.queue.recent import RecentResults
 from bundleserve.queue.results import InvalidKey, ResultStore
+from bundleserve.queue.s3results import S3Location, S3ResultStore, S3Url
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord, TaskRequest
 from bundleserve.queue.worker import Worker
 
@@ -46,6 +48,22 @@ def plain_args(inv: Invocation) -> bool:
 
 
 @dataclass(frozen=True)
+class S3AsyncPaths:
+    """Where one endpoint's SageMaker async outputs and failures go: two `s3://bucket/prefix` paths."""
+
+    output: str
+    failure: str
+
+
+def s3_async_paths(location: S3Location, config: QueueConfig) -> S3AsyncPaths:
+    """The endpoint's S3OutputPath/S3FailurePath; unset, under the result store's bucket and prefix
+    (`sagemaker/<namespace>/<name>`), and the failure path defaults to the output path (objects differ by suffix)."""
+    default = f"s3://{location.bucket}/{location.prefix}sagemaker/{config.namespace}/{config.endpoint}"
+    output = config.s3_output_path or default
+    return S3AsyncPaths(output=output, failure=config.s3_failure_path or output)
+
+
+@dataclass(frozen=True)
 class SubmitChecks:
     """What every async submission must pass before it is stored, whatever the dialect (native, SageMaker, Launch)
     or front (router, gateway): a refusal here is a 400 and the task never exists. Checked once, in `submit`, so no
@@ -59,8 +77,21 @@ class SubmitChecks:
     #: Whether callback credentials may go over plain http (BUNDLESERVE_CALLBACK_ALLOW_INSECURE_CREDENTIALS).
     allow_insecure_credentials: bool = False
 
-    def check(self, inv: Invocation, callback: CallbackTarget | None) -> None:
-        if inv.url is not None:
+    def check(self, inv: Invocation, callback: CallbackTarget | None, *, s3_results: S3Location | None = None) -> None:
+        """`s3_results`: where the deployment stores results in S3 (None: it does not). Then a SageMaker InputLocation
+        (`url_body`) may be an `s3://` object, read by the worker through the store's client, but never one inside
+        the store itself: the deployment's credentials can read every task's stored results and outputs there, and
+        a client must not be able to have them fed to its own task."""
+        if inv.url is not None and inv.url_body and inv.url.startswith("s3://"):
+            if s3_results is None:
+                raise InvalidRequest("s3:// input locations need S3 storage configured on this deployment")
+            source = S3Url.parse(inv.url)
+            if source.bucket == s3_results.bucket and source.key.startswith(s3_results.prefix):
+                raise InvalidRequest(
+                    f"an input location inside the result store (s3://{s3_results.bucket}/{s3_results.prefix}) is "
+                    "refused: upload inputs to another bucket or prefix"
+                )
+        elif inv.url is not None:
             check_url(inv.url, self.url_schemes)
         if callback is not None:
             check_callback_target(
@@ -94,25 +125,32 @@ class TaskService:
         callback: CallbackTarget | None = None,
         request_ttl_seconds: float | None = None,
         invocation_timeout_seconds: float | None = None,
+        s3_paths: S3AsyncPaths | None = None,
     ) -> str:
         """Queue `inv`; the task id once Redis holds the task. Raises Unavailable (503) when it does not: then the
         task never runs.
+
+        `s3_paths` (SageMaker, from `s3_paths()`): the worker writes the task's output and failure objects there.
 
         `invocation_timeout_seconds` shortens the endpoint's `async.invocationTimeoutSeconds` for this task, and
         `request_ttl_seconds` (SageMaker's RequestTTLSeconds) the endpoint's `async.requestTTLSeconds`: a task still
         waiting for a worker after that long ends EXPIRED without running. Neither ever extends the endpoint's value.
         """
-        self.checks.check(inv, callback)
+        self.checks.check(
+            inv, callback, s3_results=self.store.location if isinstance(self.store, S3ResultStore) else None
+        )
         timeout = inv.timeout_seconds
         if invocation_timeout_seconds is not None and (timeout is None or invocation_timeout_seconds < timeout):
             timeout = invocation_timeout_seconds
         try:
             plain = callback is None and request_ttl_seconds is None and timeout == inv.timeout_seconds
-            if plain and plain_args(inv):
+            if plain and s3_paths is None and plain_args(inv):
                 return await self._submit_plain(b'{"args":' + inv.body + b"}")
             request = TaskRequest.from_invocation(inv)
             if timeout != inv.timeout_seconds:
                 request = replace(request, timeout_seconds=timeout)
+            if s3_paths is not None:
+                request = replace(request, s3_output_path=s3_paths.output, s3_failure_path=s3_paths.failure)
             return await self.queue.submit(request, callback, request_ttl_seconds=request_ttl_seconds)
         except QueueUnavailable as error:
             raise Unavailable(str(error), headers={"Retry-After": "1"}) from None
@@ -133,6 +171,13 @@ class TaskService:
         finally:
             worker.adopt(claimed)
         return task_id
+
+    def s3_paths(self) -> S3AsyncPaths | None:
+        """This endpoint's SageMaker output and failure paths when results are stored in S3; None: they are not,
+        and SageMaker's locations are the http(s) routes instead."""
+        if not isinstance(self.store, S3ResultStore):
+            return None
+        return s3_async_paths(self.store.location, self.queue.config)
 
     # -- status ---------------------------------------------------------------------------------------------------
 

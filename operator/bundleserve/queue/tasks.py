@@ -61,6 +61,13 @@ class TaskRequest:
     content_type: str | None = None
     custom_attributes: str | None = None
     accept: str | None = None
+    #: The `url` object is the request body itself (SageMaker's InputLocation, `Invocation.url_body`); `content_type`
+    #: is then the client's declared type ("" for none).
+    url_body: bool = False
+    #: SageMaker's S3 output and failure paths (`s3://bucket/prefix`) for this task, fixed at submission from the
+    #: endpoint's settings: the worker writes the result to `s3objects.output_url(...)`, a failure to `failure_url`.
+    s3_output_path: str | None = None
+    s3_failure_path: str | None = None
 
     @classmethod
     def from_predict(cls, request: PredictRequest) -> TaskRequest:
@@ -85,6 +92,8 @@ class TaskRequest:
             "accept": inv.accept,
         }
         if inv.url is not None:
+            if inv.url_body:
+                return cls(url_body=True, content_type=inv.content_type, **common)
             return cls(**common)
         if not inv.raw:
             return cls(args=json.loads(inv.body) if inv.body else {}, **common)
@@ -93,6 +102,8 @@ class TaskRequest:
     def to_invocation(self) -> Invocation:
         if self.raw_body is not None:
             body, content_type, raw = self.raw_body, self.content_type or "application/octet-stream", True
+        elif self.url is not None and self.url_body:
+            body, content_type, raw = b"", self.content_type or "", True
         elif self.url is not None:
             body, content_type, raw = b"", JSON_CONTENT_TYPE, False
         else:
@@ -107,6 +118,7 @@ class TaskRequest:
             accept=self.accept,
             custom_attributes=self.custom_attributes,
             request_id=self.request_id,
+            url_body=self.url_body,
         )
 
     def dumps(self) -> str:
@@ -118,7 +130,10 @@ class TaskRequest:
         if self.raw_body is not None:
             body["raw_b64"] = base64.b64encode(self.raw_body).decode("ascii")
             body["content_type"] = self.content_type
-        for name in ("custom_attributes", "accept"):
+        if self.url_body:
+            body["url_body"] = True
+            body["content_type"] = self.content_type
+        for name in ("custom_attributes", "accept", "s3_output_path", "s3_failure_path"):
             if getattr(self, name) is not None:
                 body[name] = getattr(self, name)
         return json.dumps(body, separators=(",", ":"))
@@ -137,6 +152,9 @@ class TaskRequest:
             content_type=body.get("content_type"),
             custom_attributes=body.get("custom_attributes"),
             accept=body.get("accept"),
+            url_body=bool(body.get("url_body", False)),
+            s3_output_path=body.get("s3_output_path"),
+            s3_failure_path=body.get("s3_failure_path"),
         )
 
 
@@ -241,3 +259,16 @@ class TaskRecord:
         else:
             body["result"] = self.result
         return body
+
+
+def failure_document(status: TaskStatus, status_code: int | None, traceback: str | None) -> bytes:
+    """The body of SageMaker's failure location for a FAILURE or EXPIRED task (the http(s) route and the S3 object
+    alike): `{"status", "message", "status_code", "traceback"}`."""
+    expired = status is TaskStatus.EXPIRED
+    body = {
+        "status": status.value,
+        "message": "the request expired in the queue before it ran" if expired else "the model failed",
+        "status_code": status_code,
+        "traceback": traceback,
+    }
+    return json.dumps(body).encode("utf-8")

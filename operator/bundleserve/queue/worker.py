@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
+from bundleserve.api.errors import ApiError
 from bundleserve.api.invocation import TaskStatus
 from bundleserve.queue import keys
 from bundleserve.queue.broker import Lease, Started, TaskQueue
@@ -35,7 +36,8 @@ from bundleserve.queue.callbacks import CallbackSender, Outcome
 from bundleserve.queue.invoke import PICKLE_CONTENT_TYPE, Invoke, ModelReply
 from bundleserve.queue.outbox import CallbackOutbox
 from bundleserve.queue.results import ResultStore
-from bundleserve.queue.tasks import CallbackTarget, TaskRecord
+from bundleserve.queue.s3results import S3Objects, failure_url, output_url
+from bundleserve.queue.tasks import CallbackTarget, TaskRecord, TaskRequest, failure_document
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +104,11 @@ class Worker:
         block_ms: int = 2000,
         reclaim_interval_seconds: float | None = None,
         drain_timeout_seconds: float = 10.0,
+        objects: S3Objects | None = None,
     ) -> None:
         self.queue = queue
+        #: Where tasks with SageMaker S3 paths get their output and failure objects (None: S3 not configured here).
+        self.objects = objects
         self.config = queue.config
         self.invoke = invoke
         self.store = store
@@ -399,6 +404,9 @@ class Worker:
         for started in picked:
             if started.outcome in ("expired", "failed"):
                 status = TaskStatus.EXPIRED if started.outcome == "expired" else TaskStatus.FAILURE
+                expired = status is TaskStatus.EXPIRED
+                why = "the request expired in the queue before it ran" if expired else "the task ran out of attempts"
+                await self._write_failure(started.delivery.task_id, started.request, status, {"traceback": why})
                 self.events.on_finished(status, 0.0)
                 try:
                     await self._callback(started.delivery.task_id, started.callback)
@@ -508,10 +516,11 @@ class Worker:
                 retryable=True,
             )
         else:
-            finish = await self._outcome(delivery.task_id, request.return_pickled, reply)
+            finish = await self._outcome(delivery.task_id, request, reply)
         return finish, time.monotonic() - begun
 
-    async def _outcome(self, task_id: str, pickled: bool, reply: ModelReply) -> _Finish:
+    async def _outcome(self, task_id: str, request: TaskRequest, reply: ModelReply) -> _Finish:
+        pickled = request.return_pickled
         if not reply.ok:
             permanent = reply.status_code in _PERMANENT_STATUS
             return _Finish(
@@ -549,7 +558,49 @@ class Worker:
         else:
             fields = {"result": json.dumps(reply.body.decode(errors="replace"))}
         fields.update(status_code=reply.status_code, traceback="")
+        if request.s3_output_path is not None:
+            unwritten = await self._write_output(task_id, request.s3_output_path, reply)
+            if unwritten is not None:
+                return unwritten
         return _Finish(TaskStatus.SUCCESS, fields)
+
+    async def _write_output(self, task_id: str, path: str, reply: ModelReply) -> _Finish | None:
+        """SageMaker's output object, written before the task is recorded SUCCESS: a client waiting for the object
+        (an S3 `object_exists` waiter) sees it exactly when the task is done. Failing to write is retried."""
+        if self.objects is None:
+            reason = "the task has an S3 output path but this worker has no S3 storage configured"
+            return _Finish(TaskStatus.FAILURE, {"traceback": reason, "status_code": 500}, dead_reason="s3_output")
+        try:
+            await self.objects.write(output_url(path, task_id), reply.body, reply.content_type)
+        except (OSError, ValueError, ApiError) as error:  # S3 refused or unreachable; or an unusable path
+            return _Finish(
+                TaskStatus.FAILURE,
+                {"traceback": f"could not write the output object: {error}", "status_code": 507},
+                dead_reason="max_attempts",
+                retryable=True,
+            )
+        return None
+
+    async def _write_failure(
+        self, task_id: str, request: TaskRequest | None, status: TaskStatus, fields: Mapping[str, Any]
+    ) -> None:
+        """SageMaker's failure object, once the task is terminally FAILURE or EXPIRED (after the record: the record
+        is the truth, the object a notification; a write that fails is logged, the record stays readable)."""
+        if request is None or request.s3_failure_path is None:
+            return
+        if self.objects is None:
+            log.error("task %s has an S3 failure path but this worker has no S3 storage configured", task_id)
+            return
+        status_code = fields.get("status_code")
+        document = failure_document(
+            status,
+            int(status_code) if status_code not in (None, "") else None,
+            str(fields.get("traceback") or "") or None,
+        )
+        try:
+            await self.objects.write(failure_url(request.s3_failure_path, task_id), document, "application/json")
+        except (OSError, ValueError, ApiError) as error:
+            log.error("could not write the failure object of task %s: %s", task_id, error)
 
     def _may_claim(self) -> bool:
         return not self._stopping.is_set() and (self.gate is None or self.gate.is_open())
@@ -587,6 +638,8 @@ class Worker:
                 delay = min(delay * 2, 1.0)
                 claim = 0  # a retried call must not claim twice
         if made:
+            if finish.status is TaskStatus.FAILURE:
+                await self._write_failure(delivery.task_id, started.request, finish.status, finish.fields)
             self.events.on_finished(finish.status, seconds)
             self.events.on_terminal(self._record_of(delivery.task_id, started, finish))
             await self._callback(delivery.task_id, started.callback, enqueued=True)

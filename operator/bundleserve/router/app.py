@@ -21,6 +21,7 @@ from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unavailable
 from bundleserve.dialects.base import DialectMount, InvocationBackend, TaskBackend
 from bundleserve.dialects.launch import routes as launch
+from bundleserve.dialects.openai import routes as openai_routes
 from bundleserve.dialects.sagemaker import routes as sagemaker_routes
 from bundleserve.queue.service import stored_result as stored
 from bundleserve.router import async_routes, openapi
@@ -28,12 +29,12 @@ from bundleserve.router.admission import AdmissionController
 from bundleserve.router.auth import ApiKeys
 from bundleserve.router.core import InvocationCore
 from bundleserve.router.fetch import UrlFetcher
-from bundleserve.router.invoke import Invoker, PickledResults, error_response, result_store
+from bundleserve.router.invoke import Invoker, PickledResults, error_response
 from bundleserve.router.metrics import RouterMetrics
 from bundleserve.router.model_client import ModelClient
 from bundleserve.router.readiness import readiness_probe
 from bundleserve.router.settings import Settings
-from bundleserve.router.state import ROUTER_STATE, RouterState
+from bundleserve.router.state import ROUTER_STATE, RouterState, result_store
 
 log = logging.getLogger("bundleserve.router")
 
@@ -43,12 +44,20 @@ INVOKER = web.AppKey("invoker", Invoker)  # the native sync/stream handlers, sha
 
 def _mount_launch(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None) -> None:
     """The Launch dialect for this router's endpoint, keeping sync pickled results where native predict keeps them."""
-    launch.add_routes(app, core, lambda _name: tasks, results=PickledResults(app[ROUTER_STATE]))
+    state = app[ROUTER_STATE]
+    launch.add_routes(
+        app, core, lambda _name: tasks, results=PickledResults(state), names=lambda: (state.settings.name,)
+    )
+
+
+def _mount_openai(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None) -> None:
+    """The OpenAI dialect for this router's endpoint (its models: the endpoint, when it declares spec.openai)."""
+    openai_routes.mount(app, core, tasks, app[ROUTER_STATE].settings.endpoint)
 
 
 #: Every dialect the router serves besides the native API, mounted by `build_app` as `mount(app, core, tasks)`.
 #: A dialect module exposes one `DialectMount` (see `bundleserve.dialects.base`) and is listed here, once.
-DIALECTS: list[DialectMount] = [sagemaker_routes.mount, _mount_launch]
+DIALECTS: list[DialectMount] = [sagemaker_routes.mount, _mount_launch, _mount_openai]
 
 
 class MethodNotAllowed(ApiError):

@@ -30,9 +30,9 @@ from bundleserve.queue.service import MAX_WAIT_SECONDS, SubmitChecks, TaskServic
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord
 from bundleserve.router.calls import parse_request
 from bundleserve.router.core import InvocationCore
-from bundleserve.router.invoke import error_response, result_store
+from bundleserve.router.invoke import error_response
 from bundleserve.router.model_client import encode_args
-from bundleserve.router.state import RouterState
+from bundleserve.router.state import RouterState, result_store
 from bundleserve.router.worker import AsyncMetrics, add_worker
 
 log = logging.getLogger("bundleserve.router.async")

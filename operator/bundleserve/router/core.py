@@ -37,6 +37,7 @@ from bundleserve.api.invocation import (
     Invocation,
     ModelReply,
     StreamChunk,
+    body_input,
 )
 from bundleserve.router.auth import require_key
 from bundleserve.router.deadlines import DeadlineWheel
@@ -44,7 +45,7 @@ from bundleserve.router.fetch import UrlFetcher
 from bundleserve.router.metrics import ModeMetrics
 from bundleserve.router.model_client import ModelStream, ModelUnreachable
 from bundleserve.router.sse import EventParser
-from bundleserve.router.state import RouterState
+from bundleserve.router.state import RouterState, s3_objects
 
 #: The runtime's error code for arguments that do not fit the model's signature (bundleserve.bundle.errors).
 INVALID_ARGUMENTS = "invalid_arguments"
@@ -181,14 +182,28 @@ class InvocationCore:
         return loop.time() + timeout, timeout
 
     async def _model_input(self, inv: Invocation) -> tuple[bytes, bytes, bool]:
-        """(body, content type, raw?) for the model: the invocation's body, or the fetched bytes of its url."""
+        """(body, content type, raw?) for the model: the invocation's body, or the fetched bytes of its url.
+
+        A native `url` input goes raw with the source's content type. A SageMaker InputLocation (`url_body`) is the
+        request body itself: its declared type and, for a Python bundle, the JSON-object rule of an inline body
+        (`body_input`); its `s3://` objects are read through the deployment's S3 client, under the same limit.
+        """
         if inv.url is None:
             return inv.body, _media_type(inv.content_type), inv.raw
-        if self.fetcher is None:
-            self.fetcher = self.state.fetcher = UrlFetcher(self.state.settings.url_policy)
-        data, content_type = await self.fetcher.fetch(
-            inv.url, schemes=self.state.settings.url_schemes, max_bytes=self.max_bytes
-        )
+        if inv.url_body and inv.url.startswith("s3://"):
+            objects = s3_objects(self.state)
+            if objects is None:
+                raise InvalidRequest("s3:// input locations need S3 storage configured on this deployment")
+            data, content_type = await objects.read(inv.url, max_bytes=self.max_bytes)
+        else:
+            if self.fetcher is None:
+                self.fetcher = self.state.fetcher = UrlFetcher(self.state.settings.url_policy)
+            data, content_type = await self.fetcher.fetch(
+                inv.url, schemes=self.state.settings.url_schemes, max_bytes=self.max_bytes
+            )
+        if inv.url_body:
+            declared, raw = body_input(data, inv.content_type or None, python_bundle=self.is_python)
+            return data, _media_type(declared), raw
         return data, content_type, True
 
     async def _admit(self, *, patient: bool) -> float:

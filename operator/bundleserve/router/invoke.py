@@ -20,12 +20,11 @@ from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, ModelError
 from bundleserve.api.invocation import JSON_CONTENT_TYPE, PICKLE_CONTENT_TYPE, Invocation, ModelReply
 from bundleserve.dialects.base import public_base_url
-from bundleserve.queue.results import ResultStore, open_result_store
 from bundleserve.router.calls import Call, parse_call
 from bundleserve.router.core import InvocationCore
 from bundleserve.router.model_client import encode_args
 from bundleserve.router.sse import as_json, failure_event, success_event
-from bundleserve.router.state import RouterState
+from bundleserve.router.state import RouterState, result_store
 
 _SUCCESS_HEAD = b'{"status":"SUCCESS","result":'
 _SUCCESS_TAIL = b',"result_url":null,"traceback":null,"status_code":200}'
@@ -58,16 +57,6 @@ def as_response(answer: Answer) -> web.Response:
 
 def error_response(error: ApiError) -> web.Response:
     return as_response(error_answer(error))
-
-
-def result_store(state: RouterState) -> ResultStore:
-    """The store of pickled and large results (`bundleserve.queue.results`), shared by the sync and async paths and
-    created on first use with the endpoint's result TTL."""
-    if state.result_store is None:
-        settings = state.settings
-        ttl = float(settings.endpoint.spec.async_settings.result_ttl_seconds)
-        state.result_store = open_result_store(settings.results_dir, settings.results_url, default_ttl_seconds=ttl)
-    return state.result_store
 
 
 _FORWARDING = (

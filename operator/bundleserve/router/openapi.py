@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from bundleserve.dialects.launch import openapi as launch
+from bundleserve.dialects.openai import openapi as openai_openapi
 from bundleserve.dialects.sagemaker import openapi as sagemaker_openapi
 
 _PARAM = re.compile(r"\{[^}]+\}")
@@ -118,6 +119,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 OPERATIONS.update(sagemaker_openapi.OPERATIONS)  # the SageMaker Runtime routes (dialects.sagemaker.routes)
+OPERATIONS.update(openai_openapi.OPERATIONS)  # the OpenAI routes (dialects.openai.routes)
 
 _SCHEMAS: dict[str, Any] = {
     "PredictRequest": {
@@ -168,6 +170,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["error"],
     },
     **launch.SCHEMAS,
+    **openai_openapi.SCHEMAS,
 }
 
 

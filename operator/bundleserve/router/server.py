@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bundleserve import logs
 from bundleserve.api.endpoint import Mode
 from bundleserve.router.app import INVOKER, build_app
 from bundleserve.router.fastpath import FastEdge
@@ -80,7 +81,7 @@ def run(coroutine: Coroutine[Any, Any, None]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()
     try:
         settings = build_settings(
             endpoint_file=args.endpoint_file,

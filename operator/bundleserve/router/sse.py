@@ -72,6 +72,15 @@ def parse_block(block: bytes) -> Event | None:
     return Event(b"\n".join(data), name)
 
 
+def success_chunk(data: bytes) -> bytes | None:
+    """The chunk JSON inside the data of one of our SUCCESS events (`success_event`), spliced out without decoding;
+    None for any other event (a FAILURE)."""
+    head = _SUCCESS_PREFIX[len(b"data: ") :]
+    if data.startswith(head) and data.endswith(b"}"):
+        return data[len(head) : -1]
+    return None
+
+
 def success_event(chunk_json: bytes) -> bytes:
     """A SUCCESS event around a chunk that is already JSON."""
     return _SUCCESS_PREFIX + chunk_json + _EVENT_END

@@ -23,6 +23,7 @@ from bundleserve.router.settings import Settings
 
 if TYPE_CHECKING:
     from bundleserve.queue.results import ResultStore
+    from bundleserve.queue.s3results import S3Objects
     from bundleserve.queue.service import TaskService
     from bundleserve.queue.worker import Worker
     from bundleserve.router.fetch import UrlFetcher
@@ -149,3 +150,24 @@ class RouterState:
 
 
 ROUTER_STATE: web.AppKey[RouterState] = web.AppKey("router_state", RouterState)
+
+
+def result_store(state: RouterState) -> ResultStore:
+    """The store of pickled and large results (`bundleserve.queue.results`), shared by the sync and async paths and
+    created on first use with the endpoint's result TTL."""
+    if state.result_store is None:
+        from bundleserve.queue.results import open_result_store
+
+        settings = state.settings
+        ttl = float(settings.endpoint.spec.async_settings.result_ttl_seconds)
+        state.result_store = open_result_store(settings.results_dir, settings.results_url, default_ttl_seconds=ttl)
+    return state.result_store
+
+
+def s3_objects(state: RouterState) -> S3Objects | None:
+    """Objects by `s3://` URL through the result store's client when results are in S3 (None otherwise)."""
+    if not state.settings.results_url:
+        return None
+    from bundleserve.queue.s3results import objects_of
+
+    return objects_of(result_store(state))

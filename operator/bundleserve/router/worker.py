@@ -30,7 +30,7 @@ from bundleserve.queue.worker import Worker, WorkerEvents
 from bundleserve.router.core import InvocationCore
 from bundleserve.router.metrics import LATENCY_BUCKETS
 from bundleserve.router.model_client import ReplyTooLarge
-from bundleserve.router.state import RouterState
+from bundleserve.router.state import RouterState, s3_objects
 
 log = logging.getLogger("bundleserve.router.worker")
 BACKLOG_REFRESH_SECONDS = 5.0
@@ -163,6 +163,7 @@ def worker_context(
             events=metrics.events(tasks.finished_here),
             gate=ReadyGate(state),
             drain_timeout_seconds=state.settings.grace_seconds,
+            objects=s3_objects(state),
         )
         state.drain.track(lambda: worker.in_flight)  # a slot's task holds the model until it is finished
         task = asyncio.create_task(worker.run(), name="bundleserve-async-worker")

@@ -14,6 +14,7 @@ from typing import Any
 
 from bundleserve.api.endpoint import CallbackAuth, Endpoint, Mode
 from bundleserve.api.invocation import CALLBACK_SECRET_DIR, CALLBACK_SECRET_DIR_ENV
+from bundleserve.api.runtime import bundle_runtime_args
 from bundleserve.controller.builders.common import (
     BuildContext,
     BuildError,
@@ -94,9 +95,7 @@ def model_command(endpoint: Endpoint) -> tuple[list[str] | None, list[str] | Non
     """(command, args) of the model container; None keeps the image's own entrypoint/cmd."""
     bundle = endpoint.spec.bundle
     if bundle.python is not None:
-        command = ["bundleserve", "bundle", "serve", "--entrypoint", bundle.python.entrypoint]
-        if bundle.python.load:
-            command += ["--load", bundle.python.load]
+        command = ["bundleserve", "bundle", "serve", *bundle_runtime_args(endpoint.spec)]
         return [*command, "--port", str(bundle.port)], None
     return (list(bundle.command) if bundle.command else None), (list(bundle.args) if bundle.args else None)
 

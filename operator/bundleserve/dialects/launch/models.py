@@ -155,6 +155,12 @@ class V1Endpoint(BaseModel):
     modes: list[str] = Field(default_factory=list)
 
 
+class LegacyEndpointList(BaseModel):
+    """`GET {base}/endpoints`: the 0.3.x client's `list_model_endpoints` keeps the `sync` and `async` entries."""
+
+    endpoints: list[LegacyEndpoint]
+
+
 class V1EndpointList(BaseModel):
     model_endpoints: list[V1Endpoint]
 

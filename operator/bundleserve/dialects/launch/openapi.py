@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from bundleserve.dialects.launch.models import (
     LegacyAsyncSubmitResponse,
     LegacyEndpoint,
+    LegacyEndpointList,
     LegacyTaskRequest,
     LegacyTaskResponse,
     V1AsyncSubmitResponse,
@@ -27,6 +28,7 @@ _REF = "#/components/schemas/{model}"
 _MODELS: tuple[type[BaseModel], ...] = (
     LegacyAsyncSubmitResponse,
     LegacyEndpoint,
+    LegacyEndpointList,
     LegacyTaskRequest,
     LegacyTaskResponse,
     V1AsyncSubmitResponse,
@@ -79,6 +81,11 @@ _ENDPOINT_ID = [{"name": "model_endpoint_id", "in": "query", "required": True, "
 _SYNC_ERRORS = _errors(400, 401, 404, 413, 429, 503)
 
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("GET", f"{LEGACY_BASE}/endpoints"): {
+        "summary": "Launch (scale-launch 0.3.x): every endpoint this server answers for (list_model_endpoints)",
+        "operationId": "launchLegacyListEndpoints",
+        "responses": {"200": _json(LegacyEndpointList, "The endpoints"), **_errors(401)},
+    },
     ("GET", f"{LEGACY_BASE}/endpoints/{{}}"): {
         "summary": "Launch (scale-launch 0.3.x): describe an endpoint",
         "operationId": "launchLegacyGetEndpoint",
@@ -99,6 +106,11 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", f"{LEGACY_BASE}/endpoints/{{}}/task_async/{{}}"): {
         "summary": "Launch (scale-launch 0.3.x): an async task's state (holds up to 5 s for it to finish)",
         "operationId": "launchLegacyTaskStatus",
+        "responses": {"200": _json(LegacyTaskResponse, "The task"), **_errors(400, 401, 404, 503)},
+    },
+    ("GET", f"{LEGACY_BASE}/task/result/{{}}"): {
+        "summary": "Launch (scale-launch 0.3.x): an async task's state by its id alone (get_async_response)",
+        "operationId": "launchLegacyTaskResult",
         "responses": {"200": _json(LegacyTaskResponse, "The task"), **_errors(400, 401, 404, 503)},
     },
     ("GET", "/v1/model-endpoints"): {

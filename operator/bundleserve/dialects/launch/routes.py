@@ -5,6 +5,8 @@ Legacy routes (PyPI `scale-launch` 0.3.x; the client's `endpoint` is `{server}/v
   POST /v1/hosted_inference/task_sync/{name}                       sync call, `state` SUCCESS|FAILURE
   POST /v1/hosted_inference/task_async/{name}                      `{"task_id"}`
   GET  /v1/hosted_inference/endpoints/{name}/task_async/{task_id}  `state` PENDING|SUCCESS|FAILURE
+  GET  /v1/hosted_inference/endpoints                              `{"endpoints": [...]}` (`list_model_endpoints`)
+  GET  /v1/hosted_inference/task/result/{task_id}                  as the poll above, by task id (`get_async_response`)
 Current routes (model-engine `/v1`; `model_endpoint_id` is the endpoint's name, as `GET /v1/model-endpoints` says):
   GET  /v1/model-endpoints?name=NAME
   POST /v1/sync-tasks?model_endpoint_id=NAME
@@ -20,6 +22,7 @@ endpoints to keep in step.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
@@ -33,6 +36,7 @@ from bundleserve.dialects.base import InvocationBackend, TaskBackend, absolute_u
 from bundleserve.dialects.launch import render
 from bundleserve.dialects.launch.models import (
     LegacyAsyncSubmitResponse,
+    LegacyEndpointList,
     LegacyTaskRequest,
     V1AsyncSubmitResponse,
     V1EndpointList,
@@ -79,6 +83,9 @@ Forward = Callable[[web.Request, str, Mode], Awaitable[web.StreamResponse]]
 #: The task service of an endpoint by name (None: the v1 poll, which has only the task id); None when the endpoint's
 #: async API is not configured. The router binds its one service; the gateway resolves per endpoint.
 TaskResolver = Callable[[str | None], TaskBackend | None]
+
+#: The names of the endpoints this server answers for (a router: its own; a gateway: its registry's), for listings.
+EndpointNames = Callable[[], Iterable[str]]
 
 
 def _json(body: bytes, status: int = 200) -> web.Response:
@@ -127,9 +134,11 @@ class LaunchRoutes:
         core: InvocationBackend | None = None,
         forward: Forward | None = None,
         results: PickledResults | None = None,
+        names: EndpointNames = tuple,
     ) -> None:
         if (core is None) == (forward is None):
             raise ValueError("LaunchRoutes needs exactly one of core (run calls) or forward (hand them on)")
+        self.names = names
         self.gatekeeper = gate
         self.invoker = core
         self.forward = forward
@@ -139,7 +148,9 @@ class LaunchRoutes:
     def routes(self) -> list[web.RouteDef]:
         legacy, v1 = _renders_errors(legacy=True), _renders_errors(legacy=False)
         return [
+            web.get(f"{LEGACY_BASE}/endpoints", legacy(self.legacy_endpoints)),
             web.get(f"{LEGACY_BASE}/endpoints/{{name}}", legacy(self.legacy_endpoint)),
+            web.get(f"{LEGACY_BASE}/task/result/{{task_id}}", legacy(self.legacy_result)),
             web.post(f"{LEGACY_BASE}/task_sync/{{name}}", legacy(self.legacy_sync)),
             web.post(f"{LEGACY_BASE}/task_async/{{name}}", legacy(self.legacy_async)),
             web.get(f"{LEGACY_BASE}/endpoints/{{name}}/task_async/{{task_id}}", legacy(self.legacy_poll)),
@@ -189,6 +200,34 @@ class LaunchRoutes:
     async def legacy_endpoint(self, request: web.Request) -> web.Response:
         view = self.view(request.match_info["name"], request.headers.get("Authorization"))
         return _json(render.dump(render.build_legacy_endpoint(view)))
+
+    async def legacy_endpoints(self, request: web.Request) -> web.Response:
+        """`list_model_endpoints`: every endpoint this server answers for, each as `GET .../endpoints/{name}`
+        describes it (the API key is checked as there: Unauthorized is 401 whether or not there are endpoints)."""
+        authorization = request.headers.get("Authorization")
+        # The gate asks for the API key before anything else; modes and readiness are each endpoint's view's business.
+        with contextlib.suppress(ModeNotServed, Unavailable):
+            self.gatekeeper.gate(None, authorization, Mode.SYNC)
+        views = []
+        for name in sorted(set(self.names())):
+            try:
+                views.append(self.view(name, authorization))
+            except NotFound:  # gone between the listing and the gate
+                continue
+        answer = LegacyEndpointList(endpoints=[render.build_legacy_endpoint(view) for view in views])
+        return _json(render.dump(answer))
+
+    async def legacy_result(self, request: web.Request) -> web.Response:
+        """`get_async_response(task_id)`: the task found by its id alone (its record names the endpoint), answered
+        at once in the legacy poll's shape: `state` PENDING (queued or running), SUCCESS or FAILURE (expired too),
+        never a state the 0.3.x client does not know."""
+        self.gatekeeper.gate(None, request.headers.get("Authorization"), Mode.ASYNC)
+        task_id = request.match_info["task_id"]
+        record = await self._task_backend(None).status(task_id, wait_seconds=0.0)
+        if record is None:
+            raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
+        answer = render.build_legacy_task(record, functools.partial(absolute_url, request))
+        return _json(render.dump(answer))
 
     async def legacy_sync(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -313,13 +352,17 @@ def add_routes(
     tasks: TaskResolver,
     *,
     results: PickledResults | None = None,
+    names: EndpointNames = tuple,
 ) -> None:
-    """Mount the Launch routes on a router, for its own endpoint: every call runs through `core`."""
-    app.router.add_routes(LaunchRoutes(core, tasks, core=core, results=results).routes())
+    """Mount the Launch routes on a router, for its own endpoint (`names`: its name): every call runs through
+    `core`."""
+    app.router.add_routes(LaunchRoutes(core, tasks, core=core, results=results, names=names).routes())
 
 
-def add_forwarding_routes(app: web.Application, gate: EndpointGate, forward: Forward, tasks: TaskResolver) -> None:
+def add_forwarding_routes(
+    app: web.Application, gate: EndpointGate, forward: Forward, tasks: TaskResolver, *, names: EndpointNames = tuple
+) -> None:
     """Mount the Launch routes on a front for many endpoints (the gateway): endpoint descriptions and async tasks
     are answered here from `gate` and the queues (so they work at zero replicas), sync and streaming calls are
     forwarded unchanged to the endpoint's router, whose own Launch routes answer them."""
-    app.router.add_routes(LaunchRoutes(gate, tasks, forward=forward).routes())
+    app.router.add_routes(LaunchRoutes(gate, tasks, forward=forward, names=names).routes())

@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from bundleserve.api import errors
-from bundleserve.api.invocation import Invocation
+from bundleserve.api.invocation import Invocation, body_input
 from bundleserve.dialects.sagemaker import sigv4
 
 JSON_TYPE = "application/json"
@@ -158,23 +158,6 @@ def parse_request(
     )
 
 
-def _is_json_type(content_type: str | None) -> bool:
-    if content_type is None:
-        return True
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == JSON_TYPE or (media.startswith("application/") and media.endswith("+json"))
-
-
-def _json_object(body: bytes) -> bool:
-    """True when `body` is one JSON object (the only shape that can become keyword arguments)."""
-    if not body.lstrip().startswith(b"{"):
-        return False
-    try:
-        return isinstance(json.loads(body), dict)
-    except ValueError:
-        return False
-
-
 def build_invocation(
     request: SageMakerRequest,
     body: bytes,
@@ -186,8 +169,10 @@ def build_invocation(
     """What the model receives, by the rule in docs/dialects.md.
 
     A Python bundle gets a JSON object body (Content-Type application/json, `+json` or absent) as keyword arguments,
-    any other body as bytes. A runnable image gets the raw body and content type unchanged. An async request has
-    exactly one input: the inline body or `X-Amzn-SageMaker-InputLocation` (fetched through the destination guard).
+    any other body as bytes (`api.invocation.body_input`). A runnable image gets the raw body and content type
+    unchanged. An async request has exactly one input: the inline body or `X-Amzn-SageMaker-InputLocation`, whose
+    object the core fetches (http(s) through the destination guard, s3 through the S3 client) and then treats
+    exactly as an inline body (`Invocation.url_body`).
     An async request's InvocationTimeoutSeconds and RequestTTLSeconds go to the task service, not into the Invocation.
     """
     if request.operation is Operation.INVOKE_ASYNC:
@@ -200,20 +185,20 @@ def build_invocation(
             raise ValidationError("s3:// input locations need S3 storage configured on this deployment")
         return Invocation(
             body=b"",
-            content_type=request.content_type or OCTET_STREAM,
+            content_type=request.content_type or "",
             raw=True,
             url=request.input_location,
             timeout_seconds=timeout_seconds,
             accept=request.accept,
             custom_attributes=request.custom_attributes,
             request_id=request.inference_id,
+            url_body=True,
         )
-    as_kwargs = python_bundle and _is_json_type(request.content_type) and _json_object(body)
-    content_type = request.content_type or (JSON_TYPE if as_kwargs else OCTET_STREAM)
+    content_type, raw = body_input(body, request.content_type, python_bundle=python_bundle)
     return Invocation(
         body=body,
         content_type=content_type,
-        raw=not as_kwargs,
+        raw=raw,
         url=None,
         timeout_seconds=timeout_seconds,
         accept=request.accept,

@@ -4,8 +4,10 @@ Nothing here decides admission, deadlines, body limits, url fetching or error ca
 `ApiError` hierarchy, which `protocol.render_error` turns into SageMaker's error shapes. Mounted by the router for its
 own endpoint (the gate answers other names) and, for the async operation, by the gateway with a name resolver.
 
-Async results: the 202 names an output and a failure location. Without S3 they are absolute URLs served here,
-`GET /endpoints/{name}/async-invocations/{id}/output` and `.../failure`, 404 until the task wrote them.
+Async results: the 202 names an output and a failure location. With results in S3 they are `s3://` objects under
+the endpoint's S3OutputPath/S3FailurePath, which the worker writes (`TaskBackend.s3_paths`); without S3 they are
+absolute URLs served here, `GET /endpoints/{name}/async-invocations/{id}/output` and `.../failure`, 404 until the
+task wrote them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from bundleserve.api.invocation import StreamChunk, TaskStatus
 from bundleserve.dialects.base import InvocationBackend, TaskBackend, absolute_url
 from bundleserve.dialects.sagemaker import eventstream, protocol, sigv4
 from bundleserve.dialects.sagemaker.protocol import Operation
+from bundleserve.queue.s3results import failure_url, output_url
+from bundleserve.queue.tasks import failure_document
 
 TaskResolver = Callable[[str], TaskBackend]  # endpoint name -> its tasks (raises NotFound for an unknown name)
 
@@ -64,7 +68,6 @@ class SageMakerSettings:
 
     signing: sigv4.SigV4Config
     python_bundle: Callable[[str], bool]  # endpoint name -> True for a Python bundle (JSON bodies become kwargs)
-    allow_s3_input: bool = False
     variant: str = protocol.DEFAULT_VARIANT
 
 
@@ -234,25 +237,32 @@ class SageMakerApi:
             )
             self._gate(name, signed, authorization, Mode.ASYNC)
             tasks = self._tasks(name)
+            s3_paths = tasks.s3_paths()
             body = await self._read_body(request)
             self._verify(request, signed, body)
             invocation = protocol.build_invocation(
                 parsed,
                 body,
                 python_bundle=self.settings.python_bundle(name),
-                allow_s3_input=self.settings.allow_s3_input,
+                allow_s3_input=s3_paths is not None,
             )
             task_id = await tasks.submit(
                 invocation,
                 callback=None,
                 request_ttl_seconds=parsed.request_ttl_seconds,
                 invocation_timeout_seconds=parsed.invocation_timeout_seconds,
+                s3_paths=s3_paths,
             )
         except ApiError as error:
             return self._error(error, request_id)
+        if s3_paths is not None:  # S3 storage: SageMaker's own contract, objects the worker writes
+            output, failure = output_url(s3_paths.output, task_id), failure_url(s3_paths.failure, task_id)
+        else:  # no S3: the http(s) routes below stand in for the objects
+            output = absolute_url(request, OUTPUT_PATH.format(name=name, task_id=task_id))
+            failure = absolute_url(request, FAILURE_PATH.format(name=name, task_id=task_id))
         headers = {
-            protocol.H_OUTPUT_LOCATION: absolute_url(request, OUTPUT_PATH.format(name=name, task_id=task_id)),
-            protocol.H_FAILURE_LOCATION: absolute_url(request, FAILURE_PATH.format(name=name, task_id=task_id)),
+            protocol.H_OUTPUT_LOCATION: output,
+            protocol.H_FAILURE_LOCATION: failure,
             protocol.H_REQUEST_ID: request_id,
         }
         inference_id = parsed.inference_id or task_id
@@ -293,14 +303,9 @@ class SageMakerApi:
             return self._error(error, request_id)
         if record is None or record.status not in (TaskStatus.FAILURE, TaskStatus.EXPIRED):
             return _not_written(request_id, "failure")
-        expired = record.status is TaskStatus.EXPIRED
-        body = {
-            "status": record.status.value,
-            "message": "the request expired in the queue before it ran" if expired else "the model failed",
-            "status_code": record.status_code,
-            "traceback": record.traceback,
-        }
-        return web.json_response(body, headers={protocol.H_REQUEST_ID: request_id})
+        body = failure_document(record.status, record.status_code, record.traceback)
+        headers = {"Content-Type": protocol.JSON_TYPE, protocol.H_REQUEST_ID: request_id}
+        return web.Response(body=body, headers=headers)
 
     def _location_tasks(self, request: web.Request, name: str) -> TaskBackend:
         """The same authentication as the invocations (a signed GET over an empty body), then the endpoint's tasks."""
