@@ -173,3 +173,17 @@ def test_async_is_accepted_at_zero_replicas_and_finishes_when_a_replica_starts(p
         task = _wait(product.node, "the queued task finished", finished, MODELS, timeout=400)
     assert "queued at zero" in json.dumps(task), task
     assert (deployment() or {})["spec"]["replicas"] >= 1
+
+
+def test_the_sdk_calls_the_endpoint_through_the_gateway_service(product: Product) -> None:
+    from bundleserve.client import Client, EndpointRequest
+
+    product.node.plane.apply(_example("echo"))
+    _wait(product.node, "echo Ready", lambda: _endpoint_ready(product.node, MODELS, "echo"), MODELS)
+    with Client(product.gateway, api_key=product.api_key) as client:
+        response = client.endpoint("echo", mode="sync").predict(EndpointRequest(args={"text": "sdk on the node"}))
+        assert response.status == "SUCCESS", response
+        assert response.result_value() == {"text": "sdk on the node"}
+        with client.endpoint("echo", mode="streaming").predict(EndpointRequest(args={"text": "a b c"})) as stream:
+            words = [event.result_value() for event in stream]
+    assert words == ["a", "b", "c"]

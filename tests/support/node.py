@@ -173,8 +173,8 @@ class Node:
         cache = cache_root() / "node-images"
         archives = [oci.pause_archive(cache), oci.busybox_archive(cache), *self.images]
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._start_anchor()  # picks the slot, and so the node's name: before its identities
         self._make_identities()
-        self._start_anchor()
         self._connect_network()
         self._write_configs()
         self._spawn_in_node("containerd", ["containerd", "--config", str(self.workdir / "containerd.toml")])
@@ -550,8 +550,11 @@ def main(argv: list[str]) -> int:
 
     def request_stop(signum: int, frame: object) -> None:
         nonlocal stop_requested
+        if ready_line is None:  # still starting: interrupt the start (its cleanup stops what it started)
+            raise KeyboardInterrupt
         stop_requested = True
 
+    ready_line: str | None = None
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     started = time.monotonic()
@@ -561,12 +564,12 @@ def main(argv: list[str]) -> int:
     ):
         plane_ready = time.monotonic() - started
         with running(plane, Path(workdir) / "node") as node:
-            print(
+            ready_line = (
                 f"{cluster._now()} cluster ready: control plane in {plane_ready:.1f}s, node {node.name} "
                 f"({node.net.node_ip}, pods {node.net.pod_subnet}) ready in {node.started_in:.1f}s; "
-                f"KUBECONFIG={kubeconfig} workdir={workdir} (Ctrl-C stops it)",
-                flush=True,
+                f"KUBECONFIG={kubeconfig} workdir={workdir} (Ctrl-C stops it)"
             )
+            print(ready_line, flush=True)
             while not stop_requested:
                 for component in [*plane.processes, *node.components]:
                     if component.popen.poll() is not None:
