@@ -10,13 +10,11 @@ containerd; nothing is pulled (the chart's `IfNotPresent` finds them).
 from __future__ import annotations
 
 import base64
-import importlib
 import json
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -24,6 +22,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.support.images import import_into_containerd, project_images
 from tests.support.node import Node
 from tests.support.processes import REPO
 from tests.support.valkey import Valkey
@@ -46,12 +45,6 @@ class Product:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
-
-
-def _project_archives() -> list[Path]:
-    """The project's two image archives (tests/support/images.py, the image branch's contract)."""
-    images = importlib.import_module("tests.support.images")
-    return list(images.project_images().archives.values())
 
 
 def _deployment_ready(node: Node, namespace: str, name: str) -> bool:
@@ -95,8 +88,8 @@ def _example(name: str, **spec: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def product(kube_node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Product]:
     node, plane = kube_node, kube_node.plane
-    for archive in _project_archives():
-        node.import_image(archive)
+    for archive in project_images().archives().values():
+        import_into_containerd(archive, str(node.containerd_socket))
     # Pods reach the host end of the veth (only the node's namespace routes there); loopback stays bound for the test.
     # No password: protected mode would refuse the pods' connections, so it is off for this one listener.
     redis = Valkey(
