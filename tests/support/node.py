@@ -210,6 +210,8 @@ class Node:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self._anchor.pid, signal.SIGKILL)
                 self._anchor.wait(10)
+        if self._anchor is not None and self._anchor.stdout is not None:
+            self._anchor.stdout.close()
         for component in reversed(self.components):
             if component.popen.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
