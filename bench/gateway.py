@@ -92,7 +92,7 @@ def main() -> int:
                   localOnly: true
                   openai: {maxTokens: 16}
                   bundle: {python: {entrypoint: bench:predict}}
-                  invocation: {concurrency: 256, maxQueued: 10000, timeoutSeconds: 60}
+                  invocation: {concurrency: 256, maxQueued: 10000, timeoutSeconds: 60, maxPayloadBytes: 65536}
             """)
         )
         spawn(

@@ -410,7 +410,7 @@ def main() -> int:
                   modes: [sync, streaming]
                   localOnly: true
                   bundle: {python: {entrypoint: bench:predict}}
-                  invocation: {concurrency: 256, maxQueued: 10000, timeoutSeconds: 60}
+                  invocation: {concurrency: 256, maxQueued: 10000, timeoutSeconds: 60, maxPayloadBytes: 65536}
             """)
         )
         spawn(

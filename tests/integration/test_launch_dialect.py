@@ -448,7 +448,7 @@ async def test_result_url_follows_the_forwarded_host(launch_target: LaunchTarget
     assert answer["result"]["result_url"].startswith("https://models.example.com/v1/tasks/")
 
 
-@pytest.mark.parametrize(("legacy", "status"), [(True, 504), (False, 408)])
+@pytest.mark.parametrize(("legacy", "status"), [(True, 408), (False, 408)])
 async def test_a_timeout_has_the_dialects_status(
     launch_target: LaunchTarget, http: aiohttp.ClientSession, legacy: bool, status: int
 ) -> None:

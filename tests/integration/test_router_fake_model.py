@@ -6,7 +6,7 @@ Behaviour per request, from the JSON args: `sleep` (seconds), `hold` (wait at th
 it: `POST /gates/NAME`; `GET /gates/NAME` says how many calls wait there), `fail` (answer 500 with a traceback),
 `invalid` (answer the bundle runtime's 400 `invalid_arguments` naming that argument), `big` (answer a JSON string of
 that many bytes, written in 1 MiB pieces with its Content-Length, or chunked with `chunked`), `crash` (exit the process mid-request); streams:
-`words`, `delay`, `first_delay`, `hold_before` (a barrier before the response headers), `hold_first` (a barrier after
+`words`, `delay`, `first_delay`, `endless_event` (that many bytes of one event's data, never ended), `hold_before` (a barrier before the response headers), `hold_first` (a barrier after
 the headers, before the first event), `fail_after`, `crash_after`. `/readyz` answers 503 until the file named by
 FAKE_READY_FILE exists (when set). Tests use barriers, not sleeps, to make calls overlap.
 """
@@ -119,6 +119,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
             await hold(str(args["hold_first"]))  # headers are out, the first event never comes until opened
         if args.get("first_delay"):
             await asyncio.sleep(float(args["first_delay"]))  # headers are out, the first event is late
+        if args.get("endless_event"):  # one event that never ends: this many bytes of data, no blank line
+            await response.write(b"data: ")
+            for _ in range(int(args["endless_event"]) // (1 << 20)):
+                await response.write(b"a" * (1 << 20))
         for index, word in enumerate(args.get("words", [])):
             if args.get("fail_after") is not None and index >= args["fail_after"]:
                 error = {"error": {"code": "model_error", "message": "boom mid-stream", "traceback": "Traceback: boom"}}
@@ -154,7 +158,7 @@ async def reset(request: web.Request) -> web.Response:
 
 
 def make_app() -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=512 * 1024 * 1024)  # the memory tests send bodies up to 150 MiB
     app.router.add_post("/predict", predict)
     app.router.add_post("/stream", stream)
     app.router.add_get("/readyz", ready)

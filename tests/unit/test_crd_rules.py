@@ -42,6 +42,8 @@ EXTRAS: dict[str, dict[str, Any]] = {
     "gpu": {"resources": {"gpuType": "l4", "gpus": 1}},
     "deep-queue": {"invocation": {"concurrency": 2, "maxQueued": 2001}},
     "openai": {"openai": {}},
+    "bodies-over-budget": {"invocation": {"maxPayloadBytes": 1073741824}},
+    "bodies-at-budget": {"invocation": {"maxPayloadBytes": 16777216, "concurrency": 16, "maxQueued": 960}},
     "s3-paths": {"async": {"s3OutputPath": "s3://b-1/out", "s3FailurePath": "s3://b-1/failed"}},
     "s3-failure-path-only": {"async": {"s3FailurePath": "s3://b-1/failed"}},
     "batching": {"invocation": {"batching": {"maxBatchSize": 4}}},

@@ -231,7 +231,7 @@ def test_pickle_replies_are_not_mistaken_for_json() -> None:
         (ModelError("x"), 424, 424),
         (Overloaded("x"), 429, 429),
         (Unavailable("x"), 503, 503),
-        (Timeout("x"), 504, 408),
+        (Timeout("x"), 408, 408),
         (ApiError("x"), 500, 500),
     ],
 )

@@ -12,9 +12,15 @@ from bundleserve.router.calls import Call, parse_call
 
 def test_plain_args_take_the_fast_path_and_keep_their_text() -> None:
     body = b' { "args" :\n{"x": 1, "s": "\\u00e9:}"} }\n'
-    assert parse_call(body, kwargs_only=True) == Call(
-        args={"x": 1, "s": "é:}"}, args_json=b'{"x": 1, "s": "\\u00e9:}"}'
-    )
+    assert parse_call(body, kwargs_only=True) == Call(args_json=b'{"x": 1, "s": "\\u00e9:}"}', is_object=True)
+
+
+def test_the_fast_path_keeps_only_the_args_text() -> None:
+    """The body is held once (issue 17): the decoded value is dropped, the text is the body's own bytes."""
+    body = b'{"args": {"x": "' + b"a" * 100_000 + b'"}}'
+    call = parse_call(body, kwargs_only=True)
+    assert call.args is None and call.args_json == body[9:-1] and call.is_object
+    assert parse_call('{"args": {"é": 1}}'.encode(), kwargs_only=True).args_json == '{"é": 1}'.encode()
 
 
 def test_a_duplicated_args_key_takes_the_validated_path() -> None:
@@ -28,7 +34,8 @@ def test_options_are_read() -> None:
 
 
 def test_runnable_images_may_take_any_json_args() -> None:
-    assert parse_call(b'{"args": [1, 2]}', kwargs_only=False).args == [1, 2]
+    call = parse_call(b'{"args": [1, 2]}', kwargs_only=False)
+    assert call.args_json == b"[1, 2]" and not call.is_object
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from urllib.parse import urlsplit
 
 import botocore.auth
@@ -39,9 +40,11 @@ def _signed(
     return request
 
 
-def _verify(request: AWSRequest, *, config: sigv4.SigV4Config = CONFIG, now: dt.datetime = SIGNED_AT) -> None:
+def _verify(
+    request: AWSRequest, *, config: sigv4.SigV4Config = CONFIG, now: dt.datetime = SIGNED_AT, secure: bool = False
+) -> sigv4.SignedRequest:
     parts = urlsplit(request.url)
-    items = list(request.headers.items())
+    items = [(name, value.decode() if isinstance(value, bytes) else value) for name, value in request.headers.items()]
     if not any(name.lower() == "host" for name, _ in items):
         items.append(("Host", parts.netloc))
     items.append(("Content-Length", str(len(request.body or b""))))  # added after signing, as botocore's sender does
@@ -57,7 +60,9 @@ def _verify(request: AWSRequest, *, config: sigv4.SigV4Config = CONFIG, now: dt.
         raw_query=parts.query,
         header_values=sigv4.request_header_values(list(headers.items())),
         body=request.body or b"",
+        secure=secure,
     )
+    return signed
 
 
 class _Caseless(dict[str, str]):
@@ -194,10 +199,100 @@ def test_unsigned_payload_over_tls_verifies(monkeypatch: pytest.MonkeyPatch) -> 
     request.context["payload_signing_enabled"] = False
     botocore.auth.SigV4Auth(Credentials(AKID, SECRET), "sagemaker", "us-east-1").add_auth(request)
     assert request.headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
-    _verify(request)
+    _verify(request, secure=True)
     request.headers.replace_header("X-Amz-Date", "20250102T030406Z")  # but every signed header still counts
     with pytest.raises(sigv4.SignatureRejected):
+        _verify(request, secure=True)
+
+
+def test_unsigned_payload_over_plain_http_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over plain HTTP an UNSIGNED-PAYLOAD signature would let anyone on the path swap the body (issue 17)."""
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: SIGNED_AT.replace(tzinfo=None))
+    request = AWSRequest(method="POST", url="https://gw.example/endpoints/e/invocations", data=b'{"a": 1}')
+    request.context["payload_signing_enabled"] = False
+    botocore.auth.SigV4Auth(Credentials(AKID, SECRET), "sagemaker", "us-east-1").add_auth(request)
+    request.data = b'{"a": 2}'  # swapped on the way: the signature does not cover it
+    with pytest.raises(sigv4.SignatureRejected, match="UNSIGNED-PAYLOAD is accepted only over TLS"):
         _verify(request)
+    request.data = b'{"a": 1}'  # even unswapped: over plain HTTP an unsigned payload is no signature of the body
+    with pytest.raises(sigv4.SignatureRejected, match="UNSIGNED-PAYLOAD is accepted only over TLS"):
+        _verify(request)
+
+
+def test_boto3_sagemaker_runtime_signs_the_payload_over_plain_http() -> None:
+    """Why refusing UNSIGNED-PAYLOAD over plain HTTP costs SageMaker users nothing: the real client signs the body."""
+    import boto3
+    from botocore.awsrequest import AWSResponse
+
+    client = boto3.client(
+        "sagemaker-runtime",
+        region_name="us-east-1",
+        endpoint_url="http://127.0.0.1:9",
+        aws_access_key_id=AKID,
+        aws_secret_access_key=SECRET,
+    )
+    sent: list[AWSRequest] = []
+
+    def capture(request: AWSRequest, **_: object) -> AWSResponse:
+        sent.append(request)
+        return AWSResponse(request.url, 200, {"Content-Type": "application/json"}, _Raw(b"{}"))  # never sent
+
+    client.meta.events.register("before-send.sagemaker-runtime.InvokeEndpoint", capture)
+    client.invoke_endpoint(EndpointName="e", Body=b'{"a": 1}', ContentType="application/json")
+    assert sent and sent[0].headers.get("X-Amz-Content-SHA256") in (None, hashlib.sha256(b'{"a": 1}').hexdigest())
+    _verify(sent[0], now=dt.datetime.now(dt.UTC))
+
+
+class _Raw:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, *_: object, **__: object) -> list[bytes]:
+        return [self.data]
+
+
+def test_an_exact_replay_is_refused_and_a_new_signature_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    guard = sigv4.ReplayGuard()
+    first = {"amz-sdk-invocation-id": "call-1", "amz-sdk-request": "attempt=1; max=3"}
+    guard.check(_verify(_signed(monkeypatch)), first)
+    with pytest.raises(sigv4.SignatureReplayed):
+        guard.check(_verify(_signed(monkeypatch)), first)  # the same request signed at the same second: identical
+    with pytest.raises(sigv4.SignatureReplayed):  # another call's id (or none) under that signature: a replay
+        guard.check(_verify(_signed(monkeypatch)), {"amz-sdk-invocation-id": "call-2", "amz-sdk-request": "attempt=1"})
+    with pytest.raises(sigv4.SignatureReplayed):
+        guard.check(_verify(_signed(monkeypatch)))
+    guard.check(_verify(_signed(monkeypatch, body=b'{"x":2}')))  # a new signature
+
+
+def test_a_retry_within_the_same_second_is_not_a_replay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore signs only content-type, host and X-Amz-Date: its retry in the same second has the same signature,
+    and is told apart by the same invocation id with the next attempt number (each admitted once)."""
+    guard = sigv4.ReplayGuard()
+    signed = _verify(_signed(monkeypatch))
+    guard.check(signed, {"amz-sdk-invocation-id": "call-1", "amz-sdk-request": "attempt=1; max=3"})
+    guard.check(signed, {"amz-sdk-invocation-id": "call-1", "amz-sdk-request": "attempt=2; max=3"})
+    with pytest.raises(sigv4.SignatureReplayed):
+        guard.check(signed, {"amz-sdk-invocation-id": "call-1", "amz-sdk-request": "attempt=2; max=3"})
+    for attempt in range(3, sigv4.MAX_ATTEMPTS + 1):
+        guard.check(signed, {"amz-sdk-invocation-id": "call-1", "amz-sdk-request": f"attempt={attempt}"})
+    with pytest.raises(sigv4.SignatureReplayed):
+        guard.check(signed, {"amz-sdk-invocation-id": "call-1", "amz-sdk-request": "attempt=99"})
+
+
+def test_the_replay_guard_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    guard = sigv4.ReplayGuard(max_entries=3)
+    signatures = [_verify(_signed(monkeypatch, body=b'{"n":%d}' % n)) for n in range(5)]
+    for signed in signatures:
+        guard.check(signed)
+    assert len(guard._seen) <= 3
+    with pytest.raises(sigv4.SignatureReplayed):
+        guard.check(signatures[-1])
+
+
+def test_a_non_ascii_authorization_is_a_401_not_a_crash() -> None:
+    headers = _Caseless({"authorization": "AWS4-HMAC-SHA256 Credential=\udcff/x, SignedHeaders=host, Signature=\udcfe"})
+    with pytest.raises(sigv4.IncompleteSignature):
+        sigv4.parse_authorization(CONFIG, headers, now=SIGNED_AT)
 
 
 def test_a_declared_payload_hash_must_match_the_body(monkeypatch: pytest.MonkeyPatch) -> None:

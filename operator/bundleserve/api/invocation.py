@@ -19,6 +19,23 @@ PICKLE_CONTENT_TYPE = "application/vnd.bundleserve.pickle"
 #: SageMaker's opaque per-request string; forwarded to the model container and back to the client unchanged.
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 JSON_CONTENT_TYPE = "application/json"
+#: The native API's header naming one call across a client's retries (docs/router.md, "Retries").
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: What botocore sends, the same on every retry of one call (SageMaker Runtime dialect).
+SDK_INVOCATION_ID_HEADER = "amz-sdk-invocation-id"
+_MAX_IDEMPOTENCY_KEY = 255
+
+
+def idempotency_key(kind: str, value: str | None) -> str | None:
+    """The key that makes a client's retries one call, scoped by the dialect that read it (`native`, `sagemaker`):
+    None without a header; InvalidRequest for a value that is not 1..255 printable ASCII characters."""
+    if value is None:
+        return None
+    if not (0 < len(value) <= _MAX_IDEMPOTENCY_KEY and value.isascii() and value.isprintable()):
+        raise InvalidRequest(f"an idempotency key must be 1..{_MAX_IDEMPOTENCY_KEY} printable ASCII characters")
+    return f"{kind}:{value}"
+
+
 OCTET_STREAM = "application/octet-stream"
 
 
@@ -47,6 +64,9 @@ class Invocation:
     custom_attributes: str | None = None
     request_id: str | None = None
     url_body: bool = False
+    #: Names one call across the client's retries (`idempotency_key()`): a retry gets the first attempt's answer
+    #: (sync) or task (async) instead of running the model again.
+    idempotency_key: str | None = None
 
 
 def is_json_media(content_type: str | None) -> bool:
@@ -62,7 +82,7 @@ def is_json_object(body: bytes) -> bool:
     if not body.lstrip().startswith(b"{"):
         return False
     try:
-        return isinstance(json.loads(body), dict)
+        return isinstance(loads_json(body), dict)
     except ValueError:
         return False
 
@@ -208,11 +228,25 @@ CALLBACK_SECRET_DIR = "/var/run/secrets/bundleserve/callback"
 _Body = TypeVar("_Body", bound=BaseModel)
 
 
+class JsonTooDeep(ValueError):
+    """A JSON document nested deeper than Python's decoder can follow (its RecursionError, as a ValueError)."""
+
+
+def loads_json(data: bytes | str) -> Any:
+    """`json.loads` for bytes that came from outside (a client's body, a model's answer): a document nested too
+    deeply to decode raises `JsonTooDeep` (a ValueError, so callers' "not valid JSON" handling covers it) instead of
+    a RecursionError that would surface as a 500 with a traceback."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise JsonTooDeep("the JSON document is nested too deeply") from None
+
+
 def parse_json_body(body: bytes, model: type[_Body]) -> _Body:
     """A request body that must be one JSON object, validated by `model`: the one parser of request documents for
     every dialect (native, Launch), with InvalidRequest (400) naming what is wrong."""
     try:
-        document = json.loads(body)
+        document = loads_json(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
     if not isinstance(document, dict):

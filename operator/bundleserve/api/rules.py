@@ -16,6 +16,11 @@ if TYPE_CHECKING:
     from bundleserve.api.endpoint import EndpointSpec
 
 
+#: The bytes of request and reply bodies a router may be asked to hold at once (its derived memory limit, less the
+#: base: controller.builders.deployment.router_memory_limit, at most 16 GiB).
+ROUTER_BODY_BUDGET = 17012097024
+
+
 @dataclass(frozen=True)
 class Rule:
     scope: str  # dotted path below the resource root where the CEL rule is attached ("spec", "spec.scaling", ...)
@@ -130,6 +135,18 @@ RULES: tuple[Rule, ...] = (
         cel="!has(self.maxQueued) || self.maxQueued <= 1000 * (has(self.concurrency) ? self.concurrency : 8)",
         message="spec.invocation.maxQueued must be at most 1000 times spec.invocation.concurrency",
         holds=lambda s: s.invocation.max_queued <= 1000 * s.invocation.concurrency,
+    ),
+    Rule(
+        scope="spec.invocation",
+        cel="(has(self.maxPayloadBytes) ? self.maxPayloadBytes : 6291456) * "
+        "(3 * (has(self.concurrency) ? self.concurrency : 8) + (has(self.maxQueued) ? self.maxQueued : 80) + 4) "
+        f"<= {ROUTER_BODY_BUDGET}",
+        message="spec.invocation: maxPayloadBytes x (3 x concurrency + maxQueued + 4) must be at most 16 GiB - 160 MiB: "
+        "the router holds that many bodies and replies at once and its memory limit is derived from it",
+        holds=lambda s: (
+            s.invocation.max_payload_bytes * (3 * s.invocation.concurrency + s.invocation.max_queued + 4)
+            <= ROUTER_BODY_BUDGET
+        ),
     ),
     Rule(
         scope="spec",

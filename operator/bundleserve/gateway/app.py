@@ -24,7 +24,7 @@ from aiohttp import web
 from bundleserve import __version__
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import InvalidRequest, NotFound, Unavailable
-from bundleserve.api.invocation import Invocation
+from bundleserve.api.invocation import IDEMPOTENCY_HEADER, Invocation
 from bundleserve.dialects.base import TaskBackend, public_base_url
 from bundleserve.dialects.launch import routes as launch
 from bundleserve.dialects.openai import routes as openai_routes
@@ -41,6 +41,7 @@ from bundleserve.router import openapi
 from bundleserve.router.app import render_errors
 from bundleserve.router.async_routes import parse_wait, submit_native, task_body
 from bundleserve.router.auth import ApiKeys, require_key
+from bundleserve.router.connections import ConnectionLimits
 
 _JSON = "application/json"
 
@@ -56,6 +57,8 @@ class GatewayConfig:
     submit_checks: SubmitChecks = field(default_factory=SubmitChecks)
     #: Who may call the SageMaker dialect (SigV4 keys, unsigned access); None: from the environment, as routers.
     sagemaker_signing: sigv4.SigV4Config | None = None
+    #: Keep-alive/head and body deadlines of the gateway's connections (router.connections).
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     #: Extra aiohttp sub-setups, each called with (app, gateway) after the built-in dialects.
     dialects: list[Callable[[web.Application, Gateway], None]] = field(default_factory=list)
 
@@ -173,6 +176,7 @@ class Gateway:
             queues.service(entry),
             body,
             kwargs_only=entry.endpoint.spec.bundle.is_python,
+            idempotency=request.headers.get(IDEMPOTENCY_HEADER),
         )
         return web.Response(status=202, body=b'{"task_id":"' + task_id.encode() + b'"}', content_type=_JSON)
 
@@ -324,7 +328,8 @@ def add_dialect_routes(app: web.Application, gateway: Gateway) -> None:
 def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Application:
     """The application; the caller runs it (`gateway.server`, local mode) and keeps `app[GATEWAY].registry` fed."""
     gateway = Gateway(registry, config)
-    app = web.Application(middlewares=[render_errors], client_max_size=0)
+    # the body deadline outermost: it sees the rendered answer and closes the connection after a 408
+    app = web.Application(middlewares=[config.connections.middleware(), render_errors], client_max_size=0)
     app[GATEWAY] = gateway
 
     async def clients(app: web.Application) -> AsyncIterator[None]:

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from bundleserve.api.errors import Unavailable
 from bundleserve.gateway.registry import EndpointEntry
+from bundleserve.router.connections import BodyDeadlinePassed
 from bundleserve.router.core import too_large
 
 #: Headers that describe one hop's connection, never forwarded (RFC 9110 section 7.6.1, plus the framing ones that
@@ -63,14 +64,19 @@ class BodyCap:
         self.limit = limit
         self.seen = 0
         self.exceeded = False
+        self.timed_out: BodyDeadlinePassed | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self.request.content.iter_any():
-            self.seen += len(chunk)
-            if self.seen > self.limit:
-                self.exceeded = True
-                raise too_large(None, self.limit)
-            yield chunk
+        try:
+            async for chunk in self.request.content.iter_any():
+                self.seen += len(chunk)
+                if self.seen > self.limit:
+                    self.exceeded = True
+                    raise too_large(None, self.limit)
+                yield chunk
+        except BodyDeadlinePassed as error:  # the client's body trickled past the deadline: the upstream call ends
+            self.timed_out = error
+            raise
 
 
 async def forward(
@@ -126,6 +132,8 @@ async def forward(
             await response.write_eof()
             return response
     except (aiohttp.ClientError, OSError) as error:
+        if cap.timed_out is not None:
+            raise cap.timed_out from None
         if cap.exceeded:
             raise too_large(None, limit) from None
         if response is None and isinstance(error, aiohttp.ClientConnectionError | OSError):

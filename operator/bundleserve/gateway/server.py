@@ -23,6 +23,7 @@ from bundleserve.gateway.kube import EndpointWatch, KubeAccess, KubeConfigError
 from bundleserve.gateway.registry import Registry
 from bundleserve.queue.callbacks import insecure_credentials_allowed
 from bundleserve.queue.service import SubmitChecks
+from bundleserve.router.connections import limits_from_env
 from bundleserve.router.settings import (
     DEFAULT_RESULTS_DIR,
     ConfigError,
@@ -37,7 +38,12 @@ log = logging.getLogger("bundleserve.gateway")
 def config_from_env(redis_url: str | None, env: dict[str, str]) -> GatewayConfig:
     """The same variables as the router's (docs/router.md): one Secret and one store configure both."""
     keys_file = env.get("BUNDLESERVE_API_KEYS_FILE")
+    try:
+        connections = limits_from_env(env)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     return GatewayConfig(
+        connections=connections,
         submit_checks=SubmitChecks(
             url_schemes=parse_url_schemes(env.get("BUNDLESERVE_URL_SCHEMES")),
             destinations=read_url_policy(env),
@@ -86,5 +92,13 @@ def main(args: argparse.Namespace) -> int:
     app = build_cluster_app(config, access, namespaces)
     scope = ", ".join(namespaces) if namespaces else "all namespaces"
     log.info("bundleserve gateway listening on http://%s:%d (Endpoints of %s)", args.host, args.port, scope)
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, handler_cancellation=True)
+    web.run_app(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+        handler_cancellation=True,
+        **config.connections.server_kwargs(),
+    )
     return 0

@@ -47,6 +47,7 @@ from bundleserve.local.redis import EmbeddedRedis, RedisStartError, free_port
 from bundleserve.local.supervisor import Child, ChildFailed
 from bundleserve.queue.callbacks import insecure_credentials_allowed
 from bundleserve.queue.service import SubmitChecks
+from bundleserve.router.connections import limits_from_env
 from bundleserve.router.settings import read_url_policy
 
 log = logging.getLogger("bundleserve.local")
@@ -151,6 +152,7 @@ class LocalRun:
             destinations=read_url_policy(local), allow_insecure_credentials=insecure_credentials_allowed(local)
         )
         config = GatewayConfig(
+            connections=limits_from_env(os.environ),  # checked by main() before anything started
             redis_url=redis_url,
             results_dir=results_dir,
             # the routers inherit the same variable: with S3 storage, both write and read results (and SageMaker's
@@ -160,7 +162,11 @@ class LocalRun:
             sagemaker_signing=sigv4.config_from_env(local_gateway_sagemaker_env(os.environ)),
         )
         self.runner = web.AppRunner(
-            build_gateway_app(registry, config), access_log=None, handle_signals=False, handler_cancellation=True
+            build_gateway_app(registry, config),
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=True,
+            **config.connections.server_kwargs(),
         )
         await self.runner.setup()
         await web.SockSite(self.runner, sock).start()
@@ -240,8 +246,9 @@ def main(args: argparse.Namespace) -> int:
     logs.configure()
     try:
         found = load_endpoints(args.files)  # read once, and fail before anything starts
+        limits_from_env(os.environ)
         sock = bind_front(args.host, args.port)
-    except (ManifestError, PortInUse) as error:
+    except (ManifestError, PortInUse, ValueError) as error:
         print(f"bundleserve run: {error}", file=sys.stderr)
         return 2
     with contextlib.suppress(ImportError):

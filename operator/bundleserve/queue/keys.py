@@ -13,6 +13,7 @@ Per task: `bundleserve:task:<task_id>` a hash (the task record), with a TTL.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -43,6 +44,12 @@ def done_channel(queue: str) -> str:
 
 def callback_outbox(queue: str) -> str:
     return f"{PREFIX}:{{{queue}}}:callbacks"
+
+
+def idempotency(queue: str, key: str) -> str:
+    """The record of one client call's task (its retries submit nothing new), by a digest of its idempotency key."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"{PREFIX}:{{{queue}}}:idem:{digest}"
 
 
 def task(task_id: str) -> str:

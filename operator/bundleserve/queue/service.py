@@ -8,7 +8,9 @@ never runs), an unsafe result key -> InvalidRequest (400), unknown or expired ->
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import logging
 from dataclasses import dataclass, field, replace
 
@@ -16,6 +18,7 @@ from bundleserve.api.errors import InvalidRequest, NotFound, Overloaded, Unavail
 from bundleserve.api.invocation import JSON_CONTENT_TYPE, Invocation
 from bundleserve.outbound.destinations import AddressPolicy
 from bundleserve.outbound.urls import check_url
+from bundleserve.queue import keys
 from bundleserve.queue.broker import QueueFull, QueueUnavailable, RedisError, Started, TaskQueue
 from bundleserve.queue.callbacks import check_callback_target
 from bundleserve.queue.config import QueueConfig
@@ -31,6 +34,8 @@ log = logging.getLogger("bundleserve.queue.service")
 
 #: The longest a status request may hold the connection (`?wait=`); clients re-poll after it.
 MAX_WAIT_SECONDS = 300.0
+#: How long a retry waits for the first attempt of the same call to be queued (it takes one Redis round trip).
+_CLAIM_SECONDS = 10.0
 
 
 def plain_args(inv: Invocation) -> bool:
@@ -43,6 +48,7 @@ def plain_args(inv: Invocation) -> bool:
         and inv.custom_attributes is None
         and inv.request_id is None
         and inv.accept is None
+        and inv.idempotency_key is None
         and inv.content_type == JSON_CONTENT_TYPE
     )
 
@@ -139,6 +145,71 @@ class TaskService:
         self.checks.check(
             inv, callback, s3_results=self.store.location if isinstance(self.store, S3ResultStore) else None
         )
+        if inv.idempotency_key is not None:
+            return await self._submit_once(
+                inv.idempotency_key, inv, callback, request_ttl_seconds, invocation_timeout_seconds, s3_paths
+            )
+        return await self._submit(inv, callback, request_ttl_seconds, invocation_timeout_seconds, s3_paths)
+
+    async def _submit_once(
+        self,
+        idempotency_key: str,
+        inv: Invocation,
+        callback: CallbackTarget | None,
+        request_ttl_seconds: float | None,
+        invocation_timeout_seconds: float | None,
+        s3_paths: S3AsyncPaths | None,
+    ) -> str:
+        """A submission with an idempotency key: its retries (any replica, router or gateway) get the first
+        attempt's task id. The record in Redis (`keys.idempotency`) holds `FINGERPRINT:pending` while the first
+        attempt submits, then `FINGERPRINT:TASK_ID` for the task's whole life; a retry that finds it pending waits
+        for the id (up to _CLAIM_SECONDS, then 503). A key reused with another request is a 400."""
+        key = keys.idempotency(self.queue.config.queue_id, idempotency_key)
+        digest = TaskRequest.from_invocation(inv).dumps() + (callback.dumps() if callback is not None else "")
+        fingerprint = hashlib.sha256(digest.encode()).hexdigest()
+        redis = self.queue.redis
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _CLAIM_SECONDS
+        try:
+            while True:
+                if await redis.set(key, f"{fingerprint}:pending", nx=True, ex=int(_CLAIM_SECONDS)):
+                    try:
+                        task_id = await self._submit(
+                            inv, callback, request_ttl_seconds, invocation_timeout_seconds, s3_paths
+                        )
+                    except BaseException:
+                        with contextlib.suppress(RedisError, OSError):
+                            await redis.delete(key)  # nothing was queued: a retry may submit
+                        raise
+                    await redis.set(key, f"{fingerprint}:{task_id}", ex=self.queue.config.record_ttl_seconds)
+                    return task_id
+                value = await redis.get(key)
+                if value is not None:
+                    text = value.decode() if isinstance(value, bytes) else str(value)
+                    found, _, task_id = text.partition(":")
+                    if found != fingerprint:
+                        raise InvalidRequest(
+                            "this idempotency key was already used for a different request; use a new key"
+                        )
+                    if task_id != "pending":
+                        return task_id
+                if loop.time() > deadline:
+                    raise Unavailable(
+                        "an earlier attempt of this call is still being submitted", headers={"Retry-After": "1"}
+                    )
+                await asyncio.sleep(0.05)  # the first attempt is between its claim and its task id
+        except (RedisError, OSError) as error:
+            log.warning("submitting a task failed: %s", error)
+            raise Unavailable(describe(error), headers={"Retry-After": "1"}) from None
+
+    async def _submit(
+        self,
+        inv: Invocation,
+        callback: CallbackTarget | None,
+        request_ttl_seconds: float | None,
+        invocation_timeout_seconds: float | None,
+        s3_paths: S3AsyncPaths | None,
+    ) -> str:
         timeout = inv.timeout_seconds
         if invocation_timeout_seconds is not None and (timeout is None or invocation_timeout_seconds < timeout):
             timeout = invocation_timeout_seconds

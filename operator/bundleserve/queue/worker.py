@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from redis.exceptions import RedisError
 
 from bundleserve.api.errors import ApiError
-from bundleserve.api.invocation import TaskStatus
+from bundleserve.api.invocation import TaskStatus, loads_json
 from bundleserve.queue import keys
 from bundleserve.queue.broker import Lease, Started, TaskQueue
 from bundleserve.queue.callbacks import CallbackSender, Outcome
@@ -84,7 +84,7 @@ def _traceback_of(reply: ModelReply) -> str:
     """The model's traceback (bundle runtime error body), else its message, else the raw body."""
     text = reply.body.decode(errors="replace")
     try:
-        error = json.loads(text).get("error", {})
+        error = loads_json(text).get("error", {})
         return str(error.get("traceback") or error.get("message") or text)
     except (ValueError, AttributeError):
         return text or f"the model answered HTTP {reply.status_code}"

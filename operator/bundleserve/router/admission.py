@@ -3,6 +3,11 @@
 Pure asyncio, no HTTP. A request beyond limit + queue is refused at once (`Overloaded`, 429 with Retry-After) instead of
 joining an unbounded queue; a waiter that gives up (timeout, client gone) leaves the queue without consuming a slot.
 The fast path (a free slot and nobody waiting) takes no await and allocates nothing.
+
+Bodies (issue 17): a request holds its body from the moment it is read, before it can queue, so bodies are admitted
+too, before the first byte is read: at most `concurrency + max_queued` bodies are being read, queued or in the model
+at once (`reserve_body`/`release_body`); one more is refused with 429 before its body is read. With each body held
+once, that bounds the router's memory by the Endpoint's own limits (controller.builders.deployment.router_memory_limit).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from bundleserve.api.errors import Overloaded
 class AdmissionController:
     """A FIFO semaphore with a bounded waiting line; `in_model` never exceeds `concurrency`."""
 
-    __slots__ = ("_waiters", "concurrency", "in_model", "max_queued")
+    __slots__ = ("_waiters", "bodies", "concurrency", "in_model", "max_queued")
 
     def __init__(self, concurrency: int, max_queued: int) -> None:
         if concurrency < 1 or max_queued < 0:
@@ -25,7 +30,22 @@ class AdmissionController:
         self.concurrency = concurrency
         self.max_queued = max_queued
         self.in_model = 0
+        self.bodies = 0  # request bodies being read, queued or in the model
         self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def reserve_body(self) -> None:
+        """Admit one more request body before it is read; `Overloaded` when as many bodies as the line and the
+        model slots hold are in memory already."""
+        if self.bodies >= self.concurrency + self.max_queued:
+            raise Overloaded(
+                f"overloaded: {self.bodies} request bodies in progress "
+                f"(concurrency {self.concurrency} + maxQueued {self.max_queued})",
+                retry_after_seconds=1,
+            )
+        self.bodies += 1
+
+    def release_body(self) -> None:
+        self.bodies -= 1
 
     @property
     def queued(self) -> int:

@@ -27,7 +27,7 @@ from bundleserve.queue.service import stored_result as stored
 from bundleserve.router import async_routes, openapi
 from bundleserve.router.admission import AdmissionController
 from bundleserve.router.auth import ApiKeys
-from bundleserve.router.core import InvocationCore
+from bundleserve.router.core import BODY_RESERVED, InvocationCore
 from bundleserve.router.fetch import UrlFetcher
 from bundleserve.router.invoke import Invoker, PickledResults, error_response
 from bundleserve.router.metrics import RouterMetrics
@@ -89,6 +89,23 @@ async def render_errors(
         return error_response(ApiError("internal error"))
 
 
+def release_bodies(admission: AdmissionController) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Frees the body place `InvocationCore.read_body` took for a request, when its handler ends (its answer,
+    streamed or not, is out): the bound on bodies in memory covers the whole request, not only the read."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        finally:
+            if request.get(BODY_RESERVED):
+                admission.release_body()
+
+    return middleware
+
+
 def _http_error(request: web.Request, error: web.HTTPException) -> web.StreamResponse:
     """aiohttp's own errors (unknown route, wrong method, ...) in the one shape; redirects pass through."""
     if error.status < 400:
@@ -126,7 +143,9 @@ def build_state(settings: Settings, model: ModelClient | None = None) -> RouterS
 def build_app(settings: Settings, *, model: ModelClient | None = None) -> web.Application:
     state = build_state(settings, model)
     app = web.Application(
-        middlewares=[render_errors], client_max_size=settings.endpoint.spec.invocation.max_payload_bytes
+        # the body deadline sees the rendered answer; a body place is freed whatever the handler did
+        middlewares=[settings.connection_limits.middleware(), release_bodies(state.admission), render_errors],
+        client_max_size=settings.endpoint.spec.invocation.max_payload_bytes,
     )
     app[ROUTER_STATE] = state
     core = app[CORE] = InvocationCore(state)

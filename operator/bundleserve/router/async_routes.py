@@ -16,7 +16,14 @@ from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unavailable
-from bundleserve.api.invocation import CALLBACK_SECRET_DIR_ENV, Invocation, PredictRequest
+from bundleserve.api.invocation import (
+    CALLBACK_SECRET_DIR_ENV,
+    IDEMPOTENCY_HEADER,
+    Invocation,
+    PredictRequest,
+    idempotency_key,
+    loads_json,
+)
 from bundleserve.dialects.base import TaskBackend, public_base_url
 from bundleserve.queue.broker import TaskQueue
 from bundleserve.queue.callbacks import (
@@ -59,7 +66,7 @@ def _plain_args(body: bytes) -> bool:
     if not body.startswith(b'{"args"'):
         return False
     try:
-        document = json.loads(body)
+        document = loads_json(body)
     except (ValueError, UnicodeDecodeError):
         return False
     return type(document) is dict and len(document) == 1 and type(document.get("args")) is dict
@@ -120,7 +127,9 @@ class AsyncApi:
         try:
             core.gate(request.match_info["name"], request.headers.get("Authorization"), Mode.ASYNC)
             body = await core.read_body(request)
-            task_id = await submit_native(self.tasks, body, kwargs_only=self.kwargs_only)
+            task_id = await submit_native(
+                self.tasks, body, kwargs_only=self.kwargs_only, idempotency=request.headers.get(IDEMPOTENCY_HEADER)
+            )
         except ApiError as error:
             self._counters["invalid" if error.status < 500 else "unavailable"].inc()
             return error_response(error)
@@ -142,18 +151,26 @@ class AsyncApi:
         return web.Response(body=data, content_type=content_type)
 
 
-async def submit_native(tasks: TaskBackend, body: bytes, *, kwargs_only: bool) -> str:
+async def submit_native(tasks: TaskBackend, body: bytes, *, kwargs_only: bool, idempotency: str | None = None) -> str:
     """A native async submission body (already under the limit) into the task service: the router's and the
-    gateway's one path from `{"args": ...}` / `{"url": ...}` plus callback fields to a queued task."""
+    gateway's one path from `{"args": ...}` / `{"url": ...}` plus callback fields to a queued task. `idempotency`:
+    the request's Idempotency-Key header (a retry gets the first attempt's task id)."""
+    key = idempotency_key("native", idempotency)
     if _plain_args(body):  # the common `{"args": {...}}`: stored as sent, no re-encoding
         args = body.rstrip()[body.index(b":") + 1 : -1]  # the text of the args object, as sent
         return await tasks.submit(
-            Invocation(body=args), callback=None, request_ttl_seconds=None, invocation_timeout_seconds=None
+            Invocation(body=args, idempotency_key=key),
+            callback=None,
+            request_ttl_seconds=None,
+            invocation_timeout_seconds=None,
         )
     submission = parse_submission(body, kwargs_only=kwargs_only)
     callback = CallbackTarget(submission.callback_url, submission.callback_auth) if submission.callback_url else None
     return await tasks.submit(
-        invocation_of_request(submission), callback=callback, request_ttl_seconds=None, invocation_timeout_seconds=None
+        replace(invocation_of_request(submission), idempotency_key=key),
+        callback=callback,
+        request_ttl_seconds=None,
+        invocation_timeout_seconds=None,
     )
 
 

@@ -18,7 +18,9 @@ def _digest(key: str | bytes) -> bytes:
 
 def presented_key(authorization: str | None) -> bytes | None:
     """The key carried by an Authorization header, or None when it carries none in a form we accept."""
-    if not authorization:
+    if not authorization or not authorization.isascii():
+        # A key is ASCII; anything else (bytes that are not UTF-8 arrive as lone surrogates) carries no key we
+        # issued: refused like a wrong key (401), never an encoding error.
         return None
     scheme, _, credentials = authorization.strip().partition(" ")
     scheme = scheme.lower()

@@ -23,8 +23,11 @@ class Call:
     url: str | None = None
     return_pickled: bool = False
     timeout_seconds: float | None = None
-    #: The JSON text of `args` as the client sent it, when it could be cut out of the body unchanged.
+    #: The JSON text of `args` as the client sent it, when it could be cut out of the body unchanged (then `args`
+    #: is None: the decoded value is not kept, so a request body is held once, as this text).
     args_json: bytes | None = None
+    #: `args` is a JSON object (the keyword arguments a Python bundle needs).
+    is_object: bool = False
 
 
 _FAST_HEAD = re.compile(r'[ \t\n\r]*\{[ \t\n\r]*"args"[ \t\n\r]*:[ \t\n\r]*')
@@ -33,7 +36,12 @@ _DECODER = json.JSONDecoder()
 
 
 def _fast_args(body: bytes) -> Call | None:
-    """`{"args": VALUE}` and nothing else: the value, and its JSON text exactly as sent (no re-encoding)."""
+    """`{"args": VALUE}` and nothing else: VALUE's JSON text exactly as sent (no re-encoding).
+
+    Memory: the decoded value only proves the text is valid JSON and is dropped at once; what stays is the args text,
+    cut from the body's bytes (for an ASCII body character offsets are byte offsets). Parsing is synchronous, so the
+    transient copies (text, decoded value) exist for one request at a time.
+    """
     try:
         text = body.decode()
     except UnicodeDecodeError:
@@ -43,11 +51,19 @@ def _fast_args(body: bytes) -> Call | None:
         return None
     try:
         args, end = _DECODER.raw_decode(text, head.end())
-    except ValueError:
+    except (ValueError, RecursionError):  # the general path below gives the reason (too deep: 400)
         return None
     if args is None or _FAST_TAIL.fullmatch(text, end) is None:
         return None
-    return Call(args=args, args_json=text[head.end() : end].encode())
+    is_object = isinstance(args, dict)
+    del args
+    start = head.end()
+    if text.isascii():
+        del text
+        args_json = body[start:end]
+    else:
+        args_json = text[start:end].encode()
+    return Call(args_json=args_json, is_object=is_object)
 
 
 def parse_request(body: bytes) -> PredictRequest:
@@ -62,7 +78,13 @@ def parse_call(body: bytes, *, kwargs_only: bool) -> Call:
     call = _fast_args(body)
     if call is None:
         request = parse_request(body)
-        call = Call(request.args, request.url, request.return_pickled, request.timeout_seconds)
-    if kwargs_only and call.url is None and not isinstance(call.args, dict):
+        call = Call(
+            request.args,
+            request.url,
+            request.return_pickled,
+            request.timeout_seconds,
+            is_object=isinstance(request.args, dict),
+        )
+    if kwargs_only and call.url is None and not call.is_object:
         raise InvalidRequest("args must be a JSON object (the keyword arguments of the model's function)")
     return call

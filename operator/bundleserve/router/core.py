@@ -11,7 +11,6 @@ mapping of model failures to API errors. See docs/router.md, "Invocation core".
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from time import perf_counter
@@ -38,15 +37,19 @@ from bundleserve.api.invocation import (
     ModelReply,
     StreamChunk,
     body_input,
+    loads_json,
 )
 from bundleserve.router.auth import require_key
 from bundleserve.router.deadlines import DeadlineWheel
+from bundleserve.router.dedup import RecentCalls, fingerprint_of
 from bundleserve.router.fetch import UrlFetcher
 from bundleserve.router.metrics import ModeMetrics
-from bundleserve.router.model_client import ModelStream, ModelUnreachable
-from bundleserve.router.sse import EventParser
+from bundleserve.router.model_client import ModelStream, ModelUnreachable, ReplyTooLarge
+from bundleserve.router.sse import EventParser, EventTooLarge
 from bundleserve.router.state import RouterState, s3_objects
 
+#: Set on an aiohttp request whose body holds one of the admission's body places (`release_bodies` frees it).
+BODY_RESERVED = "bundleserve.body_reserved"
 #: The runtime's error code for arguments that do not fit the model's signature (bundleserve.bundle.errors).
 INVALID_ARGUMENTS = "invalid_arguments"
 #: Bytes of a non-2xx stream answer read to build the error (the rest is dropped with the connection).
@@ -74,7 +77,7 @@ def model_failure(status: int | None, body: bytes, *, fallback: str) -> ApiError
     """
     message, traceback, kind, code = fallback, None, None, None
     try:
-        error = json.loads(body).get("error") if body else None
+        error = loads_json(body).get("error") if body else None
     except (ValueError, AttributeError):
         error = None
     if isinstance(error, dict):
@@ -113,6 +116,11 @@ class InvocationCore:
         self.deadlines = DeadlineWheel()
         self.fetcher = state.fetcher
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Sync calls by idempotency key (router.dedup): kept for the longest a client's retries take (botocore's
+        #: legacy mode: 5 attempts of at most the time limit, plus backoff), at most `concurrency` full replies.
+        self.recent = RecentCalls(
+            ttl_seconds=5 * self.timeout + 60, max_bytes=self.max_reply_bytes * spec.invocation.concurrency
+        )
 
     # -- before the body ------------------------------------------------------------------------------------------
 
@@ -157,15 +165,25 @@ class InvocationCore:
             raise too_large(length, self.max_bytes)
 
     async def read_body(self, request: web.Request) -> bytes:
-        """The body under the limit: refused by Content-Length before reading; a chunked body is capped by aiohttp's
-        `client_max_size`, which `build_app` sets to the same limit. Holds the drain while reading."""
+        """The body under the limit: refused by Content-Length before reading, a chunked body as soon as its count
+        passes the limit. Read from the stream, not with `request.read()`, which would keep a copy on the request
+        for its whole life (the caller holds the only one). Holds the drain while reading."""
         self.check_length(request.content_length)
+        self.state.admission.reserve_body()  # before the first byte: released by release_bodies when the handler ends
+        request[BODY_RESERVED] = True
         drain = self.state.drain
         drain.enter()
         try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise too_large(None, self.max_bytes) from None
+            parts: list[bytes] = []
+            seen = 0
+            async for chunk in request.content.iter_any():
+                seen += len(chunk)
+                if seen > self.max_bytes:
+                    raise too_large(None, self.max_bytes)
+                parts.append(chunk)
+            body = b"".join(parts) if len(parts) != 1 else parts[0]
+            parts.clear()
+            return body
         finally:
             drain.leave()
 
@@ -257,7 +275,31 @@ class InvocationCore:
         Edges pass only `inv` (and `started`, when their clock began, for the metrics). The async worker passes
         `ceiling_seconds` (its invocation timeout replaces the sync one), `patient=True` (wait for a slot, never 429),
         `max_reply_bytes` (its result limit) and its own `metrics` (None records nothing here).
+
+        An invocation with an `idempotency_key` (a client's retries of one call) runs the model once: later attempts
+        wait for the first one's reply, which a client leaving does not cancel (`router.dedup`).
         """
+        if inv.idempotency_key is not None and not patient:
+            fingerprint = fingerprint_of(
+                inv.body, inv.content_type, inv.url, str(inv.raw), str(inv.return_pickled), inv.accept,
+                inv.custom_attributes,
+            )  # fmt: skip
+            return await self.recent.run(
+                inv.idempotency_key,
+                fingerprint,
+                lambda: self._predict(inv, started, ceiling_seconds, patient, max_reply_bytes, metrics),
+            )
+        return await self._predict(inv, started, ceiling_seconds, patient, max_reply_bytes, metrics)
+
+    async def _predict(
+        self,
+        inv: Invocation,
+        started: float | None,
+        ceiling_seconds: float | None,
+        patient: bool,
+        max_reply_bytes: int | None,
+        metrics: ModeMetrics | None,
+    ) -> ModelReply:
         if started is None:
             started = perf_counter()
         if metrics is None and not patient:
@@ -366,7 +408,7 @@ class InvocationCore:
                             raise model_failure(
                                 upstream.status, body, fallback=f"the model answered HTTP {upstream.status}"
                             )
-                        events = _Events(upstream)
+                        events = _Events(upstream, self.max_reply_bytes)
                         first = await events.next()  # a failure before the first event raises here, on enter
                 except TimeoutError:
                     raise Timeout(
@@ -391,10 +433,14 @@ class InvocationCore:
 class _Events:
     """The model's stream as event data: SSE `data` per event, or each raw chunk of a non-SSE stream."""
 
-    def __init__(self, upstream: ModelStream) -> None:
+    def __init__(self, upstream: ModelStream, max_event: int) -> None:
         self.sse = upstream.content_type.startswith("text/event-stream")
         self.chunks = aiter(upstream)
-        self.parser = EventParser()
+        #: The reply limit (`maxPayloadBytes`) holds per event: a stream is flushed event by event, so what the
+        #: router holds at once is one event, never the whole stream (a raw stream's chunks are read in bounded
+        #: pieces by the model client).
+        self.parser = EventParser(max_event)
+        self.max_event = max_event
         self.pending: list[bytes] = []
         self.failure: ApiError | None = None
         self.size = 0
@@ -417,7 +463,13 @@ class _Events:
             self.size += len(chunk)
             if not self.sse:
                 return chunk
-            for event in self.parser.feed(chunk):
+            try:
+                parsed = self.parser.feed(chunk)
+            except EventTooLarge as error:
+                self.failure = ReplyTooLarge(f"{error}: the stream was ended", status_code=None, traceback=None)
+                self.ended = True
+                continue
+            for event in parsed:
                 if event.event == "error":
                     self.failure = model_failure(None, event.data, fallback="the model failed while streaming")
                     self.ended = True

@@ -25,6 +25,7 @@ import asyncio
 import email.utils
 import logging
 import time
+from dataclasses import replace
 from time import perf_counter
 from typing import cast
 
@@ -32,6 +33,8 @@ import httptools
 from aiohttp import web
 
 from bundleserve.api.errors import ApiError, InvalidRequest, RequestTimeout
+from bundleserve.api.invocation import Invocation
+from bundleserve.router.calls import Call
 from bundleserve.router.core import too_large
 from bundleserve.router.framing import BodyTooLarge, ChunkedScanner, FramingError
 from bundleserve.router.invoke import Answer, Invoker, error_answer, public_url_of_raw
@@ -45,6 +48,7 @@ _REASONS |= {408: b"Request Timeout"}
 _REASONS |= {424: b"Failed Dependency", 429: b"Too Many Requests", 503: b"Service Unavailable"}
 _REASONS |= {500: b"Internal Server Error", 504: b"Gateway Timeout"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_JOIN_LIMIT = 64 * 1024  # answers larger than this are written behind their head, not joined to it
 
 log = logging.getLogger("bundleserve.router")
 
@@ -64,11 +68,17 @@ class _Date:
         return cls.value
 
 
-def render(answer: Answer, *, keep_alive: bool) -> bytes:
-    """Status line, headers and body in one buffer (one `write`)."""
+def render(answer: Answer, *, keep_alive: bool, length: int | None = None) -> bytes:
+    """Status line, headers and body in one buffer (one `write`); `length`: the Content-Length of a body written
+    separately (`answer.body` is then empty)."""
     parts = [
         b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-        % (answer.status, _REASONS.get(answer.status, b"Error"), answer.content_type.encode(), len(answer.body)),
+        % (
+            answer.status,
+            _REASONS.get(answer.status, b"Error"),
+            answer.content_type.encode(),
+            len(answer.body) if length is None else length,
+        ),
         _Date.header(),
     ]
     for name, value in answer.headers.items():
@@ -155,6 +165,7 @@ class FastConnection(asyncio.Protocol):
         self.chunked: ChunkedScanner | None = None
         self.refused: ApiError | None = None
         self.entered = False  # holds the drain
+        self.reserved = False  # holds one of the admission's body places
         self.started = 0.0
 
     # -- httptools callbacks --------------------------------------------------------------------------------------
@@ -204,6 +215,9 @@ class FastConnection(asyncio.Protocol):
             if self.entered:
                 self.invoker.state.drain.leave()
                 self.entered = False
+            if self.reserved:
+                self.invoker.state.admission.release_body()
+                self.reserved = False
 
     def close_when_idle(self) -> None:
         if self.task is None and not self.in_body and self.transport is not None:
@@ -257,6 +271,13 @@ class FastConnection(asyncio.Protocol):
             self.entered = True
         if self.complete:
             return True  # no body: a refusal is answered in order, and the connection stays usable
+        if self.refused is None:
+            try:
+                invoker.state.admission.reserve_body()  # admitted before its first byte is read (memory bound)
+            except ApiError as error:
+                self.refused = error
+            else:
+                self.reserved = True
         if self.refused is not None:  # answered now, before the body is read (RFC 9110, 10.1.1 for Expect)
             self._fail(self.refused, refused=True)
             return False
@@ -308,40 +329,58 @@ class FastConnection(asyncio.Protocol):
 
     def _dispatch(self) -> None:
         keep_alive = self.parser.should_keep_alive() and not self.edge.closing
-        body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
         refused, entered, started, headers = self.refused, self.entered, self.started, self.headers
+        reserved = self.reserved
+        self.reserved = False
+        prepared: tuple[Call, Invocation] | Answer | None = None
+        if refused is None:
+            # parsed here, synchronously, so the raw body is dropped before the call: a request holds its input once
+            body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
+            self.body.clear()
+            key = headers.get(b"idempotency-key")
+            prepared = self.invoker.prepare(body, started, None if key is None else key.decode("latin-1"))
+            del body
         self.entered = False
         self._reset()
         self.task = asyncio.get_running_loop().create_task(
-            self._answer(body, refused, entered, started, keep_alive, headers)
+            self._answer(prepared, refused, entered, reserved, started, keep_alive, headers)
         )
 
     async def _answer(
         self,
-        body: bytes,
+        prepared: tuple[Call, Invocation] | Answer | None,
         refused: ApiError | None,
         entered: bool,
+        reserved: bool,
         started: float,
         keep: bool,
         headers: dict[bytes, bytes],
     ) -> None:
         invoker = self.invoker
         try:
-            if refused is not None:
-                answer = invoker.refuse(refused, started)
+            if refused is not None or prepared is None:
+                answer = invoker.refuse(refused or ApiError("internal error"), started)
             else:
-                answer = await invoker.answer_predict(body, started, lambda: public_url_of_raw(headers))
+                answer = await invoker.answer_prepared(prepared, started, lambda: public_url_of_raw(headers))
+                del prepared
         except Exception:  # a bug of ours: log it, answer in the documented shape (as aiohttp's edge does)
             log.exception("unexpected error on the fast path")
             answer = error_answer(ApiError("internal error"))
         finally:
             if entered:
                 invoker.state.drain.leave()
+            if reserved:
+                invoker.state.admission.release_body()
         transport = self.transport
         if transport is None:
             return
         keep = keep and not self.edge.closing and not invoker.state.drain.draining  # draining: clients go elsewhere
-        transport.write(render(answer, keep_alive=keep))
+        if len(answer.body) > _JOIN_LIMIT:  # a large body is written as it is, never copied behind its head
+            transport.write(render(replace(answer, body=b""), keep_alive=keep, length=len(answer.body)))
+            transport.write(answer.body)
+        else:
+            transport.write(render(answer, keep_alive=keep))
+        del answer
         self.task = None
         self.idle_since = time.monotonic()
         if not keep:
@@ -366,6 +405,9 @@ class FastConnection(asyncio.Protocol):
         if self.entered:
             self.invoker.state.drain.leave()
             self.entered = False
+        if self.reserved:
+            self.invoker.state.admission.release_body()
+            self.reserved = False
         self.edge.connections.discard(self)
         transport = self.transport
         if transport is None:

@@ -18,7 +18,14 @@ from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, ModelError
-from bundleserve.api.invocation import JSON_CONTENT_TYPE, PICKLE_CONTENT_TYPE, Invocation, ModelReply
+from bundleserve.api.invocation import (
+    IDEMPOTENCY_HEADER,
+    JSON_CONTENT_TYPE,
+    PICKLE_CONTENT_TYPE,
+    Invocation,
+    ModelReply,
+    idempotency_key,
+)
 from bundleserve.dialects.base import public_base_url
 from bundleserve.router.calls import Call, parse_call
 from bundleserve.router.core import InvocationCore
@@ -71,8 +78,9 @@ def public_url_of_raw(headers: Mapping[bytes, bytes]) -> str:
     return public_base_url({name: headers[key].decode("latin-1") for name, key in _FORWARDING if key in headers})
 
 
-def invocation_of(call: Call) -> Invocation:
-    """The native body's call as the core's invocation (JSON keyword arguments, or a url input)."""
+def invocation_of(call: Call, key: str | None = None) -> Invocation:
+    """The native body's call as the core's invocation (JSON keyword arguments, or a url input); `key`: the
+    client's `Idempotency-Key` header (its retries of this call run the model once)."""
     body = call.args_json if call.args_json is not None else b"" if call.url is not None else encode_args(call.args)
     return Invocation(
         body=body,
@@ -80,6 +88,7 @@ def invocation_of(call: Call) -> Invocation:
         url=call.url,
         return_pickled=call.return_pickled,
         timeout_seconds=call.timeout_seconds,
+        idempotency_key=idempotency_key("native", key),
     )
 
 
@@ -133,8 +142,12 @@ class Invoker:
             body = await core.read_body(request)
         except ApiError as error:
             return as_response(self.refuse(error, started))
+        prepared = self.prepare(body, started, request.headers.get(IDEMPOTENCY_HEADER))
+        del body  # held once from here on: as the invocation's args text
         return as_response(
-            await self.answer_predict(body, started, lambda: public_base_url(request.headers, scheme=request.scheme))
+            await self.answer_prepared(
+                prepared, started, lambda: public_base_url(request.headers, scheme=request.scheme)
+            )
         )
 
     def refuse(self, error: ApiError, started: float) -> Answer:
@@ -142,15 +155,40 @@ class Invoker:
         self.core.refused(error, started)
         return error_answer(error)
 
-    async def answer_predict(self, body: bytes, started: float, public_url: Callable[[], str] | None = None) -> Answer:
+    async def answer_predict(
+        self,
+        body: bytes,
+        started: float,
+        public_url: Callable[[], str] | None = None,
+        idempotency: str | None = None,
+    ) -> Answer:
         """Everything after the body was read: parse, call the core, render. `public_url()` gives the client-facing
-        base URL that makes a stored result's `result_url` absolute (asked only when there is one)."""
+        base URL that makes a stored result's `result_url` absolute (asked only when there is one); `idempotency`:
+        the request's Idempotency-Key header."""
+        return await self.answer_prepared(self.prepare(body, started, idempotency), started, public_url)
+
+    def prepare(self, body: bytes, started: float, idempotency: str | None = None) -> tuple[Call, Invocation] | Answer:
+        """Parse a predict body (synchronously: the edges drop the body right after, so a request holds its input
+        once, as the invocation's args text); an error Answer for a body that is refused."""
         try:
             call = parse_call(body, kwargs_only=self.is_python)
+            return call, invocation_of(call, idempotency)
         except ApiError as error:
             return self.refuse(error, started)
+
+    async def answer_prepared(
+        self,
+        prepared: tuple[Call, Invocation] | Answer,
+        started: float,
+        public_url: Callable[[], str] | None = None,
+    ) -> Answer:
+        """Call the core with a prepared invocation and render its reply or error."""
+        if isinstance(prepared, Answer):
+            return prepared
+        call, invocation = prepared
+        del prepared
         try:
-            reply = await self.core.predict(invocation_of(call), started=started)
+            reply = await self.core.predict(invocation, started=started)
             if call.return_pickled:
                 return await self._pickled_answer(reply, public_url)
             return self._result_answer(reply)

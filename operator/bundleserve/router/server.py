@@ -34,14 +34,19 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before listening: a SIGTERM during start-up also drains
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+    limits = settings.connection_limits
+    runner = web.AppRunner(
+        app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0, **limits.server_kwargs()
+    )
     await runner.setup()
     edge: FastEdge | None = None
     listener: asyncio.Server | None = None
     try:
         if settings.serves(Mode.SYNC) and runner.server is not None:
             # predict on the fast edge; every other request is handed over to aiohttp on the same connection
-            edge = FastEdge(app[INVOKER], runner.server, body_seconds=settings.body_timeout_seconds)
+            edge = FastEdge(
+                app[INVOKER], runner.server, idle_seconds=limits.idle_seconds, body_seconds=limits.body_seconds
+            )
             listener = await loop.create_server(edge, settings.host, settings.port, backlog=2048, reuse_address=True)
         else:
             site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from bundleserve.api.endpoint import Endpoint, Mode, Routes
 from bundleserve.api.manifest import ManifestError, load_endpoints
 from bundleserve.outbound.destinations import DEFAULT_BLOCKED, AddressPolicy, parse_cidrs
+from bundleserve.router.connections import ConnectionLimits, limits_from_env
 
 DEFAULT_URL_SCHEMES = ("http", "https")
 DEFAULT_RESULTS_DIR = Path("/var/lib/bundleserve/results")
@@ -44,9 +45,16 @@ class Settings:
     #: Model readiness probe intervals: fast until the model is ready, then slow.
     probe_fast_seconds: float = 0.05
     probe_slow_seconds: float = 1.0
-    #: The fast edge's body deadline: a request body must be complete this long after its head, or 408 and close
-    #: (BUNDLESERVE_BODY_TIMEOUT_SECONDS; slowloris).
+    #: The body deadline of every connection (fast edge and aiohttp): a request body must be complete this long
+    #: after its head, or 408 and close (BUNDLESERVE_BODY_TIMEOUT_SECONDS; slowloris).
     body_timeout_seconds: float = 60.0
+    #: Keep-alive and head deadline of every connection: closed when idle this long, or when the next request's head
+    #: is not complete this long after the connection went idle (BUNDLESERVE_IDLE_TIMEOUT_SECONDS).
+    idle_timeout_seconds: float = 75.0
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(idle_seconds=self.idle_timeout_seconds, body_seconds=self.body_timeout_seconds)
 
     @property
     def name(self) -> str:
@@ -152,15 +160,10 @@ def build_settings(
         drain_seconds = float(drain) if drain else 0.0
     except ValueError:
         raise ConfigError(f"BUNDLESERVE_DRAIN_SECONDS must be a number of seconds, got {drain!r}") from None
-    body_timeout = env.get("BUNDLESERVE_BODY_TIMEOUT_SECONDS")
     try:
-        body_timeout_seconds = float(body_timeout) if body_timeout else Settings.body_timeout_seconds
-    except ValueError:
-        body_timeout_seconds = -1.0
-    if not body_timeout_seconds > 0:
-        raise ConfigError(
-            f"BUNDLESERVE_BODY_TIMEOUT_SECONDS must be a positive number of seconds, got {body_timeout!r}"
-        )
+        limits = limits_from_env(env)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     return Settings(
         endpoint=load_endpoint(endpoint_file),
         model_url=model_url.rstrip("/"),
@@ -173,5 +176,6 @@ def build_settings(
         url_schemes=parse_url_schemes(schemes),
         url_policy=read_url_policy(env),
         drain_seconds=drain_seconds,
-        body_timeout_seconds=body_timeout_seconds,
+        body_timeout_seconds=limits.body_seconds,
+        idle_timeout_seconds=limits.idle_seconds,
     )

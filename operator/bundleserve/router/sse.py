@@ -11,8 +11,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from bundleserve.api.invocation import loads_json
+
 _SUCCESS_PREFIX = b'data: {"status":"SUCCESS","result":'
 _EVENT_END = b"}\n\n"
+
+
+class EventTooLarge(ValueError):
+    """One event of the model's stream is larger than the parser's `max_event`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +35,14 @@ class EventParser:
     is then the second half of that CRLF and is dropped.
     """
 
-    __slots__ = ("_buffer", "_skip_lf")
+    __slots__ = ("_buffer", "_skip_lf", "max_event")
 
-    def __init__(self) -> None:
+    def __init__(self, max_event: int | None = None) -> None:
         self._buffer = b""
         self._skip_lf = False
+        #: Bytes one event may take (None: no limit); an event still incomplete past it raises EventTooLarge, so a
+        #: model that never ends its event cannot make the router buffer without bound.
+        self.max_event = max_event
 
     def feed(self, chunk: bytes) -> list[Event]:
         if self._skip_lf and chunk.startswith(b"\n"):
@@ -45,6 +54,10 @@ class EventParser:
         buffer = self._buffer + chunk if self._buffer else chunk
         *blocks, rest = buffer.split(b"\n\n")
         self._buffer = rest
+        if self.max_event is not None and (
+            len(rest) > self.max_event or any(len(block) > self.max_event for block in blocks)
+        ):
+            raise EventTooLarge(f"a streamed event is larger than the limit of {self.max_event} bytes")
         events = []
         for block in blocks:
             event = parse_block(block)
@@ -100,7 +113,7 @@ def failure_event(message: str, *, traceback: str | None = None, status_code: in
 def as_json(data: bytes) -> bytes:
     """`data` if it is JSON, else the JSON string of its text (runnable images may stream plain text)."""
     try:
-        json.loads(data)
+        loads_json(data)
     except ValueError:
         return json.dumps(data.decode("utf-8", errors="replace")).encode()
     return data

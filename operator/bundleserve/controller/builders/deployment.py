@@ -53,7 +53,6 @@ AWS_SESSION_TOKEN = "AWS_SESSION_TOKEN"
 NON_ROOT_ID = 65532
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # set by NVIDIA GPU feature discovery
-ROUTER_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
 
 
 def router_port(endpoint: Endpoint) -> int:
@@ -235,7 +234,7 @@ def router_container(endpoint: Endpoint, context: BuildContext) -> dict[str, Any
         ],
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "env": router_env(endpoint, context),
-        "resources": ROUTER_RESOURCES,
+        "resources": router_resources(endpoint),
         "readinessProbe": {
             "httpGet": {"path": READY_PATH, "port": "http"},
             "periodSeconds": 2,
@@ -350,3 +349,30 @@ def build_deployment(endpoint: Endpoint, context: BuildContext) -> Manifest:
         "metadata": metadata(endpoint, deployment_name(endpoint.name)),
         "spec": spec,
     }
+
+
+#: What a router needs besides request and reply bodies (interpreter, aiohttp, uvloop, metrics, buffers): an idle
+#: router's RSS is about 60 MiB; the rest is headroom for connections, headers and allocator slack.
+ROUTER_BASE_MEMORY = 160 * 1024 * 1024
+
+
+def router_memory_limit(endpoint: Endpoint) -> int:
+    """The router container's memory limit in bytes, derived from the Endpoint's own limits (issue 17, finding 4).
+
+    With `B = maxPayloadBytes`: at most `concurrency + maxQueued` request bodies are in memory (admitted before their
+    first byte is read, each held once), at most `concurrency` model replies (each refused past B), at most
+    `concurrency` replies kept for retries (router.dedup, B each), and the transient copies of the one body being
+    parsed or joined at a time (JSON parsing is synchronous: text, decoded value and cut args, plus a reply being
+    joined or framed: 4 B). The numbers are measured by tests/integration/test_router_memory.py. The CRD refuses an
+    Endpoint whose bodies would need more than `api.rules.ROUTER_BODY_BUDGET` (the limit stays at most 16 GiB).
+    """
+    invocation = endpoint.spec.invocation
+    bodies = invocation.concurrency + invocation.max_queued
+    replies = 2 * invocation.concurrency
+    return ROUTER_BASE_MEMORY + invocation.max_payload_bytes * (bodies + replies + 4)
+
+
+def router_resources(endpoint: Endpoint) -> dict[str, Any]:
+    """Requests stay small (an idle router); the limit is what the Endpoint's own limits can make it hold."""
+    mib = -(-router_memory_limit(endpoint) // (1024 * 1024))
+    return {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": f"{mib}Mi"}}

@@ -29,7 +29,7 @@ from bundleserve.api.errors import (
     Unauthorized,
     Unavailable,
 )
-from bundleserve.api.invocation import ModelReply, TaskStatus
+from bundleserve.api.invocation import ModelReply, TaskStatus, loads_json
 from bundleserve.dialects.launch.models import (
     EndpointStatus,
     EndpointType,
@@ -58,8 +58,9 @@ class LaunchStatuses:
 
 
 #: THE mapping of the documented error hierarchy to Launch statuses (looked up along the class's MRO; a class not
-#: listed keeps its own status). Timeouts: model-engine answers 408; the 0.3.x client retries 503/504/520/524 only,
-#: and its authors list 504 among the infrastructure hiccups worth a retry, so the legacy routes keep 504.
+#: listed keeps its own status). Timeouts are 408 on both, as model-engine answers: the 0.3.x client retries
+#: 503/504/520/524 on every verb and sends nothing that tells a retry from a new call, so a 504 after the model
+#: ran would run it up to three times (issue 17). 503 is answered only before the model was reached.
 ERROR_TABLE: Mapping[type[ApiError], LaunchStatuses] = {
     InvalidRequest: LaunchStatuses(400, 400),
     ModeNotServed: LaunchStatuses(400, 400),  # model-engine: "wrong endpoint type" is a 400
@@ -69,7 +70,7 @@ ERROR_TABLE: Mapping[type[ApiError], LaunchStatuses] = {
     ModelError: LaunchStatuses(424, 424),  # only where no task body can carry it (sync/stream render FAILURE)
     Overloaded: LaunchStatuses(429, 429),
     Unavailable: LaunchStatuses(503, 503),
-    Timeout: LaunchStatuses(504, 408),
+    Timeout: LaunchStatuses(408, 408),
 }
 
 
@@ -160,7 +161,7 @@ def result_text(reply: ModelReply) -> str:
     if reply.is_json:
         try:
             text = reply.body.decode()
-            json.loads(text)
+            loads_json(text)
         except ValueError:
             pass
         else:
@@ -172,7 +173,7 @@ def chunk_text(data: bytes) -> str:
     """The JSON text of one stream chunk: JSON data as sent, anything else as a JSON string."""
     try:
         text = data.decode()
-        json.loads(text)
+        loads_json(text)
     except ValueError:
         return json.dumps(data.decode("utf-8", errors="replace"))
     return text.strip()

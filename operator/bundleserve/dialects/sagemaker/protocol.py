@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from bundleserve.api import errors
-from bundleserve.api.invocation import Invocation, body_input
+from bundleserve.api.invocation import SDK_INVOCATION_ID_HEADER, Invocation, body_input, idempotency_key, loads_json
 from bundleserve.dialects.sagemaker import sigv4
 
 JSON_TYPE = "application/json"
@@ -80,6 +80,8 @@ class SageMakerRequest:
     accept: str | None
     custom_attributes: str | None
     inference_id: str | None
+    #: botocore's `amz-sdk-invocation-id` (the same on every retry of one call), as an Invocation idempotency key.
+    idempotency_key: str | None = None
     input_location: str | None = None
     request_ttl_seconds: int | None = None
     invocation_timeout_seconds: int | None = None
@@ -132,6 +134,7 @@ def parse_request(
     if inference_id is not None and not (1 <= len(inference_id) <= 64 and inference_id.isascii()):
         raise ValidationError(f"{H_INFERENCE_ID} must be 1..64 ASCII characters")
     custom = _ascii_header(headers, H_CUSTOM_ATTRIBUTES)
+    retried = idempotency_key("sagemaker", headers.get(SDK_INVOCATION_ID_HEADER))
     if operation is Operation.INVOKE_ASYNC:
         location = _ascii_header(headers, H_INPUT_LOCATION, min_length=1)
         if location is not None and INPUT_LOCATION.fullmatch(location) is None:
@@ -143,6 +146,7 @@ def parse_request(
             accept=_ascii_header(headers, H_SM_ACCEPT),
             custom_attributes=custom,
             inference_id=inference_id,
+            idempotency_key=retried,
             input_location=location,
             request_ttl_seconds=_int_header(headers, H_REQUEST_TTL, REQUEST_TTL_RANGE),
             invocation_timeout_seconds=_int_header(headers, H_INVOCATION_TIMEOUT, INVOCATION_TIMEOUT_RANGE),
@@ -155,6 +159,7 @@ def parse_request(
         accept=_ascii_header(headers, accept_header),
         custom_attributes=custom,
         inference_id=inference_id,
+        idempotency_key=retried,
     )
 
 
@@ -192,6 +197,7 @@ def build_invocation(
             accept=request.accept,
             custom_attributes=request.custom_attributes,
             request_id=request.inference_id,
+            idempotency_key=request.idempotency_key,
             url_body=True,
         )
     content_type, raw = body_input(body, request.content_type, python_bundle=python_bundle)
@@ -204,6 +210,7 @@ def build_invocation(
         accept=request.accept,
         custom_attributes=request.custom_attributes,
         request_id=request.inference_id,
+        idempotency_key=request.idempotency_key,
     )
 
 
@@ -231,7 +238,7 @@ def payload_bytes(data: bytes, *, python_bundle: bool) -> bytes:
     if not python_bundle:
         return data
     try:
-        value = json.loads(data)
+        value = loads_json(data)
     except ValueError:
         return data
     return value.encode("utf-8") if isinstance(value, str) else data
@@ -257,6 +264,7 @@ ERROR_TABLE: tuple[tuple[type[errors.ApiError], ErrorShape], ...] = (
     (errors.ModeNotServed, ErrorShape(400, "ValidationError")),
     (errors.InvalidRequest, ErrorShape(400, "ValidationError")),
     (errors.PayloadTooLarge, ErrorShape(413, "ValidationError")),
+    (errors.RequestTimeout, ErrorShape(408, "RequestTimeout")),  # a body that trickled past its deadline
     (errors.ModelError, ErrorShape(424, "ModelError")),
     (errors.Timeout, ErrorShape(424, "ModelError")),
     (errors.Overloaded, ErrorShape(503, "ServiceUnavailable")),

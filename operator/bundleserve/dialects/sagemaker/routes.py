@@ -93,6 +93,8 @@ class SageMakerApi:
         self.tasks = tasks
         self.gatekeeper: FrontGate | InvocationBackend | None = invocations if invocations is not None else gate
         self.forward = forward
+        #: Signatures verified here recently: an exact replay is refused (sigv4.ReplayGuard).
+        self.replays = sigv4.ReplayGuard(settings.signing.max_clock_skew_seconds)
 
     # -- shared steps ----------------------------------------------------------------------------------------------
 
@@ -134,7 +136,11 @@ class SageMakerApi:
             return await request.read()
         return await self.gatekeeper.read_body(request)
 
-    def _verify(self, request: web.Request, signed: sigv4.SignedRequest | None, body: bytes) -> None:
+    def _verify(
+        self, request: web.Request, signed: sigv4.SignedRequest | None, body: bytes, *, once: bool = True
+    ) -> None:
+        """The signature over the body; `once` (invocations): an exact replay of a verified signature is refused
+        (reads of a task's output or failure may repeat: replaying them changes nothing)."""
         if signed is None:
             return
         sigv4.verify_signature(
@@ -147,7 +153,10 @@ class SageMakerApi:
                 [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.raw_headers]
             ),
             body=body,
+            secure=request.secure,
         )
+        if once:
+            self.replays.check(signed, request.headers)
 
     def _backend(self, name: str) -> InvocationBackend:
         if self.invocations is None:
@@ -310,7 +319,7 @@ class SageMakerApi:
     def _location_tasks(self, request: web.Request, name: str) -> TaskBackend:
         """The same authentication as the invocations (a signed GET over an empty body), then the endpoint's tasks."""
         signed, authorization = self._authenticate(request)
-        self._verify(request, signed, b"")
+        self._verify(request, signed, b"", once=False)
         self._gate(name, signed, authorization, Mode.ASYNC)
         return self._tasks(name)
 

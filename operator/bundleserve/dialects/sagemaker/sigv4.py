@@ -8,6 +8,17 @@ without a signature (boto3 with `signature_version=UNSIGNED`) pass only when the
 Verification is split in two so that a stranger cannot make us read a 6 MB body: `parse_authorization` checks
 everything the headers alone decide (algorithm, scope, known key, clock skew) before the body is read, and
 `verify_signature` checks the signature over the body afterwards. Secrets never appear in messages, logs or reprs.
+
+Two refusals go beyond recomputing the signature (docs/dialects.md, "Signatures"):
+- `UNSIGNED-PAYLOAD` is accepted only on a TLS connection to this server. Over plain HTTP it would let anyone on the
+  path swap the body under a valid signature. Nothing a SageMaker user runs sends it: botocore's sagemaker-runtime
+  operations sign the payload (no unsigned-body auth trait), over HTTP and HTTPS alike.
+- An exact replay (the same signature again within the clock-skew window) is refused: `ReplayGuard` remembers the
+  signatures it verified until they expire. botocore signs only content-type, host and X-Amz-Date (1 s resolution)
+  of an InvokeEndpoint, so a retry sent within the same second as its previous attempt carries the same signature;
+  it is told apart by its unsigned `amz-sdk-invocation-id` (the same as the first attempt's) and a new
+  `amz-sdk-request: attempt=N`: each attempt number is admitted once per signature (at most `MAX_ATTEMPTS`), and
+  the invocation id makes all of them one call that runs the model once (router.dedup).
 """
 
 from __future__ import annotations
@@ -18,6 +29,8 @@ import hmac
 import os
 import posixpath
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +159,8 @@ def parse_authorization(
         )
     if authorization is None:
         raise MissingAuthenticationToken("Missing Authentication Token: this endpoint requires SigV4-signed requests")
+    if not authorization.isascii():  # a signature is ASCII; other bytes are no credential (401, not an error)
+        raise IncompleteSignature("malformed Authorization header")
     algorithm, _, rest = authorization.strip().partition(" ")
     if algorithm != ALGORITHM:
         raise IncompleteSignature(f"unsupported authorization scheme; expected {ALGORITHM}")
@@ -256,11 +271,13 @@ def verify_signature(
     raw_query: str,
     header_values: Mapping[str, list[str]],
     body: bytes,
+    secure: bool = False,
 ) -> None:
     """Recompute the signature over the request and compare in constant time; raise SignatureRejected on mismatch.
 
     `header_values` maps lower-cased header names to all their values (in order). A signed header that is absent
-    means the request was altered on the way.
+    means the request was altered on the way. `secure`: the request came over TLS to this server, the only case in
+    which a payload declared `UNSIGNED-PAYLOAD` is accepted (anywhere else its body could be swapped on the way).
     """
     missing = [name for name in signed.signed_headers if name not in header_values]
     if missing:
@@ -268,6 +285,11 @@ def verify_signature(
     body_hash = hashlib.sha256(body).hexdigest()
     # An SDK that does not sign the payload (payload signing off over TLS) says so in this header, as UNSIGNED-PAYLOAD.
     declared = header_values.get("x-amz-content-sha256")
+    if declared is not None and declared[0] == UNSIGNED_PAYLOAD and not secure:
+        raise SignatureRejected(
+            "UNSIGNED-PAYLOAD is accepted only over TLS: over plain HTTP the signature must cover the body "
+            "(the AWS SDKs' sagemaker-runtime clients sign it)"
+        )
     if declared is not None and declared[0] not in (body_hash, UNSIGNED_PAYLOAD):
         raise SignatureRejected("X-Amz-Content-SHA256 does not match the body")
     payload_hash = declared[0] if declared is not None else body_hash
@@ -293,3 +315,58 @@ def request_header_values(items: list[tuple[str, str]]) -> dict[str, list[str]]:
     for name, value in items:
         values.setdefault(name.lower(), []).append(value)
     return values
+
+
+class SignatureReplayed(SignatureRejected):
+    """The exact signature of a request already accepted: a replay (a retrying SDK signs every attempt anew)."""
+
+
+#: Attempts of one call admitted under one signature (botocore's legacy mode makes 5; adaptive and custom configs more).
+MAX_ATTEMPTS = 10
+_ATTEMPT = re.compile(r"\s*attempt\s*=\s*(\d+)")
+
+
+class ReplayGuard:
+    """The signatures verified in the last clock-skew window, to refuse an exact replay.
+
+    Bounded: at most `max_entries` signatures (64 bytes of hex each, about 150 bytes with their bookkeeping), the
+    oldest forgotten first when full, so memory stays fixed whatever the request rate; a replay of a forgotten one
+    passes (at the default bound that needs more than 100,000 signed requests within the window on one process).
+    Per process: a replay sent to another replica of the router or gateway is not seen here (docs/dialects.md).
+    """
+
+    def __init__(self, window_seconds: float = MAX_CLOCK_SKEW_SECONDS, max_entries: int = 100_000) -> None:
+        # a signature stays valid for the skew on either side of its X-Amz-Date: remember it twice as long
+        self.window_seconds = 2 * window_seconds
+        self.max_entries = max_entries
+        #: signature -> (expiry, the call's amz-sdk-invocation-id, the attempt numbers admitted)
+        self._seen: OrderedDict[str, tuple[float, str | None, set[int]]] = OrderedDict()
+
+    def check(self, signed: SignedRequest, headers: Mapping[str, str] | None = None) -> None:
+        """Record the (already verified) signature; raise SignatureReplayed if it was seen within the window, unless
+        this is another attempt of the same call (same `amz-sdk-invocation-id`, an attempt number not seen yet)."""
+        now = time.monotonic()
+        seen = self._seen
+        while seen:
+            oldest, (expires, _, _) = next(iter(seen.items()))
+            if expires > now and len(seen) < self.max_entries:
+                break
+            del seen[oldest]
+        invocation = headers.get("amz-sdk-invocation-id") if headers is not None else None
+        attempt = _attempt(headers.get("amz-sdk-request") if headers is not None else None)
+        found = seen.get(signed.signature)
+        if found is None:
+            seen[signed.signature] = (now + self.window_seconds, invocation, {attempt} if attempt else set())
+            return
+        _, first_invocation, attempts = found
+        if invocation is None or invocation != first_invocation or attempt is None or attempt in attempts:
+            raise SignatureReplayed("this signed request was already received: a replayed request is refused")
+        if len(attempts) >= MAX_ATTEMPTS:
+            raise SignatureReplayed(f"more than {MAX_ATTEMPTS} attempts of one signed request: refused as a replay")
+        attempts.add(attempt)
+
+
+def _attempt(value: str | None) -> int | None:
+    """N of `amz-sdk-request: attempt=N; max=M`, or None."""
+    match = _ATTEMPT.match(value or "")
+    return int(match.group(1)) if match else None
