@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 EXAMPLES ?= examples/echo/endpoint.yaml examples/iris/endpoint.yaml examples/slow-job/endpoint.yaml examples/token-streamer/endpoint.yaml examples/tiny-chat/endpoint.yaml
 
-.PHONY: run test lint typecheck unit integration e2e fuzz crds bench clean mutation redis-server browser cluster cluster-binaries sdk-clients lock image image-tools clean-images
+.PHONY: run test lint typecheck unit integration e2e fuzz crds bench clean mutation redis-server browser cluster cluster-binaries sdk-clients lock image image-tools clean-images node-packages
 
 # The locking and installing tool (uv), itself pinned by hash in requirements/uv.txt, in an environment of its own so
 # that `uv pip sync` of the project's environments never removes it.
@@ -100,14 +100,24 @@ crds: $(STAMP)
 	$(BIN)/python -m bundleserve.api.crd > crds/endpoints.bundleserve.dev.yaml
 	cp crds/endpoints.bundleserve.dev.yaml charts/bundleserve/files/crds/endpoints.bundleserve.dev.yaml
 
-# A real Kubernetes control plane on loopback (built from the pinned Go modules in tests/cluster/ on first use), in the
-# foreground until Ctrl-C; its admin kubeconfig is .cluster/kubeconfig.
-cluster: $(STAMP)
-	$(BIN)/python -m tests.support.cluster .cluster/kubeconfig
+# A real Kubernetes cluster on this machine (built from the pinned Go modules in tests/cluster/ on first use), in the
+# foreground until Ctrl-C: the control plane on loopback and a node (containerd, kubelet, kube-proxy, CNI, CoreDNS) in
+# namespaces of its own; its admin kubeconfig is .cluster/kubeconfig. Needs root (namespaces, cgroups, mounts).
+cluster: $(STAMP) node-packages
+	$(BIN)/python -m tests.support.node .cluster/kubeconfig
 
-# Build (first use: about 30 minutes on 2 cores) or find the cached control-plane binaries before the tests start.
-cluster-binaries: $(STAMP)
-	$(BIN)/python -m tests.support.cluster --build
+# Build (first use: about 30 minutes on 2 cores) or find the cached cluster binaries (control plane, kubelet,
+# kube-proxy, CoreDNS) and the node's own images before the tests start.
+cluster-binaries: $(STAMP) node-packages
+	$(BIN)/python -m tests.support.node --build
+
+# The node's Debian packages: containerd and runc, the standard CNI plugins, iptables, gcc (the pause image) and
+# busybox-static (the tool image of the node tests).
+node-packages:
+	command -v containerd >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && test -x /usr/lib/cni/bridge && \
+		command -v gcc >/dev/null 2>&1 && test -x /bin/busybox && command -v iptables >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd runc \
+			containernetworking-plugins iptables gcc libc6-dev busybox-static; }
 
 # Both images (Dockerfile, examples/Dockerfile) as OCI archives, built here with buildah from a base made with
 # mmdebstrap through this machine's apt sources: no Docker engine, no registry, nothing pulled. Cached by the hash of

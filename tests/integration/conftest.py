@@ -5,10 +5,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from tests.support.cluster_fixtures import kube_cluster
+from tests.support.cluster_fixtures import kube_cluster, kube_node
 from tests.support.k8s.fixtures import k8s_api
 
-__all__ = ["http", "k8s_api", "kube_cluster"]
+__all__ = ["http", "k8s_api", "kube_cluster", "kube_node"]
 
 
 @pytest.fixture

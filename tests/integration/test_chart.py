@@ -493,6 +493,21 @@ def test_gateway_serves_its_port_with_the_shared_configuration(rendered: dict[st
     }
 
 
+def test_gateway_results_dir_is_writable_without_a_claim(chart: helm.Chart) -> None:
+    """Found on the real node: with a Redis and no results claim, the gateway opens its filesystem result store at
+    start and crashed on its read-only root filesystem ("Read-only file system: '/var/lib/bundleserve'"). Like the
+    routers' pods, it gets an emptyDir there."""
+    values = {"gateway": {"enabled": True}, "redis": {"existingSecret": "queue"}}
+    objects = _parse(chart.render(values, name=RELEASE, namespace=NAMESPACE))
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-gateway")]
+    container = _container(deployment, "gateway")
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts.get("results") == "/var/lib/bundleserve/results"
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes["results"]
+
+
 def test_network_policies_cover_each_enabled_component(rendered: dict[str, Rendered]) -> None:
     objects = rendered["all-on-namespaced"]
     policies = {p["metadata"]["name"]: p for p in objects.of_kind("NetworkPolicy")}

@@ -5,12 +5,13 @@ Why: the operator's users run it on real clusters; an emulator cannot show what 
 authorizer, CEL validation, defaulting or garbage collector do. Nothing is downloaded but Go modules (the Go module
 proxy); the binaries are built once per version into a cache outside the repository and reused.
 
-- `binaries()` builds (first use, under a file lock so concurrent sessions build once) and returns the four paths.
+- `binaries()` builds (first use, under a file lock so concurrent sessions build once) and returns the paths (the
+  control plane, and the kubelet and kube-proxy of tests/support/node.py).
 - `ControlPlane(workdir).start()` makes a CA and certificates (openssl), starts the four processes on free ports,
   writes an admin kubeconfig, waits for readiness with a deadline; `.stop()` ends every process group it started.
-- `python -m tests.support.cluster [KUBECONFIG]` is `make cluster`: one ready line, stops on Ctrl-C or SIGTERM.
+- `python -m tests.support.cluster [KUBECONFIG]`: the control plane alone, one ready line, stops on Ctrl-C or SIGTERM.
 
-Pods never run: there is no kubelet, kube-proxy, CNI or DNS (Service and pod IPs are bookkeeping only).
+Pods never run on the control plane alone; tests/support/node.py adds a real node (kubelet, kube-proxy, CNI, DNS).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from tests.support.processes import REPO, free_port
 KUBERNETES_VERSION = "v1.34.10"
 ETCD_VERSION = "v3.6.10"
 MODULES = REPO / "tests" / "cluster"
-KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
 #: How long a start may take on a busy 2-core machine (upstream's own CI needs 30-35 s on contended runners).
 START_TIMEOUT = float(os.environ.get("BUNDLESERVE_CLUSTER_START_TIMEOUT", "180"))
 #: Audit policy: every request at Metadata level (who, verb, resource, code), so tests count the operator's writes and
@@ -54,7 +55,8 @@ AUDIT_POLICY = {
     "omitStages": ["RequestReceived"],
     "rules": [
         {"level": "None", "users": ["system:kube-scheduler", "system:kube-controller-manager"]},
-        {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+        {"level": "None", "userGroups": ["system:serviceaccounts:kube-system", "system:nodes"]},
+        {"level": "None", "users": ["system:kube-proxy", "bundleserve:coredns"]},
         {"level": "None", "verbs": ["watch"]},
         {"level": "Metadata"},
     ],
@@ -118,10 +120,12 @@ class Binaries:
     apiserver: Path
     controller_manager: Path
     scheduler: Path
+    kubelet: Path
+    kube_proxy: Path
 
 
 def binaries() -> Binaries:
-    """The four binaries, building what is missing (minutes on the first run; a no-op afterwards)."""
+    """The binaries (control plane and node), building what is missing (minutes on the first run; a no-op afterwards)."""
     kube_dir = cache_root() / "k8s" / KUBERNETES_VERSION
     etcd_dir = cache_root() / "etcd" / ETCD_VERSION
     kube_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +147,8 @@ def binaries() -> Binaries:
         apiserver=kube_dir / "kube-apiserver",
         controller_manager=kube_dir / "kube-controller-manager",
         scheduler=kube_dir / "kube-scheduler",
+        kubelet=kube_dir / "kubelet",
+        kube_proxy=kube_dir / "kube-proxy",
     )
 
 
@@ -152,7 +158,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 def make_certificates(pki: Path) -> None:
     """One CA; the API server's serving cert (127.0.0.1, localhost, kubernetes.default.svc); an admin client cert
-    (group system:masters); the service-account signing key pair."""
+    (group system:masters); the API server's client cert towards kubelets; the service-account signing key pair."""
     pki.mkdir(parents=True, exist_ok=True)
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bundleserve-test-ca",
              "-keyout", "ca.key", "-out", "ca.crt", cwd=pki)  # fmt: skip
@@ -160,6 +166,8 @@ def make_certificates(pki: Path) -> None:
     for name, subject, extensions in (
         ("apiserver", "/CN=kube-apiserver", [sans, "extendedKeyUsage=serverAuth"]),
         ("admin", "/O=system:masters/CN=bundleserve-admin", ["extendedKeyUsage=clientAuth"]),
+        # The API server's identity towards kubelets (logs, exec, port-forward), for tests/support/node.py.
+        ("kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client", ["extendedKeyUsage=clientAuth"]),
     ):
         _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", f"{name}.key",
                  "-out", f"{name}.csr", cwd=pki)  # fmt: skip
@@ -315,7 +323,10 @@ class ControlPlane:
             str(found.apiserver), f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1", f"--secure-port={secure}", f"--cert-dir={pki}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--client-ca-file={pki / 'ca.crt'}", f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+            # Kubelets by their InternalIP only: a node's hostname would be looked up in the host's DNS.
+            "--kubelet-preferred-address-types=InternalIP",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--authorization-mode=Node,RBAC", "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",

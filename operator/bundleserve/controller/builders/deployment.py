@@ -50,7 +50,9 @@ RESULTS_DIR = "/var/lib/bundleserve/results"
 AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
 AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
 AWS_SESSION_TOKEN = "AWS_SESSION_TOKEN"
-NON_ROOT_ID = 65532
+#: The bundleserve image's own user (Dockerfile `USER 10001:10001`): pods run as the user the image was built for,
+#: so files the image gives that user stay theirs. tests/unit/test_bundle_dockerfile.py checks that both agree.
+NON_ROOT_ID = 10001
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # set by NVIDIA GPU feature discovery
 
