@@ -111,13 +111,14 @@ cluster: $(STAMP) node-packages
 cluster-binaries: $(STAMP) node-packages
 	$(BIN)/python -m tests.support.node --build
 
-# The node's Debian packages: containerd and runc, the standard CNI plugins, iptables, gcc (the pause image) and
-# busybox-static (the tool image of the node tests).
+# The node's Debian packages: containerd and runc, the standard CNI plugins, iptables and conntrack (kube-proxy), gcc
+# (the pause image) and busybox-static (the tool image of the node tests).
 node-packages:
 	command -v containerd >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && test -x /usr/lib/cni/bridge && \
-		command -v gcc >/dev/null 2>&1 && test -x /bin/busybox && command -v iptables >/dev/null 2>&1 || \
+		command -v gcc >/dev/null 2>&1 && test -x /bin/busybox && command -v iptables >/dev/null 2>&1 && \
+		command -v conntrack >/dev/null 2>&1 || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd runc \
-			containernetworking-plugins iptables gcc libc6-dev busybox-static; }
+			containernetworking-plugins iptables conntrack gcc libc6-dev busybox-static; }
 
 # Both images (Dockerfile, examples/Dockerfile) as OCI archives, built here with buildah from a base made with
 # mmdebstrap through this machine's apt sources: no Docker engine, no registry, nothing pulled. Cached by the hash of
