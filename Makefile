@@ -12,9 +12,13 @@ EXAMPLES ?= examples/echo/endpoint.yaml examples/iris/endpoint.yaml examples/slo
 # that `uv pip sync` of the project's environments never removes it.
 TOOLS := .venv-tools
 UV    := $(TOOLS)/bin/uv
+# Installed into a plain folder with the interpreter's own pip (1-2 s); where that pip is missing or too old, into a
+# virtual environment of its own (a few seconds more).
+UV_PIN := --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements/uv.txt
 $(UV): requirements/uv.txt
-	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
-	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements/uv.txt
+	rm -rf $(TOOLS)
+	$(PYTHON) -m pip install $(UV_PIN) --root-user-action=ignore --target $(TOOLS) 2>/dev/null || \
+		{ rm -rf $(TOOLS) && $(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/python -m pip install $(UV_PIN); }
 	touch $(UV)
 
 # One environment, synced to exactly one lock file: `uv pip sync` installs what the file names and removes anything else,
