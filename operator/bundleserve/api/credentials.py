@@ -37,6 +37,15 @@ class KeysFileError(ValueError):
     """The keys file cannot be parsed; the message names the line (never the key)."""
 
 
+def parse_namespaces(field: str, number: int) -> frozenset[str]:
+    """The comma-separated namespace list after a key (this file's API keys, and the SageMaker dialect's SigV4 keys
+    file, which uses the same syntax); KeysFileError naming line `number` when a name is not a DNS label."""
+    names = [name.strip() for name in field.split(",") if name.strip()]
+    if not names or any(not _LABEL.match(name) for name in names):
+        raise KeysFileError(f"line {number}: namespaces must be DNS labels, separated by commas")
+    return frozenset(names)
+
+
 @dataclass(frozen=True)
 class ScopedKey:
     key: str
@@ -64,12 +73,7 @@ class KeysFile:
             parts = parts[:comment]
             if len(parts) > 2:
                 raise KeysFileError(f"line {number}: expected `KEY [namespace,...]`, found more fields")
-            scope: frozenset[str] | None = None
-            if len(parts) == 2:
-                names = [name.strip() for name in parts[1].split(",") if name.strip()]
-                if not names or any(not _LABEL.match(name) for name in names):
-                    raise KeysFileError(f"line {number}: namespaces must be DNS labels, separated by commas")
-                scope = frozenset(names)
+            scope = parse_namespaces(parts[1], number) if len(parts) == 2 else None
             found.append(ScopedKey(parts[0], scope))
         canonical = "\n".join(
             f"{item.key} {','.join(sorted(item.namespaces)) if item.namespaces is not None else '*'}"

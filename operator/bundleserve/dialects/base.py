@@ -52,10 +52,19 @@ class InvocationBackend(CallBackend, Protocol):
     Errors are `bundleserve.api.errors.ApiError` subclasses; the dialect renders them in its own shape.
     """
 
-    def gate(self, name: str | None, authorization: str | None, mode: Mode, *, authenticated: bool = False) -> None:
+    def gate(
+        self,
+        name: str | None,
+        authorization: str | None,
+        mode: Mode,
+        *,
+        authenticated: bool = False,
+        scope: frozenset[str] | None = None,
+    ) -> None:
         """Refuse before the body is read: unknown endpoint (NotFound), API key (Unauthorized; skipped when the
-        dialect says `authenticated`, having verified a credential of its own), mode not served (ModeNotServed),
-        draining or not ready (Unavailable; not for async submissions)."""
+        dialect says `authenticated`, having verified a credential of its own, which opens the namespaces `scope`,
+        None: all; an endpoint outside them is NotFound), mode not served (ModeNotServed), draining or not ready
+        (Unavailable; not for async submissions)."""
         ...
 
     def authorize(self, authorization: str | None) -> None:

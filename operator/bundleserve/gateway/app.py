@@ -90,23 +90,29 @@ class Gateway:
     # -- the gate every /v1 route passes before reading a body -------------------------------------------------
 
     def gate(
-        self, name: str | None, authorization: str | None, mode: Mode | None, *, authenticated: bool = False
+        self,
+        name: str | None,
+        authorization: str | None,
+        mode: Mode | None,
+        *,
+        authenticated: bool = False,
+        scope: frozenset[str] | None = None,
     ) -> EndpointEntry | None:
-        """API key (unless a dialect verified its own credential: `authenticated`), then name and mode; `name=None`
-        (a route addressed by task id only) checks the key alone. Readiness is the router's to judge: a request to
+        """API key (unless a dialect verified its own credential: `authenticated`, whose namespaces are `scope`,
+        None: cluster-wide), then name (an endpoint outside the credential's namespaces answers as an unknown name,
+        before its modes are looked at) and mode; `name=None` (a route addressed by task id only) checks the key alone. Readiness is the router's to judge: a request to
         an endpoint without a ready replica gets the router's (or the proxy's) 503, and async submissions never
         depend on it. The dialects' forwarding mounts call this same method (it satisfies their gate Protocols)."""
-        scope: frozenset[str] | None = None
         if not authenticated:
             require_key(self.keys, authorization)
             scope = self.scope(authorization)
         _SCOPE.set(scope)
         if name is None:
             return None
-        entry = self.registry.resolve(name, mode)
+        entry = self.registry.resolve(name)
         if scope is not None and entry.namespace not in scope:
             raise NotFound(f"unknown endpoint {name!r}")  # the same answer as a name that does not exist
-        return entry
+        return self.registry.resolve(name, mode)
 
     def scope(self, authorization: str | None) -> frozenset[str] | None:
         """The namespaces the (already accepted) credential reaches: None for a cluster-wide key or keys off."""

@@ -124,14 +124,24 @@ class InvocationCore:
 
     # -- before the body ------------------------------------------------------------------------------------------
 
-    def gate(self, name: str | None, authorization: str | None, mode: Mode, *, authenticated: bool = False) -> None:
+    def gate(
+        self,
+        name: str | None,
+        authorization: str | None,
+        mode: Mode,
+        *,
+        authenticated: bool = False,
+        scope: frozenset[str] | None = None,
+    ) -> None:
         """Refuse before reading the body: another endpoint's name (None: our own exact path), a missing API key,
         a mode this endpoint does not serve, and, for sync and streaming, draining or a model that is not ready.
 
         `authenticated=True` means the dialect already proved who the caller is with a credential of its own (a
         verified SageMaker SigV4 signature, whose key the operator configured): the API-key check is skipped then,
         every other check stays. An unmodified AWS SDK cannot send an API key, so without this a router with API keys
-        would refuse every SageMaker request.
+        would refuse every SageMaker request. Such a credential opens only the namespaces `scope` (None: a
+        cluster-wide key, which only an admin's own router configuration holds; the operator passes routers none):
+        a router of another namespace answers as for another endpoint's name (NotFound).
 
         Async submissions pass while the model loads or the router drains: the queue is in Redis and any replica's
         worker runs the task later.
@@ -140,6 +150,8 @@ class InvocationCore:
             raise NotFound(f"this router serves endpoint {self.name!r}, not {name!r}")
         if not authenticated:
             self.authorize(authorization)
+        elif scope is not None and self.state.settings.endpoint.namespace not in scope:
+            raise NotFound(f"this router serves endpoint {self.name!r}, not {name!r}")
         state = self.state
         if not state.settings.serves(mode):
             raise ModeNotServed(f"endpoint {self.name!r} does not serve the {mode.value} mode")

@@ -40,7 +40,13 @@ class FrontGate(Protocol):
     """
 
     def gate(
-        self, name: str | None, authorization: str | None, mode: Mode, *, authenticated: bool = False
+        self,
+        name: str | None,
+        authorization: str | None,
+        mode: Mode,
+        *,
+        authenticated: bool = False,
+        scope: frozenset[str] | None = None,
     ) -> object: ...
 
     @property
@@ -123,11 +129,13 @@ class SageMakerApi:
         return self.gatekeeper is not None and self.gatekeeper.requires_api_key
 
     def _gate(self, name: str, signed: sigv4.SignedRequest | None, authorization: str | None, mode: Mode) -> None:
-        """The one gate (the core's or the front's), with SageMaker's wording for an unknown endpoint."""
+        """The one gate (the core's or the front's), with SageMaker's wording for an unknown endpoint. A signature's
+        key opens only its namespaces (`scope`); another namespace's endpoint gets the unknown endpoint's answer."""
         if self.gatekeeper is None:
             return
+        scope = self.settings.signing.scope_of(signed.access_key_id) if signed is not None else None
         try:
-            self.gatekeeper.gate(name, authorization, mode, authenticated=signed is not None)
+            self.gatekeeper.gate(name, authorization, mode, authenticated=signed is not None, scope=scope)
         except NotFound:
             raise protocol.unknown_endpoint(name) from None
 

@@ -9,6 +9,16 @@ Verification is split in two so that a stranger cannot make us read a 6 MB body:
 everything the headers alone decide (algorithm, scope, known key, clock skew) before the body is read, and
 `verify_signature` checks the signature over the body afterwards. Secrets never appear in messages, logs or reprs.
 
+Keys are scoped to namespaces like API keys (api/credentials.py, docs/security.md): a key file line may name the
+namespaces its key opens (`ACCESS_KEY_ID:SECRET team-a,team-b`); `SigV4Config.scope_of` gives them to the gate, which
+answers a call on any other namespace's endpoint as it answers an unknown endpoint. A key without namespaces (and the
+environment's key pair) is cluster-wide: the chart gives SigV4 keys to the gateway only, and the operator passes none
+to routers.
+
+Errors: `SignatureRejected` and its subclasses (401/403 in AWS's shapes, protocol.py); `ValueError` for a bad
+configuration (`KeysFileError`, a ValueError, for a malformed key file line; the message names the line, never the
+secret).
+
 Two refusals go beyond recomputing the signature (docs/dialects.md, "Signatures"):
 - `UNSIGNED-PAYLOAD` is accepted only on a TLS connection to this server. Over plain HTTP it would let anyone on the
   path swap the body under a valid signature. Nothing a SageMaker user runs sends it: botocore's sagemaker-runtime
@@ -37,6 +47,7 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import quote
 
+from bundleserve.api.credentials import KeysFileError, parse_namespaces
 from bundleserve.api.errors import Unauthorized
 
 SERVICE = "sagemaker"
@@ -76,10 +87,12 @@ class IncompleteSignature(SignatureRejected):
 
 @dataclass(frozen=True)
 class SigV4Config:
-    """Who may call: `keys` maps access key id -> secret; `allow_unsigned` admits requests without a signature."""
+    """Who may call: `keys` maps access key id -> secret; `namespaces` maps the ids of namespace-scoped keys to the
+    namespaces they open (an id absent from it is cluster-wide); `allow_unsigned` admits requests without a signature."""
 
     region: str = DEFAULT_REGION
     keys: Mapping[str, str] = field(default_factory=dict, repr=False)
+    namespaces: Mapping[str, frozenset[str]] = field(default_factory=dict)
     allow_unsigned: bool = False
     max_clock_skew_seconds: float = MAX_CLOCK_SKEW_SECONDS
 
@@ -89,23 +102,41 @@ class SigV4Config:
             f"allow_unsigned={self.allow_unsigned!r})"
         )
 
+    def scope_of(self, access_key_id: str) -> frozenset[str] | None:
+        """The namespaces a (verified) access key opens; None: a cluster-wide key."""
+        return self.namespaces.get(access_key_id)
+
     @property
     def open(self) -> bool:
         """True when nothing is checked (no keys and unsigned allowed)."""
         return not self.keys and self.allow_unsigned
 
 
-def parse_keys_file(text: str) -> dict[str, str]:
-    """`ACCESS_KEY_ID:SECRET` per line; blank lines and `#` comments ignored. Errors never quote the secret."""
-    keys: dict[str, str] = {}
+@dataclass(frozen=True)
+class KeyEntry:
+    """One line of the key file: the secret (never in a repr) and the namespaces it opens (None: cluster-wide)."""
+
+    secret: str = field(repr=False)
+    namespaces: frozenset[str] | None = None
+
+
+def parse_keys_file(text: str) -> dict[str, KeyEntry]:
+    """`ACCESS_KEY_ID:SECRET [namespace,...]` per line; blank lines and `#` comments ignored. The namespace list has
+    the API keys file's syntax (api/credentials.parse_namespaces). Errors never quote the secret."""
+    keys: dict[str, KeyEntry] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        key_id, sep, secret = line.partition(":")
-        if not sep or not key_id.strip() or not secret.strip():
-            raise ValueError(f"SageMaker key file line {number}: expected ACCESS_KEY_ID:SECRET")
-        keys[key_id.strip()] = secret.strip()
+        key_id, sep, rest = line.partition(":")
+        fields = rest.split()
+        if not sep or not key_id.strip() or not 1 <= len(fields) <= 2:
+            raise KeysFileError(f"SageMaker key file line {number}: expected ACCESS_KEY_ID:SECRET [namespace,...]")
+        try:
+            scope = parse_namespaces(fields[1], number) if len(fields) == 2 else None
+        except KeysFileError as error:
+            raise KeysFileError(f"SageMaker key file {error}") from None
+        keys[key_id.strip()] = KeyEntry(fields[0], scope)
     return keys
 
 
@@ -113,19 +144,25 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> SigV4Config:
     """The dialect's signing configuration from the environment (the key file is typically a mounted Secret)."""
     env = os.environ if environ is None else environ
     keys: dict[str, str] = {}
+    namespaces: dict[str, frozenset[str]] = {}
     if path := env.get(ENV_KEYS_FILE):
-        keys.update(parse_keys_file(Path(path).read_text(encoding="utf-8")))
+        for key_id, entry in parse_keys_file(Path(path).read_text(encoding="utf-8")).items():
+            keys[key_id] = entry.secret
+            if entry.namespaces is not None:
+                namespaces[key_id] = entry.namespaces
     key_id, secret = env.get(ENV_ACCESS_KEY_ID), env.get(ENV_SECRET_ACCESS_KEY)
     if bool(key_id) != bool(secret):
         raise ValueError(f"set both {ENV_ACCESS_KEY_ID} and {ENV_SECRET_ACCESS_KEY}, or neither")
-    if key_id and secret:
+    if key_id and secret:  # cluster-wide, like a file line without namespaces
         keys[key_id] = secret
+        namespaces.pop(key_id, None)
     allow = env.get(ENV_ALLOW_UNSIGNED, "").strip().lower()
     if allow not in ("", "0", "1", "true", "false", "yes", "no"):
         raise ValueError(f"{ENV_ALLOW_UNSIGNED} must be true or false, got {allow!r}")
     return SigV4Config(
         region=env.get(ENV_REGION) or DEFAULT_REGION,
         keys=keys,
+        namespaces=namespaces,
         allow_unsigned=allow in ("1", "true", "yes"),
     )
 
