@@ -11,6 +11,8 @@ import pytest
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from bundleserve.api import credentials
+from bundleserve.api.credentials import KeysFileError
 from bundleserve.dialects.sagemaker import sigv4
 
 AKID = "AKIDEXAMPLE"
@@ -182,6 +184,59 @@ def test_config_from_env_reads_a_key_file_and_never_prints_secrets(tmp_path: obj
     assert dict(config.keys) == {AKID: SECRET, "SECOND": "other/secret+x"}
     assert config.region == "eu-central-1" and not config.allow_unsigned
     assert SECRET not in repr(config) and "other/secret" not in repr(config)
+
+
+def test_key_file_lines_may_name_the_namespaces_their_key_opens() -> None:
+    """The API keys file's syntax (api/credentials.py) after the secret: whitespace, then namespaces by commas."""
+    keys = sigv4.parse_keys_file(f"{AKID}:{SECRET} team-a\nSHARED2:s3 \t team-a,team-b,\nADMIN:s4\n")
+    assert keys[AKID] == sigv4.KeyEntry(SECRET, frozenset({"team-a"}))
+    assert keys["SHARED2"].namespaces == frozenset({"team-a", "team-b"})
+    assert keys["ADMIN"].namespaces is None and keys["ADMIN"].secret == "s4"
+    assert SECRET not in repr(keys)
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        (f"{AKID}:{SECRET} Team_A", "DNS labels"),
+        (f"{AKID}:{SECRET} ,", "DNS labels"),
+        (f"{AKID}:{SECRET} team-a team-b", "ACCESS_KEY_ID:SECRET"),
+        (f"{AKID}:{SECRET} team-a, team-b", "ACCESS_KEY_ID:SECRET"),
+        (f"{AKID}:", "ACCESS_KEY_ID:SECRET"),
+    ],
+)
+def test_a_bad_namespace_list_is_refused_naming_the_line(line: str, why: str) -> None:
+    with pytest.raises(KeysFileError, match=f"line 2: .*{why}") as caught:
+        sigv4.parse_keys_file(f"# comment\n{line}\n")
+    assert SECRET not in str(caught.value)
+
+
+def test_the_namespace_list_is_parsed_by_the_api_keys_code() -> None:
+    """One parser for both files: what the API keys file refuses, the SigV4 key file refuses alike."""
+    for names in ("team-a,team-b", "a,,b", "UPPER", "-x"):
+        try:
+            expected: object = credentials.parse_namespaces(names, 1)
+        except KeysFileError:
+            expected = KeysFileError
+        try:
+            got: object = sigv4.parse_keys_file(f"K:S {names}")["K"].namespaces
+        except KeysFileError:
+            got = KeysFileError
+        assert got == expected
+
+
+def test_config_scopes_file_keys_and_the_environment_pair_is_cluster_wide(tmp_path: object) -> None:
+    import pathlib
+
+    path = pathlib.Path(str(tmp_path)) / "keys"
+    path.write_text(f"{AKID}:{SECRET} team-a,team-b\nADMIN:admin-secret\nENVKEY:old team-c\n")
+    config = sigv4.config_from_env(
+        {sigv4.ENV_KEYS_FILE: str(path), sigv4.ENV_ACCESS_KEY_ID: "ENVKEY", sigv4.ENV_SECRET_ACCESS_KEY: "new"}
+    )
+    assert config.scope_of(AKID) == frozenset({"team-a", "team-b"})
+    assert config.scope_of("ADMIN") is None
+    assert config.scope_of("ENVKEY") is None and config.keys["ENVKEY"] == "new"
+    assert dict(config.keys)[AKID] == SECRET
 
 
 def test_config_from_env_refuses_half_a_key_pair() -> None:

@@ -146,10 +146,10 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> SigV4Config:
     keys: dict[str, str] = {}
     namespaces: dict[str, frozenset[str]] = {}
     if path := env.get(ENV_KEYS_FILE):
-        for key_id, entry in parse_keys_file(Path(path).read_text(encoding="utf-8")).items():
-            keys[key_id] = entry.secret
+        for file_key_id, entry in parse_keys_file(Path(path).read_text(encoding="utf-8")).items():
+            keys[file_key_id] = entry.secret
             if entry.namespaces is not None:
-                namespaces[key_id] = entry.namespaces
+                namespaces[file_key_id] = entry.namespaces
     key_id, secret = env.get(ENV_ACCESS_KEY_ID), env.get(ENV_SECRET_ACCESS_KEY)
     if bool(key_id) != bool(secret):
         raise ValueError(f"set both {ENV_ACCESS_KEY_ID} and {ENV_SECRET_ACCESS_KEY}, or neither")
