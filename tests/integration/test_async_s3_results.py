@@ -16,12 +16,18 @@ import aiohttp
 import boto3
 import cloudpickle
 import pytest
+import yaml
+from aiohttp import web
 
+from bundleserve.api.manifest import load_endpoints
+from bundleserve.dialects.sagemaker import sigv4
+from bundleserve.gateway.app import GatewayConfig, build_gateway_app
+from bundleserve.gateway.registry import EndpointEntry, Registry
 from bundleserve.queue.results import ResultStore, open_result_store
 from bundleserve.queue.s3results import EXPIRES_AT_METADATA, S3Location, S3ResultStore, StorageUnavailable
 from tests.integration.test_async_http import status, submit, write_async_endpoint
 from tests.integration.test_router_fake_model import start_model, start_router
-from tests.support.processes import bundleserve, http_ok
+from tests.support.processes import bundleserve, free_port, http_ok
 from tests.support.s3 import S3Server, s3_server
 from tests.support.valkey import Valkey
 from tests.support.waiting import wait_until
@@ -149,7 +155,8 @@ async def test_a_pickled_async_result_ends_with_a_presigned_url(s3_router: tuple
         _, body = await status(http, router, accepted["task_id"], wait=20)
         assert (body["status"], body["result"]) == ("SUCCESS", None), body
         url = body["result_url"]
-        assert url.startswith(f"{s3.url}/{BUCKET}/router/{accepted['task_id']}?"), url
+        # under the endpoint namespace's own prefix (a local Endpoint file without one is in `default`)
+        assert url.startswith(f"{s3.url}/{BUCKET}/router/default/{accepted['task_id']}?"), url
         assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["900"]
         data, content_type = download(url)
         assert content_type == PICKLE
@@ -163,9 +170,81 @@ async def test_a_pickled_async_result_ends_with_a_presigned_url(s3_router: tuple
         ) as answer:
             sync_body = await answer.json()
         assert answer.status == 200, sync_body
-        assert sync_body["result_url"].startswith(f"{s3.url}/{BUCKET}/router/"), sync_body
+        assert sync_body["result_url"].startswith(f"{s3.url}/{BUCKET}/router/default/default.asyncs3."), sync_body
         assert pickle.loads(download(sync_body["result_url"])[0]) == {"s": 1}
     assert not (tmp_path / "unused").exists()  # nothing went to the filesystem store
+
+
+async def test_each_namespace_writes_under_its_own_prefix_and_the_gateway_reads_there(
+    tmp_path: Path, valkey_server: Valkey, aws_env: S3Server
+):
+    """Routers of team-a and team-b sharing one store URL write under `<prefix>/<namespace>/`; the gateway finds
+    each task's stored result under its endpoint's namespace, and SageMaker's default output path is there too."""
+    model, model_url = start_model(tmp_path)
+    routers: list[Any] = []
+    runner: web.AppRunner | None = None
+    raw = boto3.client("s3", endpoint_url=aws_env.url, **_credentials(aws_env))
+    try:
+        entries = []
+        for namespace in ("team-a", "team-b"):
+            directory = tmp_path / namespace
+            directory.mkdir()
+            path = write_async_endpoint(directory, name=f"ns-{namespace}", resultTTLSeconds=900)
+            document = yaml.safe_load(path.read_text())
+            document["metadata"]["namespace"] = namespace
+            path.write_text(yaml.safe_dump(document))
+            env = {
+                **aws_env.env,
+                "BUNDLESERVE_RESULTS_URL": f"s3://{BUCKET}/tenants",
+                "BUNDLESERVE_RESULTS_DIR": str(tmp_path / "unused"),
+                "BUNDLESERVE_REDIS_URL": valkey_server.url,
+                "BUNDLESERVE_QUEUE_DURABILITY": "memory",
+            }
+            server, url = start_router(directory, path, model_url, env=env)
+            routers.append(server)
+            wait_until(lambda url=url: http_ok(f"{url}/readyz"), timeout=10, what="router ready")
+            [(_, endpoint)] = load_endpoints([path])
+            entries.append(EndpointEntry(endpoint=endpoint, router_url=url, ready=True))
+        config = GatewayConfig(
+            redis_url=valkey_server.url,
+            results_dir=tmp_path / "unused",
+            results_url=f"s3://{BUCKET}/tenants",
+            sagemaker_signing=sigv4.SigV4Config(allow_unsigned=True),
+        )
+        runner = web.AppRunner(build_gateway_app(Registry(entries), config))
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        gateway = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as http:
+            for namespace in ("team-a", "team-b"):
+                name = f"ns-{namespace}"
+                code, accepted = await submit(http, gateway, {"args": {"ns": namespace}, "return_pickled": True}, name)
+                assert code == 202, accepted
+                task_id = accepted["task_id"]
+                _, body = await status(http, gateway, task_id, wait=20)
+                assert body["status"] == "SUCCESS", body
+                head = raw.head_object(Bucket=BUCKET, Key=f"tenants/{namespace}/{task_id}")
+                assert head["ContentType"] == PICKLE
+                async with http.get(f"{gateway}/v1/tasks/{task_id}/result") as response:
+                    assert response.status == 200
+                    assert pickle.loads(await response.read()) == {"ns": namespace}
+                async with http.post(
+                    f"{gateway}/endpoints/{name}/async-invocations",
+                    data=b'{"x": 1}',
+                    headers={"Content-Type": "application/json"},
+                ) as response:
+                    assert response.status == 202, await response.text()
+                    output = response.headers["X-Amzn-SageMaker-OutputLocation"]
+                assert output.startswith(f"s3://{BUCKET}/tenants/{namespace}/sagemaker/{name}/"), output
+        listed = {item["Key"] for item in raw.list_objects_v2(Bucket=BUCKET, Prefix="tenants/")["Contents"]}
+        assert listed and all(key.split("/")[1] in ("team-a", "team-b") for key in listed), listed
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        for server in routers:
+            server.stop()
+        model.stop()
 
 
 def test_the_router_refuses_to_start_with_a_bad_results_url(tmp_path: Path):

@@ -104,8 +104,8 @@ def test_s3_paths_default_under_the_result_store_and_the_failure_path_to_the_out
 
     location = S3Location.parse("s3://results/prefix")
     default = s3_async_paths(location, QueueConfig(endpoint="echo", namespace="team-a"))
-    assert default == S3AsyncPaths(
-        "s3://results/prefix/sagemaker/team-a/echo", "s3://results/prefix/sagemaker/team-a/echo"
+    assert default == S3AsyncPaths(  # under the namespace's own prefix
+        "s3://results/prefix/team-a/sagemaker/echo", "s3://results/prefix/team-a/sagemaker/echo"
     )
     configured = QueueConfig(endpoint="echo", s3_output_path="s3://out/o", s3_failure_path="s3://out/f")
     assert s3_async_paths(location, configured) == S3AsyncPaths("s3://out/o", "s3://out/f")
@@ -119,3 +119,12 @@ def test_malformed_s3_urls_are_invalid_requests(url: str) -> None:
 
     with pytest.raises(InvalidRequest):
         S3Url.parse(url)
+
+
+def test_a_namespace_has_its_own_prefix_under_the_configured_one() -> None:
+    assert S3Location.parse("s3://results/prefix").within("team-a") == S3Location("results", "prefix/team-a/")
+    assert S3Location.parse("s3://results").within("team-a") == S3Location("results", "team-a/")
+    assert S3Location("results", "p/team-a/").key("t1") == "p/team-a/t1"
+    for bad in ("", "Team", "../x", "a/b"):
+        with pytest.raises(ValueError):
+            S3Location.parse("s3://results/prefix").within(bad)

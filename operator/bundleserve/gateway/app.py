@@ -305,16 +305,17 @@ class TaskOwners:
 
     async def result(self, task_id: str) -> tuple[bytes, str]:
         """An async result of a visible task, or a sync result (`results.sync_result_key`) of a visible endpoint."""
-        store = self.gateway.require_queues().store
+        queues = self.gateway.require_queues()
         if keys.is_task_id(task_id):
-            if await self._owner(task_id) is None:
+            found = await self._owner(task_id)
+            if found is None:
                 raise NotFound(f"no stored result for {task_id!r} (unknown, inline, or expired)")
-            return await stored_result(store, task_id)
+            return await stored_result(queues.store_of(found[0].namespace), task_id)
         owner = sync_result_owner(task_id)
         scope = _SCOPE.get(frozenset())
         if owner is not None and (scope is None or owner[0] in scope):
-            return await stored_result(store, task_id, owner=owner, tasks=False)
-        return await stored_result(store, task_id, owner=("", ""), tasks=False)  # 400 if malformed, else 404
+            return await stored_result(queues.store_of(owner[0]), task_id, owner=owner, tasks=False)
+        return await stored_result(queues.store, task_id, owner=("", ""), tasks=False)  # 400 if malformed, else 404
 
 
 def _gateway_paths() -> dict[str, Any]:

@@ -18,7 +18,7 @@ from bundleserve.queue.broker import RedisError, TaskQueue, find_task
 from bundleserve.queue.config import QueueConfig
 from bundleserve.queue.connection import connect, describe
 from bundleserve.queue.notify import CompletionWaiter
-from bundleserve.queue.results import ResultStore, open_result_store
+from bundleserve.queue.results import ResultStore, for_namespace, open_result_store
 from bundleserve.queue.service import SubmitChecks, TaskService
 from bundleserve.queue.tasks import TaskRecord
 
@@ -50,9 +50,13 @@ class EndpointQueues:
         if known is None or known[0] != config:
             known = self._services[key] = (
                 config,
-                TaskService(TaskQueue(self.redis, config), self.store, self.waiter, self.checks),
+                TaskService(TaskQueue(self.redis, config), self.store_of(entry.namespace), self.waiter, self.checks),
             )
         return known[1]
+
+    def store_of(self, namespace: str) -> ResultStore:
+        """The result store of a namespace's endpoints (in S3: that namespace's prefix, `results.for_namespace`)."""
+        return for_namespace(self.store, namespace)
 
     async def owner(self, task_id: str, queues: list[str]) -> tuple[str, TaskRecord] | None:
         """(queue id, record) of the task among `queues` (those the caller may see): a task id says nothing about

@@ -164,6 +164,14 @@ class FilesystemResultStore:
         return removed
 
 
+def for_namespace(store: ResultStore, namespace: str) -> ResultStore:
+    """The store an endpoint of `namespace` uses: in S3, the namespace's own prefix (`<prefix><namespace>/`); a
+    directory store is shared as it is (one volume, docs/security.md "Known gaps")."""
+    from bundleserve.queue.s3results import S3ResultStore
+
+    return store.for_namespace(namespace) if isinstance(store, S3ResultStore) else store
+
+
 def open_result_store(
     results_dir: Path, results_url: str | None = None, *, default_ttl_seconds: float = DEFAULT_TTL_SECONDS
 ) -> ResultStore:

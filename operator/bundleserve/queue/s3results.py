@@ -32,6 +32,7 @@ MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 #: User metadata (`x-amz-meta-…`) holding the expiry as Unix seconds; `get` and `cleanup_expired` honour it.
 EXPIRES_AT_METADATA = "bundleserve-expires-at"
 _DELETE_BATCH = 1000  # DeleteObjects' limit
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class ResultsUrlError(ValueError):
@@ -58,6 +59,13 @@ class S3Location:
 
     def key(self, name: str) -> str:
         return f"{self.prefix}{check_key(name)}"
+
+    def within(self, namespace: str) -> S3Location:
+        """The namespace's own prefix under this one, `<prefix><namespace>/`: every object bundleserve writes for
+        an endpoint lies under it, so an admin can give each namespace a credential limited to it."""
+        if not _NAMESPACE.fullmatch(namespace):
+            raise ValueError(f"{namespace!r} is not a namespace name")
+        return S3Location(self.bucket, f"{self.prefix}{namespace}/")
 
 
 #: The object names SageMaker gives an async invocation's output and failure under the configured paths.
@@ -202,14 +210,30 @@ class S3ResultStore:
 
     The expiry is object metadata, checked by `get` and enforced by `cleanup_expired`; a bucket lifecycle rule on
     the prefix is the cheaper way to delete at scale (see docs/async.md).
+
+    `root` is the configured `s3://bucket/prefix`; `location`, where this store reads and writes, is the namespace's
+    prefix under it (`for_namespace`: every router's and every gateway task service's store), or the root itself
+    for a store not bound to a namespace (docs/security.md, "S3 prefixes per namespace").
     """
 
     def __init__(
-        self, location: S3Location, *, client: Any = None, default_ttl_seconds: float = DEFAULT_TTL_SECONDS
+        self,
+        location: S3Location,
+        *,
+        client: Any = None,
+        default_ttl_seconds: float = DEFAULT_TTL_SECONDS,
+        namespace: str | None = None,
     ) -> None:
-        self.location = location
+        self.root = location
+        self.location = location if namespace is None else location.within(namespace)
         self.client = make_client() if client is None else client
         self.default_ttl_seconds = default_ttl_seconds
+
+    def for_namespace(self, namespace: str) -> S3ResultStore:
+        """The same bucket, client and TTL, reading and writing under `<prefix><namespace>/`."""
+        return S3ResultStore(
+            self.root, client=self.client, default_ttl_seconds=self.default_ttl_seconds, namespace=namespace
+        )
 
     def url_for(self, task_id: str) -> str:
         """Signing is local computation (no request), so this stays synchronous like the protocol wants."""

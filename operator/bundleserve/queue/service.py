@@ -63,9 +63,10 @@ class S3AsyncPaths:
 
 
 def s3_async_paths(location: S3Location, config: QueueConfig) -> S3AsyncPaths:
-    """The endpoint's S3OutputPath/S3FailurePath; unset, under the result store's bucket and prefix
-    (`sagemaker/<namespace>/<name>`), and the failure path defaults to the output path (objects differ by suffix)."""
-    default = f"s3://{location.bucket}/{location.prefix}sagemaker/{config.namespace}/{config.endpoint}"
+    """The endpoint's S3OutputPath/S3FailurePath; unset, under the result store's bucket, in the namespace's prefix
+    (`<prefix><namespace>/sagemaker/<name>`, `location` being the configured root), and the failure path defaults to
+    the output path (objects differ by suffix)."""
+    default = f"s3://{location.bucket}/{location.within(config.namespace).prefix}sagemaker/{config.endpoint}"
     output = config.s3_output_path or default
     return S3AsyncPaths(output=output, failure=config.s3_failure_path or output)
 
@@ -143,9 +144,7 @@ class TaskService:
         `request_ttl_seconds` (SageMaker's RequestTTLSeconds) the endpoint's `async.requestTTLSeconds`: a task still
         waiting for a worker after that long ends EXPIRED without running. Neither ever extends the endpoint's value.
         """
-        self.checks.check(
-            inv, callback, s3_results=self.store.location if isinstance(self.store, S3ResultStore) else None
-        )
+        self.checks.check(inv, callback, s3_results=self.store.root if isinstance(self.store, S3ResultStore) else None)
         if inv.idempotency_key is not None:
             return await self._submit_once(
                 inv.idempotency_key, inv, callback, request_ttl_seconds, invocation_timeout_seconds, s3_paths
@@ -249,7 +248,7 @@ class TaskService:
         and SageMaker's locations are the http(s) routes instead."""
         if not isinstance(self.store, S3ResultStore):
             return None
-        return s3_async_paths(self.store.location, self.queue.config)
+        return s3_async_paths(self.store.root, self.queue.config)
 
     # -- status ---------------------------------------------------------------------------------------------------
 

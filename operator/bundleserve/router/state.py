@@ -154,13 +154,14 @@ ROUTER_STATE: web.AppKey[RouterState] = web.AppKey("router_state", RouterState)
 
 def result_store(state: RouterState) -> ResultStore:
     """The store of pickled and large results (`bundleserve.queue.results`), shared by the sync and async paths and
-    created on first use with the endpoint's result TTL."""
+    created on first use with the endpoint's result TTL; in S3 under the endpoint namespace's own prefix."""
     if state.result_store is None:
-        from bundleserve.queue.results import open_result_store
+        from bundleserve.queue.results import for_namespace, open_result_store
 
         settings = state.settings
         ttl = float(settings.endpoint.spec.async_settings.result_ttl_seconds)
-        state.result_store = open_result_store(settings.results_dir, settings.results_url, default_ttl_seconds=ttl)
+        store = open_result_store(settings.results_dir, settings.results_url, default_ttl_seconds=ttl)
+        state.result_store = for_namespace(store, settings.endpoint.namespace)
     return state.result_store
 
 
