@@ -309,7 +309,7 @@ class AsyncSettings(Model):
     ] = None
     """SageMaker's S3OutputPath (s3://bucket/prefix): where InvokeEndpointAsync results are written as
     <task id>.out when results are stored in S3 (BUNDLESERVE_RESULTS_URL=s3://...). Empty: under the result store's
-    own bucket and prefix, sagemaker/<namespace>/<name>/."""
+    own bucket, in the namespace's prefix: <prefix>/<namespace>/sagemaker/<name>/."""
     s3_failure_path: Annotated[
         str | None, Field(default=None, pattern=S3_PATH, max_length=512, alias="s3FailurePath")
     ] = None
