@@ -292,6 +292,36 @@ def test_fifty_async_tasks_at_min_replicas_zero_scale_up_finish_and_return_to_ze
     )
 
 
+def test_a_model_loading_for_20_seconds_gets_no_call_before_it_is_ready(product: Product) -> None:
+    """examples/slow-load: calls start as soon as the Endpoint is applied and go on (polled, with a deadline) until one
+    is answered; the model notes when its load finished and when its first call arrived."""
+    plane = product.node.plane
+    plane.apply(example("slow-load"))
+    applied = time.time()
+    refused: dict[int, int] = {}
+    with httpx.Client(base_url=product.gateway, headers=product.headers, timeout=30) as http:
+
+        def answered() -> dict[str, Any] | None:
+            reply = http.post("/v1/endpoints/slow-load/predict", json={"args": {"early": True}})
+            if reply.status_code == 200:
+                result: dict[str, Any] = reply.json()["result"]
+                return result
+            refused[reply.status_code] = refused.get(reply.status_code, 0) + 1
+            return None
+
+        result = wait_for(product.node, "slow-load answered", answered, MODELS, timeout=300)
+    [pod] = _pods(product, "slow-load")
+    ready_at = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")["lastTransitionTime"]
+    print(
+        f"\nslow-load (load() 20 s): load took {result['loaded_at'] - result['load_started_at']:.1f}s, finished "
+        f"{result['loaded_at'] - applied:.1f}s after apply; first call arrived "
+        f"{result['first_call_at'] - result['loaded_at']:.2f}s after load finished; pod Ready at {ready_at}; "
+        f"calls refused before: {refused}"
+    )
+    assert result["first_call_at"] >= result["loaded_at"], result
+    assert set(refused) <= {404, 503}, refused  # unknown to the gateway yet, or no replica ready: never a failure
+
+
 def test_the_operator_killed_mid_reconcile_leaves_no_duplicate_children(product: Product) -> None:
     name = "echo-orphan"
     plane = product.node.plane
