@@ -12,9 +12,13 @@ EXAMPLES ?= examples/echo/endpoint.yaml examples/iris/endpoint.yaml examples/slo
 # that `uv pip sync` of the project's environments never removes it.
 TOOLS := .venv-tools
 UV    := $(TOOLS)/bin/uv
+# Installed into a plain folder with the interpreter's own pip (1-2 s); where that pip is missing or too old, into a
+# virtual environment of its own (a few seconds more).
+UV_PIN := --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements/uv.txt
 $(UV): requirements/uv.txt
-	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
-	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements/uv.txt
+	rm -rf $(TOOLS)
+	$(PYTHON) -m pip install $(UV_PIN) --root-user-action=ignore --target $(TOOLS) 2>/dev/null || \
+		{ rm -rf $(TOOLS) && $(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/python -m pip install $(UV_PIN); }
 	touch $(UV)
 
 # One environment, synced to exactly one lock file: `uv pip sync` installs what the file names and removes anything else,
@@ -111,13 +115,14 @@ cluster: $(STAMP) node-packages
 cluster-binaries: $(STAMP) node-packages
 	$(BIN)/python -m tests.support.node --build
 
-# The node's Debian packages: containerd and runc, the standard CNI plugins, iptables, gcc (the pause image) and
-# busybox-static (the tool image of the node tests).
+# The node's Debian packages: containerd and runc, the standard CNI plugins, iptables and conntrack (kube-proxy), gcc
+# (the pause image) and busybox-static (the tool image of the node tests).
 node-packages:
 	command -v containerd >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && test -x /usr/lib/cni/bridge && \
-		command -v gcc >/dev/null 2>&1 && test -x /bin/busybox && command -v iptables >/dev/null 2>&1 || \
+		command -v gcc >/dev/null 2>&1 && test -x /bin/busybox && command -v iptables >/dev/null 2>&1 && \
+		command -v conntrack >/dev/null 2>&1 || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd runc \
-			containernetworking-plugins iptables gcc libc6-dev busybox-static; }
+			containernetworking-plugins iptables conntrack gcc libc6-dev busybox-static; }
 
 # Both images (Dockerfile, examples/Dockerfile) as OCI archives, built here with buildah from a base made with
 # mmdebstrap through this machine's apt sources: no Docker engine, no registry, nothing pulled. Cached by the hash of

@@ -104,12 +104,12 @@ async def test_a_callback_retrying_in_a_killed_worker_is_delivered_by_the_next_o
         task_id = await queue.submit(TaskRequest(args={"x": 1}), CallbackTarget(f"http://127.0.0.1:{port}/hook"))
 
         async def retrying() -> TaskRecord | None:
-            record = await get_task(redis, task_id)
+            record = await get_task(redis, queue.config.queue_id, task_id)
             return record if record and record.callback_attempts >= 2 else None
 
         before = await async_wait_until(retrying, timeout=10, what="callback retries in progress")
         first.kill()  # SIGKILL while the target is down and the delivery job is mid-retry
-        killed = await get_task(redis, task_id)
+        killed = await get_task(redis, queue.config.queue_id, task_id)
         assert killed is not None
         assert killed.status is TaskStatus.SUCCESS and killed.callback_status == "pending", killed
         assert await redis.zscore(keys.callback_outbox(queue.config.queue_id), task_id) is not None
@@ -117,7 +117,7 @@ async def test_a_callback_retrying_in_a_killed_worker_is_delivered_by_the_next_o
         target = Target()
         runner = await serve(target, port)
         second = start_worker(tmp_path, valkey_server.url, endpoint, 2)
-        record = await callback_settled(redis, task_id, timeout=10)
+        record = await callback_settled(queue, task_id, timeout=10)
         assert record.callback_status == "delivered", record.callback_error
         assert before is not None and record.callback_attempts > before.callback_attempts
         assert target.received == [record.callback_body()]
@@ -163,7 +163,7 @@ async def test_two_replicas_never_run_the_same_attempt_concurrently(redis: aiore
         assert sorted(len(claimed) for claimed in claims) == [0, 1], claims  # the lease: one claimant only
         await redis.zadd(queue.callback_outbox, {task_id: 0})  # due again, for both loops
         runs: list[asyncio.Task[Any]] = [asyncio.create_task(outbox.run()) for outbox in outboxes]
-        record = await callback_settled(redis, task_id, timeout=10)
+        record = await callback_settled(queue, task_id, timeout=10)
         for outbox in outboxes:
             await outbox.stop()
         await asyncio.gather(*runs)

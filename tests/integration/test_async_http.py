@@ -17,6 +17,7 @@ import redis
 import yaml
 
 from bundleserve.queue import keys
+from bundleserve.queue.results import FilesystemResultStore, sync_result_key
 from tests.integration.test_router_fake_model import start_model, start_router
 from tests.support.processes import http_ok
 from tests.support.valkey import Valkey
@@ -59,7 +60,7 @@ def router(tmp_path_factory: pytest.TempPathFactory, valkey_server: Valkey) -> I
         }
         server, url = start_router(directory, endpoint, model_url, env=env)
         wait_until(lambda: http_ok(f"{url}/readyz"), timeout=10, what="router ready")
-        yield {"url": url, "router": server, "model_url": model_url}
+        yield {"url": url, "router": server, "model_url": model_url, "results": directory / "results"}
     finally:
         if server is not None:
             server.stop()
@@ -214,13 +215,40 @@ async def test_a_task_of_a_same_named_endpoint_in_another_namespace_is_404(
         for namespace in ("team-b", "default"):
             task_id = keys.new_task_id()
             record = {"endpoint": NAME, "namespace": namespace, "status": "SUCCESS", "result": "7"}
-            client.hset(keys.task(task_id), mapping=record)
-            client.expire(keys.task(task_id), 60)
+            client.hset(keys.task(keys.queue_id(namespace, NAME), task_id), mapping=record)
+            client.expire(keys.task(keys.queue_id(namespace, NAME), task_id), 60)
             code, answer = await status(http, router["url"], task_id, wait=0)
             if namespace == "default":
                 assert (code, answer["result"]) == (200, 7)
             else:
                 assert (code, answer["error"]["code"]) == (404, "not_found")
+    finally:
+        client.close()
+
+
+async def test_a_stored_result_of_another_endpoints_task_is_404(
+    router: dict[str, Any], http: aiohttp.ClientSession, valkey_server: Valkey
+):
+    """Issue 17 (7): `GET /v1/tasks/{id}/result` served any stored result by id, although the status route checks
+    the task's endpoint. Results of a shared volume (or bucket) belong to whoever's task or sync call made them."""
+    store = FilesystemResultStore(router["results"])
+    client = redis.Redis(port=valkey_server.port)
+    try:
+        theirs = keys.new_task_id()  # a task of team-b's twin, its result in the same store
+        queue_b = keys.queue_id("team-b", NAME)
+        client.hset(keys.task(queue_b, theirs), mapping={"endpoint": NAME, "namespace": "team-b", "status": "SUCCESS"})
+        client.expire(keys.task(queue_b, theirs), 60)
+        await store.put(theirs, b"secret", "application/octet-stream")
+        other_sync = sync_result_key("team-b", NAME)  # another endpoint's sync return_pickled result
+        await store.put(other_sync, b"secret", "application/octet-stream")
+        for key in (theirs, other_sync):
+            async with http.get(f"{router['url']}/v1/tasks/{key}/result") as response:
+                assert response.status == 404, key
+        # This endpoint's own sync result is served.
+        own = sync_result_key("default", NAME)
+        await store.put(own, b"mine", "application/octet-stream")
+        async with http.get(f"{router['url']}/v1/tasks/{own}/result") as response:
+            assert (response.status, await response.read()) == (200, b"mine")
     finally:
         client.close()
 
@@ -239,7 +267,7 @@ async def test_the_record_has_a_ttl_and_metrics_count_tasks(
     await status(http, router["url"], accepted["task_id"], wait=20)
     client = redis.Redis(port=valkey_server.port)
     try:
-        ttl = client.ttl(keys.task(accepted["task_id"]))
+        ttl = client.ttl(keys.task(keys.queue_id("default", NAME), accepted["task_id"]))
         assert 0 < ttl <= 86400  # resultTTLSeconds (default) once terminal
     finally:
         client.close()
@@ -301,7 +329,10 @@ async def test_sigterm_lets_a_running_task_finish(tmp_path: Path, valkey_server:
             assert server.process.poll() is None  # draining, and still there: the running task holds it
             await open_gate(http, model_url, gate)
             assert server.process.wait(20) == 0, server.log()
-            assert client.hget(keys.task(accepted["task_id"]), "status") == b"SUCCESS"
+            assert (
+                client.hget(keys.task(keys.queue_id("default", "asyncdrain"), accepted["task_id"]), "status")
+                == b"SUCCESS"
+            )
         finally:
             client.close()
             server.stop()

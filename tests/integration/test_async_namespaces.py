@@ -66,15 +66,15 @@ async def test_same_named_endpoints_in_two_namespaces_have_separate_queues(
         assert await backlog(redis, queue_b.config.queue_id) == Backlog(pending=3, in_flight=0)
         assert await read_backlog(keys.queue_id("team-a", NAME)) == (2, 0)  # the operator's scaler
         assert await read_backlog(keys.queue_id("team-b", NAME)) == (3, 0)
-        record = await get_task(redis, ids_b[0])
+        record = await get_task(redis, queue_b.config.queue_id, ids_b[0])
         assert record is not None and (record.namespace, record.endpoint) == ("team-b", NAME)
 
         # Deleting team-a's Endpoint purges team-a's queue only.
         removed = await purge_queue(redis, keys.queue_id("team-a", NAME))
-        assert removed == 2 + 1  # two task records and the stream
-        assert not await redis.exists(queue_a.stream, *(keys.task(t) for t in ids_a))
+        assert removed == 2 + 1 + 1  # two task records, the stream and the byte counter
+        assert not await redis.exists(queue_a.stream, *(keys.task(queue_a.config.queue_id, t) for t in ids_a))
         assert await redis.xlen(queue_b.stream) == 3
-        assert await redis.exists(*(keys.task(t) for t in ids_b)) == 3
+        assert await redis.exists(*(keys.task(queue_b.config.queue_id, t) for t in ids_b)) == 3
         assert await read_backlog(keys.queue_id("team-b", NAME)) == (3, 0)
     finally:
         await close_reader()

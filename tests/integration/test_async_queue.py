@@ -16,10 +16,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from bundleserve.api.invocation import TaskStatus
-from bundleserve.queue import keys
+from bundleserve.queue import acl, keys
 from bundleserve.queue.backlog import backlog
 from bundleserve.queue.broker import QueueUnavailable, TaskQueue, get_task
 from bundleserve.queue.config import Durability, QueueConfig
+from bundleserve.queue.connection import observed_config
 from bundleserve.queue.invoke import PICKLE_CONTENT_TYPE, ModelReply
 from bundleserve.queue.notify import CompletionWaiter
 from bundleserve.queue.results import FilesystemResultStore
@@ -41,11 +42,22 @@ async def echo(request: TaskRequest, timeout: float) -> ModelReply:
 
 
 @pytest.fixture
-async def redis(each_redis_server: Valkey) -> AsyncIterator[aioredis.Redis]:
-    """Every test of this module runs on valkey-server and on Debian's redis-server 7.0."""
-    client = aioredis.Redis.from_url(each_redis_server.url)
+async def redis(
+    each_redis_server: Valkey, config: QueueConfig, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[aioredis.Redis]:
+    """Every test of this module runs on valkey-server and on Debian's redis-server 7.0, connected as the endpoint's
+    own ACL user (queue/acl.py) as a router in a cluster is: what the queue does must fit inside that user's rights.
+    The user cannot read CONFIG; like the operator, the fixture passes what the master credential reads."""
+    master = aioredis.Redis.from_url(each_redis_server.url)
+    for name, value in (await observed_config(master)).items():
+        monkeypatch.setenv(name, value)
+    password = acl.new_password()
+    await acl.ensure_user(master, config.queue_id, password)
+    client = aioredis.Redis.from_url(acl.endpoint_url(each_redis_server.url, config.queue_id, password))
     yield client
     await client.aclose()
+    await acl.delete_user(master, config.queue_id)
+    await master.aclose()
 
 
 @pytest.fixture
@@ -101,9 +113,9 @@ async def start_worker(
         await item.stop()
 
 
-async def finished(redis: aioredis.Redis, task_id: str, timeout: float = 10) -> TaskRecord:
+async def finished(redis: aioredis.Redis, queue: str, task_id: str, timeout: float = 10) -> TaskRecord:
     async def terminal() -> TaskRecord | None:
-        record = await get_task(redis, task_id)
+        record = await get_task(redis, queue, task_id)
         return record if record and record.status.terminal else None
 
     return await async_wait_until(terminal, timeout=timeout, what=f"task {task_id} to finish")
@@ -114,21 +126,43 @@ async def test_a_submitted_task_runs_and_its_result_is_inline(
 ):
     queue = make_queue(config)
     task_id = await queue.submit(TaskRequest(args={"x": 1}))
-    assert (await get_task(redis, task_id)).status is TaskStatus.PENDING  # type: ignore[union-attr]
+    assert (await get_task(redis, config.queue_id, task_id)).status is TaskStatus.PENDING  # type: ignore[union-attr]
     start_worker(config)
-    record = await finished(redis, task_id)
+    record = await finished(redis, config.queue_id, task_id)
     assert record.status is TaskStatus.SUCCESS
     assert record.result == {"x": 1}
     assert record.attempts == 1
     assert record.to_response().status_code == 200
-    assert await redis.ttl(keys.task(task_id)) <= config.result_ttl_seconds
+    assert await redis.ttl(keys.task(config.queue_id, task_id)) <= config.result_ttl_seconds
     assert await backlog(redis, config.queue_id) == type(await backlog(redis, config.queue_id))(0, 0)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [(b"hello world", ""), (b"not json {", "application/json"), (b"[" * 100_000, "")],
+    ids=["no-content-type", "mislabelled", "nested-too-deep"],
+)
+async def test_a_reply_that_is_not_json_is_stored_as_text(
+    redis: aioredis.Redis, config: QueueConfig, start_worker, make_queue, body: bytes, content_type: str
+):
+    """Issue 17 (7): a model answering text without a content type (or mislabelled) had its body stored as JSON:
+    the status document was invalid and the callback never settled."""
+
+    async def text(request: TaskRequest, timeout: float) -> ModelReply:
+        return ModelReply(200, body, content_type)
+
+    start_worker(config, text)
+    task_id = await make_queue(config).submit(TaskRequest(args={}))
+    record = await finished(redis, config.queue_id, task_id)
+    assert record.status is TaskStatus.SUCCESS
+    assert record.result == body.decode()
+    json.loads(json.dumps(record.callback_body()))  # the callback body (and the status document) are valid JSON
 
 
 async def test_fsync_durability_confirms_with_waitaof(redis: aioredis.Redis, config: QueueConfig, make_queue):
     queue = make_queue(replace(config, durability=Durability.FSYNC, fsync_timeout_ms=3000))
     task_id = await queue.submit(TaskRequest(args={}))
-    assert (await get_task(redis, task_id)) is not None
+    assert (await get_task(redis, config.queue_id, task_id)) is not None
 
 
 async def test_backlog_counts_pending_and_in_flight(
@@ -153,7 +187,7 @@ async def test_backlog_counts_pending_and_in_flight(
     await async_wait_until(two_in_flight, what="two tasks in flight")
     release.set()
     for task_id in ids:
-        assert (await finished(redis, task_id)).status is TaskStatus.SUCCESS
+        assert (await finished(redis, config.queue_id, task_id)).status is TaskStatus.SUCCESS
     assert (await backlog(redis, config.queue_id)).total == 0
 
 
@@ -169,7 +203,7 @@ async def test_submission_order_is_kept_with_one_slot(
     queue = make_queue(replace(config, concurrency=1))
     ids = [await queue.submit(TaskRequest(args={"i": i})) for i in range(20)]
     start_worker(queue.config, record)
-    await finished(redis, ids[-1])
+    await finished(redis, config.queue_id, ids[-1])
     assert seen == list(range(20))
 
 
@@ -189,14 +223,14 @@ async def test_poison_task_fails_after_max_attempts_and_the_queue_keeps_flowing(
     poison = await queue.submit(TaskRequest(args={"poison": True}))
     good = [await queue.submit(TaskRequest(args={"i": i})) for i in range(10)]
     start_worker(queue.config, poison_or_echo)
-    record = await finished(redis, poison)
+    record = await finished(redis, config.queue_id, poison)
     assert record.status is TaskStatus.FAILURE
     assert record.traceback == "Traceback: ValueError: boom"
     assert record.status_code == 500
     assert record.attempts == 3
     assert calls[str({"poison": True})] == 3
     for task_id in good:
-        assert (await finished(redis, task_id)).status is TaskStatus.SUCCESS
+        assert (await finished(redis, config.queue_id, task_id)).status is TaskStatus.SUCCESS
     dead = await redis.xrange(keys.dead_letter(config.queue_id))
     assert [(fields[b"t"].decode(), fields[b"reason"]) for _, fields in dead] == [(poison, b"max_attempts")]
 
@@ -208,7 +242,7 @@ async def test_a_model_400_fails_at_once(redis: aioredis.Redis, config: QueueCon
     queue = make_queue(config)
     task_id = await queue.submit(TaskRequest(args={"y": 1}))
     start_worker(config, invalid)
-    record = await finished(redis, task_id)
+    record = await finished(redis, config.queue_id, task_id)
     assert (record.status, record.attempts, record.status_code) == (TaskStatus.FAILURE, 1, 400)
     assert record.traceback == "unexpected argument 'y'"
 
@@ -226,14 +260,14 @@ async def test_invocation_timeout_is_enforced_per_task(
     quick = await queue.submit(TaskRequest(args={"sleep": 0}))
     begun = time.monotonic()
     start_worker(queue.config, slow)
-    first = await finished(redis, by_request)
+    first = await finished(redis, config.queue_id, by_request)
     assert (first.status, first.status_code) == (TaskStatus.FAILURE, 504)
     assert "timed out after 0.3 s" in (first.traceback or "")
-    second = await finished(redis, by_endpoint)
+    second = await finished(redis, config.queue_id, by_endpoint)
     assert "timed out after 2 s" in (second.traceback or "")
     assert second.attempts == 1  # a timeout is not retried
     assert time.monotonic() - begun < 6
-    assert (await finished(redis, quick)).result == "late"
+    assert (await finished(redis, config.queue_id, quick)).result == "late"
 
 
 async def test_a_task_older_than_request_ttl_expires_without_running(
@@ -247,13 +281,13 @@ async def test_a_task_older_than_request_ttl_expires_without_running(
 
     queue = make_queue(config)
     old = await queue.submit(TaskRequest(args={"old": True}))
-    await redis.hset(keys.task(old), "created_at", repr(time.time() - config.request_ttl_seconds - 1))
+    await redis.hset(keys.task(config.queue_id, old), "created_at", repr(time.time() - config.request_ttl_seconds - 1))
     fresh = await queue.submit(TaskRequest(args={"old": False}))
     start_worker(config, record)
-    expired = await finished(redis, old)
+    expired = await finished(redis, config.queue_id, old)
     assert expired.status is TaskStatus.EXPIRED
     assert "requestTTLSeconds" in (expired.traceback or "")
-    assert (await finished(redis, fresh)).status is TaskStatus.SUCCESS
+    assert (await finished(redis, config.queue_id, fresh)).status is TaskStatus.SUCCESS
     assert ran == [{"old": False}]
 
 
@@ -272,14 +306,14 @@ async def test_large_and_pickled_results_go_to_the_result_store(
     pickled = await queue.submit(TaskRequest(args={}, return_pickled=True))
     start_worker(queue.config, big_or_pickled)
     store = FilesystemResultStore(tmp_path / "results")
-    assert (await finished(redis, small)).result == "x" * 10
-    record = await finished(redis, large)
+    assert (await finished(redis, config.queue_id, small)).result == "x" * 10
+    record = await finished(redis, config.queue_id, large)
     assert (record.result, record.result_url) == (None, f"/v1/tasks/{large}/result")
     assert await store.get(large) == (json.dumps("x" * 5000).encode(), "application/json")
-    too_big = await finished(redis, oversized)
+    too_big = await finished(redis, config.queue_id, oversized)
     assert (too_big.status, too_big.status_code) == (TaskStatus.FAILURE, 413)
     assert await store.get(oversized) is None
-    record = await finished(redis, pickled)
+    record = await finished(redis, config.queue_id, pickled)
     assert record.result_url == f"/v1/tasks/{pickled}/result"
     assert await store.get(pickled) == (b"\x80\x05pickled", PICKLE_CONTENT_TYPE)
 
@@ -295,7 +329,7 @@ async def test_completion_is_idempotent(redis: aioredis.Redis, config: QueueConf
     assert await queue.complete(delivery, lease, TaskStatus.SUCCESS, {"result": "1"}) == (True, [])
     assert await queue.complete(delivery, lease, TaskStatus.FAILURE, {"traceback": "late"}) == (False, [])
     assert await queue.requeue(delivery, lease, {"traceback": "late"}) is False
-    record = await get_task(redis, task_id)
+    record = await get_task(redis, config.queue_id, task_id)
     assert record is not None and (record.status, record.result) == (TaskStatus.SUCCESS, 1)
     assert await redis.xlen(keys.stream(config.queue_id)) == 0
 
@@ -310,7 +344,7 @@ async def test_an_abandoned_task_is_reclaimed_after_the_visibility_timeout(
     await queue.start("dead-consumer", [delivery])
     begun = time.monotonic()
     start_worker(queue.config, reclaim_interval_seconds=0.2)
-    record = await finished(redis, task_id)
+    record = await finished(redis, config.queue_id, task_id)
     assert (record.status, record.result, record.attempts) == (TaskStatus.SUCCESS, {"v": 7}, 2)
     assert time.monotonic() - begun >= 1.0
 
@@ -328,7 +362,7 @@ async def test_long_poll_wakes_on_completion(redis: aioredis.Redis, config: Queu
     waiter = CompletionWaiter(redis)
 
     async def terminal() -> bool:
-        record = await get_task(redis, task_id)
+        record = await get_task(redis, config.queue_id, task_id)
         return record is not None and record.status.terminal
 
     try:
@@ -361,19 +395,19 @@ async def test_a_stopping_worker_hands_its_running_tasks_back_at_once(
     running = asyncio.create_task(first.run())
 
     async def both_started() -> bool:
-        records = [await get_task(redis, task_id) for task_id in ids]
+        records = [await get_task(redis, config.queue_id, task_id) for task_id in ids]
         return all(r is not None and r.status is TaskStatus.STARTED for r in records)
 
     await async_wait_until(both_started, what="both tasks started")
     await first.stop()
     await asyncio.wait_for(running, 10)
     for task_id in ids:
-        released = await get_task(redis, task_id)
+        released = await get_task(redis, config.queue_id, task_id)
         assert released is not None and (released.status, released.attempts) == (TaskStatus.PENDING, 0)
     begun = time.monotonic()
     start_worker(queue.config)  # long before the 60 s visibility timeout
     for task_id in ids:
-        record = await finished(redis, task_id)
+        record = await finished(redis, config.queue_id, task_id)
         assert (record.status, record.attempts) == (TaskStatus.SUCCESS, 1)
     assert time.monotonic() - begun < 5
 
@@ -442,7 +476,7 @@ async def test_stopping_mid_stream_leaves_no_task_started_or_in_flight(
     await asyncio.wait_for(running, 10)
     statuses = Counter()
     for task_id in ids:
-        record = await get_task(redis, task_id)
+        record = await get_task(redis, config.queue_id, task_id)
         assert record is not None
         statuses[record.status] += 1
     assert set(statuses) <= {TaskStatus.SUCCESS, TaskStatus.PENDING}, statuses
@@ -461,7 +495,7 @@ async def test_an_idle_submitter_claims_its_own_task_in_the_same_step(
     assert [(s.delivery.task_id, s.outcome, s.attempts, s.request) for s in claimed] == [
         (task_id, "run", 1, TaskRequest(args={"k": 2}))
     ]
-    record = await get_task(redis, task_id)
+    record = await get_task(redis, config.queue_id, task_id)
     assert record is not None and record.status is TaskStatus.STARTED
 
 
@@ -515,12 +549,14 @@ async def test_a_tasks_own_request_ttl_shortens_the_endpoints_and_never_extends_
         default = await submit(b'{"n": 2}', None)
         longer = await submit(b'{"n": 3}', 3600)
         for task_id, waited in ((short, 10), (default, 10), (longer, config.request_ttl_seconds + 1)):
-            await redis.hset(keys.task(task_id), "created_at", repr(time.time() - waited))
+            await redis.hset(keys.task(config.queue_id, task_id), "created_at", repr(time.time() - waited))
         start_worker(config)
-        expired = await finished(redis, short)
+        expired = await finished(redis, config.queue_id, short)
         assert expired.status is TaskStatus.EXPIRED
         assert "(5 s)" in (expired.traceback or "")
-        assert (await finished(redis, default)).status is TaskStatus.SUCCESS
-        assert (await finished(redis, longer)).status is TaskStatus.EXPIRED  # the endpoint's 60 s still bound it
+        assert (await finished(redis, config.queue_id, default)).status is TaskStatus.SUCCESS
+        assert (
+            await finished(redis, config.queue_id, longer)
+        ).status is TaskStatus.EXPIRED  # the endpoint's 60 s still bound it
     finally:
         await waiter.close()

@@ -78,7 +78,7 @@ def new_queue(client: aioredis.Redis, made: list[TaskQueue], config: QueueConfig
 
 
 async def task_keys(client: aioredis.Redis) -> list[bytes]:
-    return [key async for key in client.scan_iter(match=keys.task("*"))]
+    return [key async for key in client.scan_iter(match=keys.task("*", "*"))]
 
 
 async def run_worker(worker: Worker) -> asyncio.Task[None]:
@@ -90,9 +90,9 @@ async def stop_worker(worker: Worker, task: asyncio.Task[None]) -> None:
     await asyncio.wait_for(task, 20)
 
 
-async def finished(client: aioredis.Redis, task_id: str, timeout: float = 20) -> Any:
+async def finished(client: aioredis.Redis, queue: TaskQueue, task_id: str, timeout: float = 20) -> Any:
     async def terminal() -> Any:
-        record = await get_task(client, task_id)
+        record = await get_task(client, queue.config.queue_id, task_id)
         return record if record and record.status.terminal else None
 
     return await async_wait_until(terminal, timeout=timeout, what=f"task {task_id} to finish")
@@ -108,7 +108,7 @@ async def test_fsync_durability_works_on_every_supported_server(
     queue = new_queue(client, queues, fresh_config(durability=Durability.FSYNC))
     task_id = await queue.submit(TaskRequest(args={"x": 1}))
     assert queue.plan is not None and queue.plan.waitaof is (redis_kind == "valkey")
-    record = await get_task(client, task_id)
+    record = await get_task(client, queue.config.queue_id, task_id)
     assert record is not None and record.status is TaskStatus.PENDING
 
 
@@ -124,7 +124,7 @@ async def test_a_server_that_cannot_keep_fsync_durability_refuses_before_storing
         worker = Worker(queue, echo, FilesystemResultStore(tmp_path / "results"))
         if redis_kind == "valkey":
             task_id = await queue.submit(TaskRequest(args={}))
-            assert await get_task(client, task_id) is not None
+            assert await get_task(client, queue.config.queue_id, task_id) is not None
             return
         for _ in range(3):
             with pytest.raises(QueueUnavailable, match="appendfsync always"):
@@ -194,7 +194,7 @@ async def test_a_submission_claim_whose_reply_was_lost_is_handed_back_at_once(tm
         worker.adopt(None)  # what the router's handler does when the reply did not arrive
         [task_key] = await task_keys(probe)
         task_id = task_key.decode().rsplit(":", 1)[1]
-        record = await finished(probe, task_id)
+        record = await finished(probe, queue, task_id)
         assert (record.status, record.result) == (TaskStatus.SUCCESS, {"n": 7})
         await stop_worker(worker, running)
     finally:
@@ -232,17 +232,42 @@ async def test_terminal_records_keep_no_request_and_callback_credentials_go_once
             fields["callback_status"] = "pending"
         made, _ = await queue.complete(item.delivery, item.lease("w"), TaskStatus.SUCCESS, fields)
         assert made
-    assert await client.hmget(keys.task(plain), "request", "callback") == [None, None]
-    assert await client.hget(keys.task(with_callback), "request") is None
-    assert await client.hget(keys.task(with_callback), "callback") is not None  # still needed for the delivery
+    assert await client.hmget(keys.task(queue.config.queue_id, plain), "request", "callback") == [None, None]
+    assert await client.hget(keys.task(queue.config.queue_id, with_callback), "request") is None
+    assert (
+        await client.hget(keys.task(queue.config.queue_id, with_callback), "callback") is not None
+    )  # still needed for the delivery
     recorded = await scripts.record_callback(
         client,
-        [keys.task(with_callback), queue.callback_outbox],
+        [keys.task(queue.config.queue_id, with_callback), queue.callback_outbox],
         [with_callback, 1, "", "callback_status", "delivered"],
     )
     assert recorded == 1
-    assert await client.hget(keys.task(with_callback), "callback") is None
+    assert await client.hget(keys.task(queue.config.queue_id, with_callback), "callback") is None
     assert await client.zscore(queue.callback_outbox, with_callback) is None
+
+
+async def test_a_task_expired_at_pickup_queues_its_callback_in_the_same_step(
+    client: aioredis.Redis, queues: list[TaskQueue]
+):
+    """Issue 17 (7): a task that expired before a worker picked it up kept its callback credentials in the record
+    (and got no callback) when the worker died before its separate enqueue step. The pick-up script now puts the
+    delivery job in the outbox itself; the delivery's settlement then strips the credentials."""
+    queue = new_queue(client, queues, fresh_config(durability=Durability.MEMORY, request_ttl_seconds=1))
+    await queue.prepare()
+    auth = CallbackAuthRequest(kind="basic", username="u", password="secret-pw")
+    task_id = await queue.submit(TaskRequest(args={}), CallbackTarget("https://cb.example", auth))
+    key = keys.task(queue.config.queue_id, task_id)
+    await client.hset(key, "created_at", repr(time.time() - 60))
+    started, _ = await queue.claim("w", 10)  # the pick-up script alone: the worker's own steps never run
+    assert [(item.delivery.task_id, item.outcome) for item in started] == [(task_id, "expired")]
+    assert await client.zscore(queue.callback_outbox, task_id) is not None  # a delivery is due
+    assert await client.hget(key, "request") is None
+    recorded = await scripts.record_callback(
+        client, [key, queue.callback_outbox], [task_id, 1, "", "callback_status", "failed"]
+    )
+    assert recorded == 1
+    assert await client.hget(key, "callback") is None  # settled: the credentials are gone
 
 
 async def test_the_backlog_cap_refuses_without_storing(client: aioredis.Redis, queues: list[TaskQueue]):
@@ -306,7 +331,7 @@ async def test_a_paused_redis_fails_submits_reads_and_completions_in_time(server
                     queue.complete(started.delivery, started.lease("w"), TaskStatus.SUCCESS, {"result": "1"}), 30
                 )
             with pytest.raises(RedisError):
-                await asyncio.wait_for(client.hgetall(keys.task(task_id)), 30)
+                await asyncio.wait_for(client.hgetall(keys.task(queue.config.queue_id, task_id)), 30)
         finally:
             os.kill(server.process.pid, signal.SIGCONT)
     finally:
@@ -338,7 +363,7 @@ async def test_an_unexpected_exception_in_a_slot_requeues_its_task(
     running = await run_worker(worker)
     try:
         task_id = await queue.submit(TaskRequest(args={"k": 1}, return_pickled=True))
-        record = await finished(client, task_id)
+        record = await finished(client, queue, task_id)
         assert (record.status, record.attempts) == (TaskStatus.SUCCESS, 2)
         assert worker.healthy
     finally:
@@ -369,7 +394,7 @@ async def test_an_exception_in_the_read_loop_does_not_stop_the_worker(
     running = await run_worker(worker)
     try:
         task_id = await queue.submit(TaskRequest(args={"k": 2}))
-        record = await finished(client, task_id)
+        record = await finished(client, queue, task_id)
         assert record.status is TaskStatus.SUCCESS
         assert worker.healthy
     finally:
@@ -403,7 +428,7 @@ async def test_a_stale_holder_can_neither_complete_nor_requeue_a_reclaimed_task(
     )
     assert await queue.requeue(stale.delivery, stale.lease("a"), {"traceback": "late"}) is False
     assert await queue.touch("a", [stale]) == [False]
-    record = await get_task(client, task_id)
+    record = await get_task(client, queue.config.queue_id, task_id)
     assert record is not None and record.status is TaskStatus.STARTED
     assert await queue.complete(fresh.delivery, fresh.lease("b"), TaskStatus.SUCCESS, {"result": "1"}) == (True, [])
     assert await queue.requeue(fresh.delivery, Lease("b", None), {}) is False
@@ -442,13 +467,13 @@ async def test_a_long_result_upload_keeps_its_lease_and_its_success(
         task_id = await holder.queue.submit(TaskRequest(args={"v": 1}, return_pickled=True))
 
         async def started() -> bool:
-            record = await get_task(client, task_id)
+            record = await get_task(client, config.queue_id, task_id)
             return record is not None and record.status is TaskStatus.STARTED
 
         await async_wait_until(started, what="the holder to start the task")
         second = await run_worker(other)  # reclaims whatever is idle longer than the visibility timeout
         try:
-            record = await finished(client, task_id, timeout=30)
+            record = await finished(client, holder.queue, task_id, timeout=30)
             assert (record.status, record.attempts) == (TaskStatus.SUCCESS, 1)
         finally:
             await stop_worker(other, second)
@@ -530,7 +555,7 @@ async def test_purge_removes_the_callback_outbox(client: aioredis.Redis, queues:
     task_id = await queue.submit(TaskRequest(args={}), CallbackTarget("https://cb.example"))
     await client.zadd(queue.callback_outbox, {task_id: time.time() * 1000})
     await purge_queue(client, queue.config.queue_id)
-    assert await client.exists(queue.callback_outbox, queue.stream, keys.task(task_id)) == 0
+    assert await client.exists(queue.callback_outbox, queue.stream, keys.task(queue.config.queue_id, task_id)) == 0
 
 
 # -- the callback record's attempt fence ------------------------------------------------------------------------------
@@ -539,15 +564,19 @@ async def test_purge_removes_the_callback_outbox(client: aioredis.Redis, queues:
 async def test_a_stale_callback_lease_holder_cannot_record_its_attempt(client: aioredis.Redis, queues: list[TaskQueue]):
     queue = new_queue(client, queues, fresh_config(durability=Durability.MEMORY))
     task_id = await queue.submit(TaskRequest(args={}), CallbackTarget("https://cb.example"))
-    await client.hset(keys.task(task_id), mapping={"callback_status": "pending", "callback_attempts": 0})
-    script_keys = [keys.task(task_id), queue.callback_outbox]
+    await client.hset(
+        keys.task(queue.config.queue_id, task_id), mapping={"callback_status": "pending", "callback_attempts": 0}
+    )
+    script_keys = [keys.task(queue.config.queue_id, task_id), queue.callback_outbox]
     # holder B (the lease of A expired) recorded attempt 1 as a retryable failure
     assert (
         await scripts.record_callback(client, script_keys, [task_id, 1, 10**13, "callback_error", "B: HTTP 503"]) == 1
     )
     # A, late, records its own attempt 1 as delivered: refused, B's record stands
     assert await scripts.record_callback(client, script_keys, [task_id, 1, "", "callback_status", "delivered"]) == 0
-    assert await client.hmget(keys.task(task_id), "callback_status", "callback_attempts", "callback_error") == [
+    assert await client.hmget(
+        keys.task(queue.config.queue_id, task_id), "callback_status", "callback_attempts", "callback_error"
+    ) == [
         b"pending",
         b"1",
         b"B: HTTP 503",

@@ -162,7 +162,7 @@ async def test_sigkilled_workers_lose_no_task_and_finish_each_exactly_once(
     assert set(seen) == set(expected)
     retried = 0
     for task_id, args in expected.items():
-        record = await get_task(redis_client, task_id)
+        record = await get_task(redis_client, config.queue_id, task_id)
         assert record is not None
         assert (record.status, record.result) == (TaskStatus.SUCCESS, args), task_id
         retried += record.attempts > 1
@@ -222,7 +222,7 @@ async def test_redis_killed_and_restarted_under_load_loses_no_accepted_task(any_
         await asyncio.gather(*submitters)
 
         async def finished(task_id: str) -> TaskRecord | None:
-            record = await get_task(client, task_id)
+            record = await get_task(client, config.queue_id, task_id)
             return record if record and record.status.terminal else None
 
         missing: list[str] = []

@@ -13,6 +13,7 @@ import cloudpickle
 import pytest
 from aiohttp import web
 
+from bundleserve.api.credentials import KeysFile
 from bundleserve.api.manifest import load_endpoints
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.registry import EndpointEntry, Registry
@@ -296,3 +297,40 @@ async def test_cookies_of_one_client_never_reach_another(backend: dict[str, Any]
     finally:
         await runner.cleanup()
         await upstream_runner.cleanup()
+
+
+async def test_a_namespace_key_opens_its_namespace_only_and_routers_get_the_endpoints_gateway_key(
+    backend: dict[str, Any], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Issue 17 (1): keys scoped to namespaces. The gateway refuses (404, as an unknown name) an endpoint outside the
+    key's namespaces, and calls the router with that endpoint's gateway key, never the client's key: a router keyed
+    with only its gateway key answers the gateway and refuses the client's key sent to it directly."""
+    master = KeysFile.parse("k-default default\nk-other other\nk-admin\n")
+    entry = entry_for(backend["endpoint_file"], backend["router_url"])
+    keys_file = tmp_path / "router-keys"
+    keys_file.write_text(master.router_file(entry.namespace, entry.name).splitlines()[0] + "\n")  # gateway key only
+    router, router_url = start_router(
+        tmp_path, backend["endpoint_file"], backend["model_url"], env={"BUNDLESERVE_API_KEYS_FILE": str(keys_file)}
+    )
+    runner = None
+    try:
+        wait_until(lambda: http_ok(f"{router_url}/readyz"), timeout=20, what="keyed router ready")
+        registry = Registry([entry_for(backend["endpoint_file"], router_url)])
+        runner, url = await serve(build_gateway_app(registry, GatewayConfig(keys_file=master)))
+        predict = f"{url}/v1/endpoints/{entry.name}/predict"
+        for key, expected in (("k-default", 200), ("k-admin", 200), ("k-other", 404), ("nope", 401)):
+            async with http.post(predict, json={"args": {"k": 1}}, headers={"Authorization": f"Bearer {key}"}) as r:
+                assert r.status == expected, (key, await r.text())
+        async with http.get(f"{url}/v1/endpoints/{entry.name}", headers={"Authorization": "Bearer k-other"}) as r:
+            assert r.status == 404
+        async with http.get(f"{url}/v1/endpoints", headers={"Authorization": "Bearer k-other"}) as r:
+            assert (await r.json())["endpoints"] == []
+        async with http.get(f"{url}/v1/endpoints", headers={"Authorization": "Bearer k-default"}) as r:
+            assert [item["name"] for item in (await r.json())["endpoints"]] == [entry.name]
+        direct = f"{router_url}/v1/endpoints/{entry.name}/predict"
+        async with http.post(direct, json={"args": {}}, headers={"Authorization": "Bearer k-default"}) as response:
+            assert response.status == 401  # the router holds no client key: the gateway's own key opened it
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        router.stop()

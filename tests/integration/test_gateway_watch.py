@@ -63,14 +63,14 @@ async def test_listing_then_watching_follows_endpoints(
     assert entry.describe() == {"name": "echo", "modes": ["sync", "async"], "ready": False}
     assert entry.router_url == "http://echo.default.svc.cluster.local"
 
-    url = "http://echo.default.svc.cluster.local:80"
+    url = "http://elsewhere.example:80"  # whatever status.url says, the gateway calls the Endpoint's own Service
     status = {
         "url": url,
         "conditions": [{"type": "Ready", "status": "True", "reason": "ReplicasAvailable", "message": ""}],
     }
     k8s_api.patch(RESOURCE, "echo", {"status": status}, "default", subresource="status")
     await async_wait_until(lambda: _async(registry.resolve("echo").ready), timeout=10, what="echo ready")
-    assert registry.resolve("echo").router_url == url
+    assert registry.resolve("echo").router_url == "http://echo.default.svc.cluster.local"
 
     k8s_api.delete(RESOURCE, "echo", "default")
     await async_wait_until(lambda: _async(registry.find("echo") is None), timeout=10, what="echo removed")

@@ -30,6 +30,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from bundleserve.api.credentials import KeysFile
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ModeNotServed, NotFound
 from bundleserve.dialects.launch.routes import add_forwarding_routes
@@ -102,7 +103,10 @@ def launch_routers(directory: Path, valkey_server: Valkey) -> Iterator[LaunchTar
     """The bundle runtime and one router per endpoint (SYNC, ASYNC), API keys on; also the backend of the gateway's
     and local mode's runs of these tests."""
     keys = directory / "api-keys"
-    keys.write_text(f"{API_KEY}\n")
+    # The key itself (clients call the routers directly too) and each endpoint's gateway key, as the operator writes
+    # them for a gateway configured with that one cluster-wide key.
+    gateway_keys = [KeysFile.parse(API_KEY).gateway_key("default", name) for name in (SYNC, ASYNC)]
+    keys.write_text("".join(f"{key}\n" for key in [API_KEY, *gateway_keys]))
     port = free_port()
     runtime = Server(
         bundleserve(

@@ -21,6 +21,7 @@ import openai
 import pytest
 import yaml
 
+from bundleserve.api.credentials import KeysFile
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.registry import Registry
 from tests.integration.test_router_fake_model import start_router
@@ -64,7 +65,10 @@ class Backend:
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     directory = tmp_path_factory.mktemp("openai")
     keys = directory / "api-keys"
-    keys.write_text(f"{API_KEY}\n")
+    # The key itself (clients call the routers directly too) and each endpoint's gateway key, as the operator writes
+    # them for a gateway configured with that one cluster-wide key (docs/security.md).
+    gateway_keys = [KeysFile.parse(API_KEY).gateway_key("default", name) for name in ("tiny-chat", "lab", "no-openai")]
+    keys.write_text("".join(f"{key}\n" for key in [API_KEY, *gateway_keys]))
     lab_log = directory / "lab.log"
     servers: list[Any] = []
     routers: dict[str, str] = {}

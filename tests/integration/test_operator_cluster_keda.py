@@ -1,4 +1,4 @@
-"""An operator with a queue Secret on the real control plane: KEDA ordering and shared-Secret copies.
+"""An operator with a queue on the real control plane: KEDA ordering and each Endpoint's own credentials Secret.
 
 Switching an Endpoint from sync to async replaces its HPA with a ScaledObject.
 
@@ -31,6 +31,7 @@ from tests.integration.cluster_harness import (
 )
 from tests.integration.test_operator_queue import KEDA_CRD
 from tests.support.cluster import ControlPlane
+from tests.support.valkey import Valkey
 from tests.support.waiting import wait_until
 
 ONE_AUTOSCALER: list[dict[str, Any]] = [
@@ -71,13 +72,14 @@ def _secret(name: str, **data: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def keda_operator(
-    kube_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+    kube_cluster: ControlPlane, valkey_server: Valkey, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Release, RunningOperator]]:
     release = install_release(kube_cluster)
     kube_cluster.apply(KEDA_CRD)
     for obj in ONE_AUTOSCALER:
         kube_cluster.apply(obj)
-    env = {"BUNDLESERVE_KEDA": "on", "BUNDLESERVE_REDIS_SECRET": "queue"}
+    # The master credential (the operator creates each Endpoint's Redis user with it): a real server.
+    env = {"BUNDLESERVE_KEDA": "on", "BUNDLESERVE_REDIS_SECRET": "queue", "BUNDLESERVE_REDIS_URL": valkey_server.url}
     running = start_operator(kube_cluster, release, tmp_path_factory.mktemp("keda-operator"), **env)
     yield release, running
     stop_operator(kube_cluster, release, running)
@@ -107,29 +109,25 @@ def test_switching_to_async_deletes_the_hpa_before_creating_the_scaled_object(
         kube_cluster, ns, "jobs")  # fmt: skip
 
 
-def test_endpoints_outside_the_release_namespace_get_copies_of_the_shared_secrets(
-    kube_cluster: ControlPlane, keda_operator: tuple[Release, RunningOperator]
+def test_endpoints_get_their_own_credentials_and_never_a_copy_of_a_shared_secret(
+    kube_cluster: ControlPlane, valkey_server: Valkey, keda_operator: tuple[Release, RunningOperator]
 ) -> None:
-    """Pods reference Secrets of their own namespace only: the operator copies the queue Secret (from its own
-    namespace) next to the Endpoint, owned by it, keeps the copy current, and names a missing source in status."""
+    """Issue 17 (finding 1): the operator used to copy the queue Secret (the master password) into every Endpoint's
+    namespace as `<endpoint>-queue`. Now the namespace gets `<endpoint>-bundleserve-credentials`: the Endpoint's own
+    Redis user, which KEDA's trigger names too; a rotated password is a deleted Secret."""
     _, running = keda_operator
-    if kube_cluster.get("v1", "Secret", SYSTEM, "queue") is not None:  # another test of this module made it
-        kube_cluster.request("DELETE", kube_cluster.path("v1", "Secret", SYSTEM, "queue"))
+    kube_cluster.apply(_secret("queue", url=valkey_server.url, address=f"127.0.0.1:{valkey_server.port}"))
     ns = namespace(kube_cluster, "bs-secrets")
-    kube_cluster.apply(endpoint_doc(ns, "jobs", modes=["async"], scaling={"minReplicas": 1, "maxReplicas": 1}))
-
-    def degraded_reason() -> str:
-        return str(conditions(kube_cluster, ns, "jobs").get("Degraded", {}).get("reason", ""))
-
-    wait_logged(running.process, lambda: degraded_reason() == "SecretMissing", "Degraded=SecretMissing")
-    assert f"{SYSTEM}/queue" in conditions(kube_cluster, ns, "jobs")["Degraded"]["message"]
-
-    kube_cluster.apply(_secret("queue", url="redis://:pw@redis.example:6379/0", address="redis.example:6379"))
-    copy = wait_logged(running.process, lambda: kube_cluster.get("v1", "Secret", ns, "jobs-queue"), "the copy")
-    assert base64.b64decode(copy["data"]["url"]).decode() == "redis://:pw@redis.example:6379/0"
-    (owner,) = copy["metadata"]["ownerReferences"]
+    kube_cluster.apply(endpoint_doc(ns, "jobs", modes=["async"], scaling={"minReplicas": 0, "maxReplicas": 2}))
+    own = "jobs-bundleserve-credentials"
+    secret = wait_logged(running.process, lambda: kube_cluster.get("v1", "Secret", ns, own), "the credentials")
+    assert kube_cluster.get("v1", "Secret", ns, "jobs-queue") is None  # no copy of the shared Secret
+    data = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    assert data["username"] == "bundleserve.bs-secrets.jobs"
+    assert data["url"].startswith(f"redis://bundleserve.bs-secrets.jobs:{data['password']}@127.0.0.1:")
+    (owner,) = secret["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("Endpoint", "jobs", True)
-    # The copy is written before the Deployment that references it: wait for that too, do not race it.
+    # The Secret is written before the Deployment that references it: wait for that too, do not race it.
     deployment = wait_logged(running.process, lambda: kube_cluster.get("apps/v1", "Deployment", ns, "jobs"),
                              "the Deployment")  # fmt: skip
     refs = {
@@ -138,14 +136,21 @@ def test_endpoints_outside_the_release_namespace_get_copies_of_the_shared_secret
         for item in container.get("env", [])
         if "secretKeyRef" in item.get("valueFrom", {})
     }
-    assert refs == {"jobs-queue"}
-    wait_until(lambda: degraded_reason() != "SecretMissing", timeout=60, what="SecretMissing cleared")
-
-    kube_cluster.apply(_secret("queue", url="redis://:rotated@redis.example:6379/0", address="redis.example:6379"))
-    wait_logged(running.process, lambda: base64.b64decode(
-        kube_cluster.get("v1", "Secret", ns, "jobs-queue")["data"]["url"]).decode().startswith("redis://:rotated@"),
-        "the copy refreshed after a rotation")  # fmt: skip
-    assert "rotated" not in running.process.log()  # secret values never reach the operator's log
+    assert refs == {own}
+    scaled = wait_logged(running.process, lambda: kube_cluster.get("keda.sh/v1alpha1", "ScaledObject", ns, "jobs"),
+                         "the ScaledObject")  # fmt: skip
+    assert scaled["spec"]["triggers"][0]["metadata"]["usernameFromEnv"] == "BUNDLESERVE_REDIS_USERNAME"
+    client = valkey_server.client()
+    try:
+        assert client.execute_command("ACL", "GETUSER", data["username"]) is not None
+        # Rotation: delete the Secret; the operator makes a new password and resets the user to it.
+        kube_cluster.request("DELETE", kube_cluster.path("v1", "Secret", ns, own))
+        rotated = wait_logged(running.process, lambda: (kube_cluster.get("v1", "Secret", ns, own) or {}).get("data"),
+                              "the credentials made again")  # fmt: skip
+        assert base64.b64decode(rotated["password"]).decode() != data["password"]
+        assert data["password"] not in running.process.log()  # secret values never reach the operator's log
+    finally:
+        client.close()
 
 
 def test_the_callback_secret_is_mounted_into_the_router_and_a_missing_one_is_degraded(

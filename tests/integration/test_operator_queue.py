@@ -71,7 +71,9 @@ def enqueue(client: redis.Redis, endpoint: str, count: int) -> list[str]:
     task_ids = []
     for _ in range(count):
         task_id = uuid.uuid4().hex
-        client.hset(keys.task(task_id), mapping={"endpoint": endpoint, "status": "PENDING"})
+        client.hset(
+            keys.task(keys.queue_id(NS, endpoint), task_id), mapping={"endpoint": endpoint, "status": "PENDING"}
+        )
         client.xadd(stream, {"t": task_id})
         task_ids.append(task_id)
     return task_ids
@@ -158,10 +160,12 @@ def test_deleting_an_async_endpoint_purges_its_queue_unless_retained(
         cluster.delete(ENDPOINTS, name, NS)
         wait_until(lambda: cluster.get(ENDPOINTS, name, NS) is None, timeout=20, what="the Endpoint deleted")
         assert bool(queue.exists(stream_of(name))) == retain
-        assert queue.exists(*[keys.task(task_id) for task_id in task_ids]) == (3 if retain else 0)
+        assert queue.exists(*[keys.task(keys.queue_id(NS, name), task_id) for task_id in task_ids]) == (
+            3 if retain else 0
+        )
     finally:
         operator.stop()
-        queue.delete(stream_of(name), *[keys.task(t) for t in locals().get("task_ids", [])])
+        queue.delete(stream_of(name), *[keys.task(keys.queue_id(NS, name), t) for t in locals().get("task_ids", [])])
 
 
 def test_deletion_waits_for_in_flight_tasks(

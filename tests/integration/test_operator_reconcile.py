@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -14,10 +15,26 @@ from bundleserve.controller.builders import BuildContext
 from bundleserve.controller.config import OperatorConfig
 from bundleserve.controller.kube import KubeClient, login
 from bundleserve.controller.reconcile import reconcile
+from bundleserve.queue.acl import QueueUsers
 from tests.integration.operator_harness import ENDPOINTS, NS, endpoint_doc, prepare
 from tests.support.k8s.emulator import KubernetesEmulator
+from tests.support.valkey import Valkey
 
-CONTEXT = BuildContext(config=OperatorConfig(redis_secret="bundleserve-redis"))
+
+@dataclass
+class Ctx:
+    """The build context and the master connection that creates each Endpoint's Redis user (a real valkey)."""
+
+    context: BuildContext
+    users: QueueUsers
+
+
+@pytest.fixture
+async def ctx(valkey_server: Valkey) -> AsyncIterator[Ctx]:
+    config = OperatorConfig(redis_secret="bundleserve-redis", redis_url=valkey_server.url)
+    users = QueueUsers(valkey_server.url)
+    yield Ctx(BuildContext(config=config), users)
+    await users.close()
 
 
 @pytest.fixture
@@ -29,9 +46,9 @@ async def kube(k8s_api: KubernetesEmulator, monkeypatch: pytest.MonkeyPatch) -> 
     await client.close()
 
 
-async def test_a_second_pass_writes_nothing(k8s_api: KubernetesEmulator, kube: KubeClient) -> None:
+async def test_a_second_pass_writes_nothing(k8s_api: KubernetesEmulator, kube: KubeClient, ctx: Ctx) -> None:
     k8s_api.create(endpoint_doc("echo", scaling={"minReplicas": 1, "maxReplicas": 3}))
-    first = await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, CONTEXT)
+    first = await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, ctx.context, ensure_user=ctx.users.ensure)
     assert sorted(kind for verb, kind, _ in first.writes if verb == "create") == [
         "ConfigMap",
         "Deployment",
@@ -40,20 +57,20 @@ async def test_a_second_pass_writes_nothing(k8s_api: KubernetesEmulator, kube: K
         "PodDisruptionBudget",
         "Service",
     ]
-    second = await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, CONTEXT)
+    second = await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, ctx.context, ensure_user=ctx.users.ensure)
     assert second.writes == [] and second.patch is None
     assert kube.writes[("create", "Deployment")] == 1
 
 
 async def test_a_spec_past_the_crd_but_not_the_model_is_degraded_and_children_stay(
-    k8s_api: KubernetesEmulator, kube: KubeClient
+    k8s_api: KubernetesEmulator, kube: KubeClient, ctx: Ctx
 ) -> None:
     k8s_api.create(endpoint_doc("echo"))
-    await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, CONTEXT)
+    await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, ctx.context, ensure_user=ctx.users.ensure)
     k8s_api.roll_out(NS, "echo")
     body: dict[str, Any] = copy.deepcopy(k8s_api.get(ENDPOINTS, "echo", NS))
     body["spec"]["scaling"] = {"minReplicas": 5, "maxReplicas": 2}  # as if the CRD's rule were missing
-    result = await reconcile(body, kube, CONTEXT)
+    result = await reconcile(body, kube, ctx.context, ensure_user=ctx.users.ensure)
     assert result.problem is not None and result.problem.reason == "InvalidSpec"
     assert "minReplicas" in result.problem.message
     conditions = {c["type"]: c for c in k8s_api.get(ENDPOINTS, "echo", NS)["status"]["conditions"]}
@@ -63,7 +80,9 @@ async def test_a_spec_past_the_crd_but_not_the_model_is_degraded_and_children_st
     assert [w for w in result.writes if w[0] != "patch"] == []
 
 
-async def test_an_object_we_do_not_own_is_never_taken_over(k8s_api: KubernetesEmulator, kube: KubeClient) -> None:
+async def test_an_object_we_do_not_own_is_never_taken_over(
+    k8s_api: KubernetesEmulator, kube: KubeClient, ctx: Ctx
+) -> None:
     k8s_api.create(
         {
             "apiVersion": "v1",
@@ -73,21 +92,23 @@ async def test_an_object_we_do_not_own_is_never_taken_over(k8s_api: KubernetesEm
         }
     )
     k8s_api.create(endpoint_doc("echo"))
-    result = await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, CONTEXT)
+    result = await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, ctx.context, ensure_user=ctx.users.ensure)
     assert result.problem is not None and result.problem.reason == "ChildConflict"
     assert k8s_api.get("services", "echo", NS)["spec"]["ports"][0]["port"] == 443
     degraded = {c["type"]: c for c in k8s_api.get(ENDPOINTS, "echo", NS)["status"]["conditions"]}["Degraded"]
     assert degraded["reason"] == "ChildConflict" and "Service echo" in degraded["message"]
 
 
-async def test_children_a_spec_no_longer_wants_are_deleted(k8s_api: KubernetesEmulator, kube: KubeClient) -> None:
+async def test_children_a_spec_no_longer_wants_are_deleted(
+    k8s_api: KubernetesEmulator, kube: KubeClient, ctx: Ctx
+) -> None:
     k8s_api.create(endpoint_doc("echo", modes=["sync", "async"], scaling={"minReplicas": 1, "maxReplicas": 3}))
-    await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, CONTEXT)
+    await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, ctx.context, ensure_user=ctx.users.ensure)
     assert k8s_api.get("horizontalpodautoscalers.autoscaling", "echo", NS) is not None
     k8s_api.patch(
         ENDPOINTS, "echo", {"spec": {"modes": ["async"], "scaling": {"minReplicas": 1, "maxReplicas": 1}}}, NS
     )
-    result = await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, CONTEXT)
+    result = await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, ctx.context, ensure_user=ctx.users.ensure)
     deleted = sorted(kind for verb, kind, _ in result.writes if verb == "delete")
     assert deleted == ["HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
     assert k8s_api.get("deployments.apps", "echo", NS)["spec"]["replicas"] == 1
@@ -95,13 +116,13 @@ async def test_children_a_spec_no_longer_wants_are_deleted(k8s_api: KubernetesEm
 
 
 async def test_switching_from_scale_to_zero_to_an_hpa_starts_pods(
-    k8s_api: KubernetesEmulator, kube: KubeClient
+    k8s_api: KubernetesEmulator, kube: KubeClient, ctx: Ctx
 ) -> None:
     k8s_api.create(endpoint_doc("echo", modes=["async"], scaling={"minReplicas": 0, "maxReplicas": 3}))
-    await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, CONTEXT)
+    await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, ctx.context, ensure_user=ctx.users.ensure)
     assert k8s_api.get("deployments.apps", "echo", NS)["spec"]["replicas"] == 0
     k8s_api.patch(ENDPOINTS, "echo", {"spec": {"modes": ["sync", "async"], "scaling": {"minReplicas": 2}}}, NS)
-    result = await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, CONTEXT)
+    result = await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, ctx.context, ensure_user=ctx.users.ensure)
     assert ("patch", "Deployment", "echo") in result.writes
     assert k8s_api.get("deployments.apps", "echo", NS)["spec"]["replicas"] == 2
     assert k8s_api.get("horizontalpodautoscalers.autoscaling", "echo", NS) is not None

@@ -25,6 +25,7 @@ import pytest
 from aiohttp import web
 from botocore.config import Config
 
+from bundleserve.api.credentials import KeysFile
 from bundleserve.dialects.sagemaker import sigv4
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.registry import Registry
@@ -54,9 +55,12 @@ def backend(tmp_path_factory: pytest.TempPathFactory, valkey_server: Valkey) -> 
             directory, modes=("sync", "async"), invocation={"timeoutSeconds": 30, "concurrency": 4}
         )
         keys = directory / "api-keys"
-        keys.write_text(API_KEY + "\n")
+        # The key itself and the endpoint's gateway key, as the operator writes them for a gateway configured with
+        # that one cluster-wide key: the gateway calls the router with the gateway key (docs/security.md).
+        named = entry_for(endpoint, "http://unused")
+        keys.write_text(f"{API_KEY}\n{KeysFile.parse(API_KEY).gateway_key(named.namespace, named.name)}\n")
         env = {
-            "BUNDLESERVE_API_KEYS_FILE": str(keys),  # the gateway hands on SigV4-verified calls with this key
+            "BUNDLESERVE_API_KEYS_FILE": str(keys),
             "BUNDLESERVE_SAGEMAKER_ACCESS_KEY_ID": ACCESS_KEY,
             "BUNDLESERVE_SAGEMAKER_SECRET_ACCESS_KEY": SECRET_KEY,
             "BUNDLESERVE_SAGEMAKER_REGION": REGION,

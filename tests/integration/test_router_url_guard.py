@@ -87,7 +87,7 @@ async def test_loopback_is_refused_by_default(routers: dict[str, str], source: s
     await assert_refused(routers["guarded"], f"{source}/data", "loopback")  # IP literal
     port = source.rsplit(":", 1)[1]
     await assert_refused(routers["guarded"], f"http://localhost:{port}/data", "loopback")  # resolved name
-    await assert_refused(routers["guarded"], "http://169.254.169.254/latest/meta-data/", "link-local")
+    await assert_refused(routers["guarded"], "http://169.254.169.254/latest/meta-data/", "cloud-metadata")
 
 
 async def test_an_allowed_loopback_address_is_fetched(routers: dict[str, str], source: str) -> None:
@@ -99,7 +99,7 @@ async def test_an_allowed_loopback_address_is_fetched(routers: dict[str, str], s
 
 @pytest.mark.parametrize(
     ("path", "reason"),
-    [("/to-metadata", "link-local"), ("/to-ipv6-loopback", "loopback"), ("/to-mapped-loopback", "loopback")],
+    [("/to-metadata", "cloud-metadata"), ("/to-ipv6-loopback", "loopback"), ("/to-mapped-loopback", "loopback")],
 )
 async def test_a_redirect_to_a_blocked_address_is_refused(
     routers: dict[str, str], source: str, path: str, reason: str

@@ -23,6 +23,7 @@ import pytest
 from aiohttp import web
 from botocore.exceptions import ClientError
 
+from bundleserve.api.credentials import KeysFile
 from bundleserve.api.manifest import load_endpoints
 from bundleserve.dialects.sagemaker import sigv4
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
@@ -114,7 +115,9 @@ def backend(tmp_path_factory: pytest.TempPathFactory, valkey_server: Valkey) -> 
     )
     routers: list[Any] = []
     keys = directory / "api-keys"
-    keys.write_text(f"{API_KEY}\n")
+    # The key itself (clients call the router directly too) and the endpoint's gateway key, as the operator writes it
+    # for a gateway configured with that one cluster-wide key.
+    keys.write_text(f"{API_KEY}\n{KeysFile.parse(API_KEY).gateway_key('default', NAME)}\n")
     try:
         env = {
             "BUNDLESERVE_RESULTS_DIR": str(directory / "results"),

@@ -14,7 +14,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 from packaging.requirements import Requirement
+
+from bundleserve.controller.builders.deployment import NON_ROOT_ID
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -91,6 +94,17 @@ def test_the_examples_image_installs_its_lock_and_copies_real_files() -> None:
     assert "!examples/*/*.py" in ignored and "!requirements/examples-image.txt" in ignored
     users = [arg for keyword, arg in _final_stage(EXAMPLES_DOCKERFILE) if keyword == "USER"]
     assert users[-1] == "10001:10001", "the examples image must drop back to the non-root user"
+
+
+def test_pods_run_as_the_images_own_user() -> None:
+    """The Deployment builder and the chart run the image as the user its Dockerfile sets, not another uid."""
+    [user] = [arg for keyword, arg in _final_stage(REPO / "Dockerfile") if keyword == "USER"]
+    uid, gid = (int(part) for part in user.split(":"))
+    assert (uid, gid) == (NON_ROOT_ID, NON_ROOT_ID)
+    values = yaml.safe_load((REPO / "charts/bundleserve/values.yaml").read_text())
+    for component in ("operator", "gateway"):
+        context = values[component]["podSecurityContext"]
+        assert (context["runAsUser"], context["runAsGroup"]) == (uid, gid), component
 
 
 def _installs_exactly(run: str, *locks: str) -> bool:

@@ -88,3 +88,15 @@ def test_s3_results_settings() -> None:
 def test_bad_s3_results_settings_name_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         OperatorConfig.from_env(env)
+
+
+def test_router_settings_are_passed_on_and_checked_at_the_start() -> None:
+    """The destination guard's CIDRs and the byte quota reach every router sidecar (issue 17: private ranges are
+    refused by default, so an in-cluster object store must be opened where the routers can see it)."""
+    env = {"BUNDLESERVE_URL_ALLOW": "10.96.0.0/12", "BUNDLESERVE_QUEUE_MAX_BACKLOG_BYTES": "1048576"}
+    config = OperatorConfig.from_env(env)
+    assert dict(config.router_settings) == env
+    for bad in ({"BUNDLESERVE_URL_ALLOW": "10.0.0.0/33"}, {"BUNDLESERVE_QUEUE_MAX_BACKLOG_BYTES": "1MB"},
+                {"BUNDLESERVE_URL_BLOCK_PRIVATE": "maybe"}):  # fmt: skip
+        with pytest.raises(ConfigError):
+            OperatorConfig.from_env(bad)

@@ -86,7 +86,7 @@ def test_an_invalid_manifest_is_a_one_line_error(capsys: pytest.CaptureFixture[s
     assert captured.err.count("\n") == 1 and "bad.yaml" in captured.err and "modes" in captured.err
 
 
-def test_async_without_a_configured_queue_renders_against_the_default_secret_and_says_so(
+def test_async_endpoints_render_against_their_own_credentials_secret_and_say_so(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     manifest = tmp_path / "jobs.yaml"
@@ -98,7 +98,7 @@ def test_async_without_a_configured_queue_renders_against_the_default_secret_and
         patch.delenv("BUNDLESERVE_REDIS_SECRET")
         assert cli_main(["render", str(manifest)]) == 0
     captured = capsys.readouterr()
-    assert "assuming the Redis Secret 'bundleserve-redis'" in captured.err
+    assert "<endpoint>-bundleserve-credentials" in captured.err
     deployment = next(d for d in yaml.safe_load_all(captured.out) if d["kind"] == "Deployment")
     refs = [
         env["valueFrom"]["secretKeyRef"]["name"]
@@ -106,7 +106,7 @@ def test_async_without_a_configured_queue_renders_against_the_default_secret_and
         for env in container.get("env", [])
         if "secretKeyRef" in env.get("valueFrom", {})
     ]
-    assert "bundleserve-redis" in refs
+    assert set(refs) == {"jobs-bundleserve-credentials"}  # never a shared Secret (issue 17)
 
 
 def test_the_console_command_prints_a_yaml_stream() -> None:

@@ -8,26 +8,30 @@ from typing import Any
 import pytest
 
 from bundleserve.api.endpoint import Endpoint, Mode
-from bundleserve.api.errors import InvalidRequest, ModeNotServed, NotFound
+from bundleserve.api.errors import ModeNotServed, NotFound
 from bundleserve.gateway.kube import KubeAccess, KubeConfigError, apply_event, build_entry, collection_path
 from bundleserve.gateway.proxy import downstream_headers
 from bundleserve.gateway.registry import EndpointEntry, Registry
 
 
-def obj(name: str, modes: list[str], namespace: str = "default", **status: Any) -> dict[str, Any]:
+def obj(
+    name: str, modes: list[str], namespace: str = "default", created: str | None = None, **status: Any
+) -> dict[str, Any]:
     document: dict[str, Any] = {
         "apiVersion": "bundleserve.dev/v1alpha1",
         "kind": "Endpoint",
         "metadata": {"name": name, "namespace": namespace, "resourceVersion": "7"},
         "spec": {"modes": modes, "bundle": {"image": "example.com/m:1", "python": {"entrypoint": "m:predict"}}},
     }
+    if created:
+        document["metadata"]["creationTimestamp"] = created
     if status:
         document["status"] = status
     return document
 
 
-def entry(name: str, modes: list[str], namespace: str = "default") -> EndpointEntry:
-    return EndpointEntry(endpoint=Endpoint.model_validate(obj(name, modes, namespace)), router_url="http://r")
+def entry(name: str, modes: list[str], namespace: str = "default", created: str | None = None) -> EndpointEntry:
+    return EndpointEntry(endpoint=Endpoint.model_validate(obj(name, modes, namespace, created)), router_url="http://r")
 
 
 def test_resolve_answers_the_documented_errors() -> None:
@@ -41,10 +45,16 @@ def test_resolve_answers_the_documented_errors() -> None:
     assert "serves: sync" in refused.value.message
 
 
-def test_a_name_in_two_namespaces_is_ambiguous_not_a_guess() -> None:
-    registry = Registry([entry("echo", ["sync"], "a"), entry("echo", ["sync"], "b")])
-    with pytest.raises(InvalidRequest, match="namespaces a, b"):
-        registry.resolve("echo")
+def test_a_same_named_endpoint_in_another_namespace_never_takes_the_name_from_the_older_one() -> None:
+    """Issue 17 (7): a same-named Endpoint created in another namespace made the gateway answer 400 "ambiguous" for
+    the original. The older Endpoint keeps the name, whichever order the registry learns them in."""
+    original = entry("echo", ["sync"], "a-team", "2026-01-01T00:00:00Z")
+    newcomer = entry("echo", ["sync"], "0-intruder", "2026-02-01T00:00:00Z")
+    for order in ([original, newcomer], [newcomer, original]):
+        assert Registry(order).resolve("echo").namespace == "a-team"
+    registry = Registry([original, newcomer])
+    registry.remove("a-team", "echo")
+    assert registry.resolve("echo").namespace == "0-intruder"  # the name is free again
 
 
 def test_describe_is_the_shape_the_sdk_reads() -> None:
@@ -61,9 +71,11 @@ def test_replace_all_drops_endpoints_that_vanished() -> None:
     assert [e.name for e in registry.entries()] == ["new"]
 
 
-def test_build_entry_reads_readiness_and_url_from_status() -> None:
+def test_build_entry_reads_readiness_from_status_and_never_its_url() -> None:
+    """Issue 17 (7): the gateway sent API keys to whatever `status.url` said; it now always calls the Service the
+    operator creates for the Endpoint."""
     ready = {"type": "Ready", "status": "True", "reason": "ReplicasAvailable"}
-    built = build_entry(obj("echo", ["sync"], "ml", conditions=[ready], url="http://echo.ml.svc.cluster.local/"))
+    built = build_entry(obj("echo", ["sync"], "ml", conditions=[ready], url="http://collector.attacker.example/"))
     assert built is not None
     assert built.ready
     assert built.router_url == "http://echo.ml.svc.cluster.local"

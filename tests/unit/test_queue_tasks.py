@@ -99,7 +99,7 @@ def test_key_names_are_per_endpoint_and_documented() -> None:
     assert keys.stream(keys.queue_id("team-b", "echo")) != keys.stream(queue)
     assert keys.GROUP == "workers"
     task_id = keys.new_task_id()
-    assert keys.is_task_id(task_id) and keys.task(task_id) == f"bundleserve:task:{task_id}"
+    assert keys.is_task_id(task_id) and keys.task("ns/ep", task_id) == f"bundleserve:{{ns/ep}}:task:{task_id}"
     assert not keys.is_task_id("../x") and not keys.is_task_id(task_id.upper())
 
 

@@ -83,8 +83,9 @@ def test_the_code_blocks_exactly_the_named_ranges() -> None:
 
 
 @pytest.mark.parametrize("cidr", PRIVATE_RANGES)
-def test_each_private_range_is_refused_only_when_asked(cidr: str) -> None:
+def test_each_private_range_is_refused_unless_opened(cidr: str) -> None:
+    """Refused by default since issue 17 (the CRD text promised it; the code let them through)."""
     for address in edges(cidr):
-        assert AddressPolicy().refusal(address) is None
-        assert AddressPolicy(block_private=True).refusal(address) == "private"
+        assert AddressPolicy().refusal(address) == "private"
+        assert AddressPolicy(block_private=False).refusal(address) is None
     assert sorted(PRIVATE) == sorted(PRIVATE_RANGES)

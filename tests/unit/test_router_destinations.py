@@ -20,7 +20,8 @@ DEFAULT = AddressPolicy()
         ("127.0.0.1", "loopback"),
         ("127.255.0.9", "loopback"),
         ("::1", "loopback"),
-        ("169.254.169.254", "link-local"),
+        ("169.254.169.254", "cloud-metadata"),
+        ("169.254.1.1", "link-local"),
         ("fe80::1", "link-local"),
         ("fe80::1%eth0", "link-local"),
         ("0.0.0.0", "unspecified"),
@@ -34,28 +35,48 @@ DEFAULT = AddressPolicy()
         ("::7f00:1", "reserved"),  # IPv4-compatible form of 127.0.0.1
         # IPv4 embedded in IPv6 is judged as the IPv4 address it stands for.
         ("::ffff:127.0.0.1", "loopback"),
-        ("::ffff:169.254.169.254", "link-local"),
-        ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 of 169.254.169.254
+        ("::ffff:169.254.169.254", "cloud-metadata"),
+        ("64:ff9b::a9fe:a9fe", "cloud-metadata"),  # NAT64 of 169.254.169.254
+        # Issue 17 (finding 3): private ranges are refused by default, as the CRD text says ...
+        ("10.1.2.3", "private"),
+        ("172.16.0.5", "private"),
+        ("192.168.1.1", "private"),
+        ("100.64.0.1", "private"),
+        ("fd00::5", "private"),
+        ("::ffff:10.0.0.1", "private"),
+        # ... and metadata services outside 169.254/16 are refused as such.
+        ("fd00:ec2::254", "cloud-metadata"),
+        ("fd00:ec2::23", "cloud-metadata"),
+        ("100.100.100.200", "cloud-metadata"),
+        ("::ffff:100.100.100.200", "cloud-metadata"),
+        ("168.63.129.16", "cloud-metadata"),
+        ("fd20:ce::254", "cloud-metadata"),
+        ("169.254.170.2", "cloud-metadata"),
     ],
 )
 def test_default_policy_refuses_each_class(address: str, reason: str) -> None:
     assert DEFAULT.refusal(address) == reason
 
 
-@pytest.mark.parametrize(
-    "address",
-    ["93.184.216.34", "2606:2800:220:1::1", "10.1.2.3", "172.16.0.5", "192.168.1.1", "fd00::5", "::ffff:8.8.8.8"],
-)
-def test_default_policy_allows_public_and_private(address: str) -> None:
+@pytest.mark.parametrize("address", ["93.184.216.34", "2606:2800:220:1::1", "::ffff:8.8.8.8"])
+def test_default_policy_allows_public(address: str) -> None:
     assert DEFAULT.refusal(address) is None
 
 
 @pytest.mark.parametrize(
     "address", ["10.1.2.3", "172.31.255.1", "192.168.0.1", "100.64.0.1", "fd12::1", "::ffff:10.0.0.1"]
 )
-def test_private_ranges_can_be_refused(address: str) -> None:
-    assert AddressPolicy(block_private=True).refusal(address) == "private"
-    assert AddressPolicy(block_private=True).refusal("8.8.8.8") is None
+def test_private_ranges_can_be_opened(address: str) -> None:
+    assert AddressPolicy(block_private=False).refusal(address) is None
+    assert AddressPolicy().refusal(address) == "private"
+
+
+def test_no_allow_list_or_setting_opens_a_metadata_address() -> None:
+    everything = parse_cidrs("0.0.0.0/0,::/0", source="A")
+    policy = AddressPolicy(allow=everything, block_private=False)
+    assert policy.refusal("10.0.0.1") is None  # the allow list wins over every class ...
+    for address in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "::ffff:100.100.100.200"):
+        assert policy.refusal(address) == "cloud-metadata"  # ... but this one
 
 
 def test_added_blocks_and_allow_exemptions() -> None:
@@ -86,7 +107,8 @@ def test_parse_cidrs() -> None:
     ("host", "message"),
     [
         ("127.0.0.1", "loopback address"),
-        ("::ffff:169.254.169.254", "link-local address"),
+        ("::ffff:169.254.169.254", "cloud-metadata address"),
+        ("10.0.0.7", "private address"),
         ("2130706433", "canonical IP address"),  # the OS would read these as 127.0.0.1 when connecting
         ("127.1", "canonical IP address"),
     ],
@@ -121,10 +143,15 @@ def test_settings_read_the_guard_from_the_environment(tmp_path: Path) -> None:
     env = {
         "BUNDLESERVE_URL_BLOCK": "203.0.114.0/24",
         "BUNDLESERVE_URL_ALLOW": "127.0.0.0/8",
-        "BUNDLESERVE_URL_BLOCK_PRIVATE": "true",
+        "BUNDLESERVE_URL_BLOCK_PRIVATE": "false",
     }
     policy = build_settings(endpoint_file=manifest, model_url="http://127.0.0.1:1", env=env).url_policy
-    assert policy.block_private and policy.refusal("127.0.0.1") is None and policy.refusal("203.0.114.1") is not None
+    assert (
+        not policy.block_private and policy.refusal("127.0.0.1") is None and policy.refusal("203.0.114.1") is not None
+    )
+    assert policy.refusal("10.0.0.1") is None
+    unset = build_settings(endpoint_file=manifest, model_url="http://127.0.0.1:1", env={}).url_policy
+    assert unset.block_private and unset.refusal("10.0.0.1") == "private"  # refused unless opened
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,7 @@ async def test_a_name_with_only_blocked_addresses_is_refused_with_the_first_reas
     resolver = guarded.GuardedResolver(AddressPolicy(block_private=True))
     with pytest.raises(guarded.BlockedDestination) as caught:
         await resolver.resolve("metadata.test", 80, socket.AF_UNSPEC)
-    assert caught.value.reason == "link-local"
+    assert caught.value.reason == "cloud-metadata"
 
 
 async def test_allowing_ipv4_loopback_keeps_ipv6_loopback_blocked() -> None:

@@ -282,8 +282,9 @@ class Callback(Model):
     """The default callback: the router POSTs each finished task's outcome here (a task may name its own URL)."""
 
     url: Annotated[str, Field(min_length=8, max_length=2048)]
-    """http(s) URL that receives the callbacks; https is required when auth is set. Private and loopback addresses
-    are refused in a cluster."""
+    """http(s) URL that receives the callbacks; https is required when auth is set. Cloud metadata, private, loopback
+    and link-local addresses are refused in a cluster (a range the cluster admin opens with BUNDLESERVE_URL_ALLOW
+    excepted; metadata addresses never)."""
     auth: CallbackAuth | None = None
     """Credentials sent with each callback. Empty: none."""
 
@@ -471,6 +472,9 @@ class ObjectMeta(BaseModel):
     name: Annotated[str, Field(pattern=DNS_1035_LABEL, max_length=63)]
     namespace: str | None = None
     uid: str | None = None
+    #: RFC 3339 UTC (`2026-01-02T03:04:05Z`, so text order is time order); the gateway gives a name used in two
+    #: namespaces to the older Endpoint.
+    creation_timestamp: str | None = None
     generation: int | None = None
     resource_version: str | None = None
     labels: dict[str, str] = {}

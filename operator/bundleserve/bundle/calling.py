@@ -275,32 +275,12 @@ async def call_batch(
     Sync code, and splitting and encoding, run in `executor`; async code on the loop. The entrypoint raising fails
     every item with that error; a wrong shape of its answer fails every item with `BatchResultInvalid`.
     """
-    loop = asyncio.get_running_loop()
     args, kwargs = batch_arguments(function, [item.value for item in items], model)
 
     def split_and_encode(result: Any) -> list[bytes | BundleError]:
         return _encode_each(split_batch(result, len(items), name=name), items)
 
-    if is_async_callable(function):
-        result = await _run_async(function, args, kwargs)
-        return await loop.run_in_executor(executor, split_and_encode, result)
-
-    def run() -> tuple[bool, Any]:
-        try:
-            result = function(*args, **kwargs)
-            if isinstance(result, Iterator):
-                result = list(result)
-        except MODEL_FAILURES as error:
-            raise model_raised(error) from None
-        if inspect.isawaitable(result) or isinstance(result, AsyncIterator):
-            return False, result
-        return True, split_and_encode(result)
-
-    done, value = await loop.run_in_executor(executor, run)
-    if done:
-        return cast(list[bytes | BundleError], value)
-    result = await _settle(value)
-    return await loop.run_in_executor(executor, split_and_encode, result)
+    return await call(function, args, kwargs, executor=executor, encode=split_and_encode)
 
 
 async def stream(

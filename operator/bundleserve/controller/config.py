@@ -9,6 +9,7 @@ from enum import StrEnum
 from urllib.parse import urlsplit
 
 from bundleserve import __version__
+from bundleserve.outbound.destinations import parse_cidrs
 from bundleserve.queue.s3results import ResultsUrlError, S3Location
 
 DEFAULT_IMAGE = f"ghcr.io/bundleserve/bundleserve:{__version__}"
@@ -54,6 +55,9 @@ class OperatorConfig:
     #: The operator's own Redis connection (scaler backlog, queue cleanup on delete). The chart sets it from the
     #: same Secret as the routers'; never logged.
     redis_url: str | None = field(default=None, repr=False)
+    #: Router settings the operator passes on to every router sidecar, as (env name, value), from its own env of the
+    #: same names (ROUTER_SETTINGS): the destination guard and the byte quota. Unset ones keep the routers' defaults.
+    router_settings: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -77,6 +81,8 @@ class OperatorConfig:
         lifetime = opt("BUNDLESERVE_PEERING_LIFETIME_SECONDS") or "60"
         if not lifetime.isdigit() or not 2 <= int(lifetime) <= 3600:
             raise ConfigError(f"BUNDLESERVE_PEERING_LIFETIME_SECONDS={lifetime!r} must be an integer (2-3600)")
+        router_settings = tuple((name, value) for name in ROUTER_SETTINGS if (value := opt(name)) is not None)
+        check_router_settings(dict(router_settings))
         results_url, results_pvc = opt("BUNDLESERVE_RESULTS_URL"), opt("BUNDLESERVE_RESULTS_PVC")
         s3_secret, s3_endpoint = opt("BUNDLESERVE_RESULTS_S3_SECRET"), opt("BUNDLESERVE_RESULTS_S3_ENDPOINT")
         s3_region = opt("BUNDLESERVE_RESULTS_S3_REGION")
@@ -95,8 +101,34 @@ class OperatorConfig:
             cpu_target_utilization=int(utilization),
             peering_lifetime_seconds=int(lifetime),
             redis_url=opt("BUNDLESERVE_REDIS_URL"),
+            router_settings=router_settings,
             secrets_namespace=opt("BUNDLESERVE_SECRETS_NAMESPACE") or opt("POD_NAMESPACE"),
         )
+
+
+#: The operator's env variables passed on to routers unchanged (docs/router.md describes each).
+ROUTER_SETTINGS = (
+    "BUNDLESERVE_URL_ALLOW",
+    "BUNDLESERVE_URL_BLOCK",
+    "BUNDLESERVE_URL_BLOCK_PRIVATE",
+    "BUNDLESERVE_QUEUE_MAX_BACKLOG_BYTES",
+)
+
+
+def check_router_settings(settings: Mapping[str, str]) -> None:
+    """Refuse at the operator's start what every router would refuse at its own."""
+    for name in ("BUNDLESERVE_URL_ALLOW", "BUNDLESERVE_URL_BLOCK"):
+        if name in settings:
+            try:
+                parse_cidrs(settings[name], source=name)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+    flag = settings.get("BUNDLESERVE_URL_BLOCK_PRIVATE", "true").lower()
+    if flag not in {"0", "false", "no", "1", "true", "yes"}:
+        raise ConfigError(f"BUNDLESERVE_URL_BLOCK_PRIVATE must be true or false, got {flag!r}")
+    quota = settings.get("BUNDLESERVE_QUEUE_MAX_BACKLOG_BYTES", "0")
+    if not quota.isdigit():
+        raise ConfigError(f"BUNDLESERVE_QUEUE_MAX_BACKLOG_BYTES={quota!r} must be a whole number of bytes (0 = no cap)")
 
 
 def check_results_store(

@@ -56,7 +56,8 @@ RESOURCES: dict[str, ResourceInfo] = {
     "ScaledObject": ResourceInfo("keda.sh", "v1alpha1", "scaledobjects", ("get", "create", "update", "delete")),
     "NetworkPolicy": ResourceInfo("networking.k8s.io", "v1", "networkpolicies", ("get", "create", "update")),
     "Pod": ResourceInfo("", "v1", "pods", ("list",)),
-    # Shared Secrets: read in the operator's namespace, copied into Endpoint namespaces (controller/secrets.py).
+    # The master API-key Secret (read in the operator's namespace); each Endpoint's own credentials Secret, and the
+    # existence of its callback and S3 Secrets, in its namespace (controller/secrets.py).
     "Secret": ResourceInfo("", "v1", "secrets", ("get", "create", "update")),
 }
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete"})

@@ -142,6 +142,7 @@ async def reconcile(
     context: BuildContext,
     *,
     read_backlog: BacklogReader | None = None,
+    ensure_user: secrets.EnsureQueueUser | None = None,
     now: Callable[[], str] = utc_now,
 ) -> ReconcileResult:
     """Bring the children of one Endpoint to the desired state and write its status if it changed.
@@ -164,7 +165,7 @@ async def reconcile(
             problem=Problem("InvalidSpec", format_validation_error(error)),
         )
     else:
-        observed = await _reconcile_valid(endpoint, kube, context, read_backlog, writes, generation)
+        observed = await _reconcile_valid(endpoint, kube, context, read_backlog, ensure_user, writes, generation)
     status = build_status(observed, previous, now())
     patch = status_patch(previous, status)
     if patch is not None:
@@ -185,15 +186,16 @@ async def _reconcile_valid(
     kube: KubeClient,
     context: BuildContext,
     read_backlog: BacklogReader | None,
+    ensure_user: secrets.EnsureQueueUser | None,
     writes: list[tuple[str, str, str]],
     generation: int,
 ) -> Observed:
     url = service_url(endpoint.name, endpoint.namespace) if serves_http(endpoint) else None
     queue = await observe_queue(endpoint, read_backlog)
     try:
-        # Shared Secrets first: the copies in this namespace (if any) are what the Deployment references.
-        context, copies = await secrets.localise(endpoint, context, kube)
-        desired = copies + build_children(endpoint, context)
+        # The Endpoint's own credentials first: the Deployment references them.
+        context, own = await secrets.credentials(endpoint, context, kube, ensure_user)
+        desired = own + build_children(endpoint, context)
         # Unwanted children go first: KEDA's admission webhook refuses a ScaledObject for a Deployment that an HPA
         # still manages ("already managed by the hpa"), so switching an Endpoint to async must delete the HPA before
         # the ScaledObject is created (and the other way round, KEDA removes its own HPA with the ScaledObject).

@@ -1,9 +1,9 @@
 """`bundleserve render FILE.yaml...`: print the children the operator would create, as one YAML stream.
 
 For review, GitOps diffs and tests. KEDA is assumed present only with BUNDLESERVE_KEDA=on (there is no cluster to ask).
-Without BUNDLESERVE_REDIS_SECRET, async endpoints render against the Secret name `bundleserve-redis` (said on stderr),
-so `bundleserve render examples/*/endpoint.yaml` works out of the box; the operator itself refuses async endpoints
-until its Redis Secret is configured.
+Pods reference each Endpoint's own credentials Secret (`<endpoint>-bundleserve-credentials`, controller/secrets.py) as
+the operator's do; that Secret itself is not rendered (the operator generates its Redis password and writes its keys,
+said on stderr), so `bundleserve render examples/*/endpoint.yaml` works without a cluster or a Redis.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import ManifestError, load_endpoints
 from bundleserve.controller.builders import BuildContext, BuildError, Manifest, Scaler, build_children, scaler_for
 from bundleserve.controller.config import ConfigError, KedaMode, OperatorConfig
-
-DEFAULT_REDIS_SECRET = "bundleserve-redis"
+from bundleserve.controller.secrets import credentials_name
 
 
 def in_namespace(endpoint: Endpoint, namespace: str) -> Endpoint:
@@ -75,18 +74,23 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, ManifestError) as error:
         print(f"bundleserve render: {error}", file=sys.stderr)
         return 1
-    if config.redis_secret is None and any(e.spec.serves(Mode.ASYNC) for _, e in loaded):
+    if any(e.spec.serves(Mode.ASYNC) for _, e in loaded) or config.api_keys_secret:
         print(
-            f"bundleserve render: assuming the Redis Secret {DEFAULT_REDIS_SECRET!r} for async endpoints "
-            "(set BUNDLESERVE_REDIS_SECRET)",
+            "bundleserve render: pods reference each Endpoint's own Secret <endpoint>-bundleserve-credentials, which"
+            " the operator creates (not rendered: it holds a generated Redis password)",
             file=sys.stderr,
         )
-        config = dataclasses.replace(config, redis_secret=DEFAULT_REDIS_SECRET)
-    context = BuildContext(config=config, keda=config.keda is KedaMode.ON)
     manifests: list[Manifest] = []
     notes: list[str] = []
     for path, endpoint in loaded:
         placed = in_namespace(endpoint, args.namespace)
+        own = credentials_name(placed.name)
+        local = dataclasses.replace(
+            config,
+            redis_secret=own if placed.spec.serves(Mode.ASYNC) else None,
+            api_keys_secret=own if config.api_keys_secret else None,
+        )
+        context = BuildContext(config=local, keda=config.keda is KedaMode.ON)
         try:
             manifests.extend(build_children(placed, context))
         except BuildError as error:

@@ -27,6 +27,7 @@ from bundleserve.controller.metrics import OperatorMetrics
 from bundleserve.controller.reconcile import BacklogReader, parse, reconcile
 from bundleserve.controller.scaler import ScaleMemory, decide
 from bundleserve.queue import keys
+from bundleserve.queue.acl import QueueUsers
 from bundleserve.queue.backlog import open_backlog_reader
 from bundleserve.queue.purge import purge_endpoint_queue
 
@@ -52,6 +53,10 @@ class OperatorState:
     kube: KubeClient | None = None
     keda: bool = False
     read_backlog: BacklogReader | None = None
+    #: The master Redis connection that creates and deletes the Endpoints' own ACL users (controller/secrets.py).
+    queue_users: QueueUsers | None = None
+    #: The queue server's durability settings read with the master credential, passed to routers as env.
+    redis_observed: tuple[tuple[str, str], ...] = ()
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     rerun: set[Key] = field(default_factory=set)
@@ -60,7 +65,7 @@ class OperatorState:
 
     @property
     def context(self) -> BuildContext:
-        return BuildContext(config=self.config, keda=self.keda)
+        return BuildContext(config=self.config, keda=self.keda, redis_observed=self.redis_observed)
 
     @property
     def client(self) -> KubeClient:
@@ -78,6 +83,12 @@ class OperatorState:
         if self.config.redis_url:
             self.read_backlog, close = await open_backlog_reader(self.config.redis_url)
             self.closers.append(close)
+            self.queue_users = QueueUsers(self.config.redis_url)
+            self.closers.append(self.queue_users.close)
+            try:
+                self.redis_observed = tuple(sorted((await self.queue_users.observed_config()).items()))
+            except Exception as error:  # routers then decide from what they can read themselves
+                log.warning("cannot read the queue server's durability settings: %s", error)
         log.info("operator state ready (keda=%s, queue=%s)", self.keda, "yes" if self.read_backlog else "no")
 
     async def stop(self) -> None:
@@ -106,7 +117,13 @@ class OperatorState:
                 return  # gone or going: owner references take the children with it
             started = time.perf_counter()
             try:
-                result = await reconcile(body, self.client, self.context, read_backlog=self.read_backlog)
+                result = await reconcile(
+                    body,
+                    self.client,
+                    self.context,
+                    read_backlog=self.read_backlog,
+                    ensure_user=self.queue_users.ensure if self.queue_users is not None else None,
+                )
             except KubeError:
                 self.metrics.reconcile_errors.labels(namespace, name, "ApiError").inc()
                 raise
@@ -208,6 +225,7 @@ class OperatorState:
             cap=self.cleanup_cap,
         )
         if step is cleanup.CleanupStep.SKIP:
+            await self._delete_queue_user(key)  # a retained queue keeps its keys, not the user that reached them
             return
         if step is cleanup.CleanupStep.WAIT:
             raise kopf.TemporaryError(f"{in_flight} task(s) still in flight", delay=min(5.0, self.cleanup_cap))
@@ -217,6 +235,13 @@ class OperatorState:
             await self._degraded_on_delete(key, "QueueCleanupTimedOut", message)
         removed = await purge_endpoint_queue(self.config.redis_url or "", keys.queue_id(namespace, name))
         log.info("deleted the queue of %s/%s (%d keys)", namespace, name, removed)
+        await self._delete_queue_user(key)
+
+    async def _delete_queue_user(self, key: Key) -> None:
+        """The Endpoint's Redis user goes with it (its Secret goes with the Endpoint by owner reference)."""
+        if self.queue_users is not None:
+            with contextlib.suppress(Exception):  # a leftover user reaches only keys nobody writes any more
+                await self.queue_users.delete(keys.queue_id(*key))
 
     async def _degraded_on_delete(self, key: Key, reason: str, message: str) -> None:
         condition = {"type": "Degraded", "status": "True", "reason": reason, "message": message}

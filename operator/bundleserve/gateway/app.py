@@ -13,6 +13,7 @@ gateway's refusals from a router's.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from bundleserve import __version__
+from bundleserve.api.credentials import KeysFile, plain_keys
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import InvalidRequest, NotFound, Unavailable
 from bundleserve.api.invocation import IDEMPOTENCY_HEADER, Invocation
@@ -35,21 +37,30 @@ from bundleserve.gateway.openai_models import GatewayModels
 from bundleserve.gateway.proxy import forward, read_capped
 from bundleserve.gateway.registry import EndpointEntry, Registry
 from bundleserve.gateway.tasks import EndpointQueues
+from bundleserve.queue import keys
+from bundleserve.queue.results import sync_result_owner
 from bundleserve.queue.service import S3AsyncPaths, SubmitChecks, TaskService, stored_result
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord
 from bundleserve.router import openapi
 from bundleserve.router.app import render_errors
 from bundleserve.router.async_routes import parse_wait, submit_native, task_body
-from bundleserve.router.auth import ApiKeys, require_key
+from bundleserve.router.auth import ApiKeys, presented_key, require_key
 from bundleserve.router.connections import ConnectionLimits
 
 _JSON = "application/json"
+#: The namespaces the current request's credential reaches (None: every namespace), set by `Gateway.gate` for the
+#: rest of the request's handler (aiohttp runs each request in its own task, so the value never leaks to another
+#: request). Routes addressed by task id alone read it; unset means no gate ran and nothing is visible (fail closed).
+_SCOPE: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar("bundleserve_gateway_scope")
 
 
 @dataclass
 class GatewayConfig:
     redis_url: str | None = None
+    #: Cluster-wide keys as a plain set (local mode, tests); `keys_file` takes precedence.
     api_keys: frozenset[str] = frozenset()
+    #: The master keys file with namespace scopes (api/credentials.py); None: `api_keys` (if any) are cluster-wide.
+    keys_file: KeysFile | None = None
     #: Where routers store pickled/large results when no S3 store is configured (shared in local mode).
     results_dir: Path = Path("/var/lib/bundleserve/results")
     results_url: str | None = None
@@ -69,7 +80,8 @@ class Gateway:
     def __init__(self, registry: Registry, config: GatewayConfig) -> None:
         self.registry = registry
         self.config = config
-        self.keys = ApiKeys(config.api_keys) if config.api_keys else None
+        self.keys_file = config.keys_file or (plain_keys(config.api_keys) if config.api_keys else None)
+        self.keys = ApiKeys(self.keys_file.all_keys()) if self.keys_file is not None else None
         self.session: aiohttp.ClientSession | None = None
         self.queues: EndpointQueues | None = None
         #: False until the registry's source has delivered its first complete listing (cluster watch).
@@ -84,9 +96,24 @@ class Gateway:
         (a route addressed by task id only) checks the key alone. Readiness is the router's to judge: a request to
         an endpoint without a ready replica gets the router's (or the proxy's) 503, and async submissions never
         depend on it. The dialects' forwarding mounts call this same method (it satisfies their gate Protocols)."""
+        scope: frozenset[str] | None = None
         if not authenticated:
             require_key(self.keys, authorization)
-        return None if name is None else self.registry.resolve(name, mode)
+            scope = self.scope(authorization)
+        _SCOPE.set(scope)
+        if name is None:
+            return None
+        entry = self.registry.resolve(name, mode)
+        if scope is not None and entry.namespace not in scope:
+            raise NotFound(f"unknown endpoint {name!r}")  # the same answer as a name that does not exist
+        return entry
+
+    def scope(self, authorization: str | None) -> frozenset[str] | None:
+        """The namespaces the (already accepted) credential reaches: None for a cluster-wide key or keys off."""
+        if self.keys_file is None:
+            return None
+        key = presented_key(authorization)
+        return frozenset() if key is None else self.keys_file.namespaces_of(key)
 
     def gate_entry(self, name: str, authorization: str | None, mode: Mode | None) -> EndpointEntry:
         entry = self.gate(name, authorization, mode)
@@ -105,13 +132,26 @@ class Gateway:
             raise InvalidRequest("the request names no endpoint")
         return await read_capped(request, self.registry.resolve(name).max_payload_bytes)
 
-    def upstream_authorization(self) -> str | None:
-        """The credential the gateway sends a router when it authenticated the client itself (a SigV4 signature):
-        one of its API keys, which the routers accept too (the chart mounts the same Secret in both); None when the
-        gateway has no keys (then neither have the routers)."""
-        if not self.config.api_keys:
+    def upstream_authorization(self, entry: EndpointEntry) -> str | None:
+        """The credential the gateway sends a router: never the client's own, but that endpoint's gateway key
+        (api/credentials.py), which only that endpoint's routers accept; None when the gateway has no keys (then
+        neither have the routers)."""
+        if self.keys_file is None:
             return None
-        return f"Bearer {min(self.config.api_keys)}"
+        return f"Bearer {self.keys_file.gateway_key(entry.namespace, entry.name)}"
+
+    async def forward_to(
+        self, request: web.Request, entry: EndpointEntry, *, read_body: bytes | None = None
+    ) -> web.StreamResponse:
+        """Proxy to the entry's router with the gateway's credential for that endpoint in place of the client's."""
+        return await forward(
+            request,
+            entry,
+            self.upstream(),
+            read_body=read_body,
+            authorization=self.upstream_authorization(entry),
+            replace_authorization=True,
+        )
 
     def require_queues(self) -> EndpointQueues:
         if self.queues is None:
@@ -125,8 +165,11 @@ class Gateway:
     # -- handlers ----------------------------------------------------------------------------------------------
 
     async def list_endpoints(self, request: web.Request) -> web.Response:
-        require_key(self.keys, request.headers.get("Authorization"))
-        return web.json_response({"endpoints": [entry.describe() for entry in self.registry.entries()]})
+        """The endpoints the caller's key reaches (another namespace's names are not listed either)."""
+        self.gate(None, request.headers.get("Authorization"), None)
+        scope = _SCOPE.get(frozenset())
+        entries = [entry for entry in self.registry.entries() if scope is None or entry.namespace in scope]
+        return web.json_response({"endpoints": [entry.describe() for entry in entries]})
 
     async def describe(self, request: web.Request) -> web.Response:
         entry = self.gate_name(request, None)
@@ -139,26 +182,18 @@ class Gateway:
         """For the dialects' sync/stream routes: resolve `name` (ApiError for the dialect to render in its own
         shape: NotFound, ModeNotServed, Unauthorized, PayloadTooLarge, Unavailable) and forward unchanged."""
         entry = self.gate_entry(name, request.headers.get("Authorization"), mode)
-        return await forward(request, entry, self.upstream())
+        return await self.forward_to(request, entry)
 
     async def proxy_verified(self, request: web.Request, name: str, mode: Mode, body: bytes) -> web.StreamResponse:
         """For a dialect that gated the request and read and verified its body itself (SageMaker's SigV4): forward
         that body, with the gateway's own credential in place of the client's (`upstream_authorization`)."""
-        entry = self.registry.resolve(name, mode)
-        return await forward(
-            request,
-            entry,
-            self.upstream(),
-            read_body=body,
-            authorization=self.upstream_authorization(),
-            replace_authorization=True,
-        )
+        return await self.forward_to(request, self.registry.resolve(name, mode), read_body=body)
 
     async def predict(self, request: web.Request) -> web.StreamResponse:
-        return await forward(request, self.gate_name(request, Mode.SYNC), self.upstream())
+        return await self.forward_to(request, self.gate_name(request, Mode.SYNC))
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
-        return await forward(request, self.gate_name(request, Mode.STREAMING), self.upstream())
+        return await self.forward_to(request, self.gate_name(request, Mode.STREAMING))
 
     def task_service(self, name: str) -> TaskService:
         """For the dialects' async adapters: the endpoint's task service by name (NotFound, Unavailable)."""
@@ -181,8 +216,8 @@ class Gateway:
         return web.Response(status=202, body=b'{"task_id":"' + task_id.encode() + b'"}', content_type=_JSON)
 
     async def task_status(self, request: web.Request) -> web.Response:
-        """The record names the task's endpoint; its service long-polls that endpoint's `done` channel."""
-        require_key(self.keys, request.headers.get("Authorization"))
+        """Found among the endpoints the caller's key reaches; that endpoint's service long-polls its `done` channel."""
+        self.gate(None, request.headers.get("Authorization"), None)
         task_id = request.match_info["task_id"]
         record = await self.task_owner().status(task_id, wait_seconds=parse_wait(request.query.get("wait")))
         if record is None:
@@ -191,9 +226,24 @@ class Gateway:
         return web.Response(body=task_body(record, public_url), content_type=_JSON)
 
     async def task_result(self, request: web.Request) -> web.Response:
-        require_key(self.keys, request.headers.get("Authorization"))
-        data, content_type = await stored_result(self.require_queues().store, request.match_info["task_id"])
+        """Only a task of an endpoint the caller's key reaches (as the status route): a task id is no credential."""
+        self.gate(None, request.headers.get("Authorization"), None)
+        data, content_type = await self.task_owner().result(request.match_info["task_id"])
         return web.Response(body=data, content_type=content_type)
+
+    def in_scope(self, entry: EndpointEntry) -> bool:
+        """Whether the current request's credential (`_SCOPE`, set by `gate`) reaches the entry's namespace."""
+        scope = _SCOPE.get(frozenset())
+        return scope is None or entry.namespace in scope
+
+    def visible_queues(self) -> dict[str, EndpointEntry]:
+        """Queue id -> entry of the async endpoints the current request's credential reaches (`_SCOPE`)."""
+        scope = _SCOPE.get(frozenset())
+        return {
+            keys.queue_id(entry.namespace, entry.name): entry
+            for entry in self.registry.entries()
+            if entry.serves(Mode.ASYNC) and (scope is None or entry.namespace in scope)
+        }
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -233,18 +283,32 @@ class TaskOwners:
     def s3_paths(self) -> S3AsyncPaths | None:
         return None  # no endpoint, no paths: SageMaker submissions always name their endpoint
 
+    async def _owner(self, task_id: str) -> tuple[EndpointEntry, TaskRecord] | None:
+        visible = self.gateway.visible_queues()
+        found = await self.gateway.require_queues().owner(task_id, list(visible))
+        return None if found is None else (visible[found[0]], found[1])
+
     async def status(self, task_id: str, *, wait_seconds: float) -> TaskRecord | None:
-        queues = self.gateway.require_queues()
-        record = await queues.owner(task_id)
-        if record is None:
+        found = await self._owner(task_id)
+        if found is None:
             return None
-        entry = self.gateway.registry.get(record.namespace or "default", record.endpoint)
-        if entry is not None and wait_seconds > 0:
-            return await queues.service(entry).status(task_id, wait_seconds=wait_seconds)
+        entry, record = found
+        if wait_seconds > 0:
+            return await self.gateway.require_queues().service(entry).status(task_id, wait_seconds=wait_seconds)
         return record
 
     async def result(self, task_id: str) -> tuple[bytes, str]:
-        return await stored_result(self.gateway.require_queues().store, task_id)
+        """An async result of a visible task, or a sync result (`results.sync_result_key`) of a visible endpoint."""
+        store = self.gateway.require_queues().store
+        if keys.is_task_id(task_id):
+            if await self._owner(task_id) is None:
+                raise NotFound(f"no stored result for {task_id!r} (unknown, inline, or expired)")
+            return await stored_result(store, task_id)
+        owner = sync_result_owner(task_id)
+        scope = _SCOPE.get(frozenset())
+        if owner is not None and (scope is None or owner[0] in scope):
+            return await stored_result(store, task_id, owner=owner, tasks=False)
+        return await stored_result(store, task_id, owner=("", ""), tasks=False)  # 400 if malformed, else 404
 
 
 def _gateway_paths() -> dict[str, Any]:

@@ -6,7 +6,7 @@ The token is re-read on every (re)connect because kubelet rotates projected toke
 registry is replaced whole, so an Endpoint deleted while we were disconnected disappears), then watches from the
 list's resourceVersion; a 410 Gone or any failure ends the watch and the loop lists again after a short backoff.
 
-What an entry holds: the spec's modes, the router address (`status.url`, else the Service's conventional URL) and
+What an entry holds: the spec's modes, the router address (the Service's conventional URL, never `status.url`) and
 readiness from the `Ready` condition.
 """
 
@@ -86,11 +86,11 @@ def build_entry(obj: dict[str, Any]) -> EndpointEntry | None:
         return None
     status = endpoint.status
     ready = False
-    url = None
     if status is not None:
-        url = status.url
         ready = any(c.type == "Ready" and c.status == ConditionStatus.TRUE for c in status.conditions)
-    router_url = (url or f"http://{endpoint.name}.{endpoint.namespace}.svc.cluster.local").rstrip("/")
+    # Never `status.url`: whoever may write an Endpoint's status could point it anywhere, and the gateway sends
+    # that endpoint's credential there. The Service the operator creates has this name in every cluster.
+    router_url = f"http://{endpoint.name}.{endpoint.namespace}.svc.cluster.local"
     return EndpointEntry(endpoint=endpoint, router_url=router_url, ready=ready)
 
 

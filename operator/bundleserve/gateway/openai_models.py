@@ -42,7 +42,9 @@ class GatewayModels:
         return await read_capped(request, max(limits, default=_DEFAULT_LIMIT))
 
     def models(self) -> list[render.ModelCard]:
-        cards = (model_card(entry.endpoint) for entry in self.gateway.registry.entries())
+        # Only the endpoints the caller's key reaches (`authorize` ran first in this request).
+        entries = [entry for entry in self.gateway.registry.entries() if self.gateway.in_scope(entry)]
+        cards = (model_card(entry.endpoint) for entry in entries)
         return [card for card in cards if card is not None]
 
     def target(self, model: str, authorization: str | None, body_bytes: int) -> Target:
@@ -51,8 +53,8 @@ class GatewayModels:
         settings = None if entry is None else entry.endpoint.spec.openai
         if entry is None or settings is None:
             raise render.model_not_found(model)
-        gateway.gate(model, authorization, Mode.STREAMING, authenticated=True)  # the key was checked first
+        gateway.gate(model, authorization, Mode.STREAMING)  # the key again, and its namespaces (404 outside them)
         if body_bytes > entry.max_payload_bytes:
             raise too_large(body_bytes, entry.max_payload_bytes)
-        hop = RouterHop(gateway.upstream(), entry, gateway.upstream_authorization())
+        hop = RouterHop(gateway.upstream(), entry, gateway.upstream_authorization(entry))
         return Target(model, settings, hop, entry.max_payload_bytes)

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bundleserve.api.endpoint import Endpoint, Mode
-from bundleserve.api.errors import InvalidRequest, ModeNotServed, NotFound
+from bundleserve.api.errors import ModeNotServed, NotFound
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class EndpointEntry:
 
 
 class Registry:
-    """Endpoints by (namespace, name); clients address them by name alone, which must be unique in the gateway's scope."""
+    """Endpoints by (namespace, name); clients address them by name alone (`find` says which one a shared name means)."""
 
     def __init__(self, entries: Iterable[EndpointEntry] = ()) -> None:
         #: name -> namespace -> entry: a request resolves its name with one dictionary lookup
@@ -78,11 +78,14 @@ class Registry:
         return self._by_name.get(name, {}).get(namespace)
 
     def find(self, name: str) -> EndpointEntry | None:
-        found = list(self._by_name.get(name, {}).values())
-        if len(found) > 1:
-            namespaces = ", ".join(sorted(e.namespace for e in found))
-            raise InvalidRequest(f"endpoint name {name!r} is ambiguous: it exists in namespaces {namespaces}")
-        return found[0] if found else None
+        """The entry a bare name means. Names are meant to be unique in the gateway's scope; when two namespaces use
+        the same one, the older Endpoint keeps it (creationTimestamp, then namespace): creating a same-named Endpoint
+        elsewhere must not take a name away from the one clients already call, nor make it ambiguous. The newer one
+        is reached through its own router (or a key scoped to its namespace finds nothing by that name: 404)."""
+        found = self._by_name.get(name)
+        if not found:
+            return None
+        return min(found.values(), key=lambda e: (e.endpoint.metadata.creation_timestamp or "~", e.namespace))
 
     def resolve(self, name: str, mode: Mode | None = None) -> EndpointEntry:
         """The entry for `name`, or the documented errors: NotFound (unknown), ModeNotServed (400)."""

@@ -28,7 +28,7 @@ from bundleserve.router.settings import (
     DEFAULT_RESULTS_DIR,
     ConfigError,
     parse_url_schemes,
-    read_api_keys,
+    read_keys_file,
     read_url_policy,
 )
 
@@ -50,7 +50,7 @@ def config_from_env(redis_url: str | None, env: dict[str, str]) -> GatewayConfig
             allow_insecure_credentials=insecure_credentials_allowed(env),
         ),
         redis_url=redis_url or env.get("BUNDLESERVE_REDIS_URL") or None,
-        api_keys=read_api_keys(Path(keys_file)) if keys_file else frozenset(),
+        keys_file=read_keys_file(Path(keys_file)) if keys_file else None,
         results_dir=Path(env.get("BUNDLESERVE_RESULTS_DIR") or DEFAULT_RESULTS_DIR),
         results_url=env.get("BUNDLESERVE_RESULTS_URL") or None,
     )

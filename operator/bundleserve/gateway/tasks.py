@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bundleserve.api.errors import Unavailable
 from bundleserve.gateway.registry import EndpointEntry
-from bundleserve.queue.broker import RedisError, TaskQueue, get_task
+from bundleserve.queue.broker import RedisError, TaskQueue, find_task
 from bundleserve.queue.config import QueueConfig
 from bundleserve.queue.connection import connect, describe
 from bundleserve.queue.notify import CompletionWaiter
@@ -54,10 +54,11 @@ class EndpointQueues:
             )
         return known[1]
 
-    async def owner(self, task_id: str) -> TaskRecord | None:
-        """The task's record, which names its endpoint (the gateway learns where a task id belongs from it)."""
+    async def owner(self, task_id: str, queues: list[str]) -> tuple[str, TaskRecord] | None:
+        """(queue id, record) of the task among `queues` (those the caller may see): a task id says nothing about
+        where it belongs, and each record lives under its endpoint's key prefix."""
         try:
-            return await get_task(self.redis, task_id)
+            return await find_task(self.redis, queues, task_id)
         except (RedisError, OSError) as error:
             log.warning("reading task %s failed: %s", task_id, error)  # connection details stay in the log
             raise Unavailable(describe(error), headers={"Retry-After": "1"}) from None

@@ -36,10 +36,12 @@ class QueueUnavailable(Exception):
 
 
 class QueueFull(Exception):
-    """The endpoint's backlog is at its cap (`QueueConfig.max_backlog`): nothing was stored; retry later (429)."""
+    """The endpoint's backlog is at its cap (`QueueConfig.max_backlog` tasks or `max_backlog_bytes`): nothing was
+    stored; retry later (429)."""
 
-    def __init__(self, cap: int) -> None:
-        super().__init__(f"the endpoint's queue holds {cap} unfinished tasks, its limit; retry later")
+    def __init__(self, cap: int, *, unit: str = "tasks") -> None:
+        what = f"{cap} unfinished tasks" if unit == "tasks" else f"{cap} bytes of unfinished tasks"
+        super().__init__(f"the endpoint's queue holds {what}, its limit; retry later")
         self.cap = cap
         self.retry_after_seconds = 1
 
@@ -220,12 +222,22 @@ class TaskQueue:
             cfg.max_attempts,
             int(cfg.result_ttl_seconds),
             self.channel,
-            keys.task(""),
+            keys.task(self.config.queue_id, ""),
             claim_for or "",
             cfg.max_backlog,
+            _record_bytes(fields),
+            cfg.max_backlog_bytes,
             *_flatten(fields),
         ]
-        command = ("EVALSHA", scripts.submit.sha, 3, keys.task(task_id), self.stream, self.dead, *args)
+        command = (
+            "EVALSHA",
+            scripts.submit.sha,
+            3,
+            keys.task(self.config.queue_id, task_id),
+            self.stream,
+            self.dead,
+            *args,
+        )
         try:
             try:
                 (entry, claimed), durable = await self.submits.call(*command)
@@ -237,6 +249,8 @@ class TaskQueue:
             raise QueueUnavailable(describe(error)) from None
         if _s(entry) == "full":
             raise QueueFull(cfg.max_backlog)
+        if _s(entry) == "full-bytes":
+            raise QueueFull(cfg.max_backlog_bytes, unit="bytes")
         picked = _started(claimed)
         if durable is not None and int(durable[0]) < 1:
             # Not confirmed on disk: take it back so it never runs (unless a worker elsewhere already runs it).
@@ -249,7 +263,7 @@ class TaskQueue:
 
     async def _withdraw(self, task_id: str, entry: str, claim_for: str | None) -> bool:
         """Remove an unconfirmed submission; False when it already runs elsewhere (then it will finish)."""
-        script_keys = [keys.task(task_id), self.stream]
+        script_keys = [keys.task(self.config.queue_id, task_id), self.stream]
         try:
             return bool(await scripts.withdraw(self.pipe, script_keys, [keys.GROUP, entry, claim_for or ""]))
         except (_RedisError, OSError) as error:
@@ -290,7 +304,7 @@ class TaskQueue:
         task that is about to run or still runs. False for a task whose lease was lost (it was reclaimed)."""
         if not started:
             return []
-        script_keys = [self.stream, *(keys.task(s.delivery.task_id) for s in started)]
+        script_keys = [self.stream, *(keys.task(self.config.queue_id, s.delivery.task_id) for s in started)]
         args: list[Any] = [keys.GROUP, consumer, consumer]
         for item in started:
             args.extend((item.delivery.entry_id, item.attempts))
@@ -326,7 +340,7 @@ class TaskQueue:
         """Atomically decide for each delivery: run it (attempts + 1, STARTED), or finish it without running."""
         if not deliveries:
             return []
-        script_keys = [self.stream, self.dead, *(keys.task(d.task_id) for d in deliveries)]
+        script_keys = [self.stream, self.dead, *(keys.task(self.config.queue_id, d.task_id) for d in deliveries)]
         args = self._start_args(consumer)
         for delivery in deliveries:
             args.extend((delivery.entry_id, delivery.task_id))
@@ -337,7 +351,7 @@ class TaskQueue:
 
         Returns (picked up, the stream's last id when there was nothing to pick up: wait with `wait_after`).
         """
-        args = [*self._start_args(consumer), count, keys.task("")]
+        args = [*self._start_args(consumer), count, keys.task(self.config.queue_id, "")]
         last_id, entries = await scripts.claim(self.pipe, [self.stream, self.dead], args)
         return _started(entries), _s(last_id)
 
@@ -365,7 +379,7 @@ class TaskQueue:
     ) -> tuple[bool, list[Started]]:
         """The terminal transition; (True if this call made it, tasks claimed for `claim_for` in the same trip)."""
         cfg = self.config
-        script_keys = [keys.task(delivery.task_id), self.stream, self.dead, self.callback_outbox]
+        script_keys = [keys.task(self.config.queue_id, delivery.task_id), self.stream, self.dead, self.callback_outbox]
         args = [
             keys.GROUP,
             delivery.entry_id,
@@ -378,7 +392,7 @@ class TaskQueue:
             repr(time.time()),
             cfg.request_ttl_seconds,
             cfg.max_attempts,
-            keys.task(""),
+            keys.task(self.config.queue_id, ""),
             *lease.args(),
             "status",
             status.value,
@@ -395,22 +409,31 @@ class TaskQueue:
         """Back to PENDING at the stream's tail: after a retryable failure, or (release) when this worker drains.
 
         Fenced on `lease`: False (nothing changed) when the task is finished or held by another lease."""
-        script_keys = [keys.task(delivery.task_id), self.stream]
+        script_keys = [keys.task(self.config.queue_id, delivery.task_id), self.stream]
         args = [keys.GROUP, delivery.entry_id, delivery.task_id, -1 if release else 0, *lease.args(), *_flatten(fields)]
         return bool(await scripts.requeue(self.pipe, script_keys, args))
 
     async def enqueue_callback(self, task_id: str) -> bool:
         """Put a finished task's callback job in the outbox, due now (idempotent; settled callbacks are left)."""
-        script_keys = [keys.task(task_id), self.callback_outbox]
+        script_keys = [keys.task(self.config.queue_id, task_id), self.callback_outbox]
         return bool(await scripts.enqueue_callback(self.redis, script_keys, [task_id, int(time.time() * 1000)]))
 
     async def update(self, task_id: str, fields: Mapping[str, Any]) -> bool:
-        return bool(await scripts.update_if_exists(self.redis, [keys.task(task_id)], _flatten(fields)))
+        return bool(
+            await scripts.update_if_exists(self.redis, [keys.task(self.config.queue_id, task_id)], _flatten(fields))
+        )
 
     # -- reads ----------------------------------------------------------------------------------------------------
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        return await get_task(self.pipe, task_id)
+        return await get_task(self.pipe, self.config.queue_id, task_id)
+
+
+def _record_bytes(fields: Mapping[str, Any]) -> int:
+    """What a task record holds, as the byte quota counts it: its field names and values (not Redis' own overhead)."""
+    return sum(
+        len(name) + len(value if isinstance(value, (bytes, str)) else str(value)) for name, value in fields.items()
+    )
 
 
 def _started(replies: Any) -> list[Started]:
@@ -423,9 +446,26 @@ def _started(replies: Any) -> list[Started]:
     return found
 
 
-async def get_task(redis: aioredis.Redis | AutoPipeline, task_id: str) -> TaskRecord | None:
-    """The task's public state, or None for an unknown (or expired) id."""
+async def get_task(redis: aioredis.Redis | AutoPipeline, queue: str, task_id: str) -> TaskRecord | None:
+    """The task's public state in the queue `queue`, or None for an unknown (or expired) id."""
     if not keys.is_task_id(task_id):
         return None
-    values = await redis.execute_command("HMGET", keys.task(task_id), *STATUS_FIELDS)
+    values = await redis.execute_command("HMGET", keys.task(queue, task_id), *STATUS_FIELDS)
     return TaskRecord.from_fields(task_id, dict(zip(STATUS_FIELDS, values, strict=True)))
+
+
+async def find_task(redis: aioredis.Redis, queues: Sequence[str], task_id: str) -> tuple[str, TaskRecord] | None:
+    """(queue, record) of `task_id` among `queues`, or None. A task id does not say which endpoint it belongs to and
+    every record lives under its endpoint's prefix (the ACL boundary), so a reader by id alone (the gateway) probes
+    the queues its caller may see, in one pipelined round trip."""
+    if not keys.is_task_id(task_id) or not queues:
+        return None
+    async with redis.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            pipe.hmget(keys.task(queue, task_id), *STATUS_FIELDS)
+        replies = await pipe.execute()
+    for queue, values in zip(queues, replies, strict=True):
+        record = TaskRecord.from_fields(task_id, dict(zip(STATUS_FIELDS, values, strict=True)))
+        if record is not None:
+            return queue, record
+    return None

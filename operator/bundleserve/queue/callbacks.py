@@ -127,6 +127,10 @@ def _ssl_context(auth: CallbackAuthRequest, ca_file: str | None) -> ssl.SSLConte
     return context
 
 
+#: The callback error of every failure below HTTP.
+NO_HTTP_ANSWER = "no HTTP answer from the callback destination"
+
+
 class CallbackSender:
     """One delivery attempt at a time (`attempt`); the durable outbox decides when, and how often, to try.
 
@@ -183,9 +187,11 @@ class CallbackSender:
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, BlockedDestination):
                 return Attempt(False, False, f"callback destination refused: {exc.os_error.reason} address")
-            return Attempt(False, True, f"{type(exc).__name__}: {exc}")
-        except (aiohttp.ClientError, OSError) as exc:
-            return Attempt(False, True, f"{type(exc).__name__}: {exc}")
+            return Attempt(False, True, NO_HTTP_ANSWER)
+        except (aiohttp.ClientError, OSError):
+            # One text whether the port was closed, open but not HTTP, or dropped the connection: the recorded error
+            # (in the task's status) must not map what the guard lets through.
+            return Attempt(False, True, NO_HTTP_ANSWER)
 
     def _transport(self, target: CallbackTarget) -> tuple[dict[str, str], ssl.SSLContext | bool]:
         auth = target.auth

@@ -27,6 +27,18 @@ class Durability(StrEnum):
 MAX_BACKLOG_ENV = "BUNDLESERVE_QUEUE_MAX_BACKLOG"
 
 
+MAX_BACKLOG_BYTES_ENV = "BUNDLESERVE_QUEUE_MAX_BACKLOG_BYTES"
+
+
+def max_backlog_bytes_from_env() -> int:
+    raw = os.environ.get(MAX_BACKLOG_BYTES_ENV, "").strip()
+    if not raw:
+        return QueueConfig.max_backlog_bytes
+    if not raw.isdigit():
+        raise ValueError(f"{MAX_BACKLOG_BYTES_ENV} must be a whole number of bytes (0 = no cap), got {raw!r}")
+    return int(raw)
+
+
 def max_backlog_from_env() -> int:
     raw = os.environ.get(MAX_BACKLOG_ENV, "").strip()
     if not raw:
@@ -58,6 +70,10 @@ class QueueConfig:
     #: The most unfinished tasks (XLEN of the stream) the queue takes; a submission beyond it gets 429 Overloaded and
     #: is not stored. 0 = no cap. BUNDLESERVE_QUEUE_MAX_BACKLOG.
     max_backlog: int = 100_000
+    #: The most bytes the endpoint's unfinished tasks may hold in the shared Redis (requests and callback targets, as
+    #: stored); beyond it a submission gets 429 and is not stored, so one endpoint cannot fill the Redis every
+    #: endpoint shares (docs/security.md). 0 = no cap. BUNDLESERVE_QUEUE_MAX_BACKLOG_BYTES.
+    max_backlog_bytes: int = 256 * MIB
     #: SageMaker's S3OutputPath / S3FailurePath of the endpoint (`spec.async.s3OutputPath`, `.s3FailurePath`): where
     #: async results and failures go when results are stored in S3 (`TaskService.s3_paths`).
     s3_output_path: str | None = None
@@ -90,6 +106,7 @@ class QueueConfig:
             concurrency=endpoint.spec.invocation.concurrency,
             durability=Durability(os.environ.get("BUNDLESERVE_QUEUE_DURABILITY", Durability.FSYNC.value)),
             max_backlog=max_backlog_from_env(),
+            max_backlog_bytes=max_backlog_bytes_from_env(),
             default_callback=CallbackTarget(url=callback.url) if callback else None,
             default_callback_secret=callback.auth.secret_name if callback and callback.auth else None,
             s3_output_path=settings.s3_output_path,

@@ -68,11 +68,29 @@ class DurabilityPlan:
     reason: str
 
 
-async def _config(redis: aioredis.Redis, name: str) -> str | None:
+#: What the operator read from the server's CONFIG with the master credential, for a client that may not (an
+#: endpoint's ACL user has no CONFIG: CONFIG GET would show every password). `BUNDLESERVE_REDIS_APPENDONLY`, ...
+OBSERVED_CONFIG_ENV = "BUNDLESERVE_REDIS_{}"
+#: The settings `plan_durability` reads.
+DURABILITY_SETTINGS = ("appendonly", "appendfsync")
+
+
+async def observed_config(redis: aioredis.Redis) -> dict[str, str]:
+    """The durability settings as the env of a client that cannot read CONFIG (the operator passes them to routers)."""
+    found = {}
+    for name in DURABILITY_SETTINGS:
+        value = await _config(redis, name, {})
+        if value is not None:
+            found[OBSERVED_CONFIG_ENV.format(name.upper())] = value
+    return found
+
+
+async def _config(redis: aioredis.Redis, name: str, env: dict[str, str] | None = None) -> str | None:
     try:
         found = await redis.config_get(name)
-    except ResponseError:  # CONFIG disabled or renamed (managed Redis)
-        return None
+    except ResponseError:  # CONFIG disabled or renamed (managed Redis), or refused to this ACL user
+        observed = (os.environ if env is None else env).get(OBSERVED_CONFIG_ENV.format(name.upper()), "").strip()
+        return observed or None
     value = found.get(name) if isinstance(found, dict) else None
     if isinstance(value, bytes):
         value = value.decode()

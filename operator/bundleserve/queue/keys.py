@@ -6,9 +6,16 @@ Per endpoint, keyed by its queue id `<namespace>/<name>` (see `queue_id`; DNS la
   `<hostname>-<pid>:submit` for tasks a submission claimed for that process's idle worker
 - `bundleserve:{<namespace>/<name>}:dead`    the dead-letter stream (tasks that failed after maxAttempts)
 - `bundleserve:{<namespace>/<name>}:done`    pub/sub channel carrying the id of every task that reached a terminal state
-- `bundleserve:{<namespace>/<name>}:callbacks` the callback outbox: a sorted set of task ids scored by the next
+- `bundleserve:{<namespace>/<name>}:callbacks` (the stream's name with `:callbacks` for `:stream`: the pick-up script
+  derives it so) the callback outbox: a sorted set of task ids scored by the next
   delivery attempt's due time (ms since the epoch); a claimed member is re-scored to the end of its lease
-Per task: `bundleserve:task:<task_id>` a hash (the task record), with a TTL.
+- `bundleserve:{<namespace>/<name>}:task:<task_id>` per task: a hash (the task record), with a TTL
+- `bundleserve:{<namespace>/<name>}:bytes` the bytes the endpoint's live task records hold (the byte quota's counter)
+- `bundleserve:{<namespace>/<name>}:idem:<sha256>` one client call's task id, by a digest of its idempotency key
+Every key and channel of an endpoint starts with `bundleserve:{<namespace>/<name>}:` (`endpoint_prefix`): that is what
+the endpoint's own Redis ACL user may touch and nothing else (docs/security.md). The hash tag also puts all of them in
+one cluster slot. A task id alone does not say where its record is: readers by id probe the endpoints the caller may
+see (`gateway.tasks.EndpointQueues.owner`).
 """
 
 from __future__ import annotations
@@ -46,14 +53,23 @@ def callback_outbox(queue: str) -> str:
     return f"{PREFIX}:{{{queue}}}:callbacks"
 
 
+def endpoint_prefix(queue: str) -> str:
+    """Every key and channel of the queue starts with this (the ACL key and channel pattern is this plus `*`)."""
+    return f"{PREFIX}:{{{queue}}}:"
+
+
+def task(queue: str, task_id: str) -> str:
+    return f"{endpoint_prefix(queue)}task:{task_id}"
+
+
+def byte_counter(queue: str) -> str:
+    return f"{endpoint_prefix(queue)}bytes"
+
+
 def idempotency(queue: str, key: str) -> str:
     """The record of one client call's task (its retries submit nothing new), by a digest of its idempotency key."""
     digest = hashlib.sha256(key.encode()).hexdigest()
-    return f"{PREFIX}:{{{queue}}}:idem:{digest}"
-
-
-def task(task_id: str) -> str:
-    return f"{PREFIX}:task:{task_id}"
+    return f"{endpoint_prefix(queue)}idem:{digest}"
 
 
 def new_task_id() -> str:

@@ -123,8 +123,8 @@ class CallbackOutbox:
     async def attempt(self, task_id: str) -> bool:
         """Make the next attempt of a claimed job and record it; True if this call recorded it."""
         redis = self.queue.redis
-        record = await get_task(redis, task_id)
-        raw_target = await redis.hget(keys.task(task_id), "callback")
+        record = await get_task(redis, self.queue.config.queue_id, task_id)
+        raw_target = await redis.hget(keys.task(self.queue.config.queue_id, task_id), "callback")
         fields: dict[str, Any]
         if record is None or record.callback_status != "pending":
             await redis.zrem(self.queue.callback_outbox, task_id)
@@ -145,7 +145,11 @@ class CallbackOutbox:
             fields = {"callback_error": result.error or ""}
             due = _now_ms() + int(policy.delay(number) * 1000)
         args = [task_id, number, due, *(item for pair in fields.items() for item in pair)]
-        recorded = bool(await scripts.record_callback(redis, [keys.task(task_id), self.queue.callback_outbox], args))
+        recorded = bool(
+            await scripts.record_callback(
+                redis, [keys.task(self.queue.config.queue_id, task_id), self.queue.callback_outbox], args
+            )
+        )
         if recorded and settled:
             self.on_outcome(outcome)
         return recorded

@@ -34,11 +34,11 @@ async def purge_queue(redis: aioredis.Redis, queue_id: str, *, batch: int = 500)
             for entry_id, fields in entries:
                 task_id = (fields or {}).get(b"t") or (fields or {}).get("t")
                 if task_id:
-                    task_keys.append(keys.task(task_id.decode() if isinstance(task_id, bytes) else task_id))
+                    task_keys.append(keys.task(queue_id, task_id.decode() if isinstance(task_id, bytes) else task_id))
                 start = f"({entry_id.decode() if isinstance(entry_id, bytes) else entry_id}"
             if task_keys:
                 removed += int(await redis.unlink(*task_keys))
             if len(entries) < batch:
                 break
-    removed += int(await redis.unlink(*streams, keys.callback_outbox(queue_id)))
+    removed += int(await redis.unlink(*streams, keys.callback_outbox(queue_id), keys.byte_counter(queue_id)))
     return removed

@@ -33,6 +33,21 @@ def check_key(key: str) -> str:
     return key
 
 
+def sync_result_key(namespace: str, name: str) -> str:
+    """The key of a sync `return_pickled` result: `<namespace>.<name>.<32 hex>`. Both are DNS labels (no dots), so
+    the owner can be read back (`sync_result_owner`) and a route serves it only to callers of that endpoint; async
+    results are keyed by their task id, whose owner is its record."""
+    return f"{namespace}.{name}.{uuid.uuid4().hex}"
+
+
+def sync_result_owner(key: str) -> tuple[str, str] | None:
+    """(namespace, name) of a `sync_result_key`, None for any other key."""
+    parts = key.split(".")
+    if len(parts) != 3 or not all(parts) or not re.fullmatch(r"[0-9a-f]{32}", parts[2]):
+        return None
+    return parts[0], parts[1]
+
+
 @runtime_checkable
 class ResultStore(Protocol):
     """Where large and pickled results live; `url_for` is the URL clients fetch them from."""

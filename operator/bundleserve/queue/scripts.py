@@ -20,9 +20,30 @@ from bundleserve.queue.pipelining import AutoPipeline
 
 _TERMINAL = """
 local function terminal(s) return s == 'SUCCESS' or s == 'FAILURE' or s == 'EXPIRED' end
+-- The entry leaves the backlog: its bytes ('b', set at XADD) leave the endpoint's byte counter (`keys.byte_counter`,
+-- the stream's sibling key) in the same step. Idempotent: an entry already deleted counts nothing.
 local function done(stream, group, entry)
   redis.call('XACK', stream, group, entry)
+  local found = redis.call('XRANGE', stream, entry, entry)
+  if found[1] then
+    local fields = found[1][2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'b' then
+        redis.call('DECRBY', (string.gsub(stream, ':stream$', ':bytes')), fields[i + 1])
+      end
+    end
+  end
   redis.call('XDEL', stream, entry)
+end
+-- A task finished at pick-up (expired, out of attempts) with a callback target: its delivery job goes into the
+-- endpoint's outbox in the same step (the outbox is the stream's sibling key, `keys.callback_outbox`), so the
+-- target's credentials leave the record once the delivery settles; a crash before a separate enqueue used to leave
+-- them there until the record's TTL with no delivery ever made.
+local function enqueue_at_pickup(stream, key, task_id, callback)
+  if callback == '' or redis.call('HGET', key, 'callback_status') ~= 'pending' then return end
+  local outbox = string.gsub(stream, ':stream$', ':callbacks')
+  local clock = redis.call('TIME')
+  redis.call('ZADD', outbox, 'NX', tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000), task_id)
 end
 -- A terminal record keeps what status reads need: the request goes, and the callback target once none is pending.
 local function strip(key)
@@ -63,7 +84,8 @@ local function start_one(stream, dead, key, entry, task_id, group, worker, now_t
     redis.call('HSET', key, 'status', 'EXPIRED', 'finished_at', now_text,
       'traceback', 'the task waited longer than requestTTLSeconds (' .. ttl .. ' s) before a worker picked it up')
     redis.call('EXPIRE', key, result_ttl)
-    redis.call('HDEL', key, 'request')
+    strip(key)
+    enqueue_at_pickup(stream, key, task_id, callback)
     done(stream, group, entry)
     redis.call('PUBLISH', channel, task_id)
     return {entry, task_id, 'expired', 0, '', callback}
@@ -71,7 +93,8 @@ local function start_one(stream, dead, key, entry, task_id, group, worker, now_t
     local reason = cur[5] or ('no attempt finished: the worker running it was lost ' .. (cur[3] or '0') .. ' times')
     redis.call('HSET', key, 'status', 'FAILURE', 'finished_at', now_text, 'traceback', reason)
     redis.call('EXPIRE', key, result_ttl)
-    redis.call('HDEL', key, 'request')
+    strip(key)
+    enqueue_at_pickup(stream, key, task_id, callback)
     done(stream, group, entry)
     redis.call('XADD', dead, 'MAXLEN', '~', '100000', '*', 't', task_id, 'reason', 'max_attempts')
     redis.call('PUBLISH', channel, task_id)
@@ -140,19 +163,25 @@ return {'0-0', out}
 
 #: Store a task and append it. KEYS: task, stream, dead. ARGV: task_id, record ttl, claim consumer ('' = none), group,
 #: now, request_ttl, max_attempts, result_ttl, channel, task key prefix, worker (the lease name of a claim),
-#: backlog cap (0 = none), then field, value, ...
+#: backlog cap (0 = none), the task's bytes, the backlog byte cap (0 = none), then field, value, ...
 #: With a claim consumer (a replica with an idle slot submitting), the next entry is picked up for it in the same
 #: step (at light load: the task just added), sparing a wake-up and a second write. The claim consumer is the
 #: replica's submission consumer (not its read-loop one), so entries of a submission whose reply was lost can be told
 #: apart and handed back. Returns {entry id, claimed entries}, or {'full', {}} with nothing stored when the stream
-#: already holds `backlog cap` tasks.
+#: already holds `backlog cap` tasks, or {'full-bytes', {}} when the endpoint's unfinished tasks would hold more than
+#: the byte cap (the counter `keys.byte_counter`: what a shared Redis holds for this endpoint's backlog).
 SUBMIT = (
     _CLAIM_NEW
     + """
 if tonumber(ARGV[12]) > 0 and redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[12]) then return {'full', {}} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 13))
+local counter = (string.gsub(KEYS[2], ':stream$', ':bytes'))
+if tonumber(ARGV[14]) > 0 and (tonumber(redis.call('GET', counter)) or 0) + tonumber(ARGV[13]) > tonumber(ARGV[14]) then
+  return {'full-bytes', {}}
+end
+redis.call('HSET', KEYS[1], 'bytes', ARGV[13], unpack(ARGV, 15))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-local entry = redis.call('XADD', KEYS[2], '*', 't', ARGV[1])
+local entry = redis.call('XADD', KEYS[2], '*', 't', ARGV[1], 'b', ARGV[13])
+redis.call('INCRBY', counter, ARGV[13])
 if ARGV[3] == '' then return {entry, {}} end
 local ok, claimed = pcall(claim_new, KEYS[2], KEYS[3], ARGV[4], ARGV[3], 1, ARGV[10], ARGV[5], ARGV[6], ARGV[7],
                           ARGV[8], ARGV[9], ARGV[11])
@@ -226,7 +255,9 @@ if not holds(KEYS[1], ARGV[5], ARGV[6]) then return 0 end
 done(KEYS[2], ARGV[1], ARGV[2])
 if tonumber(ARGV[4]) ~= 0 then redis.call('HINCRBY', KEYS[1], 'attempts', ARGV[4]) end
 redis.call('HSET', KEYS[1], 'status', 'PENDING', unpack(ARGV, 7))
-redis.call('XADD', KEYS[2], '*', 't', ARGV[3])
+local size = redis.call('HGET', KEYS[1], 'bytes') or '0'
+redis.call('XADD', KEYS[2], '*', 't', ARGV[3], 'b', size)
+redis.call('INCRBY', (string.gsub(KEYS[2], ':stream$', ':bytes')), size)
 return 1
 """
 )

@@ -25,7 +25,8 @@ from bundleserve.queue.config import QueueConfig
 from bundleserve.queue.connection import describe
 from bundleserve.queue.notify import CompletionWaiter
 from bundleserve.queue.recent import RecentResults
-from bundleserve.queue.results import InvalidKey, ResultStore
+from bundleserve.queue.results import InvalidKey, ResultStore, check_key
+from bundleserve.queue.results import sync_result_owner as result_owner
 from bundleserve.queue.s3results import S3Location, S3ResultStore, S3Url
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord, TaskRequest
 from bundleserve.queue.worker import Worker
@@ -292,13 +293,27 @@ class TaskService:
     # -- result ---------------------------------------------------------------------------------------------------
 
     async def result(self, task_id: str) -> tuple[bytes, str]:
-        """A stored (large or pickled) result and its media type."""
-        return await stored_result(self.store, task_id)
+        """A stored (large or pickled) result of this endpoint and its media type: a task of another endpoint, or
+        another endpoint's sync result, is as unknown here as a missing one (a result key is no credential)."""
+        config = self.queue.config
+        if keys.is_task_id(task_id) and await self._record(task_id) is None:
+            raise NotFound(f"no stored result for {task_id!r} (unknown, inline, or expired)")
+        return await stored_result(self.store, task_id, owner=(config.namespace, config.endpoint))
 
 
-async def stored_result(store: ResultStore, task_id: str) -> tuple[bytes, str]:
+async def stored_result(
+    store: ResultStore, task_id: str, *, owner: tuple[str, str] | None = None, tasks: bool = True
+) -> tuple[bytes, str]:
     """A stored result by key, for every route that serves one (the async API and the sync `return_pickled` path):
-    an unsafe key is the client's mistake (400), a missing one 404."""
+    an unsafe key is the client's mistake (400), a missing one 404. With `owner` (namespace, name), a sync result
+    key (`results.sync_result_key`) of another endpoint, or any other key that is no task id, is 404 too; `tasks`
+    False refuses task ids as well (a router without the async API holds none)."""
+    try:
+        check_key(task_id)
+    except InvalidKey:
+        raise InvalidRequest(f"{task_id!r} is not a valid task id") from None
+    if owner is not None and result_owner(task_id) != owner and not (tasks and keys.is_task_id(task_id)):
+        raise NotFound(f"no stored result for {task_id!r} (unknown, inline, or expired)")
     try:
         found = await store.get(task_id)
     except InvalidKey:

@@ -80,6 +80,15 @@ class _Finish:
     retryable: bool = False
 
 
+def _parses(body: bytes) -> bool:
+    """Whether `body` is one JSON document (bounded: inline results are at most `inline_result_max_bytes`)."""
+    try:
+        json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
+        return False
+    return True
+
+
 def _traceback_of(reply: ModelReply) -> str:
     """The model's traceback (bundle runtime error body), else its message, else the raw body."""
     text = reply.body.decode(errors="replace")
@@ -540,7 +549,9 @@ class Worker:
                 dead_reason="result_too_large",
             )
         media_type = reply.content_type.split(";")[0].strip().lower()
-        is_json = media_type in ("application/json", "") or media_type.endswith("+json")
+        # Stored as JSON only when it is JSON: the record's result is spliced into status documents and callbacks
+        # as is, so a text body (without a content type, or mislabelled) would make both invalid.
+        is_json = (media_type in ("application/json", "") or media_type.endswith("+json")) and _parses(reply.body)
         if pickled or media_type == PICKLE_CONTENT_TYPE or size > self.config.inline_result_max_bytes:
             content_type = reply.content_type or "application/octet-stream"
             try:

@@ -239,5 +239,6 @@ async def stored_result(request: web.Request) -> web.Response:
     """A `return_pickled` result stored by this router (when the async API, which also serves this route, is off)."""
     state = request.app[ROUTER_STATE]
     request.app[CORE].authorize(request.headers.get("Authorization"))
-    data, content_type = await stored(result_store(state), request.match_info["task_id"])
+    owner = (state.settings.endpoint.namespace, state.settings.name)  # a sync router holds no tasks: only its own
+    data, content_type = await stored(result_store(state), request.match_info["task_id"], owner=owner, tasks=False)
     return web.Response(body=data, content_type=content_type)

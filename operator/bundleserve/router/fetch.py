@@ -25,6 +25,8 @@ from bundleserve.outbound.urls import check_url
 
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: Every failure below HTTP (refused, reset, not HTTP at all, DNS) reads the same (docs/security.md).
+NO_HTTP_ANSWER = "fetching url failed: no HTTP answer from the destination"
 
 
 class UrlFetcher:
@@ -62,9 +64,11 @@ class UrlFetcher:
         except aiohttp.ClientConnectorError as error:
             if isinstance(error.os_error, BlockedDestination):
                 raise refused(error.os_error.reason) from None
-            raise InvalidRequest(f"fetching url failed: {type(error).__name__}: {error}") from None
-        except aiohttp.ClientError as error:
-            raise InvalidRequest(f"fetching url failed: {type(error).__name__}: {error}") from None
+            raise InvalidRequest(NO_HTTP_ANSWER) from None
+        except aiohttp.ClientError:
+            # One text for a closed port, an open port that is not HTTP and a dropped connection: the error must
+            # not turn url inputs into a port scanner of what the guard lets through.
+            raise InvalidRequest(NO_HTTP_ANSWER) from None
 
     async def close(self) -> None:
         if self._session is not None:

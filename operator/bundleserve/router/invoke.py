@@ -9,7 +9,6 @@ rendering (gate, body limit, time limit, admission, url fetch, model call, error
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -27,6 +26,7 @@ from bundleserve.api.invocation import (
     idempotency_key,
 )
 from bundleserve.dialects.base import public_base_url
+from bundleserve.queue.results import sync_result_key
 from bundleserve.router.calls import Call, parse_call
 from bundleserve.router.core import InvocationCore
 from bundleserve.router.model_client import encode_args
@@ -110,7 +110,7 @@ class PickledResults:
 
             data = cloudpickle.dumps(reply.result())
         store = result_store(self.state)
-        key = uuid.uuid4().hex
+        key = sync_result_key(self.state.settings.endpoint.namespace, self.state.settings.name)
         ttl = float(self.state.settings.endpoint.spec.async_settings.result_ttl_seconds)
         await store.put(key, data, PICKLE_CONTENT_TYPE, ttl_seconds=ttl)
         return store.url_for(key)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bundleserve.api.credentials import KeysFile, KeysFileError
 from bundleserve.api.endpoint import Endpoint, Mode, Routes
 from bundleserve.api.manifest import ManifestError, load_endpoints
 from bundleserve.outbound.destinations import DEFAULT_BLOCKED, AddressPolicy, parse_cidrs
@@ -72,16 +73,25 @@ class Settings:
         return self.endpoint.spec.serves(mode)
 
 
-def read_api_keys(path: Path) -> frozenset[str]:
-    """One key per line; blank lines and `#` comments ignored. The keys themselves are never logged."""
+def read_keys_file(path: Path) -> KeysFile:
+    """The keys file (api/credentials.py: one key per line, optionally followed by the namespaces it opens); blank
+    lines and `#` comments ignored. The keys themselves are never logged."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot read the API keys file {path}: {error.strerror}") from None
-    keys = frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
-    if not keys:
+    try:
+        found = KeysFile.parse(text)
+    except KeysFileError as error:
+        raise ConfigError(f"the API keys file {path}: {error}") from None
+    if not found.keys:
         raise ConfigError(f"the API keys file {path} holds no key")
-    return keys
+    return found
+
+
+def read_api_keys(path: Path) -> frozenset[str]:
+    """Every key of the file (a router's file, written by the operator, holds exactly the keys it accepts)."""
+    return read_keys_file(path).all_keys()
 
 
 def load_endpoint(path: Path) -> Endpoint:
@@ -131,7 +141,7 @@ def read_url_policy(env: Mapping[str, str]) -> AddressPolicy:
             block=parse_cidrs(env.get("BUNDLESERVE_URL_BLOCK", ""), source="BUNDLESERVE_URL_BLOCK"),
             allow=parse_cidrs(env.get("BUNDLESERVE_URL_ALLOW", ""), source="BUNDLESERVE_URL_ALLOW")
             + parse_cidrs(extra_allow, source=ALLOW_LOOPBACK_ENV),
-            block_private=flag in {"1", "true", "yes"},
+            block_private=flag not in {"0", "false", "no"},  # refused unless explicitly opened
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None

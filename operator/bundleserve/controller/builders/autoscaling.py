@@ -82,6 +82,7 @@ def build_scaled_object(endpoint: Endpoint, context: BuildContext) -> Manifest:
             "type": "redis-streams",
             "metadata": {
                 "addressFromEnv": "BUNDLESERVE_REDIS_ADDRESS",
+                "usernameFromEnv": "BUNDLESERVE_REDIS_USERNAME",
                 "passwordFromEnv": "BUNDLESERVE_REDIS_PASSWORD",
                 "stream": stream,
                 "consumerGroup": group,

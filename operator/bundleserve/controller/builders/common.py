@@ -42,6 +42,9 @@ class BuildContext:
 
     config: OperatorConfig
     keda: bool = False  # KEDA is enabled and its CRDs are served
+    #: (env name, value) of the queue server's durability settings as the operator's master credential read them
+    #: (queue.connection.observed_config): routers' own users may not read CONFIG.
+    redis_observed: tuple[tuple[str, str], ...] = ()
 
 
 def scaler_for(endpoint: Endpoint, keda: bool) -> Scaler:

@@ -50,7 +50,9 @@ RESULTS_DIR = "/var/lib/bundleserve/results"
 AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
 AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
 AWS_SESSION_TOKEN = "AWS_SESSION_TOKEN"
-NON_ROOT_ID = 65532
+#: The bundleserve image's own user (Dockerfile `USER 10001:10001`): pods run as the user the image was built for,
+#: so files the image gives that user stay theirs. tests/unit/test_bundle_dockerfile.py checks that both agree.
+NON_ROOT_ID = 10001
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # set by NVIDIA GPU feature discovery
 
@@ -145,18 +147,23 @@ def router_env(endpoint: Endpoint, context: BuildContext) -> list[dict[str, Any]
         if not config.redis_secret:
             raise BuildError(
                 "AsyncNotConfigured",
-                "the async mode needs a Redis queue: the operator has no BUNDLESERVE_REDIS_SECRET configured",
+                "the async mode needs a Redis queue: the operator has no BUNDLESERVE_REDIS_URL configured",
             )
         env.append(secret_env("BUNDLESERVE_REDIS_URL", config.redis_secret, "url"))
         if scaler_for(endpoint, context.keda) is Scaler.KEDA:
             # KEDA's redis-streams scaler resolves these from the scale target's env (host:port and password).
             env.append(secret_env("BUNDLESERVE_REDIS_ADDRESS", config.redis_secret, "address", optional=True))
+            env.append(secret_env("BUNDLESERVE_REDIS_USERNAME", config.redis_secret, "username", optional=True))
             env.append(secret_env("BUNDLESERVE_REDIS_PASSWORD", config.redis_secret, "password", optional=True))
+        # What the operator read from the server's CONFIG (an endpoint's user may not): the durability decision.
+        env.extend({"name": name, "value": value} for name, value in context.redis_observed)
     if config.api_keys_secret:
         env.append({"name": "BUNDLESERVE_API_KEYS_FILE", "value": f"{API_KEYS_DIR}/{API_KEYS_KEY}"})
     if callback_auth(endpoint) is not None:
         env.append({"name": CALLBACK_SECRET_DIR_ENV, "value": CALLBACK_SECRET_DIR})
     env.append({"name": "BUNDLESERVE_RESULTS_DIR", "value": RESULTS_DIR})
+    # The destination guard and the byte quota as the cluster admin set them on the operator (ROUTER_SETTINGS).
+    env.extend({"name": name, "value": value} for name, value in config.router_settings)
     env.extend(s3_results_env(config))
     return env
 
@@ -264,7 +271,9 @@ def volumes(endpoint: Endpoint, context: BuildContext) -> list[dict[str, Any]]:
     else:
         found.append({"name": "results", "emptyDir": {}})  # per pod: results are only reachable through that pod
     if config.api_keys_secret:
-        found.append({"name": "api-keys", "secret": {"secretName": config.api_keys_secret}})
+        # Only the keys file: the Secret also holds the endpoint's Redis credentials, which only env references get.
+        items = [{"key": API_KEYS_KEY, "path": API_KEYS_KEY}]
+        found.append({"name": "api-keys", "secret": {"secretName": config.api_keys_secret, "items": items}})
     auth = callback_auth(endpoint)
     if auth is not None:
         found.append({"name": "callback-auth", "secret": {"secretName": auth.secret_name}})

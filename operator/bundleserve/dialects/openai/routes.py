@@ -84,7 +84,7 @@ def model_card(endpoint: Endpoint) -> render.ModelCard | None:
     if settings is None:
         return None
     created = 0
-    stamp = (endpoint.metadata.model_extra or {}).get("creationTimestamp")
+    stamp = endpoint.metadata.creation_timestamp
     if isinstance(stamp, str):
         with contextlib.suppress(ValueError):
             created = int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp())
