@@ -7,8 +7,9 @@ import pytest
 
 from tests.support.cluster_fixtures import kube_cluster, kube_node
 from tests.support.k8s.fixtures import k8s_api
+from tests.support.node_product import product
 
-__all__ = ["http", "k8s_api", "kube_cluster", "kube_node"]
+__all__ = ["http", "k8s_api", "kube_cluster", "kube_node", "product"]
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from bundleserve.router.sse import EventParser
 from tests.support.processes import REPO, Server, bundleserve, free_port
 
 EXAMPLES = REPO / "examples"
-NAMES = ["echo", "iris", "slow-job", "token-streamer", "batch-scorer", "tiny-chat"]
+NAMES = ["echo", "iris", "slow-job", "token-streamer", "batch-scorer", "tiny-chat", "slow-load"]
 
 
 def manifest(name: str) -> Endpoint:
@@ -96,6 +96,7 @@ def test_example_modes() -> None:
         "token-streamer": {Mode.SYNC, Mode.STREAMING},
         "batch-scorer": {Mode.SYNC, Mode.ASYNC},
         "tiny-chat": {Mode.STREAMING},
+        "slow-load": {Mode.SYNC},
     }
     assert [name for name in NAMES if manifest(name).spec.openai is not None] == ["tiny-chat"]
 
@@ -265,3 +266,18 @@ def test_batch_scorer_checks_each_call_against_the_entrypoint_signature(example:
     assert response.json()["error"]["message"] == (
         "batch_scorer:predict: missing required argument 'text'; unexpected argument 'txt'"
     )
+
+
+# --- slow-load ------------------------------------------------------------------------------------------------------
+
+
+def test_slow_load_reports_when_it_loaded_and_when_its_first_call_came(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The module's contract, with a zero load time (the 20 s load runs on the real node: test_node_scenarios.py)."""
+    monkeypatch.setenv("LOAD_SECONDS", "0")
+    monkeypatch.syspath_prepend(str(EXAMPLES / "slow-load"))
+    import slow_load  # type: ignore[import-not-found]
+
+    model = slow_load.load()
+    first, second = slow_load.predict(model, n=1), slow_load.predict(model, n=2)
+    assert model["load_started_at"] <= first["loaded_at"] <= first["first_call_at"] == second["first_call_at"]
+    assert (first["args"], second["args"]) == ({"n": 1}, {"n": 2})

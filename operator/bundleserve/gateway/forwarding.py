@@ -7,7 +7,8 @@ key, and turn the router's answer back into the core's types: `ModelReply`, `Str
 router raised (`api.errors.error_from_body`). So the router runs the gate, deadline, admission and model call once, the
 gateway parses the dialect once, and the dialect renders the same types wherever it is mounted.
 
-Errors: the router's refusals as their `ApiError` classes; no router reachable: Unavailable (503, Retry-After 1);
+Errors: the router's refusals as their `ApiError` classes; no router reachable (after `proxy.send`'s attempts):
+Unavailable (503, Retry-After 1);
 the connection lost mid-stream: ModelError (the stream ends with the dialect's failure event).
 """
 
@@ -21,6 +22,7 @@ import aiohttp
 
 from bundleserve.api.errors import ApiError, InvalidRequest, ModelError, Unavailable, error_from_body
 from bundleserve.api.invocation import JSON_CONTENT_TYPE, Invocation, ModelReply, StreamChunk
+from bundleserve.gateway.proxy import send
 from bundleserve.gateway.registry import EndpointEntry
 from bundleserve.router.sse import EventParser, success_chunk
 
@@ -63,7 +65,8 @@ class RouterHop:
 
     async def predict(self, inv: Invocation) -> ModelReply:
         try:
-            async with self.session.post(self.predict_url, data=native_body(inv), headers=self.headers) as upstream:
+            response = await send(self.session, "POST", self.predict_url, data=native_body(inv), headers=self.headers)
+            async with response as upstream:
                 body = await upstream.read()
                 if upstream.status != 200:
                     raise error_from_body(upstream.status, body, upstream.headers)
@@ -82,7 +85,7 @@ class RouterHop:
     async def _stream(self, inv: Invocation) -> AsyncIterator[AsyncIterator[StreamChunk]]:
         body = native_body(inv)
         try:
-            upstream = await self.session.post(self.stream_url, data=body, headers=self.headers)
+            upstream = await send(self.session, "POST", self.stream_url, data=body, headers=self.headers)
         except (aiohttp.ClientConnectionError, OSError):
             raise self._unreachable() from None
         try:

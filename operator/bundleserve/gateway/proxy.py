@@ -9,11 +9,23 @@ gets 413, as the router would have answered.
 
 A client that goes away cancels the handler (the gateway runs with handler cancellation on), which closes the
 upstream connection, which the router propagates to the model.
+
+A router that goes away is tried again (`send`): when a replica stops (pod deleted, rolling update), the Service
+keeps sending new connections to its address until kube-proxy has caught up (refused), and the router closes the
+idle keep-alive connections of the gateway's pool as it exits (a request written onto one meets a closed connection
+before any answer). Both answer nothing, so a body the gateway holds in memory is sent again, a few times within
+`RETRY_DELAYS`; a streamed body cannot be replayed and fails with 503 as before. Found on the real node: a rolling
+update under load failed about 1 request in 80 without it (tests/integration/test_node_scenarios.py). Limit: a
+router killed while it held the request (no answer at all) looks the same, so such a call may run again on another
+replica, as the client's own retry of the 503 would.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -32,6 +44,31 @@ HOP_BY_HOP = frozenset(
         "Transfer-Encoding", "Upgrade", "Content-Length", "Host",
     )
 )  # fmt: skip
+
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between the attempts of one call whose router answered nothing (then one last attempt): under a second in
+#: all, about what kube-proxy takes to stop routing to a stopped pod.
+RETRY_DELAYS = (0.05, 0.2, 0.5)
+
+#: The failures where the router answered nothing: connection refused or reset, or closed before an answer.
+_NO_ANSWER = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)
+
+
+async def send(
+    session: aiohttp.ClientSession, method: str, url: str, *, data: bytes | AsyncIterator[bytes] | None, **kwargs: Any
+) -> aiohttp.ClientResponse:
+    """`session.request`, tried again after RETRY_DELAYS while the router answers nothing and `data` can be replayed
+    (in memory or absent). The caller releases the response (`async with`)."""
+    if data is None or isinstance(data, bytes):
+        for delay in RETRY_DELAYS:
+            try:
+                return await session.request(method, url, data=data, **kwargs)
+            except _NO_ANSWER as error:
+                logger.info("no answer from %s (%s: %s); again in %.2fs", url, type(error).__name__, error, delay)
+                await asyncio.sleep(delay)
+    return await session.request(method, url, data=data, **kwargs)
 
 
 #: Bodies up to this size with a declared length are read whole and sent in one write (as nginx buffers small
@@ -116,7 +153,8 @@ async def forward(
         body = await request.read() if small else cap.chunks()
     response: web.StreamResponse | None = None
     try:
-        async with session.request(request.method, url, data=body, headers=headers, auto_decompress=False) as upstream:
+        upstream_response = await send(session, request.method, url, data=body, headers=headers, auto_decompress=False)
+        async with upstream_response as upstream:
             if cap.exceeded:
                 raise too_large(None, limit)
             headers_out = downstream_headers(upstream.headers)

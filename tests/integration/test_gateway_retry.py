@@ -1,0 +1,98 @@
+"""The gateway sends a call again when its router answered nothing (`gateway.proxy.send`), as happens when a replica
+stops under load: here a real TCP server on loopback reads each request and closes the connection without answering
+for the first `drop` connections (what a router exiting does to a request that landed on its closing keep-alive
+connection). The real-node case is tests/integration/test_node_scenarios.py (rolling update under load)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+
+from bundleserve.api.errors import Unavailable
+from bundleserve.api.invocation import Invocation
+from bundleserve.api.manifest import load_endpoints
+from bundleserve.gateway import proxy
+from bundleserve.gateway.forwarding import RouterHop
+from bundleserve.gateway.registry import EndpointEntry
+
+
+@dataclass
+class Dropping:
+    """Answers `{"status": "SUCCESS", "result": <args>}` after closing the first `drop` requests unanswered."""
+
+    drop: int
+    requests: int = 0
+    port: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                ),
+                0,
+            )
+            body = await reader.readexactly(length)
+            self.requests += 1
+            if self.requests <= self.drop:
+                return
+            answer = json.dumps({"status": "SUCCESS", "result": json.loads(body)["args"]}).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n")
+            writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer))
+            await writer.drain()
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def dropping() -> AsyncIterator[Dropping]:
+    server = Dropping(drop=2)
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    server.port = listener.sockets[0].getsockname()[1]
+    async with listener:
+        yield server
+
+
+def _hop(session: aiohttp.ClientSession, port: int, directory: Path) -> RouterHop:
+    manifest = directory / "e.yaml"
+    spec = {"modes": ["sync"], "localOnly": True, "bundle": {"python": {"entrypoint": "m:f"}}}
+    document = {"apiVersion": "bundleserve.dev/v1alpha1", "kind": "Endpoint", "metadata": {"name": "e"}, "spec": spec}
+    manifest.write_text(yaml.safe_dump(document))
+    [(_, endpoint)] = load_endpoints([manifest])
+    return RouterHop(session, EndpointEntry(endpoint, f"http://127.0.0.1:{port}"), None)
+
+
+async def test_a_call_whose_router_answered_nothing_is_sent_again(dropping: Dropping, tmp_path: Path) -> None:
+    async with aiohttp.ClientSession() as session:
+        reply = await _hop(session, dropping.port, tmp_path).predict(Invocation(body=b'{"n": 1}'))
+    assert json.loads(reply.body) == {"n": 1}
+    assert dropping.requests == 3  # two unanswered, the third answered
+
+
+async def test_the_attempts_are_bounded(dropping: Dropping, tmp_path: Path) -> None:
+    dropping.drop = 100
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(Unavailable):
+            await _hop(session, dropping.port, tmp_path).predict(Invocation(body=b'{"n": 2}'))
+    assert dropping.requests == len(proxy.RETRY_DELAYS) + 1
+
+
+async def test_a_streamed_body_is_not_sent_again(dropping: Dropping) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"args": {"n": 3}}'
+
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await proxy.send(session, "POST", f"http://127.0.0.1:{dropping.port}/", data=body(),
+                             headers={"Content-Length": "18"})  # fmt: skip
+    assert dropping.requests == 1
