@@ -29,7 +29,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+#: A Kubernetes namespace name (a DNS label); also what an S3 namespace prefix may be (queue.s3results).
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 GATEWAY_KEY_PREFIX = "bsg_"
 
 
@@ -41,7 +42,7 @@ def parse_namespaces(field: str, number: int) -> frozenset[str]:
     """The comma-separated namespace list after a key (this file's API keys, and the SageMaker dialect's SigV4 keys
     file, which uses the same syntax); KeysFileError naming line `number` when a name is not a DNS label."""
     names = [name.strip() for name in field.split(",") if name.strip()]
-    if not names or any(not _LABEL.match(name) for name in names):
+    if not names or any(not DNS_LABEL.match(name) for name in names):
         raise KeysFileError(f"line {number}: namespaces must be DNS labels, separated by commas")
     return frozenset(names)
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from bundleserve.api.credentials import DNS_LABEL
 from bundleserve.api.errors import InvalidRequest, PayloadTooLarge, Unavailable
 from bundleserve.queue.results import DEFAULT_TTL_SECONDS, ResultStore, check_key
 
@@ -32,7 +33,6 @@ MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 #: User metadata (`x-amz-meta-…`) holding the expiry as Unix seconds; `get` and `cleanup_expired` honour it.
 EXPIRES_AT_METADATA = "bundleserve-expires-at"
 _DELETE_BATCH = 1000  # DeleteObjects' limit
-_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class ResultsUrlError(ValueError):
@@ -63,7 +63,7 @@ class S3Location:
     def within(self, namespace: str) -> S3Location:
         """The namespace's own prefix under this one, `<prefix><namespace>/`: every object bundleserve writes for
         an endpoint lies under it, so an admin can give each namespace a credential limited to it."""
-        if not _NAMESPACE.fullmatch(namespace):
+        if not DNS_LABEL.fullmatch(namespace):
             raise ValueError(f"{namespace!r} is not a namespace name")
         return S3Location(self.bucket, f"{self.prefix}{namespace}/")
 
