@@ -22,6 +22,7 @@ from kubernetes_validate import utils as kubernetes_validate
 
 from bundleserve.controller.config import HpaMetric, KedaMode, OperatorConfig
 from bundleserve.controller.labels import common_labels
+from bundleserve.dialects.sagemaker import sigv4
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "bundleserve"
@@ -506,6 +507,28 @@ def test_gateway_results_dir_is_writable_without_a_claim(chart: helm.Chart) -> N
     assert mounts.get("results") == "/var/lib/bundleserve/results"
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert "emptyDir" in volumes["results"]
+
+
+def test_gateway_mounts_the_scoped_sagemaker_keys_secret(chart: helm.Chart) -> None:
+    """`gateway.sagemakerKeysSecret` gives the gateway its SigV4 keys file (scoped lines, docs/security.md) from a
+    Secret: the env variable names the file the Secret's `keys` key becomes, read-only; without it nothing is mounted."""
+    values = {"gateway": {"enabled": True, "sagemakerKeysSecret": "sigv4-keys"}}
+    objects = _parse(chart.render(values, name=RELEASE, namespace=NAMESPACE))
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-gateway")]
+    container = _container(deployment, "gateway")
+    path = _env(container)[sigv4.ENV_KEYS_FILE]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "sagemaker-keys"]
+    assert mount["readOnly"] is True
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    secret = volumes["sagemaker-keys"]["secret"]
+    assert secret["secretName"] == "sigv4-keys"
+    (item,) = secret["items"]
+    assert item["key"] == "keys" and f"{mount['mountPath']}/{item['path']}" == path
+
+    plain = _parse(chart.render({"gateway": {"enabled": True}}, name=RELEASE, namespace=NAMESPACE))
+    (deployment,) = [o for o in plain if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-gateway")]
+    assert sigv4.ENV_KEYS_FILE not in _env(_container(deployment, "gateway"))
+    assert "sagemaker-keys" not in {v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]}
 
 
 def test_network_policies_cover_each_enabled_component(rendered: dict[str, Rendered]) -> None:
