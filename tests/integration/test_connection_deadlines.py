@@ -18,6 +18,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from bundleserve.api.credentials import KeysFile
+from bundleserve.api.manifest import load_endpoints
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.registry import EndpointEntry, Registry
 from bundleserve.gateway.server import config_from_env
@@ -44,9 +46,13 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _router(directory: Path, model_url: str, **env: str) -> tuple[Any, str]:
-    keys = directory / "api-keys"
-    keys.write_text(KEY + "\n")
     endpoint = write_endpoint(directory, invocation={"timeoutSeconds": 10})
+    [(_, spec)] = load_endpoints([endpoint])
+    # the test's key, and the key a gateway in front presents for this endpoint (docs/security.md)
+    gateway_key = KeysFile.parse(KEY + "\n").gateway_key(spec.namespace, spec.name)
+    (directory / "api-keys").write_text(KEY + "\n")  # the master file, as a gateway in front reads it
+    keys = directory / "router-keys"
+    keys.write_text(f"{KEY}\n{gateway_key}\n")
     server, url = start_router(
         directory, endpoint, model_url, env={"BUNDLESERVE_API_KEYS_FILE": str(keys), **DEADLINES, **env}
     )

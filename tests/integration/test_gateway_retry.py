@@ -1,5 +1,5 @@
-"""The gateway sends a call again when its router answered nothing (`gateway.proxy.send`), as happens when a replica
-stops under load: here a real TCP server on loopback reads each request and closes the connection without answering
+"""The gateway sends a call again when its router answered nothing or refused it with 503 (`gateway.proxy.send`), as
+happens when a replica stops under load: here a real TCP server on loopback reads each request and closes the connection without answering
 for the first `drop` connections (what a router exiting does to a request that landed on its closing keep-alive
 connection). The real-node case is tests/integration/test_node_scenarios.py (rolling update under load)."""
 
@@ -30,6 +30,8 @@ class Dropping:
     drop: int
     requests: int = 0
     port: int = 0
+    #: Answer the dropped requests with a draining router's 503 instead of closing them unanswered.
+    refuse: bool = False
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -45,6 +47,11 @@ class Dropping:
             body = await reader.readexactly(length)
             self.requests += 1
             if self.requests <= self.drop:
+                if self.refuse:
+                    refusal = b'{"error":{"code":"unavailable","message":"the router is shutting down"}}'
+                    writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n")
+                    writer.write(b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(refusal), refusal))
+                    await writer.drain()
                 return
             answer = json.dumps({"status": "SUCCESS", "result": json.loads(body)["args"]}).encode()
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n")
@@ -77,6 +84,16 @@ async def test_a_call_whose_router_answered_nothing_is_sent_again(dropping: Drop
         reply = await _hop(session, dropping.port, tmp_path).predict(Invocation(body=b'{"n": 1}'))
     assert json.loads(reply.body) == {"n": 1}
     assert dropping.requests == 3  # two unanswered, the third answered
+
+
+async def test_a_call_a_draining_router_refused_is_sent_again(dropping: Dropping, tmp_path: Path) -> None:
+    """Found by the rolling update on the real node: a stopping replica still gets connections from the Service and
+    refuses them with 503 ("shutting down; retry on another replica"); its model never saw the call."""
+    dropping.refuse = True
+    async with aiohttp.ClientSession() as session:
+        reply = await _hop(session, dropping.port, tmp_path).predict(Invocation(body=b'{"n": 4}'))
+    assert json.loads(reply.body) == {"n": 4}
+    assert dropping.requests == 3  # two refused, the third answered
 
 
 async def test_the_attempts_are_bounded(dropping: Dropping, tmp_path: Path) -> None:

@@ -88,3 +88,29 @@ async def test_a_slot_handed_to_a_cancelled_waiter_passes_to_the_next() -> None:
 def test_limits_are_validated() -> None:
     with pytest.raises(ValueError):
         AdmissionController(concurrency=0, max_queued=1)
+
+
+async def test_an_async_submission_waits_for_a_body_place_and_gets_the_one_released() -> None:
+    admission = AdmissionController(concurrency=1, max_queued=0)
+    admission.reserve_body()
+    waiting = asyncio.ensure_future(admission.wait_for_body(timeout=30))
+    await asyncio.sleep(0)  # let it join the line (no timing: one loop turn)
+    assert not waiting.done()
+    with pytest.raises(Overloaded):
+        admission.reserve_body()  # the refusing path still refuses while the place is taken
+    admission.release_body()  # hands the place to the waiter
+    await waiting
+    assert admission.bodies == 1
+    admission.release_body()
+    assert admission.bodies == 0
+
+
+async def test_a_body_place_wait_ends_in_overloaded_and_leaves_the_line() -> None:
+    admission = AdmissionController(concurrency=1, max_queued=0)
+    admission.reserve_body()
+    with pytest.raises(Overloaded, match="no request body place came free"):
+        await admission.wait_for_body(timeout=0.01)
+    admission.release_body()
+    assert admission.bodies == 0  # the gone waiter took nothing
+    await admission.wait_for_body(timeout=30)
+    assert admission.bodies == 1

@@ -13,8 +13,9 @@ upstream connection, which the router propagates to the model.
 A router that goes away is tried again (`send`): when a replica stops (pod deleted, rolling update), the Service
 keeps sending new connections to its address until kube-proxy has caught up (refused), and the router closes the
 idle keep-alive connections of the gateway's pool as it exits (a request written onto one meets a closed connection
-before any answer). Both answer nothing, so a body the gateway holds in memory is sent again, a few times within
-`RETRY_DELAYS`; a streamed body cannot be replayed and fails with 503 as before. Found on the real node: a rolling
+before any answer), or, when the connection reaches it while it drains, it refuses with 503 ("shutting down; retry on
+another replica": its model never sees the call). In all three cases a body the gateway holds in memory is sent
+again, a few times within `RETRY_DELAYS`; a streamed body cannot be replayed and fails with 503 as before. Found on the real node: a rolling
 update under load failed about 1 request in 80 without it (tests/integration/test_node_scenarios.py). Limit: a
 router killed while it held the request (no answer at all) looks the same, so such a call may run again on another
 replica, as the client's own retry of the 503 would.
@@ -48,9 +49,11 @@ HOP_BY_HOP = frozenset(
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between the attempts of one call whose router answered nothing (then one last attempt): under a second in
-#: all, about what kube-proxy takes to stop routing to a stopped pod.
-RETRY_DELAYS = (0.05, 0.2, 0.5)
+#: Seconds between the attempts of one call whose router answered nothing or refused it (then one last attempt): about
+#: two seconds in all, what kube-proxy takes to stop routing to a stopping pod on a busy node.
+RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0)
+#: A router's refusal before its model is reached: not ready, or shutting down ("retry on another replica").
+REFUSED = 503
 
 #: The failures where the router answered nothing: connection refused or reset, or closed before an answer.
 _NO_ANSWER = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)
@@ -59,15 +62,21 @@ _NO_ANSWER = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)
 async def send(
     session: aiohttp.ClientSession, method: str, url: str, *, data: bytes | AsyncIterator[bytes] | None, **kwargs: Any
 ) -> aiohttp.ClientResponse:
-    """`session.request`, tried again after RETRY_DELAYS while the router answers nothing and `data` can be replayed
-    (in memory or absent). The caller releases the response (`async with`)."""
+    """`session.request`, tried again after RETRY_DELAYS while the router answers nothing or refuses with 503 (its
+    model never saw the call), and `data` can be replayed (in memory or absent). The caller releases the response
+    (`async with`)."""
     if data is None or isinstance(data, bytes):
         for delay in RETRY_DELAYS:
             try:
-                return await session.request(method, url, data=data, **kwargs)
+                response = await session.request(method, url, data=data, **kwargs)
             except _NO_ANSWER as error:
                 logger.info("no answer from %s (%s: %s); again in %.2fs", url, type(error).__name__, error, delay)
-                await asyncio.sleep(delay)
+            else:
+                if response.status != REFUSED:
+                    return response
+                response.release()
+                logger.info("%s refused the call (503: not ready or shutting down); again in %.2fs", url, delay)
+            await asyncio.sleep(delay)
     return await session.request(method, url, data=data, **kwargs)
 
 

@@ -8,6 +8,9 @@ Bodies (issue 17): a request holds its body from the moment it is read, before i
 too, before the first byte is read: at most `concurrency + max_queued` bodies are being read, queued or in the model
 at once (`reserve_body`/`release_body`); one more is refused with 429 before its body is read. With each body held
 once, that bounds the router's memory by the Endpoint's own limits (controller.builders.deployment.router_memory_limit).
+An async submission holds its body only while it is read and stored, and a burst of submissions (the SDK's
+`predict_batch`) is no overload of the model: it waits for a body place (`wait_for_body`, bounded), unread bytes
+staying in the socket, instead of being refused.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from bundleserve.api.errors import Overloaded
 class AdmissionController:
     """A FIFO semaphore with a bounded waiting line; `in_model` never exceeds `concurrency`."""
 
-    __slots__ = ("_waiters", "bodies", "concurrency", "in_model", "max_queued")
+    __slots__ = ("_body_waiters", "_waiters", "bodies", "concurrency", "in_model", "max_queued")
 
     def __init__(self, concurrency: int, max_queued: int) -> None:
         if concurrency < 1 or max_queued < 0:
@@ -32,6 +35,7 @@ class AdmissionController:
         self.in_model = 0
         self.bodies = 0  # request bodies being read, queued or in the model
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._body_waiters: deque[asyncio.Future[None]] = deque()
 
     def reserve_body(self) -> None:
         """Admit one more request body before it is read; `Overloaded` when as many bodies as the line and the
@@ -44,7 +48,41 @@ class AdmissionController:
             )
         self.bodies += 1
 
+    async def wait_for_body(self, timeout: float) -> None:
+        """Admit one more body, waiting up to `timeout` seconds (FIFO) for a place; `Overloaded` after that."""
+        if self.bodies < self.concurrency + self.max_queued and not self._body_waiters:
+            self.bodies += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._body_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter  # release_body counted the place for us when it woke this waiter
+        except TimeoutError:
+            self._leave_body_line(waiter)
+            raise Overloaded(
+                f"overloaded: no request body place came free within {timeout:.0f}s "
+                f"(concurrency {self.concurrency} + maxQueued {self.max_queued})",
+                retry_after_seconds=1,
+            ) from None
+        except BaseException:
+            self._leave_body_line(waiter)
+            raise
+
+    def _leave_body_line(self, waiter: asyncio.Future[None]) -> None:
+        if waiter.done() and not waiter.cancelled():
+            self.release_body()  # woken at the moment it gave up: the place passes on
+        else:
+            waiter.cancel()
+            with contextlib.suppress(ValueError):
+                self._body_waiters.remove(waiter)
+
     def release_body(self) -> None:
+        while self._body_waiters:
+            waiter = self._body_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the place goes to the first waiter: `bodies` stays as it is
+                return
         self.bodies -= 1
 
     @property

@@ -126,7 +126,7 @@ class AsyncApi:
         core = self.core
         try:
             core.gate(request.match_info["name"], request.headers.get("Authorization"), Mode.ASYNC)
-            body = await core.read_body(request)
+            body = await core.read_body(request, wait_for_place=True)  # a burst of submissions waits, not 429
             task_id = await submit_native(
                 self.tasks, body, kwargs_only=self.kwargs_only, idempotency=request.headers.get(IDEMPOTENCY_HEADER)
             )

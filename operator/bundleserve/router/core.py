@@ -95,6 +95,10 @@ def model_failure(status: int | None, body: bytes, *, fallback: str) -> ApiError
     return ModelError(message, **details)
 
 
+#: How long an async submission waits for a body place before it is refused with 429 (router.admission).
+BODY_PLACE_WAIT_SECONDS = 30.0
+
+
 class InvocationCore:
     """The invocation path of one router's endpoint (one instance per router, bound to its state)."""
 
@@ -176,12 +180,17 @@ class InvocationCore:
         if length is not None and length > self.max_bytes:
             raise too_large(length, self.max_bytes)
 
-    async def read_body(self, request: web.Request) -> bytes:
+    async def read_body(self, request: web.Request, *, wait_for_place: bool = False) -> bytes:
         """The body under the limit: refused by Content-Length before reading, a chunked body as soon as its count
         passes the limit. Read from the stream, not with `request.read()`, which would keep a copy on the request
-        for its whole life (the caller holds the only one). Holds the drain while reading."""
+        for its whole life (the caller holds the only one). Holds the drain while reading. `wait_for_place`: an
+        async submission waits (bounded) for a body place instead of being refused (router.admission)."""
         self.check_length(request.content_length)
-        self.state.admission.reserve_body()  # before the first byte: released by release_bodies when the handler ends
+        # before the first byte: released by release_bodies when the handler ends
+        if wait_for_place:
+            await self.state.admission.wait_for_body(BODY_PLACE_WAIT_SECONDS)
+        else:
+            self.state.admission.reserve_body()
         request[BODY_RESERVED] = True
         drain = self.state.drain
         drain.enter()
