@@ -104,6 +104,15 @@ async def test_the_attempts_are_bounded(dropping: Dropping, tmp_path: Path) -> N
     assert dropping.requests == len(proxy.RETRY_DELAYS) + 1
 
 
+async def test_refusals_are_resent_a_few_times_only(dropping: Dropping, tmp_path: Path) -> None:
+    """An endpoint whose routers all refuse (none ready) is answered within about two seconds, not the whole window."""
+    dropping.refuse, dropping.drop = True, 100
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(Unavailable):
+            await _hop(session, dropping.port, tmp_path).predict(Invocation(body=b'{"n": 5}'))
+    assert dropping.requests == proxy.REFUSED_ATTEMPTS + 1
+
+
 async def test_a_streamed_body_is_not_sent_again(dropping: Dropping) -> None:
     async def body() -> AsyncIterator[bytes]:
         yield b'{"args": {"n": 3}}'

@@ -49,11 +49,15 @@ HOP_BY_HOP = frozenset(
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between the attempts of one call whose router answered nothing or refused it (then one last attempt): about
-#: two seconds in all, what kube-proxy takes to stop routing to a stopping pod on a busy node.
-RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0)
+#: Seconds between the attempts of one call whose router answered nothing (then one last attempt): about six seconds
+#: in all, what kube-proxy can take on a busy node to stop routing to a stopped pod (each new connection picks a
+#: replica at random, so a few attempts also get past one dead address among live ones).
+RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.5, 2.0)
 #: A router's refusal before its model is reached: not ready, or shutting down ("retry on another replica").
 REFUSED = 503
+#: How many of those attempts a 503 refusal gets (about two seconds): a draining replica is passed by quickly, and an
+#: endpoint that is not ready at all is answered without waiting the whole window.
+REFUSED_ATTEMPTS = 4
 
 #: The failures where the router answered nothing: connection refused or reset, or closed before an answer.
 _NO_ANSWER = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)
@@ -66,13 +70,15 @@ async def send(
     model never saw the call), and `data` can be replayed (in memory or absent). The caller releases the response
     (`async with`)."""
     if data is None or isinstance(data, bytes):
+        refusals = 0
         for delay in RETRY_DELAYS:
             try:
                 response = await session.request(method, url, data=data, **kwargs)
             except _NO_ANSWER as error:
                 logger.info("no answer from %s (%s: %s); again in %.2fs", url, type(error).__name__, error, delay)
             else:
-                if response.status != REFUSED:
+                refusals += response.status == REFUSED
+                if response.status != REFUSED or refusals > REFUSED_ATTEMPTS:
                     return response
                 response.release()
                 logger.info("%s refused the call (503: not ready or shutting down); again in %.2fs", url, delay)
