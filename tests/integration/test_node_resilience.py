@@ -18,6 +18,7 @@ import json
 import re
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import redis
 
 from bundleserve.api.manifest import parse_endpoint
 from bundleserve.controller.builders.deployment import router_memory_limit
+from tests.integration.test_node_scenarios import CONCURRENCY, MAX_REQUESTS, SyncLoad
 from tests.support.node import Node
 from tests.support.node_product import MODELS, Product, deployment_ready, endpoint_ready, example, wait_for
 from tests.support.waiting import async_wait_until, wait_until
@@ -370,3 +372,64 @@ def _unsent(sock: socket.socket) -> int:
     import termios
 
     return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+
+
+# -- a rolling update straight to the Endpoint's Service ------------------------------------------------------------
+
+
+@dataclass
+class ServiceLoad(SyncLoad):
+    """SyncLoad sent to the Endpoint's own Service (kube-proxy picks a pod per connection) with the Endpoint's key,
+    not through the gateway: no retry of the gateway's hides a call a stopping pod refused or dropped."""
+
+    service: str = ""
+    key: str = ""
+
+    async def _run(self) -> None:
+        limits = httpx.Limits(max_connections=CONCURRENCY)
+        headers = {"Authorization": f"Bearer {self.key}"}
+        async with httpx.AsyncClient(base_url=self.service, headers=headers, timeout=60, limits=limits) as http:
+            await asyncio.gather(*(self._worker(http, worker) for worker in range(CONCURRENCY)))
+
+
+def test_a_rolling_update_under_load_straight_to_the_service_fails_no_request(product: Product) -> None:
+    """The router's shutdown delay at work: during a rollout a stopping pod keeps answering, unready, while the
+    EndpointSlices and kube-proxy catch up, and its answers close their connections. Before it, a call that reached
+    a pod after its SIGTERM got 503 and only the gateway's retry hid it."""
+    node, plane, name = product.node, product.node.plane, "echo-direct"
+    doc = example("echo", scaling={"minReplicas": 2, "maxReplicas": 2})
+    doc["metadata"]["name"] = name
+    plane.apply(doc)
+    wait_for(node, f"{name} Ready", lambda: endpoint_ready(node, MODELS, name), MODELS)
+    wait_for(node, f"{name} 2 replicas", lambda: deployment_ready(node, MODELS, name), MODELS)
+    service = plane.get("v1", "Service", MODELS, name) or {}
+    url = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
+    pods = plane.items("v1", "Pod", MODELS, selector=f"{ENDPOINT_LABEL}={name}")
+    before = {pod["metadata"]["name"] for pod in pods}
+    load = ServiceLoad(product, name, service=url, key=_router_key(node, name)).start()
+    try:
+        load.wait_for_more(40)
+        started = time.monotonic()
+        doc["spec"]["bundle"]["env"] = [{"name": "ROLLED", "value": str(time.time())}]
+        plane.apply(doc)
+
+        def rolled() -> bool:
+            found = plane.items("v1", "Pod", MODELS, selector=f"{ENDPOINT_LABEL}={name}")
+            names = {pod["metadata"]["name"] for pod in found}
+            ready = all(
+                any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+                for pod in found
+            )
+            return not names & before and len(found) == 2 and ready
+
+        wait_for(node, "the Deployment rolled and the old pods gone", rolled, MODELS)
+        rolled_in = time.monotonic() - started
+        load.wait_for_more(40)
+    finally:
+        load.stop()
+    print(
+        f"\nrolling update under load, straight to the Service: {load.figure()}; done {rolled_in:.1f}s after the change"
+    )
+    assert load.done < MAX_REQUESTS, "the load stopped at its bound before the rollout ended"
+    assert load.failures == [], load.failures[:10]
+    _delete_endpoint(product, name)
