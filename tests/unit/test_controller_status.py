@@ -68,7 +68,8 @@ def test_no_deployment_yet() -> None:
 
 
 @pytest.mark.parametrize(
-    "reason", ["ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "CreateContainerConfigError"]
+    "reason",
+    ["ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "CrashLoopBackOff", "CreateContainerConfigError"],
 )
 def test_pod_failures_surface_as_the_reason(reason: str) -> None:
     observed = Observed(generation=1, deployment=deployment(wanted=1, ready=0), pods=[waiting_pod(reason, "boom")])
