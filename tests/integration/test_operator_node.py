@@ -293,3 +293,52 @@ def test_a_crashing_model_is_degraded_crash_loop_back_off(product: Product, plan
     assert model["lastState"]["terminated"]["exitCode"] == 3, model
     assert "CrashLoopBackOff" in conditions(plane, "crashing")["Degraded"]["message"] or model["restartCount"] >= 1
     delete_endpoint(plane, "crashing")
+
+
+def test_one_cluster_wide_operator_serves_same_named_endpoints_of_two_namespaces_apart(
+    product: Product, plane: ControlPlane
+) -> None:
+    """Moved from the API emulator: the chart's operator (`--all-namespaces`) reconciles `echo` of two namespaces,
+    each into its own namespace, both Ready from their own pods; deleting one leaves the other's children untouched."""
+    teams = ("team-a", "team-b")
+    kinds = (("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "Deployment"))
+
+    def child_uids(namespace: str) -> dict[str, str]:
+        found = {}
+        for api_version, kind in kinds:
+            items = plane.items(api_version, kind, namespace, selector=f"{ENDPOINT_LABEL}=echo")
+            for item in items:
+                found[kind] = item["metadata"]["uid"]
+        return found
+
+    def owned_by_its_own_endpoint(namespace: str) -> bool:
+        owner = plane.get(GROUP_VERSION, "Endpoint", namespace, "echo") or {}
+        for api_version, kind in kinds:
+            items = plane.items(api_version, kind, namespace, selector=f"{ENDPOINT_LABEL}=echo")
+            owners = [{ref["uid"] for ref in item["metadata"].get("ownerReferences", [])} for item in items]
+            if owners != [{owner.get("metadata", {}).get("uid")}]:
+                return False
+        return True
+
+    for team in teams:
+        plane.create_namespace(team)
+        doc = endpoint("echo")
+        doc["metadata"]["namespace"] = team
+        plane.apply(doc)
+
+    def ready(team: str) -> bool:
+        body = plane.get(GROUP_VERSION, "Endpoint", team, "echo") or {}
+        found = {c["type"]: c for c in (body.get("status") or {}).get("conditions", [])}.get("Ready", {})
+        return found.get("status") == "True" and found.get("reason") == "ReplicasAvailable"
+
+    wait_for(product.node, "both echo Ready, each from its own children", lambda: all(
+        ready(team) and owned_by_its_own_endpoint(team) for team in teams), "team-a")  # fmt: skip
+    kept = child_uids("team-b")
+    assert set(kept) == {kind for _, kind in kinds}
+    plane.request("DELETE", plane.path(GROUP_VERSION, "Endpoint", "team-a", "echo"))
+    wait_for(product.node, "team-a/echo and its children gone", lambda: plane.get(
+        GROUP_VERSION, "Endpoint", "team-a", "echo") is None and child_uids("team-a") == {}, "team-a")  # fmt: skip
+    wait_reconciled(plane, ["echo"])
+    assert child_uids("team-b") == kept  # not recreated, not deleted
+    assert ready("team-b")
+    plane.request("DELETE", plane.path(GROUP_VERSION, "Endpoint", "team-b", "echo"))
