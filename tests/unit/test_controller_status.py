@@ -114,6 +114,15 @@ def test_a_spec_problem_is_degraded_with_its_reason() -> None:
     assert conditions["Degraded"]["status"] == "True"
 
 
+def test_a_spec_problem_leaves_the_last_valid_specs_ready_pods_ready() -> None:
+    """A spec that passed the CRD but not the typed model (reconcile keeps the children of the last valid spec):
+    Degraded, while the pods still serving keep Ready True (test_operator_reconcile.py runs the reconcile itself)."""
+    observed = Observed(generation=2, deployment=deployment(2, 2), problem=Problem("InvalidSpec", "minReplicas > max"))
+    conditions = by_type(observed)
+    assert (conditions["Degraded"]["status"], conditions["Degraded"]["reason"]) == ("True", "InvalidSpec")
+    assert conditions["Ready"]["status"] == "True"
+
+
 def test_status_carries_generation_counts_url_and_queue() -> None:
     observed = Observed(
         generation=5,
