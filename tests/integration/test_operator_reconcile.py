@@ -19,13 +19,11 @@ from bundleserve.controller.config import OperatorConfig
 from bundleserve.controller.kube import KubeClient, login
 from bundleserve.controller.reconcile import reconcile
 from bundleserve.queue.acl import QueueUsers
-from tests.integration.cluster_harness import GROUP_VERSION, endpoint_doc, established
+from tests.integration.cluster_harness import GROUP_VERSION, endpoint_doc, install_release
 from tests.support.cluster import ControlPlane
-from tests.support.processes import REPO
 from tests.support.valkey import Valkey
 from tests.support.waiting import wait_until
 
-CRD = REPO / "crds" / "endpoints.bundleserve.dev.yaml"
 _namespaces = itertools.count(1)
 
 
@@ -47,14 +45,7 @@ async def ctx(valkey_server: Valkey) -> AsyncIterator[Ctx]:
 
 @pytest.fixture
 async def kube(kube_cluster: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[KubeClient]:
-    import yaml
-
-    if (
-        kube_cluster.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, "endpoints.bundleserve.dev")
-        is None
-    ):
-        kube_cluster.apply(yaml.safe_load(CRD.read_text()))
-    wait_until(lambda: established(kube_cluster, "endpoints.bundleserve.dev"), timeout=60, what="the CRD established")
+    install_release(kube_cluster)  # the CRD as the chart renders it: the object every module applies
     monkeypatch.setenv("KUBECONFIG", os.fspath(kube_cluster.kubeconfig))
     client = KubeClient.from_connection(login())
     yield client
