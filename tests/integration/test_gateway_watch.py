@@ -21,7 +21,7 @@ from bundleserve.gateway.registry import Registry
 from tests.integration.cluster_harness import install_release
 from tests.support.api_relay import ApiRelay
 from tests.support.cluster import ControlPlane
-from tests.support.waiting import async_wait_until
+from tests.support.waiting import async_wait_until, wait_until
 
 GROUP_VERSION = "bundleserve.dev/v1alpha1"
 NS = "bs-gateway-watch"
