@@ -9,9 +9,26 @@ gateway splits requests that name no variant by `traffic_shares`.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from bundleserve.api.endpoint import IMPLICIT_VARIANT, Endpoint, EndpointSpec, EnvVar, Variant
+
+#: The longest child base name: Services must be DNS-1035 labels.
+_MAX_NAME = 63
+
+
+def child_name(endpoint_name: str, variant: str | None = None) -> str:
+    """The base name of a variant's children (Deployment, Service, autoscaler): the endpoint's name, or
+    `<name>-<variant>` for a declared variant, shortened with a hash of both when longer than a DNS label may be, so
+    every name is a valid Service name. The operator names the children so and the gateway finds the Services so."""
+    if variant is None:
+        return endpoint_name
+    name = f"{endpoint_name}-{variant}"
+    if len(name) <= _MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: _MAX_NAME - 9].rstrip('-')}-{digest}"
 
 
 @dataclass(frozen=True)

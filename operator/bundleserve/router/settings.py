@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bundleserve.api.credentials import KeysFile, KeysFileError
-from bundleserve.api.endpoint import Endpoint, Mode, Routes
+from bundleserve.api.endpoint import IMPLICIT_VARIANT, Endpoint, Mode, Routes
 from bundleserve.api.manifest import ManifestError, load_endpoints
 from bundleserve.outbound.destinations import DEFAULT_BLOCKED, AddressPolicy, parse_cidrs
 from bundleserve.router.connections import ConnectionLimits, limits_from_env
@@ -52,6 +52,10 @@ class Settings:
     #: Keep-alive and head deadline of every connection: closed when idle this long, or when the next request's head
     #: is not complete this long after the connection went idle (BUNDLESERVE_IDLE_TIMEOUT_SECONDS).
     idle_timeout_seconds: float = 75.0
+    #: The production variant this router serves (`--variant`; docs/operator.md, "Production variants"): what
+    #: SageMaker's InvokedProductionVariant answers and its TargetVariant must name. AllTraffic for an Endpoint
+    #: without spec.variants.
+    variant: str = IMPLICIT_VARIANT
 
     @property
     def connection_limits(self) -> ConnectionLimits:
@@ -155,6 +159,7 @@ def build_settings(
     port: int = 8080,
     redis_url: str | None = None,
     env: Mapping[str, str] | None = None,
+    variant: str | None = None,
 ) -> Settings:
     """Settings from the CLI's values and the environment (BUNDLESERVE_* variables, see docs/router.md)."""
     env = os.environ if env is None else env
@@ -188,4 +193,5 @@ def build_settings(
         drain_seconds=drain_seconds,
         body_timeout_seconds=limits.body_seconds,
         idle_timeout_seconds=limits.idle_seconds,
+        variant=variant or IMPLICIT_VARIANT,
     )

@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from aiohttp import web
@@ -179,7 +179,8 @@ class SageMakerApi:
         try:
             name = request.match_info["name"]
             signed, authorization = self._authenticate(request)
-            protocol.parse_request(operation, name, request.headers, variant=self.settings.variant)
+            # The front picks the variant (a TargetVariant the endpoint does not have is refused there).
+            protocol.parse_request(operation, name, request.headers, variant=None)
             self._gate(name, signed, authorization, mode)
             body = await self._read_body(request)
             self._verify(request, signed, body)
@@ -395,7 +396,8 @@ def mount(app: web.Application, core: InvocationBackend, tasks: TaskBackend | No
     Whether JSON bodies become keyword arguments depends on the bundle kind, which the core knows (`is_python`).
     """
     is_python = bool(getattr(core, "is_python", True))
-    settings = settings_from_env(lambda _name: is_python)
+    variant = str(getattr(core, "variant", protocol.DEFAULT_VARIANT))
+    settings = replace(settings_from_env(lambda _name: is_python), variant=variant)
     resolver: TaskResolver | None = None
     if tasks is not None:
         bound = tasks
