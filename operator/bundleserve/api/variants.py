@@ -62,7 +62,7 @@ def variant_spec(spec: EndpointSpec, variant: Variant) -> EndpointSpec:
     bundle = spec.bundle.model_copy(
         update={"image": variant.image or spec.bundle.image, "env": merged_env(spec.bundle.env, variant.env)}
     )
-    return spec.model_copy(
+    copied = spec.model_copy(
         update={
             "bundle": bundle,
             "resources": variant.resources or spec.resources,
@@ -70,6 +70,10 @@ def variant_spec(spec: EndpointSpec, variant: Variant) -> EndpointSpec:
             "variants": [],
         }
     )
+    # Unset, not an empty list: the variant's router document (dumped with exclude_unset) then reads as an Endpoint
+    # without variants.
+    copied.__pydantic_fields_set__.discard("variants")
+    return copied
 
 
 def served_variants(endpoint: Endpoint) -> list[ServedVariant]:

@@ -354,7 +354,7 @@ def build_deployment(endpoint: Endpoint, context: BuildContext, variant: str | N
             "selector": {"matchLabels": selector_labels(endpoint.name, variant)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "revisionHistoryLimit": 3,
-            "template": pod_template(endpoint, context),
+            "template": pod_template(endpoint, context, variant),
         }
     )
     return {
