@@ -44,7 +44,14 @@ REJECTED_STATUSES = frozenset({400, 403, 422})
 #: Children that exist only for some specs (a variant's, or a Service, autoscaler or PDB the spec no longer asks
 #: for): listed by the endpoint's label and deleted when owned by the Endpoint and not desired. Secrets and the
 #: NetworkPolicy are per endpoint and always wanted.
-OPTIONAL_KINDS = ("ConfigMap", "Service", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ScaledObject")
+OPTIONAL_KINDS = (
+    "ConfigMap",
+    "Service",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "PodDisruptionBudget",
+    "ScaledObject",
+)
 #: Deleted before the desired children are applied: KEDA's admission webhook refuses a ScaledObject for a Deployment
 #: that an HPA still manages ("already managed by the hpa"), so switching an Endpoint to async must delete the HPA
 #: before the ScaledObject is created (and the other way round, KEDA removes its own HPA with the ScaledObject).

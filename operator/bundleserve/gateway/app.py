@@ -14,6 +14,8 @@ gateway's refusals from a router's.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
+import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ from bundleserve.api.invocation import IDEMPOTENCY_HEADER, Invocation
 from bundleserve.dialects.base import TaskBackend, public_base_url
 from bundleserve.dialects.launch import routes as launch
 from bundleserve.dialects.openai import routes as openai_routes
+from bundleserve.dialects.sagemaker import protocol as sagemaker_protocol
 from bundleserve.dialects.sagemaker import routes as sagemaker
 from bundleserve.dialects.sagemaker import sigv4
 from bundleserve.gateway.docs import add_docs_routes
@@ -37,6 +40,7 @@ from bundleserve.gateway.openai_models import GatewayModels
 from bundleserve.gateway.proxy import forward, read_capped
 from bundleserve.gateway.registry import EndpointEntry, Registry
 from bundleserve.gateway.tasks import EndpointQueues
+from bundleserve.gateway.variants import VARIANT_HEADER, pick_variant
 from bundleserve.queue import keys
 from bundleserve.queue.results import sync_result_owner
 from bundleserve.queue.service import S3AsyncPaths, SubmitChecks, TaskService, stored_result
@@ -86,6 +90,8 @@ class Gateway:
         self.queues: EndpointQueues | None = None
         #: False until the registry's source has delivered its first complete listing (cluster watch).
         self.synced = True
+        #: The uniform draw of the weighted variant split (gateway.variants.pick_variant).
+        self.draw: Callable[[], float] = random.random
 
     # -- the gate every /v1 route passes before reading a body -------------------------------------------------
 
@@ -146,17 +152,31 @@ class Gateway:
             return None
         return f"Bearer {self.keys_file.gateway_key(entry.namespace, entry.name)}"
 
+    def variant_entry(self, entry: EndpointEntry, requested: str | None) -> tuple[EndpointEntry, str]:
+        """The entry aimed at one production variant's routers (the named one, else a weighted pick), and its name.
+        UnknownVariant for a name the endpoint does not have."""
+        route = pick_variant(entry.routes, requested, self.draw())
+        return dataclasses.replace(entry, router_url=route.router_url), route.name
+
     async def forward_to(
-        self, request: web.Request, entry: EndpointEntry, *, read_body: bytes | None = None
+        self,
+        request: web.Request,
+        entry: EndpointEntry,
+        *,
+        read_body: bytes | None = None,
+        requested_variant: str | None = None,
     ) -> web.StreamResponse:
-        """Proxy to the entry's router with the gateway's credential for that endpoint in place of the client's."""
+        """Proxy to the routers of one of the entry's variants (`requested_variant`, else a weighted pick) with the
+        gateway's credential for that endpoint in place of the client's; the answer names the variant."""
+        target, variant = self.variant_entry(entry, requested_variant)
         return await forward(
             request,
-            entry,
+            target,
             self.upstream(),
             read_body=read_body,
             authorization=self.upstream_authorization(entry),
             replace_authorization=True,
+            reply_headers={VARIANT_HEADER: variant},
         )
 
     def require_queues(self) -> EndpointQueues:
@@ -188,18 +208,22 @@ class Gateway:
         """For the dialects' sync/stream routes: resolve `name` (ApiError for the dialect to render in its own
         shape: NotFound, ModeNotServed, Unauthorized, PayloadTooLarge, Unavailable) and forward unchanged."""
         entry = self.gate_entry(name, request.headers.get("Authorization"), mode)
-        return await self.forward_to(request, entry)
+        return await self.forward_to(request, entry, requested_variant=request.headers.get(VARIANT_HEADER))
 
     async def proxy_verified(self, request: web.Request, name: str, mode: Mode, body: bytes) -> web.StreamResponse:
         """For a dialect that gated the request and read and verified its body itself (SageMaker's SigV4): forward
         that body, with the gateway's own credential in place of the client's (`upstream_authorization`)."""
-        return await self.forward_to(request, self.registry.resolve(name, mode), read_body=body)
+        entry = self.registry.resolve(name, mode)
+        target = request.headers.get(sagemaker_protocol.H_TARGET_VARIANT)
+        return await self.forward_to(request, entry, read_body=body, requested_variant=target)
 
     async def predict(self, request: web.Request) -> web.StreamResponse:
-        return await self.forward_to(request, self.gate_name(request, Mode.SYNC))
+        entry = self.gate_name(request, Mode.SYNC)
+        return await self.forward_to(request, entry, requested_variant=request.headers.get(VARIANT_HEADER))
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
-        return await self.forward_to(request, self.gate_name(request, Mode.STREAMING))
+        entry = self.gate_name(request, Mode.STREAMING)
+        return await self.forward_to(request, entry, requested_variant=request.headers.get(VARIANT_HEADER))
 
     def task_service(self, name: str) -> TaskService:
         """For the dialects' async adapters: the endpoint's task service by name (NotFound, Unavailable)."""

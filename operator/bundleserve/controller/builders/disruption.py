@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from bundleserve.api.endpoint import Endpoint
+from bundleserve.api.variants import child_name
 from bundleserve.controller.builders.common import Manifest, metadata
-from bundleserve.controller.labels import child_name, selector_labels
+from bundleserve.controller.labels import selector_labels
 
 
 def wants_pdb(endpoint: Endpoint) -> bool:

@@ -1,0 +1,36 @@
+"""Which production variant answers a request: the one it names, else a weighted pick (docs/operator.md,
+"Production variants").
+
+Pure: the random draw comes in as a number in [0, 1), so the split is tested without a network and the caller owns
+the random source. A request names a variant with the native `X-Bundleserve-Variant` header or SageMaker's
+TargetVariant; a name the endpoint does not have is refused (`UnknownVariant`, SageMaker's ValidationError), never
+sent elsewhere. The answer names the variant that answered in `X-Bundleserve-Variant` (and the router's SageMaker
+dialect in InvokedProductionVariant).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Sequence
+
+from bundleserve.api.errors import UnknownVariant
+from bundleserve.gateway.registry import VariantRoute
+
+#: Request header naming the variant to call; response header naming the variant that answered.
+VARIANT_HEADER = "X-Bundleserve-Variant"
+
+
+def pick_variant(routes: Sequence[VariantRoute], requested: str | None, draw: float) -> VariantRoute:
+    """The variant `requested` names, or for None the one whose cumulative weight band holds `draw` * the total
+    weight (a variant with weight 0 is never picked by weight). `draw` is uniform in [0, 1)."""
+    if requested is not None:
+        for route in routes:
+            if route.name == requested:
+                return route
+        known = ", ".join(route.name for route in routes)
+        raise UnknownVariant(f"the endpoint has no production variant {requested!r} (it has: {known})")
+    bounds = list(itertools.accumulate(route.weight for route in routes))
+    if not bounds or bounds[-1] <= 0:  # the CRD refuses such a list; an entry from elsewhere gets the first
+        return routes[0]
+    return routes[bisect.bisect_right(bounds, draw * bounds[-1])]
