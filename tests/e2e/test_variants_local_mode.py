@@ -1,0 +1,150 @@
+"""Production variants in local mode (`bundleserve run`, one model and router per variant behind the gateway):
+the weighted split measured over 1,000 requests, a variant named by the native header and by SageMaker's
+TargetVariant (unmodified boto3), unknown names refused, and the answer naming the variant that answered.
+
+Each variant's model answers its own MODEL_VERSION (set per variant in the manifest), so a test sees which model
+ran, not only which header the gateway wrote."""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
+import botocore
+import httpx
+import pytest
+from botocore.config import Config
+
+from tests.support.local_mode import running_local_mode
+
+NAME = "canary"
+MANIFEST = f"""
+apiVersion: bundleserve.dev/v1alpha1
+kind: Endpoint
+metadata: {{name: {NAME}}}
+spec:
+  localOnly: true
+  modes: [sync, streaming]
+  bundle:
+    python: {{entrypoint: "variant_model:predict", stream: "variant_model:stream", path: "."}}
+    env: [{{name: MODEL_VERSION, value: base}}, {{name: GREETING, value: hello}}]
+  variants:
+    - {{name: blue, weight: 90, env: [{{name: MODEL_VERSION, value: blue}}]}}
+    - {{name: green, weight: 10, env: [{{name: MODEL_VERSION, value: green}}]}}
+    - {{name: shadow, weight: 0, env: [{{name: MODEL_VERSION, value: shadow}}]}}
+"""
+MODEL = """
+import os
+
+
+def predict(**kwargs):
+    return {"variant": os.environ["MODEL_VERSION"], "greeting": os.environ["GREETING"]}
+
+
+def stream(**kwargs):
+    yield {"variant": os.environ["MODEL_VERSION"]}
+"""
+#: The split test: n requests that name no variant, green's weight share p. The count of green answers is
+#: Binomial(n, p): mean 100, standard deviation sqrt(n p (1-p)) = 9.49. Accepted: within 5 standard deviations
+#: (53..147), which a correct 90/10 split misses with probability below 1e-6; a 50/50 split (500) or a split that
+#: ignores weights entirely (0 or 1000) cannot pass.
+N, P, SIGMAS = 1000, 0.1, 5
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    directory = tmp_path_factory.mktemp("variants-local")
+    (directory / "variant_model.py").write_text(textwrap.dedent(MODEL))
+    manifest = directory / "endpoint.yaml"
+    manifest.write_text(MANIFEST)
+    with running_local_mode(directory, [manifest]) as (url, _):
+        yield url
+
+
+def predict(client: httpx.Client, headers: dict[str, str] | None = None) -> tuple[str | None, dict[str, Any]]:
+    response = client.post(f"/v1/endpoints/{NAME}/predict", json={"args": {}}, headers=headers or {})
+    assert response.status_code == 200, response.text
+    return response.headers.get("X-Bundleserve-Variant"), response.json()["result"]
+
+
+def test_requests_that_name_no_variant_are_split_by_weight(local_run: str) -> None:
+    with httpx.Client(base_url=local_run, timeout=30) as client, ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: predict(client), range(N)))
+    for header, body in answers:
+        assert header == body["variant"]  # the header names the model that really answered
+        assert body["greeting"] == "hello"  # the endpoint's env reaches every variant
+    counts = Counter(header for header, _ in answers)
+    assert set(counts) <= {"blue", "green"}  # weight 0: never picked by weight
+    mean, sigma = N * P, math.sqrt(N * P * (1 - P))
+    low, high = math.ceil(mean - SIGMAS * sigma), math.floor(mean + SIGMAS * sigma)
+    assert low <= counts["green"] <= high, counts
+    assert counts["blue"] + counts["green"] == N
+
+
+def test_the_native_header_names_the_variant(local_run: str) -> None:
+    with httpx.Client(base_url=local_run, timeout=30) as client:
+        for variant in ("green", "shadow", "blue"):
+            for _ in range(5):
+                assert predict(client, {"X-Bundleserve-Variant": variant}) == (
+                    variant,
+                    {"variant": variant, "greeting": "hello"},
+                )
+        refused = client.post(
+            f"/v1/endpoints/{NAME}/predict", json={"args": {}}, headers={"X-Bundleserve-Variant": "red"}
+        )
+        assert refused.status_code == 400
+        error = refused.json()["error"]
+        assert error["code"] == "unknown_variant"
+        assert "it has: blue, green, shadow" in error["message"]
+        streamed = client.post(
+            f"/v1/endpoints/{NAME}/stream", json={"args": {}}, headers={"X-Bundleserve-Variant": "green"}
+        )
+        assert streamed.status_code == 200
+        assert streamed.headers["X-Bundleserve-Variant"] == "green"
+        assert '"variant": "green"' in streamed.text or '"variant":"green"' in streamed.text
+
+
+@pytest.fixture
+def runtime(local_run: str) -> Iterator[Any]:
+    client = boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=local_run,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        config=Config(signature_version=botocore.UNSIGNED, retries={"max_attempts": 1}),
+    )
+    yield client
+    client.close()
+
+
+def test_boto3_target_variant_reaches_that_variant(runtime: Any) -> None:
+    for variant in ("green", "shadow"):
+        reply = runtime.invoke_endpoint(
+            EndpointName=NAME, Body=b"{}", ContentType="application/json", TargetVariant=variant
+        )
+        assert reply["InvokedProductionVariant"] == variant
+        assert json.loads(reply["Body"].read())["variant"] == variant
+    unnamed = runtime.invoke_endpoint(EndpointName=NAME, Body=b"{}", ContentType="application/json")
+    assert unnamed["InvokedProductionVariant"] in {"blue", "green"}
+    assert json.loads(unnamed["Body"].read())["variant"] == unnamed["InvokedProductionVariant"]
+    streamed = runtime.invoke_endpoint_with_response_stream(
+        EndpointName=NAME, Body=b"{}", ContentType="application/json", TargetVariant="green"
+    )
+    assert streamed["InvokedProductionVariant"] == "green"
+    parts = b"".join(event["PayloadPart"]["Bytes"] for event in streamed["Body"] if "PayloadPart" in event)
+    assert b"green" in parts
+
+
+def test_boto3_unknown_target_variant_is_a_validation_error(runtime: Any) -> None:
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        runtime.invoke_endpoint(EndpointName=NAME, Body=b"{}", ContentType="application/json", TargetVariant="red")
+    error = refused.value.response["Error"]
+    assert error["Code"] == "ValidationError"
+    assert "no production variant 'red'" in error["Message"]
