@@ -1,6 +1,7 @@
 """Production variants in local mode (`bundleserve run`, one model and router per variant behind the gateway):
 the weighted split measured over 1,000 requests, a variant named by the native header and by SageMaker's
-TargetVariant (unmodified boto3), unknown names refused, and the answer naming the variant that answered.
+TargetVariant (unmodified boto3), unknown names refused, the answer naming the variant that answered, and async
+tasks given a variant at submission, recorded with it and run by that variant's model.
 
 Each variant's model answers its own MODEL_VERSION (set per variant in the manifest), so a test sees which model
 ran, not only which header the gateway wrote."""
@@ -30,7 +31,7 @@ kind: Endpoint
 metadata: {{name: {NAME}}}
 spec:
   localOnly: true
-  modes: [sync, streaming]
+  modes: [sync, streaming, async]
   bundle:
     python: {{entrypoint: "variant_model:predict", stream: "variant_model:stream", path: "."}}
     env: [{{name: MODEL_VERSION, value: base}}, {{name: GREETING, value: hello}}]
@@ -148,3 +149,45 @@ def test_boto3_unknown_target_variant_is_a_validation_error(runtime: Any) -> Non
     error = refused.value.response["Error"]
     assert error["Code"] == "ValidationError"
     assert "no production variant 'red'" in error["Message"]
+
+
+def wait_done(client: httpx.Client, task_id: str) -> dict[str, Any]:
+    for _ in range(60):  # each call long-polls up to 10 s for the task to finish
+        status = client.get(f"/v1/tasks/{task_id}", params={"wait": "10"})
+        assert status.status_code == 200, status.text
+        document: dict[str, Any] = status.json()
+        if document["status"] in ("SUCCESS", "FAILURE"):
+            return document
+    raise AssertionError(f"task {task_id} did not finish")
+
+
+def test_async_tasks_run_on_the_variant_they_were_given(local_run: str) -> None:
+    with httpx.Client(base_url=local_run, timeout=30) as client:
+        named = []
+        for _ in range(5):
+            submitted = client.post(
+                f"/v1/endpoints/{NAME}/async", json={"args": {}}, headers={"X-Bundleserve-Variant": "shadow"}
+            )
+            assert submitted.status_code == 202, submitted.text
+            named.append(submitted.json()["task_id"])
+        unnamed = []
+        for _ in range(40):
+            submitted = client.post(f"/v1/endpoints/{NAME}/async", json={"args": {}})
+            assert submitted.status_code == 202, submitted.text
+            unnamed.append(submitted.json()["task_id"])
+        for task_id in named:
+            document = wait_done(client, task_id)
+            assert (document["status"], document["variant"]) == ("SUCCESS", "shadow")
+            assert document["result"]["variant"] == "shadow"  # shadow's own model ran it
+        seen: Counter[str] = Counter()
+        for task_id in unnamed:
+            document = wait_done(client, task_id)
+            assert document["status"] == "SUCCESS"
+            assert document["variant"] in {"blue", "green"}
+            assert document["result"]["variant"] == document["variant"]  # recorded and run on the same variant
+            seen[document["variant"]] += 1
+        assert seen["blue"] > seen["green"]  # 40 draws at 90/10: green above 20 has probability below 1e-9
+        refused = client.post(
+            f"/v1/endpoints/{NAME}/async", json={"args": {}}, headers={"X-Bundleserve-Variant": "red"}
+        )
+        assert (refused.status_code, refused.json()["error"]["code"]) == (400, "unknown_variant")

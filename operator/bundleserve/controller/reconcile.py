@@ -32,7 +32,7 @@ from bundleserve.controller.status import (
     status_patch,
     transitions,
 )
-from bundleserve.queue import keys
+from bundleserve.queue.config import queue_ids
 
 #: (pending, in_flight) of the queue `keys.queue_id(namespace, name)`, or an exception when it cannot be read.
 BacklogReader = Callable[[str], Awaitable[tuple[int, int]]]
@@ -144,8 +144,11 @@ async def delete_unwanted(
 async def observe_queue(endpoint: Endpoint, read_backlog: BacklogReader | None) -> QueueObservation | None:
     if read_backlog is None or not endpoint.spec.serves(Mode.ASYNC):
         return None
+    pending = in_flight = 0
     try:
-        pending, in_flight = await read_backlog(keys.queue_id(endpoint.namespace, endpoint.name))
+        for queue in queue_ids(endpoint):  # an endpoint with variants: the sum over its variants' queues
+            queue_pending, queue_in_flight = await read_backlog(queue)
+            pending, in_flight = pending + queue_pending, in_flight + queue_in_flight
     except Exception as error:  # the queue being down must not break reconciling the children
         logging.getLogger(__name__).warning("cannot read the queue of %s: %s", endpoint.name, error)
         return None

@@ -43,7 +43,7 @@ from bundleserve.gateway.tasks import EndpointQueues
 from bundleserve.gateway.variants import VARIANT_HEADER, pick_variant
 from bundleserve.queue import keys
 from bundleserve.queue.results import sync_result_owner
-from bundleserve.queue.service import S3AsyncPaths, SubmitChecks, TaskService, stored_result
+from bundleserve.queue.service import S3AsyncPaths, SubmitChecks, stored_result
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord
 from bundleserve.router import openapi
 from bundleserve.router.app import render_errors
@@ -225,9 +225,10 @@ class Gateway:
         entry = self.gate_name(request, Mode.STREAMING)
         return await self.forward_to(request, entry, requested_variant=request.headers.get(VARIANT_HEADER))
 
-    def task_service(self, name: str) -> TaskService:
-        """For the dialects' async adapters: the endpoint's task service by name (NotFound, Unavailable)."""
-        return self.require_queues().service(self.registry.resolve(name, Mode.ASYNC))
+    def task_service(self, name: str) -> TaskBackend:
+        """For the dialects' async adapters: the endpoint's tasks by name (NotFound, Unavailable); a submission to an
+        endpoint with variants goes to one variant's queue, picked by weight."""
+        return self.require_queues().backend(self.registry.resolve(name, Mode.ASYNC), self.draw)
 
     def task_owner(self) -> TaskOwners:
         """For routes addressed by task id alone (Launch's `GET /v1/async-tasks/{id}`): the task's own endpoint."""
@@ -238,7 +239,7 @@ class Gateway:
         queues = self.require_queues()
         body = await read_capped(request, entry.max_payload_bytes)
         task_id = await submit_native(
-            queues.service(entry),
+            queues.backend(entry, self.draw, request.headers.get(VARIANT_HEADER)),
             body,
             kwargs_only=entry.endpoint.spec.bundle.is_python,
             idempotency=request.headers.get(IDEMPOTENCY_HEADER),
@@ -249,11 +250,12 @@ class Gateway:
         """Found among the endpoints the caller's key reaches; that endpoint's service long-polls its `done` channel."""
         self.gate(None, request.headers.get("Authorization"), None)
         task_id = request.match_info["task_id"]
-        record = await self.task_owner().status(task_id, wait_seconds=parse_wait(request.query.get("wait")))
-        if record is None:
+        found = await self.task_owner().locate(task_id, wait_seconds=parse_wait(request.query.get("wait")))
+        if found is None:
             raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
+        record, variant = found
         public_url = public_base_url(request.headers, scheme=request.scheme)  # an absolute result_url, as routers
-        return web.Response(body=task_body(record, public_url), content_type=_JSON)
+        return web.Response(body=task_body(record, public_url, variant=variant), content_type=_JSON)
 
     async def task_result(self, request: web.Request) -> web.Response:
         """Only a task of an endpoint the caller's key reaches (as the status route): a task id is no credential."""
@@ -266,13 +268,15 @@ class Gateway:
         scope = _SCOPE.get(frozenset())
         return scope is None or entry.namespace in scope
 
-    def visible_queues(self) -> dict[str, EndpointEntry]:
-        """Queue id -> entry of the async endpoints the current request's credential reaches (`_SCOPE`)."""
+    def visible_queues(self) -> dict[str, tuple[EndpointEntry, str | None]]:
+        """Queue id -> (entry, declared variant or None) of the async endpoints the current request's credential
+        reaches (`_SCOPE`): an endpoint's own queue, or each of its variants' queues."""
         scope = _SCOPE.get(frozenset())
         return {
-            keys.queue_id(entry.namespace, entry.name): entry
+            keys.queue_id(entry.namespace, entry.name, variant): (entry, variant)
             for entry in self.registry.entries()
             if entry.serves(Mode.ASYNC) and (scope is None or entry.namespace in scope)
+            for variant in _variant_queues(entry)
         }
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -288,6 +292,11 @@ class Gateway:
         document = openapi.build_document(request.app, title="bundleserve gateway", version=__version__)
         document["paths"].update(_gateway_paths())
         return web.json_response(document)
+
+
+def _variant_queues(entry: EndpointEntry) -> list[str | None]:
+    """The declared variants whose queues hold the endpoint's tasks; [None]: the endpoint's own queue."""
+    return [v.name for v in entry.variants] or [None]
 
 
 class TaskOwners:
@@ -313,19 +322,26 @@ class TaskOwners:
     def s3_paths(self) -> S3AsyncPaths | None:
         return None  # no endpoint, no paths: SageMaker submissions always name their endpoint
 
-    async def _owner(self, task_id: str) -> tuple[EndpointEntry, TaskRecord] | None:
+    async def _owner(self, task_id: str) -> tuple[EndpointEntry, str | None, TaskRecord] | None:
         visible = self.gateway.visible_queues()
         found = await self.gateway.require_queues().owner(task_id, list(visible))
-        return None if found is None else (visible[found[0]], found[1])
+        return None if found is None else (*visible[found[0]], found[1])
 
-    async def status(self, task_id: str, *, wait_seconds: float) -> TaskRecord | None:
+    async def locate(self, task_id: str, *, wait_seconds: float) -> tuple[TaskRecord, str | None] | None:
+        """The task's record (long-polled as `status`) and the declared variant it was given (None: none)."""
         found = await self._owner(task_id)
         if found is None:
             return None
-        entry, record = found
+        entry, variant, record = found
         if wait_seconds > 0:
-            return await self.gateway.require_queues().service(entry).status(task_id, wait_seconds=wait_seconds)
-        return record
+            service = self.gateway.require_queues().service(entry, variant)
+            waited = await service.status(task_id, wait_seconds=wait_seconds)
+            return None if waited is None else (waited, variant)
+        return record, variant
+
+    async def status(self, task_id: str, *, wait_seconds: float) -> TaskRecord | None:
+        found = await self.locate(task_id, wait_seconds=wait_seconds)
+        return None if found is None else found[0]
 
     async def result(self, task_id: str) -> tuple[bytes, str]:
         """An async result of a visible task, or a sync result (`results.sync_result_key`) of a visible endpoint."""

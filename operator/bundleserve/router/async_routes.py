@@ -84,15 +84,18 @@ def parse_wait(raw: str | None) -> float:
     return wait
 
 
-def task_body(record: TaskRecord, public_url: str | None = None) -> bytes:
+def task_body(record: TaskRecord, public_url: str | None = None, *, variant: str | None = None) -> bytes:
     """The status document; an inline result is spliced in as stored (it is JSON already). With `public_url`, a
-    stored result's `result_url` (a path of this API) is made absolute."""
+    stored result's `result_url` (a path of this API) is made absolute. `variant`: the declared production variant
+    the task was given (its queue), named in the document."""
     terminal = record.status.terminal
     result = record.result_json.encode() if terminal and record.result_json else b"null"
     result_url = record.result_url if terminal else None
     if result_url is not None and result_url.startswith("/") and public_url is not None:
         result_url = public_url + result_url
-    head = {"task_id": record.task_id, "status": record.status.value}
+    head: dict[str, str] = {"task_id": record.task_id, "status": record.status.value}
+    if variant is not None:
+        head["variant"] = variant
     tail = {
         "result_url": result_url,
         "traceback": record.traceback if terminal else None,
@@ -143,7 +146,8 @@ class AsyncApi:
         if record is None:
             raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
         public_url = public_base_url(request.headers, scheme=request.scheme)
-        return web.Response(body=task_body(record, public_url), content_type=_JSON)
+        variant = self.core.state.settings.declared_variant
+        return web.Response(body=task_body(record, public_url, variant=variant), content_type=_JSON)
 
     async def result(self, request: web.Request) -> web.Response:
         self.core.authorize(request.headers.get("Authorization"))
@@ -215,7 +219,8 @@ def build_tasks(state: RouterState) -> tuple[TaskService, Redis] | None:
     redis_url = state.settings.redis_url
     if not redis_url:
         return None
-    config = _with_default_callback_auth(QueueConfig.from_endpoint(state.settings.endpoint), state)
+    endpoint_config = QueueConfig.from_endpoint(state.settings.endpoint, variant=state.settings.declared_variant)
+    config = _with_default_callback_auth(endpoint_config, state)
     redis = connect(redis_url)  # the one place queue clients get their timeouts
     checks = SubmitChecks(
         url_schemes=state.settings.url_schemes,

@@ -66,6 +66,11 @@ class Settings:
         return self.endpoint.name
 
     @property
+    def declared_variant(self) -> str | None:
+        """The declared variant (spec.variants) this router serves, whose own queue it works; None: AllTraffic."""
+        return None if self.variant == IMPLICIT_VARIANT else self.variant
+
+    @property
     def routes(self) -> Routes:
         return self.endpoint.spec.bundle.effective_routes
 
