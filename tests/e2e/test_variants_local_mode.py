@@ -191,3 +191,19 @@ def test_async_tasks_run_on_the_variant_they_were_given(local_run: str) -> None:
             f"/v1/endpoints/{NAME}/async", json={"args": {}}, headers={"X-Bundleserve-Variant": "red"}
         )
         assert (refused.status_code, refused.json()["error"]["code"]) == (400, "unknown_variant")
+
+
+def test_a_retried_call_reaches_the_variant_its_first_attempt_did(local_run: str) -> None:
+    """Retries carry the same idempotency key; the router and the queue run them once only on the same variant, so
+    the pick draws from the key. Without that, a 90/10 pick sends both attempts of a key to the same variant with
+    probability 0.82 each: 50 keys all alike by chance is below 1e-4."""
+    with httpx.Client(base_url=local_run, timeout=30) as client:
+        for index in range(50):
+            key = {"Idempotency-Key": f"retry-{index}"}
+            assert predict(client, key)[0] == predict(client, key)[0], index
+        for index in range(30):
+            key = {"Idempotency-Key": f"async-retry-{index}"}
+            first = client.post(f"/v1/endpoints/{NAME}/async", json={"args": {}}, headers=key)
+            again = client.post(f"/v1/endpoints/{NAME}/async", json={"args": {}}, headers=key)
+            assert (first.status_code, again.status_code) == (202, 202)
+            assert first.json()["task_id"] == again.json()["task_id"], index  # one task, not two

@@ -9,7 +9,7 @@ from bundleserve.api.errors import UnknownVariant
 from bundleserve.dialects.sagemaker import protocol
 from bundleserve.gateway.kube import build_entry
 from bundleserve.gateway.registry import VariantRoute
-from bundleserve.gateway.variants import pick_variant
+from bundleserve.gateway.variants import pick_variant, request_key, stable_draw
 
 ROUTES = (
     VariantRoute("blue", 90, "http://blue"),
@@ -64,3 +64,14 @@ def test_a_watched_endpoint_routes_to_each_variants_service() -> None:
     plain = build_entry(watched(None))
     assert plain is not None
     assert plain.routes == (VariantRoute("AllTraffic", 1, "http://demo.ml.svc.cluster.local"),)
+
+
+def test_a_key_draws_the_same_variant_every_time_and_keys_spread_by_weight() -> None:
+    assert stable_draw("call-1") == stable_draw("call-1")
+    assert 0.0 <= stable_draw("call-1") < 1.0
+    picks = [pick_variant(ROUTES, None, stable_draw(f"key-{i}")).name for i in range(10_000)]
+    # Binomial(10000, 0.1): sd 30; 5 sd either side.
+    assert 850 <= picks.count("green") <= 1150
+    assert request_key({"Idempotency-Key": "a"}) == "a"
+    assert request_key({"amz-sdk-invocation-id": "b"}) == "b"
+    assert request_key({}) is None

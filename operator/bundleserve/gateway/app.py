@@ -40,7 +40,7 @@ from bundleserve.gateway.openai_models import GatewayModels
 from bundleserve.gateway.proxy import forward, read_capped
 from bundleserve.gateway.registry import EndpointEntry, Registry
 from bundleserve.gateway.tasks import EndpointQueues
-from bundleserve.gateway.variants import VARIANT_HEADER, pick_variant
+from bundleserve.gateway.variants import VARIANT_HEADER, pick_variant, request_key, stable_draw
 from bundleserve.queue import keys
 from bundleserve.queue.results import sync_result_owner
 from bundleserve.queue.service import S3AsyncPaths, SubmitChecks, stored_result
@@ -152,10 +152,12 @@ class Gateway:
             return None
         return f"Bearer {self.keys_file.gateway_key(entry.namespace, entry.name)}"
 
-    def variant_entry(self, entry: EndpointEntry, requested: str | None) -> tuple[EndpointEntry, str]:
-        """The entry aimed at one production variant's routers (the named one, else a weighted pick), and its name.
-        UnknownVariant for a name the endpoint does not have."""
-        route = pick_variant(entry.routes, requested, self.draw())
+    def variant_entry(
+        self, entry: EndpointEntry, requested: str | None, key: str | None = None
+    ) -> tuple[EndpointEntry, str]:
+        """The entry aimed at one production variant's routers (the named one, else a weighted pick, drawn from the
+        idempotency `key` when the call has one), and its name. UnknownVariant for a name the endpoint lacks."""
+        route = pick_variant(entry.routes, requested, stable_draw(key) if key is not None else self.draw())
         return dataclasses.replace(entry, router_url=route.router_url), route.name
 
     async def forward_to(
@@ -168,7 +170,8 @@ class Gateway:
     ) -> web.StreamResponse:
         """Proxy to the routers of one of the entry's variants (`requested_variant`, else a weighted pick) with the
         gateway's credential for that endpoint in place of the client's; the answer names the variant."""
-        target, variant = self.variant_entry(entry, requested_variant)
+        key = request_key(request.headers)
+        target, variant = self.variant_entry(entry, requested_variant, key)
         return await forward(
             request,
             target,

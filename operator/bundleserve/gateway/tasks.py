@@ -16,7 +16,7 @@ from pathlib import Path
 from bundleserve.api.errors import NotFound, Unavailable
 from bundleserve.api.invocation import Invocation
 from bundleserve.gateway.registry import EndpointEntry
-from bundleserve.gateway.variants import pick_variant
+from bundleserve.gateway.variants import pick_variant, stable_draw
 from bundleserve.queue import keys
 from bundleserve.queue.broker import RedisError, TaskQueue, find_task
 from bundleserve.queue.config import QueueConfig
@@ -107,8 +107,11 @@ class VariantTasks:
         #: queue id -> variant name
         self.variants = {keys.queue_id(entry.namespace, entry.name, v.name): v.name for v in entry.variants}
 
-    def pick(self) -> str:
-        return pick_variant(self.entry.variants, self.requested, self.draw()).name
+    def pick(self, key: str | None) -> str:
+        """The variant of a submission; one with an idempotency key draws from it, so its retries reach the same
+        queue, whose idempotency record makes them one task."""
+        draw = stable_draw(key) if key is not None else self.draw()
+        return pick_variant(self.entry.variants, self.requested, draw).name
 
     async def submit(
         self,
@@ -119,7 +122,7 @@ class VariantTasks:
         invocation_timeout_seconds: float | None,
         s3_paths: S3AsyncPaths | None = None,
     ) -> str:
-        return await self.queues.service(self.entry, self.pick()).submit(
+        return await self.queues.service(self.entry, self.pick(inv.idempotency_key)).submit(
             inv,
             callback=callback,
             request_ttl_seconds=request_ttl_seconds,

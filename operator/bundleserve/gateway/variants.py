@@ -4,17 +4,24 @@
 Pure: the random draw comes in as a number in [0, 1), so the split is tested without a network and the caller owns
 the random source. A request names a variant with the native `X-Bundleserve-Variant` header or SageMaker's
 TargetVariant; a name the endpoint does not have is refused (`UnknownVariant`, SageMaker's ValidationError), never
-sent elsewhere. The answer names the variant that answered in `X-Bundleserve-Variant` (and the router's SageMaker
+sent elsewhere.
+
+Retries: a client's retries of one call carry the same idempotency key (`Idempotency-Key`, botocore's
+`amz-sdk-invocation-id`), and the router (sync) or the queue (async) runs them once only when they reach the same
+variant. So a call with a key draws from the key (`stable_draw`), not at random: every retry lands on the variant the
+first attempt did, as long as the weights did not change in between. The answer names the variant that answered in `X-Bundleserve-Variant` (and the router's SageMaker
 dialect in InvokedProductionVariant).
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from bundleserve.api.errors import UnknownVariant
+from bundleserve.api.invocation import IDEMPOTENCY_HEADER, SDK_INVOCATION_ID_HEADER
 from bundleserve.gateway.registry import VariantRoute
 
 #: Request header naming the variant to call; response header naming the variant that answered.
@@ -34,3 +41,13 @@ def pick_variant(routes: Sequence[VariantRoute], requested: str | None, draw: fl
     if not bounds or bounds[-1] <= 0:  # the CRD refuses such a list; an entry from elsewhere gets the first
         return routes[0]
     return routes[bisect.bisect_right(bounds, draw * bounds[-1])]
+
+
+def stable_draw(key: str) -> float:
+    """A draw in [0, 1) that is the same for every call with `key` (uniform over keys: 64 bits of SHA-256)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+def request_key(headers: Mapping[str, str]) -> str | None:
+    """The idempotency key a request's retries share (either header), or None."""
+    return headers.get(IDEMPOTENCY_HEADER) or headers.get(SDK_INVOCATION_ID_HEADER)
