@@ -17,7 +17,6 @@ from bundleserve.api.manifest import format_validation_error
 from bundleserve.api.variants import ServedVariant, served_variants
 from bundleserve.controller import secrets
 from bundleserve.controller.builders import BuildContext, BuildError, Manifest, Scaler, build_children, scaler_for
-from bundleserve.controller.builders.autoscaling import queue_names
 from bundleserve.controller.builders.common import serves_http
 from bundleserve.controller.diff import needs_write, replacement
 from bundleserve.controller.kube import KubeClient, KubeError
@@ -32,6 +31,7 @@ from bundleserve.controller.status import (
     status_patch,
     transitions,
 )
+from bundleserve.queue import keys
 from bundleserve.queue.config import queue_ids
 
 #: (pending, in_flight) of the queue `keys.queue_id(namespace, name)`, or an exception when it cannot be read.
@@ -152,7 +152,8 @@ async def observe_queue(endpoint: Endpoint, read_backlog: BacklogReader | None) 
     except Exception as error:  # the queue being down must not break reconciling the children
         logging.getLogger(__name__).warning("cannot read the queue of %s: %s", endpoint.name, error)
         return None
-    return QueueObservation(name=queue_names(endpoint)[0], pending=pending, in_flight=in_flight)
+    name = ", ".join(keys.stream(queue) for queue in queue_ids(endpoint))  # each variant's stream, or the one
+    return QueueObservation(name=name, pending=pending, in_flight=in_flight)
 
 
 async def reconcile(
