@@ -90,6 +90,12 @@ def test_requests_that_name_no_variant_are_split_by_weight(local_run: str) -> No
 
 def test_the_native_header_names_the_variant(local_run: str) -> None:
     with httpx.Client(base_url=local_run, timeout=30) as client:
+        described = client.get(f"/v1/endpoints/{NAME}").json()
+        assert described["variants"] == [
+            {"name": "blue", "weight": 90},
+            {"name": "green", "weight": 10},
+            {"name": "shadow", "weight": 0},
+        ]
         for variant in ("green", "shadow", "blue"):
             for _ in range(5):
                 assert predict(client, {"X-Bundleserve-Variant": variant}) == (

@@ -369,6 +369,15 @@ def _gateway_paths() -> dict[str, Any]:
             "name": {"type": "string"},
             "modes": {"type": "array", "items": {"type": "string", "enum": [m.value for m in Mode]}},
             "ready": {"type": "boolean"},
+            "variants": {
+                "type": "array",
+                "description": "The production variants (spec.variants) and their weights; absent without variants",
+                "items": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string"}, "weight": {"type": "integer"}},
+                    "required": ["name", "weight"],
+                },
+            },
         },
         "required": ["name", "modes", "ready"],
     }

@@ -60,8 +60,16 @@ class EndpointEntry:
         return self.endpoint.spec.serves(mode)
 
     def describe(self) -> dict[str, object]:
-        """The public shape of `GET /v1/endpoints/{name}` (the SDK relies on name, modes, ready)."""
-        return {"name": self.name, "modes": [mode.value for mode in self.modes], "ready": self.ready}
+        """The public shape of `GET /v1/endpoints/{name}` (the SDK relies on name, modes, ready), with the declared
+        production variants and their weights when there are any."""
+        described: dict[str, object] = {
+            "name": self.name,
+            "modes": [mode.value for mode in self.modes],
+            "ready": self.ready,
+        }
+        if self.variants:
+            described["variants"] = [{"name": v.name, "weight": v.weight} for v in self.variants]
+        return described
 
 
 class Registry:
