@@ -22,6 +22,8 @@ import httpx
 import pytest
 from botocore.config import Config
 
+from bundleserve.client import Client, EndpointRequest
+from bundleserve.client.errors import InvalidRequest
 from tests.support.local_mode import running_local_mode
 from tests.support.sdk_clients import CLIENTS, STREAMING_CLIENTS, TYPED_ERRORS, Built, build, call
 
@@ -242,3 +244,17 @@ def test_every_official_sdk_reaches_its_target_variant(local_run: str, sdk_clien
     if sdk in STREAMING_CLIENTS:
         streamed = call(sdk_clients, sdk, "invoke_stream", {**base, "target_variant": "green"})
         assert "green" in "".join(streamed["parts"]), streamed
+
+
+def test_the_python_client_names_a_variant_and_reads_which_answered(local_run: str) -> None:
+    with Client(local_run) as client:
+        endpoint = client.endpoint(NAME, mode="sync")
+        named = endpoint.predict(EndpointRequest(args={}, variant="green"))
+        assert (named.variant, named.result_value()["variant"]) == ("green", "green")
+        unnamed = endpoint.predict(EndpointRequest(args={}))
+        assert unnamed.variant in {"blue", "green"}
+        assert unnamed.result_value()["variant"] == unnamed.variant
+        with pytest.raises(InvalidRequest, match="no production variant 'red'"):
+            endpoint.predict(EndpointRequest(args={}, variant="red"))
+        task = client.endpoint(NAME, mode="async").predict(EndpointRequest(args={}, variant="shadow")).get(timeout=60)
+        assert (task.variant, task.result_value()["variant"]) == ("shadow", "shadow")

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 from bundleserve.api.endpoint import IMPLICIT_VARIANT, Endpoint, EndpointSpec, EnvVar, Variant
 
+#: Request header naming the production variant to call; response header naming the variant that answered (the
+#: gateway sets it; clients and the SDK read it).
+VARIANT_HEADER = "X-Bundleserve-Variant"
 #: The longest child base name: Services must be DNS-1035 labels.
 _MAX_NAME = 63
 

@@ -22,10 +22,10 @@ from collections.abc import Mapping, Sequence
 
 from bundleserve.api.errors import UnknownVariant
 from bundleserve.api.invocation import IDEMPOTENCY_HEADER, SDK_INVOCATION_ID_HEADER
+from bundleserve.api.variants import VARIANT_HEADER
 from bundleserve.gateway.registry import VariantRoute
 
-#: Request header naming the variant to call; response header naming the variant that answered.
-VARIANT_HEADER = "X-Bundleserve-Variant"
+__all__ = ["VARIANT_HEADER", "pick_variant", "request_key", "stable_draw"]
 
 
 def pick_variant(routes: Sequence[VariantRoute], requested: str | None, draw: float) -> VariantRoute:
