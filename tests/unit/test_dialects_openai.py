@@ -27,8 +27,8 @@ from bundleserve.api.invocation import Invocation
 from bundleserve.dialects.openai import render
 from bundleserve.dialects.openai.generation import Generation, Piece, Usage, decode_piece
 from bundleserve.dialects.openai.models import parse_chat, parse_completion
+from bundleserve.edge.sse import EventParser, success_chunk, success_event
 from bundleserve.gateway.forwarding import native_body
-from bundleserve.router.sse import EventParser, success_chunk, success_event
 
 SETTINGS = OpenAISettings(max_tokens=100)
 

@@ -1,7 +1,7 @@
 """What a dialect may depend on: the invocation core and the task service, as Protocols, plus shared helpers.
 
 The router's `InvocationCore` and the queue's `TaskService` satisfy these; dialect modules import this module only
-(layering: `api` <- `queue` <- `dialects` <- `router`), so a dialect cannot reach the model client, Redis or router
+(layering: `api` <- `queue` <- `edge` <- `dialects` <- `router` | `gateway`), so a dialect cannot reach the model client, Redis or router
 state behind the core's back.
 
 Mounting: a dialect module offers a `DialectMount`, a function the router's `build_app` calls once with the

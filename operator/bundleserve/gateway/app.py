@@ -7,8 +7,8 @@
 - the SageMaker Runtime and Launch dialects (`gateway.dialects`): their async operations over the same queues,
   their sync and streaming calls proxied to the endpoint's router.
 
-Errors use the router's one rendering middleware and the API-key gate of `router.auth`: a client cannot tell the
-gateway's refusals from a router's.
+Errors use the one rendering middleware of `edge.errors` and the API-key gate of `edge.auth`, as the router does: a
+client cannot tell the gateway's refusals from a router's. The gateway never imports the router (an import contract).
 """
 
 from __future__ import annotations
@@ -27,11 +27,16 @@ from bundleserve.api.credentials import KeysFile, plain_keys
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import InvalidRequest, NotFound, Unavailable
 from bundleserve.api.invocation import IDEMPOTENCY_HEADER, Invocation
+from bundleserve.dialects import openapi
 from bundleserve.dialects.base import TaskBackend, public_base_url
 from bundleserve.dialects.launch import routes as launch
+from bundleserve.dialects.native.tasks import accepted_body, parse_wait, submit_native, task_body
 from bundleserve.dialects.openai import routes as openai_routes
 from bundleserve.dialects.sagemaker import routes as sagemaker
 from bundleserve.dialects.sagemaker import sigv4
+from bundleserve.edge.auth import ApiKeys, presented_key, require_key
+from bundleserve.edge.connections import ConnectionLimits
+from bundleserve.edge.errors import render_errors
 from bundleserve.gateway.docs import add_docs_routes
 from bundleserve.gateway.openai_models import GatewayModels
 from bundleserve.gateway.proxy import forward, read_capped
@@ -41,11 +46,6 @@ from bundleserve.queue import keys
 from bundleserve.queue.results import sync_result_owner
 from bundleserve.queue.service import S3AsyncPaths, SubmitChecks, TaskService, stored_result
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord
-from bundleserve.router import openapi
-from bundleserve.router.app import render_errors
-from bundleserve.router.async_routes import parse_wait, submit_native, task_body
-from bundleserve.router.auth import ApiKeys, presented_key, require_key
-from bundleserve.router.connections import ConnectionLimits
 
 _JSON = "application/json"
 #: The namespaces the current request's credential reaches (None: every namespace), set by `Gateway.gate` for the
@@ -68,7 +68,7 @@ class GatewayConfig:
     submit_checks: SubmitChecks = field(default_factory=SubmitChecks)
     #: Who may call the SageMaker dialect (SigV4 keys, unsigned access); None: from the environment, as routers.
     sagemaker_signing: sigv4.SigV4Config | None = None
-    #: Keep-alive/head and body deadlines of the gateway's connections (router.connections).
+    #: Keep-alive/head and body deadlines of the gateway's connections (edge.connections).
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     #: Extra aiohttp sub-setups, each called with (app, gateway) after the built-in dialects.
     dialects: list[Callable[[web.Application, Gateway], None]] = field(default_factory=list)
@@ -219,7 +219,7 @@ class Gateway:
             kwargs_only=entry.endpoint.spec.bundle.is_python,
             idempotency=request.headers.get(IDEMPOTENCY_HEADER),
         )
-        return web.Response(status=202, body=b'{"task_id":"' + task_id.encode() + b'"}', content_type=_JSON)
+        return web.Response(status=202, body=accepted_body(task_id), content_type=_JSON)
 
     async def task_status(self, request: web.Request) -> web.Response:
         """Found among the endpoints the caller's key reaches; that endpoint's service long-polls its `done` channel."""

@@ -22,9 +22,9 @@ import aiohttp
 
 from bundleserve.api.errors import ApiError, InvalidRequest, ModelError, Unavailable, error_from_body
 from bundleserve.api.invocation import JSON_CONTENT_TYPE, Invocation, ModelReply, StreamChunk
+from bundleserve.edge.sse import EventParser, success_chunk
 from bundleserve.gateway.proxy import send
 from bundleserve.gateway.registry import EndpointEntry
-from bundleserve.router.sse import EventParser, success_chunk
 
 #: Bytes of a router's error answer read to rebuild the error.
 _MAX_ERROR_BODY = 64 * 1024

@@ -17,9 +17,9 @@ from bundleserve.api.endpoint import Invocation as InvocationLimits
 from bundleserve.api.endpoint import Mode
 from bundleserve.dialects.openai import render
 from bundleserve.dialects.openai.routes import Target, model_card
+from bundleserve.edge.errors import too_large
 from bundleserve.gateway.forwarding import RouterHop
 from bundleserve.gateway.proxy import read_capped
-from bundleserve.router.core import too_large
 
 if TYPE_CHECKING:  # the gateway mounts this module (gateway.app imports it)
     from bundleserve.gateway.app import Gateway

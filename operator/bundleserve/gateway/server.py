@@ -18,19 +18,19 @@ from pathlib import Path
 from aiohttp import web
 
 from bundleserve import logs
-from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
-from bundleserve.gateway.kube import EndpointWatch, KubeAccess, KubeConfigError
-from bundleserve.gateway.registry import Registry
-from bundleserve.queue.callbacks import insecure_credentials_allowed
-from bundleserve.queue.service import SubmitChecks
-from bundleserve.router.connections import limits_from_env
-from bundleserve.router.settings import (
+from bundleserve.edge.config import (
     DEFAULT_RESULTS_DIR,
     ConfigError,
     parse_url_schemes,
     read_keys_file,
     read_url_policy,
 )
+from bundleserve.edge.connections import limits_from_env
+from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
+from bundleserve.gateway.kube import EndpointWatch, KubeAccess, KubeConfigError
+from bundleserve.gateway.registry import Registry
+from bundleserve.queue.callbacks import insecure_credentials_allowed
+from bundleserve.queue.service import SubmitChecks
 
 log = logging.getLogger("bundleserve.gateway")
 

@@ -32,6 +32,8 @@ from bundleserve import logs
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import ManifestError, load_endpoints
 from bundleserve.dialects.sagemaker import sigv4
+from bundleserve.edge.config import read_url_policy
+from bundleserve.edge.connections import limits_from_env
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.readiness import poll_readiness
 from bundleserve.gateway.registry import EndpointEntry, Registry
@@ -47,8 +49,6 @@ from bundleserve.local.redis import EmbeddedRedis, RedisStartError, free_port
 from bundleserve.local.supervisor import Child, ChildFailed
 from bundleserve.queue.callbacks import insecure_credentials_allowed
 from bundleserve.queue.service import SubmitChecks
-from bundleserve.router.connections import limits_from_env
-from bundleserve.router.settings import read_url_policy
 
 log = logging.getLogger("bundleserve.local")
 

@@ -18,18 +18,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bundleserve import __version__
 from bundleserve.api.endpoint import Mode
-from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unavailable
+from bundleserve.api.errors import Unavailable
+from bundleserve.dialects import openapi
 from bundleserve.dialects.base import DialectMount, InvocationBackend, TaskBackend
 from bundleserve.dialects.launch import routes as launch
 from bundleserve.dialects.openai import routes as openai_routes
 from bundleserve.dialects.sagemaker import routes as sagemaker_routes
+from bundleserve.edge.auth import ApiKeys
+from bundleserve.edge.errors import error_response, render_errors
 from bundleserve.queue.service import stored_result as stored
-from bundleserve.router import async_routes, openapi
+from bundleserve.router import async_routes
 from bundleserve.router.admission import AdmissionController
-from bundleserve.router.auth import ApiKeys
 from bundleserve.router.core import BODY_RESERVED, InvocationCore
 from bundleserve.router.fetch import UrlFetcher
-from bundleserve.router.invoke import Invoker, PickledResults, error_response
+from bundleserve.router.invoke import Invoker, PickledResults
 from bundleserve.router.metrics import RouterMetrics
 from bundleserve.router.model_client import ModelClient
 from bundleserve.router.readiness import readiness_probe
@@ -60,35 +62,6 @@ def _mount_openai(app: web.Application, core: InvocationBackend, tasks: TaskBack
 DIALECTS: list[DialectMount] = [sagemaker_routes.mount, _mount_launch, _mount_openai]
 
 
-class MethodNotAllowed(ApiError):
-    status = 405
-    code = "method_not_allowed"
-
-
-class HttpError(ApiError):
-    """Any other aiohttp error (bad request line, ...) in the one error shape; its status is set per instance."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status  # type: ignore[misc]
-
-
-@web.middleware
-async def render_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """The single edge that turns errors into the documented JSON shape (invocation routes render their own)."""
-    try:
-        return await handler(request)
-    except ApiError as error:
-        return error_response(error)
-    except web.HTTPException as error:
-        return _http_error(request, error)
-    except Exception:  # a bug of ours: log it, answer in the documented shape
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return error_response(ApiError("internal error"))
-
-
 def release_bodies(admission: AdmissionController) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Frees the body place `InvocationCore.read_body` took for a request, when its handler ends (its answer,
     streamed or not, is out): the bound on bodies in memory covers the whole request, not only the read."""
@@ -104,25 +77,6 @@ def release_bodies(admission: AdmissionController) -> Callable[..., Awaitable[we
                 admission.release_body()
 
     return middleware
-
-
-def _http_error(request: web.Request, error: web.HTTPException) -> web.StreamResponse:
-    """aiohttp's own errors (unknown route, wrong method, ...) in the one shape; redirects pass through."""
-    if error.status < 400:
-        raise error
-    api_error: ApiError
-    if error.status == 404:
-        api_error = NotFound(f"no route {request.method} {request.path}")
-    elif error.status == 405:
-        api_error = MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")
-    elif error.status == 400:
-        api_error = InvalidRequest(error.reason or "bad request")
-    else:
-        api_error = HttpError(error.status, error.reason or "request failed")
-    response = error_response(api_error)
-    if error.status == 405 and "Allow" in error.headers:
-        response.headers["Allow"] = error.headers["Allow"]
-    return response
 
 
 def build_state(settings: Settings, model: ModelClient | None = None) -> RouterState:

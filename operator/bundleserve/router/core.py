@@ -26,7 +26,6 @@ from bundleserve.api.errors import (
     ModelNotReady,
     ModeNotServed,
     NotFound,
-    PayloadTooLarge,
     Timeout,
     Unavailable,
 )
@@ -39,13 +38,14 @@ from bundleserve.api.invocation import (
     body_input,
     loads_json,
 )
-from bundleserve.router.auth import require_key
+from bundleserve.edge.auth import require_key
+from bundleserve.edge.errors import too_large
+from bundleserve.edge.sse import EventParser, EventTooLarge
 from bundleserve.router.deadlines import DeadlineWheel
 from bundleserve.router.dedup import RecentCalls, fingerprint_of
 from bundleserve.router.fetch import UrlFetcher
 from bundleserve.router.metrics import ModeMetrics
 from bundleserve.router.model_client import ModelStream, ModelUnreachable, ReplyTooLarge
-from bundleserve.router.sse import EventParser, EventTooLarge
 from bundleserve.router.state import RouterState, s3_objects
 
 #: Set on an aiohttp request whose body holds one of the admission's body places (`release_bodies` frees it).
@@ -60,12 +60,6 @@ _JSON_BYTES = JSON_CONTENT_TYPE.encode()
 def _media_type(content_type: str) -> bytes:
     """The content type as header bytes (the JSON one without encoding it per call)."""
     return _JSON_BYTES if content_type == JSON_CONTENT_TYPE else content_type.encode("latin-1")
-
-
-def too_large(length: int | None, limit: int) -> PayloadTooLarge:
-    """The one refusal of a request body over the endpoint's `maxPayloadBytes` (both HTTP edges)."""
-    size = "" if length is None else f" ({length} bytes)"
-    return PayloadTooLarge(f"the request body{size} is larger than the limit of {limit} bytes")
 
 
 def model_failure(status: int | None, body: bytes, *, fallback: str) -> ApiError:

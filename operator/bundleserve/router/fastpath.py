@@ -34,10 +34,10 @@ from aiohttp import web
 
 from bundleserve.api.errors import ApiError, InvalidRequest, RequestTimeout
 from bundleserve.api.invocation import Invocation
-from bundleserve.router.calls import Call
-from bundleserve.router.core import too_large
+from bundleserve.dialects.native.calls import Call
+from bundleserve.edge.errors import Answer, error_answer, too_large
 from bundleserve.router.framing import BodyTooLarge, ChunkedScanner, FramingError
-from bundleserve.router.invoke import Answer, Invoker, error_answer, public_url_of_raw
+from bundleserve.router.invoke import Invoker, public_url_of_raw
 
 _MAX_HEAD = 65536  # bytes of request line + headers
 _LINGER_SECONDS = 5.0  # after an error, how long arriving bytes are still read (and dropped) so the client sees it

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from time import perf_counter
 
 from aiohttp import web
@@ -23,47 +22,21 @@ from bundleserve.api.invocation import (
     PICKLE_CONTENT_TYPE,
     Invocation,
     ModelReply,
+    encode_args,
     idempotency_key,
 )
 from bundleserve.dialects.base import public_base_url
+from bundleserve.dialects.native.calls import Call, parse_call
+from bundleserve.edge.errors import Answer, as_response, error_answer, error_response
+from bundleserve.edge.sse import as_json, failure_event, success_event
 from bundleserve.queue.results import sync_result_key
-from bundleserve.router.calls import Call, parse_call
 from bundleserve.router.core import InvocationCore
-from bundleserve.router.model_client import encode_args
-from bundleserve.router.sse import as_json, failure_event, success_event
 from bundleserve.router.state import RouterState, result_store
 
 _SUCCESS_HEAD = b'{"status":"SUCCESS","result":'
 _SUCCESS_TAIL = b',"result_url":null,"traceback":null,"status_code":200}'
 _JSON_TYPE = "application/json"
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A complete response, independent of the HTTP server that sends it (aiohttp or the fast path)."""
-
-    status: int
-    body: bytes
-    headers: Mapping[str, str] = field(default_factory=dict)
-    content_type: str = _JSON_TYPE
-
-
-def error_answer(error: ApiError) -> Answer:
-    """The one native rendering of an error: `{"error": {"code", "message", ...}}` with its status and headers."""
-    body = json.dumps(error.body(), separators=(",", ":")).encode()
-    return Answer(error.status, body, error.headers)
-
-
-def as_response(answer: Answer) -> web.Response:
-    response = web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
-    for name, value in answer.headers.items():
-        response.headers[name] = value
-    return response
-
-
-def error_response(error: ApiError) -> web.Response:
-    return as_response(error_answer(error))
 
 
 _FORWARDING = (

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from bundleserve.api.endpoint import Endpoint, Routes
+from bundleserve.edge.auth import ApiKeys
 from bundleserve.router.admission import AdmissionController
-from bundleserve.router.auth import ApiKeys
 from bundleserve.router.metrics import RouterMetrics
 from bundleserve.router.model_client import ModelClient
 from bundleserve.router.settings import Settings

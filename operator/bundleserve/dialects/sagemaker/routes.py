@@ -59,7 +59,7 @@ class FrontGate(Protocol):
 #: endpoint's router: `(request, name, mode, body)`. Raises ApiError (unreachable router, ...) before answering.
 Forward = Callable[[web.Request, str, Mode, bytes], Awaitable[web.StreamResponse]]
 
-#: Authorization schemes that carry a bundleserve API key (router.auth), accepted instead of SigV4 where keys exist.
+#: Authorization schemes that carry a bundleserve API key (edge.auth), accepted instead of SigV4 where keys exist.
 _API_KEY_SCHEMES = ("bearer", "basic")
 
 log = logging.getLogger("bundleserve.dialects.sagemaker")

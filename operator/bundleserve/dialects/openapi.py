@@ -1,6 +1,8 @@
-"""The OpenAPI document of a router, generated from the routes the application really registered.
+"""The OpenAPI document of a router or the gateway, generated from the routes the application really registered.
 
-Each known operation is described here; `build_document` emits exactly the operations present in the app's router
+The native API's operations are described here, every other dialect's in its own `openapi` module, merged below; the
+router and the gateway both build their document with `build_document` (the gateway adds its own few routes). Each
+known operation is described here; `build_document` emits exactly the operations present in the app's router
 table (a sync-only endpoint does not advertise async routes), and the tests check that every registered route is
 described, so the document cannot drift from the server.
 """
