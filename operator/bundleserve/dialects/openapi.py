@@ -180,11 +180,14 @@ def route_key(method: str, path: str) -> tuple[str, str]:
     return method, _PARAM.sub("{}", path)
 
 
+#: The internal hop's routes (`edge.hop`: the gateway's hand-over to a router) are not part of the public API.
+INTERNAL_PREFIX = "/internal/"
+
 _OWN_ENDPOINT = re.compile(r"^/v1/endpoints/[^/{]+/")
 
 
 def registered_routes(app: web.Application) -> list[tuple[str, str]]:
-    """(method, path template) of every route of the app, without the HEAD twins aiohttp adds for GET.
+    """(method, path template) of every public route of the app, without the HEAD twins aiohttp adds for GET.
 
     The router registers its own endpoint's exact paths (faster to resolve) next to the `{name}` templates; both
     are the same operation, reported once as the template.
@@ -193,7 +196,7 @@ def registered_routes(app: web.Application) -> list[tuple[str, str]]:
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource is not None else {}
         path = info.get("path") or info.get("formatter")
-        if path is None or route.method in ("HEAD", "*"):
+        if path is None or route.method in ("HEAD", "*") or str(path).startswith(INTERNAL_PREFIX):
             continue
         entry = (route.method, _OWN_ENDPOINT.sub("/v1/endpoints/{name}/", str(path)))
         if entry not in found:

@@ -26,7 +26,7 @@ from bundleserve import __version__
 from bundleserve.api.credentials import KeysFile, plain_keys
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import InvalidRequest, NotFound, Unavailable
-from bundleserve.api.invocation import IDEMPOTENCY_HEADER, Invocation
+from bundleserve.api.invocation import IDEMPOTENCY_HEADER, Invocation, ModelReply
 from bundleserve.dialects import openapi
 from bundleserve.dialects.base import TaskBackend, public_base_url
 from bundleserve.dialects.launch import routes as launch
@@ -38,12 +38,19 @@ from bundleserve.edge.auth import ApiKeys, presented_key, require_key
 from bundleserve.edge.connections import ConnectionLimits
 from bundleserve.edge.errors import render_errors
 from bundleserve.gateway.docs import add_docs_routes
+from bundleserve.gateway.forwarding import EndpointCalls
 from bundleserve.gateway.openai_models import GatewayModels
 from bundleserve.gateway.proxy import forward, read_capped
 from bundleserve.gateway.registry import EndpointEntry, Registry
 from bundleserve.gateway.tasks import EndpointQueues
 from bundleserve.queue import keys
-from bundleserve.queue.results import sync_result_owner
+from bundleserve.queue.results import (
+    ResultStore,
+    for_namespace,
+    keep_sync_result,
+    open_result_store,
+    sync_result_owner,
+)
 from bundleserve.queue.service import S3AsyncPaths, SubmitChecks, TaskService, stored_result
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord
 
@@ -86,6 +93,7 @@ class Gateway:
         self.queues: EndpointQueues | None = None
         #: False until the registry's source has delivered its first complete listing (cluster watch).
         self.synced = True
+        self._store: ResultStore | None = None
 
     # -- the gate every /v1 route passes before reading a body -------------------------------------------------
 
@@ -184,16 +192,27 @@ class Gateway:
     def gate_name(self, request: web.Request, mode: Mode | None) -> EndpointEntry:
         return self.gate_entry(request.match_info["name"], request.headers.get("Authorization"), mode)
 
-    async def proxy_to(self, request: web.Request, name: str, mode: Mode) -> web.StreamResponse:
-        """For the dialects' sync/stream routes: resolve `name` (ApiError for the dialect to render in its own
-        shape: NotFound, ModeNotServed, Unauthorized, PayloadTooLarge, Unavailable) and forward unchanged."""
-        entry = self.gate_entry(name, request.headers.get("Authorization"), mode)
-        return await self.forward_to(request, entry)
+    def calls(self, name: str) -> EndpointCalls:
+        """For the dialects' sync and streaming calls: endpoint `name`'s invocation backend here (this gate and the
+        endpoint's body limit; the parsed call handed to its router in one hop, `gateway.forwarding`)."""
+        return EndpointCalls(self, name)
 
-    async def proxy_verified(self, request: web.Request, name: str, mode: Mode, body: bytes) -> web.StreamResponse:
-        """For a dialect that gated the request and read and verified its body itself (SageMaker's SigV4): forward
-        that body, with the gateway's own credential in place of the client's (`upstream_authorization`)."""
-        return await self.forward_to(request, self.registry.resolve(name, mode), read_body=body)
+    def results(self, name: str) -> KeptResults:
+        """For the Launch dialect's sync `return_pickled`: where the endpoint's result is kept (its namespace's store,
+        the one its routers and the gateway's result route read)."""
+        return KeptResults(self, self.registry.resolve(name))
+
+    def result_store(self) -> ResultStore:
+        """The result store (the queues' when async is configured; else opened on first use, so a gateway without
+        a writable results directory starts, and only a call that needs the store is refused)."""
+        if self.queues is not None:
+            return self.queues.store
+        if self._store is None:
+            try:
+                self._store = open_result_store(self.config.results_dir, self.config.results_url)
+            except OSError as error:
+                raise Unavailable(f"the gateway's result store is not usable: {error.strerror}") from None
+        return self._store
 
     async def predict(self, request: web.Request) -> web.StreamResponse:
         return await self.forward_to(request, self.gate_name(request, Mode.SYNC))
@@ -264,6 +283,20 @@ class Gateway:
         document = openapi.build_document(request.app, title="bundleserve gateway", version=__version__)
         document["paths"].update(_gateway_paths())
         return web.json_response(document)
+
+
+class KeptResults:
+    """`dialects.launch.routes.PickledResults` of one endpoint at the gateway: its namespace's store, its TTL."""
+
+    def __init__(self, gateway: Gateway, entry: EndpointEntry) -> None:
+        self.gateway = gateway
+        self.entry = entry
+
+    async def keep(self, reply: ModelReply) -> str:
+        entry = self.entry
+        store = for_namespace(self.gateway.result_store(), entry.namespace)
+        ttl = float(entry.endpoint.spec.async_settings.result_ttl_seconds)
+        return await keep_sync_result(store, entry.namespace, entry.name, reply, ttl)
 
 
 class TaskOwners:
@@ -371,7 +404,8 @@ GATEWAY = web.AppKey("gateway", Gateway)
 
 def add_dialect_routes(app: web.Application, gateway: Gateway) -> None:
     """SageMaker Runtime, Launch and OpenAI on the gateway (docs/gateway.md, "Dialects"): gated by `Gateway.gate`, async
-    over the endpoints' queues (so submissions work at zero replicas), sync and streaming calls proxied."""
+    over the endpoints' queues (so submissions work at zero replicas), sync and streaming calls parsed here once and
+    handed to the endpoint's router in one hop (`Gateway.calls`)."""
 
     def python_bundle(name: str) -> bool:
         return gateway.registry.resolve(name).endpoint.spec.bundle.is_python
@@ -379,9 +413,8 @@ def add_dialect_routes(app: web.Application, gateway: Gateway) -> None:
     signing = gateway.config.sagemaker_signing or sigv4.config_from_env()
     api = sagemaker.SageMakerApi(
         sagemaker.SageMakerSettings(signing=signing, python_bundle=python_bundle),
+        calls=gateway.calls,
         tasks=gateway.task_service,
-        gate=gateway,
-        forward=gateway.proxy_verified,
     )
     app.add_routes(sagemaker.routes(api))
 
@@ -391,7 +424,7 @@ def add_dialect_routes(app: web.Application, gateway: Gateway) -> None:
     def names() -> list[str]:
         return [entry.name for entry in gateway.registry.entries()]
 
-    launch.add_forwarding_routes(app, gateway, forward=gateway.proxy_to, tasks=launch_tasks, names=names)
+    launch.add_routes(app, gateway, gateway.calls, launch_tasks, results=gateway.results, names=names)
     # OpenAI: parsed here once, each call handed to the endpoint's router in one hop (gateway.forwarding).
     openai_routes.add_routes(app, GatewayModels(gateway))
 

@@ -27,7 +27,7 @@ from bundleserve.dialects.sagemaker import routes as sagemaker_routes
 from bundleserve.edge.auth import ApiKeys
 from bundleserve.edge.errors import error_response, render_errors
 from bundleserve.queue.service import stored_result as stored
-from bundleserve.router import async_routes
+from bundleserve.router import async_routes, hop
 from bundleserve.router.admission import AdmissionController
 from bundleserve.router.core import BODY_RESERVED, InvocationCore
 from bundleserve.router.fetch import UrlFetcher
@@ -47,8 +47,14 @@ INVOKER = web.AppKey("invoker", Invoker)  # the native sync/stream handlers, sha
 def _mount_launch(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None) -> None:
     """The Launch dialect for this router's endpoint, keeping sync pickled results where native predict keeps them."""
     state = app[ROUTER_STATE]
+    results = PickledResults(state)
     launch.add_routes(
-        app, core, lambda _name: tasks, results=PickledResults(state), names=lambda: (state.settings.name,)
+        app,
+        core,
+        lambda _name: core,
+        lambda _name: tasks,
+        results=lambda _name: results,
+        names=lambda: (state.settings.name,),
     )
 
 
@@ -124,6 +130,7 @@ def build_app(settings: Settings, *, model: ModelClient | None = None) -> web.Ap
         app.router.add_get("/v1/tasks/{task_id}/result", stored_result)
     for mount in DIALECTS:
         mount(app, core, tasks)
+    hop.add_routes(app, core)  # the gateway's hand-over of calls its dialects parsed (edge.hop)
     return app
 
 

@@ -19,7 +19,6 @@ from bundleserve.api.errors import ApiError, ModelError
 from bundleserve.api.invocation import (
     IDEMPOTENCY_HEADER,
     JSON_CONTENT_TYPE,
-    PICKLE_CONTENT_TYPE,
     Invocation,
     ModelReply,
     encode_args,
@@ -29,7 +28,7 @@ from bundleserve.dialects.base import public_base_url
 from bundleserve.dialects.native.calls import Call, parse_call
 from bundleserve.edge.errors import Answer, as_response, error_answer, error_response
 from bundleserve.edge.sse import as_json, failure_event, success_event
-from bundleserve.queue.results import sync_result_key
+from bundleserve.queue.results import keep_sync_result
 from bundleserve.router.core import InvocationCore
 from bundleserve.router.state import RouterState, result_store
 
@@ -76,17 +75,9 @@ class PickledResults:
         self.state = state
 
     async def keep(self, reply: ModelReply) -> str:
-        if reply.is_pickle:
-            data = reply.body
-        else:
-            import cloudpickle
-
-            data = cloudpickle.dumps(reply.result())
-        store = result_store(self.state)
-        key = sync_result_key(self.state.settings.endpoint.namespace, self.state.settings.name)
-        ttl = float(self.state.settings.endpoint.spec.async_settings.result_ttl_seconds)
-        await store.put(key, data, PICKLE_CONTENT_TYPE, ttl_seconds=ttl)
-        return store.url_for(key)
+        settings = self.state.settings
+        ttl = float(settings.endpoint.spec.async_settings.result_ttl_seconds)
+        return await keep_sync_result(result_store(self.state), settings.endpoint.namespace, settings.name, reply, ttl)
 
 
 class Invoker:
