@@ -28,7 +28,7 @@ from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import InvalidRequest, NotFound, Unavailable
 from bundleserve.api.invocation import IDEMPOTENCY_HEADER, Invocation, ModelReply
 from bundleserve.dialects import openapi
-from bundleserve.dialects.base import TaskBackend, public_base_url
+from bundleserve.dialects.base import PUBLIC_URL, TaskBackend, public_base_url
 from bundleserve.dialects.launch import routes as launch
 from bundleserve.dialects.native.tasks import accepted_body, parse_wait, submit_native, task_body
 from bundleserve.dialects.openai import routes as openai_routes
@@ -44,6 +44,7 @@ from bundleserve.gateway.proxy import forward, read_capped
 from bundleserve.gateway.registry import EndpointEntry, Registry
 from bundleserve.gateway.tasks import EndpointQueues
 from bundleserve.queue import keys
+from bundleserve.queue.config import QueueLimits
 from bundleserve.queue.results import (
     ResultStore,
     for_namespace,
@@ -77,6 +78,10 @@ class GatewayConfig:
     sagemaker_signing: sigv4.SigV4Config | None = None
     #: Keep-alive/head and body deadlines of the gateway's connections (edge.connections).
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    #: The public base URL (BUNDLESERVE_PUBLIC_URL; None: from each request's forwarding headers).
+    public_url: str | None = None
+    #: The deployment's queue knobs for the endpoints' queues (read once at start, as routers do).
+    queue_limits: QueueLimits = field(default_factory=QueueLimits)
     #: Extra aiohttp sub-setups, each called with (app, gateway) after the built-in dialects.
     dialects: list[Callable[[web.Application, Gateway], None]] = field(default_factory=list)
 
@@ -247,7 +252,8 @@ class Gateway:
         record = await self.task_owner().status(task_id, wait_seconds=parse_wait(request.query.get("wait")))
         if record is None:
             raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
-        public_url = public_base_url(request.headers, scheme=request.scheme)  # an absolute result_url, as routers
+        # an absolute result_url, as routers make it
+        public_url = public_base_url(request.headers, scheme=request.scheme, configured=self.config.public_url)
         return web.Response(body=task_body(record, public_url), content_type=_JSON)
 
     async def task_result(self, request: web.Request) -> web.Response:
@@ -435,6 +441,8 @@ def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Applicat
     # the body deadline outermost: it sees the rendered answer and closes the connection after a 408
     app = web.Application(middlewares=[config.connections.middleware(), render_errors], client_max_size=0)
     app[GATEWAY] = gateway
+    if config.public_url:
+        app[PUBLIC_URL] = config.public_url
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10)
@@ -450,6 +458,7 @@ def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Applicat
                     results_dir=config.results_dir,
                     results_url=config.results_url,
                     checks=config.submit_checks,
+                    limits=config.queue_limits,
                 )
             try:
                 yield

@@ -18,6 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 from bundleserve import logs
+from bundleserve.dialects.base import read_public_url
 from bundleserve.edge.config import (
     DEFAULT_RESULTS_DIR,
     ConfigError,
@@ -30,6 +31,7 @@ from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
 from bundleserve.gateway.kube import EndpointWatch, KubeAccess, KubeConfigError
 from bundleserve.gateway.registry import Registry
 from bundleserve.queue.callbacks import insecure_credentials_allowed
+from bundleserve.queue.config import QueueLimits
 from bundleserve.queue.service import SubmitChecks
 
 log = logging.getLogger("bundleserve.gateway")
@@ -40,10 +42,13 @@ def config_from_env(redis_url: str | None, env: dict[str, str]) -> GatewayConfig
     keys_file = env.get("BUNDLESERVE_API_KEYS_FILE")
     try:
         connections = limits_from_env(env)
+        queue_limits = QueueLimits.from_env(env)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return GatewayConfig(
         connections=connections,
+        queue_limits=queue_limits,
+        public_url=read_public_url(env),
         submit_checks=SubmitChecks(
             url_schemes=parse_url_schemes(env.get("BUNDLESERVE_URL_SCHEMES")),
             destinations=read_url_policy(env),

@@ -31,6 +31,7 @@ from aiohttp import web
 from bundleserve import logs
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import ManifestError, load_endpoints
+from bundleserve.dialects.base import read_public_url
 from bundleserve.dialects.sagemaker import sigv4
 from bundleserve.edge.config import read_url_policy
 from bundleserve.edge.connections import limits_from_env
@@ -48,6 +49,7 @@ from bundleserve.local.plan import (
 from bundleserve.local.redis import EmbeddedRedis, RedisStartError, free_port
 from bundleserve.local.supervisor import Child, ChildFailed
 from bundleserve.queue.callbacks import insecure_credentials_allowed
+from bundleserve.queue.config import QueueLimits
 from bundleserve.queue.service import SubmitChecks
 
 log = logging.getLogger("bundleserve.local")
@@ -153,6 +155,8 @@ class LocalRun:
         )
         config = GatewayConfig(
             connections=limits_from_env(os.environ),  # checked by main() before anything started
+            queue_limits=QueueLimits.from_env(os.environ),  # likewise
+            public_url=read_public_url(os.environ),
             redis_url=redis_url,
             results_dir=results_dir,
             # the routers inherit the same variable: with S3 storage, both write and read results (and SageMaker's
@@ -247,6 +251,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         found = load_endpoints(args.files)  # read once, and fail before anything starts
         limits_from_env(os.environ)
+        QueueLimits.from_env(os.environ)
         sock = bind_front(args.host, args.port)
     except (ManifestError, PortInUse, ValueError) as error:
         print(f"bundleserve run: {error}", file=sys.stderr)

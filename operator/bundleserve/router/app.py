@@ -20,7 +20,7 @@ from bundleserve import __version__
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import Unavailable
 from bundleserve.dialects import openapi
-from bundleserve.dialects.base import DialectMount, InvocationBackend, TaskBackend
+from bundleserve.dialects.base import PUBLIC_URL, DialectMount, InvocationBackend, TaskBackend
 from bundleserve.dialects.launch import routes as launch
 from bundleserve.dialects.openai import routes as openai_routes
 from bundleserve.dialects.sagemaker import routes as sagemaker_routes
@@ -37,6 +37,7 @@ from bundleserve.router.model_client import ModelClient
 from bundleserve.router.readiness import readiness_probe
 from bundleserve.router.settings import Settings
 from bundleserve.router.state import ROUTER_STATE, RouterState, result_store
+from bundleserve.router.worker import AsyncMetrics
 
 log = logging.getLogger("bundleserve.router")
 
@@ -86,11 +87,12 @@ def release_bodies(admission: AdmissionController) -> Callable[..., Awaitable[we
 
 
 def build_state(settings: Settings, model: ModelClient | None = None) -> RouterState:
+    """Every part of one router, built once from its settings (the composition root of the router process)."""
     invocation = settings.endpoint.spec.invocation
     metrics = RouterMetrics(settings.name)
     admission = AdmissionController(invocation.concurrency, invocation.max_queued)
     metrics.track(lambda: admission.in_model, lambda: admission.queued)
-    return RouterState(
+    state = RouterState(
         settings=settings,
         model=model or ModelClient(settings.model_url),
         admission=admission,
@@ -98,6 +100,12 @@ def build_state(settings: Settings, model: ModelClient | None = None) -> RouterS
         api_keys=ApiKeys(settings.api_keys) if settings.api_keys else None,
         fetcher=UrlFetcher(settings.url_policy),  # created here so every path (sync, async worker) uses the policy
     )
+    if settings.serves(Mode.ASYNC):  # the task service, once per process: the async routes, dialects and worker
+        built = async_routes.build_tasks(state)
+        if built is not None:
+            state.tasks, state.queue_redis = built
+            state.async_metrics = AsyncMetrics(state)
+    return state
 
 
 def build_app(settings: Settings, *, model: ModelClient | None = None) -> web.Application:
@@ -108,6 +116,8 @@ def build_app(settings: Settings, *, model: ModelClient | None = None) -> web.Ap
         client_max_size=settings.endpoint.spec.invocation.max_payload_bytes,
     )
     app[ROUTER_STATE] = state
+    if settings.public_url:
+        app[PUBLIC_URL] = settings.public_url
     core = app[CORE] = InvocationCore(state)
     invoker = app[INVOKER] = Invoker(core)
     # The exact path of our own endpoint resolves by dictionary lookup; the templated one answers 404 for other names.

@@ -73,7 +73,9 @@ class AsyncApi:
         record = await self.tasks.status(task_id, wait_seconds=parse_wait(request.query.get("wait")))
         if record is None:
             raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
-        public_url = public_base_url(request.headers, scheme=request.scheme)
+        public_url = public_base_url(
+            request.headers, scheme=request.scheme, configured=self.core.state.settings.public_url
+        )
         return web.Response(body=task_body(record, public_url), content_type=_JSON)
 
     async def result(self, request: web.Request) -> web.Response:
@@ -111,7 +113,8 @@ def build_tasks(state: RouterState) -> tuple[TaskService, Redis] | None:
     redis_url = state.settings.redis_url
     if not redis_url:
         return None
-    config = _with_default_callback_auth(QueueConfig.from_endpoint(state.settings.endpoint), state)
+    config = QueueConfig.from_endpoint(state.settings.endpoint, state.settings.queue_limits)
+    config = _with_default_callback_auth(config, state)
     redis = connect(redis_url)  # the one place queue clients get their timeouts
     checks = SubmitChecks(
         url_schemes=state.settings.url_schemes,
@@ -127,16 +130,13 @@ def setup(app: web.Application, state: RouterState, core: InvocationCore) -> Tas
     Returns the task service, which the router hands to the dialects' async adapters too.
     """
     name_path = "/v1/endpoints/{name}/async"
-    built = build_tasks(state)
-    if built is None:
+    tasks, redis, metrics = state.tasks, state.queue_redis, state.async_metrics
+    if tasks is None or redis is None or metrics is None:  # built by `router.app.build_state`: no Redis URL
         reason = "the async API needs a Redis URL (--redis-url or BUNDLESERVE_REDIS_URL)"
         log.warning("endpoint %s serves async but %s", state.settings.name, reason)
         app.router.add_post(name_path, _unavailable(reason))
         app.router.add_get("/v1/tasks/{task_id}", _unavailable(reason))
         return None
-    tasks, redis = built
-    state.tasks = tasks
-    metrics = state.async_metrics = AsyncMetrics(state)
     api = AsyncApi(core, tasks, metrics)
     app.router.add_post(name_path, api.submit)
     app.router.add_get("/v1/tasks/{task_id}", api.status)

@@ -11,6 +11,7 @@ mapping of model failures to API errors. See docs/router.md, "Invocation core".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from time import perf_counter
@@ -280,7 +281,7 @@ class InvocationCore:
         inv: Invocation,
         *,
         started: float | None = None,
-        ceiling_seconds: float | None = None,
+        timed_by_caller: bool = False,
         patient: bool = False,
         max_reply_bytes: int | None = None,
         metrics: ModeMetrics | None = None,
@@ -288,8 +289,9 @@ class InvocationCore:
         """One model call: a 2xx `ModelReply`, or an `ApiError` (Timeout, Overloaded, ModelError, ...).
 
         Edges pass only `inv` (and `started`, when their clock began, for the metrics). The async worker passes
-        `ceiling_seconds` (its invocation timeout replaces the sync one), `patient=True` (wait for a slot, never 429),
-        `max_reply_bytes` (its result limit) and its own `metrics` (None records nothing here).
+        `timed_by_caller=True` (its attempt's limit, the invocation timeout, is enforced by its own one timer, which
+        cancels this call: the core arms none), `patient=True` (wait for a slot, never 429), `max_reply_bytes` (its
+        result limit) and its own `metrics` (None records nothing here).
 
         An invocation with an `idempotency_key` (a client's retries of one call) runs the model once: later attempts
         wait for the first one's reply, which a client leaving does not cancel (`router.dedup`).
@@ -302,15 +304,15 @@ class InvocationCore:
             return await self.recent.run(
                 inv.idempotency_key,
                 fingerprint,
-                lambda: self._predict(inv, started, ceiling_seconds, patient, max_reply_bytes, metrics),
+                lambda: self._predict(inv, started, timed_by_caller, patient, max_reply_bytes, metrics),
             )
-        return await self._predict(inv, started, ceiling_seconds, patient, max_reply_bytes, metrics)
+        return await self._predict(inv, started, timed_by_caller, patient, max_reply_bytes, metrics)
 
     async def _predict(
         self,
         inv: Invocation,
         started: float | None,
-        ceiling_seconds: float | None,
+        timed_by_caller: bool,
         patient: bool,
         max_reply_bytes: int | None,
         metrics: ModeMetrics | None,
@@ -324,10 +326,11 @@ class InvocationCore:
         drain = self.state.drain
         drain.enter()
         try:
-            deadline, limit = self._deadline(inv, ceiling_seconds)
+            deadline, limit = self._deadline(inv, None)
             admission = self.state.admission
+            timer = contextlib.nullcontext() if timed_by_caller else self.deadlines.at(deadline)
             try:
-                async with self.deadlines.at(deadline):
+                async with timer:
                     if inv.url is None:
                         data, content_type, raw = inv.body, _media_type(inv.content_type), inv.raw
                     else:

@@ -45,9 +45,10 @@ _FORWARDING = (
 )
 
 
-def public_url_of_raw(headers: Mapping[bytes, bytes]) -> str:
+def public_url_of_raw(headers: Mapping[bytes, bytes], configured: str | None) -> str:
     """`dialects.base.public_base_url` for the fast edge's raw (lower-cased, bytes) request headers."""
-    return public_base_url({name: headers[key].decode("latin-1") for name, key in _FORWARDING if key in headers})
+    forwarding = {name: headers[key].decode("latin-1") for name, key in _FORWARDING if key in headers}
+    return public_base_url(forwarding, configured=configured)
 
 
 def invocation_of(call: Call, key: str | None = None) -> Invocation:
@@ -110,7 +111,11 @@ class Invoker:
         del body  # held once from here on: as the invocation's args text
         return as_response(
             await self.answer_prepared(
-                prepared, started, lambda: public_base_url(request.headers, scheme=request.scheme)
+                prepared,
+                started,
+                lambda: public_base_url(
+                    request.headers, scheme=request.scheme, configured=self.state.settings.public_url
+                ),
             )
         )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bundleserve.api.endpoint import Endpoint, Mode, Routes
 from bundleserve.api.manifest import ManifestError, load_endpoints
+from bundleserve.dialects.base import read_public_url
 from bundleserve.edge.config import (
     DEFAULT_RESULTS_DIR,
     DEFAULT_URL_SCHEMES,
@@ -23,6 +24,7 @@ from bundleserve.edge.config import (
 )
 from bundleserve.edge.connections import ConnectionLimits, limits_from_env
 from bundleserve.outbound.destinations import AddressPolicy
+from bundleserve.queue.config import QueueLimits
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,10 @@ class Settings:
     #: Keep-alive and head deadline of every connection: closed when idle this long, or when the next request's head
     #: is not complete this long after the connection went idle (BUNDLESERVE_IDLE_TIMEOUT_SECONDS).
     idle_timeout_seconds: float = 75.0
+    #: The public base URL of the API (BUNDLESERVE_PUBLIC_URL; None: from each request's forwarding headers).
+    public_url: str | None = None
+    #: The deployment's queue knobs (BUNDLESERVE_QUEUE_DURABILITY, _MAX_BACKLOG, _MAX_BACKLOG_BYTES).
+    queue_limits: QueueLimits = field(default_factory=QueueLimits)
 
     @property
     def connection_limits(self) -> ConnectionLimits:
@@ -109,6 +115,7 @@ def build_settings(
         raise ConfigError(f"BUNDLESERVE_DRAIN_SECONDS must be a number of seconds, got {drain!r}") from None
     try:
         limits = limits_from_env(env)
+        queue_limits = QueueLimits.from_env(env)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return Settings(
@@ -125,4 +132,6 @@ def build_settings(
         drain_seconds=drain_seconds,
         body_timeout_seconds=limits.body_seconds,
         idle_timeout_seconds=limits.idle_seconds,
+        public_url=read_public_url(env),
+        queue_limits=queue_limits,
     )
