@@ -43,6 +43,7 @@ from bundleserve.gateway.openai_models import GatewayModels
 from bundleserve.gateway.proxy import forward, read_capped
 from bundleserve.gateway.registry import EndpointEntry, Registry
 from bundleserve.gateway.tasks import EndpointQueues
+from bundleserve.gateway.upstream import UpstreamPool
 from bundleserve.queue import keys
 from bundleserve.queue.config import QueueLimits
 from bundleserve.queue.results import (
@@ -95,6 +96,8 @@ class Gateway:
         self.keys_file = config.keys_file or (plain_keys(config.api_keys) if config.api_keys else None)
         self.keys = ApiKeys(self.keys_file.all_keys()) if self.keys_file is not None else None
         self.session: aiohttp.ClientSession | None = None
+        #: The pooled raw client to the routers, for the fast edge's hot paths (`gateway.fastpath`).
+        self.pool = UpstreamPool()
         self.queues: EndpointQueues | None = None
         #: False until the registry's source has delivered its first complete listing (cluster watch).
         self.synced = True
@@ -463,6 +466,7 @@ def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Applicat
             try:
                 yield
             finally:
+                gateway.pool.close()
                 if gateway.queues is not None:
                     await gateway.queues.close()
 

@@ -26,7 +26,6 @@ from typing import Any
 
 import aiohttp
 import yaml
-from aiohttp import web
 
 from bundleserve import logs
 from bundleserve.api.endpoint import Endpoint, Mode
@@ -38,6 +37,7 @@ from bundleserve.edge.connections import limits_from_env
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.readiness import poll_readiness
 from bundleserve.gateway.registry import EndpointEntry, Registry
+from bundleserve.gateway.server import Front
 from bundleserve.local.plan import (
     EndpointPlan,
     PlanError,
@@ -122,7 +122,7 @@ class LocalRun:
         self.data_dir: Path = args.data_dir.resolve()
         self.redis: EmbeddedRedis | None = None
         self.children: list[tuple[str, Child, Child]] = []  # (endpoint, model, router)
-        self.runner: web.AppRunner | None = None
+        self.front: Front | None = None
         self.poller: asyncio.Task[None] | None = None
 
     async def start(self, found: list[tuple[Path, Endpoint]], sock: socket.socket) -> None:
@@ -165,15 +165,8 @@ class LocalRun:
             submit_checks=checks,
             sagemaker_signing=sigv4.config_from_env(local_gateway_sagemaker_env(os.environ)),
         )
-        self.runner = web.AppRunner(
-            build_gateway_app(registry, config),
-            access_log=None,
-            handle_signals=False,
-            handler_cancellation=True,
-            **config.connections.server_kwargs(),
-        )
-        await self.runner.setup()
-        await web.SockSite(self.runner, sock).start()
+        self.front = Front(build_gateway_app(registry, config), config.connections)
+        await self.front.start(sock=sock)
         self.poller = asyncio.create_task(poll_readiness(registry), name="bundleserve-local-readiness")
         host, port = sock.getsockname()[:2]
         log.info("%s", ready_message(f"http://{host}:{port}", plans))
@@ -201,8 +194,8 @@ class LocalRun:
             self.poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.poller
-        if self.runner is not None:
-            await self.runner.cleanup()
+        if self.front is not None:
+            await self.front.stop()
         # routers first (they drain in-flight requests), then the models behind them
         await asyncio.gather(*(router.stop(STOP_GRACE_SECONDS) for _, _, router in self.children))
         await asyncio.gather(*(model.stop(STOP_GRACE_SECONDS) for _, model, _ in self.children))
