@@ -82,6 +82,8 @@ class SageMakerRequest:
     inference_id: str | None
     #: botocore's `amz-sdk-invocation-id` (the same on every retry of one call), as an Invocation idempotency key.
     idempotency_key: str | None = None
+    #: TargetVariant: the production variant the call names (None: any, picked by weight).
+    target_variant: str | None = None
     input_location: str | None = None
     request_ttl_seconds: int | None = None
     invocation_timeout_seconds: int | None = None
@@ -125,7 +127,8 @@ def parse_request(
     """Path and headers of one operation, validated (ValidationError on anything the service would refuse).
 
     `variant`: the production variant served here (a router), which a TargetVariant must name; None on a front that
-    picks among the endpoint's variants itself (the gateway refuses an unknown one there, `ValidationError` too)."""
+    picks among the endpoint's variants itself (the gateway's `EndpointCalls` refuses an unknown one,
+    `UnknownVariant`, rendered as ValidationError too)."""
     check_endpoint_name(endpoint)
     for name, feature in UNSUPPORTED_HEADERS.items():
         if name in headers:
@@ -165,6 +168,7 @@ def parse_request(
         custom_attributes=custom,
         inference_id=inference_id,
         idempotency_key=retried,
+        target_variant=target_variant,
     )
 
 
@@ -216,6 +220,7 @@ def build_invocation(
         custom_attributes=request.custom_attributes,
         request_id=request.inference_id,
         idempotency_key=request.idempotency_key,
+        variant=request.target_variant,
     )
 
 
