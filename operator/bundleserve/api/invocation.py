@@ -67,6 +67,9 @@ class Invocation:
     #: Names one call across the client's retries (`idempotency_key()`): a retry gets the first attempt's answer
     #: (sync) or task (async) instead of running the model again.
     idempotency_key: str | None = None
+    #: The production variant the call names (SageMaker's TargetVariant); None: the gateway picks one by weight
+    #: (docs/operator.md, "Production variants"). A router serves its own variant only.
+    variant: str | None = None
 
 
 def is_json_media(content_type: str | None) -> bool:
@@ -255,3 +258,11 @@ def parse_json_body(body: bytes, model: type[_Body]) -> _Body:
         return model.model_validate(document)
     except ValidationError as error:
         raise InvalidRequest(format_validation_error(error)) from None
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_args(args: Any) -> bytes:
+    """The JSON body of a predict call with `args` (compact, UTF-8)."""
+    return _ENCODER.encode(args).encode()

@@ -18,6 +18,7 @@ import kopf
 from pydantic import ValidationError
 
 from bundleserve.api.endpoint import Mode
+from bundleserve.api.variants import ServedVariant, served_variants
 from bundleserve.controller import cleanup, kube
 from bundleserve.controller.builders import BuildContext, Scaler, scaler_for
 from bundleserve.controller.config import KedaMode, OperatorConfig
@@ -29,6 +30,7 @@ from bundleserve.controller.scaler import ScaleMemory, decide
 from bundleserve.queue import keys
 from bundleserve.queue.acl import QueueUsers
 from bundleserve.queue.backlog import open_backlog_reader
+from bundleserve.queue.config import queue_ids
 from bundleserve.queue.purge import purge_endpoint_queue
 
 log = logging.getLogger("bundleserve.operator")
@@ -176,27 +178,35 @@ class OperatorState:
             endpoint = parse(dict(body))
         except ValidationError:
             return False
-        return scaler_for(endpoint, self.keda) is Scaler.OPERATOR
+        return any(scaler_for(v.endpoint, self.keda) is Scaler.OPERATOR for v in served_variants(endpoint))
 
     async def scale(self, key: Key, body: Any) -> None:
+        """Each variant the operator scales (its own queue's backlog sizes its own Deployment)."""
         if self.read_backlog is None:
             return
         endpoint = parse(dict(body))
+        for variant in served_variants(endpoint):
+            if scaler_for(variant.endpoint, self.keda) is Scaler.OPERATOR:
+                await self._scale_variant(key, variant)
+
+    async def _scale_variant(self, key: Key, variant: ServedVariant) -> None:
+        if self.read_backlog is None:
+            return
         namespace, name = key
-        deployment = await self.client.get("Deployment", namespace, deployment_name(name))
+        target = deployment_name(name, variant.child_variant)
+        deployment = await self.client.get("Deployment", namespace, target)
         if deployment is None:
             return
         current = int(deployment.get("spec", {}).get("replicas", 1))
-        pending, in_flight = await self.read_backlog(keys.queue_id(namespace, name))
-        memory = self.scale_memory.setdefault(key, ScaleMemory())
-        wanted = decide(current, pending + in_flight, endpoint.spec.scaling, time.monotonic(), memory)
+        pending, in_flight = await self.read_backlog(keys.queue_id(namespace, name, variant.child_variant))
+        memory = self.scale_memory.setdefault((namespace, target), ScaleMemory())
+        scaling = variant.endpoint.spec.scaling
+        wanted = decide(current, pending + in_flight, scaling, time.monotonic(), memory)
         if wanted != current:
-            await self.client.merge_patch(
-                "Deployment", namespace, deployment_name(name), {"spec": {"replicas": wanted}}
-            )
+            await self.client.merge_patch("Deployment", namespace, target, {"spec": {"replicas": wanted}})
             self.metrics.api_writes.labels("patch", "Deployment").inc()
-            self.metrics.scaler_replicas.labels(namespace, name).set(wanted)
-            log.info("scaled %s/%s from %d to %d (backlog %d)", namespace, name, current, wanted, pending + in_flight)
+            self.metrics.scaler_replicas.labels(namespace, target).set(wanted)
+            log.info("scaled %s/%s from %d to %d (backlog %d)", namespace, target, current, wanted, pending + in_flight)
 
     # -- delete ---------------------------------------------------------------------------------------------------
 
@@ -208,10 +218,13 @@ class OperatorState:
             endpoint = parse(dict(body))
         except ValidationError:
             return  # never valid: nothing of ours can exist
+        for variant in served_variants(endpoint):
+            self.scale_memory.pop((namespace, deployment_name(name, variant.child_variant)), None)
         in_flight = 0
         if self.read_backlog is not None and endpoint.spec.serves(Mode.ASYNC):
             try:
-                in_flight = (await self.read_backlog(keys.queue_id(namespace, name)))[1]
+                for queue in queue_ids(endpoint):
+                    in_flight += (await self.read_backlog(queue))[1]
             except Exception as error:
                 if waited_seconds < cleanup.wait_bound_seconds(endpoint, self.cleanup_cap):
                     raise kopf.TemporaryError(f"queue unreachable: {error}", delay=5) from None
@@ -233,7 +246,9 @@ class OperatorState:
             message = f"purging the queue with {in_flight} task(s) still in flight after {waited_seconds:.0f}s"
             kopf.warn(body, reason="QueueCleanupTimedOut", message=message)
             await self._degraded_on_delete(key, "QueueCleanupTimedOut", message)
-        removed = await purge_endpoint_queue(self.config.redis_url or "", keys.queue_id(namespace, name))
+        removed = 0
+        for queue in {keys.queue_id(namespace, name), *queue_ids(endpoint)}:  # its own and its variants' queues
+            removed += await purge_endpoint_queue(self.config.redis_url or "", queue)
         log.info("deleted the queue of %s/%s (%d keys)", namespace, name, removed)
         await self._delete_queue_user(key)
 

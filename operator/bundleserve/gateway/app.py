@@ -7,13 +7,15 @@
 - the SageMaker Runtime and Launch dialects (`gateway.dialects`): their async operations over the same queues,
   their sync and streaming calls proxied to the endpoint's router.
 
-Errors use the router's one rendering middleware and the API-key gate of `router.auth`: a client cannot tell the
-gateway's refusals from a router's.
+Errors use the one rendering middleware of `edge.errors` and the API-key gate of `edge.auth`, as the router does: a
+client cannot tell the gateway's refusals from a router's. The gateway never imports the router (an import contract).
 """
 
 from __future__ import annotations
 
 import contextvars
+import dataclasses
+import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,26 +28,36 @@ from bundleserve import __version__
 from bundleserve.api.credentials import KeysFile, plain_keys
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import InvalidRequest, NotFound, Unavailable
-from bundleserve.api.invocation import IDEMPOTENCY_HEADER, Invocation
-from bundleserve.dialects.base import TaskBackend, public_base_url
+from bundleserve.api.invocation import IDEMPOTENCY_HEADER, Invocation, ModelReply
+from bundleserve.dialects import openapi
+from bundleserve.dialects.base import PUBLIC_URL, TaskBackend, public_base_url
 from bundleserve.dialects.launch import routes as launch
+from bundleserve.dialects.native.tasks import accepted_body, parse_wait, submit_native, task_body
 from bundleserve.dialects.openai import routes as openai_routes
 from bundleserve.dialects.sagemaker import routes as sagemaker
 from bundleserve.dialects.sagemaker import sigv4
+from bundleserve.edge.auth import ApiKeys, presented_key, require_key
+from bundleserve.edge.connections import ConnectionLimits
+from bundleserve.edge.errors import render_errors
 from bundleserve.gateway.docs import add_docs_routes
+from bundleserve.gateway.forwarding import EndpointCalls
 from bundleserve.gateway.openai_models import GatewayModels
 from bundleserve.gateway.proxy import forward, read_capped
 from bundleserve.gateway.registry import EndpointEntry, Registry
 from bundleserve.gateway.tasks import EndpointQueues
+from bundleserve.gateway.upstream import UpstreamPool
+from bundleserve.gateway.variants import VARIANT_HEADER, pick_variant, request_key, stable_draw
 from bundleserve.queue import keys
-from bundleserve.queue.results import sync_result_owner
-from bundleserve.queue.service import S3AsyncPaths, SubmitChecks, TaskService, stored_result
+from bundleserve.queue.config import QueueLimits
+from bundleserve.queue.results import (
+    ResultStore,
+    for_namespace,
+    keep_sync_result,
+    open_result_store,
+    sync_result_owner,
+)
+from bundleserve.queue.service import S3AsyncPaths, SubmitChecks, stored_result
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord
-from bundleserve.router import openapi
-from bundleserve.router.app import render_errors
-from bundleserve.router.async_routes import parse_wait, submit_native, task_body
-from bundleserve.router.auth import ApiKeys, presented_key, require_key
-from bundleserve.router.connections import ConnectionLimits
 
 _JSON = "application/json"
 #: The namespaces the current request's credential reaches (None: every namespace), set by `Gateway.gate` for the
@@ -68,8 +80,12 @@ class GatewayConfig:
     submit_checks: SubmitChecks = field(default_factory=SubmitChecks)
     #: Who may call the SageMaker dialect (SigV4 keys, unsigned access); None: from the environment, as routers.
     sagemaker_signing: sigv4.SigV4Config | None = None
-    #: Keep-alive/head and body deadlines of the gateway's connections (router.connections).
+    #: Keep-alive/head and body deadlines of the gateway's connections (edge.connections).
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    #: The public base URL (BUNDLESERVE_PUBLIC_URL; None: from each request's forwarding headers).
+    public_url: str | None = None
+    #: The deployment's queue knobs for the endpoints' queues (read once at start, as routers do).
+    queue_limits: QueueLimits = field(default_factory=QueueLimits)
     #: Extra aiohttp sub-setups, each called with (app, gateway) after the built-in dialects.
     dialects: list[Callable[[web.Application, Gateway], None]] = field(default_factory=list)
 
@@ -83,9 +99,14 @@ class Gateway:
         self.keys_file = config.keys_file or (plain_keys(config.api_keys) if config.api_keys else None)
         self.keys = ApiKeys(self.keys_file.all_keys()) if self.keys_file is not None else None
         self.session: aiohttp.ClientSession | None = None
+        #: The pooled raw client to the routers, for the fast edge's hot paths (`gateway.fastpath`).
+        self.pool = UpstreamPool()
         self.queues: EndpointQueues | None = None
         #: False until the registry's source has delivered its first complete listing (cluster watch).
         self.synced = True
+        self._store: ResultStore | None = None
+        #: The uniform draw of the weighted variant split (gateway.variants.pick_variant).
+        self.draw: Callable[[], float] = random.random
 
     # -- the gate every /v1 route passes before reading a body -------------------------------------------------
 
@@ -146,17 +167,34 @@ class Gateway:
             return None
         return f"Bearer {self.keys_file.gateway_key(entry.namespace, entry.name)}"
 
+    def variant_entry(
+        self, entry: EndpointEntry, requested: str | None, key: str | None = None
+    ) -> tuple[EndpointEntry, str]:
+        """The entry aimed at one production variant's routers (the named one, else a weighted pick, drawn from the
+        idempotency `key` when the call has one), and its name. UnknownVariant for a name the endpoint lacks."""
+        route = pick_variant(entry.routes, requested, stable_draw(key) if key is not None else self.draw())
+        return dataclasses.replace(entry, router_url=route.router_url), route.name
+
     async def forward_to(
-        self, request: web.Request, entry: EndpointEntry, *, read_body: bytes | None = None
+        self,
+        request: web.Request,
+        entry: EndpointEntry,
+        *,
+        read_body: bytes | None = None,
+        requested_variant: str | None = None,
     ) -> web.StreamResponse:
-        """Proxy to the entry's router with the gateway's credential for that endpoint in place of the client's."""
+        """Proxy to the routers of one of the entry's variants (`requested_variant`, else a weighted pick) with the
+        gateway's credential for that endpoint in place of the client's; the answer names the variant."""
+        key = request_key(request.headers)
+        target, variant = self.variant_entry(entry, requested_variant, key)
         return await forward(
             request,
-            entry,
+            target,
             self.upstream(),
             read_body=read_body,
             authorization=self.upstream_authorization(entry),
             replace_authorization=True,
+            reply_headers={VARIANT_HEADER: variant},
         )
 
     def require_queues(self) -> EndpointQueues:
@@ -184,26 +222,40 @@ class Gateway:
     def gate_name(self, request: web.Request, mode: Mode | None) -> EndpointEntry:
         return self.gate_entry(request.match_info["name"], request.headers.get("Authorization"), mode)
 
-    async def proxy_to(self, request: web.Request, name: str, mode: Mode) -> web.StreamResponse:
-        """For the dialects' sync/stream routes: resolve `name` (ApiError for the dialect to render in its own
-        shape: NotFound, ModeNotServed, Unauthorized, PayloadTooLarge, Unavailable) and forward unchanged."""
-        entry = self.gate_entry(name, request.headers.get("Authorization"), mode)
-        return await self.forward_to(request, entry)
+    def calls(self, name: str) -> EndpointCalls:
+        """For the dialects' sync and streaming calls: endpoint `name`'s invocation backend here (this gate and the
+        endpoint's body limit; the parsed call handed to its router in one hop, `gateway.forwarding`)."""
+        return EndpointCalls(self, name)
 
-    async def proxy_verified(self, request: web.Request, name: str, mode: Mode, body: bytes) -> web.StreamResponse:
-        """For a dialect that gated the request and read and verified its body itself (SageMaker's SigV4): forward
-        that body, with the gateway's own credential in place of the client's (`upstream_authorization`)."""
-        return await self.forward_to(request, self.registry.resolve(name, mode), read_body=body)
+    def results(self, name: str) -> KeptResults:
+        """For the Launch dialect's sync `return_pickled`: where the endpoint's result is kept (its namespace's store,
+        the one its routers and the gateway's result route read)."""
+        return KeptResults(self, self.registry.resolve(name))
+
+    def result_store(self) -> ResultStore:
+        """The result store (the queues' when async is configured; else opened on first use, so a gateway without
+        a writable results directory starts, and only a call that needs the store is refused)."""
+        if self.queues is not None:
+            return self.queues.store
+        if self._store is None:
+            try:
+                self._store = open_result_store(self.config.results_dir, self.config.results_url)
+            except OSError as error:
+                raise Unavailable(f"the gateway's result store is not usable: {error.strerror}") from None
+        return self._store
 
     async def predict(self, request: web.Request) -> web.StreamResponse:
-        return await self.forward_to(request, self.gate_name(request, Mode.SYNC))
+        entry = self.gate_name(request, Mode.SYNC)
+        return await self.forward_to(request, entry, requested_variant=request.headers.get(VARIANT_HEADER))
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
-        return await self.forward_to(request, self.gate_name(request, Mode.STREAMING))
+        entry = self.gate_name(request, Mode.STREAMING)
+        return await self.forward_to(request, entry, requested_variant=request.headers.get(VARIANT_HEADER))
 
-    def task_service(self, name: str) -> TaskService:
-        """For the dialects' async adapters: the endpoint's task service by name (NotFound, Unavailable)."""
-        return self.require_queues().service(self.registry.resolve(name, Mode.ASYNC))
+    def task_service(self, name: str) -> TaskBackend:
+        """For the dialects' async adapters: the endpoint's tasks by name (NotFound, Unavailable); a submission to an
+        endpoint with variants goes to one variant's queue, picked by weight."""
+        return self.require_queues().backend(self.registry.resolve(name, Mode.ASYNC), self.draw)
 
     def task_owner(self) -> TaskOwners:
         """For routes addressed by task id alone (Launch's `GET /v1/async-tasks/{id}`): the task's own endpoint."""
@@ -214,22 +266,24 @@ class Gateway:
         queues = self.require_queues()
         body = await read_capped(request, entry.max_payload_bytes)
         task_id = await submit_native(
-            queues.service(entry),
+            queues.backend(entry, self.draw, request.headers.get(VARIANT_HEADER)),
             body,
             kwargs_only=entry.endpoint.spec.bundle.is_python,
             idempotency=request.headers.get(IDEMPOTENCY_HEADER),
         )
-        return web.Response(status=202, body=b'{"task_id":"' + task_id.encode() + b'"}', content_type=_JSON)
+        return web.Response(status=202, body=accepted_body(task_id), content_type=_JSON)
 
     async def task_status(self, request: web.Request) -> web.Response:
         """Found among the endpoints the caller's key reaches; that endpoint's service long-polls its `done` channel."""
         self.gate(None, request.headers.get("Authorization"), None)
         task_id = request.match_info["task_id"]
-        record = await self.task_owner().status(task_id, wait_seconds=parse_wait(request.query.get("wait")))
-        if record is None:
+        found = await self.task_owner().locate(task_id, wait_seconds=parse_wait(request.query.get("wait")))
+        if found is None:
             raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
-        public_url = public_base_url(request.headers, scheme=request.scheme)  # an absolute result_url, as routers
-        return web.Response(body=task_body(record, public_url), content_type=_JSON)
+        record, variant = found
+        # an absolute result_url, as routers make it
+        public_url = public_base_url(request.headers, scheme=request.scheme, configured=self.config.public_url)
+        return web.Response(body=task_body(record, public_url, variant=variant), content_type=_JSON)
 
     async def task_result(self, request: web.Request) -> web.Response:
         """Only a task of an endpoint the caller's key reaches (as the status route): a task id is no credential."""
@@ -242,13 +296,15 @@ class Gateway:
         scope = _SCOPE.get(frozenset())
         return scope is None or entry.namespace in scope
 
-    def visible_queues(self) -> dict[str, EndpointEntry]:
-        """Queue id -> entry of the async endpoints the current request's credential reaches (`_SCOPE`)."""
+    def visible_queues(self) -> dict[str, tuple[EndpointEntry, str | None]]:
+        """Queue id -> (entry, declared variant or None) of the async endpoints the current request's credential
+        reaches (`_SCOPE`): an endpoint's own queue, or each of its variants' queues."""
         scope = _SCOPE.get(frozenset())
         return {
-            keys.queue_id(entry.namespace, entry.name): entry
+            keys.queue_id(entry.namespace, entry.name, variant): (entry, variant)
             for entry in self.registry.entries()
             if entry.serves(Mode.ASYNC) and (scope is None or entry.namespace in scope)
+            for variant in _variant_queues(entry)
         }
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -264,6 +320,25 @@ class Gateway:
         document = openapi.build_document(request.app, title="bundleserve gateway", version=__version__)
         document["paths"].update(_gateway_paths())
         return web.json_response(document)
+
+
+def _variant_queues(entry: EndpointEntry) -> list[str | None]:
+    """The declared variants whose queues hold the endpoint's tasks; [None]: the endpoint's own queue."""
+    return [v.name for v in entry.variants] or [None]
+
+
+class KeptResults:
+    """`dialects.launch.routes.PickledResults` of one endpoint at the gateway: its namespace's store, its TTL."""
+
+    def __init__(self, gateway: Gateway, entry: EndpointEntry) -> None:
+        self.gateway = gateway
+        self.entry = entry
+
+    async def keep(self, reply: ModelReply) -> str:
+        entry = self.entry
+        store = for_namespace(self.gateway.result_store(), entry.namespace)
+        ttl = float(entry.endpoint.spec.async_settings.result_ttl_seconds)
+        return await keep_sync_result(store, entry.namespace, entry.name, reply, ttl)
 
 
 class TaskOwners:
@@ -289,19 +364,26 @@ class TaskOwners:
     def s3_paths(self) -> S3AsyncPaths | None:
         return None  # no endpoint, no paths: SageMaker submissions always name their endpoint
 
-    async def _owner(self, task_id: str) -> tuple[EndpointEntry, TaskRecord] | None:
+    async def _owner(self, task_id: str) -> tuple[EndpointEntry, str | None, TaskRecord] | None:
         visible = self.gateway.visible_queues()
         found = await self.gateway.require_queues().owner(task_id, list(visible))
-        return None if found is None else (visible[found[0]], found[1])
+        return None if found is None else (*visible[found[0]], found[1])
 
-    async def status(self, task_id: str, *, wait_seconds: float) -> TaskRecord | None:
+    async def locate(self, task_id: str, *, wait_seconds: float) -> tuple[TaskRecord, str | None] | None:
+        """The task's record (long-polled as `status`) and the declared variant it was given (None: none)."""
         found = await self._owner(task_id)
         if found is None:
             return None
-        entry, record = found
+        entry, variant, record = found
         if wait_seconds > 0:
-            return await self.gateway.require_queues().service(entry).status(task_id, wait_seconds=wait_seconds)
-        return record
+            service = self.gateway.require_queues().service(entry, variant)
+            waited = await service.status(task_id, wait_seconds=wait_seconds)
+            return None if waited is None else (waited, variant)
+        return record, variant
+
+    async def status(self, task_id: str, *, wait_seconds: float) -> TaskRecord | None:
+        found = await self.locate(task_id, wait_seconds=wait_seconds)
+        return None if found is None else found[0]
 
     async def result(self, task_id: str) -> tuple[bytes, str]:
         """An async result of a visible task, or a sync result (`results.sync_result_key`) of a visible endpoint."""
@@ -326,6 +408,15 @@ def _gateway_paths() -> dict[str, Any]:
             "name": {"type": "string"},
             "modes": {"type": "array", "items": {"type": "string", "enum": [m.value for m in Mode]}},
             "ready": {"type": "boolean"},
+            "variants": {
+                "type": "array",
+                "description": "The production variants (spec.variants) and their weights; absent without variants",
+                "items": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string"}, "weight": {"type": "integer"}},
+                    "required": ["name", "weight"],
+                },
+            },
         },
         "required": ["name", "modes", "ready"],
     }
@@ -371,17 +462,17 @@ GATEWAY = web.AppKey("gateway", Gateway)
 
 def add_dialect_routes(app: web.Application, gateway: Gateway) -> None:
     """SageMaker Runtime, Launch and OpenAI on the gateway (docs/gateway.md, "Dialects"): gated by `Gateway.gate`, async
-    over the endpoints' queues (so submissions work at zero replicas), sync and streaming calls proxied."""
+    over the endpoints' queues (so submissions work at zero replicas), sync and streaming calls parsed here once and
+    handed to the endpoint's router in one hop (`Gateway.calls`)."""
 
     def python_bundle(name: str) -> bool:
         return gateway.registry.resolve(name).endpoint.spec.bundle.is_python
 
     signing = gateway.config.sagemaker_signing or sigv4.config_from_env()
     api = sagemaker.SageMakerApi(
-        sagemaker.SageMakerSettings(signing=signing, python_bundle=python_bundle),
+        sagemaker.SageMakerSettings(signing=signing, python_bundle=python_bundle, variant=None),
+        calls=gateway.calls,
         tasks=gateway.task_service,
-        gate=gateway,
-        forward=gateway.proxy_verified,
     )
     app.add_routes(sagemaker.routes(api))
 
@@ -391,7 +482,7 @@ def add_dialect_routes(app: web.Application, gateway: Gateway) -> None:
     def names() -> list[str]:
         return [entry.name for entry in gateway.registry.entries()]
 
-    launch.add_forwarding_routes(app, gateway, forward=gateway.proxy_to, tasks=launch_tasks, names=names)
+    launch.add_routes(app, gateway, gateway.calls, launch_tasks, results=gateway.results, names=names)
     # OpenAI: parsed here once, each call handed to the endpoint's router in one hop (gateway.forwarding).
     openai_routes.add_routes(app, GatewayModels(gateway))
 
@@ -402,6 +493,8 @@ def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Applicat
     # the body deadline outermost: it sees the rendered answer and closes the connection after a 408
     app = web.Application(middlewares=[config.connections.middleware(), render_errors], client_max_size=0)
     app[GATEWAY] = gateway
+    if config.public_url:
+        app[PUBLIC_URL] = config.public_url
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10)
@@ -417,10 +510,12 @@ def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Applicat
                     results_dir=config.results_dir,
                     results_url=config.results_url,
                     checks=config.submit_checks,
+                    limits=config.queue_limits,
                 )
             try:
                 yield
             finally:
+                gateway.pool.close()
                 if gateway.queues is not None:
                     await gateway.queues.close()
 

@@ -26,7 +26,8 @@ import aiohttp
 import pydantic
 
 from bundleserve.api.endpoint import ConditionStatus, Endpoint
-from bundleserve.gateway.registry import EndpointEntry, Registry
+from bundleserve.api.variants import child_name
+from bundleserve.gateway.registry import EndpointEntry, Registry, VariantRoute
 
 log = logging.getLogger("bundleserve.gateway.kube")
 
@@ -91,7 +92,16 @@ def build_entry(obj: dict[str, Any]) -> EndpointEntry | None:
     # Never `status.url`: whoever may write an Endpoint's status could point it anywhere, and the gateway sends
     # that endpoint's credential there. The Service the operator creates has this name in every cluster.
     router_url = f"http://{endpoint.name}.{endpoint.namespace}.svc.cluster.local"
-    return EndpointEntry(endpoint=endpoint, router_url=router_url, ready=ready)
+    # Each declared variant's own Service, named as the operator names it (api.variants.child_name).
+    variants = tuple(
+        VariantRoute(
+            variant.name,
+            variant.weight,
+            f"http://{child_name(endpoint.name, variant.name)}.{endpoint.namespace}.svc.cluster.local",
+        )
+        for variant in endpoint.spec.variants
+    )
+    return EndpointEntry(endpoint=endpoint, router_url=router_url, ready=ready, variants=variants)
 
 
 def apply_event(registry: Registry, event: dict[str, Any]) -> str | None:

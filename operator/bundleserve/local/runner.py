@@ -26,15 +26,18 @@ from typing import Any
 
 import aiohttp
 import yaml
-from aiohttp import web
 
 from bundleserve import logs
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import ManifestError, load_endpoints
+from bundleserve.dialects.base import read_public_url
 from bundleserve.dialects.sagemaker import sigv4
+from bundleserve.edge.config import read_url_policy
+from bundleserve.edge.connections import limits_from_env
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.readiness import poll_readiness
-from bundleserve.gateway.registry import EndpointEntry, Registry
+from bundleserve.gateway.registry import EndpointEntry, Registry, VariantRoute
+from bundleserve.gateway.server import Front
 from bundleserve.local.plan import (
     EndpointPlan,
     PlanError,
@@ -46,9 +49,8 @@ from bundleserve.local.plan import (
 from bundleserve.local.redis import EmbeddedRedis, RedisStartError, free_port
 from bundleserve.local.supervisor import Child, ChildFailed
 from bundleserve.queue.callbacks import insecure_credentials_allowed
+from bundleserve.queue.config import QueueLimits
 from bundleserve.queue.service import SubmitChecks
-from bundleserve.router.connections import limits_from_env
-from bundleserve.router.settings import read_url_policy
 
 log = logging.getLogger("bundleserve.local")
 
@@ -79,13 +81,31 @@ def write_endpoint_files(plans: list[EndpointPlan]) -> None:
     """One normalised manifest per endpoint: the router's --endpoint-file, with local paths made absolute."""
     for plan in plans:
         plan.endpoint_file.parent.mkdir(parents=True, exist_ok=True)
-        manifest = plan.endpoint.to_manifest()
+        manifest = plan.variant.endpoint.to_manifest()
         plan.endpoint_file.write_text(yaml.safe_dump(manifest, sort_keys=False))
+
+
+def registry_entries(plans: list[EndpointPlan]) -> list[EndpointEntry]:
+    """One gateway entry per Endpoint, with each declared variant's local router as a route of its own."""
+    by_endpoint: dict[str, list[EndpointPlan]] = {}
+    for plan in plans:
+        by_endpoint.setdefault(plan.name, []).append(plan)
+    return [
+        EndpointEntry(
+            endpoint=group[0].endpoint,
+            router_url=group[0].router_url,
+            ready=True,
+            variants=tuple(
+                VariantRoute(p.variant.name, p.variant.weight, p.router_url) for p in group if p.variant.declared
+            ),
+        )
+        for group in by_endpoint.values()
+    ]
 
 
 def ready_message(base: str, plans: list[EndpointPlan]) -> str:
     """The ready line plus copy-paste examples for the clients people already have (pure, tested)."""
-    names = ", ".join(p.name for p in plans)
+    names = ", ".join(dict.fromkeys(p.name for p in plans))
     lines = [f"bundleserve local mode ready on {base} (endpoints: {names})", f"  API page: {base}/docs"]
     by_mode = {mode: next((p.name for p in plans if p.endpoint.spec.serves(mode)), None) for mode in Mode}
     sync, stream, queued = by_mode[Mode.SYNC], by_mode[Mode.STREAMING], by_mode[Mode.ASYNC]
@@ -120,7 +140,7 @@ class LocalRun:
         self.data_dir: Path = args.data_dir.resolve()
         self.redis: EmbeddedRedis | None = None
         self.children: list[tuple[str, Child, Child]] = []  # (endpoint, model, router)
-        self.runner: web.AppRunner | None = None
+        self.front: Front | None = None
         self.poller: asyncio.Task[None] | None = None
 
     async def start(self, found: list[tuple[Path, Endpoint]], sock: socket.socket) -> None:
@@ -146,13 +166,15 @@ class LocalRun:
                 await model.start()
                 await router.start()
             await asyncio.gather(*(self._ready(name, c, session) for name, *pair in self.children for c in pair))
-        registry = Registry(EndpointEntry(endpoint=p.endpoint, router_url=p.router_url, ready=True) for p in plans)
+        registry = Registry(registry_entries(plans))
         local = local_router_env()  # the gateway checks submissions as the local routers do
         checks = SubmitChecks(
             destinations=read_url_policy(local), allow_insecure_credentials=insecure_credentials_allowed(local)
         )
         config = GatewayConfig(
             connections=limits_from_env(os.environ),  # checked by main() before anything started
+            queue_limits=QueueLimits.from_env(os.environ),  # likewise
+            public_url=read_public_url(os.environ),
             redis_url=redis_url,
             results_dir=results_dir,
             # the routers inherit the same variable: with S3 storage, both write and read results (and SageMaker's
@@ -161,15 +183,8 @@ class LocalRun:
             submit_checks=checks,
             sagemaker_signing=sigv4.config_from_env(local_gateway_sagemaker_env(os.environ)),
         )
-        self.runner = web.AppRunner(
-            build_gateway_app(registry, config),
-            access_log=None,
-            handle_signals=False,
-            handler_cancellation=True,
-            **config.connections.server_kwargs(),
-        )
-        await self.runner.setup()
-        await web.SockSite(self.runner, sock).start()
+        self.front = Front(build_gateway_app(registry, config), config.connections)
+        await self.front.start(sock=sock)
         self.poller = asyncio.create_task(poll_readiness(registry), name="bundleserve-local-readiness")
         host, port = sock.getsockname()[:2]
         log.info("%s", ready_message(f"http://{host}:{port}", plans))
@@ -197,8 +212,8 @@ class LocalRun:
             self.poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.poller
-        if self.runner is not None:
-            await self.runner.cleanup()
+        if self.front is not None:
+            await self.front.stop()
         # routers first (they drain in-flight requests), then the models behind them
         await asyncio.gather(*(router.stop(STOP_GRACE_SECONDS) for _, _, router in self.children))
         await asyncio.gather(*(model.stop(STOP_GRACE_SECONDS) for _, model, _ in self.children))
@@ -247,6 +262,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         found = load_endpoints(args.files)  # read once, and fail before anything starts
         limits_from_env(os.environ)
+        QueueLimits.from_env(os.environ)
         sock = bind_front(args.host, args.port)
     except (ManifestError, PortInUse, ValueError) as error:
         print(f"bundleserve run: {error}", file=sys.stderr)

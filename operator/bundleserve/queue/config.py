@@ -4,11 +4,13 @@ needs) plus the few knobs the spec does not carry (durability of a submission, r
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
 from bundleserve.api.endpoint import Endpoint
+from bundleserve.api.variants import served_variants
 from bundleserve.queue import keys
 from bundleserve.queue.tasks import CallbackTarget
 
@@ -30,8 +32,29 @@ MAX_BACKLOG_ENV = "BUNDLESERVE_QUEUE_MAX_BACKLOG"
 MAX_BACKLOG_BYTES_ENV = "BUNDLESERVE_QUEUE_MAX_BACKLOG_BYTES"
 
 
-def max_backlog_bytes_from_env() -> int:
-    raw = os.environ.get(MAX_BACKLOG_BYTES_ENV, "").strip()
+@dataclass(frozen=True)
+class QueueLimits:
+    """The queue knobs a deployment sets for every endpoint alike (environment, not spec), read once by a process's
+    composition root (`QueueLimits.from_env`) and handed to `QueueConfig.from_endpoint`, so a front that builds an
+    endpoint's queue on a request (the gateway) reads no environment there."""
+
+    durability: Durability = Durability.FSYNC
+    max_backlog: int = 100_000
+    max_backlog_bytes: int = 256 * MIB
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> QueueLimits:
+        """BUNDLESERVE_QUEUE_DURABILITY, _MAX_BACKLOG and _MAX_BACKLOG_BYTES; ValueError naming a bad one."""
+        env = os.environ if env is None else env
+        return cls(
+            durability=Durability(env.get("BUNDLESERVE_QUEUE_DURABILITY", Durability.FSYNC.value)),
+            max_backlog=max_backlog_from_env(env),
+            max_backlog_bytes=max_backlog_bytes_from_env(env),
+        )
+
+
+def max_backlog_bytes_from_env(env: Mapping[str, str] | None = None) -> int:
+    raw = (os.environ if env is None else env).get(MAX_BACKLOG_BYTES_ENV, "").strip()
     if not raw:
         return QueueConfig.max_backlog_bytes
     if not raw.isdigit():
@@ -39,13 +62,19 @@ def max_backlog_bytes_from_env() -> int:
     return int(raw)
 
 
-def max_backlog_from_env() -> int:
-    raw = os.environ.get(MAX_BACKLOG_ENV, "").strip()
+def max_backlog_from_env(env: Mapping[str, str] | None = None) -> int:
+    raw = (os.environ if env is None else env).get(MAX_BACKLOG_ENV, "").strip()
     if not raw:
         return QueueConfig.max_backlog
     if not raw.isdigit():
         raise ValueError(f"{MAX_BACKLOG_ENV} must be a whole number of tasks (0 = no cap), got {raw!r}")
     return int(raw)
+
+
+def queue_ids(endpoint: Endpoint) -> list[str]:
+    """The queues of an Endpoint: its own, or one per declared production variant (each variant's workers take the
+    tasks given to that variant at submission)."""
+    return [keys.queue_id(endpoint.namespace, endpoint.name, v.child_variant) for v in served_variants(endpoint)]
 
 
 @dataclass(frozen=True)
@@ -78,10 +107,12 @@ class QueueConfig:
     #: async results and failures go when results are stored in S3 (`TaskService.s3_paths`).
     s3_output_path: str | None = None
     s3_failure_path: str | None = None
+    #: The declared production variant whose queue this is (`keys.queue_id`); None: the endpoint's own queue.
+    variant: str | None = None
 
     @property
     def queue_id(self) -> str:
-        return keys.queue_id(self.namespace, self.endpoint)
+        return keys.queue_id(self.namespace, self.endpoint, self.variant)
 
     @property
     def visibility_timeout_seconds(self) -> float:
@@ -93,7 +124,10 @@ class QueueConfig:
         return int(self.request_ttl_seconds + self.invocation_timeout_seconds + self.result_ttl_seconds)
 
     @classmethod
-    def from_endpoint(cls, endpoint: Endpoint, **overrides: Any) -> QueueConfig:
+    def from_endpoint(cls, endpoint: Endpoint, limits: QueueLimits | None = None, **overrides: Any) -> QueueConfig:
+        """The endpoint's queue settings; `limits`: the deployment's (None: read from the environment now, for a
+        caller that builds its queues once at start)."""
+        limits = QueueLimits.from_env() if limits is None else limits
         settings = endpoint.spec.async_settings
         callback = settings.callback
         config = cls(
@@ -104,9 +138,9 @@ class QueueConfig:
             max_attempts=settings.max_attempts,
             result_ttl_seconds=settings.result_ttl_seconds,
             concurrency=endpoint.spec.invocation.concurrency,
-            durability=Durability(os.environ.get("BUNDLESERVE_QUEUE_DURABILITY", Durability.FSYNC.value)),
-            max_backlog=max_backlog_from_env(),
-            max_backlog_bytes=max_backlog_bytes_from_env(),
+            durability=limits.durability,
+            max_backlog=limits.max_backlog,
+            max_backlog_bytes=limits.max_backlog_bytes,
             default_callback=CallbackTarget(url=callback.url) if callback else None,
             default_callback_secret=callback.auth.secret_name if callback and callback.auth else None,
             s3_output_path=settings.s3_output_path,

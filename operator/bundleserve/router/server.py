@@ -21,9 +21,10 @@ from aiohttp import web
 
 from bundleserve import logs
 from bundleserve.api.endpoint import Mode
+from bundleserve.edge.config import ConfigError
 from bundleserve.router.app import INVOKER, build_app
 from bundleserve.router.fastpath import FastEdge
-from bundleserve.router.settings import ConfigError, Settings, build_settings
+from bundleserve.router.settings import Settings, build_settings
 from bundleserve.router.state import ROUTER_STATE, RouterState
 
 log = logging.getLogger("bundleserve.router")
@@ -110,6 +111,7 @@ def main(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             redis_url=args.redis_url,
+            variant=args.variant,
         )
     except ConfigError as error:
         print(f"bundleserve router: {error}", file=sys.stderr)
