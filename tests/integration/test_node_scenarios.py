@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +116,26 @@ class SyncLoad:
             f"{self.done} requests, {len(self.failures)} failed, p50 {statistics.median(ordered) * 1000:.0f} ms, "
             f"p99 {p99 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
         )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def delete_the_modules_endpoints(product: Product) -> Iterator[None]:
+    """When the module ends, its Endpoints go: the session's node has 2 CPUs of requests, and the node modules after
+    this one (test_operator_node.py, ...) need their share (their pods stayed Pending behind these)."""
+    plane = product.node.plane
+    before = {item["metadata"]["name"] for item in plane.items(GROUP_VERSION, "Endpoint", MODELS)}
+    yield
+    left = [item["metadata"]["name"] for item in plane.items(GROUP_VERSION, "Endpoint", MODELS)]
+    for name in left:
+        if name not in before:
+            plane.request("DELETE", plane.path(GROUP_VERSION, "Endpoint", MODELS, name))
+    wait_until(
+        lambda: not [pod for pod in plane.items("v1", "Pod", MODELS)
+                     if pod["metadata"].get("labels", {}).get(ENDPOINT_LABEL) not in before],
+        timeout=180,
+        interval=0.5,
+        what="the module's Endpoints and pods deleted",
+    )  # fmt: skip
 
 
 def _pods(product: Product, endpoint: str) -> list[dict[str, Any]]:
