@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import httptools
 from aiohttp import web
 
-from bundleserve.api.endpoint import Mode
+from bundleserve.api.endpoint import IMPLICIT_VARIANT, Mode
 from bundleserve.api.errors import ApiError, RequestTimeout, Unavailable
 from bundleserve.api.invocation import IDEMPOTENCY_HEADER, SDK_INVOCATION_ID_HEADER
 from bundleserve.api.variants import VARIANT_HEADER
@@ -59,8 +59,9 @@ _HOP = frozenset(name.encode() for name in HOP_BY_HOP) | {b"authorization"}
 _NOT_FAST = (b"transfer-encoding", b"expect", b"upgrade")
 _VARIANT_NAME = VARIANT_HEADER.encode()
 _VARIANT = _VARIANT_NAME.lower()
-#: A call's retries share one of these; the variant is drawn from it (gateway.variants.stable_draw).
-_RETRY_KEYS = (IDEMPOTENCY_HEADER.lower().encode(), SDK_INVOCATION_ID_HEADER.lower().encode())
+#: A call's retries share one of these (the first preferred, as `gateway.variants.request_key`); the variant is drawn
+#: from it (`gateway.variants.stable_draw`).
+_IDEMPOTENCY, _INVOCATION_ID = IDEMPOTENCY_HEADER.lower().encode(), SDK_INVOCATION_ID_HEADER.lower().encode()
 _STATUS_LINES = {
     status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode()) for status in http.HTTPStatus
 }
@@ -76,8 +77,9 @@ class _Request:
     headers: list[tuple[bytes, bytes]]
     length: int
     keep_alive: bool
-    #: The production variant the request goes to (named, or picked by weight) and its routers' base URL.
-    variant: str = ""
+    #: The production variant the request goes to (named, or picked by weight) and its routers' base URL ("": the
+    #: entry's own, `router_url`).
+    variant: str = IMPLICIT_VARIANT
     router_url: str = ""
 
 
@@ -269,7 +271,7 @@ class GatewayConnection(asyncio.Protocol):
         length = None
         keep_alive = True
         authorization = None
-        requested = key = None
+        requested = idempotency = invocation_id = None
         for name, value in headers:
             if name == b"content-length":
                 if length is not None or not value.isdigit():
@@ -279,8 +281,10 @@ class GatewayConnection(asyncio.Protocol):
                 authorization = value
             elif name == _VARIANT:
                 requested = value.decode("latin-1")
-            elif name in _RETRY_KEYS and key is None:
-                key = value.decode("latin-1")
+            elif name == _IDEMPOTENCY:
+                idempotency = value.decode("latin-1")
+            elif name == _INVOCATION_ID:
+                invocation_id = value.decode("latin-1")
             elif name == b"connection":
                 keep_alive = b"close" not in value.lower()
             elif name in _NOT_FAST:
@@ -299,7 +303,7 @@ class GatewayConnection(asyncio.Protocol):
         if entry is None or length > entry.max_payload_bytes:
             return None
         try:
-            routed, variant = self.edge.gateway.variant_entry(entry, requested, key)
+            routed, variant = self.edge.gateway.variant_entry(entry, requested, idempotency or invocation_id)
         except ApiError:
             return None  # an unknown variant: aiohttp's route refuses it in the documented shape
         keep_alive = keep_alive and not self.edge.closing
@@ -316,7 +320,7 @@ class GatewayConnection(asyncio.Protocol):
     def _upstream_head(self, request: _Request) -> tuple[tuple[str, int], bytes]:
         gateway = self.edge.gateway
         entry = request.entry
-        address, host = self.edge.upstream(request.router_url)
+        address, host = self.edge.upstream(request.router_url or entry.router_url)
         lines = [b"POST ", request.path, b" HTTP/1.1\r\n", host]
         forwarded_host = forwarded_proto = False
         prior_for = None
