@@ -39,6 +39,8 @@ BacklogReader = Callable[[str], Awaitable[tuple[int, int]]]
 #: value, a label value Kubernetes refuses). They end in Degraded=True/ChildRejected carrying the API server's own
 #: message; the drift timer and any spec change try again. 409 and 5xx stay transient (the caller retries soon).
 REJECTED_STATUSES = frozenset({400, 403, 422})
+#: The Ready message of a sync/streaming endpoint at zero replicas (docs/operator.md, "Scale from zero").
+ZERO_ON_DEMAND = "no replicas: the gateway holds the next call and a replica starts"
 #: Children that exist only for some specs: deleted when the spec no longer wants them.
 OPTIONAL_KINDS = ("Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ScaledObject")
 
@@ -224,11 +226,13 @@ async def _reconcile_valid(
     pods: list[Manifest] = []
     if (status.get("readyReplicas", 0) or 0) < wanted or rolling_out(deployment):
         pods = await kube.list("Pod", endpoint.namespace, selector_labels(endpoint.name))
+    scale_to_zero = scaler in (Scaler.KEDA, Scaler.OPERATOR, Scaler.DEMAND) and endpoint.spec.scaling.min_replicas == 0
     return Observed(
         generation=generation,
         deployment=deployment,
         pods=pods,
         url=url,
         queue=queue,
-        scale_to_zero=scaler in (Scaler.KEDA, Scaler.OPERATOR) and endpoint.spec.scaling.min_replicas == 0,
+        scale_to_zero=scale_to_zero,
+        zero_message=ZERO_ON_DEMAND if scaler is Scaler.DEMAND else Observed.zero_message,
     )

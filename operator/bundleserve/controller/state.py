@@ -25,14 +25,20 @@ from bundleserve.controller.kube import KubeClient, KubeError
 from bundleserve.controller.labels import deployment_name
 from bundleserve.controller.metrics import OperatorMetrics
 from bundleserve.controller.reconcile import BacklogReader, parse, reconcile
-from bundleserve.controller.scaler import ScaleMemory, decide
-from bundleserve.queue import keys
+from bundleserve.controller.scaler import ScaleMemory, decide, gate_replicas
+from bundleserve.queue import demand, keys
 from bundleserve.queue.acl import QueueUsers
 from bundleserve.queue.backlog import open_backlog_reader
 from bundleserve.queue.purge import purge_endpoint_queue
 
 log = logging.getLogger("bundleserve.operator")
 Key = tuple[str, str]
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _seconds(name: str, default: float) -> float:
@@ -53,6 +59,10 @@ class OperatorState:
     kube: KubeClient | None = None
     keda: bool = False
     read_backlog: BacklogReader | None = None
+    #: The demand gateways report for endpoints that scale from zero (queue/demand.py).
+    read_demand: Callable[[str], Awaitable[demand.Demand]] | None = None
+    #: Endpoints a wake message is being handled for (a burst of wakes makes one scale-up).
+    waking: set[Key] = field(default_factory=set)
     #: The master Redis connection that creates and deletes the Endpoints' own ACL users (controller/secrets.py).
     queue_users: QueueUsers | None = None
     #: The queue server's durability settings read with the master credential, passed to routers as env.
@@ -83,6 +93,12 @@ class OperatorState:
         if self.config.redis_url:
             self.read_backlog, close = await open_backlog_reader(self.config.redis_url)
             self.closers.append(close)
+            self.read_demand, close_demand = await demand.open_demand_reader(self.config.redis_url)
+            self.closers.append(close_demand)
+            listener = asyncio.create_task(
+                demand.listen_for_wakes(self.config.redis_url, self.wake), name="bundleserve-wake-listener"
+            )
+            self.closers.append(lambda: _cancel(listener))
             self.queue_users = QueueUsers(self.config.redis_url)
             self.closers.append(self.queue_users.close)
             try:
@@ -176,27 +192,63 @@ class OperatorState:
             endpoint = parse(dict(body))
         except ValidationError:
             return False
-        return scaler_for(endpoint, self.keda) is Scaler.OPERATOR
+        return scaler_for(endpoint, self.keda) in (Scaler.OPERATOR, Scaler.DEMAND)
 
-    async def scale(self, key: Key, body: Any) -> None:
+    async def scale(self, key: Key, body: Any, *, up_only: bool = False) -> None:
+        """One step of the operator's own scaler of the Endpoint: the queue-depth scaler or the demand gate.
+        `up_only`: a wake message, which may arrive at any operator replica, never scales down."""
         if self.read_backlog is None:
             return
         endpoint = parse(dict(body))
+        scaler = scaler_for(endpoint, self.keda)
+        if scaler not in (Scaler.OPERATOR, Scaler.DEMAND):
+            return
         namespace, name = key
         deployment = await self.client.get("Deployment", namespace, deployment_name(name))
         if deployment is None:
             return
         current = int(deployment.get("spec", {}).get("replicas", 1))
-        pending, in_flight = await self.read_backlog(keys.queue_id(namespace, name))
-        memory = self.scale_memory.setdefault(key, ScaleMemory())
-        wanted = decide(current, pending + in_flight, endpoint.spec.scaling, time.monotonic(), memory)
-        if wanted != current:
-            await self.client.merge_patch(
-                "Deployment", namespace, deployment_name(name), {"spec": {"replicas": wanted}}
-            )
-            self.metrics.api_writes.labels("patch", "Deployment").inc()
-            self.metrics.scaler_replicas.labels(namespace, name).set(wanted)
-            log.info("scaled %s/%s from %d to %d (backlog %d)", namespace, name, current, wanted, pending + in_flight)
+        queue = keys.queue_id(namespace, name)
+        backlog = 0
+        if endpoint.spec.serves(Mode.ASYNC):
+            pending, in_flight = await self.read_backlog(queue)
+            backlog = pending + in_flight
+        if scaler is Scaler.DEMAND:
+            if self.read_demand is None:
+                return
+            seen = await self.read_demand(queue)
+            wanted = gate_replicas(current, seen, backlog, endpoint.spec.scaling)
+            why = f"demand: {'active' if seen.active else 'idle'}, {seen.held} held, backlog {backlog}"
+        else:
+            memory = self.scale_memory.setdefault(key, ScaleMemory())
+            wanted = decide(current, backlog, endpoint.spec.scaling, time.monotonic(), memory)
+            why = f"backlog {backlog}"
+        if wanted is None or wanted == current or (up_only and wanted < current):
+            return
+        await self.client.merge_patch("Deployment", namespace, deployment_name(name), {"spec": {"replicas": wanted}})
+        self.metrics.api_writes.labels("patch", "Deployment").inc()
+        self.metrics.scaler_replicas.labels(namespace, name).set(wanted)
+        log.info("scaled %s/%s from %d to %d (%s)", namespace, name, current, wanted, why)
+
+    def wake(self, queue: str) -> None:
+        """A gateway began holding a call for the endpoint `queue`: scale it up now, not at the next tick."""
+        namespace, _, name = queue.partition("/")
+        key = (namespace, name)
+        if key in self.waking or self.kube is None:
+            return
+        self.waking.add(key)
+        task = asyncio.create_task(self._wake(key), name=f"bundleserve-wake-{namespace}-{name}")
+        task.add_done_callback(lambda _: self.waking.discard(key))
+
+    async def _wake(self, key: Key) -> None:
+        try:
+            body = await self.client.get("Endpoint", *key)
+            if body is not None and not body["metadata"].get("deletionTimestamp"):
+                await self.scale(key, body, up_only=True)
+        except (KubeError, ValidationError, OSError) as error:
+            log.warning("waking %s/%s failed: %s (the scaler's next tick retries)", key[0], key[1], error)
+        except Exception as error:  # Redis errors among them: the tick retries, the listener must live on
+            log.warning("waking %s/%s failed: %s", key[0], key[1], error)
 
     # -- delete ---------------------------------------------------------------------------------------------------
 

@@ -51,6 +51,9 @@ class Observed:
     queue: QueueObservation | None = None
     problem: Problem | None = None
     scale_to_zero: bool = False
+    #: With scale_to_zero: why zero replicas is a ready state (async: the queue accepts tasks; sync: the gateway holds
+    #: the next call while a replica starts).
+    zero_message: str = "no replicas: the queue is empty; tasks are accepted"
 
 
 def pod_problem(pods: list[Manifest]) -> Problem | None:
@@ -147,7 +150,7 @@ def conditions_for(observed: Observed) -> list[dict[str, Any]]:
     progressing = rolling_out(deployment)
     counts = f"{ready}/{wanted} replicas ready"
     if wanted == 0 and observed.scale_to_zero:
-        ready_condition = _condition(READY, True, "ScaledToZero", "no replicas: the queue is empty; tasks are accepted")
+        ready_condition = _condition(READY, True, "ScaledToZero", observed.zero_message)
     elif ready >= 1:
         ready_condition = _condition(READY, True, "ReplicasAvailable", counts)
     elif trouble is not None:

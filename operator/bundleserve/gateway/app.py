@@ -13,8 +13,11 @@ gateway's refusals from a router's.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from bundleserve.dialects.launch import routes as launch
 from bundleserve.dialects.openai import routes as openai_routes
 from bundleserve.dialects.sagemaker import routes as sagemaker
 from bundleserve.dialects.sagemaker import sigv4
+from bundleserve.gateway.activator import Activator, HoldSettings
 from bundleserve.gateway.docs import add_docs_routes
 from bundleserve.gateway.openai_models import GatewayModels
 from bundleserve.gateway.proxy import forward, read_capped
@@ -68,6 +72,8 @@ class GatewayConfig:
     submit_checks: SubmitChecks = field(default_factory=SubmitChecks)
     #: Who may call the SageMaker dialect (SigV4 keys, unsigned access); None: from the environment, as routers.
     sagemaker_signing: sigv4.SigV4Config | None = None
+    #: How calls of endpoints at zero replicas are held while one starts (gateway.activator).
+    hold: HoldSettings = field(default_factory=HoldSettings)
     #: Keep-alive/head and body deadlines of the gateway's connections (router.connections).
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     #: Extra aiohttp sub-setups, each called with (app, gateway) after the built-in dialects.
@@ -84,6 +90,8 @@ class Gateway:
         self.keys = ApiKeys(self.keys_file.all_keys()) if self.keys_file is not None else None
         self.session: aiohttp.ClientSession | None = None
         self.queues: EndpointQueues | None = None
+        #: Holds calls of endpoints at zero replicas; reports demand once the queues' Redis client exists.
+        self.activator = Activator(registry, config.hold, None)
         #: False until the registry's source has delivered its first complete listing (cluster watch).
         self.synced = True
 
@@ -149,15 +157,21 @@ class Gateway:
     async def forward_to(
         self, request: web.Request, entry: EndpointEntry, *, read_body: bytes | None = None
     ) -> web.StreamResponse:
-        """Proxy to the entry's router with the gateway's credential for that endpoint in place of the client's."""
-        return await forward(
-            request,
-            entry,
-            self.upstream(),
-            read_body=read_body,
-            authorization=self.upstream_authorization(entry),
-            replace_authorization=True,
-        )
+        """Proxy to the entry's router with the gateway's credential for that endpoint in place of the client's
+        (after the activator's hold when the endpoint is at zero replicas)."""
+        async with self.activator.admitted(entry) as entry:
+            return await forward(
+                request,
+                entry,
+                self.upstream(),
+                read_body=read_body,
+                authorization=self.upstream_authorization(entry),
+                replace_authorization=True,
+            )
+
+    def admit(self, entry: EndpointEntry, request_timeout: float | None) -> AbstractAsyncContextManager[EndpointEntry]:
+        """The activator's hook for a dialect that hands parsed calls on itself (`gateway.forwarding.RouterHop`)."""
+        return self.activator.admitted(entry, request_timeout=request_timeout)
 
     def require_queues(self) -> EndpointQueues:
         if self.queues is None:
@@ -418,9 +432,14 @@ def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Applicat
                     results_url=config.results_url,
                     checks=config.submit_checks,
                 )
+                gateway.activator.redis = gateway.queues.redis
+            reporter = asyncio.create_task(gateway.activator.report_forever(), name="bundleserve-demand-reports")
             try:
                 yield
             finally:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
                 if gateway.queues is not None:
                     await gateway.queues.close()
 

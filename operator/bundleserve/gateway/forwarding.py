@@ -15,8 +15,8 @@ the connection lost mid-stream: ModelError (the stream ends with the dialect's f
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 
 import aiohttp
 
@@ -45,12 +45,27 @@ def native_body(inv: Invocation) -> bytes:
     return b"".join(parts) + b"}"
 
 
+#: The activator's hook (`gateway.activator.Activator.admitted`): the call's turn, after a hold at zero replicas.
+Admit = Callable[[EndpointEntry, float | None], AbstractAsyncContextManager[object]]
+
+
+def _no_hold(entry: EndpointEntry, request_timeout: float | None) -> AbstractAsyncContextManager[object]:
+    return nullcontext(entry)
+
+
 class RouterHop:
     """`CallBackend` of one endpoint, over the gateway's pooled session to the endpoint's router."""
 
-    def __init__(self, session: aiohttp.ClientSession, entry: EndpointEntry, authorization: str | None) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        entry: EndpointEntry,
+        authorization: str | None,
+        admit: Admit = _no_hold,
+    ) -> None:
         self.session = session
         self.entry = entry
+        self.admit = admit
         base = f"{entry.router_url}/v1/endpoints/{entry.name}"
         self.predict_url = base + "/predict"
         self.stream_url = base + "/stream"
@@ -65,11 +80,14 @@ class RouterHop:
 
     async def predict(self, inv: Invocation) -> ModelReply:
         try:
-            response = await send(self.session, "POST", self.predict_url, data=native_body(inv), headers=self.headers)
-            async with response as upstream:
-                body = await upstream.read()
-                if upstream.status != 200:
-                    raise error_from_body(upstream.status, body, upstream.headers)
+            async with self.admit(self.entry, inv.timeout_seconds):
+                response = await send(
+                    self.session, "POST", self.predict_url, data=native_body(inv), headers=self.headers
+                )
+                async with response as upstream:
+                    body = await upstream.read()
+                    if upstream.status != 200:
+                        raise error_from_body(upstream.status, body, upstream.headers)
         except (aiohttp.ClientConnectionError, OSError):
             raise self._unreachable() from None
         try:
@@ -84,20 +102,21 @@ class RouterHop:
     @asynccontextmanager
     async def _stream(self, inv: Invocation) -> AsyncIterator[AsyncIterator[StreamChunk]]:
         body = native_body(inv)
-        try:
-            upstream = await send(self.session, "POST", self.stream_url, data=body, headers=self.headers)
-        except (aiohttp.ClientConnectionError, OSError):
-            raise self._unreachable() from None
-        try:
-            if upstream.status != 200:
-                raise error_from_body(upstream.status, await _bounded(upstream), upstream.headers)
-            events = _NativeEvents(upstream)
-            first = await events.next()  # a failure before the first event raises here, on enter, as in the core
-            yield events.iterate(first)
-        finally:
-            # Back to the pool when the stream was read to its end; closed otherwise (aiohttp closes a connection
-            # with unread data), so the router sees the disconnect and stops the model.
-            upstream.release()
+        async with self.admit(self.entry, inv.timeout_seconds):  # in flight until the stream ends
+            try:
+                upstream = await send(self.session, "POST", self.stream_url, data=body, headers=self.headers)
+            except (aiohttp.ClientConnectionError, OSError):
+                raise self._unreachable() from None
+            try:
+                if upstream.status != 200:
+                    raise error_from_body(upstream.status, await _bounded(upstream), upstream.headers)
+                events = _NativeEvents(upstream)
+                first = await events.next()  # a failure before the first event raises here, on enter, as in the core
+                yield events.iterate(first)
+            finally:
+                # Back to the pool when the stream was read to its end; closed otherwise (aiohttp closes a connection
+                # with unread data), so the router sees the disconnect and stops the model.
+                upstream.release()
 
 
 async def _bounded(upstream: aiohttp.ClientResponse) -> bytes:

@@ -18,6 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 from bundleserve import logs
+from bundleserve.gateway.activator import settings_from_env as hold_settings_from_env
 from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
 from bundleserve.gateway.kube import EndpointWatch, KubeAccess, KubeConfigError
 from bundleserve.gateway.registry import Registry
@@ -40,10 +41,12 @@ def config_from_env(redis_url: str | None, env: dict[str, str]) -> GatewayConfig
     keys_file = env.get("BUNDLESERVE_API_KEYS_FILE")
     try:
         connections = limits_from_env(env)
+        hold = hold_settings_from_env(env)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return GatewayConfig(
         connections=connections,
+        hold=hold,
         submit_checks=SubmitChecks(
             url_schemes=parse_url_schemes(env.get("BUNDLESERVE_URL_SCHEMES")),
             destinations=read_url_policy(env),

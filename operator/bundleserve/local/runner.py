@@ -32,6 +32,7 @@ from bundleserve import logs
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import ManifestError, load_endpoints
 from bundleserve.dialects.sagemaker import sigv4
+from bundleserve.gateway.activator import HoldSettings
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.readiness import poll_readiness
 from bundleserve.gateway.registry import EndpointEntry, Registry
@@ -160,6 +161,8 @@ class LocalRun:
             results_url=os.environ.get("BUNDLESERVE_RESULTS_URL") or None,
             submit_checks=checks,
             sagemaker_signing=sigv4.config_from_env(local_gateway_sagemaker_env(os.environ)),
+            # one process per endpoint, started with the others whatever minReplicas says: nothing to hold or wake
+            hold=HoldSettings(enabled=False),
         )
         self.runner = web.AppRunner(
             build_gateway_app(registry, config),

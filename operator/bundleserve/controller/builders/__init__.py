@@ -34,7 +34,7 @@ def build_children(endpoint: Endpoint, context: BuildContext) -> list[Manifest]:
     children.append(build_network_policy(endpoint))
     children.append(build_deployment(endpoint, context))
     scaler = scaler_for(endpoint, context.keda)
-    if scaler is Scaler.HPA:
+    if scaler is Scaler.HPA or (scaler is Scaler.DEMAND and endpoint.spec.scaling.effective_max_replicas > 1):
         children.append(build_hpa(endpoint, context))
     elif scaler is Scaler.KEDA:
         children.append(build_scaled_object(endpoint, context))
