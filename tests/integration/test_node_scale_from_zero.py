@@ -69,9 +69,7 @@ async def _call(http: httpx.AsyncClient, n: int) -> tuple[bool, str, float]:
 
 async def _burst(product: Product, count: int) -> list[tuple[bool, str, float]]:
     limits = httpx.Limits(max_connections=count)
-    async with httpx.AsyncClient(
-        base_url=product.gateway, headers=product.headers, timeout=180, limits=limits
-    ) as http:
+    async with httpx.AsyncClient(base_url=product.gateway, headers=product.headers, timeout=180, limits=limits) as http:
         return await asyncio.gather(*(_call(http, n) for n in range(count)))
 
 
@@ -81,6 +79,7 @@ def test_a_sync_endpoint_at_zero_answers_its_first_call_returns_to_zero_and_take
     node = product.node
     doc = example("echo", modes=["sync", "streaming"], scaling=SCALING, invocation={"timeoutSeconds": 180})
     doc["metadata"]["name"] = NAME
+    doc["spec"].pop("async", None)  # sync and streaming only
     node.plane.apply(doc)
     wait_for(node, f"{NAME} Ready at zero replicas", lambda: endpoint_ready(node, MODELS, NAME), MODELS)
     wait_for(node, f"{NAME} at 0 replicas and no pod", lambda: _at_zero(product), MODELS)

@@ -218,7 +218,8 @@ class OperatorState:
                 return
             seen = await self.read_demand(queue)
             wanted = gate_replicas(current, seen, backlog, endpoint.spec.scaling)
-            why = f"demand: {'active' if seen.active else 'idle'}, {seen.held} held, backlog {backlog}"
+            woken = "woken; " if up_only else ""
+            why = f"{woken}demand: {'active' if seen.active else 'idle'}, {seen.held} held, backlog {backlog}"
         else:
             memory = self.scale_memory.setdefault(key, ScaleMemory())
             wanted = decide(current, backlog, endpoint.spec.scaling, time.monotonic(), memory)
