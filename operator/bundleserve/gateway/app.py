@@ -109,8 +109,8 @@ class Gateway:
         """API key (unless a dialect verified its own credential: `authenticated`, whose namespaces are `scope`,
         None: cluster-wide), then name (an endpoint outside the credential's namespaces answers as an unknown name,
         before its modes are looked at) and mode; `name=None` (a route addressed by task id only) checks the key alone. Readiness is the router's to judge: a request to
-        an endpoint without a ready replica gets the router's (or the proxy's) 503, and async submissions never
-        depend on it. The dialects' forwarding mounts call this same method (it satisfies their gate Protocols)."""
+        an endpoint without a ready replica gets the router's (or the proxy's) 503 (unless the endpoint scales from
+        zero: then the activator holds it in `forward_to`), and async submissions never depend on it. The dialects' forwarding mounts call this same method (it satisfies their gate Protocols)."""
         if not authenticated:
             require_key(self.keys, authorization)
             scope = self.scope(authorization)
