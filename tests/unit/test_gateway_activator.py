@@ -183,3 +183,24 @@ def test_wake_channels_name_their_queue_and_nothing_else() -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_the_openai_hop_waits_in_the_activator_before_it_sends_anything() -> None:
+    """RouterHop (the OpenAI dialect's parsed calls) passes the activator with the call's own timeout: a call held past
+    it is the 504, and nothing was sent (the session is closed: any request would fail differently)."""
+    import aiohttp
+
+    from bundleserve.api.invocation import Invocation
+    from bundleserve.gateway.forwarding import RouterHop
+
+    cold = entry()
+    gate, _ = activator(cold)
+    session = aiohttp.ClientSession()
+    await session.close()
+    hop = RouterHop(session, cold, None, lambda e, t: gate.admitted(e, request_timeout=t))
+    call = Invocation(body=b'{"prompt": "hi"}', timeout_seconds=0.05)
+    with pytest.raises(Timeout):
+        await hop.predict(call)
+    with pytest.raises(Timeout):
+        async with hop.stream(call):
+            pytest.fail("a stream at zero replicas must not start")
