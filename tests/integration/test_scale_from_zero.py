@@ -228,7 +228,8 @@ def test_a_wake_scales_a_sync_endpoint_up_at_once_and_the_tick_returns_it_to_zer
         # 5 calls held at 2 per replica: ceil(5/2) = 3 replicas.
         asyncio.run(_wake(valkey_server.url, demand.DemandReport(queue=queue, held=5, ttl_seconds=3)))
         wait_until(lambda: replicas(cluster, "sync-cold") == 3, timeout=20, what="woken to 3 replicas")
-        assert "(woken; demand: active, 5 held" in operator.log()
+        # by the wake (the log line follows the patch: polled, not read once)
+        wait_until(lambda: "(woken; demand: active, 5 held" in operator.log(), timeout=10, what="the wake's log line")
     finally:
         operator.stop()
     # Then one that ticks every second: the key expired (no gateway refreshed it), so the endpoint goes back to 0.

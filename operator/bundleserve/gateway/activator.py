@@ -169,17 +169,19 @@ class Activator:
         """Tell the operator now (in the background: the call waits either way, and a slow Redis must not add to it)."""
         if self.redis is None or load.wakes:
             return
-        task = asyncio.create_task(self._send_wake(load.report()), name=f"bundleserve-wake-{load.queue}")
+        task = asyncio.create_task(self._send_wake(load), name=f"bundleserve-wake-{load.queue}")
         load.wakes.add(task)
         task.add_done_callback(load.wakes.discard)
 
-    async def _send_wake(self, report: demand.DemandReport) -> None:
+    async def _send_wake(self, load: EndpointLoad) -> None:
+        """The report is taken when the task runs: the calls of a burst that arrived meanwhile count too, so the
+        operator starts enough replicas for them (held / targetConcurrency)."""
         if self.redis is None:
             return
         try:
-            await demand.wake(self.redis, report)
+            await demand.wake(self.redis, load.report())
         except Exception as error:  # Redis down: the calls wait on; the reports retry every tick
-            log.warning("cannot wake the operator for %s: %s", report.queue, error)
+            log.warning("cannot wake the operator for %s: %s", load.queue, error)
 
     def due_reports(self) -> list[demand.DemandReport]:
         """The reports of this tick: endpoints with calls in flight or a call that started or ended since the last."""
