@@ -178,6 +178,24 @@ async def test_a_call_held_past_its_deadline_is_504_and_one_beyond_the_limit_is_
         await runner.cleanup()
 
 
+async def test_the_first_call_after_a_quiet_spell_is_reported_at_once(backend: dict[str, Any]) -> None:
+    """A warm endpoint whose demand key may be about to expire: the first call writes it now (here the periodic
+    report is an hour away), so the operator does not scale the replica away under that call."""
+    warm = replace(cold_entry(backend), ready_replicas=1)
+    runner, url = await serve(Registry([warm]), backend, hold=HoldSettings(report_seconds=3600))
+    store = redis.Redis.from_url(backend["valkey"].url)
+    store.delete(keys.demand(QUEUE))
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/v1/endpoints/{NAME}/predict", json={"args": {"n": 3}}) as reply:
+                assert reply.status == 200
+        await async_wait_until(lambda: _true(store.exists(keys.demand(QUEUE)) == 1), timeout=10, what="the key")
+        assert 0 < store.pttl(keys.demand(QUEUE)) <= 10_000
+    finally:
+        store.close()
+        await runner.cleanup()
+
+
 def _held(runner: web.AppRunner) -> int:
     from bundleserve.gateway.app import GATEWAY
 

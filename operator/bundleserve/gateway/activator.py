@@ -101,7 +101,10 @@ class EndpointLoad:
     in_flight: int = 0
     #: A call started or ended since the last report (a report then refreshes the key once more).
     touched: bool = False
-    wakes: set[asyncio.Task[None]] = field(default_factory=set)
+    #: Reports being sent in the background (wake messages and first-call refreshes): kept until they finished.
+    sending: set[asyncio.Task[None]] = field(default_factory=set)
+    #: A wake message is being sent (a burst of held calls makes one).
+    waking: bool = False
 
     def report(self) -> demand.DemandReport:
         return demand.DemandReport(queue=self.queue, held=self.held, ttl_seconds=self.ttl_seconds)
@@ -130,6 +133,7 @@ class Activator:
             return
         key = (entry.namespace, entry.name)
         load = self.loads.get(key)
+        first = load is None
         if load is None:
             load = self.loads[key] = EndpointLoad(keys.queue_id(*key), spec.scaling.idle_seconds_before_zero)
         load.ttl_seconds = spec.scaling.idle_seconds_before_zero
@@ -138,6 +142,10 @@ class Activator:
         try:
             if entry.at_zero:
                 entry = await self._hold(entry, load, hold_seconds(entry, request_timeout))
+            elif first:
+                # The first call after a quiet spell is reported now, not at the next tick: the key may be about to
+                # expire, and the operator must not take the replica away under this call.
+                self._send_in_background(load, publish=False)
             yield entry
         finally:
             load.in_flight -= 1
@@ -167,21 +175,32 @@ class Activator:
 
     def _wake(self, load: EndpointLoad) -> None:
         """Tell the operator now (in the background: the call waits either way, and a slow Redis must not add to it)."""
-        if self.redis is None or load.wakes:
-            return
-        task = asyncio.create_task(self._send_wake(load), name=f"bundleserve-wake-{load.queue}")
-        load.wakes.add(task)
-        task.add_done_callback(load.wakes.discard)
+        self._send_in_background(load, publish=True)
 
-    async def _send_wake(self, load: EndpointLoad) -> None:
+    def _send_in_background(self, load: EndpointLoad, *, publish: bool) -> None:
+        """One wake in flight per endpoint (a burst makes one); a refresh only follows a quiet spell, so it is rare."""
+        if self.redis is None or (publish and load.waking):
+            return
+        load.waking = load.waking or publish
+        task = asyncio.create_task(self._send(load, publish), name=f"bundleserve-demand-{load.queue}")
+        load.sending.add(task)
+        task.add_done_callback(load.sending.discard)
+
+    async def _send(self, load: EndpointLoad, publish: bool) -> None:
         """The report is taken when the task runs: the calls of a burst that arrived meanwhile count too, so the
         operator starts enough replicas for them (held / targetConcurrency)."""
         if self.redis is None:
             return
         try:
-            await demand.wake(self.redis, load.report())
+            if publish:
+                await demand.wake(self.redis, load.report())
+            else:
+                await demand.report(self.redis, [load.report()])
         except Exception as error:  # Redis down: the calls wait on; the reports retry every tick
-            log.warning("cannot wake the operator for %s: %s", load.queue, error)
+            log.warning("cannot report demand for %s: %s", load.queue, error)
+        finally:
+            if publish:
+                load.waking = False
 
     def due_reports(self) -> list[demand.DemandReport]:
         """The reports of this tick: endpoints with calls in flight or a call that started or ended since the last."""
@@ -190,7 +209,7 @@ class Activator:
             if load.in_flight or load.touched:
                 due.append(load.report())
                 load.touched = False
-            elif not load.wakes:
+            elif not load.sending:
                 del self.loads[key]  # idle and reported: forgotten until its next call
         return due
 
