@@ -186,9 +186,11 @@ async def test_the_first_call_after_a_quiet_spell_is_reported_at_once(backend: d
     store = redis.Redis.from_url(backend["valkey"].url)
     store.delete(keys.demand(QUEUE))
     try:
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"{url}/v1/endpoints/{NAME}/predict", json={"args": {"n": 3}}) as reply:
-                assert reply.status == 200
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{url}/v1/endpoints/{NAME}/predict", json={"args": {"n": 3}}) as reply,
+        ):
+            assert reply.status == 200
         await async_wait_until(lambda: _true(store.exists(keys.demand(QUEUE)) == 1), timeout=10, what="the key")
         assert 0 < store.pttl(keys.demand(QUEUE)) <= 10_000
     finally:
