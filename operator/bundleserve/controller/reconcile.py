@@ -195,6 +195,14 @@ async def _reconcile_valid(
     url = service_url(endpoint.name, endpoint.namespace) if serves_http(endpoint) else None
     queue = await observe_queue(endpoint, read_backlog)
     try:
+        if endpoint.spec.scales_from_zero and not context.config.redis_url:
+            # the demand gate reads the gateways' demand in the queue's Redis: without it nothing would wake the
+            # endpoint and every call at zero would wait for its deadline
+            raise BuildError(
+                "ScaleFromZeroNotConfigured",
+                "minReplicas 0 with the sync or streaming mode needs the queue's Redis, where the gateway reports "
+                "demand: the operator has no BUNDLESERVE_REDIS_URL configured",
+            )
         # The Endpoint's own credentials first: the Deployment references them.
         context, own = await secrets.credentials(endpoint, context, kube, ensure_user)
         desired = own + build_children(endpoint, context)
