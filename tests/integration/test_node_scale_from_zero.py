@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.node_product import MODELS, Product, endpoint_ready, example, wait_for
+from tests.support.node_product import GROUP_VERSION, MODELS, Product, endpoint_ready, example, wait_for
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -76,6 +76,14 @@ async def _burst(product: Product, count: int) -> list[tuple[bool, str, float]]:
 def test_a_sync_endpoint_at_zero_answers_its_first_call_returns_to_zero_and_takes_a_burst_of_20(
     product: Product,
 ) -> None:
+    try:
+        _scenario(product)
+    finally:  # the session's product is shared with other modules
+        plane = product.node.plane
+        plane.request("DELETE", plane.path(GROUP_VERSION, "Endpoint", MODELS, NAME))
+
+
+def _scenario(product: Product) -> None:
     node = product.node
     doc = example("echo", modes=["sync", "streaming"], scaling=SCALING, invocation={"timeoutSeconds": 180})
     doc["metadata"]["name"] = NAME
