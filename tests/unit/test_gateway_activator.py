@@ -204,3 +204,25 @@ async def test_the_openai_hop_waits_in_the_activator_before_it_sends_anything() 
     with pytest.raises(Timeout):
         async with hop.stream(call):
             pytest.fail("a stream at zero replicas must not start")
+
+
+async def test_the_gateways_openai_models_hand_calls_to_a_hop_that_passes_the_activator() -> None:
+    """The OpenAI dialect's calls at the gateway wait in the same activator as the proxied ones."""
+    import aiohttp
+
+    from bundleserve.api.invocation import Invocation
+    from bundleserve.gateway.app import Gateway, GatewayConfig
+    from bundleserve.gateway.openai_models import GatewayModels
+
+    document = entry().endpoint.model_dump(by_alias=True, exclude_none=True, mode="json")
+    document["spec"]["openai"] = {}
+    cold = EndpointEntry(
+        endpoint=Endpoint.model_validate(document), router_url="http://r", ready=True, ready_replicas=0
+    )
+    gateway = Gateway(Registry([cold]), GatewayConfig(hold=HoldSettings(poll_seconds=0.01)))
+    gateway.session = aiohttp.ClientSession()
+    await gateway.session.close()  # nothing may be sent: the call must wait (and time out) first
+    target = GatewayModels(gateway).target("cold", None, 10)
+    with pytest.raises(Timeout):
+        await target.core.predict(Invocation(body=b"{}", timeout_seconds=0.05))
+    assert gateway.activator.loads[("team", "cold")].held == 0
