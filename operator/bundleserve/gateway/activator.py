@@ -15,7 +15,12 @@ for every dialect). While the endpoint has no ready replica (`EndpointEntry.at_z
 Meanwhile the demand goes to the operator's demand gate through Redis (`queue.demand`): a wake message when the first
 call is held, and, every `report_seconds` while calls are held or in flight (and once after the last), the endpoint's
 demand key with a TTL of its `scaleToZeroAfterSeconds`, so the operator sees the endpoint in use while the key lives
-and returns it to zero once it expired. The held calls go on as soon as the watch reports a ready replica.
+and returns it to zero once it expired. The first call after a quiet spell refreshes the key at once, so a key about
+to expire does not let the operator take the replica away under it. The held calls go on as soon as the watch
+reports a ready replica.
+
+Limit: a call that reaches a replica the operator is just stopping (the few milliseconds between its read of an
+expired key and its patch to 0, or before the watch reports the 0) gets the proxy's 503 after its retries.
 
 Calls of every other endpoint pass without bookkeeping. Memory: a held call keeps its connection and what was read of
 its body (nothing for a proxied body, which waits unread in the socket; at most `maxPayloadBytes` for a dialect that
