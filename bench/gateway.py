@@ -9,9 +9,14 @@ for one well-built proxy hop. Measures with wrk (else a Python load generator), 
 - latency at concurrency 1 (p50/p99) and what each hop adds over the router;
 - throughput at saturation and its share of the router's;
 - streaming time to first event through each hop;
-- the OpenAI dialect (`/openai/v1/chat/completions`, whole and streamed) on the router and through the gateway,
-  against the native stream route it calls on the same path (the trivial model streams two chunks, 1 ms apart).
-Everything shares the machine's cores: run it on a quiet machine and more than once.
+- every dialect on the router and through the gateway against the native route of the same kind on the same path:
+  SageMaker InvokeEndpoint (unsigned) and Launch `POST /v1/sync-tasks` against native predict, the OpenAI dialect
+  (`/openai/v1/chat/completions`, whole and streamed) against the native stream route (the trivial model streams two
+  chunks, 1 ms apart);
+- issue 18's targets, each printed as met or missed.
+The gateway runs as `bundleserve gateway` listens (its fast edge in front of aiohttp when the package has one, so the
+same script measures an older checkout too). Everything shares the machine's cores: run it on a quiet machine and
+more than once.
 """
 
 from __future__ import annotations
@@ -41,20 +46,23 @@ def serve_gateway(port: int, router_url: str, endpoint_file: str) -> None:
     from aiohttp import web
 
     from bundleserve.api.manifest import load_endpoints
+    from bundleserve.dialects.sagemaker.sigv4 import SigV4Config
     from bundleserve.gateway.app import GatewayConfig, build_gateway_app
     from bundleserve.gateway.registry import EndpointEntry, Registry
 
     [(_, endpoint)] = load_endpoints([Path(endpoint_file)])
     registry = Registry([EndpointEntry(endpoint=endpoint, router_url=router_url, ready=True)])
-    uvloop.install()
-    web.run_app(
-        build_gateway_app(registry, GatewayConfig()),
-        host="127.0.0.1",
-        port=port,
-        access_log=None,
-        print=None,
-        handler_cancellation=True,
-    )
+    config = GatewayConfig(sagemaker_signing=SigV4Config(allow_unsigned=True))  # the SageMaker rows, unsigned
+    app = build_gateway_app(registry, config)
+    try:
+        from bundleserve.gateway import server
+    except ImportError:  # pragma: no cover
+        server = None  # type: ignore[assignment]
+    if server is not None and hasattr(server, "serve"):  # the production listener: fast edge + aiohttp
+        server.run(server.serve(app, config.connections, "127.0.0.1", port))
+        return
+    uvloop.install()  # an older checkout: `bundleserve gateway` ran aiohttp alone
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, handler_cancellation=True)
 
 
 def main() -> int:
@@ -72,9 +80,12 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bundleserve-bench-gateway-"))
     processes: list[subprocess.Popen[bytes]] = []
 
-    def spawn(argv: list[str], log: str) -> None:
+    def spawn(argv: list[str], log: str, env: dict[str, str] | None = None) -> None:
         handle = open(workdir / log, "wb")  # noqa: SIM115 - lives as long as the process
-        processes.append(subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, cwd=base.REPO))
+        environment = {**os.environ, **env} if env else None
+        processes.append(
+            subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, cwd=base.REPO, env=environment)
+        )
 
     try:
         model_port, router_port, gateway_port, nginx_port = (base.free_port() for _ in range(4))
@@ -99,6 +110,7 @@ def main() -> int:
             [sys.executable, "-m", "bundleserve.cli", "router", "--endpoint-file", str(endpoint),
              "--model-url", model_url, "--host", "127.0.0.1", "--port", str(router_port)],
             "router.log",
+            env={"BUNDLESERVE_SAGEMAKER_ALLOW_UNSIGNED": "true"},  # the SageMaker rows, unsigned
         )  # fmt: skip
         router_url = f"http://127.0.0.1:{router_port}"
         base.wait_http(f"{router_url}/readyz")
@@ -148,6 +160,9 @@ def main() -> int:
             base.Target(f"{where} {kind}", url + path, url + path if stream else None, body)
             for where, url in (("router", router_url), ("gateway", gateway_url))
             for kind, path, body, stream in (
+                ("native predict", path_predict, ROUTER_BODY, False),
+                ("sagemaker", "/endpoints/bench/invocations", base.ARGS_BODY, False),
+                ("launch sync", "/v1/sync-tasks?model_endpoint_id=bench", ROUTER_BODY, False),
                 ("native stream", path_stream, ROUTER_BODY, True),
                 ("openai stream", "/openai/v1/chat/completions", OPENAI_STREAM_BODY, True),
                 ("openai whole", "/openai/v1/chat/completions", OPENAI_BODY, False),
@@ -215,27 +230,35 @@ def report(targets: list[base.Target], connections: int) -> None:
     nginx = next((t for t in targets if t.name == "nginx"), None)
     print()
     print(f"gateway/router throughput: {gateway.saturation.rps / router.saturation.rps:.2f}")
+    added_gateway = gateway.latency.p50_ms - router.latency.p50_ms
+    assert gateway.ttfb and router.ttfb
+    added_ttfb = gateway.ttfb[0] - router.ttfb[0]
     if nginx is not None and nginx.latency and nginx.saturation:
-        added_gateway = gateway.latency.p50_ms - router.latency.p50_ms
         added_nginx = nginx.latency.p50_ms - router.latency.p50_ms
-        print(f"gateway/nginx throughput: {gateway.saturation.rps / nginx.saturation.rps:.2f}")
+        ratio = gateway.saturation.rps / nginx.saturation.rps
+        print(f"gateway/nginx throughput: {ratio:.2f} (issue 18: >= 0.80: {target_verdict(ratio >= 0.8)})")
         print(f"hop cost at p50, gateway vs nginx: {added_gateway:.3f} ms vs {added_nginx:.3f} ms")
+    print(f"gateway added p50: {added_gateway:.3f} ms (issue 18: <= 0.2 ms: {target_verdict(added_gateway <= 0.2)})")
+    print(f"gateway added stream TTFB: {added_ttfb:.3f} ms (issue 18: <= 0.3 ms: {target_verdict(added_ttfb <= 0.3)})")
 
 
 def openai_report(targets: list[base.Target], connections: int) -> None:
-    """Each OpenAI row against the native stream route on the same path (router or gateway): the dialect's cost."""
+    """Each dialect's row against the native route of its kind on the same path (router or gateway): whole calls
+    against native predict, streams (and OpenAI's whole answer, which the dialect reads as a stream) against the
+    native stream route."""
     header = (
         f"{'path':<24}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'rps@' + str(connections):>10}"
         f"{'% native':>10}{'TTFB p50':>10}{'+TTFB':>8}{'errors':>8}"
     )
     print(header)
     print("-" * len(header))
-    native: base.Target | None = None
+    by_name = {t.name: t for t in targets}
     for target in targets:
         assert target.latency and target.saturation
-        if target.name.endswith("native stream"):
-            native = target
-        assert native and native.latency and native.saturation
+        where = target.name.split(" ")[0]
+        streamed = target.stream_url is not None or "openai" in target.name
+        native = by_name[f"{where} native stream" if streamed else f"{where} native predict"]
+        assert native.latency and native.saturation
         ttfb = f"{target.ttfb[0]:>10.3f}" if target.ttfb else f"{'-':>10}"
         added = f"{target.ttfb[0] - native.ttfb[0]:>8.3f}" if target.ttfb and native.ttfb else f"{'-':>8}"
         print(
@@ -244,12 +267,26 @@ def openai_report(targets: list[base.Target], connections: int) -> None:
             f"{100 * target.saturation.rps / native.saturation.rps:>9.1f}%{ttfb}{added}"
             f"{target.latency.errors + target.saturation.errors:>8}"
         )
-    by_name = {t.name: t for t in targets}
+    print()
     for where in ("router", "gateway"):
-        whole, stream = by_name[f"{where} openai whole"], by_name[f"{where} native stream"]
-        assert whole.saturation and stream.saturation
-        ratio = whole.saturation.rps / stream.saturation.rps
-        print(f"{where}: openai whole / native stream throughput {ratio:.2f} (issue 18's dialect target >= 0.90)")
+        for dialect, native_kind in (
+            ("sagemaker", "native predict"),
+            ("launch sync", "native predict"),
+            ("openai stream", "native stream"),
+            ("openai whole", "native stream"),
+        ):
+            row, native = by_name[f"{where} {dialect}"], by_name[f"{where} {native_kind}"]
+            assert row.saturation and native.saturation and row.latency and native.latency
+            ratio = row.saturation.rps / native.saturation.rps
+            slower = row.latency.p50_ms / native.latency.p50_ms
+            print(
+                f"{where}: {dialect} / {native_kind}: throughput {ratio:.2f}, p50 {slower:.2f}x "
+                f"(issue 18: within 10 %: {target_verdict(ratio >= 0.9 and slower <= 1.1)})"
+            )
+
+
+def target_verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
 
 
 if __name__ == "__main__":

@@ -532,6 +532,16 @@ def report(targets: list[Target], options: argparse.Namespace) -> None:
     if router.ttfb and direct.ttfb:
         delta = router.ttfb[0] - direct.ttfb[0]
         print(f"router adds {delta:.3f} ms to stream TTFB p50 (target <= 1.000): {'met' if delta <= 1.0 else 'MISSED'}")
+    print(f"issue 18: router adds at most 0.130 ms at p50: {'met' if added <= 0.13 else 'MISSED'} ({added:.3f} ms)")
+    sagemaker = next((t for t in targets if t.name == "router sagemaker"), None)
+    if sagemaker is not None and sagemaker.latency and sagemaker.saturation:
+        ratio = sagemaker.saturation.rps / router.saturation.rps
+        slower = sagemaker.latency.p50_ms / router.latency.p50_ms
+        met = ratio >= 0.9 and slower <= 1.1
+        print(
+            f"issue 18: the SageMaker dialect within 10 % of the native route on the router: "
+            f"{'met' if met else 'MISSED'} (throughput {ratio:.2f}, p50 {slower:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

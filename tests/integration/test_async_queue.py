@@ -21,7 +21,7 @@ from bundleserve.queue.backlog import backlog
 from bundleserve.queue.broker import QueueUnavailable, TaskQueue, get_task
 from bundleserve.queue.config import Durability, QueueConfig
 from bundleserve.queue.connection import observed_config
-from bundleserve.queue.invoke import PICKLE_CONTENT_TYPE, ModelReply
+from bundleserve.queue.invoke import PICKLE_CONTENT_TYPE, ModelReply, TaskFailure
 from bundleserve.queue.notify import CompletionWaiter
 from bundleserve.queue.results import FilesystemResultStore
 from bundleserve.queue.tasks import TaskRecord, TaskRequest
@@ -245,6 +245,34 @@ async def test_a_model_400_fails_at_once(redis: aioredis.Redis, config: QueueCon
     record = await finished(redis, config.queue_id, task_id)
     assert (record.status, record.attempts, record.status_code) == (TaskStatus.FAILURE, 1, 400)
     assert record.traceback == "unexpected argument 'y'"
+
+
+async def test_a_typed_failure_is_recorded_as_it_is_without_decoding_a_body(
+    redis: aioredis.Redis, config: QueueConfig, start_worker, make_queue
+):
+    """The worker-core seam (`queue.invoke.TaskFailure`): the router's core hands its error over typed; its status
+    decides the retry (400 permanent, 500 retried) and `timed_out` ends the task as the worker's own timeout does."""
+    calls: dict[str, int] = {}
+
+    async def failing(request: TaskRequest, timeout: float) -> ModelReply | TaskFailure:
+        kind = request.args["kind"]
+        calls[kind] = calls.get(kind, 0) + 1
+        if kind == "invalid":
+            return TaskFailure(400, "unexpected argument 'y'")
+        if kind == "crash":
+            return TaskFailure(500, "Traceback: ValueError: boom")
+        return TaskFailure(504, "the url input took too long", timed_out=True)
+
+    queue = make_queue(replace(config, max_attempts=2, invocation_timeout_seconds=7))
+    ids = {kind: await queue.submit(TaskRequest(args={"kind": kind})) for kind in ("invalid", "crash", "slow")}
+    start_worker(queue.config, failing)
+    invalid, crash, slow = [await finished(redis, config.queue_id, ids[kind]) for kind in ("invalid", "crash", "slow")]
+    assert (invalid.status_code, invalid.traceback, invalid.attempts) == (400, "unexpected argument 'y'", 1)
+    assert (crash.status_code, crash.traceback, crash.attempts) == (500, "Traceback: ValueError: boom", 2)
+    assert (slow.status_code, slow.attempts) == (504, 1)
+    assert "timed out after 7 s" in (slow.traceback or "")
+    assert calls == {"invalid": 1, "crash": 2, "slow": 1}
+    assert all(record.status is TaskStatus.FAILURE for record in (invalid, crash, slow))
 
 
 async def test_invocation_timeout_is_enforced_per_task(

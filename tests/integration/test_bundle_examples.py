@@ -16,7 +16,7 @@ import pytest
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import load_endpoints
 from bundleserve.api.runtime import bundle_runtime_args
-from bundleserve.router.sse import EventParser
+from bundleserve.edge.sse import EventParser
 from tests.support.processes import REPO, Server, bundleserve, free_port
 
 EXAMPLES = REPO / "examples"

@@ -18,7 +18,7 @@ import cloudpickle
 import httpx
 import pytest
 
-from bundleserve.router.sse import Event, EventParser
+from bundleserve.edge.sse import Event, EventParser
 from tests.support.processes import Server, bundleserve, free_port
 from tests.support.waiting import wait_until
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bundleserve.router.sse import EventParser
+from bundleserve.edge.sse import EventParser
 from tests.support.processes import Server, free_port
 from tests.support.waiting import wait_until
 

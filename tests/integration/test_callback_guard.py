@@ -13,6 +13,7 @@ from aiohttp import web
 
 from bundleserve.api.errors import InvalidRequest
 from bundleserve.api.invocation import CallbackAuthRequest, Invocation
+from bundleserve.dialects.native.tasks import parse_submission
 from bundleserve.outbound.destinations import AddressPolicy, parse_cidrs
 from bundleserve.queue.broker import TaskQueue
 from bundleserve.queue.callbacks import CallbackSender, RetryPolicy, check_callback_target
@@ -21,7 +22,6 @@ from bundleserve.queue.notify import CompletionWaiter
 from bundleserve.queue.results import open_result_store
 from bundleserve.queue.service import TaskService
 from bundleserve.queue.tasks import CallbackTarget
-from bundleserve.router.async_routes import parse_submission
 from tests.support.processes import free_port
 from tests.support.valkey import Valkey
 

@@ -15,8 +15,10 @@ from aiohttp import web
 
 from bundleserve.api.credentials import KeysFile
 from bundleserve.api.manifest import load_endpoints
-from bundleserve.gateway.app import GatewayConfig, build_gateway_app
+from bundleserve.edge.connections import ConnectionLimits
+from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
 from bundleserve.gateway.registry import EndpointEntry, Registry
+from bundleserve.gateway.server import Front
 from tests.integration.test_router_fake_model import start_model, start_router, write_endpoint
 from tests.support.processes import free_port, http_ok
 from tests.support.valkey import Valkey
@@ -56,12 +58,27 @@ def entry_for(path: Path, router_url: str) -> EndpointEntry:
     return EndpointEntry(endpoint=endpoint, router_url=router_url, ready=True)
 
 
-async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
+class _Served:
+    """A gateway listening as `bundleserve gateway` listens (`gateway.server.Front`: the fast edge, aiohttp behind it),
+    so every test here also goes through the fast edge's hot paths and its hand-over."""
+
+    def __init__(self, front: Front) -> None:
+        self.front = front
+
+    async def cleanup(self) -> None:
+        await self.front.stop()
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner | _Served, str]:
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}"
+    if GATEWAY not in app:  # a stand-in router
+        runner = web.AppRunner(app, handler_cancellation=True)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner, f"http://127.0.0.1:{port}"
+    front = Front(app, ConnectionLimits())
+    await front.start("127.0.0.1", port)
+    return _Served(front), f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

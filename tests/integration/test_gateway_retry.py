@@ -25,7 +25,8 @@ from bundleserve.gateway.registry import EndpointEntry
 
 @dataclass
 class Dropping:
-    """Answers `{"status": "SUCCESS", "result": <args>}` after closing the first `drop` requests unanswered."""
+    """Answers the hop's reply (the model's bytes: here the arguments echoed) after closing the first `drop` requests
+    unanswered."""
 
     drop: int
     requests: int = 0
@@ -53,7 +54,7 @@ class Dropping:
                     writer.write(b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(refusal), refusal))
                     await writer.drain()
                 return
-            answer = json.dumps({"status": "SUCCESS", "result": json.loads(body)["args"]}).encode()
+            answer = body  # the hop's answer is the model's reply: this stand-in model echoes its arguments
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n")
             writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer))
             await writer.drain()

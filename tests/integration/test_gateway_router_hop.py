@@ -1,10 +1,12 @@
-"""`gateway.forwarding.RouterHop` against a real aiohttp server speaking the router's native stream route on
-loopback: a stream read to its end gives its connection back to the pool (the next call reuses it), and a stream
-left early closes its connection, which is how the router learns to stop the model."""
+"""`gateway.forwarding.RouterHop` against a real aiohttp server speaking the router's end of the internal hop
+(`edge.hop`) on loopback: a stream read to its end gives its connection back to the pool (the next call reuses it),
+a stream left early closes its connection, which is how the router learns to stop the model, and the invocation
+arrives as the gateway parsed it. (The real router's end is exercised by every dialect test through the gateway.)"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,12 +18,13 @@ from aiohttp import web
 from bundleserve.api.errors import ModelError, NotFound, Overloaded
 from bundleserve.api.invocation import Invocation
 from bundleserve.api.manifest import load_endpoints
+from bundleserve.edge import hop as wire
 from bundleserve.gateway.forwarding import RouterHop
 from bundleserve.gateway.registry import EndpointEntry
 
 
 class Router:
-    """What the hop talks to: `/v1/endpoints/e/stream` answering `events` SUCCESS events (a `delay` apart)."""
+    """What the hop talks to: the stream route answering `events` data frames (a `delay` apart)."""
 
     def __init__(self) -> None:
         self.peers: list[object] = []
@@ -30,31 +33,32 @@ class Router:
         self.delay = 0.0
         self.fail_after: int | None = None
         self.seen: tuple[object, object] | None = None
+        self.unknown = False
 
     async def predict(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        if "boom" in body["args"]:
+        inv = wire.decode(
+            request.headers.get("Content-Type"), request.headers.get(wire.INVOCATION_HEADER), await request.read()
+        )
+        args = json.loads(inv.body)
+        if "boom" in args:
             error = {"code": "overloaded", "message": "full"}
             return web.json_response({"error": error}, status=429, headers={"Retry-After": "7"})
-        self.seen = (body, request.headers.get("Authorization"))
-        return web.json_response({"status": "SUCCESS", "result": {"echo": body["args"]}, "status_code": 200})
+        self.seen = (inv, request.headers.get("Authorization"))
+        return web.json_response({"echo": args})
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         self.peers.append(request.transport.get_extra_info("peername") if request.transport else None)
         await request.read()
-        if request.headers.get("X-Unknown"):
+        if self.unknown:
             return web.json_response({"error": {"code": "not_found", "message": "gone"}}, status=404)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        response = web.StreamResponse(headers={"Content-Type": wire.STREAM_CONTENT_TYPE})
         await response.prepare(request)
         try:
             for index in range(self.events):
                 if self.fail_after == index:
-                    await response.write(
-                        b'data: {"status":"FAILURE","result":null,"traceback":"tb","status_code":500,'
-                        b'"error":{"code":"model_error","message":"boom"}}\n\n'
-                    )
+                    await response.write(wire.failure_frame(ModelError("boom", status_code=500, traceback="tb")))
                     break
-                await response.write(b'data: {"status":"SUCCESS","result":"t%d"}\n\n' % index)
+                await response.write(wire.data_frame(b'"t%d"' % index))
                 await asyncio.sleep(self.delay)
             await response.write_eof()
         except (asyncio.CancelledError, ConnectionResetError):
@@ -67,8 +71,8 @@ class Router:
 async def hop(tmp_path: Path) -> AsyncIterator[tuple[RouterHop, Router]]:
     router = Router()
     app = web.Application()
-    app.router.add_post("/v1/endpoints/e/stream", router.stream)
-    app.router.add_post("/v1/endpoints/e/predict", router.predict)
+    app.router.add_post(wire.STREAM_PATH.format(name="e"), router.stream)
+    app.router.add_post(wire.PREDICT_PATH.format(name="e"), router.predict)
     runner = web.AppRunner(app, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -116,16 +120,16 @@ async def test_failures_come_back_as_the_errors_they_were(hop: tuple[RouterHop, 
                 received.append(chunk.data)
     assert received == [b'"t0"']
     assert (failed.value.message, failed.value.details["status_code"]) == ("boom", 500)
-    client.headers["X-Unknown"] = "1"
+    router.unknown = True
     with pytest.raises(NotFound):
         await read_all(client)
 
 
-async def test_predict_sends_the_invocation_as_a_native_body(hop: tuple[RouterHop, Router]) -> None:
+async def test_predict_sends_the_invocation_as_it_was_parsed(hop: tuple[RouterHop, Router]) -> None:
     client, router = hop
     reply = await client.predict(Invocation(body=b'{"a":1}', timeout_seconds=5.0))
     assert (reply.status, reply.result()) == (200, {"echo": {"a": 1}})
-    assert router.seen == ({"args": {"a": 1}, "timeout_seconds": 5.0}, "Bearer k")
+    assert router.seen == (Invocation(body=b'{"a":1}', timeout_seconds=5.0), "Bearer k")
     with pytest.raises(Overloaded) as refused:
         await client.predict(Invocation(body=b'{"boom":1}'))
     assert refused.value.headers == {"Retry-After": "7"}

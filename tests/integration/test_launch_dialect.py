@@ -21,6 +21,7 @@ import json
 import pickle
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,11 @@ from aiohttp import web
 from bundleserve.api.credentials import KeysFile
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ModeNotServed, NotFound
-from bundleserve.dialects.launch.routes import add_forwarding_routes
+from bundleserve.api.invocation import Invocation, ModelReply, StreamChunk
+from bundleserve.api.manifest import load_endpoints
+from bundleserve.dialects.launch.routes import add_routes
+from bundleserve.gateway.forwarding import RouterHop
+from bundleserve.gateway.registry import EndpointEntry
 from tests.integration.test_router_fake_model import start_router
 from tests.support.processes import REPO, Server, bundleserve, free_port, http_ok
 from tests.support.valkey import Valkey
@@ -538,14 +543,14 @@ async def test_v1_async_task_with_a_callback(launch_target: LaunchTarget, http: 
     assert document["status"] == "SUCCESS"
 
 
-# -- the forwarding mount (what a gateway uses), in front of the real routers ---------------------------------------
+# -- the front mount (what a gateway uses), in front of the real routers ----------------------------------------------
 
 
 class _NamesGate:
     """Stand-in for a gateway's gate: knows the two endpoints' modes, checks nothing else (no key, no readiness).
 
     Limits: the real gateway also checks API keys, body limits per endpoint and readiness from its registry; this
-    stand-in exists only to run the dialect's forwarding branch against real routers."""
+    stand-in exists only to run the dialect's front mount (calls handed to real routers over the internal hop)."""
 
     modes = {SYNC: {Mode.SYNC, Mode.STREAMING, Mode.ASYNC}, ASYNC: {Mode.ASYNC}}
 
@@ -559,19 +564,42 @@ class _NamesGate:
         return await request.read()
 
 
+class _HopCalls(_NamesGate):
+    """One endpoint's backend as the gateway builds it: this gate, then the parsed call over the internal hop
+    (`RouterHop`, the gateway's own client) to the endpoint's real router, with the caller's credential."""
+
+    def __init__(self, session: aiohttp.ClientSession, entry: EndpointEntry) -> None:
+        self.session = session
+        self.entry = entry
+        self.authorization: str | None = None
+
+    def gate(  # type: ignore[override]
+        self, name: str | None, authorization: str | None, mode: Mode, **_credential: object
+    ) -> None:
+        super().gate(name, authorization, mode)
+        self.authorization = authorization
+
+    def _hop(self) -> RouterHop:
+        return RouterHop(self.session, self.entry, self.authorization)
+
+    async def predict(self, inv: Invocation) -> ModelReply:
+        return await self._hop().predict(inv)
+
+    def stream(self, inv: Invocation) -> AbstractAsyncContextManager[AsyncIterator[StreamChunk]]:
+        return self._hop().stream(inv)
+
+
 @pytest.fixture
-async def forwarding_front(launch_target: LaunchTarget) -> AsyncIterator[str]:
+async def forwarding_front(launch_target: LaunchTarget, tmp_path: Path) -> AsyncIterator[str]:
     session = aiohttp.ClientSession()
 
-    async def forward(request: web.Request, name: str, mode: Mode) -> web.StreamResponse:
-        _NamesGate().gate(name, None, mode)
-        upstream = launch_target.url(name) + request.rel_url.path_qs
-        headers = {"Authorization": request.headers.get("Authorization", ""), "Content-Type": "application/json"}
-        async with session.post(upstream, data=await request.read(), headers=headers) as answer:
-            return web.Response(status=answer.status, body=await answer.read(), content_type=answer.content_type)
+    def calls(name: str) -> _HopCalls:
+        _NamesGate().gate(name, None, Mode.ASYNC)  # an unknown name: NotFound, before anything else
+        [(_, endpoint)] = load_endpoints([_endpoint_file(tmp_path, name, ["sync", "streaming", "async"])])
+        return _HopCalls(session, EndpointEntry(endpoint, launch_target.url(name)))
 
     app = web.Application()
-    add_forwarding_routes(app, _NamesGate(), forward, lambda _name: None)
+    add_routes(app, _NamesGate(), calls, lambda _name: None)  # type: ignore[arg-type]
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()

@@ -2,7 +2,7 @@
 model, a real Valkey carrying the demand, and the real operator (tests/integration/operator_harness.py, on the
 Kubernetes emulator) reacting to it.
 
-- gateway: a sync and a streaming call at zero replicas are held (not answered, the demand key says 1 held, a wake
+- gateway: sync and streaming calls at zero replicas (through the fast edge and through aiohttp) are held (not answered, the demand key says 1 held, a wake
   message went out) and answered once the registry reports a ready replica; a call past its deadline is 504
   `timeout`; beyond the hold limit 429 `overloaded`;
 - operator: a sync Endpoint at minReplicas 0 starts at 0 replicas, Ready/ScaledToZero; a gateway's wake scales it to
@@ -27,12 +27,13 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 import yaml
-from aiohttp import web
 
 from bundleserve.api.manifest import load_endpoints
+from bundleserve.edge.connections import ConnectionLimits
 from bundleserve.gateway.activator import HoldSettings
-from bundleserve.gateway.app import GatewayConfig, build_gateway_app
+from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
 from bundleserve.gateway.registry import EndpointEntry, Registry
+from bundleserve.gateway.server import Front
 from bundleserve.queue import demand, keys
 from tests.integration.operator_harness import NS, Operator, condition_is, endpoint_doc, prepare
 from tests.integration.test_router_fake_model import start_model, start_router
@@ -85,13 +86,13 @@ def cold_entry(backend: dict[str, Any], timeout_seconds: int = 30) -> EndpointEn
     return EndpointEntry(endpoint=endpoint, router_url=backend["router_url"], ready=True, ready_replicas=0)
 
 
-async def serve(registry: Registry, backend: dict[str, Any], **config: Any) -> tuple[web.AppRunner, str]:
+async def serve(registry: Registry, backend: dict[str, Any], **config: Any) -> tuple[Front, str]:
+    """The gateway as `bundleserve gateway` listens: the fast edge (small native calls) with aiohttp behind it."""
     app = build_gateway_app(registry, GatewayConfig(redis_url=backend["valkey"].url, **config))
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
+    front = Front(app, ConnectionLimits())
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}"
+    await front.start("127.0.0.1", port)
+    return front, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
@@ -137,16 +138,30 @@ async def test_calls_at_zero_are_held_until_a_replica_is_ready_and_demand_reache
                 ) as reply:
                     return reply.status, await reply.text()
 
-            calls = [asyncio.create_task(predict()), asyncio.create_task(stream())]
+            async def chunked() -> tuple[int, Any]:
+                """No Content-Length: the fast edge hands it to aiohttp (`Gateway.forward_to`)."""
+
+                async def body() -> AsyncIterator[bytes]:
+                    yield b'{"args": {"n": '
+                    yield b"2}}"
+
+                headers = {"Content-Type": "application/json"}
+                async with http.post(f"{url}/v1/endpoints/{NAME}/predict", data=body(), headers=headers) as reply:
+                    return reply.status, await reply.json()
+
+            calls = [asyncio.create_task(predict()), asyncio.create_task(stream()), asyncio.create_task(chunked())]
             await async_wait_until(lambda: _true(QUEUE in wakes), timeout=10, what="a wake message")
             await async_wait_until(
-                lambda: _true(store.get(keys.demand(QUEUE)) in (b"1", b"2")), timeout=10, what="the demand key"
+                lambda: _true(store.get(keys.demand(QUEUE)) in (b"1", b"2", b"3")), timeout=10, what="the demand key"
             )
             assert 0 < store.pttl(keys.demand(QUEUE)) <= 10_000  # scaleToZeroAfterSeconds
             assert not any(call.done() for call in calls)  # held: nothing answered at zero replicas
             registry.put(replace(cold, ready_replicas=1))  # what the watch reports once a replica is ready
-            (status, body), (stream_status, events) = await asyncio.wait_for(asyncio.gather(*calls), timeout=30)
+            (status, body), (stream_status, events), (chunked_status, chunked_body) = await asyncio.wait_for(
+                asyncio.gather(*calls), timeout=30
+            )
         assert (status, body["result"]) == (200, {"n": 1})
+        assert (chunked_status, chunked_body["result"]) == (200, {"n": 2})
         assert stream_status == 200
         results = [json.loads(line[5:])["result"] for line in events.splitlines() if line.startswith("data:")]
         assert results == ["a", "b", "c"], events
@@ -154,7 +169,7 @@ async def test_calls_at_zero_are_held_until_a_replica_is_ready_and_demand_reache
         await async_wait_until(lambda: _true(store.get(keys.demand(QUEUE)) == b"0"), timeout=10, what="held 0")
     finally:
         store.close()
-        await runner.cleanup()
+        await runner.stop()
 
 
 async def test_a_call_held_past_its_deadline_is_504_and_one_beyond_the_limit_is_429(backend: dict[str, Any]) -> None:
@@ -175,7 +190,7 @@ async def test_a_call_held_past_its_deadline_is_504_and_one_beyond_the_limit_is_
             assert error["code"] == "timeout"
             assert "no replica of endpoint cold was ready" in error["message"]
     finally:
-        await runner.cleanup()
+        await runner.stop()
 
 
 async def test_the_first_call_after_a_quiet_spell_is_reported_at_once(backend: dict[str, Any]) -> None:
@@ -195,12 +210,10 @@ async def test_the_first_call_after_a_quiet_spell_is_reported_at_once(backend: d
         assert 0 < store.pttl(keys.demand(QUEUE)) <= 10_000
     finally:
         store.close()
-        await runner.cleanup()
+        await runner.stop()
 
 
-def _held(runner: web.AppRunner) -> int:
-    from bundleserve.gateway.app import GATEWAY
-
+def _held(runner: Front) -> int:
     load = runner.app[GATEWAY].activator.loads.get(("default", NAME))
     return 0 if load is None else load.held
 

@@ -17,7 +17,7 @@ from bundleserve.api.endpoint import (
     Bundle,
     Endpoint,
     EndpointSpec,
-    Invocation,
+    InvocationSettings,
     Mode,
     PythonBundle,
     Routes,
@@ -91,7 +91,7 @@ def test_python_code_may_use_snake_case_names() -> None:
     spec = EndpointSpec(
         modes=[Mode.SYNC],
         bundle=Bundle(image="r/x:1", python=PythonBundle(entrypoint="m:f")),
-        invocation=Invocation(timeout_seconds=5),
+        invocation=InvocationSettings(timeout_seconds=5),
         scaling=Scaling(min_replicas=2),
     )
     assert spec.invocation.timeout_seconds == 5 and spec.scaling.effective_max_replicas == 2
@@ -99,7 +99,7 @@ def test_python_code_may_use_snake_case_names() -> None:
 
 def test_types_are_strict_like_the_crd() -> None:
     with pytest.raises(ValidationError, match="valid integer"):
-        Invocation.model_validate({"timeoutSeconds": "60"})
+        InvocationSettings.model_validate({"timeoutSeconds": "60"})
     with pytest.raises(ValidationError, match="valid boolean"):
         AsyncSettings.model_validate({"retainOnDelete": "yes"})
     with pytest.raises(ValidationError, match="valid string"):

@@ -27,8 +27,7 @@ from bundleserve.api.invocation import Invocation
 from bundleserve.dialects.openai import render
 from bundleserve.dialects.openai.generation import Generation, Piece, Usage, decode_piece
 from bundleserve.dialects.openai.models import parse_chat, parse_completion
-from bundleserve.gateway.forwarding import native_body
-from bundleserve.router.sse import EventParser, success_chunk, success_event
+from bundleserve.edge.sse import EventParser, success_chunk, success_event
 
 SETTINGS = OpenAISettings(max_tokens=100)
 
@@ -290,14 +289,7 @@ def test_answers_without_a_native_body() -> None:
     assert type(error_from_body(500, b"", {})) is ApiError
 
 
-def test_native_body_and_success_chunks() -> None:
-    assert json.loads(native_body(Invocation(body=b'{"a":1}', timeout_seconds=2.0, request_id="r"))) == {
-        "args": {"a": 1},
-        "timeout_seconds": 2.0,
-        "request_id": "r",
-    }
-    with pytest.raises(InvalidRequest):
-        native_body(Invocation(body=b"raw", raw=True))
+def test_success_chunks() -> None:
     [event] = EventParser().feed(success_event(b'{"text":"x"}'))
     assert success_chunk(event.data) == b'{"text":"x"}'
     assert success_chunk(b'{"status":"FAILURE","result":null}') is None

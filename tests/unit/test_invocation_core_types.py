@@ -8,7 +8,7 @@ import pytest
 
 from bundleserve.api.errors import InvalidRequest, ModelError
 from bundleserve.api.invocation import Invocation, ModelReply
-from bundleserve.dialects.base import public_base_url
+from bundleserve.dialects.base import public_base_url, read_public_url
 from bundleserve.queue.tasks import TaskRequest
 from bundleserve.router.core import model_failure
 
@@ -54,7 +54,7 @@ def test_a_plain_native_body_loads_as_before() -> None:
     ids=["host", "forwarded", "configured"],
 )
 def test_the_public_base_url(headers: dict[str, str], env: dict[str, str], expected: str) -> None:
-    assert public_base_url(headers, env=env) == expected
+    assert public_base_url(headers, configured=read_public_url(env)) == expected
 
 
 def test_invalid_arguments_of_the_runtime_are_the_clients_mistake() -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from bundleserve.edge.config import ConfigError
 from bundleserve.queue.s3results import ResultsUrlError, S3Location, require_boto3
-from bundleserve.router.settings import ConfigError, build_settings
+from bundleserve.router.settings import build_settings
 
 
 @pytest.mark.parametrize(

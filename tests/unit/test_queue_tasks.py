@@ -11,12 +11,12 @@ import yaml
 from bundleserve.api.endpoint import Endpoint
 from bundleserve.api.errors import InvalidRequest
 from bundleserve.api.invocation import CallbackAuthRequest, Invocation, PredictRequest, TaskStatus
+from bundleserve.dialects.native.tasks import parse_submission, parse_wait, task_body
 from bundleserve.queue import keys
 from bundleserve.queue.callbacks import Outcome, RetryPolicy
 from bundleserve.queue.config import Durability, QueueConfig
 from bundleserve.queue.recent import RecentResults
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord, TaskRequest
-from bundleserve.router.async_routes import parse_submission, parse_wait, task_body
 
 
 def test_task_request_round_trips_through_json() -> None:

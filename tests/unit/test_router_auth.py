@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from bundleserve.router.auth import ApiKeys, presented_key
+from bundleserve.edge.auth import ApiKeys, presented_key
 
 
 def basic(username: str, password: str = "") -> str:

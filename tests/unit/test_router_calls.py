@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bundleserve.api.errors import InvalidRequest
-from bundleserve.router.calls import Call, parse_call
+from bundleserve.dialects.native.calls import Call, parse_call
 
 
 def test_plain_args_take_the_fast_path_and_keep_their_text() -> None:

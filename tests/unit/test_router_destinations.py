@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from bundleserve.api.errors import InvalidRequest
+from bundleserve.edge.config import ConfigError
 from bundleserve.outbound.connector import check_literal_host
 from bundleserve.outbound.destinations import AddressPolicy, parse_cidrs
-from bundleserve.router.settings import ConfigError, build_settings
+from bundleserve.router.settings import build_settings
 
 DEFAULT = AddressPolicy()
 

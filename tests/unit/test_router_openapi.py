@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from bundleserve.api.manifest import parse_endpoint
-from bundleserve.router import openapi
+from bundleserve.dialects import openapi
 from bundleserve.router.app import build_app
 from bundleserve.router.settings import Settings
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bundleserve.router.settings import ConfigError, build_settings
+from bundleserve.edge.config import ConfigError
+from bundleserve.router.settings import build_settings
 
 MANIFEST = """\
 apiVersion: bundleserve.dev/v1alpha1

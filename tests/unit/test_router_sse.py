@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bundleserve.bundle.serialization import encode_json, sse_event
-from bundleserve.router.sse import Event, EventParser, as_json, failure_event, success_event
+from bundleserve.edge.sse import Event, EventParser, as_json, failure_event, success_event
 
 STREAM = b'data: "a"\n\ndata: {"n": 1}\n\n: comment\n\nevent: error\ndata: {"error": {"message": "x"}}\n\n'
 EXPECTED = [Event(b'"a"'), Event(b'{"n": 1}'), Event(b'{"error": {"message": "x"}}', "error")]

@@ -251,7 +251,7 @@ class Batching(Model):
     waiting; calls that arrive while a batch runs still form the next one). One batch runs at a time per replica."""
 
 
-class Invocation(Model):
+class InvocationSettings(Model):
     """Limits of sync and streaming calls, enforced per replica by the router (async tasks share `concurrency`), and
     dynamic batching, done by the bundle runtime."""
 
@@ -449,7 +449,7 @@ class EndpointSpec(Model):
     ] = False
     bundle: Bundle
     """What runs in the model container."""
-    invocation: Invocation = Invocation()
+    invocation: InvocationSettings = InvocationSettings()
     """Limits of sync and streaming calls, per replica, and dynamic batching."""
     async_: Annotated[AsyncSettings | None, Field(default=None, alias="async")] = None
     """Queue settings of the async mode. Empty with async in modes: the defaults."""

@@ -255,3 +255,11 @@ def parse_json_body(body: bytes, model: type[_Body]) -> _Body:
         return model.model_validate(document)
     except ValidationError as error:
         raise InvalidRequest(format_validation_error(error)) from None
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_args(args: Any) -> bytes:
+    """The JSON body of a predict call with `args` (compact, UTF-8)."""
+    return _ENCODER.encode(args).encode()

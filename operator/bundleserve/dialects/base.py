@@ -1,7 +1,7 @@
 """What a dialect may depend on: the invocation core and the task service, as Protocols, plus shared helpers.
 
 The router's `InvocationCore` and the queue's `TaskService` satisfy these; dialect modules import this module only
-(layering: `api` <- `queue` <- `dialects` <- `router`), so a dialect cannot reach the model client, Redis or router
+(layering: `api` <- `queue` <- `edge` <- `dialects` <- `router` | `gateway`), so a dialect cannot reach the model client, Redis or router
 state behind the core's back.
 
 Mounting: a dialect module offers a `DialectMount`, a function the router's `build_app` calls once with the
@@ -114,14 +114,24 @@ class TaskBackend(Protocol):
 DialectMount = Callable[[web.Application, InvocationBackend, TaskBackend | None], None]
 
 
-def public_base_url(headers: Mapping[str, str], *, scheme: str = "http", env: Mapping[str, str] | None = None) -> str:
+#: The configured public base URL on a server's application (set by its composition root when configured), for the
+#: dialects' `absolute_url`.
+PUBLIC_URL = web.AppKey("public_url", str)
+
+
+def read_public_url(env: Mapping[str, str] | None = None) -> str | None:
+    """`BUNDLESERVE_PUBLIC_URL` without its trailing slash (None: not set); read once, at a process's start."""
+    configured = (os.environ if env is None else env).get(PUBLIC_URL_ENV, "").strip()
+    return configured.rstrip("/") or None
+
+
+def public_base_url(headers: Mapping[str, str], *, scheme: str = "http", configured: str | None = None) -> str:
     """The absolute base URL clients reach us at, without a trailing slash.
 
-    `BUNDLESERVE_PUBLIC_URL` when set (behind a gateway or ingress that rewrites hosts, the only reliable answer);
-    else the first `X-Forwarded-Proto` / `X-Forwarded-Host` (set by ingress controllers), else the request's own
-    scheme and `Host`.
+    `configured` (`BUNDLESERVE_PUBLIC_URL`, `read_public_url`) when set (behind a gateway or ingress that rewrites
+    hosts, the only reliable answer); else the first `X-Forwarded-Proto` / `X-Forwarded-Host` (set by ingress
+    controllers), else the request's own scheme and `Host`.
     """
-    configured = (os.environ if env is None else env).get(PUBLIC_URL_ENV, "").strip()
     if configured:
         return configured.rstrip("/")
     proto = _first(headers.get("X-Forwarded-Proto")) or scheme
@@ -129,11 +139,12 @@ def public_base_url(headers: Mapping[str, str], *, scheme: str = "http", env: Ma
     return f"{proto}://{host}"
 
 
-def absolute_url(request: web.Request, path: str, *, env: Mapping[str, str] | None = None) -> str:
-    """`path` (e.g. `/v1/tasks/ID/result`) made absolute for the client of `request` (see `public_base_url`)."""
+def absolute_url(request: web.Request, path: str) -> str:
+    """`path` (e.g. `/v1/tasks/ID/result`) made absolute for the client of `request` (see `public_base_url`; the
+    configured URL is the application's `PUBLIC_URL`)."""
     if path.startswith(("http://", "https://", "s3://")):
         return path
-    base = public_base_url(request.headers, scheme=request.scheme, env=env)
+    base = public_base_url(request.headers, scheme=request.scheme, configured=request.app.get(PUBLIC_URL))
     return base + (path if path.startswith("/") else "/" + path)
 
 

@@ -1,8 +1,8 @@
 """The activator: sync and streaming calls of an endpoint at zero replicas wait here while a replica starts.
 
 Endpoints with `minReplicas: 0` and the sync or streaming mode (`EndpointSpec.scales_from_zero`) have no replica while
-idle. Every call to such an endpoint passes `Activator.admitted` (a small hook in front of the gateway's forwarding,
-for every dialect). While the endpoint has no ready replica (`EndpointEntry.at_zero`, from the Endpoint's
+idle. Every call to such an endpoint passes `Activator.admitted` (a small hook right before each way the gateway sends
+a call on: the fast edge, `Gateway.forward_to` and `forwarding.RouterHop`; so every dialect). While the endpoint has no ready replica (`EndpointEntry.at_zero`, from the Endpoint's
 `status.readyReplicas` the gateway already watches), the call is held:
 
 - bounded by count: at most `HoldSettings.max_held` calls per endpoint wait; one more is answered 429 `overloaded`

@@ -7,8 +7,8 @@
 - the SageMaker Runtime and Launch dialects (`gateway.dialects`): their async operations over the same queues,
   their sync and streaming calls proxied to the endpoint's router.
 
-Errors use the router's one rendering middleware and the API-key gate of `router.auth`: a client cannot tell the
-gateway's refusals from a router's.
+Errors use the one rendering middleware of `edge.errors` and the API-key gate of `edge.auth`, as the router does: a
+client cannot tell the gateway's refusals from a router's. The gateway never imports the router (an import contract).
 """
 
 from __future__ import annotations
@@ -29,27 +29,36 @@ from bundleserve import __version__
 from bundleserve.api.credentials import KeysFile, plain_keys
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import InvalidRequest, NotFound, Unavailable
-from bundleserve.api.invocation import IDEMPOTENCY_HEADER, Invocation
-from bundleserve.dialects.base import TaskBackend, public_base_url
+from bundleserve.api.invocation import IDEMPOTENCY_HEADER, Invocation, ModelReply
+from bundleserve.dialects import openapi
+from bundleserve.dialects.base import PUBLIC_URL, TaskBackend, public_base_url
 from bundleserve.dialects.launch import routes as launch
+from bundleserve.dialects.native.tasks import accepted_body, parse_wait, submit_native, task_body
 from bundleserve.dialects.openai import routes as openai_routes
 from bundleserve.dialects.sagemaker import routes as sagemaker
 from bundleserve.dialects.sagemaker import sigv4
+from bundleserve.edge.auth import ApiKeys, presented_key, require_key
+from bundleserve.edge.connections import ConnectionLimits
+from bundleserve.edge.errors import render_errors
 from bundleserve.gateway.activator import Activator, HoldSettings
 from bundleserve.gateway.docs import add_docs_routes
+from bundleserve.gateway.forwarding import EndpointCalls
 from bundleserve.gateway.openai_models import GatewayModels
 from bundleserve.gateway.proxy import forward, read_capped
 from bundleserve.gateway.registry import EndpointEntry, Registry
 from bundleserve.gateway.tasks import EndpointQueues
+from bundleserve.gateway.upstream import UpstreamPool
 from bundleserve.queue import keys
-from bundleserve.queue.results import sync_result_owner
+from bundleserve.queue.config import QueueLimits
+from bundleserve.queue.results import (
+    ResultStore,
+    for_namespace,
+    keep_sync_result,
+    open_result_store,
+    sync_result_owner,
+)
 from bundleserve.queue.service import S3AsyncPaths, SubmitChecks, TaskService, stored_result
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord
-from bundleserve.router import openapi
-from bundleserve.router.app import render_errors
-from bundleserve.router.async_routes import parse_wait, submit_native, task_body
-from bundleserve.router.auth import ApiKeys, presented_key, require_key
-from bundleserve.router.connections import ConnectionLimits
 
 _JSON = "application/json"
 #: The namespaces the current request's credential reaches (None: every namespace), set by `Gateway.gate` for the
@@ -74,8 +83,12 @@ class GatewayConfig:
     sagemaker_signing: sigv4.SigV4Config | None = None
     #: How calls of endpoints at zero replicas are held while one starts (gateway.activator).
     hold: HoldSettings = field(default_factory=HoldSettings)
-    #: Keep-alive/head and body deadlines of the gateway's connections (router.connections).
+    #: Keep-alive/head and body deadlines of the gateway's connections (edge.connections).
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    #: The public base URL (BUNDLESERVE_PUBLIC_URL; None: from each request's forwarding headers).
+    public_url: str | None = None
+    #: The deployment's queue knobs for the endpoints' queues (read once at start, as routers do).
+    queue_limits: QueueLimits = field(default_factory=QueueLimits)
     #: Extra aiohttp sub-setups, each called with (app, gateway) after the built-in dialects.
     dialects: list[Callable[[web.Application, Gateway], None]] = field(default_factory=list)
 
@@ -89,11 +102,14 @@ class Gateway:
         self.keys_file = config.keys_file or (plain_keys(config.api_keys) if config.api_keys else None)
         self.keys = ApiKeys(self.keys_file.all_keys()) if self.keys_file is not None else None
         self.session: aiohttp.ClientSession | None = None
+        #: The pooled raw client to the routers, for the fast edge's hot paths (`gateway.fastpath`).
+        self.pool = UpstreamPool()
         self.queues: EndpointQueues | None = None
         #: Holds calls of endpoints at zero replicas; reports demand once the queues' Redis client exists.
         self.activator = Activator(registry, config.hold, None)
         #: False until the registry's source has delivered its first complete listing (cluster watch).
         self.synced = True
+        self._store: ResultStore | None = None
 
     # -- the gate every /v1 route passes before reading a body -------------------------------------------------
 
@@ -110,7 +126,7 @@ class Gateway:
         None: cluster-wide), then name (an endpoint outside the credential's namespaces answers as an unknown name,
         before its modes are looked at) and mode; `name=None` (a route addressed by task id only) checks the key alone. Readiness is the router's to judge: a request to
         an endpoint without a ready replica gets the router's (or the proxy's) 503 (unless the endpoint scales from
-        zero: then the activator holds it in `forward_to`), and async submissions never depend on it. The dialects' forwarding mounts call this same method (it satisfies their gate Protocols)."""
+        zero: then the activator holds it before forwarding), and async submissions never depend on it. The dialects' forwarding mounts call this same method (it satisfies their gate Protocols)."""
         if not authenticated:
             require_key(self.keys, authorization)
             scope = self.scope(authorization)
@@ -198,16 +214,27 @@ class Gateway:
     def gate_name(self, request: web.Request, mode: Mode | None) -> EndpointEntry:
         return self.gate_entry(request.match_info["name"], request.headers.get("Authorization"), mode)
 
-    async def proxy_to(self, request: web.Request, name: str, mode: Mode) -> web.StreamResponse:
-        """For the dialects' sync/stream routes: resolve `name` (ApiError for the dialect to render in its own
-        shape: NotFound, ModeNotServed, Unauthorized, PayloadTooLarge, Unavailable) and forward unchanged."""
-        entry = self.gate_entry(name, request.headers.get("Authorization"), mode)
-        return await self.forward_to(request, entry)
+    def calls(self, name: str) -> EndpointCalls:
+        """For the dialects' sync and streaming calls: endpoint `name`'s invocation backend here (this gate and the
+        endpoint's body limit; the parsed call handed to its router in one hop, `gateway.forwarding`)."""
+        return EndpointCalls(self, name)
 
-    async def proxy_verified(self, request: web.Request, name: str, mode: Mode, body: bytes) -> web.StreamResponse:
-        """For a dialect that gated the request and read and verified its body itself (SageMaker's SigV4): forward
-        that body, with the gateway's own credential in place of the client's (`upstream_authorization`)."""
-        return await self.forward_to(request, self.registry.resolve(name, mode), read_body=body)
+    def results(self, name: str) -> KeptResults:
+        """For the Launch dialect's sync `return_pickled`: where the endpoint's result is kept (its namespace's store,
+        the one its routers and the gateway's result route read)."""
+        return KeptResults(self, self.registry.resolve(name))
+
+    def result_store(self) -> ResultStore:
+        """The result store (the queues' when async is configured; else opened on first use, so a gateway without
+        a writable results directory starts, and only a call that needs the store is refused)."""
+        if self.queues is not None:
+            return self.queues.store
+        if self._store is None:
+            try:
+                self._store = open_result_store(self.config.results_dir, self.config.results_url)
+            except OSError as error:
+                raise Unavailable(f"the gateway's result store is not usable: {error.strerror}") from None
+        return self._store
 
     async def predict(self, request: web.Request) -> web.StreamResponse:
         return await self.forward_to(request, self.gate_name(request, Mode.SYNC))
@@ -233,7 +260,7 @@ class Gateway:
             kwargs_only=entry.endpoint.spec.bundle.is_python,
             idempotency=request.headers.get(IDEMPOTENCY_HEADER),
         )
-        return web.Response(status=202, body=b'{"task_id":"' + task_id.encode() + b'"}', content_type=_JSON)
+        return web.Response(status=202, body=accepted_body(task_id), content_type=_JSON)
 
     async def task_status(self, request: web.Request) -> web.Response:
         """Found among the endpoints the caller's key reaches; that endpoint's service long-polls its `done` channel."""
@@ -242,7 +269,8 @@ class Gateway:
         record = await self.task_owner().status(task_id, wait_seconds=parse_wait(request.query.get("wait")))
         if record is None:
             raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
-        public_url = public_base_url(request.headers, scheme=request.scheme)  # an absolute result_url, as routers
+        # an absolute result_url, as routers make it
+        public_url = public_base_url(request.headers, scheme=request.scheme, configured=self.config.public_url)
         return web.Response(body=task_body(record, public_url), content_type=_JSON)
 
     async def task_result(self, request: web.Request) -> web.Response:
@@ -278,6 +306,20 @@ class Gateway:
         document = openapi.build_document(request.app, title="bundleserve gateway", version=__version__)
         document["paths"].update(_gateway_paths())
         return web.json_response(document)
+
+
+class KeptResults:
+    """`dialects.launch.routes.PickledResults` of one endpoint at the gateway: its namespace's store, its TTL."""
+
+    def __init__(self, gateway: Gateway, entry: EndpointEntry) -> None:
+        self.gateway = gateway
+        self.entry = entry
+
+    async def keep(self, reply: ModelReply) -> str:
+        entry = self.entry
+        store = for_namespace(self.gateway.result_store(), entry.namespace)
+        ttl = float(entry.endpoint.spec.async_settings.result_ttl_seconds)
+        return await keep_sync_result(store, entry.namespace, entry.name, reply, ttl)
 
 
 class TaskOwners:
@@ -385,7 +427,8 @@ GATEWAY = web.AppKey("gateway", Gateway)
 
 def add_dialect_routes(app: web.Application, gateway: Gateway) -> None:
     """SageMaker Runtime, Launch and OpenAI on the gateway (docs/gateway.md, "Dialects"): gated by `Gateway.gate`, async
-    over the endpoints' queues (so submissions work at zero replicas), sync and streaming calls proxied."""
+    over the endpoints' queues (so submissions work at zero replicas), sync and streaming calls parsed here once and
+    handed to the endpoint's router in one hop (`Gateway.calls`)."""
 
     def python_bundle(name: str) -> bool:
         return gateway.registry.resolve(name).endpoint.spec.bundle.is_python
@@ -393,9 +436,8 @@ def add_dialect_routes(app: web.Application, gateway: Gateway) -> None:
     signing = gateway.config.sagemaker_signing or sigv4.config_from_env()
     api = sagemaker.SageMakerApi(
         sagemaker.SageMakerSettings(signing=signing, python_bundle=python_bundle),
+        calls=gateway.calls,
         tasks=gateway.task_service,
-        gate=gateway,
-        forward=gateway.proxy_verified,
     )
     app.add_routes(sagemaker.routes(api))
 
@@ -405,7 +447,7 @@ def add_dialect_routes(app: web.Application, gateway: Gateway) -> None:
     def names() -> list[str]:
         return [entry.name for entry in gateway.registry.entries()]
 
-    launch.add_forwarding_routes(app, gateway, forward=gateway.proxy_to, tasks=launch_tasks, names=names)
+    launch.add_routes(app, gateway, gateway.calls, launch_tasks, results=gateway.results, names=names)
     # OpenAI: parsed here once, each call handed to the endpoint's router in one hop (gateway.forwarding).
     openai_routes.add_routes(app, GatewayModels(gateway))
 
@@ -416,6 +458,8 @@ def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Applicat
     # the body deadline outermost: it sees the rendered answer and closes the connection after a 408
     app = web.Application(middlewares=[config.connections.middleware(), render_errors], client_max_size=0)
     app[GATEWAY] = gateway
+    if config.public_url:
+        app[PUBLIC_URL] = config.public_url
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10)
@@ -431,6 +475,7 @@ def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Applicat
                     results_dir=config.results_dir,
                     results_url=config.results_url,
                     checks=config.submit_checks,
+                    limits=config.queue_limits,
                 )
                 gateway.activator.redis = gateway.queues.redis
             reporter = asyncio.create_task(gateway.activator.report_forever(), name="bundleserve-demand-reports")
@@ -440,6 +485,7 @@ def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Applicat
                 reporter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reporter
+                gateway.pool.close()
                 if gateway.queues is not None:
                     await gateway.queues.close()
 

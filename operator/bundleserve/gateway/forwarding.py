@@ -1,48 +1,36 @@
 """A call backend for one endpoint whose model runs behind its router: the parsed invocation, handed on in one hop.
 
-A dialect that parsed and gated a request at the gateway (the OpenAI dialect) calls this exactly as it calls a
-router's `InvocationCore` (`dialects.base.CallBackend`): `predict` and `stream` send the invocation over the router's
-native API (`POST /v1/endpoints/{name}/predict|stream`, `{"args": ...}`), authenticated with the gateway's own API
-key, and turn the router's answer back into the core's types: `ModelReply`, `StreamChunk`s, or the `ApiError` the
-router raised (`api.errors.error_from_body`). So the router runs the gate, deadline, admission and model call once, the
-gateway parses the dialect once, and the dialect renders the same types wherever it is mounted.
+A dialect that parsed and gated a request at the gateway (SageMaker, Launch, OpenAI) calls this exactly as it calls a
+router's `InvocationCore` (`dialects.base.CallBackend`): `predict` and `stream` send the invocation over the internal
+hop (`edge.hop`: `POST /internal/v1/endpoints/{name}/invoke[-stream]`, the invocation's body and fields as they are),
+authenticated with the gateway's own key for that endpoint, and turn the router's answer back into the core's types:
+`ModelReply`, `StreamChunk`s, or the `ApiError` the router raised (`api.errors.error_from_body`). So the router runs
+the gate, deadline, admission and model call once, the gateway parses the dialect once, and the dialect renders the
+same types wherever it is mounted.
 
 Errors: the router's refusals as their `ApiError` classes; no router reachable (after `proxy.send`'s attempts):
-Unavailable (503, Retry-After 1);
-the connection lost mid-stream: ModelError (the stream ends with the dialect's failure event).
+Unavailable (503, Retry-After 1); the connection lost mid-stream: ModelError (the stream ends with the dialect's
+failure event).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from typing import Protocol
 
 import aiohttp
+from aiohttp import web
 
-from bundleserve.api.errors import ApiError, InvalidRequest, ModelError, Unavailable, error_from_body
-from bundleserve.api.invocation import JSON_CONTENT_TYPE, Invocation, ModelReply, StreamChunk
-from bundleserve.gateway.proxy import send
+from bundleserve.api.endpoint import Mode
+from bundleserve.api.errors import ApiError, ModelError, Unavailable
+from bundleserve.api.invocation import CUSTOM_ATTRIBUTES_HEADER, Invocation, ModelReply, StreamChunk
+from bundleserve.edge import hop
+from bundleserve.gateway.proxy import read_capped, send
 from bundleserve.gateway.registry import EndpointEntry
-from bundleserve.router.sse import EventParser, success_chunk
 
 #: Bytes of a router's error answer read to rebuild the error.
 _MAX_ERROR_BODY = 64 * 1024
-
-
-def native_body(inv: Invocation) -> bytes:
-    """The invocation as a native request body (JSON keyword arguments or a url input; raw bodies have no native
-    form)."""
-    if inv.raw:
-        raise InvalidRequest("a raw body cannot be handed to the router over the native API")
-    parts = [b'{"url":' + json.dumps(inv.url).encode() if inv.url is not None else b'{"args":' + (inv.body or b"{}")]
-    if inv.timeout_seconds is not None:
-        parts.append(b',"timeout_seconds":' + json.dumps(inv.timeout_seconds).encode())
-    if inv.return_pickled:
-        parts.append(b',"return_pickled":true')
-    if inv.request_id is not None:
-        parts.append(b',"request_id":' + json.dumps(inv.request_id).encode())
-    return b"".join(parts) + b"}"
 
 
 #: The activator's hook (`gateway.activator.Activator.admitted`): the call's turn, after a hold at zero replicas.
@@ -66,12 +54,15 @@ class RouterHop:
         self.session = session
         self.entry = entry
         self.admit = admit
-        base = f"{entry.router_url}/v1/endpoints/{entry.name}"
-        self.predict_url = base + "/predict"
-        self.stream_url = base + "/stream"
-        self.headers = {"Content-Type": JSON_CONTENT_TYPE}
-        if authorization is not None:
-            self.headers["Authorization"] = authorization
+        self.predict_url = entry.router_url + hop.PREDICT_PATH.format(name=entry.name)
+        self.stream_url = entry.router_url + hop.STREAM_PATH.format(name=entry.name)
+        self.authorization = authorization
+
+    def _headers(self, inv: Invocation) -> dict[str, str]:
+        headers = hop.encode_headers(inv)
+        if self.authorization is not None:
+            headers["Authorization"] = self.authorization
+        return headers
 
     def _unreachable(self) -> Unavailable:
         return Unavailable(
@@ -81,38 +72,33 @@ class RouterHop:
     async def predict(self, inv: Invocation) -> ModelReply:
         try:
             async with self.admit(self.entry, inv.timeout_seconds):
-                response = await send(
-                    self.session, "POST", self.predict_url, data=native_body(inv), headers=self.headers
-                )
+                response = await send(self.session, "POST", self.predict_url, data=inv.body, headers=self._headers(inv))
                 async with response as upstream:
                     body = await upstream.read()
                     if upstream.status != 200:
-                        raise error_from_body(upstream.status, body, upstream.headers)
+                        raise hop.error_of(upstream.status, body, upstream.headers)
+                    content_type = upstream.headers.get("Content-Type", "")
+                    custom_attributes = upstream.headers.get(CUSTOM_ATTRIBUTES_HEADER)
         except (aiohttp.ClientConnectionError, OSError):
             raise self._unreachable() from None
-        try:
-            result = json.loads(body)["result"]
-        except (ValueError, KeyError, TypeError):
-            raise ApiError("the endpoint's router answered a body without a result") from None
-        return ModelReply(200, json.dumps(result).encode(), JSON_CONTENT_TYPE)
+        return ModelReply(200, body, content_type, custom_attributes)
 
     def stream(self, inv: Invocation) -> AbstractAsyncContextManager[AsyncIterator[StreamChunk]]:
         return self._stream(inv)
 
     @asynccontextmanager
     async def _stream(self, inv: Invocation) -> AsyncIterator[AsyncIterator[StreamChunk]]:
-        body = native_body(inv)
         async with self.admit(self.entry, inv.timeout_seconds):  # in flight until the stream ends
             try:
-                upstream = await send(self.session, "POST", self.stream_url, data=body, headers=self.headers)
+                upstream = await send(self.session, "POST", self.stream_url, data=inv.body, headers=self._headers(inv))
             except (aiohttp.ClientConnectionError, OSError):
                 raise self._unreachable() from None
             try:
                 if upstream.status != 200:
-                    raise error_from_body(upstream.status, await _bounded(upstream), upstream.headers)
-                events = _NativeEvents(upstream)
-                first = await events.next()  # a failure before the first event raises here, on enter, as in the core
-                yield events.iterate(first)
+                    raise hop.error_of(upstream.status, await _bounded(upstream), upstream.headers)
+                frames = _Frames(upstream)
+                first = await frames.next()  # a failure before the first chunk raises here, on enter, as in the core
+                yield frames.iterate(first)
             finally:
                 # Back to the pool when the stream was read to its end; closed otherwise (aiohttp closes a connection
                 # with unread data), so the router sees the disconnect and stops the model.
@@ -126,14 +112,14 @@ async def _bounded(upstream: aiohttp.ClientResponse) -> bytes:
         return b""
 
 
-class _NativeEvents:
-    """The router's native SSE: one SUCCESS event per model chunk, a FAILURE event for a failure mid-stream."""
+class _Frames:
+    """The router's hop stream: one data frame per model chunk, a failure frame for a failure mid-stream."""
 
     def __init__(self, upstream: aiohttp.ClientResponse) -> None:
         self.upstream = upstream
-        self.parser = EventParser()
+        self.reader = hop.FrameReader()
         self.pending: list[bytes] = []
-        self.failure: ModelError | None = None
+        self.failure: ApiError | None = None
         self.ended = False
 
     async def next(self) -> bytes | None:
@@ -146,18 +132,17 @@ class _NativeEvents:
             try:
                 data = await self.upstream.content.readany()
             except (aiohttp.ClientError, OSError):
-                raise ModelError(
-                    "the connection to the endpoint's router was lost mid-stream", status_code=None, traceback=None
-                ) from None
+                raise _lost() from None
             if not data:
                 self.ended = True
+                if self.reader.pending:
+                    raise _lost()
                 return None
-            for event in self.parser.feed(data):
-                chunk = success_chunk(event.data)
-                if chunk is None:
-                    self.failure, self.ended = _failure(event.data), True
+            for item in self.reader.feed(data):
+                if isinstance(item, ApiError):
+                    self.failure, self.ended = item, True
                     break
-                self.pending.append(chunk)
+                self.pending.append(item.data)
         return self.pending.pop(0)
 
     async def iterate(self, first: bytes | None) -> AsyncIterator[StreamChunk]:
@@ -168,11 +153,83 @@ class _NativeEvents:
             yield StreamChunk(data)
 
 
-def _failure(data: bytes) -> ModelError:
-    """A native FAILURE event as the ModelError it reports."""
-    try:
-        event = json.loads(data)
-        message = str(event["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return ModelError("the model failed while streaming", status_code=None, traceback=None)
-    return ModelError(message, status_code=event.get("status_code"), traceback=event.get("traceback"))
+def _lost() -> ModelError:
+    return ModelError("the connection to the endpoint's router was lost mid-stream", status_code=None, traceback=None)
+
+
+class EndpointCalls:
+    """`dialects.base.InvocationBackend` of one named endpoint at the gateway: the gateway's gate and body limit
+    here, the calls over the internal hop to the endpoint's router (`RouterHop`).
+
+    Built per request by the dialects' resolver (`Gateway.calls(name)`): `gate` resolves the endpoint (and the
+    credential's scope) once, and the body limit and the router of that same entry are used for the rest of the
+    request. Calling `read_body`, `predict` or `stream` before `gate` is a bug (ApiError "internal error").
+    """
+
+    def __init__(self, front: Front, name: str) -> None:
+        self.front = front
+        self.name = name
+        self.entry: EndpointEntry | None = None
+
+    def gate(
+        self,
+        name: str | None,
+        authorization: str | None,
+        mode: Mode,
+        *,
+        authenticated: bool = False,
+        scope: frozenset[str] | None = None,
+    ) -> None:
+        self.entry = self.front.gate(
+            self.name if name is None else name, authorization, mode, authenticated=authenticated, scope=scope
+        )
+
+    def authorize(self, authorization: str | None) -> None:
+        self.front.gate(None, authorization, None)
+
+    @property
+    def requires_api_key(self) -> bool:
+        return self.front.requires_api_key
+
+    def _entry(self) -> EndpointEntry:
+        if self.entry is None:
+            raise ApiError("internal error: an endpoint's call before its gate")
+        return self.entry
+
+    async def read_body(self, request: web.Request) -> bytes:
+        return await read_capped(request, self._entry().max_payload_bytes)
+
+    def _hop(self) -> RouterHop:
+        entry = self._entry()
+        return RouterHop(self.front.upstream(), entry, self.front.upstream_authorization(entry), self.front.admit)
+
+    async def predict(self, inv: Invocation) -> ModelReply:
+        return await self._hop().predict(inv)
+
+    def stream(self, inv: Invocation) -> AbstractAsyncContextManager[AsyncIterator[StreamChunk]]:
+        return self._hop().stream(inv)
+
+
+class Front(Protocol):
+    """What `EndpointCalls` needs of the gateway (`gateway.app.Gateway`)."""
+
+    def gate(
+        self,
+        name: str | None,
+        authorization: str | None,
+        mode: Mode | None,
+        *,
+        authenticated: bool = False,
+        scope: frozenset[str] | None = None,
+    ) -> EndpointEntry | None: ...
+
+    @property
+    def requires_api_key(self) -> bool: ...
+
+    def upstream(self) -> aiohttp.ClientSession: ...
+
+    def upstream_authorization(self, entry: EndpointEntry) -> str | None: ...
+
+    def admit(self, entry: EndpointEntry, request_timeout: float | None) -> AbstractAsyncContextManager[EndpointEntry]:
+        """The activator's hold of a call at zero replicas (`gateway.activator`)."""
+        ...

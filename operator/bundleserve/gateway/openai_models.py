@@ -14,19 +14,18 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from bundleserve.api.endpoint import Invocation as InvocationLimits
-from bundleserve.api.endpoint import Mode
+from bundleserve.api.endpoint import InvocationSettings, Mode
 from bundleserve.dialects.openai import render
 from bundleserve.dialects.openai.routes import Target, model_card
+from bundleserve.edge.errors import too_large
 from bundleserve.gateway.forwarding import RouterHop
 from bundleserve.gateway.proxy import read_capped
-from bundleserve.router.core import too_large
 
 if TYPE_CHECKING:  # the gateway mounts this module (gateway.app imports it)
     from bundleserve.gateway.app import Gateway
 
 #: The body limit when no endpoint declares the API (every model is then unknown: a 404 after reading).
-_DEFAULT_LIMIT = InvocationLimits().max_payload_bytes
+_DEFAULT_LIMIT = InvocationSettings().max_payload_bytes
 
 
 class GatewayModels:

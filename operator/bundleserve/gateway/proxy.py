@@ -32,9 +32,9 @@ import aiohttp
 from aiohttp import web
 
 from bundleserve.api.errors import Unavailable
+from bundleserve.edge.connections import BodyDeadlinePassed
+from bundleserve.edge.errors import too_large
 from bundleserve.gateway.registry import EndpointEntry
-from bundleserve.router.connections import BodyDeadlinePassed
-from bundleserve.router.core import too_large
 
 #: Headers that describe one hop's connection, never forwarded (RFC 9110 section 7.6.1, plus the framing ones that
 #: aiohttp recomputes for the next hop).

@@ -11,27 +11,33 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
+import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from bundleserve import logs
-from bundleserve.gateway.activator import settings_from_env as hold_settings_from_env
-from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
-from bundleserve.gateway.kube import EndpointWatch, KubeAccess, KubeConfigError
-from bundleserve.gateway.registry import Registry
-from bundleserve.queue.callbacks import insecure_credentials_allowed
-from bundleserve.queue.service import SubmitChecks
-from bundleserve.router.connections import limits_from_env
-from bundleserve.router.settings import (
+from bundleserve.dialects.base import read_public_url
+from bundleserve.edge.config import (
     DEFAULT_RESULTS_DIR,
     ConfigError,
     parse_url_schemes,
     read_keys_file,
     read_url_policy,
 )
+from bundleserve.edge.connections import ConnectionLimits, limits_from_env
+from bundleserve.gateway.activator import settings_from_env as hold_settings_from_env
+from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
+from bundleserve.gateway.fastpath import GatewayEdge
+from bundleserve.gateway.kube import EndpointWatch, KubeAccess, KubeConfigError
+from bundleserve.gateway.registry import Registry
+from bundleserve.queue.callbacks import insecure_credentials_allowed
+from bundleserve.queue.config import QueueLimits
+from bundleserve.queue.service import SubmitChecks
 
 log = logging.getLogger("bundleserve.gateway")
 
@@ -41,11 +47,14 @@ def config_from_env(redis_url: str | None, env: dict[str, str]) -> GatewayConfig
     keys_file = env.get("BUNDLESERVE_API_KEYS_FILE")
     try:
         connections = limits_from_env(env)
+        queue_limits = QueueLimits.from_env(env)
         hold = hold_settings_from_env(env)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return GatewayConfig(
         connections=connections,
+        queue_limits=queue_limits,
+        public_url=read_public_url(env),
         hold=hold,
         submit_checks=SubmitChecks(
             url_schemes=parse_url_schemes(env.get("BUNDLESERVE_URL_SCHEMES")),
@@ -95,13 +104,69 @@ def main(args: argparse.Namespace) -> int:
     app = build_cluster_app(config, access, namespaces)
     scope = ", ".join(namespaces) if namespaces else "all namespaces"
     log.info("bundleserve gateway listening on http://%s:%d (Endpoints of %s)", args.host, args.port, scope)
-    web.run_app(
-        app,
-        host=args.host,
-        port=args.port,
-        access_log=None,
-        print=None,
-        handler_cancellation=True,
-        **config.connections.server_kwargs(),
-    )
+    try:
+        run(serve(app, config.connections, args.host, args.port))
+    except OSError as error:
+        print(f"bundleserve gateway: cannot listen on {args.host}:{args.port}: {error.strerror}", file=sys.stderr)
+        return 1
     return 0
+
+
+class Front:
+    """The gateway listening: the fast edge (`gateway.fastpath`) on the socket, aiohttp behind it for every other
+    request, on one port. `start` binds (or adopts `sock`); `stop` closes the listener and every connection."""
+
+    def __init__(self, app: web.Application, limits: ConnectionLimits) -> None:
+        self.app = app
+        self.limits = limits
+        self.runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, handler_cancellation=True, **limits.server_kwargs()
+        )
+        self.edge: GatewayEdge | None = None
+        self.listener: asyncio.Server | None = None
+
+    async def start(self, host: str | None = None, port: int | None = None, sock: socket.socket | None = None) -> None:
+        await self.runner.setup()
+        server = self.runner.server
+        assert server is not None  # set up above
+        gateway = self.app[GATEWAY]
+        limits = self.limits
+        self.edge = GatewayEdge(
+            gateway, server, gateway.pool, idle_seconds=limits.idle_seconds, body_seconds=limits.body_seconds
+        )
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            self.listener = await loop.create_server(self.edge, sock=sock, backlog=2048)
+        else:
+            self.listener = await loop.create_server(self.edge, host, port or 0, backlog=2048, reuse_address=True)
+
+    async def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+        if self.edge is not None:
+            self.edge.close()
+        await self.runner.cleanup()
+
+
+async def serve(app: web.Application, limits: ConnectionLimits, host: str, port: int) -> None:
+    """Run the gateway until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    front = Front(app, limits)
+    try:
+        await front.start(host, port)
+        await stop.wait()
+    finally:
+        await front.stop()
+
+
+def run(coroutine: Coroutine[Any, Any, None]) -> None:
+    """On uvloop when it is installed (a dependency on Linux), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(coroutine)
+    else:
+        uvloop.run(coroutine)

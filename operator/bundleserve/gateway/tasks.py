@@ -15,7 +15,7 @@ from pathlib import Path
 from bundleserve.api.errors import Unavailable
 from bundleserve.gateway.registry import EndpointEntry
 from bundleserve.queue.broker import RedisError, TaskQueue, find_task
-from bundleserve.queue.config import QueueConfig
+from bundleserve.queue.config import QueueConfig, QueueLimits
 from bundleserve.queue.connection import connect, describe
 from bundleserve.queue.notify import CompletionWaiter
 from bundleserve.queue.results import ResultStore, for_namespace, open_result_store
@@ -35,17 +35,20 @@ class EndpointQueues:
         results_dir: Path,
         results_url: str | None = None,
         checks: SubmitChecks | None = None,
+        limits: QueueLimits | None = None,
     ) -> None:
         self.redis = connect(redis_url)  # the queue's one client factory: connect and reply timeouts
         self.checks = checks
         self.waiter = CompletionWaiter(self.redis)
         self.store: ResultStore = open_result_store(results_dir, results_url)
         self._services: dict[tuple[str, str], tuple[QueueConfig, TaskService]] = {}
+        #: The deployment's queue knobs, read once at start (no environment read when a submission builds a config).
+        self.limits = limits or QueueLimits()
 
     def service(self, entry: EndpointEntry) -> TaskService:
         """The endpoint's task service with its current settings (a changed spec gets a fresh one)."""
         key = (entry.namespace, entry.name)
-        config = QueueConfig.from_endpoint(entry.endpoint)
+        config = QueueConfig.from_endpoint(entry.endpoint, self.limits)
         known = self._services.get(key)
         if known is None or known[0] != config:
             known = self._services[key] = (

@@ -15,8 +15,8 @@ from pathlib import Path
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.runtime import bundle_runtime_args
 from bundleserve.dialects.sagemaker.sigv4 import ENV_ALLOW_UNSIGNED
+from bundleserve.edge.config import ALLOW_LOOPBACK_ENV
 from bundleserve.queue.callbacks import INSECURE_CREDENTIALS_ENV
-from bundleserve.router.settings import ALLOW_LOOPBACK_ENV
 
 
 class PlanError(ValueError):

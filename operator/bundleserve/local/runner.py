@@ -26,16 +26,19 @@ from typing import Any
 
 import aiohttp
 import yaml
-from aiohttp import web
 
 from bundleserve import logs
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import ManifestError, load_endpoints
+from bundleserve.dialects.base import read_public_url
 from bundleserve.dialects.sagemaker import sigv4
+from bundleserve.edge.config import read_url_policy
+from bundleserve.edge.connections import limits_from_env
 from bundleserve.gateway.activator import HoldSettings
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.readiness import poll_readiness
 from bundleserve.gateway.registry import EndpointEntry, Registry
+from bundleserve.gateway.server import Front
 from bundleserve.local.plan import (
     EndpointPlan,
     PlanError,
@@ -47,9 +50,8 @@ from bundleserve.local.plan import (
 from bundleserve.local.redis import EmbeddedRedis, RedisStartError, free_port
 from bundleserve.local.supervisor import Child, ChildFailed
 from bundleserve.queue.callbacks import insecure_credentials_allowed
+from bundleserve.queue.config import QueueLimits
 from bundleserve.queue.service import SubmitChecks
-from bundleserve.router.connections import limits_from_env
-from bundleserve.router.settings import read_url_policy
 
 log = logging.getLogger("bundleserve.local")
 
@@ -121,7 +123,7 @@ class LocalRun:
         self.data_dir: Path = args.data_dir.resolve()
         self.redis: EmbeddedRedis | None = None
         self.children: list[tuple[str, Child, Child]] = []  # (endpoint, model, router)
-        self.runner: web.AppRunner | None = None
+        self.front: Front | None = None
         self.poller: asyncio.Task[None] | None = None
 
     async def start(self, found: list[tuple[Path, Endpoint]], sock: socket.socket) -> None:
@@ -154,6 +156,8 @@ class LocalRun:
         )
         config = GatewayConfig(
             connections=limits_from_env(os.environ),  # checked by main() before anything started
+            queue_limits=QueueLimits.from_env(os.environ),  # likewise
+            public_url=read_public_url(os.environ),
             redis_url=redis_url,
             results_dir=results_dir,
             # the routers inherit the same variable: with S3 storage, both write and read results (and SageMaker's
@@ -164,15 +168,8 @@ class LocalRun:
             # one process per endpoint, started with the others whatever minReplicas says: nothing to hold or wake
             hold=HoldSettings(enabled=False),
         )
-        self.runner = web.AppRunner(
-            build_gateway_app(registry, config),
-            access_log=None,
-            handle_signals=False,
-            handler_cancellation=True,
-            **config.connections.server_kwargs(),
-        )
-        await self.runner.setup()
-        await web.SockSite(self.runner, sock).start()
+        self.front = Front(build_gateway_app(registry, config), config.connections)
+        await self.front.start(sock=sock)
         self.poller = asyncio.create_task(poll_readiness(registry), name="bundleserve-local-readiness")
         host, port = sock.getsockname()[:2]
         log.info("%s", ready_message(f"http://{host}:{port}", plans))
@@ -200,8 +197,8 @@ class LocalRun:
             self.poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.poller
-        if self.runner is not None:
-            await self.runner.cleanup()
+        if self.front is not None:
+            await self.front.stop()
         # routers first (they drain in-flight requests), then the models behind them
         await asyncio.gather(*(router.stop(STOP_GRACE_SECONDS) for _, _, router in self.children))
         await asyncio.gather(*(model.stop(STOP_GRACE_SECONDS) for _, model, _ in self.children))
@@ -250,6 +247,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         found = load_endpoints(args.files)  # read once, and fail before anything starts
         limits_from_env(os.environ)
+        QueueLimits.from_env(os.environ)
         sock = bind_front(args.host, args.port)
     except (ManifestError, PortInUse, ValueError) as error:
         print(f"bundleserve run: {error}", file=sys.stderr)

@@ -4,6 +4,7 @@ needs) plus the few knobs the spec does not carry (durability of a submission, r
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -30,8 +31,29 @@ MAX_BACKLOG_ENV = "BUNDLESERVE_QUEUE_MAX_BACKLOG"
 MAX_BACKLOG_BYTES_ENV = "BUNDLESERVE_QUEUE_MAX_BACKLOG_BYTES"
 
 
-def max_backlog_bytes_from_env() -> int:
-    raw = os.environ.get(MAX_BACKLOG_BYTES_ENV, "").strip()
+@dataclass(frozen=True)
+class QueueLimits:
+    """The queue knobs a deployment sets for every endpoint alike (environment, not spec), read once by a process's
+    composition root (`QueueLimits.from_env`) and handed to `QueueConfig.from_endpoint`, so a front that builds an
+    endpoint's queue on a request (the gateway) reads no environment there."""
+
+    durability: Durability = Durability.FSYNC
+    max_backlog: int = 100_000
+    max_backlog_bytes: int = 256 * MIB
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> QueueLimits:
+        """BUNDLESERVE_QUEUE_DURABILITY, _MAX_BACKLOG and _MAX_BACKLOG_BYTES; ValueError naming a bad one."""
+        env = os.environ if env is None else env
+        return cls(
+            durability=Durability(env.get("BUNDLESERVE_QUEUE_DURABILITY", Durability.FSYNC.value)),
+            max_backlog=max_backlog_from_env(env),
+            max_backlog_bytes=max_backlog_bytes_from_env(env),
+        )
+
+
+def max_backlog_bytes_from_env(env: Mapping[str, str] | None = None) -> int:
+    raw = (os.environ if env is None else env).get(MAX_BACKLOG_BYTES_ENV, "").strip()
     if not raw:
         return QueueConfig.max_backlog_bytes
     if not raw.isdigit():
@@ -39,8 +61,8 @@ def max_backlog_bytes_from_env() -> int:
     return int(raw)
 
 
-def max_backlog_from_env() -> int:
-    raw = os.environ.get(MAX_BACKLOG_ENV, "").strip()
+def max_backlog_from_env(env: Mapping[str, str] | None = None) -> int:
+    raw = (os.environ if env is None else env).get(MAX_BACKLOG_ENV, "").strip()
     if not raw:
         return QueueConfig.max_backlog
     if not raw.isdigit():
@@ -93,7 +115,10 @@ class QueueConfig:
         return int(self.request_ttl_seconds + self.invocation_timeout_seconds + self.result_ttl_seconds)
 
     @classmethod
-    def from_endpoint(cls, endpoint: Endpoint, **overrides: Any) -> QueueConfig:
+    def from_endpoint(cls, endpoint: Endpoint, limits: QueueLimits | None = None, **overrides: Any) -> QueueConfig:
+        """The endpoint's queue settings; `limits`: the deployment's (None: read from the environment now, for a
+        caller that builds its queues once at start)."""
+        limits = QueueLimits.from_env() if limits is None else limits
         settings = endpoint.spec.async_settings
         callback = settings.callback
         config = cls(
@@ -104,9 +129,9 @@ class QueueConfig:
             max_attempts=settings.max_attempts,
             result_ttl_seconds=settings.result_ttl_seconds,
             concurrency=endpoint.spec.invocation.concurrency,
-            durability=Durability(os.environ.get("BUNDLESERVE_QUEUE_DURABILITY", Durability.FSYNC.value)),
-            max_backlog=max_backlog_from_env(),
-            max_backlog_bytes=max_backlog_bytes_from_env(),
+            durability=limits.durability,
+            max_backlog=limits.max_backlog,
+            max_backlog_bytes=limits.max_backlog_bytes,
             default_callback=CallbackTarget(url=callback.url) if callback else None,
             default_callback_secret=callback.auth.secret_name if callback and callback.auth else None,
             s3_output_path=settings.s3_output_path,

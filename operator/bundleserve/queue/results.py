@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from bundleserve.api.invocation import PICKLE_CONTENT_TYPE, ModelReply
+
 DEFAULT_TTL_SECONDS = 86400.0
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _META_SUFFIX = ".meta.json"
@@ -181,3 +183,21 @@ def open_result_store(
 
         return S3ResultStore(S3Location.parse(results_url), default_ttl_seconds=default_ttl_seconds)
     return FilesystemResultStore(results_dir, default_ttl_seconds=default_ttl_seconds)
+
+
+async def keep_sync_result(store: ResultStore, namespace: str, name: str, reply: ModelReply, ttl_seconds: float) -> str:
+    """Keep a sync `return_pickled` reply of endpoint `namespace/name` in `store`; the path (or URL) to fetch it.
+
+    The one rule for every front that answers a sync call with a result URL (the router's native predict, the Launch
+    dialect on the router and on the gateway): a runnable image answers plain JSON or text, so its result is pickled
+    here; a Python bundle's reply is a pickle already.
+    """
+    if reply.is_pickle:
+        data = reply.body
+    else:
+        import cloudpickle
+
+        data = cloudpickle.dumps(reply.result())
+    key = sync_result_key(namespace, name)
+    await store.put(key, data, PICKLE_CONTENT_TYPE, ttl_seconds=ttl_seconds)
+    return store.url_for(key)

@@ -33,7 +33,7 @@ from bundleserve.api.invocation import TaskStatus, loads_json
 from bundleserve.queue import keys
 from bundleserve.queue.broker import Lease, Started, TaskQueue
 from bundleserve.queue.callbacks import CallbackSender, Outcome
-from bundleserve.queue.invoke import PICKLE_CONTENT_TYPE, Invoke, ModelReply
+from bundleserve.queue.invoke import PICKLE_CONTENT_TYPE, Invoke, ModelReply, TaskFailure
 from bundleserve.queue.outbox import CallbackOutbox
 from bundleserve.queue.results import ResultStore
 from bundleserve.queue.s3results import S3Objects, failure_url, output_url
@@ -87,6 +87,25 @@ def _parses(body: bytes) -> bool:
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         return False
     return True
+
+
+def _timed_out(limit: float) -> _Finish:
+    return _Finish(
+        TaskStatus.FAILURE,
+        {"traceback": f"the invocation timed out after {limit:g} s", "status_code": 504},
+        dead_reason="timeout",
+    )
+
+
+def _failed(status_code: int, traceback: str) -> _Finish:
+    """A failed attempt: retried unless its status says another attempt cannot help (`_PERMANENT_STATUS`)."""
+    permanent = status_code in _PERMANENT_STATUS
+    return _Finish(
+        TaskStatus.FAILURE,
+        {"traceback": traceback, "status_code": status_code},
+        dead_reason="model_error" if permanent else "max_attempts",
+        retryable=not permanent,
+    )
 
 
 def _traceback_of(reply: ModelReply) -> str:
@@ -509,14 +528,10 @@ class Worker:
         if request.timeout_seconds:
             limit = min(limit, request.timeout_seconds)
         try:
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout(limit):  # the attempt's one timer (the Invoke arms none)
                 reply = await self.invoke(request, limit)
         except TimeoutError:
-            finish = _Finish(
-                TaskStatus.FAILURE,
-                {"traceback": f"the invocation timed out after {limit:g} s", "status_code": 504},
-                dead_reason="timeout",
-            )
+            finish = _timed_out(limit)
         except Exception as error:  # transport errors of any client: retried
             finish = _Finish(
                 TaskStatus.FAILURE,
@@ -525,19 +540,16 @@ class Worker:
                 retryable=True,
             )
         else:
-            finish = await self._outcome(delivery.task_id, request, reply)
+            if isinstance(reply, TaskFailure):
+                finish = _timed_out(limit) if reply.timed_out else _failed(reply.status_code, reply.traceback)
+            else:
+                finish = await self._outcome(delivery.task_id, request, reply)
         return finish, time.monotonic() - begun
 
     async def _outcome(self, task_id: str, request: TaskRequest, reply: ModelReply) -> _Finish:
         pickled = request.return_pickled
         if not reply.ok:
-            permanent = reply.status_code in _PERMANENT_STATUS
-            return _Finish(
-                TaskStatus.FAILURE,
-                {"traceback": _traceback_of(reply), "status_code": reply.status_code},
-                dead_reason="model_error" if permanent else "max_attempts",
-                retryable=not permanent,
-            )
+            return _failed(reply.status_code, _traceback_of(reply))
         size = len(reply.body)
         if size > self.config.max_result_bytes:
             return _Finish(

@@ -18,23 +18,26 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bundleserve import __version__
 from bundleserve.api.endpoint import Mode
-from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unavailable
-from bundleserve.dialects.base import DialectMount, InvocationBackend, TaskBackend
+from bundleserve.api.errors import Unavailable
+from bundleserve.dialects import openapi
+from bundleserve.dialects.base import PUBLIC_URL, DialectMount, InvocationBackend, TaskBackend
 from bundleserve.dialects.launch import routes as launch
 from bundleserve.dialects.openai import routes as openai_routes
 from bundleserve.dialects.sagemaker import routes as sagemaker_routes
+from bundleserve.edge.auth import ApiKeys
+from bundleserve.edge.errors import error_response, render_errors
 from bundleserve.queue.service import stored_result as stored
-from bundleserve.router import async_routes, openapi
+from bundleserve.router import async_routes, hop
 from bundleserve.router.admission import AdmissionController
-from bundleserve.router.auth import ApiKeys
 from bundleserve.router.core import BODY_RESERVED, InvocationCore
 from bundleserve.router.fetch import UrlFetcher
-from bundleserve.router.invoke import Invoker, PickledResults, error_response
+from bundleserve.router.invoke import Invoker, PickledResults
 from bundleserve.router.metrics import RouterMetrics
 from bundleserve.router.model_client import ModelClient
 from bundleserve.router.readiness import readiness_probe
 from bundleserve.router.settings import Settings
 from bundleserve.router.state import ROUTER_STATE, RouterState, result_store
+from bundleserve.router.worker import AsyncMetrics
 
 log = logging.getLogger("bundleserve.router")
 
@@ -45,8 +48,14 @@ INVOKER = web.AppKey("invoker", Invoker)  # the native sync/stream handlers, sha
 def _mount_launch(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None) -> None:
     """The Launch dialect for this router's endpoint, keeping sync pickled results where native predict keeps them."""
     state = app[ROUTER_STATE]
+    results = PickledResults(state)
     launch.add_routes(
-        app, core, lambda _name: tasks, results=PickledResults(state), names=lambda: (state.settings.name,)
+        app,
+        core,
+        lambda _name: core,
+        lambda _name: tasks,
+        results=lambda _name: results,
+        names=lambda: (state.settings.name,),
     )
 
 
@@ -58,35 +67,6 @@ def _mount_openai(app: web.Application, core: InvocationBackend, tasks: TaskBack
 #: Every dialect the router serves besides the native API, mounted by `build_app` as `mount(app, core, tasks)`.
 #: A dialect module exposes one `DialectMount` (see `bundleserve.dialects.base`) and is listed here, once.
 DIALECTS: list[DialectMount] = [sagemaker_routes.mount, _mount_launch, _mount_openai]
-
-
-class MethodNotAllowed(ApiError):
-    status = 405
-    code = "method_not_allowed"
-
-
-class HttpError(ApiError):
-    """Any other aiohttp error (bad request line, ...) in the one error shape; its status is set per instance."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status  # type: ignore[misc]
-
-
-@web.middleware
-async def render_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """The single edge that turns errors into the documented JSON shape (invocation routes render their own)."""
-    try:
-        return await handler(request)
-    except ApiError as error:
-        return error_response(error)
-    except web.HTTPException as error:
-        return _http_error(request, error)
-    except Exception:  # a bug of ours: log it, answer in the documented shape
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return error_response(ApiError("internal error"))
 
 
 def release_bodies(admission: AdmissionController) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -106,31 +86,13 @@ def release_bodies(admission: AdmissionController) -> Callable[..., Awaitable[we
     return middleware
 
 
-def _http_error(request: web.Request, error: web.HTTPException) -> web.StreamResponse:
-    """aiohttp's own errors (unknown route, wrong method, ...) in the one shape; redirects pass through."""
-    if error.status < 400:
-        raise error
-    api_error: ApiError
-    if error.status == 404:
-        api_error = NotFound(f"no route {request.method} {request.path}")
-    elif error.status == 405:
-        api_error = MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")
-    elif error.status == 400:
-        api_error = InvalidRequest(error.reason or "bad request")
-    else:
-        api_error = HttpError(error.status, error.reason or "request failed")
-    response = error_response(api_error)
-    if error.status == 405 and "Allow" in error.headers:
-        response.headers["Allow"] = error.headers["Allow"]
-    return response
-
-
 def build_state(settings: Settings, model: ModelClient | None = None) -> RouterState:
+    """Every part of one router, built once from its settings (the composition root of the router process)."""
     invocation = settings.endpoint.spec.invocation
     metrics = RouterMetrics(settings.name)
     admission = AdmissionController(invocation.concurrency, invocation.max_queued)
     metrics.track(lambda: admission.in_model, lambda: admission.queued)
-    return RouterState(
+    state = RouterState(
         settings=settings,
         model=model or ModelClient(settings.model_url),
         admission=admission,
@@ -138,6 +100,12 @@ def build_state(settings: Settings, model: ModelClient | None = None) -> RouterS
         api_keys=ApiKeys(settings.api_keys) if settings.api_keys else None,
         fetcher=UrlFetcher(settings.url_policy),  # created here so every path (sync, async worker) uses the policy
     )
+    if settings.serves(Mode.ASYNC):  # the task service, once per process: the async routes, dialects and worker
+        built = async_routes.build_tasks(state)
+        if built is not None:
+            state.tasks, state.queue_redis = built
+            state.async_metrics = AsyncMetrics(state)
+    return state
 
 
 def build_app(settings: Settings, *, model: ModelClient | None = None) -> web.Application:
@@ -148,6 +116,8 @@ def build_app(settings: Settings, *, model: ModelClient | None = None) -> web.Ap
         client_max_size=settings.endpoint.spec.invocation.max_payload_bytes,
     )
     app[ROUTER_STATE] = state
+    if settings.public_url:
+        app[PUBLIC_URL] = settings.public_url
     core = app[CORE] = InvocationCore(state)
     invoker = app[INVOKER] = Invoker(core)
     # The exact path of our own endpoint resolves by dictionary lookup; the templated one answers 404 for other names.
@@ -170,6 +140,7 @@ def build_app(settings: Settings, *, model: ModelClient | None = None) -> web.Ap
         app.router.add_get("/v1/tasks/{task_id}/result", stored_result)
     for mount in DIALECTS:
         mount(app, core, tasks)
+    hop.add_routes(app, core)  # the gateway's hand-over of calls its dialects parsed (edge.hop)
     return app
 
 

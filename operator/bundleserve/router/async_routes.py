@@ -7,7 +7,6 @@ even while the model loads or the router drains: the queue is in Redis, and any 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -15,16 +14,11 @@ from dataclasses import replace
 from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
-from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unavailable
-from bundleserve.api.invocation import (
-    CALLBACK_SECRET_DIR_ENV,
-    IDEMPOTENCY_HEADER,
-    Invocation,
-    PredictRequest,
-    idempotency_key,
-    loads_json,
-)
-from bundleserve.dialects.base import TaskBackend, public_base_url
+from bundleserve.api.errors import ApiError, NotFound, Unavailable
+from bundleserve.api.invocation import CALLBACK_SECRET_DIR_ENV, IDEMPOTENCY_HEADER
+from bundleserve.dialects.base import public_base_url
+from bundleserve.dialects.native.tasks import accepted_body, parse_wait, submit_native, task_body
+from bundleserve.edge.errors import error_response
 from bundleserve.queue.broker import TaskQueue
 from bundleserve.queue.callbacks import (
     auth_from_secret_dir,
@@ -33,78 +27,15 @@ from bundleserve.queue.callbacks import (
 from bundleserve.queue.config import QueueConfig
 from bundleserve.queue.connection import Redis, connect
 from bundleserve.queue.notify import CompletionWaiter
-from bundleserve.queue.service import MAX_WAIT_SECONDS, SubmitChecks, TaskService
-from bundleserve.queue.tasks import CallbackTarget, TaskRecord
-from bundleserve.router.calls import parse_request
+from bundleserve.queue.service import SubmitChecks, TaskService
+from bundleserve.queue.tasks import CallbackTarget
 from bundleserve.router.core import InvocationCore
-from bundleserve.router.invoke import error_response
-from bundleserve.router.model_client import encode_args
 from bundleserve.router.state import RouterState, result_store
 from bundleserve.router.worker import AsyncMetrics, add_worker
 
 log = logging.getLogger("bundleserve.router.async")
 
 _JSON = "application/json"
-
-
-def parse_submission(body: bytes, *, kwargs_only: bool) -> PredictRequest:
-    """Validate the shape of a native async submission (predict body + callback fields); InvalidRequest with a
-    readable reason. What the url input and the callback may point at is checked by `TaskService.submit`, for every
-    dialect alike."""
-    if not body:
-        raise InvalidRequest("the request body is empty: send a JSON object with args or url")
-    request = parse_request(body)
-    if kwargs_only and request.url is None and not isinstance(request.args, dict):
-        raise InvalidRequest("args must be a JSON object (the keyword arguments of the model's function)")
-    if request.callback_auth is not None and request.callback_url is None:
-        raise InvalidRequest("callback_auth needs callback_url")
-    return request
-
-
-def _plain_args(body: bytes) -> bool:
-    """True for a body that is exactly `{"args": {...}}` (valid whatever the bundle kind)."""
-    if not body.startswith(b'{"args"'):
-        return False
-    try:
-        document = loads_json(body)
-    except (ValueError, UnicodeDecodeError):
-        return False
-    return type(document) is dict and len(document) == 1 and type(document.get("args")) is dict
-
-
-def parse_wait(raw: str | None) -> float:
-    if raw is None or raw == "":
-        return 0.0
-    try:
-        wait = float(raw)
-    except ValueError:
-        raise InvalidRequest(f"wait must be a number of seconds, got {raw!r}") from None
-    if not 0 <= wait <= MAX_WAIT_SECONDS:
-        raise InvalidRequest(f"wait must be between 0 and {MAX_WAIT_SECONDS:g} seconds")
-    return wait
-
-
-def task_body(record: TaskRecord, public_url: str | None = None) -> bytes:
-    """The status document; an inline result is spliced in as stored (it is JSON already). With `public_url`, a
-    stored result's `result_url` (a path of this API) is made absolute."""
-    terminal = record.status.terminal
-    result = record.result_json.encode() if terminal and record.result_json else b"null"
-    result_url = record.result_url if terminal else None
-    if result_url is not None and result_url.startswith("/") and public_url is not None:
-        result_url = public_url + result_url
-    head = {"task_id": record.task_id, "status": record.status.value}
-    tail = {
-        "result_url": result_url,
-        "traceback": record.traceback if terminal else None,
-        "status_code": record.status_code if terminal else None,
-    }
-    return (
-        json.dumps(head, separators=(",", ":"))[:-1].encode()
-        + b',"result":'
-        + result
-        + b","
-        + json.dumps(tail, separators=(",", ":"))[1:].encode()
-    )
 
 
 class AsyncApi:
@@ -134,7 +65,7 @@ class AsyncApi:
             self._counters["invalid" if error.status < 500 else "unavailable"].inc()
             return error_response(error)
         self._counters["accepted"].inc()
-        return web.Response(status=202, body=b'{"task_id":"' + task_id.encode() + b'"}', content_type=_JSON)
+        return web.Response(status=202, body=accepted_body(task_id), content_type=_JSON)
 
     async def status(self, request: web.Request) -> web.Response:
         self.core.authorize(request.headers.get("Authorization"))
@@ -142,48 +73,15 @@ class AsyncApi:
         record = await self.tasks.status(task_id, wait_seconds=parse_wait(request.query.get("wait")))
         if record is None:
             raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
-        public_url = public_base_url(request.headers, scheme=request.scheme)
+        public_url = public_base_url(
+            request.headers, scheme=request.scheme, configured=self.core.state.settings.public_url
+        )
         return web.Response(body=task_body(record, public_url), content_type=_JSON)
 
     async def result(self, request: web.Request) -> web.Response:
         self.core.authorize(request.headers.get("Authorization"))
         data, content_type = await self.tasks.result(request.match_info["task_id"])
         return web.Response(body=data, content_type=content_type)
-
-
-async def submit_native(tasks: TaskBackend, body: bytes, *, kwargs_only: bool, idempotency: str | None = None) -> str:
-    """A native async submission body (already under the limit) into the task service: the router's and the
-    gateway's one path from `{"args": ...}` / `{"url": ...}` plus callback fields to a queued task. `idempotency`:
-    the request's Idempotency-Key header (a retry gets the first attempt's task id)."""
-    key = idempotency_key("native", idempotency)
-    if _plain_args(body):  # the common `{"args": {...}}`: stored as sent, no re-encoding
-        args = body.rstrip()[body.index(b":") + 1 : -1]  # the text of the args object, as sent
-        return await tasks.submit(
-            Invocation(body=args, idempotency_key=key),
-            callback=None,
-            request_ttl_seconds=None,
-            invocation_timeout_seconds=None,
-        )
-    submission = parse_submission(body, kwargs_only=kwargs_only)
-    callback = CallbackTarget(submission.callback_url, submission.callback_auth) if submission.callback_url else None
-    return await tasks.submit(
-        replace(invocation_of_request(submission), idempotency_key=key),
-        callback=callback,
-        request_ttl_seconds=None,
-        invocation_timeout_seconds=None,
-    )
-
-
-def invocation_of_request(submission: PredictRequest) -> Invocation:
-    """A validated native submission as the core's invocation."""
-    body = b"" if submission.url is not None else encode_args(submission.args)
-    return Invocation(
-        body=body,
-        url=submission.url,
-        return_pickled=submission.return_pickled,
-        timeout_seconds=submission.timeout_seconds,
-        request_id=submission.request_id,
-    )
 
 
 def _with_default_callback_auth(config: QueueConfig, state: RouterState) -> QueueConfig:
@@ -215,7 +113,8 @@ def build_tasks(state: RouterState) -> tuple[TaskService, Redis] | None:
     redis_url = state.settings.redis_url
     if not redis_url:
         return None
-    config = _with_default_callback_auth(QueueConfig.from_endpoint(state.settings.endpoint), state)
+    config = QueueConfig.from_endpoint(state.settings.endpoint, state.settings.queue_limits)
+    config = _with_default_callback_auth(config, state)
     redis = connect(redis_url)  # the one place queue clients get their timeouts
     checks = SubmitChecks(
         url_schemes=state.settings.url_schemes,
@@ -231,16 +130,13 @@ def setup(app: web.Application, state: RouterState, core: InvocationCore) -> Tas
     Returns the task service, which the router hands to the dialects' async adapters too.
     """
     name_path = "/v1/endpoints/{name}/async"
-    built = build_tasks(state)
-    if built is None:
+    tasks, redis, metrics = state.tasks, state.queue_redis, state.async_metrics
+    if tasks is None or redis is None or metrics is None:  # built by `router.app.build_state`: no Redis URL
         reason = "the async API needs a Redis URL (--redis-url or BUNDLESERVE_REDIS_URL)"
         log.warning("endpoint %s serves async but %s", state.settings.name, reason)
         app.router.add_post(name_path, _unavailable(reason))
         app.router.add_get("/v1/tasks/{task_id}", _unavailable(reason))
         return None
-    tasks, redis = built
-    state.tasks = tasks
-    metrics = state.async_metrics = AsyncMetrics(state)
     api = AsyncApi(core, tasks, metrics)
     app.router.add_post(name_path, api.submit)
     app.router.add_get("/v1/tasks/{task_id}", api.status)

@@ -11,6 +11,7 @@ mapping of model failures to API errors. See docs/router.md, "Invocation core".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from time import perf_counter
@@ -26,7 +27,6 @@ from bundleserve.api.errors import (
     ModelNotReady,
     ModeNotServed,
     NotFound,
-    PayloadTooLarge,
     Timeout,
     Unavailable,
 )
@@ -39,13 +39,14 @@ from bundleserve.api.invocation import (
     body_input,
     loads_json,
 )
-from bundleserve.router.auth import require_key
+from bundleserve.edge.auth import require_key
+from bundleserve.edge.errors import too_large
+from bundleserve.edge.sse import EventParser, EventTooLarge
 from bundleserve.router.deadlines import DeadlineWheel
 from bundleserve.router.dedup import RecentCalls, fingerprint_of
 from bundleserve.router.fetch import UrlFetcher
 from bundleserve.router.metrics import ModeMetrics
 from bundleserve.router.model_client import ModelStream, ModelUnreachable, ReplyTooLarge
-from bundleserve.router.sse import EventParser, EventTooLarge
 from bundleserve.router.state import RouterState, s3_objects
 
 #: Set on an aiohttp request whose body holds one of the admission's body places (`release_bodies` frees it).
@@ -60,12 +61,6 @@ _JSON_BYTES = JSON_CONTENT_TYPE.encode()
 def _media_type(content_type: str) -> bytes:
     """The content type as header bytes (the JSON one without encoding it per call)."""
     return _JSON_BYTES if content_type == JSON_CONTENT_TYPE else content_type.encode("latin-1")
-
-
-def too_large(length: int | None, limit: int) -> PayloadTooLarge:
-    """The one refusal of a request body over the endpoint's `maxPayloadBytes` (both HTTP edges)."""
-    size = "" if length is None else f" ({length} bytes)"
-    return PayloadTooLarge(f"the request body{size} is larger than the limit of {limit} bytes")
 
 
 def model_failure(status: int | None, body: bytes, *, fallback: str) -> ApiError:
@@ -286,7 +281,7 @@ class InvocationCore:
         inv: Invocation,
         *,
         started: float | None = None,
-        ceiling_seconds: float | None = None,
+        timed_by_caller: bool = False,
         patient: bool = False,
         max_reply_bytes: int | None = None,
         metrics: ModeMetrics | None = None,
@@ -294,8 +289,9 @@ class InvocationCore:
         """One model call: a 2xx `ModelReply`, or an `ApiError` (Timeout, Overloaded, ModelError, ...).
 
         Edges pass only `inv` (and `started`, when their clock began, for the metrics). The async worker passes
-        `ceiling_seconds` (its invocation timeout replaces the sync one), `patient=True` (wait for a slot, never 429),
-        `max_reply_bytes` (its result limit) and its own `metrics` (None records nothing here).
+        `timed_by_caller=True` (its attempt's limit, the invocation timeout, is enforced by its own one timer, which
+        cancels this call: the core arms none), `patient=True` (wait for a slot, never 429), `max_reply_bytes` (its
+        result limit) and its own `metrics` (None records nothing here).
 
         An invocation with an `idempotency_key` (a client's retries of one call) runs the model once: later attempts
         wait for the first one's reply, which a client leaving does not cancel (`router.dedup`).
@@ -308,15 +304,15 @@ class InvocationCore:
             return await self.recent.run(
                 inv.idempotency_key,
                 fingerprint,
-                lambda: self._predict(inv, started, ceiling_seconds, patient, max_reply_bytes, metrics),
+                lambda: self._predict(inv, started, timed_by_caller, patient, max_reply_bytes, metrics),
             )
-        return await self._predict(inv, started, ceiling_seconds, patient, max_reply_bytes, metrics)
+        return await self._predict(inv, started, timed_by_caller, patient, max_reply_bytes, metrics)
 
     async def _predict(
         self,
         inv: Invocation,
         started: float | None,
-        ceiling_seconds: float | None,
+        timed_by_caller: bool,
         patient: bool,
         max_reply_bytes: int | None,
         metrics: ModeMetrics | None,
@@ -330,10 +326,11 @@ class InvocationCore:
         drain = self.state.drain
         drain.enter()
         try:
-            deadline, limit = self._deadline(inv, ceiling_seconds)
+            deadline, limit = self._deadline(inv, None)
             admission = self.state.admission
+            timer = contextlib.nullcontext() if timed_by_caller else self.deadlines.at(deadline)
             try:
-                async with self.deadlines.at(deadline):
+                async with timer:
                     if inv.url is None:
                         data, content_type, raw = inv.body, _media_type(inv.content_type), inv.raw
                     else:

@@ -22,7 +22,6 @@ bounded time and number of bytes (a "lingering close", so the client reads the a
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import time
 from dataclasses import replace
@@ -34,60 +33,20 @@ from aiohttp import web
 
 from bundleserve.api.errors import ApiError, InvalidRequest, RequestTimeout
 from bundleserve.api.invocation import Invocation
-from bundleserve.router.calls import Call
-from bundleserve.router.core import too_large
+from bundleserve.dialects.native.calls import Call
+from bundleserve.edge.errors import Answer, error_answer, too_large
+from bundleserve.edge.http1 import render
 from bundleserve.router.framing import BodyTooLarge, ChunkedScanner, FramingError
-from bundleserve.router.invoke import Answer, Invoker, error_answer, public_url_of_raw
+from bundleserve.router.invoke import Invoker, public_url_of_raw
 
 _MAX_HEAD = 65536  # bytes of request line + headers
 _LINGER_SECONDS = 5.0  # after an error, how long arriving bytes are still read (and dropped) so the client sees it
 _LINGER_BYTES = 1024 * 1024  # ... and how many at most
 _BODY_SECONDS = 60.0  # default body deadline: from the end of the head to the end of the body
-_REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found", 413: b"Payload Too Large"}
-_REASONS |= {408: b"Request Timeout"}
-_REASONS |= {424: b"Failed Dependency", 429: b"Too Many Requests", 503: b"Service Unavailable"}
-_REASONS |= {500: b"Internal Server Error", 504: b"Gateway Timeout"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _JOIN_LIMIT = 64 * 1024  # answers larger than this are written behind their head, not joined to it
 
 log = logging.getLogger("bundleserve.router")
-
-
-class _Date:
-    """The Date header, formatted once per second."""
-
-    second = -1
-    value = b""
-
-    @classmethod
-    def header(cls) -> bytes:
-        now = int(time.time())
-        if now != cls.second:
-            cls.second = now
-            cls.value = b"Date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
-        return cls.value
-
-
-def render(answer: Answer, *, keep_alive: bool, length: int | None = None) -> bytes:
-    """Status line, headers and body in one buffer (one `write`); `length`: the Content-Length of a body written
-    separately (`answer.body` is then empty)."""
-    parts = [
-        b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-        % (
-            answer.status,
-            _REASONS.get(answer.status, b"Error"),
-            answer.content_type.encode(),
-            len(answer.body) if length is None else length,
-        ),
-        _Date.header(),
-    ]
-    for name, value in answer.headers.items():
-        parts.append(f"{name}: {value}\r\n".encode("latin-1"))
-    if not keep_alive:
-        parts.append(b"Connection: close\r\n")
-    parts.append(b"\r\n")
-    parts.append(answer.body)
-    return b"".join(parts)
 
 
 class FastEdge:
@@ -361,7 +320,9 @@ class FastConnection(asyncio.Protocol):
             if refused is not None or prepared is None:
                 answer = invoker.refuse(refused or ApiError("internal error"), started)
             else:
-                answer = await invoker.answer_prepared(prepared, started, lambda: public_url_of_raw(headers))
+                answer = await invoker.answer_prepared(
+                    prepared, started, lambda: public_url_of_raw(headers, invoker.state.settings.public_url)
+                )
                 del prepared
         except Exception:  # a bug of ours: log it, answer in the documented shape (as aiohttp's edge does)
             log.exception("unexpected error on the fast path")

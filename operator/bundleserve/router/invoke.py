@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from time import perf_counter
 
 from aiohttp import web
@@ -20,50 +19,23 @@ from bundleserve.api.errors import ApiError, ModelError
 from bundleserve.api.invocation import (
     IDEMPOTENCY_HEADER,
     JSON_CONTENT_TYPE,
-    PICKLE_CONTENT_TYPE,
     Invocation,
     ModelReply,
+    encode_args,
     idempotency_key,
 )
 from bundleserve.dialects.base import public_base_url
-from bundleserve.queue.results import sync_result_key
-from bundleserve.router.calls import Call, parse_call
+from bundleserve.dialects.native.calls import Call, parse_call
+from bundleserve.edge.errors import Answer, as_response, error_answer, error_response
+from bundleserve.edge.sse import as_json, failure_event, success_event
+from bundleserve.queue.results import keep_sync_result
 from bundleserve.router.core import InvocationCore
-from bundleserve.router.model_client import encode_args
-from bundleserve.router.sse import as_json, failure_event, success_event
 from bundleserve.router.state import RouterState, result_store
 
 _SUCCESS_HEAD = b'{"status":"SUCCESS","result":'
 _SUCCESS_TAIL = b',"result_url":null,"traceback":null,"status_code":200}'
 _JSON_TYPE = "application/json"
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A complete response, independent of the HTTP server that sends it (aiohttp or the fast path)."""
-
-    status: int
-    body: bytes
-    headers: Mapping[str, str] = field(default_factory=dict)
-    content_type: str = _JSON_TYPE
-
-
-def error_answer(error: ApiError) -> Answer:
-    """The one native rendering of an error: `{"error": {"code", "message", ...}}` with its status and headers."""
-    body = json.dumps(error.body(), separators=(",", ":")).encode()
-    return Answer(error.status, body, error.headers)
-
-
-def as_response(answer: Answer) -> web.Response:
-    response = web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
-    for name, value in answer.headers.items():
-        response.headers[name] = value
-    return response
-
-
-def error_response(error: ApiError) -> web.Response:
-    return as_response(error_answer(error))
 
 
 _FORWARDING = (
@@ -73,9 +45,10 @@ _FORWARDING = (
 )
 
 
-def public_url_of_raw(headers: Mapping[bytes, bytes]) -> str:
+def public_url_of_raw(headers: Mapping[bytes, bytes], configured: str | None) -> str:
     """`dialects.base.public_base_url` for the fast edge's raw (lower-cased, bytes) request headers."""
-    return public_base_url({name: headers[key].decode("latin-1") for name, key in _FORWARDING if key in headers})
+    forwarding = {name: headers[key].decode("latin-1") for name, key in _FORWARDING if key in headers}
+    return public_base_url(forwarding, configured=configured)
 
 
 def invocation_of(call: Call, key: str | None = None) -> Invocation:
@@ -103,17 +76,9 @@ class PickledResults:
         self.state = state
 
     async def keep(self, reply: ModelReply) -> str:
-        if reply.is_pickle:
-            data = reply.body
-        else:
-            import cloudpickle
-
-            data = cloudpickle.dumps(reply.result())
-        store = result_store(self.state)
-        key = sync_result_key(self.state.settings.endpoint.namespace, self.state.settings.name)
-        ttl = float(self.state.settings.endpoint.spec.async_settings.result_ttl_seconds)
-        await store.put(key, data, PICKLE_CONTENT_TYPE, ttl_seconds=ttl)
-        return store.url_for(key)
+        settings = self.state.settings
+        ttl = float(settings.endpoint.spec.async_settings.result_ttl_seconds)
+        return await keep_sync_result(result_store(self.state), settings.endpoint.namespace, settings.name, reply, ttl)
 
 
 class Invoker:
@@ -146,7 +111,11 @@ class Invoker:
         del body  # held once from here on: as the invocation's args text
         return as_response(
             await self.answer_prepared(
-                prepared, started, lambda: public_base_url(request.headers, scheme=request.scheme)
+                prepared,
+                started,
+                lambda: public_base_url(
+                    request.headers, scheme=request.scheme, configured=self.state.settings.public_url
+                ),
             )
         )
 

@@ -15,11 +15,10 @@ a non-2xx answer means is decided by the invocation core (`router.core.model_fai
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -425,11 +424,3 @@ class ModelClient:
             connection = self._idle.pop()
             if connection.transport is not None:
                 connection.transport.close()
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
-def encode_args(args: Any) -> bytes:
-    """The JSON body of a predict call with `args` (compact, UTF-8)."""
-    return _ENCODER.encode(args).encode()

@@ -19,9 +19,10 @@ from aiohttp import web
 
 from bundleserve import logs
 from bundleserve.api.endpoint import Mode
+from bundleserve.edge.config import ConfigError
 from bundleserve.router.app import INVOKER, build_app
 from bundleserve.router.fastpath import FastEdge
-from bundleserve.router.settings import ConfigError, Settings, build_settings
+from bundleserve.router.settings import Settings, build_settings
 from bundleserve.router.state import ROUTER_STATE
 
 log = logging.getLogger("bundleserve.router")

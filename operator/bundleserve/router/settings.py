@@ -10,18 +10,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bundleserve.api.credentials import KeysFile, KeysFileError
 from bundleserve.api.endpoint import Endpoint, Mode, Routes
 from bundleserve.api.manifest import ManifestError, load_endpoints
-from bundleserve.outbound.destinations import DEFAULT_BLOCKED, AddressPolicy, parse_cidrs
-from bundleserve.router.connections import ConnectionLimits, limits_from_env
-
-DEFAULT_URL_SCHEMES = ("http", "https")
-DEFAULT_RESULTS_DIR = Path("/var/lib/bundleserve/results")
-
-
-class ConfigError(ValueError):
-    """The router cannot start with this configuration; the message says why in one line."""
+from bundleserve.dialects.base import read_public_url
+from bundleserve.edge.config import (
+    DEFAULT_RESULTS_DIR,
+    DEFAULT_URL_SCHEMES,
+    ConfigError,
+    check_results_url,
+    parse_url_schemes,
+    read_api_keys,
+    read_url_policy,
+)
+from bundleserve.edge.connections import ConnectionLimits, limits_from_env
+from bundleserve.outbound.destinations import AddressPolicy
+from bundleserve.queue.config import QueueLimits
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,10 @@ class Settings:
     #: Keep-alive and head deadline of every connection: closed when idle this long, or when the next request's head
     #: is not complete this long after the connection went idle (BUNDLESERVE_IDLE_TIMEOUT_SECONDS).
     idle_timeout_seconds: float = 75.0
+    #: The public base URL of the API (BUNDLESERVE_PUBLIC_URL; None: from each request's forwarding headers).
+    public_url: str | None = None
+    #: The deployment's queue knobs (BUNDLESERVE_QUEUE_DURABILITY, _MAX_BACKLOG, _MAX_BACKLOG_BYTES).
+    queue_limits: QueueLimits = field(default_factory=QueueLimits)
 
     @property
     def connection_limits(self) -> ConnectionLimits:
@@ -73,27 +80,6 @@ class Settings:
         return self.endpoint.spec.serves(mode)
 
 
-def read_keys_file(path: Path) -> KeysFile:
-    """The keys file (api/credentials.py: one key per line, optionally followed by the namespaces it opens); blank
-    lines and `#` comments ignored. The keys themselves are never logged."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"cannot read the API keys file {path}: {error.strerror}") from None
-    try:
-        found = KeysFile.parse(text)
-    except KeysFileError as error:
-        raise ConfigError(f"the API keys file {path}: {error}") from None
-    if not found.keys:
-        raise ConfigError(f"the API keys file {path} holds no key")
-    return found
-
-
-def read_api_keys(path: Path) -> frozenset[str]:
-    """Every key of the file (a router's file, written by the operator, holds exactly the keys it accepts)."""
-    return read_keys_file(path).all_keys()
-
-
 def load_endpoint(path: Path) -> Endpoint:
     try:
         found = load_endpoints([path])
@@ -102,49 +88,6 @@ def load_endpoint(path: Path) -> Endpoint:
     if len(found) != 1:
         raise ConfigError(f"{path}: expected exactly one Endpoint, found {len(found)}")
     return found[0][1]
-
-
-def check_results_url(url: str) -> None:
-    """An unusable S3 result store fails the start (bad URL, boto3 missing), not the first pickled result."""
-    from bundleserve.queue.s3results import ResultsUrlError, S3Location, require_boto3
-
-    try:
-        S3Location.parse(url)
-        require_boto3()
-    except ResultsUrlError as error:
-        raise ConfigError(str(error)) from None
-
-
-#: Allow loopback destinations for url inputs and callbacks (local mode turns it on; never in a cluster).
-ALLOW_LOOPBACK_ENV = "BUNDLESERVE_ALLOW_LOOPBACK"
-
-
-def parse_url_schemes(raw: str | None) -> frozenset[str]:
-    """BUNDLESERVE_URL_SCHEMES (comma-separated) for every edge that accepts `url` inputs (router, gateway)."""
-    if not raw:
-        return frozenset(DEFAULT_URL_SCHEMES)
-    return frozenset(s.strip().lower() for s in raw.split(",") if s.strip())
-
-
-def read_url_policy(env: Mapping[str, str]) -> AddressPolicy:
-    """The destination guard for `url` inputs; a bad CIDR or flag fails the start, naming the variable."""
-    flag = env.get("BUNDLESERVE_URL_BLOCK_PRIVATE", "").strip().lower()
-    if flag not in {"", "0", "false", "no", "1", "true", "yes"}:
-        raise ConfigError(f"BUNDLESERVE_URL_BLOCK_PRIVATE must be true or false, got {flag!r}")
-    loopback = env.get(ALLOW_LOOPBACK_ENV, "").strip().lower()
-    if loopback not in {"", "0", "false", "no", "1", "true", "yes"}:
-        raise ConfigError(f"{ALLOW_LOOPBACK_ENV} must be true or false, got {loopback!r}")
-    # local mode: models, url inputs and callback receivers all live on this machine
-    extra_allow = ",".join(DEFAULT_BLOCKED["loopback"]) if loopback in {"1", "true", "yes"} else ""
-    try:
-        return AddressPolicy(
-            block=parse_cidrs(env.get("BUNDLESERVE_URL_BLOCK", ""), source="BUNDLESERVE_URL_BLOCK"),
-            allow=parse_cidrs(env.get("BUNDLESERVE_URL_ALLOW", ""), source="BUNDLESERVE_URL_ALLOW")
-            + parse_cidrs(extra_allow, source=ALLOW_LOOPBACK_ENV),
-            block_private=flag not in {"0", "false", "no"},  # refused unless explicitly opened
-        )
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
 
 
 def build_settings(
@@ -172,6 +115,7 @@ def build_settings(
         raise ConfigError(f"BUNDLESERVE_DRAIN_SECONDS must be a number of seconds, got {drain!r}") from None
     try:
         limits = limits_from_env(env)
+        queue_limits = QueueLimits.from_env(env)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return Settings(
@@ -188,4 +132,6 @@ def build_settings(
         drain_seconds=drain_seconds,
         body_timeout_seconds=limits.body_seconds,
         idle_timeout_seconds=limits.idle_seconds,
+        public_url=read_public_url(env),
+        queue_limits=queue_limits,
     )

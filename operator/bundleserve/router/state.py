@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from bundleserve.api.endpoint import Endpoint, Routes
+from bundleserve.edge.auth import ApiKeys
 from bundleserve.router.admission import AdmissionController
-from bundleserve.router.auth import ApiKeys
 from bundleserve.router.metrics import RouterMetrics
 from bundleserve.router.model_client import ModelClient
 from bundleserve.router.settings import Settings
 
 if TYPE_CHECKING:
+    from bundleserve.queue.connection import Redis
     from bundleserve.queue.results import ResultStore
     from bundleserve.queue.s3results import S3Objects
     from bundleserve.queue.service import TaskService
@@ -129,11 +130,13 @@ class RouterState:
     fetcher: UrlFetcher | None = None
     #: The store of pickled and large results, created on first use (`router.invoke.result_store`).
     result_store: ResultStore | None = None
-    #: The async task service of this endpoint's queue (None: async not served or no Redis configured).
+    #: The async task service of this endpoint's queue, its Redis client and the async metrics (None: async not
+    #: served or no Redis configured). Built with the state, once, by `router.app.build_state`.
     tasks: TaskService | None = None
-    #: This replica's async worker and its metrics, while the application runs.
-    worker: Worker | None = None
+    queue_redis: Redis | None = None
     async_metrics: AsyncMetrics | None = None
+    #: This replica's async worker while the application runs (its lifecycle, not its configuration).
+    worker: Worker | None = None
 
     @property
     def endpoint(self) -> Endpoint:

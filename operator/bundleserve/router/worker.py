@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -18,11 +17,11 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
 from bundleserve.api.errors import ApiError, Timeout
-from bundleserve.api.invocation import JSON_CONTENT_TYPE, ModelReply, TaskStatus
+from bundleserve.api.invocation import ModelReply, TaskStatus
 from bundleserve.queue.backlog import backlog
 from bundleserve.queue.broker import RedisError, TaskQueue
 from bundleserve.queue.callbacks import CallbackSender, Outcome
-from bundleserve.queue.invoke import Invoke
+from bundleserve.queue.invoke import Invoke, TaskFailure
 from bundleserve.queue.results import ResultStore
 from bundleserve.queue.service import TaskService
 from bundleserve.queue.tasks import TaskRecord, TaskRequest
@@ -105,33 +104,29 @@ class AsyncMetrics:
 def router_invoke(core: InvocationCore, max_result_bytes: int) -> Invoke:
     """The worker's model call: the invocation core's `predict`, like every sync call (one path).
 
-    The core's errors become replies whose status decides the worker's retry: the model's own status for a model
-    error (a 500 is retried), 400 for arguments the runtime rejected and 413 for a result over the limit (both
-    permanent), 503 when the model is unreachable (retried). The core's own time limit surfaces as the worker's
-    timeout.
+    The core's errors cross the seam typed (`queue.invoke.TaskFailure`), with the status that decides the worker's
+    retry: the model's own status for a model error (a 500 is retried), 400 for arguments the runtime rejected and
+    413 for a result over the limit (both permanent), 503 when the model is unreachable (retried). The attempt's time
+    limit is the worker's one timer: the core arms none for it (`timed_by_caller`).
     """
 
-    async def invoke(request: TaskRequest, timeout_seconds: float) -> ModelReply:
+    async def invoke(request: TaskRequest, timeout_seconds: float) -> ModelReply | TaskFailure:
         try:
             return await core.predict(
-                request.to_invocation(),
-                ceiling_seconds=timeout_seconds,
-                patient=True,
-                max_reply_bytes=max_result_bytes,
+                request.to_invocation(), timed_by_caller=True, patient=True, max_reply_bytes=max_result_bytes
             )
-        except Timeout:
-            raise TimeoutError from None
         except ReplyTooLarge as error:
-            return ModelReply(413, _error_json(error), JSON_CONTENT_TYPE)
+            return TaskFailure(413, _traceback(error))
+        except Timeout as error:  # a limit inside the call (not the worker's): the attempt timed out all the same
+            return TaskFailure(504, _traceback(error), timed_out=True)
         except ApiError as error:
-            status = error.details.get("status_code") or error.status
-            return ModelReply(int(status), _error_json(error), JSON_CONTENT_TYPE)
+            return TaskFailure(int(error.details.get("status_code") or error.status), _traceback(error))
 
     return invoke
 
 
-def _error_json(error: ApiError) -> bytes:
-    return json.dumps(error.body()).encode()
+def _traceback(error: ApiError) -> str:
+    return str(error.details.get("traceback") or error.message)
 
 
 class ReadyGate:

@@ -1,6 +1,6 @@
 """OpenAPI operations of the Launch routes, for the document of whichever server mounts them (router, gateway).
 
-Keys are (method, path with parameters reduced to `{}`), as `bundleserve.router.openapi` keys its own operations;
+Keys are (method, path with parameters reduced to `{}`), as `bundleserve.dialects.openapi` keys its own operations;
 schemas come from the dialect's pydantic models, so the document and the wire cannot drift apart.
 """
 

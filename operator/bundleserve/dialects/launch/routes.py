@@ -65,10 +65,14 @@ class PickledResults(Protocol):
     async def keep(self, reply: ModelReply) -> str: ...
 
 
+#: The result keeper of endpoint `name` (a router: its own store; the gateway: the store of the endpoint's namespace).
+ResultsResolver = Callable[[str], PickledResults]
+
+
 class EndpointGate(Protocol):
     """The part of the core every Launch route needs: the gate (called before the body is read) and the body limit.
 
-    `InvocationBackend` satisfies it; so can a gateway, whose sync and streaming calls are forwarded instead.
+    `InvocationBackend` satisfies it; so does the gateway (for routes that name no endpoint, or only list them).
     """
 
     def gate(self, name: str | None, authorization: str | None, mode: Mode) -> object: ...
@@ -76,9 +80,9 @@ class EndpointGate(Protocol):
     async def read_body(self, request: web.Request) -> bytes: ...
 
 
-#: A front's way to hand a sync or streaming request, unchanged, to the router of endpoint `name` (the gateway's
-#: proxy); the router's own Launch routes answer it. Raises ApiError (unknown endpoint, mode, key) before forwarding.
-Forward = Callable[[web.Request, str, Mode], Awaitable[web.StreamResponse]]
+#: The invocation backend of endpoint `name`: a router's core (its own endpoint), or the gateway's per-endpoint
+#: backend that hands the parsed call to the endpoint's router in one hop. Raises NotFound for an unknown name.
+CallsResolver = Callable[[str], InvocationBackend]
 
 #: The task service of an endpoint by name (None: the v1 poll, which has only the task id); None when the endpoint's
 #: async API is not configured. The router binds its one service; the gateway resolves per endpoint.
@@ -123,25 +127,21 @@ def _endpoint_id(request: web.Request) -> str:
 
 
 class LaunchRoutes:
-    """The Launch routes over one gate, its task services, and either the invocation core (a router: sync and
-    streaming calls run here) or a `Forward` (a gateway: they are handed to the endpoint's router)."""
+    """The Launch routes over one gate, its task services and the endpoints' invocation backends (`calls`): one role
+    wherever they are mounted (a router passes its core, the gateway its per-endpoint backends)."""
 
     def __init__(
         self,
         gate: EndpointGate,
         tasks: TaskResolver,
         *,
-        core: InvocationBackend | None = None,
-        forward: Forward | None = None,
-        results: PickledResults | None = None,
+        calls: CallsResolver,
+        results: ResultsResolver | None = None,
         names: EndpointNames = tuple,
     ) -> None:
-        if (core is None) == (forward is None):
-            raise ValueError("LaunchRoutes needs exactly one of core (run calls) or forward (hand them on)")
         self.names = names
         self.gatekeeper = gate
-        self.invoker = core
-        self.forward = forward
+        self.calls = calls
         self.tasks = tasks
         self.results = results
 
@@ -186,14 +186,16 @@ class LaunchRoutes:
             raise Unavailable("the async API of this endpoint is not configured (it needs a Redis URL)")
         return tasks
 
-    def _invoker(self) -> InvocationBackend:
-        assert self.invoker is not None, "sync calls are forwarded when there is no core"
-        return self.invoker
+    def _called(self, name: str, request: web.Request, mode: Mode) -> InvocationBackend:
+        """The endpoint's backend, its gate passed (before the body is read)."""
+        backend = self.calls(name)
+        backend.gate(name, request.headers.get("Authorization"), mode)
+        return backend
 
-    async def _keep(self, request: web.Request, reply: ModelReply) -> str:
+    async def _keep(self, request: web.Request, name: str, reply: ModelReply) -> str:
         if self.results is None:
             raise Unavailable("return_pickled needs a result store, which this server has not configured")
-        return absolute_url(request, await self.results.keep(reply))
+        return absolute_url(request, await self.results(name).keep(reply))
 
     # -- legacy ---------------------------------------------------------------------------------------------------
 
@@ -231,17 +233,15 @@ class LaunchRoutes:
 
     async def legacy_sync(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
-        if self.forward is not None:
-            return await self.forward(request, name, Mode.SYNC)
-        self.gatekeeper.gate(name, request.headers.get("Authorization"), Mode.SYNC)
-        task = parse_task_request(await self.gatekeeper.read_body(request), LegacyTaskRequest)
+        backend = self._called(name, request, Mode.SYNC)
+        task = parse_task_request(await backend.read_body(request), LegacyTaskRequest)
         invocation = to_invocation(task)
         try:
-            reply = await self._invoker().predict(invocation)
+            reply = await backend.predict(invocation)
         except ModelError as error:
             return _json(render.dump(render.build_legacy_failure(error)))
         if invocation.return_pickled:
-            answer = render.build_legacy_sync(result_url=await self._keep(request, reply))
+            answer = render.build_legacy_sync(result_url=await self._keep(request, name, reply))
         else:
             answer = render.build_legacy_sync(result=render.result_text(reply))
         return _json(render.dump(answer))
@@ -278,17 +278,15 @@ class LaunchRoutes:
 
     async def v1_sync(self, request: web.Request) -> web.StreamResponse:
         name = _endpoint_id(request)
-        if self.forward is not None:
-            return await self.forward(request, name, Mode.SYNC)
-        self.gatekeeper.gate(name, request.headers.get("Authorization"), Mode.SYNC)
-        task = parse_task_request(await self.gatekeeper.read_body(request), V1TaskRequest)
+        backend = self._called(name, request, Mode.SYNC)
+        task = parse_task_request(await backend.read_body(request), V1TaskRequest)
         invocation = to_invocation(task)
         try:
-            reply = await self._invoker().predict(invocation)
+            reply = await backend.predict(invocation)
         except ModelError as error:
             return _json(render.dump(render.build_v1_failure(error)))
         if invocation.return_pickled:
-            answer = render.build_v1_sync(result_url=await self._keep(request, reply))
+            answer = render.build_v1_sync(result_url=await self._keep(request, name, reply))
         else:
             answer = render.build_v1_sync(result=render.result_text(reply))
         return _json(render.dump(answer))
@@ -307,16 +305,13 @@ class LaunchRoutes:
         return _json(render.dump(render.build_v1_task(record, functools.partial(absolute_url, request))))
 
     async def v1_stream(self, request: web.Request) -> web.StreamResponse:
-        name = _endpoint_id(request)
-        if self.forward is not None:
-            return await self.forward(request, name, Mode.STREAMING)
-        self.gatekeeper.gate(name, request.headers.get("Authorization"), Mode.STREAMING)
-        task = parse_task_request(await self.gatekeeper.read_body(request), V1TaskRequest)
+        backend = self._called(_endpoint_id(request), request, Mode.STREAMING)
+        task = parse_task_request(await backend.read_body(request), V1TaskRequest)
         if task.return_pickled:
             raise InvalidRequest("return_pickled is not available for streaming")
         response: web.StreamResponse | None = None
         try:
-            async with self._invoker().stream(to_invocation(task)) as chunks:
+            async with backend.stream(to_invocation(task)) as chunks:
                 response = web.StreamResponse(headers=_SSE_HEADERS)
                 await response.prepare(request)
                 try:
@@ -348,21 +343,14 @@ class LaunchRoutes:
 
 def add_routes(
     app: web.Application,
-    core: InvocationBackend,
+    gate: EndpointGate,
+    calls: CallsResolver,
     tasks: TaskResolver,
     *,
-    results: PickledResults | None = None,
+    results: ResultsResolver | None = None,
     names: EndpointNames = tuple,
 ) -> None:
-    """Mount the Launch routes on a router, for its own endpoint (`names`: its name): every call runs through
-    `core`."""
-    app.router.add_routes(LaunchRoutes(core, tasks, core=core, results=results, names=names).routes())
-
-
-def add_forwarding_routes(
-    app: web.Application, gate: EndpointGate, forward: Forward, tasks: TaskResolver, *, names: EndpointNames = tuple
-) -> None:
-    """Mount the Launch routes on a front for many endpoints (the gateway): endpoint descriptions and async tasks
-    are answered here from `gate` and the queues (so they work at zero replicas), sync and streaming calls are
-    forwarded unchanged to the endpoint's router, whose own Launch routes answer them."""
-    app.router.add_routes(LaunchRoutes(gate, tasks, forward=forward, names=names).routes())
+    """Mount the Launch routes: on a router for its own endpoint (`gate` and every backend its core, `names` its
+    name), on the gateway for its registry's endpoints (`gate` the gateway, `calls` its per-endpoint backends, so
+    sync and streaming calls are parsed here once and handed to the endpoint's router in one hop)."""
+    app.router.add_routes(LaunchRoutes(gate, tasks, calls=calls, results=results, names=names).routes())

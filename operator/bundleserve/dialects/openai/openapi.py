@@ -1,6 +1,6 @@
 """OpenAPI operations of the OpenAI routes, for the document of whichever server mounts them (router, gateway).
 
-Keys are (method, path with parameters reduced to `{}`), as `bundleserve.router.openapi` keys its own operations.
+Keys are (method, path with parameters reduced to `{}`), as `bundleserve.dialects.openapi` keys its own operations.
 Request schemas come from the dialect's pydantic models; the answers are OpenAI's objects, described here by their
 members (docs/dialects.md, "OpenAI").
 """

@@ -1,6 +1,6 @@
-"""OpenAPI descriptions of the SageMaker Runtime routes (merged into the router's document by `router.openapi`).
+"""OpenAPI descriptions of the SageMaker Runtime routes (merged into the router's document by `dialects.openapi`).
 
-Keys follow `router.openapi.route_key`: (METHOD, path with every parameter reduced to `{}`).
+Keys follow `dialects.openapi.route_key`: (METHOD, path with every parameter reduced to `{}`).
 """
 
 from __future__ import annotations

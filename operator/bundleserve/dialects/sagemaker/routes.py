@@ -1,8 +1,10 @@
 """The SageMaker Runtime routes: parse (protocol, sigv4) -> the core (InvocationBackend, TaskBackend) -> render.
 
 Nothing here decides admission, deadlines, body limits, url fetching or error causes: the core does, and raises the
-`ApiError` hierarchy, which `protocol.render_error` turns into SageMaker's error shapes. Mounted by the router for its
-own endpoint (the gate answers other names) and, for the async operation, by the gateway with a name resolver.
+`ApiError` hierarchy, which `protocol.render_error` turns into SageMaker's error shapes. One role wherever it is
+mounted: the router passes its core for every name (the gate answers other names), the gateway a resolver whose
+backend gates with the gateway's gate and hands the parsed invocation to the endpoint's router in one hop
+(`gateway.forwarding.EndpointCalls`), so a call is parsed, gated, read and verified exactly once.
 
 Async results: the 202 names an output and a failure location. With results in S3 they are `s3://` objects under
 the endpoint's S3OutputPath/S3FailurePath, which the worker writes (`TaskBackend.s3_paths`); without S3 they are
@@ -15,9 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 from aiohttp import web
 
@@ -33,33 +34,11 @@ from bundleserve.queue.tasks import failure_document
 TaskResolver = Callable[[str], TaskBackend]  # endpoint name -> its tasks (raises NotFound for an unknown name)
 
 
-class FrontGate(Protocol):
-    """What a front for many endpoints (the gateway) offers in place of the core: the same gate and body limit.
+#: The invocation backend of an endpoint by name: a router's core (its own endpoint), or the gateway's per-endpoint
+#: backend. Raises NotFound for a name it does not know.
+CallsResolver = Callable[[str], InvocationBackend]
 
-    `read_body` applies the limit of the endpoint the request names (the route's `{name}`).
-    """
-
-    def gate(
-        self,
-        name: str | None,
-        authorization: str | None,
-        mode: Mode,
-        *,
-        authenticated: bool = False,
-        scope: frozenset[str] | None = None,
-    ) -> object: ...
-
-    @property
-    def requires_api_key(self) -> bool: ...
-
-    async def read_body(self, request: web.Request) -> bytes: ...
-
-
-#: A front's hand-over of a sync or streaming call whose body it has read (and whose signature it verified) to the
-#: endpoint's router: `(request, name, mode, body)`. Raises ApiError (unreachable router, ...) before answering.
-Forward = Callable[[web.Request, str, Mode, bytes], Awaitable[web.StreamResponse]]
-
-#: Authorization schemes that carry a bundleserve API key (router.auth), accepted instead of SigV4 where keys exist.
+#: Authorization schemes that carry a bundleserve API key (edge.auth), accepted instead of SigV4 where keys exist.
 _API_KEY_SCHEMES = ("bearer", "basic")
 
 log = logging.getLogger("bundleserve.dialects.sagemaker")
@@ -78,27 +57,20 @@ class SageMakerSettings:
 
 
 class SageMakerApi:
-    """The handlers of one server. On a router `invocations` (the core) serves sync and streams and gates every
-    request. On a front (the gateway) `gate` gates, `forward` hands sync and streaming calls to the endpoint's router
-    after the signature was verified here, and async submissions and their locations are served over `tasks`, which
-    resolves a name. With neither a core nor a gate only the async operation exists, ungated (a test harness)."""
+    """The handlers of one server: `calls` resolves an endpoint's invocation backend, which gates every request,
+    limits its body and runs sync and streaming calls; async submissions and their locations are served over `tasks`,
+    which resolves a name too. Without `calls` only the async operation exists, ungated (a test harness)."""
 
     def __init__(
         self,
         settings: SageMakerSettings,
         *,
-        invocations: InvocationBackend | None = None,
+        calls: CallsResolver | None = None,
         tasks: TaskResolver | None = None,
-        gate: FrontGate | None = None,
-        forward: Forward | None = None,
     ) -> None:
-        if invocations is not None and (gate is not None or forward is not None):
-            raise ValueError("SageMakerApi takes either the core (a router) or a gate and forward (a front)")
         self.settings = settings
-        self.invocations = invocations
+        self.calls = calls
         self.tasks = tasks
-        self.gatekeeper: FrontGate | InvocationBackend | None = invocations if invocations is not None else gate
-        self.forward = forward
         #: Signatures verified here recently: an exact replay is refused (sigv4.ReplayGuard).
         self.replays = sigv4.ReplayGuard(settings.signing.max_clock_skew_seconds)
 
@@ -108,41 +80,56 @@ class SageMakerApi:
         reply = protocol.render_error(error, request_id=request_id)
         return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
 
-    def _authenticate(self, request: web.Request) -> tuple[sigv4.SignedRequest | None, str | None]:
+    def _backend(self, name: str) -> InvocationBackend | None:
+        """The endpoint's backend (None: no gate, the test harness); an unknown name in SageMaker's wording."""
+        if self.calls is None:
+            return None
+        try:
+            return self.calls(name)
+        except NotFound:
+            raise protocol.unknown_endpoint(name) from None
+
+    def _authenticate(
+        self, request: web.Request, backend: InvocationBackend | None
+    ) -> tuple[sigv4.SignedRequest | None, str | None]:
         """Headers-only SigV4 checks; returns the parsed signature and the Authorization for the gate.
 
         A SigV4 signature (verified over the body once read) is this dialect's authentication: the gate is then
         asked with `authenticated=True`, so a router or gateway with API keys does not also demand one (an AWS SDK
         cannot send it). An API key (`Bearer KEY`, or Basic) instead of a signature is accepted where API keys are
-        configured: the gate checks it, as on every other route; that is how the gateway hands on a request whose
-        signature it verified (docs/dialects.md, "Where each dialect is served"). Unsigned requests (when allowed)
-        pass their Authorization header, if any, to the gate unchanged.
+        configured: the gate checks it, as on every other route (a client of a router's own SageMaker routes may
+        hold one). Unsigned requests (when allowed) pass their Authorization header, if any, to the gate unchanged.
         """
         signing = self.settings.signing
         authorization = request.headers.get("Authorization")
-        if signing.open or (_is_api_key(authorization) and self._requires_api_key()):
+        if signing.open or (_is_api_key(authorization) and backend is not None and backend.requires_api_key):
             return None, authorization
         signed = sigv4.parse_authorization(signing, request.headers)
         return signed, None if signed is not None else authorization
 
-    def _requires_api_key(self) -> bool:
-        return self.gatekeeper is not None and self.gatekeeper.requires_api_key
-
-    def _gate(self, name: str, signed: sigv4.SignedRequest | None, authorization: str | None, mode: Mode) -> None:
-        """The one gate (the core's or the front's), with SageMaker's wording for an unknown endpoint. A signature's
-        key opens only its namespaces (`scope`); another namespace's endpoint gets the unknown endpoint's answer."""
-        if self.gatekeeper is None:
+    def _gate(
+        self,
+        backend: InvocationBackend | None,
+        name: str,
+        signed: sigv4.SignedRequest | None,
+        authorization: str | None,
+        mode: Mode,
+    ) -> None:
+        """The endpoint's one gate, with SageMaker's wording for an unknown endpoint. A signature's key opens only
+        its namespaces (`scope`); another namespace's endpoint gets the unknown endpoint's answer."""
+        if backend is None:
             return
         scope = self.settings.signing.scope_of(signed.access_key_id) if signed is not None else None
         try:
-            self.gatekeeper.gate(name, authorization, mode, authenticated=signed is not None, scope=scope)
+            backend.gate(name, authorization, mode, authenticated=signed is not None, scope=scope)
         except NotFound:
             raise protocol.unknown_endpoint(name) from None
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        if self.gatekeeper is None:
+    @staticmethod
+    async def _read_body(backend: InvocationBackend | None, request: web.Request) -> bytes:
+        if backend is None:
             return await request.read()
-        return await self.gatekeeper.read_body(request)
+        return await backend.read_body(request)
 
     def _verify(
         self, request: web.Request, signed: sigv4.SignedRequest | None, body: bytes, *, once: bool = True
@@ -166,39 +153,16 @@ class SageMakerApi:
         if once:
             self.replays.check(signed, request.headers)
 
-    def _backend(self, name: str) -> InvocationBackend:
-        if self.invocations is None:
-            raise protocol.unknown_endpoint(name)
-        return self.invocations
-
-    async def _forwarded(self, request: web.Request, request_id: str, operation: Operation) -> web.StreamResponse:
-        """On a front: the same parsing and checks as the router's (headers, gate, body limit, signature), then
-        the request is handed on unchanged; the router's answer goes back to the client as it is."""
-        assert self.forward is not None
-        mode = Mode.SYNC if operation is Operation.INVOKE else Mode.STREAMING
-        try:
-            name = request.match_info["name"]
-            signed, authorization = self._authenticate(request)
-            protocol.parse_request(operation, name, request.headers, variant=self.settings.variant)
-            self._gate(name, signed, authorization, mode)
-            body = await self._read_body(request)
-            self._verify(request, signed, body)
-            return await self.forward(request, name, mode, body)
-        except ApiError as error:
-            return self._error(error, request_id)
-
     # -- InvokeEndpoint --------------------------------------------------------------------------------------------
 
     async def invoke(self, request: web.Request) -> web.StreamResponse:
         request_id = protocol.new_request_id()
-        if self.forward is not None:
-            return await self._forwarded(request, request_id, Operation.INVOKE)
         try:
             name = request.match_info["name"]
-            signed, authorization = self._authenticate(request)
+            backend = self._sync_backend(name)
+            signed, authorization = self._authenticate(request, backend)
             parsed = protocol.parse_request(Operation.INVOKE, name, request.headers, variant=self.settings.variant)
-            backend = self._backend(name)
-            self._gate(name, signed, authorization, Mode.SYNC)
+            self._gate(backend, name, signed, authorization, Mode.SYNC)
             body = await backend.read_body(request)
             self._verify(request, signed, body)
             invocation = protocol.build_invocation(parsed, body, python_bundle=self.settings.python_bundle(name))
@@ -215,16 +179,14 @@ class SageMakerApi:
 
     async def invoke_stream(self, request: web.Request) -> web.StreamResponse:
         request_id = protocol.new_request_id()
-        if self.forward is not None:
-            return await self._forwarded(request, request_id, Operation.INVOKE_STREAM)
         try:
             name = request.match_info["name"]
-            signed, authorization = self._authenticate(request)
+            backend = self._sync_backend(name)
+            signed, authorization = self._authenticate(request, backend)
             parsed = protocol.parse_request(
                 Operation.INVOKE_STREAM, name, request.headers, variant=self.settings.variant
             )
-            backend = self._backend(name)
-            self._gate(name, signed, authorization, Mode.STREAMING)
+            self._gate(backend, name, signed, authorization, Mode.STREAMING)
             body = await backend.read_body(request)
             self._verify(request, signed, body)
             python_bundle = self.settings.python_bundle(name)
@@ -248,14 +210,15 @@ class SageMakerApi:
         request_id = protocol.new_request_id()
         try:
             name = request.match_info["name"]
-            signed, authorization = self._authenticate(request)
+            backend = self._backend(name)
+            signed, authorization = self._authenticate(request, backend)
             parsed = protocol.parse_request(
                 Operation.INVOKE_ASYNC, name, request.headers, variant=self.settings.variant
             )
-            self._gate(name, signed, authorization, Mode.ASYNC)
+            self._gate(backend, name, signed, authorization, Mode.ASYNC)
             tasks = self._tasks(name)
             s3_paths = tasks.s3_paths()
-            body = await self._read_body(request)
+            body = await self._read_body(backend, request)
             self._verify(request, signed, body)
             invocation = protocol.build_invocation(
                 parsed,
@@ -284,6 +247,12 @@ class SageMakerApi:
         }
         inference_id = parsed.inference_id or task_id
         return web.json_response({"InferenceId": inference_id}, status=202, headers=headers)
+
+    def _sync_backend(self, name: str) -> InvocationBackend:
+        backend = self._backend(name)
+        if backend is None:  # the routes are mounted only with `calls`
+            raise protocol.unknown_endpoint(name)
+        return backend
 
     def _tasks(self, name: str) -> TaskBackend:
         if self.tasks is None:  # the gate passed (async is served) but no queue is configured on this server
@@ -326,9 +295,10 @@ class SageMakerApi:
 
     def _location_tasks(self, request: web.Request, name: str) -> TaskBackend:
         """The same authentication as the invocations (a signed GET over an empty body), then the endpoint's tasks."""
-        signed, authorization = self._authenticate(request)
+        backend = self._backend(name)
+        signed, authorization = self._authenticate(request, backend)
         self._verify(request, signed, b"", once=False)
-        self._gate(name, signed, authorization, Mode.ASYNC)
+        self._gate(backend, name, signed, authorization, Mode.ASYNC)
         return self._tasks(name)
 
 
@@ -368,13 +338,13 @@ async def _pump(response: web.StreamResponse, chunks: AsyncIterator[StreamChunk]
 
 
 def routes(api: SageMakerApi) -> list[web.RouteDef]:
-    """The dialect's routes; sync and stream only when the API has an InvocationBackend or a front's Forward."""
+    """The dialect's routes; sync and stream only when the API has invocation backends (`calls`)."""
     table = [
         web.post("/endpoints/{name}/async-invocations", api.invoke_async),
         web.get(OUTPUT_PATH, api.output),
         web.get(FAILURE_PATH, api.failure),
     ]
-    if api.invocations is not None or api.forward is not None:
+    if api.calls is not None:
         table += [
             web.post("/endpoints/{name}/invocations", api.invoke),
             web.post("/endpoints/{name}/invocations-response-stream", api.invoke_stream),
@@ -403,4 +373,4 @@ def mount(app: web.Application, core: InvocationBackend, tasks: TaskBackend | No
         def resolver(_name: str) -> TaskBackend:
             return bound
 
-    app.add_routes(routes(SageMakerApi(settings, invocations=core, tasks=resolver)))
+    app.add_routes(routes(SageMakerApi(settings, calls=lambda _name: core, tasks=resolver)))

@@ -1,6 +1,8 @@
-"""The OpenAPI document of a router, generated from the routes the application really registered.
+"""The OpenAPI document of a router or the gateway, generated from the routes the application really registered.
 
-Each known operation is described here; `build_document` emits exactly the operations present in the app's router
+The native API's operations are described here, every other dialect's in its own `openapi` module, merged below; the
+router and the gateway both build their document with `build_document` (the gateway adds its own few routes). Each
+known operation is described here; `build_document` emits exactly the operations present in the app's router
 table (a sync-only endpoint does not advertise async routes), and the tests check that every registered route is
 described, so the document cannot drift from the server.
 """
@@ -178,11 +180,14 @@ def route_key(method: str, path: str) -> tuple[str, str]:
     return method, _PARAM.sub("{}", path)
 
 
+#: The internal hop's routes (`edge.hop`: the gateway's hand-over to a router) are not part of the public API.
+INTERNAL_PREFIX = "/internal/"
+
 _OWN_ENDPOINT = re.compile(r"^/v1/endpoints/[^/{]+/")
 
 
 def registered_routes(app: web.Application) -> list[tuple[str, str]]:
-    """(method, path template) of every route of the app, without the HEAD twins aiohttp adds for GET.
+    """(method, path template) of every public route of the app, without the HEAD twins aiohttp adds for GET.
 
     The router registers its own endpoint's exact paths (faster to resolve) next to the `{name}` templates; both
     are the same operation, reported once as the template.
@@ -191,7 +196,7 @@ def registered_routes(app: web.Application) -> list[tuple[str, str]]:
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource is not None else {}
         path = info.get("path") or info.get("formatter")
-        if path is None or route.method in ("HEAD", "*"):
+        if path is None or route.method in ("HEAD", "*") or str(path).startswith(INTERNAL_PREFIX):
             continue
         entry = (route.method, _OWN_ENDPOINT.sub("/v1/endpoints/{name}/", str(path)))
         if entry not in found:

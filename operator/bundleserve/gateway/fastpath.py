@@ -1,0 +1,461 @@
+"""The gateway's fast edge: `POST /v1/endpoints/{name}/predict|stream` proxied on a plain asyncio protocol.
+
+The same idea as the router's fast edge (`router.fastpath`): aiohttp's per-request machinery and its client cost more
+than a proxy hop may, so the listening socket speaks HTTP/1.1 itself for the hot routes and hands the connection over
+to aiohttp (the gateway's application, `gateway.app`) at the first request that is anything else: other routes and
+methods, a query string, a body without a Content-Length or larger than `BUFFER_BYTES`, `Expect`, `Upgrade`, HTTP/1.0,
+and every request the gateway's gate refuses (aiohttp then answers it, so refusals read exactly as before). The handler
+gets the transport and every byte not yet consumed, so it sees the rest of the connection as if it had accepted it.
+
+A request taken here: gate (`Gateway.gate`: API key and its namespaces, name, mode), body read whole (at most
+`BUFFER_BYTES`, within the body deadline), then the request goes unchanged to the endpoint's router through the pooled
+raw client (`gateway.upstream`; method, path and body as they came, hop-by-hop headers dropped, the client's
+`Authorization` replaced by the endpoint's gateway key, `X-Forwarded-*` added), with the same attempts as the aiohttp
+proxy. The router's answer is streamed back as it arrives: with its Content-Length when it has one, else chunked
+(event streams, flushed per chunk); reading from the router pauses while the client's socket buffer is full. A client
+that goes away closes the router connection, which the router propagates to the model.
+
+Limits: requests are answered one at a time per connection, in order (pipelining-safe); a head larger than 64 KiB
+and a body not complete within the body deadline are closed (408); an idle connection is closed after the keep-alive
+time, as on the router's fast edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import http
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+from urllib.parse import urlsplit
+
+import httptools
+from aiohttp import web
+
+from bundleserve.api.endpoint import Mode
+from bundleserve.api.errors import ApiError, RequestTimeout, Unavailable
+from bundleserve.edge.errors import error_answer
+from bundleserve.edge.http1 import Date, render
+from bundleserve.gateway.proxy import BUFFER_BYTES, HOP_BY_HOP
+from bundleserve.gateway.registry import EndpointEntry
+from bundleserve.gateway.upstream import Answer, NoAnswer, UpstreamLost, UpstreamPool
+
+if TYPE_CHECKING:
+    from bundleserve.gateway.app import Gateway
+
+log = logging.getLogger(__name__)
+
+_PREFIX = b"POST /v1/endpoints/"
+_TARGET = re.compile(rb"POST (/v1/endpoints/([A-Za-z0-9][A-Za-z0-9.-]{0,252})/(predict|stream)) HTTP/1\.1\r\n")
+_MODES = {b"predict": Mode.SYNC, b"stream": Mode.STREAMING}
+_MAX_HEAD = 65536
+_LINGER_SECONDS = 5.0
+_HOP = frozenset(name.encode() for name in HOP_BY_HOP) | {b"authorization"}
+_NOT_FAST = (b"transfer-encoding", b"expect", b"upgrade")
+_STATUS_LINES = {
+    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode()) for status in http.HTTPStatus
+}
+_CHUNKED_END = b"0\r\n\r\n"
+
+
+@dataclass(slots=True)
+class _Request:
+    """One request taken by the fast edge, its head parsed and its body counted in."""
+
+    entry: EndpointEntry
+    path: bytes
+    headers: list[tuple[bytes, bytes]]
+    length: int
+    keep_alive: bool
+
+
+class _Head:
+    """httptools callbacks for one request head (a fresh parser per request: the head is all it is fed)."""
+
+    __slots__ = ("complete", "headers")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+class GatewayEdge:
+    """The protocol factory given to `loop.create_server`; shared by the connections of one gateway."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        server: web.Server,
+        pool: UpstreamPool,
+        *,
+        idle_seconds: float = 75.0,
+        body_seconds: float = 60.0,
+    ) -> None:
+        self.gateway = gateway
+        self.server = server  # aiohttp's RequestHandler factory, for handovers
+        self.pool = pool
+        self.connections: set[GatewayConnection] = set()
+        self.closing = False
+        self.idle_seconds = idle_seconds
+        self.body_seconds = body_seconds
+        self._sweep_every = min(idle_seconds, body_seconds) / 4
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._addresses: dict[str, tuple[tuple[str, int], bytes]] = {}
+
+    def __call__(self) -> GatewayConnection:
+        return GatewayConnection(self)
+
+    def upstream(self, router_url: str) -> tuple[tuple[str, int], bytes]:
+        """(host, port) of a router URL and its `Host` header line, parsed once per URL."""
+        known = self._addresses.get(router_url)
+        if known is None:
+            parts = urlsplit(router_url)
+            host, port = parts.hostname or "localhost", parts.port or 80
+            known = self._addresses[router_url] = ((host, port), b"Host: %s:%d\r\n" % (host.encode(), port))
+        return known
+
+    def opened(self, connection: GatewayConnection) -> None:
+        self.connections.add(connection)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle past the keep-alive time; 408 to bodies not complete within the body deadline."""
+        self._sweeper = None
+        now = time.monotonic()
+        idle_limit, body_limit = now - self.idle_seconds, now - self.body_seconds
+        for connection in list(self.connections):
+            if connection.request is not None and connection.task is None and connection.body_since < body_limit:
+                connection.body_timed_out(self.body_seconds)
+            elif connection.idle_since < idle_limit:
+                connection.close_when_idle()
+        if self.connections:
+            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every, self._sweep)
+
+    def close(self) -> None:
+        """Shutdown: close idle connections now, busy ones after their current answer."""
+        self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for connection in list(self.connections):
+            connection.close_when_idle()
+
+
+class GatewayConnection(asyncio.Protocol):
+    """One client connection while it only sends fast-path requests."""
+
+    def __init__(self, edge: GatewayEdge) -> None:
+        self.edge = edge
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.request: _Request | None = None  # head taken, body not complete
+        self.task: asyncio.Task[None] | None = None
+        self.answer: Answer | None = None  # the router's answer being relayed
+        self.writing_paused = False
+        self.reading_paused = False
+        self.idle_since = 0.0
+        self.body_since = 0.0
+        self.peer = b""
+
+    # -- asyncio protocol -----------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]).encode() if isinstance(peer, tuple) else b""
+        self.idle_since = time.monotonic()
+        self.edge.opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.task is None:
+            self._process()
+        elif len(self.buffer) > _MAX_HEAD + BUFFER_BYTES and self.transport is not None and not self.reading_paused:
+            self.transport.pause_reading()  # a client pipelining without end waits until its answers went out
+            self.reading_paused = True
+
+    def eof_received(self) -> bool:
+        return False  # a half-closed client gets no more answers: close (cancels a running request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.edge.connections.discard(self)
+        self.transport = None
+        if self.task is not None:
+            self.task.cancel()  # closes the router connection: the router sees the client leave
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        if self.answer is not None:
+            self.answer.pause()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.answer is not None:
+            self.answer.resume()
+
+    def close_when_idle(self) -> None:
+        if self.task is None and self.request is None and self.transport is not None:
+            self.transport.close()
+
+    # -- framing --------------------------------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Take complete requests from the buffer, one at a time, until one is being answered or bytes run out."""
+        while self.task is None and self.transport is not None:
+            if self.request is None and not self._head():
+                return
+            request = self.request
+            assert request is not None
+            if len(self.buffer) < request.length:
+                return
+            body = bytes(self.buffer[: request.length])
+            del self.buffer[: request.length]
+            self.request = None
+            self.task = asyncio.get_running_loop().create_task(self._proxy(request, body))
+
+    def _head(self) -> bool:
+        """Take the head of a request the fast edge serves; hand the connection over for anything else."""
+        buffer = self.buffer
+        if not buffer.startswith(_PREFIX):
+            if len(buffer) < len(_PREFIX) and _PREFIX.startswith(buffer):
+                return False  # could still become a fast request
+            self._hand_over()
+            return False
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > _MAX_HEAD:
+                self._hand_over()  # aiohttp refuses an oversized head in the one error shape
+            return False
+        request = self._parse(bytes(buffer[: end + 4]))
+        if request is None:
+            self._hand_over()
+            return False
+        del buffer[: end + 4]
+        self.request = request
+        self.body_since = time.monotonic()
+        return True
+
+    def _parse(self, head: bytes) -> _Request | None:
+        """The request when the fast edge can serve it as it is (else None: aiohttp will)."""
+        target = _TARGET.match(head)
+        if target is None:
+            return None
+        parsed = _Head()
+        try:
+            httptools.HttpRequestParser(parsed).feed_data(head)
+        except httptools.HttpParserError:
+            return None
+        if not parsed.complete:
+            return None
+        headers = parsed.headers
+        length = None
+        keep_alive = True
+        authorization = None
+        for name, value in headers:
+            if name == b"content-length":
+                if length is not None or not value.isdigit():
+                    return None
+                length = int(value)
+            elif name == b"authorization":
+                authorization = value
+            elif name == b"connection":
+                keep_alive = b"close" not in value.lower()
+            elif name in _NOT_FAST:
+                return None
+        if length is None or length > BUFFER_BYTES:
+            return None
+        try:
+            entry = _gate(
+                self.edge.gateway,
+                target.group(2).decode(),
+                None if authorization is None else authorization.decode("utf-8", "surrogateescape"),
+                _MODES[target.group(3)],
+            )
+        except ApiError:
+            return None  # refused: aiohttp's route answers it (the same gate, the same rendering)
+        if entry is None or length > entry.max_payload_bytes:
+            return None
+        return _Request(entry, target.group(1), headers, length, keep_alive and not self.edge.closing)
+
+    def body_timed_out(self, seconds: float) -> None:
+        """The body deadline passed (the edge's sweep): a trickling client (slowloris) gets 408 and is closed."""
+        message = f"the request body was not complete within {seconds:g} s (BUNDLESERVE_BODY_TIMEOUT_SECONDS)"
+        self.request = None
+        self._fail(RequestTimeout(message))
+
+    # -- proxying -------------------------------------------------------------------------------------------------
+
+    def _upstream_head(self, request: _Request) -> tuple[tuple[str, int], bytes]:
+        gateway = self.edge.gateway
+        entry = request.entry
+        address, host = self.edge.upstream(entry.router_url)
+        lines = [b"POST ", request.path, b" HTTP/1.1\r\n", host]
+        forwarded_host = forwarded_proto = False
+        prior_for = None
+        client_host = b""
+        for name, value in request.headers:
+            if name in _HOP:
+                if name == b"host":
+                    client_host = value
+                continue
+            if name == b"x-forwarded-for":
+                prior_for = value
+                continue
+            forwarded_host = forwarded_host or name == b"x-forwarded-host"
+            forwarded_proto = forwarded_proto or name == b"x-forwarded-proto"
+            lines += (name, b": ", value, b"\r\n")
+        if not forwarded_host and client_host:
+            lines += (b"X-Forwarded-Host: ", client_host, b"\r\n")
+        if not forwarded_proto:
+            lines.append(b"X-Forwarded-Proto: http\r\n")
+        if self.peer:
+            lines += (b"X-Forwarded-For: ", prior_for + b", " + self.peer if prior_for else self.peer, b"\r\n")
+        authorization = gateway.upstream_authorization(entry)
+        if authorization is not None:
+            lines += (b"Authorization: ", authorization.encode(), b"\r\n")
+        lines.append(b"Content-Length: %d\r\n\r\n" % request.length)
+        return address, b"".join(lines)
+
+    async def _proxy(self, request: _Request, body: bytes) -> None:
+        keep = request.keep_alive
+        answer: Answer | None = None
+        try:
+            # an endpoint at zero replicas: held here while one starts (gateway.activator)
+            async with self.edge.gateway.activator.admitted(request.entry) as request.entry:
+                address, head = self._upstream_head(request)
+                try:
+                    answer = await self.edge.pool.send(address, head, body)
+                except NoAnswer:
+                    error = Unavailable(
+                        f"endpoint {request.entry.name} is not reachable (no ready router answered)",
+                        headers={"Retry-After": "1"},
+                    )
+                    self._write(render(error_answer(error), keep_alive=keep))
+                else:
+                    del body
+                    self.answer = answer
+                    if self.writing_paused:
+                        answer.pause()
+                    keep = await self._relay(answer, keep)
+        except ApiError as refused:  # the activator's: the hold is full, the deadline passed, the endpoint went away
+            if answer is None:
+                self._write(render(error_answer(refused), keep_alive=keep))
+            else:  # not the activator's (it answers before any answer exists): a bug, as below
+                log.exception("unexpected error on the gateway's fast path")
+                keep = False
+        except UpstreamLost:
+            keep = False  # the answer began and broke: the client's connection ends too (it cannot be completed)
+            if self.transport is not None:
+                self.transport.close()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug of ours: log it, answer in the documented shape if nothing was sent yet
+            log.exception("unexpected error on the gateway's fast path")
+            keep = False
+            if answer is None:
+                self._write(render(error_answer(ApiError("internal error")), keep_alive=False))
+        finally:
+            self.answer = None
+            if answer is not None:
+                answer.release()  # back to the pool only when read to its end; closed otherwise
+        self._done(keep)
+
+    async def _relay(self, answer: Answer, keep: bool) -> bool:
+        """Write the router's answer to the client as it arrives; whether the connection stays open."""
+        lines = [_STATUS_LINES.get(answer.status) or b"HTTP/1.1 %d Unknown\r\n" % answer.status]
+        dated = False
+        for name, value in answer.headers:
+            lower = name.lower()
+            if lower in _HOP:  # a router's `Connection: close` ends its own connection (the pool's), not this one
+                continue
+            dated = dated or lower == b"date"
+            lines += (name, b": ", value, b"\r\n")
+        if not dated:
+            lines.append(Date.header())
+        keep = keep and not self.edge.closing
+        if not keep:
+            lines.append(b"Connection: close\r\n")
+        length = answer.content_length
+        if length is not None:
+            lines.append(b"Content-Length: %d\r\n\r\n" % length)
+            if length <= BUFFER_BYTES:
+                lines.append(await answer.read())  # one write: head and a small body
+                self._write(b"".join(lines))
+                return keep
+            self._write(b"".join(lines))
+            async for chunk in answer.chunks():
+                self._write(chunk)
+            return keep
+        lines.append(b"Transfer-Encoding: chunked\r\n\r\n")
+        self._write(b"".join(lines))
+        async for chunk in answer.chunks():  # an event stream: each chunk flushed as it comes
+            if chunk:
+                self._write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        self._write(_CHUNKED_END)
+        return keep
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def _done(self, keep: bool) -> None:
+        self.task = None
+        self.idle_since = time.monotonic()
+        transport = self.transport
+        if transport is None:
+            return
+        if not keep:
+            transport.close()
+            return
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        if self.buffer:
+            self._process()  # pipelined requests waited in the buffer
+
+    def _fail(self, error: ApiError) -> None:
+        """Answer an error and close (the rest of the connection's bytes cannot be trusted); bytes still arriving
+        are dropped for a bounded time, so a client that is busy sending reads the answer instead of a reset."""
+        self.edge.connections.discard(self)
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(render(error_answer(error), keep_alive=False))
+        self.buffer.clear()
+        if transport.can_write_eof():
+            transport.write_eof()
+            asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
+        self.transport = None
+
+    def _hand_over(self) -> None:
+        """Give the connection and its unconsumed bytes to aiohttp for good."""
+        transport = self.transport
+        assert transport is not None
+        self.transport = None
+        self.edge.connections.discard(self)
+        handler = self.edge.server()
+        if self.reading_paused:
+            transport.resume_reading()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        if data:
+            handler.data_received(data)
+
+
+def _gate(gateway: Gateway, name: str, authorization: str | None, mode: Mode) -> EndpointEntry | None:
+    """The gateway's gate, run in a context of its own: the credential's scope it records (a context variable) must
+    not leak into the context aiohttp's handler tasks copy after a hand-over."""
+    return contextvars.copy_context().run(gateway.gate, name, authorization, mode)

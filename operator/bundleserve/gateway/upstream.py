@@ -1,0 +1,279 @@
+"""The gateway's raw, pooled HTTP/1.1 client to the endpoints' routers (the hot paths' upstream).
+
+aiohttp's client costs more per request than a proxy hop may (docs/benchmarks.md, "Gateway"); like the router's
+model client (`router.model_client`) this one keeps idle keep-alive connections per router address, writes a request
+in one `write` and parses the answer with httptools. It never holds a body whole unless asked to (`read`): the
+answer's bytes are handed on as they arrive (`chunks`), and reading stops while the consumer is slow
+(`pause`/`resume`, the gateway's fast edge follows its client's write buffer).
+
+Attempts (`send`): a router that answered nothing (connection refused or reset, or closed before any answer) or
+refused with 503 before its model saw the call is tried again with the same delays as `gateway.proxy.send`
+(`RETRY_DELAYS`, a 503 `REFUSED_ATTEMPTS` times): the request is in memory, so it can be sent again.
+
+Errors: `NoAnswer` (an OSError) when every attempt found nobody; `UpstreamLost` (a ConnectionError) when the
+connection broke after the answer began.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import httptools
+
+from bundleserve.gateway.proxy import REFUSED, REFUSED_ATTEMPTS, RETRY_DELAYS
+
+log = logging.getLogger(__name__)
+
+_LARGE_BODY = 64 * 1024
+#: Chunks waiting for a slow consumer before the connection stops reading.
+_PAUSE_AT = 64
+
+
+class NoAnswer(OSError):
+    """No router answered the call (every attempt was refused, reset or closed before an answer)."""
+
+
+class UpstreamLost(ConnectionError):
+    """The router's connection broke after its answer began (the rest of the answer is lost)."""
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to a router; httptools calls the `on_*` methods while `data_received` feeds it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, address: tuple[str, int]) -> None:
+        self.loop = loop
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.lost = False
+        self.idle_since = 0.0
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.content_length: int | None = None
+        self.keep_alive = True
+        self.head: asyncio.Future[None] | None = None
+        self.chunks: list[bytes | None] = []
+        self.waiter: asyncio.Future[None] | None = None
+        self.failure: BaseException | None = None
+        self.complete = False
+        self.paused = False
+
+    def begin(self) -> None:
+        self.status = 0
+        self.headers = []
+        self.content_length = None
+        self.head = self.loop.create_future()
+        self.chunks = []
+        self.waiter = None
+        self.failure = None
+        self.complete = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio subclasses
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            self._fail(UpstreamLost(f"invalid HTTP from the router: {error}"))
+            if self.transport is not None:
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.keep_alive = False
+        if not self.complete:
+            self._fail(exc or ConnectionResetError("the router closed the connection"))
+
+    def _fail(self, error: BaseException) -> None:
+        self.keep_alive = False
+        if self.head is not None and not self.head.done():
+            self.head.set_exception(error)
+            return
+        self.failure = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        if len(name) == 14 and name.lower() == b"content-length":
+            self.content_length = int(value)
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.head is not None and not self.head.done():
+            self.head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        if len(self.chunks) >= _PAUSE_AT:
+            self.pause()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.chunks.append(None)
+        self._wake()
+
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+
+class Answer:
+    """A router's answer: status and headers at once, the body as it arrives. `release()` when done (the
+    connection goes back to the pool when the answer was read to its end, and is closed otherwise)."""
+
+    __slots__ = ("_connection", "_pool", "headers", "status")
+
+    def __init__(self, pool: UpstreamPool, connection: _Connection) -> None:
+        self._pool = pool
+        self._connection = connection
+        self.status = connection.status
+        self.headers = connection.headers
+
+    @property
+    def content_length(self) -> int | None:
+        return self._connection.content_length
+
+    def header(self, name: bytes) -> bytes | None:
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key.lower() == wanted), None)
+
+    async def _next(self) -> bytes | None:
+        connection = self._connection
+        while not connection.chunks:
+            if connection.failure is not None:
+                raise UpstreamLost(str(connection.failure) or "the router's connection broke")
+            connection.waiter = connection.loop.create_future()
+            await connection.waiter
+        chunk = connection.chunks.pop(0)
+        if connection.paused and len(connection.chunks) < _PAUSE_AT // 2:
+            connection.resume()
+        return chunk
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive (de-chunked); ends at the answer's end."""
+        while (chunk := await self._next()) is not None:
+            yield chunk
+
+    async def read(self) -> bytes:
+        parts = [chunk async for chunk in self.chunks()]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def pause(self) -> None:
+        self._connection.pause()
+
+    def resume(self) -> None:
+        self._connection.resume()
+
+    def release(self) -> None:
+        self._pool.release(self._connection)
+
+
+class UpstreamPool:
+    """Idle connections per router address (host, port), reused while fresh."""
+
+    def __init__(self, *, max_idle: int = 256, idle_seconds: float = 30.0, connect_seconds: float = 5.0) -> None:
+        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._max_idle = max_idle
+        self._idle_seconds = idle_seconds
+        self._connect_seconds = connect_seconds
+        self._closed = False
+
+    async def _connect(self, address: tuple[str, int], *, fresh: bool) -> _Connection:
+        idle = self._idle.get(address)
+        now = time.monotonic()
+        while idle and not fresh:
+            connection = idle.pop()
+            if not connection.lost and now - connection.idle_since < self._idle_seconds:
+                return connection
+            if connection.transport is not None:
+                connection.transport.close()
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._connect_seconds):
+            _, protocol = await loop.create_connection(lambda: _Connection(loop, address), *address)
+        return protocol
+
+    def release(self, connection: _Connection) -> None:
+        idle = self._idle.setdefault(connection.address, [])
+        reusable = connection.complete and connection.keep_alive and not connection.lost and not self._closed
+        if reusable and len(idle) < self._max_idle:
+            connection.resume()
+            connection.idle_since = time.monotonic()
+            connection.waiter = None
+            idle.append(connection)
+            return
+        if connection.transport is not None:
+            connection.transport.close()
+
+    async def _attempt(self, address: tuple[str, int], request: tuple[bytes, ...], fresh: bool) -> _Connection:
+        """One attempt: the request written and the answer's head read. A pooled connection the router closed in
+        the meantime fails before any answer; the caller's attempts cover it."""
+        connection = await self._connect(address, fresh=fresh)
+        connection.begin()
+        transport = connection.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the pooled connection was closed")
+        if len(request) == 1:
+            transport.write(request[0])
+        else:
+            transport.writelines(request)
+        assert connection.head is not None
+        try:
+            await connection.head
+        except BaseException:
+            if connection.transport is not None:
+                connection.transport.close()
+            raise
+        return connection
+
+    async def send(self, address: tuple[str, int], head: bytes, body: bytes) -> Answer:
+        """The router's answer to one request (`head` ends with its blank line), after the attempts described in
+        the module's docstring; NoAnswer when none answered."""
+        request = (head + body,) if len(body) < _LARGE_BODY else (head, body)
+        refusals = 0
+        fresh = False
+        for delay in (0.0, *RETRY_DELAYS):
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                connection = await self._attempt(address, request, fresh)
+            except (OSError, TimeoutError) as error:
+                log.info("no answer from %s:%d (%s: %s); again in %.2fs", *address, type(error).__name__, error, delay)
+                fresh = True  # the idle ones may all be stale: the next attempt opens a new connection
+                continue
+            answer = Answer(self, connection)
+            if connection.status != REFUSED or refusals >= REFUSED_ATTEMPTS:
+                return answer
+            refusals += 1
+            with contextlib.suppress(UpstreamLost):
+                await answer.read()  # a small error document; the connection stays usable
+            answer.release()
+            log.info("%s:%d refused the call (503: not ready or shutting down)", *address)
+        raise NoAnswer(f"no router answered at {address[0]}:{address[1]}")
+
+    def close(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for connection in idle:
+                if connection.transport is not None:
+                    connection.transport.close()
+        self._idle.clear()

@@ -1,0 +1,149 @@
+"""The gateway's fast edge (`gateway.fastpath`) on raw sockets, in front of a real router and model (the backend of
+tests/integration/test_gateway.py): requests pipelined on one connection are answered in order, a connection moves to
+aiohttp at its first request the fast edge does not serve and keeps working there, a trickling body gets 408 and is
+closed, and the router sees the client's address in X-Forwarded-For. The rest of the gateway's behaviour through the
+fast edge is covered by test_gateway.py, whose gateway listens the same way (`gateway.server.Front`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from bundleserve.edge.connections import ConnectionLimits
+from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
+from bundleserve.gateway.fastpath import GatewayConnection, GatewayEdge, _Request
+from bundleserve.gateway.registry import Registry
+from bundleserve.gateway.server import Front
+from bundleserve.gateway.upstream import UpstreamPool
+from tests.integration.test_gateway import backend, entry_for  # noqa: F401 - the module's real router and model
+from tests.support.processes import free_port
+
+
+@pytest.fixture
+async def front(backend: dict[str, Any]) -> AsyncIterator[int]:  # noqa: F811
+    registry = Registry([entry_for(backend["endpoint_file"], backend["router_url"])])
+    server = Front(build_gateway_app(registry, GatewayConfig()), ConnectionLimits(idle_seconds=30, body_seconds=1))
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    try:
+        yield port
+    finally:
+        await server.stop()
+
+
+def predict(args: Any, *, extra: bytes = b"") -> bytes:
+    body = json.dumps({"args": args}).encode()
+    head = b"POST /v1/endpoints/fake/predict HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+    return head + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:] if line)}
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    else:  # chunked
+        parts = []
+        while (size := int((await reader.readline()).strip(), 16)) != 0:
+            parts.append(await reader.readexactly(size))
+            await reader.readline()
+        await reader.readline()
+        body = b"".join(parts)
+    return status, headers, body
+
+
+async def test_pipelined_requests_are_answered_in_order(front: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", front)
+    try:
+        writer.write(b"".join(predict({"n": n}) for n in range(5)))
+        answers = [await read_answer(reader) for _ in range(5)]
+    finally:
+        writer.close()
+    assert [(status, json.loads(body)["result"]) for status, _, body in answers] == [(200, {"n": n}) for n in range(5)]
+
+
+async def test_a_connection_moves_to_aiohttp_at_its_first_other_request_and_keeps_working(front: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", front)
+    try:
+        writer.write(predict({"a": 1}))
+        assert (await read_answer(reader))[0] == 200
+        writer.write(b"GET /v1/endpoints/fake HTTP/1.1\r\nHost: gw\r\n\r\n")  # not a hot path: handed over
+        status, _, body = await read_answer(reader)
+        assert (status, json.loads(body)["name"]) == (200, "fake")
+        writer.write(predict({"b": 2}))  # aiohttp's own proxy route answers it now, the same way
+        status, _, body = await read_answer(reader)
+        assert (status, json.loads(body)["result"]) == (200, {"b": 2})
+    finally:
+        writer.close()
+
+
+async def test_requests_the_fast_edge_does_not_take_are_answered_by_aiohttp(front: int) -> None:
+    """A query string, a chunked body and a refused gate all go to the aiohttp routes, with their usual answers."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", front)
+    try:
+        writer.write(predict({"q": 1}).replace(b"/predict HTTP", b"/predict?x=1 HTTP"))
+        status, _, body = await read_answer(reader)
+        assert (status, json.loads(body)["result"]) == (200, {"q": 1})
+    finally:
+        writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", front)
+    try:
+        writer.write(predict({"x": 1}).replace(b"/fake/predict", b"/nope/predict"))
+        status, _, body = await read_answer(reader)
+        assert (status, json.loads(body)["error"]["code"]) == (404, "not_found")
+    finally:
+        writer.close()
+
+
+async def test_a_body_that_trickles_past_the_deadline_gets_408_and_is_closed(front: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", front)
+    try:
+        request = predict({"slow": True})
+        writer.write(request[:-5])  # the head and most of the body; the rest never comes
+        status, headers, body = await read_answer(reader)
+        assert (status, json.loads(body)["error"]["code"]) == (408, "request_timeout")
+        assert headers.get("connection") == "close"
+        assert await asyncio.wait_for(reader.read(), timeout=10) == b""  # closed
+    finally:
+        writer.close()
+
+
+def test_the_router_gets_the_request_with_this_hops_headers(backend: dict[str, Any]) -> None:  # noqa: F811
+    """Hop-by-hop headers dropped, the client's Authorization replaced by the endpoint's gateway key, X-Forwarded-For
+    extended by the client's address, X-Forwarded-Host/-Proto added unless a proxy in front set them."""
+    entry = entry_for(backend["endpoint_file"], backend["router_url"])
+    app = build_gateway_app(Registry([entry]), GatewayConfig(api_keys=frozenset({"s3cret"})))
+    gateway = app[GATEWAY]
+    connection = GatewayConnection(GatewayEdge(gateway, None, UpstreamPool()))  # type: ignore[arg-type]
+    connection.peer = b"198.51.100.2"
+    headers = [
+        (b"host", b"models.example.com"),
+        (b"authorization", b"Bearer s3cret"),
+        (b"connection", b"keep-alive"),
+        (b"keep-alive", b"timeout=5"),
+        (b"x-forwarded-for", b"203.0.113.7"),
+        (b"x-forwarded-proto", b"https"),
+        (b"idempotency-key", b"k-1"),
+        (b"content-length", b"2"),
+    ]
+    address, head = connection._upstream_head(_Request(entry, b"/v1/endpoints/fake/predict", headers, 2, True))
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /v1/endpoints/fake/predict HTTP/1.1" and head.endswith(b"\r\n\r\n")
+    fields = [tuple(line.split(": ", 1)) for line in lines[1:] if line]
+    names = [name.lower() for name, _ in fields]
+    found = dict((name.lower(), value) for name, value in fields)
+    assert address == ("127.0.0.1", int(backend["router_url"].rsplit(":", 1)[1]))
+    assert "keep-alive" not in names and "connection" not in names and names.count("host") == 1
+    assert found["host"] == backend["router_url"].removeprefix("http://")
+    assert found["authorization"] == f"Bearer {gateway.upstream_authorization(entry).removeprefix('Bearer ')}"
+    assert found["authorization"] != "Bearer s3cret"
+    assert found["x-forwarded-for"] == "203.0.113.7, 198.51.100.2"
+    assert (found["x-forwarded-proto"], found["x-forwarded-host"]) == ("https", "models.example.com")
+    assert (found["idempotency-key"], found["content-length"]) == ("k-1", "2")
+    assert names.count("content-length") == 1 and names.count("authorization") == 1
