@@ -226,3 +226,25 @@ async def test_the_gateways_openai_models_hand_calls_to_a_hop_that_passes_the_ac
     with pytest.raises(Timeout):
         await target.core.predict(Invocation(body=b"{}", timeout_seconds=0.05))
     assert gateway.activator.loads[("team", "cold")].held == 0
+
+
+async def test_the_dialects_endpoint_calls_pass_the_activator() -> None:
+    """SageMaker's and Launch's sync and streaming calls at the gateway (`Gateway.calls`) wait in the activator too."""
+    import aiohttp
+
+    from bundleserve.api.endpoint import Mode
+    from bundleserve.api.invocation import Invocation
+    from bundleserve.gateway.app import Gateway, GatewayConfig
+
+    cold = entry()
+    gateway = Gateway(Registry([cold]), GatewayConfig(hold=HoldSettings(poll_seconds=0.01)))
+    gateway.session = aiohttp.ClientSession()
+    await gateway.session.close()  # nothing may be sent: the call must wait (and time out) first
+    calls = gateway.calls("cold")
+    calls.gate(None, None, Mode.SYNC)
+    with pytest.raises(Timeout):
+        await calls.predict(Invocation(body=b"{}", timeout_seconds=0.05))
+    with pytest.raises(Timeout):
+        async with calls.stream(Invocation(body=b"{}", timeout_seconds=0.05)):
+            pytest.fail("a stream at zero replicas must not start")
+    assert gateway.activator.loads[("team", "cold")].held == 0
