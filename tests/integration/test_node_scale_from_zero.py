@@ -55,9 +55,9 @@ def _since(product: Product, started: float) -> str:
         [operator] = plane.items("v1", "Pod", SYSTEM, selector=selector)
         log = plane.request("GET", f"/api/v1/namespaces/{SYSTEM}/pods/{operator['metadata']['name']}/log")
         woken = [
-            json.loads(line)
+            json.loads(line[line.index("{") :])
             for line in str(log).splitlines()
-            if f"scaled {MODELS}/{NAME} from 0" in line and "woken" in line
+            if f"scaled {MODELS}/{NAME} from 0" in line and "woken" in line and line.rstrip().endswith("}")
         ]
         scaled = datetime.datetime.fromisoformat(woken[-1]["timestamp"]).timestamp() - started
         [pod] = _pods(product)
