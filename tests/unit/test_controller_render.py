@@ -27,7 +27,8 @@ def test_the_examples_render_to_valid_manifests(capsys: pytest.CaptureFixture[st
     assert cli_main(["render", *map(str, EXAMPLES), "--namespace", "models"]) == 0
     documents = list(yaml.safe_load_all(capsys.readouterr().out))
     deployments = [d for d in documents if d["kind"] == "Deployment"]
-    assert len(deployments) == len(EXAMPLES)
+    variants = [len(yaml.safe_load(path.read_text())["spec"].get("variants") or [None]) for path in EXAMPLES]
+    assert len(deployments) == sum(variants)  # one per variant (examples/canary has two)
     for document in documents:
         assert document["metadata"]["namespace"] == "models"
         for version in VERSIONS:

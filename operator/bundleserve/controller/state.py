@@ -18,6 +18,7 @@ import kopf
 from pydantic import ValidationError
 
 from bundleserve.api.endpoint import Mode
+from bundleserve.api.variants import ServedVariant, served_variants
 from bundleserve.controller import cleanup, kube
 from bundleserve.controller.builders import BuildContext, Scaler, scaler_for
 from bundleserve.controller.config import KedaMode, OperatorConfig
@@ -29,6 +30,7 @@ from bundleserve.controller.scaler import ScaleMemory, decide, gate_replicas
 from bundleserve.queue import demand, keys
 from bundleserve.queue.acl import QueueUsers
 from bundleserve.queue.backlog import open_backlog_reader
+from bundleserve.queue.config import queue_ids
 from bundleserve.queue.purge import purge_endpoint_queue
 
 log = logging.getLogger("bundleserve.operator")
@@ -192,44 +194,53 @@ class OperatorState:
             endpoint = parse(dict(body))
         except ValidationError:
             return False
-        return scaler_for(endpoint, self.keda) in (Scaler.OPERATOR, Scaler.DEMAND)
+        own = (Scaler.OPERATOR, Scaler.DEMAND)
+        return any(scaler_for(v.endpoint, self.keda) in own for v in served_variants(endpoint))
 
     async def scale(self, key: Key, body: Any, *, up_only: bool = False) -> None:
-        """One step of the operator's own scaler of the Endpoint: the queue-depth scaler or the demand gate.
-        `up_only`: a wake message, which may arrive at any operator replica, never scales down."""
+        """One step of the operator's own scalers, for each variant they own: the queue-depth scaler (its own queue's
+        backlog sizes its own Deployment) or the demand gate (the endpoint's demand, which the gateway reports per
+        endpoint, wakes every variant). `up_only`: a wake message, which may arrive at any operator replica, never
+        scales down."""
         if self.read_backlog is None:
             return
         endpoint = parse(dict(body))
-        scaler = scaler_for(endpoint, self.keda)
-        if scaler not in (Scaler.OPERATOR, Scaler.DEMAND):
+        for variant in served_variants(endpoint):
+            if scaler_for(variant.endpoint, self.keda) in (Scaler.OPERATOR, Scaler.DEMAND):
+                await self._scale_variant(key, variant, up_only=up_only)
+
+    async def _scale_variant(self, key: Key, variant: ServedVariant, *, up_only: bool) -> None:
+        if self.read_backlog is None:
             return
         namespace, name = key
-        deployment = await self.client.get("Deployment", namespace, deployment_name(name))
+        target = deployment_name(name, variant.child_variant)
+        deployment = await self.client.get("Deployment", namespace, target)
         if deployment is None:
             return
         current = int(deployment.get("spec", {}).get("replicas", 1))
-        queue = keys.queue_id(namespace, name)
+        spec = variant.endpoint.spec
         backlog = 0
-        if endpoint.spec.serves(Mode.ASYNC):
-            pending, in_flight = await self.read_backlog(queue)
+        if spec.serves(Mode.ASYNC):
+            pending, in_flight = await self.read_backlog(keys.queue_id(namespace, name, variant.child_variant))
             backlog = pending + in_flight
-        if scaler is Scaler.DEMAND:
+        wanted: int | None
+        if scaler_for(variant.endpoint, self.keda) is Scaler.DEMAND:
             if self.read_demand is None:
                 return
-            seen = await self.read_demand(queue)
-            wanted = gate_replicas(current, seen, backlog, endpoint.spec.scaling)
+            seen = await self.read_demand(keys.queue_id(namespace, name))  # the gateway's demand: per endpoint
+            wanted = gate_replicas(current, seen, backlog, spec.scaling)
             woken = "woken; " if up_only else ""
             why = f"{woken}demand: {'active' if seen.active else 'idle'}, {seen.held} held, backlog {backlog}"
         else:
-            memory = self.scale_memory.setdefault(key, ScaleMemory())
-            wanted = decide(current, backlog, endpoint.spec.scaling, time.monotonic(), memory)
+            memory = self.scale_memory.setdefault((namespace, target), ScaleMemory())
+            wanted = decide(current, backlog, spec.scaling, time.monotonic(), memory)
             why = f"backlog {backlog}"
         if wanted is None or wanted == current or (up_only and wanted < current):
             return
-        await self.client.merge_patch("Deployment", namespace, deployment_name(name), {"spec": {"replicas": wanted}})
+        await self.client.merge_patch("Deployment", namespace, target, {"spec": {"replicas": wanted}})
         self.metrics.api_writes.labels("patch", "Deployment").inc()
-        self.metrics.scaler_replicas.labels(namespace, name).set(wanted)
-        log.info("scaled %s/%s from %d to %d (%s)", namespace, name, current, wanted, why)
+        self.metrics.scaler_replicas.labels(namespace, target).set(wanted)
+        log.info("scaled %s/%s from %d to %d (%s)", namespace, target, current, wanted, why)
 
     def wake(self, queue: str) -> None:
         """A gateway began holding a call for the endpoint `queue`: scale it up now, not at the next tick."""
@@ -246,10 +257,8 @@ class OperatorState:
             body = await self.client.get("Endpoint", *key)
             if body is not None and not body["metadata"].get("deletionTimestamp"):
                 await self.scale(key, body, up_only=True)
-        except (KubeError, ValidationError, OSError) as error:
+        except Exception as error:  # API or Redis errors: the scaler's next tick retries; the listener must live on
             log.warning("waking %s/%s failed: %s (the scaler's next tick retries)", key[0], key[1], error)
-        except Exception as error:  # Redis errors among them: the tick retries, the listener must live on
-            log.warning("waking %s/%s failed: %s", key[0], key[1], error)
 
     # -- delete ---------------------------------------------------------------------------------------------------
 
@@ -261,10 +270,13 @@ class OperatorState:
             endpoint = parse(dict(body))
         except ValidationError:
             return  # never valid: nothing of ours can exist
+        for variant in served_variants(endpoint):
+            self.scale_memory.pop((namespace, deployment_name(name, variant.child_variant)), None)
         in_flight = 0
         if self.read_backlog is not None and endpoint.spec.serves(Mode.ASYNC):
             try:
-                in_flight = (await self.read_backlog(keys.queue_id(namespace, name)))[1]
+                for queue in queue_ids(endpoint):
+                    in_flight += (await self.read_backlog(queue))[1]
             except Exception as error:
                 if waited_seconds < cleanup.wait_bound_seconds(endpoint, self.cleanup_cap):
                     raise kopf.TemporaryError(f"queue unreachable: {error}", delay=5) from None
@@ -286,7 +298,9 @@ class OperatorState:
             message = f"purging the queue with {in_flight} task(s) still in flight after {waited_seconds:.0f}s"
             kopf.warn(body, reason="QueueCleanupTimedOut", message=message)
             await self._degraded_on_delete(key, "QueueCleanupTimedOut", message)
-        removed = await purge_endpoint_queue(self.config.redis_url or "", keys.queue_id(namespace, name))
+        removed = 0
+        for queue in {keys.queue_id(namespace, name), *queue_ids(endpoint)}:  # its own and its variants' queues
+            removed += await purge_endpoint_queue(self.config.redis_url or "", queue)
         log.info("deleted the queue of %s/%s (%d keys)", namespace, name, removed)
         await self._delete_queue_user(key)
 

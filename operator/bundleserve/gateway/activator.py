@@ -130,8 +130,8 @@ class Activator:
         self, entry: EndpointEntry, *, request_timeout: float | None = None
     ) -> AsyncIterator[EndpointEntry]:
         """The call's turn: at once for an endpoint that does not scale from zero or has a ready replica; after a
-        replica became ready otherwise (Overloaded, Timeout, NotFound). Yields the entry to forward to (the fresh one
-        after a wait); the call counts as in flight until the block ends."""
+        replica became ready otherwise (Overloaded, Timeout, NotFound). Yields `entry` as given (the caller chose where
+        the call goes, e.g. a production variant's routers); the call counts as in flight until the block ends."""
         spec = entry.endpoint.spec
         if not spec.scales_from_zero or not self.settings.enabled:
             yield entry
@@ -146,7 +146,7 @@ class Activator:
         load.touched = True
         try:
             if entry.at_zero:
-                entry = await self._hold(entry, load, hold_seconds(entry, request_timeout))
+                await self._hold(entry, load, hold_seconds(entry, request_timeout))
             elif first:
                 # The first call after a quiet spell is reported now, not at the next tick: the key may be about to
                 # expire, and the operator must not take the replica away under this call.
@@ -156,7 +156,8 @@ class Activator:
             load.in_flight -= 1
             load.touched = True
 
-    async def _hold(self, entry: EndpointEntry, load: EndpointLoad, seconds: float) -> EndpointEntry:
+    async def _hold(self, entry: EndpointEntry, load: EndpointLoad, seconds: float) -> None:
+        """Until the registry's entry of the endpoint has a ready replica (Overloaded, Timeout, NotFound)."""
         check_room(entry, load.held, self.settings)
         load.held += 1
         started = time.monotonic()
@@ -170,7 +171,7 @@ class Activator:
                     log.info(
                         "%s/%s: replica ready after %.1f s", entry.namespace, entry.name, time.monotonic() - started
                     )
-                    return current
+                    return
                 waited = time.monotonic() - started
                 if waited >= seconds:
                     raise deadline_passed(entry, seconds)

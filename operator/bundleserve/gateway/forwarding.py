@@ -22,7 +22,7 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 
-from bundleserve.api.endpoint import Mode
+from bundleserve.api.endpoint import IMPLICIT_VARIANT, Mode
 from bundleserve.api.errors import ApiError, ModelError, Unavailable
 from bundleserve.api.invocation import CUSTOM_ATTRIBUTES_HEADER, Invocation, ModelReply, StreamChunk
 from bundleserve.edge import hop
@@ -170,6 +170,8 @@ class EndpointCalls:
         self.front = front
         self.name = name
         self.entry: EndpointEntry | None = None
+        #: The production variant the last call went to (SageMaker's InvokedProductionVariant).
+        self.variant = IMPLICIT_VARIANT
 
     def gate(
         self,
@@ -199,15 +201,19 @@ class EndpointCalls:
     async def read_body(self, request: web.Request) -> bytes:
         return await read_capped(request, self._entry().max_payload_bytes)
 
-    def _hop(self) -> RouterHop:
+    def _hop(self, inv: Invocation) -> RouterHop:
+        """The hop to the routers of the production variant the call names (`inv.variant`), else of one picked by
+        weight (drawn from the call's idempotency key when it has one, so its retries reach the same variant);
+        UnknownVariant for a name the endpoint does not have."""
         entry = self._entry()
-        return RouterHop(self.front.upstream(), entry, self.front.upstream_authorization(entry), self.front.admit)
+        target, self.variant = self.front.variant_entry(entry, inv.variant, inv.idempotency_key)
+        return RouterHop(self.front.upstream(), target, self.front.upstream_authorization(entry), self.front.admit)
 
     async def predict(self, inv: Invocation) -> ModelReply:
-        return await self._hop().predict(inv)
+        return await self._hop(inv).predict(inv)
 
     def stream(self, inv: Invocation) -> AbstractAsyncContextManager[AsyncIterator[StreamChunk]]:
-        return self._hop().stream(inv)
+        return self._hop(inv).stream(inv)
 
 
 class Front(Protocol):
@@ -233,3 +239,7 @@ class Front(Protocol):
     def admit(self, entry: EndpointEntry, request_timeout: float | None) -> AbstractAsyncContextManager[EndpointEntry]:
         """The activator's hold of a call at zero replicas (`gateway.activator`)."""
         ...
+
+    def variant_entry(
+        self, entry: EndpointEntry, requested: str | None, key: str | None = None
+    ) -> tuple[EndpointEntry, str]: ...

@@ -27,7 +27,8 @@ import aiohttp
 import pydantic
 
 from bundleserve.api.endpoint import ConditionStatus, Endpoint
-from bundleserve.gateway.registry import EndpointEntry, Registry
+from bundleserve.api.variants import child_name
+from bundleserve.gateway.registry import EndpointEntry, Registry, VariantRoute
 
 log = logging.getLogger("bundleserve.gateway.kube")
 
@@ -92,8 +93,19 @@ def build_entry(obj: dict[str, Any]) -> EndpointEntry | None:
     # Never `status.url`: whoever may write an Endpoint's status could point it anywhere, and the gateway sends
     # that endpoint's credential there. The Service the operator creates has this name in every cluster.
     router_url = f"http://{endpoint.name}.{endpoint.namespace}.svc.cluster.local"
+    # Each declared variant's own Service, named as the operator names it (api.variants.child_name).
+    variants = tuple(
+        VariantRoute(
+            variant.name,
+            variant.weight,
+            f"http://{child_name(endpoint.name, variant.name)}.{endpoint.namespace}.svc.cluster.local",
+        )
+        for variant in endpoint.spec.variants
+    )
     ready_replicas = status.ready_replicas if status is not None else 0
-    return EndpointEntry(endpoint=endpoint, router_url=router_url, ready=ready, ready_replicas=ready_replicas)
+    return EndpointEntry(
+        endpoint=endpoint, router_url=router_url, ready=ready, ready_replicas=ready_replicas, variants=variants
+    )
 
 
 def apply_event(registry: Registry, event: dict[str, Any]) -> str | None:

@@ -56,5 +56,6 @@ class GatewayModels:
         gateway.gate(model, authorization, Mode.STREAMING)  # the key again, and its namespaces (404 outside them)
         if body_bytes > entry.max_payload_bytes:
             raise too_large(body_bytes, entry.max_payload_bytes)
-        hop = RouterHop(gateway.upstream(), entry, gateway.upstream_authorization(entry), gateway.admit)
+        target, _ = gateway.variant_entry(entry, None)  # a weighted pick among the endpoint's variants
+        hop = RouterHop(gateway.upstream(), target, gateway.upstream_authorization(entry), gateway.admit)
         return Target(model, settings, hop, entry.max_payload_bytes)

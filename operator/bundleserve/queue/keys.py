@@ -35,10 +35,14 @@ GROUP = "workers"
 _TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def queue_id(namespace: str, name: str) -> str:
+def queue_id(namespace: str, name: str, variant: str | None = None) -> str:
     """The identity of an endpoint's queue: namespace and name, because same-named Endpoints in two namespaces may
-    share one Redis. Both are DNS labels, so `/` cannot occur in either and the id is unambiguous."""
-    return f"{namespace}/{name}"
+    share one Redis. Both are DNS labels, so `/` cannot occur in either and the id is unambiguous.
+
+    A declared production variant (spec.variants) has a queue of its own, `<namespace>/<name>/<variant>`: a task
+    is given a variant when it is submitted and runs on that variant's workers (docs/async.md, "Variants"). The
+    endpoint's own queue (no variant) is the implicit variant's."""
+    return f"{namespace}/{name}" if variant is None else f"{namespace}/{name}/{variant}"
 
 
 def stream(queue: str) -> str:
@@ -81,6 +85,11 @@ def queue_of_wake_channel(channel: str) -> str | None:
         return None
     queue = channel[len(head) : -len(tail)]
     return queue if queue.count("/") == 1 and "{" not in queue and "}" not in queue else None
+
+
+def variant_prefix(queue: str) -> str:
+    """Every key and channel of the endpoint's variant queues (`queue_id(namespace, name, variant)`) starts with this."""
+    return f"{PREFIX}:{{{queue}/"
 
 
 def task(queue: str, task_id: str) -> str:

@@ -107,6 +107,8 @@ class InvocationCore:
         #: Sync replies larger than this are refused (424 reply_too_large) before being buffered.
         self.max_reply_bytes = spec.invocation.max_payload_bytes
         self.is_python = spec.bundle.is_python
+        #: The production variant this router serves (SageMaker's InvokedProductionVariant).
+        self.variant = settings.variant
         self.predict_path = settings.routes.predict
         self.stream_path = settings.routes.stream or "/stream"
         self.model = state.model

@@ -95,6 +95,7 @@ def main(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             redis_url=args.redis_url,
+            variant=args.variant,
         )
     except ConfigError as error:
         print(f"bundleserve router: {error}", file=sys.stderr)

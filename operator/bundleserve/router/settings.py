@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bundleserve.api.endpoint import Endpoint, Mode, Routes
+from bundleserve.api.endpoint import IMPLICIT_VARIANT, Endpoint, Mode, Routes
 from bundleserve.api.manifest import ManifestError, load_endpoints
 from bundleserve.dialects.base import read_public_url
 from bundleserve.edge.config import (
@@ -59,6 +59,10 @@ class Settings:
     public_url: str | None = None
     #: The deployment's queue knobs (BUNDLESERVE_QUEUE_DURABILITY, _MAX_BACKLOG, _MAX_BACKLOG_BYTES).
     queue_limits: QueueLimits = field(default_factory=QueueLimits)
+    #: The production variant this router serves (`--variant`; docs/operator.md, "Production variants"): what
+    #: SageMaker's InvokedProductionVariant answers and its TargetVariant must name. AllTraffic for an Endpoint
+    #: without spec.variants.
+    variant: str = IMPLICIT_VARIANT
 
     @property
     def connection_limits(self) -> ConnectionLimits:
@@ -67,6 +71,11 @@ class Settings:
     @property
     def name(self) -> str:
         return self.endpoint.name
+
+    @property
+    def declared_variant(self) -> str | None:
+        """The declared variant (spec.variants) this router serves, whose own queue it works; None: AllTraffic."""
+        return None if self.variant == IMPLICIT_VARIANT else self.variant
 
     @property
     def routes(self) -> Routes:
@@ -98,6 +107,7 @@ def build_settings(
     port: int = 8080,
     redis_url: str | None = None,
     env: Mapping[str, str] | None = None,
+    variant: str | None = None,
 ) -> Settings:
     """Settings from the CLI's values and the environment (BUNDLESERVE_* variables, see docs/router.md)."""
     env = os.environ if env is None else env
@@ -134,4 +144,5 @@ def build_settings(
         idle_timeout_seconds=limits.idle_seconds,
         public_url=read_public_url(env),
         queue_limits=queue_limits,
+        variant=variant or IMPLICIT_VARIANT,
     )

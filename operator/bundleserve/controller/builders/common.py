@@ -82,8 +82,14 @@ def owner_reference(endpoint: Endpoint) -> dict[str, Any] | None:
     }
 
 
-def metadata(endpoint: Endpoint, name: str, *, annotations: dict[str, str] | None = None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": endpoint.namespace, "labels": common_labels(endpoint.name)}
+def metadata(
+    endpoint: Endpoint, name: str, *, annotations: dict[str, str] | None = None, variant: str | None = None
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": endpoint.namespace,
+        "labels": common_labels(endpoint.name, variant),
+    }
     if annotations:
         meta["annotations"] = dict(annotations)
     owner = owner_reference(endpoint)
