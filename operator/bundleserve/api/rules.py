@@ -58,11 +58,12 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         scope="spec",
-        cel="!has(self.scaling) || !has(self.scaling.minReplicas) || self.scaling.minReplicas > 0 || "
-        "(size(self.modes) == 1 && self.modes[0] == 'async')",
-        message="spec.scaling.minReplicas 0 (scale to zero) needs an async-only endpoint: "
-        "sync and streaming requests need a running replica",
-        holds=lambda s: s.scaling.min_replicas > 0 or list(s.modes) == ["async"],
+        cel="!has(self.scaling) || !has(self.scaling.scaleToZeroAfterSeconds) || "
+        "(has(self.scaling.minReplicas) && self.scaling.minReplicas == 0 && "
+        "('sync' in self.modes || 'streaming' in self.modes))",
+        message="spec.scaling.scaleToZeroAfterSeconds needs spec.scaling.minReplicas 0 and the sync or streaming mode "
+        "(an async-only endpoint goes to zero after scaleDownDelaySeconds with an empty queue)",
+        holds=lambda s: s.scaling.scale_to_zero_after_seconds is None or s.scales_from_zero,
     ),
     Rule(
         scope="spec.bundle",

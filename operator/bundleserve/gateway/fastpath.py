@@ -352,21 +352,29 @@ class GatewayConnection(asyncio.Protocol):
         keep = request.keep_alive
         answer: Answer | None = None
         try:
-            address, head = self._upstream_head(request)
-            try:
-                answer = await self.edge.pool.send(address, head, body)
-            except NoAnswer:
-                error = Unavailable(
-                    f"endpoint {request.entry.name} is not reachable (no ready router answered)",
-                    headers={"Retry-After": "1"},
-                )
-                self._write(render(error_answer(error), keep_alive=keep))
-            else:
-                del body
-                self.answer = answer
-                if self.writing_paused:
-                    answer.pause()
-                keep = await self._relay(answer, keep, request.variant)
+            # an endpoint at zero replicas: held here while one starts (gateway.activator)
+            async with self.edge.gateway.activator.admitted(request.entry):
+                address, head = self._upstream_head(request)
+                try:
+                    answer = await self.edge.pool.send(address, head, body)
+                except NoAnswer:
+                    error = Unavailable(
+                        f"endpoint {request.entry.name} is not reachable (no ready router answered)",
+                        headers={"Retry-After": "1"},
+                    )
+                    self._write(render(error_answer(error), keep_alive=keep))
+                else:
+                    del body
+                    self.answer = answer
+                    if self.writing_paused:
+                        answer.pause()
+                    keep = await self._relay(answer, keep, request.variant)
+        except ApiError as refused:  # the activator's: the hold is full, the deadline passed, the endpoint went away
+            if answer is None:
+                self._write(render(error_answer(refused), keep_alive=keep))
+            else:  # not the activator's (it answers before any answer exists): a bug, as below
+                log.exception("unexpected error on the gateway's fast path")
+                keep = False
         except UpstreamLost:
             keep = False  # the answer began and broke: the client's connection ends too (it cannot be completed)
             if self.transport is not None:

@@ -15,8 +15,8 @@ failure event).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Protocol
 
 import aiohttp
@@ -33,12 +33,27 @@ from bundleserve.gateway.registry import EndpointEntry
 _MAX_ERROR_BODY = 64 * 1024
 
 
+#: The activator's hook (`gateway.activator.Activator.admitted`): the call's turn, after a hold at zero replicas.
+Admit = Callable[[EndpointEntry, float | None], AbstractAsyncContextManager[object]]
+
+
+def _no_hold(entry: EndpointEntry, request_timeout: float | None) -> AbstractAsyncContextManager[object]:
+    return nullcontext(entry)
+
+
 class RouterHop:
     """`CallBackend` of one endpoint, over the gateway's pooled session to the endpoint's router."""
 
-    def __init__(self, session: aiohttp.ClientSession, entry: EndpointEntry, authorization: str | None) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        entry: EndpointEntry,
+        authorization: str | None,
+        admit: Admit = _no_hold,
+    ) -> None:
         self.session = session
         self.entry = entry
+        self.admit = admit
         self.predict_url = entry.router_url + hop.PREDICT_PATH.format(name=entry.name)
         self.stream_url = entry.router_url + hop.STREAM_PATH.format(name=entry.name)
         self.authorization = authorization
@@ -56,13 +71,14 @@ class RouterHop:
 
     async def predict(self, inv: Invocation) -> ModelReply:
         try:
-            response = await send(self.session, "POST", self.predict_url, data=inv.body, headers=self._headers(inv))
-            async with response as upstream:
-                body = await upstream.read()
-                if upstream.status != 200:
-                    raise hop.error_of(upstream.status, body, upstream.headers)
-                content_type = upstream.headers.get("Content-Type", "")
-                custom_attributes = upstream.headers.get(CUSTOM_ATTRIBUTES_HEADER)
+            async with self.admit(self.entry, inv.timeout_seconds):
+                response = await send(self.session, "POST", self.predict_url, data=inv.body, headers=self._headers(inv))
+                async with response as upstream:
+                    body = await upstream.read()
+                    if upstream.status != 200:
+                        raise hop.error_of(upstream.status, body, upstream.headers)
+                    content_type = upstream.headers.get("Content-Type", "")
+                    custom_attributes = upstream.headers.get(CUSTOM_ATTRIBUTES_HEADER)
         except (aiohttp.ClientConnectionError, OSError):
             raise self._unreachable() from None
         return ModelReply(200, body, content_type, custom_attributes)
@@ -72,20 +88,21 @@ class RouterHop:
 
     @asynccontextmanager
     async def _stream(self, inv: Invocation) -> AsyncIterator[AsyncIterator[StreamChunk]]:
-        try:
-            upstream = await send(self.session, "POST", self.stream_url, data=inv.body, headers=self._headers(inv))
-        except (aiohttp.ClientConnectionError, OSError):
-            raise self._unreachable() from None
-        try:
-            if upstream.status != 200:
-                raise hop.error_of(upstream.status, await _bounded(upstream), upstream.headers)
-            frames = _Frames(upstream)
-            first = await frames.next()  # a failure before the first chunk raises here, on enter, as in the core
-            yield frames.iterate(first)
-        finally:
-            # Back to the pool when the stream was read to its end; closed otherwise (aiohttp closes a connection
-            # with unread data), so the router sees the disconnect and stops the model.
-            upstream.release()
+        async with self.admit(self.entry, inv.timeout_seconds):  # in flight until the stream ends
+            try:
+                upstream = await send(self.session, "POST", self.stream_url, data=inv.body, headers=self._headers(inv))
+            except (aiohttp.ClientConnectionError, OSError):
+                raise self._unreachable() from None
+            try:
+                if upstream.status != 200:
+                    raise hop.error_of(upstream.status, await _bounded(upstream), upstream.headers)
+                frames = _Frames(upstream)
+                first = await frames.next()  # a failure before the first chunk raises here, on enter, as in the core
+                yield frames.iterate(first)
+            finally:
+                # Back to the pool when the stream was read to its end; closed otherwise (aiohttp closes a connection
+                # with unread data), so the router sees the disconnect and stops the model.
+                upstream.release()
 
 
 async def _bounded(upstream: aiohttp.ClientResponse) -> bytes:
@@ -190,7 +207,7 @@ class EndpointCalls:
         UnknownVariant for a name the endpoint does not have."""
         entry = self._entry()
         target, self.variant = self.front.variant_entry(entry, inv.variant, inv.idempotency_key)
-        return RouterHop(self.front.upstream(), target, self.front.upstream_authorization(entry))
+        return RouterHop(self.front.upstream(), target, self.front.upstream_authorization(entry), self.front.admit)
 
     async def predict(self, inv: Invocation) -> ModelReply:
         return await self._hop(inv).predict(inv)
@@ -218,6 +235,10 @@ class Front(Protocol):
     def upstream(self) -> aiohttp.ClientSession: ...
 
     def upstream_authorization(self, entry: EndpointEntry) -> str | None: ...
+
+    def admit(self, entry: EndpointEntry, request_timeout: float | None) -> AbstractAsyncContextManager[EndpointEntry]:
+        """The activator's hold of a call at zero replicas (`gateway.activator`)."""
+        ...
 
     def variant_entry(
         self, entry: EndpointEntry, requested: str | None, key: str | None = None
