@@ -1,16 +1,14 @@
 """Scale from zero with real processes: the gateway's activator (in-process aiohttp app) in front of a real router and
-model, a real Valkey carrying the demand, and the real operator (tests/integration/operator_harness.py, on the
-Kubernetes emulator) reacting to it.
+model, and a real Valkey carrying the demand.
 
-- gateway: sync and streaming calls at zero replicas (through the fast edge and through aiohttp) are held (not answered, the demand key says 1 held, a wake
-  message went out) and answered once the registry reports a ready replica; a call past its deadline is 504
-  `timeout`; beyond the hold limit 429 `overloaded`;
-- operator: a sync Endpoint at minReplicas 0 starts at 0 replicas, Ready/ScaledToZero; a gateway's wake scales it to
-  the first replicas at once (no scaler tick in between), and once the demand key expired the tick returns it to 0.
+- sync and streaming calls at zero replicas (through the fast edge and through aiohttp) are held (not answered, the
+  demand key says 1 held, a wake message went out) and answered once the registry reports a ready replica; a call
+  past its deadline is 504 `timeout`; beyond the hold limit 429 `overloaded`.
 
-What stands in: the registry update that says "a replica is ready" (in a cluster the Endpoint watch delivers it from
-the status the operator writes; tests/integration/test_node_scale_from_zero.py runs that whole path on the real
-node).
+The operator's side (a wake scales a sync Endpoint at zero up, the tick returns it to zero) runs on the real API
+server in test_operator_queue.py. What stands in here: the registry update that says "a replica is ready" (in a
+cluster the Endpoint watch delivers it from the status the operator writes; tests/integration/
+test_node_scale_from_zero.py runs that whole path on the real node).
 """
 
 from __future__ import annotations
@@ -35,9 +33,7 @@ from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
 from bundleserve.gateway.registry import EndpointEntry, Registry
 from bundleserve.gateway.server import Front
 from bundleserve.queue import demand, keys
-from tests.integration.operator_harness import NS, Operator, condition_is, endpoint_doc, prepare
 from tests.integration.test_router_fake_model import start_model, start_router
-from tests.support.k8s.emulator import KubernetesEmulator
 from tests.support.processes import free_port, http_ok
 from tests.support.valkey import Valkey
 from tests.support.waiting import async_wait_until, wait_until
@@ -220,63 +216,3 @@ def _held(runner: Front) -> int:
 
 async def _true(value: bool) -> bool:
     return value
-
-
-# -- the operator's demand gate ---------------------------------------------------------------------------------
-
-
-def operator_env(valkey: Valkey, scaler_seconds: str) -> dict[str, str]:
-    return {
-        "BUNDLESERVE_REDIS_SECRET": "bundleserve-redis",
-        "BUNDLESERVE_REDIS_URL": valkey.url,
-        "BUNDLESERVE_OPERATOR_SCALER_SECONDS": scaler_seconds,
-    }
-
-
-def replicas(cluster: KubernetesEmulator, name: str) -> int:
-    return int(cluster.get("deployments.apps", name, NS)["spec"].get("replicas", 1))
-
-
-def test_a_wake_scales_a_sync_endpoint_up_at_once_and_the_tick_returns_it_to_zero_when_idle(
-    k8s_api: KubernetesEmulator, valkey_server: Valkey, tmp_path: Path
-) -> None:
-    cluster = prepare(k8s_api)
-    cluster.auto_roll_out(True)
-    queue = keys.queue_id(NS, "sync-cold")
-    store = valkey_server.client()
-    # First an operator whose scaler ticks once an hour: only the wake message can scale it up.
-    operator = Operator(cluster, tmp_path / "slow", env=operator_env(valkey_server, "3600")).start()
-    try:
-        scaling = {"minReplicas": 0, "maxReplicas": 3, "targetConcurrency": 2, "scaleToZeroAfterSeconds": 10}
-        cluster.create(endpoint_doc("sync-cold", modes=["sync", "streaming"], scaling=scaling))
-        wait_until(lambda: cluster.get("deployments.apps", "sync-cold", NS), timeout=20, what="the Deployment")
-        assert replicas(cluster, "sync-cold") == 0
-        wait_until(
-            lambda: condition_is(cluster, "sync-cold", "Ready", "True", "ScaledToZero"),
-            timeout=20,
-            what="Ready=ScaledToZero",
-        )
-        assert cluster.get("horizontalpodautoscalers.autoscaling", "sync-cold", NS)  # for 1..3 above zero
-        wait_until(lambda: int(store.execute_command("PUBSUB", "NUMPAT")) >= 1, timeout=20, what="wake listener")
-        # 5 calls held at 2 per replica: ceil(5/2) = 3 replicas.
-        asyncio.run(_wake(valkey_server.url, demand.DemandReport(queue=queue, held=5, ttl_seconds=3)))
-        wait_until(lambda: replicas(cluster, "sync-cold") == 3, timeout=20, what="woken to 3 replicas")
-        # by the wake (the log line follows the patch: polled, not read once)
-        wait_until(lambda: "(woken; demand: active, 5 held" in operator.log(), timeout=10, what="the wake's log line")
-    finally:
-        operator.stop()
-    # Then one that ticks every second: the key expired (no gateway refreshed it), so the endpoint goes back to 0.
-    operator = Operator(cluster, tmp_path / "fast", env=operator_env(valkey_server, "1")).start()
-    try:
-        wait_until(lambda: replicas(cluster, "sync-cold") == 0, timeout=30, what="back to zero when idle")
-    finally:
-        operator.stop()
-        store.close()
-
-
-async def _wake(url: str, report: demand.DemandReport) -> None:
-    client = aioredis.Redis.from_url(url)
-    try:
-        await demand.wake(client, report)
-    finally:
-        await client.aclose()

@@ -14,7 +14,12 @@ import yaml
 
 from bundleserve.controller.builders import BuildContext, BuildError, Scaler, build_children, scaler_for
 from bundleserve.controller.builders.common import content_hash
-from bundleserve.controller.builders.deployment import DRAIN_MARGIN_SECONDS, DRAIN_PATH, ROUTER_PORT_ALT
+from bundleserve.controller.builders.deployment import (
+    DRAIN_MARGIN_SECONDS,
+    DRAIN_PATH,
+    ROUTER_PORT_ALT,
+    SHUTDOWN_DELAY_SECONDS,
+)
 from bundleserve.controller.config import HpaMetric, OperatorConfig
 from bundleserve.controller.labels import CONFIG_HASH_ANNOTATION, DESIRED_HASH_ANNOTATION, ENDPOINT_LABEL
 from tests.unit.controller_support import NEWEST, OLDEST, VERSIONS, endpoint, validate_strict
@@ -266,7 +271,10 @@ def test_restricted_security_context_and_writable_tmp() -> None:
 )
 def test_grace_period_covers_the_longest_request(modes: list[str], timeouts: dict[str, Any], expected: int) -> None:
     pod = deployment_of(endpoint(modes=modes, **timeouts))["spec"]["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] == expected + DRAIN_MARGIN_SECONDS
+    assert pod["terminationGracePeriodSeconds"] == SHUTDOWN_DELAY_SECONDS + expected + DRAIN_MARGIN_SECONDS
+    router = next(c for c in pod["containers"] if c["name"] == "router")
+    env = {item["name"]: item.get("value") for item in router["env"]}
+    assert env["BUNDLESERVE_SHUTDOWN_DELAY_SECONDS"] == str(SHUTDOWN_DELAY_SECONDS)
 
 
 def test_rolling_update_never_reduces_capacity() -> None:

@@ -19,6 +19,7 @@ READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
 _WAITING_PROBLEMS = (
     "ErrImagePull",
     "ImagePullBackOff",
+    "ErrImageNeverPull",  # imagePullPolicy Never and the node lacks the image (seen on the real node)
     "InvalidImageName",
     "CreateContainerConfigError",
     "CreateContainerError",

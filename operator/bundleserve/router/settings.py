@@ -46,6 +46,10 @@ class Settings:
     url_policy: AddressPolicy = field(default_factory=AddressPolicy)
     #: How long in-flight requests may take to finish after SIGTERM (default: the invocation timeout + 5 s).
     drain_seconds: float = field(default=0.0)
+    #: After SIGTERM, how long the router goes on serving new requests (readiness failing) before it drains
+    #: (BUNDLESERVE_SHUTDOWN_DELAY_SECONDS; 0 outside a cluster). In a cluster, the EndpointSlices and every node's
+    #: kube-proxy learn of a stopping pod only some time after its SIGTERM; calls routed to it meanwhile are served.
+    shutdown_delay_seconds: float = 0.0
     #: Model readiness probe intervals: fast until the model is ready, then slow.
     probe_fast_seconds: float = 0.05
     probe_slow_seconds: float = 1.0
@@ -123,6 +127,13 @@ def build_settings(
         drain_seconds = float(drain) if drain else 0.0
     except ValueError:
         raise ConfigError(f"BUNDLESERVE_DRAIN_SECONDS must be a number of seconds, got {drain!r}") from None
+    delay = env.get("BUNDLESERVE_SHUTDOWN_DELAY_SECONDS")
+    try:
+        shutdown_delay_seconds = float(delay) if delay else 0.0
+    except ValueError:
+        shutdown_delay_seconds = -1.0
+    if not 0 <= shutdown_delay_seconds <= 300:
+        raise ConfigError(f"BUNDLESERVE_SHUTDOWN_DELAY_SECONDS must be 0 to 300 seconds, got {delay!r}")
     try:
         limits = limits_from_env(env)
         queue_limits = QueueLimits.from_env(env)
@@ -140,6 +151,7 @@ def build_settings(
         url_schemes=parse_url_schemes(schemes),
         url_policy=read_url_policy(env),
         drain_seconds=drain_seconds,
+        shutdown_delay_seconds=shutdown_delay_seconds,
         body_timeout_seconds=limits.body_seconds,
         idle_timeout_seconds=limits.idle_seconds,
         public_url=read_public_url(env),

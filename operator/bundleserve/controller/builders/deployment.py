@@ -4,6 +4,9 @@ Why it looks like this:
 - The router fronts the model on localhost and is the only container with probes (it probes the model itself).
 - The model container's preStop calls the router's drain route, so the kubelet does not stop the model before the
   router has finished (or handed back) every in-flight request; the grace period covers the longest request.
+- After SIGTERM the router serves on, unready, for SHUTDOWN_DELAY_SECONDS (BUNDLESERVE_SHUTDOWN_DELAY_SECONDS)
+  before it drains: the EndpointSlices and kube-proxy stop routing to a stopping pod only some seconds later (a
+  rolling update under load on the real node failed calls without it); the grace period adds the delay.
 - Restricted pod security everywhere; writable scratch space only in emptyDirs.
 - `replicas` is omitted when an autoscaler owns it, so the operator never fights the HPA/KEDA/its own scaler.
 """
@@ -41,6 +44,10 @@ DRAIN_PATH = "/wait-for-drain"
 READY_PATH = "/readyz"
 LIVE_PATH = "/healthz"
 DRAIN_MARGIN_SECONDS = 30
+#: How long a stopping router serves on before it drains (Knative's queue-proxy has the same kind of window): longer
+#: than kube-proxy's lag behind an EndpointSlice change on a loaded node (seconds; tests/integration/
+#: test_node_scenarios.py), short enough not to slow a rollout much.
+SHUTDOWN_DELAY_SECONDS = 5
 CONFIG_DIR = "/etc/bundleserve"
 ENDPOINT_FILE = f"{CONFIG_DIR}/{ENDPOINT_FILE_KEY}"
 API_KEYS_DIR = "/var/run/secrets/bundleserve/api-keys"
@@ -62,14 +69,14 @@ def router_port(endpoint: Endpoint) -> int:
 
 
 def grace_period_seconds(endpoint: Endpoint) -> int:
-    """Long enough for the longest request this endpoint accepts to finish after the pod is asked to stop."""
+    """Long enough for the shutdown delay, then the longest request this endpoint accepts to finish."""
     spec = endpoint.spec
     longest = 0
     if spec.serves(Mode.SYNC) or spec.serves(Mode.STREAMING):
         longest = spec.invocation.timeout_seconds
     if spec.serves(Mode.ASYNC):
         longest = max(longest, spec.async_settings.invocation_timeout_seconds)
-    return longest + DRAIN_MARGIN_SECONDS
+    return SHUTDOWN_DELAY_SECONDS + longest + DRAIN_MARGIN_SECONDS
 
 
 def container_security_context() -> dict[str, Any]:
@@ -162,6 +169,7 @@ def router_env(endpoint: Endpoint, context: BuildContext) -> list[dict[str, Any]
     if callback_auth(endpoint) is not None:
         env.append({"name": CALLBACK_SECRET_DIR_ENV, "value": CALLBACK_SECRET_DIR})
     env.append({"name": "BUNDLESERVE_RESULTS_DIR", "value": RESULTS_DIR})
+    env.append({"name": "BUNDLESERVE_SHUTDOWN_DELAY_SECONDS", "value": str(SHUTDOWN_DELAY_SECONDS)})
     # The destination guard and the byte quota as the cluster admin set them on the operator (ROUTER_SETTINGS).
     env.extend({"name": name, "value": value} for name, value in config.router_settings)
     env.extend(s3_results_env(config))
