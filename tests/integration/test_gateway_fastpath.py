@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bundleserve.api.endpoint import IMPLICIT_VARIANT
 from bundleserve.edge.connections import ConnectionLimits
 from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
 from bundleserve.gateway.fastpath import GatewayConnection, GatewayEdge, _Request
@@ -132,7 +133,8 @@ def test_the_router_gets_the_request_with_this_hops_headers(backend: dict[str, A
         (b"idempotency-key", b"k-1"),
         (b"content-length", b"2"),
     ]
-    address, head = connection._upstream_head(_Request(entry, b"/v1/endpoints/fake/predict", headers, 2, True))
+    request = _Request(entry, b"/v1/endpoints/fake/predict", headers, 2, True, IMPLICIT_VARIANT, entry.router_url)
+    address, head = connection._upstream_head(request)
     lines = head.decode().split("\r\n")
     assert lines[0] == "POST /v1/endpoints/fake/predict HTTP/1.1" and head.endswith(b"\r\n\r\n")
     fields = [tuple(line.split(": ", 1)) for line in lines[1:] if line]
