@@ -55,5 +55,5 @@ class GatewayModels:
         gateway.gate(model, authorization, Mode.STREAMING)  # the key again, and its namespaces (404 outside them)
         if body_bytes > entry.max_payload_bytes:
             raise too_large(body_bytes, entry.max_payload_bytes)
-        hop = RouterHop(gateway.upstream(), entry, gateway.upstream_authorization(entry))
+        hop = RouterHop(gateway.pool, entry, gateway.upstream_authorization(entry))
         return Target(model, settings, hop, entry.max_payload_bytes)
