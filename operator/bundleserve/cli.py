@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     router.add_argument("--model-url", required=True)
     router.add_argument("--port", type=int, default=8080)
     router.add_argument("--host", default="0.0.0.0")
+    router.add_argument(
+        "--variant", default=None, help="the production variant this router serves (default: AllTraffic)"
+    )
     _add_redis(router)
 
     gateway = commands.add_parser("gateway", help="the name-addressed front for many endpoints")

@@ -6,10 +6,9 @@ import aiohttp
 import pytest
 
 from tests.support.cluster_fixtures import kube_cluster, kube_node
-from tests.support.k8s.fixtures import k8s_api
 from tests.support.node_product import product
 
-__all__ = ["http", "k8s_api", "kube_cluster", "kube_node", "product"]
+__all__ = ["http", "kube_cluster", "kube_node", "product"]
 
 
 @pytest.fixture

@@ -1,29 +1,17 @@
-"""Run the real operator (`bundleserve operator` as a subprocess, kopf inside) against the API emulator, and read
-Endpoint status the way a user would."""
+"""Run the real operator (`bundleserve operator` as a subprocess, kopf inside) against an API server (the real control
+plane: tests/integration/cluster_harness.py starts it with the chart's ServiceAccount), and read its metrics."""
 
 from __future__ import annotations
 
 import re
 import urllib.request
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import yaml
-
-from tests.support.k8s.emulator import KubernetesEmulator
-from tests.support.processes import REPO, Server, bundleserve, free_port
+from tests.support.processes import Server, bundleserve, free_port
 from tests.support.waiting import wait_until
 
 NS = "test"
-CRD = REPO / "crds" / "endpoints.bundleserve.dev.yaml"
-ENDPOINTS = "endpoints.bundleserve.dev"
-RBAC_FILE = REPO / "charts" / "bundleserve" / "files" / "operator-rbac.yaml"
-
-
-def prepare(emulator: KubernetesEmulator) -> KubernetesEmulator:
-    emulator.install_crd(CRD)
-    emulator.create_namespace(NS)
-    return emulator
 
 
 class ApiServer(Protocol):
@@ -109,42 +97,3 @@ class Operator:
             )
 
         wait_until(idle, timeout=timeout, what=f"the operator to reconcile {len(names)} endpoint(s) and go idle")
-
-
-def endpoint_doc(name: str, **spec: Any) -> dict[str, Any]:
-    spec.setdefault("modes", ["sync"])
-    spec.setdefault("bundle", {"image": "registry.example.com/echo:1", "python": {"entrypoint": "echo_model:predict"}})
-    return {
-        "apiVersion": "bundleserve.dev/v1alpha1",
-        "kind": "Endpoint",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": spec,
-    }
-
-
-def conditions(emulator: KubernetesEmulator, name: str, namespace: str = NS) -> dict[str, dict[str, Any]]:
-    body = emulator.get(ENDPOINTS, name, namespace) or {}
-    return {c["type"]: c for c in (body.get("status") or {}).get("conditions", [])}
-
-
-def condition_is(
-    emulator: KubernetesEmulator, name: str, kind: str, status: str, reason: str | None = None, namespace: str = NS
-) -> bool:
-    found = conditions(emulator, name, namespace).get(kind, {})
-    return found.get("status") == status and (reason is None or found.get("reason") == reason)
-
-
-def rbac_permissions() -> set[tuple[str, str, str]]:
-    granted: set[tuple[str, str, str]] = set()
-    for rule in yaml.safe_load(RBAC_FILE.read_text()):
-        for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
-                granted.update((group, resource, verb) for verb in rule["verbs"])
-    return granted
-
-
-def as_permission(verb: str, resource: str) -> tuple[str, str, str]:
-    """("patch", "endpoints.bundleserve.dev/status") -> ("bundleserve.dev", "endpoints/status", "patch")."""
-    qualified, _, subresource = resource.partition("/")
-    plural, _, group = qualified.partition(".")
-    return (group, f"{plural}/{subresource}" if subresource else plural, verb)

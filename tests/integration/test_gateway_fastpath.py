@@ -135,7 +135,9 @@ def test_the_router_gets_the_request_with_this_hops_headers(backend: dict[str, A
         (b"idempotency-key", b"k-1"),
         (b"content-length", b"2"),
     ]
-    address, head = connection._upstream_head(_Request(entry, b"/v1/endpoints/fake/predict", headers, 2, True))
+    address, head = connection._upstream_head(
+        _Request(entry, b"/v1/endpoints/fake/predict", headers, 2, True, router_url=entry.router_url)
+    )
     lines = head.decode().split("\r\n")
     assert lines[0] == "POST /v1/endpoints/fake/predict HTTP/1.1" and head.endswith(b"\r\n\r\n")
     fields = [tuple(line.split(": ", 1)) for line in lines[1:] if line]

@@ -219,6 +219,25 @@ def test_a_child_the_api_server_refuses_is_a_degraded_condition_with_its_message
     assert "exceeded quota: no-services" in condition["message"], condition
 
 
+def test_a_spec_the_operator_cannot_run_is_degraded_and_the_operator_carries_on(
+    kube_cluster: ControlPlane, release: Release, operator: Operator
+) -> None:
+    """Moved from the API emulator: the chart's default values configure no Redis, so an async Endpoint is
+    Degraded=True/AsyncNotConfigured without a Deployment, and the next Endpoint is still served."""
+    ns = namespace(kube_cluster, "bs-no-redis")
+    kube_cluster.apply(endpoint_doc(ns, "jobs", modes=["async"]))
+    kube_cluster.apply(endpoint_doc(ns, "echo"))
+    wait_until(
+        lambda: conditions(kube_cluster, ns, "jobs").get("Degraded", {}).get("reason") == "AsyncNotConfigured",
+        timeout=60,
+        what="Degraded=AsyncNotConfigured",
+    )
+    assert conditions(kube_cluster, ns, "jobs")["Degraded"]["status"] == "True"
+    assert kube_cluster.get("apps/v1", "Deployment", ns, "jobs") is None
+    wait_until(lambda: kube_cluster.get("apps/v1", "Deployment", ns, "echo"), timeout=60, what="the other endpoint")
+    assert operator.alive()
+
+
 def _status_with_token(plane: ControlPlane, token: str) -> int:
     request = urllib.request.Request(plane.url + "/api", headers={"Authorization": f"Bearer {token}"})
     context = ssl.create_default_context(cafile=str(plane.pki / "ca.crt"))

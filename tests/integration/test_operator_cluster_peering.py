@@ -132,3 +132,29 @@ def test_the_standby_takes_over_from_a_killed_leader_and_never_both_write(
     assert last_by_leader < first_by_standby, (led, took_over)
     # The standby reconciled what the leader left behind too (its own view of `first`), without rewriting it.
     assert not [e for e in took_over if e["objectRef"].get("name") == "first" and e["verb"] != "patch"], took_over
+
+
+def test_the_standby_takes_over_when_the_leader_leaves_gracefully(
+    kube_cluster: ControlPlane,
+    release: Release,
+    peering: str,
+    replicas: tuple[RunningOperator, RunningOperator],
+) -> None:
+    """Moved from the API emulator: SIGTERM (a rolling update or a drained node) exits 0 and removes the leader's
+    record from the peering object, and the standby reconciles what comes next."""
+    leader, standby = replicas
+    ns = namespace(kube_cluster, "bs-handover")
+    wait_logged(standby.process, lambda: {"replica-a", "replica-b"} <= set(peers(kube_cluster, peering)),
+                "both replicas in the peering object")  # fmt: skip
+    kube_cluster.apply(endpoint_doc(ns, "first"))
+    wait_logged(leader.process, lambda: kube_cluster.get("apps/v1", "Deployment", ns, "first"), "first reconciled")
+    leader.process.wait_idle(["first"], timeout=60)
+    assert standby.process.metric("bundleserve_operator_reconcile_duration_seconds_count", endpoint="first") == 0
+    assert leader.process.stop() == 0
+    wait_logged(standby.process, lambda: "replica-a" not in peers(kube_cluster, peering),
+                "the leader's record removed on its way out")  # fmt: skip
+    kube_cluster.apply(endpoint_doc(ns, "second"))
+    wait_logged(standby.process, lambda: kube_cluster.get("apps/v1", "Deployment", ns, "second"),
+                "the standby took over", timeout=90)  # fmt: skip
+    standby.process.wait_idle(["second"], timeout=60)
+    assert by(writes_in(kube_cluster, release, ns), standby)

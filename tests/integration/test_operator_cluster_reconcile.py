@@ -5,8 +5,10 @@ number of writes (counted in the API server's audit log) and none once they are 
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.parse
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -176,3 +178,99 @@ def test_a_hundred_endpoints_are_reconciled_with_bounded_writes_and_none_at_stea
     wait_all_idle(operator, names, timeout=120, above=reconcile_counts(operator))  # a drift pass over every one
     steady = [w for w in writes(kube_cluster, release.user, steady_since) if f" {ns}/" in w]
     assert steady == [], steady
+
+
+def names_of(plane: ControlPlane, api_version: str, kind: str, ns: str, endpoint: str) -> set[str]:
+    return {
+        o["metadata"]["name"]
+        for o in plane.items(api_version, kind, ns, selector=f"bundleserve.dev/endpoint={endpoint}")
+    }
+
+
+def table_row(plane: ControlPlane, ns: str, name: str) -> dict[str, Any]:
+    """The Endpoint as `kubectl get` prints it: the API server's Table with the CRD's printer columns."""
+    request = urllib.request.Request(plane.url + plane.path(GROUP_VERSION, "Endpoint", ns, name))
+    request.add_header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+    with urllib.request.urlopen(request, context=plane.ssl_context(), timeout=30) as response:
+        table = json.loads(response.read())
+    columns = [column["name"] for column in table["columnDefinitions"]]
+    (row,) = table["rows"]
+    return dict(zip(columns, row["cells"], strict=True))
+
+
+def variant(name: str, weight: int, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "weight": weight, **extra}
+
+
+@pytest.mark.timeout(240)
+def test_production_variants_get_children_each_a_weight_change_rolls_nothing_and_removal_collects(
+    kube_cluster: ControlPlane, release: Release, operator: Operator
+) -> None:
+    """A canary: blue and green get a Deployment, ConfigMap and Service each (green autoscaled, with its HPA and
+    PDB); the endpoint keeps one Service and NetworkPolicy; status and `kubectl get` show the split. Shifting the
+    weights (the promotion) writes no child at all; removing blue garbage-collects its children; dropping the
+    variants list brings back the endpoint's own Deployment and collects green's."""
+    ns = namespace(kube_cluster, "bs-variants")
+    green_image = "registry.example.com/echo:2"
+    canary = [
+        variant("blue", 90),
+        variant("green", 10, image=green_image, scaling={"minReplicas": 1, "maxReplicas": 3}),
+    ]
+    kube_cluster.apply(endpoint_doc(ns, "shop", variants=canary))
+
+    def traffic() -> str | None:
+        return ((kube_cluster.get(GROUP_VERSION, "Endpoint", ns, "shop") or {}).get("status") or {}).get("traffic")
+
+    wait_logged(operator, lambda: traffic() == "blue 90%, green 10%", "the split in status")
+    operator.wait_idle(["shop"], timeout=60)
+    assert names_of(kube_cluster, "apps/v1", "Deployment", ns, "shop") == {"shop-blue", "shop-green"}
+    assert names_of(kube_cluster, "v1", "Service", ns, "shop") == {"shop", "shop-blue", "shop-green"}
+    assert names_of(kube_cluster, "v1", "ConfigMap", ns, "shop") == {"shop-blue-endpoint", "shop-green-endpoint"}
+    assert names_of(kube_cluster, "autoscaling/v2", "HorizontalPodAutoscaler", ns, "shop") == {"shop-green"}
+    assert names_of(kube_cluster, "policy/v1", "PodDisruptionBudget", ns, "shop") == {"shop-green"}
+    assert names_of(kube_cluster, "networking.k8s.io/v1", "NetworkPolicy", ns, "shop") == {"shop"}
+    assert (
+        model_image(kube_cluster, ns, "shop-blue") == IMAGE
+        and model_image(kube_cluster, ns, "shop-green") == green_image
+    )
+    green = kube_cluster.get("apps/v1", "Deployment", ns, "shop-green") or {}
+    router = next(c for c in green["spec"]["template"]["spec"]["containers"] if c["name"] == "router")
+    assert router["command"][-2:] == ["--variant", "green"]
+    status = (kube_cluster.get(GROUP_VERSION, "Endpoint", ns, "shop") or {})["status"]
+    assert [(v["name"], v["weight"], v["trafficPercent"]) for v in status["variants"]] == [
+        ("blue", 90, 90),
+        ("green", 10, 10),
+    ]
+    assert table_row(kube_cluster, ns, "shop")["Traffic"] == "blue 90%, green 10%"
+
+    # Promotion: the weights move to green. Only the Endpoint's status changes: no child is written, no pod rolls.
+    since = len(audit(kube_cluster, release.user))
+    promoted = [variant("blue", 0), {**canary[1], "weight": 100}]
+    kube_cluster.apply(endpoint_doc(ns, "shop", variants=promoted))
+    wait_logged(operator, lambda: traffic() == "blue 0%, green 100%", "the promoted split in status")
+    operator.wait_idle(["shop"], timeout=60)
+    children = [w for w in writes(kube_cluster, release.user, since) if f" {ns}/" in w and "endpoints" not in w]
+    assert children == [], children
+
+    # Blue retired: its Deployment, Service, ConfigMap go (garbage-collected by the operator), green's stay.
+    kube_cluster.apply(endpoint_doc(ns, "shop", variants=[promoted[1]]))
+    wait_logged(operator, lambda: names_of(kube_cluster, "apps/v1", "Deployment", ns, "shop") == {"shop-green"},
+                "blue's Deployment deleted")  # fmt: skip
+    operator.wait_idle(["shop"], timeout=60)
+    assert names_of(kube_cluster, "v1", "Service", ns, "shop") == {"shop", "shop-green"}
+    assert names_of(kube_cluster, "v1", "ConfigMap", ns, "shop") == {"shop-green-endpoint"}
+    assert traffic() == "green 100%"
+
+    # No variants any more: the endpoint's own children come back, green's are collected.
+    kube_cluster.apply(
+        endpoint_doc(ns, "shop", bundle={"image": green_image, "python": {"entrypoint": "echo_model:predict"}})
+    )
+    wait_logged(operator, lambda: names_of(kube_cluster, "apps/v1", "Deployment", ns, "shop") == {"shop"},
+                "back to one Deployment")  # fmt: skip
+    operator.wait_idle(["shop"], timeout=60)
+    assert names_of(kube_cluster, "v1", "Service", ns, "shop") == {"shop"}
+    assert names_of(kube_cluster, "v1", "ConfigMap", ns, "shop") == {"shop-endpoint"}
+    assert names_of(kube_cluster, "autoscaling/v2", "HorizontalPodAutoscaler", ns, "shop") == set()
+    assert names_of(kube_cluster, "policy/v1", "PodDisruptionBudget", ns, "shop") == set()
+    final = (kube_cluster.get(GROUP_VERSION, "Endpoint", ns, "shop") or {})["status"]
+    assert "traffic" not in final and "variants" not in final

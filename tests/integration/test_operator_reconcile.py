@@ -1,9 +1,12 @@
-"""reconcile() itself over real HTTP against the emulator (no kopf): the paths the full-operator tests cannot reach
-easily (a spec that passed the CRD but not the typed model, a same-named object owned by someone else)."""
+"""reconcile() itself (no kopf) against the real API server (`kube_cluster`, admin credentials through KUBECONFIG):
+the paths the full-operator tests cannot reach easily (a spec that passed the CRD but not the typed model, a
+same-named object owned by someone else). Moved from the API emulator; each test has a namespace of its own. No
+node: the Deployments' pods stay Pending, which these tests do not need (their pods run in test_operator_node.py)."""
 
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,9 +19,12 @@ from bundleserve.controller.config import OperatorConfig
 from bundleserve.controller.kube import KubeClient, login
 from bundleserve.controller.reconcile import reconcile
 from bundleserve.queue.acl import QueueUsers
-from tests.integration.operator_harness import ENDPOINTS, NS, endpoint_doc, prepare
-from tests.support.k8s.emulator import KubernetesEmulator
+from tests.integration.cluster_harness import GROUP_VERSION, endpoint_doc, install_release
+from tests.support.cluster import ControlPlane
 from tests.support.valkey import Valkey
+from tests.support.waiting import wait_until
+
+_namespaces = itertools.count(1)
 
 
 @dataclass
@@ -38,17 +44,51 @@ async def ctx(valkey_server: Valkey) -> AsyncIterator[Ctx]:
 
 
 @pytest.fixture
-async def kube(k8s_api: KubernetesEmulator, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[KubeClient]:
-    prepare(k8s_api)
-    monkeypatch.setenv("KUBECONFIG", os.fspath(k8s_api.kubeconfig))
+async def kube(kube_cluster: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[KubeClient]:
+    install_release(kube_cluster)  # the CRD as the chart renders it: the object every module applies
+    monkeypatch.setenv("KUBECONFIG", os.fspath(kube_cluster.kubeconfig))
     client = KubeClient.from_connection(login())
     yield client
     await client.close()
 
 
-async def test_a_second_pass_writes_nothing(k8s_api: KubernetesEmulator, kube: KubeClient, ctx: Ctx) -> None:
-    k8s_api.create(endpoint_doc("echo", scaling={"minReplicas": 1, "maxReplicas": 3}))
-    first = await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, ctx.context, ensure_user=ctx.users.ensure)
+@dataclass
+class Api:
+    """The real API server as these tests use it, in a namespace of the test's own."""
+
+    plane: ControlPlane
+    ns: str
+
+    def create(self, doc: dict[str, Any]) -> None:
+        doc["metadata"]["namespace"] = self.ns
+        self.plane.apply(doc)
+
+    def endpoint(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.plane.get(GROUP_VERSION, "Endpoint", self.ns, name) or {}
+        return found
+
+    def get(self, api_version: str, kind: str, name: str) -> dict[str, Any] | None:
+        return self.plane.get(api_version, kind, self.ns, name)
+
+    def patch(self, name: str, body: dict[str, Any]) -> None:
+        path = self.plane.path(GROUP_VERSION, "Endpoint", self.ns, name)
+        self.plane.request("PATCH", path, body, content_type="application/merge-patch+json")
+
+
+@pytest.fixture
+def api(kube_cluster: ControlPlane, kube: KubeClient) -> Api:
+    ns = f"bs-reconcile-{next(_namespaces)}"
+    kube_cluster.create_namespace(ns)
+    return Api(kube_cluster, ns)
+
+
+def doc(name: str, **spec: Any) -> dict[str, Any]:
+    return endpoint_doc("placeholder", name, **spec)
+
+
+async def test_a_second_pass_writes_nothing(api: Api, kube: KubeClient, ctx: Ctx) -> None:
+    api.create(doc("echo", scaling={"minReplicas": 1, "maxReplicas": 3}))
+    first = await reconcile(api.endpoint("echo"), kube, ctx.context, ensure_user=ctx.users.ensure)
     assert sorted(kind for verb, kind, _ in first.writes if verb == "create") == [
         "ConfigMap",
         "Deployment",
@@ -57,72 +97,93 @@ async def test_a_second_pass_writes_nothing(k8s_api: KubernetesEmulator, kube: K
         "PodDisruptionBudget",
         "Service",
     ]
-    second = await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, ctx.context, ensure_user=ctx.users.ensure)
-    assert second.writes == [] and second.patch is None
+    # The Deployment controller answers the new Deployment (its status, the ReplicaSet): the next pass may record that
+    # in the Endpoint's status, never write a child; the pass after that writes nothing at all.
+    wait_until(
+        lambda: (api.get("apps/v1", "Deployment", "echo") or {}).get("status", {}).get("replicas") == 1,
+        timeout=60,
+        what="the Deployment controller's status",
+    )
+    second = await reconcile(api.endpoint("echo"), kube, ctx.context, ensure_user=ctx.users.ensure)
+    assert [write for write in second.writes if write[1] != "Endpoint/status"] == []
+    third = await reconcile(api.endpoint("echo"), kube, ctx.context, ensure_user=ctx.users.ensure)
+    assert third.writes == [] and third.patch is None
     assert kube.writes[("create", "Deployment")] == 1
 
 
 async def test_a_spec_past_the_crd_but_not_the_model_is_degraded_and_children_stay(
-    k8s_api: KubernetesEmulator, kube: KubeClient, ctx: Ctx
+    api: Api, kube: KubeClient, ctx: Ctx
 ) -> None:
-    k8s_api.create(endpoint_doc("echo"))
-    await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, ctx.context, ensure_user=ctx.users.ensure)
-    k8s_api.roll_out(NS, "echo")
-    body: dict[str, Any] = copy.deepcopy(k8s_api.get(ENDPOINTS, "echo", NS))
+    api.create(doc("echo"))
+    await reconcile(api.endpoint("echo"), kube, ctx.context, ensure_user=ctx.users.ensure)
+    ready_before = {c["type"]: c for c in api.endpoint("echo")["status"]["conditions"]}["Ready"]
+    body: dict[str, Any] = copy.deepcopy(api.endpoint("echo"))
     body["spec"]["scaling"] = {"minReplicas": 5, "maxReplicas": 2}  # as if the CRD's rule were missing
     result = await reconcile(body, kube, ctx.context, ensure_user=ctx.users.ensure)
     assert result.problem is not None and result.problem.reason == "InvalidSpec"
     assert "minReplicas" in result.problem.message
-    conditions = {c["type"]: c for c in k8s_api.get(ENDPOINTS, "echo", NS)["status"]["conditions"]}
+    conditions = {c["type"]: c for c in api.endpoint("echo")["status"]["conditions"]}
     assert (conditions["Degraded"]["status"], conditions["Degraded"]["reason"]) == ("True", "InvalidSpec")
-    assert conditions["Ready"]["status"] == "True"  # the last valid spec still serves
-    assert k8s_api.get("deployments.apps", "echo", NS) is not None
+    # Ready keeps the last valid spec's answer (its pods are Pending here, so False as before; with ready pods it stays
+    # True: tests/unit/test_controller_status.py, test_a_spec_problem_leaves_the_last_valid_specs_ready_pods_ready).
+    assert conditions["Ready"]["status"] == ready_before["status"]
+    assert api.get("apps/v1", "Deployment", "echo") is not None
     assert [w for w in result.writes if w[0] != "patch"] == []
 
 
-async def test_an_object_we_do_not_own_is_never_taken_over(
-    k8s_api: KubernetesEmulator, kube: KubeClient, ctx: Ctx
-) -> None:
-    k8s_api.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "echo", "namespace": NS},
-            "spec": {"ports": [{"port": 443}]},
-        }
+async def test_an_object_we_do_not_own_is_never_taken_over(api: Api, kube: KubeClient, ctx: Ctx) -> None:
+    api.create(
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo"}, "spec": {"ports": [{"port": 443}]}}
     )
-    k8s_api.create(endpoint_doc("echo"))
-    result = await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, ctx.context, ensure_user=ctx.users.ensure)
+    api.create(doc("echo"))
+    result = await reconcile(api.endpoint("echo"), kube, ctx.context, ensure_user=ctx.users.ensure)
     assert result.problem is not None and result.problem.reason == "ChildConflict"
-    assert k8s_api.get("services", "echo", NS)["spec"]["ports"][0]["port"] == 443
-    degraded = {c["type"]: c for c in k8s_api.get(ENDPOINTS, "echo", NS)["status"]["conditions"]}["Degraded"]
+    assert api.get("v1", "Service", "echo")["spec"]["ports"][0]["port"] == 443
+    degraded = {c["type"]: c for c in api.endpoint("echo")["status"]["conditions"]}["Degraded"]
     assert degraded["reason"] == "ChildConflict" and "Service echo" in degraded["message"]
 
 
-async def test_children_a_spec_no_longer_wants_are_deleted(
-    k8s_api: KubernetesEmulator, kube: KubeClient, ctx: Ctx
-) -> None:
-    k8s_api.create(endpoint_doc("echo", modes=["sync", "async"], scaling={"minReplicas": 1, "maxReplicas": 3}))
-    await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, ctx.context, ensure_user=ctx.users.ensure)
-    assert k8s_api.get("horizontalpodautoscalers.autoscaling", "echo", NS) is not None
-    k8s_api.patch(
-        ENDPOINTS, "echo", {"spec": {"modes": ["async"], "scaling": {"minReplicas": 1, "maxReplicas": 1}}}, NS
-    )
-    result = await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, ctx.context, ensure_user=ctx.users.ensure)
+async def test_children_a_spec_no_longer_wants_are_deleted(api: Api, kube: KubeClient, ctx: Ctx) -> None:
+    api.create(doc("echo", modes=["sync", "async"], scaling={"minReplicas": 1, "maxReplicas": 3}))
+    await reconcile(api.endpoint("echo"), kube, ctx.context, ensure_user=ctx.users.ensure)
+    assert api.get("autoscaling/v2", "HorizontalPodAutoscaler", "echo") is not None
+    api.patch("echo", {"spec": {"modes": ["async"], "scaling": {"minReplicas": 1, "maxReplicas": 1}}})
+    result = await reconcile(api.endpoint("echo"), kube, ctx.context, ensure_user=ctx.users.ensure)
     deleted = sorted(kind for verb, kind, _ in result.writes if verb == "delete")
     assert deleted == ["HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
-    assert k8s_api.get("deployments.apps", "echo", NS)["spec"]["replicas"] == 1
-    assert "url" not in k8s_api.get(ENDPOINTS, "echo", NS)["status"]
+    assert api.get("apps/v1", "Deployment", "echo")["spec"]["replicas"] == 1
+    assert "url" not in api.endpoint("echo")["status"]
 
 
-async def test_switching_from_scale_to_zero_to_an_hpa_starts_pods(
-    k8s_api: KubernetesEmulator, kube: KubeClient, ctx: Ctx
-) -> None:
-    k8s_api.create(endpoint_doc("echo", modes=["async"], scaling={"minReplicas": 0, "maxReplicas": 3}))
-    await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, ctx.context, ensure_user=ctx.users.ensure)
-    assert k8s_api.get("deployments.apps", "echo", NS)["spec"]["replicas"] == 0
-    k8s_api.patch(ENDPOINTS, "echo", {"spec": {"modes": ["sync", "async"], "scaling": {"minReplicas": 2}}}, NS)
-    result = await reconcile(k8s_api.get(ENDPOINTS, "echo", NS), kube, ctx.context, ensure_user=ctx.users.ensure)
+async def test_switching_from_scale_to_zero_to_an_hpa_starts_pods(api: Api, kube: KubeClient, ctx: Ctx) -> None:
+    api.create(doc("echo", modes=["async"], scaling={"minReplicas": 0, "maxReplicas": 3}))
+    await reconcile(api.endpoint("echo"), kube, ctx.context, ensure_user=ctx.users.ensure)
+    assert api.get("apps/v1", "Deployment", "echo")["spec"]["replicas"] == 0
+    api.patch("echo", {"spec": {"modes": ["sync", "async"], "scaling": {"minReplicas": 2}}})
+    result = await reconcile(api.endpoint("echo"), kube, ctx.context, ensure_user=ctx.users.ensure)
     assert ("patch", "Deployment", "echo") in result.writes
-    assert k8s_api.get("deployments.apps", "echo", NS)["spec"]["replicas"] == 2
-    assert k8s_api.get("horizontalpodautoscalers.autoscaling", "echo", NS) is not None
+    assert api.get("apps/v1", "Deployment", "echo")["spec"]["replicas"] == 2
+    assert api.get("autoscaling/v2", "HorizontalPodAutoscaler", "echo") is not None
+
+
+async def test_a_sync_endpoint_at_min_zero_stays_at_zero_and_needs_the_queue_redis(
+    api: Api, kube: KubeClient, ctx: Ctx
+) -> None:
+    """The demand gate owns 0 <-> first replicas: reconcile must not lift a scale-from-zero endpoint off 0 as it does
+    for an HPA-only one, and without the Redis where gateways report demand the spec is Degraded."""
+    scaling = {"minReplicas": 0, "maxReplicas": 3, "scaleToZeroAfterSeconds": 60}
+    api.create(doc("cold", modes=["sync", "streaming"], scaling=scaling))
+    for _ in range(2):  # a second pass (the Deployment now exists at 0) leaves it there too
+        result = await reconcile(api.endpoint("cold"), kube, ctx.context, ensure_user=ctx.users.ensure)
+        assert api.get("apps/v1", "Deployment", "cold")["spec"]["replicas"] == 0
+    assert ("patch", "Deployment", "cold") not in result.writes
+    assert api.get("autoscaling/v2", "HorizontalPodAutoscaler", "cold") is not None  # for 1..3 above zero
+    ready = next(c for c in result.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "ScaledToZero")
+    assert "the gateway holds the next call" in ready["message"]
+
+    no_redis = BuildContext(config=OperatorConfig(redis_secret="bundleserve-redis"))
+    api.create(doc("cold-alone", modes=["sync"], scaling={"minReplicas": 0}))
+    result = await reconcile(api.endpoint("cold-alone"), kube, no_redis, ensure_user=ctx.users.ensure)
+    assert result.problem is not None and result.problem.reason == "ScaleFromZeroNotConfigured"
+    assert api.get("apps/v1", "Deployment", "cold-alone") is None

@@ -139,3 +139,22 @@ async def test_deleting_the_user_ends_its_access_and_a_new_password_replaces_the
     finally:
         await client.aclose()
     await asyncio.sleep(0)  # the fixture's teardown deletes the users again (no error for a missing one)
+
+
+async def test_an_endpoint_user_reaches_its_variants_queues_and_no_other_endpoints(
+    users: dict[str, aioredis.Redis],
+) -> None:
+    """A production variant's queue (`<namespace>/<name>/<variant>`) is the endpoint's own: its user submits and
+    reads there. The pattern that opens it must not open a same-prefixed endpoint (`echo-2`, `echox`) of the
+    namespace, nor another namespace's variants."""
+    variant = QueueConfig(endpoint="echo", namespace="team-a", durability=Durability.MEMORY, variant="canary")
+    assert variant.queue_id == "team-a/echo/canary"
+    queue = TaskQueue(users[A], variant)
+    try:
+        task = await queue.submit(TaskRequest(args={"v": 1}), None)
+        assert (await find_task(users[A], [variant.queue_id], task)) is not None
+    finally:
+        await queue.close()
+    for foreign in ("team-a/echo-2", "team-a/echox/canary", "team-b/echo/canary"):
+        await refused(lambda foreign=foreign: users[A].set(keys.task(foreign, "0" * 32), "x"))
+        await refused(lambda foreign=foreign: users[A].publish(keys.done_channel(foreign), "x"))

@@ -98,6 +98,40 @@ async def test_sigterm_drains_fifty_in_flight_requests_without_losing_any(
         model.stop()
 
 
+async def test_after_sigterm_the_shutdown_delay_serves_new_calls_unready_and_a_second_signal_ends_it(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """BUNDLESERVE_SHUTDOWN_DELAY_SECONDS (set by the operator in pods): after SIGTERM the router fails readiness but
+    still answers calls the cluster routes to it until the delay ends (a long one here, ended by a second signal),
+    and its answers close their connection so keep-alive clients move to another replica. Without the delay a call
+    arriving after SIGTERM gets 503 (the test above); a rolling update on the real node failed calls that way."""
+    model, model_url = start_model(tmp_path)
+    endpoint = write_endpoint(tmp_path, invocation={"timeoutSeconds": 10})
+    router, url = start_router(tmp_path, endpoint, model_url, env={"BUNDLESERVE_SHUTDOWN_DELAY_SECONDS": "120"})
+    try:
+        wait_until(lambda: http_ok(f"{url}/readyz"), timeout=10, what="router ready")
+        drain_hook = asyncio.create_task(http.get(f"{url}/wait-for-drain"))
+        router.signal(signal.SIGTERM)
+
+        async def unready() -> bool:
+            async with http.get(f"{url}/readyz") as response:
+                return response.status == 503
+
+        await async_wait_until(unready, timeout=5, interval=0.005, what="readiness to fail")
+        async with http.post(f"{url}/v1/endpoints/fake/predict", json={"args": {"late": True}}) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["result"] == {"late": True}
+            assert response.headers.get("Connection", "").lower() == "close"
+        assert router.process.poll() is None and not drain_hook.done()
+        router.signal(signal.SIGTERM)  # the delay ends: drain (nothing in flight) and exit
+        assert router.process.wait(15) == 0
+        hook = await asyncio.wait_for(drain_hook, 10)
+        assert hook.status == 200 and (await hook.json())["drained"] is True
+    finally:
+        router.stop()
+        model.stop()
+
+
 async def test_model_crash_mid_request_is_a_424_and_the_router_survives(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:

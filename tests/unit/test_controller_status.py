@@ -68,7 +68,8 @@ def test_no_deployment_yet() -> None:
 
 
 @pytest.mark.parametrize(
-    "reason", ["ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "CreateContainerConfigError"]
+    "reason",
+    ["ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "CrashLoopBackOff", "CreateContainerConfigError"],
 )
 def test_pod_failures_surface_as_the_reason(reason: str) -> None:
     observed = Observed(generation=1, deployment=deployment(wanted=1, ready=0), pods=[waiting_pod(reason, "boom")])
@@ -111,6 +112,15 @@ def test_a_spec_problem_is_degraded_with_its_reason() -> None:
     conditions = by_type(observed)
     assert [conditions[t]["reason"] for t in ("Ready", "Progressing", "Degraded")] == ["AsyncNotConfigured"] * 3
     assert conditions["Degraded"]["status"] == "True"
+
+
+def test_a_spec_problem_leaves_the_last_valid_specs_ready_pods_ready() -> None:
+    """A spec that passed the CRD but not the typed model (reconcile keeps the children of the last valid spec):
+    Degraded, while the pods still serving keep Ready True (test_operator_reconcile.py runs the reconcile itself)."""
+    observed = Observed(generation=2, deployment=deployment(2, 2), problem=Problem("InvalidSpec", "minReplicas > max"))
+    conditions = by_type(observed)
+    assert (conditions["Degraded"]["status"], conditions["Degraded"]["reason"]) == ("True", "InvalidSpec")
+    assert conditions["Ready"]["status"] == "True"
 
 
 def test_status_carries_generation_counts_url_and_queue() -> None:

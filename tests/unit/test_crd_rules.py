@@ -37,6 +37,8 @@ EXTRAS: dict[str, dict[str, Any]] = {
     "async-block": {"async": {"callback": {"url": "https://h.example.com/x"}}},
     "ftp-callback": {"async": {"callback": {"url": "ftp://h.example.com/x"}}},
     "scale-to-zero": {"scaling": {"minReplicas": 0, "maxReplicas": 2}},
+    "zero-after": {"scaling": {"minReplicas": 0, "scaleToZeroAfterSeconds": 30}},
+    "zero-after-min-one": {"scaling": {"scaleToZeroAfterSeconds": 30}},
     "min-above-max": {"scaling": {"minReplicas": 3, "maxReplicas": 2}},
     "gpu-type-only": {"resources": {"gpuType": "l4"}},
     "gpu": {"resources": {"gpuType": "l4", "gpus": 1}},
@@ -49,6 +51,28 @@ EXTRAS: dict[str, dict[str, Any]] = {
     "batching": {"invocation": {"batching": {"maxBatchSize": 4}}},
     "batching-defaults-low-concurrency": {"invocation": {"concurrency": 4, "batching": {}}},
     "batching-above-concurrency": {"invocation": {"concurrency": 2, "batching": {"maxBatchSize": 3}}},
+    "variants": {"variants": [{"name": "blue", "weight": 90}, {"name": "green", "weight": 10, "image": "r/x:2"}]},
+    "variants-repeated-name": {"variants": [{"name": "blue", "weight": 1}, {"name": "blue", "weight": 1}]},
+    "variants-all-weight-zero": {"variants": [{"name": "blue", "weight": 0}, {"name": "green", "weight": 0}]},
+    "variants-one-weight-zero": {"variants": [{"name": "blue", "weight": 0}, {"name": "green", "weight": 3}]},
+    "variant-min-above-max": {
+        "variants": [{"name": "a", "weight": 1, "scaling": {"minReplicas": 3, "maxReplicas": 2}}]
+    },
+    "variant-scale-to-zero": {
+        "variants": [{"name": "a", "weight": 1, "scaling": {"minReplicas": 0, "maxReplicas": 2}}]
+    },
+    "variant-gpu-type-only": {"variants": [{"name": "a", "weight": 1, "resources": {"gpuType": "l4"}}]},
+    "variant-gpu": {"variants": [{"name": "a", "weight": 1, "resources": {"gpuType": "l4", "gpus": 1}}]},
+    "variant-env-duplicate": {"variants": [{"name": "a", "weight": 1, "env": [{"name": "A"}, {"name": "A"}]}]},
+    "variant-env-both": {
+        "variants": [
+            {
+                "name": "a",
+                "weight": 1,
+                "env": [{"name": "A", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}],
+            }
+        ]
+    },
 }
 
 

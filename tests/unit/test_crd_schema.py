@@ -82,7 +82,8 @@ def test_names_columns_and_subresources() -> None:
     assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
     assert version["subresources"] == {"status": {}}
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Ready", "Reason", "Modes", "Replicas", "URL", "Age", "Message"]
+    assert list(columns) == ["Ready", "Reason", "Modes", "Replicas", "URL", "Traffic", "Age", "Message"]
+    assert columns["Traffic"]["jsonPath"] == ".status.traffic"  # the variants' split, e.g. "blue 90%, green 10%"
     assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert columns["Age"] == {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
     assert columns["Message"]["priority"] == 1
@@ -98,6 +99,8 @@ def test_status_schema_has_the_observed_fields() -> None:
         "readyReplicas",
         "url",
         "queue",
+        "variants",
+        "traffic",
     }
     condition = status["properties"]["conditions"]["items"]
     assert set(condition["properties"]) == {
@@ -109,6 +112,8 @@ def test_status_schema_has_the_observed_fields() -> None:
         "observedGeneration",
     }
     assert set(status["properties"]["queue"]["properties"]) == {"name", "pending", "inFlight", "backlog"}
+    variant = status["properties"]["variants"]["items"]
+    assert set(variant["properties"]) == {"name", "weight", "trafficPercent", "replicas", "readyReplicas"}
     assert status["properties"]["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
 
 

@@ -116,3 +116,29 @@ def test_every_process_gets_its_own_port(tmp_path: Path) -> None:
     found = [(tmp_path / "e.yaml", endpoint(n, ["sync"], {"python": {"entrypoint": "m:f"}})) for n in ("a", "b", "c")]
     ports = [p for item in plan(found, tmp_path) for p in (item.model.port, item.router.port)]
     assert len(set(ports)) == 6
+
+
+def test_each_variant_runs_its_own_model_and_router(tmp_path: Path) -> None:
+    canary = parse_endpoint(
+        {
+            "apiVersion": "bundleserve.dev/v1alpha1",
+            "kind": "Endpoint",
+            "metadata": {"name": "shop"},
+            "spec": {
+                "modes": ["sync"],
+                "localOnly": True,
+                "bundle": {"python": {"entrypoint": "m:f"}, "env": [{"name": "V", "value": "1"}]},
+                "variants": [
+                    {"name": "blue", "weight": 9},
+                    {"name": "green", "weight": 1, "env": [{"name": "V", "value": "2"}]},
+                ],
+            },
+        }
+    )
+    blue, green = plan([(tmp_path / "endpoint.yaml", canary)], tmp_path)
+    assert (blue.name, blue.variant.name, green.variant.name) == ("shop", "blue", "green")
+    assert (blue.model.env["V"], green.model.env["V"]) == ("1", "2")
+    assert blue.model.name == "shop/blue/model" and green.router.name == "shop/green/router"
+    assert green.router.argv[-2:] == ["--variant", "green"]
+    assert blue.endpoint_file != green.endpoint_file
+    assert len({blue.model.port, blue.router.port, green.model.port, green.router.port}) == 4

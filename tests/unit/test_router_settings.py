@@ -74,3 +74,10 @@ def test_a_file_with_two_endpoints_is_refused(tmp_path: Path) -> None:
     path.write_text(MANIFEST + "---\n" + MANIFEST.replace("demo", "other"))
     with pytest.raises(ConfigError, match="exactly one Endpoint"):
         build_settings(endpoint_file=path, model_url="http://127.0.0.1:1", env={})
+
+
+def test_the_variant_a_router_serves(manifest: Path) -> None:
+    plain = build_settings(endpoint_file=manifest, model_url="http://127.0.0.1:5005", env={})
+    assert (plain.variant, plain.declared_variant) == ("AllTraffic", None)
+    green = build_settings(endpoint_file=manifest, model_url="http://127.0.0.1:5005", env={}, variant="green")
+    assert (green.variant, green.declared_variant) == ("green", "green")

@@ -103,6 +103,12 @@ def test_target_variant_must_be_ours() -> None:
     assert ok.endpoint == "e"
     with pytest.raises(ValidationError, match="production variant"):
         protocol.parse_request(Operation.INVOKE, "e", CIMultiDict({"X-Amzn-SageMaker-Target-Variant": "canary"}))
+    green = CIMultiDict({"X-Amzn-SageMaker-Target-Variant": "green"})
+    assert protocol.parse_request(Operation.INVOKE, "e", green, variant="green").endpoint == "e"  # a green router
+    with pytest.raises(ValidationError, match="'green' is not served here"):
+        protocol.parse_request(Operation.INVOKE, "e", green, variant="blue")
+    # A front (the gateway) leaves the check to its own pick among the endpoint's variants.
+    assert protocol.parse_request(Operation.INVOKE, "e", green, variant=None).endpoint == "e"
 
 
 @pytest.mark.parametrize("name", ["-bad", "bad-", "has_underscore", "x" * 64, "d.t"])

@@ -38,6 +38,7 @@ PRINTER_COLUMNS: list[Schema] = [
     {"name": "Modes", "type": "string", "jsonPath": ".spec.modes"},
     {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
     {"name": "URL", "type": "string", "jsonPath": ".status.url"},
+    {"name": "Traffic", "type": "string", "jsonPath": ".status.traffic"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Message", "type": "string", "jsonPath": f"{_READY}.message", "priority": 1},
 ]

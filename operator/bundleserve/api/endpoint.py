@@ -343,17 +343,32 @@ class Resources(Model):
     """GPU model to schedule on (node label nvidia.com/gpu.product, e.g. NVIDIA-A10G). Empty: any GPU."""
 
 
+#: How long a sync or streaming endpoint at minReplicas 0 stays up without requests (Knative's default grace is 30 s;
+#: KEDA's cooldown 300 s: a cold start is seconds to minutes, so an endpoint is kept a few minutes after its last call).
+DEFAULT_SCALE_TO_ZERO_AFTER_SECONDS = 300
+
+
 class Scaling(Model):
     """Replica count and autoscaling (an HPA for sync/streaming endpoints, queue depth for async ones)."""
 
     min_replicas: Annotated[int, Field(ge=0, le=1000)] = 1
-    """Fewest replicas; 0 lets an async endpoint scale to zero while its queue is empty."""
+    """Fewest replicas; 0 lets the endpoint scale to zero: an async-only one while its queue is empty, one that serves
+    sync or streaming after scaleToZeroAfterSeconds without a request through the gateway (the gateway holds the next
+    request until a replica is ready)."""
     max_replicas: Annotated[int | None, Field(default=None, ge=1, le=1000)] = None
     """Most replicas; above minReplicas the endpoint is autoscaled. Empty: minReplicas (at least 1)."""
     target_concurrency: Annotated[int, Field(ge=1, le=1000)] = 4
     """In-flight requests (or queued tasks) per replica the autoscaler aims for."""
     scale_down_delay_seconds: Annotated[int, Field(ge=0, le=86400)] = 300
     """Seconds the load must stay low before replicas are removed (the scale-down stabilization window)."""
+    scale_to_zero_after_seconds: Annotated[int | None, Field(default=None, ge=10, le=86400)] = None
+    """With minReplicas 0 and the sync or streaming mode: seconds without a request held or in flight through the
+    gateway (and, with async, without a queued task) before the endpoint goes back to zero replicas. Empty: 300."""
+
+    @property
+    def idle_seconds_before_zero(self) -> int:
+        """scaleToZeroAfterSeconds in force (its default when unset)."""
+        return self.scale_to_zero_after_seconds or DEFAULT_SCALE_TO_ZERO_AFTER_SECONDS
 
     @property
     def effective_max_replicas(self) -> int:
@@ -419,6 +434,35 @@ class OpenAISettings(Model):
     """The `owned_by` of the model in `GET /openai/v1/models`."""
 
 
+#: The name of the one variant of an Endpoint without spec.variants, as SageMaker names a single production variant:
+#: what `InvokedProductionVariant` answers and `TargetVariant` (or the native variant header) may name. Declared
+#: variant names are DNS labels (lowercase), so they never equal it.
+IMPLICIT_VARIANT = "AllTraffic"
+#: The most variants an Endpoint declares (SageMaker's limit of production variants per endpoint config).
+MAX_VARIANTS = 10
+
+
+class Variant(Model):
+    """One production variant: a version of the model with its own pods that gets a weighted share of the requests
+    that name no variant (docs/operator.md, "Production variants")."""
+
+    name: Annotated[str, Field(pattern=DNS_LABEL, min_length=1, max_length=63)]
+    """Name of the variant (a DNS label, unique in the list): what SageMaker's TargetVariant and the native
+    X-Bundleserve-Variant header name, and what InvokedProductionVariant answers."""
+    weight: Annotated[int, Field(ge=0, le=1000)]
+    """Relative share of the requests that name no variant: weight divided by the sum of all weights (90 and 10 is a
+    90/10 split). 0: only requests that name this variant reach it."""
+    image: Annotated[str | None, Field(default=None, min_length=1, max_length=512)] = None
+    """Container image of this variant's model (a new model version). Empty: spec.bundle.image."""
+    env: Annotated[list[EnvVar], Field(max_length=64)] = []
+    """Environment variables of this variant's model container (at most 64), on top of spec.bundle.env (an entry of
+    the same name replaces the endpoint's)."""
+    resources: Resources | None = None
+    """CPU, memory and GPUs of this variant's model container. Empty: spec.resources."""
+    scaling: Scaling | None = None
+    """Replicas and autoscaling of this variant. Empty: spec.scaling."""
+
+
 class EndpointSpec(Model):
     """Desired state of an Endpoint: what to serve and how."""
 
@@ -447,6 +491,11 @@ class EndpointSpec(Model):
     openai: OpenAISettings | None = None
     """Serve the OpenAI-compatible API (chat and text completions, the model list) for this endpoint. Empty: not
     served. Needs the streaming mode."""
+    variants: Annotated[list[Variant], Field(max_length=MAX_VARIANTS)] = []
+    """Production variants (at most 10): each runs its own Deployment with its own image, env, resources and
+    scaling, and requests that name no variant are split by weight (canary and blue/green rollouts). The bundle's
+    calling contract (python or runnable image, routes, port), modes and invocation limits are the endpoint's and
+    shared. Empty: one implicit variant, AllTraffic, with the endpoint's children and names."""
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> EndpointSpec:
@@ -457,6 +506,12 @@ class EndpointSpec(Model):
 
     def serves(self, mode: Mode) -> bool:
         return mode in self.modes
+
+    @property
+    def scales_from_zero(self) -> bool:
+        """minReplicas 0 with the sync or streaming mode: the gateway holds requests while a replica starts and the
+        operator's demand gate moves the Deployment between 0 and 1 (docs/operator.md, "Scale from zero")."""
+        return self.scaling.min_replicas == 0 and (self.serves(Mode.SYNC) or self.serves(Mode.STREAMING))
 
     @property
     def async_settings(self) -> AsyncSettings:
@@ -522,6 +577,23 @@ class QueueStatus(BaseModel):
     """pending plus inFlight: what the autoscaler sizes the replicas by."""
 
 
+class VariantStatus(BaseModel):
+    """One declared variant as last observed by the operator."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, use_attribute_docstrings=True)
+
+    name: str
+    """The variant's name (spec.variants[].name)."""
+    weight: int = 0
+    """Its weight in the spec."""
+    traffic_percent: int = 0
+    """Its share of the requests that name no variant, in percent (rounded)."""
+    replicas: int = 0
+    """Pods of the variant's Deployment."""
+    ready_replicas: int = 0
+    """Pods of the variant that pass their readiness probe."""
+
+
 class EndpointStatus(BaseModel):
     """Observed state of an Endpoint, written by the operator."""
 
@@ -539,6 +611,11 @@ class EndpointStatus(BaseModel):
     """In-cluster base URL of the endpoint's routers (the Service). Empty for an async-only endpoint (no Service)."""
     queue: QueueStatus | None = None
     """Depth of the async queue. Empty without the async mode."""
+    variants: list[VariantStatus] = []
+    """The declared variants with their traffic shares and replicas. Empty for an Endpoint without spec.variants."""
+    traffic: str | None = None
+    """The split in one line, e.g. `blue 90%, green 10%` (the Traffic column of `kubectl get`). Empty for an
+    Endpoint without spec.variants."""
 
 
 class Endpoint(BaseModel):

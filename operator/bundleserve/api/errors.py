@@ -33,6 +33,13 @@ class InvalidRequest(ApiError):
     code = "invalid_request"
 
 
+class UnknownVariant(InvalidRequest):
+    """The request names a production variant the endpoint does not have (X-Bundleserve-Variant, or SageMaker's
+    TargetVariant: rendered there as ValidationError)."""
+
+    code = "unknown_variant"
+
+
 class Unauthorized(ApiError):
     status = 401
     code = "unauthorized"
@@ -103,6 +110,7 @@ _BY_CODE: dict[str, type[ApiError]] = {
     cls.code: cls
     for cls in (
         InvalidRequest,
+        UnknownVariant,
         Unauthorized,
         NotFound,
         ModeNotServed,

@@ -67,6 +67,9 @@ class Invocation:
     #: Names one call across the client's retries (`idempotency_key()`): a retry gets the first attempt's answer
     #: (sync) or task (async) instead of running the model again.
     idempotency_key: str | None = None
+    #: The production variant the call names (SageMaker's TargetVariant); None: the gateway picks one by weight
+    #: (docs/operator.md, "Production variants"). A router serves its own variant only.
+    variant: str | None = None
 
 
 def is_json_media(content_type: str | None) -> bool:

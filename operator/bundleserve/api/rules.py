@@ -58,11 +58,12 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         scope="spec",
-        cel="!has(self.scaling) || !has(self.scaling.minReplicas) || self.scaling.minReplicas > 0 || "
-        "(size(self.modes) == 1 && self.modes[0] == 'async')",
-        message="spec.scaling.minReplicas 0 (scale to zero) needs an async-only endpoint: "
-        "sync and streaming requests need a running replica",
-        holds=lambda s: s.scaling.min_replicas > 0 or list(s.modes) == ["async"],
+        cel="!has(self.scaling) || !has(self.scaling.scaleToZeroAfterSeconds) || "
+        "(has(self.scaling.minReplicas) && self.scaling.minReplicas == 0 && "
+        "('sync' in self.modes || 'streaming' in self.modes))",
+        message="spec.scaling.scaleToZeroAfterSeconds needs spec.scaling.minReplicas 0 and the sync or streaming mode "
+        "(an async-only endpoint goes to zero after scaleDownDelaySeconds with an empty queue)",
+        holds=lambda s: s.scaling.scale_to_zero_after_seconds is None or s.scales_from_zero,
     ),
     Rule(
         scope="spec.bundle",
@@ -184,6 +185,59 @@ RULES: tuple[Rule, ...] = (
         cel="!has(self.bundle.env) || self.bundle.env.all(e, !(has(e.value) && has(e.valueFrom)))",
         message="spec.bundle.env: an entry may set value or valueFrom, not both",
         holds=lambda s: all(not (e.value is not None and e.value_from is not None) for e in s.bundle.env),
+    ),
+    Rule(
+        scope="spec",
+        cel="!has(self.variants) || self.variants.all(v, self.variants.exists_one(w, w.name == v.name))",
+        message="spec.variants: each variant name may appear only once",
+        holds=lambda s: len({v.name for v in s.variants}) == len(s.variants),
+    ),
+    Rule(
+        scope="spec",
+        cel="!has(self.variants) || size(self.variants) == 0 || self.variants.exists(v, v.weight > 0)",
+        message="spec.variants: at least one variant needs a weight above 0 (requests that name no variant are split "
+        "by weight)",
+        holds=lambda s: not s.variants or any(v.weight > 0 for v in s.variants),
+    ),
+    Rule(
+        scope="spec",
+        cel="!has(self.variants) || self.variants.all(v, !has(v.scaling) || !has(v.scaling.maxReplicas) || "
+        "(has(v.scaling.minReplicas) ? v.scaling.minReplicas : 1) <= v.scaling.maxReplicas)",
+        message="spec.variants[].scaling.minReplicas must be less than or equal to its maxReplicas",
+        holds=lambda s: all(
+            v.scaling is None or v.scaling.max_replicas is None or v.scaling.min_replicas <= v.scaling.max_replicas
+            for v in s.variants
+        ),
+    ),
+    Rule(
+        scope="spec",
+        cel="!has(self.variants) || self.variants.all(v, !has(v.scaling) || !has(v.scaling.minReplicas) || "
+        "v.scaling.minReplicas > 0 || (size(self.modes) == 1 && self.modes[0] == 'async'))",
+        message="spec.variants[].scaling.minReplicas 0 (scale to zero) needs an async-only endpoint",
+        holds=lambda s: all(
+            v.scaling is None or v.scaling.min_replicas > 0 or list(s.modes) == ["async"] for v in s.variants
+        ),
+    ),
+    Rule(
+        scope="spec",
+        cel="!has(self.variants) || self.variants.all(v, !has(v.resources) || !has(v.resources.gpuType) || "
+        "(has(v.resources.gpus) && v.resources.gpus > 0))",
+        message="spec.variants[].resources.gpuType needs its gpus greater than 0",
+        holds=lambda s: all(
+            v.resources is None or v.resources.gpu_type is None or v.resources.gpus > 0 for v in s.variants
+        ),
+    ),
+    Rule(
+        scope="spec",
+        cel="!has(self.variants) || self.variants.all(v, !has(v.env) || "
+        "v.env.all(e, v.env.exists_one(f, f.name == e.name) && !(has(e.value) && has(e.valueFrom))))",
+        message="spec.variants[].env: each name may appear only once, and an entry may set value or valueFrom, "
+        "not both",
+        holds=lambda s: all(
+            len({e.name for e in v.env}) == len(v.env)
+            and all(not (e.value is not None and e.value_from is not None) for e in v.env)
+            for v in s.variants
+        ),
     ),
 )
 

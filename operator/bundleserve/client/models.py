@@ -48,6 +48,9 @@ class EndpointRequest:
     callback_auth_key: str | None = field(default=None, repr=False)
     return_pickled: bool = False
     request_id: str | None = None
+    #: The production variant to call (sent as X-Bundleserve-Variant; docs/operator.md, "Production variants").
+    #: None: the gateway picks one by weight.
+    variant: str | None = None
     #: True when `request_id` was generated here (then it is not sent in the body).
     request_id_generated: bool = field(default=False, init=False, repr=False, compare=False)
 
@@ -78,6 +81,8 @@ class EndpointRequest:
             return "url must be a non-empty string (the location of the model's input)"
         if not isinstance(self.return_pickled, bool):
             return f"return_pickled must be True or False, got {self.return_pickled!r}"
+        if self.variant is not None and (not isinstance(self.variant, str) or not self.variant):
+            return "variant must be a non-empty string (a production variant's name)"
         if self.callback_url is not None and (not isinstance(self.callback_url, str) or not self.callback_url):
             return "callback_url must be a non-empty string"
         given = [name for name in _BASIC_FIELDS + _MTLS_FIELDS if getattr(self, name) is not None]
@@ -147,6 +152,9 @@ class EndpointResponse:
     traceback: str | None = None
     status_code: int | None = None
     task_id: str | None = None
+    #: The production variant that answered a sync call (the gateway's X-Bundleserve-Variant) or that an async task
+    #: was given; None when the server did not say (a router called directly, a task of an Endpoint without variants).
+    variant: str | None = None
 
     @classmethod
     def from_native(cls, document: dict[str, Any]) -> EndpointResponse:
@@ -164,6 +172,7 @@ class EndpointResponse:
             traceback=document.get("traceback") if isinstance(document.get("traceback"), str) else None,
             status_code=status_code if isinstance(status_code, int) else None,
             task_id=task_id if isinstance(task_id, str) else None,
+            variant=document.get("variant") if isinstance(document.get("variant"), str) else None,
         )
 
     @property

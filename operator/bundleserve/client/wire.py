@@ -6,6 +6,7 @@ functions build and feed back what they receive, so both behave the same by cons
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Generator, Iterable
@@ -15,6 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
+from bundleserve.api.variants import VARIANT_HEADER
 from bundleserve.client.errors import (
     BundleserveError,
     ConnectionFailed,
@@ -70,7 +72,10 @@ def task_path(task_id: str) -> str:
 
 
 def request_headers(request: EndpointRequest) -> dict[str, str]:
-    return {"X-Request-Id": str(request.request_id)}
+    headers = {"X-Request-Id": str(request.request_id)}
+    if request.variant is not None:
+        headers[VARIANT_HEADER] = request.variant
+    return headers
 
 
 def invocation_body(request: EndpointRequest, mode: ModeName, timeout_seconds: float | None) -> dict[str, Any]:
@@ -183,7 +188,9 @@ def predict_response(status: int, headers: httpx.Headers, body: bytes) -> Endpoi
             status_code=error.details.get("status_code") if isinstance(error.details.get("status_code"), int) else None,
         )
     raise_for_answer(status, headers, body)
-    return EndpointResponse.from_native(json.loads(body))
+    response = EndpointResponse.from_native(json.loads(body))
+    answered = headers.get(VARIANT_HEADER)
+    return response if answered is None else dataclasses.replace(response, variant=answered)
 
 
 def submitted_task_id(status: int, headers: httpx.Headers, body: bytes) -> str:

@@ -46,14 +46,18 @@ class ResourceInfo:
 RESOURCES: dict[str, ResourceInfo] = {
     "Endpoint": ResourceInfo(GROUP, VERSION, PLURAL, ("get",)),
     "Endpoint/status": ResourceInfo(GROUP, VERSION, f"{PLURAL}/status", ("patch",)),
-    "ConfigMap": ResourceInfo("", "v1", "configmaps", ("get", "create", "update")),
-    "Service": ResourceInfo("", "v1", "services", ("get", "create", "update", "delete")),
-    "Deployment": ResourceInfo("apps", "v1", "deployments", ("get", "create", "update", "patch")),
+    # Optional children (a removed variant's, a dropped Service/autoscaler/PDB) are listed by the endpoint's label
+    # and deleted (reconcile.delete_unwanted).
+    "ConfigMap": ResourceInfo("", "v1", "configmaps", ("get", "list", "create", "update", "delete")),
+    "Service": ResourceInfo("", "v1", "services", ("get", "list", "create", "update", "delete")),
+    "Deployment": ResourceInfo("apps", "v1", "deployments", ("get", "list", "create", "update", "patch", "delete")),
     "HorizontalPodAutoscaler": ResourceInfo(
-        "autoscaling", "v2", "horizontalpodautoscalers", ("get", "create", "update", "delete")
+        "autoscaling", "v2", "horizontalpodautoscalers", ("get", "list", "create", "update", "delete")
     ),
-    "PodDisruptionBudget": ResourceInfo("policy", "v1", "poddisruptionbudgets", ("get", "create", "update", "delete")),
-    "ScaledObject": ResourceInfo("keda.sh", "v1alpha1", "scaledobjects", ("get", "create", "update", "delete")),
+    "PodDisruptionBudget": ResourceInfo(
+        "policy", "v1", "poddisruptionbudgets", ("get", "list", "create", "update", "delete")
+    ),
+    "ScaledObject": ResourceInfo("keda.sh", "v1alpha1", "scaledobjects", ("get", "list", "create", "update", "delete")),
     "NetworkPolicy": ResourceInfo("networking.k8s.io", "v1", "networkpolicies", ("get", "create", "update")),
     "Pod": ResourceInfo("", "v1", "pods", ("list",)),
     # The master API-key Secret (read in the operator's namespace); each Endpoint's own credentials Secret, and the

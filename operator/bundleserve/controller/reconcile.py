@@ -14,23 +14,25 @@ from pydantic import ValidationError
 
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import format_validation_error
+from bundleserve.api.variants import ServedVariant, served_variants
 from bundleserve.controller import secrets
 from bundleserve.controller.builders import BuildContext, BuildError, Manifest, Scaler, build_children, scaler_for
-from bundleserve.controller.builders.autoscaling import queue_names
 from bundleserve.controller.builders.common import serves_http
 from bundleserve.controller.diff import needs_write, replacement
 from bundleserve.controller.kube import KubeClient, KubeError
-from bundleserve.controller.labels import autoscaler_name, selector_labels, service_name, service_url
+from bundleserve.controller.labels import ENDPOINT_LABEL, deployment_name, selector_labels, service_url
 from bundleserve.controller.status import (
     Observed,
     Problem,
     QueueObservation,
+    VariantObservation,
     build_status,
     rolling_out,
     status_patch,
     transitions,
 )
 from bundleserve.queue import keys
+from bundleserve.queue.config import queue_ids
 
 #: (pending, in_flight) of the queue `keys.queue_id(namespace, name)`, or an exception when it cannot be read.
 BacklogReader = Callable[[str], Awaitable[tuple[int, int]]]
@@ -39,8 +41,24 @@ BacklogReader = Callable[[str], Awaitable[tuple[int, int]]]
 #: value, a label value Kubernetes refuses). They end in Degraded=True/ChildRejected carrying the API server's own
 #: message; the drift timer and any spec change try again. 409 and 5xx stay transient (the caller retries soon).
 REJECTED_STATUSES = frozenset({400, 403, 422})
-#: Children that exist only for some specs: deleted when the spec no longer wants them.
-OPTIONAL_KINDS = ("Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ScaledObject")
+#: Children that exist only for some specs (a variant's, or a Service, autoscaler or PDB the spec no longer asks
+#: for): listed by the endpoint's label and deleted when owned by the Endpoint and not desired. Secrets and the
+#: NetworkPolicy are per endpoint and always wanted.
+OPTIONAL_KINDS = (
+    "ConfigMap",
+    "Service",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "PodDisruptionBudget",
+    "ScaledObject",
+)
+#: The Ready message of a sync/streaming endpoint at zero replicas (docs/operator.md, "Scale from zero").
+ZERO_ON_DEMAND = "no replicas: the gateway holds the next call and a replica starts"
+#: Deleted before the desired children are applied: KEDA's admission webhook refuses a ScaledObject for a Deployment
+#: that an HPA still manages ("already managed by the hpa"), so switching an Endpoint to async must delete the HPA
+#: before the ScaledObject is created (and the other way round, KEDA removes its own HPA with the ScaledObject).
+#: The rest goes after: a removed variant's pods serve until the remaining ones are applied.
+AUTOSCALER_KINDS = ("HorizontalPodAutoscaler", "ScaledObject")
 
 
 @dataclass
@@ -77,11 +95,11 @@ def with_initial_replicas(endpoint: Endpoint, manifest: Manifest) -> Manifest:
 
 async def apply_children(
     endpoint: Endpoint, desired: list[Manifest], kube: KubeClient, writes: list[tuple[str, str, str]]
-) -> dict[str, Manifest]:
-    """Create what is missing, replace what differs; returns the live objects by kind. Refuses to take over an
-    object of the same name that another owner (or a human) created: that is a ChildConflict problem."""
+) -> dict[tuple[str, str], Manifest]:
+    """Create what is missing, replace what differs; returns the live objects by (kind, name). Refuses to take over
+    an object of the same name that another owner (or a human) created: that is a ChildConflict problem."""
     uid = endpoint.metadata.uid
-    live_by_kind: dict[str, Manifest] = {}
+    live_by_kind: dict[tuple[str, str], Manifest] = {}
     for manifest in desired:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         live = await kube.get(kind, endpoint.namespace, name)
@@ -98,7 +116,7 @@ async def apply_children(
             if error.status not in REJECTED_STATUSES:
                 raise
             raise BuildError("ChildRejected", f"the API server refused {kind} {name}: {error.message}") from None
-        live_by_kind[kind] = live
+        live_by_kind[(kind, name)] = live
     return live_by_kind
 
 
@@ -108,32 +126,36 @@ async def delete_unwanted(
     context: BuildContext,
     kube: KubeClient,
     writes: list[tuple[str, str, str]],
+    kinds: tuple[str, ...] = OPTIONAL_KINDS,
 ) -> None:
-    wanted = {manifest["kind"] for manifest in desired}
-    names = {
-        "Service": service_name(endpoint.name),
-        "HorizontalPodAutoscaler": autoscaler_name(endpoint.name),
-        "PodDisruptionBudget": endpoint.name,
-        "ScaledObject": autoscaler_name(endpoint.name),
-    }
-    for kind in OPTIONAL_KINDS:
-        if kind in wanted or (kind == "ScaledObject" and not context.keda):
+    """Delete the children of this Endpoint the spec no longer wants: a removed variant's, a Service, autoscaler
+    or PDB the spec dropped, the implicit variant's after switching to spec.variants (and the other way round).
+    Found by the endpoint's label, deleted only when this Endpoint is their controller."""
+    wanted = {(manifest["kind"], manifest["metadata"]["name"]) for manifest in desired}
+    for kind in kinds:
+        if kind == "ScaledObject" and not context.keda:
             continue
-        live = await kube.get(kind, endpoint.namespace, names[kind])
-        if live is not None and owned_by(live, endpoint.metadata.uid):
-            await kube.delete(kind, endpoint.namespace, names[kind])
-            writes.append(("delete", kind, names[kind]))
+        for live in await kube.list(kind, endpoint.namespace, {ENDPOINT_LABEL: endpoint.name}):
+            name = live.get("metadata", {}).get("name", "")
+            if (kind, name) in wanted or not owned_by(live, endpoint.metadata.uid):
+                continue
+            await kube.delete(kind, endpoint.namespace, name)
+            writes.append(("delete", kind, name))
 
 
 async def observe_queue(endpoint: Endpoint, read_backlog: BacklogReader | None) -> QueueObservation | None:
     if read_backlog is None or not endpoint.spec.serves(Mode.ASYNC):
         return None
+    pending = in_flight = 0
     try:
-        pending, in_flight = await read_backlog(keys.queue_id(endpoint.namespace, endpoint.name))
+        for queue in queue_ids(endpoint):  # an endpoint with variants: the sum over its variants' queues
+            queue_pending, queue_in_flight = await read_backlog(queue)
+            pending, in_flight = pending + queue_pending, in_flight + queue_in_flight
     except Exception as error:  # the queue being down must not break reconciling the children
         logging.getLogger(__name__).warning("cannot read the queue of %s: %s", endpoint.name, error)
         return None
-    return QueueObservation(name=queue_names(endpoint)[0], pending=pending, in_flight=in_flight)
+    name = ", ".join(keys.stream(queue) for queue in queue_ids(endpoint))  # each variant's stream, or the one
+    return QueueObservation(name=name, pending=pending, in_flight=in_flight)
 
 
 async def reconcile(
@@ -193,14 +215,21 @@ async def _reconcile_valid(
     url = service_url(endpoint.name, endpoint.namespace) if serves_http(endpoint) else None
     queue = await observe_queue(endpoint, read_backlog)
     try:
+        if endpoint.spec.scales_from_zero and not context.config.redis_url:
+            # the demand gate reads the gateways' demand in the queue's Redis: without it nothing would wake the
+            # endpoint and every call at zero would wait for its deadline
+            raise BuildError(
+                "ScaleFromZeroNotConfigured",
+                "minReplicas 0 with the sync or streaming mode needs the queue's Redis, where the gateway reports "
+                "demand: the operator has no BUNDLESERVE_REDIS_URL configured",
+            )
         # The Endpoint's own credentials first: the Deployment references them.
         context, own = await secrets.credentials(endpoint, context, kube, ensure_user)
         desired = own + build_children(endpoint, context)
-        # Unwanted children go first: KEDA's admission webhook refuses a ScaledObject for a Deployment that an HPA
-        # still manages ("already managed by the hpa"), so switching an Endpoint to async must delete the HPA before
-        # the ScaledObject is created (and the other way round, KEDA removes its own HPA with the ScaledObject).
-        await delete_unwanted(endpoint, desired, context, kube, writes)
+        await delete_unwanted(endpoint, desired, context, kube, writes, AUTOSCALER_KINDS)
         live = await apply_children(endpoint, desired, kube, writes)
+        others = tuple(kind for kind in OPTIONAL_KINDS if kind not in AUTOSCALER_KINDS)
+        await delete_unwanted(endpoint, desired, context, kube, writes, others)
     except BuildError as error:
         deployment = await kube.get("Deployment", endpoint.namespace, endpoint.name)
         return Observed(
@@ -210,25 +239,51 @@ async def _reconcile_valid(
             queue=queue,
             problem=Problem(error.reason, error.message),
         )
-    deployment = live["Deployment"]
+    variants = served_variants(endpoint)
+    seen = [await _observe_variant(variant, live, context, kube, writes) for variant in variants]
+    if not variants[0].declared:
+        only = seen[0]
+        return Observed(
+            generation=generation,
+            deployment=only.deployment,
+            pods=only.pods,
+            url=url,
+            queue=queue,
+            scale_to_zero=only.scale_to_zero,
+            zero_message=only.zero_message,
+        )
+    return Observed(generation=generation, url=url, queue=queue, variants=seen)
+
+
+async def _observe_variant(
+    variant: ServedVariant,
+    live: dict[tuple[str, str], Manifest],
+    context: BuildContext,
+    kube: KubeClient,
+    writes: list[tuple[str, str, str]],
+) -> VariantObservation:
+    """One variant's Deployment as applied (started from zero when an HPA now owns it) and, while it is not all
+    ready, its pods (for the reason why)."""
+    endpoint = variant.endpoint
+    name = deployment_name(endpoint.name, variant.child_variant)
+    deployment = live[("Deployment", name)]
     scaler = scaler_for(endpoint, context.keda)
     if scaler is Scaler.HPA and deployment.get("spec", {}).get("replicas") == 0:
         # An HPA never scales a Deployment up from zero (e.g. an endpoint that was async-only and scaled to zero).
         start = max(endpoint.spec.scaling.min_replicas, 1)
-        deployment = await kube.merge_patch(
-            "Deployment", endpoint.namespace, endpoint.name, {"spec": {"replicas": start}}
-        )
-        writes.append(("patch", "Deployment", endpoint.name))
+        deployment = await kube.merge_patch("Deployment", endpoint.namespace, name, {"spec": {"replicas": start}})
+        writes.append(("patch", "Deployment", name))
     status = deployment.get("status", {}) or {}
     wanted = deployment.get("spec", {}).get("replicas", 1)
     pods: list[Manifest] = []
     if (status.get("readyReplicas", 0) or 0) < wanted or rolling_out(deployment):
-        pods = await kube.list("Pod", endpoint.namespace, selector_labels(endpoint.name))
-    return Observed(
-        generation=generation,
+        pods = await kube.list("Pod", endpoint.namespace, selector_labels(endpoint.name, variant.child_variant))
+    return VariantObservation(
+        name=variant.name,
+        weight=variant.weight,
         deployment=deployment,
         pods=pods,
-        url=url,
-        queue=queue,
-        scale_to_zero=scaler in (Scaler.KEDA, Scaler.OPERATOR) and endpoint.spec.scaling.min_replicas == 0,
+        scale_to_zero=scaler in (Scaler.KEDA, Scaler.OPERATOR, Scaler.DEMAND)
+        and endpoint.spec.scaling.min_replicas == 0,
+        zero_message=ZERO_ON_DEMAND if scaler is Scaler.DEMAND else VariantObservation.zero_message,
     )

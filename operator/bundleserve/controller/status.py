@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bundleserve.api.variants import traffic_line, traffic_shares
+
 Manifest = dict[str, Any]
 
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
@@ -17,6 +19,7 @@ READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
 _WAITING_PROBLEMS = (
     "ErrImagePull",
     "ImagePullBackOff",
+    "ErrImageNeverPull",  # imagePullPolicy Never and the node lacks the image (seen on the real node)
     "InvalidImageName",
     "CreateContainerConfigError",
     "CreateContainerError",
@@ -24,7 +27,7 @@ _WAITING_PROBLEMS = (
     "CrashLoopBackOff",
 )
 #: Keys of `status` this operator owns (anything else, e.g. kopf's own bookkeeping, is left alone).
-OWNED_KEYS = ("observedGeneration", "conditions", "replicas", "readyReplicas", "url", "queue")
+OWNED_KEYS = ("observedGeneration", "conditions", "replicas", "readyReplicas", "url", "queue", "variants", "traffic")
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,24 @@ class QueueObservation:
 
 
 @dataclass(frozen=True)
+class VariantObservation:
+    """One declared production variant (spec.variants) as reconcile saw it."""
+
+    name: str
+    weight: int
+    deployment: Manifest | None = None
+    pods: list[Manifest] = field(default_factory=list)
+    scale_to_zero: bool = False
+    #: As Observed.zero_message.
+    zero_message: str = "no replicas: the queue is empty; tasks are accepted"
+
+
+@dataclass(frozen=True)
 class Observed:
-    """What reconcile saw. `problem` is a spec/config/API problem found before looking at pods."""
+    """What reconcile saw. `problem` is a spec/config/API problem found before looking at pods.
+
+    An Endpoint without spec.variants has its one `deployment` (and `pods`); one with variants has `variants`, each
+    with its own Deployment, and no `deployment` of its own."""
 
     generation: int
     deployment: Manifest | None = None
@@ -51,6 +70,19 @@ class Observed:
     queue: QueueObservation | None = None
     problem: Problem | None = None
     scale_to_zero: bool = False
+    #: With scale_to_zero: why zero replicas is a ready state (async: the queue accepts tasks; sync: the gateway holds
+    #: the next call while a replica starts).
+    zero_message: str = "no replicas: the queue is empty; tasks are accepted"
+    variants: list[VariantObservation] = field(default_factory=list)
+
+    def deployment_counts(self) -> tuple[int, int]:
+        """(replicas, readyReplicas) of the endpoint: its Deployment's, or the sum over its variants'."""
+        deployments = [v.deployment for v in self.variants] if self.variants else [self.deployment]
+        statuses = [(d or {}).get("status", {}) or {} for d in deployments]
+        return (
+            sum(s.get("replicas", 0) or 0 for s in statuses),
+            sum(s.get("readyReplicas", 0) or 0 for s in statuses),
+        )
 
 
 def pod_problem(pods: list[Manifest]) -> Problem | None:
@@ -117,12 +149,48 @@ def _condition(kind: str, status: bool, reason: str, message: str) -> dict[str, 
     return {"type": kind, "status": "True" if status else "False", "reason": reason, "message": message}
 
 
+def variant_conditions(observed: Observed) -> list[dict[str, Any]]:
+    """Ready, Progressing, Degraded of an Endpoint with variants: Ready when every variant is (TargetVariant may name
+    any of them), Progressing or Degraded when one is; the message names the variant."""
+    per_variant = [
+        (
+            variant.name,
+            conditions_for(
+                Observed(
+                    generation=observed.generation,
+                    deployment=variant.deployment,
+                    pods=variant.pods,
+                    scale_to_zero=variant.scale_to_zero,
+                    zero_message=variant.zero_message,
+                )
+            ),
+        )
+        for variant in observed.variants
+    ]
+    combined = []
+    for index, kind in enumerate((READY, PROGRESSING, DEGRADED)):
+        wanted = "True" if kind == READY else "False"  # the state every variant must be in for the endpoint's
+        odd = [(name, conditions[index]) for name, conditions in per_variant if conditions[index]["status"] != wanted]
+        if odd:
+            name, condition = odd[0]
+            combined.append(
+                _condition(kind, wanted != "True", condition["reason"], f"variant {name}: {condition['message']}")
+            )
+        else:
+            message = "; ".join(f"{name}: {conditions[index]['message']}" for name, conditions in per_variant)
+            reason = per_variant[0][1][index]["reason"] if per_variant else "AsExpected"
+            combined.append(_condition(kind, wanted == "True", reason, message if kind != DEGRADED else ""))
+    return combined
+
+
 def conditions_for(observed: Observed) -> list[dict[str, Any]]:
     """Ready, Progressing, Degraded (in this order), without timestamps."""
     deployment = observed.deployment
+    if observed.variants and observed.problem is None:
+        return variant_conditions(observed)
     if observed.problem is not None:
         problem = observed.problem
-        ready_count = (deployment or {}).get("status", {}).get("readyReplicas", 0) if deployment else 0
+        ready_count = observed.deployment_counts()[1]
         return [
             _condition(
                 READY,
@@ -147,7 +215,7 @@ def conditions_for(observed: Observed) -> list[dict[str, Any]]:
     progressing = rolling_out(deployment)
     counts = f"{ready}/{wanted} replicas ready"
     if wanted == 0 and observed.scale_to_zero:
-        ready_condition = _condition(READY, True, "ScaledToZero", "no replicas: the queue is empty; tasks are accepted")
+        ready_condition = _condition(READY, True, "ScaledToZero", observed.zero_message)
     elif ready >= 1:
         ready_condition = _condition(READY, True, "ReplicasAvailable", counts)
     elif trouble is not None:
@@ -178,13 +246,27 @@ def build_status(observed: Observed, previous: Manifest | None, now: str) -> Man
         held = old.get("status") == condition["status"] and old.get("lastTransitionTime")
         since = old["lastTransitionTime"] if held else now
         conditions.append({**condition, "lastTransitionTime": since, "observedGeneration": observed.generation})
-    deployment_status = (observed.deployment or {}).get("status", {}) or {}
+    replicas, ready_replicas = observed.deployment_counts()
     status: Manifest = {
         "observedGeneration": observed.generation,
         "conditions": conditions,
-        "replicas": deployment_status.get("replicas", 0) or 0,
-        "readyReplicas": deployment_status.get("readyReplicas", 0) or 0,
+        "replicas": replicas,
+        "readyReplicas": ready_replicas,
     }
+    if observed.variants:
+        weights = [(v.name, v.weight) for v in observed.variants]
+        shares = dict(traffic_shares(weights))
+        status["variants"] = [
+            {
+                "name": v.name,
+                "weight": v.weight,
+                "trafficPercent": shares[v.name],
+                "replicas": ((v.deployment or {}).get("status", {}) or {}).get("replicas", 0) or 0,
+                "readyReplicas": ((v.deployment or {}).get("status", {}) or {}).get("readyReplicas", 0) or 0,
+            }
+            for v in observed.variants
+        ]
+        status["traffic"] = traffic_line(weights)
     if observed.url:
         status["url"] = observed.url
     if observed.queue is not None:

@@ -72,6 +72,12 @@ class InvocationBackend(CallBackend, Protocol):
         ...
 
     @property
+    def variant(self) -> str:
+        """The production variant that serves the calls: a router's own (AllTraffic without variants); at the
+        gateway, the one the last `predict`/`stream` call was sent to (picked when the call is made)."""
+        ...
+
+    @property
     def requires_api_key(self) -> bool:
         """True when the gate checks API keys (so a presented API key is a real credential, not decoration)."""
         ...

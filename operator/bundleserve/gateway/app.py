@@ -13,8 +13,13 @@ client cannot tell the gateway's refusals from a router's. The gateway never imp
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
+import dataclasses
+import random
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,7 @@ from bundleserve.dialects.sagemaker import sigv4
 from bundleserve.edge.auth import ApiKeys, presented_key, require_key
 from bundleserve.edge.connections import ConnectionLimits
 from bundleserve.edge.errors import render_errors
+from bundleserve.gateway.activator import Activator, HoldSettings
 from bundleserve.gateway.docs import add_docs_routes
 from bundleserve.gateway.forwarding import EndpointCalls
 from bundleserve.gateway.openai_models import GatewayModels
@@ -44,6 +50,7 @@ from bundleserve.gateway.proxy import forward, read_capped
 from bundleserve.gateway.registry import EndpointEntry, Registry
 from bundleserve.gateway.tasks import EndpointQueues
 from bundleserve.gateway.upstream import UpstreamPool
+from bundleserve.gateway.variants import VARIANT_HEADER, pick_variant, request_key, stable_draw
 from bundleserve.queue import keys
 from bundleserve.queue.config import QueueLimits
 from bundleserve.queue.results import (
@@ -53,7 +60,7 @@ from bundleserve.queue.results import (
     open_result_store,
     sync_result_owner,
 )
-from bundleserve.queue.service import S3AsyncPaths, SubmitChecks, TaskService, stored_result
+from bundleserve.queue.service import S3AsyncPaths, SubmitChecks, stored_result
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord
 
 _JSON = "application/json"
@@ -77,6 +84,8 @@ class GatewayConfig:
     submit_checks: SubmitChecks = field(default_factory=SubmitChecks)
     #: Who may call the SageMaker dialect (SigV4 keys, unsigned access); None: from the environment, as routers.
     sagemaker_signing: sigv4.SigV4Config | None = None
+    #: How calls of endpoints at zero replicas are held while one starts (gateway.activator).
+    hold: HoldSettings = field(default_factory=HoldSettings)
     #: Keep-alive/head and body deadlines of the gateway's connections (edge.connections).
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     #: The public base URL (BUNDLESERVE_PUBLIC_URL; None: from each request's forwarding headers).
@@ -99,9 +108,13 @@ class Gateway:
         #: The pooled raw client to the routers, for the fast edge's hot paths (`gateway.fastpath`).
         self.pool = UpstreamPool()
         self.queues: EndpointQueues | None = None
+        #: Holds calls of endpoints at zero replicas; reports demand once the queues' Redis client exists.
+        self.activator = Activator(registry, config.hold, None)
         #: False until the registry's source has delivered its first complete listing (cluster watch).
         self.synced = True
         self._store: ResultStore | None = None
+        #: The uniform draw of the weighted variant split (gateway.variants.pick_variant).
+        self.draw: Callable[[], float] = random.random
 
     # -- the gate every /v1 route passes before reading a body -------------------------------------------------
 
@@ -117,8 +130,8 @@ class Gateway:
         """API key (unless a dialect verified its own credential: `authenticated`, whose namespaces are `scope`,
         None: cluster-wide), then name (an endpoint outside the credential's namespaces answers as an unknown name,
         before its modes are looked at) and mode; `name=None` (a route addressed by task id only) checks the key alone. Readiness is the router's to judge: a request to
-        an endpoint without a ready replica gets the router's (or the proxy's) 503, and async submissions never
-        depend on it. The dialects' forwarding mounts call this same method (it satisfies their gate Protocols)."""
+        an endpoint without a ready replica gets the router's (or the proxy's) 503 (unless the endpoint scales from
+        zero: then the activator holds it before forwarding), and async submissions never depend on it. The dialects' forwarding mounts call this same method (it satisfies their gate Protocols)."""
         if not authenticated:
             require_key(self.keys, authorization)
             scope = self.scope(authorization)
@@ -162,18 +175,41 @@ class Gateway:
             return None
         return f"Bearer {self.keys_file.gateway_key(entry.namespace, entry.name)}"
 
+    def variant_entry(
+        self, entry: EndpointEntry, requested: str | None, key: str | None = None
+    ) -> tuple[EndpointEntry, str]:
+        """The entry aimed at one production variant's routers (the named one, else a weighted pick, drawn from the
+        idempotency `key` when the call has one), and its name. UnknownVariant for a name the endpoint lacks."""
+        route = pick_variant(entry.routes, requested, stable_draw(key) if key is not None else self.draw())
+        return dataclasses.replace(entry, router_url=route.router_url), route.name
+
     async def forward_to(
-        self, request: web.Request, entry: EndpointEntry, *, read_body: bytes | None = None
+        self,
+        request: web.Request,
+        entry: EndpointEntry,
+        *,
+        read_body: bytes | None = None,
+        requested_variant: str | None = None,
     ) -> web.StreamResponse:
-        """Proxy to the entry's router with the gateway's credential for that endpoint in place of the client's."""
-        return await forward(
-            request,
-            entry,
-            self.upstream(),
-            read_body=read_body,
-            authorization=self.upstream_authorization(entry),
-            replace_authorization=True,
-        )
+        """Proxy to the routers of one of the entry's variants (`requested_variant`, else a weighted pick) with the
+        gateway's credential for that endpoint in place of the client's; the answer names the variant. An endpoint at
+        zero replicas holds the call in the activator first."""
+        key = request_key(request.headers)
+        target, variant = self.variant_entry(entry, requested_variant, key)
+        async with self.activator.admitted(target):
+            return await forward(
+                request,
+                target,
+                self.upstream(),
+                read_body=read_body,
+                authorization=self.upstream_authorization(entry),
+                replace_authorization=True,
+                reply_headers={VARIANT_HEADER: variant},
+            )
+
+    def admit(self, entry: EndpointEntry, request_timeout: float | None) -> AbstractAsyncContextManager[EndpointEntry]:
+        """The activator's hook for a dialect that hands parsed calls on itself (`gateway.forwarding.RouterHop`)."""
+        return self.activator.admitted(entry, request_timeout=request_timeout)
 
     def require_queues(self) -> EndpointQueues:
         if self.queues is None:
@@ -223,14 +259,17 @@ class Gateway:
         return self._store
 
     async def predict(self, request: web.Request) -> web.StreamResponse:
-        return await self.forward_to(request, self.gate_name(request, Mode.SYNC))
+        entry = self.gate_name(request, Mode.SYNC)
+        return await self.forward_to(request, entry, requested_variant=request.headers.get(VARIANT_HEADER))
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
-        return await self.forward_to(request, self.gate_name(request, Mode.STREAMING))
+        entry = self.gate_name(request, Mode.STREAMING)
+        return await self.forward_to(request, entry, requested_variant=request.headers.get(VARIANT_HEADER))
 
-    def task_service(self, name: str) -> TaskService:
-        """For the dialects' async adapters: the endpoint's task service by name (NotFound, Unavailable)."""
-        return self.require_queues().service(self.registry.resolve(name, Mode.ASYNC))
+    def task_service(self, name: str) -> TaskBackend:
+        """For the dialects' async adapters: the endpoint's tasks by name (NotFound, Unavailable); a submission to an
+        endpoint with variants goes to one variant's queue, picked by weight."""
+        return self.require_queues().backend(self.registry.resolve(name, Mode.ASYNC), self.draw)
 
     def task_owner(self) -> TaskOwners:
         """For routes addressed by task id alone (Launch's `GET /v1/async-tasks/{id}`): the task's own endpoint."""
@@ -240,13 +279,18 @@ class Gateway:
         entry = self.gate_name(request, Mode.ASYNC)  # accepted at zero replicas: queued tasks wait for a worker
         self.require_queues()
         body = await read_capped(request, entry.max_payload_bytes)
-        answer = await self.submitted(entry, body, request.headers.get(IDEMPOTENCY_HEADER))
+        answer = await self.submitted(
+            entry, body, request.headers.get(IDEMPOTENCY_HEADER), request.headers.get(VARIANT_HEADER)
+        )
         return web.Response(status=202, body=answer, content_type=_JSON)
 
-    async def submitted(self, entry: EndpointEntry, body: bytes, idempotency: str | None) -> bytes:
-        """A native async submission (gate passed, body read) queued; the 202's body. Both edges call this."""
+    async def submitted(
+        self, entry: EndpointEntry, body: bytes, idempotency: str | None, variant: str | None = None
+    ) -> bytes:
+        """A native async submission (gate passed, body read) queued, to the named variant's queue or one picked by
+        weight; the 202's body. Both edges call this."""
         task_id = await submit_native(
-            self.require_queues().service(entry),
+            self.require_queues().backend(entry, self.draw, variant),
             body,
             kwargs_only=entry.endpoint.spec.bundle.is_python,
             idempotency=idempotency,
@@ -266,12 +310,13 @@ class Gateway:
     ) -> bytes:
         """The status document of a task the current credential reaches (`gate` ran in this context); NotFound for
         any other. Both edges call this."""
-        record = await self.task_owner().status(task_id, wait_seconds=parse_wait(wait))
-        if record is None:
+        found = await self.task_owner().locate(task_id, wait_seconds=parse_wait(wait))
+        if found is None:
             raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
+        record, variant = found
         # an absolute result_url, as routers make it
         public_url = public_base_url(headers, scheme=scheme, configured=self.config.public_url)
-        return task_body(record, public_url)
+        return task_body(record, public_url, variant=variant)
 
     async def task_result(self, request: web.Request) -> web.Response:
         """Only a task of an endpoint the caller's key reaches (as the status route): a task id is no credential."""
@@ -284,13 +329,15 @@ class Gateway:
         scope = _SCOPE.get(frozenset())
         return scope is None or entry.namespace in scope
 
-    def visible_queues(self) -> dict[str, EndpointEntry]:
-        """Queue id -> entry of the async endpoints the current request's credential reaches (`_SCOPE`)."""
+    def visible_queues(self) -> dict[str, tuple[EndpointEntry, str | None]]:
+        """Queue id -> (entry, declared variant or None) of the async endpoints the current request's credential
+        reaches (`_SCOPE`): an endpoint's own queue, or each of its variants' queues."""
         scope = _SCOPE.get(frozenset())
         return {
-            keys.queue_id(entry.namespace, entry.name): entry
+            keys.queue_id(entry.namespace, entry.name, variant): (entry, variant)
             for entry in self.registry.entries()
             if entry.serves(Mode.ASYNC) and (scope is None or entry.namespace in scope)
+            for variant in _variant_queues(entry)
         }
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -306,6 +353,11 @@ class Gateway:
         document = openapi.build_document(request.app, title="bundleserve gateway", version=__version__)
         document["paths"].update(_gateway_paths())
         return web.json_response(document)
+
+
+def _variant_queues(entry: EndpointEntry) -> list[str | None]:
+    """The declared variants whose queues hold the endpoint's tasks; [None]: the endpoint's own queue."""
+    return [v.name for v in entry.variants] or [None]
 
 
 class KeptResults:
@@ -345,19 +397,26 @@ class TaskOwners:
     def s3_paths(self) -> S3AsyncPaths | None:
         return None  # no endpoint, no paths: SageMaker submissions always name their endpoint
 
-    async def _owner(self, task_id: str) -> tuple[EndpointEntry, TaskRecord] | None:
+    async def _owner(self, task_id: str) -> tuple[EndpointEntry, str | None, TaskRecord] | None:
         visible = self.gateway.visible_queues()
         found = await self.gateway.require_queues().owner(task_id, list(visible))
-        return None if found is None else (visible[found[0]], found[1])
+        return None if found is None else (*visible[found[0]], found[1])
 
-    async def status(self, task_id: str, *, wait_seconds: float) -> TaskRecord | None:
+    async def locate(self, task_id: str, *, wait_seconds: float) -> tuple[TaskRecord, str | None] | None:
+        """The task's record (long-polled as `status`) and the declared variant it was given (None: none)."""
         found = await self._owner(task_id)
         if found is None:
             return None
-        entry, record = found
+        entry, variant, record = found
         if wait_seconds > 0:
-            return await self.gateway.require_queues().service(entry).status(task_id, wait_seconds=wait_seconds)
-        return record
+            service = self.gateway.require_queues().service(entry, variant)
+            waited = await service.status(task_id, wait_seconds=wait_seconds)
+            return None if waited is None else (waited, variant)
+        return record, variant
+
+    async def status(self, task_id: str, *, wait_seconds: float) -> TaskRecord | None:
+        found = await self.locate(task_id, wait_seconds=wait_seconds)
+        return None if found is None else found[0]
 
     async def result(self, task_id: str) -> tuple[bytes, str]:
         """An async result of a visible task, or a sync result (`results.sync_result_key`) of a visible endpoint."""
@@ -382,6 +441,15 @@ def _gateway_paths() -> dict[str, Any]:
             "name": {"type": "string"},
             "modes": {"type": "array", "items": {"type": "string", "enum": [m.value for m in Mode]}},
             "ready": {"type": "boolean"},
+            "variants": {
+                "type": "array",
+                "description": "The production variants (spec.variants) and their weights; absent without variants",
+                "items": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string"}, "weight": {"type": "integer"}},
+                    "required": ["name", "weight"],
+                },
+            },
         },
         "required": ["name", "modes", "ready"],
     }
@@ -435,7 +503,7 @@ def add_dialect_routes(app: web.Application, gateway: Gateway) -> None:
 
     signing = gateway.config.sagemaker_signing or sigv4.config_from_env()
     api = sagemaker.SageMakerApi(
-        sagemaker.SageMakerSettings(signing=signing, python_bundle=python_bundle),
+        sagemaker.SageMakerSettings(signing=signing, python_bundle=python_bundle, variant=None),
         calls=gateway.calls,
         tasks=gateway.task_service,
     )
@@ -477,9 +545,14 @@ def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Applicat
                     checks=config.submit_checks,
                     limits=config.queue_limits,
                 )
+                gateway.activator.redis = gateway.queues.redis
+            reporter = asyncio.create_task(gateway.activator.report_forever(), name="bundleserve-demand-reports")
             try:
                 yield
             finally:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
                 gateway.pool.close()
                 if gateway.queues is not None:
                     await gateway.queues.close()

@@ -41,6 +41,8 @@ from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, RequestTimeout, Unavailable
+from bundleserve.api.invocation import IDEMPOTENCY_HEADER, SDK_INVOCATION_ID_HEADER
+from bundleserve.api.variants import VARIANT_HEADER
 from bundleserve.edge.errors import Answer as EdgeAnswer
 from bundleserve.edge.errors import error_answer
 from bundleserve.edge.http1 import Date, render
@@ -64,6 +66,10 @@ _MAX_HEAD = 65536
 _LINGER_SECONDS = 5.0
 _HOP = frozenset(name.encode() for name in HOP_BY_HOP) | {b"authorization"}
 _NOT_FAST = (b"transfer-encoding", b"expect", b"upgrade")
+_VARIANT_NAME = VARIANT_HEADER.encode()
+_VARIANT = _VARIANT_NAME.lower()
+#: A call's retries share one of these; the variant is drawn from it (gateway.variants.stable_draw).
+_RETRY_KEYS = (IDEMPOTENCY_HEADER.lower().encode(), SDK_INVOCATION_ID_HEADER.lower().encode())
 _STATUS_LINES = {
     status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode()) for status in http.HTTPStatus
 }
@@ -79,6 +85,10 @@ class _Request:
     headers: list[tuple[bytes, bytes]]
     length: int
     keep_alive: bool
+    #: The production variant the request goes to (named, or picked by weight) and its routers' base URL; for an
+    #: async submission the variant the client named, if any (its queue is picked when the task is queued).
+    variant: str = ""
+    router_url: str = ""
     mode: Mode | None = None
     task_id: str = ""
     wait: str | None = None
@@ -280,6 +290,7 @@ class GatewayConnection(asyncio.Protocol):
         length = None
         keep_alive = True
         authorization = None
+        requested = key = None
         for name, value in headers:
             if name == b"content-length":
                 if length is not None or not value.isdigit():
@@ -287,6 +298,10 @@ class GatewayConnection(asyncio.Protocol):
                 length = int(value)
             elif name == b"authorization":
                 authorization = value
+            elif name == _VARIANT:
+                requested = value.decode("latin-1")
+            elif name in _RETRY_KEYS and key is None:
+                key = value.decode("latin-1")
             elif name == b"connection":
                 keep_alive = b"close" not in value.lower()
             elif name in _NOT_FAST:
@@ -317,7 +332,15 @@ class GatewayConnection(asyncio.Protocol):
             return None  # refused: aiohttp's route answers it (the same gate, the same rendering)
         if entry is None or length > entry.max_payload_bytes:
             return None
-        return _Request(entry, target.group(1), headers, length, keep_alive, mode=mode, context=context)
+        if mode is Mode.ASYNC:
+            return _Request(entry, target.group(1), headers, length, keep_alive, requested or "", mode=mode)
+        try:
+            routed, variant = gateway.variant_entry(entry, requested, key)
+        except ApiError:
+            return None  # an unknown variant: aiohttp's route refuses it in the documented shape
+        return _Request(
+            entry, target.group(1), headers, length, keep_alive, variant, routed.router_url, mode=mode, context=context
+        )
 
     def body_timed_out(self, seconds: float) -> None:
         """The body deadline passed (the edge's sweep): a trickling client (slowloris) gets 408 and is closed."""
@@ -335,7 +358,10 @@ class GatewayConnection(asyncio.Protocol):
             if request.entry is not None:
                 idempotency = next((v for k, v in request.headers if k == b"idempotency-key"), None)
                 document = await gateway.submitted(
-                    request.entry, body, None if idempotency is None else idempotency.decode("latin-1")
+                    request.entry,
+                    body,
+                    None if idempotency is None else idempotency.decode("latin-1"),
+                    request.variant or None,
                 )
                 answer = json_answer(202, document)
             else:
@@ -359,7 +385,7 @@ class GatewayConnection(asyncio.Protocol):
         gateway = self.edge.gateway
         entry = request.entry
         assert entry is not None  # a proxied request names its endpoint
-        address, host = self.edge.upstream(entry.router_url)
+        address, host = self.edge.upstream(request.router_url)
         lines = [b"POST ", request.path, b" HTTP/1.1\r\n", host]
         forwarded_host = forwarded_proto = False
         prior_for = None
@@ -391,22 +417,31 @@ class GatewayConnection(asyncio.Protocol):
         keep = request.keep_alive
         answer: Answer | None = None
         try:
-            address, head = self._upstream_head(request)
-            try:
-                answer = await self.edge.pool.send(address, head, body)
-            except NoAnswer:
-                name = request.entry.name if request.entry is not None else "?"
-                error = Unavailable(
-                    f"endpoint {name} is not reachable (no ready router answered)",
-                    headers={"Retry-After": "1"},
-                )
-                self._write(render(error_answer(error), keep_alive=keep))
-            else:
-                del body
-                self.answer = answer
-                if self.writing_paused:
-                    answer.pause()
-                keep = await self._relay(answer, keep)
+            # an endpoint at zero replicas: held here while one starts (gateway.activator)
+            entry = request.entry
+            assert entry is not None  # a proxied request names its endpoint
+            async with self.edge.gateway.activator.admitted(entry):
+                address, head = self._upstream_head(request)
+                try:
+                    answer = await self.edge.pool.send(address, head, body)
+                except NoAnswer:
+                    error = Unavailable(
+                        f"endpoint {entry.name} is not reachable (no ready router answered)",
+                        headers={"Retry-After": "1"},
+                    )
+                    self._write(render(error_answer(error), keep_alive=keep))
+                else:
+                    del body
+                    self.answer = answer
+                    if self.writing_paused:
+                        answer.pause()
+                    keep = await self._relay(answer, keep, request.variant)
+        except ApiError as refused:  # the activator's: the hold is full, the deadline passed, the endpoint went away
+            if answer is None:
+                self._write(render(error_answer(refused), keep_alive=keep))
+            else:  # not the activator's (it answers before any answer exists): a bug, as below
+                log.exception("unexpected error on the gateway's fast path")
+                keep = False
         except UpstreamLost:
             keep = False  # the answer began and broke: the client's connection ends too (it cannot be completed)
             if self.transport is not None:
@@ -424,9 +459,11 @@ class GatewayConnection(asyncio.Protocol):
                 answer.release()  # back to the pool only when read to its end; closed otherwise
         self._done(keep)
 
-    async def _relay(self, answer: Answer, keep: bool) -> bool:
-        """Write the router's answer to the client as it arrives; whether the connection stays open."""
+    async def _relay(self, answer: Answer, keep: bool, variant: str) -> bool:
+        """Write the router's answer to the client as it arrives, naming the variant that answered; whether the
+        connection stays open."""
         lines = [_STATUS_LINES.get(answer.status) or b"HTTP/1.1 %d Unknown\r\n" % answer.status]
+        lines += (_VARIANT_NAME, b": ", variant.encode(), b"\r\n")
         dated = False
         for name, value in answer.headers:
             lower = name.lower()

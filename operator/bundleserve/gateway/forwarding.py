@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from bundleserve.api.endpoint import Mode
+from bundleserve.api.endpoint import IMPLICIT_VARIANT, Mode
 from bundleserve.api.errors import ApiError, ModelError, Unavailable
 from bundleserve.api.invocation import CUSTOM_ATTRIBUTES_HEADER, Invocation, ModelReply, StreamChunk
 from bundleserve.edge import hop
@@ -37,12 +37,27 @@ from bundleserve.gateway.upstream import Answer, UpstreamLost, UpstreamPool
 _MAX_ERROR_BODY = 64 * 1024
 
 
+#: The activator's hook (`gateway.activator.Activator.admitted`): the call's turn, after a hold at zero replicas.
+Admit = Callable[[EndpointEntry, float | None], AbstractAsyncContextManager[object]]
+
+
+def _no_hold(entry: EndpointEntry, request_timeout: float | None) -> AbstractAsyncContextManager[object]:
+    return nullcontext(entry)
+
+
 class RouterHop:
     """`CallBackend` of one endpoint, over the gateway's pooled raw client (`gateway.upstream`) to its router."""
 
-    def __init__(self, pool: UpstreamPool, entry: EndpointEntry, authorization: str | None) -> None:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        entry: EndpointEntry,
+        authorization: str | None,
+        admit: Admit = _no_hold,
+    ) -> None:
         self.pool = pool
         self.entry = entry
+        self.admit = admit
         self.address, host = _upstream_of(entry.router_url)
         self.predict_head = b"POST " + hop.PREDICT_PATH.format(name=entry.name).encode() + b" HTTP/1.1\r\n" + host
         self.stream_head = b"POST " + hop.STREAM_PATH.format(name=entry.name).encode() + b" HTTP/1.1\r\n" + host
@@ -64,13 +79,14 @@ class RouterHop:
             raise self._unreachable() from None
 
     async def predict(self, inv: Invocation) -> ModelReply:
-        answer = await self._send(self.predict_head, inv)
-        try:
-            body = await answer.read()
-        except UpstreamLost:
-            raise self._unreachable() from None
-        finally:
-            answer.release()
+        async with self.admit(self.entry, inv.timeout_seconds):
+            answer = await self._send(self.predict_head, inv)
+            try:
+                body = await answer.read()
+            except UpstreamLost:
+                raise self._unreachable() from None
+            finally:
+                answer.release()
         headers = _headers(answer)
         if answer.status != 200:
             raise hop.error_of(answer.status, body, headers)
@@ -81,17 +97,18 @@ class RouterHop:
 
     @asynccontextmanager
     async def _stream(self, inv: Invocation) -> AsyncIterator[AsyncIterator[StreamChunk]]:
-        answer = await self._send(self.stream_head, inv)
-        try:
-            if answer.status != 200:
-                raise hop.error_of(answer.status, await _bounded(answer), _headers(answer))
-            frames = _Frames(answer)
-            first = await frames.next()  # a failure before the first chunk raises here, on enter, as in the core
-            yield frames.iterate(first)
-        finally:
-            # Back to the pool when the stream was read to its end; closed otherwise, so the router sees the
-            # disconnect and stops the model.
-            answer.release()
+        async with self.admit(self.entry, inv.timeout_seconds):  # in flight until the stream ends
+            answer = await self._send(self.stream_head, inv)
+            try:
+                if answer.status != 200:
+                    raise hop.error_of(answer.status, await _bounded(answer), _headers(answer))
+                frames = _Frames(answer)
+                first = await frames.next()  # a failure before the first chunk raises here, on enter, as in the core
+                yield frames.iterate(first)
+            finally:
+                # Back to the pool when the stream was read to its end; closed otherwise, so the router sees the
+                # disconnect and stops the model.
+                answer.release()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -174,6 +191,8 @@ class EndpointCalls:
         self.front = front
         self.name = name
         self.entry: EndpointEntry | None = None
+        #: The production variant the last call went to (SageMaker's InvokedProductionVariant).
+        self.variant = IMPLICIT_VARIANT
 
     def gate(
         self,
@@ -203,15 +222,19 @@ class EndpointCalls:
     async def read_body(self, request: web.Request) -> bytes:
         return await read_capped(request, self._entry().max_payload_bytes)
 
-    def _hop(self) -> RouterHop:
+    def _hop(self, inv: Invocation) -> RouterHop:
+        """The hop to the routers of the production variant the call names (`inv.variant`), else of one picked by
+        weight (drawn from the call's idempotency key when it has one, so its retries reach the same variant);
+        UnknownVariant for a name the endpoint does not have."""
         entry = self._entry()
-        return RouterHop(self.front.pool, entry, self.front.upstream_authorization(entry))
+        target, self.variant = self.front.variant_entry(entry, inv.variant, inv.idempotency_key)
+        return RouterHop(self.front.pool, target, self.front.upstream_authorization(entry), self.front.admit)
 
     async def predict(self, inv: Invocation) -> ModelReply:
-        return await self._hop().predict(inv)
+        return await self._hop(inv).predict(inv)
 
     def stream(self, inv: Invocation) -> AbstractAsyncContextManager[AsyncIterator[StreamChunk]]:
-        return self._hop().stream(inv)
+        return self._hop(inv).stream(inv)
 
 
 class Front(Protocol):
@@ -234,3 +257,11 @@ class Front(Protocol):
     def pool(self) -> UpstreamPool: ...
 
     def upstream_authorization(self, entry: EndpointEntry) -> str | None: ...
+
+    def admit(self, entry: EndpointEntry, request_timeout: float | None) -> AbstractAsyncContextManager[EndpointEntry]:
+        """The activator's hold of a call at zero replicas (`gateway.activator`)."""
+        ...
+
+    def variant_entry(
+        self, entry: EndpointEntry, requested: str | None, key: str | None = None
+    ) -> tuple[EndpointEntry, str]: ...

@@ -6,8 +6,9 @@ The token is re-read on every (re)connect because kubelet rotates projected toke
 registry is replaced whole, so an Endpoint deleted while we were disconnected disappears), then watches from the
 list's resourceVersion; a 410 Gone or any failure ends the watch and the loop lists again after a short backoff.
 
-What an entry holds: the spec's modes, the router address (the Service's conventional URL, never `status.url`) and
-readiness from the `Ready` condition.
+What an entry holds: the spec's modes, the router address (the Service's conventional URL, never `status.url`),
+readiness from the `Ready` condition and the ready replicas from `status.readyReplicas` (the activator holds calls of
+an endpoint at zero until that count is above 0).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import aiohttp
 import pydantic
 
 from bundleserve.api.endpoint import ConditionStatus, Endpoint
-from bundleserve.gateway.registry import EndpointEntry, Registry
+from bundleserve.api.variants import child_name
+from bundleserve.gateway.registry import EndpointEntry, Registry, VariantRoute
 
 log = logging.getLogger("bundleserve.gateway.kube")
 
@@ -91,7 +93,19 @@ def build_entry(obj: dict[str, Any]) -> EndpointEntry | None:
     # Never `status.url`: whoever may write an Endpoint's status could point it anywhere, and the gateway sends
     # that endpoint's credential there. The Service the operator creates has this name in every cluster.
     router_url = f"http://{endpoint.name}.{endpoint.namespace}.svc.cluster.local"
-    return EndpointEntry(endpoint=endpoint, router_url=router_url, ready=ready)
+    # Each declared variant's own Service, named as the operator names it (api.variants.child_name).
+    variants = tuple(
+        VariantRoute(
+            variant.name,
+            variant.weight,
+            f"http://{child_name(endpoint.name, variant.name)}.{endpoint.namespace}.svc.cluster.local",
+        )
+        for variant in endpoint.spec.variants
+    )
+    ready_replicas = status.ready_replicas if status is not None else 0
+    return EndpointEntry(
+        endpoint=endpoint, router_url=router_url, ready=ready, ready_replicas=ready_replicas, variants=variants
+    )
 
 
 def apply_event(registry: Registry, event: dict[str, Any]) -> str | None:

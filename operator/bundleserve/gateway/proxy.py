@@ -140,12 +140,14 @@ async def forward(
     read_body: bytes | None = None,
     authorization: str | None = None,
     replace_authorization: bool = False,
+    reply_headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
     """Proxy `request` to the entry's router (same method, path and query unless `path_qs` is given).
 
     `read_body`: the body, already read under the limit by a caller that needed it first (the SageMaker dialect
     verifies its signature over it). `replace_authorization`: the client's Authorization is not sent on, but
     `authorization` (None: no header), for a credential only the gateway could check (a SigV4 signature).
+    `reply_headers`: set on the answer besides the router's (the variant that answered).
     """
     limit = entry.max_payload_bytes
     if request.content_length is not None and request.content_length > limit:
@@ -173,6 +175,7 @@ async def forward(
             if cap.exceeded:
                 raise too_large(None, limit)
             headers_out = downstream_headers(upstream.headers)
+            headers_out.update(reply_headers or {})
             length = upstream.content_length
             if length is not None and length <= BUFFER_BYTES:  # a small, complete answer: one write
                 return web.Response(status=upstream.status, body=await upstream.read(), headers=headers_out)

@@ -9,8 +9,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bundleserve.api.endpoint import Endpoint, Mode
+from bundleserve.api.endpoint import IMPLICIT_VARIANT, Endpoint, Mode
 from bundleserve.api.errors import ModeNotServed, NotFound
+
+
+@dataclass(frozen=True)
+class VariantRoute:
+    """One production variant of an endpoint: where its routers are and its weight in the split."""
+
+    name: str
+    weight: int
+    #: Base URL of the variant's router(s): its own Service in a cluster, its local router in local mode.
+    router_url: str
 
 
 @dataclass(frozen=True)
@@ -18,9 +28,20 @@ class EndpointEntry:
     """One endpoint as the gateway knows it."""
 
     endpoint: Endpoint
-    #: Base URL of the endpoint's router(s): the Service in a cluster, the local router's port in local mode.
+    #: Base URL of the endpoint's router(s): the Service in a cluster, the local router's port in local mode (with
+    #: variants: the Service in front of every variant's pods; the gateway sends to `variants` instead).
     router_url: str
     ready: bool = False
+    #: Ready replicas as the Endpoint's status counts them (cluster); None where replicas are not counted (local mode,
+    #: where `ready` is the router's own answer).
+    ready_replicas: int | None = None
+    #: The declared production variants (spec.variants); empty: one implicit variant at `router_url`.
+    variants: tuple[VariantRoute, ...] = ()
+
+    @property
+    def routes(self) -> tuple[VariantRoute, ...]:
+        """Where requests go, by variant (the implicit AllTraffic variant for an endpoint without variants)."""
+        return self.variants or (VariantRoute(IMPLICIT_VARIANT, 1, self.router_url),)
 
     @property
     def name(self) -> str:
@@ -41,9 +62,23 @@ class EndpointEntry:
     def serves(self, mode: Mode) -> bool:
         return self.endpoint.spec.serves(mode)
 
+    @property
+    def at_zero(self) -> bool:
+        """Known to have no ready replica: a call would find no router (the activator holds calls of endpoints that
+        scale from zero until this turns false)."""
+        return self.ready_replicas is not None and self.ready_replicas == 0
+
     def describe(self) -> dict[str, object]:
-        """The public shape of `GET /v1/endpoints/{name}` (the SDK relies on name, modes, ready)."""
-        return {"name": self.name, "modes": [mode.value for mode in self.modes], "ready": self.ready}
+        """The public shape of `GET /v1/endpoints/{name}` (the SDK relies on name, modes, ready), with the declared
+        production variants and their weights when there are any."""
+        described: dict[str, object] = {
+            "name": self.name,
+            "modes": [mode.value for mode in self.modes],
+            "ready": self.ready,
+        }
+        if self.variants:
+            described["variants"] = [{"name": v.name, "weight": v.weight} for v in self.variants]
+        return described
 
 
 class Registry:

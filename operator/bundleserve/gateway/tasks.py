@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
-from bundleserve.api.errors import Unavailable
+from bundleserve.api.errors import NotFound, Unavailable
+from bundleserve.api.invocation import Invocation
 from bundleserve.gateway.registry import EndpointEntry
+from bundleserve.gateway.variants import pick_variant, stable_draw
+from bundleserve.queue import keys
 from bundleserve.queue.broker import RedisError, TaskQueue, find_task
 from bundleserve.queue.config import QueueConfig, QueueLimits
 from bundleserve.queue.connection import connect, describe
 from bundleserve.queue.notify import CompletionWaiter
 from bundleserve.queue.results import ResultStore, for_namespace, open_result_store
-from bundleserve.queue.service import SubmitChecks, TaskService
-from bundleserve.queue.tasks import TaskRecord
+from bundleserve.queue.service import S3AsyncPaths, SubmitChecks, TaskService
+from bundleserve.queue.tasks import CallbackTarget, TaskRecord
 
 log = logging.getLogger("bundleserve.gateway.tasks")
 
@@ -41,14 +45,15 @@ class EndpointQueues:
         self.checks = checks
         self.waiter = CompletionWaiter(self.redis)
         self.store: ResultStore = open_result_store(results_dir, results_url)
-        self._services: dict[tuple[str, str], tuple[QueueConfig, TaskService]] = {}
+        self._services: dict[tuple[str, str, str | None], tuple[QueueConfig, TaskService]] = {}
         #: The deployment's queue knobs, read once at start (no environment read when a submission builds a config).
         self.limits = limits or QueueLimits()
 
-    def service(self, entry: EndpointEntry) -> TaskService:
-        """The endpoint's task service with its current settings (a changed spec gets a fresh one)."""
-        key = (entry.namespace, entry.name)
-        config = QueueConfig.from_endpoint(entry.endpoint, self.limits)
+    def service(self, entry: EndpointEntry, variant: str | None = None) -> TaskService:
+        """The task service of the endpoint's queue, or of one declared variant's queue, with its current settings
+        (a changed spec gets a fresh one)."""
+        key = (entry.namespace, entry.name, variant)
+        config = QueueConfig.from_endpoint(entry.endpoint, self.limits, variant=variant)
         known = self._services.get(key)
         if known is None or known[0] != config:
             known = self._services[key] = (
@@ -56,6 +61,16 @@ class EndpointQueues:
                 TaskService(TaskQueue(self.redis, config), self.store_of(entry.namespace), self.waiter, self.checks),
             )
         return known[1]
+
+    def backend(
+        self, entry: EndpointEntry, draw: Callable[[], float], requested: str | None = None
+    ) -> TaskService | VariantTasks:
+        """The endpoint's tasks: its own queue, or for an endpoint with variants all of theirs (a submission goes
+        to `requested` or a weighted pick). UnknownVariant for a name the endpoint does not have."""
+        if not entry.variants:
+            pick_variant(entry.routes, requested, 0.0)  # only AllTraffic may be named
+            return self.service(entry)
+        return VariantTasks(self, entry, draw, requested)
 
     def store_of(self, namespace: str) -> ResultStore:
         """The result store of a namespace's endpoints (in S3: that namespace's prefix, `results.for_namespace`)."""
@@ -76,3 +91,61 @@ class EndpointQueues:
             with contextlib.suppress(Exception):
                 await service.queue.close()
         await self.redis.aclose()
+
+
+class VariantTasks:
+    """The `TaskBackend` of an endpoint with production variants: each variant has its own queue (keys.queue_id), so
+    a task runs on the variant it was given when it was submitted (the named one, else a weighted pick, as sync
+    calls), and reads by task id find it in whichever variant's queue holds it."""
+
+    def __init__(
+        self, queues: EndpointQueues, entry: EndpointEntry, draw: Callable[[], float], requested: str | None
+    ) -> None:
+        self.queues = queues
+        self.entry = entry
+        self.draw = draw
+        self.requested = requested
+        if requested is not None:
+            pick_variant(entry.variants, requested, 0.0)  # an unknown name is refused before anything is read
+        #: queue id -> variant name
+        self.variants = {keys.queue_id(entry.namespace, entry.name, v.name): v.name for v in entry.variants}
+
+    def pick(self, key: str | None) -> str:
+        """The variant of a submission; one with an idempotency key draws from it, so its retries reach the same
+        queue, whose idempotency record makes them one task."""
+        draw = stable_draw(key) if key is not None else self.draw()
+        return pick_variant(self.entry.variants, self.requested, draw).name
+
+    async def submit(
+        self,
+        inv: Invocation,
+        *,
+        callback: CallbackTarget | None,
+        request_ttl_seconds: float | None,
+        invocation_timeout_seconds: float | None,
+        s3_paths: S3AsyncPaths | None = None,
+    ) -> str:
+        return await self.queues.service(self.entry, self.pick(inv.idempotency_key)).submit(
+            inv,
+            callback=callback,
+            request_ttl_seconds=request_ttl_seconds,
+            invocation_timeout_seconds=invocation_timeout_seconds,
+            s3_paths=s3_paths,
+        )
+
+    def s3_paths(self) -> S3AsyncPaths | None:
+        return self.queues.service(self.entry, self.entry.variants[0].name).s3_paths()  # endpoint-level settings
+
+    async def owner(self, task_id: str) -> TaskService | None:
+        found = await self.queues.owner(task_id, list(self.variants))
+        return None if found is None else self.queues.service(self.entry, self.variants[found[0]])
+
+    async def status(self, task_id: str, *, wait_seconds: float) -> TaskRecord | None:
+        service = await self.owner(task_id)
+        return None if service is None else await service.status(task_id, wait_seconds=wait_seconds)
+
+    async def result(self, task_id: str) -> tuple[bytes, str]:
+        service = await self.owner(task_id)
+        if service is None:
+            raise NotFound(f"no stored result for {task_id!r} (unknown, inline, or expired)")
+        return await service.result(task_id)

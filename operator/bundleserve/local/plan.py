@@ -1,8 +1,8 @@
 """Local mode's plan: which processes `bundleserve run` starts for a set of Endpoints, as pure data.
 
-Local mode mirrors a pod: per Endpoint one model process (the bundle runtime for a Python bundle, the bundle's
-`command` for a runnable image) and one router in front of it, plus one Redis-protocol server shared by every
-async endpoint. Building the plan is pure so it can be tested without starting anything.
+Local mode mirrors a pod: per Endpoint (per production variant of an Endpoint with spec.variants) one model process
+(the bundle runtime for a Python bundle, the bundle's `command` for a runnable image) and one router in front of
+it, plus one Redis-protocol server shared by every async endpoint. Building the plan is pure so it can be tested without starting anything.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.runtime import bundle_runtime_args
+from bundleserve.api.variants import ServedVariant, served_variants
 from bundleserve.dialects.sagemaker.sigv4 import ENV_ALLOW_UNSIGNED
 from bundleserve.edge.config import ALLOW_LOOPBACK_ENV
 from bundleserve.queue.callbacks import INSECURE_CREDENTIALS_ENV
@@ -37,10 +38,15 @@ class ProcessSpec:
 
 @dataclass(frozen=True)
 class EndpointPlan:
+    """The processes of one variant of an Endpoint (its only one for an Endpoint without spec.variants)."""
+
+    #: The Endpoint as declared (with its spec.variants): what the gateway routes by.
     endpoint: Endpoint
+    #: The router's input: the variant's own Endpoint document.
     endpoint_file: Path
     model: ProcessSpec
     router: ProcessSpec
+    variant: ServedVariant
 
     @property
     def name(self) -> str:
@@ -61,7 +67,9 @@ def literal_env(endpoint: Endpoint) -> dict[str, str]:
     return {item.name: item.value for item in endpoint.spec.bundle.env if item.value is not None}
 
 
-def model_process(endpoint: Endpoint, manifest_dir: Path, port: int) -> ProcessSpec:
+def model_process(endpoint: Endpoint, manifest_dir: Path, port: int, label: str | None = None) -> ProcessSpec:
+    """`endpoint` as the variant runs it; `label` names the process in logs (default: the endpoint's name)."""
+    label = label or endpoint.name
     bundle = endpoint.spec.bundle
     if bundle.python is not None:
         argv = bundleserve_argv(
@@ -74,7 +82,7 @@ def model_process(endpoint: Endpoint, manifest_dir: Path, port: int) -> ProcessS
         code_dir = (manifest_dir / (bundle.python.path or ".")).resolve()
         argv += ["--path", str(code_dir)]
         return ProcessSpec(
-            name=f"{endpoint.name}/model",
+            name=f"{label}/model",
             argv=argv,
             port=port,
             ready_path="/readyz",
@@ -100,7 +108,13 @@ def model_process(endpoint: Endpoint, manifest_dir: Path, port: int) -> ProcessS
 
 
 def router_process(
-    endpoint_file: Path, name: str, model_port: int, port: int, redis_url: str | None, results_dir: Path
+    endpoint_file: Path,
+    name: str,
+    model_port: int,
+    port: int,
+    redis_url: str | None,
+    results_dir: Path,
+    variant: str | None = None,
 ) -> ProcessSpec:
     argv = bundleserve_argv(
         "router",
@@ -111,6 +125,8 @@ def router_process(
     )  # fmt: skip
     if redis_url:
         argv += ["--redis-url", redis_url]
+    if variant is not None:
+        argv += ["--variant", variant]
     env = {"BUNDLESERVE_RESULTS_DIR": str(results_dir), **local_router_env()}
     return ProcessSpec(name=f"{name}/router", argv=argv, port=port, ready_path="/healthz", env=env)
 
@@ -144,12 +160,21 @@ def plan_endpoints(
     redis_url: str | None,
     allocate_port: Callable[[], int],
 ) -> list[EndpointPlan]:
-    """The processes for every Endpoint. `endpoints_dir` receives one normalised manifest per Endpoint (the router's input)."""
+    """The processes for every Endpoint, one plan per variant. `endpoints_dir` receives one normalised manifest per
+    variant (the router's input)."""
     plans = []
     for manifest_path, endpoint in found:
-        endpoint_file = endpoints_dir / f"{endpoint.name}.yaml"
-        model_port, router_port = allocate_port(), allocate_port()
-        model = model_process(endpoint, manifest_path.resolve().parent, model_port)
-        router = router_process(endpoint_file, endpoint.name, model_port, router_port, redis_url, results_dir)
-        plans.append(EndpointPlan(endpoint=endpoint, endpoint_file=endpoint_file, model=model, router=router))
+        for variant in served_variants(endpoint):
+            label = f"{endpoint.name}/{variant.name}" if variant.declared else endpoint.name
+            endpoint_file = endpoints_dir / f"{label.replace('/', '--')}.yaml"
+            model_port, router_port = allocate_port(), allocate_port()
+            model = model_process(variant.endpoint, manifest_path.resolve().parent, model_port, label)
+            router = router_process(
+                endpoint_file, label, model_port, router_port, redis_url, results_dir, variant.child_variant
+            )
+            plans.append(
+                EndpointPlan(
+                    endpoint=endpoint, endpoint_file=endpoint_file, model=model, router=router, variant=variant
+                )
+            )
     return plans

@@ -34,9 +34,10 @@ from bundleserve.dialects.base import read_public_url
 from bundleserve.dialects.sagemaker import sigv4
 from bundleserve.edge.config import read_url_policy
 from bundleserve.edge.connections import limits_from_env
+from bundleserve.gateway.activator import HoldSettings
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.readiness import poll_readiness
-from bundleserve.gateway.registry import EndpointEntry, Registry
+from bundleserve.gateway.registry import EndpointEntry, Registry, VariantRoute
 from bundleserve.gateway.server import Front
 from bundleserve.local.plan import (
     EndpointPlan,
@@ -81,13 +82,31 @@ def write_endpoint_files(plans: list[EndpointPlan]) -> None:
     """One normalised manifest per endpoint: the router's --endpoint-file, with local paths made absolute."""
     for plan in plans:
         plan.endpoint_file.parent.mkdir(parents=True, exist_ok=True)
-        manifest = plan.endpoint.to_manifest()
+        manifest = plan.variant.endpoint.to_manifest()
         plan.endpoint_file.write_text(yaml.safe_dump(manifest, sort_keys=False))
+
+
+def registry_entries(plans: list[EndpointPlan]) -> list[EndpointEntry]:
+    """One gateway entry per Endpoint, with each declared variant's local router as a route of its own."""
+    by_endpoint: dict[str, list[EndpointPlan]] = {}
+    for plan in plans:
+        by_endpoint.setdefault(plan.name, []).append(plan)
+    return [
+        EndpointEntry(
+            endpoint=group[0].endpoint,
+            router_url=group[0].router_url,
+            ready=True,
+            variants=tuple(
+                VariantRoute(p.variant.name, p.variant.weight, p.router_url) for p in group if p.variant.declared
+            ),
+        )
+        for group in by_endpoint.values()
+    ]
 
 
 def ready_message(base: str, plans: list[EndpointPlan]) -> str:
     """The ready line plus copy-paste examples for the clients people already have (pure, tested)."""
-    names = ", ".join(p.name for p in plans)
+    names = ", ".join(dict.fromkeys(p.name for p in plans))
     lines = [f"bundleserve local mode ready on {base} (endpoints: {names})", f"  API page: {base}/docs"]
     by_mode = {mode: next((p.name for p in plans if p.endpoint.spec.serves(mode)), None) for mode in Mode}
     sync, stream, queued = by_mode[Mode.SYNC], by_mode[Mode.STREAMING], by_mode[Mode.ASYNC]
@@ -148,7 +167,7 @@ class LocalRun:
                 await model.start()
                 await router.start()
             await asyncio.gather(*(self._ready(name, c, session) for name, *pair in self.children for c in pair))
-        registry = Registry(EndpointEntry(endpoint=p.endpoint, router_url=p.router_url, ready=True) for p in plans)
+        registry = Registry(registry_entries(plans))
         local = local_router_env()  # the gateway checks submissions as the local routers do
         checks = SubmitChecks(
             destinations=read_url_policy(local), allow_insecure_credentials=insecure_credentials_allowed(local)
@@ -164,6 +183,8 @@ class LocalRun:
             results_url=os.environ.get("BUNDLESERVE_RESULTS_URL") or None,
             submit_checks=checks,
             sagemaker_signing=sigv4.config_from_env(local_gateway_sagemaker_env(os.environ)),
+            # one process per endpoint, started with the others whatever minReplicas says: nothing to hold or wake
+            hold=HoldSettings(enabled=False),
         )
         self.front = Front(build_gateway_app(registry, config), config.connections)
         await self.front.start(sock=sock)

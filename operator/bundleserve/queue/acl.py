@@ -75,7 +75,20 @@ def new_password() -> str:
 def user_rules(queue: str, password: str) -> list[str]:
     """The complete ACL SETUSER rule list: `reset` first, so what an older operator granted never survives."""
     prefix = keys.endpoint_prefix(queue)
-    return ["reset", "on", f">{password}", f"~{prefix}*", "resetchannels", f"&{prefix}*", *COMMAND_RULES]
+    # The queues of the endpoint's production variants, `<namespace>/<name>/<variant>` (keys.queue_id): names are
+    # DNS labels, so the `/` after the name ends it and no other endpoint's keys match.
+    variants = keys.variant_prefix(queue)
+    return [
+        "reset",
+        "on",
+        f">{password}",
+        f"~{prefix}*",
+        f"~{variants}*",
+        "resetchannels",
+        f"&{prefix}*",
+        f"&{variants}*",
+        *COMMAND_RULES,
+    ]
 
 
 def endpoint_url(master_url: str, queue: str, password: str) -> str:

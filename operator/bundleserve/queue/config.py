@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 from bundleserve.api.endpoint import Endpoint
+from bundleserve.api.variants import served_variants
 from bundleserve.queue import keys
 from bundleserve.queue.tasks import CallbackTarget
 
@@ -70,6 +71,12 @@ def max_backlog_from_env(env: Mapping[str, str] | None = None) -> int:
     return int(raw)
 
 
+def queue_ids(endpoint: Endpoint) -> list[str]:
+    """The queues of an Endpoint: its own, or one per declared production variant (each variant's workers take the
+    tasks given to that variant at submission)."""
+    return [keys.queue_id(endpoint.namespace, endpoint.name, v.child_variant) for v in served_variants(endpoint)]
+
+
 @dataclass(frozen=True)
 class QueueConfig:
     #: The endpoint's name (what task records and metrics carry).
@@ -100,10 +107,12 @@ class QueueConfig:
     #: async results and failures go when results are stored in S3 (`TaskService.s3_paths`).
     s3_output_path: str | None = None
     s3_failure_path: str | None = None
+    #: The declared production variant whose queue this is (`keys.queue_id`); None: the endpoint's own queue.
+    variant: str | None = None
 
     @property
     def queue_id(self) -> str:
-        return keys.queue_id(self.namespace, self.endpoint)
+        return keys.queue_id(self.namespace, self.endpoint, self.variant)
 
     @property
     def visibility_timeout_seconds(self) -> float:

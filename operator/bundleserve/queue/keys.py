@@ -12,6 +12,10 @@ Per endpoint, keyed by its queue id `<namespace>/<name>` (see `queue_id`; DNS la
 - `bundleserve:{<namespace>/<name>}:task:<task_id>` per task: a hash (the task record), with a TTL
 - `bundleserve:{<namespace>/<name>}:bytes` the bytes the endpoint's live task records hold (the byte quota's counter)
 - `bundleserve:{<namespace>/<name>}:idem:<sha256>` one client call's task id, by a digest of its idempotency key
+- `bundleserve:{<namespace>/<name>}:demand` a gateway's recent sync/streaming traffic to an endpoint that scales from
+  zero: exists while calls were held or in flight within `scaleToZeroAfterSeconds` (its TTL); the value is how many
+  calls that gateway holds for a replica (queue/demand.py)
+- `bundleserve:{<namespace>/<name>}:wake`  pub/sub channel: a gateway began holding a call (the operator scales up now)
 Every key and channel of an endpoint starts with `bundleserve:{<namespace>/<name>}:` (`endpoint_prefix`): that is what
 the endpoint's own Redis ACL user may touch and nothing else (docs/security.md). The hash tag also puts all of them in
 one cluster slot. A task id alone does not say where its record is: readers by id probe the endpoints the caller may
@@ -31,10 +35,14 @@ GROUP = "workers"
 _TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def queue_id(namespace: str, name: str) -> str:
+def queue_id(namespace: str, name: str, variant: str | None = None) -> str:
     """The identity of an endpoint's queue: namespace and name, because same-named Endpoints in two namespaces may
-    share one Redis. Both are DNS labels, so `/` cannot occur in either and the id is unambiguous."""
-    return f"{namespace}/{name}"
+    share one Redis. Both are DNS labels, so `/` cannot occur in either and the id is unambiguous.
+
+    A declared production variant (spec.variants) has a queue of its own, `<namespace>/<name>/<variant>`: a task
+    is given a variant when it is submitted and runs on that variant's workers (docs/async.md, "Variants"). The
+    endpoint's own queue (no variant) is the implicit variant's."""
+    return f"{namespace}/{name}" if variant is None else f"{namespace}/{name}/{variant}"
 
 
 def stream(queue: str) -> str:
@@ -56,6 +64,32 @@ def callback_outbox(queue: str) -> str:
 def endpoint_prefix(queue: str) -> str:
     """Every key and channel of the queue starts with this (the ACL key and channel pattern is this plus `*`)."""
     return f"{PREFIX}:{{{queue}}}:"
+
+
+def demand(queue: str) -> str:
+    return f"{endpoint_prefix(queue)}demand"
+
+
+def wake_channel(queue: str) -> str:
+    return f"{endpoint_prefix(queue)}wake"
+
+
+#: PSUBSCRIBE pattern of every endpoint's wake channel (braces are literal in Redis glob patterns).
+WAKE_PATTERN = f"{PREFIX}:{{*}}:wake"
+
+
+def queue_of_wake_channel(channel: str) -> str | None:
+    """The queue id a wake channel belongs to; None for any other name."""
+    head, tail = f"{PREFIX}:{{", "}:wake"
+    if not (channel.startswith(head) and channel.endswith(tail)):
+        return None
+    queue = channel[len(head) : -len(tail)]
+    return queue if queue.count("/") == 1 and "{" not in queue and "}" not in queue else None
+
+
+def variant_prefix(queue: str) -> str:
+    """Every key and channel of the endpoint's variant queues (`queue_id(namespace, name, variant)`) starts with this."""
+    return f"{PREFIX}:{{{queue}/"
 
 
 def task(queue: str, task_id: str) -> str:

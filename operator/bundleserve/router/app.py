@@ -36,7 +36,7 @@ from bundleserve.router.metrics import RouterMetrics
 from bundleserve.router.model_client import ModelClient
 from bundleserve.router.readiness import readiness_probe
 from bundleserve.router.settings import Settings
-from bundleserve.router.state import ROUTER_STATE, RouterState, result_store
+from bundleserve.router.state import ROUTER_STATE, DrainState, RouterState, result_store
 from bundleserve.router.worker import AsyncMetrics
 
 log = logging.getLogger("bundleserve.router")
@@ -86,6 +86,22 @@ def release_bodies(admission: AdmissionController) -> Callable[..., Awaitable[we
     return middleware
 
 
+def close_when_stopping(drain: DrainState) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """After SIGTERM every answer closes its connection (the fast edge does the same), so keep-alive clients such as
+    the gateway reconnect, and the cluster sends them to another replica."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        response = await handler(request)
+        if drain.stopping:
+            response.force_close()
+        return response
+
+    return middleware
+
+
 def build_state(settings: Settings, model: ModelClient | None = None) -> RouterState:
     """Every part of one router, built once from its settings (the composition root of the router process)."""
     invocation = settings.endpoint.spec.invocation
@@ -112,7 +128,12 @@ def build_app(settings: Settings, *, model: ModelClient | None = None) -> web.Ap
     state = build_state(settings, model)
     app = web.Application(
         # the body deadline sees the rendered answer; a body place is freed whatever the handler did
-        middlewares=[settings.connection_limits.middleware(), release_bodies(state.admission), render_errors],
+        middlewares=[
+            settings.connection_limits.middleware(),
+            close_when_stopping(state.drain),
+            release_bodies(state.admission),
+            render_errors,
+        ],
         client_max_size=settings.endpoint.spec.invocation.max_payload_bytes,
     )
     app[ROUTER_STATE] = state
@@ -165,7 +186,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[ROUTER_STATE]
-    if state.drain.draining:
+    if state.drain.stopping:
         return error_response(Unavailable("draining"))
     if not state.readiness.ready:
         return error_response(Unavailable("the model is not ready"))
@@ -178,10 +199,10 @@ async def readyz(request: web.Request) -> web.Response:
 async def wait_for_drain(request: web.Request) -> web.Response:
     """For the model container's preStop hook: block until the router received SIGTERM and finished its requests.
 
-    Bounded by the grace period so a hook never hangs longer than the pod may live.
+    Bounded by the shutdown delay plus the grace period so a hook never hangs longer than the pod may live.
     """
     state = request.app[ROUTER_STATE]
-    grace = state.settings.grace_seconds
+    grace = state.settings.shutdown_delay_seconds + state.settings.grace_seconds
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
     with contextlib.suppress(TimeoutError):

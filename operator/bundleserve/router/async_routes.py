@@ -76,7 +76,8 @@ class AsyncApi:
         public_url = public_base_url(
             request.headers, scheme=request.scheme, configured=self.core.state.settings.public_url
         )
-        return web.Response(body=task_body(record, public_url), content_type=_JSON)
+        variant = self.core.state.settings.declared_variant
+        return web.Response(body=task_body(record, public_url, variant=variant), content_type=_JSON)
 
     async def result(self, request: web.Request) -> web.Response:
         self.core.authorize(request.headers.get("Authorization"))
@@ -113,7 +114,9 @@ def build_tasks(state: RouterState) -> tuple[TaskService, Redis] | None:
     redis_url = state.settings.redis_url
     if not redis_url:
         return None
-    config = QueueConfig.from_endpoint(state.settings.endpoint, state.settings.queue_limits)
+    config = QueueConfig.from_endpoint(
+        state.settings.endpoint, state.settings.queue_limits, variant=state.settings.declared_variant
+    )
     config = _with_default_callback_auth(config, state)
     redis = connect(redis_url)  # the one place queue clients get their timeouts
     checks = SubmitChecks(

@@ -46,7 +46,7 @@ from bundleserve.router.deadlines import DeadlineWheel
 from bundleserve.router.dedup import RecentCalls, fingerprint_of
 from bundleserve.router.fetch import UrlFetcher
 from bundleserve.router.metrics import ModeMetrics
-from bundleserve.router.model_client import ModelStream, ModelUnreachable, ReplyTooLarge
+from bundleserve.router.model_client import ModelConnectionLost, ModelStream, ModelUnreachable, ReplyTooLarge
 from bundleserve.router.state import RouterState, s3_objects
 
 #: Set on an aiohttp request whose body holds one of the admission's body places (`release_bodies` frees it).
@@ -107,6 +107,8 @@ class InvocationCore:
         #: Sync replies larger than this are refused (424 reply_too_large) before being buffered.
         self.max_reply_bytes = spec.invocation.max_payload_bytes
         self.is_python = spec.bundle.is_python
+        #: The production variant this router serves (SageMaker's InvokedProductionVariant).
+        self.variant = settings.variant
         self.predict_path = settings.routes.predict
         self.stream_path = settings.routes.stream or "/stream"
         self.model = state.model
@@ -271,7 +273,9 @@ class InvocationCore:
         return headers
 
     def _failed(self, error: ApiError) -> None:
-        if isinstance(error, ModelUnreachable):
+        """A model that could not be reached, or closed a call's connection unanswered (a crash), stops being ready
+        until the probe, woken now, finds it answering again: the async worker claims nothing meanwhile."""
+        if isinstance(error, (ModelUnreachable, ModelConnectionLost)):
             self.state.readiness.lost()
 
     # -- predict --------------------------------------------------------------------------------------------------

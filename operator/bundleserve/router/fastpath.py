@@ -355,7 +355,7 @@ class FastConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        keep = keep and not self.edge.closing and not invoker.state.drain.draining  # draining: clients go elsewhere
+        keep = keep and not self.edge.closing and not invoker.state.drain.stopping  # stopping: clients go elsewhere
         if len(answer.body) > _JOIN_LIMIT:  # a large body is written as it is, never copied behind its head
             transport.write(render(replace(answer, body=b""), keep_alive=keep, length=len(answer.body)))
             transport.write(answer.body)

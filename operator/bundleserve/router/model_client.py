@@ -46,6 +46,11 @@ class ModelUnreachable(Unavailable):
     """No connection to the model could be made (503): it is not running, or not listening yet."""
 
 
+class ModelConnectionLost(ModelError):
+    """The model closed the connection before answering (424): it most likely crashed, so readiness is checked again
+    at once (a task retried before the probe noticed would only burn an attempt on a dead model)."""
+
+
 class ReplyTooLarge(ModelError):
     """The model's reply is larger than the limit the caller set; refused before it is buffered (424)."""
 
@@ -342,7 +347,7 @@ class ModelClient:
             try:
                 await connection.done
             except (ConnectionError, OSError):
-                raise ModelError(
+                raise ModelConnectionLost(
                     "the model closed the connection before answering (did it crash?)", status_code=None, traceback=None
                 ) from None
             reusable = True
@@ -370,7 +375,7 @@ class ModelClient:
     ) -> ModelReply:
         """POST a predict call: `body` is the JSON-encoded args (or the raw input with `raw=True`).
 
-        Returns the reply whatever its status; raises `ModelError` (424) for a lost connection or `ReplyTooLarge`,
+        Returns the reply whatever its status; raises `ModelConnectionLost` (424) for a lost connection or `ReplyTooLarge`,
         `Unavailable` (503) when the model cannot be reached. Bound it with `asyncio.timeout`: cancellation closes
         the connection.
         """
@@ -407,7 +412,7 @@ class ModelClient:
             try:
                 await connection.headers_done
             except (ConnectionError, OSError):
-                raise ModelError(
+                raise ModelConnectionLost(
                     "the model closed the connection before answering (did it crash?)", status_code=None, traceback=None
                 ) from None
             stream = ModelStream(connection)

@@ -1,6 +1,7 @@
 """`bundleserve router`: serve one endpoint until SIGTERM, then drain gracefully and exit 0.
 
-Drain: readiness fails at once, new requests get 503, requests in progress (streams included) may finish within the
+Drain: readiness fails at once; new requests are served for the shutdown delay (BUNDLESERVE_SHUTDOWN_DELAY_SECONDS, 0
+by default; the operator sets it in pods), then get 503, requests in progress (streams included) may finish within the
 grace period (the invocation timeout + 5 s, or BUNDLESERVE_DRAIN_SECONDS), and `GET /wait-for-drain` (the model
 container's preStop hook) returns once the last one finished, so the model outlives every request routed to it.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -23,7 +25,7 @@ from bundleserve.edge.config import ConfigError
 from bundleserve.router.app import INVOKER, build_app
 from bundleserve.router.fastpath import FastEdge
 from bundleserve.router.settings import Settings, build_settings
-from bundleserve.router.state import ROUTER_STATE
+from bundleserve.router.state import ROUTER_STATE, RouterState
 
 log = logging.getLogger("bundleserve.router")
 
@@ -62,6 +64,7 @@ async def serve(settings: Settings) -> None:
             settings.model_url,
         )
         await stop.wait()
+        await _shutdown_delay(state, stop, settings.shutdown_delay_seconds)
         grace = settings.grace_seconds
         log.info("draining: %d requests and tasks in progress, up to %.0f s", state.drain.held, grace)
         state.drain.begin()
@@ -74,6 +77,19 @@ async def serve(settings: Settings) -> None:
         if edge is not None:
             edge.close()
         await runner.cleanup()
+
+
+async def _shutdown_delay(state: RouterState, stop: asyncio.Event, seconds: float) -> None:
+    """Serve on, unready, for `seconds` after SIGTERM (a second signal ends it early): until the cluster stops routing
+    to this pod, new calls still arrive, and answering them beats refusing them. Answers close their connection, so
+    keep-alive clients reconnect to another replica."""
+    state.drain.stop_routing()
+    if seconds <= 0:
+        return
+    log.info("stopping: serving %.0f s more while the cluster stops routing here", seconds)
+    stop.clear()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 def run(coroutine: Coroutine[Any, Any, None]) -> None:
@@ -95,6 +111,7 @@ def main(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             redis_url=args.redis_url,
+            variant=args.variant,
         )
     except ConfigError as error:
         print(f"bundleserve router: {error}", file=sys.stderr)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bundleserve.api.endpoint import Endpoint, Mode, Routes
+from bundleserve.api.endpoint import IMPLICIT_VARIANT, Endpoint, Mode, Routes
 from bundleserve.api.manifest import ManifestError, load_endpoints
 from bundleserve.dialects.base import read_public_url
 from bundleserve.edge.config import (
@@ -46,6 +46,10 @@ class Settings:
     url_policy: AddressPolicy = field(default_factory=AddressPolicy)
     #: How long in-flight requests may take to finish after SIGTERM (default: the invocation timeout + 5 s).
     drain_seconds: float = field(default=0.0)
+    #: After SIGTERM, how long the router goes on serving new requests (readiness failing) before it drains
+    #: (BUNDLESERVE_SHUTDOWN_DELAY_SECONDS; 0 outside a cluster). In a cluster, the EndpointSlices and every node's
+    #: kube-proxy learn of a stopping pod only some time after its SIGTERM; calls routed to it meanwhile are served.
+    shutdown_delay_seconds: float = 0.0
     #: Model readiness probe intervals: fast until the model is ready, then slow.
     probe_fast_seconds: float = 0.05
     probe_slow_seconds: float = 1.0
@@ -59,6 +63,10 @@ class Settings:
     public_url: str | None = None
     #: The deployment's queue knobs (BUNDLESERVE_QUEUE_DURABILITY, _MAX_BACKLOG, _MAX_BACKLOG_BYTES).
     queue_limits: QueueLimits = field(default_factory=QueueLimits)
+    #: The production variant this router serves (`--variant`; docs/operator.md, "Production variants"): what
+    #: SageMaker's InvokedProductionVariant answers and its TargetVariant must name. AllTraffic for an Endpoint
+    #: without spec.variants.
+    variant: str = IMPLICIT_VARIANT
 
     @property
     def connection_limits(self) -> ConnectionLimits:
@@ -67,6 +75,11 @@ class Settings:
     @property
     def name(self) -> str:
         return self.endpoint.name
+
+    @property
+    def declared_variant(self) -> str | None:
+        """The declared variant (spec.variants) this router serves, whose own queue it works; None: AllTraffic."""
+        return None if self.variant == IMPLICIT_VARIANT else self.variant
 
     @property
     def routes(self) -> Routes:
@@ -98,6 +111,7 @@ def build_settings(
     port: int = 8080,
     redis_url: str | None = None,
     env: Mapping[str, str] | None = None,
+    variant: str | None = None,
 ) -> Settings:
     """Settings from the CLI's values and the environment (BUNDLESERVE_* variables, see docs/router.md)."""
     env = os.environ if env is None else env
@@ -113,6 +127,13 @@ def build_settings(
         drain_seconds = float(drain) if drain else 0.0
     except ValueError:
         raise ConfigError(f"BUNDLESERVE_DRAIN_SECONDS must be a number of seconds, got {drain!r}") from None
+    delay = env.get("BUNDLESERVE_SHUTDOWN_DELAY_SECONDS")
+    try:
+        shutdown_delay_seconds = float(delay) if delay else 0.0
+    except ValueError:
+        shutdown_delay_seconds = -1.0
+    if not 0 <= shutdown_delay_seconds <= 300:
+        raise ConfigError(f"BUNDLESERVE_SHUTDOWN_DELAY_SECONDS must be 0 to 300 seconds, got {delay!r}")
     try:
         limits = limits_from_env(env)
         queue_limits = QueueLimits.from_env(env)
@@ -130,8 +151,10 @@ def build_settings(
         url_schemes=parse_url_schemes(schemes),
         url_policy=read_url_policy(env),
         drain_seconds=drain_seconds,
+        shutdown_delay_seconds=shutdown_delay_seconds,
         body_timeout_seconds=limits.body_seconds,
         idle_timeout_seconds=limits.idle_seconds,
         public_url=read_public_url(env),
         queue_limits=queue_limits,
+        variant=variant or IMPLICIT_VARIANT,
     )

@@ -41,12 +41,15 @@ class DrainState:
     picking up a task it had in hand) keeps `/wait-for-drain` waiting and the model alive.
     """
 
-    __slots__ = ("_changed", "_holders", "active", "draining", "started")
+    __slots__ = ("_changed", "_holders", "active", "draining", "started", "stopping")
 
     #: How often `wait_drained` re-reads tracked holders that do not call `changed()` themselves.
     RECHECK_SECONDS = 0.05
 
     def __init__(self) -> None:
+        #: SIGTERM received: readiness fails and the async worker claims nothing, requests are still served (the
+        #: shutdown delay) until `begin()`.
+        self.stopping = False
         self.draining = False
         self.active = 0
         self.started = asyncio.Event()
@@ -69,8 +72,13 @@ class DrainState:
         """A tracked holder finished something: re-evaluate now."""
         self._changed.set()
 
+    def stop_routing(self) -> None:
+        """SIGTERM: fail readiness and close connections after their answer, but go on serving (`begin` follows)."""
+        self.stopping = True
+
     def begin(self) -> None:
         """Start draining: readiness fails and new requests get 503 from now on."""
+        self.stopping = True
         if not self.draining:
             self.draining = True
             self.started.set()

@@ -130,13 +130,13 @@ def _traceback(error: ApiError) -> str:
 
 
 class ReadyGate:
-    """The worker claims tasks only while the model is ready and the router is not draining."""
+    """The worker claims tasks only while the model is ready and the router is not stopping (SIGTERM)."""
 
     def __init__(self, state: RouterState) -> None:
         self.state = state
 
     def is_open(self) -> bool:
-        return self.state.readiness.ready and not self.state.drain.draining
+        return self.state.readiness.ready and not self.state.drain.stopping
 
     async def wait(self) -> None:
         while not self.is_open():

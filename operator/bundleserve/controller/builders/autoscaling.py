@@ -18,16 +18,16 @@ INFLIGHT_METRIC = "bundleserve_router_in_flight_requests"
 KEDA_API_VERSION = "keda.sh/v1alpha1"
 
 
-def queue_names(endpoint: Endpoint) -> tuple[str, str]:
+def queue_names(endpoint: Endpoint, variant: str | None = None) -> tuple[str, str]:
     """(stream, consumer group) of the endpoint's async queue, as the queue component names them (namespace and
     name: same-named Endpoints of two namespaces may share one Redis)."""
     from bundleserve.queue import keys
 
-    return keys.stream(keys.queue_id(endpoint.namespace, endpoint.name)), keys.GROUP
+    return keys.stream(keys.queue_id(endpoint.namespace, endpoint.name, variant)), keys.GROUP
 
 
-def _target_ref(endpoint: Endpoint) -> dict[str, str]:
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name(endpoint.name)}
+def _target_ref(endpoint: Endpoint, variant: str | None) -> dict[str, str]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name(endpoint.name, variant)}
 
 
 def _behavior(endpoint: Endpoint) -> dict[str, Any]:
@@ -56,14 +56,14 @@ def hpa_metrics(endpoint: Endpoint, context: BuildContext) -> list[dict[str, Any
     ]
 
 
-def build_hpa(endpoint: Endpoint, context: BuildContext) -> Manifest:
+def build_hpa(endpoint: Endpoint, context: BuildContext, variant: str | None = None) -> Manifest:
     scaling = endpoint.spec.scaling
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": metadata(endpoint, autoscaler_name(endpoint.name)),
+        "metadata": metadata(endpoint, autoscaler_name(endpoint.name, variant), variant=variant),
         "spec": {
-            "scaleTargetRef": _target_ref(endpoint),
+            "scaleTargetRef": _target_ref(endpoint, variant),
             "minReplicas": max(scaling.min_replicas, 1),
             "maxReplicas": scaling.effective_max_replicas,
             "metrics": hpa_metrics(endpoint, context),
@@ -72,11 +72,11 @@ def build_hpa(endpoint: Endpoint, context: BuildContext) -> Manifest:
     }
 
 
-def build_scaled_object(endpoint: Endpoint, context: BuildContext) -> Manifest:
+def build_scaled_object(endpoint: Endpoint, context: BuildContext, variant: str | None = None) -> Manifest:
     """Queue depth drives replicas (lag = entries not yet delivered to the group, so it works from zero); a mixed
     endpoint also scales on CPU. KEDA creates and owns the HPA itself."""
     scaling = endpoint.spec.scaling
-    stream, group = queue_names(endpoint)
+    stream, group = queue_names(endpoint, variant)
     triggers: list[dict[str, Any]] = [
         {
             "type": "redis-streams",
@@ -102,9 +102,9 @@ def build_scaled_object(endpoint: Endpoint, context: BuildContext) -> Manifest:
     return {
         "apiVersion": KEDA_API_VERSION,
         "kind": "ScaledObject",
-        "metadata": metadata(endpoint, autoscaler_name(endpoint.name)),
+        "metadata": metadata(endpoint, autoscaler_name(endpoint.name, variant), variant=variant),
         "spec": {
-            "scaleTargetRef": {"name": deployment_name(endpoint.name)},
+            "scaleTargetRef": {"name": deployment_name(endpoint.name, variant)},
             "minReplicaCount": scaling.min_replicas,
             "maxReplicaCount": scaling.effective_max_replicas,
             "pollingInterval": 10,

@@ -22,10 +22,11 @@ def endpoint_document(endpoint: Endpoint) -> str:
     return yaml.safe_dump(document, sort_keys=True, default_flow_style=False)
 
 
-def build_config_map(endpoint: Endpoint) -> Manifest:
+def build_config_map(endpoint: Endpoint, variant: str | None = None) -> Manifest:
+    """`endpoint` as the variant runs it (api.variants.ServedVariant.endpoint); `variant` None: the implicit one."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": metadata(endpoint, config_map_name(endpoint.name)),
+        "metadata": metadata(endpoint, config_map_name(endpoint.name, variant), variant=variant),
         "data": {ENDPOINT_FILE_KEY: endpoint_document(endpoint)},
     }

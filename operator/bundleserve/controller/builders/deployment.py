@@ -4,6 +4,9 @@ Why it looks like this:
 - The router fronts the model on localhost and is the only container with probes (it probes the model itself).
 - The model container's preStop calls the router's drain route, so the kubelet does not stop the model before the
   router has finished (or handed back) every in-flight request; the grace period covers the longest request.
+- After SIGTERM the router serves on, unready, for SHUTDOWN_DELAY_SECONDS (BUNDLESERVE_SHUTDOWN_DELAY_SECONDS)
+  before it drains: the EndpointSlices and kube-proxy stop routing to a stopping pod only some seconds later (a
+  rolling update under load on the real node failed calls without it); the grace period adds the delay.
 - Restricted pod security everywhere; writable scratch space only in emptyDirs.
 - `replicas` is omitted when an autoscaler owns it, so the operator never fights the HPA/KEDA/its own scaler.
 """
@@ -41,6 +44,10 @@ DRAIN_PATH = "/wait-for-drain"
 READY_PATH = "/readyz"
 LIVE_PATH = "/healthz"
 DRAIN_MARGIN_SECONDS = 30
+#: How long a stopping router serves on before it drains (Knative's queue-proxy has the same kind of window): longer
+#: than kube-proxy's lag behind an EndpointSlice change on a loaded node (seconds; tests/integration/
+#: test_node_scenarios.py), short enough not to slow a rollout much.
+SHUTDOWN_DELAY_SECONDS = 5
 CONFIG_DIR = "/etc/bundleserve"
 ENDPOINT_FILE = f"{CONFIG_DIR}/{ENDPOINT_FILE_KEY}"
 API_KEYS_DIR = "/var/run/secrets/bundleserve/api-keys"
@@ -62,14 +69,14 @@ def router_port(endpoint: Endpoint) -> int:
 
 
 def grace_period_seconds(endpoint: Endpoint) -> int:
-    """Long enough for the longest request this endpoint accepts to finish after the pod is asked to stop."""
+    """Long enough for the shutdown delay, then the longest request this endpoint accepts to finish."""
     spec = endpoint.spec
     longest = 0
     if spec.serves(Mode.SYNC) or spec.serves(Mode.STREAMING):
         longest = spec.invocation.timeout_seconds
     if spec.serves(Mode.ASYNC):
         longest = max(longest, spec.async_settings.invocation_timeout_seconds)
-    return longest + DRAIN_MARGIN_SECONDS
+    return SHUTDOWN_DELAY_SECONDS + longest + DRAIN_MARGIN_SECONDS
 
 
 def container_security_context() -> dict[str, Any]:
@@ -162,6 +169,7 @@ def router_env(endpoint: Endpoint, context: BuildContext) -> list[dict[str, Any]
     if callback_auth(endpoint) is not None:
         env.append({"name": CALLBACK_SECRET_DIR_ENV, "value": CALLBACK_SECRET_DIR})
     env.append({"name": "BUNDLESERVE_RESULTS_DIR", "value": RESULTS_DIR})
+    env.append({"name": "BUNDLESERVE_SHUTDOWN_DELAY_SECONDS", "value": str(SHUTDOWN_DELAY_SECONDS)})
     # The destination guard and the byte quota as the cluster admin set them on the operator (ROUTER_SETTINGS).
     env.extend({"name": name, "value": value} for name, value in config.router_settings)
     env.extend(s3_results_env(config))
@@ -215,7 +223,7 @@ def callback_auth(endpoint: Endpoint) -> CallbackAuth | None:
     return settings.callback.auth
 
 
-def router_container(endpoint: Endpoint, context: BuildContext) -> dict[str, Any]:
+def router_container(endpoint: Endpoint, context: BuildContext, variant: str | None = None) -> dict[str, Any]:
     port = router_port(endpoint)
     mounts = [
         {"name": "endpoint-config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -226,19 +234,22 @@ def router_container(endpoint: Endpoint, context: BuildContext) -> dict[str, Any
         mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
     if callback_auth(endpoint) is not None:
         mounts.append({"name": "callback-auth", "mountPath": CALLBACK_SECRET_DIR, "readOnly": True})
+    command = [
+        "bundleserve",
+        "router",
+        "--endpoint-file",
+        ENDPOINT_FILE,
+        "--model-url",
+        f"http://127.0.0.1:{endpoint.spec.bundle.port}",
+        "--port",
+        str(port),
+    ]
+    if variant is not None:
+        command += ["--variant", variant]
     return {
         "name": "router",
         "image": context.config.image,
-        "command": [
-            "bundleserve",
-            "router",
-            "--endpoint-file",
-            ENDPOINT_FILE,
-            "--model-url",
-            f"http://127.0.0.1:{endpoint.spec.bundle.port}",
-            "--port",
-            str(port),
-        ],
+        "command": command,
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "env": router_env(endpoint, context),
         "resources": router_resources(endpoint),
@@ -259,10 +270,10 @@ def router_container(endpoint: Endpoint, context: BuildContext) -> dict[str, Any
     }
 
 
-def volumes(endpoint: Endpoint, context: BuildContext) -> list[dict[str, Any]]:
+def volumes(endpoint: Endpoint, context: BuildContext, variant: str | None = None) -> list[dict[str, Any]]:
     config = context.config
     found: list[dict[str, Any]] = [
-        {"name": "endpoint-config", "configMap": {"name": config_map_name(endpoint.name)}},
+        {"name": "endpoint-config", "configMap": {"name": config_map_name(endpoint.name, variant)}},
         {"name": "model-tmp", "emptyDir": {}},
         {"name": "router-tmp", "emptyDir": {}},
     ]
@@ -280,7 +291,7 @@ def volumes(endpoint: Endpoint, context: BuildContext) -> list[dict[str, Any]]:
     return found
 
 
-def scheduling(endpoint: Endpoint) -> dict[str, Any]:
+def scheduling(endpoint: Endpoint, variant: str | None = None) -> dict[str, Any]:
     pod = endpoint.spec.pod
     resources = endpoint.spec.resources
     node_selector = dict(pod.node_selector)
@@ -299,15 +310,15 @@ def scheduling(endpoint: Endpoint) -> dict[str, Any]:
             "maxSkew": 1,
             "topologyKey": "kubernetes.io/hostname",
             "whenUnsatisfiable": "ScheduleAnyway",
-            "labelSelector": {"matchLabels": selector_labels(endpoint.name)},
+            "labelSelector": {"matchLabels": selector_labels(endpoint.name, variant)},
         }
     ]
     return found
 
 
-def pod_template(endpoint: Endpoint, context: BuildContext) -> dict[str, Any]:
+def pod_template(endpoint: Endpoint, context: BuildContext, variant: str | None = None) -> dict[str, Any]:
     pod = endpoint.spec.pod
-    document = build_config_map(endpoint)["data"][ENDPOINT_FILE_KEY]
+    document = build_config_map(endpoint, variant)["data"][ENDPOINT_FILE_KEY]
     store = results_store_fingerprint(context.config)
     # The S3 settings join the hash only when set, so pods of operators without S3 keep their hash across upgrades.
     config_hash = content_hash(document if store is None else [document, store])
@@ -319,12 +330,12 @@ def pod_template(endpoint: Endpoint, context: BuildContext) -> dict[str, Any]:
         CONFIG_HASH_ANNOTATION: config_hash,
     }
     spec: dict[str, Any] = {
-        "containers": [model_container(endpoint), router_container(endpoint, context)],
-        "volumes": volumes(endpoint, context),
+        "containers": [model_container(endpoint), router_container(endpoint, context, variant)],
+        "volumes": volumes(endpoint, context, variant),
         "securityContext": pod_security_context(),
         "terminationGracePeriodSeconds": grace_period_seconds(endpoint),
         "enableServiceLinks": False,
-        **scheduling(endpoint),
+        **scheduling(endpoint, variant),
     }
     if pod.service_account_name:
         spec["serviceAccountName"] = pod.service_account_name
@@ -335,27 +346,29 @@ def pod_template(endpoint: Endpoint, context: BuildContext) -> dict[str, Any]:
     if pod.priority_class_name:
         spec["priorityClassName"] = pod.priority_class_name
     return {
-        "metadata": {"labels": {**pod.labels, **common_labels(endpoint.name)}, "annotations": annotations},
+        "metadata": {"labels": {**pod.labels, **common_labels(endpoint.name, variant)}, "annotations": annotations},
         "spec": spec,
     }
 
 
-def build_deployment(endpoint: Endpoint, context: BuildContext) -> Manifest:
+def build_deployment(endpoint: Endpoint, context: BuildContext, variant: str | None = None) -> Manifest:
+    """The Deployment of one variant: `endpoint` as the variant runs it (api.variants.ServedVariant.endpoint), named
+    and labelled by `variant` (None: the implicit variant, named as the endpoint)."""
     spec: dict[str, Any] = {}
     if scaler_for(endpoint, context.keda) is Scaler.STATIC:
         spec["replicas"] = endpoint.spec.scaling.min_replicas
     spec.update(
         {
-            "selector": {"matchLabels": selector_labels(endpoint.name)},
+            "selector": {"matchLabels": selector_labels(endpoint.name, variant)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "revisionHistoryLimit": 3,
-            "template": pod_template(endpoint, context),
+            "template": pod_template(endpoint, context, variant),
         }
     )
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": metadata(endpoint, deployment_name(endpoint.name)),
+        "metadata": metadata(endpoint, deployment_name(endpoint.name, variant), variant=variant),
         "spec": spec,
     }
 

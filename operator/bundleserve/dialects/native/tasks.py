@@ -54,15 +54,18 @@ def parse_wait(raw: str | None) -> float:
     return wait
 
 
-def task_body(record: TaskRecord, public_url: str | None = None) -> bytes:
+def task_body(record: TaskRecord, public_url: str | None = None, *, variant: str | None = None) -> bytes:
     """The status document; an inline result is spliced in as stored (it is JSON already). With `public_url`, a
-    stored result's `result_url` (a path of this API) is made absolute."""
+    stored result's `result_url` (a path of this API) is made absolute. `variant`: the declared production variant
+    the task was given (its queue), named in the document."""
     terminal = record.status.terminal
     result = record.result_json.encode() if terminal and record.result_json else b"null"
     result_url = record.result_url if terminal else None
     if result_url is not None and result_url.startswith("/") and public_url is not None:
         result_url = public_url + result_url
-    head = {"task_id": record.task_id, "status": record.status.value}
+    head: dict[str, str] = {"task_id": record.task_id, "status": record.status.value}
+    if variant is not None:
+        head["variant"] = variant
     tail = {
         "result_url": result_url,
         "traceback": record.traceback if terminal else None,

@@ -82,6 +82,8 @@ class SageMakerRequest:
     inference_id: str | None
     #: botocore's `amz-sdk-invocation-id` (the same on every retry of one call), as an Invocation idempotency key.
     idempotency_key: str | None = None
+    #: TargetVariant: the production variant the call names (None: any, picked by weight).
+    target_variant: str | None = None
     input_location: str | None = None
     request_ttl_seconds: int | None = None
     invocation_timeout_seconds: int | None = None
@@ -120,16 +122,22 @@ def check_endpoint_name(name: str) -> str:
 
 
 def parse_request(
-    operation: Operation, endpoint: str, headers: Mapping[str, str], *, variant: str = DEFAULT_VARIANT
+    operation: Operation, endpoint: str, headers: Mapping[str, str], *, variant: str | None = DEFAULT_VARIANT
 ) -> SageMakerRequest:
-    """Path and headers of one operation, validated (ValidationError on anything the service would refuse)."""
+    """Path and headers of one operation, validated (ValidationError on anything the service would refuse).
+
+    `variant`: the production variant served here (a router), which a TargetVariant must name; None on a front that
+    picks among the endpoint's variants itself (the gateway's `EndpointCalls` refuses an unknown one,
+    `UnknownVariant`, rendered as ValidationError too)."""
     check_endpoint_name(endpoint)
     for name, feature in UNSUPPORTED_HEADERS.items():
         if name in headers:
             raise ValidationError(f"{feature} are not supported by this endpoint; remove the {name} header")
     target_variant = headers.get(H_TARGET_VARIANT)
-    if target_variant is not None and target_variant != variant:
-        raise ValidationError(f"the endpoint has one production variant, {variant!r}; not {target_variant!r}")
+    if target_variant is not None and variant is not None and target_variant != variant:
+        raise ValidationError(
+            f"the production variant {target_variant!r} is not served here (this endpoint's router serves {variant!r})"
+        )
     inference_id = headers.get(H_INFERENCE_ID)
     if inference_id is not None and not (1 <= len(inference_id) <= 64 and inference_id.isascii()):
         raise ValidationError(f"{H_INFERENCE_ID} must be 1..64 ASCII characters")
@@ -160,6 +168,7 @@ def parse_request(
         custom_attributes=custom,
         inference_id=inference_id,
         idempotency_key=retried,
+        target_variant=target_variant,
     )
 
 
@@ -211,6 +220,7 @@ def build_invocation(
         custom_attributes=request.custom_attributes,
         request_id=request.inference_id,
         idempotency_key=request.idempotency_key,
+        variant=request.target_variant,
     )
 
 

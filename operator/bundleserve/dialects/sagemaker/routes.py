@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 
@@ -53,7 +53,9 @@ class SageMakerSettings:
 
     signing: sigv4.SigV4Config
     python_bundle: Callable[[str], bool]  # endpoint name -> True for a Python bundle (JSON bodies become kwargs)
-    variant: str = protocol.DEFAULT_VARIANT
+    #: The production variant served here, which a TargetVariant must name (a router); None on the gateway, whose
+    #: backend picks among the endpoint's variants (and refuses an unknown name).
+    variant: str | None = protocol.DEFAULT_VARIANT
 
 
 class SageMakerApi:
@@ -170,7 +172,7 @@ class SageMakerApi:
         except ApiError as error:
             return self._error(error, request_id)
         headers = protocol.reply_headers(
-            request_id=request_id, custom_attributes=reply.custom_attributes, variant=self.settings.variant
+            request_id=request_id, custom_attributes=reply.custom_attributes, variant=backend.variant
         )
         headers["Content-Type"] = reply.content_type
         return web.Response(status=200, body=reply.body, headers=headers)
@@ -194,7 +196,7 @@ class SageMakerApi:
             async with backend.stream(invocation) as chunks:
                 response = web.StreamResponse(status=200)
                 response.headers.update(
-                    protocol.reply_headers(request_id=request_id, custom_attributes=None, variant=self.settings.variant)
+                    protocol.reply_headers(request_id=request_id, custom_attributes=None, variant=backend.variant)
                 )
                 response.headers["Content-Type"] = eventstream.CONTENT_TYPE
                 response.headers[protocol.H_SM_CONTENT_TYPE] = parsed.accept or protocol.JSON_TYPE
@@ -365,7 +367,8 @@ def mount(app: web.Application, core: InvocationBackend, tasks: TaskBackend | No
     Whether JSON bodies become keyword arguments depends on the bundle kind, which the core knows (`is_python`).
     """
     is_python = bool(getattr(core, "is_python", True))
-    settings = settings_from_env(lambda _name: is_python)
+    variant = str(getattr(core, "variant", protocol.DEFAULT_VARIANT))
+    settings = replace(settings_from_env(lambda _name: is_python), variant=variant)
     resolver: TaskResolver | None = None
     if tasks is not None:
         bound = tasks

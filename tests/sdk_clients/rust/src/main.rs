@@ -4,7 +4,7 @@
 //! Ops: `invoke`, `invoke_async`, `invoke_stream`. Arguments: `url` (endpoint URL), `region`, `access_key` and
 //! `secret_key` (absent: unsigned, which this SDK only does with `allow_no_auth()`; `allow_no_auth=false` leaves it
 //! out), `endpoint`, `body`,
-//! `content_type`, `accept`, `custom_attributes`, `inference_id`, `input_location`. Typed errors are answered as
+//! `content_type`, `accept`, `custom_attributes`, `inference_id`, `target_variant`, `input_location`. Typed errors are answered as
 //! `{"error": <the SDK's error variant>, "code", "status", "message", "original_status_code"}`.
 
 use std::collections::HashMap;
@@ -162,7 +162,8 @@ async fn run(op: &str, args: &HashMap<String, String>) -> Json {
                 .set_content_type(get("content_type"))
                 .set_accept(get("accept"))
                 .set_custom_attributes(get("custom_attributes"))
-                .set_inference_id(get("inference_id"));
+                .set_inference_id(get("inference_id"))
+                .set_target_variant(get("target_variant"));
             match call.send().await {
                 Ok(reply) => Json::Obj(vec![
                     ("body", Json::Str(String::from_utf8_lossy(reply.body().map_or(&[][..], |b| b.as_ref())).into())),
@@ -197,7 +198,8 @@ async fn run(op: &str, args: &HashMap<String, String>) -> Json {
                 .body(Blob::new(get("body").unwrap_or_default().into_bytes()))
                 .set_content_type(get("content_type"))
                 .set_custom_attributes(get("custom_attributes"))
-                .set_inference_id(get("inference_id"));
+                .set_inference_id(get("inference_id"))
+                .set_target_variant(get("target_variant"));
             let mut reply = match call.send().await {
                 Ok(reply) => reply,
                 Err(error) => return invoke_stream_error(error),

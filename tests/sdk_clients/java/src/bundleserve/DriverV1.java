@@ -56,7 +56,8 @@ public final class DriverV1 {
                         .withContentType(args.get("content_type"))
                         .withAccept(args.get("accept"))
                         .withCustomAttributes(args.get("custom_attributes"))
-                        .withInferenceId(args.get("inference_id"));
+                        .withInferenceId(args.get("inference_id"))
+                        .withTargetVariant(args.get("target_variant"));
                 InvokeEndpointResult result = client.invokeEndpoint(request);
                 answer.put("body", StandardCharsets.UTF_8.decode(result.getBody()).toString());
                 answer.put("content_type", result.getContentType());

@@ -71,7 +71,8 @@ public final class DriverV2 {
                             .contentType(args.get("content_type"))
                             .accept(args.get("accept"))
                             .customAttributes(args.get("custom_attributes"))
-                            .inferenceId(args.get("inference_id")));
+                            .inferenceId(args.get("inference_id"))
+                            .targetVariant(args.get("target_variant")));
                     answer.put("body", reply.body().asUtf8String());
                     answer.put("content_type", reply.contentType());
                     answer.put("custom_attributes", reply.customAttributes());
@@ -117,7 +118,8 @@ public final class DriverV2 {
                     .body(SdkBytes.fromUtf8String(args.getOrDefault("body", "")))
                     .contentType(args.get("content_type"))
                     .customAttributes(args.get("custom_attributes"))
-                    .inferenceId(args.get("inference_id")), handler).join();
+                    .inferenceId(args.get("inference_id"))
+                    .targetVariant(args.get("target_variant")), handler).join();
         } catch (CompletionException failed) {
             Throwable cause = failed.getCause();
             if (cause instanceof ModelStreamErrorException streamError) {
