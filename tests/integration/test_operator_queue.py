@@ -6,6 +6,7 @@ at minReplicas 0)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -15,8 +16,9 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
-from bundleserve.queue import keys
+from bundleserve.queue import demand, keys
 from tests.integration.cluster_harness import (
     GROUP_VERSION,
     SYSTEM,
@@ -266,3 +268,38 @@ def test_deletion_is_never_blocked_forever_by_a_stuck_task(
         return any(e["reason"] == "QueueCleanupTimedOut" for e in cluster.plane.items("v1", "Event", cluster.ns))
 
     wait_until(warned, timeout=30, what="a QueueCleanupTimedOut Event")
+
+
+def test_a_wake_scales_a_sync_endpoint_up_at_once_and_the_tick_returns_it_to_zero_when_idle(
+    cluster: Cluster, valkey_server: Valkey, queue: redis.Redis, tmp_path: Path
+) -> None:
+    """The demand gate of scale from zero for sync traffic: a gateway's wake message (not the scaler's tick) lifts a
+    sync Endpoint at zero to the replicas its held calls need, and once the demand key expired the tick returns it."""
+    # First an operator whose scaler ticks once an hour: only the wake message can scale it up.
+    operator = cluster.start(tmp_path / "slow", valkey_server, BUNDLESERVE_OPERATOR_SCALER_SECONDS="3600").process
+    scaling = {"minReplicas": 0, "maxReplicas": 3, "targetConcurrency": 2, "scaleToZeroAfterSeconds": 10}
+    cluster.create(endpoint_doc(cluster.ns, "sync-cold", modes=["sync", "streaming"], scaling=scaling))
+    wait_until(lambda: cluster.deployment("sync-cold"), timeout=60, what="the Deployment")
+    assert cluster.replicas("sync-cold") == 0
+    wait_until(
+        lambda: cluster.condition_is("sync-cold", "Ready", "True", "ScaledToZero"), timeout=60, what="ScaledToZero"
+    )
+    assert cluster.plane.get("autoscaling/v2", "HorizontalPodAutoscaler", cluster.ns, "sync-cold")  # for 1..3
+    wait_until(lambda: int(queue.execute_command("PUBSUB", "NUMPAT")) >= 1, timeout=30, what="the wake listener")
+    # 5 calls held at 2 per replica: ceil(5/2) = 3 replicas.
+    report = demand.DemandReport(queue=keys.queue_id(cluster.ns, "sync-cold"), held=5, ttl_seconds=3)
+    asyncio.run(_wake(valkey_server.url, report))
+    wait_until(lambda: cluster.replicas("sync-cold") == 3, timeout=30, what="woken to 3 replicas")
+    wait_until(lambda: "(woken; demand: active, 5 held" in operator.log(), timeout=10, what="the wake's log line")
+    cluster.stop()
+    # Then one that ticks every second: the key expired (no gateway refreshed it), so the endpoint goes back to 0.
+    cluster.start(tmp_path / "fast", valkey_server, BUNDLESERVE_OPERATOR_SCALER_SECONDS="1")
+    wait_until(lambda: cluster.replicas("sync-cold") == 0, timeout=60, what="back to zero when idle")
+
+
+async def _wake(url: str, report: demand.DemandReport) -> None:
+    client = aioredis.Redis.from_url(url)
+    try:
+        await demand.wake(client, report)
+    finally:
+        await client.aclose()

@@ -164,3 +164,26 @@ async def test_switching_from_scale_to_zero_to_an_hpa_starts_pods(api: Api, kube
     assert ("patch", "Deployment", "echo") in result.writes
     assert api.get("apps/v1", "Deployment", "echo")["spec"]["replicas"] == 2
     assert api.get("autoscaling/v2", "HorizontalPodAutoscaler", "echo") is not None
+
+
+async def test_a_sync_endpoint_at_min_zero_stays_at_zero_and_needs_the_queue_redis(
+    api: Api, kube: KubeClient, ctx: Ctx
+) -> None:
+    """The demand gate owns 0 <-> first replicas: reconcile must not lift a scale-from-zero endpoint off 0 as it does
+    for an HPA-only one, and without the Redis where gateways report demand the spec is Degraded."""
+    scaling = {"minReplicas": 0, "maxReplicas": 3, "scaleToZeroAfterSeconds": 60}
+    api.create(doc("cold", modes=["sync", "streaming"], scaling=scaling))
+    for _ in range(2):  # a second pass (the Deployment now exists at 0) leaves it there too
+        result = await reconcile(api.endpoint("cold"), kube, ctx.context, ensure_user=ctx.users.ensure)
+        assert api.get("apps/v1", "Deployment", "cold")["spec"]["replicas"] == 0
+    assert ("patch", "Deployment", "cold") not in result.writes
+    assert api.get("autoscaling/v2", "HorizontalPodAutoscaler", "cold") is not None  # for 1..3 above zero
+    ready = next(c for c in result.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "ScaledToZero")
+    assert "the gateway holds the next call" in ready["message"]
+
+    no_redis = BuildContext(config=OperatorConfig(redis_secret="bundleserve-redis"))
+    api.create(doc("cold-alone", modes=["sync"], scaling={"minReplicas": 0}))
+    result = await reconcile(api.endpoint("cold-alone"), kube, no_redis, ensure_user=ctx.users.ensure)
+    assert result.problem is not None and result.problem.reason == "ScaleFromZeroNotConfigured"
+    assert api.get("apps/v1", "Deployment", "cold-alone") is None

@@ -101,8 +101,6 @@ SCALED_OBJECT_SCHEMA: dict[str, Any] = {
 def cases() -> list[tuple[str, list[str], str, str, str, bool]]:
     found = []
     for modes, bundle, resources, scaling, keda in itertools.product(MODES, BUNDLES, RESOURCES, SCALING, (False, True)):
-        if scaling == "zero" and modes != ["async"]:
-            continue  # scale to zero is for async-only endpoints (a CRD rule)
         if bundle == "sagemaker" and "streaming" in modes:
             continue  # no stream route: rejected by the CRD
         if keda and "async" not in modes:
@@ -142,14 +140,15 @@ def test_every_combination_is_schema_valid_and_consistent(
 
     assert ("Service" in kinds) == any(mode in modes for mode in ("sync", "streaming"))
     scaler = scaler_for(ep, keda)
-    assert ("HorizontalPodAutoscaler" in kinds) == (scaler is Scaler.HPA)
+    above_one = ep.spec.scaling.effective_max_replicas > 1
+    assert ("HorizontalPodAutoscaler" in kinds) == (scaler is Scaler.HPA or (scaler is Scaler.DEMAND and above_one))
     assert ("ScaledObject" in kinds) == (scaler is Scaler.KEDA)
     assert ("PodDisruptionBudget" in kinds) == (ep.spec.scaling.effective_max_replicas > 1)
     deployment = next(child for child in children if child["kind"] == "Deployment")
     # never fight the autoscaler: replicas only when nothing else owns them
     assert ("replicas" in deployment["spec"]) == (scaler is Scaler.STATIC)
-    if scaling == "zero":
-        assert scaler in (Scaler.KEDA, Scaler.OPERATOR)
+    if scaling == "zero":  # the queue's scalers for async only; the demand gate as soon as calls come in
+        assert scaler is (Scaler.DEMAND if modes != ["async"] else Scaler.KEDA if keda else Scaler.OPERATOR)
     pod = deployment["spec"]["template"]["spec"]
     model, router = pod["containers"]
     limits = model["resources"]["limits"]
@@ -486,3 +485,13 @@ def test_without_s3_the_config_hash_is_the_endpoint_document_alone() -> None:
     document = build_children(ep, BuildContext(config=CONFIG))[0]["data"]["endpoint.yaml"]
     annotations = deployment_of(ep)["spec"]["template"]["metadata"]["annotations"]
     assert annotations[CONFIG_HASH_ANNOTATION] == content_hash(document)
+
+
+def test_a_sync_endpoint_at_min_zero_up_to_one_replica_gets_no_hpa_and_no_replicas() -> None:
+    """minReplicas 0 without maxReplicas: the demand gate alone moves 0 <-> 1 (an HPA of 1..1 would do nothing)."""
+    ep = endpoint(modes=["sync"], scaling={"minReplicas": 0, "scaleToZeroAfterSeconds": 60})
+    assert scaler_for(ep, keda=True) is Scaler.DEMAND
+    children = build_children(ep, BuildContext(config=CONFIG, keda=True))
+    kinds = [child["kind"] for child in children]
+    assert "HorizontalPodAutoscaler" not in kinds and "ScaledObject" not in kinds
+    assert "replicas" not in deployment_of(ep)["spec"]

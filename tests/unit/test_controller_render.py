@@ -76,6 +76,25 @@ def test_an_async_only_endpoint_without_keda_shows_the_operator_scaler(
     ]
 
 
+def test_a_sync_endpoint_at_zero_shows_the_demand_gate(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Who takes it off zero is no object either (the operator's demand gate), so the stream says so."""
+    manifest = tmp_path / "cold.yaml"
+    manifest.write_text(
+        "apiVersion: bundleserve.dev/v1alpha1\nkind: Endpoint\nmetadata: {name: cold}\n"
+        "spec: {modes: [sync], bundle: {image: reg/c:1, python: {entrypoint: 'c:run'}},"
+        " scaling: {minReplicas: 0, scaleToZeroAfterSeconds: 90}}\n"
+    )
+    assert cli_main(["render", str(manifest), "--namespace", "ml"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# ml/cold: scales from zero: the operator's demand gate patches Deployment replicas")
+    assert "back to 0 after 90s without calls\n" in out  # maxReplicas 1: no HPA above
+    kinds = [d["kind"] for d in yaml.safe_load_all(out)]
+    assert (
+        "HorizontalPodAutoscaler" not in kinds
+        and "replicas" not in next(d for d in yaml.safe_load_all(out) if d["kind"] == "Deployment")["spec"]
+    )
+
+
 def test_an_invalid_manifest_is_a_one_line_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     manifest = tmp_path / "bad.yaml"
     manifest.write_text(

@@ -37,6 +37,8 @@ EXTRAS: dict[str, dict[str, Any]] = {
     "async-block": {"async": {"callback": {"url": "https://h.example.com/x"}}},
     "ftp-callback": {"async": {"callback": {"url": "ftp://h.example.com/x"}}},
     "scale-to-zero": {"scaling": {"minReplicas": 0, "maxReplicas": 2}},
+    "zero-after": {"scaling": {"minReplicas": 0, "scaleToZeroAfterSeconds": 30}},
+    "zero-after-min-one": {"scaling": {"scaleToZeroAfterSeconds": 30}},
     "min-above-max": {"scaling": {"minReplicas": 3, "maxReplicas": 2}},
     "gpu-type-only": {"resources": {"gpuType": "l4"}},
     "gpu": {"resources": {"gpuType": "l4", "gpus": 1}},

@@ -343,17 +343,32 @@ class Resources(Model):
     """GPU model to schedule on (node label nvidia.com/gpu.product, e.g. NVIDIA-A10G). Empty: any GPU."""
 
 
+#: How long a sync or streaming endpoint at minReplicas 0 stays up without requests (Knative's default grace is 30 s;
+#: KEDA's cooldown 300 s: a cold start is seconds to minutes, so an endpoint is kept a few minutes after its last call).
+DEFAULT_SCALE_TO_ZERO_AFTER_SECONDS = 300
+
+
 class Scaling(Model):
     """Replica count and autoscaling (an HPA for sync/streaming endpoints, queue depth for async ones)."""
 
     min_replicas: Annotated[int, Field(ge=0, le=1000)] = 1
-    """Fewest replicas; 0 lets an async endpoint scale to zero while its queue is empty."""
+    """Fewest replicas; 0 lets the endpoint scale to zero: an async-only one while its queue is empty, one that serves
+    sync or streaming after scaleToZeroAfterSeconds without a request through the gateway (the gateway holds the next
+    request until a replica is ready)."""
     max_replicas: Annotated[int | None, Field(default=None, ge=1, le=1000)] = None
     """Most replicas; above minReplicas the endpoint is autoscaled. Empty: minReplicas (at least 1)."""
     target_concurrency: Annotated[int, Field(ge=1, le=1000)] = 4
     """In-flight requests (or queued tasks) per replica the autoscaler aims for."""
     scale_down_delay_seconds: Annotated[int, Field(ge=0, le=86400)] = 300
     """Seconds the load must stay low before replicas are removed (the scale-down stabilization window)."""
+    scale_to_zero_after_seconds: Annotated[int | None, Field(default=None, ge=10, le=86400)] = None
+    """With minReplicas 0 and the sync or streaming mode: seconds without a request held or in flight through the
+    gateway (and, with async, without a queued task) before the endpoint goes back to zero replicas. Empty: 300."""
+
+    @property
+    def idle_seconds_before_zero(self) -> int:
+        """scaleToZeroAfterSeconds in force (its default when unset)."""
+        return self.scale_to_zero_after_seconds or DEFAULT_SCALE_TO_ZERO_AFTER_SECONDS
 
     @property
     def effective_max_replicas(self) -> int:
@@ -491,6 +506,12 @@ class EndpointSpec(Model):
 
     def serves(self, mode: Mode) -> bool:
         return mode in self.modes
+
+    @property
+    def scales_from_zero(self) -> bool:
+        """minReplicas 0 with the sync or streaming mode: the gateway holds requests while a replica starts and the
+        operator's demand gate moves the Deployment between 0 and 1 (docs/operator.md, "Scale from zero")."""
+        return self.scaling.min_replicas == 0 and (self.serves(Mode.SYNC) or self.serves(Mode.STREAMING))
 
     @property
     def async_settings(self) -> AsyncSettings:

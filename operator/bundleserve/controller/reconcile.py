@@ -52,6 +52,8 @@ OPTIONAL_KINDS = (
     "PodDisruptionBudget",
     "ScaledObject",
 )
+#: The Ready message of a sync/streaming endpoint at zero replicas (docs/operator.md, "Scale from zero").
+ZERO_ON_DEMAND = "no replicas: the gateway holds the next call and a replica starts"
 #: Deleted before the desired children are applied: KEDA's admission webhook refuses a ScaledObject for a Deployment
 #: that an HPA still manages ("already managed by the hpa"), so switching an Endpoint to async must delete the HPA
 #: before the ScaledObject is created (and the other way round, KEDA removes its own HPA with the ScaledObject).
@@ -213,6 +215,14 @@ async def _reconcile_valid(
     url = service_url(endpoint.name, endpoint.namespace) if serves_http(endpoint) else None
     queue = await observe_queue(endpoint, read_backlog)
     try:
+        if endpoint.spec.scales_from_zero and not context.config.redis_url:
+            # the demand gate reads the gateways' demand in the queue's Redis: without it nothing would wake the
+            # endpoint and every call at zero would wait for its deadline
+            raise BuildError(
+                "ScaleFromZeroNotConfigured",
+                "minReplicas 0 with the sync or streaming mode needs the queue's Redis, where the gateway reports "
+                "demand: the operator has no BUNDLESERVE_REDIS_URL configured",
+            )
         # The Endpoint's own credentials first: the Deployment references them.
         context, own = await secrets.credentials(endpoint, context, kube, ensure_user)
         desired = own + build_children(endpoint, context)
@@ -240,6 +250,7 @@ async def _reconcile_valid(
             url=url,
             queue=queue,
             scale_to_zero=only.scale_to_zero,
+            zero_message=only.zero_message,
         )
     return Observed(generation=generation, url=url, queue=queue, variants=seen)
 
@@ -272,5 +283,7 @@ async def _observe_variant(
         weight=variant.weight,
         deployment=deployment,
         pods=pods,
-        scale_to_zero=scaler in (Scaler.KEDA, Scaler.OPERATOR) and endpoint.spec.scaling.min_replicas == 0,
+        scale_to_zero=scaler in (Scaler.KEDA, Scaler.OPERATOR, Scaler.DEMAND)
+        and endpoint.spec.scaling.min_replicas == 0,
+        zero_message=ZERO_ON_DEMAND if scaler is Scaler.DEMAND else VariantObservation.zero_message,
     )

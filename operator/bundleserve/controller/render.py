@@ -56,9 +56,18 @@ def dump_stream(manifests: list[Manifest], out: TextIO) -> None:
 def scaler_note(endpoint: Endpoint, context: BuildContext) -> str | None:
     """A YAML comment for an Endpoint whose scaler is no object: the operator's own queue-depth scaler (async-only
     without KEDA). Without it the rendered stream would show an autoscaled Endpoint with no autoscaler at all."""
-    if scaler_for(endpoint, context.keda) is not Scaler.OPERATOR:
-        return None
+    scaler = scaler_for(endpoint, context.keda)
     scaling = endpoint.spec.scaling
+    if scaler is Scaler.DEMAND:
+        return (
+            f"# {endpoint.namespace}/{endpoint.name}: scales from zero: the operator's demand gate patches Deployment"
+            f" replicas between 0 and the first replicas when the gateway holds calls, back to 0 after"
+            f" {scaling.idle_seconds_before_zero}s without calls"
+            + (f"; the HPA scales 1..{scaling.effective_max_replicas}" if scaling.effective_max_replicas > 1 else "")
+            + "\n"
+        )
+    if scaler is not Scaler.OPERATOR:
+        return None
     return (
         f"# {endpoint.namespace}/{endpoint.name}: scaled by the operator's built-in queue scaler (patches"
         f" Deployment replicas {scaling.min_replicas}..{scaling.effective_max_replicas}, one replica per"

@@ -26,8 +26,8 @@ from bundleserve.controller.kube import KubeClient, KubeError
 from bundleserve.controller.labels import deployment_name
 from bundleserve.controller.metrics import OperatorMetrics
 from bundleserve.controller.reconcile import BacklogReader, parse, reconcile
-from bundleserve.controller.scaler import ScaleMemory, decide
-from bundleserve.queue import keys
+from bundleserve.controller.scaler import ScaleMemory, decide, gate_replicas
+from bundleserve.queue import demand, keys
 from bundleserve.queue.acl import QueueUsers
 from bundleserve.queue.backlog import open_backlog_reader
 from bundleserve.queue.config import queue_ids
@@ -35,6 +35,12 @@ from bundleserve.queue.purge import purge_endpoint_queue
 
 log = logging.getLogger("bundleserve.operator")
 Key = tuple[str, str]
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _seconds(name: str, default: float) -> float:
@@ -55,6 +61,10 @@ class OperatorState:
     kube: KubeClient | None = None
     keda: bool = False
     read_backlog: BacklogReader | None = None
+    #: The demand gateways report for endpoints that scale from zero (queue/demand.py).
+    read_demand: Callable[[str], Awaitable[demand.Demand]] | None = None
+    #: Endpoints a wake message is being handled for (a burst of wakes makes one scale-up).
+    waking: set[Key] = field(default_factory=set)
     #: The master Redis connection that creates and deletes the Endpoints' own ACL users (controller/secrets.py).
     queue_users: QueueUsers | None = None
     #: The queue server's durability settings read with the master credential, passed to routers as env.
@@ -85,6 +95,12 @@ class OperatorState:
         if self.config.redis_url:
             self.read_backlog, close = await open_backlog_reader(self.config.redis_url)
             self.closers.append(close)
+            self.read_demand, close_demand = await demand.open_demand_reader(self.config.redis_url)
+            self.closers.append(close_demand)
+            listener = asyncio.create_task(
+                demand.listen_for_wakes(self.config.redis_url, self.wake), name="bundleserve-wake-listener"
+            )
+            self.closers.append(lambda: _cancel(listener))
             self.queue_users = QueueUsers(self.config.redis_url)
             self.closers.append(self.queue_users.close)
             try:
@@ -178,18 +194,22 @@ class OperatorState:
             endpoint = parse(dict(body))
         except ValidationError:
             return False
-        return any(scaler_for(v.endpoint, self.keda) is Scaler.OPERATOR for v in served_variants(endpoint))
+        own = (Scaler.OPERATOR, Scaler.DEMAND)
+        return any(scaler_for(v.endpoint, self.keda) in own for v in served_variants(endpoint))
 
-    async def scale(self, key: Key, body: Any) -> None:
-        """Each variant the operator scales (its own queue's backlog sizes its own Deployment)."""
+    async def scale(self, key: Key, body: Any, *, up_only: bool = False) -> None:
+        """One step of the operator's own scalers, for each variant they own: the queue-depth scaler (its own queue's
+        backlog sizes its own Deployment) or the demand gate (the endpoint's demand, which the gateway reports per
+        endpoint, wakes every variant). `up_only`: a wake message, which may arrive at any operator replica, never
+        scales down."""
         if self.read_backlog is None:
             return
         endpoint = parse(dict(body))
         for variant in served_variants(endpoint):
-            if scaler_for(variant.endpoint, self.keda) is Scaler.OPERATOR:
-                await self._scale_variant(key, variant)
+            if scaler_for(variant.endpoint, self.keda) in (Scaler.OPERATOR, Scaler.DEMAND):
+                await self._scale_variant(key, variant, up_only=up_only)
 
-    async def _scale_variant(self, key: Key, variant: ServedVariant) -> None:
+    async def _scale_variant(self, key: Key, variant: ServedVariant, *, up_only: bool) -> None:
         if self.read_backlog is None:
             return
         namespace, name = key
@@ -198,15 +218,47 @@ class OperatorState:
         if deployment is None:
             return
         current = int(deployment.get("spec", {}).get("replicas", 1))
-        pending, in_flight = await self.read_backlog(keys.queue_id(namespace, name, variant.child_variant))
-        memory = self.scale_memory.setdefault((namespace, target), ScaleMemory())
-        scaling = variant.endpoint.spec.scaling
-        wanted = decide(current, pending + in_flight, scaling, time.monotonic(), memory)
-        if wanted != current:
-            await self.client.merge_patch("Deployment", namespace, target, {"spec": {"replicas": wanted}})
-            self.metrics.api_writes.labels("patch", "Deployment").inc()
-            self.metrics.scaler_replicas.labels(namespace, target).set(wanted)
-            log.info("scaled %s/%s from %d to %d (backlog %d)", namespace, target, current, wanted, pending + in_flight)
+        spec = variant.endpoint.spec
+        backlog = 0
+        if spec.serves(Mode.ASYNC):
+            pending, in_flight = await self.read_backlog(keys.queue_id(namespace, name, variant.child_variant))
+            backlog = pending + in_flight
+        wanted: int | None
+        if scaler_for(variant.endpoint, self.keda) is Scaler.DEMAND:
+            if self.read_demand is None:
+                return
+            seen = await self.read_demand(keys.queue_id(namespace, name))  # the gateway's demand: per endpoint
+            wanted = gate_replicas(current, seen, backlog, spec.scaling)
+            woken = "woken; " if up_only else ""
+            why = f"{woken}demand: {'active' if seen.active else 'idle'}, {seen.held} held, backlog {backlog}"
+        else:
+            memory = self.scale_memory.setdefault((namespace, target), ScaleMemory())
+            wanted = decide(current, backlog, spec.scaling, time.monotonic(), memory)
+            why = f"backlog {backlog}"
+        if wanted is None or wanted == current or (up_only and wanted < current):
+            return
+        await self.client.merge_patch("Deployment", namespace, target, {"spec": {"replicas": wanted}})
+        self.metrics.api_writes.labels("patch", "Deployment").inc()
+        self.metrics.scaler_replicas.labels(namespace, target).set(wanted)
+        log.info("scaled %s/%s from %d to %d (%s)", namespace, target, current, wanted, why)
+
+    def wake(self, queue: str) -> None:
+        """A gateway began holding a call for the endpoint `queue`: scale it up now, not at the next tick."""
+        namespace, _, name = queue.partition("/")
+        key = (namespace, name)
+        if key in self.waking or self.kube is None:
+            return
+        self.waking.add(key)
+        task = asyncio.create_task(self._wake(key), name=f"bundleserve-wake-{namespace}-{name}")
+        task.add_done_callback(lambda _: self.waking.discard(key))
+
+    async def _wake(self, key: Key) -> None:
+        try:
+            body = await self.client.get("Endpoint", *key)
+            if body is not None and not body["metadata"].get("deletionTimestamp"):
+                await self.scale(key, body, up_only=True)
+        except Exception as error:  # API or Redis errors: the scaler's next tick retries; the listener must live on
+            log.warning("waking %s/%s failed: %s (the scaler's next tick retries)", key[0], key[1], error)
 
     # -- delete ---------------------------------------------------------------------------------------------------
 

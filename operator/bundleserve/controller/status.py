@@ -52,6 +52,8 @@ class VariantObservation:
     deployment: Manifest | None = None
     pods: list[Manifest] = field(default_factory=list)
     scale_to_zero: bool = False
+    #: As Observed.zero_message.
+    zero_message: str = "no replicas: the queue is empty; tasks are accepted"
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,9 @@ class Observed:
     queue: QueueObservation | None = None
     problem: Problem | None = None
     scale_to_zero: bool = False
+    #: With scale_to_zero: why zero replicas is a ready state (async: the queue accepts tasks; sync: the gateway holds
+    #: the next call while a replica starts).
+    zero_message: str = "no replicas: the queue is empty; tasks are accepted"
     variants: list[VariantObservation] = field(default_factory=list)
 
     def deployment_counts(self) -> tuple[int, int]:
@@ -156,6 +161,7 @@ def variant_conditions(observed: Observed) -> list[dict[str, Any]]:
                     deployment=variant.deployment,
                     pods=variant.pods,
                     scale_to_zero=variant.scale_to_zero,
+                    zero_message=variant.zero_message,
                 )
             ),
         )
@@ -209,7 +215,7 @@ def conditions_for(observed: Observed) -> list[dict[str, Any]]:
     progressing = rolling_out(deployment)
     counts = f"{ready}/{wanted} replicas ready"
     if wanted == 0 and observed.scale_to_zero:
-        ready_condition = _condition(READY, True, "ScaledToZero", "no replicas: the queue is empty; tasks are accepted")
+        ready_condition = _condition(READY, True, "ScaledToZero", observed.zero_message)
     elif ready >= 1:
         ready_condition = _condition(READY, True, "ReplicasAvailable", counts)
     elif trouble is not None:

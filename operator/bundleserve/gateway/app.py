@@ -13,10 +13,13 @@ client cannot tell the gateway's refusals from a router's. The gateway never imp
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from bundleserve.dialects.sagemaker import sigv4
 from bundleserve.edge.auth import ApiKeys, presented_key, require_key
 from bundleserve.edge.connections import ConnectionLimits
 from bundleserve.edge.errors import render_errors
+from bundleserve.gateway.activator import Activator, HoldSettings
 from bundleserve.gateway.docs import add_docs_routes
 from bundleserve.gateway.forwarding import EndpointCalls
 from bundleserve.gateway.openai_models import GatewayModels
@@ -80,6 +84,8 @@ class GatewayConfig:
     submit_checks: SubmitChecks = field(default_factory=SubmitChecks)
     #: Who may call the SageMaker dialect (SigV4 keys, unsigned access); None: from the environment, as routers.
     sagemaker_signing: sigv4.SigV4Config | None = None
+    #: How calls of endpoints at zero replicas are held while one starts (gateway.activator).
+    hold: HoldSettings = field(default_factory=HoldSettings)
     #: Keep-alive/head and body deadlines of the gateway's connections (edge.connections).
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     #: The public base URL (BUNDLESERVE_PUBLIC_URL; None: from each request's forwarding headers).
@@ -102,6 +108,8 @@ class Gateway:
         #: The pooled raw client to the routers, for the fast edge's hot paths (`gateway.fastpath`).
         self.pool = UpstreamPool()
         self.queues: EndpointQueues | None = None
+        #: Holds calls of endpoints at zero replicas; reports demand once the queues' Redis client exists.
+        self.activator = Activator(registry, config.hold, None)
         #: False until the registry's source has delivered its first complete listing (cluster watch).
         self.synced = True
         self._store: ResultStore | None = None
@@ -122,8 +130,8 @@ class Gateway:
         """API key (unless a dialect verified its own credential: `authenticated`, whose namespaces are `scope`,
         None: cluster-wide), then name (an endpoint outside the credential's namespaces answers as an unknown name,
         before its modes are looked at) and mode; `name=None` (a route addressed by task id only) checks the key alone. Readiness is the router's to judge: a request to
-        an endpoint without a ready replica gets the router's (or the proxy's) 503, and async submissions never
-        depend on it. The dialects' forwarding mounts call this same method (it satisfies their gate Protocols)."""
+        an endpoint without a ready replica gets the router's (or the proxy's) 503 (unless the endpoint scales from
+        zero: then the activator holds it before forwarding), and async submissions never depend on it. The dialects' forwarding mounts call this same method (it satisfies their gate Protocols)."""
         if not authenticated:
             require_key(self.keys, authorization)
             scope = self.scope(authorization)
@@ -184,18 +192,24 @@ class Gateway:
         requested_variant: str | None = None,
     ) -> web.StreamResponse:
         """Proxy to the routers of one of the entry's variants (`requested_variant`, else a weighted pick) with the
-        gateway's credential for that endpoint in place of the client's; the answer names the variant."""
+        gateway's credential for that endpoint in place of the client's; the answer names the variant. An endpoint at
+        zero replicas holds the call in the activator first."""
         key = request_key(request.headers)
         target, variant = self.variant_entry(entry, requested_variant, key)
-        return await forward(
-            request,
-            target,
-            self.upstream(),
-            read_body=read_body,
-            authorization=self.upstream_authorization(entry),
-            replace_authorization=True,
-            reply_headers={VARIANT_HEADER: variant},
-        )
+        async with self.activator.admitted(target):
+            return await forward(
+                request,
+                target,
+                self.upstream(),
+                read_body=read_body,
+                authorization=self.upstream_authorization(entry),
+                replace_authorization=True,
+                reply_headers={VARIANT_HEADER: variant},
+            )
+
+    def admit(self, entry: EndpointEntry, request_timeout: float | None) -> AbstractAsyncContextManager[EndpointEntry]:
+        """The activator's hook for a dialect that hands parsed calls on itself (`gateway.forwarding.RouterHop`)."""
+        return self.activator.admitted(entry, request_timeout=request_timeout)
 
     def require_queues(self) -> EndpointQueues:
         if self.queues is None:
@@ -263,27 +277,46 @@ class Gateway:
 
     async def submit(self, request: web.Request) -> web.Response:
         entry = self.gate_name(request, Mode.ASYNC)  # accepted at zero replicas: queued tasks wait for a worker
-        queues = self.require_queues()
+        self.require_queues()
         body = await read_capped(request, entry.max_payload_bytes)
+        answer = await self.submitted(
+            entry, body, request.headers.get(IDEMPOTENCY_HEADER), request.headers.get(VARIANT_HEADER)
+        )
+        return web.Response(status=202, body=answer, content_type=_JSON)
+
+    async def submitted(
+        self, entry: EndpointEntry, body: bytes, idempotency: str | None, variant: str | None = None
+    ) -> bytes:
+        """A native async submission (gate passed, body read) queued, to the named variant's queue or one picked by
+        weight; the 202's body. Both edges call this."""
         task_id = await submit_native(
-            queues.backend(entry, self.draw, request.headers.get(VARIANT_HEADER)),
+            self.require_queues().backend(entry, self.draw, variant),
             body,
             kwargs_only=entry.endpoint.spec.bundle.is_python,
-            idempotency=request.headers.get(IDEMPOTENCY_HEADER),
+            idempotency=idempotency,
         )
-        return web.Response(status=202, body=accepted_body(task_id), content_type=_JSON)
+        return accepted_body(task_id)
 
     async def task_status(self, request: web.Request) -> web.Response:
         """Found among the endpoints the caller's key reaches; that endpoint's service long-polls its `done` channel."""
         self.gate(None, request.headers.get("Authorization"), None)
-        task_id = request.match_info["task_id"]
-        found = await self.task_owner().locate(task_id, wait_seconds=parse_wait(request.query.get("wait")))
+        answer = await self.status_document(
+            request.match_info["task_id"], request.query.get("wait"), request.headers, request.scheme
+        )
+        return web.Response(body=answer, content_type=_JSON)
+
+    async def status_document(
+        self, task_id: str, wait: str | None, headers: Mapping[str, str], scheme: str = "http"
+    ) -> bytes:
+        """The status document of a task the current credential reaches (`gate` ran in this context); NotFound for
+        any other. Both edges call this."""
+        found = await self.task_owner().locate(task_id, wait_seconds=parse_wait(wait))
         if found is None:
             raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
         record, variant = found
         # an absolute result_url, as routers make it
-        public_url = public_base_url(request.headers, scheme=request.scheme, configured=self.config.public_url)
-        return web.Response(body=task_body(record, public_url, variant=variant), content_type=_JSON)
+        public_url = public_base_url(headers, scheme=scheme, configured=self.config.public_url)
+        return task_body(record, public_url, variant=variant)
 
     async def task_result(self, request: web.Request) -> web.Response:
         """Only a task of an endpoint the caller's key reaches (as the status route): a task id is no credential."""
@@ -512,9 +545,14 @@ def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Applicat
                     checks=config.submit_checks,
                     limits=config.queue_limits,
                 )
+                gateway.activator.redis = gateway.queues.redis
+            reporter = asyncio.create_task(gateway.activator.report_forever(), name="bundleserve-demand-reports")
             try:
                 yield
             finally:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
                 gateway.pool.close()
                 if gateway.queues is not None:
                     await gateway.queues.close()

@@ -6,8 +6,9 @@ The token is re-read on every (re)connect because kubelet rotates projected toke
 registry is replaced whole, so an Endpoint deleted while we were disconnected disappears), then watches from the
 list's resourceVersion; a 410 Gone or any failure ends the watch and the loop lists again after a short backoff.
 
-What an entry holds: the spec's modes, the router address (the Service's conventional URL, never `status.url`) and
-readiness from the `Ready` condition.
+What an entry holds: the spec's modes, the router address (the Service's conventional URL, never `status.url`),
+readiness from the `Ready` condition and the ready replicas from `status.readyReplicas` (the activator holds calls of
+an endpoint at zero until that count is above 0).
 """
 
 from __future__ import annotations
@@ -101,7 +102,10 @@ def build_entry(obj: dict[str, Any]) -> EndpointEntry | None:
         )
         for variant in endpoint.spec.variants
     )
-    return EndpointEntry(endpoint=endpoint, router_url=router_url, ready=ready, variants=variants)
+    ready_replicas = status.ready_replicas if status is not None else 0
+    return EndpointEntry(
+        endpoint=endpoint, router_url=router_url, ready=ready, ready_replicas=ready_replicas, variants=variants
+    )
 
 
 def apply_event(registry: Registry, event: dict[str, Any]) -> str | None:

@@ -4,7 +4,8 @@ The dialect's routes (`dialects.openai.routes`) are the router's own; only where
 checks the API key before reading the body, reads it under the largest limit of the endpoints that serve the API,
 resolves `model` in its registry (404 model_not_found for an unknown name or an endpoint without the capability),
 checks that endpoint's own limit, and hands the parsed call to the endpoint's router in one hop (`RouterHop`).
-Readiness stays the router's to judge: no ready replica is a 503 from the hop.
+Readiness stays the router's to judge: no ready replica is a 503 from the hop (an endpoint that scales from zero waits
+in the activator first: `Gateway.admit`).
 """
 
 from __future__ import annotations
@@ -56,5 +57,5 @@ class GatewayModels:
         if body_bytes > entry.max_payload_bytes:
             raise too_large(body_bytes, entry.max_payload_bytes)
         target, _ = gateway.variant_entry(entry, None)  # a weighted pick among the endpoint's variants
-        hop = RouterHop(gateway.upstream(), target, gateway.upstream_authorization(entry))
+        hop = RouterHop(gateway.pool, target, gateway.upstream_authorization(entry), gateway.admit)
         return Target(model, settings, hop, entry.max_payload_bytes)

@@ -32,6 +32,9 @@ class EndpointEntry:
     #: variants: the Service in front of every variant's pods; the gateway sends to `variants` instead).
     router_url: str
     ready: bool = False
+    #: Ready replicas as the Endpoint's status counts them (cluster); None where replicas are not counted (local mode,
+    #: where `ready` is the router's own answer).
+    ready_replicas: int | None = None
     #: The declared production variants (spec.variants); empty: one implicit variant at `router_url`.
     variants: tuple[VariantRoute, ...] = ()
 
@@ -58,6 +61,12 @@ class EndpointEntry:
 
     def serves(self, mode: Mode) -> bool:
         return self.endpoint.spec.serves(mode)
+
+    @property
+    def at_zero(self) -> bool:
+        """Known to have no ready replica: a call would find no router (the activator holds calls of endpoints that
+        scale from zero until this turns false)."""
+        return self.ready_replicas is not None and self.ready_replicas == 0
 
     def describe(self) -> dict[str, object]:
         """The public shape of `GET /v1/endpoints/{name}` (the SDK relies on name, modes, ready), with the declared

@@ -30,6 +30,7 @@ from bundleserve.edge.config import (
     read_url_policy,
 )
 from bundleserve.edge.connections import ConnectionLimits, limits_from_env
+from bundleserve.gateway.activator import settings_from_env as hold_settings_from_env
 from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
 from bundleserve.gateway.fastpath import GatewayEdge
 from bundleserve.gateway.kube import EndpointWatch, KubeAccess, KubeConfigError
@@ -47,12 +48,14 @@ def config_from_env(redis_url: str | None, env: dict[str, str]) -> GatewayConfig
     try:
         connections = limits_from_env(env)
         queue_limits = QueueLimits.from_env(env)
+        hold = hold_settings_from_env(env)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return GatewayConfig(
         connections=connections,
         queue_limits=queue_limits,
         public_url=read_public_url(env),
+        hold=hold,
         submit_checks=SubmitChecks(
             url_schemes=parse_url_schemes(env.get("BUNDLESERVE_URL_SCHEMES")),
             destinations=read_url_policy(env),

@@ -34,6 +34,7 @@ from bundleserve.dialects.base import read_public_url
 from bundleserve.dialects.sagemaker import sigv4
 from bundleserve.edge.config import read_url_policy
 from bundleserve.edge.connections import limits_from_env
+from bundleserve.gateway.activator import HoldSettings
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.readiness import poll_readiness
 from bundleserve.gateway.registry import EndpointEntry, Registry, VariantRoute
@@ -182,6 +183,8 @@ class LocalRun:
             results_url=os.environ.get("BUNDLESERVE_RESULTS_URL") or None,
             submit_checks=checks,
             sagemaker_signing=sigv4.config_from_env(local_gateway_sagemaker_env(os.environ)),
+            # one process per endpoint, started with the others whatever minReplicas says: nothing to hold or wake
+            hold=HoldSettings(enabled=False),
         )
         self.front = Front(build_gateway_app(registry, config), config.connections)
         await self.front.start(sock=sock)

@@ -12,6 +12,10 @@ Per endpoint, keyed by its queue id `<namespace>/<name>` (see `queue_id`; DNS la
 - `bundleserve:{<namespace>/<name>}:task:<task_id>` per task: a hash (the task record), with a TTL
 - `bundleserve:{<namespace>/<name>}:bytes` the bytes the endpoint's live task records hold (the byte quota's counter)
 - `bundleserve:{<namespace>/<name>}:idem:<sha256>` one client call's task id, by a digest of its idempotency key
+- `bundleserve:{<namespace>/<name>}:demand` a gateway's recent sync/streaming traffic to an endpoint that scales from
+  zero: exists while calls were held or in flight within `scaleToZeroAfterSeconds` (its TTL); the value is how many
+  calls that gateway holds for a replica (queue/demand.py)
+- `bundleserve:{<namespace>/<name>}:wake`  pub/sub channel: a gateway began holding a call (the operator scales up now)
 Every key and channel of an endpoint starts with `bundleserve:{<namespace>/<name>}:` (`endpoint_prefix`): that is what
 the endpoint's own Redis ACL user may touch and nothing else (docs/security.md). The hash tag also puts all of them in
 one cluster slot. A task id alone does not say where its record is: readers by id probe the endpoints the caller may
@@ -60,6 +64,27 @@ def callback_outbox(queue: str) -> str:
 def endpoint_prefix(queue: str) -> str:
     """Every key and channel of the queue starts with this (the ACL key and channel pattern is this plus `*`)."""
     return f"{PREFIX}:{{{queue}}}:"
+
+
+def demand(queue: str) -> str:
+    return f"{endpoint_prefix(queue)}demand"
+
+
+def wake_channel(queue: str) -> str:
+    return f"{endpoint_prefix(queue)}wake"
+
+
+#: PSUBSCRIBE pattern of every endpoint's wake channel (braces are literal in Redis glob patterns).
+WAKE_PATTERN = f"{PREFIX}:{{*}}:wake"
+
+
+def queue_of_wake_channel(channel: str) -> str | None:
+    """The queue id a wake channel belongs to; None for any other name."""
+    head, tail = f"{PREFIX}:{{", "}:wake"
+    if not (channel.startswith(head) and channel.endswith(tail)):
+        return None
+    queue = channel[len(head) : -len(tail)]
+    return queue if queue.count("/") == 1 and "{" not in queue and "}" not in queue else None
 
 
 def variant_prefix(queue: str) -> str:

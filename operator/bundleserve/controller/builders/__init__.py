@@ -43,7 +43,8 @@ def build_children(endpoint: Endpoint, context: BuildContext) -> list[Manifest]:
     for v in variants:
         children.append(build_deployment(v.endpoint, context, v.child_variant))
         scaler = scaler_for(v.endpoint, context.keda)
-        if scaler is Scaler.HPA:
+        above_zero = scaler is Scaler.DEMAND and v.endpoint.spec.scaling.effective_max_replicas > 1
+        if scaler is Scaler.HPA or above_zero:  # the demand gate owns 0 <-> 1, an HPA above
             children.append(build_hpa(v.endpoint, context, v.child_variant))
         elif scaler is Scaler.KEDA:
             children.append(build_scaled_object(v.endpoint, context, v.child_variant))

@@ -34,6 +34,9 @@ class Scaler(StrEnum):
     HPA = "hpa"  # a HorizontalPodAutoscaler (sync/streaming traffic)
     KEDA = "keda"  # a KEDA ScaledObject (async queue, plus CPU for mixed endpoints)
     OPERATOR = "operator"  # the operator's own queue-depth scaler (async-only endpoints without KEDA)
+    #: sync/streaming with minReplicas 0: the operator's demand gate moves 0 <-> first replicas (the gateway holds
+    #: calls meanwhile), an HPA scales above that when maxReplicas > 1 (KEDA or not: its triggers cannot see calls)
+    DEMAND = "demand"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ def scaler_for(endpoint: Endpoint, keda: bool) -> Scaler:
     spec = endpoint.spec
     if not spec.scaling.autoscaled:
         return Scaler.STATIC
+    if spec.scales_from_zero:
+        return Scaler.DEMAND
     if spec.serves(Mode.ASYNC) and keda:
         return Scaler.KEDA
     if list(spec.modes) == [Mode.ASYNC]:
