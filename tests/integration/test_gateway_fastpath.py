@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bundleserve.api.endpoint import IMPLICIT_VARIANT
+from bundleserve.api.credentials import KeysFile
 from bundleserve.edge.connections import ConnectionLimits
 from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
 from bundleserve.gateway.fastpath import GatewayConnection, GatewayEdge, _Request
@@ -21,6 +22,7 @@ from bundleserve.gateway.registry import Registry
 from bundleserve.gateway.server import Front
 from bundleserve.gateway.upstream import UpstreamPool
 from tests.integration.test_gateway import backend, entry_for  # noqa: F401 - the module's real router and model
+from tests.integration.test_router_fake_model import write_endpoint
 from tests.support.processes import free_port
 
 
@@ -133,8 +135,9 @@ def test_the_router_gets_the_request_with_this_hops_headers(backend: dict[str, A
         (b"idempotency-key", b"k-1"),
         (b"content-length", b"2"),
     ]
-    request = _Request(entry, b"/v1/endpoints/fake/predict", headers, 2, True, IMPLICIT_VARIANT, entry.router_url)
-    address, head = connection._upstream_head(request)
+    address, head = connection._upstream_head(
+        _Request(entry, b"/v1/endpoints/fake/predict", headers, 2, True, router_url=entry.router_url)
+    )
     lines = head.decode().split("\r\n")
     assert lines[0] == "POST /v1/endpoints/fake/predict HTTP/1.1" and head.endswith(b"\r\n\r\n")
     fields = [tuple(line.split(": ", 1)) for line in lines[1:] if line]
@@ -149,3 +152,47 @@ def test_the_router_gets_the_request_with_this_hops_headers(backend: dict[str, A
     assert (found["x-forwarded-proto"], found["x-forwarded-host"]) == ("https", "models.example.com")
     assert (found["idempotency-key"], found["content-length"]) == ("k-1", "2")
     assert names.count("content-length") == 1 and names.count("authorization") == 1
+
+
+async def test_a_task_is_visible_to_the_keys_of_its_namespace_only_also_on_one_shared_connection(
+    backend: dict[str, Any],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Submit and status on the fast edge: the status lookup sees exactly the namespaces of the key of its own
+    request, also when requests of different keys share one connection and one moves it to aiohttp midway (the
+    scope the gate records must not leak from one request's context into another's)."""
+    master = KeysFile.parse("k-default default\nk-other other\n")
+    endpoint_file = write_endpoint(tmp_path, name="queued", modes=("async",))  # no router: the task stays PENDING
+    registry = Registry([entry_for(endpoint_file, f"http://127.0.0.1:{free_port()}")])
+    config = GatewayConfig(redis_url=backend["valkey"].url, results_dir=tmp_path / "results", keys_file=master)
+    server = Front(build_gateway_app(registry, config), ConnectionLimits())
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    def status(task_id: str, key: str) -> bytes:
+        return f"GET /v1/tasks/{task_id} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+
+    try:
+        body = b'{"args": {"n": 1}}'
+        writer.write(
+            b"POST /v1/endpoints/queued/async HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer k-default\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        code, _, answer = await read_answer(reader)
+        assert code == 202, answer
+        task_id = json.loads(answer)["task_id"]
+        writer.write(status(task_id, "k-default"))
+        code, _, answer = await read_answer(reader)
+        assert (code, json.loads(answer)["status"]) == (200, "PENDING")
+        writer.write(status(task_id, "k-other"))
+        assert (await read_answer(reader))[0] == 404  # another namespace's key: as an unknown task
+        writer.write(b"GET /v1/endpoints HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer k-default\r\n\r\n")
+        assert (await read_answer(reader))[0] == 200  # handed over to aiohttp
+        writer.write(f"GET /v1/tasks/{task_id}/result HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
+        assert (await read_answer(reader))[0] == 401  # no key, no scope: nothing carried over from before
+        writer.write(status(task_id, "k-other"))
+        assert (await read_answer(reader))[0] == 404
+    finally:
+        writer.close()
+        await server.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from bundleserve.api.manifest import load_endpoints
 from bundleserve.gateway import proxy
 from bundleserve.gateway.forwarding import RouterHop
 from bundleserve.gateway.registry import EndpointEntry
+from bundleserve.gateway.upstream import UpstreamPool
 
 
 @dataclass
@@ -71,17 +73,17 @@ async def dropping() -> AsyncIterator[Dropping]:
         yield server
 
 
-def _hop(session: aiohttp.ClientSession, port: int, directory: Path) -> RouterHop:
+def _hop(pool: UpstreamPool, port: int, directory: Path) -> RouterHop:
     manifest = directory / "e.yaml"
     spec = {"modes": ["sync"], "localOnly": True, "bundle": {"python": {"entrypoint": "m:f"}}}
     document = {"apiVersion": "bundleserve.dev/v1alpha1", "kind": "Endpoint", "metadata": {"name": "e"}, "spec": spec}
     manifest.write_text(yaml.safe_dump(document))
     [(_, endpoint)] = load_endpoints([manifest])
-    return RouterHop(session, EndpointEntry(endpoint, f"http://127.0.0.1:{port}"), None)
+    return RouterHop(pool, EndpointEntry(endpoint, f"http://127.0.0.1:{port}"), None)
 
 
 async def test_a_call_whose_router_answered_nothing_is_sent_again(dropping: Dropping, tmp_path: Path) -> None:
-    async with aiohttp.ClientSession() as session:
+    with closing(UpstreamPool()) as session:
         reply = await _hop(session, dropping.port, tmp_path).predict(Invocation(body=b'{"n": 1}'))
     assert json.loads(reply.body) == {"n": 1}
     assert dropping.requests == 3  # two unanswered, the third answered
@@ -91,7 +93,7 @@ async def test_a_call_a_draining_router_refused_is_sent_again(dropping: Dropping
     """Found by the rolling update on the real node: a stopping replica still gets connections from the Service and
     refuses them with 503 ("shutting down; retry on another replica"); its model never saw the call."""
     dropping.refuse = True
-    async with aiohttp.ClientSession() as session:
+    with closing(UpstreamPool()) as session:
         reply = await _hop(session, dropping.port, tmp_path).predict(Invocation(body=b'{"n": 4}'))
     assert json.loads(reply.body) == {"n": 4}
     assert dropping.requests == 3  # two refused, the third answered
@@ -99,18 +101,16 @@ async def test_a_call_a_draining_router_refused_is_sent_again(dropping: Dropping
 
 async def test_the_attempts_are_bounded(dropping: Dropping, tmp_path: Path) -> None:
     dropping.drop = 100
-    async with aiohttp.ClientSession() as session:
-        with pytest.raises(Unavailable):
-            await _hop(session, dropping.port, tmp_path).predict(Invocation(body=b'{"n": 2}'))
+    with closing(UpstreamPool()) as session, pytest.raises(Unavailable):
+        await _hop(session, dropping.port, tmp_path).predict(Invocation(body=b'{"n": 2}'))
     assert dropping.requests == len(proxy.RETRY_DELAYS) + 1
 
 
 async def test_refusals_are_resent_a_few_times_only(dropping: Dropping, tmp_path: Path) -> None:
     """An endpoint whose routers all refuse (none ready) is answered within about two seconds, not the whole window."""
     dropping.refuse, dropping.drop = True, 100
-    async with aiohttp.ClientSession() as session:
-        with pytest.raises(Unavailable):
-            await _hop(session, dropping.port, tmp_path).predict(Invocation(body=b'{"n": 5}'))
+    with closing(UpstreamPool()) as session, pytest.raises(Unavailable):
+        await _hop(session, dropping.port, tmp_path).predict(Invocation(body=b'{"n": 5}'))
     assert dropping.requests == proxy.REFUSED_ATTEMPTS + 1
 
 

@@ -10,7 +10,6 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 import yaml
 from aiohttp import web
@@ -21,6 +20,7 @@ from bundleserve.api.manifest import load_endpoints
 from bundleserve.edge import hop as wire
 from bundleserve.gateway.forwarding import RouterHop
 from bundleserve.gateway.registry import EndpointEntry
+from bundleserve.gateway.upstream import UpstreamPool
 
 
 class Router:
@@ -83,8 +83,11 @@ async def hop(tmp_path: Path) -> AsyncIterator[tuple[RouterHop, Router]]:
     document = {"apiVersion": "bundleserve.dev/v1alpha1", "kind": "Endpoint", "metadata": {"name": "e"}, "spec": spec}
     manifest.write_text(yaml.safe_dump(document))
     [(_, endpoint)] = load_endpoints([manifest])
-    async with aiohttp.ClientSession() as session:
-        yield RouterHop(session, EndpointEntry(endpoint, f"http://127.0.0.1:{port}"), "Bearer k"), router
+    pool = UpstreamPool()
+    try:
+        yield RouterHop(pool, EndpointEntry(endpoint, f"http://127.0.0.1:{port}"), "Bearer k"), router
+    finally:
+        pool.close()
     await runner.cleanup()
 
 

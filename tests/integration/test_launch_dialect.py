@@ -39,6 +39,7 @@ from bundleserve.api.manifest import load_endpoints
 from bundleserve.dialects.launch.routes import add_routes
 from bundleserve.gateway.forwarding import RouterHop
 from bundleserve.gateway.registry import EndpointEntry
+from bundleserve.gateway.upstream import UpstreamPool
 from tests.integration.test_router_fake_model import start_router
 from tests.support.processes import REPO, Server, bundleserve, free_port, http_ok
 from tests.support.valkey import Valkey
@@ -568,8 +569,8 @@ class _HopCalls(_NamesGate):
     """One endpoint's backend as the gateway builds it: this gate, then the parsed call over the internal hop
     (`RouterHop`, the gateway's own client) to the endpoint's real router, with the caller's credential."""
 
-    def __init__(self, session: aiohttp.ClientSession, entry: EndpointEntry) -> None:
-        self.session = session
+    def __init__(self, pool: UpstreamPool, entry: EndpointEntry) -> None:
+        self.pool = pool
         self.entry = entry
         self.authorization: str | None = None
 
@@ -580,7 +581,7 @@ class _HopCalls(_NamesGate):
         self.authorization = authorization
 
     def _hop(self) -> RouterHop:
-        return RouterHop(self.session, self.entry, self.authorization)
+        return RouterHop(self.pool, self.entry, self.authorization)
 
     async def predict(self, inv: Invocation) -> ModelReply:
         return await self._hop().predict(inv)
@@ -591,7 +592,7 @@ class _HopCalls(_NamesGate):
 
 @pytest.fixture
 async def forwarding_front(launch_target: LaunchTarget, tmp_path: Path) -> AsyncIterator[str]:
-    session = aiohttp.ClientSession()
+    session = UpstreamPool()
 
     def calls(name: str) -> _HopCalls:
         _NamesGate().gate(name, None, Mode.ASYNC)  # an unknown name: NotFound, before anything else
@@ -608,7 +609,7 @@ async def forwarding_front(launch_target: LaunchTarget, tmp_path: Path) -> Async
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
-        await session.close()
+        session.close()
 
 
 async def test_forwarding_mount(

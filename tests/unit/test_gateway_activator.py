@@ -187,17 +187,17 @@ async def _true(value: bool) -> bool:
 
 async def test_the_openai_hop_waits_in_the_activator_before_it_sends_anything() -> None:
     """RouterHop (the OpenAI dialect's parsed calls) passes the activator with the call's own timeout: a call held past
-    it is the 504, and nothing was sent (the session is closed: any request would fail differently)."""
-    import aiohttp
-
+    it is the 504, and nothing was sent (the pool is closed and its router address unreachable: any request would
+    fail differently)."""
     from bundleserve.api.invocation import Invocation
     from bundleserve.gateway.forwarding import RouterHop
+    from bundleserve.gateway.upstream import UpstreamPool
 
     cold = entry()
     gate, _ = activator(cold)
-    session = aiohttp.ClientSession()
-    await session.close()
-    hop = RouterHop(session, cold, None, lambda e, t: gate.admitted(e, request_timeout=t))
+    pool = UpstreamPool()
+    pool.close()
+    hop = RouterHop(pool, cold, None, lambda e, t: gate.admitted(e, request_timeout=t))
     call = Invocation(body=b'{"prompt": "hi"}', timeout_seconds=0.05)
     with pytest.raises(Timeout):
         await hop.predict(call)

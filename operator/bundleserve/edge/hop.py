@@ -38,6 +38,7 @@ PREDICT_PATH = "/internal/v1/endpoints/{name}/invoke"
 STREAM_PATH = "/internal/v1/endpoints/{name}/invoke-stream"
 #: The fields of an invocation besides its body and content type (absent: every one at its default).
 INVOCATION_HEADER = "X-Bundleserve-Invocation"
+INVOCATION_HEADER_RAW = INVOCATION_HEADER.lower().encode()  # as a fast edge's raw header table keys it
 STREAM_CONTENT_TYPE = "application/vnd.bundleserve.hop-stream"
 #: On a refusal: the error's class when the native code alone does not name it (a ModelNotReady is `unavailable`
 #: in the native shape, but the SageMaker dialect answers it differently).

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import email.utils
+import http
 import time
 
 from bundleserve.edge.errors import Answer
@@ -13,6 +14,7 @@ REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Fou
 REASONS |= {408: b"Request Timeout"}
 REASONS |= {424: b"Failed Dependency", 429: b"Too Many Requests", 503: b"Service Unavailable"}
 REASONS |= {500: b"Internal Server Error", 504: b"Gateway Timeout"}
+REASONS |= {status.value: status.phrase.encode() for status in http.HTTPStatus if status.value not in REASONS}
 
 
 class Date:

@@ -18,7 +18,7 @@ import contextlib
 import contextvars
 import dataclasses
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,27 +277,46 @@ class Gateway:
 
     async def submit(self, request: web.Request) -> web.Response:
         entry = self.gate_name(request, Mode.ASYNC)  # accepted at zero replicas: queued tasks wait for a worker
-        queues = self.require_queues()
+        self.require_queues()
         body = await read_capped(request, entry.max_payload_bytes)
+        answer = await self.submitted(
+            entry, body, request.headers.get(IDEMPOTENCY_HEADER), request.headers.get(VARIANT_HEADER)
+        )
+        return web.Response(status=202, body=answer, content_type=_JSON)
+
+    async def submitted(
+        self, entry: EndpointEntry, body: bytes, idempotency: str | None, variant: str | None = None
+    ) -> bytes:
+        """A native async submission (gate passed, body read) queued, to the named variant's queue or one picked by
+        weight; the 202's body. Both edges call this."""
         task_id = await submit_native(
-            queues.backend(entry, self.draw, request.headers.get(VARIANT_HEADER)),
+            self.require_queues().backend(entry, self.draw, variant),
             body,
             kwargs_only=entry.endpoint.spec.bundle.is_python,
-            idempotency=request.headers.get(IDEMPOTENCY_HEADER),
+            idempotency=idempotency,
         )
-        return web.Response(status=202, body=accepted_body(task_id), content_type=_JSON)
+        return accepted_body(task_id)
 
     async def task_status(self, request: web.Request) -> web.Response:
         """Found among the endpoints the caller's key reaches; that endpoint's service long-polls its `done` channel."""
         self.gate(None, request.headers.get("Authorization"), None)
-        task_id = request.match_info["task_id"]
-        found = await self.task_owner().locate(task_id, wait_seconds=parse_wait(request.query.get("wait")))
+        answer = await self.status_document(
+            request.match_info["task_id"], request.query.get("wait"), request.headers, request.scheme
+        )
+        return web.Response(body=answer, content_type=_JSON)
+
+    async def status_document(
+        self, task_id: str, wait: str | None, headers: Mapping[str, str], scheme: str = "http"
+    ) -> bytes:
+        """The status document of a task the current credential reaches (`gate` ran in this context); NotFound for
+        any other. Both edges call this."""
+        found = await self.task_owner().locate(task_id, wait_seconds=parse_wait(wait))
         if found is None:
             raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
         record, variant = found
         # an absolute result_url, as routers make it
-        public_url = public_base_url(request.headers, scheme=request.scheme, configured=self.config.public_url)
-        return web.Response(body=task_body(record, public_url, variant=variant), content_type=_JSON)
+        public_url = public_base_url(headers, scheme=scheme, configured=self.config.public_url)
+        return task_body(record, public_url, variant=variant)
 
     async def task_result(self, request: web.Request) -> web.Response:
         """Only a task of an endpoint the caller's key reaches (as the status route): a task id is no credential."""

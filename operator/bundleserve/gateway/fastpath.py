@@ -1,4 +1,8 @@
-"""The gateway's fast edge: `POST /v1/endpoints/{name}/predict|stream` proxied on a plain asyncio protocol.
+"""The gateway's fast edge: its hot paths on a plain asyncio protocol.
+
+`POST /v1/endpoints/{name}/predict|stream` are proxied to the endpoint's router; `POST /v1/endpoints/{name}/async`
+queues the task and `GET /v1/tasks/{id}[?wait=S]` answers its status, both through the gateway's own methods
+(`Gateway.submitted`, `Gateway.status_document`), which its aiohttp routes call too.
 
 The same idea as the router's fast edge (`router.fastpath`): aiohttp's per-request machinery and its client cost more
 than a proxy hop may, so the listening socket speaks HTTP/1.1 itself for the hot routes and hands the connection over
@@ -35,10 +39,11 @@ from urllib.parse import urlsplit
 import httptools
 from aiohttp import web
 
-from bundleserve.api.endpoint import IMPLICIT_VARIANT, Mode
+from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, RequestTimeout, Unavailable
 from bundleserve.api.invocation import IDEMPOTENCY_HEADER, SDK_INVOCATION_ID_HEADER
 from bundleserve.api.variants import VARIANT_HEADER
+from bundleserve.edge.errors import Answer as EdgeAnswer
 from bundleserve.edge.errors import error_answer
 from bundleserve.edge.http1 import Date, render
 from bundleserve.gateway.proxy import BUFFER_BYTES, HOP_BY_HOP
@@ -50,9 +55,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_PREFIX = b"POST /v1/endpoints/"
-_TARGET = re.compile(rb"POST (/v1/endpoints/([A-Za-z0-9][A-Za-z0-9.-]{0,252})/(predict|stream)) HTTP/1\.1\r\n")
-_MODES = {b"predict": Mode.SYNC, b"stream": Mode.STREAMING}
+_PREFIXES = (b"POST /v1/endpoints/", b"GET /v1/tasks/")
+_TARGET = re.compile(
+    rb"POST (/v1/endpoints/([A-Za-z0-9][A-Za-z0-9.-]{0,252})/(predict|stream|async)) HTTP/1\.1\r\n"
+    rb"|GET /v1/tasks/([A-Za-z0-9_-]{1,128})(?:\?wait=([0-9.]{1,16}))? HTTP/1\.1\r\n"
+)
+_MODES = {b"predict": Mode.SYNC, b"stream": Mode.STREAMING, b"async": Mode.ASYNC}
+_JSON = "application/json"
 _MAX_HEAD = 65536
 _LINGER_SECONDS = 5.0
 _HOP = frozenset(name.encode() for name in HOP_BY_HOP) | {b"authorization"}
@@ -72,15 +81,20 @@ _CHUNKED_END = b"0\r\n\r\n"
 class _Request:
     """One request taken by the fast edge, its head parsed and its body counted in."""
 
-    entry: EndpointEntry
+    entry: EndpointEntry | None  # None: a task status (addressed by task id alone)
     path: bytes
     headers: list[tuple[bytes, bytes]]
     length: int
     keep_alive: bool
-    #: The production variant the request goes to (named, or picked by weight) and its routers' base URL ("": the
-    #: entry's own, `router_url`).
-    variant: str = IMPLICIT_VARIANT
+    #: The production variant the request goes to (named, or picked by weight) and its routers' base URL; for an
+    #: async submission the variant the client named, if any (its queue is picked when the task is queued).
+    variant: str = ""
     router_url: str = ""
+    mode: Mode | None = None
+    task_id: str = ""
+    wait: str | None = None
+    #: The context the gate ran in (it holds the credential's scope, which a status lookup reads).
+    context: contextvars.Context | None = None
 
 
 class _Head:
@@ -231,13 +245,17 @@ class GatewayConnection(asyncio.Protocol):
             body = bytes(self.buffer[: request.length])
             del self.buffer[: request.length]
             self.request = None
-            self.task = asyncio.get_running_loop().create_task(self._proxy(request, body))
+            loop = asyncio.get_running_loop()
+            if request.entry is not None and request.mode is not Mode.ASYNC:
+                self.task = loop.create_task(self._proxy(request, body))
+            else:
+                self.task = loop.create_task(self._answer_here(request, body), context=request.context)
 
     def _head(self) -> bool:
         """Take the head of a request the fast edge serves; hand the connection over for anything else."""
         buffer = self.buffer
-        if not buffer.startswith(_PREFIX):
-            if len(buffer) < len(_PREFIX) and _PREFIX.startswith(buffer):
+        if not buffer.startswith(_PREFIXES):
+            if any(len(buffer) < len(prefix) and prefix.startswith(buffer) for prefix in _PREFIXES):
                 return False  # could still become a fast request
             self._hand_over()
             return False
@@ -246,6 +264,8 @@ class GatewayConnection(asyncio.Protocol):
             if len(buffer) > _MAX_HEAD:
                 self._hand_over()  # aiohttp refuses an oversized head in the one error shape
             return False
+        # The gate runs in a context of its own (`_Request.context`): the credential's scope it records must not leak
+        # into the context aiohttp's handler tasks copy after a hand-over.
         request = self._parse(bytes(buffer[: end + 4]))
         if request is None:
             self._hand_over()
@@ -289,25 +309,41 @@ class GatewayConnection(asyncio.Protocol):
                 keep_alive = b"close" not in value.lower()
             elif name in _NOT_FAST:
                 return None
+        keep_alive = keep_alive and not self.edge.closing
+        credential = None if authorization is None else authorization.decode("utf-8", "surrogateescape")
+        gateway = self.edge.gateway
+        context = contextvars.copy_context()  # the gate's record of the scope stays in this request's context
+        if target.group(4) is not None:  # a task's status: no body
+            if length:
+                return None
+            try:
+                context.run(gateway.gate, None, credential, None)
+            except ApiError:
+                return None
+            wait = None if target.group(5) is None else target.group(5).decode()
+            return _Request(
+                None, b"", headers, 0, keep_alive, task_id=target.group(4).decode(), wait=wait, context=context
+            )
         if length is None or length > BUFFER_BYTES:
             return None
+        mode = _MODES[target.group(3)]
+        if mode is Mode.ASYNC and gateway.queues is None:
+            return None  # aiohttp answers the 503 (no Redis configured)
         try:
-            entry = _gate(
-                self.edge.gateway,
-                target.group(2).decode(),
-                None if authorization is None else authorization.decode("utf-8", "surrogateescape"),
-                _MODES[target.group(3)],
-            )
+            entry = context.run(gateway.gate, target.group(2).decode(), credential, mode)
         except ApiError:
             return None  # refused: aiohttp's route answers it (the same gate, the same rendering)
         if entry is None or length > entry.max_payload_bytes:
             return None
+        if mode is Mode.ASYNC:
+            return _Request(entry, target.group(1), headers, length, keep_alive, requested or "", mode=mode)
         try:
-            routed, variant = self.edge.gateway.variant_entry(entry, requested, idempotency or invocation_id)
+            routed, variant = gateway.variant_entry(entry, requested, idempotency or invocation_id)
         except ApiError:
             return None  # an unknown variant: aiohttp's route refuses it in the documented shape
-        keep_alive = keep_alive and not self.edge.closing
-        return _Request(entry, target.group(1), headers, length, keep_alive, variant, routed.router_url)
+        return _Request(
+            entry, target.group(1), headers, length, keep_alive, variant, routed.router_url, mode=mode, context=context
+        )
 
     def body_timed_out(self, seconds: float) -> None:
         """The body deadline passed (the edge's sweep): a trickling client (slowloris) gets 408 and is closed."""
@@ -317,9 +353,42 @@ class GatewayConnection(asyncio.Protocol):
 
     # -- proxying -------------------------------------------------------------------------------------------------
 
+    async def _answer_here(self, request: _Request, body: bytes) -> None:
+        """An async submission or a task status, answered by the gateway itself (no router involved)."""
+        gateway = self.edge.gateway
+        keep = request.keep_alive
+        try:
+            if request.entry is not None:
+                idempotency = next((v for k, v in request.headers if k == b"idempotency-key"), None)
+                document = await gateway.submitted(
+                    request.entry,
+                    body,
+                    None if idempotency is None else idempotency.decode("latin-1"),
+                    request.variant or None,
+                )
+                answer = json_answer(202, document)
+            else:
+                forwarding = {
+                    name: value.decode("latin-1")
+                    for key, value in request.headers
+                    if (name := _FORWARDING.get(key)) is not None
+                }
+                answer = json_answer(200, await gateway.status_document(request.task_id, request.wait, forwarding))
+        except ApiError as error:
+            answer = error_answer(error)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug of ours: log it, answer in the documented shape
+            log.exception("unexpected error on the gateway's fast path")
+            answer, keep = error_answer(ApiError("internal error")), False
+        self._write(render(answer, keep_alive=keep and not self.edge.closing))
+        self._done(keep)
+
     def _upstream_head(self, request: _Request) -> tuple[tuple[str, int], bytes]:
         gateway = self.edge.gateway
         entry = request.entry
+        if entry is None:  # a task status never reaches here: it is answered from the queue, not proxied
+            raise RuntimeError("a proxied request names its endpoint")
         address, host = self.edge.upstream(request.router_url or entry.router_url)
         lines = [b"POST ", request.path, b" HTTP/1.1\r\n", host]
         forwarded_host = forwarded_proto = False
@@ -353,13 +422,15 @@ class GatewayConnection(asyncio.Protocol):
         answer: Answer | None = None
         try:
             # an endpoint at zero replicas: held here while one starts (gateway.activator)
-            async with self.edge.gateway.activator.admitted(request.entry):
+            entry = request.entry
+            assert entry is not None  # a proxied request names its endpoint
+            async with self.edge.gateway.activator.admitted(entry):
                 address, head = self._upstream_head(request)
                 try:
                     answer = await self.edge.pool.send(address, head, body)
                 except NoAnswer:
                     error = Unavailable(
-                        f"endpoint {request.entry.name} is not reachable (no ready router answered)",
+                        f"endpoint {entry.name} is not reachable (no ready router answered)",
                         headers={"Retry-After": "1"},
                     )
                     self._write(render(error_answer(error), keep_alive=keep))
@@ -480,7 +551,8 @@ class GatewayConnection(asyncio.Protocol):
             handler.data_received(data)
 
 
-def _gate(gateway: Gateway, name: str, authorization: str | None, mode: Mode) -> EndpointEntry | None:
-    """The gateway's gate, run in a context of its own: the credential's scope it records (a context variable) must
-    not leak into the context aiohttp's handler tasks copy after a hand-over."""
-    return contextvars.copy_context().run(gateway.gate, name, authorization, mode)
+_FORWARDING = {b"host": "Host", b"x-forwarded-proto": "X-Forwarded-Proto", b"x-forwarded-host": "X-Forwarded-Host"}
+
+
+def json_answer(status: int, body: bytes) -> EdgeAnswer:
+    return EdgeAnswer(status, body, content_type=_JSON)

@@ -8,26 +8,30 @@ authenticated with the gateway's own key for that endpoint, and turn the router'
 the gate, deadline, admission and model call once, the gateway parses the dialect once, and the dialect renders the
 same types wherever it is mounted.
 
-Errors: the router's refusals as their `ApiError` classes; no router reachable (after `proxy.send`'s attempts):
+Errors: the router's refusals as their `ApiError` classes; no router reachable (after `UpstreamPool.send`'s attempts):
 Unavailable (503, Retry-After 1); the connection lost mid-stream: ModelError (the stream ends with the dialect's
 failure event).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Protocol
+from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from bundleserve.api.endpoint import IMPLICIT_VARIANT, Mode
 from bundleserve.api.errors import ApiError, ModelError, Unavailable
 from bundleserve.api.invocation import CUSTOM_ATTRIBUTES_HEADER, Invocation, ModelReply, StreamChunk
 from bundleserve.edge import hop
-from bundleserve.gateway.proxy import read_capped, send
+from bundleserve.gateway.proxy import read_capped
 from bundleserve.gateway.registry import EndpointEntry
+from bundleserve.gateway.upstream import Answer, UpstreamLost, UpstreamPool
 
 #: Bytes of a router's error answer read to rebuild the error.
 _MAX_ERROR_BODY = 64 * 1024
@@ -42,46 +46,51 @@ def _no_hold(entry: EndpointEntry, request_timeout: float | None) -> AbstractAsy
 
 
 class RouterHop:
-    """`CallBackend` of one endpoint, over the gateway's pooled session to the endpoint's router."""
+    """`CallBackend` of one endpoint, over the gateway's pooled raw client (`gateway.upstream`) to its router."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        pool: UpstreamPool,
         entry: EndpointEntry,
         authorization: str | None,
         admit: Admit = _no_hold,
     ) -> None:
-        self.session = session
+        self.pool = pool
         self.entry = entry
         self.admit = admit
-        self.predict_url = entry.router_url + hop.PREDICT_PATH.format(name=entry.name)
-        self.stream_url = entry.router_url + hop.STREAM_PATH.format(name=entry.name)
-        self.authorization = authorization
+        self.address, host = _upstream_of(entry.router_url)
+        self.predict_head = b"POST " + hop.PREDICT_PATH.format(name=entry.name).encode() + b" HTTP/1.1\r\n" + host
+        self.stream_head = b"POST " + hop.STREAM_PATH.format(name=entry.name).encode() + b" HTTP/1.1\r\n" + host
+        self.authorization = b"" if authorization is None else b"Authorization: %s\r\n" % authorization.encode()
 
-    def _headers(self, inv: Invocation) -> dict[str, str]:
-        headers = hop.encode_headers(inv)
-        if self.authorization is not None:
-            headers["Authorization"] = self.authorization
-        return headers
+    def _request(self, start: bytes, inv: Invocation) -> bytes:
+        fields = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in hop.encode_headers(inv).items())
+        return start + fields + self.authorization + b"Content-Length: %d\r\n\r\n" % len(inv.body)
 
     def _unreachable(self) -> Unavailable:
         return Unavailable(
             f"endpoint {self.entry.name} is not reachable (no ready router answered)", headers={"Retry-After": "1"}
         )
 
-    async def predict(self, inv: Invocation) -> ModelReply:
+    async def _send(self, start: bytes, inv: Invocation) -> Answer:
         try:
-            async with self.admit(self.entry, inv.timeout_seconds):
-                response = await send(self.session, "POST", self.predict_url, data=inv.body, headers=self._headers(inv))
-                async with response as upstream:
-                    body = await upstream.read()
-                    if upstream.status != 200:
-                        raise hop.error_of(upstream.status, body, upstream.headers)
-                    content_type = upstream.headers.get("Content-Type", "")
-                    custom_attributes = upstream.headers.get(CUSTOM_ATTRIBUTES_HEADER)
-        except (aiohttp.ClientConnectionError, OSError):
+            return await self.pool.send(self.address, self._request(start, inv), inv.body)
+        except OSError:
             raise self._unreachable() from None
-        return ModelReply(200, body, content_type, custom_attributes)
+
+    async def predict(self, inv: Invocation) -> ModelReply:
+        async with self.admit(self.entry, inv.timeout_seconds):
+            answer = await self._send(self.predict_head, inv)
+            try:
+                body = await answer.read()
+            except UpstreamLost:
+                raise self._unreachable() from None
+            finally:
+                answer.release()
+        headers = _headers(answer)
+        if answer.status != 200:
+            raise hop.error_of(answer.status, body, headers)
+        return ModelReply(200, body, headers.get("Content-Type", ""), headers.get(CUSTOM_ATTRIBUTES_HEADER))
 
     def stream(self, inv: Invocation) -> AbstractAsyncContextManager[AsyncIterator[StreamChunk]]:
         return self._stream(inv)
@@ -89,34 +98,46 @@ class RouterHop:
     @asynccontextmanager
     async def _stream(self, inv: Invocation) -> AsyncIterator[AsyncIterator[StreamChunk]]:
         async with self.admit(self.entry, inv.timeout_seconds):  # in flight until the stream ends
+            answer = await self._send(self.stream_head, inv)
             try:
-                upstream = await send(self.session, "POST", self.stream_url, data=inv.body, headers=self._headers(inv))
-            except (aiohttp.ClientConnectionError, OSError):
-                raise self._unreachable() from None
-            try:
-                if upstream.status != 200:
-                    raise hop.error_of(upstream.status, await _bounded(upstream), upstream.headers)
-                frames = _Frames(upstream)
+                if answer.status != 200:
+                    raise hop.error_of(answer.status, await _bounded(answer), _headers(answer))
+                frames = _Frames(answer)
                 first = await frames.next()  # a failure before the first chunk raises here, on enter, as in the core
                 yield frames.iterate(first)
             finally:
-                # Back to the pool when the stream was read to its end; closed otherwise (aiohttp closes a connection
-                # with unread data), so the router sees the disconnect and stops the model.
-                upstream.release()
+                # Back to the pool when the stream was read to its end; closed otherwise, so the router sees the
+                # disconnect and stops the model.
+                answer.release()
 
 
-async def _bounded(upstream: aiohttp.ClientResponse) -> bytes:
-    try:
-        return await upstream.content.read(_MAX_ERROR_BODY)
-    except (aiohttp.ClientError, OSError):
-        return b""
+@functools.lru_cache(maxsize=1024)
+def _upstream_of(router_url: str) -> tuple[tuple[str, int], bytes]:
+    """(host, port) of a router URL and its `Host` header line."""
+    parts = urlsplit(router_url)
+    host, port = parts.hostname or "localhost", parts.port or 80
+    return (host, port), b"Host: %s:%d\r\n" % (host.encode(), port)
+
+
+def _headers(answer: Answer) -> CIMultiDict[str]:
+    return CIMultiDict((name.decode("latin-1"), value.decode("latin-1")) for name, value in answer.headers)
+
+
+async def _bounded(answer: Answer) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    with contextlib.suppress(UpstreamLost):
+        while size < _MAX_ERROR_BODY and (chunk := await answer.next_chunk()) is not None:
+            parts.append(chunk)
+            size += len(chunk)
+    return b"".join(parts)[:_MAX_ERROR_BODY]
 
 
 class _Frames:
     """The router's hop stream: one data frame per model chunk, a failure frame for a failure mid-stream."""
 
-    def __init__(self, upstream: aiohttp.ClientResponse) -> None:
-        self.upstream = upstream
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
         self.reader = hop.FrameReader()
         self.pending: list[bytes] = []
         self.failure: ApiError | None = None
@@ -130,10 +151,10 @@ class _Frames:
             if self.ended:
                 return None
             try:
-                data = await self.upstream.content.readany()
-            except (aiohttp.ClientError, OSError):
+                data = await self.answer.next_chunk()
+            except UpstreamLost:
                 raise _lost() from None
-            if not data:
+            if data is None:
                 self.ended = True
                 if self.reader.pending:
                     raise _lost()
@@ -207,7 +228,7 @@ class EndpointCalls:
         UnknownVariant for a name the endpoint does not have."""
         entry = self._entry()
         target, self.variant = self.front.variant_entry(entry, inv.variant, inv.idempotency_key)
-        return RouterHop(self.front.upstream(), target, self.front.upstream_authorization(entry), self.front.admit)
+        return RouterHop(self.front.pool, target, self.front.upstream_authorization(entry), self.front.admit)
 
     async def predict(self, inv: Invocation) -> ModelReply:
         return await self._hop(inv).predict(inv)
@@ -232,7 +253,8 @@ class Front(Protocol):
     @property
     def requires_api_key(self) -> bool: ...
 
-    def upstream(self) -> aiohttp.ClientSession: ...
+    @property
+    def pool(self) -> UpstreamPool: ...
 
     def upstream_authorization(self, entry: EndpointEntry) -> str | None: ...
 

@@ -57,5 +57,5 @@ class GatewayModels:
         if body_bytes > entry.max_payload_bytes:
             raise too_large(body_bytes, entry.max_payload_bytes)
         target, _ = gateway.variant_entry(entry, None)  # a weighted pick among the endpoint's variants
-        hop = RouterHop(gateway.upstream(), target, gateway.upstream_authorization(entry), gateway.admit)
+        hop = RouterHop(gateway.pool, target, gateway.upstream_authorization(entry), gateway.admit)
         return Target(model, settings, hop, entry.max_payload_bytes)

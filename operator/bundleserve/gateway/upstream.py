@@ -157,7 +157,8 @@ class Answer:
         wanted = name.lower()
         return next((value for key, value in self.headers if key.lower() == wanted), None)
 
-    async def _next(self) -> bytes | None:
+    async def next_chunk(self) -> bytes | None:
+        """The next piece of the body as it arrived; None at its end; UpstreamLost when the connection broke."""
         connection = self._connection
         while not connection.chunks:
             if connection.failure is not None:
@@ -171,7 +172,7 @@ class Answer:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body's bytes as they arrive (de-chunked); ends at the answer's end."""
-        while (chunk := await self._next()) is not None:
+        while (chunk := await self.next_chunk()) is not None:
             yield chunk
 
     async def read(self) -> bytes:

@@ -34,9 +34,11 @@ from aiohttp import web
 from bundleserve.api.errors import ApiError, InvalidRequest, RequestTimeout
 from bundleserve.api.invocation import Invocation
 from bundleserve.dialects.native.calls import Call
+from bundleserve.edge import hop as hop_wire
 from bundleserve.edge.errors import Answer, error_answer, too_large
 from bundleserve.edge.http1 import render
 from bundleserve.router.framing import BodyTooLarge, ChunkedScanner, FramingError
+from bundleserve.router.hop import answer_hop, hop_answer, prepare_hop
 from bundleserve.router.invoke import Invoker, public_url_of_raw
 
 _MAX_HEAD = 65536  # bytes of request line + headers
@@ -58,6 +60,8 @@ class FastEdge:
         self.invoker = invoker
         self.server = server  # aiohttp's RequestHandler factory, for handovers
         self.prefix = f"POST /v1/endpoints/{invoker.name}/predict ".encode()
+        #: The internal hop's call route (`router.hop`): the gateway's hand-over of a call it parsed, as hot as predict.
+        self.hop_prefix = f"POST {hop_wire.PREDICT_PATH.format(name=invoker.name)} ".encode()
         self.connections: set[FastConnection] = set()
         self.closing = False
         self.idle_seconds = idle_seconds  # keep-alive timeout, aiohttp's default
@@ -113,6 +117,7 @@ class FastConnection(asyncio.Protocol):
         self.lingered = 0  # bytes dropped while lingering
         self.scanned = 0  # bytes of the buffer already searched for the end of the head
         self.body_since = 0.0
+        self.hop = False  # the request being read is the internal hop's, not native predict
         self._reset()
 
     def _reset(self) -> None:
@@ -196,9 +201,15 @@ class FastConnection(asyncio.Protocol):
 
     def _head(self) -> bool:
         buffer = self.buffer
-        prefix = self.edge.prefix
-        if not buffer.startswith(prefix):
-            if len(buffer) < len(prefix) and prefix.startswith(buffer):
+        edge = self.edge
+        if buffer.startswith(edge.prefix):
+            self.hop = False
+        elif buffer.startswith(edge.hop_prefix):
+            self.hop = True
+        else:
+            if any(
+                len(buffer) < len(prefix) and prefix.startswith(buffer) for prefix in (edge.prefix, edge.hop_prefix)
+            ):
                 return False  # could still become a fast request
             self._hand_over()
             return False
@@ -291,34 +302,43 @@ class FastConnection(asyncio.Protocol):
         refused, entered, started, headers = self.refused, self.entered, self.started, self.headers
         reserved = self.reserved
         self.reserved = False
-        prepared: tuple[Call, Invocation] | Answer | None = None
+        prepared: tuple[Call, Invocation] | Invocation | Answer | None = None
         if refused is None:
             # parsed here, synchronously, so the raw body is dropped before the call: a request holds its input once
             body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
             self.body.clear()
-            key = headers.get(b"idempotency-key")
-            prepared = self.invoker.prepare(body, started, None if key is None else key.decode("latin-1"))
+            if self.hop:
+                prepared = prepare_hop(self.invoker.core, headers, body, started)
+            else:
+                key = headers.get(b"idempotency-key")
+                prepared = self.invoker.prepare(body, started, None if key is None else key.decode("latin-1"))
             del body
         self.entered = False
         self._reset()
         self.task = asyncio.get_running_loop().create_task(
-            self._answer(prepared, refused, entered, reserved, started, keep_alive, headers)
+            self._answer(prepared, refused, entered, reserved, started, keep_alive, headers, self.hop)
         )
 
     async def _answer(
         self,
-        prepared: tuple[Call, Invocation] | Answer | None,
+        prepared: tuple[Call, Invocation] | Invocation | Answer | None,
         refused: ApiError | None,
         entered: bool,
         reserved: bool,
         started: float,
         keep: bool,
         headers: dict[bytes, bytes],
+        hop: bool,
     ) -> None:
         invoker = self.invoker
         try:
             if refused is not None or prepared is None:
                 answer = invoker.refuse(refused or ApiError("internal error"), started)
+                if hop and refused is not None:
+                    answer = hop_answer(refused)
+            elif isinstance(prepared, Invocation):
+                answer = await answer_hop(invoker.core, prepared, started)
+                del prepared
             else:
                 answer = await invoker.answer_prepared(
                     prepared, started, lambda: public_url_of_raw(headers, invoker.state.settings.public_url)
@@ -373,7 +393,7 @@ class FastConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        transport.write(render(error_answer(error), keep_alive=False))
+        transport.write(render(hop_answer(error) if self.hop else error_answer(error), keep_alive=False))
         self.buffer.clear()
         self.body.clear()
         if transport.can_write_eof():

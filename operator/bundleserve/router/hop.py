@@ -10,6 +10,8 @@ error shape, which the gateway turns back into the same `ApiError`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
 from time import perf_counter
 
 from aiohttp import web
@@ -18,15 +20,46 @@ from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, ModelError
 from bundleserve.api.invocation import CUSTOM_ATTRIBUTES_HEADER, Invocation
 from bundleserve.edge import hop
-from bundleserve.edge.errors import error_response as _plain_error_response
+from bundleserve.edge.errors import Answer, as_response, error_answer
 from bundleserve.router.core import InvocationCore
 
 
-def error_response(error: ApiError) -> web.Response:
+def hop_answer(error: ApiError) -> Answer:
     """The native error answer, naming the error's class where its code does not (`edge.hop.error_headers`)."""
-    response = _plain_error_response(error)
-    response.headers.update(hop.error_headers(error))
-    return response
+    answer = error_answer(error)
+    kind = hop.error_headers(error)
+    return replace(answer, headers={**answer.headers, **kind}) if kind else answer
+
+
+def error_response(error: ApiError) -> web.Response:
+    return as_response(hop_answer(error))
+
+
+def prepare_hop(
+    core: InvocationCore, headers: Mapping[bytes, bytes], body: bytes, started: float
+) -> Invocation | Answer:
+    """The invocation of a hop request whose gate passed and body was read (the fast edge's raw headers); a refused
+    one's error answer."""
+    content_type, fields = headers.get(b"content-type"), headers.get(hop.INVOCATION_HEADER_RAW)
+    try:
+        return hop.decode(
+            None if content_type is None else content_type.decode("latin-1"),
+            None if fields is None else fields.decode("latin-1"),
+            body,
+        )
+    except ApiError as error:
+        core.refused(error, started)
+        return hop_answer(error)
+
+
+async def answer_hop(core: InvocationCore, inv: Invocation, started: float) -> Answer:
+    """Run the invocation through the core: the model's reply as it is, or the error (the core counts both)."""
+    try:
+        reply = await core.predict(inv, started=started)
+    except ApiError as error:
+        return hop_answer(error)
+    headers = {} if reply.custom_attributes is None else {CUSTOM_ATTRIBUTES_HEADER: reply.custom_attributes}
+    return Answer(200, reply.body, headers, content_type=reply.content_type)
 
 
 class HopRoutes:
@@ -48,15 +81,7 @@ class HopRoutes:
         except ApiError as error:
             self.core.refused(error, started)
             return error_response(error)
-        try:
-            reply = await self.core.predict(inv, started=started)  # the core counts its own outcomes
-        except ApiError as error:
-            return error_response(error)
-        response = web.Response(body=reply.body, content_type=None)
-        response.headers["Content-Type"] = reply.content_type
-        if reply.custom_attributes is not None:
-            response.headers[CUSTOM_ATTRIBUTES_HEADER] = reply.custom_attributes
-        return response
+        return as_response(await answer_hop(self.core, inv, started))
 
     async def invoke_stream(self, request: web.Request) -> web.StreamResponse:
         started = perf_counter()
