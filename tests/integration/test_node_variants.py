@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import botocore.config
 import httpx
+import pytest
 
 from tests.support.node_product import (
+    GROUP_VERSION,
     MODELS,
     SAGEMAKER_KEY,
     SAGEMAKER_REGION,
@@ -30,12 +33,30 @@ from tests.support.node_product import (
 from tests.support.waiting import wait_until
 
 N, P, SIGMAS = 400, 0.1, 5
+#: The session's product is installed by the first node test that runs (images imported, chart installed, pods
+#: Ready): minutes on the shared 2-core machine, as for the other node modules.
+pytestmark = pytest.mark.timeout(1200)
 
 
-def test_canary_variants_through_the_gateway_service(product: Product) -> None:
-    node = product.node
+@pytest.fixture
+def canary_applied(product: Product) -> Iterator[dict[str, Any]]:
+    """examples/canary in the shared product, small (50m CPU per model: the node's 2 CPUs serve the whole session),
+    deleted with its pods afterwards, pass or fail."""
+    plane = product.node.plane
     canary = example("canary", modes=["sync", "async"], scaling={"minReplicas": 1, "maxReplicas": 1})
-    node.plane.apply(canary)
+    canary["spec"]["resources"] = {"cpu": "50m", "memory": "256Mi"}
+    plane.apply(canary)
+    yield canary
+    plane.request("DELETE", plane.path(GROUP_VERSION, "Endpoint", MODELS, "canary"))
+    wait_until(
+        lambda: not plane.items("v1", "Pod", MODELS, selector="bundleserve.dev/endpoint=canary"),
+        timeout=180,
+        what="canary's pods deleted",
+    )
+
+
+def test_canary_variants_through_the_gateway_service(product: Product, canary_applied: dict[str, Any]) -> None:
+    node = product.node
     for variant in ("canary-stable", "canary-canary"):
         wait_for(node, f"{variant} ready", lambda v=variant: deployment_ready(node, MODELS, v), MODELS)
     wait_for(node, "canary Ready", lambda: endpoint_ready(node, MODELS, "canary"), MODELS)
