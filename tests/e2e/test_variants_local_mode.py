@@ -105,6 +105,14 @@ def test_the_native_header_names_the_variant(local_run: str) -> None:
                     variant,
                     {"variant": variant, "greeting": "hello"},
                 )
+        # A body above the fast edge's 64 KiB goes through the aiohttp route (Gateway.forward_to): the same pick.
+        large = client.post(
+            f"/v1/endpoints/{NAME}/predict",
+            json={"args": {"pad": "x" * 70_000}},
+            headers={"X-Bundleserve-Variant": "green"},
+        )
+        assert large.status_code == 200, large.text
+        assert (large.headers["X-Bundleserve-Variant"], large.json()["result"]["variant"]) == ("green", "green")
         refused = client.post(
             f"/v1/endpoints/{NAME}/predict", json={"args": {}}, headers={"X-Bundleserve-Variant": "red"}
         )

@@ -18,6 +18,7 @@ import json
 import re
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,15 @@ from bundleserve.api.manifest import parse_endpoint
 from bundleserve.controller.builders.deployment import router_memory_limit
 from tests.integration.test_node_scenarios import CONCURRENCY, MAX_REQUESTS, SyncLoad
 from tests.support.node import Node
-from tests.support.node_product import MODELS, Product, deployment_ready, endpoint_ready, example, wait_for
+from tests.support.node_product import (
+    GROUP_VERSION,
+    MODELS,
+    Product,
+    deployment_ready,
+    endpoint_ready,
+    example,
+    wait_for,
+)
 from tests.support.waiting import async_wait_until, wait_until
 
 pytestmark = pytest.mark.timeout(1200)
@@ -39,6 +48,23 @@ pytestmark = pytest.mark.timeout(1200)
 ENDPOINT_LABEL = "bundleserve.dev/endpoint"
 MIB = 1024 * 1024
 CGROUPS = Path("/sys/fs/cgroup")
+
+
+@pytest.fixture(autouse=True)
+def delete_what_the_test_applied(product: Product) -> Iterator[None]:
+    """The session's node is shared (2 CPUs of requests): whatever the test left, pass or fail, goes."""
+    plane = product.node.plane
+    before = {item["metadata"]["name"] for item in plane.items(GROUP_VERSION, "Endpoint", MODELS)}
+    yield
+    for item in plane.items(GROUP_VERSION, "Endpoint", MODELS):
+        if item["metadata"]["name"] not in before:
+            _delete_endpoint(product, item["metadata"]["name"])
+
+
+def _small(doc: dict[str, Any], memory: str = "256Mi") -> dict[str, Any]:
+    """A small CPU request for the model (the router asks 100m of its own): the node's 2 CPUs are shared."""
+    doc["spec"]["resources"] = {"cpu": "50m", "memory": memory}
+    return doc
 
 
 # -- the node's view of a pod ---------------------------------------------------------------------------------------
@@ -145,8 +171,19 @@ def _apply_and_wait(product: Product, doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _delete_endpoint(product: Product, name: str) -> None:
+    """Delete it if it exists, and wait until it and its pods are gone (their CPU is free again)."""
     plane = product.node.plane
-    plane.request("DELETE", plane.path("bundleserve.dev/v1alpha1", "Endpoint", MODELS, name))
+    if plane.get(GROUP_VERSION, "Endpoint", MODELS, name) is not None:
+        plane.request("DELETE", plane.path(GROUP_VERSION, "Endpoint", MODELS, name))
+    wait_until(
+        lambda: (
+            plane.get(GROUP_VERSION, "Endpoint", MODELS, name) is None
+            and not plane.items("v1", "Pod", MODELS, selector=f"{ENDPOINT_LABEL}={name}")
+        ),
+        timeout=180,
+        interval=0.5,
+        what=f"{name} and its pods deleted",
+    )
 
 
 # -- a crashed model container --------------------------------------------------------------------------------------
@@ -160,7 +197,7 @@ def test_a_model_container_killed_with_sigkill_restarts_and_every_accepted_task_
     down. Every task finishes SUCCESS with its own arguments, and the router brought exactly 24 tasks to a terminal
     state (one each: none lost, none finished twice); the model container restarted, the router did not."""
     node, name = product.node, "crashing-job"
-    doc = example("slow-job", scaling={"minReplicas": 1, "maxReplicas": 1})
+    doc = _small(example("slow-job", scaling={"minReplicas": 1, "maxReplicas": 1}))
     doc["metadata"]["name"] = name
     pod = _apply_and_wait(product, doc)
     router = _router_url(pod)
@@ -252,7 +289,7 @@ def _memory_endpoint(name: str, **invocation: Any) -> dict[str, Any]:
     model's own limit large enough for a 150 MiB argument."""
     doc = example("slow-job", modes=["sync"], scaling={"minReplicas": 1, "maxReplicas": 1})
     doc["metadata"]["name"] = name
-    doc["spec"]["resources"] = {"cpu": "200m", "memory": "1536Mi"}
+    _small(doc, memory="1536Mi")
     doc["spec"].pop("async", None)
     doc["spec"]["invocation"] = {"timeoutSeconds": 120, **invocation}
     return doc
@@ -397,7 +434,7 @@ def test_a_rolling_update_under_load_straight_to_the_service_fails_no_request(pr
     EndpointSlices and kube-proxy catch up, and its answers close their connections. Before it, a call that reached
     a pod after its SIGTERM got 503 and only the gateway's retry hid it."""
     node, plane, name = product.node, product.node.plane, "echo-direct"
-    doc = example("echo", scaling={"minReplicas": 2, "maxReplicas": 2})
+    doc = _small(example("echo", scaling={"minReplicas": 2, "maxReplicas": 2}))
     doc["metadata"]["name"] = name
     plane.apply(doc)
     wait_for(node, f"{name} Ready", lambda: endpoint_ready(node, MODELS, name), MODELS)

@@ -57,10 +57,27 @@ def plane(product: Product) -> Iterator[ControlPlane]:
     assert forbidden(product.node.plane, OPERATOR_USER) == []
 
 
+@pytest.fixture(autouse=True)
+def delete_what_the_test_applied(plane: ControlPlane) -> Iterator[None]:
+    """Pass or fail, the test's Endpoints (and so their pods) go: the session's node is shared."""
+    yield
+    for namespace in (NS, "team-a", "team-b"):
+        for item in plane.items(GROUP_VERSION, "Endpoint", namespace):
+            plane.request("DELETE", plane.path(GROUP_VERSION, "Endpoint", namespace, item["metadata"]["name"]))
+        wait_until(
+            lambda namespace=namespace: (
+                not plane.items(GROUP_VERSION, "Endpoint", namespace) and not plane.items("v1", "Pod", namespace)
+            ),
+            timeout=180,
+            interval=0.5,
+            what=f"the Endpoints and pods of {namespace} deleted",
+        )
+
+
 def endpoint(name: str, **spec: Any) -> dict[str, Any]:
     spec.setdefault("modes", ["sync"])
     spec.setdefault("bundle", {"image": IMAGE, "python": {"entrypoint": "echo_model:predict", "path": "."}})
-    spec.setdefault("resources", {"cpu": "100m", "memory": "128Mi"})
+    spec.setdefault("resources", {"cpu": "50m", "memory": "128Mi"})  # the node's 2 CPUs are shared by the session
     return {"apiVersion": GROUP_VERSION, "kind": "Endpoint", "metadata": {"name": name, "namespace": NS}, "spec": spec}
 
 
@@ -154,7 +171,10 @@ def test_create_builds_the_children_and_is_ready_only_once_pods_are(product: Pro
     # Ready only once pods are: the condition turned True no earlier than the pods' own Ready (the kubelet's probes).
     pods = plane.items("v1", "Pod", NS, selector=f"{ENDPOINT_LABEL}=echo")
     pods_ready = sorted(
-        next(c["lastTransitionTime"] for c in pod["status"]["conditions"] if c["type"] == "Ready") for pod in pods
+        c["lastTransitionTime"]
+        for pod in pods
+        for c in pod["status"].get("conditions", [])
+        if c["type"] == "Ready" and c["status"] == "True"
     )
     assert conditions(plane, "echo")["Ready"]["lastTransitionTime"] >= pods_ready[0], (
         pods_ready,

@@ -211,11 +211,15 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         scope="spec",
-        cel="!has(self.variants) || self.variants.all(v, !has(v.scaling) || !has(v.scaling.minReplicas) || "
-        "v.scaling.minReplicas > 0 || (size(self.modes) == 1 && self.modes[0] == 'async'))",
-        message="spec.variants[].scaling.minReplicas 0 (scale to zero) needs an async-only endpoint",
-        holds=lambda s: all(
-            v.scaling is None or v.scaling.min_replicas > 0 or list(s.modes) == ["async"] for v in s.variants
+        cel="!has(self.variants) || (size(self.modes) == 1 && self.modes[0] == 'async') || "
+        "self.variants.all(v, !has(v.scaling) || ((has(v.scaling.minReplicas) ? v.scaling.minReplicas : 1) == 0) == "
+        "(has(self.scaling) && has(self.scaling.minReplicas) && self.scaling.minReplicas == 0))",
+        message="spec.variants[].scaling.minReplicas: with the sync or streaming mode the variants scale from zero "
+        "together with the endpoint (the gateway holds calls while none has a replica): a variant's minReplicas is 0 "
+        "exactly when spec.scaling.minReplicas is 0",
+        holds=lambda s: (
+            list(s.modes) == ["async"]
+            or all(v.scaling is None or (v.scaling.min_replicas == 0) == s.scales_from_zero for v in s.variants)
         ),
     ),
     Rule(

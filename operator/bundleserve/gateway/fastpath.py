@@ -68,8 +68,9 @@ _HOP = frozenset(name.encode() for name in HOP_BY_HOP) | {b"authorization"}
 _NOT_FAST = (b"transfer-encoding", b"expect", b"upgrade")
 _VARIANT_NAME = VARIANT_HEADER.encode()
 _VARIANT = _VARIANT_NAME.lower()
-#: A call's retries share one of these; the variant is drawn from it (gateway.variants.stable_draw).
-_RETRY_KEYS = (IDEMPOTENCY_HEADER.lower().encode(), SDK_INVOCATION_ID_HEADER.lower().encode())
+#: A call's retries share one of these (the first preferred, as `gateway.variants.request_key`); the variant is drawn
+#: from it (`gateway.variants.stable_draw`).
+_IDEMPOTENCY, _INVOCATION_ID = IDEMPOTENCY_HEADER.lower().encode(), SDK_INVOCATION_ID_HEADER.lower().encode()
 _STATUS_LINES = {
     status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode()) for status in http.HTTPStatus
 }
@@ -290,7 +291,7 @@ class GatewayConnection(asyncio.Protocol):
         length = None
         keep_alive = True
         authorization = None
-        requested = key = None
+        requested = idempotency = invocation_id = None
         for name, value in headers:
             if name == b"content-length":
                 if length is not None or not value.isdigit():
@@ -300,8 +301,10 @@ class GatewayConnection(asyncio.Protocol):
                 authorization = value
             elif name == _VARIANT:
                 requested = value.decode("latin-1")
-            elif name in _RETRY_KEYS and key is None:
-                key = value.decode("latin-1")
+            elif name == _IDEMPOTENCY:
+                idempotency = value.decode("latin-1")
+            elif name == _INVOCATION_ID:
+                invocation_id = value.decode("latin-1")
             elif name == b"connection":
                 keep_alive = b"close" not in value.lower()
             elif name in _NOT_FAST:
@@ -335,7 +338,7 @@ class GatewayConnection(asyncio.Protocol):
         if mode is Mode.ASYNC:
             return _Request(entry, target.group(1), headers, length, keep_alive, requested or "", mode=mode)
         try:
-            routed, variant = gateway.variant_entry(entry, requested, key)
+            routed, variant = gateway.variant_entry(entry, requested, idempotency or invocation_id)
         except ApiError:
             return None  # an unknown variant: aiohttp's route refuses it in the documented shape
         return _Request(
@@ -384,8 +387,9 @@ class GatewayConnection(asyncio.Protocol):
     def _upstream_head(self, request: _Request) -> tuple[tuple[str, int], bytes]:
         gateway = self.edge.gateway
         entry = request.entry
-        assert entry is not None  # a proxied request names its endpoint
-        address, host = self.edge.upstream(request.router_url)
+        if entry is None:  # a task status never reaches here: it is answered from the queue, not proxied
+            raise RuntimeError("a proxied request names its endpoint")
+        address, host = self.edge.upstream(request.router_url or entry.router_url)
         lines = [b"POST ", request.path, b" HTTP/1.1\r\n", host]
         forwarded_host = forwarded_proto = False
         prior_for = None
