@@ -45,6 +45,7 @@ from bundleserve.api.invocation import IDEMPOTENCY_HEADER, SDK_INVOCATION_ID_HEA
 from bundleserve.api.variants import VARIANT_HEADER
 from bundleserve.edge.errors import Answer as EdgeAnswer
 from bundleserve.edge.errors import error_answer
+from bundleserve.edge.fast import SweptEdge, hand_over
 from bundleserve.edge.http1 import Date, render
 from bundleserve.gateway.proxy import BUFFER_BYTES, HOP_BY_HOP
 from bundleserve.gateway.registry import EndpointEntry
@@ -113,8 +114,9 @@ class _Head:
         self.complete = True
 
 
-class GatewayEdge:
-    """The protocol factory given to `loop.create_server`; shared by the connections of one gateway."""
+class GatewayEdge(SweptEdge["GatewayConnection"]):
+    """The protocol factory given to `loop.create_server`; shared by the connections of one gateway (their
+    bookkeeping and deadlines: `edge.fast.SweptEdge`)."""
 
     def __init__(
         self,
@@ -125,15 +127,9 @@ class GatewayEdge:
         idle_seconds: float = 75.0,
         body_seconds: float = 60.0,
     ) -> None:
+        super().__init__(server, idle_seconds=idle_seconds, body_seconds=body_seconds)
         self.gateway = gateway
-        self.server = server  # aiohttp's RequestHandler factory, for handovers
         self.pool = pool
-        self.connections: set[GatewayConnection] = set()
-        self.closing = False
-        self.idle_seconds = idle_seconds
-        self.body_seconds = body_seconds
-        self._sweep_every = min(idle_seconds, body_seconds) / 4
-        self._sweeper: asyncio.TimerHandle | None = None
         self._addresses: dict[str, tuple[tuple[str, int], bytes]] = {}
 
     def __call__(self) -> GatewayConnection:
@@ -147,32 +143,6 @@ class GatewayEdge:
             host, port = parts.hostname or "localhost", parts.port or 80
             known = self._addresses[router_url] = ((host, port), b"Host: %s:%d\r\n" % (host.encode(), port))
         return known
-
-    def opened(self, connection: GatewayConnection) -> None:
-        self.connections.add(connection)
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every, self._sweep)
-
-    def _sweep(self) -> None:
-        """Close connections idle past the keep-alive time; 408 to bodies not complete within the body deadline."""
-        self._sweeper = None
-        now = time.monotonic()
-        idle_limit, body_limit = now - self.idle_seconds, now - self.body_seconds
-        for connection in list(self.connections):
-            if connection.request is not None and connection.task is None and connection.body_since < body_limit:
-                connection.body_timed_out(self.body_seconds)
-            elif connection.idle_since < idle_limit:
-                connection.close_when_idle()
-        if self.connections:
-            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every, self._sweep)
-
-    def close(self) -> None:
-        """Shutdown: close idle connections now, busy ones after their current answer."""
-        self.closing = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        for connection in list(self.connections):
-            connection.close_when_idle()
 
 
 class GatewayConnection(asyncio.Protocol):
@@ -226,6 +196,11 @@ class GatewayConnection(asyncio.Protocol):
         self.writing_paused = False
         if self.answer is not None:
             self.answer.resume()
+
+    @property
+    def in_body(self) -> bool:
+        """A head is taken and its body is not complete (read by the edge's sweep only, for the body deadline)."""
+        return self.request is not None and self.task is None
 
     def close_when_idle(self) -> None:
         if self.task is None and self.request is None and self.transport is not None:
@@ -540,15 +515,7 @@ class GatewayConnection(asyncio.Protocol):
         assert transport is not None
         self.transport = None
         self.edge.connections.discard(self)
-        handler = self.edge.server()
-        if self.reading_paused:
-            transport.resume_reading()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
-        data = bytes(self.buffer)
-        self.buffer.clear()
-        if data:
-            handler.data_received(data)
+        hand_over(transport, self.edge.server, self.buffer, reading_paused=self.reading_paused)
 
 
 _FORWARDING = {b"host": "Host", b"x-forwarded-proto": "X-Forwarded-Proto", b"x-forwarded-host": "X-Forwarded-Host"}

@@ -14,9 +14,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -30,6 +29,7 @@ from bundleserve.edge.config import (
     read_url_policy,
 )
 from bundleserve.edge.connections import ConnectionLimits, limits_from_env
+from bundleserve.edge.loop import run
 from bundleserve.gateway.activator import settings_from_env as hold_settings_from_env
 from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
 from bundleserve.gateway.fastpath import GatewayEdge
@@ -160,13 +160,3 @@ async def serve(app: web.Application, limits: ConnectionLimits, host: str, port:
         await stop.wait()
     finally:
         await front.stop()
-
-
-def run(coroutine: Coroutine[Any, Any, None]) -> None:
-    """On uvloop when it is installed (a dependency on Linux), else on asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        asyncio.run(coroutine)
-    else:
-        uvloop.run(coroutine)

@@ -36,6 +36,7 @@ from bundleserve.api.invocation import Invocation
 from bundleserve.dialects.native.calls import Call
 from bundleserve.edge import hop as hop_wire
 from bundleserve.edge.errors import Answer, error_answer, too_large
+from bundleserve.edge.fast import SweptEdge, hand_over
 from bundleserve.edge.http1 import render
 from bundleserve.router.framing import BodyTooLarge, ChunkedScanner, FramingError
 from bundleserve.router.hop import answer_hop, hop_answer, prepare_hop
@@ -51,53 +52,21 @@ _JOIN_LIMIT = 64 * 1024  # answers larger than this are written behind their hea
 log = logging.getLogger("bundleserve.router")
 
 
-class FastEdge:
-    """The protocol factory given to `loop.create_server`; shared by the connections of one router."""
+class FastEdge(SweptEdge["FastConnection"]):
+    """The protocol factory given to `loop.create_server`; shared by the connections of one router (their
+    bookkeeping and deadlines: `edge.fast.SweptEdge`)."""
 
     def __init__(
         self, invoker: Invoker, server: web.Server, *, idle_seconds: float = 75.0, body_seconds: float = _BODY_SECONDS
     ) -> None:
+        super().__init__(server, idle_seconds=idle_seconds, body_seconds=body_seconds)
         self.invoker = invoker
-        self.server = server  # aiohttp's RequestHandler factory, for handovers
         self.prefix = f"POST /v1/endpoints/{invoker.name}/predict ".encode()
         #: The internal hop's call route (`router.hop`): the gateway's hand-over of a call it parsed, as hot as predict.
         self.hop_prefix = f"POST {hop_wire.PREDICT_PATH.format(name=invoker.name)} ".encode()
-        self.connections: set[FastConnection] = set()
-        self.closing = False
-        self.idle_seconds = idle_seconds  # keep-alive timeout, aiohttp's default
-        self.body_seconds = body_seconds  # a body must be complete this long after its head (slowloris)
-        self._sweep_every = min(idle_seconds, body_seconds) / 4
-        self._sweeper: asyncio.TimerHandle | None = None
 
     def __call__(self) -> FastConnection:
         return FastConnection(self)
-
-    def opened(self, connection: FastConnection) -> None:
-        self.connections.add(connection)
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every, self._sweep)
-
-    def _sweep(self) -> None:
-        """Close connections idle for longer than the keep-alive timeout, and answer 408 to bodies that did not
-        arrive within the body deadline (one timer for all, none per request)."""
-        self._sweeper = None
-        now = time.monotonic()
-        idle_limit, body_limit = now - self.idle_seconds, now - self.body_seconds
-        for connection in list(self.connections):
-            if connection.in_body and connection.body_since < body_limit:
-                connection.body_timed_out(self.body_seconds)
-            elif connection.idle_since < idle_limit:
-                connection.close_when_idle()
-        if self.connections:
-            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every, self._sweep)
-
-    def close(self) -> None:
-        """Shutdown: close idle connections now, busy ones after their current answer."""
-        self.closing = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        for connection in list(self.connections):
-            connection.close_when_idle()
 
 
 class FastConnection(asyncio.Protocol):
@@ -409,11 +378,4 @@ class FastConnection(asyncio.Protocol):
         assert transport is not None
         self.transport = None
         self.edge.connections.discard(self)
-        handler = self.edge.server()
-        if self.paused:
-            transport.resume_reading()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
-        data = bytes(self.buffer)
-        self.buffer.clear()
-        handler.data_received(data)
+        hand_over(transport, self.edge.server, self.buffer, reading_paused=self.paused)

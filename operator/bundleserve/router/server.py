@@ -14,14 +14,13 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Coroutine
-from typing import Any
 
 from aiohttp import web
 
 from bundleserve import logs
 from bundleserve.api.endpoint import Mode
 from bundleserve.edge.config import ConfigError
+from bundleserve.edge.loop import run
 from bundleserve.router.app import INVOKER, build_app
 from bundleserve.router.fastpath import FastEdge
 from bundleserve.router.settings import Settings, build_settings
@@ -90,16 +89,6 @@ async def _shutdown_delay(state: RouterState, stop: asyncio.Event, seconds: floa
     stop.clear()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
-
-
-def run(coroutine: Coroutine[Any, Any, None]) -> None:
-    """Run on uvloop when it is installed (it is a dependency on Linux), else on asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        asyncio.run(coroutine)
-    else:
-        uvloop.run(coroutine)
 
 
 def main(args: argparse.Namespace) -> int:

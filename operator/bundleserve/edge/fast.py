@@ -1,0 +1,96 @@
+"""The connection bookkeeping of a fast edge (`router.fastpath`, `gateway.fastpath`): one base, because both edges
+keep their connections the same way and the router and the gateway may not import each other.
+
+A fast edge is the protocol factory given to `loop.create_server`; each of its connections speaks HTTP/1.1 itself for
+the hot routes. What they share lives here: the set of open connections, the shutdown flag, and one timer for all
+of them (none per request) that closes connections idle past the keep-alive time and answers 408 to bodies not
+complete within the body deadline (slowloris; docs/router.md, "The fast edge and hostile clients"). What a request is,
+and how it is answered, stays with each edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Generic, Protocol, TypeVar
+
+from aiohttp import web
+
+
+class SweptConnection(Protocol):
+    """What the sweep reads of and asks of a fast edge's connection."""
+
+    @property
+    def idle_since(self) -> float:
+        """`time.monotonic()` when the connection opened or its last answer went out."""
+
+    @property
+    def body_since(self) -> float:
+        """`time.monotonic()` when the head of the request being read was taken."""
+
+    @property
+    def in_body(self) -> bool:
+        """A request head is taken and its body is not complete yet (and no answer is running)."""
+
+    def body_timed_out(self, seconds: float) -> None:
+        """The body deadline passed: answer 408 and close."""
+
+    def close_when_idle(self) -> None:
+        """Close now unless a request is being read or answered."""
+
+
+ConnectionT = TypeVar("ConnectionT", bound=SweptConnection)
+
+
+class SweptEdge(Generic[ConnectionT]):
+    """A fast edge's connections, their two deadlines and its shutdown; subclasses add `__call__` (the factory)."""
+
+    def __init__(self, server: web.Server, *, idle_seconds: float, body_seconds: float) -> None:
+        self.server = server  # aiohttp's RequestHandler factory, for handovers
+        self.connections: set[ConnectionT] = set()
+        self.closing = False
+        self.idle_seconds = idle_seconds  # keep-alive timeout
+        self.body_seconds = body_seconds  # a body must be complete this long after its head (slowloris)
+        self._sweep_every = min(idle_seconds, body_seconds) / 4
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def opened(self, connection: ConnectionT) -> None:
+        self.connections.add(connection)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle for longer than the keep-alive timeout, and answer 408 to bodies that did not
+        arrive within the body deadline (one timer for all, none per request)."""
+        self._sweeper = None
+        now = time.monotonic()
+        idle_limit, body_limit = now - self.idle_seconds, now - self.body_seconds
+        for connection in list(self.connections):
+            if connection.in_body and connection.body_since < body_limit:
+                connection.body_timed_out(self.body_seconds)
+            elif connection.idle_since < idle_limit:
+                connection.close_when_idle()
+        if self.connections:
+            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every, self._sweep)
+
+    def close(self) -> None:
+        """Shutdown: close idle connections now, busy ones after their current answer."""
+        self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for connection in list(self.connections):
+            connection.close_when_idle()
+
+
+def hand_over(transport: asyncio.Transport, server: web.Server, unread: bytearray, *, reading_paused: bool) -> None:
+    """Give a fast edge's connection and its bytes not yet consumed (`unread`, emptied) to aiohttp for good: the
+    handler sees the rest of the connection exactly as if it had accepted it."""
+    handler = server()
+    if reading_paused:
+        transport.resume_reading()
+    transport.set_protocol(handler)
+    handler.connection_made(transport)
+    data = bytes(unread)
+    unread.clear()
+    if data:
+        handler.data_received(data)
