@@ -20,6 +20,7 @@ from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.invocation import Invocation, ModelReply, StreamChunk
+from bundleserve.edge.exchange import Head
 from bundleserve.queue.service import S3AsyncPaths
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord
 
@@ -84,6 +85,12 @@ class InvocationBackend(CallBackend, Protocol):
 
     async def read_body(self, request: web.Request) -> bytes:
         """The request body under the endpoint's limit (PayloadTooLarge, by Content-Length before reading)."""
+        ...
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The endpoint's body limit (`maxPayloadBytes`), for a fast edge that reads the body itself; valid after
+        `gate`."""
         ...
 
 
@@ -151,6 +158,14 @@ def absolute_url(request: web.Request, path: str) -> str:
     if path.startswith(("http://", "https://", "s3://")):
         return path
     base = public_base_url(request.headers, scheme=request.scheme, configured=request.app.get(PUBLIC_URL))
+    return base + (path if path.startswith("/") else "/" + path)
+
+
+def absolute_url_of(head: Head, path: str) -> str:
+    """`absolute_url` for a transport-neutral request head (`edge.exchange.Head`)."""
+    if path.startswith(("http://", "https://", "s3://")):
+        return path
+    base = public_base_url(head.headers, scheme=head.scheme, configured=head.public_url)
     return base + (path if path.startswith("/") else "/" + path)
 
 

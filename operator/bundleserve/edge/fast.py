@@ -16,6 +16,9 @@ from typing import Generic, Protocol, TypeVar
 
 from aiohttp import web
 
+from bundleserve.edge.exchange import Reply
+from bundleserve.edge.http1 import reply_head
+
 
 class SweptConnection(Protocol):
     """What the sweep reads of and asks of a fast edge's connection."""
@@ -81,6 +84,31 @@ class SweptEdge(Generic[ConnectionT]):
         for connection in list(self.connections):
             connection.close_when_idle()
 
+    def hand_over(
+        self, connection: ConnectionT, transport: asyncio.Transport | None, unread: bytearray, *, reading_paused: bool
+    ) -> None:
+        """`connection` leaves this edge: its transport and unconsumed bytes go to aiohttp for good (`hand_over`)."""
+        self.connections.discard(connection)
+        if transport is None:  # closed meanwhile: nothing to hand over
+            return
+        hand_over(transport, self.server, unread, reading_paused=reading_paused)
+
+
+#: After a final error answer, how long a fast edge still reads (and drops) what the client sends.
+LINGER_SECONDS = 5.0
+
+
+def answer_and_close(transport: asyncio.Transport, answer: bytes) -> asyncio.TimerHandle | None:
+    """Write a final answer (an error after which the connection's bytes cannot be trusted) and close: half-closed
+    first where the transport can, and closed after `LINGER_SECONDS`, so a client that is busy sending reads the
+    answer instead of a reset; the returned timer closes it (None: closed now). The edge drops what still arrives."""
+    transport.write(answer)
+    if transport.can_write_eof():
+        transport.write_eof()
+        return asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+    transport.close()
+    return None
+
 
 def hand_over(transport: asyncio.Transport, server: web.Server, unread: bytearray, *, reading_paused: bool) -> None:
     """Give a fast edge's connection and its bytes not yet consumed (`unread`, emptied) to aiohttp for good: the
@@ -94,3 +122,48 @@ def hand_over(transport: asyncio.Transport, server: web.Server, unread: bytearra
     unread.clear()
     if data:
         handler.data_received(data)
+
+
+class Flow:
+    """A connection's write side as a fast edge streams a reply: `wait` returns once the client's socket buffer has
+    room again (asyncio's `pause_writing`/`resume_writing`), so a slow reader holds back the stream, not our memory."""
+
+    __slots__ = ("_resumed",)
+
+    def __init__(self) -> None:
+        self._resumed: asyncio.Future[None] | None = None
+
+    def pause(self) -> None:
+        if self._resumed is None:
+            self._resumed = asyncio.get_running_loop().create_future()
+
+    def resume(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None and not resumed.done():
+            resumed.set_result(None)
+
+    async def wait(self) -> None:
+        if self._resumed is not None:
+            await self._resumed
+
+
+async def write_reply(
+    transport: asyncio.Transport, flow: Flow, reply: Reply, *, keep_alive: bool, extra: bytes = b""
+) -> None:
+    """A dialect's `Reply` on a fast edge's connection: a whole body in one write, a stream chunked and flushed per
+    chunk (each write waits for `flow`). `extra`: header lines the edge adds (each ending in CRLF). The reply's
+    call is finished (`Reply.finish`) whatever happens."""
+    try:
+        if reply.chunks is None:
+            transport.write(reply_head(reply, keep_alive=keep_alive, length=len(reply.body), extra=extra) + reply.body)
+            return
+        transport.write(reply_head(reply, keep_alive=keep_alive, length=None, extra=extra))
+        async for chunk in reply.chunks:
+            if chunk:
+                if transport.is_closing():
+                    return
+                transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                await flow.wait()
+        transport.write(b"0\r\n\r\n")
+    finally:
+        await reply.finish()

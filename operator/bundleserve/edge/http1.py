@@ -9,6 +9,7 @@ import http
 import time
 
 from bundleserve.edge.errors import Answer
+from bundleserve.edge.exchange import Reply
 
 REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found", 413: b"Payload Too Large"}
 REASONS |= {408: b"Request Timeout"}
@@ -51,4 +52,17 @@ def render(answer: Answer, *, keep_alive: bool, length: int | None = None) -> by
         parts.append(b"Connection: close\r\n")
     parts.append(b"\r\n")
     parts.append(answer.body)
+    return b"".join(parts)
+
+
+def reply_head(reply: Reply, *, keep_alive: bool, length: int | None, extra: bytes = b"") -> bytes:
+    """The status line and headers of a dialect's `edge.exchange.Reply` (its own headers, Content-Type among them):
+    with `length` its Content-Length, else chunked. `extra`: header lines of the edge's own, each ending in CRLF."""
+    parts = [b"HTTP/1.1 %d %s\r\n" % (reply.status, REASONS.get(reply.status, b"Unknown")), Date.header(), extra]
+    for name, value in reply.headers.items():
+        parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+    parts.append(b"Transfer-Encoding: chunked\r\n" if length is None else b"Content-Length: %d\r\n" % length)
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
     return b"".join(parts)

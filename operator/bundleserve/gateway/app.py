@@ -33,6 +33,7 @@ from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import InvalidRequest, NotFound, Unavailable
 from bundleserve.api.invocation import IDEMPOTENCY_HEADER, Invocation, ModelReply
 from bundleserve.dialects import openapi
+from bundleserve.dialects.adapter import FAST_ROUTES
 from bundleserve.dialects.base import PUBLIC_URL, TaskBackend, public_base_url
 from bundleserve.dialects.launch import routes as launch
 from bundleserve.dialects.native.tasks import accepted_body, parse_wait, submit_native, task_body
@@ -42,6 +43,7 @@ from bundleserve.dialects.sagemaker import sigv4
 from bundleserve.edge.auth import ApiKeys, presented_key, require_key
 from bundleserve.edge.connections import ConnectionLimits
 from bundleserve.edge.errors import render_errors
+from bundleserve.edge.exchange import FastRoutes
 from bundleserve.gateway.activator import Activator, HoldSettings
 from bundleserve.gateway.docs import add_docs_routes
 from bundleserve.gateway.forwarding import EndpointCalls
@@ -507,7 +509,7 @@ def add_dialect_routes(app: web.Application, gateway: Gateway) -> None:
         calls=gateway.calls,
         tasks=gateway.task_service,
     )
-    app.add_routes(sagemaker.routes(api))
+    sagemaker.add_routes(app, api)
 
     def launch_tasks(name: str | None) -> TaskBackend:
         return gateway.task_owner() if name is None else gateway.task_service(name)
@@ -526,6 +528,7 @@ def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Applicat
     # the body deadline outermost: it sees the rendered answer and closes the connection after a 408
     app = web.Application(middlewares=[config.connections.middleware(), render_errors], client_max_size=0)
     app[GATEWAY] = gateway
+    app[FAST_ROUTES] = FastRoutes()  # the dialect operations the fast edge serves too (`add_dialect_routes`)
     if config.public_url:
         app[PUBLIC_URL] = config.public_url
 

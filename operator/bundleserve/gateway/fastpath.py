@@ -44,8 +44,9 @@ from bundleserve.api.errors import ApiError, RequestTimeout, Unavailable
 from bundleserve.api.invocation import IDEMPOTENCY_HEADER, SDK_INVOCATION_ID_HEADER
 from bundleserve.api.variants import VARIANT_HEADER
 from bundleserve.edge.errors import Answer as EdgeAnswer
-from bundleserve.edge.errors import error_answer
-from bundleserve.edge.fast import SweptEdge, hand_over
+from bundleserve.edge.errors import error_answer, too_large
+from bundleserve.edge.exchange import FastRoutes, Head, Prepared, Reply, headers_of
+from bundleserve.edge.fast import Flow, SweptEdge, answer_and_close, write_reply
 from bundleserve.edge.http1 import Date, render
 from bundleserve.gateway.proxy import BUFFER_BYTES, HOP_BY_HOP
 from bundleserve.gateway.registry import EndpointEntry
@@ -64,7 +65,6 @@ _TARGET = re.compile(
 _MODES = {b"predict": Mode.SYNC, b"stream": Mode.STREAMING, b"async": Mode.ASYNC}
 _JSON = "application/json"
 _MAX_HEAD = 65536
-_LINGER_SECONDS = 5.0
 _HOP = frozenset(name.encode() for name in HOP_BY_HOP) | {b"authorization"}
 _NOT_FAST = (b"transfer-encoding", b"expect", b"upgrade")
 _VARIANT_NAME = VARIANT_HEADER.encode()
@@ -96,6 +96,10 @@ class _Request:
     wait: str | None = None
     #: The context the gate ran in (it holds the credential's scope, which a status lookup reads).
     context: contextvars.Context | None = None
+    #: A dialect's operation past its head phase (`edge.exchange`), answered by its body phase; or its refusal,
+    #: already rendered in the dialect's shape (answered once the body is read and dropped).
+    prepared: Prepared | None = None
+    refusal: Reply | None = None
 
 
 class _Head:
@@ -126,11 +130,17 @@ class GatewayEdge(SweptEdge["GatewayConnection"]):
         *,
         idle_seconds: float = 75.0,
         body_seconds: float = 60.0,
+        dialects: FastRoutes | None = None,
     ) -> None:
         super().__init__(server, idle_seconds=idle_seconds, body_seconds=body_seconds)
         self.gateway = gateway
         self.pool = pool
         self._addresses: dict[str, tuple[tuple[str, int], bytes]] = {}
+        #: The dialects' operations served here too (SageMaker's and Launch's sync calls and streams).
+        self.dialects = dialects or FastRoutes()
+        self.prefixes = _PREFIXES + tuple(
+            b"%s %s" % (route.method.encode(), route.prefix.encode()) for route in self.dialects.routes
+        )
 
     def __call__(self) -> GatewayConnection:
         return GatewayConnection(self)
@@ -156,6 +166,7 @@ class GatewayConnection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.answer: Answer | None = None  # the router's answer being relayed
         self.writing_paused = False
+        self.flow = Flow()  # a dialect's stream waits on it while the client's socket buffer is full
         self.reading_paused = False
         self.idle_since = 0.0
         self.body_since = 0.0
@@ -171,6 +182,8 @@ class GatewayConnection(asyncio.Protocol):
         self.edge.opened(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return  # answered and closing (lingering): dropped
         self.buffer += data
         if self.task is None:
             self._process()
@@ -189,11 +202,13 @@ class GatewayConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        self.flow.pause()
         if self.answer is not None:
             self.answer.pause()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self.flow.resume()
         if self.answer is not None:
             self.answer.resume()
 
@@ -214,14 +229,17 @@ class GatewayConnection(asyncio.Protocol):
             if self.request is None and not self._head():
                 return
             request = self.request
-            assert request is not None
+            if request is None:  # _head took none: it returned False
+                return
             if len(self.buffer) < request.length:
                 return
             body = bytes(self.buffer[: request.length])
             del self.buffer[: request.length]
             self.request = None
             loop = asyncio.get_running_loop()
-            if request.entry is not None and request.mode is not Mode.ASYNC:
+            if request.prepared is not None or request.refusal is not None:
+                self.task = loop.create_task(self._dialect(request, body), context=request.context)
+            elif request.entry is not None and request.mode is not Mode.ASYNC:
                 self.task = loop.create_task(self._proxy(request, body))
             else:
                 self.task = loop.create_task(self._answer_here(request, body), context=request.context)
@@ -229,8 +247,9 @@ class GatewayConnection(asyncio.Protocol):
     def _head(self) -> bool:
         """Take the head of a request the fast edge serves; hand the connection over for anything else."""
         buffer = self.buffer
-        if not buffer.startswith(_PREFIXES):
-            if any(len(buffer) < len(prefix) and prefix.startswith(buffer) for prefix in _PREFIXES):
+        prefixes = self.edge.prefixes
+        if not buffer.startswith(prefixes):
+            if any(len(buffer) < len(prefix) and prefix.startswith(buffer) for prefix in prefixes):
                 return False  # could still become a fast request
             self._hand_over()
             return False
@@ -254,7 +273,7 @@ class GatewayConnection(asyncio.Protocol):
         """The request when the fast edge can serve it as it is (else None: aiohttp will)."""
         target = _TARGET.match(head)
         if target is None:
-            return None
+            return self._parse_dialect(head)
         parsed = _Head()
         try:
             httptools.HttpRequestParser(parsed).feed_data(head)
@@ -320,6 +339,50 @@ class GatewayConnection(asyncio.Protocol):
             entry, target.group(1), headers, length, keep_alive, variant, routed.router_url, mode=mode, context=context
         )
 
+    def _parse_dialect(self, head: bytes) -> _Request | None:
+        """A dialect's operation the fast edge serves (`GatewayEdge.dialects`), its head phase run here: a refusal
+        is answered here too, in the dialect's shape (None: aiohttp takes the request)."""
+        line = head[: head.find(b"\r\n")].split(b" ")
+        if len(line) != 3 or line[2] != b"HTTP/1.1" or b"%" in line[1]:
+            return None  # a percent-encoded path: aiohttp decodes its parameters
+        path, _, query = line[1].decode("latin-1").partition("?")
+        method = line[0].decode("latin-1")
+        found = self.edge.dialects.match(method, path)
+        if found is None:
+            return None
+        parsed = _Head()
+        try:
+            httptools.HttpRequestParser(parsed).feed_data(head)
+        except httptools.HttpParserError:
+            return None
+        if not parsed.complete:
+            return None
+        length = None
+        keep_alive = True
+        for name, value in parsed.headers:
+            if name == b"content-length":
+                if length is not None or not value.isdigit():
+                    return None
+                length = int(value)
+            elif name == b"connection":
+                keep_alive = b"close" not in value.lower()
+            elif name in _NOT_FAST:
+                return None
+        if length is None or length > BUFFER_BYTES:
+            return None
+        operation, params = found
+        gateway = self.edge.gateway
+        context = contextvars.copy_context()  # the gate's record of the scope stays in this request's context
+        request = Head(method, path, query, headers_of(parsed.headers), params, public_url=gateway.config.public_url)
+        outcome = context.run(operation, request)
+        keep_alive = keep_alive and not self.edge.closing
+        if isinstance(outcome, Reply):
+            return _Request(None, b"", [], length, keep_alive, context=context, refusal=outcome)
+        if length > outcome.max_body_bytes:
+            refusal = outcome.refuse(too_large(length, outcome.max_body_bytes))
+            return _Request(None, b"", [], length, keep_alive, context=context, refusal=refusal)
+        return _Request(None, b"", [], length, keep_alive, context=context, prepared=outcome)
+
     def body_timed_out(self, seconds: float) -> None:
         """The body deadline passed (the edge's sweep): a trickling client (slowloris) gets 408 and is closed."""
         message = f"the request body was not complete within {seconds:g} s (BUNDLESERVE_BODY_TIMEOUT_SECONDS)"
@@ -327,6 +390,38 @@ class GatewayConnection(asyncio.Protocol):
         self._fail(RequestTimeout(message))
 
     # -- proxying -------------------------------------------------------------------------------------------------
+
+    async def _dialect(self, request: _Request, body: bytes) -> None:
+        """A dialect's operation: its body phase (the call goes to the endpoint's router over the internal hop,
+        `gateway.forwarding.EndpointCalls`), its reply written as it comes."""
+        keep = request.keep_alive
+        reply = request.refusal
+        written = False
+        try:
+            if reply is None:
+                prepared = request.prepared
+                if prepared is None:
+                    raise RuntimeError("a dialect's request is prepared or refused")
+                reply = await prepared.answer(body)
+            del body
+            transport = self.transport
+            if transport is None:  # the client left while the call ran
+                keep = False
+            else:
+                keep = keep and not self.edge.closing
+                written = True
+                await write_reply(transport, self.flow, reply, keep_alive=keep)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug of ours: log it, answer in the documented shape if nothing was sent yet
+            log.exception("unexpected error on the gateway's fast path")
+            keep = False
+            if not written:
+                self._write(render(error_answer(ApiError("internal error")), keep_alive=False))
+        finally:
+            if reply is not None:
+                await reply.finish()
+        self._done(keep)
 
     async def _answer_here(self, request: _Request, body: bytes) -> None:
         """An async submission or a task status, answered by the gateway itself (no router involved)."""
@@ -398,7 +493,8 @@ class GatewayConnection(asyncio.Protocol):
         try:
             # an endpoint at zero replicas: held here while one starts (gateway.activator)
             entry = request.entry
-            assert entry is not None  # a proxied request names its endpoint
+            if entry is None:  # _process sends only requests naming their endpoint here
+                raise RuntimeError("a proxied request names its endpoint")
             async with self.edge.gateway.activator.admitted(entry):
                 address, head = self._upstream_head(request)
                 try:
@@ -495,27 +591,19 @@ class GatewayConnection(asyncio.Protocol):
 
     def _fail(self, error: ApiError) -> None:
         """Answer an error and close (the rest of the connection's bytes cannot be trusted); bytes still arriving
-        are dropped for a bounded time, so a client that is busy sending reads the answer instead of a reset."""
+        are dropped for a bounded time (`edge.fast.answer_and_close`)."""
         self.edge.connections.discard(self)
         transport = self.transport
         if transport is None:
             return
-        transport.write(render(error_answer(error), keep_alive=False))
         self.buffer.clear()
-        if transport.can_write_eof():
-            transport.write_eof()
-            asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.close)
-        else:
-            transport.close()
-        self.transport = None
+        self.transport = None  # what still arrives is dropped (data_received keeps no bytes without a transport)
+        answer_and_close(transport, render(error_answer(error), keep_alive=False))
 
     def _hand_over(self) -> None:
         """Give the connection and its unconsumed bytes to aiohttp for good."""
-        transport = self.transport
-        assert transport is not None
-        self.transport = None
-        self.edge.connections.discard(self)
-        hand_over(transport, self.edge.server, self.buffer, reading_paused=self.reading_paused)
+        transport, self.transport = self.transport, None
+        self.edge.hand_over(self, transport, self.buffer, reading_paused=self.reading_paused)
 
 
 _FORWARDING = {b"host": "Host", b"x-forwarded-proto": "X-Forwarded-Proto", b"x-forwarded-host": "X-Forwarded-Host"}

@@ -222,6 +222,10 @@ class EndpointCalls:
     async def read_body(self, request: web.Request) -> bytes:
         return await read_capped(request, self._entry().max_payload_bytes)
 
+    @property
+    def max_body_bytes(self) -> int:
+        return self._entry().max_payload_bytes
+
     def _hop(self, inv: Invocation) -> RouterHop:
         """The hop to the routers of the production variant the call names (`inv.variant`), else of one picked by
         weight (drawn from the call's idempotency key when it has one, so its retries reach the same variant);

@@ -20,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from bundleserve import logs
+from bundleserve.dialects.adapter import FAST_ROUTES
 from bundleserve.dialects.base import read_public_url
 from bundleserve.edge.config import (
     DEFAULT_RESULTS_DIR,
@@ -128,11 +129,17 @@ class Front:
     async def start(self, host: str | None = None, port: int | None = None, sock: socket.socket | None = None) -> None:
         await self.runner.setup()
         server = self.runner.server
-        assert server is not None  # set up above
+        if server is None:
+            raise RuntimeError("the gateway's aiohttp runner has no server after setup")
         gateway = self.app[GATEWAY]
         limits = self.limits
         self.edge = GatewayEdge(
-            gateway, server, gateway.pool, idle_seconds=limits.idle_seconds, body_seconds=limits.body_seconds
+            gateway,
+            server,
+            gateway.pool,
+            idle_seconds=limits.idle_seconds,
+            body_seconds=limits.body_seconds,
+            dialects=self.app.get(FAST_ROUTES),
         )
         loop = asyncio.get_running_loop()
         if sock is not None:

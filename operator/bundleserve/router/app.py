@@ -20,12 +20,14 @@ from bundleserve import __version__
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import Unavailable
 from bundleserve.dialects import openapi
+from bundleserve.dialects.adapter import FAST_ROUTES
 from bundleserve.dialects.base import PUBLIC_URL, DialectMount, InvocationBackend, TaskBackend
 from bundleserve.dialects.launch import routes as launch
 from bundleserve.dialects.openai import routes as openai_routes
 from bundleserve.dialects.sagemaker import routes as sagemaker_routes
 from bundleserve.edge.auth import ApiKeys
 from bundleserve.edge.errors import error_response, render_errors
+from bundleserve.edge.exchange import FastRoutes
 from bundleserve.queue.service import stored_result as stored
 from bundleserve.router import async_routes, hop
 from bundleserve.router.admission import AdmissionController
@@ -159,6 +161,7 @@ def build_app(settings: Settings, *, model: ModelClient | None = None) -> web.Ap
     tasks = async_routes.setup(app, state, core) if settings.serves(Mode.ASYNC) else None
     if not _has_route(app, "GET", "/v1/tasks/{}/result"):
         app.router.add_get("/v1/tasks/{task_id}/result", stored_result)
+    app[FAST_ROUTES] = FastRoutes()  # the dialect operations the fast edge serves too (each mount adds its own)
     for mount in DIALECTS:
         mount(app, core, tasks)
     hop.add_routes(app, core)  # the gateway's hand-over of calls its dialects parsed (edge.hop)

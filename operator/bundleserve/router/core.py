@@ -172,6 +172,10 @@ class InvocationCore:
         """The API key check alone (routes that are not an invocation: a stored result)."""
         require_key(self.state.api_keys, authorization)
 
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_bytes
+
     def check_length(self, length: int | None) -> None:
         """The body limit by declared length (the fast edge calls this with the parsed Content-Length)."""
         if length is not None and length > self.max_bytes:

@@ -36,14 +36,14 @@ from bundleserve.api.invocation import Invocation
 from bundleserve.dialects.native.calls import Call
 from bundleserve.edge import hop as hop_wire
 from bundleserve.edge.errors import Answer, error_answer, too_large
-from bundleserve.edge.fast import SweptEdge, hand_over
-from bundleserve.edge.http1 import render
+from bundleserve.edge.exchange import FastRoutes, Head, HeadPhase, Prepared, Reply, headers_of
+from bundleserve.edge.fast import Flow, SweptEdge, answer_and_close, write_reply
+from bundleserve.edge.http1 import render, reply_head
 from bundleserve.router.framing import BodyTooLarge, ChunkedScanner, FramingError
 from bundleserve.router.hop import answer_hop, hop_answer, prepare_hop
 from bundleserve.router.invoke import Invoker, public_url_of_raw
 
 _MAX_HEAD = 65536  # bytes of request line + headers
-_LINGER_SECONDS = 5.0  # after an error, how long arriving bytes are still read (and dropped) so the client sees it
 _LINGER_BYTES = 1024 * 1024  # ... and how many at most
 _BODY_SECONDS = 60.0  # default body deadline: from the end of the head to the end of the body
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -57,13 +57,26 @@ class FastEdge(SweptEdge["FastConnection"]):
     bookkeeping and deadlines: `edge.fast.SweptEdge`)."""
 
     def __init__(
-        self, invoker: Invoker, server: web.Server, *, idle_seconds: float = 75.0, body_seconds: float = _BODY_SECONDS
+        self,
+        invoker: Invoker,
+        server: web.Server,
+        *,
+        idle_seconds: float = 75.0,
+        body_seconds: float = _BODY_SECONDS,
+        dialects: FastRoutes | None = None,
     ) -> None:
         super().__init__(server, idle_seconds=idle_seconds, body_seconds=body_seconds)
         self.invoker = invoker
         self.prefix = f"POST /v1/endpoints/{invoker.name}/predict ".encode()
         #: The internal hop's call route (`router.hop`): the gateway's hand-over of a call it parsed, as hot as predict.
         self.hop_prefix = f"POST {hop_wire.PREDICT_PATH.format(name=invoker.name)} ".encode()
+        #: The dialects' operations served here too (SageMaker's and Launch's sync calls and streams,
+        #: `dialects.adapter.FAST_ROUTES`), by the literal start of their request line.
+        self.dialects = dialects or FastRoutes()
+        self.dialect_prefixes = tuple(
+            b"%s %s" % (route.method.encode(), route.prefix.encode()) for route in self.dialects.routes
+        )
+        self.prefixes = (self.prefix, self.hop_prefix, *self.dialect_prefixes)
 
     def __call__(self) -> FastConnection:
         return FastConnection(self)
@@ -87,10 +100,17 @@ class FastConnection(asyncio.Protocol):
         self.scanned = 0  # bytes of the buffer already searched for the end of the head
         self.body_since = 0.0
         self.hop = False  # the request being read is the internal hop's, not native predict
+        self.flow = Flow()  # a dialect's stream waits on it while the client's socket buffer is full
         self._reset()
 
     def _reset(self) -> None:
         self.headers: dict[bytes, bytes] = {}
+        #: A dialect's request (`FastEdge.dialects`): its head phase, the path's parameters, path and query; then
+        #: its outcome: prepared (the body phase to run), or refused (already rendered in the dialect's shape).
+        self.dialect: tuple[HeadPhase, dict[str, str], str, str] | None = None
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.prepared: Prepared | None = None
+        self.refusal: Reply | None = None
         self.body: list[bytes] = []
         self.body_size = 0
         self.complete = False
@@ -105,6 +125,8 @@ class FastConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.lower()] = value
+        if self.dialect is not None:  # every value, in order (SigV4 signs them)
+            self.raw_headers.append((name, value))
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -132,6 +154,12 @@ class FastConnection(asyncio.Protocol):
         elif len(self.buffer) > _MAX_HEAD + self.invoker.max_bytes and self.transport is not None:
             self.transport.pause_reading()  # a client pipelining without end waits until its answers went out
             self.paused = True
+
+    def pause_writing(self) -> None:
+        self.flow.pause()
+
+    def resume_writing(self) -> None:
+        self.flow.resume()
 
     def eof_received(self) -> bool:
         return False  # a half-closed client gets no more answers: close (cancels a running request)
@@ -171,14 +199,15 @@ class FastConnection(asyncio.Protocol):
     def _head(self) -> bool:
         buffer = self.buffer
         edge = self.edge
+        dialect = False
         if buffer.startswith(edge.prefix):
             self.hop = False
         elif buffer.startswith(edge.hop_prefix):
             self.hop = True
+        elif edge.dialect_prefixes and buffer.startswith(edge.dialect_prefixes):
+            self.hop, dialect = False, True
         else:
-            if any(
-                len(buffer) < len(prefix) and prefix.startswith(buffer) for prefix in (edge.prefix, edge.hop_prefix)
-            ):
+            if any(len(buffer) < len(prefix) and prefix.startswith(buffer) for prefix in edge.prefixes):
                 return False  # could still become a fast request
             self._hand_over()
             return False
@@ -186,10 +215,18 @@ class FastConnection(asyncio.Protocol):
         if end < 0:
             self.scanned = len(buffer)
             if len(buffer) > _MAX_HEAD:
-                self._fail(InvalidRequest(f"the request head is larger than {_MAX_HEAD} bytes"))
+                if dialect:  # aiohttp refuses an oversized head in the one error shape
+                    self._hand_over()
+                else:
+                    self._fail(InvalidRequest(f"the request head is larger than {_MAX_HEAD} bytes"))
             return False
         self.scanned = 0
         size = end + 4
+        if dialect:
+            self.dialect = self._dialect_route(bytes(buffer[: buffer.find(b"\r\n")]))
+            if self.dialect is None:
+                self._hand_over()
+                return False
         try:
             self.parser.feed_data(bytes(buffer[:size]))
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as error:
@@ -200,6 +237,8 @@ class FastConnection(asyncio.Protocol):
         self.body_since = time.monotonic()
         self.in_body = True
         invoker = self.invoker
+        if self.dialect is not None:
+            return self._dialect_head()
         authorization = self.headers.get(b"authorization")
         try:
             invoker.gate(None, None if authorization is None else authorization.decode("utf-8", "surrogateescape"))
@@ -210,6 +249,44 @@ class FastConnection(asyncio.Protocol):
             self.entered = True
         if self.complete:
             return True  # no body: a refusal is answered in order, and the connection stays usable
+        return self._admit_body()
+
+    def _dialect_route(self, line: bytes) -> tuple[HeadPhase, dict[str, str], str, str] | None:
+        """The dialect operation a request line names (None: aiohttp serves it)."""
+        parts = line.split(b" ")
+        if len(parts) != 3 or parts[2] != b"HTTP/1.1" or b"%" in parts[1]:
+            return None  # a percent-encoded path: aiohttp decodes its parameters
+        path, _, query = parts[1].decode("latin-1").partition("?")
+        found = self.edge.dialects.match(parts[0].decode("latin-1"), path)
+        return None if found is None else (found[0], found[1], path, query)
+
+    def _dialect_head(self) -> bool:
+        """A dialect's head phase (`edge.exchange`): the dialect parses the head and gates; a refusal, rendered in
+        its shape, is answered before the body is read (in order, keeping the connection, when there is none)."""
+        route = self.dialect
+        if route is None:  # _head sets it before calling here
+            raise RuntimeError("a dialect's head without its route")
+        operation, params, path, query = route
+        head = Head(
+            "POST", path, query, headers_of(self.raw_headers), params, public_url=self.invoker.state.settings.public_url
+        )
+        outcome = operation(head)
+        if isinstance(outcome, Reply):
+            self.refusal = outcome
+            if self.complete:
+                return True
+            self._fail_with(outcome)
+            return False
+        self.prepared = outcome
+        self.invoker.state.drain.enter()
+        self.entered = True
+        if self.complete:
+            return True
+        return self._admit_body()
+
+    def _admit_body(self) -> bool:
+        """A body place before the body's first byte, its announced size within the limit, `100 Continue`."""
+        invoker = self.invoker
         if self.refused is None:
             try:
                 invoker.state.admission.reserve_body()  # admitted before its first byte is read (memory bound)
@@ -228,8 +305,7 @@ class FastConnection(asyncio.Protocol):
             if self.length > invoker.max_bytes:
                 self._fail(too_large(self.length, invoker.max_bytes), refused=True)
                 return False
-        if self.headers.get(b"expect", b"").lower() == b"100-continue":
-            assert self.transport is not None
+        if self.headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
             self.transport.write(_CONTINUE)
         return True
 
@@ -271,6 +347,16 @@ class FastConnection(asyncio.Protocol):
         refused, entered, started, headers = self.refused, self.entered, self.started, self.headers
         reserved = self.reserved
         self.reserved = False
+        if self.dialect is not None:
+            prepared_call, refusal = self.prepared, self.refusal
+            body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
+            self.body.clear()
+            self.entered = False
+            self._reset()
+            self.task = asyncio.get_running_loop().create_task(
+                self._answer_dialect(prepared_call, refusal, body, entered, reserved, keep_alive)
+            )
+            return
         prepared: tuple[Call, Invocation] | Invocation | Answer | None = None
         if refused is None:
             # parsed here, synchronously, so the raw body is dropped before the call: a request holds its input once
@@ -331,6 +417,51 @@ class FastConnection(asyncio.Protocol):
         else:
             transport.write(render(answer, keep_alive=keep))
         del answer
+        self._next(transport, keep)
+
+    async def _answer_dialect(
+        self,
+        prepared: Prepared | None,
+        refusal: Reply | None,
+        body: bytes,
+        entered: bool,
+        reserved: bool,
+        keep: bool,
+    ) -> None:
+        """A dialect's operation: its body phase (the core's call), its reply written as it comes."""
+        invoker = self.invoker
+        reply = refusal
+        written = False
+        transport = self.transport
+        try:
+            if reply is None:
+                if prepared is None:
+                    raise RuntimeError("a dialect's request is prepared or refused")
+                reply = await prepared.answer(body)
+            del body
+            transport = self.transport
+            if transport is not None:
+                keep = keep and not self.edge.closing and not invoker.state.drain.stopping
+                written = True
+                await write_reply(transport, self.flow, reply, keep_alive=keep)
+        except Exception:  # a bug of ours: log it, answer in the documented shape if nothing was sent yet
+            log.exception("unexpected error on the fast path")
+            keep = False
+            if not written and transport is not None:
+                transport.write(render(error_answer(ApiError("internal error")), keep_alive=False))
+        finally:
+            if reply is not None:
+                await reply.finish()
+            if entered:
+                invoker.state.drain.leave()
+            if reserved:
+                invoker.state.admission.release_body()
+        transport = self.transport
+        if transport is not None:
+            self._next(transport, keep)
+
+    def _next(self, transport: asyncio.Transport, keep: bool) -> None:
+        """The answer is out: close, or go on with the connection's next request."""
         self.task = None
         self.idle_since = time.monotonic()
         if not keep:
@@ -346,11 +477,21 @@ class FastConnection(asyncio.Protocol):
         """Answer an error and close: the rest of the connection's bytes cannot be trusted (or is not wanted).
 
         `refused`: a request refused before its body was parsed (counted in the metrics). Bytes still arriving are
-        read and dropped for at most _LINGER_SECONDS and _LINGER_BYTES, with our side half-closed, so a client that
+        read and dropped for at most `edge.fast.LINGER_SECONDS` and _LINGER_BYTES, with our side half-closed, so a client that
         is busy sending reads the answer instead of a reset connection; nothing of them is kept.
         """
-        if refused:
+        if refused and self.dialect is None:  # the native route's metrics (a dialect's aiohttp route counts none)
             self.invoker.refuse(error, self.started or perf_counter())
+        if self.prepared is not None:  # a dialect's request: its shape
+            self._fail_with(self.prepared.refuse(error))
+        else:
+            self._close_with(render(hop_answer(error) if self.hop else error_answer(error), keep_alive=False))
+
+    def _fail_with(self, reply: Reply) -> None:
+        """A dialect's refusal (or error) as the connection's last answer (`_fail`)."""
+        self._close_with(reply_head(reply, keep_alive=False, length=len(reply.body)) + reply.body)
+
+    def _close_with(self, answer: bytes) -> None:
         self.in_body = False
         if self.entered:
             self.invoker.state.drain.leave()
@@ -362,20 +503,13 @@ class FastConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        transport.write(render(hop_answer(error) if self.hop else error_answer(error), keep_alive=False))
         self.buffer.clear()
         self.body.clear()
-        if transport.can_write_eof():
-            transport.write_eof()
-            self.lingering = asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.close)
-        else:
-            transport.close()
+        self.lingering = answer_and_close(transport, answer)
+        if self.lingering is None:
             self.transport = None
 
     def _hand_over(self) -> None:
         """Give the connection and its unconsumed bytes to aiohttp for good."""
-        transport = self.transport
-        assert transport is not None
-        self.transport = None
-        self.edge.connections.discard(self)
-        hand_over(transport, self.edge.server, self.buffer, reading_paused=self.paused)
+        transport, self.transport = self.transport, None
+        self.edge.hand_over(self, transport, self.buffer, reading_paused=self.paused)

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from bundleserve import logs
 from bundleserve.api.endpoint import Mode
+from bundleserve.dialects.adapter import FAST_ROUTES
 from bundleserve.edge.config import ConfigError
 from bundleserve.edge.loop import run
 from bundleserve.router.app import INVOKER, build_app
@@ -47,7 +48,11 @@ async def serve(settings: Settings) -> None:
         if settings.serves(Mode.SYNC) and runner.server is not None:
             # predict on the fast edge; every other request is handed over to aiohttp on the same connection
             edge = FastEdge(
-                app[INVOKER], runner.server, idle_seconds=limits.idle_seconds, body_seconds=limits.body_seconds
+                app[INVOKER],
+                runner.server,
+                idle_seconds=limits.idle_seconds,
+                body_seconds=limits.body_seconds,
+                dialects=app.get(FAST_ROUTES),
             )
             listener = await loop.create_server(edge, settings.host, settings.port, backlog=2048, reuse_address=True)
         else:

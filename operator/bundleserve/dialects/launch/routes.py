@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Protocol
 
 from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, InvalidRequest, ModelError, ModeNotServed, NotFound, Unavailable
-from bundleserve.api.invocation import ModelReply
-from bundleserve.dialects.base import InvocationBackend, TaskBackend, absolute_url
+from bundleserve.api.invocation import ModelReply, StreamChunk
+from bundleserve.dialects import adapter
+from bundleserve.dialects.base import InvocationBackend, TaskBackend, absolute_url, absolute_url_of
 from bundleserve.dialects.launch import render
 from bundleserve.dialects.launch.models import (
     LegacyAsyncSubmitResponse,
@@ -44,6 +45,7 @@ from bundleserve.dialects.launch.models import (
     parse_task_request,
     to_invocation,
 )
+from bundleserve.edge.exchange import Head, HeadPhase, Prepared, Reply
 from bundleserve.queue.tasks import CallbackTarget
 
 LEGACY_BASE = "/v1/hosted_inference"
@@ -52,6 +54,10 @@ LEGACY_BASE = "/v1/hosted_inference"
 LEGACY_POLL_WAIT_SECONDS = 5.0
 _JSON = "application/json"
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_JSON_HEADERS = {"Content-Type": _JSON}
+LEGACY_SYNC_PATH = f"{LEGACY_BASE}/task_sync/{{name}}"
+V1_SYNC_PATH = "/v1/sync-tasks"
+V1_STREAM_PATH = "/v1/streaming-tasks"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -96,11 +102,19 @@ def _json(body: bytes, status: int = 200) -> web.Response:
     return web.Response(status=status, body=body, content_type=_JSON)
 
 
+def _json_reply(body: bytes, status: int = 200) -> Reply:
+    return Reply(status, _JSON_HEADERS, body)
+
+
+def _error_reply(error: ApiError, *, legacy: bool) -> Reply:
+    """An error in Launch's shape (FastAPI's `detail` plus the documented error), the legacy or the v1 status."""
+    headers = {**error.headers, "Content-Type": _JSON}
+    return Reply(render.error_status(error, legacy=legacy), headers, render.error_body(error))
+
+
 def _error_response(error: ApiError, *, legacy: bool) -> web.Response:
-    response = _json(render.error_body(error), render.error_status(error, legacy=legacy))
-    for name, value in error.headers.items():
-        response.headers[name] = value
-    return response
+    reply = _error_reply(error, legacy=legacy)
+    return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
 
 
 def _renders_errors(*, legacy: bool) -> Callable[[Handler], Handler]:
@@ -119,8 +133,8 @@ def _renders_errors(*, legacy: bool) -> Callable[[Handler], Handler]:
     return decorate
 
 
-def _endpoint_id(request: web.Request) -> str:
-    name = request.query.get("model_endpoint_id", "").strip()
+def _endpoint_id(value: str | None) -> str:
+    name = (value or "").strip()
     if not name:
         raise InvalidRequest("the query parameter model_endpoint_id is required (the endpoint's name or id)")
     return name
@@ -151,14 +165,14 @@ class LaunchRoutes:
             web.get(f"{LEGACY_BASE}/endpoints", legacy(self.legacy_endpoints)),
             web.get(f"{LEGACY_BASE}/endpoints/{{name}}", legacy(self.legacy_endpoint)),
             web.get(f"{LEGACY_BASE}/task/result/{{task_id}}", legacy(self.legacy_result)),
-            web.post(f"{LEGACY_BASE}/task_sync/{{name}}", legacy(self.legacy_sync)),
+            adapter.route("POST", LEGACY_SYNC_PATH, self.legacy_sync),
             web.post(f"{LEGACY_BASE}/task_async/{{name}}", legacy(self.legacy_async)),
             web.get(f"{LEGACY_BASE}/endpoints/{{name}}/task_async/{{task_id}}", legacy(self.legacy_poll)),
             web.get("/v1/model-endpoints", v1(self.v1_endpoints)),
-            web.post("/v1/sync-tasks", v1(self.v1_sync)),
+            adapter.route("POST", V1_SYNC_PATH, self.v1_sync),
             web.post("/v1/async-tasks", v1(self.v1_async)),
             web.get("/v1/async-tasks/{task_id}", v1(self.v1_poll)),
-            web.post("/v1/streaming-tasks", v1(self.v1_stream)),
+            adapter.route("POST", V1_STREAM_PATH, self.v1_stream),
         ]
 
     # -- shared steps ---------------------------------------------------------------------------------------------
@@ -186,16 +200,11 @@ class LaunchRoutes:
             raise Unavailable("the async API of this endpoint is not configured (it needs a Redis URL)")
         return tasks
 
-    def _called(self, name: str, request: web.Request, mode: Mode) -> InvocationBackend:
-        """The endpoint's backend, its gate passed (before the body is read)."""
-        backend = self.calls(name)
-        backend.gate(name, request.headers.get("Authorization"), mode)
-        return backend
-
-    async def _keep(self, request: web.Request, name: str, reply: ModelReply) -> str:
+    async def keep(self, head: Head, name: str, reply: ModelReply) -> str:
+        """A sync `return_pickled` result kept where the client downloads it: its absolute URL."""
         if self.results is None:
             raise Unavailable("return_pickled needs a result store, which this server has not configured")
-        return absolute_url(request, await self.results(name).keep(reply))
+        return absolute_url_of(head, await self.results(name).keep(reply))
 
     # -- legacy ---------------------------------------------------------------------------------------------------
 
@@ -231,20 +240,9 @@ class LaunchRoutes:
         answer = render.build_legacy_task(record, functools.partial(absolute_url, request))
         return _json(render.dump(answer))
 
-    async def legacy_sync(self, request: web.Request) -> web.StreamResponse:
-        name = request.match_info["name"]
-        backend = self._called(name, request, Mode.SYNC)
-        task = parse_task_request(await backend.read_body(request), LegacyTaskRequest)
-        invocation = to_invocation(task)
-        try:
-            reply = await backend.predict(invocation)
-        except ModelError as error:
-            return _json(render.dump(render.build_legacy_failure(error)))
-        if invocation.return_pickled:
-            answer = render.build_legacy_sync(result_url=await self._keep(request, name, reply))
-        else:
-            answer = render.build_legacy_sync(result=render.result_text(reply))
-        return _json(render.dump(answer))
+    def legacy_sync(self, head: Head) -> Prepared | Reply:
+        """`task_sync/{name}`'s head phase (the seam's, `edge.exchange`: served by aiohttp and the fast edges)."""
+        return self._prepare(head, Mode.SYNC, legacy=True)
 
     async def legacy_async(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -276,23 +274,12 @@ class LaunchRoutes:
         answer = V1EndpointList(model_endpoints=[render.build_v1_endpoint(view) for view in views])
         return _json(render.dump(answer))
 
-    async def v1_sync(self, request: web.Request) -> web.StreamResponse:
-        name = _endpoint_id(request)
-        backend = self._called(name, request, Mode.SYNC)
-        task = parse_task_request(await backend.read_body(request), V1TaskRequest)
-        invocation = to_invocation(task)
-        try:
-            reply = await backend.predict(invocation)
-        except ModelError as error:
-            return _json(render.dump(render.build_v1_failure(error)))
-        if invocation.return_pickled:
-            answer = render.build_v1_sync(result_url=await self._keep(request, name, reply))
-        else:
-            answer = render.build_v1_sync(result=render.result_text(reply))
-        return _json(render.dump(answer))
+    def v1_sync(self, head: Head) -> Prepared | Reply:
+        """`POST /v1/sync-tasks`'s head phase."""
+        return self._prepare(head, Mode.SYNC, legacy=False)
 
     async def v1_async(self, request: web.Request) -> web.Response:
-        task_id = await self._submit(request, _endpoint_id(request), V1TaskRequest)
+        task_id = await self._submit(request, _endpoint_id(request.query.get("model_endpoint_id")), V1TaskRequest)
         return _json(render.dump(V1AsyncSubmitResponse(task_id=task_id)))
 
     async def v1_poll(self, request: web.Request) -> web.Response:
@@ -304,28 +291,19 @@ class LaunchRoutes:
             raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
         return _json(render.dump(render.build_v1_task(record, functools.partial(absolute_url, request))))
 
-    async def v1_stream(self, request: web.Request) -> web.StreamResponse:
-        backend = self._called(_endpoint_id(request), request, Mode.STREAMING)
-        task = parse_task_request(await backend.read_body(request), V1TaskRequest)
-        if task.return_pickled:
-            raise InvalidRequest("return_pickled is not available for streaming")
-        response: web.StreamResponse | None = None
+    def v1_stream(self, head: Head) -> Prepared | Reply:
+        """`POST /v1/streaming-tasks`'s head phase."""
+        return self._prepare(head, Mode.STREAMING, legacy=False)
+
+    def _prepare(self, head: Head, mode: Mode, *, legacy: bool) -> Prepared | Reply:
+        """The endpoint (from the path, or the v1 query) and its gate, before the body; a refusal in Launch's shape."""
         try:
-            async with backend.stream(to_invocation(task)) as chunks:
-                response = web.StreamResponse(headers=_SSE_HEADERS)
-                await response.prepare(request)
-                try:
-                    async for chunk in chunks:
-                        await response.write(render.stream_chunk_event(chunk.data))
-                except ModelError as error:  # mid-stream: one final FAILURE event
-                    await response.write(render.stream_failure_event(error))
-        except ModelError as error:
-            if response is None:  # before the first chunk: a 200 event stream whose one event is the failure
-                response = web.StreamResponse(headers=_SSE_HEADERS)
-                await response.prepare(request)
-            await response.write(render.stream_failure_event(error))
-        await response.write_eof()
-        return response
+            name = head.params["name"] if legacy else _endpoint_id(head.query("model_endpoint_id"))
+            backend = self.calls(name)
+            backend.gate(name, head.headers.get("Authorization"), mode)
+        except ApiError as error:
+            return _error_reply(error, legacy=legacy)
+        return _Call(self, head, name, backend, mode, legacy=legacy)
 
     # -- async ----------------------------------------------------------------------------------------------------
 
@@ -341,6 +319,85 @@ class LaunchRoutes:
         )
 
 
+class _Call:
+    """A sync or streaming task past its gate: the body phase (`edge.exchange.Prepared`)."""
+
+    __slots__ = ("backend", "head", "legacy", "mode", "name", "routes")
+
+    def __init__(
+        self, routes: LaunchRoutes, head: Head, name: str, backend: InvocationBackend, mode: Mode, *, legacy: bool
+    ) -> None:
+        self.routes = routes
+        self.head = head
+        self.name = name
+        self.backend = backend
+        self.mode = mode
+        self.legacy = legacy
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.backend.max_body_bytes
+
+    def refuse(self, error: ApiError) -> Reply:
+        return _error_reply(error, legacy=self.legacy)
+
+    async def read_body(self, request: web.Request) -> bytes:
+        return await self.backend.read_body(request)
+
+    async def answer(self, body: bytes) -> Reply:
+        try:
+            task: LegacyTaskRequest | V1TaskRequest = (
+                parse_task_request(body, LegacyTaskRequest) if self.legacy else parse_task_request(body, V1TaskRequest)
+            )
+            del body
+            if self.mode is Mode.STREAMING:
+                return await self._stream(task)
+            invocation = to_invocation(task)
+            try:
+                reply = await self.backend.predict(invocation)
+            except ModelError as error:
+                failure = render.build_legacy_failure(error) if self.legacy else render.build_v1_failure(error)
+                return _json_reply(render.dump(failure))
+            if invocation.return_pickled:
+                result_url = await self.routes.keep(self.head, self.name, reply)
+                answer = (
+                    render.build_legacy_sync(result_url=result_url)
+                    if self.legacy
+                    else render.build_v1_sync(result_url=result_url)
+                )
+            else:
+                result = render.result_text(reply)
+                answer = render.build_legacy_sync(result=result) if self.legacy else render.build_v1_sync(result=result)
+            return _json_reply(render.dump(answer))
+        except ApiError as error:
+            return self.refuse(error)
+
+    async def _stream(self, task: LegacyTaskRequest | V1TaskRequest) -> Reply:
+        """Server-sent events; a model failure before the first chunk is a 200 stream whose one event is the
+        failure, a failure after it one final FAILURE event."""
+        if task.return_pickled:
+            raise InvalidRequest("return_pickled is not available for streaming")
+        stack = contextlib.AsyncExitStack()
+        try:
+            chunks = await stack.enter_async_context(self.backend.stream(to_invocation(task)))
+        except ModelError as error:
+            return Reply(200, _SSE_HEADERS, render.stream_failure_event(error))
+        return Reply(200, _SSE_HEADERS, chunks=_events(chunks), close=stack.aclose)
+
+
+async def _events(chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield render.stream_chunk_event(chunk.data)
+    except ModelError as error:  # mid-stream: one final FAILURE event
+        yield render.stream_failure_event(error)
+
+
+def sync_operations(routes: LaunchRoutes) -> list[tuple[str, HeadPhase]]:
+    """The sync (legacy and v1) and v1 streaming operations by path: the ones a fast edge serves too."""
+    return [(LEGACY_SYNC_PATH, routes.legacy_sync), (V1_SYNC_PATH, routes.v1_sync), (V1_STREAM_PATH, routes.v1_stream)]
+
+
 def add_routes(
     app: web.Application,
     gate: EndpointGate,
@@ -353,4 +410,9 @@ def add_routes(
     """Mount the Launch routes: on a router for its own endpoint (`gate` and every backend its core, `names` its
     name), on the gateway for its registry's endpoints (`gate` the gateway, `calls` its per-endpoint backends, so
     sync and streaming calls are parsed here once and handed to the endpoint's router in one hop)."""
-    app.router.add_routes(LaunchRoutes(gate, tasks, calls=calls, results=results, names=names).routes())
+    launch = LaunchRoutes(gate, tasks, calls=calls, results=results, names=names)
+    app.router.add_routes(launch.routes())
+    fast = adapter.fast_routes(app)
+    if fast is not None:
+        for path, operation in sync_operations(launch):
+            fast.add("POST", path, operation)

@@ -25,9 +25,12 @@ from aiohttp import web
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, ModelError, NotFound, Timeout, Unavailable
 from bundleserve.api.invocation import StreamChunk, TaskStatus
+from bundleserve.dialects import adapter
+from bundleserve.dialects.adapter import head_of
 from bundleserve.dialects.base import InvocationBackend, TaskBackend, absolute_url
 from bundleserve.dialects.sagemaker import eventstream, protocol, sigv4
 from bundleserve.dialects.sagemaker.protocol import Operation
+from bundleserve.edge.exchange import Head, HeadPhase, Prepared, Reply
 from bundleserve.queue.s3results import failure_url, output_url
 from bundleserve.queue.tasks import failure_document
 
@@ -43,6 +46,8 @@ _API_KEY_SCHEMES = ("bearer", "basic")
 
 log = logging.getLogger("bundleserve.dialects.sagemaker")
 
+INVOKE_PATH = "/endpoints/{name}/invocations"
+INVOKE_STREAM_PATH = "/endpoints/{name}/invocations-response-stream"
 OUTPUT_PATH = "/endpoints/{name}/async-invocations/{task_id}/output"
 FAILURE_PATH = "/endpoints/{name}/async-invocations/{task_id}/failure"
 
@@ -79,8 +84,13 @@ class SageMakerApi:
     # -- shared steps ----------------------------------------------------------------------------------------------
 
     def _error(self, error: ApiError, request_id: str) -> web.Response:
-        reply = protocol.render_error(error, request_id=request_id)
+        reply = self.error_reply(error, request_id)
         return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+
+    @staticmethod
+    def error_reply(error: ApiError, request_id: str) -> Reply:
+        reply = protocol.render_error(error, request_id=request_id)
+        return Reply(reply.status, reply.headers, reply.body)
 
     def _backend(self, name: str) -> InvocationBackend | None:
         """The endpoint's backend (None: no gate, the test harness); an unknown name in SageMaker's wording."""
@@ -92,7 +102,7 @@ class SageMakerApi:
             raise protocol.unknown_endpoint(name) from None
 
     def _authenticate(
-        self, request: web.Request, backend: InvocationBackend | None
+        self, headers: Mapping[str, str], backend: InvocationBackend | None
     ) -> tuple[sigv4.SignedRequest | None, str | None]:
         """Headers-only SigV4 checks; returns the parsed signature and the Authorization for the gate.
 
@@ -103,10 +113,10 @@ class SageMakerApi:
         hold one). Unsigned requests (when allowed) pass their Authorization header, if any, to the gate unchanged.
         """
         signing = self.settings.signing
-        authorization = request.headers.get("Authorization")
+        authorization = headers.get("Authorization")
         if signing.open or (_is_api_key(authorization) and backend is not None and backend.requires_api_key):
             return None, authorization
-        signed = sigv4.parse_authorization(signing, request.headers)
+        signed = sigv4.parse_authorization(signing, headers)
         return signed, None if signed is not None else authorization
 
     def _gate(
@@ -133,9 +143,7 @@ class SageMakerApi:
             return await request.read()
         return await backend.read_body(request)
 
-    def _verify(
-        self, request: web.Request, signed: sigv4.SignedRequest | None, body: bytes, *, once: bool = True
-    ) -> None:
+    def verify(self, head: Head, signed: sigv4.SignedRequest | None, body: bytes, *, once: bool = True) -> None:
         """The signature over the body; `once` (invocations): an exact replay of a verified signature is refused
         (reads of a task's output or failure may repeat: replaying them changes nothing)."""
         if signed is None:
@@ -143,68 +151,39 @@ class SageMakerApi:
         sigv4.verify_signature(
             self.settings.signing,
             signed,
-            method=request.method,
-            raw_path=request.rel_url.raw_path,
-            raw_query=request.rel_url.raw_query_string,
-            header_values=sigv4.request_header_values(
-                [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.raw_headers]
-            ),
+            method=head.method,
+            raw_path=head.raw_path,
+            raw_query=head.raw_query,
+            header_values=sigv4.request_header_values(list(head.headers.items())),
             body=body,
-            secure=request.secure,
+            secure=head.secure,
         )
         if once:
-            self.replays.check(signed, request.headers)
+            self.replays.check(signed, head.headers)
 
-    # -- InvokeEndpoint --------------------------------------------------------------------------------------------
+    # -- InvokeEndpoint and InvokeEndpointWithResponseStream: the seam's two phases (`edge.exchange`) --------------
 
-    async def invoke(self, request: web.Request) -> web.StreamResponse:
+    def invoke(self, head: Head) -> Prepared | Reply:
+        """InvokeEndpoint's head phase (served by aiohttp and the fast edges alike)."""
+        return self._prepare(head, Operation.INVOKE, Mode.SYNC)
+
+    def invoke_stream(self, head: Head) -> Prepared | Reply:
+        """InvokeEndpointWithResponseStream's head phase."""
+        return self._prepare(head, Operation.INVOKE_STREAM, Mode.STREAMING)
+
+    def _prepare(self, head: Head, operation: Operation, mode: Mode) -> Prepared | Reply:
+        """Everything the head decides: the endpoint's backend, the signature's header checks, the operation's
+        headers, the gate; a refusal in SageMaker's error shape."""
         request_id = protocol.new_request_id()
         try:
-            name = request.match_info["name"]
+            name = head.params["name"]
             backend = self._sync_backend(name)
-            signed, authorization = self._authenticate(request, backend)
-            parsed = protocol.parse_request(Operation.INVOKE, name, request.headers, variant=self.settings.variant)
-            self._gate(backend, name, signed, authorization, Mode.SYNC)
-            body = await backend.read_body(request)
-            self._verify(request, signed, body)
-            invocation = protocol.build_invocation(parsed, body, python_bundle=self.settings.python_bundle(name))
-            reply = await backend.predict(invocation)
+            signed, authorization = self._authenticate(head.headers, backend)
+            parsed = protocol.parse_request(operation, name, head.headers, variant=self.settings.variant)
+            self._gate(backend, name, signed, authorization, mode)
         except ApiError as error:
-            return self._error(error, request_id)
-        headers = protocol.reply_headers(
-            request_id=request_id, custom_attributes=reply.custom_attributes, variant=backend.variant
-        )
-        headers["Content-Type"] = reply.content_type
-        return web.Response(status=200, body=reply.body, headers=headers)
-
-    # -- InvokeEndpointWithResponseStream --------------------------------------------------------------------------
-
-    async def invoke_stream(self, request: web.Request) -> web.StreamResponse:
-        request_id = protocol.new_request_id()
-        try:
-            name = request.match_info["name"]
-            backend = self._sync_backend(name)
-            signed, authorization = self._authenticate(request, backend)
-            parsed = protocol.parse_request(
-                Operation.INVOKE_STREAM, name, request.headers, variant=self.settings.variant
-            )
-            self._gate(backend, name, signed, authorization, Mode.STREAMING)
-            body = await backend.read_body(request)
-            self._verify(request, signed, body)
-            python_bundle = self.settings.python_bundle(name)
-            invocation = protocol.build_invocation(parsed, body, python_bundle=python_bundle)
-            async with backend.stream(invocation) as chunks:
-                response = web.StreamResponse(status=200)
-                response.headers.update(
-                    protocol.reply_headers(request_id=request_id, custom_attributes=None, variant=backend.variant)
-                )
-                response.headers["Content-Type"] = eventstream.CONTENT_TYPE
-                response.headers[protocol.H_SM_CONTENT_TYPE] = parsed.accept or protocol.JSON_TYPE
-                await response.prepare(request)
-                await _pump(response, chunks, python_bundle=python_bundle)
-                return response
-        except ApiError as error:  # before the first frame: an ordinary HTTP error
-            return self._error(error, request_id)
+            return self.error_reply(error, request_id)
+        return _Call(self, head, request_id, backend, signed, parsed, self.settings.python_bundle(name))
 
     # -- InvokeEndpointAsync ---------------------------------------------------------------------------------------
 
@@ -213,15 +192,14 @@ class SageMakerApi:
         try:
             name = request.match_info["name"]
             backend = self._backend(name)
-            signed, authorization = self._authenticate(request, backend)
-            parsed = protocol.parse_request(
-                Operation.INVOKE_ASYNC, name, request.headers, variant=self.settings.variant
-            )
+            head = head_of(request)
+            signed, authorization = self._authenticate(head.headers, backend)
+            parsed = protocol.parse_request(Operation.INVOKE_ASYNC, name, head.headers, variant=self.settings.variant)
             self._gate(backend, name, signed, authorization, Mode.ASYNC)
             tasks = self._tasks(name)
             s3_paths = tasks.s3_paths()
             body = await self._read_body(backend, request)
-            self._verify(request, signed, body)
+            self.verify(head, signed, body)
             invocation = protocol.build_invocation(
                 parsed,
                 body,
@@ -298,8 +276,9 @@ class SageMakerApi:
     def _location_tasks(self, request: web.Request, name: str) -> TaskBackend:
         """The same authentication as the invocations (a signed GET over an empty body), then the endpoint's tasks."""
         backend = self._backend(name)
-        signed, authorization = self._authenticate(request, backend)
-        self._verify(request, signed, b"", once=False)
+        head = head_of(request)
+        signed, authorization = self._authenticate(head.headers, backend)
+        self.verify(head, signed, b"", once=False)
         self._gate(backend, name, signed, authorization, Mode.ASYNC)
         return self._tasks(name)
 
@@ -316,27 +295,76 @@ def _not_written(request_id: str, what: str) -> web.Response:
     )
 
 
-async def _pump(response: web.StreamResponse, chunks: AsyncIterator[StreamChunk], *, python_bundle: bool) -> None:
-    """Model chunks -> PayloadPart frames, each flushed; a mid-stream failure ends with one exception frame."""
+class _Call:
+    """A sync or streaming invocation past its head phase: the body phase (`edge.exchange.Prepared`)."""
+
+    __slots__ = ("api", "backend", "head", "parsed", "python_bundle", "request_id", "signed")
+
+    def __init__(
+        self,
+        api: SageMakerApi,
+        head: Head,
+        request_id: str,
+        backend: InvocationBackend,
+        signed: sigv4.SignedRequest | None,
+        parsed: protocol.SageMakerRequest,
+        python_bundle: bool,
+    ) -> None:
+        self.api = api
+        self.head = head
+        self.request_id = request_id
+        self.backend = backend
+        self.signed = signed
+        self.parsed = parsed
+        self.python_bundle = python_bundle
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.backend.max_body_bytes
+
+    def refuse(self, error: ApiError) -> Reply:
+        return self.api.error_reply(error, self.request_id)
+
+    async def read_body(self, request: web.Request) -> bytes:
+        return await self.backend.read_body(request)
+
+    async def answer(self, body: bytes) -> Reply:
+        """Verify the signature over the body, build the one invocation, call, render (a stream: event-stream
+        frames; a failure before the first frame is an ordinary error answer)."""
+        try:
+            self.api.verify(self.head, self.signed, body)
+            invocation = protocol.build_invocation(self.parsed, body, python_bundle=self.python_bundle)
+            del body
+            backend = self.backend
+            if self.parsed.operation is Operation.INVOKE:
+                reply = await backend.predict(invocation)
+                headers = protocol.reply_headers(
+                    request_id=self.request_id, custom_attributes=reply.custom_attributes, variant=backend.variant
+                )
+                headers["Content-Type"] = reply.content_type
+                return Reply(200, headers, reply.body)
+            stack = contextlib.AsyncExitStack()
+            chunks = await stack.enter_async_context(backend.stream(invocation))
+        except ApiError as error:
+            return self.refuse(error)
+        headers = protocol.reply_headers(request_id=self.request_id, custom_attributes=None, variant=backend.variant)
+        headers["Content-Type"] = eventstream.CONTENT_TYPE
+        headers[protocol.H_SM_CONTENT_TYPE] = self.parsed.accept or protocol.JSON_TYPE
+        return Reply(200, headers, chunks=_frames(chunks, python_bundle=self.python_bundle), close=stack.aclose)
+
+
+async def _frames(chunks: AsyncIterator[StreamChunk], *, python_bundle: bool) -> AsyncIterator[bytes]:
+    """Model chunks -> PayloadPart frames; a mid-stream failure ends with one exception frame."""
     try:
         async for chunk in chunks:
-            data = protocol.payload_bytes(chunk.data, python_bundle=python_bundle)
-            await response.write(eventstream.payload_part(data))
+            yield eventstream.payload_part(protocol.payload_bytes(chunk.data, python_bundle=python_bundle))
     except Timeout as error:
-        code = eventstream.StreamErrorCode.MODEL_INVOCATION_TIME_EXCEEDED
-        with contextlib.suppress(ConnectionResetError):
-            await response.write(eventstream.model_stream_error(error.message, code))
+        yield eventstream.model_stream_error(error.message, eventstream.StreamErrorCode.MODEL_INVOCATION_TIME_EXCEEDED)
     except ModelError as error:
-        with contextlib.suppress(ConnectionResetError):
-            await response.write(eventstream.model_stream_error(error.message))
+        yield eventstream.model_stream_error(error.message)
     except ApiError as error:
         log.warning("SageMaker stream failed: %s", error.message)
-        with contextlib.suppress(ConnectionResetError):
-            await response.write(eventstream.internal_stream_failure(error.message))
-    except ConnectionResetError:
-        return
-    with contextlib.suppress(ConnectionResetError):
-        await response.write_eof()
+        yield eventstream.internal_stream_failure(error.message)
 
 
 def routes(api: SageMakerApi) -> list[web.RouteDef]:
@@ -347,11 +375,26 @@ def routes(api: SageMakerApi) -> list[web.RouteDef]:
         web.get(FAILURE_PATH, api.failure),
     ]
     if api.calls is not None:
-        table += [
-            web.post("/endpoints/{name}/invocations", api.invoke),
-            web.post("/endpoints/{name}/invocations-response-stream", api.invoke_stream),
-        ]
+        table += [adapter.route("POST", path, operation) for path, operation in sync_operations(api)]
     return table
+
+
+def sync_operations(api: SageMakerApi) -> list[tuple[str, HeadPhase]]:
+    """InvokeEndpoint and InvokeEndpointWithResponseStream by path: the operations a fast edge serves too."""
+    return [
+        (INVOKE_PATH, api.invoke),
+        (INVOKE_STREAM_PATH, api.invoke_stream),
+    ]
+
+
+def add_routes(app: web.Application, api: SageMakerApi) -> None:
+    """The dialect's aiohttp routes, and its sync and streaming operations on the server's fast edge when it has one
+    (`dialects.adapter.FAST_ROUTES`)."""
+    app.add_routes(routes(api))
+    fast = adapter.fast_routes(app)
+    if fast is not None and api.calls is not None:
+        for path, operation in sync_operations(api):
+            fast.add("POST", path, operation)
 
 
 def settings_from_env(
@@ -376,4 +419,4 @@ def mount(app: web.Application, core: InvocationBackend, tasks: TaskBackend | No
         def resolver(_name: str) -> TaskBackend:
             return bound
 
-    app.add_routes(routes(SageMakerApi(settings, calls=lambda _name: core, tasks=resolver)))
+    add_routes(app, SageMakerApi(settings, calls=lambda _name: core, tasks=resolver))
