@@ -5,13 +5,18 @@ one Secret in both). The gateway runs on its own event loop in a thread, so the 
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.registry import Registry
+from tests.integration.test_gateway_fastpath import read_answer
 from tests.integration.test_launch_dialect import (  # noqa: F401 - the tests, re-collected against the gateway
     API_KEY,
     ASYNC,
@@ -42,7 +47,7 @@ from tests.integration.test_launch_dialect import (  # noqa: F401 - the tests, r
     test_v1_unknown_task_and_endpoint,
     test_v1_wrong_mode_and_bad_body,
 )
-from tests.integration.test_sagemaker_on_gateway import ThreadedApp, entry_for
+from tests.integration.test_sagemaker_on_gateway import ThreadedGateway, entry_for
 from tests.support.valkey import Valkey
 
 
@@ -55,9 +60,53 @@ def launch_target(tmp_path_factory: pytest.TempPathFactory, valkey_server: Valke
         config = GatewayConfig(
             redis_url=valkey_server.url, api_keys=frozenset({API_KEY}), results_dir=Path(directory / "results")
         )
-        app = ThreadedApp(build_gateway_app(Registry(entries), config))
+        app = ThreadedGateway(build_gateway_app(Registry(entries), config))
         url = app.start()
         try:
-            yield LaunchTarget(urls={SYNC: url, ASYNC: url}, api_key=API_KEY)
+            yield LaunchTarget(urls={SYNC: url, ASYNC: url}, api_key=API_KEY, servers=[app])
         finally:
             app.stop()
+
+
+async def test_sync_and_streaming_tasks_are_served_by_the_gateways_fast_edge(launch_target: LaunchTarget) -> None:
+    """Legacy `task_sync`, v1 `sync-tasks` and v1 `streaming-tasks` on one connection, answered by the gateway's
+    fast edge itself (`GatewayEdge.dialects`): the connection is still the fast edge's after each (a connection
+    handed over to aiohttp leaves it), and the answers are Launch's. An unknown endpoint is refused there too, in
+    Launch's shape; `GET /v1/model-endpoints` (an aiohttp route) moves the connection, which the same check sees."""
+    gateway: ThreadedGateway = launch_target.servers[0]
+    authorization = launch_target.headers["Authorization"].encode()
+    parts = urlsplit(launch_target.url(SYNC))
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    port = writer.get_extra_info("sockname")[1]
+
+    def post(target: str, body: dict[str, Any]) -> bytes:
+        data = json.dumps(body).encode()
+        head = f"POST {target} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        return head.encode() + b"Authorization: " + authorization + b"\r\nContent-Length: %d\r\n\r\n" % len(data) + data
+
+    try:
+        writer.write(post(f"/v1/hosted_inference/task_sync/{SYNC}", {"args": {"q": "legacy"}, "return_pickled": False}))
+        status, _, body = await read_answer(reader)
+        assert (status, json.loads(body)["state"]) == (200, "SUCCESS")
+        assert port in gateway.fast_connections()
+        writer.write(post(f"/v1/sync-tasks?model_endpoint_id={SYNC}", {"args": {"q": "hi"}}))
+        status, _, body = await read_answer(reader)
+        assert (status, json.loads(body)["result"]["result"]) == (200, json.dumps({"q": "hi"}, separators=(",", ":")))
+        assert port in gateway.fast_connections()
+        writer.write(post(f"/v1/streaming-tasks?model_endpoint_id={SYNC}", {"args": {"text": "a b"}}))
+        status, headers, body = await read_answer(reader)
+        assert (status, headers["content-type"]) == (200, "text/event-stream")
+        assert body.count(b"data:") >= 2, body
+        assert port in gateway.fast_connections()
+        writer.write(post("/v1/sync-tasks?model_endpoint_id=nope", {"args": {}}))
+        status, _, body = await read_answer(reader)
+        assert (status, "detail" in json.loads(body)) == (404, True)
+        assert port in gateway.fast_connections()
+        writer.write(
+            b"GET /v1/model-endpoints?name=%s HTTP/1.1\r\nHost: gw\r\nAuthorization: %s\r\n\r\n"
+            % (SYNC.encode(), authorization)
+        )
+        assert (await read_answer(reader))[0] == 200
+        assert port not in gateway.fast_connections()
+    finally:
+        writer.close()

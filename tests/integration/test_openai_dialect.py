@@ -25,7 +25,7 @@ from bundleserve.api.credentials import KeysFile
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.registry import Registry
 from tests.integration.test_router_fake_model import start_router
-from tests.integration.test_sagemaker_on_gateway import ThreadedApp, entry_for
+from tests.integration.test_sagemaker_on_gateway import ThreadedGateway, entry_for
 from tests.support.processes import REPO, Server, bundleserve, free_port, http_ok
 from tests.support.waiting import wait_until
 
@@ -133,7 +133,7 @@ def target(request: pytest.FixtureRequest, backend: Backend) -> Iterator[Target]
         return
     entries = [entry_for(backend.files[name], url) for name, url in backend.routers.items()]
     entries.append(entry_for(backend.files["no-openai"], "http://127.0.0.1:9"))
-    app = ThreadedApp(build_gateway_app(Registry(entries), GatewayConfig(api_keys=frozenset({API_KEY}))))
+    app = ThreadedGateway(build_gateway_app(Registry(entries), GatewayConfig(api_keys=frozenset({API_KEY}))))
     url = app.start()
     target = Target("gateway", {"tiny-chat": url, "lab": url, "no-openai": url})
     try:

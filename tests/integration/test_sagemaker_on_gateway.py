@@ -1,6 +1,6 @@
 """The SageMaker Runtime dialect on the gateway, with real boto3: the gateway application (its own event loop in a
-thread, so the synchronous boto3 client can call it) in front of a real router process, the real bundle runtime and
-a real valkey-server.
+thread, so the synchronous boto3 client can call it; listening as `bundleserve gateway` does, its fast edge in front)
+in front of a real router process, the real bundle runtime and a real valkey-server.
 
 - a representative subset of the boto3 suite (tests/integration/test_sagemaker_boto3.py), re-collected here with
   `sagemaker_target` pointing at the gateway, signed and unsigned: sync, custom attributes, streams (and a failure
@@ -26,8 +26,11 @@ from botocore.exceptions import ClientError
 from bundleserve.api.credentials import KeysFile
 from bundleserve.api.manifest import load_endpoints
 from bundleserve.dialects.sagemaker import sigv4
+from bundleserve.edge.connections import ConnectionLimits
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
+from bundleserve.gateway.fastpath import GatewayEdge
 from bundleserve.gateway.registry import EndpointEntry, Registry
+from bundleserve.gateway.server import Front
 from tests.integration.test_router_fake_model import start_router
 from tests.integration.test_sagemaker_boto3 import (  # noqa: F401 - the tests, re-collected against the gateway
     ACCESS_KEY,
@@ -92,16 +95,57 @@ class ThreadedApp:
         self.loop.close()
 
 
+class ThreadedGateway(ThreadedApp):
+    """A gateway application listening as `bundleserve gateway` listens (`gateway.server.Front`: its fast edge on the
+    socket, aiohttp behind it), on its own event loop in a daemon thread. `edge` is the fast edge once started."""
+
+    def __init__(self, app: web.Application) -> None:
+        super().__init__(app)
+        self.front = Front(app, ConnectionLimits())
+
+    @property
+    def edge(self) -> GatewayEdge:
+        if self.front.edge is None:
+            raise RuntimeError("the gateway is not started")
+        return self.front.edge
+
+    def start(self) -> str:
+        self.thread.start()
+        port = free_port()
+        asyncio.run_coroutine_threadsafe(self.front.start("127.0.0.1", port), self.loop).result(timeout=30)
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    def fast_connections(self) -> list[int]:
+        """The client ports of the connections the fast edge holds now (a connection handed over to aiohttp leaves
+        it, so a request it answered itself keeps its client's port here)."""
+
+        async def ports() -> list[int]:
+            return [
+                int(connection.transport.get_extra_info("peername")[1])
+                for connection in list(self.edge.connections)
+                if connection.transport is not None
+            ]
+
+        return asyncio.run_coroutine_threadsafe(ports(), self.loop).result(timeout=30)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.front.stop(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+        self.loop.close()
+
+
 def entry_for(path: Path, router_url: str, *, ready: bool = True) -> EndpointEntry:
     [(_, endpoint)] = load_endpoints([path])
     return EndpointEntry(endpoint=endpoint, router_url=router_url, ready=ready)
 
 
-def gateway_app(directory: Path, entries: list[EndpointEntry], redis_url: str, **config: Any) -> ThreadedApp:
+def gateway_app(directory: Path, entries: list[EndpointEntry], redis_url: str, **config: Any) -> ThreadedGateway:
     """The gateway as `bundleserve gateway` builds it, with the SageMaker configuration of the boto3 suite."""
     keys = sigv4.config_from_env(sagemaker_env(directory))
     settings = GatewayConfig(redis_url=redis_url, results_dir=directory / "results", sagemaker_signing=keys, **config)
-    return ThreadedApp(build_gateway_app(Registry(entries), settings))
+    return ThreadedGateway(build_gateway_app(Registry(entries), settings))
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +284,32 @@ def _submit_inline(client: Any, arguments: dict[str, Any]) -> dict[str, Any]:
     )
     assert reply["ResponseMetadata"]["HTTPStatusCode"] == 202, reply
     return reply
+
+
+def test_sagemaker_calls_are_served_by_the_gateways_fast_edge(backend: dict[str, Any]) -> None:
+    """InvokeEndpoint and InvokeEndpointWithResponseStream from boto3 are answered by the gateway's fast edge itself
+    (`GatewayEdge.dialects`): boto3's pooled connection is still the fast edge's after them, with the dialect's
+    answers; an async invocation (an aiohttp route) moves it to aiohttp, which the same check sees."""
+    directory: Path = backend["directory"]
+    app = gateway_app(directory, [entry_for(backend["endpoint_file"], backend["urls"]["open"])], backend["redis"])
+    url = app.start()
+    try:
+        client = _client(SageMakerTarget(url, NAME, REGION, ACCESS_KEY, SECRET_KEY, directory), "signed")
+        answer = client.invoke_endpoint(EndpointName=NAME, Body=json.dumps({"f": 1}), ContentType="application/json")
+        assert json.loads(answer["Body"].read()) == {"f": 1}
+        assert answer["InvokedProductionVariant"] == "AllTraffic"
+        assert len(app.fast_connections()) == 1
+        stream = client.invoke_endpoint_with_response_stream(
+            EndpointName=NAME, Body=json.dumps({"text": "fast edge"}), ContentType="application/json"
+        )
+        parts = [event["PayloadPart"]["Bytes"] for event in stream["Body"] if "PayloadPart" in event]
+        assert parts == [b"fast", b"edge"]
+        assert len(app.fast_connections()) == 1
+        with pytest.raises(ClientError) as refused:  # refused by the gate, in SageMaker's shape, on the fast edge
+            client.invoke_endpoint(EndpointName="nope", Body=b"{}", ContentType="application/json")
+        assert refused.value.response["Error"]["Code"] == "ValidationError"
+        assert len(app.fast_connections()) == 1
+        _submit_inline(client, {"g": 2})  # InvokeEndpointAsync: an aiohttp route; the connection is handed over
+        assert app.fast_connections() == []
+    finally:
+        app.stop()

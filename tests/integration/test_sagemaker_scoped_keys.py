@@ -24,7 +24,7 @@ from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.registry import Registry
 from tests.integration.test_router_fake_model import start_router
 from tests.integration.test_sagemaker_boto3 import BUNDLE, REGION, SageMakerTarget, _client
-from tests.integration.test_sagemaker_on_gateway import ThreadedApp, entry_for
+from tests.integration.test_sagemaker_on_gateway import ThreadedGateway, entry_for
 from tests.support.processes import Server, bundleserve, free_port, http_ok
 from tests.support.valkey import Valkey
 from tests.support.waiting import wait_until
@@ -92,7 +92,7 @@ def scoped(tmp_path_factory: pytest.TempPathFactory, valkey_server: Valkey) -> I
             sagemaker_signing=sigv4.config_from_env(signing_env),
             keys_file=api_keys,
         )
-        app = ThreadedApp(build_gateway_app(Registry(entries), config))
+        app = ThreadedGateway(build_gateway_app(Registry(entries), config))
         gateway_url = app.start()
         yield {"directory": directory, "gateway": gateway_url, "router": router_url}
     finally:
