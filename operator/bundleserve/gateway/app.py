@@ -30,7 +30,7 @@ from aiohttp import web
 from bundleserve import __version__
 from bundleserve.api.credentials import KeysFile, plain_keys
 from bundleserve.api.endpoint import Mode
-from bundleserve.api.errors import InvalidRequest, NotFound, Unavailable
+from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unavailable
 from bundleserve.api.invocation import IDEMPOTENCY_HEADER, Invocation, ModelReply
 from bundleserve.dialects import openapi
 from bundleserve.dialects.adapter import FAST_ROUTES
@@ -154,7 +154,8 @@ class Gateway:
 
     def gate_entry(self, name: str, authorization: str | None, mode: Mode | None) -> EndpointEntry:
         entry = self.gate(name, authorization, mode)
-        assert entry is not None  # a name was given
+        if entry is None:  # gate returns the entry of every name it admits: a bug of ours
+            raise ApiError(f"internal error: the gate admitted {name!r} without its entry")
         return entry
 
     @property
@@ -219,7 +220,8 @@ class Gateway:
         return self.queues
 
     def upstream(self) -> aiohttp.ClientSession:
-        assert self.session is not None, "the gateway's client session starts with the app"
+        if self.session is None:  # the client session starts with the application: a bug of ours
+            raise ApiError("internal error: the gateway's client session is not started")
         return self.session
 
     # -- handlers ----------------------------------------------------------------------------------------------

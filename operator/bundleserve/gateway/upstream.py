@@ -230,16 +230,17 @@ class UpstreamPool:
         the meantime fails before any answer; the caller's attempts cover it."""
         connection = await self._connect(address, fresh=fresh)
         connection.begin()
-        transport = connection.transport
+        transport, head = connection.transport, connection.head
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the pooled connection was closed")
+        if head is None:  # begin() sets it: a bug of ours
+            raise RuntimeError("an upstream exchange began without its head future")
         if len(request) == 1:
             transport.write(request[0])
         else:
             transport.writelines(request)
-        assert connection.head is not None
         try:
-            await connection.head
+            await head
         except BaseException:
             if connection.transport is not None:
                 connection.transport.close()

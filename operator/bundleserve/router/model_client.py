@@ -193,15 +193,17 @@ class ModelStream:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         connection = self._connection
-        assert connection.chunks is not None
+        chunks = connection.chunks
+        if chunks is None:  # a streaming exchange always has its queue: a bug of ours
+            raise RuntimeError("a model stream without its chunk queue")
         while True:
-            item = await connection.chunks.get()
+            item = await chunks.get()
             if item is None:
                 self.finished = True
                 return
             if isinstance(item, BaseException):
                 raise ModelError("the model closed the stream before its end", status_code=None, traceback=None)
-            if connection.paused and connection.chunks.qsize() < _PAUSE_AT // 2:
+            if connection.paused and chunks.qsize() < _PAUSE_AT // 2:
                 connection.resume()
             yield item
 
@@ -281,11 +283,13 @@ class ModelClient:
             + extra
             + b"\r\n"
         )
-        assert connection.transport is not None
+        transport = connection.transport
+        if transport is None:  # closed between connecting and writing: the model went away
+            raise ConnectionResetError("the connection to the model closed before the request was written")
         if len(body) < _LARGE_BODY:
-            connection.transport.write(head + body)
+            transport.write(head + body)
         else:
-            connection.transport.writelines((head, body))
+            transport.writelines((head, body))
 
     async def _connect_and_send(
         self,
@@ -343,9 +347,11 @@ class ModelClient:
         )
         reusable = False
         try:
-            assert connection.done is not None
+            done = connection.done
+            if done is None:  # every exchange has it: a bug of ours
+                raise RuntimeError("a model exchange without its completion future")
             try:
-                await connection.done
+                await done
             except (ConnectionError, OSError):
                 raise ModelConnectionLost(
                     "the model closed the connection before answering (did it crash?)", status_code=None, traceback=None
@@ -408,9 +414,11 @@ class ModelClient:
         connection = await self._connect_and_send(b"POST", path, body, content_type, extra, streaming=True)
         stream: ModelStream | None = None
         try:
-            assert connection.headers_done is not None and connection.done is not None
+            headers_done = connection.headers_done
+            if headers_done is None or connection.done is None:  # a streaming exchange has both: a bug of ours
+                raise RuntimeError("a model stream without its futures")
             try:
-                await connection.headers_done
+                await headers_done
             except (ConnectionError, OSError):
                 raise ModelConnectionLost(
                     "the model closed the connection before answering (did it crash?)", status_code=None, traceback=None
