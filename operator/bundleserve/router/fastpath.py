@@ -33,7 +33,6 @@ from aiohttp import web
 
 from bundleserve.api.errors import ApiError, InvalidRequest, RequestTimeout
 from bundleserve.api.invocation import Invocation
-from bundleserve.dialects.native.calls import Call
 from bundleserve.edge import hop as hop_wire
 from bundleserve.edge.errors import Answer, error_answer, too_large
 from bundleserve.edge.exchange import FastRoutes, Head, HeadPhase, Prepared, Reply, headers_of
@@ -357,7 +356,7 @@ class FastConnection(asyncio.Protocol):
                 self._answer_dialect(prepared_call, refusal, body, entered, reserved, keep_alive)
             )
             return
-        prepared: tuple[Call, Invocation] | Invocation | Answer | None = None
+        prepared: Invocation | Answer | None = None
         if refused is None:
             # parsed here, synchronously, so the raw body is dropped before the call: a request holds its input once
             body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
@@ -376,7 +375,7 @@ class FastConnection(asyncio.Protocol):
 
     async def _answer(
         self,
-        prepared: tuple[Call, Invocation] | Invocation | Answer | None,
+        prepared: Invocation | Answer | None,
         refused: ApiError | None,
         entered: bool,
         reserved: bool,
@@ -391,7 +390,7 @@ class FastConnection(asyncio.Protocol):
                 answer = invoker.refuse(refused or ApiError("internal error"), started)
                 if hop and refused is not None:
                     answer = hop_answer(refused)
-            elif isinstance(prepared, Invocation):
+            elif hop and isinstance(prepared, Invocation):
                 answer = await answer_hop(invoker.core, prepared, started)
                 del prepared
             else:

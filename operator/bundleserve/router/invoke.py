@@ -18,14 +18,11 @@ from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, ModelError
 from bundleserve.api.invocation import (
     IDEMPOTENCY_HEADER,
-    JSON_CONTENT_TYPE,
     Invocation,
     ModelReply,
-    encode_args,
-    idempotency_key,
 )
 from bundleserve.dialects.base import public_base_url
-from bundleserve.dialects.native.calls import Call, parse_call
+from bundleserve.dialects.native.calls import parse_invocation
 from bundleserve.edge.errors import Answer, as_response, error_answer, error_response
 from bundleserve.edge.sse import as_json, failure_event, success_event
 from bundleserve.queue.results import keep_sync_result
@@ -49,20 +46,6 @@ def public_url_of_raw(headers: Mapping[bytes, bytes], configured: str | None) ->
     """`dialects.base.public_base_url` for the fast edge's raw (lower-cased, bytes) request headers."""
     forwarding = {name: headers[key].decode("latin-1") for name, key in _FORWARDING if key in headers}
     return public_base_url(forwarding, configured=configured)
-
-
-def invocation_of(call: Call, key: str | None = None) -> Invocation:
-    """The native body's call as the core's invocation (JSON keyword arguments, or a url input); `key`: the
-    client's `Idempotency-Key` header (its retries of this call run the model once)."""
-    body = call.args_json if call.args_json is not None else b"" if call.url is not None else encode_args(call.args)
-    return Invocation(
-        body=body,
-        content_type=JSON_CONTENT_TYPE,
-        url=call.url,
-        return_pickled=call.return_pickled,
-        timeout_seconds=call.timeout_seconds,
-        idempotency_key=idempotency_key("native", key),
-    )
 
 
 class PickledResults:
@@ -136,29 +119,28 @@ class Invoker:
         the request's Idempotency-Key header."""
         return await self.answer_prepared(self.prepare(body, started, idempotency), started, public_url)
 
-    def prepare(self, body: bytes, started: float, idempotency: str | None = None) -> tuple[Call, Invocation] | Answer:
+    def prepare(self, body: bytes, started: float, idempotency: str | None = None) -> Invocation | Answer:
         """Parse a predict body (synchronously: the edges drop the body right after, so a request holds its input
         once, as the invocation's args text); an error Answer for a body that is refused."""
         try:
-            call = parse_call(body, kwargs_only=self.is_python)
-            return call, invocation_of(call, idempotency)
+            return parse_invocation(body, kwargs_only=self.is_python, idempotency=idempotency)
         except ApiError as error:
             return self.refuse(error, started)
 
     async def answer_prepared(
         self,
-        prepared: tuple[Call, Invocation] | Answer,
+        prepared: Invocation | Answer,
         started: float,
         public_url: Callable[[], str] | None = None,
     ) -> Answer:
         """Call the core with a prepared invocation and render its reply or error."""
         if isinstance(prepared, Answer):
             return prepared
-        call, invocation = prepared
+        invocation = prepared
         del prepared
         try:
             reply = await self.core.predict(invocation, started=started)
-            if call.return_pickled:
+            if invocation.return_pickled:
                 return await self._pickled_answer(reply, public_url)
             return self._result_answer(reply)
         except ApiError as error:
@@ -194,12 +176,12 @@ class Invoker:
         try:
             core.gate(request.match_info.get("name"), request.headers.get("Authorization"), Mode.STREAMING)
             body = await core.read_body(request)
-            call = parse_call(body, kwargs_only=self.is_python)
+            invocation = parse_invocation(body, kwargs_only=self.is_python)
         except ApiError as error:
             core.refused(error, started, Mode.STREAMING)
             return error_response(error)
         try:
-            async with core.stream(invocation_of(call), started=started) as chunks:
+            async with core.stream(invocation, started=started) as chunks:
                 response = web.StreamResponse(headers=_SSE_HEADERS)
                 await response.prepare(request)
                 try:
