@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import botocore.session
@@ -280,3 +281,11 @@ def test_success_headers() -> None:
         "x-amzn-RequestId": "r",
         "X-Amzn-SageMaker-Custom-Attributes": "a=b",
     }
+
+
+def test_request_ids_are_distinct_version_4_uuids() -> None:
+    ids = {protocol.new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for text in list(ids)[:50]:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)

@@ -9,8 +9,8 @@ message from the body's `message`/`Message`; modeled members (ModelError's Origi
 from __future__ import annotations
 
 import json
+import os
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -228,7 +228,11 @@ def build_invocation(
 
 
 def new_request_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID in its text form, as SageMaker's request ids are; formatted from 16 random bytes
+    directly, which costs a third of `str(uuid.uuid4())` on every call of the dialect."""
+    digits = os.urandom(16).hex()
+    variant = "89ab"[int(digits[16], 16) & 3]
+    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
 
 
 def reply_headers(*, request_id: str, custom_attributes: str | None, variant: str = DEFAULT_VARIANT) -> dict[str, str]:
