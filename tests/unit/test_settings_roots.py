@@ -40,9 +40,12 @@ def environment_reads(source: str) -> list[int]:
         if isinstance(node, ast.Attribute) and node.attr in ENV_NAMES:
             if isinstance(node.value, ast.Name) and node.value.id == "os":
                 found.append(node.lineno)
-        elif isinstance(node, ast.ImportFrom) and node.module == "os":
-            if any(alias.name in ENV_NAMES for alias in node.names):
-                found.append(node.lineno)
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module == "os"
+            and any(alias.name in ENV_NAMES for alias in node.names)
+        ):
+            found.append(node.lineno)
     return sorted(found)
 
 

@@ -45,6 +45,11 @@ CORE = web.AppKey("invocation_core", InvocationCore)  # the one invocation path 
 INVOKER = web.AppKey("invoker", Invoker)  # the native sync/stream handlers, shared with the fast path (router.fastpath)
 
 
+def _mount_sagemaker(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None) -> None:
+    """The SageMaker dialect for this router's endpoint, signed as the router's settings say."""
+    sagemaker_routes.mount(app, core, tasks, app[ROUTER_STATE].settings.sagemaker_signing)
+
+
 def _mount_launch(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None) -> None:
     """The Launch dialect for this router's endpoint, keeping sync pickled results where native predict keeps them."""
     state = app[ROUTER_STATE]
@@ -66,7 +71,7 @@ def _mount_openai(app: web.Application, core: InvocationBackend, tasks: TaskBack
 
 #: Every dialect the router serves besides the native API, mounted by `build_app` as `mount(app, core, tasks)`.
 #: A dialect module exposes one `DialectMount` (see `bundleserve.dialects.base`) and is listed here, once.
-DIALECTS: list[DialectMount] = [sagemaker_routes.mount, _mount_launch, _mount_openai]
+DIALECTS: list[DialectMount] = [_mount_sagemaker, _mount_launch, _mount_openai]
 
 
 def release_bodies(admission: AdmissionController) -> Callable[..., Awaitable[web.StreamResponse]]:
