@@ -45,7 +45,7 @@ from bundleserve.bundle.serialization import (
 )
 from bundleserve.bundle.state import Phase, Readiness
 
-log = logging.getLogger("bundleserve.bundle")
+log = logging.getLogger(__name__)
 
 PREDICT_ROUTE = "/predict"
 STREAM_ROUTE = "/stream"

@@ -29,7 +29,7 @@ from bundleserve.api.endpoint import ConditionStatus, Endpoint
 from bundleserve.api.variants import child_name
 from bundleserve.gateway.registry import EndpointEntry, Registry, VariantRoute
 
-log = logging.getLogger("bundleserve.gateway.kube")
+log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 GROUP, VERSION, PLURAL = "bundleserve.dev", "v1alpha1", "endpoints"

@@ -23,7 +23,7 @@ import aiohttp
 from bundleserve import logs
 from bundleserve.local.plan import ProcessSpec
 
-log = logging.getLogger("bundleserve.local")
+log = logging.getLogger(__name__)
 forwarded = logging.getLogger(logs.FORWARDED)  # the child's own line, printed as it came (see bundleserve.logs)
 
 

@@ -39,7 +39,7 @@ from bundleserve.router.settings import Settings
 from bundleserve.router.state import ROUTER_STATE, DrainState, RouterState, result_store
 from bundleserve.router.worker import AsyncMetrics
 
-log = logging.getLogger("bundleserve.router")
+log = logging.getLogger(__name__)
 
 CORE = web.AppKey("invocation_core", InvocationCore)  # the one invocation path of this router
 INVOKER = web.AppKey("invoker", Invoker)  # the native sync/stream handlers, shared with the fast path (router.fastpath)

@@ -31,7 +31,7 @@ from bundleserve.router.metrics import LATENCY_BUCKETS
 from bundleserve.router.model_client import ReplyTooLarge
 from bundleserve.router.state import RouterState, s3_objects
 
-log = logging.getLogger("bundleserve.router.worker")
+log = logging.getLogger(__name__)
 BACKLOG_REFRESH_SECONDS = 5.0
 CLEANUP_EVERY_ROUNDS = 60  # every 5 minutes
 

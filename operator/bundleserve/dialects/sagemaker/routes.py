@@ -41,7 +41,7 @@ CallsResolver = Callable[[str], InvocationBackend]
 #: Authorization schemes that carry a bundleserve API key (edge.auth), accepted instead of SigV4 where keys exist.
 _API_KEY_SCHEMES = ("bearer", "basic")
 
-log = logging.getLogger("bundleserve.dialects.sagemaker")
+log = logging.getLogger(__name__)
 
 OUTPUT_PATH = "/endpoints/{name}/async-invocations/{task_id}/output"
 FAILURE_PATH = "/endpoints/{name}/async-invocations/{task_id}/failure"
