@@ -149,7 +149,11 @@ def config_from_env(env: Mapping[str, str]) -> SigV4Config:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as error:
             raise ValueError(f"{ENV_KEYS_FILE}: cannot read {path}: {error.strerror}") from None
-        for file_key_id, entry in parse_keys_file(text).items():
+        try:
+            entries = parse_keys_file(text)
+        except KeysFileError as error:
+            raise KeysFileError(f"{ENV_KEYS_FILE} {path}: {error}") from None
+        for file_key_id, entry in entries.items():
             keys[file_key_id] = entry.secret
             if entry.namespaces is not None:
                 namespaces[file_key_id] = entry.namespaces
