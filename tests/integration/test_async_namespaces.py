@@ -14,7 +14,7 @@ from bundleserve.controller.builders.autoscaling import queue_names
 from bundleserve.queue import keys
 from bundleserve.queue.backlog import Backlog, backlog, open_backlog_reader
 from bundleserve.queue.broker import TaskQueue, get_task
-from bundleserve.queue.config import Durability, QueueConfig
+from bundleserve.queue.config import Durability, QueueConfig, QueueLimits
 from bundleserve.queue.purge import purge_queue
 from bundleserve.queue.tasks import TaskRequest
 from tests.support.valkey import Valkey
@@ -44,8 +44,8 @@ async def test_same_named_endpoints_in_two_namespaces_have_separate_queues(
     redis: aioredis.Redis, valkey_server: Valkey
 ) -> None:
     team_a, team_b = endpoint_in("team-a"), endpoint_in("team-b")
-    queue_a = TaskQueue(redis, QueueConfig.from_endpoint(team_a, durability=Durability.MEMORY))
-    queue_b = TaskQueue(redis, QueueConfig.from_endpoint(team_b, durability=Durability.MEMORY))
+    queue_a = TaskQueue(redis, QueueConfig.from_endpoint(team_a, QueueLimits(), durability=Durability.MEMORY))
+    queue_b = TaskQueue(redis, QueueConfig.from_endpoint(team_b, QueueLimits(), durability=Durability.MEMORY))
     read_backlog, close_reader = await open_backlog_reader(valkey_server.url)
     try:
         assert (queue_a.config.endpoint, queue_b.config.endpoint) == (NAME, NAME)

@@ -19,7 +19,7 @@ from bundleserve.api.invocation import TaskStatus
 from bundleserve.queue import acl, keys
 from bundleserve.queue.backlog import backlog
 from bundleserve.queue.broker import QueueUnavailable, TaskQueue, get_task
-from bundleserve.queue.config import Durability, QueueConfig
+from bundleserve.queue.config import Durability, QueueConfig, observed_config_from_env
 from bundleserve.queue.connection import observed_config
 from bundleserve.queue.invoke import PICKLE_CONTENT_TYPE, ModelReply, TaskFailure
 from bundleserve.queue.notify import CompletionWaiter
@@ -42,15 +42,22 @@ async def echo(request: TaskRequest, timeout: float) -> ModelReply:
 
 
 @pytest.fixture
-async def redis(
-    each_redis_server: Valkey, config: QueueConfig, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[aioredis.Redis]:
+async def observed(each_redis_server: Valkey) -> tuple[tuple[str, str], ...]:
+    """The server's durability settings as the operator reads them with the master credential and passes them on
+    (as env, which a router's settings read into `QueueLimits.observed_server_config`)."""
+    master = aioredis.Redis.from_url(each_redis_server.url)
+    try:
+        return observed_config_from_env(await observed_config(master))
+    finally:
+        await master.aclose()
+
+
+@pytest.fixture
+async def redis(each_redis_server: Valkey, config: QueueConfig) -> AsyncIterator[aioredis.Redis]:
     """Every test of this module runs on valkey-server and on Debian's redis-server 7.0, connected as the endpoint's
     own ACL user (queue/acl.py) as a router in a cluster is: what the queue does must fit inside that user's rights.
-    The user cannot read CONFIG; like the operator, the fixture passes what the master credential reads."""
+    The user cannot read CONFIG; like the operator, `make_queue` passes what the master credential reads."""
     master = aioredis.Redis.from_url(each_redis_server.url)
-    for name, value in (await observed_config(master)).items():
-        monkeypatch.setenv(name, value)
     password = acl.new_password()
     await acl.ensure_user(master, config.queue_id, password)
     client = aioredis.Redis.from_url(acl.endpoint_url(each_redis_server.url, config.queue_id, password))
@@ -85,11 +92,13 @@ class Running:
 
 
 @pytest.fixture
-async def make_queue(redis: aioredis.Redis) -> AsyncIterator[Callable[[QueueConfig], TaskQueue]]:
+async def make_queue(
+    redis: aioredis.Redis, observed: tuple[tuple[str, str], ...]
+) -> AsyncIterator[Callable[[QueueConfig], TaskQueue]]:
     made: list[TaskQueue] = []
 
     def make(config: QueueConfig) -> TaskQueue:
-        made.append(TaskQueue(redis, config))
+        made.append(TaskQueue(redis, replace(config, observed_server_config=observed)))
         return made[-1]
 
     yield make

@@ -24,7 +24,13 @@ from bundleserve.dialects.sagemaker import sigv4
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.registry import EndpointEntry, Registry
 from bundleserve.queue.results import ResultStore, open_result_store
-from bundleserve.queue.s3results import EXPIRES_AT_METADATA, S3Location, S3ResultStore, StorageUnavailable
+from bundleserve.queue.s3results import (
+    EXPIRES_AT_METADATA,
+    S3Location,
+    S3ResultStore,
+    StorageUnavailable,
+    endpoint_from_env,
+)
 from tests.integration.test_async_http import status, submit, write_async_endpoint
 from tests.integration.test_router_fake_model import start_model, start_router
 from tests.support.processes import bundleserve, free_port, http_ok
@@ -62,7 +68,9 @@ def aws_env(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 
 
 def store(prefix: str, **options: Any) -> S3ResultStore:
-    made = open_result_store(Path("/nonexistent"), f"s3://{BUCKET}/{prefix}", **options)
+    # the endpoint as a process's settings read it from the environment `aws_env` set
+    endpoint = endpoint_from_env(os.environ)
+    made = open_result_store(Path("/nonexistent"), f"s3://{BUCKET}/{prefix}", s3_endpoint=endpoint, **options)
     assert isinstance(made, S3ResultStore)
     return made
 
@@ -117,7 +125,7 @@ async def test_expired_objects_are_hidden_then_cleaned_up_and_others_are_kept(aw
 
 
 async def test_storage_failures_are_os_errors(aws_env: S3Server):
-    missing = S3ResultStore(S3Location("no-such-bucket", "p/"))
+    missing = S3ResultStore(S3Location("no-such-bucket", "p/"), endpoint=endpoint_from_env(os.environ))
     with pytest.raises(StorageUnavailable) as caught:
         await missing.put("t4", b"x", "text/plain")
     assert isinstance(caught.value, OSError)
@@ -209,6 +217,7 @@ async def test_each_namespace_writes_under_its_own_prefix_and_the_gateway_reads_
             redis_url=valkey_server.url,
             results_dir=tmp_path / "unused",
             results_url=f"s3://{BUCKET}/tenants",
+            results_s3_endpoint=aws_env.url,
             sagemaker_signing=sigv4.SigV4Config(allow_unsigned=True),
         )
         runner = web.AppRunner(build_gateway_app(Registry(entries), config))

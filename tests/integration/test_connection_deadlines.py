@@ -22,7 +22,7 @@ from bundleserve.api.credentials import KeysFile
 from bundleserve.api.manifest import load_endpoints
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.registry import EndpointEntry, Registry
-from bundleserve.gateway.server import config_from_env
+from bundleserve.gateway.settings import config_from_env
 from tests.integration.test_gateway import entry_for
 from tests.integration.test_router_fake_model import start_model, start_router, write_endpoint
 from tests.integration.test_router_fastpath import connect, read_reply

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import re
 import sys
 
@@ -30,7 +31,8 @@ async def test_a_forwarded_child_line_has_the_childs_timestamp_only() -> None:
     level = root.level
     root.setLevel(logging.INFO)
     try:
-        child = Child(ProcessSpec(name="echo/router", argv=[sys.executable, "-c", CHILD], port=0, ready_path="/"))
+        spec = ProcessSpec(name="echo/router", argv=[sys.executable, "-c", CHILD], port=0, ready_path="/")
+        child = Child(spec, dict(os.environ))
         await child.start()
         assert child.process is not None
         await asyncio.wait_for(child.process.wait(), 60)  # the child logs its line and exits by itself

@@ -23,6 +23,7 @@ from aiohttp import web
 from bundleserve.api.manifest import load_endpoints
 from bundleserve.dialects.adapter import FAST_ROUTES
 from bundleserve.dialects.sagemaker import eventstream
+from bundleserve.dialects.sagemaker.sigv4 import SigV4Config
 from bundleserve.router.app import INVOKER, build_app
 from bundleserve.router.fastpath import FastEdge
 from bundleserve.router.settings import Settings
@@ -46,11 +47,11 @@ class Router:
 
 
 @pytest.fixture
-async def router(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Router]:
-    monkeypatch.setenv("BUNDLESERVE_SAGEMAKER_ALLOW_UNSIGNED", "true")  # read once, where the dialect is mounted
+async def router(tmp_path: Path) -> AsyncIterator[Router]:
     model, model_url = start_model(tmp_path)
     [(_, endpoint)] = load_endpoints([write_endpoint(tmp_path)])
-    app = build_app(Settings(endpoint=endpoint, model_url=model_url))
+    signing = SigV4Config(allow_unsigned=True)  # the SageMaker requests here are unsigned
+    app = build_app(Settings(endpoint=endpoint, model_url=model_url, sagemaker_signing=signing))
     runner = web.AppRunner(app)
     await runner.setup()
     if runner.server is None:

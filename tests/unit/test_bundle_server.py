@@ -41,6 +41,13 @@ def test_bad_environment_values_are_configuration_errors(value: str, problem: st
         Settings.from_args(_args(), environ={"BUNDLESERVE_WORKER_THREADS": value})
 
 
+def test_the_log_level_is_read_with_the_settings_and_a_bad_one_is_named() -> None:
+    assert Settings.from_args(_args(), environ={}).log_level == "INFO"
+    assert Settings.from_args(_args(), environ={"BUNDLESERVE_LOG_LEVEL": "debug"}).log_level == "DEBUG"
+    with pytest.raises(BundleConfigError, match="BUNDLESERVE_LOG_LEVEL='loud'"):
+        Settings.from_args(_args(), environ={"BUNDLESERVE_LOG_LEVEL": "loud"})
+
+
 def test_urls_bracket_ipv6_hosts() -> None:
     assert (_url("127.0.0.1", 5005), _url("::1", 5005)) == ("http://127.0.0.1:5005", "http://[::1]:5005")
 

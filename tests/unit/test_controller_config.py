@@ -100,3 +100,39 @@ def test_router_settings_are_passed_on_and_checked_at_the_start() -> None:
                 {"BUNDLESERVE_URL_BLOCK_PRIVATE": "maybe"}):  # fmt: skip
         with pytest.raises(ConfigError):
             OperatorConfig.from_env(bad)
+
+
+def test_the_timers_priority_and_redis_timeout_are_read_with_the_rest() -> None:
+    """controller.main and controller.state once read these themselves (one on every state construction); now the
+    operator's one settings object carries them."""
+    config = OperatorConfig.from_env(
+        {
+            "BUNDLESERVE_OPERATOR_DRIFT_SECONDS": "3",
+            "BUNDLESERVE_OPERATOR_SCALER_SECONDS": "0.2",
+            "BUNDLESERVE_OPERATOR_CLEANUP_MAX_SECONDS": "1",
+            "BUNDLESERVE_PEERING_PRIORITY": "-7",
+            "BUNDLESERVE_REDIS_TIMEOUT_SECONDS": "5",
+            "KUBECONFIG": "/tmp/a:/tmp/b",
+        }
+    )
+    assert (config.drift_seconds, config.scaler_seconds, config.cleanup_max_seconds) == (3.0, 0.2, 1.0)
+    assert (config.peering_priority, config.redis_timeout_seconds, config.kubeconfig) == (-7, 5.0, "/tmp/a:/tmp/b")
+    defaults = OperatorConfig.from_env({})
+    assert (defaults.drift_seconds, defaults.scaler_seconds, defaults.cleanup_max_seconds) == (60.0, 10.0, 300)
+    assert defaults.peering_priority is None and defaults.kubeconfig is None
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("BUNDLESERVE_OPERATOR_DRIFT_SECONDS", "soon"),
+        ("BUNDLESERVE_OPERATOR_SCALER_SECONDS", "0"),
+        ("BUNDLESERVE_OPERATOR_CLEANUP_MAX_SECONDS", "-1"),
+        ("BUNDLESERVE_OPERATOR_DRIFT_SECONDS", "inf"),
+        ("BUNDLESERVE_PEERING_PRIORITY", "high"),
+        ("BUNDLESERVE_REDIS_TIMEOUT_SECONDS", "1"),
+    ],
+)
+def test_a_bad_timer_priority_or_timeout_names_its_variable(name: str, raw: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        OperatorConfig.from_env({name: raw})

@@ -14,7 +14,7 @@ from bundleserve.api.invocation import CallbackAuthRequest, Invocation, PredictR
 from bundleserve.dialects.native.tasks import parse_submission, parse_wait, task_body
 from bundleserve.queue import keys
 from bundleserve.queue.callbacks import Outcome, RetryPolicy
-from bundleserve.queue.config import Durability, QueueConfig
+from bundleserve.queue.config import Durability, QueueConfig, QueueLimits
 from bundleserve.queue.recent import RecentResults
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord, TaskRequest
 
@@ -121,17 +121,48 @@ spec:
 """
 
 
-def test_config_follows_the_endpoint_spec(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("BUNDLESERVE_QUEUE_DURABILITY", raising=False)
-    config = QueueConfig.from_endpoint(Endpoint.model_validate(yaml.safe_load(ENDPOINT)))
+def test_config_follows_the_endpoint_spec() -> None:
+    config = QueueConfig.from_endpoint(Endpoint.model_validate(yaml.safe_load(ENDPOINT)), QueueLimits.from_env({}))
     assert (config.endpoint, config.concurrency, config.max_attempts) == ("slow", 3, 5)
     assert config.visibility_timeout_seconds == 20 + config.visibility_grace_seconds
     assert config.record_ttl_seconds == 600 + 20 + 120
     assert config.durability is Durability.FSYNC
     assert config.default_callback == CallbackTarget("https://hooks.example/done")
     assert config.default_callback_secret == "cb"
-    monkeypatch.setenv("BUNDLESERVE_QUEUE_DURABILITY", "memory")
-    assert QueueConfig.from_endpoint(Endpoint.model_validate(yaml.safe_load(ENDPOINT))).durability is Durability.MEMORY
+    memory = QueueLimits.from_env({"BUNDLESERVE_QUEUE_DURABILITY": "memory"})
+    assert (
+        QueueConfig.from_endpoint(Endpoint.model_validate(yaml.safe_load(ENDPOINT)), memory).durability
+        is Durability.MEMORY
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("BUNDLESERVE_QUEUE_DURABILITY", "disk"),
+        ("BUNDLESERVE_QUEUE_MAX_BACKLOG", "-1"),
+        ("BUNDLESERVE_QUEUE_MAX_BACKLOG_BYTES", "1k"),
+        ("BUNDLESERVE_REDIS_TIMEOUT_SECONDS", "2"),
+        ("BUNDLESERVE_REDIS_TIMEOUT_SECONDS", "soon"),
+        ("BUNDLESERVE_REDIS_TIMEOUT_SECONDS", "nan"),
+    ],
+)
+def test_a_bad_queue_knob_is_refused_naming_its_variable(name: str, raw: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        QueueLimits.from_env({name: raw})
+
+
+def test_the_observed_server_config_reaches_every_queue_of_the_process() -> None:
+    limits = QueueLimits.from_env(
+        {
+            "BUNDLESERVE_REDIS_APPENDONLY": "yes",
+            "BUNDLESERVE_REDIS_APPENDFSYNC": "always",
+            "BUNDLESERVE_REDIS_TIMEOUT_SECONDS": "4.5",
+        }
+    )
+    assert limits.redis_timeout_seconds == 4.5
+    config = QueueConfig.from_endpoint(Endpoint.model_validate(yaml.safe_load(ENDPOINT)), limits)
+    assert dict(config.observed_server_config) == {"appendonly": "yes", "appendfsync": "always"}
 
 
 def test_retry_delays_are_jittered_and_capped() -> None:

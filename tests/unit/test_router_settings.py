@@ -61,6 +61,23 @@ def test_environment(manifest: Path, tmp_path: Path) -> None:
         ("127.0.0.1:5005", {}, "--model-url"),
         ("http://127.0.0.1:5005", {"BUNDLESERVE_API_KEYS_FILE": "/nonexistent/keys"}, "API keys file"),
         ("http://127.0.0.1:5005", {"BUNDLESERVE_DRAIN_SECONDS": "soon"}, "BUNDLESERVE_DRAIN_SECONDS"),
+        ("http://127.0.0.1:5005", {"BUNDLESERVE_REDIS_TIMEOUT_SECONDS": "2"}, "BUNDLESERVE_REDIS_TIMEOUT_SECONDS"),
+        (
+            "http://127.0.0.1:5005",
+            {"BUNDLESERVE_CALLBACK_ALLOW_INSECURE_CREDENTIALS": "maybe"},
+            "BUNDLESERVE_CALLBACK_ALLOW_INSECURE_CREDENTIALS",
+        ),
+        (
+            "http://127.0.0.1:5005",
+            {"BUNDLESERVE_SAGEMAKER_ALLOW_UNSIGNED": "maybe"},
+            "BUNDLESERVE_SAGEMAKER_ALLOW_UNSIGNED",
+        ),
+        (
+            "http://127.0.0.1:5005",
+            {"BUNDLESERVE_SAGEMAKER_KEYS_FILE": "/nonexistent/sagemaker-keys"},
+            "BUNDLESERVE_SAGEMAKER_KEYS_FILE",
+        ),
+        ("http://127.0.0.1:5005", {"BUNDLESERVE_QUEUE_DURABILITY": "disk"}, "BUNDLESERVE_QUEUE_DURABILITY"),
     ],
 )
 def test_bad_configuration(manifest: Path, model_url: str, env: dict[str, str], fragment: str) -> None:
@@ -81,3 +98,29 @@ def test_the_variant_a_router_serves(manifest: Path) -> None:
     assert (plain.variant, plain.declared_variant) == ("AllTraffic", None)
     green = build_settings(endpoint_file=manifest, model_url="http://127.0.0.1:5005", env={}, variant="green")
     assert (green.variant, green.declared_variant) == ("green", "green")
+
+
+def test_what_the_router_used_to_read_on_its_paths_is_in_its_settings(manifest: Path, tmp_path: Path) -> None:
+    """Callback TLS, the callback Secret's directory, the Redis timeout, the observed durability settings, the
+    SageMaker keys and the S3 endpoint were read from the environment by the modules that use them (some when a
+    worker or a queue started); the settings carry them now."""
+    env = {
+        "BUNDLESERVE_CALLBACK_ALLOW_INSECURE_CREDENTIALS": "true",
+        "BUNDLESERVE_CALLBACK_CA_FILE": str(tmp_path / "ca.pem"),
+        "BUNDLESERVE_CALLBACK_SECRET_DIR": str(tmp_path / "callback"),
+        "BUNDLESERVE_REDIS_TIMEOUT_SECONDS": "12",
+        "BUNDLESERVE_REDIS_APPENDFSYNC": "always",
+        "BUNDLESERVE_SAGEMAKER_ALLOW_UNSIGNED": "true",
+        "AWS_ENDPOINT_URL": "http://minio:9000",
+    }
+    settings = build_settings(endpoint_file=manifest, model_url="http://127.0.0.1:5005", env=env)
+    callbacks = settings.callbacks
+    assert callbacks.allow_insecure_credentials
+    assert (callbacks.ca_file, callbacks.secret_dir) == (str(tmp_path / "ca.pem"), tmp_path / "callback")
+    assert settings.queue_limits.redis_timeout_seconds == 12.0
+    assert settings.queue_limits.observed_server_config == (("appendfsync", "always"),)
+    assert settings.sagemaker_signing.allow_unsigned
+    assert settings.results_s3_endpoint == "http://minio:9000"
+    defaults = build_settings(endpoint_file=manifest, model_url="http://127.0.0.1:5005", env={})
+    assert not defaults.callbacks.allow_insecure_credentials and not defaults.sagemaker_signing.allow_unsigned
+    assert str(defaults.callbacks.secret_dir) == "/var/run/secrets/bundleserve/callback"

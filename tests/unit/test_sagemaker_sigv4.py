@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import botocore.auth
@@ -361,3 +362,14 @@ def test_an_unconfigured_dialect_says_how_to_open_it() -> None:
     for headers in (_Caseless(), signed):
         with pytest.raises(sigv4.MissingAuthenticationToken, match=sigv4.ENV_KEYS_FILE):
             sigv4.parse_authorization(sigv4.SigV4Config(), headers, now=SIGNED_AT)
+
+
+def test_a_bad_key_file_names_its_variable_and_never_its_secrets(tmp_path: Path) -> None:
+    """Read by a process's settings at start: the message says which variable to fix."""
+    keys = tmp_path / "keys"
+    keys.write_text("AKIDEXAMPLE:wJalrXUtnFEMI team-a,Not_A_Namespace\n")
+    with pytest.raises(KeysFileError, match=sigv4.ENV_KEYS_FILE) as caught:
+        sigv4.config_from_env({sigv4.ENV_KEYS_FILE: str(keys)})
+    assert "wJalrXUtnFEMI" not in str(caught.value)
+    with pytest.raises(ValueError, match=f"{sigv4.ENV_KEYS_FILE}: cannot read"):
+        sigv4.config_from_env({sigv4.ENV_KEYS_FILE: str(tmp_path / "missing")})

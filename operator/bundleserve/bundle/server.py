@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -45,7 +45,7 @@ from bundleserve.bundle.serialization import (
 )
 from bundleserve.bundle.state import Phase, Readiness
 
-log = logging.getLogger("bundleserve.bundle")
+log = logging.getLogger(__name__)
 
 PREDICT_ROUTE = "/predict"
 STREAM_ROUTE = "/stream"
@@ -60,7 +60,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Settings:
-    """Runtime knobs: the command line, plus environment variables for what the router already bounds."""
+    """Runtime knobs: the command line, plus environment variables for what the router already bounds; read once by
+    `main` (this module is the model server's one reader of its environment)."""
 
     host: str = "127.0.0.1"
     port: int = 5005
@@ -70,11 +71,16 @@ class Settings:
     shutdown_timeout_seconds: float = 60.0
     #: `--batch-entrypoint` given: how calls are joined into batches (None: every call is its own).
     batching: BatchSettings | None = None
+    #: BUNDLESERVE_LOG_LEVEL: DEBUG, INFO, WARNING, ERROR or CRITICAL.
+    log_level: str = "INFO"
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+        """BundleConfigError naming the flag or variable for a bad value (`environ`: the process's unless a test
+        gives its own)."""
         env = os.environ if environ is None else environ
         return cls(
+            log_level=_log_level(env),
             host=args.host,
             port=args.port,
             exit_on_load_failure=args.exit_on_load_failure,
@@ -107,7 +113,14 @@ def _batch_settings(args: argparse.Namespace) -> BatchSettings | None:
     return BatchSettings(max_size=size, max_wait_seconds=latency_ms / 1000)
 
 
-def _env_number(env: Any, name: str, default: T, kind: Callable[[str], T]) -> T:
+def _log_level(env: Mapping[str, str]) -> str:
+    raw = env.get("BUNDLESERVE_LOG_LEVEL", "").strip() or "INFO"
+    if raw.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise BundleConfigError(f"BUNDLESERVE_LOG_LEVEL={raw!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return raw.upper()
+
+
+def _env_number(env: Mapping[str, str], name: str, default: T, kind: Callable[[str], T]) -> T:
     text = env.get(name)
     if text is None or text == "":
         return default
@@ -444,10 +457,6 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return factory
 
 
-def _configure_logging() -> None:
-    logs.configure(os.environ.get("BUNDLESERVE_LOG_LEVEL", "INFO").upper())
-
-
 def bundle_paths(given: list[str]) -> list[str]:
     """Where the bundle's modules are imported from: the `--path` directories, else the current directory (as
     uvicorn's and gunicorn's `module:app` do; a console script's sys.path does not contain it otherwise)."""
@@ -455,9 +464,14 @@ def bundle_paths(given: list[str]) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    _configure_logging()
+    """The composition root of the model server: its settings read once, then the runtime built from them."""
     try:
         settings = Settings.from_args(args)
+    except BundleConfigError as error:
+        print(f"bundleserve bundle serve: {error}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    try:
         spec = resolve_bundle(
             args.entrypoint,
             load=args.load,

@@ -36,8 +36,10 @@ class Readiness:
 
     def problem(self) -> BundleError | None:
         """Why the ready route answers 503 (None when ready)."""
-        if self.phase is Phase.READY:
-            return None
+        return None if self.phase is Phase.READY else self._refusal()
+
+    def _refusal(self) -> BundleError:
+        """Why the model cannot serve now: its load failure, the drain, or the load still running."""
         if self.phase is Phase.FAILED and self.failure is not None:
             return self.failure
         if self.phase is Phase.DRAINING:
@@ -52,6 +54,4 @@ class Readiness:
         """
         if self.phase in (Phase.READY, Phase.DRAINING):
             return self.model
-        problem = self.problem()
-        assert problem is not None
-        raise problem
+        raise self._refusal()

@@ -368,7 +368,8 @@ class EndpointResponseFuture:
             raise self.error
         if self._result is not None:
             return self._result
-        assert self.task_id is not None
+        if self.task_id is None:  # a future is made with a task id or with its submission's error
+            raise BundleserveError("this future has neither a task id nor a submission error")
         deadline = None if timeout is None else time.monotonic() + timeout
         pause, last = 0.0, None
         while True:

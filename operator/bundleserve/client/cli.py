@@ -14,7 +14,8 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from bundleserve.client.errors import BundleserveError
@@ -30,8 +31,23 @@ class UsageError(Exception):
     """Bad flags or input: exit 2."""
 
 
-def server_url(flag: str | None) -> str:
-    return flag or os.environ.get(GATEWAY_ENV) or DEFAULT_BASE_URL
+@dataclass(frozen=True)
+class CliSettings:
+    """Where the command sends its call and with which key: read once, by `main`, from the flags and environment."""
+
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str]) -> CliSettings:
+        """`--gateway`, else BUNDLESERVE_GATEWAY, else the local default; the key from BUNDLESERVE_API_KEY."""
+        return cls(
+            base_url=args.gateway or env.get(GATEWAY_ENV) or DEFAULT_BASE_URL,
+            api_key=env.get(API_KEY_ENV) or None,
+        )
+
+    def client(self) -> Client:
+        return Client(self.base_url, api_key=self.api_key)
 
 
 def build_invocation(args: argparse.Namespace) -> tuple[ModeName, EndpointRequest]:
@@ -95,9 +111,9 @@ def _wait(future: EndpointResponseFuture) -> EndpointResponse:
         return future.get()
 
 
-def invoke(args: argparse.Namespace) -> int:
+def invoke(args: argparse.Namespace, settings: CliSettings) -> int:
     mode, request = build_invocation(args)
-    with Client(server_url(args.gateway), api_key=os.environ.get(API_KEY_ENV) or None) as client:
+    with settings.client() as client:
         if mode == "sync":
             return _emit_result(client.endpoint(args.name, mode="sync").predict(request))
         if mode == "streaming":
@@ -114,16 +130,17 @@ def invoke(args: argparse.Namespace) -> int:
         return _emit_result(_wait(future))
 
 
-def tasks_get(args: argparse.Namespace) -> int:
-    with Client(server_url(args.gateway), api_key=os.environ.get(API_KEY_ENV) or None) as client:
+def tasks_get(args: argparse.Namespace, settings: CliSettings) -> int:
+    with settings.client() as client:
         response = _wait(client.task(args.task_id)) if args.wait else client.get_task(args.task_id)
     _print(response.native())
     return 0 if response.status not in ("FAILURE", "EXPIRED") else _fail(_failure_message(response))
 
 
-def _run(command: Any, args: argparse.Namespace) -> int:
+def _run(command: Callable[[argparse.Namespace, CliSettings], int], args: argparse.Namespace) -> int:
+    """The composition root of both commands: the settings read once from the flags and the environment."""
     try:
-        code: int = command(args)
+        code: int = command(args, CliSettings.from_args(args, os.environ))
     except (UsageError, InvalidEndpointRequest) as error:
         print(f"bundleserve: {error}", file=sys.stderr)
         return 2

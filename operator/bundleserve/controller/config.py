@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -9,7 +10,9 @@ from enum import StrEnum
 from urllib.parse import urlsplit
 
 from bundleserve import __version__
+from bundleserve.controller.cleanup import MAX_WAIT_SECONDS
 from bundleserve.outbound.destinations import parse_cidrs
+from bundleserve.queue.config import DEFAULT_REDIS_TIMEOUT_SECONDS, redis_timeout_from_env
 from bundleserve.queue.s3results import ResultsUrlError, S3Location
 
 DEFAULT_IMAGE = f"ghcr.io/bundleserve/bundleserve:{__version__}"
@@ -58,9 +61,23 @@ class OperatorConfig:
     #: Router settings the operator passes on to every router sidecar, as (env name, value), from its own env of the
     #: same names (ROUTER_SETTINGS): the destination guard and the byte quota. Unset ones keep the routers' defaults.
     router_settings: tuple[tuple[str, str], ...] = ()
+    #: This replica's peering priority (BUNDLESERVE_PEERING_PRIORITY); None: a random one per process.
+    peering_priority: int | None = None
+    #: Seconds between two drift checks of every Endpoint (BUNDLESERVE_OPERATOR_DRIFT_SECONDS).
+    drift_seconds: float = 60.0
+    #: Seconds between two ticks of the queue scaler and demand gate (BUNDLESERVE_OPERATOR_SCALER_SECONDS).
+    scaler_seconds: float = 10.0
+    #: The delete finalizer's longest wait for in-flight tasks (BUNDLESERVE_OPERATOR_CLEANUP_MAX_SECONDS).
+    cleanup_max_seconds: float = MAX_WAIT_SECONDS
+    #: Connect and per-reply timeout of the operator's Redis clients (BUNDLESERVE_REDIS_TIMEOUT_SECONDS).
+    redis_timeout_seconds: float = DEFAULT_REDIS_TIMEOUT_SECONDS
+    #: The kubeconfig files outside a pod (KUBECONFIG, as kopf reads it), for a user's `tokenFile`.
+    kubeconfig: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        """The operator's configuration (`env`: the process's unless a test gives its own): the one place the
+        operator reads its environment; ConfigError naming the variable for a bad value."""
         env = os.environ if env is None else env
 
         def opt(name: str) -> str | None:
@@ -81,6 +98,26 @@ class OperatorConfig:
         lifetime = opt("BUNDLESERVE_PEERING_LIFETIME_SECONDS") or "60"
         if not lifetime.isdigit() or not 2 <= int(lifetime) <= 3600:
             raise ConfigError(f"BUNDLESERVE_PEERING_LIFETIME_SECONDS={lifetime!r} must be an integer (2-3600)")
+
+        def seconds(name: str, default: float) -> float:
+            raw = opt(name)
+            if raw is None:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                value = 0.0
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}={raw!r} must be a positive number of seconds")
+            return value
+
+        priority = opt("BUNDLESERVE_PEERING_PRIORITY")
+        if priority is not None and not priority.lstrip("-").isdigit():
+            raise ConfigError(f"BUNDLESERVE_PEERING_PRIORITY={priority!r} must be an integer")
+        try:
+            redis_timeout = redis_timeout_from_env(env)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         router_settings = tuple((name, value) for name in ROUTER_SETTINGS if (value := opt(name)) is not None)
         check_router_settings(dict(router_settings))
         results_url, results_pvc = opt("BUNDLESERVE_RESULTS_URL"), opt("BUNDLESERVE_RESULTS_PVC")
@@ -103,6 +140,12 @@ class OperatorConfig:
             redis_url=opt("BUNDLESERVE_REDIS_URL"),
             router_settings=router_settings,
             secrets_namespace=opt("BUNDLESERVE_SECRETS_NAMESPACE") or opt("POD_NAMESPACE"),
+            peering_priority=int(priority) if priority is not None else None,
+            drift_seconds=seconds("BUNDLESERVE_OPERATOR_DRIFT_SECONDS", cls.drift_seconds),
+            scaler_seconds=seconds("BUNDLESERVE_OPERATOR_SCALER_SECONDS", cls.scaler_seconds),
+            cleanup_max_seconds=seconds("BUNDLESERVE_OPERATOR_CLEANUP_MAX_SECONDS", cls.cleanup_max_seconds),
+            redis_timeout_seconds=redis_timeout,
+            kubeconfig=opt("KUBECONFIG"),
         )
 
 

@@ -80,7 +80,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        return kube.login()
+        return kube.login(state.config.kubeconfig)
 
     async def reconcile_now(body: Any, **_: Any) -> None:
         try:

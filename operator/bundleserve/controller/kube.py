@@ -88,23 +88,25 @@ class Conflict(KubeError):
     """409: the object changed under us (stale resourceVersion) or already exists."""
 
 
-def login() -> kopf.ConnectionInfo:
-    """Credentials as kopf finds them: the pod's service account, else $KUBECONFIG / ~/.kube/config. Called again
-    whenever a token was refused, so a rotated token file is read afresh each time."""
+def login(kubeconfig: str | None) -> kopf.ConnectionInfo:
+    """Credentials as kopf finds them: the pod's service account, else $KUBECONFIG / ~/.kube/config (`kubeconfig`:
+    the value the operator's settings read). Called again whenever a token was refused, so a rotated token file is
+    read afresh each time."""
     settings = kopf.OperatorSettings()
     info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
     if info is None:
         raise kopf.LoginError("no Kubernetes credentials: neither a service account nor a kubeconfig was found")
     if info.token is None and info.certificate_path is None and info.certificate_data is None:
-        token_file = kubeconfig_token_file()
+        token_file = kubeconfig_token_file(kubeconfig)
         if token_file is not None:
             info = dataclasses.replace(info, token=token_file.read_text().strip(), scheme="Bearer")
     return info
 
 
-def kubeconfig_token_file() -> Path | None:
-    """The current kubeconfig user's `tokenFile` (kopf's kubeconfig login reads only `token`)."""
-    paths = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p.strip()]
+def kubeconfig_token_file(kubeconfig: str | None) -> Path | None:
+    """The current kubeconfig user's `tokenFile` (kopf's kubeconfig login reads only `token`); `kubeconfig`: the
+    KUBECONFIG list of files (None: unset)."""
+    paths = [p for p in (kubeconfig or "").split(os.pathsep) if p.strip()]
     if not paths:
         return None
     config = yaml.safe_load(Path(paths[0]).expanduser().read_text()) or {}

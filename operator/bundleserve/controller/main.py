@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import secrets
 import sys
 
@@ -24,7 +23,7 @@ from bundleserve.controller.config import ConfigError, OperatorConfig
 from bundleserve.controller.handlers import build_registry
 from bundleserve.controller.state import OperatorState
 
-log = logging.getLogger("bundleserve.operator")
+log = logging.getLogger(__name__)
 
 
 async def run(args: argparse.Namespace, config: OperatorConfig) -> None:
@@ -52,7 +51,7 @@ async def run(args: argparse.Namespace, config: OperatorConfig) -> None:
             namespaces=args.namespaces or (),
             standalone=args.peering is None,
             peering_name=args.peering,
-            priority=peering_priority() if args.peering else None,
+            priority=peering_priority(config) if args.peering else None,
             ready_flag=ready,
             settings=settings,
         )
@@ -63,13 +62,11 @@ async def run(args: argparse.Namespace, config: OperatorConfig) -> None:
         log.info("bundleserve operator stopped")
 
 
-def peering_priority() -> int:
-    configured = os.environ.get("BUNDLESERVE_PEERING_PRIORITY", "").strip()
-    if not configured:
-        return secrets.randbelow(2**31 - 1) + 1
-    if not configured.lstrip("-").isdigit():
-        raise ConfigError(f"BUNDLESERVE_PEERING_PRIORITY={configured!r} must be an integer")
-    return int(configured)
+def peering_priority(config: OperatorConfig) -> int:
+    """The configured priority, else a random one drawn for this process (equal priorities would pause everyone)."""
+    if config.peering_priority is not None:
+        return config.peering_priority
+    return secrets.randbelow(2**31 - 1) + 1
 
 
 def main(args: argparse.Namespace) -> int:
@@ -77,9 +74,7 @@ def main(args: argparse.Namespace) -> int:
         print("bundleserve operator: --peering and --standalone exclude each other", file=sys.stderr)
         return 2
     try:
-        config = OperatorConfig.from_env()
-        if args.peering:
-            peering_priority()
+        config = OperatorConfig.from_env()  # the composition root's one read of the environment
     except ConfigError as error:
         print(f"bundleserve operator: {error}", file=sys.stderr)
         return 2

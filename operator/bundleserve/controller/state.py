@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from bundleserve.queue.backlog import open_backlog_reader
 from bundleserve.queue.config import queue_ids
 from bundleserve.queue.purge import purge_endpoint_queue
 
-log = logging.getLogger("bundleserve.operator")
+log = logging.getLogger(__name__)
 Key = tuple[str, str]
 
 
@@ -43,21 +42,12 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
-def _seconds(name: str, default: float) -> float:
-    return float(os.environ.get(name, "") or default)
-
-
 @dataclass
 class OperatorState:
     """Everything the handlers share; filled in at startup (the API client needs the running loop)."""
 
     config: OperatorConfig
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
-    drift_interval: float = field(default_factory=lambda: _seconds("BUNDLESERVE_OPERATOR_DRIFT_SECONDS", 60))
-    scaler_interval: float = field(default_factory=lambda: _seconds("BUNDLESERVE_OPERATOR_SCALER_SECONDS", 10))
-    cleanup_cap: float = field(
-        default_factory=lambda: _seconds("BUNDLESERVE_OPERATOR_CLEANUP_MAX_SECONDS", cleanup.MAX_WAIT_SECONDS)
-    )
     kube: KubeClient | None = None
     keda: bool = False
     read_backlog: BacklogReader | None = None
@@ -76,6 +66,18 @@ class OperatorState:
     scale_memory: dict[Key, ScaleMemory] = field(default_factory=dict)
 
     @property
+    def drift_interval(self) -> float:
+        return self.config.drift_seconds
+
+    @property
+    def scaler_interval(self) -> float:
+        return self.config.scaler_seconds
+
+    @property
+    def cleanup_cap(self) -> float:
+        return self.config.cleanup_max_seconds
+
+    @property
     def context(self) -> BuildContext:
         return BuildContext(config=self.config, keda=self.keda, redis_observed=self.redis_observed)
 
@@ -86,22 +88,27 @@ class OperatorState:
         return self.kube
 
     async def start(self) -> None:
-        self.kube = KubeClient.from_connection(kube.login(), relogin=kube.login)
+        def login() -> kopf.ConnectionInfo:
+            return kube.login(self.config.kubeconfig)
+
+        self.kube = KubeClient.from_connection(login(), relogin=login)
         self.closers.append(self.kube.close)
         if self.config.keda is KedaMode.ON:
             self.keda = True
         elif self.config.keda is KedaMode.AUTO:
             self.keda = await self.kube.serves("keda.sh/v1alpha1")
         if self.config.redis_url:
-            self.read_backlog, close = await open_backlog_reader(self.config.redis_url)
+            timeout = self.config.redis_timeout_seconds
+            self.read_backlog, close = await open_backlog_reader(self.config.redis_url, timeout=timeout)
             self.closers.append(close)
-            self.read_demand, close_demand = await demand.open_demand_reader(self.config.redis_url)
+            self.read_demand, close_demand = await demand.open_demand_reader(self.config.redis_url, timeout=timeout)
             self.closers.append(close_demand)
             listener = asyncio.create_task(
-                demand.listen_for_wakes(self.config.redis_url, self.wake), name="bundleserve-wake-listener"
+                demand.listen_for_wakes(self.config.redis_url, self.wake, timeout=timeout),
+                name="bundleserve-wake-listener",
             )
             self.closers.append(lambda: _cancel(listener))
-            self.queue_users = QueueUsers(self.config.redis_url)
+            self.queue_users = QueueUsers(self.config.redis_url, timeout=timeout)
             self.closers.append(self.queue_users.close)
             try:
                 self.redis_observed = tuple(sorted((await self.queue_users.observed_config()).items()))
@@ -300,7 +307,9 @@ class OperatorState:
             await self._degraded_on_delete(key, "QueueCleanupTimedOut", message)
         removed = 0
         for queue in {keys.queue_id(namespace, name), *queue_ids(endpoint)}:  # its own and its variants' queues
-            removed += await purge_endpoint_queue(self.config.redis_url or "", queue)
+            removed += await purge_endpoint_queue(
+                self.config.redis_url or "", queue, timeout=self.config.redis_timeout_seconds
+            )
         log.info("deleted the queue of %s/%s (%d keys)", namespace, name, removed)
         await self._delete_queue_user(key)
 

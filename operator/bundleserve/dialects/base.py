@@ -11,7 +11,6 @@ lists its mounts in one place, `bundleserve.router.app.DIALECTS`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
@@ -132,9 +131,9 @@ DialectMount = Callable[[web.Application, InvocationBackend, TaskBackend | None]
 PUBLIC_URL = web.AppKey("public_url", str)
 
 
-def read_public_url(env: Mapping[str, str] | None = None) -> str | None:
-    """`BUNDLESERVE_PUBLIC_URL` without its trailing slash (None: not set); read once, at a process's start."""
-    configured = (os.environ if env is None else env).get(PUBLIC_URL_ENV, "").strip()
+def read_public_url(env: Mapping[str, str]) -> str | None:
+    """`BUNDLESERVE_PUBLIC_URL` without its trailing slash (None: not set); read once, by a process's settings."""
+    configured = env.get(PUBLIC_URL_ENV, "").strip()
     return configured.rstrip("/") or None
 
 

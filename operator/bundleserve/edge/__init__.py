@@ -2,7 +2,7 @@
 
 Framing of the one error shape (`edge.errors`), connection deadlines (`edge.connections`), the connection bookkeeping
 of both fast edges (`edge.fast`), the event loop (`edge.loop`), the API-key check
-(`edge.auth`), server-sent events (`edge.sse`) and the reading of the settings both take from the environment
+(`edge.auth`), server-sent events (`edge.sse`) and the parsers of the settings both read from their environment
 (`edge.config`). Layering (pyproject's import contracts): api <- outbound <- queue <- edge <- dialects <- router |
 gateway; the router and the gateway never import each other, they meet here and in the dialects.
 """

@@ -2,8 +2,9 @@
 
 One Secret and one store configure both: the API keys file, the url-input guard (`BUNDLESERVE_URL_*`), the result
 store and the connection deadlines mean the same on a router and on the gateway. Each process's composition root
-(`router.settings.build_settings`, `gateway.server.config_from_env`, local mode's runner) calls these once; nothing
-here is read on a request path. A bad value is a `ConfigError` whose message names the variable, before anything
+(`router.settings.build_settings`, `gateway.settings.config_from_env`, `local.runner.LocalSettings`) calls these
+once, with the process's environment; these functions never read it themselves, and nothing here runs on a request
+path. A bad value is a `ConfigError` whose message names the variable, before anything
 listens.
 """
 

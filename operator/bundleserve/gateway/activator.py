@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 from bundleserve.api.errors import NotFound, Overloaded, Timeout
@@ -63,7 +63,7 @@ class HoldSettings:
     poll_seconds: float = 0.05
 
 
-def settings_from_env(env: dict[str, str]) -> HoldSettings:
+def settings_from_env(env: Mapping[str, str]) -> HoldSettings:
     """HoldSettings from the gateway's environment; ValueError naming the variable for a bad value."""
     raw = env.get(MAX_HELD_ENV, "").strip()
     if not raw:

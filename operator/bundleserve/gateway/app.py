@@ -30,7 +30,7 @@ from aiohttp import web
 from bundleserve import __version__
 from bundleserve.api.credentials import KeysFile, plain_keys
 from bundleserve.api.endpoint import Mode
-from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, Unavailable
+from bundleserve.api.errors import InvalidRequest, NotFound, Unavailable
 from bundleserve.api.invocation import IDEMPOTENCY_HEADER, Invocation, ModelReply
 from bundleserve.dialects import openapi
 from bundleserve.dialects.adapter import FAST_ROUTES
@@ -82,10 +82,12 @@ class GatewayConfig:
     #: Where routers store pickled/large results when no S3 store is configured (shared in local mode).
     results_dir: Path = Path("/var/lib/bundleserve/results")
     results_url: str | None = None
+    #: The S3-compatible server of `results_url` (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL; None: AWS itself).
+    results_s3_endpoint: str | None = None
     #: What async submissions must pass before they are queued (url schemes, callback destinations), as on routers.
     submit_checks: SubmitChecks = field(default_factory=SubmitChecks)
-    #: Who may call the SageMaker dialect (SigV4 keys, unsigned access); None: from the environment, as routers.
-    sagemaker_signing: sigv4.SigV4Config | None = None
+    #: Who may call the SageMaker dialect (SigV4 keys, unsigned access; BUNDLESERVE_SAGEMAKER_*, as on routers).
+    sagemaker_signing: sigv4.SigV4Config = field(default_factory=sigv4.SigV4Config)
     #: How calls of endpoints at zero replicas are held while one starts (gateway.activator).
     hold: HoldSettings = field(default_factory=HoldSettings)
     #: Keep-alive/head and body deadlines of the gateway's connections (edge.connections).
@@ -135,11 +137,18 @@ class Gateway:
         an endpoint without a ready replica gets the router's (or the proxy's) 503 (unless the endpoint scales from
         zero: then the activator holds it before forwarding), and async submissions never depend on it. The dialects' forwarding mounts call this same method (it satisfies their gate Protocols)."""
         if not authenticated:
-            require_key(self.keys, authorization)
-            scope = self.scope(authorization)
+            scope = self._admit(authorization)
         _SCOPE.set(scope)
         if name is None:
             return None
+        return self._resolve(name, mode, scope)
+
+    def _admit(self, authorization: str | None) -> frozenset[str] | None:
+        """The API key checked; the namespaces it reaches (None: every one)."""
+        require_key(self.keys, authorization)
+        return self.scope(authorization)
+
+    def _resolve(self, name: str, mode: Mode | None, scope: frozenset[str] | None) -> EndpointEntry:
         entry = self.registry.resolve(name)
         if scope is not None and entry.namespace not in scope:
             raise NotFound(f"unknown endpoint {name!r}")  # the same answer as a name that does not exist
@@ -153,10 +162,10 @@ class Gateway:
         return frozenset() if key is None else self.keys_file.namespaces_of(key)
 
     def gate_entry(self, name: str, authorization: str | None, mode: Mode | None) -> EndpointEntry:
-        entry = self.gate(name, authorization, mode)
-        if entry is None:  # gate returns the entry of every name it admits: a bug of ours
-            raise ApiError(f"internal error: the gate admitted {name!r} without its entry")
-        return entry
+        """`gate` for a route that names its endpoint: the entry, never None."""
+        scope = self._admit(authorization)
+        _SCOPE.set(scope)
+        return self._resolve(name, mode, scope)
 
     @property
     def requires_api_key(self) -> bool:
@@ -220,8 +229,8 @@ class Gateway:
         return self.queues
 
     def upstream(self) -> aiohttp.ClientSession:
-        if self.session is None:  # the client session starts with the application: a bug of ours
-            raise ApiError("internal error: the gateway's client session is not started")
+        if self.session is None:  # only before the app's startup or after its cleanup: no request runs then
+            raise Unavailable("the gateway is not started: its client session starts with the app")
         return self.session
 
     # -- handlers ----------------------------------------------------------------------------------------------
@@ -257,7 +266,10 @@ class Gateway:
             return self.queues.store
         if self._store is None:
             try:
-                self._store = open_result_store(self.config.results_dir, self.config.results_url)
+                config = self.config
+                self._store = open_result_store(
+                    config.results_dir, config.results_url, s3_endpoint=config.results_s3_endpoint
+                )
             except OSError as error:
                 raise Unavailable(f"the gateway's result store is not usable: {error.strerror}") from None
         return self._store
@@ -505,7 +517,7 @@ def add_dialect_routes(app: web.Application, gateway: Gateway) -> None:
     def python_bundle(name: str) -> bool:
         return gateway.registry.resolve(name).endpoint.spec.bundle.is_python
 
-    signing = gateway.config.sagemaker_signing or sigv4.config_from_env()
+    signing = gateway.config.sagemaker_signing
     api = sagemaker.SageMakerApi(
         sagemaker.SageMakerSettings(signing=signing, python_bundle=python_bundle, variant=None),
         calls=gateway.calls,
@@ -547,6 +559,7 @@ def build_gateway_app(registry: Registry, config: GatewayConfig) -> web.Applicat
                     config.redis_url,
                     results_dir=config.results_dir,
                     results_url=config.results_url,
+                    results_s3_endpoint=config.results_s3_endpoint,
                     checks=config.submit_checks,
                     limits=config.queue_limits,
                 )

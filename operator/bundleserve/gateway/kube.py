@@ -16,9 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from bundleserve.api.endpoint import ConditionStatus, Endpoint
 from bundleserve.api.variants import child_name
 from bundleserve.gateway.registry import EndpointEntry, Registry, VariantRoute
 
-log = logging.getLogger("bundleserve.gateway.kube")
+log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 GROUP, VERSION, PLURAL = "bundleserve.dev", "v1alpha1", "endpoints"
@@ -50,8 +49,8 @@ class KubeAccess:
     ca_file: Path | None = None
 
     @classmethod
-    def in_cluster(cls, env: dict[str, str] | None = None, sa_dir: Path = SERVICE_ACCOUNT_DIR) -> KubeAccess:
-        env = dict(os.environ) if env is None else env
+    def in_cluster(cls, env: Mapping[str, str], sa_dir: Path = SERVICE_ACCOUNT_DIR) -> KubeAccess:
+        """The pod's service account, from the environment the gateway's settings read (`gateway.settings`)."""
         host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
         if not host:
             raise KubeConfigError(

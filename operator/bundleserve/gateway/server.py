@@ -10,63 +10,25 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from aiohttp import web
 
 from bundleserve import logs
 from bundleserve.dialects.adapter import FAST_ROUTES
-from bundleserve.dialects.base import read_public_url
-from bundleserve.edge.config import (
-    DEFAULT_RESULTS_DIR,
-    ConfigError,
-    parse_url_schemes,
-    read_keys_file,
-    read_url_policy,
-)
-from bundleserve.edge.connections import ConnectionLimits, limits_from_env
+from bundleserve.edge.config import ConfigError
+from bundleserve.edge.connections import ConnectionLimits
 from bundleserve.edge.loop import run
-from bundleserve.gateway.activator import settings_from_env as hold_settings_from_env
 from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
 from bundleserve.gateway.fastpath import GatewayEdge
 from bundleserve.gateway.kube import EndpointWatch, KubeAccess, KubeConfigError
 from bundleserve.gateway.registry import Registry
-from bundleserve.queue.callbacks import insecure_credentials_allowed
-from bundleserve.queue.config import QueueLimits
-from bundleserve.queue.service import SubmitChecks
+from bundleserve.gateway.settings import GatewaySettings
 
-log = logging.getLogger("bundleserve.gateway")
-
-
-def config_from_env(redis_url: str | None, env: dict[str, str]) -> GatewayConfig:
-    """The same variables as the router's (docs/router.md): one Secret and one store configure both."""
-    keys_file = env.get("BUNDLESERVE_API_KEYS_FILE")
-    try:
-        connections = limits_from_env(env)
-        queue_limits = QueueLimits.from_env(env)
-        hold = hold_settings_from_env(env)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    return GatewayConfig(
-        connections=connections,
-        queue_limits=queue_limits,
-        public_url=read_public_url(env),
-        hold=hold,
-        submit_checks=SubmitChecks(
-            url_schemes=parse_url_schemes(env.get("BUNDLESERVE_URL_SCHEMES")),
-            destinations=read_url_policy(env),
-            allow_insecure_credentials=insecure_credentials_allowed(env),
-        ),
-        redis_url=redis_url or env.get("BUNDLESERVE_REDIS_URL") or None,
-        keys_file=read_keys_file(Path(keys_file)) if keys_file else None,
-        results_dir=Path(env.get("BUNDLESERVE_RESULTS_DIR") or DEFAULT_RESULTS_DIR),
-        results_url=env.get("BUNDLESERVE_RESULTS_URL") or None,
-    )
+log = logging.getLogger(__name__)
 
 
 def build_cluster_app(config: GatewayConfig, access: KubeAccess, namespaces: list[str] | None) -> web.Application:
@@ -94,21 +56,23 @@ def build_cluster_app(config: GatewayConfig, access: KubeAccess, namespaces: lis
 
 
 def main(args: argparse.Namespace) -> int:
+    """The composition root of `bundleserve gateway`: its settings read once, then every part built from them."""
     logs.configure()
     try:
-        config = config_from_env(args.redis_url, dict(os.environ))
-        access = KubeAccess.in_cluster()
+        settings = GatewaySettings.from_args(args)
     except (ConfigError, KubeConfigError) as error:
         print(f"bundleserve gateway: {error}", file=sys.stderr)
         return 2
-    namespaces = list(args.namespaces) if args.namespaces else None
-    app = build_cluster_app(config, access, namespaces)
+    namespaces = list(settings.namespaces) if settings.namespaces else None
+    app = build_cluster_app(settings.app, settings.kube, namespaces)
     scope = ", ".join(namespaces) if namespaces else "all namespaces"
-    log.info("bundleserve gateway listening on http://%s:%d (Endpoints of %s)", args.host, args.port, scope)
+    log.info("bundleserve gateway listening on http://%s:%d (Endpoints of %s)", settings.host, settings.port, scope)
     try:
-        run(serve(app, config.connections, args.host, args.port))
+        run(serve(app, settings.app.connections, settings.host, settings.port))
     except OSError as error:
-        print(f"bundleserve gateway: cannot listen on {args.host}:{args.port}: {error.strerror}", file=sys.stderr)
+        print(
+            f"bundleserve gateway: cannot listen on {settings.host}:{settings.port}: {error.strerror}", file=sys.stderr
+        )
         return 1
     return 0
 
@@ -129,8 +93,8 @@ class Front:
     async def start(self, host: str | None = None, port: int | None = None, sock: socket.socket | None = None) -> None:
         await self.runner.setup()
         server = self.runner.server
-        if server is None:
-            raise RuntimeError("the gateway's aiohttp runner has no server after setup")
+        if server is None:  # aiohttp's setup() always makes one; a change there must fail loudly, not later
+            raise RuntimeError("the gateway's aiohttp runner has no server after setup()")
         gateway = self.app[GATEWAY]
         limits = self.limits
         self.edge = GatewayEdge(

@@ -26,7 +26,7 @@ from bundleserve.queue.results import ResultStore, for_namespace, open_result_st
 from bundleserve.queue.service import S3AsyncPaths, SubmitChecks, TaskService
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord
 
-log = logging.getLogger("bundleserve.gateway.tasks")
+log = logging.getLogger(__name__)
 
 
 class EndpointQueues:
@@ -38,16 +38,19 @@ class EndpointQueues:
         *,
         results_dir: Path,
         results_url: str | None = None,
+        results_s3_endpoint: str | None = None,
         checks: SubmitChecks | None = None,
         limits: QueueLimits | None = None,
     ) -> None:
-        self.redis = connect(redis_url)  # the queue's one client factory: connect and reply timeouts
+        #: The deployment's queue knobs and Redis timeout, read once at start by the gateway's settings (no
+        #: environment read when a submission builds a config).
+        self.limits = limits or QueueLimits()
+        # the queue's one client factory: connect and reply timeouts
+        self.redis = connect(redis_url, timeout=self.limits.redis_timeout_seconds)
         self.checks = checks
         self.waiter = CompletionWaiter(self.redis)
-        self.store: ResultStore = open_result_store(results_dir, results_url)
+        self.store: ResultStore = open_result_store(results_dir, results_url, s3_endpoint=results_s3_endpoint)
         self._services: dict[tuple[str, str, str | None], tuple[QueueConfig, TaskService]] = {}
-        #: The deployment's queue knobs, read once at start (no environment read when a submission builds a config).
-        self.limits = limits or QueueLimits()
 
     def service(self, entry: EndpointEntry, variant: str | None = None) -> TaskService:
         """The task service of the endpoint's queue, or of one declared variant's queue, with its current settings

@@ -21,6 +21,8 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,8 @@ from bundleserve.api.endpoint import Endpoint, Mode
 from bundleserve.api.manifest import ManifestError, load_endpoints
 from bundleserve.dialects.base import read_public_url
 from bundleserve.dialects.sagemaker import sigv4
-from bundleserve.edge.config import read_url_policy
-from bundleserve.edge.connections import limits_from_env
+from bundleserve.edge.config import check_results_url, read_url_policy
+from bundleserve.edge.connections import ConnectionLimits, limits_from_env
 from bundleserve.gateway.activator import HoldSettings
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.readiness import poll_readiness
@@ -51,9 +53,10 @@ from bundleserve.local.redis import EmbeddedRedis, RedisStartError, free_port
 from bundleserve.local.supervisor import Child, ChildFailed
 from bundleserve.queue.callbacks import insecure_credentials_allowed
 from bundleserve.queue.config import QueueLimits
+from bundleserve.queue.s3results import endpoint_from_env
 from bundleserve.queue.service import SubmitChecks
 
-log = logging.getLogger("bundleserve.local")
+log = logging.getLogger(__name__)
 
 READY_TIMEOUT_SECONDS = 120.0  # a model's load() may train or read weights
 STOP_GRACE_SECONDS = 30.0
@@ -135,16 +138,80 @@ def ready_message(base: str, plans: list[EndpointPlan]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class LocalSettings:
+    """What `bundleserve run` is configured with, read once by `main` from the manifests, the flags and the
+    environment: its gateway's configuration, and the environment its children (models, routers) start from, whose
+    own settings read it in turn (each router's `build_settings`)."""
+
+    endpoints: tuple[tuple[Path, Endpoint], ...]
+    #: The environment the children inherit (a snapshot taken at start).
+    inherited: Mapping[str, str]
+    connections: ConnectionLimits
+    queue_limits: QueueLimits
+    public_url: str | None
+    #: The routers inherit the same variable: with S3 storage, both write and read results (and SageMaker's async
+    #: objects) in the same bucket, as in a cluster.
+    results_url: str | None
+    results_s3_endpoint: str | None
+    #: Unsigned SageMaker requests admitted unless the environment says otherwise (`local_gateway_sagemaker_env`).
+    sagemaker_signing: sigv4.SigV4Config
+    #: The gateway checks submissions as the local routers do (`local_router_env`: loopback and plain-http callback
+    #: credentials allowed).
+    submit_checks: SubmitChecks
+
+    @classmethod
+    def from_env(cls, endpoints: list[tuple[Path, Endpoint]], env: Mapping[str, str] | None = None) -> LocalSettings:
+        """ValueError naming the variable for a bad value, before anything starts (`env`: the process's own unless
+        a test gives one)."""
+        env = dict(os.environ) if env is None else dict(env)
+        results_url = env.get("BUNDLESERVE_RESULTS_URL") or None
+        if results_url:
+            check_results_url(results_url)
+        local = local_router_env()
+        return cls(
+            endpoints=tuple(endpoints),
+            inherited=env,
+            connections=limits_from_env(env),
+            queue_limits=QueueLimits.from_env(env),
+            public_url=read_public_url(env),
+            results_url=results_url,
+            results_s3_endpoint=endpoint_from_env(env),
+            sagemaker_signing=sigv4.config_from_env(local_gateway_sagemaker_env(env)),
+            submit_checks=SubmitChecks(
+                destinations=read_url_policy(local), allow_insecure_credentials=insecure_credentials_allowed(local)
+            ),
+        )
+
+    def gateway_config(self, *, redis_url: str | None, results_dir: Path) -> GatewayConfig:
+        """The front door's configuration once Redis runs and the data directory is known."""
+        return GatewayConfig(
+            connections=self.connections,
+            queue_limits=self.queue_limits,
+            public_url=self.public_url,
+            redis_url=redis_url,
+            results_dir=results_dir,
+            results_url=self.results_url,
+            results_s3_endpoint=self.results_s3_endpoint,
+            submit_checks=self.submit_checks,
+            sagemaker_signing=self.sagemaker_signing,
+            # one process per endpoint, started with the others whatever minReplicas says: nothing to hold or wake
+            hold=HoldSettings(enabled=False),
+        )
+
+
 class LocalRun:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, settings: LocalSettings) -> None:
         self.args = args
+        self.settings = settings
         self.data_dir: Path = args.data_dir.resolve()
         self.redis: EmbeddedRedis | None = None
         self.children: list[tuple[str, Child, Child]] = []  # (endpoint, model, router)
         self.front: Front | None = None
         self.poller: asyncio.Task[None] | None = None
 
-    async def start(self, found: list[tuple[Path, Endpoint]], sock: socket.socket) -> None:
+    async def start(self, sock: socket.socket) -> None:
+        found = list(self.settings.endpoints)
         redis_url: str | None = self.args.redis_url
         if redis_url is None and needs_redis([e for _, e in found]):
             self.redis = EmbeddedRedis(self.data_dir / "redis")
@@ -162,30 +229,14 @@ class LocalRun:
         write_endpoint_files(plans)
         async with aiohttp.ClientSession() as session:
             for plan in plans:
-                model, router = Child(plan.model), Child(plan.router)
+                model = Child(plan.model, self.settings.inherited)
+                router = Child(plan.router, self.settings.inherited)
                 self.children.append((plan.name, model, router))
                 await model.start()
                 await router.start()
             await asyncio.gather(*(self._ready(name, c, session) for name, *pair in self.children for c in pair))
         registry = Registry(registry_entries(plans))
-        local = local_router_env()  # the gateway checks submissions as the local routers do
-        checks = SubmitChecks(
-            destinations=read_url_policy(local), allow_insecure_credentials=insecure_credentials_allowed(local)
-        )
-        config = GatewayConfig(
-            connections=limits_from_env(os.environ),  # checked by main() before anything started
-            queue_limits=QueueLimits.from_env(os.environ),  # likewise
-            public_url=read_public_url(os.environ),
-            redis_url=redis_url,
-            results_dir=results_dir,
-            # the routers inherit the same variable: with S3 storage, both write and read results (and SageMaker's
-            # async objects) in the same bucket, as in a cluster
-            results_url=os.environ.get("BUNDLESERVE_RESULTS_URL") or None,
-            submit_checks=checks,
-            sagemaker_signing=sigv4.config_from_env(local_gateway_sagemaker_env(os.environ)),
-            # one process per endpoint, started with the others whatever minReplicas says: nothing to hold or wake
-            hold=HoldSettings(enabled=False),
-        )
+        config = self.settings.gateway_config(redis_url=redis_url, results_dir=results_dir)
         self.front = Front(build_gateway_app(registry, config), config.connections)
         await self.front.start(sock=sock)
         self.poller = asyncio.create_task(poll_readiness(registry), name="bundleserve-local-readiness")
@@ -241,14 +292,14 @@ async def until_stopped(work: asyncio.Future[None], stop: asyncio.Event) -> bool
     return False
 
 
-async def run(args: argparse.Namespace, found: list[tuple[Path, Endpoint]], sock: socket.socket) -> int:
+async def run(args: argparse.Namespace, settings: LocalSettings, sock: socket.socket) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    local = LocalRun(args)
+    local = LocalRun(args, settings)
     try:
-        if await until_stopped(asyncio.ensure_future(local.start(found, sock)), stop):
+        if await until_stopped(asyncio.ensure_future(local.start(sock)), stop):
             await local.watch(stop)
         log.info("stopping")
         return 0
@@ -261,11 +312,11 @@ async def run(args: argparse.Namespace, found: list[tuple[Path, Endpoint]], sock
 
 
 def main(args: argparse.Namespace) -> int:
+    """The composition root of local mode: manifests and environment read once, and checked, before anything
+    starts."""
     logs.configure()
     try:
-        found = load_endpoints(args.files)  # read once, and fail before anything starts
-        limits_from_env(os.environ)
-        QueueLimits.from_env(os.environ)
+        settings = LocalSettings.from_env(load_endpoints(args.files))
         sock = bind_front(args.host, args.port)
     except (ManifestError, PortInUse, ValueError) as error:
         print(f"bundleserve run: {error}", file=sys.stderr)
@@ -274,4 +325,4 @@ def main(args: argparse.Namespace) -> int:
         import uvloop
 
         uvloop.install()
-    return asyncio.run(run(args, found, sock))
+    return asyncio.run(run(args, settings, sock))

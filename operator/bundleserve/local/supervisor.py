@@ -16,14 +16,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import aiohttp
 
 from bundleserve import logs
 from bundleserve.local.plan import ProcessSpec
 
-log = logging.getLogger("bundleserve.local")
+log = logging.getLogger(__name__)
 forwarded = logging.getLogger(logs.FORWARDED)  # the child's own line, printed as it came (see bundleserve.logs)
 
 
@@ -55,14 +55,17 @@ class ChildFailed(RuntimeError):
 class Child:
     """One supervised process. Its output is forwarded to our log with the child's name, and kept for error messages."""
 
-    def __init__(self, spec: ProcessSpec) -> None:
+    def __init__(self, spec: ProcessSpec, inherited: Mapping[str, str]) -> None:
+        """`inherited`: the environment the child starts from (local mode's own, read once by its settings), under
+        the spec's own variables."""
         self.spec = spec
+        self.inherited = inherited
         self.process: asyncio.subprocess.Process | None = None
         self.tail: list[str] = []
         self._pump: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.env}
+        env = {**self.inherited, "PYTHONUNBUFFERED": "1", **self.spec.env}
         self.process = await asyncio.create_subprocess_exec(
             *self.spec.argv,
             stdout=asyncio.subprocess.PIPE,

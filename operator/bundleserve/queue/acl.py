@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from bundleserve.queue import keys
+from bundleserve.queue.config import DEFAULT_REDIS_TIMEOUT_SECONDS
 from bundleserve.queue.connection import connect, observed_config
 
 USER_PREFIX = "bundleserve."
@@ -127,8 +128,8 @@ async def delete_user(redis: aioredis.Redis, queue: str) -> bool:
 class QueueUsers:
     """The operator's handle on endpoint users, over one master connection (`connection.connect`'s timeouts)."""
 
-    def __init__(self, master_url: str) -> None:
-        self.redis = connect(master_url)
+    def __init__(self, master_url: str, *, timeout: float = DEFAULT_REDIS_TIMEOUT_SECONDS) -> None:
+        self.redis = connect(master_url, timeout=timeout)
 
     async def ensure(self, queue: str, password: str) -> None:
         await ensure_user(self.redis, queue, password)

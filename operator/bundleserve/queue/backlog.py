@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from bundleserve.queue import keys
+from bundleserve.queue.config import DEFAULT_REDIS_TIMEOUT_SECONDS
 from bundleserve.queue.connection import connect
 
 
@@ -45,11 +46,11 @@ async def backlog(redis: aioredis.Redis, queue_id: str) -> Backlog:
 
 
 async def open_backlog_reader(
-    redis_url: str,
+    redis_url: str, *, timeout: float = DEFAULT_REDIS_TIMEOUT_SECONDS
 ) -> tuple[Callable[[str], Awaitable[tuple[int, int]]], Callable[[], Awaitable[None]]]:
     """`(read, close)`: `read(queue_id)` is `(pending, in_flight)` over one connection pool (the operator's queue
-    scaler reads every async endpoint's backlog with it)."""
-    client = connect(redis_url)
+    scaler reads every async endpoint's backlog with it; `timeout`: the Redis client's)."""
+    client = connect(redis_url, timeout=timeout)
 
     async def read(queue_id: str) -> tuple[int, int]:
         found = await backlog(client, queue_id)

@@ -132,7 +132,7 @@ class TaskQueue:
         if self.plan is not None or self.problem is not None:
             return
         try:
-            plan = await plan_durability(self.redis, self.config.durability)
+            plan = await plan_durability(self.redis, self.config.durability, dict(self.config.observed_server_config))
         except DurabilityUnsupported as error:
             self.problem = str(error)
             log.error("endpoint %s: async submissions refused: %s", self.config.endpoint, error)

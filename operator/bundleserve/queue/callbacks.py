@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import random
 import ssl
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,11 +41,36 @@ log = logging.getLogger(__name__)
 INSECURE_CREDENTIALS_ENV = "BUNDLESERVE_CALLBACK_ALLOW_INSECURE_CREDENTIALS"
 
 
-def insecure_credentials_allowed(env: dict[str, str] | None = None) -> bool:
-    raw = (env if env is not None else os.environ).get(INSECURE_CREDENTIALS_ENV, "").strip().lower()
+#: A CA bundle (PEM file) callback destinations' certificates are checked against, besides the system's.
+CA_FILE_ENV = "BUNDLESERVE_CALLBACK_CA_FILE"
+
+
+def insecure_credentials_allowed(env: Mapping[str, str]) -> bool:
+    """BUNDLESERVE_CALLBACK_ALLOW_INSECURE_CREDENTIALS; ValueError naming it for a value that is not a boolean."""
+    raw = env.get(INSECURE_CREDENTIALS_ENV, "").strip().lower()
     if raw not in {"", "0", "false", "no", "1", "true", "yes"}:
         raise ValueError(f"{INSECURE_CREDENTIALS_ENV} must be true or false, got {raw!r}")
     return raw in {"1", "true", "yes"}
+
+
+@dataclass(frozen=True)
+class CallbackSettings:
+    """How a process sends callbacks, read once by its settings (`from_env`: a pure function of the mapping)."""
+
+    #: Credentials may go over plain http (BUNDLESERVE_CALLBACK_ALLOW_INSECURE_CREDENTIALS; local mode only).
+    allow_insecure_credentials: bool = False
+    #: Extra CA bundle for the destinations' certificates (BUNDLESERVE_CALLBACK_CA_FILE; None: the system's).
+    ca_file: str | None = None
+    #: Where the endpoint's callback Secret is mounted (BUNDLESERVE_CALLBACK_SECRET_DIR, set by the operator).
+    secret_dir: Path = Path(CALLBACK_SECRET_DIR)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> CallbackSettings:
+        return cls(
+            allow_insecure_credentials=insecure_credentials_allowed(env),
+            ca_file=env.get(CA_FILE_ENV, "").strip() or None,
+            secret_dir=Path(env.get(CALLBACK_SECRET_DIR_ENV, "").strip() or CALLBACK_SECRET_DIR),
+        )
 
 
 def check_callback_target(
@@ -100,9 +125,9 @@ class Attempt:
     error: str | None = None
 
 
-def auth_from_secret_dir(kind: str, directory: Path | None = None) -> CallbackAuthRequest | None:
-    """The endpoint's default callback credentials from its mounted Secret; None when not mounted."""
-    root = directory or Path(os.environ.get(CALLBACK_SECRET_DIR_ENV, CALLBACK_SECRET_DIR))
+def auth_from_secret_dir(kind: str, root: Path) -> CallbackAuthRequest | None:
+    """The endpoint's default callback credentials from its mounted Secret (`CallbackSettings.secret_dir`); None when
+    not mounted."""
     try:
         if kind == "basic":
             return CallbackAuthRequest(
@@ -141,15 +166,13 @@ class CallbackSender:
         *,
         policy: RetryPolicy | None = None,
         destinations: AddressPolicy | None = None,
-        allow_insecure_credentials: bool | None = None,
+        allow_insecure_credentials: bool = False,
         ca_file: str | None = None,
     ) -> None:
         self.policy = policy or RetryPolicy()
         self.destinations = AddressPolicy() if destinations is None else destinations
-        self.allow_insecure_credentials = (
-            insecure_credentials_allowed() if allow_insecure_credentials is None else allow_insecure_credentials
-        )
-        self._ca_file = ca_file or os.environ.get("BUNDLESERVE_CALLBACK_CA_FILE") or None
+        self.allow_insecure_credentials = allow_insecure_credentials
+        self._ca_file = ca_file
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:

@@ -8,7 +8,7 @@ Blocking commands keep working: the worker blocks for `Worker.block_ms` (2 s), w
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -16,35 +16,21 @@ from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from bundleserve.queue.config import Durability
+from bundleserve.queue.config import DEFAULT_REDIS_TIMEOUT_SECONDS, DURABILITY_SETTINGS, OBSERVED_CONFIG_ENV, Durability
 
 #: `Redis` is the client type `connect` returns, for callers that keep one (they never import redis themselves).
-__all__ = ["Redis", "answers", "connect", "describe", "plan_durability", "timeout_seconds"]
+__all__ = ["Redis", "answers", "connect", "describe", "plan_durability"]
 
 log = logging.getLogger(__name__)
 
-#: Seconds a command may wait for its reply (and a connection attempt may take); BUNDLESERVE_REDIS_TIMEOUT_SECONDS.
-TIMEOUT_ENV = "BUNDLESERVE_REDIS_TIMEOUT_SECONDS"
-DEFAULT_TIMEOUT_SECONDS = 10.0
 
-
-def timeout_seconds(env: dict[str, str] | None = None) -> float:
-    raw = (env if env is not None else os.environ).get(TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT_SECONDS
-    value = float(raw)
-    if value <= 3:  # the worker's blocking read waits 2 s: a shorter read timeout would cut it off
-        raise ValueError(f"{TIMEOUT_ENV} must be more than 3 seconds, got {raw!r}")
-    return value
-
-
-def connect(url: str, *, timeout: float | None = None) -> aioredis.Redis:
-    """A client for the queue's Redis with connect and per-reply timeouts (redis.exceptions.TimeoutError)."""
-    seconds = timeout if timeout is not None else timeout_seconds()
+def connect(url: str, *, timeout: float = DEFAULT_REDIS_TIMEOUT_SECONDS) -> aioredis.Redis:
+    """A client for the queue's Redis with connect and per-reply timeouts (redis.exceptions.TimeoutError); `timeout`:
+    the process's `QueueLimits.redis_timeout_seconds` (BUNDLESERVE_REDIS_TIMEOUT_SECONDS)."""
     return aioredis.Redis.from_url(
         url,
-        socket_timeout=seconds,
-        socket_connect_timeout=seconds,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
         socket_keepalive=True,
         health_check_interval=30,
     )
@@ -68,13 +54,6 @@ class DurabilityPlan:
     reason: str
 
 
-#: What the operator read from the server's CONFIG with the master credential, for a client that may not (an
-#: endpoint's ACL user has no CONFIG: CONFIG GET would show every password). `BUNDLESERVE_REDIS_APPENDONLY`, ...
-OBSERVED_CONFIG_ENV = "BUNDLESERVE_REDIS_{}"
-#: The settings `plan_durability` reads.
-DURABILITY_SETTINGS = ("appendonly", "appendfsync")
-
-
 async def observed_config(redis: aioredis.Redis) -> dict[str, str]:
     """The durability settings as the env of a client that cannot read CONFIG (the operator passes them to routers)."""
     found = {}
@@ -85,20 +64,26 @@ async def observed_config(redis: aioredis.Redis) -> dict[str, str]:
     return found
 
 
-async def _config(redis: aioredis.Redis, name: str, env: dict[str, str] | None = None) -> str | None:
+async def _config(redis: aioredis.Redis, name: str, observed: Mapping[str, str]) -> str | None:
+    """The server's setting `name`; when CONFIG is refused, what the operator `observed` (None: unknown)."""
     try:
         found = await redis.config_get(name)
     except ResponseError:  # CONFIG disabled or renamed (managed Redis), or refused to this ACL user
-        observed = (os.environ if env is None else env).get(OBSERVED_CONFIG_ENV.format(name.upper()), "").strip()
-        return observed or None
+        return observed.get(name) or None
     value = found.get(name) if isinstance(found, dict) else None
     if isinstance(value, bytes):
         value = value.decode()
     return None if value is None else str(value)
 
 
-async def plan_durability(redis: aioredis.Redis, wanted: Durability) -> DurabilityPlan:
-    """What the server supports for `wanted`; DurabilityUnsupported when FSYNC cannot be kept (nothing is stored)."""
+async def plan_durability(
+    redis: aioredis.Redis, wanted: Durability, observed: Mapping[str, str] | None = None
+) -> DurabilityPlan:
+    """What the server supports for `wanted`; DurabilityUnsupported when FSYNC cannot be kept (nothing is stored).
+
+    `observed`: the server's settings as the operator read them (`QueueLimits.observed_server_config`), used only
+    when this client may not run CONFIG GET."""
+    observed = {} if observed is None else observed
     if wanted is Durability.MEMORY:
         return DurabilityPlan(Durability.MEMORY, False, "BUNDLESERVE_QUEUE_DURABILITY=memory")
     try:
@@ -109,8 +94,10 @@ async def plan_durability(redis: aioredis.Redis, wanted: Durability) -> Durabili
         if "unknown command" not in text and "appendonly" not in text:
             raise
         waitaof = False
-    appendonly = await _config(redis, "appendonly")
-    if await _config(redis, "appendfsync") == "no":  # the server never fsyncs itself: nothing would be confirmed
+    appendonly = await _config(redis, "appendonly", observed)
+    if (
+        await _config(redis, "appendfsync", observed) == "no"
+    ):  # the server never fsyncs itself: nothing would be confirmed
         appendonly = "no"
     if waitaof and appendonly != "no":
         try:  # with numlocal 1 WAITAOF refuses a server whose AOF is off: learn that now, not on a submit
@@ -118,7 +105,7 @@ async def plan_durability(redis: aioredis.Redis, wanted: Durability) -> Durabili
             return DurabilityPlan(Durability.FSYNC, True, "WAITAOF 1 0 after each batch of submissions")
         except ResponseError:
             appendonly = "no"
-    if appendonly == "yes" and await _config(redis, "appendfsync") == "always":
+    if appendonly == "yes" and await _config(redis, "appendfsync", observed) == "always":
         return DurabilityPlan(Durability.FSYNC, False, "appendfsync always (the server fsyncs before replying)")
     raise DurabilityUnsupported(
         "the queue's Redis cannot confirm a task on disk: it needs appendonly yes, appendfsync always or everysec, and "

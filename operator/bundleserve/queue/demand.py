@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from bundleserve.queue import keys
+from bundleserve.queue.config import DEFAULT_REDIS_TIMEOUT_SECONDS
 from bundleserve.queue.connection import connect
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,17 @@ async def read(redis: aioredis.Redis, queue: str) -> Demand:
     return Demand(active=True, held=held)
 
 
-async def listen_for_wakes(redis_url: str, on_wake: Callable[[str], None], *, retry_seconds: float = 1.0) -> None:
+async def listen_for_wakes(
+    redis_url: str,
+    on_wake: Callable[[str], None],
+    *,
+    retry_seconds: float = 1.0,
+    timeout: float = DEFAULT_REDIS_TIMEOUT_SECONDS,
+) -> None:
     """Forever (cancel to stop): `on_wake(queue_id)` for every wake message of any endpoint. A dropped connection is
     reopened after `retry_seconds`; messages published meanwhile are lost, which the scaler's tick covers."""
     while True:
-        client = connect(redis_url)
+        client = connect(redis_url, timeout=timeout)
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.psubscribe(keys.WAKE_PATTERN)
@@ -114,11 +121,11 @@ async def listen_for_wakes(redis_url: str, on_wake: Callable[[str], None], *, re
 
 
 async def open_demand_reader(
-    redis_url: str,
+    redis_url: str, *, timeout: float = DEFAULT_REDIS_TIMEOUT_SECONDS
 ) -> tuple[Callable[[str], Awaitable[Demand]], Callable[[], Awaitable[None]]]:
     """`(read, close)`: `read(queue_id)` is the endpoint's `Demand`, over one connection pool (the operator's
-    demand gate reads every scale-from-zero endpoint's demand with it)."""
-    client = connect(redis_url)
+    demand gate reads every scale-from-zero endpoint's demand with it; `timeout`: the Redis client's)."""
+    client = connect(redis_url, timeout=timeout)
 
     async def read_one(queue: str) -> Demand:
         return await read(client, queue)

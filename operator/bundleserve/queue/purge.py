@@ -9,12 +9,14 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from bundleserve.queue import keys
+from bundleserve.queue.config import DEFAULT_REDIS_TIMEOUT_SECONDS
 from bundleserve.queue.connection import connect
 
 
-async def purge_endpoint_queue(redis_url: str, queue_id: str) -> int:
-    """Purge the queue `queue_id` over a connection of its own; the number of keys removed."""
-    client = connect(redis_url)
+async def purge_endpoint_queue(redis_url: str, queue_id: str, *, timeout: float = DEFAULT_REDIS_TIMEOUT_SECONDS) -> int:
+    """Purge the queue `queue_id` over a connection of its own (`timeout`: the Redis client's); the number of keys
+    removed."""
+    client = connect(redis_url, timeout=timeout)
     try:
         return await purge_queue(client, queue_id)
     finally:

@@ -175,13 +175,19 @@ def for_namespace(store: ResultStore, namespace: str) -> ResultStore:
 
 
 def open_result_store(
-    results_dir: Path, results_url: str | None = None, *, default_ttl_seconds: float = DEFAULT_TTL_SECONDS
+    results_dir: Path,
+    results_url: str | None = None,
+    *,
+    default_ttl_seconds: float = DEFAULT_TTL_SECONDS,
+    s3_endpoint: str | None = None,
 ) -> ResultStore:
-    """The configured store: S3 when `BUNDLESERVE_RESULTS_URL` is set (see `s3results`), else the directory."""
+    """The configured store: S3 when `BUNDLESERVE_RESULTS_URL` is set (see `s3results`; `s3_endpoint`: an
+    S3-compatible server, `s3results.endpoint_from_env`), else the directory."""
     if results_url:
         from bundleserve.queue.s3results import S3Location, S3ResultStore
 
-        return S3ResultStore(S3Location.parse(results_url), default_ttl_seconds=default_ttl_seconds)
+        location = S3Location.parse(results_url)
+        return S3ResultStore(location, default_ttl_seconds=default_ttl_seconds, endpoint=s3_endpoint)
     return FilesystemResultStore(results_dir, default_ttl_seconds=default_ttl_seconds)
 
 

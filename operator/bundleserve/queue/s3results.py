@@ -15,7 +15,6 @@ failing `Unavailable` (503, the task is retried) on reads and `StorageUnavailabl
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -119,15 +118,19 @@ def require_boto3() -> None:
         ) from None
 
 
-def make_client(env: Mapping[str, str] | None = None) -> Any:
-    """An S3 client from boto3's standard configuration; path-style addressing when a custom endpoint is set
-    (S3-compatible servers such as MinIO rarely have per-bucket DNS names)."""
+def endpoint_from_env(env: Mapping[str, str]) -> str | None:
+    """The S3-compatible server's URL, as boto3 names it (`AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`); None: AWS.
+    Read by a process's settings, once."""
+    return env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+
+
+def make_client(endpoint: str | None = None) -> Any:
+    """An S3 client from boto3's standard configuration (credentials, region); `endpoint`: an S3-compatible server
+    (`endpoint_from_env`), reached with path-style addressing (such servers rarely have per-bucket DNS names)."""
     require_boto3()
     import boto3
     from botocore.config import Config
 
-    env = os.environ if env is None else env
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
     config = Config(
         signature_version="s3v4",
         s3={"addressing_style": "path" if endpoint else "auto"},
@@ -223,10 +226,11 @@ class S3ResultStore:
         client: Any = None,
         default_ttl_seconds: float = DEFAULT_TTL_SECONDS,
         namespace: str | None = None,
+        endpoint: str | None = None,
     ) -> None:
         self.root = location
         self.location = location if namespace is None else location.within(namespace)
-        self.client = make_client() if client is None else client
+        self.client = make_client(endpoint) if client is None else client
         self.default_ttl_seconds = default_ttl_seconds
 
     def for_namespace(self, namespace: str) -> S3ResultStore:

@@ -31,7 +31,7 @@ from bundleserve.queue.s3results import S3Location, S3ResultStore, S3Url
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord, TaskRequest
 from bundleserve.queue.worker import Worker
 
-log = logging.getLogger("bundleserve.queue.service")
+log = logging.getLogger(__name__)
 
 #: The longest a status request may hold the connection (`?wait=`); clients re-poll after it.
 MAX_WAIT_SECONDS = 300.0

@@ -462,7 +462,8 @@ class Worker:
         that one was slow, the waiting task's idle time is reset before it runs, so a reclaim never takes it.
         """
         me = asyncio.current_task()
-        assert me is not None
+        if me is None:  # `_start` runs this as a task of its own; the task is the key of `_inflight`
+            raise RuntimeError("Worker._run must run in an asyncio task")
         slot = _Slot()
         self._slots.add(slot)
         current: Started | None = started
@@ -521,8 +522,9 @@ class Worker:
 
     async def _attempt(self, started: Started) -> tuple[_Finish, float]:
         """Call the model once and decide the outcome (nothing is written to Redis here)."""
-        assert started.request is not None
         request, delivery = started.request, started.delivery
+        if request is None:  # only a delivery whose outcome is "run" reaches here, and it carries its request
+            raise RuntimeError(f"task {delivery.task_id} was started without its request")
         begun = time.monotonic()
         limit = float(self.config.invocation_timeout_seconds)
         if request.timeout_seconds:

@@ -41,10 +41,15 @@ from bundleserve.router.settings import Settings
 from bundleserve.router.state import ROUTER_STATE, DrainState, RouterState, result_store
 from bundleserve.router.worker import AsyncMetrics
 
-log = logging.getLogger("bundleserve.router")
+log = logging.getLogger(__name__)
 
 CORE = web.AppKey("invocation_core", InvocationCore)  # the one invocation path of this router
 INVOKER = web.AppKey("invoker", Invoker)  # the native sync/stream handlers, shared with the fast path (router.fastpath)
+
+
+def _mount_sagemaker(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None) -> None:
+    """The SageMaker dialect for this router's endpoint, signed as the router's settings say."""
+    sagemaker_routes.mount(app, core, tasks, app[ROUTER_STATE].settings.sagemaker_signing)
 
 
 def _mount_launch(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None) -> None:
@@ -68,7 +73,7 @@ def _mount_openai(app: web.Application, core: InvocationBackend, tasks: TaskBack
 
 #: Every dialect the router serves besides the native API, mounted by `build_app` as `mount(app, core, tasks)`.
 #: A dialect module exposes one `DialectMount` (see `bundleserve.dialects.base`) and is listed here, once.
-DIALECTS: list[DialectMount] = [sagemaker_routes.mount, _mount_launch, _mount_openai]
+DIALECTS: list[DialectMount] = [_mount_sagemaker, _mount_launch, _mount_openai]
 
 
 def release_bodies(admission: AdmissionController) -> Callable[..., Awaitable[web.StreamResponse]]:

@@ -20,10 +20,7 @@ from bundleserve.dialects.base import public_base_url
 from bundleserve.dialects.native.tasks import accepted_body, parse_wait, submit_native, task_body
 from bundleserve.edge.errors import error_response
 from bundleserve.queue.broker import TaskQueue
-from bundleserve.queue.callbacks import (
-    auth_from_secret_dir,
-    insecure_credentials_allowed,
-)
+from bundleserve.queue.callbacks import auth_from_secret_dir
 from bundleserve.queue.config import QueueConfig
 from bundleserve.queue.connection import Redis, connect
 from bundleserve.queue.notify import CompletionWaiter
@@ -33,7 +30,7 @@ from bundleserve.router.core import InvocationCore
 from bundleserve.router.state import RouterState, result_store
 from bundleserve.router.worker import AsyncMetrics, add_worker
 
-log = logging.getLogger("bundleserve.router.async")
+log = logging.getLogger(__name__)
 
 _JSON = "application/json"
 
@@ -90,12 +87,14 @@ def _with_default_callback_auth(config: QueueConfig, state: RouterState) -> Queu
     callback = state.settings.endpoint.spec.async_settings.callback
     if config.default_callback is None or callback is None or callback.auth is None:
         return config
-    auth = auth_from_secret_dir(callback.auth.kind)
+    secret_dir = state.settings.callbacks.secret_dir
+    auth = auth_from_secret_dir(callback.auth.kind, secret_dir)
     if auth is None:
         log.warning(
-            "endpoint %s: the callback Secret %s is not mounted at $%s; default callbacks go without credentials",
+            "endpoint %s: the callback Secret %s is not mounted at %s ($%s); default callbacks go without credentials",
             state.settings.name,
             callback.auth.secret_name,
+            secret_dir,
             CALLBACK_SECRET_DIR_ENV,
         )
         return config
@@ -118,11 +117,11 @@ def build_tasks(state: RouterState) -> tuple[TaskService, Redis] | None:
         state.settings.endpoint, state.settings.queue_limits, variant=state.settings.declared_variant
     )
     config = _with_default_callback_auth(config, state)
-    redis = connect(redis_url)  # the one place queue clients get their timeouts
+    redis = connect(redis_url, timeout=state.settings.queue_limits.redis_timeout_seconds)
     checks = SubmitChecks(
         url_schemes=state.settings.url_schemes,
         destinations=state.settings.url_policy,
-        allow_insecure_credentials=insecure_credentials_allowed(),
+        allow_insecure_credentials=state.settings.callbacks.allow_insecure_credentials,
     )
     return TaskService(TaskQueue(redis, config), result_store(state), CompletionWaiter(redis), checks), redis
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from bundleserve.api.errors import ApiError
 from bundleserve.router.state import ROUTER_STATE, RouterState
 
-log = logging.getLogger("bundleserve.router")
+log = logging.getLogger(__name__)
 
 
 async def probe_once(state: RouterState, *, timeout: float = 1.0) -> bool:

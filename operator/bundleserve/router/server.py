@@ -27,7 +27,7 @@ from bundleserve.router.fastpath import FastEdge
 from bundleserve.router.settings import Settings, build_settings
 from bundleserve.router.state import ROUTER_STATE, RouterState
 
-log = logging.getLogger("bundleserve.router")
+log = logging.getLogger(__name__)
 
 
 async def serve(settings: Settings) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from bundleserve.api.endpoint import IMPLICIT_VARIANT, Endpoint, Mode, Routes
 from bundleserve.api.manifest import ManifestError, load_endpoints
 from bundleserve.dialects.base import read_public_url
+from bundleserve.dialects.sagemaker import sigv4
 from bundleserve.edge.config import (
     DEFAULT_RESULTS_DIR,
     DEFAULT_URL_SCHEMES,
@@ -24,7 +25,9 @@ from bundleserve.edge.config import (
 )
 from bundleserve.edge.connections import ConnectionLimits, limits_from_env
 from bundleserve.outbound.destinations import AddressPolicy
+from bundleserve.queue.callbacks import CallbackSettings
 from bundleserve.queue.config import QueueLimits
+from bundleserve.queue.s3results import endpoint_from_env
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class Settings:
     results_dir: Path = DEFAULT_RESULTS_DIR
     #: `s3://bucket/prefix` for S3-compatible result storage instead of `results_dir` (BUNDLESERVE_RESULTS_URL).
     results_url: str | None = None
+    #: The S3-compatible server of `results_url` (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL; None: AWS itself).
+    results_s3_endpoint: str | None = None
     #: Schemes a `url` input may use.
     url_schemes: frozenset[str] = frozenset(DEFAULT_URL_SCHEMES)
     #: Which addresses a `url` input may reach (BUNDLESERVE_URL_BLOCK / _ALLOW / _BLOCK_PRIVATE; secure by default).
@@ -61,8 +66,13 @@ class Settings:
     idle_timeout_seconds: float = 75.0
     #: The public base URL of the API (BUNDLESERVE_PUBLIC_URL; None: from each request's forwarding headers).
     public_url: str | None = None
-    #: The deployment's queue knobs (BUNDLESERVE_QUEUE_DURABILITY, _MAX_BACKLOG, _MAX_BACKLOG_BYTES).
+    #: The deployment's queue knobs (BUNDLESERVE_QUEUE_DURABILITY, _MAX_BACKLOG, _MAX_BACKLOG_BYTES), the Redis
+    #: client's timeout (BUNDLESERVE_REDIS_TIMEOUT_SECONDS) and the server settings the operator observed.
     queue_limits: QueueLimits = field(default_factory=QueueLimits)
+    #: How callbacks are sent (BUNDLESERVE_CALLBACK_ALLOW_INSECURE_CREDENTIALS, _CA_FILE, _SECRET_DIR).
+    callbacks: CallbackSettings = field(default_factory=CallbackSettings)
+    #: Who may call the SageMaker dialect (BUNDLESERVE_SAGEMAKER_*; docs/dialects.md, "Signatures").
+    sagemaker_signing: sigv4.SigV4Config = field(default_factory=sigv4.SigV4Config)
     #: The production variant this router serves (`--variant`; docs/operator.md, "Production variants"): what
     #: SageMaker's InvokedProductionVariant answers and its TargetVariant must name. AllTraffic for an Endpoint
     #: without spec.variants.
@@ -113,7 +123,8 @@ def build_settings(
     env: Mapping[str, str] | None = None,
     variant: str | None = None,
 ) -> Settings:
-    """Settings from the CLI's values and the environment (BUNDLESERVE_* variables, see docs/router.md)."""
+    """Settings from the CLI's values and the environment (BUNDLESERVE_* variables, see docs/router.md): the one
+    place the router reads its environment (`env`: the process's, unless a test gives its own)."""
     env = os.environ if env is None else env
     if not model_url.startswith("http://"):
         raise ConfigError(f"--model-url must be an http:// URL of the model container, got {model_url!r}")
@@ -137,6 +148,8 @@ def build_settings(
     try:
         limits = limits_from_env(env)
         queue_limits = QueueLimits.from_env(env)
+        callbacks = CallbackSettings.from_env(env)
+        sagemaker_signing = sigv4.config_from_env(env)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return Settings(
@@ -148,6 +161,7 @@ def build_settings(
         api_keys=read_api_keys(Path(keys_file)) if keys_file else frozenset(),
         results_dir=Path(env.get("BUNDLESERVE_RESULTS_DIR") or DEFAULT_RESULTS_DIR),
         results_url=results_url,
+        results_s3_endpoint=endpoint_from_env(env),
         url_schemes=parse_url_schemes(schemes),
         url_policy=read_url_policy(env),
         drain_seconds=drain_seconds,
@@ -156,5 +170,7 @@ def build_settings(
         idle_timeout_seconds=limits.idle_seconds,
         public_url=read_public_url(env),
         queue_limits=queue_limits,
+        callbacks=callbacks,
+        sagemaker_signing=sagemaker_signing,
         variant=variant or IMPLICIT_VARIANT,
     )

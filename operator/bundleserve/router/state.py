@@ -171,7 +171,12 @@ def result_store(state: RouterState) -> ResultStore:
 
         settings = state.settings
         ttl = float(settings.endpoint.spec.async_settings.result_ttl_seconds)
-        store = open_result_store(settings.results_dir, settings.results_url, default_ttl_seconds=ttl)
+        store = open_result_store(
+            settings.results_dir,
+            settings.results_url,
+            default_ttl_seconds=ttl,
+            s3_endpoint=settings.results_s3_endpoint,
+        )
         state.result_store = for_namespace(store, settings.endpoint.namespace)
     return state.result_store
 

@@ -31,7 +31,7 @@ from bundleserve.router.metrics import LATENCY_BUCKETS
 from bundleserve.router.model_client import ReplyTooLarge
 from bundleserve.router.state import RouterState, s3_objects
 
-log = logging.getLogger("bundleserve.router.worker")
+log = logging.getLogger(__name__)
 BACKLOG_REFRESH_SECONDS = 5.0
 CLEANUP_EVERY_ROUNDS = 60  # every 5 minutes
 
@@ -149,7 +149,12 @@ def worker_context(
     @contextlib.asynccontextmanager
     async def running() -> AsyncIterator[Worker]:
         queue, store = tasks.queue, tasks.store
-        callbacks = CallbackSender(destinations=state.settings.url_policy)  # the url inputs' destination guard
+        settings = state.settings
+        callbacks = CallbackSender(
+            destinations=settings.url_policy,  # the url inputs' destination guard
+            allow_insecure_credentials=settings.callbacks.allow_insecure_credentials,
+            ca_file=settings.callbacks.ca_file,
+        )
         worker = Worker(
             queue,
             router_invoke(core, queue.config.max_result_bytes),

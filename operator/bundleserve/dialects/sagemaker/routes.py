@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -44,7 +44,7 @@ CallsResolver = Callable[[str], InvocationBackend]
 #: Authorization schemes that carry a bundleserve API key (edge.auth), accepted instead of SigV4 where keys exist.
 _API_KEY_SCHEMES = ("bearer", "basic")
 
-log = logging.getLogger("bundleserve.dialects.sagemaker")
+log = logging.getLogger(__name__)
 
 INVOKE_PATH = "/endpoints/{name}/invocations"
 INVOKE_STREAM_PATH = "/endpoints/{name}/invocations-response-stream"
@@ -397,21 +397,15 @@ def add_routes(app: web.Application, api: SageMakerApi) -> None:
             fast.add("POST", path, operation)
 
 
-def settings_from_env(
-    python_bundle: Callable[[str], bool], environ: Mapping[str, str] | None = None
-) -> SageMakerSettings:
-    """The dialect's configuration on a router or gateway (docs/dialects.md, "Signatures")."""
-    return SageMakerSettings(signing=sigv4.config_from_env(environ), python_bundle=python_bundle)
-
-
-def mount(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None) -> None:
-    """The router's `DialectMount`: the three operations for the router's own endpoint (the gate refuses others).
+def mount(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None, signing: sigv4.SigV4Config) -> None:
+    """The router's mount: the three operations for the router's own endpoint (the gate refuses others); `signing`:
+    the router's SigV4 configuration, from its settings (docs/dialects.md, "Signatures").
 
     Whether JSON bodies become keyword arguments depends on the bundle kind, which the core knows (`is_python`).
     """
     is_python = bool(getattr(core, "is_python", True))
     variant = str(getattr(core, "variant", protocol.DEFAULT_VARIANT))
-    settings = replace(settings_from_env(lambda _name: is_python), variant=variant)
+    settings = SageMakerSettings(signing=signing, python_bundle=lambda _name: is_python, variant=variant)
     resolver: TaskResolver | None = None
     if tasks is not None:
         bound = tasks

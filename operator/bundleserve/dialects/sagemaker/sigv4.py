@@ -36,7 +36,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import os
 import posixpath
 import re
 import time
@@ -140,13 +139,21 @@ def parse_keys_file(text: str) -> dict[str, KeyEntry]:
     return keys
 
 
-def config_from_env(environ: Mapping[str, str] | None = None) -> SigV4Config:
-    """The dialect's signing configuration from the environment (the key file is typically a mounted Secret)."""
-    env = os.environ if environ is None else environ
+def config_from_env(env: Mapping[str, str]) -> SigV4Config:
+    """The dialect's signing configuration from a process's environment, read once by its settings (the key file is
+    typically a mounted Secret). ValueError naming the variable for a bad value or an unreadable file."""
     keys: dict[str, str] = {}
     namespaces: dict[str, frozenset[str]] = {}
     if path := env.get(ENV_KEYS_FILE):
-        for file_key_id, entry in parse_keys_file(Path(path).read_text(encoding="utf-8")).items():
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise ValueError(f"{ENV_KEYS_FILE}: cannot read {path}: {error.strerror}") from None
+        try:
+            entries = parse_keys_file(text)
+        except KeysFileError as error:
+            raise KeysFileError(f"{ENV_KEYS_FILE} {path}: {error}") from None
+        for file_key_id, entry in entries.items():
             keys[file_key_id] = entry.secret
             if entry.namespaces is not None:
                 namespaces[file_key_id] = entry.namespaces
