@@ -2,7 +2,11 @@
 
 `POST /v1/endpoints/{name}/predict|stream` are proxied to the endpoint's router; `POST /v1/endpoints/{name}/async`
 queues the task and `GET /v1/tasks/{id}[?wait=S]` answers its status, both through the gateway's own methods
-(`Gateway.submitted`, `Gateway.status_document`), which its aiohttp routes call too.
+(`Gateway.submitted`, `Gateway.status_document`), which its aiohttp routes call too. The dialects' operations in
+`GatewayEdge.dialects` (SageMaker's sync and streaming invocations, Launch's sync and streaming tasks) are served
+here too, by the same code as their aiohttp routes (`edge.exchange`): the head phase runs once the head is parsed
+(a refusal is answered here, in the dialect's shape, after the body is read and dropped), the body phase once the
+body is read; the call goes to the endpoint's router over the internal hop (`gateway.forwarding`).
 
 The same idea as the router's fast edge (`router.fastpath`): aiohttp's per-request machinery and its client cost more
 than a proxy hop may, so the listening socket speaks HTTP/1.1 itself for the hot routes and hands the connection over

@@ -1,4 +1,6 @@
-"""The fast edge of the hot route: `POST /v1/endpoints/{own name}/predict` on a plain asyncio protocol.
+"""The fast edge of the hot routes: `POST /v1/endpoints/{own name}/predict`, the internal hop's call route, and the
+dialects' operations in `FastEdge.dialects` (SageMaker's and Launch's sync and streaming calls, served by the same
+code as their aiohttp routes, `edge.exchange`), on a plain asyncio protocol.
 
 aiohttp.web's per-request machinery costs more than everything the router does, so the listening socket speaks
 HTTP/1.1 itself for the one hot route (httptools parses, `Invoker` does the work, shared with the aiohttp edge) and

@@ -1,4 +1,6 @@
-"""The aiohttp adapters of the Launch dialect: parse -> invocation core / task service -> render.
+"""The Launch dialect's routes: parse -> invocation core / task service -> render. The sync and streaming calls are
+written once against the transport-neutral seam (`edge.exchange`: `legacy_sync`, `v1_sync`, `v1_stream` are head
+phases) and served by aiohttp (`dialects.adapter`) and by the fast edges; the rest are aiohttp handlers.
 
 Legacy routes (PyPI `scale-launch` 0.3.x; the client's `endpoint` is `{server}/v1/hosted_inference`):
   GET  /v1/hosted_inference/endpoints/{name}                       endpoint description (`endpoint_type` sync|async)
