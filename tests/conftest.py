@@ -39,6 +39,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: order[item.nodeid])  # stable: the collected order within each group
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a grouped test whose group did not reach xdist's scheduler (xdist appends "@group" to its id on a
+    worker): the node's tests would otherwise run on several workers at once, each starting a node of its own.
+    That is what a pytest xdist cannot tag does (see the pytest pin in pyproject.toml)."""
+    if item.config.getoption("loadgroup", default=False) and xdist_group(item) and "@" not in item.nodeid:
+        pytest.fail("--dist loadgroup is not in effect: this test's group would not stay on one worker", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Valkey]:
     """One real Redis-protocol server for the session; tests isolate themselves by key prefix / endpoint name."""
