@@ -80,8 +80,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The suite runs on TEST_WORKERS pytest-xdist workers: most of its time is spent waiting (on pods, deadlines, child
+# processes), not computing, so three workers fit two cores. Tests that share a host-wide part (the real node, the
+# shared control plane) run as one group on one worker each (tests/conftest.py says which and why).
+TEST_WORKERS ?= 3
 test: lint typecheck redis-server browser $(LAUNCH_STAMP) cluster-binaries image sdk-clients
-	$(BIN)/pytest tests
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup tests
 
 # headless Chromium for the /docs page test (tests/integration/test_gateway_docs_browser.py)
 browser:

@@ -9,6 +9,43 @@ import pytest
 
 from tests.support.valkey import Valkey, redis_servers
 
+#: Tests that share one host-wide thing run in one xdist group (`make test` runs the suite on several workers with
+#: `--dist loadgroup`), in the order collected, and first, so the longest group starts at once:
+#: - "node": the real node (`kube_node`, and `product` on it) and everything else that runs containerd, runc or a
+#:   node of its own on this host (two nodes at once share the host's route to the Service range and misroute
+#:   ClusterIP traffic; the node's leak check must not see another test's containers);
+#: - "control-plane": the shared node-less control plane (`kube_cluster`), whose session fixture a worker starts once.
+HOST_NODE_MODULES = frozenset({"test_node_cleanup.py", "test_image_containerd.py", "test_image_runtime.py"})
+GROUPS = (("node", frozenset({"kube_node", "product"})), ("control-plane", frozenset({"kube_cluster"})))
+
+
+def xdist_group(item: pytest.Item) -> str | None:
+    """The group an item runs in (None: any worker)."""
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if item.path.name in HOST_NODE_MODULES:
+        return "node"
+    return next((group for group, needs in GROUPS if fixtures & needs), None)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {group: position for position, (group, _needs) in enumerate(GROUPS)}
+    order: dict[str, int] = {}
+    for item in items:
+        group = xdist_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+        order[item.nodeid] = len(GROUPS) if group is None else rank[group]
+    items.sort(key=lambda item: order[item.nodeid])  # stable: the collected order within each group
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a grouped test whose group did not reach xdist's scheduler (xdist appends "@group" to its id on a
+    worker): the node's tests would otherwise run on several workers at once, each starting a node of its own.
+    That is what a pytest xdist cannot tag does (see the pytest pin in pyproject.toml)."""
+    if item.config.getoption("loadgroup", default=False) and xdist_group(item) and "@" not in item.nodeid:
+        pytest.fail("--dist loadgroup is not in effect: this test's group would not stay on one worker", pytrace=False)
+
 
 @pytest.fixture(scope="session")
 def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Valkey]:

@@ -47,7 +47,7 @@ async def ctx(valkey_server: Valkey) -> AsyncIterator[Ctx]:
 async def kube(kube_cluster: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[KubeClient]:
     install_release(kube_cluster)  # the CRD as the chart renders it: the object every module applies
     monkeypatch.setenv("KUBECONFIG", os.fspath(kube_cluster.kubeconfig))
-    client = KubeClient.from_connection(login())
+    client = KubeClient.from_connection(login(os.fspath(kube_cluster.kubeconfig)))
     yield client
     await client.close()
 
