@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
@@ -258,6 +259,44 @@ def parse_json_body(body: bytes, model: type[_Body]) -> _Body:
         return model.model_validate(document)
     except ValidationError as error:
         raise InvalidRequest(format_validation_error(error)) from None
+
+
+_ARGS_HEAD = re.compile(r'[ \t\n\r]*\{[ \t\n\r]*"args"[ \t\n\r]*:[ \t\n\r]*')
+_ARGS_TAIL = re.compile(r"[ \t\n\r]*\}[ \t\n\r]*")
+_ARGS_DECODER = json.JSONDecoder()
+
+
+def args_only(body: bytes) -> tuple[bytes, bool] | None:
+    """`{"args": VALUE}` and nothing else: VALUE's JSON text exactly as sent (no re-encoding), and whether VALUE is
+    a JSON object; None for any other body (and for `"args": null`), which the dialect's pydantic model then parses,
+    so its rules and messages stay the only ones. The common body of the native and the Launch dialects.
+
+    Memory: the decoded value only proves the text is valid JSON and is dropped at once; what stays is the args text,
+    cut from the body's bytes (for an ASCII body character offsets are byte offsets). Parsing is synchronous, so the
+    transient copies (text, decoded value) exist for one request at a time.
+    """
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        return None
+    head = _ARGS_HEAD.match(text)
+    if head is None:
+        return None
+    try:
+        args, end = _ARGS_DECODER.raw_decode(text, head.end())
+    except (ValueError, RecursionError):  # the general path below gives the reason (too deep: 400)
+        return None
+    if args is None or _ARGS_TAIL.fullmatch(text, end) is None:
+        return None
+    is_object = isinstance(args, dict)
+    del args
+    start = head.end()
+    if text.isascii():
+        del text
+        args_json = body[start:end]
+    else:
+        args_json = text[start:end].encode()
+    return args_json, is_object
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)

@@ -47,9 +47,17 @@ class Head:
 
     def query(self, name: str) -> str | None:
         """The first value of query parameter `name` (None: absent)."""
-        if not self.raw_query:
+        raw = self.raw_query
+        if not raw:
             return None
-        for key, value in parse_qsl(self.raw_query, keep_blank_values=True):
+        if "%" not in raw and "+" not in raw:  # nothing to unquote: parse_qsl's split alone (a third of its cost)
+            for field_ in raw.split("&"):
+                if field_:
+                    key, _, value = field_.partition("=")
+                    if key == name:
+                        return value
+            return None
+        for key, value in parse_qsl(raw, keep_blank_values=True):
             if key == name:
                 return value
         return None

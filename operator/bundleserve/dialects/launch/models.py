@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field
 
 from bundleserve.api.errors import InvalidRequest
-from bundleserve.api.invocation import CallbackAuthRequest, Invocation, parse_json_body
+from bundleserve.api.invocation import CallbackAuthRequest, Invocation, args_only, parse_json_body
 
 
 class LaunchTaskStatus(StrEnum):
@@ -104,6 +104,22 @@ def to_invocation(request: _Request, *, request_id: str | None = None) -> Invoca
         timeout_seconds=request.timeout_seconds,
         request_id=request_id,
     )
+
+
+def task_invocation(body: bytes, model: type[_R]) -> Invocation:
+    """A sync or streaming task's body as the core's invocation: `parse_task_request` then `to_invocation`, with a
+    fast path for the common body `{"args": VALUE}` (`api.invocation.args_only`): VALUE's JSON text goes to the
+    model as the client sent it (the same value; `to_invocation` re-encodes it compactly), with the model's default
+    `return_pickled`. Every other body, and every refusal, takes the pydantic path, so the rules and the messages are
+    the same (tests/unit/test_dialects_launch.py checks both paths agree)."""
+    fast = args_only(body)
+    if fast is not None:
+        return Invocation(body=fast[0], return_pickled=_default_pickled(model))
+    return to_invocation(parse_task_request(body, model))
+
+
+def _default_pickled(model: type[_Request]) -> bool:
+    return bool(model.model_fields["return_pickled"].default)
 
 
 # -- responses ---------------------------------------------------------------------------------------------------

@@ -244,6 +244,20 @@ def build_legacy_sync(*, result: str | None = None, result_url: str | None = Non
     return LegacyTaskResponse(state=LaunchTaskStatus.SUCCESS, result=result, result_url=result_url, status_code=200)
 
 
+#: JSON string literals as pydantic writes them (UTF-8, not \u-escaped): the hand-assembled bodies below.
+_STRING = json.JSONEncoder(ensure_ascii=False)
+_LEGACY_SYNC = (b'{"state":"SUCCESS","result":', b',"result_url":null,"traceback":null,"status_code":200}')
+_V1_SYNC = (b'{"status":"SUCCESS","result":{"result":', b',"result_url":null},"traceback":null,"status_code":200}')
+
+
+def sync_success_body(result: str, *, legacy: bool) -> bytes:
+    """`dump(build_legacy_sync(result=result))` or `dump(build_v1_sync(result=result))`, byte for byte, assembled
+    from the fixed shape around the one variable string: the body of every successful sync task, so it skips the
+    model's construction and serialization (tests/unit/test_dialects_launch.py proves the bytes equal)."""
+    head, tail = _LEGACY_SYNC if legacy else _V1_SYNC
+    return head + _STRING.encode(result).encode() + tail
+
+
 def build_legacy_failure(error: ModelError) -> LegacyTaskResponse:
     traceback, status_code = model_failure(error)
     return LegacyTaskResponse(state=LaunchTaskStatus.FAILURE, traceback=traceback, status_code=status_code)

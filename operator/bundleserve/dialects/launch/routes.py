@@ -33,7 +33,7 @@ from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, InvalidRequest, ModelError, ModeNotServed, NotFound, Unavailable
-from bundleserve.api.invocation import ModelReply, StreamChunk
+from bundleserve.api.invocation import Invocation, ModelReply, StreamChunk
 from bundleserve.dialects import adapter
 from bundleserve.dialects.base import InvocationBackend, TaskBackend, absolute_url, absolute_url_of
 from bundleserve.dialects.launch import render
@@ -45,6 +45,7 @@ from bundleserve.dialects.launch.models import (
     V1EndpointList,
     V1TaskRequest,
     parse_task_request,
+    task_invocation,
     to_invocation,
 )
 from bundleserve.edge.exchange import Head, HeadPhase, Prepared, Reply
@@ -348,13 +349,10 @@ class _Call:
 
     async def answer(self, body: bytes) -> Reply:
         try:
-            task: LegacyTaskRequest | V1TaskRequest = (
-                parse_task_request(body, LegacyTaskRequest) if self.legacy else parse_task_request(body, V1TaskRequest)
-            )
+            invocation = task_invocation(body, LegacyTaskRequest if self.legacy else V1TaskRequest)
             del body
             if self.mode is Mode.STREAMING:
-                return await self._stream(task)
-            invocation = to_invocation(task)
+                return await self._stream(invocation)
             try:
                 reply = await self.backend.predict(invocation)
             except ModelError as error:
@@ -367,21 +365,19 @@ class _Call:
                     if self.legacy
                     else render.build_v1_sync(result_url=result_url)
                 )
-            else:
-                result = render.result_text(reply)
-                answer = render.build_legacy_sync(result=result) if self.legacy else render.build_v1_sync(result=result)
-            return _json_reply(render.dump(answer))
+                return _json_reply(render.dump(answer))
+            return _json_reply(render.sync_success_body(render.result_text(reply), legacy=self.legacy))
         except ApiError as error:
             return self.refuse(error)
 
-    async def _stream(self, task: LegacyTaskRequest | V1TaskRequest) -> Reply:
+    async def _stream(self, invocation: Invocation) -> Reply:
         """Server-sent events; a model failure before the first chunk is a 200 stream whose one event is the
         failure, a failure after it one final FAILURE event."""
-        if task.return_pickled:
+        if invocation.return_pickled:
             raise InvalidRequest("return_pickled is not available for streaming")
         stack = contextlib.AsyncExitStack()
         try:
-            chunks = await stack.enter_async_context(self.backend.stream(to_invocation(task)))
+            chunks = await stack.enter_async_context(self.backend.stream(invocation))
         except ModelError as error:
             return Reply(200, _SSE_HEADERS, render.stream_failure_event(error))
         return Reply(200, _SSE_HEADERS, chunks=_events(chunks), close=stack.aclose)

@@ -1,61 +1,23 @@
 """The native dialect's parse: a predict/stream body straight into the one request type, `api.invocation.Invocation`
 (pure; the HTTP edge reads the bytes).
 
-The common body `{"args": {...}}` takes a fast path (one json.loads, the args' JSON text kept as the client sent it);
-anything else is validated by the shared pydantic `PredictRequest`, so the rules and messages are the same as on the
+The common body `{"args": {...}}` takes a fast path (`api.invocation.args_only`: one decode, the args' JSON text
+kept as the client sent it); anything else is validated by the shared pydantic `PredictRequest`, so the rules and messages are the same as on the
 gateway.
 """
 
 from __future__ import annotations
-
-import json
-import re
 
 from bundleserve.api.errors import InvalidRequest
 from bundleserve.api.invocation import (
     JSON_CONTENT_TYPE,
     Invocation,
     PredictRequest,
+    args_only,
     encode_args,
     idempotency_key,
     parse_json_body,
 )
-
-_FAST_HEAD = re.compile(r'[ \t\n\r]*\{[ \t\n\r]*"args"[ \t\n\r]*:[ \t\n\r]*')
-_FAST_TAIL = re.compile(r"[ \t\n\r]*\}[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
-
-
-def _fast_args(body: bytes) -> tuple[bytes, bool] | None:
-    """`{"args": VALUE}` and nothing else: VALUE's JSON text exactly as sent (no re-encoding), and whether VALUE is
-    a JSON object.
-
-    Memory: the decoded value only proves the text is valid JSON and is dropped at once; what stays is the args text,
-    cut from the body's bytes (for an ASCII body character offsets are byte offsets). Parsing is synchronous, so the
-    transient copies (text, decoded value) exist for one request at a time.
-    """
-    try:
-        text = body.decode()
-    except UnicodeDecodeError:
-        return None
-    head = _FAST_HEAD.match(text)
-    if head is None:
-        return None
-    try:
-        args, end = _DECODER.raw_decode(text, head.end())
-    except (ValueError, RecursionError):  # the general path below gives the reason (too deep: 400)
-        return None
-    if args is None or _FAST_TAIL.fullmatch(text, end) is None:
-        return None
-    is_object = isinstance(args, dict)
-    del args
-    start = head.end()
-    if text.isascii():
-        del text
-        args_json = body[start:end]
-    else:
-        args_json = text[start:end].encode()
-    return args_json, is_object
 
 
 def parse_request(body: bytes) -> PredictRequest:
@@ -70,7 +32,7 @@ def parse_invocation(body: bytes, *, kwargs_only: bool, idempotency: str | None 
     InvalidRequest with a readable reason for a body that is refused."""
     if not body:
         raise InvalidRequest("the request body is empty: send a JSON object with args or url")
-    fast = _fast_args(body)
+    fast = args_only(body)
     if fast is not None:
         args_json, is_object = fast
         if kwargs_only and not is_object:
