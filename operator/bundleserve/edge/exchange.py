@@ -141,7 +141,7 @@ class FastRoutes:
 
     def match(self, method: str, raw_path: str) -> tuple[HeadPhase, dict[str, str]] | None:
         for route in self.routes:
-            if route.method == method:
+            if route.method == method and raw_path.startswith(route.prefix):  # the literal start: no regex to fail
                 found = route.path.match(raw_path)
                 if found is not None:
                     return route.operation, found.groupdict()
