@@ -88,20 +88,23 @@ class ApiRelay:
             self.gone_sent += 1
             return response
         headers = {key: value for key, value in request.headers.items() if key in ("Authorization", "Accept")}
-        async with self._session.get(
-            self.upstream + request.path, params=request.query, headers=headers, timeout=aiohttp.ClientTimeout()
-        ) as upstream:
-            if not watching or upstream.status != 200:
-                return web.Response(status=upstream.status, body=await upstream.read(),
-                                    content_type=upstream.content_type)  # fmt: skip
-            await response.prepare(request)
-            ended = asyncio.Event()
+        # A watch counts as open from here, not from the upstream's answer: a compaction while the API server has not
+        # answered yet ends it too (it passed the check above with a version that is now compacted).
+        ended = asyncio.Event()
+        if watching:
             self._watches.add(ended)
-            try:
+        try:
+            async with self._session.get(
+                self.upstream + request.path, params=request.query, headers=headers, timeout=aiohttp.ClientTimeout()
+            ) as upstream:
+                if not watching or upstream.status != 200:
+                    return web.Response(status=upstream.status, body=await upstream.read(),
+                                        content_type=upstream.content_type)  # fmt: skip
+                await response.prepare(request)
                 await self._stream(upstream, response, ended)
-            finally:
-                self._watches.discard(ended)
-            return response
+                return response
+        finally:
+            self._watches.discard(ended)
 
     async def _stream(
         self, upstream: aiohttp.ClientResponse, response: web.StreamResponse, ended: asyncio.Event

@@ -50,7 +50,7 @@ from bundleserve.router.model_client import ModelConnectionLost, ModelStream, Mo
 from bundleserve.router.state import RouterState, s3_objects
 
 #: Set on an aiohttp request whose body holds one of the admission's body places (`release_bodies` frees it).
-BODY_RESERVED = "bundleserve.body_reserved"
+BODY_RESERVED = web.RequestKey("bundleserve.body_reserved", bool)
 #: The runtime's error code for arguments that do not fit the model's signature (bundleserve.bundle.errors).
 INVALID_ARGUMENTS = "invalid_arguments"
 #: Bytes of a non-2xx stream answer read to build the error (the rest is dropped with the connection).
