@@ -121,6 +121,16 @@ class _Head:
     def on_headers_complete(self) -> None:
         self.complete = True
 
+    @classmethod
+    def of(cls, head: bytes) -> _Head | None:
+        """The headers of a complete request head; None when httptools refuses it (aiohttp then answers it)."""
+        parsed = cls()
+        try:
+            httptools.HttpRequestParser(parsed).feed_data(head)
+        except httptools.HttpParserError:
+            return None
+        return parsed if parsed.complete else None
+
 
 class GatewayEdge(SweptEdge["GatewayConnection"]):
     """The protocol factory given to `loop.create_server`; shared by the connections of one gateway (their
@@ -278,12 +288,8 @@ class GatewayConnection(asyncio.Protocol):
         target = _TARGET.match(head)
         if target is None:
             return self._parse_dialect(head)
-        parsed = _Head()
-        try:
-            httptools.HttpRequestParser(parsed).feed_data(head)
-        except httptools.HttpParserError:
-            return None
-        if not parsed.complete:
+        parsed = _Head.of(head)
+        if parsed is None:
             return None
         headers = parsed.headers
         length = None
@@ -354,12 +360,8 @@ class GatewayConnection(asyncio.Protocol):
         found = self.edge.dialects.match(method, path)
         if found is None:
             return None
-        parsed = _Head()
-        try:
-            httptools.HttpRequestParser(parsed).feed_data(head)
-        except httptools.HttpParserError:
-            return None
-        if not parsed.complete:
+        parsed = _Head.of(head)
+        if parsed is None:
             return None
         length = None
         keep_alive = True
