@@ -3,13 +3,21 @@ gateway in front of them, API keys on both (one key, as the chart mounts one Sec
 
 Two endpoints, each a real bundle runtime behind a real router: `tiny-chat` (examples/tiny-chat, the example users
 run) and `lab` (tests/integration/openai_bundle: failures, plain strings, a slow and an endless generator). A third
-Endpoint, `no-openai`, is registered on the gateway only and does not declare spec.openai. Every test runs twice:
-against each endpoint's own router (`router`) and against the gateway (`gateway`, which parses the request and hands
-the call to the router in one hop).
+Endpoint, `no-openai`, is registered on the gateway only and does not declare spec.openai. Every test runs four
+times: against each endpoint's own router as `bundleserve router` listens (`router`: the completions on its fast edge,
+`router.fastpath`) and as plain aiohttp (`router-aiohttp`, the same application in-process with no fast edge), and
+against the gateway (which parses the request and hands the call to the router in one hop) with its fast edge
+(`gateway`, `gateway.fastpath`) and as plain aiohttp (`gateway-aiohttp`). So both transports of the seam
+(`edge.exchange`) answer the same operation the same way.
+
+The last section proves the fast edges serve the completions themselves (not by handing the connection over to
+aiohttp), on raw sockets: an in-process router listening as `bundleserve router` does (`router.server.fast_edge`) and
+the gateway's `Front`; whole, streamed, refused in OpenAI's shape, and a client leaving mid-stream ending the call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,12 +30,22 @@ import pytest
 import yaml
 
 from bundleserve.api.credentials import KeysFile
+from bundleserve.api.manifest import load_endpoints
+from bundleserve.dialects.adapter import FAST_ROUTES
+from bundleserve.dialects.openai.routes import CHAT_PATH, COMPLETIONS_PATH
+from bundleserve.edge.connections import ConnectionLimits
 from bundleserve.gateway.app import GatewayConfig, build_gateway_app
 from bundleserve.gateway.registry import Registry
+from bundleserve.gateway.server import Front
+from bundleserve.router.app import build_app
+from bundleserve.router.fastpath import FastEdge
+from bundleserve.router.server import fast_edge
+from bundleserve.router.settings import Settings
+from tests.integration.test_gateway_fastpath import read_answer
 from tests.integration.test_router_fake_model import start_router
-from tests.integration.test_sagemaker_on_gateway import ThreadedGateway, entry_for
+from tests.integration.test_sagemaker_on_gateway import ThreadedApp, ThreadedGateway, entry_for
 from tests.support.processes import REPO, Server, bundleserve, free_port, http_ok
-from tests.support.waiting import wait_until
+from tests.support.waiting import async_wait_until, wait_until
 
 API_KEY = "openai-test-key"
 LAB_BUNDLE = Path(__file__).parent / "openai_bundle"
@@ -56,6 +74,7 @@ class Backend:
     routers: dict[str, str]
     files: dict[str, Path]
     lab_log: Path
+    runtimes: dict[str, str]  # model -> its bundle runtime's URL
 
     def closed_count(self) -> int:
         return self.lab_log.read_text().count("closed") if self.lab_log.exists() else 0
@@ -72,6 +91,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     lab_log = directory / "lab.log"
     servers: list[Any] = []
     routers: dict[str, str] = {}
+    runtimes: dict[str, str] = {}
     files = {
         "tiny-chat": _endpoint_file(directory, "tiny-chat", openai_spec={"maxTokens": 256}, limit=6 * 1024 * 1024),
         "lab": _endpoint_file(directory, "lab", openai_spec={"maxTokens": 64, "ownedBy": "lab-team"}, limit=LAB_LIMIT),
@@ -87,6 +107,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
                 env={"OPENAI_LAB_LOG": str(lab_log)},
             )
             servers.append(runtime)
+            runtimes[name] = f"http://127.0.0.1:{port}"
             router, url = start_router(
                 directory, files[name], f"http://127.0.0.1:{port}", env={"BUNDLESERVE_API_KEYS_FILE": str(keys)}
             )
@@ -94,7 +115,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
             routers[name] = url
         for url in routers.values():
             wait_until(lambda url=url: http_ok(f"{url}/readyz"), timeout=60, what="router ready behind its runtime")
-        yield Backend(directory, routers, files, lab_log)
+        yield Backend(directory, routers, files, lab_log, runtimes)
     finally:
         for server in reversed(servers):
             server.stop()
@@ -124,23 +145,49 @@ class Target:
         return openai.AsyncOpenAI(base_url=self.base(model), api_key=API_KEY, max_retries=0)
 
 
-@pytest.fixture(scope="module", params=["router", "gateway"])
-def target(request: pytest.FixtureRequest, backend: Backend) -> Iterator[Target]:
-    if request.param == "router":
-        target = Target("router", dict(backend.routers))
-        yield target
-        target.close()
-        return
+def router_app(backend: Backend, name: str) -> Any:
+    """Endpoint `name`'s router application, in-process, in front of its bundle runtime (the one key of the suite)."""
+    [(_, endpoint)] = load_endpoints([backend.files[name]])
+    return build_app(Settings(endpoint=endpoint, model_url=backend.runtimes[name], api_keys=frozenset({API_KEY})))
+
+
+def gateway_app(backend: Backend) -> Any:
+    """The gateway application in front of the routers (`no-openai` registered, its router never called)."""
     entries = [entry_for(backend.files[name], url) for name, url in backend.routers.items()]
     entries.append(entry_for(backend.files["no-openai"], "http://127.0.0.1:9"))
-    app = ThreadedGateway(build_gateway_app(Registry(entries), GatewayConfig(api_keys=frozenset({API_KEY}))))
-    url = app.start()
-    target = Target("gateway", {"tiny-chat": url, "lab": url, "no-openai": url})
+    return build_gateway_app(Registry(entries), GatewayConfig(api_keys=frozenset({API_KEY})))
+
+
+def wait_ready(url: str) -> None:
+    wait_until(lambda: http_ok(f"{url}/readyz"), timeout=60, what="the router sees its model ready")
+
+
+@pytest.fixture(scope="module", params=["router", "router-aiohttp", "gateway", "gateway-aiohttp"])
+def target(request: pytest.FixtureRequest, backend: Backend) -> Iterator[Target]:
+    servers: list[ThreadedApp] = []
+    if request.param == "router":
+        target = Target("router", dict(backend.routers))
+    elif request.param == "router-aiohttp":
+        urls = {}
+        for name in ("tiny-chat", "lab"):
+            server = ThreadedApp(router_app(backend, name))
+            servers.append(server)
+            urls[name] = server.start()
+            wait_ready(urls[name])
+        target = Target("router", urls)
+    else:
+        server = (
+            ThreadedGateway(gateway_app(backend)) if request.param == "gateway" else ThreadedApp(gateway_app(backend))
+        )
+        servers.append(server)
+        url = server.start()
+        target = Target("gateway", {"tiny-chat": url, "lab": url, "no-openai": url})
     try:
         yield target
     finally:
         target.close()
-        app.stop()
+        for server in servers:
+            server.stop()
 
 
 def hello(text: str = "hello there world") -> list[Any]:
@@ -454,3 +501,209 @@ def test_the_stream_is_data_lines_ended_by_done(target: Target) -> None:
     assert events[-2:] == ["data: [DONE]", ""]
     documents = [json.loads(event.removeprefix("data: ")) for event in events[:-2]]
     assert all(set(d) == {"id", "object", "created", "model", "system_fingerprint", "choices"} for d in documents)
+
+
+# -- the fast edges --------------------------------------------------------------------------------------------------
+
+#: The fast edges' body deadline here: short, so a body that never completes is refused within the test's wait.
+BODY_SECONDS = 2.0
+
+
+class ThreadedRouter(ThreadedApp):
+    """A router application listening as `bundleserve router` does (`router.server.fast_edge` on the socket, aiohttp
+    behind it for every other request), on its own event loop in a daemon thread."""
+
+    def __init__(self, app: Any, limits: ConnectionLimits) -> None:
+        super().__init__(app)
+        self.limits = limits
+        self.edge: FastEdge | None = None
+        self.listener: asyncio.Server | None = None
+
+    def start(self) -> str:
+        self.thread.start()
+
+        async def serve() -> str:
+            await self.runner.setup()
+            server = self.runner.server
+            self.edge = None if server is None else fast_edge(self.app, server, self.limits)
+            if self.edge is None:
+                raise RuntimeError("this router has no fast edge")
+            self.listener = await asyncio.get_running_loop().create_server(self.edge, "127.0.0.1", 0)
+            return f"http://127.0.0.1:{self.listener.sockets[0].getsockname()[1]}"
+
+        self.url = asyncio.run_coroutine_threadsafe(serve(), self.loop).result(timeout=30)
+        return self.url
+
+    def fast_connections(self) -> list[int]:
+        """The client ports of the connections the fast edge holds now (one handed over to aiohttp leaves it)."""
+
+        async def ports() -> list[int]:
+            edge = self.edge
+            connections = [] if edge is None else list(edge.connections)
+            return [int(c.transport.get_extra_info("peername")[1]) for c in connections if c.transport is not None]
+
+        return asyncio.run_coroutine_threadsafe(ports(), self.loop).result(timeout=30)
+
+    def stop(self) -> None:
+        async def close() -> None:
+            if self.listener is not None:
+                self.listener.close()
+            if self.edge is not None:
+                self.edge.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=30)
+        super().stop()
+
+
+@pytest.fixture(scope="module", params=["router", "gateway"])
+def edge(request: pytest.FixtureRequest, backend: Backend) -> Iterator[ThreadedRouter | ThreadedGateway]:
+    """A fast edge in front of the lab: its router's (an endpoint that serves streams only), or the gateway's."""
+    limits = ConnectionLimits(body_seconds=BODY_SECONDS)
+    server: ThreadedRouter | ThreadedGateway
+    if request.param == "router":
+        server = ThreadedRouter(router_app(backend, "lab"), limits)
+        server.start()
+        wait_ready(server.url)
+    else:
+        server = ThreadedGateway(gateway_app(backend))
+        server.front = Front(server.app, limits)
+        server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def completion(path: str, document: dict[str, Any] | None, *, key: str = API_KEY) -> bytes:
+    """One raw request (`document` None: an empty body)."""
+    body = b"" if document is None else json.dumps(document).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\nAuthorization: Bearer {key}\r\n"
+    return head.encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def events(body: bytes) -> list[str]:
+    """The data of each SSE event of a stream's body."""
+    return [event.removeprefix("data: ") for event in body.decode().split("\n\n") if event]
+
+
+async def connect(server: ThreadedRouter | ThreadedGateway) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int]:
+    """A raw connection to `server` and its client port (what `fast_connections` lists)."""
+    port = int(server.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    return reader, writer, int(writer.get_extra_info("sockname")[1])
+
+
+def test_the_completions_are_in_each_fast_edges_routes(edge: ThreadedRouter | ThreadedGateway) -> None:
+    """Registered where the dialect is mounted (`openai.routes.add_routes`); the model list stays aiohttp's."""
+    routes = edge.app[FAST_ROUTES]
+    assert routes.match("POST", CHAT_PATH) is not None
+    assert routes.match("POST", COMPLETIONS_PATH) is not None
+    assert routes.match("GET", "/openai/v1/models") is None
+
+
+async def test_whole_and_streamed_completions_are_answered_by_the_fast_edge(
+    edge: ThreadedRouter | ThreadedGateway,
+) -> None:
+    reader, writer, port = await connect(edge)
+    try:
+        writer.write(completion(CHAT_PATH, {"model": "lab", "messages": hello("alpha beta gamma")}))
+        status, headers, body = await read_answer(reader)
+        assert (status, headers["content-type"]) == (200, "application/json")
+        answer = json.loads(body)
+        assert (answer["object"], answer["choices"][0]["message"]["content"]) == ("chat.completion", "alpha beta gamma")
+        assert port in edge.fast_connections()
+
+        stream = {"model": "lab", "messages": hello("alpha beta"), "stream": True}
+        writer.write(completion(CHAT_PATH, stream))
+        status, headers, body = await read_answer(reader)
+        assert (status, headers["content-type"]) == (200, "text/event-stream")
+        data = events(body)
+        assert data[-1] == "[DONE]"
+        chunks = [json.loads(event) for event in data[:-1]]
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks) == "alpha beta"
+        assert port in edge.fast_connections()
+
+        writer.write(completion(COMPLETIONS_PATH, {"model": "lab", "prompt": "one two", "n": 2, "stream": True}))
+        status, _, body = await read_answer(reader)
+        data = events(body)
+        assert (status, data[-1]) == (200, "[DONE]")
+        texts: dict[int, str] = {}
+        for chunk in map(json.loads, data[:-1]):
+            [choice] = chunk["choices"]
+            texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+        assert texts == {0: "one two", 1: "one two"}
+        assert port in edge.fast_connections()
+
+        # The model list is aiohttp's: the connection moves there (so the checks above can tell the two apart).
+        writer.write(
+            f"GET /openai/v1/models HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {API_KEY}\r\n\r\n".encode()
+        )
+        status, _, body = await read_answer(reader)
+        assert (status, json.loads(body)["object"]) == (200, "list")
+        assert port not in edge.fast_connections()
+    finally:
+        writer.close()
+
+
+async def test_refusals_are_answered_by_the_fast_edge_in_openais_shape(edge: ThreadedRouter | ThreadedGateway) -> None:
+    """A wrong key from the head (an empty body: answered in order, the connection kept), then the body phase's
+    refusals: an unknown model and a body that is not JSON."""
+    reader, writer, port = await connect(edge)
+    try:
+        writer.write(completion(CHAT_PATH, None, key="wrong"))
+        status, headers, body = await read_answer(reader)
+        error = json.loads(body)["error"]
+        assert (status, headers["www-authenticate"], error["code"]) == (401, "Bearer", "invalid_api_key")
+        assert set(error) == {"message", "type", "param", "code"}
+        assert port in edge.fast_connections()
+
+        writer.write(completion(CHAT_PATH, {"model": "no-such-model", "messages": hello()}))
+        status, _, body = await read_answer(reader)
+        error = json.loads(body)["error"]
+        assert (status, error["code"], error["param"]) == (404, "model_not_found", "model")
+        assert port in edge.fast_connections()
+
+        writer.write(completion(COMPLETIONS_PATH, None))
+        status, _, body = await read_answer(reader)
+        assert (status, json.loads(body)["error"]["type"]) == (400, "invalid_request_error")
+        assert port in edge.fast_connections()
+    finally:
+        writer.close()
+
+
+async def test_a_body_past_the_deadline_is_refused_in_openais_shape(edge: ThreadedRouter | ThreadedGateway) -> None:
+    """A refusal the transport makes itself (the body deadline) is rendered by the operation (`Prepared.refuse`)."""
+    reader, writer, _ = await connect(edge)
+    try:
+        whole = completion(CHAT_PATH, {"model": "lab", "messages": hello()})
+        writer.write(whole[:-5])  # the body never completes
+        status, _, body = await read_answer(reader)
+        error = json.loads(body)["error"]
+        assert (status, error["code"], error["type"]) == (408, "request_timeout", "invalid_request_error")
+        assert set(error) == {"message", "type", "param", "code"}
+    finally:
+        writer.close()
+
+
+async def test_a_client_leaving_mid_stream_ends_the_call(
+    edge: ThreadedRouter | ThreadedGateway, backend: Backend
+) -> None:
+    closed = backend.closed_count()
+    reader, writer, port = await connect(edge)
+    try:
+        writer.write(completion(CHAT_PATH, {"model": "lab", "messages": hello("slow"), "stream": True}))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        size = int((await asyncio.wait_for(reader.readline(), timeout=10)).strip(), 16)
+        first = await asyncio.wait_for(reader.readexactly(size), timeout=10)
+        assert json.loads(events(first)[0])["choices"][0]["delta"]["role"] == "assistant"
+        assert port in edge.fast_connections()
+    finally:
+        writer.close()
+    # The slow generator runs 10 s more unless the call is ended; ended, it logs `closed`.
+    await async_wait_until(lambda: _closed_after(backend, closed), timeout=8, what="the model's generator closed")
+
+
+async def _closed_after(backend: Backend, closed: int) -> bool:
+    return backend.closed_count() > closed

@@ -374,6 +374,8 @@ def _gone_request() -> Any:
 async def test_a_stream_whose_client_went_away_ends_quietly_and_closes_the_model(
     n: int, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The stream's `Reply` written by aiohttp's side of the seam (`dialects.adapter.send`) to a client that left."""
+    from bundleserve.dialects import adapter
     from bundleserve.dialects.openai import routes
 
     core = _LabCore([b'"a"', b'"b"', b'"c"'])
@@ -381,7 +383,8 @@ async def test_a_stream_whose_client_went_away_ends_quietly_and_closes_the_model
     call = parse_chat(chat(stream=True, n=n)).bind(SETTINGS)
     frames = render.ChunkFrames("i", 1, "m", chat=True, include_usage=False)
     stream = routes._stream if n == 1 else routes._stream_choices
-    response = await stream(_gone_request(), target, Invocation(body=call.body()), call, frames)
+    reply = await stream(target, Invocation(body=call.body()), call, frames)
+    response = await adapter.send(_gone_request(), reply)
     assert response.prepared  # handed back to aiohttp, which sees the closed transport
     assert core.closed == n
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]

@@ -51,7 +51,7 @@ from bundleserve.edge.errors import Answer as EdgeAnswer
 from bundleserve.edge.errors import error_answer, too_large
 from bundleserve.edge.exchange import FastRoutes, Head, Prepared, Reply, headers_of
 from bundleserve.edge.fast import Flow, SweptEdge, answer_and_close, write_reply
-from bundleserve.edge.http1 import Date, render
+from bundleserve.edge.http1 import Date, render, reply_head
 from bundleserve.gateway.proxy import BUFFER_BYTES, HOP_BY_HOP
 from bundleserve.gateway.registry import EndpointEntry
 from bundleserve.gateway.upstream import Answer, NoAnswer, UpstreamLost, UpstreamPool
@@ -390,10 +390,16 @@ class GatewayConnection(asyncio.Protocol):
         return _Request(None, b"", [], length, keep_alive, context=context, prepared=outcome)
 
     def body_timed_out(self, seconds: float) -> None:
-        """The body deadline passed (the edge's sweep): a trickling client (slowloris) gets 408 and is closed."""
+        """The body deadline passed (the edge's sweep): a trickling client (slowloris) gets 408 and is closed; a
+        dialect's request in its dialect's shape (`Prepared.refuse`)."""
         message = f"the request body was not complete within {seconds:g} s (BUNDLESERVE_BODY_TIMEOUT_SECONDS)"
-        self.request = None
-        self._fail(RequestTimeout(message))
+        error = RequestTimeout(message)
+        request, self.request = self.request, None
+        if request is not None and request.prepared is not None:
+            reply = request.prepared.refuse(error)
+            self._close_with(reply_head(reply, keep_alive=False, length=len(reply.body)) + reply.body)
+        else:
+            self._fail(error)
 
     # -- proxying -------------------------------------------------------------------------------------------------
 
@@ -596,15 +602,19 @@ class GatewayConnection(asyncio.Protocol):
             self._process()  # pipelined requests waited in the buffer
 
     def _fail(self, error: ApiError) -> None:
-        """Answer an error and close (the rest of the connection's bytes cannot be trusted); bytes still arriving
-        are dropped for a bounded time (`edge.fast.answer_and_close`)."""
+        """Answer an error in the native shape and close (`_close_with`)."""
+        self._close_with(render(error_answer(error), keep_alive=False))
+
+    def _close_with(self, answer: bytes) -> None:
+        """Answer and close (the rest of the connection's bytes cannot be trusted); bytes still arriving are dropped
+        for a bounded time (`edge.fast.answer_and_close`)."""
         self.edge.connections.discard(self)
         transport = self.transport
         if transport is None:
             return
         self.buffer.clear()
         self.transport = None  # what still arrives is dropped (data_received keeps no bytes without a transport)
-        answer_and_close(transport, render(error_answer(error), keep_alive=False))
+        answer_and_close(transport, answer)
 
     def _hand_over(self) -> None:
         """Give the connection and its unconsumed bytes to aiohttp for good."""

@@ -37,9 +37,14 @@ class GatewayModels:
     def authorize(self, authorization: str | None) -> None:
         self.gateway.gate(None, authorization, None)
 
-    async def read_body(self, request: web.Request) -> bytes:
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest limit of the endpoints that declare the API (each one's own is checked by `target`)."""
         limits = [entry.max_payload_bytes for entry in self.gateway.registry.entries() if entry.endpoint.spec.openai]
-        return await read_capped(request, max(limits, default=_DEFAULT_LIMIT))
+        return max(limits, default=_DEFAULT_LIMIT)
+
+    async def read_body(self, request: web.Request) -> bytes:
+        return await read_capped(request, self.max_body_bytes)
 
     def models(self) -> list[render.ModelCard]:
         # Only the endpoints the caller's key reaches (`authorize` ran first in this request).

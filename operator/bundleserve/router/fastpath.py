@@ -52,6 +52,9 @@ _JOIN_LIMIT = 64 * 1024  # answers larger than this are written behind their hea
 
 log = logging.getLogger("bundleserve.router")
 
+#: A dialect operation a request line named: its head phase, method, the path's parameters, path and query.
+_DialectRoute = tuple[HeadPhase, str, dict[str, str], str, str]
+
 
 class FastEdge(SweptEdge["FastConnection"]):
     """The protocol factory given to `loop.create_server`; shared by the connections of one router (their
@@ -65,9 +68,13 @@ class FastEdge(SweptEdge["FastConnection"]):
         idle_seconds: float = 75.0,
         body_seconds: float = _BODY_SECONDS,
         dialects: FastRoutes | None = None,
+        native: bool = True,
     ) -> None:
         super().__init__(server, idle_seconds=idle_seconds, body_seconds=body_seconds)
         self.invoker = invoker
+        #: Native predict and the hop's call route are served here (the endpoint serves sync calls); else only the
+        #: dialects' operations are, and aiohttp answers those two routes as it answers every other.
+        self.native = native
         self.prefix = f"POST /v1/endpoints/{invoker.name}/predict ".encode()
         #: The internal hop's call route (`router.hop`): the gateway's hand-over of a call it parsed, as hot as predict.
         self.hop_prefix = f"POST {hop_wire.PREDICT_PATH.format(name=invoker.name)} ".encode()
@@ -77,7 +84,7 @@ class FastEdge(SweptEdge["FastConnection"]):
         self.dialect_prefixes = tuple(
             b"%s %s" % (route.method.encode(), route.prefix.encode()) for route in self.dialects.routes
         )
-        self.prefixes = (self.prefix, self.hop_prefix, *self.dialect_prefixes)
+        self.prefixes = (*((self.prefix, self.hop_prefix) if native else ()), *self.dialect_prefixes)
 
     def __call__(self) -> FastConnection:
         return FastConnection(self)
@@ -106,9 +113,9 @@ class FastConnection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.headers: dict[bytes, bytes] = {}
-        #: A dialect's request (`FastEdge.dialects`): its head phase, the path's parameters, path and query; then
-        #: its outcome: prepared (the body phase to run), or refused (already rendered in the dialect's shape).
-        self.dialect: tuple[HeadPhase, dict[str, str], str, str] | None = None
+        #: A dialect's request (`FastEdge.dialects`): its head phase, method, the path's parameters, path and query;
+        #: then its outcome: prepared (the body phase to run), or refused (already rendered in the dialect's shape).
+        self.dialect: _DialectRoute | None = None
         self.raw_headers: list[tuple[bytes, bytes]] = []
         self.prepared: Prepared | None = None
         self.refusal: Reply | None = None
@@ -201,9 +208,9 @@ class FastConnection(asyncio.Protocol):
         buffer = self.buffer
         edge = self.edge
         dialect = False
-        if buffer.startswith(edge.prefix):
+        if edge.native and buffer.startswith(edge.prefix):
             self.hop = False
-        elif buffer.startswith(edge.hop_prefix):
+        elif edge.native and buffer.startswith(edge.hop_prefix):
             self.hop = True
         elif edge.dialect_prefixes and buffer.startswith(edge.dialect_prefixes):
             self.hop, dialect = False, True
@@ -252,14 +259,15 @@ class FastConnection(asyncio.Protocol):
             return True  # no body: a refusal is answered in order, and the connection stays usable
         return self._admit_body()
 
-    def _dialect_route(self, line: bytes) -> tuple[HeadPhase, dict[str, str], str, str] | None:
+    def _dialect_route(self, line: bytes) -> _DialectRoute | None:
         """The dialect operation a request line names (None: aiohttp serves it)."""
         parts = line.split(b" ")
         if len(parts) != 3 or parts[2] != b"HTTP/1.1" or b"%" in parts[1]:
             return None  # a percent-encoded path: aiohttp decodes its parameters
         path, _, query = parts[1].decode("latin-1").partition("?")
-        found = self.edge.dialects.match(parts[0].decode("latin-1"), path)
-        return None if found is None else (found[0], found[1], path, query)
+        method = parts[0].decode("latin-1")
+        found = self.edge.dialects.match(method, path)
+        return None if found is None else (found[0], method, found[1], path, query)
 
     def _dialect_head(self) -> bool:
         """A dialect's head phase (`edge.exchange`): the dialect parses the head and gates; a refusal, rendered in
@@ -267,9 +275,9 @@ class FastConnection(asyncio.Protocol):
         route = self.dialect
         if route is None:  # _head sets it before calling here
             raise RuntimeError("a dialect's head without its route")
-        operation, params, path, query = route
+        operation, method, params, path, query = route
         head = Head(
-            "POST", path, query, headers_of(self.raw_headers), params, public_url=self.invoker.state.settings.public_url
+            method, path, query, headers_of(self.raw_headers), params, public_url=self.invoker.state.settings.public_url
         )
         outcome = operation(head)
         if isinstance(outcome, Reply):
@@ -285,6 +293,12 @@ class FastConnection(asyncio.Protocol):
             return True
         return self._admit_body()
 
+    @property
+    def _max_body(self) -> int:
+        """The body limit of the request being read: a dialect operation's own (`Prepared.max_body_bytes`), else the
+        endpoint's."""
+        return self.invoker.max_bytes if self.prepared is None else self.prepared.max_body_bytes
+
     def _admit_body(self) -> bool:
         """A body place before the body's first byte, its announced size within the limit, `100 Continue`."""
         invoker = self.invoker
@@ -299,12 +313,13 @@ class FastConnection(asyncio.Protocol):
             self._fail(self.refused, refused=True)
             return False
         length = self.headers.get(b"content-length")
+        limit = self._max_body
         if b"transfer-encoding" in self.headers:  # the parser accepts it only with chunked as the final coding
-            self.chunked = ChunkedScanner(invoker.max_bytes)
+            self.chunked = ChunkedScanner(limit)
         else:
             self.length = int(length or 0)  # the parser validated it
-            if self.length > invoker.max_bytes:
-                self._fail(too_large(self.length, invoker.max_bytes), refused=True)
+            if self.length > limit:
+                self._fail(too_large(self.length, limit), refused=True)
                 return False
         if self.headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
             self.transport.write(_CONTINUE)
@@ -328,7 +343,7 @@ class FastConnection(asyncio.Protocol):
                 raise FramingError("the parser and the framing disagree on where the body ends")
             return done
         except BodyTooLarge:
-            self._fail(too_large(None, self.invoker.max_bytes), refused=True)
+            self._fail(too_large(None, self._max_body), refused=True)
             return False
         except FramingError as error:
             self._fail(InvalidRequest(f"malformed request body: {error}"))

@@ -21,6 +21,7 @@ from bundleserve import logs
 from bundleserve.api.endpoint import Mode
 from bundleserve.dialects.adapter import FAST_ROUTES
 from bundleserve.edge.config import ConfigError
+from bundleserve.edge.connections import ConnectionLimits
 from bundleserve.edge.loop import run
 from bundleserve.router.app import INVOKER, build_app
 from bundleserve.router.fastpath import FastEdge
@@ -45,15 +46,8 @@ async def serve(settings: Settings) -> None:
     edge: FastEdge | None = None
     listener: asyncio.Server | None = None
     try:
-        if settings.serves(Mode.SYNC) and runner.server is not None:
-            # predict on the fast edge; every other request is handed over to aiohttp on the same connection
-            edge = FastEdge(
-                app[INVOKER],
-                runner.server,
-                idle_seconds=limits.idle_seconds,
-                body_seconds=limits.body_seconds,
-                dialects=app.get(FAST_ROUTES),
-            )
+        edge = None if runner.server is None else fast_edge(app, runner.server, limits)
+        if edge is not None:
             listener = await loop.create_server(edge, settings.host, settings.port, backlog=2048, reuse_address=True)
         else:
             site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)
@@ -81,6 +75,25 @@ async def serve(settings: Settings) -> None:
         if edge is not None:
             edge.close()
         await runner.cleanup()
+
+
+def fast_edge(app: web.Application, server: web.Server, limits: ConnectionLimits) -> FastEdge | None:
+    """The router's fast edge in front of `server` (aiohttp's handler for `app`), or None when it has nothing to
+    serve: native predict when the endpoint serves sync calls, and the dialects' operations (`FAST_ROUTES`: a
+    streaming-only endpoint's OpenAI completions, for one). Every other request is handed over to aiohttp on the
+    same connection."""
+    dialects = app.get(FAST_ROUTES)
+    native = app[ROUTER_STATE].settings.serves(Mode.SYNC)
+    if not native and not dialects:
+        return None
+    return FastEdge(
+        app[INVOKER],
+        server,
+        idle_seconds=limits.idle_seconds,
+        body_seconds=limits.body_seconds,
+        dialects=dialects,
+        native=native,
+    )
 
 
 async def _shutdown_delay(state: RouterState, stop: asyncio.Event, seconds: float) -> None:

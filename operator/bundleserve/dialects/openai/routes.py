@@ -1,4 +1,4 @@
-"""The aiohttp adapters of the OpenAI dialect: parse -> a `CallBackend` (the core) -> render.
+"""The routes of the OpenAI dialect: parse -> a `CallBackend` (the core) -> render.
 
   POST /openai/v1/chat/completions   chat.completion, or a stream of chat.completion.chunk
   POST /openai/v1/completions        text_completion, or a stream of text_completion chunks
@@ -10,8 +10,15 @@ router its own endpoint and its `InvocationCore` (`OwnEndpoint`); on the gateway
 declares the capability, each with a core that hands the parsed invocation to its router (`gateway.openai`). The
 routes themselves are the same code in both places and have one role: parse, call, render.
 
-Order of checks: the API key (401) before the body is read, the body limit (413), the request (400), the model
-(404; on a router also the gate's mode, draining and readiness: 503), then the model's own answer.
+The two completions are written once against the transport-neutral seam (`edge.exchange`): their head phase
+(`OpenAIRoutes.chat_completions`, `completions`) checks the API key, their body phase (`_Completion.answer`) does
+the rest and renders a whole answer or a stream of framed SSE events (`Reply.chunks`). aiohttp serves them
+(`dialects.adapter`), and so do the fast edges of the router and the gateway (`router.fastpath`, `gateway.fastpath`),
+which take them from the server's `FastRoutes`. The model list stays on aiohttp.
+
+Order of checks: the API key (401) before the body is read, the body limit (413: the front's, then the named
+endpoint's), the request (400), the model (404; on a router also the gate's mode, draining and readiness: 503), then
+the model's own answer.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -30,16 +37,21 @@ from aiohttp import web
 
 from bundleserve.api.endpoint import Endpoint, Mode, OpenAISettings
 from bundleserve.api.errors import ApiError, ModelError
-from bundleserve.api.invocation import Invocation
+from bundleserve.api.invocation import Invocation, StreamChunk
+from bundleserve.dialects import adapter
 from bundleserve.dialects.base import CallBackend, InvocationBackend, TaskBackend
 from bundleserve.dialects.openai import render
 from bundleserve.dialects.openai.generation import Generation, Usage, decode_piece
 from bundleserve.dialects.openai.models import ModelCall, Parsed, parse_chat, parse_completion
+from bundleserve.edge.exchange import Head, HeadPhase, Prepared, Reply
 
 log = logging.getLogger(__name__)
 
 BASE = "/openai/v1"
+CHAT_PATH = f"{BASE}/chat/completions"
+COMPLETIONS_PATH = f"{BASE}/completions"
 _JSON = "application/json"
+_JSON_HEADERS = {"Content-Type": _JSON}
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -63,8 +75,13 @@ class ModelDirectory(Protocol):
         """The API key (Unauthorized), before anything is read."""
         ...
 
+    @property
+    def max_body_bytes(self) -> int:
+        """The front's body limit (what `read_body` enforces), for a fast edge that reads the body itself."""
+        ...
+
     async def read_body(self, request: web.Request) -> bytes:
-        """The body under the front's limit (PayloadTooLarge)."""
+        """aiohttp's way to the body, under the front's limit (PayloadTooLarge)."""
         ...
 
     def models(self) -> list[render.ModelCard]:
@@ -102,6 +119,10 @@ class OwnEndpoint:
     def authorize(self, authorization: str | None) -> None:
         self.core.authorize(authorization)
 
+    @property
+    def max_body_bytes(self) -> int:
+        return self.core.max_body_bytes
+
     async def read_body(self, request: web.Request) -> bytes:
         return await self.core.read_body(request)
 
@@ -117,8 +138,18 @@ class OwnEndpoint:
         return Target(model, settings, self.core, limit)
 
 
+def _error_reply(error: ApiError) -> Reply:
+    """`error` in OpenAI's shape (`render.ERROR_TABLE`); a 401 names the scheme the key goes in."""
+    status = render.error_kind(error).status
+    headers = {**error.headers, "Content-Type": _JSON}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return Reply(status, headers, render.error_body(error))
+
+
 def _renders_errors(handler: Handler) -> Handler:
-    """Every error of a handler in OpenAI's shape (the router's middleware would render the native one)."""
+    """Every error of an aiohttp handler (the model list) in OpenAI's shape (the router's middleware would render
+    the native one)."""
 
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -136,24 +167,20 @@ def _renders_errors(handler: Handler) -> Handler:
 
 
 def _error_response(error: ApiError) -> web.Response:
-    response = web.Response(status=render.error_kind(error).status, body=render.error_body(error), content_type=_JSON)
-    for name, value in error.headers.items():
-        response.headers[name] = value
-    if response.status == 401:
-        response.headers["WWW-Authenticate"] = "Bearer"
-    return response
+    reply = _error_reply(error)
+    return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
 
 
 class OpenAIRoutes:
-    """The dialect's routes over one `ModelDirectory`."""
+    """The dialect's routes over one `ModelDirectory`: the two completions are seam operations (`edge.exchange`,
+    served by aiohttp and the fast edges alike), the model list aiohttp handlers."""
 
     def __init__(self, directory: ModelDirectory) -> None:
         self.directory = directory
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.post(f"{BASE}/chat/completions", _renders_errors(self.chat_completions)),
-            web.post(f"{BASE}/completions", _renders_errors(self.completions)),
+            *(adapter.route("POST", path, operation) for path, operation in completion_operations(self)),
             web.get(f"{BASE}/models", _renders_errors(self.list_models)),
             web.get(f"{BASE}/models/{{model}}", _renders_errors(self.retrieve_model)),
         ]
@@ -170,33 +197,75 @@ class OpenAIRoutes:
                 return web.Response(body=render.model_card(card), content_type=_JSON)
         raise render.model_not_found(name)
 
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._complete(request, parse_chat, chat=True)
+    def chat_completions(self, head: Head) -> Prepared | Reply:
+        """`POST /openai/v1/chat/completions`' head phase."""
+        return self._prepare(head, parse_chat, chat=True)
 
-    async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._complete(request, parse_completion, chat=False)
+    def completions(self, head: Head) -> Prepared | Reply:
+        """`POST /openai/v1/completions`' head phase."""
+        return self._prepare(head, parse_completion, chat=False)
 
-    async def _complete(
-        self, request: web.Request, parse: Callable[[bytes], Parsed], *, chat: bool
-    ) -> web.StreamResponse:
-        authorization = request.headers.get("Authorization")
-        self.directory.authorize(authorization)
-        body = await self.directory.read_body(request)
-        parsed = parse(body)
-        target = self.directory.target(parsed.model, authorization, len(body))
+    def _prepare(self, head: Head, parse: Callable[[bytes], Parsed], *, chat: bool) -> Prepared | Reply:
+        """All the head tells: the API key (401, before the body is read). The model is named in the body."""
+        authorization = head.headers.get("Authorization")
+        try:
+            self.directory.authorize(authorization)
+        except ApiError as error:
+            return _error_reply(error)
+        return _Completion(self.directory, authorization, parse, chat=chat)
+
+
+class _Completion:
+    """A completion request past its head phase: the body phase (`edge.exchange.Prepared`)."""
+
+    __slots__ = ("authorization", "chat", "directory", "parse")
+
+    def __init__(
+        self, directory: ModelDirectory, authorization: str | None, parse: Callable[[bytes], Parsed], *, chat: bool
+    ) -> None:
+        self.directory = directory
+        self.authorization = authorization
+        self.parse = parse
+        self.chat = chat
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.directory.max_body_bytes
+
+    def refuse(self, error: ApiError) -> Reply:
+        return _error_reply(error)
+
+    async def read_body(self, request: web.Request) -> bytes:
+        return await self.directory.read_body(request)
+
+    async def answer(self, body: bytes) -> Reply:
+        """Parse (400), the model (404; the gate's refusals; 413 over that endpoint's limit), the call, rendered."""
+        try:
+            return await self._answer(body)
+        except ApiError as error:
+            return _error_reply(error)
+        except Exception:  # a bug of ours: logged, answered in the dialect's shape
+            log.exception("unexpected error on an OpenAI completion")
+            return _error_reply(ApiError("internal error"))
+
+    async def _answer(self, body: bytes) -> Reply:
+        parsed = self.parse(body)
+        target = self.directory.target(parsed.model, self.authorization, len(body))
+        del body
         call = parsed.bind(target.settings)
         invocation = Invocation(body=call.body())
+        chat = self.chat
         ident, created = render.completion_id(chat), int(time.time())
         if call.stream:
             frames = render.ChunkFrames(ident, created, call.model, chat=chat, include_usage=call.include_usage)
             if call.n == 1:
-                return await _stream(request, target, invocation, call, frames)
-            return await _stream_choices(request, target, invocation, call, frames)
+                return await _stream(target, invocation, call, frames)
+            return await _stream_choices(target, invocation, call, frames)
         results = await _collect_choices(target, invocation, call)
         choices = [render.Choice(text, generation.finish_reason) for generation, text in results]
         usage = Usage.of_choices([generation.final_usage() for generation, _ in results])
         build = render.chat_completion if chat else render.text_completion
-        return web.Response(body=build(ident, created, call.model, choices, usage), content_type=_JSON)
+        return Reply(200, _JSON_HEADERS, build(ident, created, call.model, choices, usage))
 
 
 async def _collect(target: Target, invocation: Invocation, call: ModelCall) -> tuple[Generation, str]:
@@ -238,17 +307,63 @@ async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _stream(target: Target, invocation: Invocation, call: ModelCall, frames: render.ChunkFrames) -> Reply:
+    """The chunk stream. A failure before the model's first piece is an HTTP error (raised on entering the core's
+    stream, here); after it, one `data: {"error": ...}` event ends the stream without `[DONE]`. The transport ends
+    the call (`Reply.close`) when the client goes away; the stream ends it itself at its end or a stop sequence."""
+    call_stack = contextlib.AsyncExitStack()
+    chunks = await call_stack.enter_async_context(target.core.stream(invocation))
+    events = _events(chunks, call_stack.aclose, call, frames)
+    return Reply(200, _SSE_HEADERS, chunks=events, close=call_stack.aclose)
+
+
+async def _events(
+    chunks: AsyncIterator[StreamChunk],
+    end_call: Callable[[], Awaitable[None]],
+    call: ModelCall,
+    frames: render.ChunkFrames,
+) -> AsyncIterator[bytes]:
+    """The SSE events of one choice, each already framed; the model call is ended (`end_call`, idempotent) before
+    the last event, as soon as the model is done, failed or hit a stop sequence."""
+    generation = Generation(call.stop)
+    # The role chunk goes out with the first piece (one write): the model's first event is here either way (the
+    # core's stream was entered).
+    pending = frames.start() + (frames.piece(call.echo) if call.echo else b"")
+    try:
+        async for chunk in chunks:
+            text = generation.feed(decode_piece(chunk.data))
+            if text or pending:
+                yield pending + frames.piece(text) if text else pending
+                pending = b""
+            if generation.done:
+                break  # a stop sequence: ending the call below closes the model's generator
+    except ApiError as error:
+        await end_call()
+        yield render.error_event(error)
+        return
+    except Exception:  # a bug of ours: the client hears of it in the stream's shape
+        log.exception("a streamed completion failed")
+        await end_call()
+        yield render.error_event(ApiError("internal error"))
+        return
+    await end_call()
+    rest = generation.finish()
+    closing = pending + (frames.piece(rest) if rest else b"") + frames.finish(generation.finish_reason)
+    if call.include_usage:
+        closing += frames.usage(generation.final_usage())
+    yield closing + render.DONE
+
+
 #: One message of a choice's producer to the stream writer: (index, bytes to send, then: its Generation when the
 #: choice ended, its ApiError when it failed, None while it goes on).
 _Item = tuple[int, bytes, Generation | ApiError | None]
 
 
-async def _stream_choices(
-    request: web.Request, target: Target, invocation: Invocation, call: ModelCall, frames: render.ChunkFrames
-) -> web.StreamResponse:
+async def _stream_choices(target: Target, invocation: Invocation, call: ModelCall, frames: render.ChunkFrames) -> Reply:
     """A stream of `n` > 1 choices: each its own model call, run concurrently, their chunks interleaved as they come
     (each carries its choice's index; a bounded queue makes a slow client slow the models down). A failure before
-    anything was sent is the HTTP error; after it, the error event ends the stream and the other calls are closed."""
+    anything was sent is the HTTP error (raised here); after it, the error event ends the stream and the other calls
+    are closed (`Reply.close` cancels them all)."""
     queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=4 * call.n)
 
     async def produce(index: int) -> None:
@@ -273,88 +388,55 @@ async def _stream_choices(
             await queue.put((index, b"", ApiError("internal error")))
 
     tasks = [asyncio.create_task(produce(index)) for index in range(call.n)]
-    response: web.StreamResponse | None = None
-    ended: list[Generation] = []
     try:
-        while len(ended) < call.n:
-            _, data, outcome = await queue.get()
-            if isinstance(outcome, ApiError):
-                if response is None:
-                    raise outcome
-                await response.write(render.error_event(outcome))
-                await response.write_eof()
-                return response
-            if response is None:
-                response = web.StreamResponse(headers=_SSE_HEADERS)
-                await response.prepare(request)
-            if data:
-                await response.write(data)
-            if outcome is not None:
-                ended.append(outcome)
-        if response is None:  # cannot happen: each choice sends its opening before it ends
-            raise ApiError("no choice of the stream produced anything")
-        closing = frames.usage(Usage.of_choices([g.final_usage() for g in ended])) if call.include_usage else b""
-        await response.write(closing + render.DONE)
-        await response.write_eof()
-        return response
-    except ConnectionResetError:
-        return _client_gone(response)
-    finally:
+        first = await queue.get()  # each choice sends its opening before it ends, so this decides: HTTP error or 200
+        failure = first[2]
+        if isinstance(failure, ApiError):
+            raise failure
+    except BaseException:
         await _cancel(tasks)
+        raise
+    return Reply(
+        200, _SSE_HEADERS, chunks=_choice_events(queue, first, call, frames), close=functools.partial(_cancel, tasks)
+    )
 
 
-async def _stream(
-    request: web.Request, target: Target, invocation: Invocation, call: ModelCall, frames: render.ChunkFrames
-) -> web.StreamResponse:
-    """The chunk stream. A failure before the model's first piece is an HTTP error (raised on entering the core's
-    stream); after it, one `data: {"error": ...}` event ends the stream without `[DONE]`. A client that goes away
-    ends it quietly (leaving the core's stream closes the model's generator)."""
-    generation = Generation(call.stop)
-    response: web.StreamResponse | None = None
-    try:
-        try:
-            async with target.core.stream(invocation) as chunks:
-                response = web.StreamResponse(headers=_SSE_HEADERS)
-                await response.prepare(request)
-                # The role chunk goes out with the first piece (one write): it is sent once the model's first
-                # event is here either way (the core's stream is entered then).
-                pending = frames.start() + (frames.piece(call.echo) if call.echo else b"")
-                async for chunk in chunks:
-                    text = generation.feed(decode_piece(chunk.data))
-                    if text or pending:
-                        await response.write(pending + frames.piece(text) if text else pending)
-                        pending = b""
-                    if generation.done:
-                        break
-        except ApiError as error:
-            if response is None:
-                raise
-            await response.write(render.error_event(error))
-            await response.write_eof()
-            return response
-        rest = generation.finish()
-        closing = pending + (frames.piece(rest) if rest else b"") + frames.finish(generation.finish_reason)
-        if call.include_usage:
-            closing += frames.usage(generation.final_usage())
-        await response.write(closing + render.DONE)
-        await response.write_eof()
-        return response
-    except ConnectionResetError:
-        return _client_gone(response)
+async def _choice_events(
+    queue: asyncio.Queue[_Item], first: _Item, call: ModelCall, frames: render.ChunkFrames
+) -> AsyncIterator[bytes]:
+    """The interleaved events of `n` choices from their producers' queue, from its `first` item on."""
+    ended: list[Generation] = []
+    item = first
+    while True:
+        _, data, outcome = item
+        if isinstance(outcome, ApiError):
+            yield render.error_event(outcome)
+            return
+        if data:
+            yield data
+        if outcome is not None:
+            ended.append(outcome)
+            if len(ended) == call.n:
+                break
+        item = await queue.get()
+    closing = frames.usage(Usage.of_choices([g.final_usage() for g in ended])) if call.include_usage else b""
+    yield closing + render.DONE
 
 
-def _client_gone(response: web.StreamResponse | None) -> web.StreamResponse:
-    """A write to a client that disconnected: the prepared response goes back to aiohttp, which sees the closed
-    transport and only logs the access (nothing to answer, and not a bug of ours)."""
-    if response is None:
-        raise ConnectionResetError("the client went away before the stream started")
-    log.debug("the client of a streamed completion went away")
-    return response
+def completion_operations(routes: OpenAIRoutes) -> list[tuple[str, HeadPhase]]:
+    """The chat and text completions by path: the operations a fast edge serves too."""
+    return [(CHAT_PATH, routes.chat_completions), (COMPLETIONS_PATH, routes.completions)]
 
 
 def add_routes(app: web.Application, directory: ModelDirectory) -> None:
-    """Mount the OpenAI routes over `directory` (a router's `OwnEndpoint`, or the gateway's directory)."""
-    app.router.add_routes(OpenAIRoutes(directory).routes())
+    """Mount the OpenAI routes over `directory` (a router's `OwnEndpoint`, or the gateway's directory), and the
+    completions on the server's fast edge when it has one (`dialects.adapter.FAST_ROUTES`)."""
+    openai = OpenAIRoutes(directory)
+    app.router.add_routes(openai.routes())
+    fast = adapter.fast_routes(app)
+    if fast is not None:
+        for path, operation in completion_operations(openai):
+            fast.add("POST", path, operation)
 
 
 def mount(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None, endpoint: Endpoint) -> None:
