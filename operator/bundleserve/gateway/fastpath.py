@@ -3,10 +3,11 @@
 `POST /v1/endpoints/{name}/predict|stream` are proxied to the endpoint's router; `POST /v1/endpoints/{name}/async`
 queues the task and `GET /v1/tasks/{id}[?wait=S]` answers its status, both through the gateway's own methods
 (`Gateway.submitted`, `Gateway.status_document`), which its aiohttp routes call too. The dialects' operations in
-`GatewayEdge.dialects` (SageMaker's sync and streaming invocations, Launch's sync and streaming tasks) are served
-here too, by the same code as their aiohttp routes (`edge.exchange`): the head phase runs once the head is parsed
-(a refusal is answered here, in the dialect's shape, after the body is read and dropped), the body phase once the
-body is read; the call goes to the endpoint's router over the internal hop (`gateway.forwarding`).
+`GatewayEdge.dialects` (SageMaker's sync and streaming invocations, Launch's sync and streaming tasks, OpenAI's
+completions) are served here too, by the same code as their aiohttp routes (`edge.exchange`): the head phase runs
+once the head is parsed (a refusal is answered here, in the dialect's shape, after the body is read and dropped), the
+body phase once the body is read; the call goes to the endpoint's router over the internal hop (`gateway.forwarding`).
+A refusal of the edge's own for such a request (the body deadline) is in the dialect's shape too (`Prepared.refuse`).
 
 The same idea as the router's fast edge (`router.fastpath`): aiohttp's per-request machinery and its client cost more
 than a proxy hop may, so the listening socket speaks HTTP/1.1 itself for the hot routes and hands the connection over
@@ -150,7 +151,7 @@ class GatewayEdge(SweptEdge["GatewayConnection"]):
         self.gateway = gateway
         self.pool = pool
         self._addresses: dict[str, tuple[tuple[str, int], bytes]] = {}
-        #: The dialects' operations served here too (SageMaker's and Launch's sync calls and streams).
+        #: The dialects' operations served here too (SageMaker's, Launch's and OpenAI's sync calls and streams).
         self.dialects = dialects or FastRoutes()
         self.prefixes = _PREFIXES + tuple(
             b"%s %s" % (route.method.encode(), route.prefix.encode()) for route in self.dialects.routes

@@ -1,6 +1,7 @@
 """The fast edge of the hot routes: `POST /v1/endpoints/{own name}/predict`, the internal hop's call route, and the
-dialects' operations in `FastEdge.dialects` (SageMaker's and Launch's sync and streaming calls, served by the same
-code as their aiohttp routes, `edge.exchange`), on a plain asyncio protocol.
+dialects' operations in `FastEdge.dialects` (SageMaker's, Launch's and OpenAI's sync and streaming calls, served by
+the same code as their aiohttp routes, `edge.exchange`), on a plain asyncio protocol. Without the sync mode, only the
+dialects' operations (`native=False`: predict and the hop's call route are then aiohttp's).
 
 aiohttp.web's per-request machinery costs more than everything the router does, so the listening socket speaks
 HTTP/1.1 itself for the one hot route (httptools parses, `Invoker` does the work, shared with the aiohttp edge) and
@@ -78,7 +79,7 @@ class FastEdge(SweptEdge["FastConnection"]):
         self.prefix = f"POST /v1/endpoints/{invoker.name}/predict ".encode()
         #: The internal hop's call route (`router.hop`): the gateway's hand-over of a call it parsed, as hot as predict.
         self.hop_prefix = f"POST {hop_wire.PREDICT_PATH.format(name=invoker.name)} ".encode()
-        #: The dialects' operations served here too (SageMaker's and Launch's sync calls and streams,
+        #: The dialects' operations served here too (SageMaker's, Launch's and OpenAI's sync calls and streams,
         #: `dialects.adapter.FAST_ROUTES`), by the literal start of their request line.
         self.dialects = dialects or FastRoutes()
         self.dialect_prefixes = tuple(
