@@ -125,6 +125,11 @@ class Activator:
         self.loads: dict[tuple[str, str], EndpointLoad] = {}
         self._failing = False
 
+    def passes(self, entry: EndpointEntry) -> bool:
+        """The endpoint's calls need no turn and no bookkeeping here (it does not scale from zero, or holding is off):
+        a caller may send them on without `admitted`."""
+        return not entry.endpoint.spec.scales_from_zero or not self.settings.enabled
+
     @contextlib.asynccontextmanager
     async def admitted(
         self, entry: EndpointEntry, *, request_timeout: float | None = None
@@ -132,10 +137,10 @@ class Activator:
         """The call's turn: at once for an endpoint that does not scale from zero or has a ready replica; after a
         replica became ready otherwise (Overloaded, Timeout, NotFound). Yields `entry` as given (the caller chose where
         the call goes, e.g. a production variant's routers); the call counts as in flight until the block ends."""
-        spec = entry.endpoint.spec
-        if not spec.scales_from_zero or not self.settings.enabled:
+        if self.passes(entry):
             yield entry
             return
+        spec = entry.endpoint.spec
         key = (entry.namespace, entry.name)
         load = self.loads.get(key)
         first = load is None
