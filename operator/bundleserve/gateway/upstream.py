@@ -247,7 +247,10 @@ class Answer:
             yield chunk
 
     async def read(self) -> bytes:
-        parts = [chunk async for chunk in self.chunks()]
+        """The whole body (the caller bounds it: a Content-Length it checked, or a router it trusts)."""
+        parts = []
+        while (chunk := await self.next_chunk()) is not None:
+            parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def pause(self) -> None:
