@@ -158,25 +158,22 @@ async def test_a_warm_call_takes_the_shortest_path(setup: Setup) -> None:
     writer.close()
 
 
-async def test_a_pooled_connection_that_breaks_before_its_answer_is_sent_again(setup: Setup) -> None:
+@pytest.mark.parametrize(
+    ("script", "connections"),
+    [(hang_up, 2), (refuse, 1)],
+    ids=["no answer: sent again on a new connection", "503 refusal: sent again, the connection kept"],
+)
+async def test_a_call_on_the_shortest_path_that_got_no_answer_is_sent_again(
+    setup: Setup, script: Script, connections: int
+) -> None:
     reader, writer = await warmed(setup)
-    setup.stand_in.scripts.append(hang_up)
+    setup.stand_in.scripts.append(script)
     writer.write(predict({"n": 2}))
     status, _, body = await read_answer(reader)
     assert (status, json.loads(body)) == (200, {"args": {"n": 2}})
     assert setup.relayed[-1] is not None  # it began on the shortest path
-    assert len(setup.stand_in.requests) == 3  # the warm-up, the one that got no answer, the one answered
-    assert setup.stand_in.connections == 2  # sent again on a new connection
-    writer.close()
-
-
-async def test_a_refusal_on_the_shortest_path_is_sent_again(setup: Setup) -> None:
-    reader, writer = await warmed(setup)
-    setup.stand_in.scripts.append(refuse)
-    writer.write(predict({"n": 3}))
-    status, _, body = await read_answer(reader)
-    assert (status, json.loads(body)) == (200, {"args": {"n": 3}})
-    assert len(setup.stand_in.requests) == 3
+    assert len(setup.stand_in.requests) == 3  # the warm-up, the one not answered, the one answered
+    assert setup.stand_in.connections == connections
     writer.close()
 
 
