@@ -48,6 +48,7 @@ _KINDS: dict[str, type[ApiError]] = {"model_not_ready": ModelNotReady}
 _FIELDS: tuple[str, ...] = ("raw", "url", "return_pickled", "timeout_seconds", "accept", "custom_attributes")
 _FIELDS += ("request_id", "url_body", "idempotency_key")
 _DEFAULTS = Invocation()
+_FIELD_DEFAULTS = tuple((name, getattr(_DEFAULTS, name)) for name in _FIELDS)
 _FRAME_HEAD = struct.Struct(">cI")
 DATA, FAILURE = b"D", b"E"
 #: A frame larger than this is refused by the reader (a chunk is bounded by the endpoint's limit, far below it).
@@ -66,7 +67,11 @@ def encode_headers(inv: Invocation) -> dict[str, str]:
     """The request headers of an invocation's hop (besides Authorization): its content type and, when any field is
     not at its default, the one JSON header (ASCII, so any string survives the HTTP header)."""
     headers = {"Content-Type": inv.content_type or JSON_CONTENT_TYPE}
-    fields = {name: getattr(inv, name) for name in _FIELDS if getattr(inv, name) != getattr(_DEFAULTS, name)}
+    fields = {}
+    for name, default in _FIELD_DEFAULTS:
+        value = getattr(inv, name)
+        if value != default:
+            fields[name] = value
     if not inv.content_type:  # "no declared type" (SageMaker InputLocation) differs from JSON: said explicitly
         fields["content_type"] = ""
     if fields:

@@ -125,17 +125,25 @@ class Activator:
         self.loads: dict[tuple[str, str], EndpointLoad] = {}
         self._failing = False
 
-    @contextlib.asynccontextmanager
-    async def admitted(
+    def passes(self, entry: EndpointEntry) -> bool:
+        """The endpoint's calls need no turn and no bookkeeping here (it does not scale from zero, or holding is off):
+        a caller may send them on without `admitted`."""
+        return not entry.endpoint.spec.scales_from_zero or not self.settings.enabled
+
+    def admitted(
         self, entry: EndpointEntry, *, request_timeout: float | None = None
-    ) -> AsyncIterator[EndpointEntry]:
+    ) -> contextlib.AbstractAsyncContextManager[EndpointEntry]:
         """The call's turn: at once for an endpoint that does not scale from zero or has a ready replica; after a
         replica became ready otherwise (Overloaded, Timeout, NotFound). Yields `entry` as given (the caller chose where
         the call goes, e.g. a production variant's routers); the call counts as in flight until the block ends."""
+        if self.passes(entry):
+            return contextlib.nullcontext(entry)  # no bookkeeping: not even a generator per call
+        return self._counted(entry, request_timeout)
+
+    @contextlib.asynccontextmanager
+    async def _counted(self, entry: EndpointEntry, request_timeout: float | None) -> AsyncIterator[EndpointEntry]:
+        """`admitted` for an endpoint that scales from zero: in flight (and held while at zero) until the block ends."""
         spec = entry.endpoint.spec
-        if not spec.scales_from_zero or not self.settings.enabled:
-            yield entry
-            return
         key = (entry.namespace, entry.name)
         load = self.loads.get(key)
         first = load is None

@@ -49,7 +49,7 @@ from bundleserve.gateway.docs import add_docs_routes
 from bundleserve.gateway.forwarding import EndpointCalls
 from bundleserve.gateway.openai_models import GatewayModels
 from bundleserve.gateway.proxy import forward, read_capped
-from bundleserve.gateway.registry import EndpointEntry, Registry
+from bundleserve.gateway.registry import EndpointEntry, Registry, require_mode
 from bundleserve.gateway.tasks import EndpointQueues
 from bundleserve.gateway.upstream import UpstreamPool
 from bundleserve.gateway.variants import VARIANT_HEADER, pick_variant, request_key, stable_draw
@@ -152,7 +152,9 @@ class Gateway:
         entry = self.registry.resolve(name)
         if scope is not None and entry.namespace not in scope:
             raise NotFound(f"unknown endpoint {name!r}")  # the same answer as a name that does not exist
-        return self.registry.resolve(name, mode)
+        if mode is not None:
+            require_mode(entry, mode)
+        return entry
 
     def scope(self, authorization: str | None) -> frozenset[str] | None:
         """The namespaces the (already accepted) credential reaches: None for a cluster-wide key or keys off."""
@@ -192,7 +194,13 @@ class Gateway:
     ) -> tuple[EndpointEntry, str]:
         """The entry aimed at one production variant's routers (the named one, else a weighted pick, drawn from the
         idempotency `key` when the call has one), and its name. UnknownVariant for a name the endpoint lacks."""
-        route = pick_variant(entry.routes, requested, stable_draw(key) if key is not None else self.draw())
+        routes = entry.routes
+        if requested is None and len(routes) == 1:  # no split to draw (the usual endpoint: one implicit variant)
+            route = routes[0]
+        else:
+            route = pick_variant(routes, requested, stable_draw(key) if key is not None else self.draw())
+        if route.router_url == entry.router_url:
+            return entry, route.name
         return dataclasses.replace(entry, router_url=route.router_url), route.name
 
     async def forward_to(

@@ -20,7 +20,10 @@ A request taken here: gate (`Gateway.gate`: API key and its namespaces, name, mo
 `BUFFER_BYTES`, within the body deadline), then the request goes unchanged to the endpoint's router through the pooled
 raw client (`gateway.upstream`; method, path and body as they came, hop-by-hop headers dropped, the client's
 `Authorization` replaced by the endpoint's gateway key, `X-Forwarded-*` added), with the same attempts as the aiohttp
-proxy. The router's answer is streamed back as it arrives: with its Content-Length when it has one, else chunked
+proxy; on a warm pool and an endpoint that does not scale from zero, from the client connection's callback itself,
+the answer coming back from the router connection's (`_Relayed`: no task, no future; what it cannot finish alone, a
+connection that broke unanswered or a 503, goes on in `_proxy` with the attempts left). The router's answer is
+streamed back as it arrives: with its Content-Length when it has one, else chunked
 (event streams, flushed per chunk); reading from the router pauses while the client's socket buffer is full. A client
 that goes away closes the router connection, which the router propagates to the model.
 
@@ -53,9 +56,17 @@ from bundleserve.edge.errors import error_answer, too_large
 from bundleserve.edge.exchange import FastRoutes, Head, Prepared, Reply, headers_of
 from bundleserve.edge.fast import Flow, SweptEdge, answer_and_close, write_reply
 from bundleserve.edge.http1 import Date, render, reply_head
-from bundleserve.gateway.proxy import BUFFER_BYTES, HOP_BY_HOP
+from bundleserve.gateway.proxy import BUFFER_BYTES, HOP_BY_HOP, REFUSED
 from bundleserve.gateway.registry import EndpointEntry
-from bundleserve.gateway.upstream import Answer, NoAnswer, UpstreamLost, UpstreamPool
+from bundleserve.gateway.upstream import (
+    FIRST_ATTEMPT,
+    Answer,
+    Attempts,
+    NoAnswer,
+    RouterConnection,
+    UpstreamLost,
+    UpstreamPool,
+)
 
 if TYPE_CHECKING:
     from bundleserve.gateway.app import Gateway
@@ -179,7 +190,8 @@ class GatewayConnection(asyncio.Protocol):
         self.buffer = bytearray()
         self.request: _Request | None = None  # head taken, body not complete
         self.task: asyncio.Task[None] | None = None
-        self.answer: Answer | None = None  # the router's answer being relayed
+        self.answer: Answer | None = None  # the router's answer being relayed by `_proxy`
+        self.relayed: _Relayed | None = None  # the call on the shortest path (`_relay`), answered by callbacks
         self.writing_paused = False
         self.flow = Flow()  # a dialect's stream waits on it while the client's socket buffer is full
         self.reading_paused = False
@@ -200,7 +212,7 @@ class GatewayConnection(asyncio.Protocol):
         if self.transport is None:
             return  # answered and closing (lingering): dropped
         self.buffer += data
-        if self.task is None:
+        if self.task is None and self.relayed is None:
             self._process()
         elif len(self.buffer) > _MAX_HEAD + BUFFER_BYTES and self.transport is not None and not self.reading_paused:
             self.transport.pause_reading()  # a client pipelining without end waits until its answers went out
@@ -214,33 +226,39 @@ class GatewayConnection(asyncio.Protocol):
         self.transport = None
         if self.task is not None:
             self.task.cancel()  # closes the router connection: the router sees the client leave
+        if self.relayed is not None:
+            self.relayed.abandon()
 
     def pause_writing(self) -> None:
         self.writing_paused = True
         self.flow.pause()
         if self.answer is not None:
             self.answer.pause()
+        if self.relayed is not None:
+            self.relayed.pause()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
         self.flow.resume()
         if self.answer is not None:
             self.answer.resume()
+        if self.relayed is not None:
+            self.relayed.resume()
 
     @property
     def in_body(self) -> bool:
         """A head is taken and its body is not complete (read by the edge's sweep only, for the body deadline)."""
-        return self.request is not None and self.task is None
+        return self.request is not None and self.task is None and self.relayed is None
 
     def close_when_idle(self) -> None:
-        if self.task is None and self.request is None and self.transport is not None:
+        if self.task is None and self.relayed is None and self.request is None and self.transport is not None:
             self.transport.close()
 
     # -- framing --------------------------------------------------------------------------------------------------
 
     def _process(self) -> None:
         """Take complete requests from the buffer, one at a time, until one is being answered or bytes run out."""
-        while self.task is None and self.transport is not None:
+        while self.task is None and self.relayed is None and self.transport is not None:
             if self.request is None and not self._head():
                 return
             request = self.request
@@ -255,7 +273,8 @@ class GatewayConnection(asyncio.Protocol):
             if request.prepared is not None or request.refusal is not None:
                 self.task = loop.create_task(self._dialect(request, body), context=request.context)
             elif request.entry is not None and request.mode is not Mode.ASYNC:
-                self.task = loop.create_task(self._proxy(request, body))
+                if not self._relay(request, body):
+                    self.task = loop.create_task(self._proxy(request, body))
             else:
                 self.task = loop.create_task(self._answer_here(request, body), context=request.context)
 
@@ -430,7 +449,7 @@ class GatewayConnection(asyncio.Protocol):
             log.exception("unexpected error on the gateway's fast path")
             keep = False
             if not written:
-                self._write(render(error_answer(ApiError("internal error")), keep_alive=False))
+                self.write(render(error_answer(ApiError("internal error")), keep_alive=False))
         finally:
             if reply is not None:
                 await reply.finish()
@@ -464,7 +483,7 @@ class GatewayConnection(asyncio.Protocol):
         except Exception:  # a bug of ours: log it, answer in the documented shape
             log.exception("unexpected error on the gateway's fast path")
             answer, keep = error_answer(ApiError("internal error")), False
-        self._write(render(answer, keep_alive=keep and not self.edge.closing))
+        self.write(render(answer, keep_alive=keep and not self.edge.closing))
         self._done(keep)
 
     def _upstream_head(self, request: _Request) -> tuple[tuple[str, int], bytes]:
@@ -500,7 +519,51 @@ class GatewayConnection(asyncio.Protocol):
         lines.append(b"Content-Length: %d\r\n\r\n" % request.length)
         return address, b"".join(lines)
 
-    async def _proxy(self, request: _Request, body: bytes) -> None:
+    def _relay(self, request: _Request, body: bytes) -> bool:
+        """The shortest path (`_Relayed`): the request written to an idle pooled router connection now, from this
+        callback, when nothing needs to wait first (an endpoint that may be at zero replicas goes through the
+        activator, in `_proxy`); False: `_proxy` takes it."""
+        entry = request.entry
+        if entry is None or not self.edge.gateway.activator.passes(entry):
+            return False
+        address, head = self._upstream_head(request)
+        relayed = _Relayed(self, request, address, head, body)
+        upstream = self.edge.pool.relay(address, head, body, relayed)
+        if upstream is None:
+            return False
+        relayed.upstream = upstream
+        self.relayed = relayed
+        if self.writing_paused:
+            upstream.pause()
+        return True
+
+    def relay_over(self, relayed: _Relayed, keep: bool) -> None:
+        """The relayed call is answered (or handed to `_proxy` by `retry`)."""
+        if self.relayed is relayed:
+            self.relayed = None
+            self._done(keep)
+
+    def retry(self, relayed: _Relayed, after: Attempts) -> None:
+        """The shortest path found no answer, or a 503 refusal: `_proxy` goes on with the attempts left."""
+        if self.relayed is not relayed or self.transport is None:
+            return
+        self.relayed = None
+        self.task = asyncio.get_running_loop().create_task(
+            self._proxy(
+                relayed.request, relayed.request_body, after=after, upstream=(relayed.address, relayed.request_head)
+            )
+        )
+
+    async def _proxy(
+        self,
+        request: _Request,
+        body: bytes,
+        *,
+        after: Attempts = FIRST_ATTEMPT,
+        upstream: tuple[tuple[str, int], bytes] | None = None,
+    ) -> None:
+        """A proxied call through the activator and `UpstreamPool.send`'s attempts (`after`: those `_relay` made,
+        `upstream`: the address and head it built)."""
         keep = request.keep_alive
         answer: Answer | None = None
         try:
@@ -509,24 +572,24 @@ class GatewayConnection(asyncio.Protocol):
             if entry is None:  # _process sends only requests naming their endpoint here
                 raise RuntimeError("a proxied request names its endpoint")
             async with self.edge.gateway.activator.admitted(entry):
-                address, head = self._upstream_head(request)
+                address, head = upstream or self._upstream_head(request)
                 try:
-                    answer = await self.edge.pool.send(address, head, body)
+                    answer = await self.edge.pool.send(address, head, body, after=after)
                 except NoAnswer:
                     error = Unavailable(
                         f"endpoint {entry.name} is not reachable (no ready router answered)",
                         headers={"Retry-After": "1"},
                     )
-                    self._write(render(error_answer(error), keep_alive=keep))
+                    self.write(render(error_answer(error), keep_alive=keep))
                 else:
                     del body
                     self.answer = answer
                     if self.writing_paused:
                         answer.pause()
-                    keep = await self._relay(answer, keep, request.variant)
+                    keep = await self._forward_answer(answer, keep, request.variant)
         except ApiError as refused:  # the activator's: the hold is full, the deadline passed, the endpoint went away
             if answer is None:
-                self._write(render(error_answer(refused), keep_alive=keep))
+                self.write(render(error_answer(refused), keep_alive=keep))
             else:  # not the activator's (it answers before any answer exists): a bug, as below
                 log.exception("unexpected error on the gateway's fast path")
                 keep = False
@@ -540,52 +603,43 @@ class GatewayConnection(asyncio.Protocol):
             log.exception("unexpected error on the gateway's fast path")
             keep = False
             if answer is None:
-                self._write(render(error_answer(ApiError("internal error")), keep_alive=False))
+                self.write(render(error_answer(ApiError("internal error")), keep_alive=False))
         finally:
             self.answer = None
             if answer is not None:
                 answer.release()  # back to the pool only when read to its end; closed otherwise
         self._done(keep)
 
-    async def _relay(self, answer: Answer, keep: bool, variant: str) -> bool:
+    async def _forward_answer(self, answer: Answer, keep: bool, variant: str) -> bool:
         """Write the router's answer to the client as it arrives, naming the variant that answered; whether the
         connection stays open."""
-        lines = [_STATUS_LINES.get(answer.status) or b"HTTP/1.1 %d Unknown\r\n" % answer.status]
-        lines += (_VARIANT_NAME, b": ", variant.encode(), b"\r\n")
-        dated = False
-        for name, value in answer.headers:
-            lower = name.lower()
-            if lower in _HOP:  # a router's `Connection: close` ends its own connection (the pool's), not this one
-                continue
-            dated = dated or lower == b"date"
-            lines += (name, b": ", value, b"\r\n")
-        if not dated:
-            lines.append(Date.header())
         keep = keep and not self.edge.closing
-        if not keep:
-            lines.append(b"Connection: close\r\n")
         length = answer.content_length
+        lines = answer_head(answer.status, answer.headers, variant, keep=keep, length=length)
         if length is not None:
-            lines.append(b"Content-Length: %d\r\n\r\n" % length)
             if length <= BUFFER_BYTES:
                 lines.append(await answer.read())  # one write: head and a small body
-                self._write(b"".join(lines))
+                self.write(b"".join(lines))
                 return keep
-            self._write(b"".join(lines))
+            self.write(b"".join(lines))
             async for chunk in answer.chunks():
-                self._write(chunk)
+                self.write(chunk)
             return keep
-        lines.append(b"Transfer-Encoding: chunked\r\n\r\n")
-        self._write(b"".join(lines))
+        self.write(b"".join(lines))
         async for chunk in answer.chunks():  # an event stream: each chunk flushed as it comes
             if chunk:
-                self._write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-        self._write(_CHUNKED_END)
+                self.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        self.write(_CHUNKED_END)
         return keep
 
-    def _write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.write(data)
+
+    def abort(self) -> None:
+        """Close the client's connection now (an answer that began cannot be completed)."""
+        if self.transport is not None:
+            self.transport.close()
 
     def _done(self, keep: bool) -> None:
         self.task = None
@@ -621,6 +675,117 @@ class GatewayConnection(asyncio.Protocol):
         """Give the connection and its unconsumed bytes to aiohttp for good."""
         transport, self.transport = self.transport, None
         self.edge.hand_over(self, transport, self.buffer, reading_paused=self.reading_paused)
+
+
+def answer_head(
+    status: int, headers: list[tuple[bytes, bytes]], variant: str, *, keep: bool, length: int | None
+) -> list[bytes]:
+    """The client's answer head (its pieces, to be joined) for a router's answer: the router's headers without the
+    hop-by-hop ones, the variant that answered, a Date, and the framing: `length`, or chunked when None."""
+    lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
+    lines += (_VARIANT_NAME, b": ", variant.encode(), b"\r\n")
+    dated = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower in _HOP:  # a router's `Connection: close` ends its own connection (the pool's), not this one
+            continue
+        dated = dated or lower == b"date"
+        lines += (name, b": ", value, b"\r\n")
+    if not dated:
+        lines.append(Date.header())
+    if not keep:
+        lines.append(b"Connection: close\r\n")
+    if length is not None:
+        lines.append(b"Content-Length: %d\r\n\r\n" % length)
+    else:
+        lines.append(b"Transfer-Encoding: chunked\r\n\r\n")
+    return lines
+
+
+class _Relayed:
+    """One proxied call on the shortest path (`GatewayConnection._relay`), fed by the router connection's callbacks
+    (`gateway.upstream.Relay`): no task and no future between the client's bytes and the router's. A small answer
+    with a Content-Length goes out in one write when complete; a larger one as it arrives; one without a length
+    (an event stream) chunked, each piece flushed. Before the router's head arrives the call can still be sent
+    again (`retry`: no answer, or a 503 refusal, which it reads and drops); after it, a broken connection ends the
+    client's too (as `_proxy` does)."""
+
+    __slots__ = (
+        "address", "client", "keep", "parts", "refused", "request", "request_body", "request_head", "streaming",
+        "upstream",
+    )  # fmt: skip
+
+    def __init__(
+        self, client: GatewayConnection, request: _Request, address: tuple[str, int], head: bytes, body: bytes
+    ) -> None:
+        self.client = client
+        self.request = request
+        self.address = address
+        self.request_head = head
+        self.request_body = body  # kept until the router's head arrives: a retry sends it again
+        self.upstream: RouterConnection | None = None
+        self.keep = request.keep_alive
+        self.parts: list[bytes] | None = None  # a small whole answer, gathered for one write
+        self.streaming = False  # no Content-Length: chunked to the client
+        self.refused = False  # a 503 before the model saw the call: read, dropped, and sent again
+
+    # `gateway.upstream.Relay`, called by the router connection's callbacks
+
+    def on_head(self, status: int, headers: list[tuple[bytes, bytes]], content_length: int | None) -> None:
+        if status == REFUSED:
+            self.refused = True
+            return
+        self.request_body = b""
+        self.keep = self.keep and not self.client.edge.closing
+        lines = answer_head(status, headers, self.request.variant, keep=self.keep, length=content_length)
+        if content_length is not None and content_length <= BUFFER_BYTES:
+            self.parts = lines
+            return
+        self.streaming = content_length is None
+        self.client.write(b"".join(lines))
+
+    def on_body(self, chunk: bytes) -> None:
+        if self.refused:
+            return
+        if self.parts is not None:
+            self.parts.append(chunk)
+        elif self.streaming:
+            if chunk:
+                self.client.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        else:
+            self.client.write(chunk)
+
+    def on_end(self) -> None:
+        if self.refused:
+            self.client.retry(self, Attempts(made=1, refusals=1))
+            return
+        if self.parts is not None:
+            self.client.write(b"".join(self.parts))
+        elif self.streaming:
+            self.client.write(_CHUNKED_END)
+        self.client.relay_over(self, self.keep)
+
+    def on_lost(self, error: BaseException, *, answered: bool) -> None:
+        if not answered or self.refused:
+            log.info("no answer from %s:%d (%s: %s); trying again", *self.address, type(error).__name__, error)
+            self.client.retry(self, Attempts(made=1, refusals=int(self.refused), fresh=True))
+            return
+        self.client.abort()  # the answer began and broke: the client's connection ends too
+        self.client.relay_over(self, False)
+
+    def pause(self) -> None:
+        """The client's socket buffer is full: stop reading the router's answer until it drained."""
+        if self.upstream is not None:
+            self.upstream.pause()
+
+    def resume(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume()
+
+    def abandon(self) -> None:
+        """The client left: the router's connection is closed (the router sees its client leave)."""
+        if self.upstream is not None:
+            self.upstream.abandon()
 
 
 _FORWARDING = {b"host": "Host", b"x-forwarded-proto": "X-Forwarded-Proto", b"x-forwarded-host": "X-Forwarded-Host"}

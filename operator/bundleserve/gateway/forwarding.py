@@ -58,9 +58,7 @@ class RouterHop:
         self.pool = pool
         self.entry = entry
         self.admit = admit
-        self.address, host = _upstream_of(entry.router_url)
-        self.predict_head = b"POST " + hop.PREDICT_PATH.format(name=entry.name).encode() + b" HTTP/1.1\r\n" + host
-        self.stream_head = b"POST " + hop.STREAM_PATH.format(name=entry.name).encode() + b" HTTP/1.1\r\n" + host
+        self.address, self.predict_head, self.stream_head = _hop_heads(entry.router_url, entry.name)
         self.authorization = b"" if authorization is None else b"Authorization: %s\r\n" % authorization.encode()
 
     def _request(self, start: bytes, inv: Invocation) -> bytes:
@@ -112,11 +110,15 @@ class RouterHop:
 
 
 @functools.lru_cache(maxsize=1024)
-def _upstream_of(router_url: str) -> tuple[tuple[str, int], bytes]:
-    """(host, port) of a router URL and its `Host` header line."""
+def _hop_heads(router_url: str, name: str) -> tuple[tuple[str, int], bytes, bytes]:
+    """(host, port) of a router URL, and the start of the hop's predict and stream requests to it for endpoint
+    `name` (request line and `Host`): built once per router and endpoint, not per call."""
     parts = urlsplit(router_url)
     host, port = parts.hostname or "localhost", parts.port or 80
-    return (host, port), b"Host: %s:%d\r\n" % (host.encode(), port)
+    host_line = b"Host: %s:%d\r\n" % (host.encode(), port)
+    predict = b"POST " + hop.PREDICT_PATH.format(name=name).encode() + b" HTTP/1.1\r\n" + host_line
+    stream = b"POST " + hop.STREAM_PATH.format(name=name).encode() + b" HTTP/1.1\r\n" + host_line
+    return (host, port), predict, stream
 
 
 def _headers(answer: Answer) -> CIMultiDict[str]:

@@ -6,6 +6,7 @@ The gateway's handlers only read it; a source replaces entries whole, so a reade
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -38,9 +39,10 @@ class EndpointEntry:
     #: The declared production variants (spec.variants); empty: one implicit variant at `router_url`.
     variants: tuple[VariantRoute, ...] = ()
 
-    @property
+    @functools.cached_property
     def routes(self) -> tuple[VariantRoute, ...]:
-        """Where requests go, by variant (the implicit AllTraffic variant for an endpoint without variants)."""
+        """Where requests go, by variant (the implicit AllTraffic variant for an endpoint without variants); built
+        once per entry (entries are replaced whole, never changed)."""
         return self.variants or (VariantRoute(IMPLICIT_VARIANT, 1, self.router_url),)
 
     @property
@@ -120,6 +122,8 @@ class Registry:
         found = self._by_name.get(name)
         if not found:
             return None
+        if len(found) == 1:  # the usual case: one namespace uses the name
+            return next(iter(found.values()))
         return min(found.values(), key=lambda e: (e.endpoint.metadata.creation_timestamp or "~", e.namespace))
 
     def resolve(self, name: str, mode: Mode | None = None) -> EndpointEntry:
@@ -127,7 +131,13 @@ class Registry:
         entry = self.find(name)
         if entry is None:
             raise NotFound(f"unknown endpoint {name!r}")
-        if mode is not None and not entry.serves(mode):
-            served = ", ".join(m.value for m in entry.modes)
-            raise ModeNotServed(f"endpoint {name!r} does not serve the {mode.value} mode (it serves: {served})")
+        if mode is not None:
+            require_mode(entry, mode)
         return entry
+
+
+def require_mode(entry: EndpointEntry, mode: Mode) -> None:
+    """ModeNotServed (400) unless the endpoint serves `mode`."""
+    if not entry.serves(mode):
+        served = ", ".join(m.value for m in entry.modes)
+        raise ModeNotServed(f"endpoint {entry.name!r} does not serve the {mode.value} mode (it serves: {served})")

@@ -12,6 +12,13 @@ refused with 503 before its model saw the call is tried again with the same dela
 
 Errors: `NoAnswer` (an OSError) when every attempt found nobody; `UpstreamLost` (a ConnectionError) when the
 connection broke after the answer began.
+
+Two ways to use it. `send` is the general one: a coroutine that makes the attempts and returns an `Answer` to read.
+`relay` is the proxy's shortest path: on a pooled connection that is idle right now, the request is written at once
+and the answer is handed to a `Relay`'s methods from the connection's own callbacks, as httptools parses it (no task,
+no future: a proxied call costs the gateway two reads and two writes, docs/benchmarks.md). Whatever that path cannot
+finish alone (no idle connection, no answer, a 503 refusal) is the caller's to retry with `send`, which it is told
+where to go on from (`Attempts`).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
 
 import httptools
 
@@ -41,7 +50,38 @@ class UpstreamLost(ConnectionError):
     """The router's connection broke after its answer began (the rest of the answer is lost)."""
 
 
-class _Connection(asyncio.Protocol):
+class Relay(Protocol):
+    """What `UpstreamPool.relay` feeds: one answer, from the connection's callbacks, in this order: `on_head` once,
+    `on_body` per piece, then `on_end`; or `on_lost` at any point (then nothing more)."""
+
+    def on_head(self, status: int, headers: list[tuple[bytes, bytes]], content_length: int | None) -> None:
+        """The answer's status line and headers arrived (`content_length`: None for a chunked answer)."""
+
+    def on_body(self, chunk: bytes) -> None:
+        """A piece of the body (de-chunked), as it arrived."""
+
+    def on_end(self) -> None:
+        """The answer is complete; the connection is back in the pool."""
+
+    def on_lost(self, error: BaseException, *, answered: bool) -> None:
+        """The connection broke (`answered`: after the head arrived); it is closed, not pooled."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempts:
+    """Where `send` goes on from after attempts made elsewhere (`relay`): how many were made, how many of them the
+    router refused with 503, and whether the pooled connections looked stale (the next attempt opens a new one)."""
+
+    made: int = 0
+    refusals: int = 0
+    fresh: bool = False
+
+
+#: Nothing tried yet.
+FIRST_ATTEMPT = Attempts()
+
+
+class RouterConnection(asyncio.Protocol):
     """One keep-alive connection to a router; httptools calls the `on_*` methods while `data_received` feeds it."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, address: tuple[str, int]) -> None:
@@ -61,12 +101,17 @@ class _Connection(asyncio.Protocol):
         self.failure: BaseException | None = None
         self.complete = False
         self.paused = False
+        #: The answer goes to this relay's methods instead of `head`/`chunks` (`UpstreamPool.relay`).
+        self.relay: Relay | None = None
+        self.pool: UpstreamPool | None = None
 
-    def begin(self) -> None:
+    def begin(self, relay: Relay | None = None) -> None:
+        """A new exchange: its answer goes to `relay`'s methods, or (None) to `head` and `chunks`."""
         self.status = 0
         self.headers = []
         self.content_length = None
-        self.head = self.loop.create_future()
+        self.relay = relay
+        self.head = None if relay is not None else self.loop.create_future()
         self.chunks = []
         self.waiter = None
         self.failure = None
@@ -92,6 +137,13 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, error: BaseException) -> None:
         self.keep_alive = False
+        relay = self.relay
+        if relay is not None:
+            self.relay = None
+            if self.transport is not None:
+                self.transport.close()
+            relay.on_lost(error, answered=self.status != 0)
+            return
         if self.head is not None and not self.head.done():
             self.head.set_exception(error)
             return
@@ -112,10 +164,15 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()
-        if self.head is not None and not self.head.done():
+        if self.relay is not None:
+            self.relay.on_head(self.status, self.headers, self.content_length)
+        elif self.head is not None and not self.head.done():
             self.head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self.relay is not None:
+            self.relay.on_body(body)
+            return
         self.chunks.append(body)
         if len(self.chunks) >= _PAUSE_AT:
             self.pause()
@@ -123,8 +180,22 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        relay = self.relay
+        if relay is not None:
+            self.relay = None
+            if self.pool is not None:
+                self.pool.release(self)
+            relay.on_end()
+            return
         self.chunks.append(None)
         self._wake()
+
+    def abandon(self) -> None:
+        """The relay's consumer is gone (its client left): close, so the router sees the call's client leave."""
+        self.relay = None
+        self.keep_alive = False
+        if self.transport is not None:
+            self.transport.close()
 
     def pause(self) -> None:
         if not self.paused and self.transport is not None:
@@ -143,7 +214,7 @@ class Answer:
 
     __slots__ = ("_connection", "_pool", "headers", "status")
 
-    def __init__(self, pool: UpstreamPool, connection: _Connection) -> None:
+    def __init__(self, pool: UpstreamPool, connection: RouterConnection) -> None:
         self._pool = pool
         self._connection = connection
         self.status = connection.status
@@ -176,7 +247,10 @@ class Answer:
             yield chunk
 
     async def read(self) -> bytes:
-        parts = [chunk async for chunk in self.chunks()]
+        """The whole body (the caller bounds it: a Content-Length it checked, or a router it trusts)."""
+        parts = []
+        while (chunk := await self.next_chunk()) is not None:
+            parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def pause(self) -> None:
@@ -193,27 +267,35 @@ class UpstreamPool:
     """Idle connections per router address (host, port), reused while fresh."""
 
     def __init__(self, *, max_idle: int = 256, idle_seconds: float = 30.0, connect_seconds: float = 5.0) -> None:
-        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._idle: dict[tuple[str, int], list[RouterConnection]] = {}
         self._max_idle = max_idle
         self._idle_seconds = idle_seconds
         self._connect_seconds = connect_seconds
         self._closed = False
 
-    async def _connect(self, address: tuple[str, int], *, fresh: bool) -> _Connection:
+    def _idle_connection(self, address: tuple[str, int]) -> RouterConnection | None:
+        """A pooled connection to `address` that is still fresh (stale ones are closed on the way), or None."""
         idle = self._idle.get(address)
         now = time.monotonic()
-        while idle and not fresh:
+        while idle:
             connection = idle.pop()
             if not connection.lost and now - connection.idle_since < self._idle_seconds:
                 return connection
             if connection.transport is not None:
                 connection.transport.close()
+        return None
+
+    async def _connect(self, address: tuple[str, int], *, fresh: bool) -> RouterConnection:
+        if not fresh:
+            connection = self._idle_connection(address)
+            if connection is not None:
+                return connection
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._connect_seconds):
-            _, protocol = await loop.create_connection(lambda: _Connection(loop, address), *address)
+            _, protocol = await loop.create_connection(lambda: RouterConnection(loop, address), *address)
         return protocol
 
-    def release(self, connection: _Connection) -> None:
+    def release(self, connection: RouterConnection) -> None:
         idle = self._idle.setdefault(connection.address, [])
         reusable = connection.complete and connection.keep_alive and not connection.lost and not self._closed
         if reusable and len(idle) < self._max_idle:
@@ -225,7 +307,7 @@ class UpstreamPool:
         if connection.transport is not None:
             connection.transport.close()
 
-    async def _attempt(self, address: tuple[str, int], request: tuple[bytes, ...], fresh: bool) -> _Connection:
+    async def _attempt(self, address: tuple[str, int], request: tuple[bytes, ...], fresh: bool) -> RouterConnection:
         """One attempt: the request written and the answer's head read. A pooled connection the router closed in
         the meantime fails before any answer; the caller's attempts cover it."""
         connection = await self._connect(address, fresh=fresh)
@@ -247,13 +329,32 @@ class UpstreamPool:
             raise
         return connection
 
-    async def send(self, address: tuple[str, int], head: bytes, body: bytes) -> Answer:
+    def relay(self, address: tuple[str, int], head: bytes, body: bytes, relay: Relay) -> RouterConnection | None:
+        """The request written at once on an idle pooled connection, its answer fed to `relay` (the module's
+        docstring); None when no idle connection is at hand (nothing was sent: `send` it)."""
+        connection = self._idle_connection(address)
+        if connection is None:
+            return None
+        transport = connection.transport
+        if transport is None or transport.is_closing():
+            return None
+        connection.begin(relay)
+        connection.pool = self
+        if len(body) < _LARGE_BODY:
+            transport.write(head + body)
+        else:
+            transport.writelines((head, body))
+        return connection
+
+    async def send(
+        self, address: tuple[str, int], head: bytes, body: bytes, *, after: Attempts = FIRST_ATTEMPT
+    ) -> Answer:
         """The router's answer to one request (`head` ends with its blank line), after the attempts described in
-        the module's docstring; NoAnswer when none answered."""
+        the module's docstring (`after`: those already made by `relay`); NoAnswer when none answered."""
         request = (head + body,) if len(body) < _LARGE_BODY else (head, body)
-        refusals = 0
-        fresh = False
-        for delay in (0.0, *RETRY_DELAYS):
+        refusals = after.refusals
+        fresh = after.fresh
+        for delay in (0.0, *RETRY_DELAYS)[after.made :]:
             if delay:
                 await asyncio.sleep(delay)
             try:
