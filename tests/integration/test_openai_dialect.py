@@ -555,23 +555,35 @@ class ThreadedRouter(ThreadedApp):
         super().stop()
 
 
-@pytest.fixture(scope="module", params=["router", "gateway"])
-def edge(request: pytest.FixtureRequest, backend: Backend) -> Iterator[ThreadedRouter | ThreadedGateway]:
-    """A fast edge in front of the lab: its router's (an endpoint that serves streams only), or the gateway's."""
-    limits = ConnectionLimits(body_seconds=BODY_SECONDS)
-    server: ThreadedRouter | ThreadedGateway
-    if request.param == "router":
-        server = ThreadedRouter(router_app(backend, "lab"), limits)
-        server.start()
+@pytest.fixture(scope="module")
+def router_edge(backend: Backend) -> Iterator[ThreadedRouter]:
+    """The lab's router with its fast edge (an endpoint that serves streams only: the edge is there for the dialects)."""
+    server = ThreadedRouter(router_app(backend, "lab"), ConnectionLimits(body_seconds=BODY_SECONDS))
+    server.start()
+    try:
         wait_ready(server.url)
-    else:
-        server = ThreadedGateway(gateway_app(backend))
-        server.front = Front(server.app, limits)
-        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway_edge(backend: Backend) -> Iterator[ThreadedGateway]:
+    """The gateway with its fast edge, in front of the routers."""
+    server = ThreadedGateway(gateway_app(backend))
+    server.front = Front(server.app, ConnectionLimits(body_seconds=BODY_SECONDS))
+    server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["router", "gateway"])
+def edge(request: pytest.FixtureRequest) -> ThreadedRouter | ThreadedGateway:
+    """Each fast edge in front of the lab: its router's, or the gateway's."""
+    server: ThreadedRouter | ThreadedGateway = request.getfixturevalue(f"{request.param}_edge")
+    return server
 
 
 def completion(path: str, document: dict[str, Any] | None, *, key: str = API_KEY) -> bytes:
@@ -707,3 +719,19 @@ async def test_a_client_leaving_mid_stream_ends_the_call(
 
 async def _closed_after(backend: Backend, closed: int) -> bool:
     return backend.closed_count() > closed
+
+
+async def test_a_streaming_only_routers_fast_edge_leaves_native_predict_to_aiohttp(router_edge: ThreadedRouter) -> None:
+    """The lab serves streams only, so its router mounts no predict route; its fast edge (there for the dialects)
+    hands native predict over, and aiohttp answers it as it would without a fast edge (`router.server.fast_edge`)."""
+    edge = router_edge
+    reader, writer, port = await connect(edge)
+    try:
+        body = b'{"x": 1}'
+        head = f"POST /v1/endpoints/lab/predict HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {API_KEY}\r\n"
+        writer.write(head.encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        status, _, _ = await read_answer(reader)
+        assert status in (404, 405)
+        assert port not in edge.fast_connections()
+    finally:
+        writer.close()
