@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -49,6 +50,10 @@ async def model() -> AsyncIterator[tuple[str, dict[str, Any]]]:
         await response.prepare(request)
         for index in range(3):
             await response.write(f"data: {index}\n\n".encode())
+        if await request.read() == b'"endless"':
+            while True:  # until the client leaves (the write fails, or the handler is cancelled)
+                await response.write(b"data: more\n\n")
+                await asyncio.sleep(0.01)
         await response.write_eof()
         return response
 
@@ -139,3 +144,31 @@ async def test_stream_yields_the_raw_chunks(model: tuple[str, dict[str, Any]]) -
     assert received == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
     assert stream.finished
     await client.close()
+
+
+async def test_a_stream_left_early_leaves_no_unretrieved_failure(model: tuple[str, dict[str, Any]]) -> None:
+    """Found by the OpenAI suite: a client leaving a stream closed the model connection, whose loss then failed a
+    future of the exchange nobody awaited any more, and asyncio logged "Future exception was never retrieved"."""
+    url, _ = model
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        client = ModelClient(url)
+        async with client.stream("/stream", b'"endless"') as stream:
+            async for _ in stream:
+                break  # leave after the first chunk: the connection is closed, the model's generator cancelled
+        exchange = [stream._connection]  # the exchange whose futures are checked; dropped below
+
+        async def lost() -> bool:
+            return exchange[0].lost
+
+        await async_wait_until(lost, timeout=5, what="the model connection to be closed")
+        exchange.clear()
+        del stream
+        gc.collect()  # an exception never retrieved is reported when its future is collected
+        assert [context.get("message") for context in reported] == []
+        await client.close()
+    finally:
+        loop.set_exception_handler(previous)

@@ -261,6 +261,9 @@ class ModelClient:
             connection.chunks = None
             self._idle.append(connection)
             return
+        for future in (connection.headers_done, connection.done):  # nobody awaits them any more: the loss that
+            if future is not None and not future.done():  # follows must not fail them (an exception never retrieved)
+                future.cancel()
         if connection.transport is not None:
             connection.transport.close()
 
