@@ -212,7 +212,7 @@ class GatewayConnection(asyncio.Protocol):
         if self.transport is None:
             return  # answered and closing (lingering): dropped
         self.buffer += data
-        if self.task is None and self.relayed is None:
+        if not self.answering:
             self._process()
         elif len(self.buffer) > _MAX_HEAD + BUFFER_BYTES and self.transport is not None and not self.reading_paused:
             self.transport.pause_reading()  # a client pipelining without end waits until its answers went out
@@ -246,19 +246,24 @@ class GatewayConnection(asyncio.Protocol):
             self.relayed.resume()
 
     @property
+    def answering(self) -> bool:
+        """A request is being answered: by a task, or on the shortest path by the sockets' callbacks (`_Relayed`)."""
+        return self.task is not None or self.relayed is not None
+
+    @property
     def in_body(self) -> bool:
         """A head is taken and its body is not complete (read by the edge's sweep only, for the body deadline)."""
-        return self.request is not None and self.task is None and self.relayed is None
+        return self.request is not None and not self.answering
 
     def close_when_idle(self) -> None:
-        if self.task is None and self.relayed is None and self.request is None and self.transport is not None:
+        if not self.answering and self.request is None and self.transport is not None:
             self.transport.close()
 
     # -- framing --------------------------------------------------------------------------------------------------
 
     def _process(self) -> None:
         """Take complete requests from the buffer, one at a time, until one is being answered or bytes run out."""
-        while self.task is None and self.relayed is None and self.transport is not None:
+        while not self.answering and self.transport is not None:
             if self.request is None and not self._head():
                 return
             request = self.request
