@@ -5,6 +5,7 @@ node: the Deployments' pods stay Pending, which these tests do not need (their p
 
 from __future__ import annotations
 
+import base64
 import copy
 import itertools
 import os
@@ -16,8 +17,9 @@ import pytest
 
 from bundleserve.controller.builders import BuildContext
 from bundleserve.controller.config import OperatorConfig
-from bundleserve.controller.kube import KubeClient, login
+from bundleserve.controller.kube import Conflict, KubeClient, login
 from bundleserve.controller.reconcile import reconcile
+from bundleserve.controller.secrets import credentials_name
 from bundleserve.queue.acl import QueueUsers
 from tests.integration.cluster_harness import GROUP_VERSION, endpoint_doc, install_release
 from tests.support.cluster import ControlPlane
@@ -187,3 +189,32 @@ async def test_a_sync_endpoint_at_min_zero_stays_at_zero_and_needs_the_queue_red
     result = await reconcile(api.endpoint("cold-alone"), kube, no_redis, ensure_user=ctx.users.ensure)
     assert result.problem is not None and result.problem.reason == "ScaleFromZeroNotConfigured"
     assert api.get("apps/v1", "Deployment", "cold-alone") is None
+
+
+async def test_a_credentials_secret_deleted_during_a_reconcile_is_not_restored_with_its_old_password(
+    api: Api, kube: KubeClient, ctx: Ctx
+) -> None:
+    """Found by test_operator_cluster_keda's rotation under load: deleting the Endpoint's credentials Secret rotates
+    its password, but a reconcile that had read the Secret before the deletion wrote it back with the old password.
+    Here the deletion lands exactly in that window: after the Secret was read (and the Redis user reset to its
+    password), before the children are applied."""
+    api.create(doc("jobs", modes=["async"]))
+    await reconcile(api.endpoint("jobs"), kube, ctx.context, ensure_user=ctx.users.ensure)
+    name = credentials_name("jobs")
+    old = _password(api.get("v1", "Secret", name))
+
+    async def ensure_then_rotate(queue: str, password: str) -> None:
+        await ctx.users.ensure(queue, password)
+        api.plane.request("DELETE", api.plane.path("v1", "Secret", api.ns, name))  # the rotation, mid-reconcile
+
+    with pytest.raises(Conflict):  # the reconcile is retried (kopf's TemporaryError, the operator's queue)
+        await reconcile(api.endpoint("jobs"), kube, ctx.context, ensure_user=ensure_then_rotate)
+    assert api.get("v1", "Secret", name) is None  # not brought back with the password it was deleted to retire
+    await reconcile(api.endpoint("jobs"), kube, ctx.context, ensure_user=ctx.users.ensure)  # the retry
+    assert _password(api.get("v1", "Secret", name)) not in (None, old)
+
+
+def _password(secret: dict[str, Any] | None) -> str | None:
+    if secret is None:
+        return None
+    return base64.b64decode(secret["data"]["password"]).decode()

@@ -19,7 +19,7 @@ from bundleserve.controller import secrets
 from bundleserve.controller.builders import BuildContext, BuildError, Manifest, Scaler, build_children, scaler_for
 from bundleserve.controller.builders.common import serves_http
 from bundleserve.controller.diff import needs_write, replacement
-from bundleserve.controller.kube import KubeClient, KubeError
+from bundleserve.controller.kube import Conflict, KubeClient, KubeError
 from bundleserve.controller.labels import ENDPOINT_LABEL, deployment_name, selector_labels, service_url
 from bundleserve.controller.status import (
     Observed,
@@ -97,12 +97,20 @@ async def apply_children(
     endpoint: Endpoint, desired: list[Manifest], kube: KubeClient, writes: list[tuple[str, str, str]]
 ) -> dict[tuple[str, str], Manifest]:
     """Create what is missing, replace what differs; returns the live objects by (kind, name). Refuses to take over
-    an object of the same name that another owner (or a human) created: that is a ChildConflict problem."""
+    an object of the same name that another owner (or a human) created: that is a ChildConflict problem.
+
+    A desired manifest that names a `resourceVersion` was built from that version of the live object (the
+    credentials Secret, whose password it keeps): it is written over that version only, and a Conflict (409: the
+    reconcile is retried and builds it again) when the object changed or was deleted since, e.g. a Secret deleted to
+    rotate its password while this reconcile was running."""
     uid = endpoint.metadata.uid
     live_by_kind: dict[tuple[str, str], Manifest] = {}
     for manifest in desired:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         live = await kube.get(kind, endpoint.namespace, name)
+        based_on = manifest["metadata"].get("resourceVersion")
+        if based_on is not None and (live is None or live.get("metadata", {}).get("resourceVersion") != based_on):
+            raise Conflict(409, f"{kind} {name} changed while it was being reconciled; building it again")
         try:
             if live is None:
                 live = await kube.create(with_initial_replicas(endpoint, manifest))

@@ -125,6 +125,7 @@ async def credentials(
             " exist: each namespace has its own S3 credentials for results (docs/security.md)",
         )
     data: dict[str, str] = {}
+    based_on: str | None = None  # the resourceVersion of the Secret whose password is kept
     keys_file = await master_keys(context, kube)
     if keys_file is not None:
         data[API_KEYS_KEY] = keys_file.router_file(endpoint.namespace, endpoint.name)
@@ -134,7 +135,12 @@ async def credentials(
         if ensure_user is None:
             raise BuildError("QueueUnavailable", "the operator has no connection to the queue's Redis yet")
         name = credentials_name(endpoint.name)
-        password = _decoded(await kube.get("Secret", endpoint.namespace, name), "password") or acl.new_password()
+        existing = await kube.get("Secret", endpoint.namespace, name)
+        password = _decoded(existing, "password") or acl.new_password()
+        if existing is not None and password == _decoded(existing, "password"):
+            # Written only over the version the password came from (`reconcile.apply_children`): a Secret deleted
+            # meanwhile (a rotation) must not come back with the old password from a reconcile that read it before.
+            based_on = existing.get("metadata", {}).get("resourceVersion")
         queue = keys.queue_id(endpoint.namespace, endpoint.name)
         try:
             await ensure_user(queue, password)
@@ -151,10 +157,13 @@ async def credentials(
         )
     if not data:
         return dataclasses.replace(context, config=dataclasses.replace(config, redis_secret=None)), []
+    secret = build_credentials(endpoint, data)
+    if based_on is not None:
+        secret["metadata"]["resourceVersion"] = based_on
     own = credentials_name(endpoint.name)
     local = dataclasses.replace(
         config,
         redis_secret=own if wants_queue else None,
         api_keys_secret=own if keys_file is not None else None,
     )
-    return dataclasses.replace(context, config=local), [build_credentials(endpoint, data)]
+    return dataclasses.replace(context, config=local), [secret]
