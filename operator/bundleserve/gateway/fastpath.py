@@ -42,7 +42,6 @@ import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
-from urllib.parse import urlsplit
 
 import httptools
 from aiohttp import web
@@ -66,6 +65,7 @@ from bundleserve.gateway.upstream import (
     RouterConnection,
     UpstreamLost,
     UpstreamPool,
+    router_address,
 )
 
 if TYPE_CHECKING:
@@ -161,7 +161,6 @@ class GatewayEdge(SweptEdge["GatewayConnection"]):
         super().__init__(server, idle_seconds=idle_seconds, body_seconds=body_seconds)
         self.gateway = gateway
         self.pool = pool
-        self._addresses: dict[str, tuple[tuple[str, int], bytes]] = {}
         #: The dialects' operations served here too (SageMaker's, Launch's and OpenAI's sync calls and streams).
         self.dialects = dialects or FastRoutes()
         self.prefixes = _PREFIXES + tuple(
@@ -170,15 +169,6 @@ class GatewayEdge(SweptEdge["GatewayConnection"]):
 
     def __call__(self) -> GatewayConnection:
         return GatewayConnection(self)
-
-    def upstream(self, router_url: str) -> tuple[tuple[str, int], bytes]:
-        """(host, port) of a router URL and its `Host` header line, parsed once per URL."""
-        known = self._addresses.get(router_url)
-        if known is None:
-            parts = urlsplit(router_url)
-            host, port = parts.hostname or "localhost", parts.port or 80
-            known = self._addresses[router_url] = ((host, port), b"Host: %s:%d\r\n" % (host.encode(), port))
-        return known
 
 
 class GatewayConnection(asyncio.Protocol):
@@ -496,7 +486,7 @@ class GatewayConnection(asyncio.Protocol):
         entry = request.entry
         if entry is None:  # a task status never reaches here: it is answered from the queue, not proxied
             raise RuntimeError("a proxied request names its endpoint")
-        address, host = self.edge.upstream(request.router_url or entry.router_url)
+        address, host = router_address(request.router_url or entry.router_url)
         lines = [b"POST ", request.path, b" HTTP/1.1\r\n", host]
         forwarded_host = forwarded_proto = False
         prior_for = None

@@ -20,7 +20,6 @@ import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Protocol
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -31,7 +30,7 @@ from bundleserve.api.invocation import CUSTOM_ATTRIBUTES_HEADER, Invocation, Mod
 from bundleserve.edge import hop
 from bundleserve.gateway.proxy import read_capped
 from bundleserve.gateway.registry import EndpointEntry
-from bundleserve.gateway.upstream import Answer, UpstreamLost, UpstreamPool
+from bundleserve.gateway.upstream import Answer, UpstreamLost, UpstreamPool, router_address
 
 #: Bytes of a router's error answer read to rebuild the error.
 _MAX_ERROR_BODY = 64 * 1024
@@ -113,12 +112,10 @@ class RouterHop:
 def _hop_heads(router_url: str, name: str) -> tuple[tuple[str, int], bytes, bytes]:
     """(host, port) of a router URL, and the start of the hop's predict and stream requests to it for endpoint
     `name` (request line and `Host`): built once per router and endpoint, not per call."""
-    parts = urlsplit(router_url)
-    host, port = parts.hostname or "localhost", parts.port or 80
-    host_line = b"Host: %s:%d\r\n" % (host.encode(), port)
+    address, host_line = router_address(router_url)
     predict = b"POST " + hop.PREDICT_PATH.format(name=name).encode() + b" HTTP/1.1\r\n" + host_line
     stream = b"POST " + hop.STREAM_PATH.format(name=name).encode() + b" HTTP/1.1\r\n" + host_line
-    return (host, port), predict, stream
+    return address, predict, stream
 
 
 def _headers(answer: Answer) -> CIMultiDict[str]:

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import httptools
 
@@ -48,6 +50,14 @@ class NoAnswer(OSError):
 
 class UpstreamLost(ConnectionError):
     """The router's connection broke after its answer began (the rest of the answer is lost)."""
+
+
+@functools.lru_cache(maxsize=1024)
+def router_address(router_url: str) -> tuple[tuple[str, int], bytes]:
+    """(host, port) of a router's base URL and the `Host` header line a request to it carries, parsed once per URL."""
+    parts = urlsplit(router_url)
+    host, port = parts.hostname or "localhost", parts.port or 80
+    return (host, port), b"Host: %s:%d\r\n" % (host.encode(), port)
 
 
 class Relay(Protocol):
@@ -84,9 +94,10 @@ FIRST_ATTEMPT = Attempts()
 class RouterConnection(asyncio.Protocol):
     """One keep-alive connection to a router; httptools calls the `on_*` methods while `data_received` feeds it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, address: tuple[str, int]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, address: tuple[str, int], pool: UpstreamPool) -> None:
         self.loop = loop
         self.address = address
+        self.pool = pool  # where a relayed exchange returns the connection when its answer is complete
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.lost = False
@@ -103,7 +114,6 @@ class RouterConnection(asyncio.Protocol):
         self.paused = False
         #: The answer goes to this relay's methods instead of `head`/`chunks` (`UpstreamPool.relay`).
         self.relay: Relay | None = None
-        self.pool: UpstreamPool | None = None
 
     def begin(self, relay: Relay | None = None) -> None:
         """A new exchange: its answer goes to `relay`'s methods, or (None) to `head` and `chunks`."""
@@ -183,8 +193,7 @@ class RouterConnection(asyncio.Protocol):
         relay = self.relay
         if relay is not None:
             self.relay = None
-            if self.pool is not None:
-                self.pool.release(self)
+            self.pool.release(self)
             relay.on_end()
             return
         self.chunks.append(None)
@@ -292,7 +301,7 @@ class UpstreamPool:
                 return connection
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._connect_seconds):
-            _, protocol = await loop.create_connection(lambda: RouterConnection(loop, address), *address)
+            _, protocol = await loop.create_connection(lambda: RouterConnection(loop, address, self), *address)
         return protocol
 
     def release(self, connection: RouterConnection) -> None:
@@ -339,7 +348,6 @@ class UpstreamPool:
         if transport is None or transport.is_closing():
             return None
         connection.begin(relay)
-        connection.pool = self
         if len(body) < _LARGE_BODY:
             transport.write(head + body)
         else:
