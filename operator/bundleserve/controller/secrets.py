@@ -136,8 +136,9 @@ async def credentials(
             raise BuildError("QueueUnavailable", "the operator has no connection to the queue's Redis yet")
         name = credentials_name(endpoint.name)
         existing = await kube.get("Secret", endpoint.namespace, name)
-        password = _decoded(existing, "password") or acl.new_password()
-        if existing is not None and password == _decoded(existing, "password"):
+        kept = _decoded(existing, "password")
+        password = kept or acl.new_password()
+        if existing is not None and kept:
             # Written only over the version the password came from (`reconcile.apply_children`): a Secret deleted
             # meanwhile (a rotation) must not come back with the old password from a reconcile that read it before.
             based_on = existing.get("metadata", {}).get("resourceVersion")
