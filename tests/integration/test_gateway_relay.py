@@ -10,6 +10,10 @@ per request, what the test tells it):
 - a client that stops reading holds the router back (its answer waits in the router's socket, not our memory);
 - a client that leaves closes the router connection (the router sees its client go).
 
+A dialect's sync call (`dialects.base.WholeCall`: SageMaker's InvokeEndpoint, Launch's sync task) takes the same path
+over the internal hop (`gateway.fastpath._CallRelayed`): its attempts go on the same way, and whatever the router
+answers (the model's reply, a refusal, an answer broken midway) is rendered in the dialect's shape.
+
 The stand-in is a double for the router: it checks the gateway's side of the wire only (the router's own behaviour is
 covered with the real router in test_gateway.py and test_gateway_fastpath.py).
 """
@@ -26,6 +30,7 @@ import pytest
 
 from bundleserve.api.endpoint import IMPLICIT_VARIANT
 from bundleserve.api.variants import VARIANT_HEADER
+from bundleserve.dialects.sagemaker.sigv4 import SigV4Config
 from bundleserve.edge.connections import ConnectionLimits
 from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
 from bundleserve.gateway.registry import Registry
@@ -76,6 +81,7 @@ class StandIn:
 
     scripts: list[Script] = field(default_factory=list)
     requests: list[bytes] = field(default_factory=list)
+    targets: list[bytes] = field(default_factory=list)  # each request's line
     connections: int = 0
     port: int = 0
 
@@ -94,6 +100,7 @@ class StandIn:
                 )
                 body = await reader.readexactly(length)
                 self.requests.append(body)
+                self.targets.append(head.split(b"\r\n", 1)[0])
                 script = self.scripts.pop(0) if self.scripts else echo
                 if not await script(body, reader, writer):
                     return
@@ -117,7 +124,7 @@ async def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
     listener = await asyncio.start_server(stand_in.serve, "127.0.0.1", 0)
     stand_in.port = listener.sockets[0].getsockname()[1]
     registry = Registry([entry_for(write_endpoint(tmp_path), f"http://127.0.0.1:{stand_in.port}")])
-    app = build_gateway_app(registry, GatewayConfig())
+    app = build_gateway_app(registry, GatewayConfig(sagemaker_signing=SigV4Config(allow_unsigned=True)))
     pool: UpstreamPool = app[GATEWAY].pool
     relayed: list[RouterConnection | None] = []
     original = pool.relay
@@ -253,6 +260,108 @@ async def test_a_client_that_leaves_closes_the_router_connection(setup: Setup) -
 
     setup.stand_in.scripts.append(hold)
     writer.write(predict({"n": 7}))
+    await async_wait_until(lambda: _true(len(setup.stand_in.requests) == 2), timeout=10)
+    assert setup.relayed[-1] is not None
+    writer.close()
+    await asyncio.wait_for(gone.wait(), timeout=10)
+
+
+# -- a dialect's sync call over the internal hop ------------------------------------------------------------------
+
+
+def invoke_endpoint(body: bytes) -> bytes:
+    """SageMaker's InvokeEndpoint, unsigned (the fixture's gateway allows it)."""
+    head = b"POST /endpoints/fake/invocations HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+    return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def launch_sync(args: dict[str, int]) -> bytes:
+    """Launch's `POST /v1/sync-tasks`."""
+    body = json.dumps({"args": args}).encode()
+    head = b"POST /v1/sync-tasks?model_endpoint_id=fake HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+    return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+async def test_a_warm_dialect_call_takes_the_shortest_path_over_the_hop(setup: Setup) -> None:
+    reader, writer = await warmed(setup)
+    writer.write(invoke_endpoint(b'{"n": 1}'))
+    status, headers, body = await read_answer(reader)
+    assert (status, json.loads(body)) == (200, {"n": 1})  # the stand-in echoes the invocation's body
+    assert headers["x-amzn-invoked-production-variant"] == IMPLICIT_VARIANT  # rendered as SageMaker answers
+    assert headers["x-amzn-requestid"]
+    assert setup.relayed[-1] is not None  # relayed, not sent by a task
+    assert setup.stand_in.targets[-1] == b"POST /internal/v1/endpoints/fake/invoke HTTP/1.1"  # the parsed call
+    writer.write(launch_sync({"n": 2}))
+    status, _, body = await read_answer(reader)
+    assert status == 200 and json.loads(body)["status"] == "SUCCESS"
+    assert setup.relayed[-1] is not None
+    assert setup.stand_in.connections == 1  # every call on the one pooled connection
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("script", "connections"),
+    [(hang_up, 2), (refuse, 1)],
+    ids=["no answer: sent again on a new connection", "503 refusal: sent again, the connection kept"],
+)
+async def test_a_dialect_call_on_the_shortest_path_that_got_no_answer_is_sent_again(
+    setup: Setup, script: Script, connections: int
+) -> None:
+    reader, writer = await warmed(setup)
+    setup.stand_in.scripts.append(script)
+    writer.write(invoke_endpoint(b'{"n": 3}'))
+    status, _, body = await read_answer(reader)
+    assert (status, json.loads(body)) == (200, {"n": 3})
+    assert setup.relayed[-1] is not None
+    assert setup.stand_in.requests[1:] == [b'{"n": 3}', b'{"n": 3}']  # the same invocation, twice
+    assert setup.stand_in.connections == connections
+    writer.close()
+
+
+async def test_a_dialect_answer_that_breaks_midway_is_an_error_in_the_dialects_shape(setup: Setup) -> None:
+    reader, writer = await warmed(setup)
+    setup.stand_in.scripts.append(break_midway)
+    writer.write(invoke_endpoint(b'{"n": 4}'))
+    status, headers, body = await read_answer(reader)
+    assert status == 503 and "x-amzn-requestid" in headers  # SageMaker's error answer, not a broken 200
+    assert "not reachable" in json.loads(body)["message"]
+    assert len(setup.stand_in.requests) == 2  # not sent again: the router answered (its model may have run)
+    writer.write(invoke_endpoint(b'{"n": 5}'))  # the client's connection goes on
+    status, _, body = await read_answer(reader)
+    assert (status, json.loads(body)) == (200, {"n": 5})
+    writer.close()
+
+
+async def test_a_model_failure_the_router_answers_is_rendered_in_the_dialects_shape(setup: Setup) -> None:
+    async def model_failed(body: bytes, reader_: asyncio.StreamReader, writer_: asyncio.StreamWriter) -> bool:
+        failure = b'{"error":{"code":"model_error","message":"division by zero","status_code":500}}'
+        writer_.write(b"HTTP/1.1 424 Failed Dependency\r\nContent-Type: application/json\r\n")
+        writer_.write(b"Content-Length: %d\r\n\r\n%s" % (len(failure), failure))
+        await writer_.drain()
+        return True
+
+    reader, writer = await warmed(setup)
+    setup.stand_in.scripts.append(model_failed)
+    writer.write(launch_sync({"n": 6}))
+    status, _, body = await read_answer(reader)
+    document = json.loads(body)
+    assert status == 200 and document["status"] == "FAILURE"  # Launch's sync task answers a model failure so
+    assert "division by zero" in json.dumps(document)
+    assert setup.relayed[-1] is not None
+    writer.close()
+
+
+async def test_a_client_that_leaves_during_a_dialect_call_closes_the_router_connection(setup: Setup) -> None:
+    _, writer = await warmed(setup)
+    gone = asyncio.Event()
+
+    async def hold(body: bytes, reader_: asyncio.StreamReader, writer_: asyncio.StreamWriter) -> bool:
+        await asyncio.wait_for(reader_.read(), timeout=10)  # returns at EOF: the gateway closed this connection
+        gone.set()
+        return False
+
+    setup.stand_in.scripts.append(hold)
+    writer.write(invoke_endpoint(b'{"n": 7}'))
     await async_wait_until(lambda: _true(len(setup.stand_in.requests) == 2), timeout=10)
     assert setup.relayed[-1] is not None
     writer.close()

@@ -11,6 +11,7 @@ lists its mounts in one place, `bundleserve.router.app.DIALECTS`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
@@ -18,8 +19,9 @@ from typing import Protocol
 from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
+from bundleserve.api.errors import ApiError
 from bundleserve.api.invocation import Invocation, ModelReply, StreamChunk
-from bundleserve.edge.exchange import Head
+from bundleserve.edge.exchange import Head, Reply
 from bundleserve.queue.service import S3AsyncPaths
 from bundleserve.queue.tasks import CallbackTarget, TaskRecord
 
@@ -91,6 +93,58 @@ class InvocationBackend(CallBackend, Protocol):
         """The endpoint's body limit (`maxPayloadBytes`), for a fast edge that reads the body itself; valid after
         `gate`."""
         ...
+
+
+class WholeCall(ABC):
+    """A sync call past its head phase (an `edge.exchange.Prepared`) whose body phase comes in three steps, so that a
+    transport can make the model call itself: `invocation(body)`, the backend's `predict`, `rendered(outcome)`.
+
+    `answer` (what aiohttp and the router's fast edge await) is exactly those three steps. The gateway's fast edge
+    takes them apart: it builds the invocation, sends it to the endpoint's router and renders the router's answer
+    from its connections' callbacks (`gateway.fastpath`: no task and no future per call), so a dialect's sync call
+    there costs about what a native predict costs. `rendered` covers every outcome of an invocation that does not
+    ask for a pickled return (`Invocation.return_pickled`: the result is kept for download first, I/O that
+    `answer_invocation` does).
+    """
+
+    __slots__ = ()
+    backend: InvocationBackend
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.backend.max_body_bytes
+
+    async def read_body(self, request: web.Request) -> bytes:
+        return await self.backend.read_body(request)
+
+    @abstractmethod
+    def refuse(self, error: ApiError) -> Reply:
+        """`error` in the dialect's shape (`edge.exchange.Prepared.refuse`)."""
+
+    @abstractmethod
+    def invocation(self, body: bytes) -> Invocation:
+        """The one invocation the body makes (a signature over it checked first where the dialect has one); an
+        ApiError is answered with `refuse`."""
+
+    @abstractmethod
+    def rendered(self, outcome: ModelReply | ApiError) -> Reply:
+        """The client's answer to the call's outcome: the model's reply, or the error the call raised."""
+
+    async def answer(self, body: bytes) -> Reply:
+        try:
+            invocation = self.invocation(body)
+        except ApiError as error:
+            return self.refuse(error)
+        del body
+        return await self.answer_invocation(invocation)
+
+    async def answer_invocation(self, invocation: Invocation) -> Reply:
+        """The call and its rendering, once the invocation is built."""
+        try:
+            outcome: ModelReply | ApiError = await self.backend.predict(invocation)
+        except ApiError as error:
+            outcome = error
+        return self.rendered(outcome)
 
 
 class TaskBackend(Protocol):

@@ -48,13 +48,15 @@ from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, RequestTimeout, Unavailable
-from bundleserve.api.invocation import IDEMPOTENCY_HEADER, SDK_INVOCATION_ID_HEADER
+from bundleserve.api.invocation import IDEMPOTENCY_HEADER, SDK_INVOCATION_ID_HEADER, Invocation, ModelReply
 from bundleserve.api.variants import VARIANT_HEADER
+from bundleserve.dialects.base import WholeCall
 from bundleserve.edge.errors import Answer as EdgeAnswer
 from bundleserve.edge.errors import error_answer, too_large
 from bundleserve.edge.exchange import FastRoutes, Head, Prepared, Reply, headers_of
 from bundleserve.edge.fast import Flow, SweptEdge, answer_and_close, write_reply
 from bundleserve.edge.http1 import Date, render, reply_head
+from bundleserve.gateway.forwarding import EndpointCalls, RouterHop, model_reply
 from bundleserve.gateway.proxy import BUFFER_BYTES, HOP_BY_HOP, REFUSED
 from bundleserve.gateway.registry import EndpointEntry
 from bundleserve.gateway.upstream import (
@@ -181,7 +183,8 @@ class GatewayConnection(asyncio.Protocol):
         self.request: _Request | None = None  # head taken, body not complete
         self.task: asyncio.Task[None] | None = None
         self.answer: Answer | None = None  # the router's answer being relayed by `_proxy`
-        self.relayed: _Relayed | None = None  # the call on the shortest path (`_relay`), answered by callbacks
+        #: The call on the shortest path (`_relay`, `_whole_call`), answered by the router connection's callbacks.
+        self.relayed: _Relayed | _CallRelayed | None = None
         self.writing_paused = False
         self.flow = Flow()  # a dialect's stream waits on it while the client's socket buffer is full
         self.reading_paused = False
@@ -266,7 +269,8 @@ class GatewayConnection(asyncio.Protocol):
             self.request = None
             loop = asyncio.get_running_loop()
             if request.prepared is not None or request.refusal is not None:
-                self.task = loop.create_task(self._dialect(request, body), context=request.context)
+                if not (isinstance(request.prepared, WholeCall) and self._whole_call(request, body)):
+                    self.task = loop.create_task(self._dialect(request, body), context=request.context)
             elif request.entry is not None and request.mode is not Mode.ASYNC:
                 if not self._relay(request, body):
                     self.task = loop.create_task(self._proxy(request, body))
@@ -532,6 +536,98 @@ class GatewayConnection(asyncio.Protocol):
             upstream.pause()
         return True
 
+    def _whole_call(self, request: _Request, body: bytes) -> bool:
+        """A dialect's sync call (`dialects.base.WholeCall`) taken apart: its invocation built here, sent to the
+        router on the shortest path when it can be (`_CallRelayed`), else by `_call`; False: not one to take apart
+        (`_dialect` answers it)."""
+        prepared = cast(WholeCall, request.prepared)
+        calls = prepared.backend
+        if not isinstance(calls, EndpointCalls):
+            return False
+        context = request.context or contextvars.copy_context()  # the gate's context, as `_dialect` runs in
+        keep = request.keep_alive
+        loop = asyncio.get_running_loop()
+        try:
+            invocation = context.run(prepared.invocation, body)
+            del body
+            if invocation.return_pickled:  # the result is kept for download first (I/O): the whole body phase
+                self.task = loop.create_task(self._call(prepared, invocation, None, keep), context=context)
+                return True
+            hop = context.run(calls.hop, invocation)  # the production variant the call goes to
+        except ApiError as error:
+            self.answered(prepared.refuse(error), keep)
+            return True
+        if not self.edge.gateway.activator.passes(hop.entry):  # may be at zero replicas: held by the activator
+            self.task = loop.create_task(self._call(prepared, invocation, hop, keep), context=context)
+            return True
+        relayed = _CallRelayed(self, prepared, hop, invocation, keep)
+        upstream = self.edge.pool.relay(
+            hop.address, hop.request(hop.predict_head, invocation), invocation.body, relayed
+        )
+        if upstream is None:  # no idle connection at hand: `send` opens one
+            self.task = loop.create_task(self._call(prepared, invocation, hop, keep), context=context)
+            return True
+        relayed.upstream = upstream
+        self.relayed = relayed
+        if self.writing_paused:
+            upstream.pause()
+        return True
+
+    async def _call(
+        self,
+        prepared: WholeCall,
+        invocation: Invocation,
+        hop: RouterHop | None,
+        keep: bool,
+        after: Attempts = FIRST_ATTEMPT,
+    ) -> None:
+        """A whole call the shortest path did not finish: through the activator and `UpstreamPool.send`'s attempts
+        (`after`: those the shortest path made), or (no `hop`) the dialect's own body phase past the invocation."""
+        try:
+            if hop is None:
+                reply = await prepared.answer_invocation(invocation)
+            else:
+                try:
+                    outcome: ModelReply | ApiError = await hop.predict(invocation, after=after)
+                except ApiError as error:
+                    outcome = error
+                reply = prepared.rendered(outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug of ours: log it, answer in the dialect's shape
+            log.exception("unexpected error on the gateway's fast path")
+            reply, keep = prepared.refuse(ApiError("internal error")), False
+        del invocation
+        self.answered(reply, keep)
+
+    def answered(self, reply: Reply, keep: bool) -> None:
+        """Write a whole call's reply and go on with the connection."""
+        keep = keep and not self.edge.closing
+        self.write(reply_head(reply, keep_alive=keep, length=len(reply.body)) + reply.body)
+        self._done(keep)
+
+    def call_over(self, relayed: _CallRelayed, outcome: ModelReply | ApiError) -> None:
+        """The relayed whole call has its outcome: rendered in the dialect's shape and written."""
+        if self.relayed is not relayed:
+            return
+        self.relayed = None
+        keep = relayed.keep
+        try:
+            reply = relayed.prepared.rendered(outcome)
+        except Exception:  # a bug of ours: log it, answer in the dialect's shape
+            log.exception("unexpected error on the gateway's fast path")
+            reply, keep = relayed.prepared.refuse(ApiError("internal error")), False
+        self.answered(reply, keep)
+
+    def retry_call(self, relayed: _CallRelayed, after: Attempts) -> None:
+        """The shortest path found no answer, or a 503 refusal: `_call` goes on with the attempts left."""
+        if self.relayed is not relayed or self.transport is None:
+            return
+        self.relayed = None
+        self.task = asyncio.get_running_loop().create_task(
+            self._call(relayed.prepared, relayed.invocation, relayed.hop, relayed.keep, after)
+        )
+
     def relay_over(self, relayed: _Relayed, keep: bool) -> None:
         """The relayed call is answered (or handed to `_proxy` by `retry`)."""
         if self.relayed is relayed:
@@ -770,6 +866,69 @@ class _Relayed:
 
     def pause(self) -> None:
         """The client's socket buffer is full: stop reading the router's answer until it drained."""
+        if self.upstream is not None:
+            self.upstream.pause()
+
+    def resume(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume()
+
+    def abandon(self) -> None:
+        """The client left: the router's connection is closed (the router sees its client leave)."""
+        if self.upstream is not None:
+            self.upstream.abandon()
+
+
+class _CallRelayed:
+    """A dialect's sync call on the shortest path (`GatewayConnection._whole_call`): its invocation written to an
+    idle router connection from the client's callback, the router's answer gathered by that connection's callbacks
+    and rendered in the dialect's shape when complete (`WholeCall.rendered`). No answer, or a 503 refusal (read and
+    dropped), goes on in `_call` with the attempts left; an answer that broke midway is the hop's `unreachable`
+    error, as `RouterHop.predict` makes it."""
+
+    __slots__ = ("client", "headers", "hop", "invocation", "keep", "parts", "prepared", "status", "upstream")
+
+    def __init__(
+        self, client: GatewayConnection, prepared: WholeCall, hop: RouterHop, invocation: Invocation, keep: bool
+    ) -> None:
+        self.client = client
+        self.prepared = prepared
+        self.hop = hop
+        self.invocation = invocation  # kept until the router's head arrives: a retry sends it again
+        self.keep = keep
+        self.upstream: RouterConnection | None = None
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.parts: list[bytes] = []
+
+    # `gateway.upstream.Relay`, called by the router connection's callbacks
+
+    def on_head(self, status: int, headers: list[tuple[bytes, bytes]], content_length: int | None) -> None:
+        self.status, self.headers = status, headers
+
+    def on_body(self, chunk: bytes) -> None:
+        if self.status != REFUSED:
+            self.parts.append(chunk)
+
+    def on_end(self) -> None:
+        if self.status == REFUSED:
+            self.client.retry_call(self, Attempts(made=1, refusals=1))
+            return
+        try:
+            outcome: ModelReply | ApiError = model_reply(self.status, self.headers, b"".join(self.parts))
+        except ApiError as error:
+            outcome = error
+        self.client.call_over(self, outcome)
+
+    def on_lost(self, error: BaseException, *, answered: bool) -> None:
+        refused = self.status == REFUSED
+        if not answered or refused:
+            log.info("no answer from %s:%d (%s: %s); trying again", *self.hop.address, type(error).__name__, error)
+            self.client.retry_call(self, Attempts(made=1, refusals=int(refused), fresh=True))
+            return
+        self.client.call_over(self, self.hop.unreachable())
+
+    def pause(self) -> None:
         if self.upstream is not None:
             self.upstream.pause()
 

@@ -30,8 +30,9 @@ from bundleserve.api.invocation import CUSTOM_ATTRIBUTES_HEADER, Invocation, Mod
 from bundleserve.edge import hop
 from bundleserve.gateway.proxy import read_capped
 from bundleserve.gateway.registry import EndpointEntry
-from bundleserve.gateway.upstream import Answer, UpstreamLost, UpstreamPool, router_address
+from bundleserve.gateway.upstream import FIRST_ATTEMPT, Answer, Attempts, UpstreamLost, UpstreamPool, router_address
 
+_CUSTOM_ATTRIBUTES = CUSTOM_ATTRIBUTES_HEADER.lower().encode()
 #: Bytes of a router's error answer read to rebuild the error.
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -60,34 +61,34 @@ class RouterHop:
         self.address, self.predict_head, self.stream_head = _hop_heads(entry.router_url, entry.name)
         self.authorization = b"" if authorization is None else b"Authorization: %s\r\n" % authorization.encode()
 
-    def _request(self, start: bytes, inv: Invocation) -> bytes:
+    def request(self, start: bytes, inv: Invocation) -> bytes:
+        """The hop request's head for `inv` (`start`: `predict_head` or `stream_head`), its blank line included."""
         fields = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in hop.encode_headers(inv).items())
         return start + fields + self.authorization + b"Content-Length: %d\r\n\r\n" % len(inv.body)
 
-    def _unreachable(self) -> Unavailable:
+    def unreachable(self) -> Unavailable:
+        """No router answered (after the pool's attempts), or the answer broke before it was complete."""
         return Unavailable(
             f"endpoint {self.entry.name} is not reachable (no ready router answered)", headers={"Retry-After": "1"}
         )
 
-    async def _send(self, start: bytes, inv: Invocation) -> Answer:
+    async def _send(self, start: bytes, inv: Invocation, after: Attempts = FIRST_ATTEMPT) -> Answer:
         try:
-            return await self.pool.send(self.address, self._request(start, inv), inv.body)
+            return await self.pool.send(self.address, self.request(start, inv), inv.body, after=after)
         except OSError:
-            raise self._unreachable() from None
+            raise self.unreachable() from None
 
-    async def predict(self, inv: Invocation) -> ModelReply:
+    async def predict(self, inv: Invocation, *, after: Attempts = FIRST_ATTEMPT) -> ModelReply:
+        """The call (`after`: the attempts a relay made already, `gateway.fastpath`)."""
         async with self.admit(self.entry, inv.timeout_seconds):
-            answer = await self._send(self.predict_head, inv)
+            answer = await self._send(self.predict_head, inv, after)
             try:
                 body = await answer.read()
             except UpstreamLost:
-                raise self._unreachable() from None
+                raise self.unreachable() from None
             finally:
                 answer.release()
-        headers = _headers(answer)
-        if answer.status != 200:
-            raise hop.error_of(answer.status, body, headers)
-        return ModelReply(200, body, headers.get("Content-Type", ""), headers.get(CUSTOM_ATTRIBUTES_HEADER))
+        return model_reply(answer.status, answer.headers, body)
 
     def stream(self, inv: Invocation) -> AbstractAsyncContextManager[AsyncIterator[StreamChunk]]:
         return self._stream(inv)
@@ -98,7 +99,7 @@ class RouterHop:
             answer = await self._send(self.stream_head, inv)
             try:
                 if answer.status != 200:
-                    raise hop.error_of(answer.status, await _bounded(answer), _headers(answer))
+                    raise hop.error_of(answer.status, await _bounded(answer), _headers(answer.headers))
                 frames = _Frames(answer)
                 first = await frames.next()  # a failure before the first chunk raises here, on enter, as in the core
                 yield frames.iterate(first)
@@ -118,8 +119,22 @@ def _hop_heads(router_url: str, name: str) -> tuple[tuple[str, int], bytes, byte
     return address, predict, stream
 
 
-def _headers(answer: Answer) -> CIMultiDict[str]:
-    return CIMultiDict((name.decode("latin-1"), value.decode("latin-1")) for name, value in answer.headers)
+def model_reply(status: int, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> ModelReply:
+    """The router's whole answer to a hop predict: the model's reply, or (raised) the ApiError the router answered."""
+    if status != 200:
+        raise hop.error_of(status, body, _headers(raw_headers))
+    content_type, custom_attributes = b"", None
+    for name, value in raw_headers:
+        lower = name.lower()
+        if lower == b"content-type":
+            content_type = value
+        elif lower == _CUSTOM_ATTRIBUTES:
+            custom_attributes = value.decode("latin-1")
+    return ModelReply(200, body, content_type.decode("latin-1"), custom_attributes)
+
+
+def _headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
+    return CIMultiDict([(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw])
 
 
 async def _bounded(answer: Answer) -> bytes:
@@ -225,7 +240,7 @@ class EndpointCalls:
     def max_body_bytes(self) -> int:
         return self._entry().max_payload_bytes
 
-    def _hop(self, inv: Invocation) -> RouterHop:
+    def hop(self, inv: Invocation) -> RouterHop:
         """The hop to the routers of the production variant the call names (`inv.variant`), else of one picked by
         weight (drawn from the call's idempotency key when it has one, so its retries reach the same variant);
         UnknownVariant for a name the endpoint does not have."""
@@ -234,10 +249,10 @@ class EndpointCalls:
         return RouterHop(self.front.pool, target, self.front.upstream_authorization(entry), self.front.admit)
 
     async def predict(self, inv: Invocation) -> ModelReply:
-        return await self._hop(inv).predict(inv)
+        return await self.hop(inv).predict(inv)
 
     def stream(self, inv: Invocation) -> AbstractAsyncContextManager[AsyncIterator[StreamChunk]]:
-        return self._hop(inv).stream(inv)
+        return self.hop(inv).stream(inv)
 
 
 class Front(Protocol):

@@ -35,7 +35,7 @@ from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, InvalidRequest, ModelError, ModeNotServed, NotFound, Unavailable
 from bundleserve.api.invocation import Invocation, ModelReply, StreamChunk
 from bundleserve.dialects import adapter
-from bundleserve.dialects.base import InvocationBackend, TaskBackend, absolute_url, absolute_url_of
+from bundleserve.dialects.base import InvocationBackend, TaskBackend, WholeCall, absolute_url, absolute_url_of
 from bundleserve.dialects.launch import render
 from bundleserve.dialects.launch.models import (
     LegacyAsyncSubmitResponse,
@@ -306,7 +306,8 @@ class LaunchRoutes:
             backend.gate(name, head.headers.get("Authorization"), mode)
         except ApiError as error:
             return _error_reply(error, legacy=legacy)
-        return _Call(self, head, name, backend, mode, legacy=legacy)
+        call = _SyncCall if mode is Mode.SYNC else _StreamCall
+        return call(self, head, name, backend, legacy=legacy)
 
     # -- async ----------------------------------------------------------------------------------------------------
 
@@ -323,63 +324,85 @@ class LaunchRoutes:
 
 
 class _Call:
-    """A sync or streaming task past its gate: the body phase (`edge.exchange.Prepared`)."""
+    """A sync or streaming task past its gate: what both body phases share."""
 
-    __slots__ = ("backend", "head", "legacy", "mode", "name", "routes")
+    __slots__ = ("backend", "head", "legacy", "name", "routes")
 
     def __init__(
-        self, routes: LaunchRoutes, head: Head, name: str, backend: InvocationBackend, mode: Mode, *, legacy: bool
+        self, routes: LaunchRoutes, head: Head, name: str, backend: InvocationBackend, *, legacy: bool
     ) -> None:
         self.routes = routes
         self.head = head
         self.name = name
         self.backend = backend
-        self.mode = mode
         self.legacy = legacy
 
     @property
     def max_body_bytes(self) -> int:
         return self.backend.max_body_bytes
 
-    def refuse(self, error: ApiError) -> Reply:
-        return _error_reply(error, legacy=self.legacy)
-
     async def read_body(self, request: web.Request) -> bytes:
         return await self.backend.read_body(request)
 
-    async def answer(self, body: bytes) -> Reply:
+    def refuse(self, error: ApiError) -> Reply:
+        return _error_reply(error, legacy=self.legacy)
+
+    def invocation(self, body: bytes) -> Invocation:
+        return task_invocation(body, LegacyTaskRequest if self.legacy else V1TaskRequest)
+
+
+class _SyncCall(_Call, WholeCall):
+    """A sync task's body phase (`dialects.base.WholeCall`): the result, or a model failure, in Launch's task
+    shape; a pickled result is kept for download and answered by its URL."""
+
+    __slots__ = ()
+
+    def rendered(self, outcome: ModelReply | ApiError) -> Reply:
+        if isinstance(outcome, ModelError):
+            failure = render.build_legacy_failure(outcome) if self.legacy else render.build_v1_failure(outcome)
+            return _json_reply(render.dump(failure))
+        if isinstance(outcome, ApiError):
+            return self.refuse(outcome)
+        return _json_reply(render.sync_success_body(render.result_text(outcome), legacy=self.legacy))
+
+    async def answer_invocation(self, invocation: Invocation) -> Reply:
+        if not invocation.return_pickled:
+            return await super().answer_invocation(invocation)
         try:
-            invocation = task_invocation(body, LegacyTaskRequest if self.legacy else V1TaskRequest)
-            del body
-            if self.mode is Mode.STREAMING:
-                return await self._stream(invocation)
-            try:
-                reply = await self.backend.predict(invocation)
-            except ModelError as error:
-                failure = render.build_legacy_failure(error) if self.legacy else render.build_v1_failure(error)
-                return _json_reply(render.dump(failure))
-            if invocation.return_pickled:
-                result_url = await self.routes.keep(self.head, self.name, reply)
-                answer = (
-                    render.build_legacy_sync(result_url=result_url)
-                    if self.legacy
-                    else render.build_v1_sync(result_url=result_url)
-                )
-                return _json_reply(render.dump(answer))
-            return _json_reply(render.sync_success_body(render.result_text(reply), legacy=self.legacy))
+            reply = await self.backend.predict(invocation)
+        except ApiError as error:
+            return self.rendered(error)
+        try:
+            result_url = await self.routes.keep(self.head, self.name, reply)
         except ApiError as error:
             return self.refuse(error)
+        answer = (
+            render.build_legacy_sync(result_url=result_url)
+            if self.legacy
+            else render.build_v1_sync(result_url=result_url)
+        )
+        return _json_reply(render.dump(answer))
 
-    async def _stream(self, invocation: Invocation) -> Reply:
-        """Server-sent events; a model failure before the first chunk is a 200 stream whose one event is the
-        failure, a failure after it one final FAILURE event."""
-        if invocation.return_pickled:
-            raise InvalidRequest("return_pickled is not available for streaming")
-        stack = contextlib.AsyncExitStack()
+
+class _StreamCall(_Call):
+    """A streaming task's body phase: server-sent events; a model failure before the first chunk is a 200 stream
+    whose one event is the failure, a failure after it one final FAILURE event."""
+
+    __slots__ = ()
+
+    async def answer(self, body: bytes) -> Reply:
         try:
-            chunks = await stack.enter_async_context(self.backend.stream(invocation))
-        except ModelError as error:
-            return Reply(200, _SSE_HEADERS, render.stream_failure_event(error))
+            invocation = self.invocation(body)
+            del body
+            if invocation.return_pickled:
+                raise InvalidRequest("return_pickled is not available for streaming")
+            stack = contextlib.AsyncExitStack()
+            try:
+                chunks = await stack.enter_async_context(self.backend.stream(invocation))
+            except ModelError as error:
+                return Reply(200, _SSE_HEADERS, render.stream_failure_event(error))
+        except ApiError as error:
+            return self.refuse(error)
         return Reply(200, _SSE_HEADERS, chunks=_events(chunks), close=stack.aclose)
 
 

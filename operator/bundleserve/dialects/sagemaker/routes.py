@@ -24,10 +24,10 @@ from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, ModelError, NotFound, Timeout, Unavailable
-from bundleserve.api.invocation import StreamChunk, TaskStatus
+from bundleserve.api.invocation import Invocation, ModelReply, StreamChunk, TaskStatus
 from bundleserve.dialects import adapter
 from bundleserve.dialects.adapter import head_of
-from bundleserve.dialects.base import InvocationBackend, TaskBackend, absolute_url
+from bundleserve.dialects.base import InvocationBackend, TaskBackend, WholeCall, absolute_url
 from bundleserve.dialects.sagemaker import eventstream, protocol, sigv4
 from bundleserve.dialects.sagemaker.protocol import Operation
 from bundleserve.edge.exchange import Head, HeadPhase, Prepared, Reply
@@ -183,7 +183,8 @@ class SageMakerApi:
             self._gate(backend, name, signed, authorization, mode)
         except ApiError as error:
             return self.error_reply(error, request_id)
-        return _Call(self, head, request_id, backend, signed, parsed, self.settings.python_bundle(name))
+        call = _InvokeCall if operation is Operation.INVOKE else _StreamCall
+        return call(self, head, request_id, backend, signed, parsed, self.settings.python_bundle(name))
 
     # -- InvokeEndpointAsync ---------------------------------------------------------------------------------------
 
@@ -296,7 +297,7 @@ def _not_written(request_id: str, what: str) -> web.Response:
 
 
 class _Call:
-    """A sync or streaming invocation past its head phase: the body phase (`edge.exchange.Prepared`)."""
+    """An invocation past its head phase: what both operations' body phases share."""
 
     __slots__ = ("api", "backend", "head", "parsed", "python_bundle", "request_id", "signed")
 
@@ -322,27 +323,46 @@ class _Call:
     def max_body_bytes(self) -> int:
         return self.backend.max_body_bytes
 
-    def refuse(self, error: ApiError) -> Reply:
-        return self.api.error_reply(error, self.request_id)
-
     async def read_body(self, request: web.Request) -> bytes:
         return await self.backend.read_body(request)
 
+    def refuse(self, error: ApiError) -> Reply:
+        return self.api.error_reply(error, self.request_id)
+
+    def invocation(self, body: bytes) -> Invocation:
+        """Verify the signature over the body, build the one invocation."""
+        self.api.verify(self.head, self.signed, body)
+        return protocol.build_invocation(self.parsed, body, python_bundle=self.python_bundle)
+
+
+class _InvokeCall(_Call, WholeCall):
+    """InvokeEndpoint's body phase (`dialects.base.WholeCall`): the model's bytes as they are, with SageMaker's
+    headers."""
+
+    __slots__ = ()
+
+    def rendered(self, outcome: ModelReply | ApiError) -> Reply:
+        if isinstance(outcome, ApiError):
+            return self.refuse(outcome)
+        headers = protocol.reply_headers(
+            request_id=self.request_id, custom_attributes=outcome.custom_attributes, variant=self.backend.variant
+        )
+        headers["Content-Type"] = outcome.content_type
+        return Reply(200, headers, outcome.body)
+
+
+class _StreamCall(_Call):
+    """InvokeEndpointWithResponseStream's body phase (`edge.exchange.Prepared`)."""
+
+    __slots__ = ()
+
     async def answer(self, body: bytes) -> Reply:
-        """Verify the signature over the body, build the one invocation, call, render (a stream: event-stream
-        frames; a failure before the first frame is an ordinary error answer)."""
+        """The invocation, the call, its event-stream frames (a failure before the first frame is an ordinary error
+        answer)."""
         try:
-            self.api.verify(self.head, self.signed, body)
-            invocation = protocol.build_invocation(self.parsed, body, python_bundle=self.python_bundle)
+            invocation = self.invocation(body)
             del body
             backend = self.backend
-            if self.parsed.operation is Operation.INVOKE:
-                reply = await backend.predict(invocation)
-                headers = protocol.reply_headers(
-                    request_id=self.request_id, custom_attributes=reply.custom_attributes, variant=backend.variant
-                )
-                headers["Content-Type"] = reply.content_type
-                return Reply(200, headers, reply.body)
             stack = contextlib.AsyncExitStack()
             chunks = await stack.enter_async_context(backend.stream(invocation))
         except ApiError as error:
