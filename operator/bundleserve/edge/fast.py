@@ -152,18 +152,25 @@ async def write_reply(
 ) -> None:
     """A dialect's `Reply` on a fast edge's connection: a whole body in one write, a stream chunked and flushed per
     chunk (each write waits for `flow`). `extra`: header lines the edge adds (each ending in CRLF). The reply's
-    call is finished (`Reply.finish`) whatever happens."""
+    call is finished (`Reply.finish`) whatever happens.
+
+    A stream's head goes out with its first chunk, in one write (one packet less per stream): the dialects' streams
+    have their first chunk at hand when the reply is made (the backend's stream is entered on the model's first
+    event), so this delays nothing."""
     try:
         if reply.chunks is None:
             transport.write(reply_head(reply, keep_alive=keep_alive, length=len(reply.body), extra=extra) + reply.body)
             return
-        transport.write(reply_head(reply, keep_alive=keep_alive, length=None, extra=extra))
+        head = reply_head(reply, keep_alive=keep_alive, length=None, extra=extra)
         async for chunk in reply.chunks:
             if chunk:
                 if transport.is_closing():
                     return
-                transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                framed = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+                if head:
+                    framed, head = head + framed, b""
+                transport.write(framed)
                 await flow.wait()
-        transport.write(b"0\r\n\r\n")
+        transport.write(head + b"0\r\n\r\n")
     finally:
         await reply.finish()
