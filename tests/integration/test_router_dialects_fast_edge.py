@@ -20,10 +20,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from bundleserve.api.errors import ModelError
+from bundleserve.api.invocation import StreamChunk
 from bundleserve.api.manifest import load_endpoints
 from bundleserve.dialects.adapter import FAST_ROUTES
 from bundleserve.dialects.sagemaker import eventstream
 from bundleserve.dialects.sagemaker.sigv4 import SigV4Config
+from bundleserve.edge import hop
 from bundleserve.router.app import INVOKER, build_app
 from bundleserve.router.fastpath import FastEdge
 from bundleserve.router.settings import Settings
@@ -141,5 +144,35 @@ async def test_a_refusal_is_answered_in_the_dialects_shape_before_the_body(route
         answer: Any = json.loads(body)
         assert (status, answer["error"]["code"]) == (400, "invalid_request"), answer
         assert "model_endpoint_id" in answer["detail"]
+    finally:
+        writer.close()
+
+
+async def test_the_hops_stream_route_is_answered_by_the_fast_edge(router: Router) -> None:
+    """The gateway's hand-over of a parsed stream (`router.hop`, a seam operation): data frames, then one failure
+    frame for a failure after the first chunk; an unknown name is refused in the native shape."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+    port = writer.get_extra_info("sockname")[1]
+    try:
+        writer.write(post("/internal/v1/endpoints/fake/invoke-stream", json.dumps({"words": ["a", "b"]}).encode()))
+        status, headers, body = await read_answer(reader)
+        assert (status, headers["content-type"]) == (200, hop.STREAM_CONTENT_TYPE)
+        frames = hop.FrameReader().feed(body)
+        assert [frame.data for frame in frames if isinstance(frame, StreamChunk)] == [b'"a"', b'"b"']  # the events
+        assert len(frames) == 2
+        assert port in router.fast_ports()
+
+        failing = {"words": ["a", "b"], "fail_after": 1}
+        writer.write(post("/internal/v1/endpoints/fake/invoke-stream", json.dumps(failing).encode()))
+        status, _, body = await read_answer(reader)
+        first, failure = hop.FrameReader().feed(body)
+        assert status == 200 and isinstance(first, StreamChunk) and first.data == b'"a"'
+        assert isinstance(failure, ModelError)
+        assert port in router.fast_ports()
+
+        writer.write(post("/internal/v1/endpoints/other/invoke-stream", b""))
+        status, _, body = await read_answer(reader)
+        assert (status, json.loads(body)["error"]["code"]) == (404, "not_found")
+        assert port in router.fast_ports()
     finally:
         writer.close()

@@ -6,22 +6,31 @@ The router still applies what only it can: its own gate (the gateway's key for t
 readiness), the body limit of what actually arrives (its memory bound), then the one `InvocationCore` path
 (deadline, admission, url fetch, model call, error mapping). The reply is the model's bytes; a refusal is the native
 error shape, which the gateway turns back into the same `ApiError`.
+
+The call route is served by the router's fast edge itself (`router.fastpath`, as hot as native predict); the stream
+route is an operation of the dialect seam (`edge.exchange`: `HopRoutes.invoke_stream` is its head phase), so the
+fast edge serves it like every dialect's stream, and aiohttp through the same code (`dialects.adapter`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from time import perf_counter
 
 from aiohttp import web
 
 from bundleserve.api.endpoint import Mode
-from bundleserve.api.errors import ApiError, ModelError
-from bundleserve.api.invocation import CUSTOM_ATTRIBUTES_HEADER, Invocation
+from bundleserve.api.errors import ApiError
+from bundleserve.api.invocation import CUSTOM_ATTRIBUTES_HEADER, Invocation, StreamChunk
+from bundleserve.dialects import adapter
 from bundleserve.edge import hop
 from bundleserve.edge.errors import Answer, as_response, error_answer
+from bundleserve.edge.exchange import Head, Prepared, Reply
 from bundleserve.router.core import InvocationCore
+
+_STREAM_HEADERS = {"Content-Type": hop.STREAM_CONTENT_TYPE}
 
 
 def hop_answer(error: ApiError) -> Answer:
@@ -83,32 +92,71 @@ class HopRoutes:
             return error_response(error)
         return as_response(await answer_hop(self.core, inv, started))
 
-    async def invoke_stream(self, request: web.Request) -> web.StreamResponse:
+    def invoke_stream(self, head: Head) -> Prepared | Reply:
+        """The stream route's head phase: the router's gate; a refusal in the native error shape."""
         started = perf_counter()
         try:
-            inv = await self._invocation(request, Mode.STREAMING)
+            self.core.gate(head.params["name"], head.headers.get("Authorization"), Mode.STREAMING)
         except ApiError as error:
             self.core.refused(error, started, Mode.STREAMING)
-            return error_response(error)
-        response: web.StreamResponse | None = None
+            return _reply(hop_answer(error))
+        return _HopStream(self.core, head, started)
+
+
+class _HopStream:
+    """A hop stream past its gate: the body phase (`edge.exchange.Prepared`). The reply is one data frame per model
+    chunk, and a failure after the first chunk is one final failure frame; a failure before it is an ordinary error
+    answer."""
+
+    __slots__ = ("core", "head", "started")
+
+    def __init__(self, core: InvocationCore, head: Head, started: float) -> None:
+        self.core = core
+        self.head = head
+        self.started = started
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.core.max_body_bytes
+
+    def refuse(self, error: ApiError) -> Reply:
+        self.core.refused(error, self.started, Mode.STREAMING)
+        return _reply(hop_answer(error))
+
+    async def read_body(self, request: web.Request) -> bytes:
+        return await self.core.read_body(request)
+
+    async def answer(self, body: bytes) -> Reply:
+        headers = self.head.headers
         try:
-            async with self.core.stream(inv, started=started) as chunks:
-                response = web.StreamResponse(headers={"Content-Type": hop.STREAM_CONTENT_TYPE})
-                await response.prepare(request)
-                try:
-                    async for chunk in chunks:
-                        await response.write(hop.data_frame(chunk.data))
-                except ModelError as error:  # mid-stream: the one final failure frame (a Timeout is one too)
-                    await response.write(hop.failure_frame(error))
+            inv = hop.decode(headers.get("Content-Type"), headers.get(hop.INVOCATION_HEADER), body)
         except ApiError as error:
-            if response is None:  # before the first chunk: an ordinary error answer
-                return error_response(error)
-            await response.write(hop.failure_frame(error))
-        await response.write_eof()
-        return response
+            return self.refuse(error)
+        del body
+        stack = contextlib.AsyncExitStack()
+        try:
+            chunks = await stack.enter_async_context(self.core.stream(inv, started=self.started))
+        except ApiError as error:  # before the first chunk (the core counted it)
+            return _reply(hop_answer(error))
+        return Reply(200, _STREAM_HEADERS, chunks=_frames(chunks), close=stack.aclose)
+
+
+async def _frames(chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield hop.data_frame(chunk.data)
+    except ApiError as error:  # mid-stream (a ModelError, a Timeout): the one final failure frame
+        yield hop.failure_frame(error)
+
+
+def _reply(answer: Answer) -> Reply:
+    return Reply(answer.status, {**answer.headers, "Content-Type": answer.content_type}, answer.body)
 
 
 def add_routes(app: web.Application, core: InvocationCore) -> None:
     routes = HopRoutes(core)
     app.router.add_post(hop.PREDICT_PATH, routes.invoke)
-    app.router.add_post(hop.STREAM_PATH, routes.invoke_stream)
+    app.router.add_routes([adapter.route("POST", hop.STREAM_PATH, routes.invoke_stream)])
+    fast = adapter.fast_routes(app)
+    if fast is not None:
+        fast.add("POST", hop.STREAM_PATH, routes.invoke_stream)
