@@ -176,3 +176,33 @@ async def test_the_hops_stream_route_is_answered_by_the_fast_edge(router: Router
         assert port in router.fast_ports()
     finally:
         writer.close()
+
+
+async def test_native_streams_are_answered_by_the_fast_edge(router: Router) -> None:
+    """Native SSE (a seam operation since the gateway relays it over pooled connections: a stream handed to aiohttp
+    would leave that connection on aiohttp's slower path for every later call)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+    port = writer.get_extra_info("sockname")[1]
+    try:
+        writer.write(post("/v1/endpoints/fake/stream", json.dumps({"args": {"words": ["a", {"n": 1}]}}).encode()))
+        status, headers, body = await read_answer(reader)
+        assert (status, headers["content-type"]) == (200, "text/event-stream")
+        events = [json.loads(line[6:]) for line in body.split(b"\n") if line.startswith(b"data: ")]
+        assert events == [{"status": "SUCCESS", "result": "a"}, {"status": "SUCCESS", "result": {"n": 1}}]
+        assert port in router.fast_ports()
+
+        failing = {"args": {"words": ["a", "b"], "fail_after": 1}}
+        writer.write(post("/v1/endpoints/fake/stream", json.dumps(failing).encode()))
+        status, _, body = await read_answer(reader)
+        events = [json.loads(line[6:]) for line in body.split(b"\n") if line.startswith(b"data: ")]
+        assert status == 200 and [event["status"] for event in events] == ["SUCCESS", "FAILURE"]
+
+        writer.write(post("/v1/endpoints/fake/stream", b"{oops"))
+        status, _, body = await read_answer(reader)
+        assert (status, json.loads(body)["error"]["code"]) == (400, "invalid_request")
+        writer.write(post("/v1/endpoints/other/stream", b""))
+        status, _, body = await read_answer(reader)
+        assert (status, json.loads(body)["error"]["code"]) == (404, "not_found")
+        assert port in router.fast_ports()
+    finally:
+        writer.close()

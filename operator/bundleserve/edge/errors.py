@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from bundleserve.api.errors import ApiError, InvalidRequest, NotFound, PayloadTooLarge
+from bundleserve.edge.exchange import Reply
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,11 @@ def as_response(answer: Answer) -> web.Response:
     for name, value in answer.headers.items():
         response.headers[name] = value
     return response
+
+
+def as_reply(answer: Answer) -> Reply:
+    """An answer as the dialect seam's `Reply` (`edge.exchange`), for a seam operation in the native shape."""
+    return Reply(answer.status, {**answer.headers, "Content-Type": answer.content_type}, answer.body)
 
 
 def error_response(error: ApiError) -> web.Response:

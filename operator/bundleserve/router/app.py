@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bundleserve import __version__
 from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import Unavailable
-from bundleserve.dialects import openapi
+from bundleserve.dialects import adapter, openapi
 from bundleserve.dialects.adapter import FAST_ROUTES
 from bundleserve.dialects.base import PUBLIC_URL, DialectMount, InvocationBackend, TaskBackend
 from bundleserve.dialects.launch import routes as launch
@@ -153,9 +153,12 @@ def build_app(settings: Settings, *, model: ModelClient | None = None) -> web.Ap
     if settings.serves(Mode.SYNC):
         app.router.add_post(f"{own_path}/predict", invoker.predict)
         app.router.add_post(f"{any_path}/predict", invoker.predict)
+    app[FAST_ROUTES] = FastRoutes()  # the operations the fast edge serves too (native stream; each dialect's own)
     if settings.serves(Mode.STREAMING):
-        app.router.add_post(f"{own_path}/stream", invoker.stream)
-        app.router.add_post(f"{any_path}/stream", invoker.stream)
+        app.router.add_routes(
+            [adapter.route("POST", f"{path}/stream", invoker.stream) for path in (own_path, any_path)]
+        )
+        app[FAST_ROUTES].add("POST", f"{any_path}/stream", invoker.stream)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/wait-for-drain", wait_for_drain)
@@ -166,7 +169,6 @@ def build_app(settings: Settings, *, model: ModelClient | None = None) -> web.Ap
     tasks = async_routes.setup(app, state, core) if settings.serves(Mode.ASYNC) else None
     if not _has_route(app, "GET", "/v1/tasks/{}/result"):
         app.router.add_get("/v1/tasks/{task_id}/result", stored_result)
-    app[FAST_ROUTES] = FastRoutes()  # the dialect operations the fast edge serves too (each mount adds its own)
     for mount in DIALECTS:
         mount(app, core, tasks)
     hop.add_routes(app, core)  # the gateway's hand-over of calls its dialects parsed (edge.hop)

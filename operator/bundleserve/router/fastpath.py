@@ -1,13 +1,16 @@
 """The fast edge of the hot routes: `POST /v1/endpoints/{own name}/predict`, the internal hop's call route, and the
-dialects' operations in `FastEdge.dialects` (SageMaker's, Launch's and OpenAI's sync and streaming calls, served by
-the same code as their aiohttp routes, `edge.exchange`), on a plain asyncio protocol. Without the sync mode, only the
-dialects' operations (`native=False`: predict and the hop's call route are then aiohttp's).
+seam operations in `FastEdge.dialects` (native stream, the hop's stream route, and SageMaker's, Launch's and OpenAI's
+sync and streaming calls, served by the same code as their aiohttp routes, `edge.exchange`), on a plain asyncio
+protocol. Without the sync mode, only the seam operations (`native=False`: predict and the hop's call route are then
+aiohttp's).
 
 aiohttp.web's per-request machinery costs more than everything the router does, so the listening socket speaks
-HTTP/1.1 itself for the one hot route (httptools parses, `Invoker` does the work, shared with the aiohttp edge) and
-hands the connection over to an aiohttp `RequestHandler` at the first request that is anything else (streams, async,
-probes, metrics, other methods, any request line not shaped like the hot route): the handler gets the transport and every byte
-not yet consumed, so it sees the rest of the connection exactly as if it had accepted it.
+HTTP/1.1 itself for the hot routes (httptools parses, `Invoker` does the work, shared with the aiohttp edge) and
+hands the connection over to an aiohttp `RequestHandler` at the first request that is anything else (async, probes,
+metrics, other methods, any request line not shaped like a hot route): the handler gets the transport and every byte
+not yet consumed, so it sees the rest of the connection exactly as if it had accepted it. A handed-over connection
+stays aiohttp's, which is why every call the gateway sends over its pooled connections (predict, streams, the hop)
+is a hot route here.
 
 Framing is done on exact byte ranges so a handover never splits a request: the head ends at the first empty line,
 a Content-Length body is sliced, a chunked body's end is found by `router.framing` (which reads the chunk sizes, so

@@ -26,7 +26,7 @@ from bundleserve.api.errors import ApiError
 from bundleserve.api.invocation import CUSTOM_ATTRIBUTES_HEADER, Invocation, StreamChunk
 from bundleserve.dialects import adapter
 from bundleserve.edge import hop
-from bundleserve.edge.errors import Answer, as_response, error_answer
+from bundleserve.edge.errors import Answer, as_reply, as_response, error_answer
 from bundleserve.edge.exchange import Head, Prepared, Reply
 from bundleserve.router.core import InvocationCore
 
@@ -99,7 +99,7 @@ class HopRoutes:
             self.core.gate(head.params["name"], head.headers.get("Authorization"), Mode.STREAMING)
         except ApiError as error:
             self.core.refused(error, started, Mode.STREAMING)
-            return _reply(hop_answer(error))
+            return as_reply(hop_answer(error))
         return _HopStream(self.core, head, started)
 
 
@@ -121,7 +121,7 @@ class _HopStream:
 
     def refuse(self, error: ApiError) -> Reply:
         self.core.refused(error, self.started, Mode.STREAMING)
-        return _reply(hop_answer(error))
+        return as_reply(hop_answer(error))
 
     async def read_body(self, request: web.Request) -> bytes:
         return await self.core.read_body(request)
@@ -137,7 +137,7 @@ class _HopStream:
         try:
             chunks = await stack.enter_async_context(self.core.stream(inv, started=self.started))
         except ApiError as error:  # before the first chunk (the core counted it)
-            return _reply(hop_answer(error))
+            return as_reply(hop_answer(error))
         return Reply(200, _STREAM_HEADERS, chunks=_frames(chunks), close=stack.aclose)
 
 
@@ -147,10 +147,6 @@ async def _frames(chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[bytes]:
             yield hop.data_frame(chunk.data)
     except ApiError as error:  # mid-stream (a ModelError, a Timeout): the one final failure frame
         yield hop.failure_frame(error)
-
-
-def _reply(answer: Answer) -> Reply:
-    return Reply(answer.status, {**answer.headers, "Content-Type": answer.content_type}, answer.body)
 
 
 def add_routes(app: web.Application, core: InvocationCore) -> None:

@@ -8,8 +8,9 @@ rendering (gate, body limit, time limit, admission, url fetch, model call, error
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from time import perf_counter
 
 from aiohttp import web
@@ -20,10 +21,12 @@ from bundleserve.api.invocation import (
     IDEMPOTENCY_HEADER,
     Invocation,
     ModelReply,
+    StreamChunk,
 )
 from bundleserve.dialects.base import public_base_url
 from bundleserve.dialects.native.calls import parse_invocation
-from bundleserve.edge.errors import Answer, as_response, error_answer, error_response
+from bundleserve.edge.errors import Answer, as_reply, as_response, error_answer
+from bundleserve.edge.exchange import Head, Prepared, Reply
 from bundleserve.edge.sse import as_json, failure_event, success_event
 from bundleserve.queue.results import keep_sync_result
 from bundleserve.router.core import InvocationCore
@@ -168,31 +171,61 @@ class Invoker:
 
     # -- stream ---------------------------------------------------------------------------------------------------
 
-    async def stream(self, request: web.Request) -> web.StreamResponse:
-        """Native SSE: one SUCCESS event per model event, a FAILURE event for a failure after the first one; errors
-        before the first event are plain HTTP errors (the core raises them on entering the stream)."""
+    # -- stream: an operation of the dialect seam (`edge.exchange`), served by the fast edge and aiohttp alike -----
+
+    def stream(self, head: Head) -> Prepared | Reply:
+        """Native SSE's head phase: the gate (a refusal is a plain HTTP error, answered before the body is read)."""
         started = perf_counter()
-        core = self.core
         try:
-            core.gate(request.match_info.get("name"), request.headers.get("Authorization"), Mode.STREAMING)
-            body = await core.read_body(request)
-            invocation = parse_invocation(body, kwargs_only=self.is_python)
+            self.core.gate(head.params.get("name"), head.headers.get("Authorization"), Mode.STREAMING)
         except ApiError as error:
-            core.refused(error, started, Mode.STREAMING)
-            return error_response(error)
+            self.core.refused(error, started, Mode.STREAMING)
+            return as_reply(error_answer(error))
+        return _NativeStream(self, started)
+
+
+class _NativeStream:
+    """A native stream past its gate: the body phase (`edge.exchange.Prepared`). One SUCCESS event per model event,
+    a FAILURE event for a failure after the first one; errors before the first event are plain HTTP errors (the core
+    raises them on entering the stream)."""
+
+    __slots__ = ("invoker", "started")
+
+    def __init__(self, invoker: Invoker, started: float) -> None:
+        self.invoker = invoker
+        self.started = started
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.invoker.core.max_body_bytes
+
+    def refuse(self, error: ApiError) -> Reply:
+        self.invoker.core.refused(error, self.started, Mode.STREAMING)
+        return as_reply(error_answer(error))
+
+    async def read_body(self, request: web.Request) -> bytes:
+        return await self.invoker.core.read_body(request)
+
+    async def answer(self, body: bytes) -> Reply:
         try:
-            async with core.stream(invocation, started=started) as chunks:
-                response = web.StreamResponse(headers=_SSE_HEADERS)
-                await response.prepare(request)
-                try:
-                    async for chunk in chunks:
-                        await response.write(success_event(as_json(chunk.data)))
-                except ModelError as error:
-                    await response.write(_failure_frame(error))
-                await response.write_eof()
-                return response
+            invocation = parse_invocation(body, kwargs_only=self.invoker.is_python)
         except ApiError as error:
-            return error_response(error)
+            return self.refuse(error)
+        del body
+        stack = contextlib.AsyncExitStack()
+        try:
+            chunks = await stack.enter_async_context(self.invoker.core.stream(invocation, started=self.started))
+        except ApiError as error:  # before the first event (the core counted it)
+            return as_reply(error_answer(error))
+        return Reply(200, _SSE_HEADERS, chunks=_events(chunks), close=stack.aclose)
+
+
+async def _events(chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield success_event(as_json(chunk.data))
+    except ModelError as error:  # the core's one failure after the first event
+        yield _failure_frame(error)
 
 
 def _failure_frame(error: ModelError) -> bytes:
