@@ -13,7 +13,11 @@ for one well-built proxy hop. Measures with wrk (else a Python load generator), 
   SageMaker InvokeEndpoint (unsigned) and Launch `POST /v1/sync-tasks` against native predict, the OpenAI dialect
   (`/openai/v1/chat/completions`, whole and streamed) against the native stream route (the trivial model streams two
   chunks, 1 ms apart);
-- issue 18's targets, each printed as met or missed.
+- the CPU time the gateway and the router spend per request at saturation (µs, from /proc), which a busy machine's
+  drift moves far less than throughput;
+- issue 18's targets, each printed as met or missed. A target's ratio or difference is taken within each round (the
+  rows it compares are measured seconds apart) and the median over rounds is printed: the machine's speed drifts by
+  more than 10 % over minutes, so medians taken separately and then divided would compare different moments.
 The gateway runs as `bundleserve gateway` listens (its fast edge in front of aiohttp when the package has one, so the
 same script measures an older checkout too). Everything shares the machine's cores: run it on a quiet machine and
 more than once.
@@ -30,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,6 +69,16 @@ def serve_gateway(port: int, router_url: str, endpoint_file: str) -> None:
         return
     uvloop.install()  # an older checkout: `bundleserve gateway` ran aiohttp alone
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, handler_cancellation=True)
+
+
+#: /proc's clock ticks per second (utime and stime are counted in them).
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime: fields 14 and 15 of the whole line
 
 
 def main() -> int:
@@ -114,9 +130,11 @@ def main() -> int:
         )  # fmt: skip
         router_url = f"http://127.0.0.1:{router_port}"
         base.wait_http(f"{router_url}/readyz")
+        router_pid = processes[-1].pid
         spawn(
             [sys.executable, __file__, "--serve-gateway", str(gateway_port), router_url, str(endpoint)], "gateway.log"
         )
+        gateway_pid = processes[-1].pid
         gateway_url = f"http://127.0.0.1:{gateway_port}"
         base.wait_http(f"{gateway_url}/healthz")
         path_predict, path_stream = "/v1/endpoints/bench/predict", "/v1/endpoints/bench/stream"
@@ -137,26 +155,33 @@ def main() -> int:
                 return base.run_wrk(url, body, connections=connections, duration=options.duration, workdir=workdir)
             return base.run_python_load(url, body, connections=connections, duration=options.duration)
 
+        def measure(target: base.Target) -> Round:
+            """One round of a target: latency at concurrency 1, saturation with the gateway's and the router's CPU
+            time per request in it, and (a stream) time to first event."""
+            latency = load(target.predict_url, target.body, 1)
+            before = cpu_seconds(gateway_pid), cpu_seconds(router_pid)
+            saturation = load(target.predict_url, target.body, options.connections)
+            after = cpu_seconds(gateway_pid), cpu_seconds(router_pid)
+            requests = max(1.0, saturation.rps * (max(1, round(options.duration)) if use_wrk else options.duration))
+            ttfb = (
+                base.measure_ttfb(target.stream_url, target.body, options.ttfb_samples) if target.stream_url else None
+            )
+            return Round(
+                latency,
+                saturation,
+                ttfb,
+                1e6 * (after[0] - before[0]) / requests,
+                1e6 * (after[1] - before[1]) / requests,
+            )
+
         print(f"load average before: {os.getloadavg()[0]:.2f}; tool: {'wrk' if use_wrk else 'python'}", file=sys.stderr)
         for target in targets:
             load(target.predict_url, target.body, 4)
-        latencies: dict[str, list[base.Load]] = {t.name: [] for t in targets}
-        saturations: dict[str, list[base.Load]] = {t.name: [] for t in targets}
-        ttfbs: dict[str, list[tuple[float, float]]] = {t.name: [] for t in targets}
+        rounds: dict[str, list[Round]] = {t.name: [] for t in targets}
         for _ in range(options.rounds):
             for target in targets:
-                latencies[target.name].append(load(target.predict_url, target.body, 1))
-            for target in targets:
-                saturations[target.name].append(load(target.predict_url, target.body, options.connections))
-            for target in targets:
-                assert target.stream_url
-                ttfbs[target.name].append(base.measure_ttfb(target.stream_url, target.body, options.ttfb_samples))
-        for target in targets:
-            target.latency = base.median_load(latencies[target.name])
-            target.saturation = base.median_load(saturations[target.name])
-            runs = ttfbs[target.name]
-            target.ttfb = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
-        openai_targets = [
+                rounds[target.name].append(measure(target))
+        dialect_targets = [
             base.Target(f"{where} {kind}", url + path, url + path if stream else None, body)
             for where, url in (("router", router_url), ("gateway", gateway_url))
             for kind, path, body, stream in (
@@ -168,34 +193,16 @@ def main() -> int:
                 ("openai whole", "/openai/v1/chat/completions", OPENAI_BODY, False),
             )
         ]
-        for target in openai_targets:
+        for target in dialect_targets:
             load(target.predict_url, target.body, 4)
-        runs_by: dict[str, list[tuple[base.Load, base.Load, tuple[float, float] | None]]] = {
-            t.name: [] for t in openai_targets
-        }
+        dialect_rounds: dict[str, list[Round]] = {t.name: [] for t in dialect_targets}
         for _ in range(options.rounds):
-            for target in openai_targets:
-                latency = load(target.predict_url, target.body, 1)
-                saturation = load(target.predict_url, target.body, options.connections)
-                ttfb = (
-                    base.measure_ttfb(target.stream_url, target.body, options.ttfb_samples)
-                    if target.stream_url
-                    else None
-                )
-                runs_by[target.name].append((latency, saturation, ttfb))
-        for target in openai_targets:
-            runs = runs_by[target.name]
-            target.latency = base.median_load([r[0] for r in runs])
-            target.saturation = base.median_load([r[1] for r in runs])
-            if target.stream_url:
-                target.ttfb = (
-                    statistics.median(r[2][0] for r in runs if r[2]),
-                    statistics.median(r[2][1] for r in runs if r[2]),
-                )
+            for target in dialect_targets:
+                dialect_rounds[target.name].append(measure(target))
         print(f"load average after: {os.getloadavg()[0]:.2f}", file=sys.stderr)
-        report(targets, options.connections)
+        report(targets, rounds, options.connections)
         print()
-        openai_report(openai_targets, options.connections)
+        dialect_report(dialect_targets, dialect_rounds, options.connections)
     finally:
         for process in reversed(processes):
             process.send_signal(signal.SIGTERM)
@@ -208,79 +215,94 @@ def main() -> int:
     return 0
 
 
-def report(targets: list[base.Target], connections: int) -> None:
-    router = targets[0]
-    assert router.latency and router.saturation and router.ttfb
+@dataclass(frozen=True)
+class Round:
+    """One round's measurements of one target."""
+
+    latency: base.Load
+    saturation: base.Load
+    ttfb: tuple[float, float] | None  # (p50, p99) ms
+    gateway_us: float  # the gateway's CPU time per request at saturation (0 for a target that skips it)
+    router_us: float
+
+
+def paired(a: list[Round], b: list[Round], combine: Callable[[Round, Round], float]) -> float:
+    """The median over rounds of `combine` applied to the two targets' measurements of the same round."""
+    return statistics.median(combine(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _row(name: str, width: int, runs: list[Round], baseline: list[Round]) -> str:
+    latency = base.median_load([r.latency for r in runs])
+    saturation = base.median_load([r.saturation for r in runs])
+    ttfbs = [r.ttfb[0] for r in runs if r.ttfb]
+    added_ttfb = (
+        f"{paired(runs, baseline, lambda x, y: x.ttfb[0] - y.ttfb[0]):>8.3f}"  # type: ignore[index]
+        if ttfbs and all(r.ttfb for r in baseline)
+        else f"{'-':>8}"
+    )
+    return (
+        f"{name:<{width}}{latency.p50_ms:>9.3f}{latency.p99_ms:>9.3f}"
+        f"{paired(runs, baseline, lambda x, y: x.latency.p50_ms - y.latency.p50_ms):>9.3f}{saturation.rps:>10.0f}"
+        f"{100 * paired(runs, baseline, lambda x, y: x.saturation.rps / y.saturation.rps):>9.1f}%"
+        f"{(f'{statistics.median(ttfbs):.3f}' if ttfbs else '-'):>10}{added_ttfb}"
+        f"{statistics.median(r.gateway_us for r in runs):>8.0f}{statistics.median(r.router_us for r in runs):>8.0f}"
+        f"{latency.errors + saturation.errors:>8}"
+    )
+
+
+def report(targets: list[base.Target], rounds: dict[str, list[Round]], connections: int) -> None:
+    router = rounds[targets[0].name]
     header = (
         f"{'path':<10}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'rps@' + str(connections):>10}"
-        f"{'% router':>10}{'TTFB p50':>10}{'+TTFB':>8}{'errors':>8}"
+        f"{'% router':>10}{'TTFB p50':>10}{'+TTFB':>8}{'gw us':>8}{'rt us':>8}{'errors':>8}"
     )
     print(header)
     print("-" * len(header))
     for target in targets:
-        assert target.latency and target.saturation and target.ttfb
-        print(
-            f"{target.name:<10}{target.latency.p50_ms:>9.3f}{target.latency.p99_ms:>9.3f}"
-            f"{target.latency.p50_ms - router.latency.p50_ms:>9.3f}{target.saturation.rps:>10.0f}"
-            f"{100 * target.saturation.rps / router.saturation.rps:>9.1f}%{target.ttfb[0]:>10.3f}"
-            f"{target.ttfb[0] - router.ttfb[0]:>8.3f}{target.latency.errors + target.saturation.errors:>8}"
-        )
-    gateway = targets[1]
-    assert gateway.latency and gateway.saturation
-    nginx = next((t for t in targets if t.name == "nginx"), None)
+        print(_row(target.name, 10, rounds[target.name], router))
+    gateway = rounds["gateway"]
     print()
-    print(f"gateway/router throughput: {gateway.saturation.rps / router.saturation.rps:.2f}")
-    added_gateway = gateway.latency.p50_ms - router.latency.p50_ms
-    assert gateway.ttfb and router.ttfb
-    added_ttfb = gateway.ttfb[0] - router.ttfb[0]
-    if nginx is not None and nginx.latency and nginx.saturation:
-        added_nginx = nginx.latency.p50_ms - router.latency.p50_ms
-        ratio = gateway.saturation.rps / nginx.saturation.rps
+    print(f"gateway/router throughput: {paired(gateway, router, lambda g, r: g.saturation.rps / r.saturation.rps):.2f}")
+    added_gateway = paired(gateway, router, lambda g, r: g.latency.p50_ms - r.latency.p50_ms)
+    added_ttfb = paired(gateway, router, lambda g, r: g.ttfb[0] - r.ttfb[0])  # type: ignore[index]
+    if "nginx" in rounds:
+        nginx = rounds["nginx"]
+        added_nginx = paired(nginx, router, lambda n, r: n.latency.p50_ms - r.latency.p50_ms)
+        ratio = paired(gateway, nginx, lambda g, n: g.saturation.rps / n.saturation.rps)
         print(f"gateway/nginx throughput: {ratio:.2f} (issue 18: >= 0.80: {target_verdict(ratio >= 0.8)})")
         print(f"hop cost at p50, gateway vs nginx: {added_gateway:.3f} ms vs {added_nginx:.3f} ms")
     print(f"gateway added p50: {added_gateway:.3f} ms (issue 18: <= 0.2 ms: {target_verdict(added_gateway <= 0.2)})")
     print(f"gateway added stream TTFB: {added_ttfb:.3f} ms (issue 18: <= 0.3 ms: {target_verdict(added_ttfb <= 0.3)})")
 
 
-def openai_report(targets: list[base.Target], connections: int) -> None:
+def dialect_report(targets: list[base.Target], rounds: dict[str, list[Round]], connections: int) -> None:
     """Each dialect's row against the native route of its kind on the same path (router or gateway): whole calls
     against native predict, streams (and OpenAI's whole answer, which the dialect reads as a stream) against the
     native stream route."""
     header = (
         f"{'path':<24}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'rps@' + str(connections):>10}"
-        f"{'% native':>10}{'TTFB p50':>10}{'+TTFB':>8}{'errors':>8}"
+        f"{'% native':>10}{'TTFB p50':>10}{'+TTFB':>8}{'gw us':>8}{'rt us':>8}{'errors':>8}"
     )
     print(header)
     print("-" * len(header))
-    by_name = {t.name: t for t in targets}
+
+    def native_of(name: str) -> str:
+        where = name.split(" ")[0]
+        streamed = "stream" in name or "openai" in name
+        return f"{where} native stream" if streamed else f"{where} native predict"
+
     for target in targets:
-        assert target.latency and target.saturation
-        where = target.name.split(" ")[0]
-        streamed = target.stream_url is not None or "openai" in target.name
-        native = by_name[f"{where} native stream" if streamed else f"{where} native predict"]
-        assert native.latency and native.saturation
-        ttfb = f"{target.ttfb[0]:>10.3f}" if target.ttfb else f"{'-':>10}"
-        added = f"{target.ttfb[0] - native.ttfb[0]:>8.3f}" if target.ttfb and native.ttfb else f"{'-':>8}"
-        print(
-            f"{target.name:<24}{target.latency.p50_ms:>9.3f}{target.latency.p99_ms:>9.3f}"
-            f"{target.latency.p50_ms - native.latency.p50_ms:>9.3f}{target.saturation.rps:>10.0f}"
-            f"{100 * target.saturation.rps / native.saturation.rps:>9.1f}%{ttfb}{added}"
-            f"{target.latency.errors + target.saturation.errors:>8}"
-        )
+        print(_row(target.name, 24, rounds[target.name], rounds[native_of(target.name)]))
     print()
     for where in ("router", "gateway"):
-        for dialect, native_kind in (
-            ("sagemaker", "native predict"),
-            ("launch sync", "native predict"),
-            ("openai stream", "native stream"),
-            ("openai whole", "native stream"),
-        ):
-            row, native = by_name[f"{where} {dialect}"], by_name[f"{where} {native_kind}"]
-            assert row.saturation and native.saturation and row.latency and native.latency
-            ratio = row.saturation.rps / native.saturation.rps
-            slower = row.latency.p50_ms / native.latency.p50_ms
+        for dialect in ("sagemaker", "launch sync", "openai stream", "openai whole"):
+            name = f"{where} {dialect}"
+            native = native_of(name)
+            row, base_runs = rounds[name], rounds[native]
+            ratio = paired(row, base_runs, lambda x, y: x.saturation.rps / y.saturation.rps)
+            slower = paired(row, base_runs, lambda x, y: x.latency.p50_ms / y.latency.p50_ms)
             print(
-                f"{where}: {dialect} / {native_kind}: throughput {ratio:.2f}, p50 {slower:.2f}x "
+                f"{where}: {dialect} / {native.split(' ', 1)[1]}: throughput {ratio:.2f}, p50 {slower:.2f}x "
                 f"(issue 18: within 10 %: {target_verdict(ratio >= 0.9 and slower <= 1.1)})"
             )
 
