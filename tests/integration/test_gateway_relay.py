@@ -249,7 +249,9 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def test_a_client_that_leaves_closes_the_router_connection(setup: Setup) -> None:
+async def leave_during_a_call(setup: Setup, request: bytes) -> None:
+    """The client sends `request` and leaves while the router holds it; returns once the router saw its connection
+    closed (EOF), and fails if it never does."""
     _, writer = await warmed(setup)
     gone = asyncio.Event()
 
@@ -259,11 +261,15 @@ async def test_a_client_that_leaves_closes_the_router_connection(setup: Setup) -
         return False
 
     setup.stand_in.scripts.append(hold)
-    writer.write(predict({"n": 7}))
+    writer.write(request)
     await async_wait_until(lambda: _true(len(setup.stand_in.requests) == 2), timeout=10)
     assert setup.relayed[-1] is not None
     writer.close()
     await asyncio.wait_for(gone.wait(), timeout=10)
+
+
+async def test_a_client_that_leaves_closes_the_router_connection(setup: Setup) -> None:
+    await leave_during_a_call(setup, predict({"n": 7}))
 
 
 # -- a dialect's sync call over the internal hop ------------------------------------------------------------------
@@ -352,17 +358,4 @@ async def test_a_model_failure_the_router_answers_is_rendered_in_the_dialects_sh
 
 
 async def test_a_client_that_leaves_during_a_dialect_call_closes_the_router_connection(setup: Setup) -> None:
-    _, writer = await warmed(setup)
-    gone = asyncio.Event()
-
-    async def hold(body: bytes, reader_: asyncio.StreamReader, writer_: asyncio.StreamWriter) -> bool:
-        await asyncio.wait_for(reader_.read(), timeout=10)  # returns at EOF: the gateway closed this connection
-        gone.set()
-        return False
-
-    setup.stand_in.scripts.append(hold)
-    writer.write(invoke_endpoint(b'{"n": 7}'))
-    await async_wait_until(lambda: _true(len(setup.stand_in.requests) == 2), timeout=10)
-    assert setup.relayed[-1] is not None
-    writer.close()
-    await asyncio.wait_for(gone.wait(), timeout=10)
+    await leave_during_a_call(setup, invoke_endpoint(b'{"n": 7}'))

@@ -526,7 +526,13 @@ class GatewayConnection(asyncio.Protocol):
         if entry is None or not self.edge.gateway.activator.passes(entry):
             return False
         address, head = self._upstream_head(request)
-        relayed = _Relayed(self, request, address, head, body)
+        return self._send_relayed(_Relayed(self, request, address, head, body), address, head, body)
+
+    def _send_relayed(
+        self, relayed: _Relayed | _CallRelayed, address: tuple[str, int], head: bytes, body: bytes
+    ) -> bool:
+        """Write a call on an idle pooled router connection (`UpstreamPool.relay`), its answer to `relayed`'s
+        callbacks; False: no idle connection at hand (nothing was sent)."""
         upstream = self.edge.pool.relay(address, head, body, relayed)
         if upstream is None:
             return False
@@ -561,16 +567,9 @@ class GatewayConnection(asyncio.Protocol):
             self.task = loop.create_task(self._call(prepared, invocation, hop, keep), context=context)
             return True
         relayed = _CallRelayed(self, prepared, hop, invocation, keep)
-        upstream = self.edge.pool.relay(
-            hop.address, hop.request(hop.predict_head, invocation), invocation.body, relayed
-        )
-        if upstream is None:  # no idle connection at hand: `send` opens one
+        head = hop.request(hop.predict_head, invocation)
+        if not self._send_relayed(relayed, hop.address, head, invocation.body):  # no idle connection: `send` opens one
             self.task = loop.create_task(self._call(prepared, invocation, hop, keep), context=context)
-            return True
-        relayed.upstream = upstream
-        self.relayed = relayed
-        if self.writing_paused:
-            upstream.pause()
         return True
 
     async def _call(
@@ -793,7 +792,31 @@ def answer_head(
     return lines
 
 
-class _Relayed:
+class _OnRouterConnection:
+    """A call on the shortest path holds its router connection (`upstream`) and follows its client: the router's
+    answer is not read while the client's socket buffer is full, and a client that leaves closes it."""
+
+    __slots__ = ("upstream",)
+
+    def __init__(self) -> None:
+        self.upstream: RouterConnection | None = None
+
+    def pause(self) -> None:
+        """The client's socket buffer is full: stop reading the router's answer until it drained."""
+        if self.upstream is not None:
+            self.upstream.pause()
+
+    def resume(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume()
+
+    def abandon(self) -> None:
+        """The client left: the router's connection is closed (the router sees its client leave)."""
+        if self.upstream is not None:
+            self.upstream.abandon()
+
+
+class _Relayed(_OnRouterConnection):
     """One proxied call on the shortest path (`GatewayConnection._relay`), fed by the router connection's callbacks
     (`gateway.upstream.Relay`): no task and no future between the client's bytes and the router's. A small answer
     with a Content-Length goes out in one write when complete; a larger one as it arrives; one without a length
@@ -803,18 +826,17 @@ class _Relayed:
 
     __slots__ = (
         "address", "client", "keep", "parts", "refused", "request", "request_body", "request_head", "streaming",
-        "upstream",
     )  # fmt: skip
 
     def __init__(
         self, client: GatewayConnection, request: _Request, address: tuple[str, int], head: bytes, body: bytes
     ) -> None:
+        super().__init__()
         self.client = client
         self.request = request
         self.address = address
         self.request_head = head
         self.request_body = body  # kept until the router's head arrives: a retry sends it again
-        self.upstream: RouterConnection | None = None
         self.keep = request.keep_alive
         self.parts: list[bytes] | None = None  # a small whole answer, gathered for one write
         self.streaming = False  # no Content-Length: chunked to the client
@@ -864,22 +886,8 @@ class _Relayed:
         self.client.abort()  # the answer began and broke: the client's connection ends too
         self.client.relay_over(self, False)
 
-    def pause(self) -> None:
-        """The client's socket buffer is full: stop reading the router's answer until it drained."""
-        if self.upstream is not None:
-            self.upstream.pause()
 
-    def resume(self) -> None:
-        if self.upstream is not None:
-            self.upstream.resume()
-
-    def abandon(self) -> None:
-        """The client left: the router's connection is closed (the router sees its client leave)."""
-        if self.upstream is not None:
-            self.upstream.abandon()
-
-
-class _CallRelayed:
+class _CallRelayed(_OnRouterConnection):
     """A dialect's sync call on the shortest path (`GatewayConnection._whole_call`): its invocation written to an
     idle router connection from the client's callback, the router's answer gathered by that connection's callbacks
     and rendered in the dialect's shape when complete (`WholeCall.rendered`). No answer, or a 503 refusal (read and
@@ -891,12 +899,12 @@ class _CallRelayed:
     def __init__(
         self, client: GatewayConnection, prepared: WholeCall, hop: RouterHop, invocation: Invocation, keep: bool
     ) -> None:
+        super().__init__()
         self.client = client
         self.prepared = prepared
         self.hop = hop
         self.invocation = invocation  # kept until the router's head arrives: a retry sends it again
         self.keep = keep
-        self.upstream: RouterConnection | None = None
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.parts: list[bytes] = []
@@ -927,19 +935,6 @@ class _CallRelayed:
             self.client.retry_call(self, Attempts(made=1, refusals=int(refused), fresh=True))
             return
         self.client.call_over(self, self.hop.unreachable())
-
-    def pause(self) -> None:
-        if self.upstream is not None:
-            self.upstream.pause()
-
-    def resume(self) -> None:
-        if self.upstream is not None:
-            self.upstream.resume()
-
-    def abandon(self) -> None:
-        """The client left: the router's connection is closed (the router sees its client leave)."""
-        if self.upstream is not None:
-            self.upstream.abandon()
 
 
 _FORWARDING = {b"host": "Host", b"x-forwarded-proto": "X-Forwarded-Proto", b"x-forwarded-host": "X-Forwarded-Host"}

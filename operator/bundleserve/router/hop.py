@@ -14,7 +14,6 @@ fast edge serves it like every dialect's stream, and aiohttp through the same co
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from time import perf_counter
@@ -29,6 +28,7 @@ from bundleserve.edge import hop
 from bundleserve.edge.errors import Answer, as_reply, as_response, error_answer
 from bundleserve.edge.exchange import Head, Prepared, Reply
 from bundleserve.router.core import InvocationCore
+from bundleserve.router.invoke import stream_reply
 
 _STREAM_HEADERS = {"Content-Type": hop.STREAM_CONTENT_TYPE}
 
@@ -133,12 +133,7 @@ class _HopStream:
         except ApiError as error:
             return self.refuse(error)
         del body
-        stack = contextlib.AsyncExitStack()
-        try:
-            chunks = await stack.enter_async_context(self.core.stream(inv, started=self.started))
-        except ApiError as error:  # before the first chunk (the core counted it)
-            return as_reply(hop_answer(error))
-        return Reply(200, _STREAM_HEADERS, chunks=_frames(chunks), close=stack.aclose)
+        return await stream_reply(self.core, inv, self.started, _STREAM_HEADERS, _frames, hop_answer)
 
 
 async def _frames(chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[bytes]:

@@ -212,12 +212,26 @@ class _NativeStream:
         except ApiError as error:
             return self.refuse(error)
         del body
-        stack = contextlib.AsyncExitStack()
-        try:
-            chunks = await stack.enter_async_context(self.invoker.core.stream(invocation, started=self.started))
-        except ApiError as error:  # before the first event (the core counted it)
-            return as_reply(error_answer(error))
-        return Reply(200, _SSE_HEADERS, chunks=_events(chunks), close=stack.aclose)
+        return await stream_reply(self.invoker.core, invocation, self.started, _SSE_HEADERS, _events, error_answer)
+
+
+async def stream_reply(
+    core: InvocationCore,
+    invocation: Invocation,
+    started: float,
+    headers: Mapping[str, str],
+    render: Callable[[AsyncIterator[StreamChunk]], AsyncIterator[bytes]],
+    refusal: Callable[[ApiError], Answer],
+) -> Reply:
+    """A seam operation's streamed reply over the core's stream (native SSE, the hop's frames): the stream entered
+    here, where a failure before the first chunk is `refusal`'s whole answer (the core counted it); each chunk, and a
+    failure after the first, rendered by `render`; the call ends with the reply (`Reply.close`)."""
+    stack = contextlib.AsyncExitStack()
+    try:
+        chunks = await stack.enter_async_context(core.stream(invocation, started=started))
+    except ApiError as error:
+        return as_reply(refusal(error))
+    return Reply(200, headers, chunks=render(chunks), close=stack.aclose)
 
 
 async def _events(chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[bytes]:
