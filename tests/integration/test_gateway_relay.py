@@ -359,3 +359,19 @@ async def test_a_model_failure_the_router_answers_is_rendered_in_the_dialects_sh
 
 async def test_a_client_that_leaves_during_a_dialect_call_closes_the_router_connection(setup: Setup) -> None:
     await leave_during_a_call(setup, invoke_endpoint(b'{"n": 7}'))
+
+
+async def test_many_pipelined_dialect_calls_refused_in_their_body_phase_are_all_answered_in_order(setup: Setup) -> None:
+    """A refusal of the body phase (here: a body that is no JSON) is answered from the fast edge's own loop; a client
+    pipelining many of them gets every answer, in order, on its connection (and never sends the router one)."""
+    reader, writer = await warmed(setup)
+    count = 600
+    broken = b"POST /v1/sync-tasks?model_endpoint_id=fake HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\n{oops"
+    writer.write(broken * count + launch_sync({"n": 8}))
+    for _ in range(count):
+        status, _, _ = await read_answer(reader)
+        assert status == 400  # Launch's refusal of a task body it cannot read
+    status, _, body = await read_answer(reader)
+    assert status == 200 and json.loads(body)["status"] == "SUCCESS"  # the connection went on
+    assert len(setup.stand_in.requests) == 2  # the warm-up and the last call: no refused one reached the router
+    writer.close()

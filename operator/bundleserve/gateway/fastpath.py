@@ -561,7 +561,11 @@ class GatewayConnection(asyncio.Protocol):
                 return True
             hop = context.run(calls.hop, invocation)  # the production variant the call goes to
         except ApiError as error:
-            self.answered(prepared.refuse(error), keep)
+            self._answer_now(prepared.refuse(error), keep)
+            return True
+        except Exception:  # a bug of ours: log it, answer in the dialect's shape
+            log.exception("unexpected error on the gateway's fast path")
+            self._answer_now(prepared.refuse(ApiError("internal error")), False)
             return True
         if not self.edge.gateway.activator.passes(hop.entry):  # may be at zero replicas: held by the activator
             self.task = loop.create_task(self._call(prepared, invocation, hop, keep), context=context)
@@ -600,10 +604,22 @@ class GatewayConnection(asyncio.Protocol):
         self.answered(reply, keep)
 
     def answered(self, reply: Reply, keep: bool) -> None:
-        """Write a whole call's reply and go on with the connection."""
+        """Write a whole call's reply and go on with the connection (the next pipelined request, `_done`)."""
         keep = keep and not self.edge.closing
         self.write(reply_head(reply, keep_alive=keep, length=len(reply.body)) + reply.body)
         self._done(keep)
+
+    def _answer_now(self, reply: Reply, keep: bool) -> None:
+        """A whole call refused by its body phase, answered from `_process` itself: its loop then takes the next
+        pipelined request. (`answered` would take it through `_done` instead, one level of recursion per request: a
+        client pipelining hundreds of refused calls would exhaust the stack.)"""
+        keep = keep and not self.edge.closing
+        answer = reply_head(reply, keep_alive=keep, length=len(reply.body)) + reply.body
+        if keep:
+            self.write(answer)
+            self.idle_since = time.monotonic()
+        else:
+            self._close_with(answer)
 
     def call_over(self, relayed: _CallRelayed, outcome: ModelReply | ApiError) -> None:
         """The relayed whole call has its outcome: rendered in the dialect's shape and written."""
