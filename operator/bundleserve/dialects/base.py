@@ -110,13 +110,6 @@ class WholeCall(ABC):
     __slots__ = ()
     backend: InvocationBackend
 
-    @property
-    def max_body_bytes(self) -> int:
-        return self.backend.max_body_bytes
-
-    async def read_body(self, request: web.Request) -> bytes:
-        return await self.backend.read_body(request)
-
     @abstractmethod
     def refuse(self, error: ApiError) -> Reply:
         """`error` in the dialect's shape (`edge.exchange.Prepared.refuse`)."""

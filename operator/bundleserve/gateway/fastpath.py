@@ -269,7 +269,8 @@ class GatewayConnection(asyncio.Protocol):
             self.request = None
             loop = asyncio.get_running_loop()
             if request.prepared is not None or request.refusal is not None:
-                if not (isinstance(request.prepared, WholeCall) and self._whole_call(request, body)):
+                prepared = request.prepared
+                if not (isinstance(prepared, WholeCall) and self._whole_call(request, prepared, body)):
                     self.task = loop.create_task(self._dialect(request, body), context=request.context)
             elif request.entry is not None and request.mode is not Mode.ASYNC:
                 if not self._relay(request, body):
@@ -542,11 +543,10 @@ class GatewayConnection(asyncio.Protocol):
             upstream.pause()
         return True
 
-    def _whole_call(self, request: _Request, body: bytes) -> bool:
+    def _whole_call(self, request: _Request, prepared: WholeCall, body: bytes) -> bool:
         """A dialect's sync call (`dialects.base.WholeCall`) taken apart: its invocation built here, sent to the
         router on the shortest path when it can be (`_CallRelayed`), else by `_call`; False: not one to take apart
         (`_dialect` answers it)."""
-        prepared = cast(WholeCall, request.prepared)
         calls = prepared.backend
         if not isinstance(calls, EndpointCalls):
             return False

@@ -25,12 +25,10 @@ from bundleserve.api.errors import ApiError
 from bundleserve.api.invocation import CUSTOM_ATTRIBUTES_HEADER, Invocation, StreamChunk
 from bundleserve.dialects import adapter
 from bundleserve.edge import hop
-from bundleserve.edge.errors import Answer, as_reply, as_response, error_answer
+from bundleserve.edge.errors import Answer, as_response, error_answer
 from bundleserve.edge.exchange import Head, Prepared, Reply
 from bundleserve.router.core import InvocationCore
-from bundleserve.router.invoke import stream_reply
-
-_STREAM_HEADERS = {"Content-Type": hop.STREAM_CONTENT_TYPE}
+from bundleserve.router.invoke import StreamRendering, stream_operation
 
 
 def hop_answer(error: ApiError) -> Answer:
@@ -93,47 +91,14 @@ class HopRoutes:
         return as_response(await answer_hop(self.core, inv, started))
 
     def invoke_stream(self, head: Head) -> Prepared | Reply:
-        """The stream route's head phase: the router's gate; a refusal in the native error shape."""
-        started = perf_counter()
-        try:
-            self.core.gate(head.params["name"], head.headers.get("Authorization"), Mode.STREAMING)
-        except ApiError as error:
-            self.core.refused(error, started, Mode.STREAMING)
-            return as_reply(hop_answer(error))
-        return _HopStream(self.core, head, started)
+        """The stream route's head phase (`router.invoke.stream_operation`): one data frame per model chunk, one final
+        failure frame for a failure after the first chunk; a refusal, or a failure before the first chunk, in the
+        native error shape."""
+        return stream_operation(self.core, _HOP_STREAM, head)
 
 
-class _HopStream:
-    """A hop stream past its gate: the body phase (`edge.exchange.Prepared`). The reply is one data frame per model
-    chunk, and a failure after the first chunk is one final failure frame; a failure before it is an ordinary error
-    answer."""
-
-    __slots__ = ("core", "head", "started")
-
-    def __init__(self, core: InvocationCore, head: Head, started: float) -> None:
-        self.core = core
-        self.head = head
-        self.started = started
-
-    @property
-    def max_body_bytes(self) -> int:
-        return self.core.max_body_bytes
-
-    def refuse(self, error: ApiError) -> Reply:
-        self.core.refused(error, self.started, Mode.STREAMING)
-        return as_reply(hop_answer(error))
-
-    async def read_body(self, request: web.Request) -> bytes:
-        return await self.core.read_body(request)
-
-    async def answer(self, body: bytes) -> Reply:
-        headers = self.head.headers
-        try:
-            inv = hop.decode(headers.get("Content-Type"), headers.get(hop.INVOCATION_HEADER), body)
-        except ApiError as error:
-            return self.refuse(error)
-        del body
-        return await stream_reply(self.core, inv, self.started, _STREAM_HEADERS, _frames, hop_answer)
+def _decode(head: Head, body: bytes) -> Invocation:
+    return hop.decode(head.headers.get("Content-Type"), head.headers.get(hop.INVOCATION_HEADER), body)
 
 
 async def _frames(chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[bytes]:
@@ -142,6 +107,9 @@ async def _frames(chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[bytes]:
             yield hop.data_frame(chunk.data)
     except ApiError as error:  # mid-stream (a ModelError, a Timeout): the one final failure frame
         yield hop.failure_frame(error)
+
+
+_HOP_STREAM = StreamRendering(_decode, {"Content-Type": hop.STREAM_CONTENT_TYPE}, _frames, hop_answer)
 
 
 def add_routes(app: web.Application, core: InvocationCore) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from time import perf_counter
 
 from aiohttp import web
@@ -77,6 +78,8 @@ class Invoker:
         self.max_bytes = core.max_bytes
         self.is_python = core.is_python
         self.sync_metrics = core.sync_metrics
+        #: Native SSE as a stream over the core (`stream_operation`).
+        self.sse = StreamRendering(self._stream_invocation, _SSE_HEADERS, _events, error_answer)
 
     def gate(self, name: str | None, authorization: str | None) -> None:
         """The core's gate for the sync mode (the fast edge calls it before reading a body)."""
@@ -169,69 +172,78 @@ class Invoker:
         }
         return Answer(200, json.dumps(body).encode())
 
-    # -- stream ---------------------------------------------------------------------------------------------------
-
     # -- stream: an operation of the dialect seam (`edge.exchange`), served by the fast edge and aiohttp alike -----
 
+    def _stream_invocation(self, head: Head, body: bytes) -> Invocation:
+        return parse_invocation(body, kwargs_only=self.is_python)
+
     def stream(self, head: Head) -> Prepared | Reply:
-        """Native SSE's head phase: the gate (a refusal is a plain HTTP error, answered before the body is read)."""
-        started = perf_counter()
-        try:
-            self.core.gate(head.params.get("name"), head.headers.get("Authorization"), Mode.STREAMING)
-        except ApiError as error:
-            self.core.refused(error, started, Mode.STREAMING)
-            return as_reply(error_answer(error))
-        return _NativeStream(self, started)
+        """Native SSE's head phase (`stream_operation`): one SUCCESS event per model event, a FAILURE event for a
+        failure after the first one; errors before the first event are plain HTTP errors."""
+        return stream_operation(self.core, self.sse, head)
 
 
-class _NativeStream:
-    """A native stream past its gate: the body phase (`edge.exchange.Prepared`). One SUCCESS event per model event,
-    a FAILURE event for a failure after the first one; errors before the first event are plain HTTP errors (the core
-    raises them on entering the stream)."""
+@dataclass(frozen=True, slots=True)
+class StreamRendering:
+    """What tells apart the seam operations over the core's stream (native SSE here, the hop's frames in
+    `router.hop`): how the body becomes the invocation, the answer's headers, how the chunks (and a failure after the
+    first) are framed, and how a refusal looks."""
 
-    __slots__ = ("invoker", "started")
+    parse: Callable[[Head, bytes], Invocation]
+    headers: Mapping[str, str]
+    render: Callable[[AsyncIterator[StreamChunk]], AsyncIterator[bytes]]
+    refusal: Callable[[ApiError], Answer]
 
-    def __init__(self, invoker: Invoker, started: float) -> None:
-        self.invoker = invoker
+
+def stream_operation(core: InvocationCore, rendering: StreamRendering, head: Head) -> Prepared | Reply:
+    """The head phase of a stream over the core: the core's gate (a refusal is answered before the body is read);
+    the body phase is `CoreStream`."""
+    started = perf_counter()
+    try:
+        core.gate(head.params.get("name"), head.headers.get("Authorization"), Mode.STREAMING)
+    except ApiError as error:
+        core.refused(error, started, Mode.STREAMING)
+        return as_reply(rendering.refusal(error))
+    return CoreStream(core, rendering, head, started)
+
+
+class CoreStream:
+    """A stream over the core past its gate: the body phase (`edge.exchange.Prepared`). The stream is entered here,
+    where a failure before the first chunk is the rendering's whole refusal (the core counted it); each chunk, and a
+    failure after the first, is framed by the rendering; the call ends with the reply (`Reply.close`)."""
+
+    __slots__ = ("core", "head", "rendering", "started")
+
+    def __init__(self, core: InvocationCore, rendering: StreamRendering, head: Head, started: float) -> None:
+        self.core = core
+        self.rendering = rendering
+        self.head = head
         self.started = started
 
     @property
     def max_body_bytes(self) -> int:
-        return self.invoker.core.max_body_bytes
+        return self.core.max_body_bytes
 
     def refuse(self, error: ApiError) -> Reply:
-        self.invoker.core.refused(error, self.started, Mode.STREAMING)
-        return as_reply(error_answer(error))
+        self.core.refused(error, self.started, Mode.STREAMING)
+        return as_reply(self.rendering.refusal(error))
 
     async def read_body(self, request: web.Request) -> bytes:
-        return await self.invoker.core.read_body(request)
+        return await self.core.read_body(request)
 
     async def answer(self, body: bytes) -> Reply:
+        rendering = self.rendering
         try:
-            invocation = parse_invocation(body, kwargs_only=self.invoker.is_python)
+            invocation = rendering.parse(self.head, body)
         except ApiError as error:
             return self.refuse(error)
         del body
-        return await stream_reply(self.invoker.core, invocation, self.started, _SSE_HEADERS, _events, error_answer)
-
-
-async def stream_reply(
-    core: InvocationCore,
-    invocation: Invocation,
-    started: float,
-    headers: Mapping[str, str],
-    render: Callable[[AsyncIterator[StreamChunk]], AsyncIterator[bytes]],
-    refusal: Callable[[ApiError], Answer],
-) -> Reply:
-    """A seam operation's streamed reply over the core's stream (native SSE, the hop's frames): the stream entered
-    here, where a failure before the first chunk is `refusal`'s whole answer (the core counted it); each chunk, and a
-    failure after the first, rendered by `render`; the call ends with the reply (`Reply.close`)."""
-    stack = contextlib.AsyncExitStack()
-    try:
-        chunks = await stack.enter_async_context(core.stream(invocation, started=started))
-    except ApiError as error:
-        return as_reply(refusal(error))
-    return Reply(200, headers, chunks=render(chunks), close=stack.aclose)
+        stack = contextlib.AsyncExitStack()
+        try:
+            chunks = await stack.enter_async_context(self.core.stream(invocation, started=self.started))
+        except ApiError as error:
+            return as_reply(rendering.refusal(error))
+        return Reply(200, rendering.headers, chunks=rendering.render(chunks), close=stack.aclose)
 
 
 async def _events(chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[bytes]:
