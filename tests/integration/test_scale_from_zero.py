@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 import yaml
 
 from bundleserve.api.manifest import load_endpoints
+from bundleserve.dialects.sagemaker.sigv4 import SigV4Config
 from bundleserve.edge.connections import ConnectionLimits
 from bundleserve.gateway.activator import HoldSettings
 from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
@@ -216,3 +217,33 @@ def _held(runner: Front) -> int:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_dialect_call_at_zero_is_held_until_a_replica_is_ready(backend: dict[str, Any]) -> None:
+    """A SageMaker InvokeEndpoint on the fast edge (a `WholeCall`) is held at zero replicas, then answered in
+    SageMaker's shape: even on a warm pool it is not sent on the shortest path while the endpoint may be at zero, but
+    through the activator (`GatewayConnection._call`)."""
+    cold = cold_entry(backend)
+    registry = Registry([replace(cold, ready_replicas=1)])  # warm first: the pool then holds an idle connection
+    runner, url = await serve(registry, backend, sagemaker_signing=SigV4Config(allow_unsigned=True))
+    store = redis.Redis.from_url(backend["valkey"].url)
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def invoke() -> tuple[int, Any, str]:
+                async with http.post(f"{url}/endpoints/{NAME}/invocations", json={"n": 3}) as reply:
+                    return reply.status, await reply.json(), reply.headers["X-Amzn-Invoked-Production-Variant"]
+
+            assert (await invoke())[0] == 200
+            registry.put(cold)  # the replica went away (scaled to zero)
+            call = asyncio.create_task(invoke())
+            await async_wait_until(
+                lambda: _true(store.get(keys.demand(QUEUE)) == b"1"), timeout=10, what="the call held (demand 1)"
+            )
+            assert not call.done()  # held: nothing answered at zero replicas
+            registry.put(replace(cold, ready_replicas=1))
+            status, body, variant = await asyncio.wait_for(call, timeout=30)
+        assert (status, body, variant) == (200, {"n": 3}, "AllTraffic")
+    finally:
+        store.close()
+        await runner.stop()
