@@ -183,7 +183,12 @@ def test_own_scaler_scales_from_zero_on_backlog_and_back_after_the_delay(
     )
     queue.delete(cluster.stream("jobs-scale"))
     wait_until(lambda: cluster.replicas("jobs-scale") == 0, timeout=60, what="scaled back to zero")
-    assert operator.metric("bundleserve_operator_api_writes_total", verb="patch", kind="Deployment") >= 2
+    # The API server stores the patch before the operator reads its response and counts the write: poll, do not read once.
+    wait_until(
+        lambda: operator.metric("bundleserve_operator_api_writes_total", verb="patch", kind="Deployment") >= 2,
+        timeout=10,
+        what="both scaling patches counted",
+    )
 
 
 def test_keda_present_means_a_scaled_object_and_no_own_scaling(
