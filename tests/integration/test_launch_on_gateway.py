@@ -110,3 +110,63 @@ async def test_sync_and_streaming_tasks_are_served_by_the_gateways_fast_edge(lau
         assert port not in gateway.fast_connections()
     finally:
         writer.close()
+
+
+async def test_async_tasks_and_their_polls_are_served_by_the_gateways_fast_edge(launch_target: LaunchTarget) -> None:
+    """A Launch client submits and polls on one keep-alive connection: legacy `task_async`, its poll and
+    `task/result`, v1 `async-tasks` and its poll are all answered by the gateway's fast edge (the connection is
+    still the fast edge's after each), in Launch's shapes, including a GET carrying `{}` as the 0.3.x client sends
+    it, a poll without the API key (401) and a poll whose body is over the limit (413)."""
+    gateway: ThreadedGateway = launch_target.servers[0]
+    authorization = launch_target.headers["Authorization"].encode()
+    parts = urlsplit(launch_target.url(ASYNC))
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    port = writer.get_extra_info("sockname")[1]
+
+    def request(method: str, target: str, body: bytes | None, *, key: bool = True) -> bytes:
+        head = f"{method} {target} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n".encode()
+        if key:
+            head += b"Authorization: " + authorization + b"\r\n"
+        if body is None:
+            return head + b"\r\n"
+        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    async def answer(data: bytes) -> tuple[int, dict[str, Any]]:
+        writer.write(data)
+        status, _, body = await read_answer(reader)
+        assert port in gateway.fast_connections(), (status, body)
+        return status, json.loads(body)
+
+    async def poll_until_done(target: str, field: str, pending: set[str]) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            status, document = await answer(request("GET", target, b"{}"))
+            assert status == 200, document
+            if document[field] not in pending or asyncio.get_running_loop().time() > deadline:
+                return document
+            await asyncio.sleep(0.05)
+
+    try:
+        legacy = json.dumps({"args": {"n": "legacy"}, "return_pickled": False}).encode()
+        status, submitted = await answer(request("POST", f"/v1/hosted_inference/task_async/{ASYNC}", legacy))
+        assert status == 200 and submitted["task_id"], submitted
+        task_id = submitted["task_id"]
+        polled = await poll_until_done(
+            f"/v1/hosted_inference/endpoints/{ASYNC}/task_async/{task_id}", "state", {"PENDING"}
+        )
+        assert polled["state"] == "SUCCESS", polled
+        status, by_id = await answer(request("GET", f"/v1/hosted_inference/task/result/{task_id}", None))
+        assert (status, by_id["state"]) == (200, "SUCCESS")
+
+        v1 = json.dumps({"args": {"n": "v1"}}).encode()
+        status, submitted = await answer(request("POST", f"/v1/async-tasks?model_endpoint_id={ASYNC}", v1))
+        assert status == 200 and submitted["task_id"], submitted
+        polled = await poll_until_done(f"/v1/async-tasks/{submitted['task_id']}", "status", {"PENDING", "STARTED"})
+        assert polled["status"] == "SUCCESS", polled
+
+        status, refused = await answer(request("GET", f"/v1/async-tasks/{task_id}", None, key=False))
+        assert (status, "detail" in refused) == (401, True)
+        status, refused = await answer(request("GET", f"/v1/async-tasks/{task_id}", b"x" * 5000))
+        assert (status, refused["error"]["code"]) == (413, "payload_too_large")
+    finally:
+        writer.close()

@@ -394,6 +394,8 @@ class GatewayConnection(asyncio.Protocol):
                 keep_alive = b"close" not in value.lower()
             elif name in _NOT_FAST:
                 return None
+        if length is None and method == "GET":
+            length = 0  # a poll: no body
         if length is None or length > BUFFER_BYTES:
             return None
         operation, params = found

@@ -1,6 +1,8 @@
-"""The Launch dialect's routes: parse -> invocation core / task service -> render. The sync and streaming calls are
-written once against the transport-neutral seam (`edge.exchange`: `legacy_sync`, `v1_sync`, `v1_stream` are head
-phases) and served by aiohttp (`dialects.adapter`) and by the fast edges; the rest are aiohttp handlers.
+"""The Launch dialect's routes: parse -> invocation core / task service -> render. The calls, the async submissions
+and the polls are written once against the transport-neutral seam (`edge.exchange`: `legacy_sync`, `v1_sync`,
+`v1_stream`, `legacy_async`, `v1_async`, `legacy_poll`, `legacy_result`, `v1_poll` are head phases) and served by
+aiohttp (`dialects.adapter`) and by the fast edges (`operations`), so a client that submits and polls on one
+keep-alive connection stays on the fast edge; the endpoint listings are aiohttp handlers.
 
 Legacy routes (PyPI `scale-launch` 0.3.x; the client's `endpoint` is `{server}/v1/hosted_inference`):
   GET  /v1/hosted_inference/endpoints/{name}                       endpoint description (`endpoint_type` sync|async)
@@ -35,7 +37,7 @@ from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, InvalidRequest, ModelError, ModeNotServed, NotFound, Unavailable
 from bundleserve.api.invocation import Invocation, ModelReply, StreamChunk
 from bundleserve.dialects import adapter
-from bundleserve.dialects.base import InvocationBackend, TaskBackend, WholeCall, absolute_url, absolute_url_of
+from bundleserve.dialects.base import InvocationBackend, TaskBackend, WholeCall, absolute_url_of
 from bundleserve.dialects.launch import render
 from bundleserve.dialects.launch.models import (
     LegacyAsyncSubmitResponse,
@@ -59,8 +61,16 @@ _JSON = "application/json"
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _JSON_HEADERS = {"Content-Type": _JSON}
 LEGACY_SYNC_PATH = f"{LEGACY_BASE}/task_sync/{{name}}"
+LEGACY_ASYNC_PATH = f"{LEGACY_BASE}/task_async/{{name}}"
+LEGACY_POLL_PATH = f"{LEGACY_BASE}/endpoints/{{name}}/task_async/{{task_id}}"
+LEGACY_RESULT_PATH = f"{LEGACY_BASE}/task/result/{{task_id}}"
 V1_SYNC_PATH = "/v1/sync-tasks"
+V1_ASYNC_PATH = "/v1/async-tasks"
+V1_POLL_PATH = "/v1/async-tasks/{task_id}"
 V1_STREAM_PATH = "/v1/streaming-tasks"
+#: The largest body a poll (a GET) may carry, read and ignored: the scale-launch 0.3.x client sends `{}` with its
+#: GETs, so a poll with a body is normal; a larger one is refused (413) by the fast edges.
+POLL_BODY_BYTES = 4096
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -167,15 +177,8 @@ class LaunchRoutes:
         return [
             web.get(f"{LEGACY_BASE}/endpoints", legacy(self.legacy_endpoints)),
             web.get(f"{LEGACY_BASE}/endpoints/{{name}}", legacy(self.legacy_endpoint)),
-            web.get(f"{LEGACY_BASE}/task/result/{{task_id}}", legacy(self.legacy_result)),
-            adapter.route("POST", LEGACY_SYNC_PATH, self.legacy_sync),
-            web.post(f"{LEGACY_BASE}/task_async/{{name}}", legacy(self.legacy_async)),
-            web.get(f"{LEGACY_BASE}/endpoints/{{name}}/task_async/{{task_id}}", legacy(self.legacy_poll)),
             web.get("/v1/model-endpoints", v1(self.v1_endpoints)),
-            adapter.route("POST", V1_SYNC_PATH, self.v1_sync),
-            web.post("/v1/async-tasks", v1(self.v1_async)),
-            web.get("/v1/async-tasks/{task_id}", v1(self.v1_poll)),
-            adapter.route("POST", V1_STREAM_PATH, self.v1_stream),
+            *(adapter.route(method, path, operation) for method, path, operation in operations(self)),
         ]
 
     # -- shared steps ---------------------------------------------------------------------------------------------
@@ -231,36 +234,23 @@ class LaunchRoutes:
         answer = LegacyEndpointList(endpoints=[render.build_legacy_endpoint(view) for view in views])
         return _json(render.dump(answer))
 
-    async def legacy_result(self, request: web.Request) -> web.Response:
-        """`get_async_response(task_id)`: the task found by its id alone (its record names the endpoint), answered
-        at once in the legacy poll's shape: `state` PENDING (queued or running), SUCCESS or FAILURE (expired too),
-        never a state the 0.3.x client does not know."""
-        self.gatekeeper.gate(None, request.headers.get("Authorization"), Mode.ASYNC)
-        task_id = request.match_info["task_id"]
-        record = await self._task_backend(None).status(task_id, wait_seconds=0.0)
-        if record is None:
-            raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
-        answer = render.build_legacy_task(record, functools.partial(absolute_url, request))
-        return _json(render.dump(answer))
+    def legacy_result(self, head: Head) -> Prepared | Reply:
+        """`get_async_response(task_id)`'s head phase: the task found by its id alone (its record names the
+        endpoint), answered at once in the legacy poll's shape: `state` PENDING (queued or running), SUCCESS or
+        FAILURE (expired too), never a state the 0.3.x client does not know."""
+        return self._poll(head, None, wait_seconds=0.0, legacy=True)
 
     def legacy_sync(self, head: Head) -> Prepared | Reply:
         """`task_sync/{name}`'s head phase (the seam's, `edge.exchange`: served by aiohttp and the fast edges)."""
         return self._prepare(head, Mode.SYNC, legacy=True)
 
-    async def legacy_async(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        task_id = await self._submit(request, name, LegacyTaskRequest)
-        return _json(render.dump(LegacyAsyncSubmitResponse(task_id=task_id)))
+    def legacy_async(self, head: Head) -> Prepared | Reply:
+        """`task_async/{name}`'s head phase."""
+        return self._submission(head, legacy=True)
 
-    async def legacy_poll(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        self.gatekeeper.gate(name, request.headers.get("Authorization"), Mode.ASYNC)
-        task_id = request.match_info["task_id"]
-        record = await self._task_backend(name).status(task_id, wait_seconds=LEGACY_POLL_WAIT_SECONDS)
-        if record is None:
-            raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
-        answer = render.build_legacy_task(record, functools.partial(absolute_url, request))
-        return _json(render.dump(answer))
+    def legacy_poll(self, head: Head) -> Prepared | Reply:
+        """The legacy poll's head phase (held up to `LEGACY_POLL_WAIT_SECONDS` for the task to finish)."""
+        return self._poll(head, head.params.get("name"), wait_seconds=LEGACY_POLL_WAIT_SECONDS, legacy=True)
 
     # -- v1 -------------------------------------------------------------------------------------------------------
 
@@ -281,18 +271,14 @@ class LaunchRoutes:
         """`POST /v1/sync-tasks`'s head phase."""
         return self._prepare(head, Mode.SYNC, legacy=False)
 
-    async def v1_async(self, request: web.Request) -> web.Response:
-        task_id = await self._submit(request, _endpoint_id(request.query.get("model_endpoint_id")), V1TaskRequest)
-        return _json(render.dump(V1AsyncSubmitResponse(task_id=task_id)))
+    def v1_async(self, head: Head) -> Prepared | Reply:
+        """`POST /v1/async-tasks`'s head phase."""
+        return self._submission(head, legacy=False)
 
-    async def v1_poll(self, request: web.Request) -> web.Response:
-        """By task id only (model-engine's route has no endpoint): the gate checks the API key."""
-        self.gatekeeper.gate(None, request.headers.get("Authorization"), Mode.ASYNC)
-        task_id = request.match_info["task_id"]
-        record = await self._task_backend(None).status(task_id, wait_seconds=0.0)
-        if record is None:
-            raise NotFound(f"no task {task_id!r} (unknown, or its result expired)")
-        return _json(render.dump(render.build_v1_task(record, functools.partial(absolute_url, request))))
+    def v1_poll(self, head: Head) -> Prepared | Reply:
+        """`GET /v1/async-tasks/{task_id}`'s head phase: by task id only (model-engine's route has no endpoint), so
+        the gate checks the API key (and the namespaces it opens)."""
+        return self._poll(head, None, wait_seconds=0.0, legacy=False)
 
     def v1_stream(self, head: Head) -> Prepared | Reply:
         """`POST /v1/streaming-tasks`'s head phase."""
@@ -311,16 +297,97 @@ class LaunchRoutes:
 
     # -- async ----------------------------------------------------------------------------------------------------
 
-    async def _submit(
-        self, request: web.Request, name: str, model: type[LegacyTaskRequest] | type[V1TaskRequest]
-    ) -> str:
-        self.gatekeeper.gate(name, request.headers.get("Authorization"), Mode.ASYNC)
-        tasks = self._task_backend(name)
-        task = parse_task_request(await self.gatekeeper.read_body(request), model)
-        callback = CallbackTarget(task.callback_url, task.callback_auth) if task.callback_url else None
-        return await tasks.submit(
-            to_invocation(task), callback=callback, request_ttl_seconds=None, invocation_timeout_seconds=None
+    def _submission(self, head: Head, *, legacy: bool) -> Prepared | Reply:
+        """The endpoint (from the path, or the v1 query), its gate and its queue, before the body."""
+        try:
+            name = head.params["name"] if legacy else _endpoint_id(head.query("model_endpoint_id"))
+            backend = self.calls(name)
+            backend.gate(name, head.headers.get("Authorization"), Mode.ASYNC)
+            tasks = self._task_backend(name)
+        except ApiError as error:
+            return _error_reply(error, legacy=legacy)
+        return _Submission(backend, tasks, legacy=legacy)
+
+    def _poll(self, head: Head, name: str | None, *, wait_seconds: float, legacy: bool) -> Prepared | Reply:
+        """A task's status by id (within endpoint `name`, or found by id alone): the gate (the API key, and for a
+        name its async mode), then the lookup in the body phase."""
+        try:
+            self.gatekeeper.gate(name, head.headers.get("Authorization"), Mode.ASYNC)
+            tasks = self._task_backend(name)
+        except ApiError as error:
+            return _error_reply(error, legacy=legacy)
+        return _Poll(head, tasks, head.params["task_id"], wait_seconds, legacy=legacy)
+
+
+class _Submission:
+    """An async task's body phase (`edge.exchange.Prepared`): the task request parsed, queued, its id answered."""
+
+    __slots__ = ("backend", "legacy", "tasks")
+
+    def __init__(self, backend: InvocationBackend, tasks: TaskBackend, *, legacy: bool) -> None:
+        self.backend = backend
+        self.tasks = tasks
+        self.legacy = legacy
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.backend.max_body_bytes
+
+    async def read_body(self, request: web.Request) -> bytes:
+        return await self.backend.read_body(request)
+
+    def refuse(self, error: ApiError) -> Reply:
+        return _error_reply(error, legacy=self.legacy)
+
+    async def answer(self, body: bytes) -> Reply:
+        try:
+            task = parse_task_request(body, LegacyTaskRequest if self.legacy else V1TaskRequest)
+            del body
+            callback = CallbackTarget(task.callback_url, task.callback_auth) if task.callback_url else None
+            task_id = await self.tasks.submit(
+                to_invocation(task), callback=callback, request_ttl_seconds=None, invocation_timeout_seconds=None
+            )
+        except ApiError as error:
+            return self.refuse(error)
+        submitted = (
+            LegacyAsyncSubmitResponse(task_id=task_id) if self.legacy else V1AsyncSubmitResponse(task_id=task_id)
         )
+        return _json_reply(render.dump(submitted))
+
+
+class _Poll:
+    """A task's status lookup, past its gate (`edge.exchange.Prepared`; the request has no body)."""
+
+    __slots__ = ("head", "legacy", "task_id", "tasks", "wait_seconds")
+
+    def __init__(self, head: Head, tasks: TaskBackend, task_id: str, wait_seconds: float, *, legacy: bool) -> None:
+        self.head = head
+        self.tasks = tasks
+        self.task_id = task_id
+        self.wait_seconds = wait_seconds
+        self.legacy = legacy
+
+    @property
+    def max_body_bytes(self) -> int:
+        return POLL_BODY_BYTES
+
+    async def read_body(self, request: web.Request) -> bytes:
+        return b""  # aiohttp drops the unread body
+
+    def refuse(self, error: ApiError) -> Reply:
+        return _error_reply(error, legacy=self.legacy)
+
+    async def answer(self, body: bytes) -> Reply:
+        try:
+            record = await self.tasks.status(self.task_id, wait_seconds=self.wait_seconds)
+        except ApiError as error:
+            return self.refuse(error)
+        if record is None:
+            return self.refuse(NotFound(f"no task {self.task_id!r} (unknown, or its result expired)"))
+        absolute = functools.partial(absolute_url_of, self.head)
+        if self.legacy:
+            return _json_reply(render.dump(render.build_legacy_task(record, absolute)))
+        return _json_reply(render.dump(render.build_v1_task(record, absolute)))
 
 
 class _Call:
@@ -414,9 +481,19 @@ async def _events(chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[bytes]:
         yield render.stream_failure_event(error)
 
 
-def sync_operations(routes: LaunchRoutes) -> list[tuple[str, HeadPhase]]:
-    """The sync (legacy and v1) and v1 streaming operations by path: the ones a fast edge serves too."""
-    return [(LEGACY_SYNC_PATH, routes.legacy_sync), (V1_SYNC_PATH, routes.v1_sync), (V1_STREAM_PATH, routes.v1_stream)]
+def operations(routes: LaunchRoutes) -> list[tuple[str, str, HeadPhase]]:
+    """Every seam operation by method and path (calls, async submissions, polls): served by aiohttp and by a
+    server's fast edge alike."""
+    return [
+        ("POST", LEGACY_SYNC_PATH, routes.legacy_sync),
+        ("POST", LEGACY_ASYNC_PATH, routes.legacy_async),
+        ("GET", LEGACY_POLL_PATH, routes.legacy_poll),
+        ("GET", LEGACY_RESULT_PATH, routes.legacy_result),
+        ("POST", V1_SYNC_PATH, routes.v1_sync),
+        ("POST", V1_ASYNC_PATH, routes.v1_async),
+        ("GET", V1_POLL_PATH, routes.v1_poll),
+        ("POST", V1_STREAM_PATH, routes.v1_stream),
+    ]
 
 
 def add_routes(
@@ -435,5 +512,5 @@ def add_routes(
     app.router.add_routes(launch.routes())
     fast = adapter.fast_routes(app)
     if fast is not None:
-        for path, operation in sync_operations(launch):
-            fast.add("POST", path, operation)
+        for method, path, operation in operations(launch):
+            fast.add(method, path, operation)

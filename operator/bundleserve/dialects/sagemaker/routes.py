@@ -26,8 +26,7 @@ from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, ModelError, NotFound, Timeout, Unavailable
 from bundleserve.api.invocation import Invocation, ModelReply, StreamChunk, TaskStatus
 from bundleserve.dialects import adapter
-from bundleserve.dialects.adapter import head_of
-from bundleserve.dialects.base import InvocationBackend, TaskBackend, WholeCall, absolute_url
+from bundleserve.dialects.base import InvocationBackend, TaskBackend, WholeCall, absolute_url_of
 from bundleserve.dialects.sagemaker import eventstream, protocol, sigv4
 from bundleserve.dialects.sagemaker.protocol import Operation
 from bundleserve.edge.exchange import Head, HeadPhase, Prepared, Reply
@@ -41,6 +40,11 @@ TaskResolver = Callable[[str], TaskBackend]  # endpoint name -> its tasks (raise
 #: backend. Raises NotFound for a name it does not know.
 CallsResolver = Callable[[str], InvocationBackend]
 
+#: The body limit of an async invocation without a backend (the ungated test harness): aiohttp's default.
+UNGATED_BODY_BYTES = 1024**2
+#: The largest body a GET of an output or failure location may carry (read and ignored); a larger one is 413.
+LOCATION_BODY_BYTES = 4096
+
 #: Authorization schemes that carry a bundleserve API key (edge.auth), accepted instead of SigV4 where keys exist.
 _API_KEY_SCHEMES = ("bearer", "basic")
 
@@ -48,6 +52,7 @@ log = logging.getLogger(__name__)
 
 INVOKE_PATH = "/endpoints/{name}/invocations"
 INVOKE_STREAM_PATH = "/endpoints/{name}/invocations-response-stream"
+ASYNC_PATH = "/endpoints/{name}/async-invocations"
 OUTPUT_PATH = "/endpoints/{name}/async-invocations/{task_id}/output"
 FAILURE_PATH = "/endpoints/{name}/async-invocations/{task_id}/failure"
 
@@ -186,48 +191,44 @@ class SageMakerApi:
         call = _InvokeCall if operation is Operation.INVOKE else _StreamCall
         return call(self, head, request_id, backend, signed, parsed, self.settings.python_bundle(name))
 
-    # -- InvokeEndpointAsync ---------------------------------------------------------------------------------------
+    # -- InvokeEndpointAsync, and the locations of its output and failure: seam operations too -------------------
 
-    async def invoke_async(self, request: web.Request) -> web.Response:
+    def invoke_async(self, head: Head) -> Prepared | Reply:
+        """InvokeEndpointAsync's head phase: the endpoint, the signature's header checks, the operation's headers,
+        the gate and the endpoint's queue; the body phase (`_AsyncInvoke`) queues the task and answers 202."""
         request_id = protocol.new_request_id()
         try:
-            name = request.match_info["name"]
+            name = head.params["name"]
             backend = self._backend(name)
-            head = head_of(request)
             signed, authorization = self._authenticate(head.headers, backend)
             parsed = protocol.parse_request(Operation.INVOKE_ASYNC, name, head.headers, variant=self.settings.variant)
             self._gate(backend, name, signed, authorization, Mode.ASYNC)
             tasks = self._tasks(name)
-            s3_paths = tasks.s3_paths()
-            body = await self._read_body(backend, request)
-            self.verify(head, signed, body)
-            invocation = protocol.build_invocation(
-                parsed,
-                body,
-                python_bundle=self.settings.python_bundle(name),
-                allow_s3_input=s3_paths is not None,
-            )
-            task_id = await tasks.submit(
-                invocation,
-                callback=None,
-                request_ttl_seconds=parsed.request_ttl_seconds,
-                invocation_timeout_seconds=parsed.invocation_timeout_seconds,
-                s3_paths=s3_paths,
-            )
         except ApiError as error:
-            return self._error(error, request_id)
-        if s3_paths is not None:  # S3 storage: SageMaker's own contract, objects the worker writes
-            output, failure = output_url(s3_paths.output, task_id), failure_url(s3_paths.failure, task_id)
-        else:  # no S3: the http(s) routes below stand in for the objects
-            output = absolute_url(request, OUTPUT_PATH.format(name=name, task_id=task_id))
-            failure = absolute_url(request, FAILURE_PATH.format(name=name, task_id=task_id))
-        headers = {
-            protocol.H_OUTPUT_LOCATION: output,
-            protocol.H_FAILURE_LOCATION: failure,
-            protocol.H_REQUEST_ID: request_id,
-        }
-        inference_id = parsed.inference_id or task_id
-        return web.json_response({"InferenceId": inference_id}, status=202, headers=headers)
+            return self.error_reply(error, request_id)
+        return _AsyncInvoke(self, head, request_id, backend, signed, parsed, tasks)
+
+    def output(self, head: Head) -> Prepared | Reply:
+        """`GET .../async-invocations/{task_id}/output`'s head phase: the result once the task succeeded, else 404."""
+        return self._location(head, output=True)
+
+    def failure(self, head: Head) -> Prepared | Reply:
+        """`GET .../async-invocations/{task_id}/failure`'s head phase: the failure once the task failed, else 404."""
+        return self._location(head, output=False)
+
+    def _location(self, head: Head, *, output: bool) -> Prepared | Reply:
+        """The same authentication as the invocations (a signed GET over an empty body), then the endpoint's tasks."""
+        request_id = protocol.new_request_id()
+        try:
+            name = head.params["name"]
+            backend = self._backend(name)
+            signed, authorization = self._authenticate(head.headers, backend)
+            self.verify(head, signed, b"", once=False)
+            self._gate(backend, name, signed, authorization, Mode.ASYNC)
+            tasks = self._tasks(name)
+        except ApiError as error:
+            return self.error_reply(error, request_id)
+        return _Location(self, tasks, head.params["task_id"], request_id, output=output)
 
     def _sync_backend(self, name: str) -> InvocationBackend:
         backend = self._backend(name)
@@ -243,57 +244,10 @@ class SageMakerApi:
         except NotFound:
             raise protocol.unknown_endpoint(name) from None
 
-    # -- output and failure locations ------------------------------------------------------------------------------
-
-    async def output(self, request: web.Request) -> web.Response:
-        request_id = protocol.new_request_id()
-        try:
-            name, task_id = request.match_info["name"], request.match_info["task_id"]
-            tasks = self._location_tasks(request, name)
-            record = await tasks.status(task_id, wait_seconds=0)
-            if record is None or record.status is not TaskStatus.SUCCESS:
-                return _not_written(request_id, "output")
-            if record.result_url is None and record.result_json is not None:
-                body, content_type = record.result_json.encode("utf-8"), protocol.JSON_TYPE
-            else:
-                body, content_type = await tasks.result(task_id)
-        except ApiError as error:
-            return self._error(error, request_id)
-        return web.Response(body=body, headers={"Content-Type": content_type, protocol.H_REQUEST_ID: request_id})
-
-    async def failure(self, request: web.Request) -> web.Response:
-        request_id = protocol.new_request_id()
-        try:
-            name, task_id = request.match_info["name"], request.match_info["task_id"]
-            record = await self._location_tasks(request, name).status(task_id, wait_seconds=0)
-        except ApiError as error:
-            return self._error(error, request_id)
-        if record is None or record.status not in (TaskStatus.FAILURE, TaskStatus.EXPIRED):
-            return _not_written(request_id, "failure")
-        body = failure_document(record.status, record.status_code, record.traceback)
-        headers = {"Content-Type": protocol.JSON_TYPE, protocol.H_REQUEST_ID: request_id}
-        return web.Response(body=body, headers=headers)
-
-    def _location_tasks(self, request: web.Request, name: str) -> TaskBackend:
-        """The same authentication as the invocations (a signed GET over an empty body), then the endpoint's tasks."""
-        backend = self._backend(name)
-        head = head_of(request)
-        signed, authorization = self._authenticate(head.headers, backend)
-        self.verify(head, signed, b"", once=False)
-        self._gate(backend, name, signed, authorization, Mode.ASYNC)
-        return self._tasks(name)
-
 
 def _is_api_key(authorization: str | None) -> bool:
     scheme = (authorization or "").strip().partition(" ")[0].lower()
     return scheme in _API_KEY_SCHEMES
-
-
-def _not_written(request_id: str, what: str) -> web.Response:
-    body = json.dumps({"message": f"the {what} has not been written (yet)"}).encode()
-    return web.Response(
-        status=404, body=body, headers={"Content-Type": protocol.JSON_TYPE, protocol.H_REQUEST_ID: request_id}
-    )
 
 
 class _Call:
@@ -388,33 +342,31 @@ async def _frames(chunks: AsyncIterator[StreamChunk], *, python_bundle: bool) ->
 
 
 def routes(api: SageMakerApi) -> list[web.RouteDef]:
-    """The dialect's routes; sync and stream only when the API has invocation backends (`calls`)."""
-    table = [
-        web.post("/endpoints/{name}/async-invocations", api.invoke_async),
-        web.get(OUTPUT_PATH, api.output),
-        web.get(FAILURE_PATH, api.failure),
+    """The dialect's aiohttp routes; sync and stream only when the API has invocation backends (`calls`)."""
+    return [adapter.route(method, path, operation) for method, path, operation in operations(api)]
+
+
+def operations(api: SageMakerApi) -> list[tuple[str, str, HeadPhase]]:
+    """The dialect's operations by method and path (all seam operations, served by aiohttp and by a fast edge
+    alike); InvokeEndpoint and InvokeEndpointWithResponseStream only when the API has invocation backends."""
+    table: list[tuple[str, str, HeadPhase]] = [
+        ("POST", ASYNC_PATH, api.invoke_async),
+        ("GET", OUTPUT_PATH, api.output),
+        ("GET", FAILURE_PATH, api.failure),
     ]
     if api.calls is not None:
-        table += [adapter.route("POST", path, operation) for path, operation in sync_operations(api)]
+        table += [("POST", INVOKE_PATH, api.invoke), ("POST", INVOKE_STREAM_PATH, api.invoke_stream)]
     return table
 
 
-def sync_operations(api: SageMakerApi) -> list[tuple[str, HeadPhase]]:
-    """InvokeEndpoint and InvokeEndpointWithResponseStream by path: the operations a fast edge serves too."""
-    return [
-        (INVOKE_PATH, api.invoke),
-        (INVOKE_STREAM_PATH, api.invoke_stream),
-    ]
-
-
 def add_routes(app: web.Application, api: SageMakerApi) -> None:
-    """The dialect's aiohttp routes, and its sync and streaming operations on the server's fast edge when it has one
-    (`dialects.adapter.FAST_ROUTES`)."""
+    """The dialect's aiohttp routes, and its operations on the server's fast edge when it has one
+    (`dialects.adapter.FAST_ROUTES`; not for the ungated test harness, which has no `calls`)."""
     app.add_routes(routes(api))
     fast = adapter.fast_routes(app)
     if fast is not None and api.calls is not None:
-        for path, operation in sync_operations(api):
-            fast.add("POST", path, operation)
+        for method, path, operation in operations(api):
+            fast.add(method, path, operation)
 
 
 def mount(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None, signing: sigv4.SigV4Config) -> None:
@@ -434,3 +386,122 @@ def mount(app: web.Application, core: InvocationBackend, tasks: TaskBackend | No
             return bound
 
     add_routes(app, SageMakerApi(settings, calls=lambda _name: core, tasks=resolver))
+
+
+class _AsyncInvoke:
+    """InvokeEndpointAsync's body phase (`edge.exchange.Prepared`): the signature over the body, the one invocation,
+    queued; 202 with the locations its output and failure will be written to."""
+
+    __slots__ = ("api", "backend", "head", "parsed", "request_id", "signed", "tasks")
+
+    def __init__(
+        self,
+        api: SageMakerApi,
+        head: Head,
+        request_id: str,
+        backend: InvocationBackend | None,
+        signed: sigv4.SignedRequest | None,
+        parsed: protocol.SageMakerRequest,
+        tasks: TaskBackend,
+    ) -> None:
+        self.api = api
+        self.head = head
+        self.request_id = request_id
+        self.backend = backend
+        self.signed = signed
+        self.parsed = parsed
+        self.tasks = tasks
+
+    @property
+    def max_body_bytes(self) -> int:
+        # Without a backend (the ungated test harness, served by aiohttp only) aiohttp's own limit applies.
+        return UNGATED_BODY_BYTES if self.backend is None else self.backend.max_body_bytes
+
+    async def read_body(self, request: web.Request) -> bytes:
+        return await (request.read() if self.backend is None else self.backend.read_body(request))
+
+    def refuse(self, error: ApiError) -> Reply:
+        return self.api.error_reply(error, self.request_id)
+
+    async def answer(self, body: bytes) -> Reply:
+        api, head, parsed, tasks = self.api, self.head, self.parsed, self.tasks
+        try:
+            s3_paths = tasks.s3_paths()
+            api.verify(head, self.signed, body)
+            invocation = protocol.build_invocation(
+                parsed,
+                body,
+                python_bundle=api.settings.python_bundle(parsed.endpoint),
+                allow_s3_input=s3_paths is not None,
+            )
+            del body
+            task_id = await tasks.submit(
+                invocation,
+                callback=None,
+                request_ttl_seconds=parsed.request_ttl_seconds,
+                invocation_timeout_seconds=parsed.invocation_timeout_seconds,
+                s3_paths=s3_paths,
+            )
+        except ApiError as error:
+            return self.refuse(error)
+        name = parsed.endpoint
+        if s3_paths is not None:  # S3 storage: SageMaker's own contract, objects the worker writes
+            output, failure = output_url(s3_paths.output, task_id), failure_url(s3_paths.failure, task_id)
+        else:  # no S3: the http(s) routes stand in for the objects
+            output = absolute_url_of(head, OUTPUT_PATH.format(name=name, task_id=task_id))
+            failure = absolute_url_of(head, FAILURE_PATH.format(name=name, task_id=task_id))
+        headers = {
+            "Content-Type": protocol.JSON_TYPE,
+            protocol.H_OUTPUT_LOCATION: output,
+            protocol.H_FAILURE_LOCATION: failure,
+            protocol.H_REQUEST_ID: self.request_id,
+        }
+        return Reply(202, headers, json.dumps({"InferenceId": parsed.inference_id or task_id}).encode())
+
+
+class _Location:
+    """The output or failure location of an async invocation, past its gate (`edge.exchange.Prepared`; a GET, whose
+    body, if any, is ignored): the object once the task wrote it, else 404."""
+
+    __slots__ = ("api", "output", "request_id", "task_id", "tasks")
+
+    def __init__(self, api: SageMakerApi, tasks: TaskBackend, task_id: str, request_id: str, *, output: bool) -> None:
+        self.api = api
+        self.tasks = tasks
+        self.task_id = task_id
+        self.request_id = request_id
+        self.output = output
+
+    @property
+    def max_body_bytes(self) -> int:
+        return LOCATION_BODY_BYTES
+
+    async def read_body(self, request: web.Request) -> bytes:
+        return b""  # aiohttp drops the unread body
+
+    def refuse(self, error: ApiError) -> Reply:
+        return self.api.error_reply(error, self.request_id)
+
+    async def answer(self, body: bytes) -> Reply:
+        tasks, task_id, request_id = self.tasks, self.task_id, self.request_id
+        try:
+            record = await tasks.status(task_id, wait_seconds=0)
+            if not self.output:
+                if record is None or record.status not in (TaskStatus.FAILURE, TaskStatus.EXPIRED):
+                    return _not_written(request_id, "failure")
+                document = failure_document(record.status, record.status_code, record.traceback)
+                return Reply(200, {"Content-Type": protocol.JSON_TYPE, protocol.H_REQUEST_ID: request_id}, document)
+            if record is None or record.status is not TaskStatus.SUCCESS:
+                return _not_written(request_id, "output")
+            if record.result_url is None and record.result_json is not None:
+                result, content_type = record.result_json.encode("utf-8"), protocol.JSON_TYPE
+            else:
+                result, content_type = await tasks.result(task_id)
+        except ApiError as error:
+            return self.refuse(error)
+        return Reply(200, {"Content-Type": content_type, protocol.H_REQUEST_ID: request_id}, result)
+
+
+def _not_written(request_id: str, what: str) -> Reply:
+    body = json.dumps({"message": f"the {what} has not been written (yet)"}).encode()
+    return Reply(404, {"Content-Type": protocol.JSON_TYPE, protocol.H_REQUEST_ID: request_id}, body)
