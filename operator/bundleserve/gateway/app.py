@@ -173,14 +173,6 @@ class Gateway:
     def requires_api_key(self) -> bool:
         return self.keys is not None
 
-    async def read_body(self, request: web.Request) -> bytes:
-        """The body under the limit of the endpoint the request names (the route's `{name}`, or Launch's
-        `model_endpoint_id` query parameter), for the dialects' async adapters."""
-        name = request.match_info.get("name") or request.query.get("model_endpoint_id", "").strip()
-        if not name:
-            raise InvalidRequest("the request names no endpoint")
-        return await read_capped(request, self.registry.resolve(name).max_payload_bytes)
-
     def upstream_authorization(self, entry: EndpointEntry) -> str | None:
         """The credential the gateway sends a router: never the client's own, but that endpoint's gateway key
         (api/credentials.py), which only that endpoint's routers accept; None when the gateway has no keys (then

@@ -89,14 +89,12 @@ ResultsResolver = Callable[[str], PickledResults]
 
 
 class EndpointGate(Protocol):
-    """The part of the core every Launch route needs: the gate (called before the body is read) and the body limit.
-
-    `InvocationBackend` satisfies it; so does the gateway (for routes that name no endpoint, or only list them).
-    """
+    """The part of the core the routes that call no model need (the polls, the listings): the gate, called before
+    the body is read. `InvocationBackend` satisfies it; so does the gateway (for routes that name no endpoint, or only
+    list them). The routes that take a body gate through the endpoint's own backend (`CallsResolver`), which also
+    holds its body limit."""
 
     def gate(self, name: str | None, authorization: str | None, mode: Mode) -> object: ...
-
-    async def read_body(self, request: web.Request) -> bytes: ...
 
 
 #: The invocation backend of endpoint `name`: a router's core (its own endpoint), or the gateway's per-endpoint

@@ -88,10 +88,6 @@ class SageMakerApi:
 
     # -- shared steps ----------------------------------------------------------------------------------------------
 
-    def _error(self, error: ApiError, request_id: str) -> web.Response:
-        reply = self.error_reply(error, request_id)
-        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
-
     @staticmethod
     def error_reply(error: ApiError, request_id: str) -> Reply:
         reply = protocol.render_error(error, request_id=request_id)
@@ -141,12 +137,6 @@ class SageMakerApi:
             backend.gate(name, authorization, mode, authenticated=signed is not None, scope=scope)
         except NotFound:
             raise protocol.unknown_endpoint(name) from None
-
-    @staticmethod
-    async def _read_body(backend: InvocationBackend | None, request: web.Request) -> bytes:
-        if backend is None:
-            return await request.read()
-        return await backend.read_body(request)
 
     def verify(self, head: Head, signed: sigv4.SignedRequest | None, body: bytes, *, once: bool = True) -> None:
         """The signature over the body; `once` (invocations): an exact replay of a verified signature is refused
