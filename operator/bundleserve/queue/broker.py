@@ -460,10 +460,13 @@ async def find_task(redis: aioredis.Redis, queues: Sequence[str], task_id: str) 
     the queues its caller may see, in one pipelined round trip."""
     if not keys.is_task_id(task_id) or not queues:
         return None
-    async with redis.pipeline(transaction=False) as pipe:
-        for queue in queues:
-            pipe.hmget(keys.task(queue, task_id), *STATUS_FIELDS)
-        replies = await pipe.execute()
+    if len(queues) == 1:  # the common case: one command, without a pipeline's cost (~10 µs of CPU in redis-py)
+        replies = [await redis.hmget(keys.task(queues[0], task_id), *STATUS_FIELDS)]
+    else:
+        async with redis.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.hmget(keys.task(queue, task_id), *STATUS_FIELDS)
+            replies = await pipe.execute()
     for queue, values in zip(queues, replies, strict=True):
         record = TaskRecord.from_fields(task_id, dict(zip(STATUS_FIELDS, values, strict=True)))
         if record is not None:
