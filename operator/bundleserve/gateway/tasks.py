@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from bundleserve.api.endpoint import Endpoint
 from bundleserve.api.errors import NotFound, Unavailable
 from bundleserve.api.invocation import Invocation
 from bundleserve.gateway.registry import EndpointEntry
@@ -50,20 +51,26 @@ class EndpointQueues:
         self.checks = checks
         self.waiter = CompletionWaiter(self.redis)
         self.store: ResultStore = open_result_store(results_dir, results_url, s3_endpoint=results_s3_endpoint)
-        self._services: dict[tuple[str, str, str | None], tuple[QueueConfig, TaskService]] = {}
+        #: (namespace, name, variant) -> (the Endpoint it was built from, its queue config, its service)
+        self._services: dict[tuple[str, str, str | None], tuple[Endpoint, QueueConfig, TaskService]] = {}
 
     def service(self, entry: EndpointEntry, variant: str | None = None) -> TaskService:
         """The task service of the endpoint's queue, or of one declared variant's queue, with its current settings
-        (a changed spec gets a fresh one)."""
+        (a changed spec gets a fresh one). Built once per Endpoint document: the registry replaces the document when
+        the spec changes, so the same object means the same config, and a request builds nothing."""
         key = (entry.namespace, entry.name, variant)
-        config = QueueConfig.from_endpoint(entry.endpoint, self.limits, variant=variant)
         known = self._services.get(key)
-        if known is None or known[0] != config:
-            known = self._services[key] = (
-                config,
-                TaskService(TaskQueue(self.redis, config), self.store_of(entry.namespace), self.waiter, self.checks),
+        if known is not None and known[0] is entry.endpoint:
+            return known[2]
+        config = QueueConfig.from_endpoint(entry.endpoint, self.limits, variant=variant)
+        if known is None or known[1] != config:
+            service = TaskService(
+                TaskQueue(self.redis, config), self.store_of(entry.namespace), self.waiter, self.checks
             )
-        return known[1]
+        else:  # the same settings in a new document (a status-only update): the same service
+            service = known[2]
+        self._services[key] = (entry.endpoint, config, service)
+        return service
 
     def backend(
         self, entry: EndpointEntry, draw: Callable[[], float], requested: str | None = None
@@ -90,7 +97,7 @@ class EndpointQueues:
 
     async def close(self) -> None:
         await self.waiter.close()
-        for _, service in self._services.values():
+        for *_, service in self._services.values():
             with contextlib.suppress(Exception):
                 await service.queue.close()
         await self.redis.aclose()
