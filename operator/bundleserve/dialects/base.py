@@ -140,6 +140,33 @@ class WholeCall(ABC):
         return self.rendered(outcome)
 
 
+#: The largest body a lookup (a GET: a task's poll, an async output) may carry; it is read and ignored. The
+#: scale-launch 0.3.x client sends `{}` with its GETs, so a lookup with a body is normal; a larger one is 413.
+LOOKUP_BODY_BYTES = 4096
+
+
+class Lookup(ABC):
+    """A GET past its head phase (an `edge.exchange.Prepared`): it reads stored state and takes no body. One that
+    comes anyway is dropped (`LOOKUP_BODY_BYTES` at most on the fast edges; aiohttp drops it unread)."""
+
+    __slots__ = ()
+
+    @property
+    def max_body_bytes(self) -> int:
+        return LOOKUP_BODY_BYTES
+
+    async def read_body(self, request: web.Request) -> bytes:
+        return b""
+
+    @abstractmethod
+    def refuse(self, error: ApiError) -> Reply:
+        """`error` in the dialect's shape (`edge.exchange.Prepared.refuse`)."""
+
+    @abstractmethod
+    async def answer(self, body: bytes) -> Reply:
+        """The lookup, rendered (`body` is ignored)."""
+
+
 class TaskBackend(Protocol):
     """The async half (`bundleserve.queue.service.TaskService`), bound to one endpoint's queue."""
 

@@ -37,7 +37,7 @@ from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, InvalidRequest, ModelError, ModeNotServed, NotFound, Unavailable
 from bundleserve.api.invocation import Invocation, ModelReply, StreamChunk
 from bundleserve.dialects import adapter
-from bundleserve.dialects.base import InvocationBackend, TaskBackend, WholeCall, absolute_url_of
+from bundleserve.dialects.base import InvocationBackend, Lookup, TaskBackend, WholeCall, absolute_url_of
 from bundleserve.dialects.launch import render
 from bundleserve.dialects.launch.models import (
     LegacyAsyncSubmitResponse,
@@ -68,9 +68,6 @@ V1_SYNC_PATH = "/v1/sync-tasks"
 V1_ASYNC_PATH = "/v1/async-tasks"
 V1_POLL_PATH = "/v1/async-tasks/{task_id}"
 V1_STREAM_PATH = "/v1/streaming-tasks"
-#: The largest body a poll (a GET) may carry, read and ignored: the scale-launch 0.3.x client sends `{}` with its
-#: GETs, so a poll with a body is normal; a larger one is refused (413) by the fast edges.
-POLL_BODY_BYTES = 4096
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -317,14 +314,14 @@ class LaunchRoutes:
         return _Poll(head, tasks, head.params["task_id"], wait_seconds, legacy=legacy)
 
 
-class _Submission:
-    """An async task's body phase (`edge.exchange.Prepared`): the task request parsed, queued, its id answered."""
+class _Gated:
+    """A request with a body past its endpoint's gate: the endpoint's body limit and reader, Launch's error shape
+    (legacy or v1). What the body phases of calls and submissions share (`edge.exchange.Prepared`)."""
 
-    __slots__ = ("backend", "legacy", "tasks")
+    __slots__ = ("backend", "legacy")
 
-    def __init__(self, backend: InvocationBackend, tasks: TaskBackend, *, legacy: bool) -> None:
+    def __init__(self, backend: InvocationBackend, *, legacy: bool) -> None:
         self.backend = backend
-        self.tasks = tasks
         self.legacy = legacy
 
     @property
@@ -336,6 +333,16 @@ class _Submission:
 
     def refuse(self, error: ApiError) -> Reply:
         return _error_reply(error, legacy=self.legacy)
+
+
+class _Submission(_Gated):
+    """An async task's body phase: the task request parsed, queued, its id answered."""
+
+    __slots__ = ("tasks",)
+
+    def __init__(self, backend: InvocationBackend, tasks: TaskBackend, *, legacy: bool) -> None:
+        super().__init__(backend, legacy=legacy)
+        self.tasks = tasks
 
     async def answer(self, body: bytes) -> Reply:
         try:
@@ -353,8 +360,8 @@ class _Submission:
         return _json_reply(render.dump(submitted))
 
 
-class _Poll:
-    """A task's status lookup, past its gate (`edge.exchange.Prepared`; the request has no body)."""
+class _Poll(Lookup):
+    """A task's status lookup, past its gate."""
 
     __slots__ = ("head", "legacy", "task_id", "tasks", "wait_seconds")
 
@@ -364,13 +371,6 @@ class _Poll:
         self.task_id = task_id
         self.wait_seconds = wait_seconds
         self.legacy = legacy
-
-    @property
-    def max_body_bytes(self) -> int:
-        return POLL_BODY_BYTES
-
-    async def read_body(self, request: web.Request) -> bytes:
-        return b""  # aiohttp drops the unread body
 
     def refuse(self, error: ApiError) -> Reply:
         return _error_reply(error, legacy=self.legacy)
@@ -388,29 +388,18 @@ class _Poll:
         return _json_reply(render.dump(render.build_v1_task(record, absolute)))
 
 
-class _Call:
+class _Call(_Gated):
     """A sync or streaming task past its gate: what both body phases share."""
 
-    __slots__ = ("backend", "head", "legacy", "name", "routes")
+    __slots__ = ("head", "name", "routes")
 
     def __init__(
         self, routes: LaunchRoutes, head: Head, name: str, backend: InvocationBackend, *, legacy: bool
     ) -> None:
+        super().__init__(backend, legacy=legacy)
         self.routes = routes
         self.head = head
         self.name = name
-        self.backend = backend
-        self.legacy = legacy
-
-    @property
-    def max_body_bytes(self) -> int:
-        return self.backend.max_body_bytes
-
-    async def read_body(self, request: web.Request) -> bytes:
-        return await self.backend.read_body(request)
-
-    def refuse(self, error: ApiError) -> Reply:
-        return _error_reply(error, legacy=self.legacy)
 
     def invocation(self, body: bytes) -> Invocation:
         return task_invocation(body, LegacyTaskRequest if self.legacy else V1TaskRequest)

@@ -26,7 +26,7 @@ from bundleserve.api.endpoint import Mode
 from bundleserve.api.errors import ApiError, ModelError, NotFound, Timeout, Unavailable
 from bundleserve.api.invocation import Invocation, ModelReply, StreamChunk, TaskStatus
 from bundleserve.dialects import adapter
-from bundleserve.dialects.base import InvocationBackend, TaskBackend, WholeCall, absolute_url_of
+from bundleserve.dialects.base import InvocationBackend, Lookup, TaskBackend, WholeCall, absolute_url_of
 from bundleserve.dialects.sagemaker import eventstream, protocol, sigv4
 from bundleserve.dialects.sagemaker.protocol import Operation
 from bundleserve.edge.exchange import Head, HeadPhase, Prepared, Reply
@@ -42,8 +42,6 @@ CallsResolver = Callable[[str], InvocationBackend]
 
 #: The body limit of an async invocation without a backend (the ungated test harness): aiohttp's default.
 UNGATED_BODY_BYTES = 1024**2
-#: The largest body a GET of an output or failure location may carry (read and ignored); a larger one is 413.
-LOCATION_BODY_BYTES = 4096
 
 #: Authorization schemes that carry a bundleserve API key (edge.auth), accepted instead of SigV4 where keys exist.
 _API_KEY_SCHEMES = ("bearer", "basic")
@@ -449,9 +447,9 @@ class _AsyncInvoke:
         return Reply(202, headers, json.dumps({"InferenceId": parsed.inference_id or task_id}).encode())
 
 
-class _Location:
-    """The output or failure location of an async invocation, past its gate (`edge.exchange.Prepared`; a GET, whose
-    body, if any, is ignored): the object once the task wrote it, else 404."""
+class _Location(Lookup):
+    """The output or failure location of an async invocation, past its gate: the object once the task wrote it, else
+    404."""
 
     __slots__ = ("api", "output", "request_id", "task_id", "tasks")
 
@@ -461,13 +459,6 @@ class _Location:
         self.task_id = task_id
         self.request_id = request_id
         self.output = output
-
-    @property
-    def max_body_bytes(self) -> int:
-        return LOCATION_BODY_BYTES
-
-    async def read_body(self, request: web.Request) -> bytes:
-        return b""  # aiohttp drops the unread body
 
     def refuse(self, error: ApiError) -> Reply:
         return self.api.error_reply(error, self.request_id)
