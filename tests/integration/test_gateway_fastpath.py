@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from bundleserve.api.credentials import KeysFile
+from bundleserve.client import AsyncClient, EndpointRequest, NotFound
 from bundleserve.edge.connections import ConnectionLimits
 from bundleserve.gateway.app import GATEWAY, GatewayConfig, build_gateway_app
 from bundleserve.gateway.fastpath import GatewayConnection, GatewayEdge, _Request
@@ -76,9 +77,9 @@ async def test_a_connection_moves_to_aiohttp_at_its_first_other_request_and_keep
     try:
         writer.write(predict({"a": 1}))
         assert (await read_answer(reader))[0] == 200
-        writer.write(b"GET /v1/endpoints/fake HTTP/1.1\r\nHost: gw\r\n\r\n")  # not a hot path: handed over
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")  # not a hot path: handed over
         status, _, body = await read_answer(reader)
-        assert (status, json.loads(body)["name"]) == (200, "fake")
+        assert (status, json.loads(body)["status"]) == (200, "ok")
         writer.write(predict({"b": 2}))  # aiohttp's own proxy route answers it now, the same way
         status, _, body = await read_answer(reader)
         assert (status, json.loads(body)["result"]) == (200, {"b": 2})
@@ -187,7 +188,7 @@ async def test_a_task_is_visible_to_the_keys_of_its_namespace_only_also_on_one_s
         assert (code, json.loads(answer)["status"]) == (200, "PENDING")
         writer.write(status(task_id, "k-other"))
         assert (await read_answer(reader))[0] == 404  # another namespace's key: as an unknown task
-        writer.write(b"GET /v1/endpoints HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer k-default\r\n\r\n")
+        writer.write(b"GET /openapi.json HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer k-default\r\n\r\n")
         assert (await read_answer(reader))[0] == 200  # handed over to aiohttp
         writer.write(f"GET /v1/tasks/{task_id}/result HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
         assert (await read_answer(reader))[0] == 401  # no key, no scope: nothing carried over from before
@@ -195,4 +196,33 @@ async def test_a_task_is_visible_to_the_keys_of_its_namespace_only_also_on_one_s
         assert (await read_answer(reader))[0] == 404
     finally:
         writer.close()
+        await server.stop()
+
+
+async def test_the_sdk_describes_and_calls_on_one_connection_that_stays_on_the_fast_edge(
+    backend: dict[str, Any],  # noqa: F811
+) -> None:
+    """The SDK's documented flow, `client.endpoint(name)` (a description first) then calls, on its one pooled
+    connection: the description and the listing are answered by the fast edge too, so the calls after them are not
+    handed over to aiohttp; an unknown name is still aiohttp's 404 in the native shape."""
+    registry = Registry([entry_for(backend["endpoint_file"], backend["router_url"])])
+    server = Front(build_gateway_app(registry, GatewayConfig()), ConnectionLimits())
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    edge = server.edge
+    if edge is None:
+        raise RuntimeError("the gateway has no fast edge")
+    try:
+        async with AsyncClient(f"http://127.0.0.1:{port}") as client:
+            endpoint = await client.endpoint("fake")
+            assert len(edge.connections) == 1  # the description was answered by the fast edge
+            for value in (1, 2):
+                answer = await endpoint.predict(EndpointRequest(args={"n": value}))
+                assert answer.result_value() == {"n": value}
+            assert len(edge.connections) == 1
+            assert [info.name for info in await client.endpoints()] == ["fake"]
+            assert len(edge.connections) == 1
+            with pytest.raises(NotFound):
+                await client.describe("nope")
+    finally:
         await server.stop()

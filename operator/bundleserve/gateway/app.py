@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import json
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -236,15 +237,23 @@ class Gateway:
     # -- handlers ----------------------------------------------------------------------------------------------
 
     async def list_endpoints(self, request: web.Request) -> web.Response:
-        """The endpoints the caller's key reaches (another namespace's names are not listed either)."""
-        self.gate(None, request.headers.get("Authorization"), None)
-        scope = _SCOPE.get(frozenset())
-        entries = [entry for entry in self.registry.entries() if scope is None or entry.namespace in scope]
-        return web.json_response({"endpoints": [entry.describe() for entry in entries]})
+        return web.Response(body=self.description(None, request.headers.get("Authorization")), content_type=_JSON)
 
     async def describe(self, request: web.Request) -> web.Response:
-        entry = self.gate_name(request, None)
-        return web.json_response(entry.describe())
+        document = self.description(request.match_info["name"], request.headers.get("Authorization"))
+        return web.Response(body=document, content_type=_JSON)
+
+    def description(self, name: str | None, authorization: str | None) -> bytes:
+        """`GET /v1/endpoints/{name}`'s document (the SDK's `describe`, before its first call), or with no name
+        the listing of the endpoints the caller's key reaches (another namespace's names are not listed either).
+        Both edges call this: the SDK describes on the connection it then calls on, which must stay on the fast
+        edge."""
+        if name is not None:
+            return json.dumps(self.gate_entry(name, authorization, None).describe()).encode()
+        self.gate(None, authorization, None)
+        scope = _SCOPE.get(frozenset())
+        entries = [entry for entry in self.registry.entries() if scope is None or entry.namespace in scope]
+        return json.dumps({"endpoints": [entry.describe() for entry in entries]}).encode()
 
     def gate_name(self, request: web.Request, mode: Mode | None) -> EndpointEntry:
         return self.gate_entry(request.match_info["name"], request.headers.get("Authorization"), mode)

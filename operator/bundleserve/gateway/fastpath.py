@@ -75,11 +75,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_PREFIXES = (b"POST /v1/endpoints/", b"GET /v1/tasks/")
+_PREFIXES = (b"POST /v1/endpoints/", b"GET /v1/tasks/", b"GET /v1/endpoints")
 _TARGET = re.compile(
     rb"POST (/v1/endpoints/([A-Za-z0-9][A-Za-z0-9.-]{0,252})/(predict|stream|async)) HTTP/1\.1\r\n"
     rb"|GET /v1/tasks/([A-Za-z0-9_-]{1,128})(?:\?wait=([0-9.]{1,16}))? HTTP/1\.1\r\n"
+    rb"|GET /v1/endpoints(/[A-Za-z0-9][A-Za-z0-9.-]{0,252})? HTTP/1\.1\r\n"
 )
+_DESCRIBE = b"GET /v1/endpoints"
 _MODES = {b"predict": Mode.SYNC, b"stream": Mode.STREAMING, b"async": Mode.ASYNC}
 _JSON = "application/json"
 _MAX_HEAD = 65536
@@ -94,6 +96,7 @@ _STATUS_LINES = {
     status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode()) for status in http.HTTPStatus
 }
 _CHUNKED_END = b"0\r\n\r\n"
+_JSON_HEADERS = {"Content-Type": _JSON}
 
 
 @dataclass(slots=True)
@@ -114,10 +117,11 @@ class _Request:
     wait: str | None = None
     #: The context the gate ran in (it holds the credential's scope, which a status lookup reads).
     context: contextvars.Context | None = None
-    #: A dialect's operation past its head phase (`edge.exchange`), answered by its body phase; or its refusal,
-    #: already rendered in the dialect's shape (answered once the body is read and dropped).
+    #: A dialect's operation past its head phase (`edge.exchange`), answered by its body phase; or a reply made
+    #: from the head alone (a dialect's refusal in its shape, an endpoint's description), answered once the body is
+    #: read and dropped.
     prepared: Prepared | None = None
-    refusal: Reply | None = None
+    ready: Reply | None = None
 
 
 class _Head:
@@ -268,7 +272,9 @@ class GatewayConnection(asyncio.Protocol):
             del self.buffer[: request.length]
             self.request = None
             loop = asyncio.get_running_loop()
-            if request.prepared is not None or request.refusal is not None:
+            if request.ready is not None:
+                self._answer_now(request.ready, request.keep_alive)
+            elif request.prepared is not None:
                 prepared = request.prepared
                 if not (isinstance(prepared, WholeCall) and self._whole_call(request, prepared, body)):
                     self.task = loop.create_task(self._dialect(request, body), context=request.context)
@@ -337,6 +343,17 @@ class GatewayConnection(asyncio.Protocol):
         credential = None if authorization is None else authorization.decode("utf-8", "surrogateescape")
         gateway = self.edge.gateway
         context = contextvars.copy_context()  # the gate's record of the scope stays in this request's context
+        if head.startswith(_DESCRIBE):  # an endpoint's description, or the listing: answered from the head
+            if length:
+                return None
+            described = target.group(6)
+            try:
+                document = context.run(
+                    gateway.description, None if described is None else described[1:].decode(), credential
+                )
+            except ApiError:
+                return None  # refused: aiohttp's route answers it (the same gate, the same rendering)
+            return _Request(None, b"", headers, 0, keep_alive, ready=Reply(200, _JSON_HEADERS, document))
         if target.group(4) is not None:  # a task's status: no body
             if length:
                 return None
@@ -405,10 +422,10 @@ class GatewayConnection(asyncio.Protocol):
         outcome = context.run(operation, request)
         keep_alive = keep_alive and not self.edge.closing
         if isinstance(outcome, Reply):
-            return _Request(None, b"", [], length, keep_alive, context=context, refusal=outcome)
+            return _Request(None, b"", [], length, keep_alive, context=context, ready=outcome)
         if length > outcome.max_body_bytes:
             refusal = outcome.refuse(too_large(length, outcome.max_body_bytes))
-            return _Request(None, b"", [], length, keep_alive, context=context, refusal=refusal)
+            return _Request(None, b"", [], length, keep_alive, context=context, ready=refusal)
         return _Request(None, b"", [], length, keep_alive, context=context, prepared=outcome)
 
     def body_timed_out(self, seconds: float) -> None:
@@ -429,14 +446,13 @@ class GatewayConnection(asyncio.Protocol):
         """A dialect's operation: its body phase (the call goes to the endpoint's router over the internal hop,
         `gateway.forwarding.EndpointCalls`), its reply written as it comes."""
         keep = request.keep_alive
-        reply = request.refusal
+        reply: Reply | None = None
         written = False
         try:
-            if reply is None:
-                prepared = request.prepared
-                if prepared is None:
-                    raise RuntimeError("a dialect's request is prepared or refused")
-                reply = await prepared.answer(body)
+            prepared = request.prepared
+            if prepared is None:
+                raise RuntimeError("a dialect's request is prepared here")
+            reply = await prepared.answer(body)
             del body
             transport = self.transport
             if transport is None:  # the client left while the call ran
