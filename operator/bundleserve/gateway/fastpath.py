@@ -1,8 +1,9 @@
 """The gateway's fast edge: its hot paths on a plain asyncio protocol.
 
 `POST /v1/endpoints/{name}/predict|stream` are proxied to the endpoint's router; `POST /v1/endpoints/{name}/async`
-queues the task and `GET /v1/tasks/{id}[?wait=S]` answers its status, both through the gateway's own methods
-(`Gateway.submitted`, `Gateway.status_document`), which its aiohttp routes call too. The dialects' operations in
+queues the task and `GET /v1/tasks/{id}[?wait=S]` answers its status, and `GET /v1/endpoints[/{name}]` describes
+(the SDK's first request on the connection it then calls on), all through the gateway's own methods
+(`Gateway.submitted`, `Gateway.status_document`, `Gateway.description`), which its aiohttp routes call too. The dialects' operations in
 `GatewayEdge.dialects` (SageMaker's sync and streaming invocations, Launch's sync and streaming tasks, OpenAI's
 completions) are served here too, by the same code as their aiohttp routes (`edge.exchange`): the head phase runs
 once the head is parsed (a refusal is answered here, in the dialect's shape, after the body is read and dropped), the
