@@ -22,6 +22,7 @@ from bundleserve.gateway.fastpath import GatewayConnection, GatewayEdge, _Reques
 from bundleserve.gateway.registry import Registry
 from bundleserve.gateway.server import Front
 from bundleserve.gateway.upstream import UpstreamPool
+from bundleserve.queue.results import open_result_store, sync_result_key
 from tests.integration.test_gateway import backend, entry_for  # noqa: F401 - the module's real router and model
 from tests.integration.test_router_fake_model import write_endpoint
 from tests.support.processes import free_port
@@ -225,4 +226,41 @@ async def test_the_sdk_describes_and_calls_on_one_connection_that_stays_on_the_f
             with pytest.raises(NotFound):
                 await client.describe("nope")
     finally:
+        await server.stop()
+
+
+async def test_a_stored_result_is_downloaded_on_the_fast_edge(
+    backend: dict[str, Any],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A `return_pickled` result's download (`GET /v1/tasks/{key}/result`, what the SDK's `load_pickled_result`
+    fetches on the connection it calls on) is answered by the fast edge: the bytes as stored, with their type, and
+    the connection stays there for the next call; an unknown key is 404 in the native shape there too."""
+    registry = Registry([entry_for(backend["endpoint_file"], backend["router_url"])])
+    config = GatewayConfig(redis_url=backend["valkey"].url, results_dir=tmp_path / "results")
+    store = open_result_store(config.results_dir)
+    key = sync_result_key("default", "fake")
+    await store.put(key, b"\x80pickled", "application/x-python-pickle")
+    server = Front(build_gateway_app(registry, config), ConnectionLimits())
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    edge = server.edge
+    if edge is None:
+        raise RuntimeError("the gateway has no fast edge")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET /v1/tasks/{key}/result HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
+        status, headers, body = await read_answer(reader)
+        assert (status, headers["content-type"], body) == (200, "application/x-python-pickle", b"\x80pickled")
+        assert len(edge.connections) == 1
+        unknown = sync_result_key("default", "fake")
+        writer.write(f"GET /v1/tasks/{unknown}/result HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
+        status, _, body = await read_answer(reader)
+        assert (status, json.loads(body)["error"]["code"]) == (404, "not_found")
+        writer.write(predict({"after": 1}))
+        status, _, body = await read_answer(reader)
+        assert (status, json.loads(body)["result"]) == (200, {"after": 1})
+        assert len(edge.connections) == 1
+    finally:
+        writer.close()
         await server.stop()

@@ -1,9 +1,10 @@
 """The gateway's fast edge: its hot paths on a plain asyncio protocol.
 
 `POST /v1/endpoints/{name}/predict|stream` are proxied to the endpoint's router; `POST /v1/endpoints/{name}/async`
-queues the task and `GET /v1/tasks/{id}[?wait=S]` answers its status, and `GET /v1/endpoints[/{name}]` describes
-(the SDK's first request on the connection it then calls on), all through the gateway's own methods
-(`Gateway.submitted`, `Gateway.status_document`, `Gateway.description`), which its aiohttp routes call too. The dialects' operations in
+queues the task, `GET /v1/tasks/{id}[?wait=S]` answers its status and `GET /v1/tasks/{id}/result` its stored result,
+and `GET /v1/endpoints[/{name}]` describes (the SDK's first request on the connection it then calls on), all through
+the gateway's own methods (`Gateway.submitted`, `Gateway.status_document`, `TaskOwners.result`,
+`Gateway.description`), which its aiohttp routes call too. The dialects' operations in
 `GatewayEdge.dialects` (SageMaker's sync and streaming invocations, Launch's sync and streaming tasks, OpenAI's
 completions) are served here too, by the same code as their aiohttp routes (`edge.exchange`): the head phase runs
 once the head is parsed (a refusal is answered here, in the dialect's shape, after the body is read and dropped), the
@@ -81,6 +82,7 @@ _TARGET = re.compile(
     rb"POST (/v1/endpoints/([A-Za-z0-9][A-Za-z0-9.-]{0,252})/(predict|stream|async)) HTTP/1\.1\r\n"
     rb"|GET /v1/tasks/([A-Za-z0-9_-]{1,128})(?:\?wait=([0-9.]{1,16}))? HTTP/1\.1\r\n"
     rb"|GET /v1/endpoints(/[A-Za-z0-9][A-Za-z0-9.-]{0,252})? HTTP/1\.1\r\n"
+    rb"|GET /v1/tasks/([A-Za-z0-9._-]{1,300})/result HTTP/1\.1\r\n"
 )
 _DESCRIBE = b"GET /v1/endpoints"
 _MODES = {b"predict": Mode.SYNC, b"stream": Mode.STREAMING, b"async": Mode.ASYNC}
@@ -116,6 +118,8 @@ class _Request:
     mode: Mode | None = None
     task_id: str = ""
     wait: str | None = None
+    #: A stored result's download (`GET /v1/tasks/{task_id}/result`), not the task's status.
+    result: bool = False
     #: The context the gate ran in (it holds the credential's scope, which a status lookup reads).
     context: contextvars.Context | None = None
     #: A dialect's operation past its head phase (`edge.exchange`), answered by its body phase; or a reply made
@@ -355,6 +359,16 @@ class GatewayConnection(asyncio.Protocol):
             except ApiError:
                 return None  # refused: aiohttp's route answers it (the same gate, the same rendering)
             return _Request(None, b"", headers, 0, keep_alive, ready=Reply(200, _JSON_HEADERS, document))
+        if target.group(7) is not None:  # a stored result: the SDK downloads it on the connection it calls on
+            if length:
+                return None
+            try:
+                context.run(gateway.gate, None, credential, None)
+            except ApiError:
+                return None
+            return _Request(
+                None, b"", headers, 0, keep_alive, task_id=target.group(7).decode(), result=True, context=context
+            )
         if target.group(4) is not None:  # a task's status: no body
             if length:
                 return None
@@ -475,7 +489,7 @@ class GatewayConnection(asyncio.Protocol):
         self._done(keep)
 
     async def _answer_here(self, request: _Request, body: bytes) -> None:
-        """An async submission or a task status, answered by the gateway itself (no router involved)."""
+        """An async submission, a task status or a stored result, answered by the gateway itself (no router)."""
         gateway = self.edge.gateway
         keep = request.keep_alive
         try:
@@ -488,6 +502,9 @@ class GatewayConnection(asyncio.Protocol):
                     request.variant or None,
                 )
                 answer = json_answer(202, document)
+            elif request.result:
+                data, content_type = await gateway.task_owner().result(request.task_id)
+                answer = EdgeAnswer(200, data, content_type=content_type)
             else:
                 forwarding = {
                     name: value.decode("latin-1")
