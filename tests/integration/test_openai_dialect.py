@@ -606,11 +606,13 @@ async def connect(server: ThreadedRouter | ThreadedGateway) -> tuple[asyncio.Str
 
 
 def test_the_completions_are_in_each_fast_edges_routes(edge: ThreadedRouter | ThreadedGateway) -> None:
-    """Registered where the dialect is mounted (`openai.routes.add_routes`); the model list stays aiohttp's."""
+    """Registered where the dialect is mounted (`openai.routes.add_routes`), the model list and one model included."""
     routes = edge.app[FAST_ROUTES]
     assert routes.match("POST", CHAT_PATH) is not None
     assert routes.match("POST", COMPLETIONS_PATH) is not None
-    assert routes.match("GET", "/openai/v1/models") is None
+    assert routes.match("GET", "/openai/v1/models") is not None
+    assert routes.match("GET", "/openai/v1/models/lab") is not None
+    assert routes.match("DELETE", "/openai/v1/models/lab") is None
 
 
 async def test_whole_and_streamed_completions_are_answered_by_the_fast_edge(
@@ -647,12 +649,23 @@ async def test_whole_and_streamed_completions_are_answered_by_the_fast_edge(
         assert texts == {0: "one two", 1: "one two"}
         assert port in edge.fast_connections()
 
-        # The model list is aiohttp's: the connection moves there (so the checks above can tell the two apart).
+        # The model list and one model's card too (a client lists the models on the connection it completes on).
         writer.write(
             f"GET /openai/v1/models HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {API_KEY}\r\n\r\n".encode()
         )
         status, _, body = await read_answer(reader)
-        assert (status, json.loads(body)["object"]) == (200, "list")
+        assert (status, json.loads(body)["object"], "lab" in body.decode()) == (200, "list", True)
+        assert port in edge.fast_connections()
+        writer.write(
+            f"GET /openai/v1/models/nope HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {API_KEY}\r\n\r\n".encode()
+        )
+        status, _, body = await read_answer(reader)
+        assert (status, json.loads(body)["error"]["code"]) == (404, "model_not_found")
+        assert port in edge.fast_connections()
+        # Any other route is aiohttp's: the connection moves there (so the checks above can tell the two apart).
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n")
+        status, _, body = await read_answer(reader)
+        assert status == 200
         assert port not in edge.fast_connections()
     finally:
         writer.close()

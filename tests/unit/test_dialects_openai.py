@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict
 
 from bundleserve.api.endpoint import OpenAISettings
 from bundleserve.api.errors import (
@@ -298,32 +299,23 @@ def test_success_chunks() -> None:
 # -- the routes' error rendering -------------------------------------------------------------------------------------
 
 
-async def test_a_client_that_went_away_is_not_an_error_of_ours(caplog: pytest.LogCaptureFixture) -> None:
-    """Writing a stream chunk to a client that just disconnected raises ConnectionResetError: it must reach aiohttp
-    (which ignores a premature disconnection), not be logged as a bug and answered with a 500 on a prepared stream."""
-    from aiohttp.test_utils import make_mocked_request
+def test_a_bug_of_ours_in_the_model_list_is_logged_and_answered_in_openais_shape(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from bundleserve.dialects.openai.routes import OpenAIRoutes
+    from bundleserve.edge.exchange import Head
 
-    from bundleserve.dialects.openai.routes import _renders_errors
+    class Broken:
+        def authorize(self, authorization: str | None) -> None:
+            return None
 
-    async def handler(request: Any) -> Any:
-        raise ConnectionResetError("Cannot write to closing transport")
+        def models(self) -> list[Any]:
+            raise KeyError("oops")
 
-    with pytest.raises(ConnectionResetError):
-        await _renders_errors(handler)(make_mocked_request("POST", "/openai/v1/chat/completions"))
-    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
-
-
-async def test_a_bug_of_ours_is_logged_and_answered_in_openais_shape(caplog: pytest.LogCaptureFixture) -> None:
-    from aiohttp.test_utils import make_mocked_request
-
-    from bundleserve.dialects.openai.routes import _renders_errors
-
-    async def handler(request: Any) -> Any:
-        raise KeyError("oops")
-
-    response = await _renders_errors(handler)(make_mocked_request("POST", "/openai/v1/chat/completions"))
-    assert response.status == 500
-    assert json.loads(response.body)["error"]["type"] == "server_error"  # type: ignore[attr-defined]
+    routes = OpenAIRoutes(Broken())  # type: ignore[arg-type]
+    reply = routes.list_models(Head("GET", "/openai/v1/models", "", CIMultiDict()))
+    assert reply.status == 500
+    assert json.loads(reply.body)["error"]["type"] == "server_error"
     assert [record.levelno for record in caplog.records] == [logging.ERROR]
 
 

@@ -14,7 +14,9 @@ The two completions are written once against the transport-neutral seam (`edge.e
 (`OpenAIRoutes.chat_completions`, `completions`) checks the API key, their body phase (`_Completion.answer`) does
 the rest and renders a whole answer or a stream of framed SSE events (`Reply.chunks`). aiohttp serves them
 (`dialects.adapter`), and so do the fast edges of the router and the gateway (`router.fastpath`, `gateway.fastpath`),
-which take them from the server's `FastRoutes`. The model list stays on aiohttp.
+which take them from the server's `FastRoutes`. So do the model list and one model's card, answered from the head
+alone (`OpenAIRoutes.list_models`, `retrieve_model`): a client that lists models on the connection it completes on
+keeps it on the fast edge.
 
 Order of checks: the API key (401) before the body is read, the body limit (413: the front's, then the named
 endpoint's), the request (400), the model (404; on a router also the gate's mode, draining and readiness: 503), then
@@ -53,8 +55,6 @@ COMPLETIONS_PATH = f"{BASE}/completions"
 _JSON = "application/json"
 _JSON_HEADERS = {"Content-Type": _JSON}
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,55 +147,41 @@ def _error_reply(error: ApiError) -> Reply:
     return Reply(status, headers, render.error_body(error))
 
 
-def _renders_errors(handler: Handler) -> Handler:
-    """Every error of an aiohttp handler (the model list) in OpenAI's shape (the router's middleware would render
-    the native one)."""
-
-    @functools.wraps(handler)
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiError as error:
-            return _error_response(error)
-        except ConnectionResetError:  # the client went away: nothing to answer, not a bug (aiohttp ignores it)
-            raise
-        except Exception:  # a bug of ours: logged, answered in the dialect's shape
-            log.exception("unexpected error on %s %s", request.method, request.path)
-            return _error_response(ApiError("internal error"))
-
-    return wrapped
-
-
-def _error_response(error: ApiError) -> web.Response:
-    reply = _error_reply(error)
-    return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
-
-
 class OpenAIRoutes:
-    """The dialect's routes over one `ModelDirectory`: the two completions are seam operations (`edge.exchange`,
-    served by aiohttp and the fast edges alike), the model list aiohttp handlers."""
+    """The dialect's routes over one `ModelDirectory`, all seam operations (`edge.exchange`, served by aiohttp and
+    the fast edges alike)."""
 
     def __init__(self, directory: ModelDirectory) -> None:
         self.directory = directory
 
     def routes(self) -> list[web.RouteDef]:
-        return [
-            *(adapter.route("POST", path, operation) for path, operation in completion_operations(self)),
-            web.get(f"{BASE}/models", _renders_errors(self.list_models)),
-            web.get(f"{BASE}/models/{{model}}", _renders_errors(self.retrieve_model)),
-        ]
+        return [adapter.route(method, path, operation) for method, path, operation in operations(self)]
 
-    async def list_models(self, request: web.Request) -> web.Response:
-        self.directory.authorize(request.headers.get("Authorization"))
-        return web.Response(body=render.model_list(self.directory.models()), content_type=_JSON)
+    def list_models(self, head: Head) -> Reply:
+        """`GET /openai/v1/models`, answered from the head: a client may list the models on the connection it then
+        completes on, which must not leave the fast edge."""
+        return self._lookup(head, lambda: render.model_list(self.directory.models()))
 
-    async def retrieve_model(self, request: web.Request) -> web.Response:
-        self.directory.authorize(request.headers.get("Authorization"))
-        name = request.match_info["model"]
+    def retrieve_model(self, head: Head) -> Reply:
+        """`GET /openai/v1/models/{model}`: one model, or 404 `model_not_found`; answered from the head."""
+        return self._lookup(head, lambda: render.model_card(self._card(head.params["model"])))
+
+    def _card(self, name: str) -> render.ModelCard:
         for card in self.directory.models():
             if card.id == name:
-                return web.Response(body=render.model_card(card), content_type=_JSON)
+                return card
         raise render.model_not_found(name)
+
+    def _lookup(self, head: Head, document: Callable[[], bytes]) -> Reply:
+        """The API key, then the JSON `document`; every error in OpenAI's shape (a bug of ours logged, a 500)."""
+        try:
+            self.directory.authorize(head.headers.get("Authorization"))
+            return Reply(200, _JSON_HEADERS, document())
+        except ApiError as error:
+            return _error_reply(error)
+        except Exception:
+            log.exception("unexpected error on the OpenAI model list")
+            return _error_reply(ApiError("internal error"))
 
     def chat_completions(self, head: Head) -> Prepared | Reply:
         """`POST /openai/v1/chat/completions`' head phase."""
@@ -423,9 +409,15 @@ async def _choice_events(
     yield closing + render.DONE
 
 
-def completion_operations(routes: OpenAIRoutes) -> list[tuple[str, HeadPhase]]:
-    """The chat and text completions by path: the operations a fast edge serves too."""
-    return [(CHAT_PATH, routes.chat_completions), (COMPLETIONS_PATH, routes.completions)]
+def operations(routes: OpenAIRoutes) -> list[tuple[str, str, HeadPhase]]:
+    """Every operation by method and path (the completions, the model list and one model): served by aiohttp and by
+    a server's fast edge alike."""
+    return [
+        ("POST", CHAT_PATH, routes.chat_completions),
+        ("POST", COMPLETIONS_PATH, routes.completions),
+        ("GET", f"{BASE}/models", routes.list_models),
+        ("GET", f"{BASE}/models/{{model}}", routes.retrieve_model),
+    ]
 
 
 def add_routes(app: web.Application, directory: ModelDirectory) -> None:
@@ -435,8 +427,8 @@ def add_routes(app: web.Application, directory: ModelDirectory) -> None:
     app.router.add_routes(openai.routes())
     fast = adapter.fast_routes(app)
     if fast is not None:
-        for path, operation in completion_operations(openai):
-            fast.add("POST", path, operation)
+        for method, path, operation in operations(openai):
+            fast.add(method, path, operation)
 
 
 def mount(app: web.Application, core: InvocationBackend, tasks: TaskBackend | None, endpoint: Endpoint) -> None:
