@@ -359,17 +359,8 @@ class GatewayConnection(asyncio.Protocol):
             except ApiError:
                 return None  # refused: aiohttp's route answers it (the same gate, the same rendering)
             return _Request(None, b"", headers, 0, keep_alive, ready=Reply(200, _JSON_HEADERS, document))
-        if target.group(7) is not None:  # a stored result: the SDK downloads it on the connection it calls on
-            if length:
-                return None
-            try:
-                context.run(gateway.gate, None, credential, None)
-            except ApiError:
-                return None
-            return _Request(
-                None, b"", headers, 0, keep_alive, task_id=target.group(7).decode(), result=True, context=context
-            )
-        if target.group(4) is not None:  # a task's status: no body
+        task_id = target.group(4) or target.group(7)
+        if task_id is not None:  # a task's status, or its stored result (the SDK downloads it where it calls): no body
             if length:
                 return None
             try:
@@ -377,8 +368,9 @@ class GatewayConnection(asyncio.Protocol):
             except ApiError:
                 return None
             wait = None if target.group(5) is None else target.group(5).decode()
+            result = target.group(7) is not None
             return _Request(
-                None, b"", headers, 0, keep_alive, task_id=target.group(4).decode(), wait=wait, context=context
+                None, b"", headers, 0, keep_alive, task_id=task_id.decode(), wait=wait, result=result, context=context
             )
         if length is None or length > BUFFER_BYTES:
             return None
