@@ -638,9 +638,10 @@ class GatewayConnection(asyncio.Protocol):
         self._done(keep)
 
     def _answer_now(self, reply: Reply, keep: bool) -> None:
-        """A whole call refused by its body phase, answered from `_process` itself: its loop then takes the next
-        pipelined request. (`answered` would take it through `_done` instead, one level of recursion per request: a
-        client pipelining hundreds of refused calls would exhaust the stack.)"""
+        """A reply known without a call (a reply made from the head: a refusal, a description; a whole call refused
+        by its body phase), answered from `_process` itself: its loop then takes the next pipelined request.
+        (`answered` would take it through `_done` instead, one level of recursion per request: a client pipelining
+        hundreds of such requests would exhaust the stack.)"""
         keep = keep and not self.edge.closing
         answer = reply_head(reply, keep_alive=keep, length=len(reply.body)) + reply.body
         if keep:
